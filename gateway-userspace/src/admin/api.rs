@@ -1,0 +1,34 @@
+//! Admin API documents, shared by the server and the CLI client.
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::blocklist::XdpStatus;
+
+/// `POST /blocklist`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddRequest {
+    pub cidr: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// A duration such as `90s`, `1h`, `7d`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<String>,
+}
+
+/// `GET /status`.
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub version: String,
+    pub uptime_secs: u64,
+    pub listeners: Vec<SocketAddr>,
+    pub routes: usize,
+    pub blocklist_entries: usize,
+    pub l7_denied_connections: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub xdp: Option<XdpStatus>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub xdp_off_reason: Option<String>,
+}

@@ -1,0 +1,5 @@
+//! Admin API: server (in the daemon) and client (in the CLI).
+
+pub mod api;
+pub mod client;
+pub mod server;

@@ -1,0 +1,95 @@
+//! Config: `load → validate` here; `compile` into the runtime happens in the
+//! modules that own each part (proxy router, upstream pools, XDP rules).
+
+mod model;
+mod validate;
+
+use std::{fmt, path::Path};
+
+pub use model::*;
+pub use validate::{host_bits_error, validate};
+
+/// One problem in a config file, with the path of the offending value
+/// (`routes[2].upstream`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub path: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// Every error found in a config file. Displays one error per line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors {
+    pub source: String,
+    pub errors: Vec<ConfigError>,
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.errors.len();
+        writeln!(
+            f,
+            "{}: {n} error{}",
+            self.source,
+            if n == 1 { "" } else { "s" }
+        )?;
+        for error in &self.errors {
+            writeln!(f, "  {error}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let source = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
+            source: source.clone(),
+            errors: vec![ConfigError::new("", format!("cannot read file: {e}"))],
+        })?;
+        Self::from_yaml(&text, &source)
+    }
+
+    /// Parses and validates config text; `source` names it in errors.
+    pub fn from_yaml(text: &str, source: &str) -> Result<Config, ConfigErrors> {
+        let fail = |errors| ConfigErrors {
+            source: source.to_string(),
+            errors,
+        };
+        let deserializer = serde_yaml::Deserializer::from_str(text);
+        let config: Config = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let path = if path == "." { String::new() } else { path };
+            fail(vec![ConfigError::new(path, inner.to_string())])
+        })?;
+        let errors = validate(&config);
+        if errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(fail(errors))
+        }
+    }
+}

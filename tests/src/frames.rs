@@ -1,0 +1,115 @@
+//! Crafted Ethernet frames for BPF_PROG_TEST_RUN tests and benchmarks.
+//! Checksums are left zero: the XDP program does not read them.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+pub const ETH_P_IPV4: u16 = 0x0800;
+pub const ETH_P_IPV6: u16 = 0x86DD;
+pub const ETH_P_ARP: u16 = 0x0806;
+pub const ETH_P_8021Q: u16 = 0x8100;
+pub const ETH_P_8021AD: u16 = 0x88A8;
+pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_ICMPV6: u8 = 58;
+
+const DST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+const SRC_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+
+/// Ethernet header with `vlans` (TPID, VLAN id) tags, then `payload`.
+pub fn ethernet(vlans: &[(u16, u16)], ether_type: u16, payload: &[u8]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(64 + payload.len());
+    f.extend_from_slice(&DST_MAC);
+    f.extend_from_slice(&SRC_MAC);
+    for (tpid, vid) in vlans {
+        f.extend_from_slice(&tpid.to_be_bytes());
+        f.extend_from_slice(&(vid & 0x0FFF).to_be_bytes());
+    }
+    f.extend_from_slice(&ether_type.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// IPv4 header (with `options`, so IHL = 5 + options/4) and payload.
+pub fn ipv4_with_options(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    proto: u8,
+    options: &[u8],
+    payload: &[u8],
+) -> Vec<u8> {
+    assert_eq!(options.len() % 4, 0, "IPv4 options are whole words");
+    let header_len = 20 + options.len();
+    let total = (header_len + payload.len()) as u16;
+    let mut p = Vec::with_capacity(total as usize);
+    p.push(0x40 | (header_len / 4) as u8);
+    p.push(0);
+    p.extend_from_slice(&total.to_be_bytes());
+    p.extend_from_slice(&[0, 1, 0x40, 0]); // id 1, DF
+    p.push(64);
+    p.push(proto);
+    p.extend_from_slice(&[0, 0]);
+    p.extend_from_slice(&src.octets());
+    p.extend_from_slice(&dst.octets());
+    p.extend_from_slice(options);
+    p.extend_from_slice(payload);
+    p
+}
+
+pub fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, payload: &[u8]) -> Vec<u8> {
+    ipv4_with_options(src, dst, proto, &[], payload)
+}
+
+pub fn ipv6(src: Ipv6Addr, dst: Ipv6Addr, next_header: u8, payload: &[u8]) -> Vec<u8> {
+    let mut p = Vec::with_capacity(40 + payload.len());
+    p.extend_from_slice(&[0x60, 0, 0, 0]);
+    p.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    p.push(next_header);
+    p.push(64);
+    p.extend_from_slice(&src.octets());
+    p.extend_from_slice(&dst.octets());
+    p.extend_from_slice(payload);
+    p
+}
+
+pub fn udp(src_port: u16, dst_port: u16, payload: &[u8]) -> Vec<u8> {
+    let mut p = Vec::with_capacity(8 + payload.len());
+    p.extend_from_slice(&src_port.to_be_bytes());
+    p.extend_from_slice(&dst_port.to_be_bytes());
+    p.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    p.extend_from_slice(&[0, 0]);
+    p.extend_from_slice(payload);
+    p
+}
+
+/// A UDP datagram from `src` to `dst` in an untagged frame.
+pub fn udp4_frame(src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
+    ethernet(
+        &[],
+        ETH_P_IPV4,
+        &ipv4(src, dst, IPPROTO_UDP, &udp(40000, 8080, b"xgate")),
+    )
+}
+
+pub fn udp6_frame(src: Ipv6Addr, dst: Ipv6Addr) -> Vec<u8> {
+    ethernet(
+        &[],
+        ETH_P_IPV6,
+        &ipv6(src, dst, IPPROTO_UDP, &udp(40000, 8080, b"xgate")),
+    )
+}
+
+/// ICMPv6 message of `icmp_type` (135 = neighbour solicitation).
+pub fn icmpv6_frame(src: Ipv6Addr, dst: Ipv6Addr, icmp_type: u8) -> Vec<u8> {
+    let mut icmp = vec![icmp_type, 0, 0, 0];
+    icmp.extend_from_slice(&[0; 20]);
+    ethernet(&[], ETH_P_IPV6, &ipv6(src, dst, IPPROTO_ICMPV6, &icmp))
+}
+
+/// An ARP request (who-has `target` tell `sender`).
+pub fn arp_frame(sender: Ipv4Addr, target: Ipv4Addr) -> Vec<u8> {
+    let mut p = vec![0, 1, 0x08, 0x00, 6, 4, 0, 1];
+    p.extend_from_slice(&SRC_MAC);
+    p.extend_from_slice(&sender.octets());
+    p.extend_from_slice(&[0; 6]);
+    p.extend_from_slice(&target.octets());
+    ethernet(&[], ETH_P_ARP, &p)
+}

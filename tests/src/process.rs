@@ -1,0 +1,198 @@
+//! The real `xgate` binary, run as a daemon or as a CLI command.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use crate::{netns::NetNs, TempDir};
+
+/// Path of the built `xgate` binary: $XGATE_BIN, else next to the test
+/// executable's target directory (`cargo xtask test` builds it first).
+pub fn xgate_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("XGATE_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test> → target/<profile>/xgate
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>");
+    let bin = profile_dir.join("xgate");
+    assert!(
+        bin.exists(),
+        "{} does not exist: build it first with `cargo build -p gateway-userspace --bins` \
+         (`cargo xtask test` does this)",
+        bin.display()
+    );
+    bin
+}
+
+/// Runs `xgate ARGS` to completion.
+pub fn xgate(args: &[&str]) -> Output {
+    Command::new(xgate_bin())
+        .args(args)
+        .output()
+        .expect("run xgate")
+}
+
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// A running `xgate run` daemon with its own config, state dir and admin
+/// socket. Stopped with SIGTERM (then SIGKILL) when dropped.
+pub struct Daemon {
+    child: Option<Child>,
+    pub dir: TempDir,
+    pub config: PathBuf,
+    pub admin_socket: PathBuf,
+    log: PathBuf,
+}
+
+impl Daemon {
+    /// Writes `config_yaml` and starts the daemon, optionally inside a
+    /// network namespace. `{dir}` in the YAML is replaced by the daemon's
+    /// private directory. Waits until the admin API answers.
+    pub fn start(config_yaml: &str, netns: Option<&NetNs>) -> Self {
+        Self::start_in_dir(TempDir::new("daemon"), config_yaml, netns)
+    }
+
+    /// Like [`Daemon::start`], reusing a directory (restart with the same state).
+    pub fn start_in_dir(dir: TempDir, config_yaml: &str, netns: Option<&NetNs>) -> Self {
+        let config = dir.path().join("xgate.yaml");
+        let admin_socket = dir.path().join("admin.sock");
+        let yaml = config_yaml.replace("{dir}", &dir.path().display().to_string());
+        let yaml = if yaml.contains("admin:") {
+            yaml
+        } else {
+            format!("{yaml}\nadmin:\n  socket: {}\n", admin_socket.display())
+        };
+        let yaml = if yaml.contains("state_dir:") {
+            yaml
+        } else {
+            format!(
+                "{yaml}\nstate_dir: {}\n",
+                dir.path().join("state").display()
+            )
+        };
+        std::fs::write(&config, yaml).expect("write config");
+        let log = dir.path().join("xgate.log");
+        let log_file = std::fs::File::create(&log).expect("create log");
+        let mut command = match netns {
+            Some(ns) => ns.command(&xgate_bin()),
+            None => Command::new(xgate_bin()),
+        };
+        command
+            .args(["run", "--config"])
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().unwrap())
+            .stderr(log_file);
+        let child = command.spawn().expect("spawn xgate run");
+        let mut daemon = Self {
+            child: Some(child),
+            dir,
+            config,
+            admin_socket,
+            log,
+        };
+        daemon.wait_ready();
+        daemon
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().expect("try_wait") {
+                panic!("xgate exited during start-up ({status}):\n{}", self.log());
+            }
+            if std::os::unix::net::UnixStream::connect(&self.admin_socket).is_ok() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "xgate not ready after 30s:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Everything the daemon has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// Runs `xgate --admin-socket <this daemon's> ARGS`.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(xgate_bin())
+            .arg("--admin-socket")
+            .arg(&self.admin_socket)
+            .args(args)
+            .output()
+            .expect("run xgate cli")
+    }
+
+    /// `xgate status --json`, parsed.
+    pub fn status(&self) -> serde_json::Value {
+        let out = self.cli(&["status", "--json"]);
+        assert!(out.status.success(), "status failed: {}", stderr(&out));
+        serde_json::from_slice(&out.stdout).expect("status is JSON")
+    }
+
+    /// An XDP counter from `status`.
+    pub fn xdp_counter(&self, name: &str) -> u64 {
+        let status = self.status();
+        status["xdp"]["counters"][name]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no XDP counter {name} in {status}"))
+    }
+
+    /// SIGTERM, wait for a clean exit; returns the daemon's directory so a
+    /// test can restart on the same state.
+    pub fn stop(mut self) -> TempDir {
+        let status = self.terminate();
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "xgate did not exit cleanly ({status:?}):\n{}",
+            self.log()
+        );
+        let dir = std::mem::replace(&mut self.dir, TempDir::new("spent"));
+        dir
+    }
+
+    fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        child.wait().ok();
+        None
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.terminate();
+    }
+}
