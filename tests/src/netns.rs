@@ -59,6 +59,14 @@ impl NetNs {
     /// Runs `f` on a thread that has entered this namespace: sockets it
     /// creates live there.
     pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        self.spawn(f).join().expect("netns thread panicked")
+    }
+
+    /// Like [`NetNs::run`], without waiting for the thread.
+    pub fn spawn<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> std::thread::JoinHandle<T> {
         let file = File::open(self.path()).expect("open netns");
         std::thread::spawn(move || {
             // SAFETY: setns on a valid namespace fd affects only this thread.
@@ -66,8 +74,6 @@ impl NetNs {
             assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
             f()
         })
-        .join()
-        .expect("netns thread panicked")
     }
 }
 
@@ -96,4 +102,87 @@ pub fn veth(a: &NetNs, a_if: &str, a_addrs: &[&str], b: &NetNs, b_if: &str, b_ad
         }
         ns.ip(&["link", "set", ifname, "up"]);
     }
+}
+
+/// A directory on bpffs for one test's pinned maps, removed on drop.
+pub struct PinDir(pub PathBuf);
+
+impl PinDir {
+    pub fn new(tag: &str) -> Self {
+        let path = PathBuf::from(format!(
+            "/sys/fs/bpf/xgate-test-{tag}-{}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&path);
+        Self(path)
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Sends `count` UDP datagrams from `from` (inside `client`) to `to` (inside
+/// `server`) and returns how many arrived. A warm-up datagram is repeated
+/// until one arrives, or for at most `warm_up` tries, so ARP/NDP has resolved
+/// before counting starts; pass `warm_up = 0` when nothing is expected.
+pub fn udp_delivery(
+    client: &NetNs,
+    from: std::net::SocketAddr,
+    server: &NetNs,
+    to: std::net::SocketAddr,
+    count: usize,
+    warm_up: usize,
+) -> usize {
+    use std::{net::UdpSocket, sync::mpsc, time::Duration};
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let receiver = server.spawn(move || {
+        let socket = UdpSocket::bind(to).expect("bind receiver");
+        // Room for the whole burst, so the socket never drops what XDP passed.
+        let size: libc::c_int = 8 << 20;
+        // SAFETY: valid socket fd and a c_int option value of the right size.
+        unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUFFORCE,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+        socket
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        ready_tx.send(()).unwrap();
+        let mut buf = [0u8; 64];
+        let (mut warm, mut counted) = (0usize, 0usize);
+        // Stop after a quiet period: every datagram has been sent by then.
+        while let Ok(n) = socket.recv(&mut buf) {
+            if &buf[..n] == b"warm" {
+                warm += 1;
+            } else {
+                counted += 1;
+            }
+        }
+        (warm, counted)
+    });
+    ready_rx.recv().expect("receiver ready");
+    client.run(move || {
+        let socket = UdpSocket::bind(from).expect("bind sender");
+        for _ in 0..warm_up {
+            socket.send_to(b"warm", to).expect("send");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        for i in 0..count {
+            socket.send_to(b"counted", to).expect("send");
+            // Pace a little: a veth ring holds a few hundred frames.
+            if i % 25 == 24 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    });
+    let (_warm, counted) = receiver.join().expect("receiver");
+    counted
 }

@@ -1,0 +1,187 @@
+//! Toolchain pieces and packages a fresh machine lacks (see TOOLCHAIN notes
+//! in the README): rust-src for nightly, bpf-linker built against the LLVM
+//! inside the nightly toolchain, and the Debian packages the tests use.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context, Result};
+
+use crate::{run_cmd, step};
+
+/// bpf-linker release known to work with nightly 1.97's LLVM 22.
+const BPF_LINKER_VERSION: &str = "0.13.0";
+/// Commands the tests run, and the Debian package that provides each.
+const DEBIAN_PACKAGES: &[(&str, &str)] = &[
+    ("ip", "iproute2"),
+    ("nsenter", "util-linux"),
+    ("mount", "mount"),
+];
+
+pub fn all() -> Result<()> {
+    nightly()?;
+    rust_src()?;
+    bpf_linker()?;
+    debian_packages()?;
+    Ok(())
+}
+
+pub fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+fn output(cmd: &mut Command) -> Result<String> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn nightly() -> Result<()> {
+    let toolchains = output(Command::new("rustup").args(["toolchain", "list"]))
+        .context("rustup is required (the eBPF half builds with a nightly toolchain)")?;
+    if toolchains.lines().any(|l| l.starts_with("nightly")) {
+        step("nightly toolchain: present");
+        return Ok(());
+    }
+    step("installing the nightly toolchain (minimal profile)");
+    run_cmd(Command::new("rustup").args([
+        "toolchain",
+        "install",
+        "nightly",
+        "--profile",
+        "minimal",
+    ]))
+}
+
+fn rust_src() -> Result<()> {
+    let installed = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        "nightly",
+    ]))?;
+    if installed.lines().any(|l| l.starts_with("rust-src")) {
+        step("rust-src (nightly): present");
+        return Ok(());
+    }
+    step("installing rust-src for nightly (build-std needs it)");
+    run_cmd(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+}
+
+/// The LLVM directory bpf-linker is linked against (it keeps an rpath to it,
+/// so it must outlive the install: not a temporary directory).
+fn llvm_dir() -> Result<PathBuf> {
+    let home = std::env::var_os("HOME").context("HOME is not set")?;
+    Ok(Path::new(&home).join(".local/share/xgate/llvm"))
+}
+
+fn bpf_linker() -> Result<()> {
+    let works = Command::new("bpf-linker")
+        .arg("--version")
+        .output()
+        .map(|o| {
+            o.status.success() && String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION)
+        })
+        .unwrap_or(false);
+    if works {
+        step(&format!("bpf-linker {BPF_LINKER_VERSION}: present"));
+        return Ok(());
+    }
+    step(&format!(
+        "building bpf-linker {BPF_LINKER_VERSION} against nightly's LLVM (about a minute on 2 cores)"
+    ));
+    let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?;
+    let lib = Path::new(sysroot.trim()).join("lib");
+    let libllvm = std::fs::read_dir(&lib)
+        .with_context(|| format!("cannot list {}", lib.display()))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libLLVM.so."))
+        })
+        .with_context(|| format!("no libLLVM.so.* in {}", lib.display()))?;
+    let prefix = llvm_dir()?;
+    let prefix_lib = prefix.join("lib");
+    std::fs::create_dir_all(&prefix_lib)?;
+    // `libLLVM.so` is what bpf-linker's build links against; the versioned
+    // name is its soname, found through the rpath when bpf-linker runs
+    // outside `rustup run nightly` (which would otherwise supply it).
+    let soname = libllvm.file_name().expect("file name");
+    for name in [std::ffi::OsStr::new("libLLVM.so"), soname] {
+        let link = prefix_lib.join(name);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&libllvm, &link)?;
+    }
+    let major = libllvm
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("libLLVM.so."))
+        .and_then(|v| v.split('.').next())
+        .context("cannot read LLVM's major version")?
+        .to_string();
+    run_cmd(
+        Command::new("cargo")
+            .args([
+                "install",
+                "--quiet",
+                "bpf-linker",
+                "--version",
+                BPF_LINKER_VERSION,
+                "--no-default-features",
+            ])
+            .args(["--features", &format!("llvm-{major}")])
+            .env("LLVM_PREFIX", &prefix),
+    )
+}
+
+fn debian_packages() -> Result<()> {
+    let missing: Vec<&str> = DEBIAN_PACKAGES
+        .iter()
+        .filter(|(command, _)| !on_path(command))
+        .map(|(_, package)| *package)
+        .collect();
+    if missing.is_empty() {
+        step("Debian packages: present");
+        return Ok(());
+    }
+    if !is_root() {
+        bail!(
+            "missing Debian packages: {}; install them with: sudo apt-get install -y {}",
+            missing.join(" "),
+            missing.join(" ")
+        );
+    }
+    step(&format!(
+        "installing Debian packages: {}",
+        missing.join(" ")
+    ));
+    run_cmd(Command::new("apt-get").args(["update", "-qq"]))?;
+    run_cmd(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+fn on_path(command: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(command).is_file()))
+        .unwrap_or(false)
+}
