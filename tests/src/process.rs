@@ -168,8 +168,7 @@ impl Daemon {
             "xgate did not exit cleanly ({status:?}):\n{}",
             self.log()
         );
-        let dir = std::mem::replace(&mut self.dir, TempDir::new("spent"));
-        dir
+        std::mem::replace(&mut self.dir, TempDir::new("spent"))
     }
 
     fn terminate(&mut self) -> Option<std::process::ExitStatus> {

@@ -82,9 +82,10 @@ pub fn run_cmd(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-fn cargo() -> Command {
+/// `cargo SUBCOMMAND --quiet`: progress lines only for what fails.
+fn cargo(subcommand: &str) -> Command {
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
-    cmd.arg("--quiet");
+    cmd.args([subcommand, "--quiet"]);
     cmd
 }
 
@@ -93,8 +94,8 @@ fn build(release: bool) -> Result<()> {
         "building the workspace ({})",
         if release { "release" } else { "debug" }
     ));
-    let mut cmd = cargo();
-    cmd.args(["build", "--workspace", "--bins"]);
+    let mut cmd = cargo("build");
+    cmd.args(["--workspace", "--bins"]);
     if release {
         cmd.arg("--release");
     }
@@ -132,16 +133,9 @@ fn run(config: &Path) -> Result<()> {
 
 fn test() -> Result<()> {
     step("cargo fmt --check");
-    run_cmd(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    run_cmd(cargo("fmt").args(["--all", "--", "--check"]))?;
     step("cargo clippy --workspace --all-targets -- -D warnings");
-    run_cmd(cargo().args([
-        "clippy",
-        "--workspace",
-        "--all-targets",
-        "--",
-        "-D",
-        "warnings",
-    ]))?;
+    run_cmd(cargo("clippy").args(["--workspace", "--all-targets", "--", "-D", "warnings"]))?;
     // The integration tests start the real binaries; build them first.
     build(false)?;
     if !setup::is_root() {
@@ -151,7 +145,11 @@ fn test() -> Result<()> {
         );
     }
     step("cargo test --workspace");
-    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
-    cmd.args(["test", "--workspace", "--no-fail-fast"]);
-    run_cmd(&mut cmd)
+    run_cmd(
+        Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into())).args([
+            "test",
+            "--workspace",
+            "--no-fail-fast",
+        ]),
+    )
 }

@@ -61,6 +61,27 @@ impl fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
+/// serde_yaml's message without the parts we already show: its own partial
+/// path prefix (we print the full path) and "at line L column C", which
+/// becomes a trailing "(line L, column C)".
+fn yaml_message(error: &serde_yaml::Error, path: &str) -> String {
+    let mut message = error.to_string();
+    let mut location = String::new();
+    if let Some(loc) = error.location() {
+        let suffix = format!(" at line {} column {}", loc.line(), loc.column());
+        if let Some(stripped) = message.strip_suffix(&suffix) {
+            message = stripped.to_string();
+        }
+        location = format!(" (line {}, column {})", loc.line(), loc.column());
+    }
+    if let Some((head, rest)) = message.split_once(": ") {
+        if !head.is_empty() && !head.contains(' ') && path.starts_with(head) {
+            message = rest.to_string();
+        }
+    }
+    format!("{message}{location}")
+}
+
 impl Config {
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
@@ -81,9 +102,9 @@ impl Config {
         let deserializer = serde_yaml::Deserializer::from_str(text);
         let config: Config = serde_path_to_error::deserialize(deserializer).map_err(|e| {
             let path = e.path().to_string();
-            let inner = e.into_inner();
             let path = if path == "." { String::new() } else { path };
-            fail(vec![ConfigError::new(path, inner.to_string())])
+            let message = yaml_message(&e.into_inner(), &path);
+            fail(vec![ConfigError::new(path, message)])
         })?;
         let errors = validate(&config);
         if errors.is_empty() {

@@ -217,7 +217,7 @@ mod tests {
         let errs = errors("listeners: [{address: '127.0.0.1:8080', colour: red}]\n");
         assert_eq!(errs.len(), 1);
         assert!(
-            errs[0].starts_with("listeners[0]: unknown field `colour`"),
+            errs[0].starts_with("listeners[0].colour: unknown field `colour`"),
             "{errs:?}"
         );
         let errs = errors(&format!("{BASE}xdp: {{deny: ['300.1.2.3/33']}}\n"));

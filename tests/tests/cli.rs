@@ -1,0 +1,270 @@
+//! The `xgate` command line: config validation with paths, blocklist
+//! commands and their errors, and the admin socket.
+
+use std::{
+    os::unix::fs::PermissionsExt,
+    time::{Duration, Instant},
+};
+
+use xgate_tests::{
+    process::{stderr, stdout, xgate, Daemon},
+    TempDir,
+};
+
+const VALID: &str = "listeners: [{address: '127.0.0.1:18200'}]\n\
+upstreams: {u: {targets: ['127.0.0.1:18201']}}\n\
+routes: [{match: {path_prefix: /}, upstream: u}]\n";
+
+/// [`VALID`] on a free port, for tests that start a daemon (they run in
+/// parallel).
+fn valid_on_free_port() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    VALID.replace("18200", &port.to_string())
+}
+
+/// Runs `xgate validate` on `yaml`; returns (exit code, stderr).
+fn validate(yaml: &str) -> (i32, String) {
+    let dir = TempDir::new("validate");
+    let path = dir.path().join("x.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let out = xgate(&["validate", "--config", path.to_str().unwrap()]);
+    (out.status.code().unwrap(), stderr(&out))
+}
+
+#[test]
+fn valid_config_and_the_quickstart_pass_validation() {
+    assert_eq!(validate(VALID).0, 0);
+    let quickstart = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/quickstart.yaml");
+    let out = xgate(&["validate", "-c", quickstart]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("ok (1 listener(s), 1 upstream(s), 2 route(s)"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn broken_configs_report_the_path_of_each_error() {
+    let cases: &[(&str, String, &[&str])] = &[
+        (
+            "unknown field",
+            VALID.replace("address: '127.0.0.1:18200'", "address: '127.0.0.1:18200', colour: red"),
+            &["listeners[0].colour: unknown field `colour`"],
+        ),
+        (
+            "invalid CIDR",
+            format!("{VALID}xdp: {{deny: ['203.0.113.0/24', '300.1.2.3/33']}}\n"),
+            &["xdp.deny[1]: invalid IP address syntax"],
+        ),
+        (
+            "host bits set",
+            format!("{VALID}xdp: {{deny: ['10.1.2.3/8']}}\n"),
+            &["xdp.deny[0]: 10.1.2.3/8 has host bits set; did you mean 10.0.0.0/8 or 10.1.2.3/32?"],
+        ),
+        (
+            "unknown upstream",
+            VALID.replace("upstream: u}", "upstream: u}, {match: {path_prefix: /b}, upstream: missing}"),
+            &["routes[1].upstream: unknown upstream 'missing' (defined: u)"],
+        ),
+        (
+            "bad duration",
+            VALID.replace("targets: ['127.0.0.1:18201']", "targets: ['127.0.0.1:18201'], timeout: '10'"),
+            &["upstreams.u.timeout: '10' has no unit"],
+        ),
+        (
+            "several errors at once",
+            "listeners: [{address: '127.0.0.1:1'}, {address: '127.0.0.1:1'}]\n\
+             upstreams: {u: {targets: []}}\n\
+             routes: [{match: {path_prefix: api}, upstream: u}]\n\
+             xdp: {interfaces: [this-name-is-far-too-long]}\n"
+                .to_string(),
+            &[
+                "listeners[1].address: 127.0.0.1:1 is already used by listeners[0]",
+                "xdp.interfaces[0]: 'this-name-is-far-too-long' is not a valid interface name",
+                "upstreams.u.targets: at least one target is required",
+                "routes[0].match.path_prefix: 'api' must start with '/'",
+                "4 errors",
+            ],
+        ),
+        ("YAML syntax", "listeners: [\n".to_string(), &["line 2"]),
+        ("missing section", "upstreams: {}\n".to_string(), &["missing field `listeners`"]),
+    ];
+    for (name, yaml, expected) in cases {
+        let (code, err) = validate(yaml);
+        assert_eq!(code, 1, "{name}: exit code; stderr: {err}");
+        for line in *expected {
+            assert!(err.contains(line), "{name}: expected `{line}` in:\n{err}");
+        }
+    }
+    let out = xgate(&["validate", "-c", "/nonexistent/xgate.yaml"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("cannot read file"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn blocklist_commands_validate_input_and_change_nothing_on_error() {
+    let daemon = Daemon::start(
+        &format!("{}xdp: {{deny: ['192.0.2.0/24']}}\n", valid_on_free_port()),
+        None,
+    );
+    let state = daemon.dir.path().join("state/blocklist.json");
+
+    let out = daemon.cli(&["blocklist", "add", "203.0.113.0/24", "--reason", "scanner"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), "blocked 203.0.113.0/24");
+    let before_state = std::fs::read_to_string(&state).unwrap();
+    let before_ls = stdout(&daemon.cli(&["blocklist", "ls", "--json"]));
+
+    let refused: &[(&[&str], i32, &str)] = &[
+        (
+            &["blocklist", "add", "300.1.2.3/33"],
+            2,
+            "'300.1.2.3' is not an IPv4 or IPv6 address",
+        ),
+        (
+            &["blocklist", "add", "10.0.0.0/33"],
+            2,
+            "prefix length '33' must be 0 to 32",
+        ),
+        (
+            &["blocklist", "add", "10.0.0.0/8", "--ttl", "soon"],
+            2,
+            "'soon' does not start with a whole number",
+        ),
+        (&["blocklist", "add", "10.1.0.0/8"], 1, "has host bits set"),
+        (
+            &["blocklist", "add", "203.0.113.0/24"],
+            1,
+            "203.0.113.0/24 is already in the blocklist (added at runtime)",
+        ),
+        (
+            &["blocklist", "add", "192.0.2.0/24"],
+            1,
+            "192.0.2.0/24 is already in the blocklist (config file)",
+        ),
+        (
+            &["blocklist", "rm", "192.0.2.0/24"],
+            1,
+            "comes from the config file",
+        ),
+        (
+            &["blocklist", "rm", "198.51.100.0/24"],
+            1,
+            "198.51.100.0/24 is not in the blocklist",
+        ),
+    ];
+    for (args, code, message) in refused {
+        let out = daemon.cli(args);
+        assert_eq!(out.status.code(), Some(*code), "{args:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains(message),
+            "{args:?}: expected `{message}` in {}",
+            stderr(&out)
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(&state).unwrap(),
+        before_state,
+        "state file changed"
+    );
+    assert_eq!(
+        stdout(&daemon.cli(&["blocklist", "ls", "--json"])),
+        before_ls,
+        "list changed"
+    );
+
+    let table = stdout(&daemon.cli(&["blocklist", "ls"]));
+    assert!(
+        table.contains("192.0.2.0/24") && table.contains("config"),
+        "{table}"
+    );
+    assert!(
+        table.contains("203.0.113.0/24") && table.contains("scanner"),
+        "{table}"
+    );
+}
+
+#[test]
+fn ttl_entries_expire_and_are_reaped() {
+    let daemon = Daemon::start(&valid_on_free_port(), None);
+    let out = daemon.cli(&["blocklist", "add", "2001:db8::/32", "--ttl", "1s"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&daemon.cli(&["blocklist", "ls"])).contains("2001:db8::/32"));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while stdout(&daemon.cli(&["blocklist", "ls"])).contains("2001:db8::/32") {
+        assert!(
+            Instant::now() < deadline,
+            "entry with a 1s TTL never reaped"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let state = std::fs::read_to_string(daemon.dir.path().join("state/blocklist.json")).unwrap();
+    assert!(
+        !state.contains("2001:db8::"),
+        "reaped entry still persisted: {state}"
+    );
+}
+
+#[test]
+fn admin_socket_is_private_and_a_missing_daemon_is_explained() {
+    let daemon = Daemon::start(&valid_on_free_port(), None);
+    let mode = std::fs::metadata(&daemon.admin_socket)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+    let status = daemon.status();
+    assert_eq!(status["routes"], 1);
+    assert_eq!(status["xdp_off_reason"], "no xdp.interfaces configured");
+
+    let out = xgate(&["--admin-socket", "/nonexistent/admin.sock", "status"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("cannot reach the xgate daemon at /nonexistent/admin.sock"),
+        "{}",
+        stderr(&out)
+    );
+
+    // A second daemon on the same socket refuses to start.
+    let mut config = std::fs::read_to_string(&daemon.config).unwrap();
+    let listen = daemon.status()["listeners"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    config = config.replace(&listen, "127.0.0.1:0");
+    let dir = TempDir::new("second");
+    let path = dir.path().join("x.yaml");
+    std::fs::write(&path, config).unwrap();
+    let out = xgate(&["run", "-c", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("another xgate daemon is already serving"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn help_explains_every_command() {
+    let out = xgate(&["--help"]);
+    assert!(out.status.success());
+    let help = stdout(&out);
+    for command in ["run", "validate", "status", "blocklist"] {
+        assert!(
+            help.contains(command),
+            "{command} missing from --help:\n{help}"
+        );
+    }
+    let out = xgate(&["blocklist", "add", "--help"]);
+    assert!(stdout(&out).contains("--ttl"), "{}", stdout(&out));
+}

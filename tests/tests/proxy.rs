@@ -1,0 +1,210 @@
+//! The real `xgate` binary proxying to real upstream servers on loopback.
+
+use std::net::SocketAddr;
+
+use xgate_tests::{
+    http::{get, send},
+    process::{stderr, Daemon},
+    upstream::EchoUpstream,
+};
+
+fn any_port() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+/// A free loopback port for the gateway's listener.
+fn free_port() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+fn config(listen: SocketAddr, targets: &[SocketAddr], timeout: &str) -> String {
+    let targets: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
+    format!(
+        "listeners: [{{address: '{listen}'}}]\n\
+         upstreams:\n  echo: {{targets: [{}], timeout: {timeout}, connect_timeout: 1s}}\n\
+         routes:\n\
+         \x20 - {{name: api, match: {{path_prefix: /api/}}, upstream: echo, strip_prefix: true}}\n\
+         \x20 - {{name: raw, match: {{path_prefix: /raw/}}, upstream: echo}}\n",
+        targets.join(", ")
+    )
+}
+
+#[tokio::test]
+async fn request_round_trips_with_forwarded_headers() {
+    let upstream = EchoUpstream::start(any_port(), "one").await.unwrap();
+    let listen = free_port();
+    let _daemon = Daemon::start(&config(listen, &[upstream.addr], "5s"), None);
+
+    let response = get(
+        listen,
+        "/api/users?id=7",
+        &[
+            "X-Forwarded-For: 6.6.6.6",
+            "X-Forwarded-Proto: https",
+            "Connection: close, X-Hop",
+            "X-Hop: secret",
+            "Keep-Alive: timeout=5",
+            "X-Custom: kept",
+        ],
+    )
+    .await;
+    assert_eq!(response.status, 200, "{response:?}");
+    let seen = response.json();
+    assert_eq!(seen["upstream"], "one");
+    assert_eq!(seen["uri"], "/users?id=7", "prefix stripped, query kept");
+    let headers = &seen["headers"];
+    assert_eq!(
+        headers["x-forwarded-for"], "127.0.0.1",
+        "a client cannot forge XFF: {headers}"
+    );
+    assert_eq!(headers["x-forwarded-proto"], "http");
+    assert_eq!(headers["x-forwarded-host"], "gateway.test");
+    assert_eq!(headers["host"], "gateway.test", "Host is preserved");
+    assert_eq!(headers["x-custom"], "kept");
+    assert!(
+        headers.get("x-hop").is_none(),
+        "header named in Connection is hop-by-hop: {headers}"
+    );
+    assert!(headers.get("keep-alive").is_none(), "{headers}");
+    // The upstream saw the gateway as its peer, not the client.
+    assert!(seen["peer"].as_str().unwrap().starts_with("127.0.0.1:"));
+
+    let raw = get(listen, "/raw/x", &[]).await;
+    assert_eq!(raw.json()["uri"], "/raw/x", "no stripping unless asked");
+}
+
+#[tokio::test]
+async fn request_bodies_and_upstream_statuses_pass_through() {
+    let upstream = EchoUpstream::start(any_port(), "one").await.unwrap();
+    let listen = free_port();
+    let _daemon = Daemon::start(&config(listen, &[upstream.addr], "5s"), None);
+    let body = "x".repeat(100_000);
+    let request = format!(
+        "POST /api/upload HTTP/1.1\r\nHost: gateway.test\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let response = send(listen, None, &request).await.unwrap();
+    assert_eq!(response.status, 200);
+    assert_eq!(response.json()["body_bytes"], 100_000);
+    assert_eq!(response.json()["method"], "POST");
+    let teapot = get(listen, "/api/status/418", &[]).await;
+    assert_eq!(teapot.status, 418);
+}
+
+#[tokio::test]
+async fn round_robin_spreads_requests_evenly() {
+    let a = EchoUpstream::start(any_port(), "a").await.unwrap();
+    let b = EchoUpstream::start(any_port(), "b").await.unwrap();
+    let c = EchoUpstream::start(any_port(), "c").await.unwrap();
+    let listen = free_port();
+    let _daemon = Daemon::start(&config(listen, &[a.addr, b.addr, c.addr], "5s"), None);
+    let mut counts = std::collections::BTreeMap::new();
+    for _ in 0..30 {
+        let r = get(listen, "/api/x", &[]).await;
+        assert_eq!(r.status, 200);
+        *counts
+            .entry(r.json()["upstream"].as_str().unwrap().to_string())
+            .or_insert(0) += 1;
+    }
+    assert_eq!(
+        counts.values().copied().collect::<Vec<_>>(),
+        vec![10, 10, 10],
+        "{counts:?}"
+    );
+}
+
+#[tokio::test]
+async fn unknown_path_is_404_and_missing_host_is_400() {
+    let upstream = EchoUpstream::start(any_port(), "one").await.unwrap();
+    let listen = free_port();
+    let _daemon = Daemon::start(&config(listen, &[upstream.addr], "5s"), None);
+    let r = get(listen, "/nowhere", &[]).await;
+    assert_eq!(r.status, 404);
+    assert_eq!(r.json()["message"], "no route matched");
+    let r = send(
+        listen,
+        None,
+        "GET /api/x HTTP/1.1\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 400);
+}
+
+#[tokio::test]
+async fn dead_upstream_gives_502_and_slow_upstream_gives_504() {
+    let upstream = EchoUpstream::start(any_port(), "one").await.unwrap();
+    let listen = free_port();
+    let _daemon = Daemon::start(&config(listen, &[upstream.addr], "500ms"), None);
+    assert_eq!(get(listen, "/api/ok", &[]).await.status, 200);
+
+    // Slower than the 500ms upstream timeout.
+    let slow = get(listen, "/api/delay/3000", &[]).await;
+    assert_eq!(slow.status, 504, "{slow:?}");
+    assert_eq!(slow.json()["message"], "upstream timed out");
+
+    // Kill the upstream: the pooled connection and new connects both fail.
+    upstream.stop().await;
+    let dead = get(listen, "/api/ok", &[]).await;
+    assert_eq!(dead.status, 502, "{dead:?}");
+    assert_eq!(
+        dead.json()["message"],
+        "upstream unavailable",
+        "no internal detail leaks"
+    );
+}
+
+#[tokio::test]
+async fn blocklisted_source_is_refused_at_l7_without_xdp() {
+    let upstream = EchoUpstream::start(any_port(), "one").await.unwrap();
+    let listen = free_port();
+    let daemon = Daemon::start(&config(listen, &[upstream.addr], "5s"), None);
+    let from_blocked: SocketAddr = "127.0.0.2:0".parse().unwrap();
+    let request = "GET /api/x HTTP/1.1\r\nHost: gateway.test\r\nConnection: close\r\n\r\n";
+    assert_eq!(
+        send(listen, Some(from_blocked), request)
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+
+    let out = daemon.cli(&["blocklist", "add", "127.0.0.2", "--reason", "l7 test"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        send(listen, Some(from_blocked), request).await.is_err(),
+        "blocked source got a response"
+    );
+    assert_eq!(
+        get(listen, "/api/x", &[]).await.status,
+        200,
+        "other sources unaffected"
+    );
+    let status = daemon.status();
+    assert_eq!(status["l7_denied_connections"], 1, "{status}");
+    assert!(
+        status["xdp"].is_null(),
+        "no XDP without interfaces: {status}"
+    );
+
+    // Re-applied after a restart from the state file.
+    let dir = daemon.stop();
+    let daemon = Daemon::start_in_dir(dir, &config(listen, &[upstream.addr], "5s"), None);
+    assert!(
+        send(listen, Some(from_blocked), request).await.is_err(),
+        "entry lost across restart"
+    );
+
+    let out = daemon.cli(&["blocklist", "rm", "127.0.0.2/32"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        send(listen, Some(from_blocked), request)
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+}
