@@ -8,29 +8,77 @@
 /// Version of the map layouts below. It is part of the pin path
 /// (`<pin_root>/v<N>/`), because aya silently reuses a pinned map even when
 /// its definition changed: bump this whenever a key, value or map size changes.
-pub const MAP_LAYOUT_VERSION: u32 = 1;
+pub const MAP_LAYOUT_VERSION: u32 = 2;
 
 /// Name of the XDP program inside the object file.
 pub const XDP_PROGRAM: &str = "xgate_xdp";
+/// An empty program that passes every frame: the floor for benchmarks.
+pub const XDP_PASS_PROGRAM: &str = "xgate_pass";
 
-/// Map names, as userspace looks them up in the object file.
+/// Rule sets are double-buffered: the program reads the slot named by
+/// `ACTIVE[0]`; userspace fills the other slot and flips the index, so a
+/// packet sees either the whole old rule set or the whole new one.
+pub const SLOTS: u32 = 2;
+
+/// Map names, as userspace looks them up in the object file. Per-slot maps
+/// end in `_0` / `_1`.
 pub mod map_names {
-    /// IPv4 source deny list: `LpmTrie<[u8; 4], Rule>`.
-    pub const DENY_V4: &str = "DENY_V4";
-    /// IPv6 source deny list: `LpmTrie<[u8; 16], Rule>`.
-    pub const DENY_V6: &str = "DENY_V6";
+    /// `Array<u32>`, one element: the active slot (0 or 1).
+    pub const ACTIVE: &str = "ACTIVE";
+    /// `Array<XdpConfig>`, one element per slot.
+    pub const CONFIG: &str = "CONFIG";
     /// Per-CPU packet counters: `PerCpuArray<u64>` indexed by [`super::Stat`].
     pub const STATS: &str = "STATS";
+    /// Token buckets: `LruHashMap<BucketKey, Bucket>`, shared by both slots
+    /// so rate state survives rule-set swaps.
+    pub const BUCKETS: &str = "BUCKETS";
+    /// Per-slot maps: `LpmTrie<[u8; 4 | 16], Rule>` deny/allow lists,
+    /// `LpmTrie<_, RateLimit>` per-CIDR rate overrides, and the protected
+    /// destination port bitmap (`Array<u64>`, [`super::PORT_WORDS`] words).
+    pub const DENY_V4: [&str; 2] = ["DENY_V4_0", "DENY_V4_1"];
+    pub const DENY_V6: [&str; 2] = ["DENY_V6_0", "DENY_V6_1"];
+    pub const ALLOW_V4: [&str; 2] = ["ALLOW_V4_0", "ALLOW_V4_1"];
+    pub const ALLOW_V6: [&str; 2] = ["ALLOW_V6_0", "ALLOW_V6_1"];
+    pub const RATE_V4: [&str; 2] = ["RATE_V4_0", "RATE_V4_1"];
+    pub const RATE_V6: [&str; 2] = ["RATE_V6_0", "RATE_V6_1"];
+    pub const PORTS: [&str; 2] = ["PORTS_0", "PORTS_1"];
     /// Every map the program owns, in the order userspace pins them.
-    pub const ALL: [&str; 3] = [DENY_V4, DENY_V6, STATS];
+    pub const ALL: [&str; 18] = [
+        ACTIVE,
+        CONFIG,
+        STATS,
+        BUCKETS,
+        DENY_V4[0],
+        DENY_V4[1],
+        DENY_V6[0],
+        DENY_V6[1],
+        ALLOW_V4[0],
+        ALLOW_V4[1],
+        ALLOW_V6[0],
+        ALLOW_V6[1],
+        RATE_V4[0],
+        RATE_V4[1],
+        RATE_V6[0],
+        RATE_V6[1],
+        PORTS[0],
+        PORTS[1],
+    ];
 }
 
-/// Capacity of each deny trie. The tries are created with
+/// Capacity of each deny/allow trie. The tries are created with
 /// `BPF_F_NO_PREALLOC`, so an empty slot costs no kernel memory; the limit is
 /// set high enough for large threat feeds (100k prefixes) with headroom.
-pub const DENY_MAX_ENTRIES: u32 = 262_144;
+pub const LIST_MAX_ENTRIES: u32 = 262_144;
+/// Capacity of each per-CIDR rate override trie.
+pub const RATE_OVERRIDE_MAX_ENTRIES: u32 = 4_096;
+/// Token buckets kept at once (about 64 bytes each in the kernel: 16 MiB).
+/// See `docs/xdp.md` for why an LRU of this size is safe against spoofed
+/// floods: eviction only ever refills a bucket, it never blocks a source.
+pub const BUCKET_MAX_ENTRIES: u32 = 262_144;
+/// The protected-port bitmap: 65,536 bits in 64-bit words.
+pub const PORT_WORDS: u32 = 1_024;
 
-/// Value stored with each deny prefix.
+/// Value stored with each deny or allow prefix.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Rule {
@@ -38,7 +86,7 @@ pub struct Rule {
     /// returns); `0` means the rule never expires. An expired rule stops
     /// matching at once in the kernel; userspace reaps it later.
     pub expires_at_ns: u64,
-    /// Why the entry exists (see [`RuleSource`]); counted and shown in `ls`.
+    /// Where the entry came from (see [`RuleSource`]).
     pub source: u32,
     pub _pad: u32,
 }
@@ -47,46 +95,122 @@ pub struct Rule {
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RuleSource {
-    /// The config file's `xdp.deny` list.
+    /// The config file's `xdp.deny` / `xdp.allow` lists.
     Config = 0,
-    /// `xgate blocklist add` (admin API), persisted in the state directory.
+    /// The CLI / admin API, persisted in the state directory.
     Cli = 1,
+}
+
+/// A token bucket's parameters: one token per packet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RateLimit {
+    /// Nanoseconds to earn one token (10^9 / packets per second); `0`
+    /// disables policing for the sources it applies to.
+    pub cost_ns: u64,
+    /// Bucket depth in packets.
+    pub burst: u64,
+}
+
+impl RateLimit {
+    /// From packets per second and burst; a rate of 0 means unlimited.
+    pub const fn per_second(rate: u64, burst: u64) -> Self {
+        let cost_ns = match 1_000_000_000u64.checked_div(rate) {
+            Some(cost) => cost,
+            None => 0,
+        };
+        // A rate above 10^9 pps rounds to cost 0 (unlimited); keep it at 1 ns.
+        let cost_ns = if rate != 0 && cost_ns == 0 {
+            1
+        } else {
+            cost_ns
+        };
+        Self { cost_ns, burst }
+    }
+}
+
+/// Flags in [`XdpConfig::flags`].
+pub mod flags {
+    /// Per-source rate limiting is on.
+    pub const RATE_LIMIT: u32 = 1 << 0;
+    /// Police only TCP SYNs (new connections), not every packet.
+    pub const SYN_ONLY: u32 = 1 << 1;
+    /// Police only packets to ports set in the `PORTS` bitmap.
+    pub const PROTECTED_PORTS: u32 = 1 << 2;
+}
+
+/// Per-slot settings of the kernel policy.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct XdpConfig {
+    pub flags: u32,
+    /// Sources are aggregated to this prefix for rate limiting (IPv4).
+    pub v4_prefix_len: u32,
+    /// ... and for IPv6 (/64 by default: one customer network).
+    pub v6_prefix_len: u32,
+    pub _pad: u32,
+    /// Default budget for every source without an override.
+    pub rate: RateLimit,
+}
+
+/// Key of a token bucket: the source address masked to the configured
+/// prefix length. IPv4 uses the first four bytes of `addr`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct BucketKey {
+    pub addr: [u8; 16],
+    /// 4 or 6.
+    pub family: u32,
+}
+
+/// A token bucket kept as "packets admitted since `start_ns`": the tokens
+/// left are `burst + (now - start_ns) / cost_ns - admitted`. Admission is one
+/// atomic add, so the budget is global for the source across CPUs; when the
+/// bucket would hold more than `burst` tokens, it is re-based to `now`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Bucket {
+    pub start_ns: u64,
+    pub admitted: u64,
 }
 
 /// Indices into the per-CPU `STATS` array: one counter per verdict and reason.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stat {
-    /// IPv4/IPv6 packet that matched no rule: `XDP_PASS`.
+    /// IPv4/IPv6 packet that no rule stopped: `XDP_PASS`.
     Passed = 0,
     /// Not IPv4/IPv6 (ARP, LLDP, ...): always `XDP_PASS`, never policed.
     NonIp = 1,
+    /// Source on the allow list: `XDP_PASS`, never policed.
+    AllowListed = 2,
     /// Source matched the IPv4 deny list: `XDP_DROP`.
-    DeniedV4 = 2,
+    DeniedV4 = 3,
     /// Source matched the IPv6 deny list: `XDP_DROP`.
-    DeniedV6 = 3,
-    /// Truncated or malformed IP header: `XDP_DROP` (the kernel stack would
-    /// discard it anyway; dropping here costs less).
-    Malformed = 4,
+    DeniedV6 = 4,
+    /// Source over its token-bucket budget: `XDP_DROP`.
+    RateLimited = 5,
+    /// Truncated or malformed headers: `XDP_DROP` (the kernel stack would
+    /// discard them anyway; dropping here costs less).
+    Malformed = 6,
     /// ICMPv6 neighbour discovery: always `XDP_PASS` so the host is never cut
     /// off its link, even from a denied source.
-    NeighborDiscovery = 5,
-    /// A deny rule matched but had expired: `XDP_PASS`.
-    ExpiredRule = 6,
+    NeighborDiscovery = 7,
 }
 
 impl Stat {
     /// Number of counters (size of the `STATS` array).
-    pub const COUNT: u32 = 7;
+    pub const COUNT: u32 = 8;
     /// Every counter, in index order.
     pub const ALL: [Stat; Self::COUNT as usize] = [
         Stat::Passed,
         Stat::NonIp,
+        Stat::AllowListed,
         Stat::DeniedV4,
         Stat::DeniedV6,
+        Stat::RateLimited,
         Stat::Malformed,
         Stat::NeighborDiscovery,
-        Stat::ExpiredRule,
     ];
 
     /// Stable metric label for the counter.
@@ -94,23 +218,31 @@ impl Stat {
         match self {
             Stat::Passed => "passed",
             Stat::NonIp => "non_ip",
+            Stat::AllowListed => "allow_listed",
             Stat::DeniedV4 => "denied_v4",
             Stat::DeniedV6 => "denied_v6",
+            Stat::RateLimited => "rate_limited",
             Stat::Malformed => "malformed",
             Stat::NeighborDiscovery => "neighbor_discovery",
-            Stat::ExpiredRule => "expired_rule",
         }
     }
 
     /// The verdict the program returned for packets counted here.
     pub const fn dropped(self) -> bool {
-        matches!(self, Stat::DeniedV4 | Stat::DeniedV6 | Stat::Malformed)
+        matches!(
+            self,
+            Stat::DeniedV4 | Stat::DeniedV6 | Stat::RateLimited | Stat::Malformed
+        )
     }
 }
 
 #[cfg(feature = "user")]
 mod user {
-    // SAFETY: `Rule` is `#[repr(C)]`, `Copy`, has no padding bytes left
-    // implicit (`_pad` is explicit) and every bit pattern is valid.
+    // SAFETY (all four): `#[repr(C)]`, `Copy`, padding made explicit, and
+    // every bit pattern is a valid value.
     unsafe impl aya::Pod for super::Rule {}
+    unsafe impl aya::Pod for super::RateLimit {}
+    unsafe impl aya::Pod for super::XdpConfig {}
+    unsafe impl aya::Pod for super::BucketKey {}
+    unsafe impl aya::Pod for super::Bucket {}
 }

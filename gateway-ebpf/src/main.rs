@@ -1,58 +1,103 @@
-//! xgate's XDP program: drops packets from denied sources before the network
-//! stack allocates anything for them.
+//! xgate's XDP program: drops packets from denied sources, and from sources
+//! over their rate budget, before the network stack allocates anything.
 //!
-//! Packet path: Ethernet → up to two VLAN tags (802.1Q / 802.1ad) → IPv4
-//! (version and IHL checked) or IPv6 → source lookup in the deny LPM tries.
-//! Frames that are not IP always pass, and so does ICMPv6 neighbour
-//! discovery: the gateway must never cut its own host off the link.
+//! Packet path: Ethernet → up to two VLAN tags (802.1ad / 802.1Q) → IPv4
+//! (version and IHL checked, options skipped) or IPv6 (bounded walk over
+//! extension headers) → L4 ports and TCP flags when present. Then:
+//! non-IP and ICMPv6 neighbour discovery pass (the host must never be cut off
+//! its link) → allow list passes → deny list drops → token bucket per source
+//! (on protected ports, optionally SYNs only) drops over budget → pass.
 //! Every packet is counted under exactly one [`Stat`].
+//
 // Built for real only for the BPF target; on the host (`cargo clippy
 // --workspace`, `cargo build --workspace`) it compiles to an empty binary so
 // the workspace-wide commands keep working.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+// The BPF target has no atomic RMW in `core::sync::atomic`; the intrinsic
+// compiles to BPF_XADD when its result is unused.
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+#![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
-use core::mem;
+mod parse;
 
 use aya_ebpf::{
-    bindings::xdp_action,
+    bindings::{xdp_action, BPF_NOEXIST},
     helpers::bpf_ktime_get_ns,
     macros::{map, xdp},
     maps::{
         lpm_trie::{Key, LpmTrie},
-        PerCpuArray,
+        Array, LruHashMap, PerCpuArray,
     },
     programs::XdpContext,
 };
-use gateway_common::{Rule, Stat, DENY_MAX_ENTRIES};
-use network_types::{
-    eth::EthHdr,
-    ip::{Ipv4Hdr, Ipv6Hdr},
+use gateway_common::{
+    flags, Bucket, BucketKey, RateLimit, Rule, Stat, XdpConfig, BUCKET_MAX_ENTRIES,
+    LIST_MAX_ENTRIES, PORT_WORDS, RATE_OVERRIDE_MAX_ENTRIES, SLOTS,
 };
 
-/// IPv4 source deny list. Key: source prefix (network byte order) with its
-/// length; value: the [`Rule`] (expiry and origin). Longest prefix wins.
-#[map(name = "DENY_V4")]
-static DENY_V4: LpmTrie<[u8; 4], Rule> = LpmTrie::with_max_entries(DENY_MAX_ENTRIES, 0);
+use crate::parse::{Packet, Src};
 
-/// IPv6 source deny list; same contract as [`DENY_V4`] with 128-bit keys.
-#[map(name = "DENY_V6")]
-static DENY_V6: LpmTrie<[u8; 16], Rule> = LpmTrie::with_max_entries(DENY_MAX_ENTRIES, 0);
+/// The active rule-set slot (0 or 1), element 0. Flipped by userspace after
+/// it has filled the other slot, so a swap is atomic for the packet path.
+#[map(name = "ACTIVE")]
+static ACTIVE: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Per-slot policy settings (flags, aggregation, default budget).
+#[map(name = "CONFIG")]
+static CONFIG: Array<XdpConfig> = Array::with_max_entries(SLOTS, 0);
 
 /// Packet counters, one slot per [`Stat`], per CPU (no atomics needed on the
 /// hot path; userspace sums the CPUs).
 #[map(name = "STATS")]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Stat::COUNT, 0);
 
-const ETH_P_IPV4: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86DD;
-const ETH_P_8021Q: u16 = 0x8100;
-const ETH_P_8021AD: u16 = 0x88A8;
-const VLAN_HDR_LEN: usize = 4;
-const IPPROTO_ICMPV6: u8 = 58;
-/// ICMPv6 router solicitation .. redirect (RFC 4861 types 133-137).
-const ND_FIRST: u8 = 133;
-const ND_LAST: u8 = 137;
+/// Token buckets by aggregated source. LRU: under a flood of spoofed sources
+/// the least recently seen buckets are evicted, which only refills them.
+#[map(name = "BUCKETS")]
+static BUCKETS: LruHashMap<BucketKey, Bucket> = LruHashMap::with_max_entries(BUCKET_MAX_ENTRIES, 0);
+
+/// Source deny lists per slot. Key: source prefix (network byte order) and
+/// its length; value: [`Rule`] (expiry, origin). Longest prefix wins.
+#[map(name = "DENY_V4_0")]
+static DENY_V4_0: LpmTrie<[u8; 4], Rule> = LpmTrie::with_max_entries(LIST_MAX_ENTRIES, 0);
+#[map(name = "DENY_V4_1")]
+static DENY_V4_1: LpmTrie<[u8; 4], Rule> = LpmTrie::with_max_entries(LIST_MAX_ENTRIES, 0);
+#[map(name = "DENY_V6_0")]
+static DENY_V6_0: LpmTrie<[u8; 16], Rule> = LpmTrie::with_max_entries(LIST_MAX_ENTRIES, 0);
+#[map(name = "DENY_V6_1")]
+static DENY_V6_1: LpmTrie<[u8; 16], Rule> = LpmTrie::with_max_entries(LIST_MAX_ENTRIES, 0);
+
+/// Source allow lists per slot: same key and value as the deny lists. An
+/// allowed source is never denied or policed.
+#[map(name = "ALLOW_V4_0")]
+static ALLOW_V4_0: LpmTrie<[u8; 4], Rule> = LpmTrie::with_max_entries(LIST_MAX_ENTRIES, 0);
+#[map(name = "ALLOW_V4_1")]
+static ALLOW_V4_1: LpmTrie<[u8; 4], Rule> = LpmTrie::with_max_entries(LIST_MAX_ENTRIES, 0);
+#[map(name = "ALLOW_V6_0")]
+static ALLOW_V6_0: LpmTrie<[u8; 16], Rule> = LpmTrie::with_max_entries(LIST_MAX_ENTRIES, 0);
+#[map(name = "ALLOW_V6_1")]
+static ALLOW_V6_1: LpmTrie<[u8; 16], Rule> = LpmTrie::with_max_entries(LIST_MAX_ENTRIES, 0);
+
+/// Per-CIDR budgets that replace the default for sources inside them.
+#[map(name = "RATE_V4_0")]
+static RATE_V4_0: LpmTrie<[u8; 4], RateLimit> =
+    LpmTrie::with_max_entries(RATE_OVERRIDE_MAX_ENTRIES, 0);
+#[map(name = "RATE_V4_1")]
+static RATE_V4_1: LpmTrie<[u8; 4], RateLimit> =
+    LpmTrie::with_max_entries(RATE_OVERRIDE_MAX_ENTRIES, 0);
+#[map(name = "RATE_V6_0")]
+static RATE_V6_0: LpmTrie<[u8; 16], RateLimit> =
+    LpmTrie::with_max_entries(RATE_OVERRIDE_MAX_ENTRIES, 0);
+#[map(name = "RATE_V6_1")]
+static RATE_V6_1: LpmTrie<[u8; 16], RateLimit> =
+    LpmTrie::with_max_entries(RATE_OVERRIDE_MAX_ENTRIES, 0);
+
+/// Protected destination ports per slot: bit `p % 64` of word `p / 64`.
+#[map(name = "PORTS_0")]
+static PORTS_0: Array<u64> = Array::with_max_entries(PORT_WORDS, 0);
+#[map(name = "PORTS_1")]
+static PORTS_1: Array<u64> = Array::with_max_entries(PORT_WORDS, 0);
 
 #[xdp]
 pub fn xgate_xdp(ctx: XdpContext) -> u32 {
@@ -65,99 +110,277 @@ pub fn xgate_xdp(ctx: XdpContext) -> u32 {
     }
 }
 
+/// Passes everything: the floor the benchmarks measure against.
+#[xdp]
+pub fn xgate_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
+/// One slot's maps.
+struct Slot {
+    deny_v4: &'static LpmTrie<[u8; 4], Rule>,
+    deny_v6: &'static LpmTrie<[u8; 16], Rule>,
+    allow_v4: &'static LpmTrie<[u8; 4], Rule>,
+    allow_v6: &'static LpmTrie<[u8; 16], Rule>,
+    rate_v4: &'static LpmTrie<[u8; 4], RateLimit>,
+    rate_v6: &'static LpmTrie<[u8; 16], RateLimit>,
+    ports: &'static Array<u64>,
+}
+
+#[inline(always)]
+fn slot(index: u32) -> Slot {
+    if index == 0 {
+        Slot {
+            deny_v4: &DENY_V4_0,
+            deny_v6: &DENY_V6_0,
+            allow_v4: &ALLOW_V4_0,
+            allow_v6: &ALLOW_V6_0,
+            rate_v4: &RATE_V4_0,
+            rate_v6: &RATE_V6_0,
+            ports: &PORTS_0,
+        }
+    } else {
+        Slot {
+            deny_v4: &DENY_V4_1,
+            deny_v6: &DENY_V6_1,
+            allow_v4: &ALLOW_V4_1,
+            allow_v6: &ALLOW_V6_1,
+            rate_v4: &RATE_V4_1,
+            rate_v6: &RATE_V6_1,
+            ports: &PORTS_1,
+        }
+    }
+}
+
 /// Decides what happens to one frame. Every branch names the counter it
 /// lands in, so verdicts and statistics cannot drift apart.
 #[inline(always)]
 fn classify(ctx: &XdpContext) -> Stat {
-    let Some(mut ether_type) = read_be16(ctx, mem::offset_of!(EthHdr, ether_type)) else {
-        return Stat::Malformed;
+    let packet = match parse::parse(ctx) {
+        Ok(Some(packet)) => packet,
+        Ok(None) => return Stat::NonIp,
+        Err(parse::Malformed) => return Stat::Malformed,
     };
-    let mut offset = EthHdr::LEN;
-    // Two explicit steps rather than a loop: at most an outer (802.1ad) and
-    // an inner (802.1Q) tag.
-    if is_vlan(ether_type) {
-        let Some(inner) = read_be16(ctx, offset + 2) else {
-            return Stat::Malformed;
-        };
-        ether_type = inner;
-        offset += VLAN_HDR_LEN;
+    if packet.neighbor_discovery {
+        return Stat::NeighborDiscovery;
     }
-    if is_vlan(ether_type) {
-        let Some(inner) = read_be16(ctx, offset + 2) else {
-            return Stat::Malformed;
-        };
-        ether_type = inner;
-        offset += VLAN_HDR_LEN;
-    }
-    match ether_type {
-        ETH_P_IPV4 => classify_v4(ctx, offset),
-        ETH_P_IPV6 => classify_v6(ctx, offset),
-        _ => Stat::NonIp,
-    }
-}
-
-#[inline(always)]
-fn classify_v4(ctx: &XdpContext, offset: usize) -> Stat {
-    let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, offset) else {
-        return Stat::Malformed;
+    let index = ACTIVE.get(0).copied().unwrap_or(0) & 1;
+    let Some(config) = CONFIG.get(index) else {
+        return Stat::Passed;
     };
-    // SAFETY: `ptr_at` checked that the whole header lies inside the frame.
-    let (vihl, src) = unsafe { ((*ip).vihl, (*ip).src_addr) };
-    let header_len = usize::from(vihl & 0x0F) * 4;
-    if vihl >> 4 != 4
-        || header_len < Ipv4Hdr::LEN
-        || offset + header_len > ctx.data_end() - ctx.data()
-    {
-        return Stat::Malformed;
-    }
-    let key = AlignedKey {
-        key: Key::new(32, src),
-    };
-    match DENY_V4.get(&key.key) {
-        Some(rule) => rule_verdict(rule, Stat::DeniedV4),
-        None => Stat::Passed,
-    }
-}
-
-#[inline(always)]
-fn classify_v6(ctx: &XdpContext, offset: usize) -> Stat {
-    let Some(ip) = ptr_at::<Ipv6Hdr>(ctx, offset) else {
-        return Stat::Malformed;
-    };
-    // SAFETY: `ptr_at` checked that the whole header lies inside the frame.
-    let (version, next_hdr, src) = unsafe { ((*ip).vcf[0] >> 4, (*ip).next_hdr, (*ip).src_addr) };
-    if version != 6 {
-        return Stat::Malformed;
-    }
-    if next_hdr == IPPROTO_ICMPV6 {
-        let Some(icmp_type) = ptr_at::<u8>(ctx, offset + Ipv6Hdr::LEN) else {
-            return Stat::Malformed;
-        };
-        // SAFETY: bounds checked by `ptr_at`.
-        let icmp_type = unsafe { *icmp_type };
-        if (ND_FIRST..=ND_LAST).contains(&icmp_type) {
-            return Stat::NeighborDiscovery;
+    let maps = slot(index);
+    // Read the clock only when something needs it (expiring rules, buckets).
+    let mut now = 0u64;
+    match packet.src {
+        Src::V4(src) => {
+            let key = AlignedKey {
+                key: Key::new(32, src),
+            };
+            if matches(maps.allow_v4.get(&key.key), &mut now) {
+                return Stat::AllowListed;
+            }
+            if matches(maps.deny_v4.get(&key.key), &mut now) {
+                return Stat::DeniedV4;
+            }
+        }
+        Src::V6(src) => {
+            let key = AlignedKey {
+                key: Key::new(128, src),
+            };
+            if matches(maps.allow_v6.get(&key.key), &mut now) {
+                return Stat::AllowListed;
+            }
+            if matches(maps.deny_v6.get(&key.key), &mut now) {
+                return Stat::DeniedV6;
+            }
         }
     }
-    let key = AlignedKey {
-        key: Key::new(128, src),
+    if config.flags & flags::RATE_LIMIT == 0 || !policed(&packet, config, &maps) {
+        return Stat::Passed;
+    }
+    let (limit, key) = match packet.src {
+        Src::V4(src) => {
+            let lookup = AlignedKey {
+                key: Key::new(32, src),
+            };
+            let limit = maps
+                .rate_v4
+                .get(&lookup.key)
+                .copied()
+                .unwrap_or(config.rate);
+            let mut addr = [0u8; 16];
+            let masked = mask(u32::from_be_bytes(src), config.v4_prefix_len).to_be_bytes();
+            addr[0] = masked[0];
+            addr[1] = masked[1];
+            addr[2] = masked[2];
+            addr[3] = masked[3];
+            (limit, BucketKey { addr, family: 4 })
+        }
+        Src::V6(src) => {
+            let lookup = AlignedKey {
+                key: Key::new(128, src),
+            };
+            let limit = maps
+                .rate_v6
+                .get(&lookup.key)
+                .copied()
+                .unwrap_or(config.rate);
+            (
+                limit,
+                BucketKey {
+                    addr: mask_v6(src, config.v6_prefix_len),
+                    family: 6,
+                },
+            )
+        }
     };
-    match DENY_V6.get(&key.key) {
-        Some(rule) => rule_verdict(rule, Stat::DeniedV6),
-        None => Stat::Passed,
+    if limit.cost_ns == 0 {
+        return Stat::Passed;
+    }
+    if now == 0 {
+        // SAFETY: helper without arguments.
+        now = unsafe { bpf_ktime_get_ns() };
+    }
+    if admit(&key, &limit, now) {
+        Stat::Passed
+    } else {
+        Stat::RateLimited
     }
 }
 
-/// A matching rule denies unless it has expired.
+/// Whether this packet is subject to the token bucket at all.
 #[inline(always)]
-fn rule_verdict(rule: &Rule, denied: Stat) -> Stat {
-    let expires = rule.expires_at_ns;
-    // SAFETY: helper call with no arguments.
-    if expires != 0 && unsafe { bpf_ktime_get_ns() } >= expires {
-        Stat::ExpiredRule
-    } else {
-        denied
+fn policed(packet: &Packet, config: &XdpConfig, maps: &Slot) -> bool {
+    if config.flags & flags::SYN_ONLY != 0 && !packet.tcp_syn {
+        return false;
     }
+    if config.flags & flags::PROTECTED_PORTS != 0 {
+        // Non-first fragments carry no ports: they are policed (a flood must
+        // not slip through by fragmenting). Other protocols without ports
+        // (ICMP, ...) are not: they never reach a protected listener.
+        if packet.fragment {
+            return true;
+        }
+        let Some(port) = packet.dst_port else {
+            return false;
+        };
+        let word = maps.ports.get(u32::from(port >> 6)).copied().unwrap_or(0);
+        return word & (1u64 << (port & 63)) != 0;
+    }
+    true
+}
+
+/// Token bucket admission (see [`Bucket`]). Existing buckets are updated in
+/// place; a new source inserts a bucket that has just spent one token.
+#[inline(always)]
+fn admit(key: &BucketKey, limit: &RateLimit, now: u64) -> bool {
+    let Some(bucket) = BUCKETS.get_ptr_mut(key) else {
+        let fresh = Bucket {
+            start_ns: now,
+            admitted: 1,
+        };
+        // Another CPU may have inserted it first; either way this packet is
+        // the source's first and is admitted.
+        let _ = BUCKETS.insert(key, fresh, u64::from(BPF_NOEXIST));
+        return true;
+    };
+    // SAFETY: `bucket` points into the map value, valid for this program run.
+    let (start, admitted) = unsafe { ((*bucket).start_ns, (*bucket).admitted) };
+    let earned = if now > start {
+        (now - start) / limit.cost_ns
+    } else {
+        0
+    };
+    let allowance = limit.burst + earned;
+    if admitted >= allowance {
+        return false;
+    }
+    if allowance - admitted > limit.burst {
+        // More than a full bucket: re-base so the source holds `burst`
+        // tokens, minus the one this packet spends. A racing CPU doing the
+        // same writes the same values.
+        // SAFETY: as above.
+        unsafe {
+            (*bucket).start_ns = now;
+            (*bucket).admitted = 1;
+        }
+        return true;
+    }
+    // SAFETY: as above; an aligned u64 inside the map value.
+    unsafe { atomic_add(&mut (*bucket).admitted) };
+    true
+}
+
+/// `*counter += 1`, atomically across CPUs. The old value is not read (that
+/// would need BPF_FETCH); this is a plain BPF atomic add.
+#[cfg(target_arch = "bpf")]
+#[inline(always)]
+unsafe fn atomic_add(counter: *mut u64) {
+    core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+        counter, 1,
+    );
+}
+
+/// Host builds never run the program; keep the type checker happy.
+#[cfg(not(target_arch = "bpf"))]
+#[inline(always)]
+unsafe fn atomic_add(counter: *mut u64) {
+    *counter += 1;
+}
+
+/// Whether a deny/allow lookup result is a live (unexpired) rule.
+#[inline(always)]
+fn matches(rule: Option<&Rule>, now: &mut u64) -> bool {
+    let Some(rule) = rule else {
+        return false;
+    };
+    let expires = rule.expires_at_ns;
+    if expires == 0 {
+        return true;
+    }
+    if *now == 0 {
+        // SAFETY: helper without arguments.
+        *now = unsafe { bpf_ktime_get_ns() };
+    }
+    *now < expires
+}
+
+#[inline(always)]
+fn mask(addr: u32, prefix_len: u32) -> u32 {
+    if prefix_len == 0 {
+        0
+    } else if prefix_len >= 32 {
+        addr
+    } else {
+        addr & (u32::MAX << (32 - prefix_len))
+    }
+}
+
+#[inline(always)]
+fn mask_v6(addr: [u8; 16], prefix_len: u32) -> [u8; 16] {
+    let hi = u64::from_be_bytes([
+        addr[0], addr[1], addr[2], addr[3], addr[4], addr[5], addr[6], addr[7],
+    ]);
+    let lo = u64::from_be_bytes([
+        addr[8], addr[9], addr[10], addr[11], addr[12], addr[13], addr[14], addr[15],
+    ]);
+    let (hi, lo) = if prefix_len == 0 {
+        (0, 0)
+    } else if prefix_len < 64 {
+        (hi & (u64::MAX << (64 - prefix_len)), 0)
+    } else if prefix_len == 64 {
+        (hi, 0)
+    } else if prefix_len < 128 {
+        (hi, lo & (u64::MAX << (128 - prefix_len)))
+    } else {
+        (hi, lo)
+    };
+    let hi = hi.to_be_bytes();
+    let lo = lo.to_be_bytes();
+    [
+        hi[0], hi[1], hi[2], hi[3], hi[4], hi[5], hi[6], hi[7], lo[0], lo[1], lo[2], lo[3], lo[4],
+        lo[5], lo[6], lo[7],
+    ]
 }
 
 /// LPM keys are `repr(packed)`; keeping the stack copy 8-byte aligned lets the
@@ -168,35 +391,12 @@ struct AlignedKey<K> {
 }
 
 #[inline(always)]
-fn is_vlan(ether_type: u16) -> bool {
-    ether_type == ETH_P_8021Q || ether_type == ETH_P_8021AD
-}
-
-#[inline(always)]
 fn count(stat: Stat) {
     if let Some(counter) = STATS.get_ptr_mut(stat as u32) {
         // SAFETY: per-CPU slot; XDP runs with migration disabled, so no other
         // writer touches this CPU's copy while we increment it.
         unsafe { *counter += 1 };
     }
-}
-
-/// A pointer to a `T` at `offset` in the frame, if the whole `T` is inside it.
-#[inline(always)]
-fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*const T> {
-    let start = ctx.data();
-    let end = ctx.data_end();
-    if start + offset + mem::size_of::<T>() > end {
-        return None;
-    }
-    Some((start + offset) as *const T)
-}
-
-#[inline(always)]
-fn read_be16(ctx: &XdpContext, offset: usize) -> Option<u16> {
-    let bytes = ptr_at::<[u8; 2]>(ctx, offset)?;
-    // SAFETY: bounds checked by `ptr_at`.
-    Some(u16::from_be_bytes(unsafe { *bytes }))
 }
 
 #[cfg(target_arch = "bpf")]

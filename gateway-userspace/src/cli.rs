@@ -14,9 +14,11 @@ use ipnet::IpNet;
 
 use crate::{
     admin::{api::AddRequest, client},
-    blocklist::{parse_cidr, Listed},
-    config::{Config, DEFAULT_ADMIN_SOCKET},
-    daemon, duration, telemetry,
+    config::{Config, XdpMode, DEFAULT_ADMIN_SOCKET},
+    daemon, duration,
+    lists::{parse_cidr, Listed, SourceLists},
+    telemetry,
+    xdp::{self, KernelRules, ListKind, XdpDataPlane, XDP_OBJECT},
 };
 
 /// Where `run` and `validate` look when no --config is given.
@@ -51,24 +53,32 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the gateway daemon in the foreground (SIGTERM/SIGINT drain and stop it).
+    /// Run the gateway daemon in the foreground (SIGHUP reloads; SIGTERM/SIGINT drain and stop).
     Run,
     /// Check a config file: prints every error with its path; exits 1 if there is any.
     Validate,
-    /// Show the running daemon's listeners, XDP attachment and counters.
+    /// Show the running daemon's listeners, lists, XDP attachment and counters.
     Status {
         /// Print the raw JSON document.
         #[arg(long)]
         json: bool,
     },
-    /// Manage the source blocklist: dropped in XDP when attached, refused at L7 always.
+    /// Re-read the config file: applied atomically, or refused with every error while the old config stays.
+    Reload,
+    /// Deny list: sources dropped in XDP when attached, refused at L7 always.
     #[command(subcommand)]
-    Blocklist(BlocklistCommand),
+    Blocklist(ListCommand),
+    /// Allow list: sources never denied or rate-limited (an allow entry wins over a deny entry).
+    #[command(subcommand)]
+    Allowlist(ListCommand),
+    /// The kernel data plane: counters, and attach/detach without a daemon.
+    #[command(subcommand)]
+    Xdp(XdpCommand),
 }
 
 #[derive(Debug, Subcommand)]
-enum BlocklistCommand {
-    /// Block a CIDR (or one address) now; persisted across restarts.
+enum ListCommand {
+    /// Add a CIDR (or one address) now; persisted across restarts.
     Add {
         /// e.g. 203.0.113.0/24, 2001:db8::/48, 198.51.100.7
         #[arg(value_parser = parse_cidr)]
@@ -80,7 +90,7 @@ enum BlocklistCommand {
         #[arg(long, value_parser = duration::parse)]
         ttl: Option<Duration>,
     },
-    /// Unblock a CIDR previously added with `add`.
+    /// Remove a CIDR previously added with `add`.
     Rm {
         #[arg(value_parser = parse_cidr)]
         cidr: IpNet,
@@ -91,6 +101,51 @@ enum BlocklistCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum XdpCommand {
+    /// Packet counters by verdict and reason, summed over CPUs (from the running daemon).
+    Stats {
+        /// Print the raw JSON document.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Attach the XDP program to an interface and leave it enforcing, without a daemon
+    /// (development; `cargo xtask attach`). With --config, its lists and rate limit are loaded.
+    Attach {
+        #[arg(long, value_name = "IFACE")]
+        iface: String,
+        #[arg(long, value_enum, default_value = "auto")]
+        mode: CliXdpMode,
+        /// bpffs directory for pinned maps and links.
+        #[arg(long, default_value = crate::config::DEFAULT_PIN_PATH)]
+        pin_path: PathBuf,
+    },
+    /// Detach an attachment left in place (by `xdp attach` or `xdp.on_exit: keep`). Stop the daemon first.
+    Detach {
+        #[arg(long, value_name = "IFACE")]
+        iface: String,
+        #[arg(long, default_value = crate::config::DEFAULT_PIN_PATH)]
+        pin_path: PathBuf,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum CliXdpMode {
+    Auto,
+    Native,
+    Generic,
+}
+
+impl From<CliXdpMode> for XdpMode {
+    fn from(mode: CliXdpMode) -> Self {
+        match mode {
+            CliXdpMode::Auto => XdpMode::Auto,
+            CliXdpMode::Native => XdpMode::Native,
+            CliXdpMode::Generic => XdpMode::Generic,
+        }
+    }
 }
 
 pub fn main() -> ExitCode {
@@ -156,42 +211,109 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Blocklist(action) => blocklist(&cli, action).await,
+        Command::Reload => {
+            let report =
+                client::call_ok(&admin_socket(&cli)?, Method::POST, "/reload", None).await?;
+            println!("reloaded");
+            if let Some(changes) = report["needs_restart"].as_array().filter(|c| !c.is_empty()) {
+                let changes: Vec<&str> = changes.iter().filter_map(|c| c.as_str()).collect();
+                println!(
+                    "changed but applied only after a restart: {}",
+                    changes.join(", ")
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Blocklist(action) => list(&cli, ListKind::Deny, action).await,
+        Command::Allowlist(action) => list(&cli, ListKind::Allow, action).await,
+        Command::Xdp(action) => xdp_command(&cli, action).await,
     }
 }
 
-async fn blocklist(cli: &Cli, action: &BlocklistCommand) -> anyhow::Result<ExitCode> {
-    let socket = admin_socket(cli)?;
+async fn xdp_command(cli: &Cli, action: &XdpCommand) -> anyhow::Result<ExitCode> {
     match action {
-        BlocklistCommand::Add { cidr, reason, ttl } => {
+        XdpCommand::Stats { json } => {
+            let status = client::call_ok(&admin_socket(cli)?, Method::GET, "/status", None).await?;
+            let Some(xdp) = status.get("xdp") else {
+                anyhow::bail!(
+                    "XDP is not attached: {}",
+                    status["xdp_off_reason"]
+                        .as_str()
+                        .unwrap_or("unknown reason")
+                );
+            };
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&xdp["counters"])?);
+            } else {
+                print_counters(&xdp["counters"]);
+            }
+        }
+        XdpCommand::Attach {
+            iface,
+            mode,
+            pin_path,
+        } => {
+            let mut plane = XdpDataPlane::load(XDP_OBJECT, Some(pin_path))?;
+            let attachment = plane.attach(iface, (*mode).into())?;
+            match &cli.config {
+                Some(path) => {
+                    let config = Config::load(path)?;
+                    SourceLists::open(&config, Some(plane)).map_err(|e| anyhow::anyhow!(e))?;
+                }
+                None => plane.replace_rules(&KernelRules::default())?,
+            }
+            println!(
+                "attached to {iface} ({} mode{}); it stays until `xgate xdp detach --iface {iface}`",
+                attachment.mode,
+                if attachment.adopted { ", replaced the program of an existing attachment" } else { "" }
+            );
+        }
+        XdpCommand::Detach { iface, pin_path } => {
+            if xdp::detach_pinned(pin_path, iface).map_err(|e| anyhow::anyhow!(e))? {
+                println!("detached from {iface}");
+            } else {
+                anyhow::bail!(
+                    "no pinned attachment for {iface} under {}",
+                    xdp::links_dir(pin_path).display()
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn list(cli: &Cli, kind: ListKind, action: &ListCommand) -> anyhow::Result<ExitCode> {
+    let socket = admin_socket(cli)?;
+    let base = format!("/{}", kind.name());
+    let verb = match kind {
+        ListKind::Deny => ("blocked", "unblocked"),
+        ListKind::Allow => ("allowed", "removed from the allowlist:"),
+    };
+    match action {
+        ListCommand::Add { cidr, reason, ttl } => {
             let request = AddRequest {
                 cidr: cidr.to_string(),
                 reason: reason.clone(),
                 ttl: ttl.map(duration::format),
             };
-            client::call_ok(
-                &socket,
-                Method::POST,
-                "/blocklist",
-                Some(serde_json::to_value(request)?),
-            )
-            .await?;
+            let body = Some(serde_json::to_value(request)?);
+            client::call_ok(&socket, Method::POST, &base, body).await?;
             match ttl {
-                Some(ttl) => println!("blocked {cidr} for {}", duration::format(*ttl)),
-                None => println!("blocked {cidr}"),
+                Some(ttl) => println!("{} {cidr} for {}", verb.0, duration::format(*ttl)),
+                None => println!("{} {cidr}", verb.0),
             }
         }
-        BlocklistCommand::Rm { cidr } => {
-            client::call_ok(&socket, Method::DELETE, &format!("/blocklist/{cidr}"), None).await?;
-            println!("unblocked {cidr}");
+        ListCommand::Rm { cidr } => {
+            client::call_ok(&socket, Method::DELETE, &format!("{base}/{cidr}"), None).await?;
+            println!("{} {cidr}", verb.1);
         }
-        BlocklistCommand::Ls { json } => {
-            let value = client::call_ok(&socket, Method::GET, "/blocklist", None).await?;
+        ListCommand::Ls { json } => {
+            let value = client::call_ok(&socket, Method::GET, &base, None).await?;
             if *json {
                 println!("{}", serde_json::to_string_pretty(&value)?);
             } else {
                 let entries: Vec<Listed> = serde_json::from_value(value)?;
-                print_blocklist(&entries);
+                print_list(kind, &entries);
             }
         }
     }
@@ -217,9 +339,9 @@ fn admin_socket(cli: &Cli) -> anyhow::Result<PathBuf> {
     Ok(PathBuf::from(DEFAULT_ADMIN_SOCKET))
 }
 
-fn print_blocklist(entries: &[Listed]) {
+fn print_list(kind: ListKind, entries: &[Listed]) {
     if entries.is_empty() {
-        println!("blocklist is empty");
+        println!("{} is empty", kind.name());
         return;
     }
     println!("{:<43} {:<7} {:<20} REASON", "CIDR", "SOURCE", "EXPIRES");
@@ -248,9 +370,10 @@ fn print_blocklist(entries: &[Listed]) {
 fn print_status(s: &serde_json::Value) {
     let get = |k: &str| s.get(k).cloned().unwrap_or_default();
     println!(
-        "xgate {} (up {}s)",
+        "xgate {} (up {}s, {} reloads)",
         get("version").as_str().unwrap_or("?"),
-        get("uptime_secs")
+        get("uptime_secs"),
+        get("reloads")
     );
     let listeners: Vec<String> = get("listeners")
         .as_array()
@@ -263,8 +386,9 @@ fn print_status(s: &serde_json::Value) {
     println!("listeners: {}", listeners.join(", "));
     println!("routes:    {}", get("routes"));
     println!(
-        "blocklist: {} entries; {} connections refused at L7",
+        "lists:     {} blocked, {} allowed; {} connections refused at L7",
         get("blocklist_entries"),
+        get("allowlist_entries"),
         get("l7_denied_connections")
     );
     match s.get("xdp") {
@@ -275,24 +399,28 @@ fn print_status(s: &serde_json::Value) {
                     a.iter()
                         .map(|at| {
                             format!(
-                                "{} ({})",
+                                "{} ({}{})",
                                 at["interface"].as_str().unwrap_or("?"),
-                                at["mode"].as_str().unwrap_or("?")
+                                at["mode"].as_str().unwrap_or("?"),
+                                if at["adopted"].as_bool() == Some(true) {
+                                    ", adopted"
+                                } else {
+                                    ""
+                                }
                             )
                         })
                         .collect()
                 })
                 .unwrap_or_default();
             println!("xdp:       attached to {}", attached.join(", "));
-            if let Some(dir) = xdp["pin_dir"].as_str() {
-                println!("           maps pinned at {dir}");
+            if let Some(dir) = xdp["pin_path"].as_str() {
+                println!(
+                    "           pinned under {dir}; active rule slot {}",
+                    xdp["active_slot"]
+                );
             }
-            if let Some(counters) = xdp["counters"].as_object() {
-                println!("           packets:");
-                for (name, value) in counters {
-                    println!("             {name:<20} {value}");
-                }
-            }
+            println!("           {} rate buckets", xdp["rate_buckets"]);
+            print_counters(&xdp["counters"]);
         }
         None => println!(
             "xdp:       off ({})",
@@ -300,5 +428,17 @@ fn print_status(s: &serde_json::Value) {
                 .and_then(|r| r.as_str())
                 .unwrap_or("unknown reason")
         ),
+    }
+}
+
+fn print_counters(counters: &serde_json::Value) {
+    println!("           packets:");
+    for stat in gateway_common::Stat::ALL {
+        let verdict = if stat.dropped() { "drop" } else { "pass" };
+        println!(
+            "             {:<20} {verdict}  {}",
+            stat.name(),
+            counters[stat.name()]
+        );
     }
 }

@@ -1,9 +1,10 @@
-//! `xgate run`: wires config, the XDP data plane, the blocklist, the proxy
-//! listeners and the admin API together, and tears them down in order.
+//! `xgate run`: wires config, the XDP data plane, the source lists, the proxy
+//! listeners and the admin API together; reloads on SIGHUP or `POST /reload`;
+//! tears everything down in order on SIGTERM/SIGINT.
 
 use std::{
-    path::Path,
-    sync::Arc,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -15,30 +16,87 @@ use tokio::{
 };
 
 use crate::{
-    admin::server::{self as admin, AdminState},
-    blocklist::Blocklist,
+    admin::{
+        api::ReloadReport,
+        server::{self as admin, AdminState},
+    },
     config::Config,
-    proxy::{self, Runtime},
+    lists::SourceLists,
+    proxy::{self, Runtime, RuntimeHandle},
     sys,
     telemetry::Metrics,
-    xdp::{XdpDataPlane, XDP_OBJECT},
+    xdp::{OnExit, XdpDataPlane, XDP_OBJECT},
 };
 
 /// How long in-flight requests may run after a shutdown signal.
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
-/// How often expired blocklist entries are reaped.
+/// How often expired list entries are reaped.
 const REAP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Re-reads the config file and applies it: validated and compiled first;
+/// on any error the running config stays and the error is returned.
+pub struct Reloader {
+    path: PathBuf,
+    current: Mutex<Config>,
+    lists: Arc<SourceLists>,
+    runtime: Arc<RuntimeHandle>,
+    metrics: Arc<Metrics>,
+}
+
+impl Reloader {
+    pub fn reload(&self) -> Result<ReloadReport, String> {
+        let mut current = self.current.lock().unwrap();
+        let config = Config::load(&self.path).map_err(|e| e.to_string().trim_end().to_string())?;
+        let runtime = Runtime::compile(&config);
+        self.lists.reload(&config)?;
+        self.runtime.store(runtime);
+        let needs_restart = restart_only_changes(&current, &config);
+        for change in &needs_restart {
+            tracing::warn!(change = %change, "changed in the config file; applies after a restart");
+        }
+        *current = config;
+        self.metrics.reloaded();
+        tracing::info!(path = %self.path.display(), "configuration reloaded");
+        Ok(ReloadReport { needs_restart })
+    }
+
+    pub fn route_count(&self) -> usize {
+        self.runtime.load().route_count()
+    }
+}
+
+/// Settings bound at start-up (sockets, attachments) that a reload cannot
+/// change in place.
+fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
+    let mut changes = Vec::new();
+    let addresses = |c: &Config| c.listeners.iter().map(|l| l.address).collect::<Vec<_>>();
+    if addresses(old) != addresses(new) {
+        changes.push("listeners".to_string());
+    }
+    if old.admin.socket != new.admin.socket {
+        changes.push("admin.socket".to_string());
+    }
+    if old.state_dir != new.state_dir {
+        changes.push("state_dir".to_string());
+    }
+    if old.xdp.interfaces != new.xdp.interfaces || old.xdp.mode != new.xdp.mode {
+        changes.push("xdp.interfaces / xdp.mode".to_string());
+    }
+    if old.xdp.pin_path != new.xdp.pin_path {
+        changes.push("xdp.pin_path".to_string());
+    }
+    changes
+}
 
 pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let config = Config::load(config_path)?;
 
     let (xdp, xdp_off_reason) = start_xdp(&config)?;
-    let blocklist = Arc::new(
-        Blocklist::open(&config.xdp.deny, &config.state_dir, xdp)
-            .map_err(|e| anyhow::anyhow!("blocklist: {e}"))?,
+    let lists = Arc::new(
+        SourceLists::open(&config, xdp).map_err(|e| anyhow::anyhow!("source lists: {e}"))?,
     );
     let metrics = Arc::new(Metrics::default());
-    let runtime = Arc::new(Runtime::compile(&config));
+    let runtime = Arc::new(RuntimeHandle::new(Runtime::compile(&config)));
 
     let mut listeners = Vec::new();
     for listener in &config.listeners {
@@ -49,13 +107,20 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     }
     let admin_listener = admin::bind(&config.admin.socket).await?;
 
+    let reloader = Arc::new(Reloader {
+        path: config_path.to_path_buf(),
+        current: Mutex::new(config.clone()),
+        lists: lists.clone(),
+        runtime: runtime.clone(),
+        metrics: metrics.clone(),
+    });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let admin_state = Arc::new(AdminState {
-        blocklist: blocklist.clone(),
+        lists: lists.clone(),
         metrics: metrics.clone(),
+        reloader: reloader.clone(),
         started: Instant::now(),
         listeners: config.listeners.iter().map(|l| l.address).collect(),
-        routes: runtime.route_count(),
         xdp_off_reason,
     });
     let admin_task = tokio::spawn(admin::serve(
@@ -69,20 +134,20 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         proxy_tasks.push(tokio::spawn(proxy::server::serve(
             socket,
             runtime.clone(),
-            blocklist.clone(),
+            lists.clone(),
             metrics.clone(),
             shutdown_rx.clone(),
             DRAIN_DEADLINE,
         )));
     }
     let reaper = {
-        let blocklist = blocklist.clone();
+        let lists = lists.clone();
         let mut shutdown = shutdown_rx.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(REAP_INTERVAL);
             loop {
                 tokio::select! {
-                    _ = tick.tick() => { blocklist.reap_expired(); }
+                    _ = tick.tick() => { lists.reap_expired(); }
                     _ = shutdown.changed() => break,
                 }
             }
@@ -92,11 +157,11 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     tracing::info!(
         listeners = ?config.listeners.iter().map(|l| l.address).collect::<Vec<_>>(),
         admin = %config.admin.socket.display(),
-        routes = runtime.route_count(),
+        routes = reloader.route_count(),
         "xgate ready"
     );
 
-    wait_for_shutdown_signal().await?;
+    wait_for_shutdown(&reloader).await?;
     tracing::info!("shutting down: no new connections; draining for up to {DRAIN_DEADLINE:?}");
     let _ = shutdown_tx.send(true);
     for task in proxy_tasks {
@@ -104,15 +169,26 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     }
     let _ = admin_task.await;
     let _ = reaper.await;
-    if let Some(xdp) = blocklist.take_xdp() {
+    if let Some(mut xdp) = lists.take_xdp() {
         let interfaces: Vec<String> = xdp
             .attachments()
             .iter()
             .map(|a| a.interface.clone())
             .collect();
-        drop(xdp);
-        if !interfaces.is_empty() {
-            tracing::info!(?interfaces, "XDP detached; pinned maps kept");
+        let on_exit = reloader.current.lock().unwrap().xdp.on_exit;
+        match on_exit {
+            OnExit::Detach => {
+                xdp.unpin_links();
+                drop(xdp);
+                tracing::info!(?interfaces, "XDP detached; pinned maps kept");
+            }
+            OnExit::Keep => {
+                drop(xdp);
+                tracing::info!(
+                    ?interfaces,
+                    "XDP left attached (xdp.on_exit: keep); the next start adopts it"
+                );
+            }
         }
     }
     Ok(())
@@ -127,25 +203,38 @@ fn start_xdp(config: &Config) -> anyhow::Result<(Option<XdpDataPlane>, Option<St
     if !sys::is_root() {
         let reason = "not running as root (XDP needs CAP_BPF and CAP_NET_ADMIN)".to_string();
         eprintln!(
-            "xgate: {reason}: XDP is off, serving L7 only; the blocklist is enforced at accept()"
+            "xgate: {reason}: XDP is off, serving L7 only; the lists are enforced at accept()"
         );
         return Ok((None, Some(reason)));
     }
     let mut xdp = XdpDataPlane::load(XDP_OBJECT, Some(&config.xdp.pin_path))
         .context("cannot load the XDP program")?;
     for interface in &config.xdp.interfaces {
-        let mode = xdp.attach(interface, config.xdp.mode)?;
-        tracing::info!(interface = %interface, mode = %mode, "XDP attached");
+        let attachment = xdp.attach(interface, config.xdp.mode)?;
+        tracing::info!(
+            interface = %interface,
+            mode = %attachment.mode,
+            adopted = attachment.adopted,
+            "XDP attached"
+        );
     }
     Ok((Some(xdp), None))
 }
 
-async fn wait_for_shutdown_signal() -> anyhow::Result<()> {
+/// Serves SIGHUP (reload) until SIGTERM or SIGINT.
+async fn wait_for_shutdown(reloader: &Reloader) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM received"); return Ok(()); }
+            _ = int.recv() => { tracing::info!("SIGINT received"); return Ok(()); }
+            _ = hup.recv() => {
+                if let Err(error) = reloader.reload() {
+                    tracing::error!(%error, "reload failed; the running configuration stays");
+                }
+            }
+        }
     }
-    Ok(())
 }

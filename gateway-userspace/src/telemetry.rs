@@ -24,9 +24,18 @@ pub fn init_logging() {
 #[derive(Debug, Default)]
 pub struct Metrics {
     l7_denied_connections: AtomicU64,
+    reloads: AtomicU64,
 }
 
 impl Metrics {
+    pub fn reloaded(&self) {
+        self.reloads.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn reloads(&self) -> u64 {
+        self.reloads.load(Ordering::Relaxed)
+    }
+
     pub fn l7_denied_connection(&self) {
         self.l7_denied_connections.fetch_add(1, Ordering::Relaxed);
     }

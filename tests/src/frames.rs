@@ -113,3 +113,81 @@ pub fn arp_frame(sender: Ipv4Addr, target: Ipv4Addr) -> Vec<u8> {
     p.extend_from_slice(&target.octets());
     ethernet(&[], ETH_P_ARP, &p)
 }
+
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_HOPOPTS: u8 = 0;
+pub const IPPROTO_ROUTING: u8 = 43;
+pub const IPPROTO_FRAGMENT: u8 = 44;
+pub const IPPROTO_AH: u8 = 51;
+pub const IPPROTO_DSTOPTS: u8 = 60;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_ACK: u8 = 0x10;
+
+/// A 20-byte TCP header with `flags`.
+pub fn tcp(src_port: u16, dst_port: u16, flags: u8) -> Vec<u8> {
+    let mut p = Vec::with_capacity(20);
+    p.extend_from_slice(&src_port.to_be_bytes());
+    p.extend_from_slice(&dst_port.to_be_bytes());
+    p.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0]);
+    p.push(5 << 4);
+    p.push(flags);
+    p.extend_from_slice(&[0xff, 0xff, 0, 0, 0, 0]);
+    p
+}
+
+pub fn tcp4_frame(src: Ipv4Addr, dst: Ipv4Addr, dst_port: u16, flags: u8) -> Vec<u8> {
+    ethernet(
+        &[],
+        ETH_P_IPV4,
+        &ipv4(src, dst, IPPROTO_TCP, &tcp(40000, dst_port, flags)),
+    )
+}
+
+pub fn udp4_to(src: Ipv4Addr, dst: Ipv4Addr, dst_port: u16) -> Vec<u8> {
+    ethernet(
+        &[],
+        ETH_P_IPV4,
+        &ipv4(src, dst, IPPROTO_UDP, &udp(40000, dst_port, b"xgate")),
+    )
+}
+
+/// An IPv4 fragment: `offset` in 8-byte units, `more` = MF flag.
+pub fn ipv4_fragment(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    proto: u8,
+    offset: u16,
+    more: bool,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut p = ipv4(src, dst, proto, payload);
+    let field = offset & 0x1FFF | if more { 0x2000 } else { 0 };
+    p[6..8].copy_from_slice(&field.to_be_bytes());
+    ethernet(&[], ETH_P_IPV4, &p)
+}
+
+/// One IPv6 extension header of `kind` whose next header is `next`, with
+/// `payload` (the rest of the packet) behind it. Fragment headers take
+/// `frag_offset` (8-byte units).
+pub fn ipv6_ext(kind: u8, next: u8, frag_offset: u16, payload: &[u8]) -> Vec<u8> {
+    let mut h = match kind {
+        IPPROTO_AH => {
+            let mut h = vec![next, 1];
+            h.resize(12, 0);
+            h
+        }
+        IPPROTO_FRAGMENT => {
+            let mut h = vec![next, 0];
+            h.extend_from_slice(&(frag_offset << 3).to_be_bytes());
+            h.extend_from_slice(&[0, 0, 0, 7]);
+            h
+        }
+        _ => {
+            let mut h = vec![next, 0];
+            h.resize(8, 0);
+            h
+        }
+    };
+    h.extend_from_slice(payload);
+    h
+}

@@ -116,7 +116,7 @@ fn blocklist_commands_validate_input_and_change_nothing_on_error() {
         &format!("{}xdp: {{deny: ['192.0.2.0/24']}}\n", valid_on_free_port()),
         None,
     );
-    let state = daemon.dir.path().join("state/blocklist.json");
+    let state = daemon.dir.path().join("state/lists.json");
 
     let out = daemon.cli(&["blocklist", "add", "203.0.113.0/24", "--reason", "scanner"]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -207,7 +207,7 @@ fn ttl_entries_expire_and_are_reaped() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    let state = std::fs::read_to_string(daemon.dir.path().join("state/blocklist.json")).unwrap();
+    let state = std::fs::read_to_string(daemon.dir.path().join("state/lists.json")).unwrap();
     assert!(
         !state.contains("2001:db8::"),
         "reaped entry still persisted: {state}"

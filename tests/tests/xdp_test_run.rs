@@ -7,11 +7,12 @@ use std::{
 };
 
 use aya::programs::{TestRun, TestRunOptions};
-use gateway_common::{Rule, RuleSource, Stat};
+use gateway_common::{flags, RateLimit, Rule, RuleSource, Stat, XdpConfig};
 use gateway_userspace::{
     sys,
-    xdp::{XdpDataPlane, XDP_OBJECT},
+    xdp::{KernelRules, ListKind, XdpDataPlane, XDP_OBJECT},
 };
+use ipnet::IpNet;
 use xgate_tests::{frames::*, require_root};
 
 const XDP_DROP: u32 = 1;
@@ -24,6 +25,10 @@ const BLOCKED_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xbad, 0, 0, 0, 0, 1);
 const OTHER_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x900d, 0, 0, 0, 0, 1);
 const DST_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 1);
 
+fn net(s: &str) -> IpNet {
+    s.parse().unwrap()
+}
+
 fn permanent() -> Rule {
     Rule {
         expires_at_ns: 0,
@@ -32,14 +37,43 @@ fn permanent() -> Rule {
     }
 }
 
+fn no_policing() -> XdpConfig {
+    XdpConfig {
+        v4_prefix_len: 32,
+        v6_prefix_len: 64,
+        ..XdpConfig::default()
+    }
+}
+
 /// A fresh program instance with its own (unpinned) maps, holding deny rules
 /// for 203.0.113.0/24 and 2001:db8:bad::/48.
 fn data_plane() -> XdpDataPlane {
     let mut xdp = XdpDataPlane::load(XDP_OBJECT, None).expect("load XDP program");
-    xdp.insert_deny("203.0.113.0/24".parse().unwrap(), permanent())
-        .unwrap();
-    xdp.insert_deny("2001:db8:bad::/48".parse().unwrap(), permanent())
-        .unwrap();
+    xdp.replace_rules(&KernelRules {
+        config: no_policing(),
+        deny: vec![
+            (net("203.0.113.0/24"), permanent()),
+            (net("2001:db8:bad::/48"), permanent()),
+        ],
+        ..KernelRules::default()
+    })
+    .unwrap();
+    xdp
+}
+
+/// A program with the given rate limit (and no lists).
+fn rate_limited(rate: u64, burst: u64, extra_flags: u32, ports: Option<Vec<u16>>) -> XdpDataPlane {
+    let mut xdp = XdpDataPlane::load(XDP_OBJECT, None).expect("load XDP program");
+    xdp.replace_rules(&KernelRules {
+        config: XdpConfig {
+            flags: flags::RATE_LIMIT | extra_flags,
+            rate: RateLimit::per_second(rate, burst),
+            ..no_policing()
+        },
+        ports,
+        ..KernelRules::default()
+    })
+    .unwrap();
     xdp
 }
 
@@ -47,15 +81,7 @@ fn data_plane() -> XdpDataPlane {
 /// expected counter moved, by one.
 fn run(xdp: &mut XdpDataPlane, frame: &[u8], expected: Stat) -> u32 {
     let before = xdp.counters().unwrap();
-    let opts = TestRunOptions {
-        data_in: Some(frame),
-        ..TestRunOptions::default()
-    };
-    let result = xdp
-        .program_mut()
-        .unwrap()
-        .test_run(opts)
-        .expect("BPF_PROG_TEST_RUN");
+    let verdict = run_raw(xdp, frame);
     let after = xdp.counters().unwrap();
     for stat in Stat::ALL {
         let delta = after.get(stat) - before.get(stat);
@@ -67,7 +93,33 @@ fn run(xdp: &mut XdpDataPlane, frame: &[u8], expected: Stat) -> u32 {
             stat.name()
         );
     }
-    result.return_value
+    let expected_verdict = if expected.dropped() {
+        XDP_DROP
+    } else {
+        XDP_PASS
+    };
+    assert_eq!(
+        verdict, expected_verdict,
+        "verdict for a frame counted as {expected:?}"
+    );
+    verdict
+}
+
+fn run_raw(xdp: &mut XdpDataPlane, frame: &[u8]) -> u32 {
+    let opts = TestRunOptions {
+        data_in: Some(frame),
+        ..TestRunOptions::default()
+    };
+    xdp.program_mut()
+        .unwrap()
+        .test_run(opts)
+        .expect("BPF_PROG_TEST_RUN")
+        .return_value
+}
+
+/// Runs `frame` `n` times; returns how many passed.
+fn passes(xdp: &mut XdpDataPlane, frame: &[u8], n: usize) -> usize {
+    (0..n).filter(|_| run_raw(xdp, frame) == XDP_PASS).count()
 }
 
 macro_rules! root_only {
@@ -82,25 +134,16 @@ macro_rules! root_only {
 fn blocked_ipv4_source_is_dropped() {
     root_only!();
     let mut xdp = data_plane();
-    assert_eq!(
-        run(&mut xdp, &udp4_frame(BLOCKED_V4, DST_V4), Stat::DeniedV4),
-        XDP_DROP
-    );
+    run(&mut xdp, &udp4_frame(BLOCKED_V4, DST_V4), Stat::DeniedV4);
 }
 
 #[test]
 fn other_ipv4_source_passes() {
     root_only!();
     let mut xdp = data_plane();
-    assert_eq!(
-        run(&mut xdp, &udp4_frame(OTHER_V4, DST_V4), Stat::Passed),
-        XDP_PASS
-    );
+    run(&mut xdp, &udp4_frame(OTHER_V4, DST_V4), Stat::Passed);
     // Destination in the denied range does not matter: rules match sources.
-    assert_eq!(
-        run(&mut xdp, &udp4_frame(OTHER_V4, BLOCKED_V4), Stat::Passed),
-        XDP_PASS
-    );
+    run(&mut xdp, &udp4_frame(OTHER_V4, BLOCKED_V4), Stat::Passed);
 }
 
 #[test]
@@ -108,14 +151,8 @@ fn non_ip_frames_always_pass() {
     root_only!();
     let mut xdp = data_plane();
     // ARP from a denied address: the host must still answer it.
-    assert_eq!(
-        run(&mut xdp, &arp_frame(BLOCKED_V4, DST_V4), Stat::NonIp),
-        XDP_PASS
-    );
-    assert_eq!(
-        run(&mut xdp, &ethernet(&[], 0x88CC, &[0; 46]), Stat::NonIp),
-        XDP_PASS
-    ); // LLDP
+    run(&mut xdp, &arp_frame(BLOCKED_V4, DST_V4), Stat::NonIp);
+    run(&mut xdp, &ethernet(&[], 0x88CC, &[0; 46]), Stat::NonIp); // LLDP
 }
 
 #[test]
@@ -123,27 +160,27 @@ fn truncated_and_malformed_ipv4_are_dropped_as_malformed() {
     root_only!();
     let mut xdp = data_plane();
     let full = udp4_frame(OTHER_V4, DST_V4);
-    // Cut inside the IPv4 header (Ethernet header is 14 bytes, IPv4 20).
-    for cut in [15, 20, 33] {
-        assert_eq!(
-            run(&mut xdp, &full[..cut], Stat::Malformed),
-            XDP_DROP,
-            "cut at {cut}"
-        );
+    // Cut inside the IPv4 header (Ethernet header is 14 bytes, IPv4 20), and
+    // inside the UDP header (ends at 42).
+    for cut in [15, 20, 33, 38] {
+        run(&mut xdp, &full[..cut], Stat::Malformed);
     }
     // IHL 4 (16 bytes) is below the minimum.
     let mut bad_ihl = full.clone();
     bad_ihl[14] = 0x44;
-    assert_eq!(run(&mut xdp, &bad_ihl, Stat::Malformed), XDP_DROP);
+    run(&mut xdp, &bad_ihl, Stat::Malformed);
     // IHL 15 (60 bytes) claims more header than the frame has.
     let short = ethernet(&[], ETH_P_IPV4, &ipv4(OTHER_V4, DST_V4, IPPROTO_UDP, &[]));
     let mut long_ihl = short.clone();
     long_ihl[14] = 0x4F;
-    assert_eq!(run(&mut xdp, &long_ihl, Stat::Malformed), XDP_DROP);
+    run(&mut xdp, &long_ihl, Stat::Malformed);
     // Version 6 inside an IPv4 ethertype.
     let mut wrong_version = full.clone();
     wrong_version[14] = 0x65;
-    assert_eq!(run(&mut xdp, &wrong_version, Stat::Malformed), XDP_DROP);
+    run(&mut xdp, &wrong_version, Stat::Malformed);
+    // TCP header cut short.
+    let tcp_frame = tcp4_frame(OTHER_V4, DST_V4, 80, TCP_SYN);
+    run(&mut xdp, &tcp_frame[..14 + 20 + 10], Stat::Malformed);
 }
 
 #[test]
@@ -156,7 +193,7 @@ fn ipv4_options_are_skipped_and_the_source_still_matched() {
         ETH_P_IPV4,
         &ipv4_with_options(BLOCKED_V4, DST_V4, IPPROTO_UDP, &options, &udp(1, 2, b"x")),
     );
-    assert_eq!(run(&mut xdp, &frame, Stat::DeniedV4), XDP_DROP);
+    run(&mut xdp, &frame, Stat::DeniedV4);
 }
 
 #[test]
@@ -165,106 +202,392 @@ fn vlan_and_qinq_tagged_frames_are_parsed() {
     let mut xdp = data_plane();
     let ip = ipv4(BLOCKED_V4, DST_V4, IPPROTO_UDP, &udp(1, 2, b"x"));
     let single = ethernet(&[(ETH_P_8021Q, 100)], ETH_P_IPV4, &ip);
-    assert_eq!(run(&mut xdp, &single, Stat::DeniedV4), XDP_DROP);
+    run(&mut xdp, &single, Stat::DeniedV4);
     let qinq = ethernet(&[(ETH_P_8021AD, 10), (ETH_P_8021Q, 100)], ETH_P_IPV4, &ip);
-    assert_eq!(run(&mut xdp, &qinq, Stat::DeniedV4), XDP_DROP);
+    run(&mut xdp, &qinq, Stat::DeniedV4);
     let ok = ethernet(
         &[(ETH_P_8021Q, 100)],
         ETH_P_IPV4,
         &ipv4(OTHER_V4, DST_V4, IPPROTO_UDP, &udp(1, 2, b"x")),
     );
-    assert_eq!(run(&mut xdp, &ok, Stat::Passed), XDP_PASS);
-    // A tag cut off in the middle.
-    assert_eq!(run(&mut xdp, &single[..16], Stat::Malformed), XDP_DROP);
+    run(&mut xdp, &ok, Stat::Passed);
+    // Tags cut off in the middle, at both tag boundaries.
+    run(&mut xdp, &single[..16], Stat::Malformed);
+    run(&mut xdp, &qinq[..20], Stat::Malformed);
+    // A third tag is not parsed: the frame is not IP as far as we can tell.
+    let triple = ethernet(
+        &[(ETH_P_8021AD, 1), (ETH_P_8021Q, 2), (ETH_P_8021Q, 3)],
+        ETH_P_IPV4,
+        &ip,
+    );
+    run(&mut xdp, &triple, Stat::NonIp);
 }
 
 #[test]
 fn ipv6_sources_are_matched_and_neighbour_discovery_always_passes() {
     root_only!();
     let mut xdp = data_plane();
-    assert_eq!(
-        run(&mut xdp, &udp6_frame(BLOCKED_V6, DST_V6), Stat::DeniedV6),
-        XDP_DROP
-    );
-    assert_eq!(
-        run(&mut xdp, &udp6_frame(OTHER_V6, DST_V6), Stat::Passed),
-        XDP_PASS
-    );
+    run(&mut xdp, &udp6_frame(BLOCKED_V6, DST_V6), Stat::DeniedV6);
+    run(&mut xdp, &udp6_frame(OTHER_V6, DST_V6), Stat::Passed);
     // Neighbour solicitation from a denied source still passes.
-    assert_eq!(
-        run(
-            &mut xdp,
-            &icmpv6_frame(BLOCKED_V6, DST_V6, 135),
-            Stat::NeighborDiscovery
-        ),
-        XDP_PASS
+    run(
+        &mut xdp,
+        &icmpv6_frame(BLOCKED_V6, DST_V6, 135),
+        Stat::NeighborDiscovery,
     );
     // Other ICMPv6 (echo request, 128) from it does not.
-    assert_eq!(
-        run(
-            &mut xdp,
-            &icmpv6_frame(BLOCKED_V6, DST_V6, 128),
-            Stat::DeniedV6
-        ),
-        XDP_DROP
+    run(
+        &mut xdp,
+        &icmpv6_frame(BLOCKED_V6, DST_V6, 128),
+        Stat::DeniedV6,
     );
     // Truncated IPv6 header.
     let full = udp6_frame(OTHER_V6, DST_V6);
-    assert_eq!(run(&mut xdp, &full[..40], Stat::Malformed), XDP_DROP);
+    run(&mut xdp, &full[..40], Stat::Malformed);
+}
+
+#[test]
+fn ipv6_extension_header_chains_are_walked_to_the_transport_header() {
+    root_only!();
+    // Police UDP port 8080 only, 1 pps with a burst of 1: the second packet
+    // to 8080 from a source is dropped only if its port was found behind the
+    // extension headers.
+    let mut xdp = rate_limited(1, 1, 0, Some(vec![8080]));
+    let chain = |src: Ipv6Addr, port: u16| {
+        let udp = udp(1, port, b"x");
+        let dst = ipv6_ext(IPPROTO_DSTOPTS, IPPROTO_UDP, 0, &udp);
+        let ah = ipv6_ext(IPPROTO_AH, IPPROTO_DSTOPTS, 0, &dst);
+        let frag = ipv6_ext(IPPROTO_FRAGMENT, IPPROTO_AH, 0, &ah);
+        let routing = ipv6_ext(IPPROTO_ROUTING, IPPROTO_FRAGMENT, 0, &frag);
+        let hop = ipv6_ext(IPPROTO_HOPOPTS, IPPROTO_ROUTING, 0, &routing);
+        ethernet(&[], ETH_P_IPV6, &ipv6(src, DST_V6, IPPROTO_HOPOPTS, &hop))
+    };
+    run(&mut xdp, &chain(OTHER_V6, 8080), Stat::Passed);
+    run(&mut xdp, &chain(OTHER_V6, 8080), Stat::RateLimited);
+    run(&mut xdp, &chain(OTHER_V6, 9999), Stat::Passed);
+    run(&mut xdp, &chain(OTHER_V6, 9999), Stat::Passed);
+
+    // Seven extension headers exceed the walk's bound: malformed.
+    let mut payload = udp(1, 8080, b"x");
+    let mut next = IPPROTO_UDP;
+    for _ in 0..7 {
+        payload = ipv6_ext(IPPROTO_DSTOPTS, next, 0, &payload);
+        next = IPPROTO_DSTOPTS;
+    }
+    run(
+        &mut xdp,
+        &ethernet(
+            &[],
+            ETH_P_IPV6,
+            &ipv6(OTHER_V6, DST_V6, IPPROTO_DSTOPTS, &payload),
+        ),
+        Stat::Malformed,
+    );
+    // An extension header cut short: malformed.
+    let cut = chain(OTHER_V6, 8080);
+    run(&mut xdp, &cut[..14 + 40 + 1], Stat::Malformed);
+}
+
+#[test]
+fn fragments_are_denied_by_source_and_non_first_ones_are_policed() {
+    root_only!();
+    let mut xdp = data_plane();
+    // Deny applies to every fragment: it needs only the source address.
+    let later = ipv4_fragment(BLOCKED_V4, DST_V4, IPPROTO_UDP, 185, false, &[0; 64]);
+    run(&mut xdp, &later, Stat::DeniedV4);
+    let later6 = ethernet(
+        &[],
+        ETH_P_IPV6,
+        &ipv6(
+            BLOCKED_V6,
+            DST_V6,
+            IPPROTO_FRAGMENT,
+            &ipv6_ext(IPPROTO_FRAGMENT, IPPROTO_UDP, 185, &[0; 64]),
+        ),
+    );
+    run(&mut xdp, &later6, Stat::DeniedV6);
+
+    // With port-limited policing, a non-first fragment (no ports to read)
+    // counts against the source's budget; a first fragment is judged by its
+    // ports like any packet.
+    let mut xdp = rate_limited(1, 1, 0, Some(vec![8080]));
+    let first_to_other_port = ipv4_fragment(
+        OTHER_V4,
+        DST_V4,
+        IPPROTO_UDP,
+        0,
+        true,
+        &udp(1, 9999, &[0; 32]),
+    );
+    run(&mut xdp, &first_to_other_port, Stat::Passed);
+    run(&mut xdp, &first_to_other_port, Stat::Passed);
+    let later = ipv4_fragment(OTHER_V4, DST_V4, IPPROTO_UDP, 185, false, &[0; 64]);
+    run(&mut xdp, &later, Stat::Passed);
+    run(&mut xdp, &later, Stat::RateLimited);
+}
+
+#[test]
+fn allow_list_wins_over_deny_and_is_never_policed() {
+    root_only!();
+    let mut xdp = rate_limited(1, 1, 0, None);
+    xdp.insert(ListKind::Deny, net("203.0.113.0/24"), permanent())
+        .unwrap();
+    xdp.insert(ListKind::Allow, net("203.0.113.7/32"), permanent())
+        .unwrap();
+    xdp.insert(ListKind::Allow, net("2001:db8:bad::/64"), permanent())
+        .unwrap();
+    for _ in 0..5 {
+        run(&mut xdp, &udp4_frame(BLOCKED_V4, DST_V4), Stat::AllowListed);
+        run(&mut xdp, &udp6_frame(BLOCKED_V6, DST_V6), Stat::AllowListed);
+    }
+    run(
+        &mut xdp,
+        &udp4_frame(Ipv4Addr::new(203, 0, 113, 8), DST_V4),
+        Stat::DeniedV4,
+    );
+    // Not allow-listed: policed (burst 1).
+    run(&mut xdp, &udp4_frame(OTHER_V4, DST_V4), Stat::Passed);
+    run(&mut xdp, &udp4_frame(OTHER_V4, DST_V4), Stat::RateLimited);
 }
 
 #[test]
 fn expired_rules_stop_matching_in_the_kernel() {
     root_only!();
-    let mut xdp = XdpDataPlane::load(XDP_OBJECT, None).unwrap();
+    let mut xdp = data_plane();
     let past = sys::monotonic_now().saturating_sub(Duration::from_secs(1));
     let future = sys::monotonic_now() + Duration::from_secs(3600);
-    xdp.insert_deny(
-        "203.0.113.7/32".parse().unwrap(),
-        Rule {
-            expires_at_ns: past.as_nanos() as u64,
-            ..permanent()
-        },
-    )
+    xdp.replace_rules(&KernelRules {
+        config: no_policing(),
+        deny: vec![
+            (
+                net("203.0.113.7/32"),
+                Rule {
+                    expires_at_ns: past.as_nanos() as u64,
+                    ..permanent()
+                },
+            ),
+            (
+                net("203.0.113.8/32"),
+                Rule {
+                    expires_at_ns: future.as_nanos() as u64,
+                    ..permanent()
+                },
+            ),
+        ],
+        allow: vec![(
+            net("198.51.100.1/32"),
+            Rule {
+                expires_at_ns: past.as_nanos() as u64,
+                ..permanent()
+            },
+        )],
+        ..KernelRules::default()
+    })
     .unwrap();
-    xdp.insert_deny(
-        "203.0.113.8/32".parse().unwrap(),
-        Rule {
-            expires_at_ns: future.as_nanos() as u64,
-            ..permanent()
-        },
-    )
-    .unwrap();
-    assert_eq!(
-        run(&mut xdp, &udp4_frame(BLOCKED_V4, DST_V4), Stat::ExpiredRule),
-        XDP_PASS
+    run(&mut xdp, &udp4_frame(BLOCKED_V4, DST_V4), Stat::Passed);
+    run(
+        &mut xdp,
+        &udp4_frame(Ipv4Addr::new(203, 0, 113, 8), DST_V4),
+        Stat::DeniedV4,
     );
-    assert_eq!(
-        run(
-            &mut xdp,
-            &udp4_frame(Ipv4Addr::new(203, 0, 113, 8), DST_V4),
-            Stat::DeniedV4
-        ),
-        XDP_DROP
-    );
+    run(&mut xdp, &udp4_frame(OTHER_V4, DST_V4), Stat::Passed);
 }
 
 #[test]
 fn removing_a_rule_lets_the_source_pass_again() {
     root_only!();
     let mut xdp = data_plane();
+    run(&mut xdp, &udp4_frame(BLOCKED_V4, DST_V4), Stat::DeniedV4);
+    xdp.remove(ListKind::Deny, net("203.0.113.0/24")).unwrap();
+    run(&mut xdp, &udp4_frame(BLOCKED_V4, DST_V4), Stat::Passed);
     assert_eq!(
-        run(&mut xdp, &udp4_frame(BLOCKED_V4, DST_V4), Stat::DeniedV4),
-        XDP_DROP
+        xdp.prefixes(ListKind::Deny).unwrap(),
+        vec![net("2001:db8:bad::/48")]
     );
-    xdp.remove_deny("203.0.113.0/24".parse().unwrap()).unwrap();
+}
+
+#[test]
+fn token_bucket_admits_the_burst_then_drops() {
+    root_only!();
+    // 1 packet per second: no token is earned while the test runs.
+    let mut xdp = rate_limited(1, 10, 0, None);
+    let frame = udp4_frame(OTHER_V4, DST_V4);
+    assert_eq!(passes(&mut xdp, &frame, 25), 10);
+    assert_eq!(xdp.counters().unwrap().get(Stat::RateLimited), 15);
+    // Another source has its own bucket.
     assert_eq!(
-        run(&mut xdp, &udp4_frame(BLOCKED_V4, DST_V4), Stat::Passed),
-        XDP_PASS
+        passes(
+            &mut xdp,
+            &udp4_frame(Ipv4Addr::new(198, 51, 100, 2), DST_V4),
+            25
+        ),
+        10
     );
-    let left = xdp.deny_prefixes().unwrap();
+    assert_eq!(xdp.bucket_count(), 2);
+}
+
+#[test]
+fn sources_are_aggregated_by_prefix() {
+    root_only!();
+    let mut xdp = XdpDataPlane::load(XDP_OBJECT, None).unwrap();
+    xdp.replace_rules(&KernelRules {
+        config: XdpConfig {
+            flags: flags::RATE_LIMIT,
+            v4_prefix_len: 24,
+            v6_prefix_len: 64,
+            _pad: 0,
+            rate: RateLimit::per_second(1, 4),
+        },
+        ..KernelRules::default()
+    })
+    .unwrap();
+    // Four addresses in one /24 share one bucket of 4.
+    let passed: usize = (1..=4)
+        .map(|i| {
+            passes(
+                &mut xdp,
+                &udp4_frame(Ipv4Addr::new(198, 51, 100, i), DST_V4),
+                2,
+            )
+        })
+        .sum();
+    assert_eq!(passed, 4);
+    // Two addresses in one IPv6 /64 share too; another /64 does not.
+    let a = Ipv6Addr::new(0x2001, 0xdb8, 7, 7, 0, 0, 0, 1);
+    let b = Ipv6Addr::new(0x2001, 0xdb8, 7, 7, 0xffff, 0, 0, 2);
+    let c = Ipv6Addr::new(0x2001, 0xdb8, 7, 8, 0, 0, 0, 1);
     assert_eq!(
-        left,
-        vec!["2001:db8:bad::/48".parse::<ipnet::IpNet>().unwrap()]
+        passes(&mut xdp, &udp6_frame(a, DST_V6), 3) + passes(&mut xdp, &udp6_frame(b, DST_V6), 3),
+        4
     );
+    assert_eq!(passes(&mut xdp, &udp6_frame(c, DST_V6), 6), 4);
+}
+
+#[test]
+fn per_cidr_overrides_replace_the_default_budget() {
+    root_only!();
+    let mut xdp = XdpDataPlane::load(XDP_OBJECT, None).unwrap();
+    xdp.replace_rules(&KernelRules {
+        config: XdpConfig {
+            flags: flags::RATE_LIMIT,
+            rate: RateLimit::per_second(1, 2),
+            ..no_policing()
+        },
+        rate_overrides: vec![
+            (net("198.51.100.0/24"), RateLimit::per_second(1, 20)),
+            (net("192.0.2.0/24"), RateLimit::per_second(0, 0)),
+            (net("2001:db8:900d::/48"), RateLimit::per_second(1, 7)),
+        ],
+        ..KernelRules::default()
+    })
+    .unwrap();
+    assert_eq!(
+        passes(&mut xdp, &udp4_frame(OTHER_V4, DST_V4), 30),
+        20,
+        "partner range"
+    );
+    assert_eq!(
+        passes(
+            &mut xdp,
+            &udp4_frame(Ipv4Addr::new(192, 0, 2, 9), DST_V4),
+            30
+        ),
+        30,
+        "exempt range"
+    );
+    assert_eq!(
+        passes(&mut xdp, &udp4_frame(BLOCKED_V4, DST_V4), 30),
+        2,
+        "default budget"
+    );
+    assert_eq!(
+        passes(&mut xdp, &udp6_frame(OTHER_V6, DST_V6), 30),
+        7,
+        "IPv6 override"
+    );
+}
+
+#[test]
+fn protected_ports_and_syn_only_limit_what_is_policed() {
+    root_only!();
+    let mut xdp = rate_limited(1, 2, 0, Some(vec![8080, 8443]));
+    assert_eq!(
+        passes(&mut xdp, &udp4_to(OTHER_V4, DST_V4, 53), 10),
+        10,
+        "unprotected port"
+    );
+    assert_eq!(
+        passes(&mut xdp, &tcp4_frame(OTHER_V4, DST_V4, 8443, TCP_ACK), 10),
+        2,
+        "protected port"
+    );
+    // ICMP has no port: not policed when policing is limited to ports.
+    let icmp = ethernet(
+        &[],
+        ETH_P_IPV4,
+        &ipv4(
+            Ipv4Addr::new(198, 51, 100, 3),
+            DST_V4,
+            1,
+            &[8, 0, 0, 0, 0, 0, 0, 0],
+        ),
+    );
+    assert_eq!(passes(&mut xdp, &icmp, 10), 10);
+
+    let mut xdp = rate_limited(1, 2, flags::SYN_ONLY, None);
+    assert_eq!(
+        passes(&mut xdp, &tcp4_frame(OTHER_V4, DST_V4, 80, TCP_ACK), 10),
+        10,
+        "established traffic"
+    );
+    assert_eq!(
+        passes(
+            &mut xdp,
+            &tcp4_frame(OTHER_V4, DST_V4, 80, TCP_SYN | TCP_ACK),
+            10
+        ),
+        10,
+        "SYN-ACK"
+    );
+    assert_eq!(
+        passes(&mut xdp, &tcp4_frame(OTHER_V4, DST_V4, 80, TCP_SYN), 10),
+        2,
+        "new connections"
+    );
+    assert_eq!(
+        passes(&mut xdp, &udp4_frame(OTHER_V4, DST_V4), 10),
+        10,
+        "UDP is never a SYN"
+    );
+}
+
+#[test]
+fn replacing_the_rule_set_flips_the_slot_and_keeps_rate_state() {
+    root_only!();
+    let mut xdp = rate_limited(1, 3, 0, None);
+    let slot = xdp.active_slot().unwrap();
+    assert_eq!(passes(&mut xdp, &udp4_frame(OTHER_V4, DST_V4), 3), 3);
+    xdp.replace_rules(&KernelRules {
+        config: XdpConfig {
+            flags: flags::RATE_LIMIT,
+            rate: RateLimit::per_second(1, 3),
+            ..no_policing()
+        },
+        deny: vec![(net("203.0.113.0/24"), permanent())],
+        ..KernelRules::default()
+    })
+    .unwrap();
+    assert_ne!(xdp.active_slot().unwrap(), slot);
+    run(&mut xdp, &udp4_frame(BLOCKED_V4, DST_V4), Stat::DeniedV4);
+    // The bucket survived the swap: still empty.
+    run(&mut xdp, &udp4_frame(OTHER_V4, DST_V4), Stat::RateLimited);
+    // And the old slot's entries are gone after the next swap back.
+    xdp.replace_rules(&KernelRules {
+        config: no_policing(),
+        ..KernelRules::default()
+    })
+    .unwrap();
+    assert_eq!(xdp.active_slot().unwrap(), slot);
+    run(&mut xdp, &udp4_frame(BLOCKED_V4, DST_V4), Stat::Passed);
+    assert!(xdp.prefixes(ListKind::Deny).unwrap().is_empty());
 }

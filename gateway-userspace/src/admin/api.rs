@@ -4,9 +4,9 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::blocklist::XdpStatus;
+use crate::lists::XdpStatus;
 
-/// `POST /blocklist`.
+/// `POST /blocklist` and `POST /allowlist`.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AddRequest {
@@ -26,9 +26,18 @@ pub struct Status {
     pub listeners: Vec<SocketAddr>,
     pub routes: usize,
     pub blocklist_entries: usize,
+    pub allowlist_entries: usize,
     pub l7_denied_connections: u64,
+    pub reloads: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub xdp: Option<XdpStatus>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub xdp_off_reason: Option<String>,
+}
+
+/// `POST /reload` on success.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ReloadReport {
+    /// Changes in the file that only a restart applies.
+    pub needs_restart: Vec<String>,
 }

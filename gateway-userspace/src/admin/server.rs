@@ -20,9 +20,11 @@ use tokio::{net::UnixListener, sync::watch};
 
 use super::api::{AddRequest, Status};
 use crate::{
-    blocklist::{parse_cidr, Blocklist},
+    daemon::Reloader,
     duration,
+    lists::{parse_cidr, ListError, SourceLists},
     telemetry::Metrics,
+    xdp::ListKind,
 };
 
 type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
@@ -31,11 +33,11 @@ type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 const MAX_BODY_BYTES: usize = 64 * 1024;
 
 pub struct AdminState {
-    pub blocklist: Arc<Blocklist>,
+    pub lists: Arc<SourceLists>,
     pub metrics: Arc<Metrics>,
+    pub reloader: Arc<Reloader>,
     pub started: Instant,
     pub listeners: Vec<SocketAddr>,
-    pub routes: usize,
     /// Why XDP is not attached, when it is not.
     pub xdp_off_reason: Option<String>,
 }
@@ -96,23 +98,35 @@ pub async fn serve(
 
 async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_string();
-    match (req.method().clone(), path.as_str()) {
-        (Method::GET, "/status") => json(StatusCode::OK, &status(state)),
-        (Method::GET, "/metrics") => {
+    // `/blocklist[/CIDR]` and `/allowlist[/CIDR]` share handlers.
+    let trimmed = path.trim_start_matches('/');
+    let (head, rest) = trimmed.split_once('/').unwrap_or((trimmed, ""));
+    let list = match head {
+        "blocklist" => Some(ListKind::Deny),
+        "allowlist" => Some(ListKind::Allow),
+        _ => None,
+    };
+    match (req.method().clone(), path.as_str(), list) {
+        (Method::GET, "/status", _) => json(StatusCode::OK, &status(state)),
+        (Method::GET, "/metrics", _) => {
             let counters = state
-                .blocklist
+                .lists
                 .xdp_status()
                 .and_then(Result::ok)
                 .map(|s| s.counters);
             let text = state.metrics.render(counters.as_ref());
             respond(StatusCode::OK, "text/plain; version=0.0.4", text)
         }
-        (Method::GET, "/blocklist") => json(StatusCode::OK, &state.blocklist.list()),
-        (Method::POST, "/blocklist") => add(state, req).await,
-        (Method::DELETE, p) if p.starts_with("/blocklist/") => {
-            remove(state, &p["/blocklist/".len()..])
+        (Method::POST, "/reload", _) => match state.reloader.reload() {
+            Ok(report) => json(StatusCode::OK, &report),
+            Err(message) => error(StatusCode::BAD_REQUEST, &message),
+        },
+        (Method::GET, _, Some(kind)) if rest.is_empty() => {
+            json(StatusCode::OK, &state.lists.list(kind))
         }
-        (_, "/status" | "/metrics" | "/blocklist") => {
+        (Method::POST, _, Some(kind)) if rest.is_empty() => add(state, kind, req).await,
+        (Method::DELETE, _, Some(kind)) if !rest.is_empty() => remove(state, kind, rest),
+        (_, "/status" | "/metrics" | "/reload", _) | (_, _, Some(_)) => {
             error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
         }
         _ => error(StatusCode::NOT_FOUND, &format!("no admin endpoint {path}")),
@@ -120,7 +134,7 @@ async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
 }
 
 fn status(state: &AdminState) -> Status {
-    let (xdp, xdp_error) = match state.blocklist.xdp_status() {
+    let (xdp, xdp_error) = match state.lists.xdp_status() {
         Some(Ok(s)) => (Some(s), None),
         Some(Err(e)) => (None, Some(e)),
         None => (None, state.xdp_off_reason.clone()),
@@ -129,15 +143,17 @@ fn status(state: &AdminState) -> Status {
         version: env!("CARGO_PKG_VERSION").to_string(),
         uptime_secs: state.started.elapsed().as_secs(),
         listeners: state.listeners.clone(),
-        routes: state.routes,
-        blocklist_entries: state.blocklist.list().len(),
+        routes: state.reloader.route_count(),
+        blocklist_entries: state.lists.list(ListKind::Deny).len(),
+        allowlist_entries: state.lists.list(ListKind::Allow).len(),
         l7_denied_connections: state.metrics.l7_denied_connections(),
+        reloads: state.metrics.reloads(),
         xdp,
         xdp_off_reason: xdp_error,
     }
 }
 
-async fn add(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
+async fn add(state: &AdminState, kind: ListKind, req: Request<Incoming>) -> Response<Body> {
     let request: AddRequest = match read_json(req).await {
         Ok(r) => r,
         Err(message) => return error(StatusCode::BAD_REQUEST, &message),
@@ -150,33 +166,32 @@ async fn add(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
         Ok(t) => t,
         Err(message) => return error(StatusCode::BAD_REQUEST, &format!("ttl: {message}")),
     };
-    match state.blocklist.add(cidr, request.reason, ttl) {
+    match state.lists.add(kind, cidr, request.reason, ttl) {
         Ok(entry) => json(StatusCode::CREATED, &entry),
-        Err(e) => blocklist_error(e),
+        Err(e) => list_error(e),
     }
 }
 
-fn remove(state: &AdminState, raw: &str) -> Response<Body> {
+fn remove(state: &AdminState, kind: ListKind, raw: &str) -> Response<Body> {
     let cidr = match parse_cidr(raw) {
         Ok(c) => c,
         Err(message) => return error(StatusCode::BAD_REQUEST, &message),
     };
-    match state.blocklist.remove(cidr) {
+    match state.lists.remove(kind, cidr) {
         Ok(entry) => json(StatusCode::OK, &entry),
-        Err(e) => blocklist_error(e),
+        Err(e) => list_error(e),
     }
 }
 
-fn blocklist_error(e: crate::blocklist::BlocklistError) -> Response<Body> {
-    use crate::blocklist::BlocklistError as E;
+fn list_error(e: ListError) -> Response<Body> {
     let status = match &e {
-        E::Invalid(_) => StatusCode::BAD_REQUEST,
-        E::Duplicate { .. } | E::FromConfig(_) => StatusCode::CONFLICT,
-        E::NotFound(_) => StatusCode::NOT_FOUND,
-        E::Kernel(_) | E::Persist(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        ListError::Invalid(_) => StatusCode::BAD_REQUEST,
+        ListError::Duplicate { .. } | ListError::FromConfig { .. } => StatusCode::CONFLICT,
+        ListError::NotFound { .. } => StatusCode::NOT_FOUND,
+        ListError::Kernel(_) | ListError::Persist(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };
     if !e.is_client_error() {
-        tracing::error!(error = %e, "blocklist change failed");
+        tracing::error!(error = %e, "list change failed");
     }
     error(status, &e.to_string())
 }

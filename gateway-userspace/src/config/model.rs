@@ -5,6 +5,8 @@ use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, time::Duration}
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+pub use crate::xdp::OnExit;
+
 /// Where the daemon keeps runtime changes (CLI blocklist entries) across
 /// restarts, when the config does not say.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/xgate";
@@ -86,9 +88,19 @@ pub struct Xdp {
     /// bpffs directory for pinned maps.
     #[serde(default = "default_pin_path")]
     pub pin_path: PathBuf,
+    /// What a clean exit does to the attachments (a crash always leaves
+    /// them enforcing).
+    #[serde(default)]
+    pub on_exit: OnExit,
     /// Source prefixes dropped in the kernel (and refused at L7).
     #[serde(default)]
     pub deny: Vec<IpNet>,
+    /// Source prefixes never denied or policed (they win over `deny`).
+    #[serde(default)]
+    pub allow: Vec<IpNet>,
+    /// Per-source packet rate limit in the kernel; absent means none.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimit>,
 }
 
 impl Default for Xdp {
@@ -97,9 +109,77 @@ impl Default for Xdp {
             interfaces: Vec::new(),
             mode: XdpMode::default(),
             pin_path: default_pin_path(),
+            on_exit: OnExit::default(),
             deny: Vec::new(),
+            allow: Vec::new(),
+            rate_limit: None,
         }
     }
+}
+
+/// Token bucket per source, enforced in XDP, global across CPUs.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    /// Packets per second each source may send.
+    pub rate: u64,
+    /// Packets a source may send at once; defaults to one second's worth.
+    #[serde(default)]
+    pub burst: Option<u64>,
+    /// IPv4 sources are aggregated to this prefix (32: every address).
+    #[serde(default = "default_prefix_v4")]
+    pub source_prefix_v4: u8,
+    /// IPv6 sources are aggregated to this prefix (64: one network, since a
+    /// single host can own a whole /64).
+    #[serde(default = "default_prefix_v6")]
+    pub source_prefix_v6: u8,
+    /// Police only TCP SYNs (new connections) instead of every packet.
+    #[serde(default)]
+    pub syn_only: bool,
+    /// Which destination ports are policed.
+    #[serde(default)]
+    pub ports: Ports,
+    /// Different budgets for sources inside these prefixes.
+    #[serde(default)]
+    pub overrides: Vec<RateOverride>,
+}
+
+impl RateLimit {
+    pub fn burst(&self) -> u64 {
+        self.burst.unwrap_or(self.rate)
+    }
+}
+
+/// `listeners` (default: the gateway's own listener ports), `all`, or a
+/// list of ports.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum Ports {
+    Keyword(PortsKeyword),
+    List(Vec<u16>),
+}
+
+impl Default for Ports {
+    fn default() -> Self {
+        Ports::Keyword(PortsKeyword::Listeners)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PortsKeyword {
+    Listeners,
+    All,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateOverride {
+    pub cidr: IpNet,
+    /// Packets per second; 0 exempts these sources from policing.
+    pub rate: u64,
+    #[serde(default)]
+    pub burst: Option<u64>,
 }
 
 /// How to attach: `auto` tries native (driver) mode and falls back to
@@ -153,6 +233,12 @@ pub struct RouteMatch {
     pub path_prefix: String,
 }
 
+fn default_prefix_v4() -> u8 {
+    32
+}
+fn default_prefix_v6() -> u8 {
+    64
+}
 fn default_state_dir() -> PathBuf {
     PathBuf::from(DEFAULT_STATE_DIR)
 }

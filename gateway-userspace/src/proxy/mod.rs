@@ -6,7 +6,12 @@ mod rejection;
 mod router;
 pub mod server;
 
-use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Instant};
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, RwLock},
+    time::Instant,
+};
 
 use bytes::Bytes;
 use http::{uri::Uri, Request, Response, Version};
@@ -42,6 +47,24 @@ impl Runtime {
 
     pub fn route_count(&self) -> usize {
         self.router.len()
+    }
+}
+
+/// The current runtime, swapped whole on reload. Each request takes the
+/// runtime current when it starts and finishes on it.
+pub struct RuntimeHandle(RwLock<Arc<Runtime>>);
+
+impl RuntimeHandle {
+    pub fn new(runtime: Runtime) -> Self {
+        Self(RwLock::new(Arc::new(runtime)))
+    }
+
+    pub fn load(&self) -> Arc<Runtime> {
+        self.0.read().unwrap().clone()
+    }
+
+    pub fn store(&self, runtime: Runtime) {
+        *self.0.write().unwrap() = Arc::new(runtime);
     }
 }
 

@@ -10,8 +10,8 @@ use hyper_util::{
 };
 use tokio::{net::TcpListener, sync::watch};
 
-use super::{handle, ConnInfo, Runtime};
-use crate::{blocklist::Blocklist, telemetry::Metrics};
+use super::{handle, ConnInfo, RuntimeHandle};
+use crate::{lists::SourceLists, telemetry::Metrics};
 
 /// A client must finish sending request headers within this time, or the
 /// connection is closed (slow-loris protection).
@@ -21,8 +21,8 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// finish for up to `drain`.
 pub async fn serve(
     listener: TcpListener,
-    runtime: Arc<Runtime>,
-    blocklist: Arc<Blocklist>,
+    runtime: Arc<RuntimeHandle>,
+    lists: Arc<SourceLists>,
     metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
     drain: Duration,
@@ -41,7 +41,7 @@ pub async fn serve(
             },
             _ = shutdown.changed() => break,
         };
-        if let Some(rule) = blocklist.denies(peer.ip()) {
+        if let Some(rule) = lists.denies(peer.ip()) {
             metrics.l7_denied_connection();
             tracing::debug!(client.ip = %peer.ip(), %rule, "connection refused by blocklist");
             drop(stream);
@@ -54,7 +54,7 @@ pub async fn serve(
         };
         let runtime = runtime.clone();
         let service = service_fn(move |req| {
-            let runtime = runtime.clone();
+            let runtime = runtime.load();
             async move { Ok::<_, Infallible>(handle(runtime, req, conn_info).await) }
         });
         let connection = http1::Builder::new()

@@ -1,24 +1,29 @@
-//! The kernel half, seen from userspace: load the XDP program, attach it,
-//! pin its maps, and read/write them.
+//! The kernel half, seen from userspace: load the XDP program, attach it
+//! (pinned links, adopted across restarts), pin its maps, and read/write
+//! them. Rule sets are double-buffered: see [`XdpDataPlane::replace_rules`].
 
+mod attach;
 mod bpffs;
+mod maps;
 
 use std::{
     fmt,
-    net::IpAddr,
     path::{Path, PathBuf},
 };
 
 use aya::{
-    maps::{lpm_trie::Key, LpmTrie, MapData, MapError, PerCpuArray},
-    programs::{ProgramError, Xdp, XdpMode as AyaMode},
+    maps::MapError,
+    programs::{ProgramError, Xdp},
     Ebpf, EbpfError, EbpfLoader,
 };
-use gateway_common::{map_names, Rule, Stat, MAP_LAYOUT_VERSION, XDP_PROGRAM};
-use ipnet::IpNet;
+use gateway_common::{map_names, Stat, MAP_LAYOUT_VERSION, XDP_PROGRAM};
 use serde::Serialize;
 
-use crate::config::XdpMode;
+use self::maps::Maps;
+pub use self::{
+    attach::{detach_pinned, links_dir, AttachMode, Attachment, OnExit},
+    maps::{KernelRules, ListKind},
+};
 
 /// The compiled XDP program, built by this crate's build script.
 pub static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xgate-xdp"));
@@ -39,33 +44,10 @@ pub enum XdpError {
         mode: AttachMode,
         source: ProgramError,
     },
+    #[error("{0}")]
+    Link(String),
     #[error("bpffs: {0}")]
     Bpffs(String),
-}
-
-/// The mode an attachment actually got.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AttachMode {
-    /// In the driver, before an skb exists.
-    Native,
-    /// In the generic (skb) path, for drivers without XDP support.
-    Generic,
-}
-
-impl fmt::Display for AttachMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            AttachMode::Native => "native",
-            AttachMode::Generic => "generic",
-        })
-    }
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Attachment {
-    pub interface: String,
-    pub mode: AttachMode,
 }
 
 /// Packet counters summed over every CPU, by [`Stat`].
@@ -89,90 +71,59 @@ impl Serialize for Counters {
     }
 }
 
-/// The loaded program and its maps. Dropping it detaches every attachment;
-/// pinned maps (and so the rules in them) stay in the kernel.
+/// The loaded program and its maps. Dropping it closes our handles: links
+/// that are pinned stay attached (see [`OnExit`]); maps stay pinned.
 pub struct XdpDataPlane {
     ebpf: Ebpf,
-    deny_v4: LpmTrie<MapData, [u8; 4], Rule>,
-    deny_v6: LpmTrie<MapData, [u8; 16], Rule>,
-    stats: PerCpuArray<MapData, u64>,
+    maps: Maps,
     attachments: Vec<Attachment>,
-    pin_dir: Option<PathBuf>,
+    pin_root: Option<PathBuf>,
 }
 
 impl XdpDataPlane {
     /// Loads (verifies) the program. With `pin_root`, maps are pinned under
-    /// `<pin_root>/v<layout>/` and reused if already there, so rules survive
-    /// daemon restarts; without it (tests) they live as long as `self`.
+    /// `<pin_root>/v<layout>/` and reused if already there, so rules and rate
+    /// state survive daemon restarts; without it (tests) they live as long
+    /// as `self`.
     pub fn load(object: &[u8], pin_root: Option<&Path>) -> Result<Self, XdpError> {
         let mut loader = EbpfLoader::new();
-        let pin_dir = match pin_root {
-            Some(root) => {
-                let dir = versioned_pin_dir(root);
-                bpffs::prepare(&dir).map_err(XdpError::Bpffs)?;
-                for name in map_names::ALL {
-                    loader.map_pin_path(name, dir.join(name));
-                }
-                Some(dir)
+        if let Some(root) = pin_root {
+            let dir = root.join(format!("v{MAP_LAYOUT_VERSION}"));
+            bpffs::prepare(&dir).map_err(XdpError::Bpffs)?;
+            for name in map_names::ALL {
+                loader.map_pin_path(name, dir.join(name));
             }
-            None => None,
-        };
+        }
         let mut ebpf = loader.load(object)?;
         let program: &mut Xdp = ebpf
             .program_mut(XDP_PROGRAM)
             .ok_or(XdpError::Missing("XDP program"))?
             .try_into()?;
         program.load()?;
-        let deny_v4 = LpmTrie::try_from(take(&mut ebpf, map_names::DENY_V4)?)?;
-        let deny_v6 = LpmTrie::try_from(take(&mut ebpf, map_names::DENY_V6)?)?;
-        let stats = PerCpuArray::try_from(take(&mut ebpf, map_names::STATS)?)?;
+        let maps = Maps::take(&mut ebpf)?;
         Ok(Self {
             ebpf,
-            deny_v4,
-            deny_v6,
-            stats,
+            maps,
             attachments: Vec::new(),
-            pin_dir,
+            pin_root: pin_root.map(Path::to_path_buf),
         })
     }
 
-    /// Attaches to `interface`. `auto` tries native mode first and falls back
-    /// to generic; the mode used is returned (and kept for `status`).
-    pub fn attach(&mut self, interface: &str, mode: XdpMode) -> Result<AttachMode, XdpError> {
-        let attempts: &[AttachMode] = match mode {
-            XdpMode::Auto => &[AttachMode::Native, AttachMode::Generic],
-            XdpMode::Native => &[AttachMode::Native],
-            XdpMode::Generic => &[AttachMode::Generic],
-        };
-        let program = self.program_mut()?;
-        let mut last_error = None;
-        for &attempt in attempts {
-            let aya_mode = match attempt {
-                AttachMode::Native => AyaMode::Driver,
-                AttachMode::Generic => AyaMode::Skb,
-            };
-            match program.attach(interface, aya_mode) {
-                Ok(_) => {
-                    self.attachments.push(Attachment {
-                        interface: interface.to_string(),
-                        mode: attempt,
-                    });
-                    return Ok(attempt);
-                }
-                Err(source) => {
-                    tracing::debug!(interface, mode = %attempt, error = %source, "XDP attach attempt failed");
-                    last_error = Some(XdpError::Attach {
-                        interface: interface.to_string(),
-                        mode: attempt,
-                        source,
-                    });
-                }
-            }
+    /// A program from the object by name, loaded (e.g. the `xgate_pass`
+    /// floor for benchmarks).
+    pub fn extra_program(&mut self, name: &'static str) -> Result<&mut Xdp, XdpError> {
+        let program: &mut Xdp = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(XdpError::Missing(name))?
+            .try_into()?;
+        if program.fd().is_err() {
+            program.load()?;
         }
-        Err(last_error.expect("at least one attach attempt"))
+        Ok(program)
     }
 
-    /// The program itself, e.g. for `BPF_PROG_TEST_RUN`.
+    /// The policy program, e.g. for `BPF_PROG_TEST_RUN`.
     pub fn program_mut(&mut self) -> Result<&mut Xdp, XdpError> {
         Ok(self
             .ebpf
@@ -185,76 +136,62 @@ impl XdpDataPlane {
         &self.attachments
     }
 
-    pub fn pin_dir(&self) -> Option<&Path> {
-        self.pin_dir.as_deref()
+    pub fn pin_root(&self) -> Option<&Path> {
+        self.pin_root.as_deref()
     }
 
-    /// Adds or replaces the deny rule for `net`.
-    pub fn insert_deny(&mut self, net: IpNet, rule: Rule) -> Result<(), XdpError> {
-        match net {
-            IpNet::V4(n) => self.deny_v4.insert(
-                &Key::new(n.prefix_len().into(), n.network().octets()),
-                rule,
-                0,
-            )?,
-            IpNet::V6(n) => self.deny_v6.insert(
-                &Key::new(n.prefix_len().into(), n.network().octets()),
-                rule,
-                0,
-            )?,
-        }
-        Ok(())
+    /// Replaces the whole rule set atomically for the packet path: the
+    /// inactive slot is cleared and filled, then made active with one map
+    /// write. A packet sees the old set or the new one, never a mix.
+    pub fn replace_rules(&mut self, rules: &KernelRules) -> Result<(), XdpError> {
+        self.maps.replace(rules)
     }
 
-    /// Removes the deny rule for exactly `net`; absent is not an error.
-    pub fn remove_deny(&mut self, net: IpNet) -> Result<(), XdpError> {
-        let result = match net {
-            IpNet::V4(n) => self
-                .deny_v4
-                .remove(&Key::new(n.prefix_len().into(), n.network().octets())),
-            IpNet::V6(n) => self
-                .deny_v6
-                .remove(&Key::new(n.prefix_len().into(), n.network().octets())),
-        };
-        match result {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(e.into()),
-        }
+    /// Adds or replaces one entry in the active rule set.
+    pub fn insert(
+        &mut self,
+        kind: ListKind,
+        net: ipnet::IpNet,
+        rule: gateway_common::Rule,
+    ) -> Result<(), XdpError> {
+        self.maps.insert_active(kind, net, rule)
     }
 
-    /// Every prefix currently in the deny tries.
-    pub fn deny_prefixes(&self) -> Result<Vec<IpNet>, XdpError> {
-        let mut out = Vec::new();
-        for key in self.deny_v4.keys() {
-            let key = key?;
-            let net = IpNet::new(IpAddr::from(key.data()), key.prefix_len() as u8)
-                .expect("kernel keys have valid prefix lengths");
-            out.push(net);
-        }
-        for key in self.deny_v6.keys() {
-            let key = key?;
-            let net = IpNet::new(IpAddr::from(key.data()), key.prefix_len() as u8)
-                .expect("kernel keys have valid prefix lengths");
-            out.push(net);
-        }
-        Ok(out)
+    /// Removes one entry from the active rule set; absent is not an error.
+    pub fn remove(&mut self, kind: ListKind, net: ipnet::IpNet) -> Result<(), XdpError> {
+        self.maps.remove_active(kind, net)
+    }
+
+    /// Every prefix in the active rule set's list.
+    pub fn prefixes(&self, kind: ListKind) -> Result<Vec<ipnet::IpNet>, XdpError> {
+        self.maps.prefixes_active(kind)
+    }
+
+    /// The slot the program reads (0 or 1).
+    pub fn active_slot(&self) -> Result<u32, XdpError> {
+        self.maps.active()
     }
 
     /// Counters summed over all CPUs.
     pub fn counters(&self) -> Result<Counters, XdpError> {
         let mut counters = Counters::default();
         for stat in Stat::ALL {
-            let per_cpu = self.stats.get(&(stat as u32), 0)?;
-            counters.0[stat as usize] = per_cpu.iter().sum();
+            counters.0[stat as usize] = self.maps.stat(stat)?;
         }
         Ok(counters)
     }
+
+    /// Number of token buckets currently held.
+    pub fn bucket_count(&self) -> usize {
+        self.maps.bucket_count()
+    }
 }
 
-fn versioned_pin_dir(root: &Path) -> PathBuf {
-    root.join(format!("v{MAP_LAYOUT_VERSION}"))
-}
-
-fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, XdpError> {
-    ebpf.take_map(name).ok_or(XdpError::Missing(name))
+impl fmt::Debug for XdpDataPlane {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("XdpDataPlane")
+            .field("attachments", &self.attachments)
+            .field("pin_root", &self.pin_root)
+            .finish()
+    }
 }

@@ -1,4 +1,4 @@
-//! Longest-prefix source matching for the L7 connection guard: the same rules
+//! Longest-prefix source matching for the L7 connection guard: the same lists
 //! the XDP program enforces, applied at accept time so they hold when XDP is
 //! not attached (no privilege) or the traffic arrives on another interface.
 
@@ -10,16 +10,16 @@ use std::{
 
 use ipnet::IpNet;
 
-/// Deny prefixes bucketed by prefix length, so a lookup costs one hash probe
+/// Prefixes bucketed by prefix length, so a lookup costs one hash probe
 /// per distinct length in use (at most 33 for IPv4, 129 for IPv6).
 #[derive(Debug, Default, Clone)]
-pub struct DenySet {
+pub struct PrefixSet {
     /// prefix length (longest first) → network → expiry.
     v4: BTreeMap<std::cmp::Reverse<u8>, HashMap<IpNet, Option<SystemTime>>>,
     v6: BTreeMap<std::cmp::Reverse<u8>, HashMap<IpNet, Option<SystemTime>>>,
 }
 
-impl DenySet {
+impl PrefixSet {
     pub fn insert(&mut self, net: IpNet, expires_at: Option<SystemTime>) {
         let buckets = match net {
             IpNet::V4(_) => &mut self.v4,
@@ -66,7 +66,7 @@ mod tests {
     #[test]
     fn longest_prefix_and_families() {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
-        let mut set = DenySet::default();
+        let mut set = PrefixSet::default();
         set.insert(net("203.0.113.0/24"), None);
         set.insert(net("203.0.113.7/32"), None);
         set.insert(net("2001:db8::/32"), None);
@@ -92,7 +92,7 @@ mod tests {
     #[test]
     fn expired_entries_do_not_match_but_broader_ones_still_do() {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
-        let mut set = DenySet::default();
+        let mut set = PrefixSet::default();
         set.insert(net("198.51.100.0/24"), None);
         set.insert(net("198.51.100.1/32"), Some(now - Duration::from_secs(1)));
         set.insert(net("192.0.2.0/24"), Some(now + Duration::from_secs(1)));

@@ -1,0 +1,466 @@
+//! Source lists: the deny list (blocklist) and the allow list, enforced in
+//! the kernel (XDP maps) when attached and always at L7 (connection guard),
+//! plus the kernel rate-limit policy compiled from config. Entries come from
+//! the config file (`xdp.deny`, `xdp.allow`) or at runtime from the CLI /
+//! admin API; runtime entries are persisted and re-applied on start.
+//!
+//! Every change is all-or-nothing: validated first, then written to the
+//! kernel, then persisted; a failure at any step undoes the earlier ones.
+//! A reload replaces the whole kernel rule set atomically (double buffering).
+
+mod matcher;
+mod policy;
+mod state;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+    sync::{Mutex, RwLock},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use gateway_common::{Rule, RuleSource};
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+pub use self::{matcher::PrefixSet, policy::KernelPolicy, state::StateStore};
+use crate::{
+    config::{host_bits_error, Config},
+    sys,
+    xdp::{Attachment, Counters, KernelRules, ListKind, XdpDataPlane},
+};
+
+/// A runtime (CLI) entry as stored and shown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Entry {
+    pub cidr: IpNet,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Unix seconds.
+    pub added_at: u64,
+    /// Unix seconds; absent means permanent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
+}
+
+impl Entry {
+    fn expiry(&self) -> Option<SystemTime> {
+        self.expires_at.map(|s| UNIX_EPOCH + Duration::from_secs(s))
+    }
+
+    fn expired(&self, now: SystemTime) -> bool {
+        self.expiry().is_some_and(|e| e <= now)
+    }
+}
+
+/// One row of `xgate blocklist ls` / `xgate allowlist ls`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Listed {
+    pub cidr: IpNet,
+    /// `config` or `cli`.
+    pub source: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ListError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{cidr} is already in the {list} ({origin})")]
+    Duplicate {
+        cidr: IpNet,
+        list: &'static str,
+        origin: &'static str,
+    },
+    #[error("{cidr} is not in the {list}")]
+    NotFound { cidr: IpNet, list: &'static str },
+    #[error("{cidr} comes from the config file (xdp.{key}); remove it there and reload")]
+    FromConfig { cidr: IpNet, key: &'static str },
+    #[error("the kernel rejected the change: {0}")]
+    Kernel(String),
+    #[error("could not persist the change: {0}")]
+    Persist(String),
+}
+
+impl ListError {
+    /// Whether the caller sent something wrong (as opposed to the daemon
+    /// failing to apply something right).
+    pub fn is_client_error(&self) -> bool {
+        !matches!(self, ListError::Kernel(_) | ListError::Persist(_))
+    }
+}
+
+/// The XDP part of `xgate status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct XdpStatus {
+    pub attached: Vec<Attachment>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pin_path: Option<String>,
+    pub active_slot: u32,
+    pub rate_buckets: usize,
+    pub counters: Counters,
+}
+
+pub struct SourceLists {
+    inner: Mutex<Inner>,
+    /// Read on every accepted connection; rebuilt after each change.
+    guard: RwLock<Guard>,
+}
+
+#[derive(Default)]
+struct Guard {
+    deny: PrefixSet,
+    allow: PrefixSet,
+}
+
+struct Inner {
+    config: BTreeMap<ListKind, BTreeSet<IpNet>>,
+    runtime: BTreeMap<ListKind, BTreeMap<IpNet, Entry>>,
+    policy: KernelPolicy,
+    store: StateStore,
+    xdp: Option<XdpDataPlane>,
+}
+
+fn config_key(kind: ListKind) -> &'static str {
+    match kind {
+        ListKind::Deny => "deny",
+        ListKind::Allow => "allow",
+    }
+}
+
+impl SourceLists {
+    /// Loads persisted entries, drops expired ones, and loads the complete
+    /// rule set (config + runtime entries + rate policy) into the kernel.
+    pub fn open(config: &Config, xdp: Option<XdpDataPlane>) -> Result<Self, String> {
+        let store = StateStore::new(&config.state_dir);
+        let stored = store.load()?;
+        let now = SystemTime::now();
+        let keep = |entries: Vec<Entry>| -> BTreeMap<IpNet, Entry> {
+            entries
+                .into_iter()
+                .filter(|e| !e.expired(now))
+                .map(|e| (e.cidr, e))
+                .collect()
+        };
+        let mut inner = Inner {
+            config: BTreeMap::new(),
+            runtime: BTreeMap::from([
+                (ListKind::Deny, keep(stored.deny)),
+                (ListKind::Allow, keep(stored.allow)),
+            ]),
+            policy: KernelPolicy::from_config(config),
+            store,
+            xdp,
+        };
+        inner.set_config_lists(config);
+        inner.load_kernel(now)?;
+        let this = Self {
+            guard: RwLock::new(Guard::default()),
+            inner: Mutex::new(inner),
+        };
+        this.rebuild_guard(&this.inner.lock().unwrap());
+        Ok(this)
+    }
+
+    /// Applies a reloaded config's lists and rate policy: the kernel gets the
+    /// whole new rule set in one atomic swap; runtime entries are kept.
+    pub fn reload(&self, config: &Config) -> Result<(), String> {
+        let mut inner = self.inner.lock().unwrap();
+        let old_config = inner.config.clone();
+        let old_policy = inner.policy.clone();
+        inner.set_config_lists(config);
+        inner.policy = KernelPolicy::from_config(config);
+        if let Err(e) = inner.load_kernel(SystemTime::now()) {
+            inner.config = old_config;
+            inner.policy = old_policy;
+            return Err(e);
+        }
+        self.rebuild_guard(&inner);
+        Ok(())
+    }
+
+    /// Adds a runtime entry. `ttl` makes it expire (in the kernel at once;
+    /// it is reaped from the lists within a second).
+    pub fn add(
+        &self,
+        kind: ListKind,
+        cidr: IpNet,
+        reason: Option<String>,
+        ttl: Option<Duration>,
+    ) -> Result<Entry, ListError> {
+        if let Some(message) = host_bits_error(&cidr) {
+            return Err(ListError::Invalid(message));
+        }
+        if ttl.is_some_and(|t| t.is_zero()) {
+            return Err(ListError::Invalid("ttl must be greater than zero".into()));
+        }
+        let now = SystemTime::now();
+        let mut inner = self.inner.lock().unwrap();
+        let list = kind.name();
+        if inner.config[&kind].contains(&cidr) {
+            return Err(ListError::Duplicate {
+                cidr,
+                list,
+                origin: "config file",
+            });
+        }
+        if inner.runtime[&kind].contains_key(&cidr) {
+            return Err(ListError::Duplicate {
+                cidr,
+                list,
+                origin: "added at runtime",
+            });
+        }
+        let added_at = unix_secs(now);
+        let entry = Entry {
+            cidr,
+            reason,
+            added_at,
+            expires_at: ttl.map(|t| added_at + t.as_secs().max(1)),
+        };
+        if let Some(xdp) = inner.xdp.as_mut() {
+            xdp.insert(kind, cidr, rule_for(&entry, now))
+                .map_err(|e| ListError::Kernel(e.to_string()))?;
+        }
+        inner
+            .runtime
+            .get_mut(&kind)
+            .unwrap()
+            .insert(cidr, entry.clone());
+        if let Err(e) = inner.persist() {
+            inner.runtime.get_mut(&kind).unwrap().remove(&cidr);
+            if let Some(xdp) = inner.xdp.as_mut() {
+                let _ = xdp.remove(kind, cidr);
+            }
+            return Err(ListError::Persist(e));
+        }
+        self.rebuild_guard(&inner);
+        tracing::info!(list, cidr = %cidr, reason = entry.reason.as_deref().unwrap_or(""), "entry added");
+        Ok(entry)
+    }
+
+    /// Removes a runtime entry.
+    pub fn remove(&self, kind: ListKind, cidr: IpNet) -> Result<Entry, ListError> {
+        let mut inner = self.inner.lock().unwrap();
+        let list = kind.name();
+        if inner.config[&kind].contains(&cidr) {
+            return Err(ListError::FromConfig {
+                cidr,
+                key: config_key(kind),
+            });
+        }
+        let Some(entry) = inner.runtime.get_mut(&kind).unwrap().remove(&cidr) else {
+            return Err(ListError::NotFound { cidr, list });
+        };
+        if let Some(xdp) = inner.xdp.as_mut() {
+            if let Err(e) = xdp.remove(kind, cidr) {
+                inner.runtime.get_mut(&kind).unwrap().insert(cidr, entry);
+                return Err(ListError::Kernel(e.to_string()));
+            }
+        }
+        if let Err(e) = inner.persist() {
+            let now = SystemTime::now();
+            if let Some(xdp) = inner.xdp.as_mut() {
+                let _ = xdp.insert(kind, cidr, rule_for(&entry, now));
+            }
+            inner.runtime.get_mut(&kind).unwrap().insert(cidr, entry);
+            return Err(ListError::Persist(e));
+        }
+        self.rebuild_guard(&inner);
+        tracing::info!(list, cidr = %cidr, "entry removed");
+        Ok(entry)
+    }
+
+    pub fn list(&self, kind: ListKind) -> Vec<Listed> {
+        let inner = self.inner.lock().unwrap();
+        let config = inner.config[&kind].iter().map(|cidr| Listed {
+            cidr: *cidr,
+            source: "config".into(),
+            reason: None,
+            expires_at: None,
+        });
+        let runtime = inner.runtime[&kind].values().map(|e| Listed {
+            cidr: e.cidr,
+            source: "cli".into(),
+            reason: e.reason.clone(),
+            expires_at: e.expires_at,
+        });
+        config.chain(runtime).collect()
+    }
+
+    /// Removes expired runtime entries; returns how many.
+    pub fn reap_expired(&self) -> usize {
+        let now = SystemTime::now();
+        let mut inner = self.inner.lock().unwrap();
+        let mut reaped = 0;
+        for kind in [ListKind::Deny, ListKind::Allow] {
+            let expired: Vec<IpNet> = inner.runtime[&kind]
+                .values()
+                .filter(|e| e.expired(now))
+                .map(|e| e.cidr)
+                .collect();
+            for cidr in expired {
+                inner.runtime.get_mut(&kind).unwrap().remove(&cidr);
+                if let Some(xdp) = inner.xdp.as_mut() {
+                    if let Err(e) = xdp.remove(kind, cidr) {
+                        tracing::warn!(cidr = %cidr, error = %e, "could not reap expired kernel entry");
+                    }
+                }
+                reaped += 1;
+            }
+        }
+        if reaped == 0 {
+            return 0;
+        }
+        if let Err(e) = inner.persist() {
+            tracing::warn!(error = %e, "could not persist reaped lists");
+        }
+        self.rebuild_guard(&inner);
+        tracing::info!(count = reaped, "expired list entries reaped");
+        reaped
+    }
+
+    /// The deny prefix `ip` falls in, unless an allow entry covers it: the
+    /// L7 guard's question.
+    pub fn denies(&self, ip: IpAddr) -> Option<IpNet> {
+        let now = SystemTime::now();
+        let guard = self.guard.read().unwrap();
+        if guard.allow.matching(ip, now).is_some() {
+            return None;
+        }
+        guard.deny.matching(ip, now)
+    }
+
+    pub fn xdp_status(&self) -> Option<Result<XdpStatus, String>> {
+        let inner = self.inner.lock().unwrap();
+        let xdp = inner.xdp.as_ref()?;
+        let status = || -> Result<XdpStatus, crate::xdp::XdpError> {
+            Ok(XdpStatus {
+                attached: xdp.attachments().to_vec(),
+                pin_path: xdp.pin_root().map(|p| p.display().to_string()),
+                active_slot: xdp.active_slot()?,
+                rate_buckets: xdp.bucket_count(),
+                counters: xdp.counters()?,
+            })
+        };
+        Some(status().map_err(|e| e.to_string()))
+    }
+
+    /// Hands the data plane back (at shutdown).
+    pub fn take_xdp(&self) -> Option<XdpDataPlane> {
+        self.inner.lock().unwrap().xdp.take()
+    }
+
+    fn rebuild_guard(&self, inner: &Inner) {
+        let mut guard = Guard::default();
+        for (kind, set) in [
+            (ListKind::Deny, &mut guard.deny),
+            (ListKind::Allow, &mut guard.allow),
+        ] {
+            for cidr in &inner.config[&kind] {
+                set.insert(*cidr, None);
+            }
+            for entry in inner.runtime[&kind].values() {
+                set.insert(entry.cidr, entry.expiry());
+            }
+        }
+        *self.guard.write().unwrap() = guard;
+    }
+}
+
+impl Inner {
+    fn set_config_lists(&mut self, config: &Config) {
+        self.config = BTreeMap::from([
+            (ListKind::Deny, config.xdp.deny.iter().copied().collect()),
+            (ListKind::Allow, config.xdp.allow.iter().copied().collect()),
+        ]);
+    }
+
+    fn persist(&self) -> Result<(), String> {
+        self.store.save(&state::Stored {
+            deny: self.runtime[&ListKind::Deny].values().cloned().collect(),
+            allow: self.runtime[&ListKind::Allow].values().cloned().collect(),
+        })
+    }
+
+    /// Builds the complete rule set and swaps it into the kernel.
+    fn load_kernel(&mut self, now: SystemTime) -> Result<(), String> {
+        let Some(xdp) = self.xdp.as_mut() else {
+            return Ok(());
+        };
+        let config_rule = Rule {
+            expires_at_ns: 0,
+            source: RuleSource::Config as u32,
+            _pad: 0,
+        };
+        let entries = |kind: ListKind| -> Vec<(IpNet, Rule)> {
+            // Runtime entries first, so a config entry for the same prefix
+            // (it wins) is written last.
+            self.runtime[&kind]
+                .values()
+                .map(|e| (e.cidr, rule_for(e, now)))
+                .chain(self.config[&kind].iter().map(|c| (*c, config_rule)))
+                .collect()
+        };
+        let rules = KernelRules {
+            config: self.policy.config,
+            ports: self.policy.ports.clone(),
+            deny: entries(ListKind::Deny),
+            allow: entries(ListKind::Allow),
+            rate_overrides: self.policy.overrides.clone(),
+        };
+        xdp.replace_rules(&rules)
+            .map_err(|e| format!("cannot load the rule set into the kernel: {e}"))
+    }
+}
+
+/// A CIDR or a bare address (a single host), as the CLI and admin API accept.
+/// Errors say exactly which part is wrong.
+pub fn parse_cidr(text: &str) -> Result<IpNet, String> {
+    let text = text.trim();
+    let (addr, len) = match text.split_once('/') {
+        Some((addr, len)) => (addr, Some(len)),
+        None => (text, None),
+    };
+    let ip: IpAddr = addr.parse().map_err(|_| {
+        format!("invalid CIDR '{text}': '{addr}' is not an IPv4 or IPv6 address (examples: 203.0.113.0/24, 2001:db8::/32, 198.51.100.7)")
+    })?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    let prefix_len = match len {
+        None => max,
+        Some(len) => len
+            .parse::<u8>()
+            .ok()
+            .filter(|l| *l <= max)
+            .ok_or_else(|| format!("invalid CIDR '{text}': prefix length '{len}' must be 0 to {max} for this address"))?,
+    };
+    Ok(IpNet::new(ip, prefix_len).expect("prefix length checked"))
+}
+
+/// Converts an entry's wall-clock expiry to the kernel's monotonic clock.
+fn rule_for(entry: &Entry, now: SystemTime) -> Rule {
+    let expires_at_ns = match entry.expiry() {
+        None => 0,
+        Some(expiry) => {
+            let remaining = expiry.duration_since(now).unwrap_or_default();
+            // Never 0 (which means "permanent") for an entry that expires.
+            (sys::monotonic_now() + remaining).as_nanos().max(1) as u64
+        }
+    };
+    Rule {
+        expires_at_ns,
+        source: RuleSource::Cli as u32,
+        _pad: 0,
+    }
+}
+
+fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()
+}
+
+#[cfg(test)]
+mod tests;

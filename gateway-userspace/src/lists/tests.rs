@@ -1,0 +1,246 @@
+use super::*;
+
+fn net(s: &str) -> IpNet {
+    s.parse().unwrap()
+}
+
+struct Fixture {
+    dir: std::path::PathBuf,
+}
+
+impl Fixture {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("xgate-lists-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        Self { dir }
+    }
+
+    fn config(&self, xdp: &str) -> Config {
+        Config::from_yaml(
+            &format!(
+                "listeners: [{{address: '127.0.0.1:1'}}]\nstate_dir: {}\nxdp: {xdp}\n",
+                self.dir.display()
+            ),
+            "t",
+        )
+        .unwrap()
+    }
+
+    fn open(&self, xdp: &str) -> SourceLists {
+        SourceLists::open(&self.config(xdp), None).unwrap()
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn parse_cidr_explains_what_is_wrong() {
+    assert_eq!(parse_cidr("203.0.113.0/24"), Ok(net("203.0.113.0/24")));
+    assert_eq!(parse_cidr("198.51.100.7"), Ok(net("198.51.100.7/32")));
+    assert_eq!(parse_cidr("2001:db8::/32"), Ok(net("2001:db8::/32")));
+    let e = parse_cidr("300.1.2.3/33").unwrap_err();
+    assert!(
+        e.contains("'300.1.2.3' is not an IPv4 or IPv6 address"),
+        "{e}"
+    );
+    let e = parse_cidr("10.0.0.0/33").unwrap_err();
+    assert!(e.contains("prefix length '33' must be 0 to 32"), "{e}");
+    let e = parse_cidr("2001:db8::/129").unwrap_err();
+    assert!(e.contains("must be 0 to 128"), "{e}");
+}
+
+#[test]
+fn add_remove_persist_and_reload() {
+    let f = Fixture::new("persist");
+    let lists = f.open("{deny: [192.0.2.0/24]}");
+    lists
+        .add(
+            ListKind::Deny,
+            net("203.0.113.0/24"),
+            Some("abuse".into()),
+            None,
+        )
+        .unwrap();
+    lists
+        .add(
+            ListKind::Deny,
+            net("2001:db8::/48"),
+            None,
+            Some(Duration::from_secs(3600)),
+        )
+        .unwrap();
+    lists
+        .add(ListKind::Allow, net("203.0.113.7/32"), None, None)
+        .unwrap();
+    assert_eq!(
+        lists.denies("203.0.113.9".parse().unwrap()),
+        Some(net("203.0.113.0/24"))
+    );
+    assert_eq!(
+        lists.denies("203.0.113.7".parse().unwrap()),
+        None,
+        "allow wins over deny"
+    );
+    assert_eq!(
+        lists.denies("192.0.2.1".parse().unwrap()),
+        Some(net("192.0.2.0/24"))
+    );
+
+    let reopened = f.open("{}");
+    let cidrs: Vec<IpNet> = reopened
+        .list(ListKind::Deny)
+        .iter()
+        .map(|l| l.cidr)
+        .collect();
+    assert_eq!(cidrs, vec![net("203.0.113.0/24"), net("2001:db8::/48")]);
+    assert_eq!(
+        reopened.list(ListKind::Deny)[0].reason.as_deref(),
+        Some("abuse")
+    );
+    assert_eq!(reopened.list(ListKind::Allow).len(), 1);
+
+    reopened
+        .remove(ListKind::Deny, net("203.0.113.0/24"))
+        .unwrap();
+    assert_eq!(reopened.denies("203.0.113.9".parse().unwrap()), None);
+    assert_eq!(f.open("{}").list(ListKind::Deny).len(), 1);
+}
+
+#[test]
+fn legacy_state_file_is_carried_over() {
+    let f = Fixture::new("legacy");
+    std::fs::create_dir_all(&f.dir).unwrap();
+    std::fs::write(
+        f.dir.join("blocklist.json"),
+        r#"{"version":1,"entries":[{"cidr":"203.0.113.0/24","added_at":1}]}"#,
+    )
+    .unwrap();
+    let lists = f.open("{}");
+    assert_eq!(lists.list(ListKind::Deny)[0].cidr, net("203.0.113.0/24"));
+    lists
+        .add(ListKind::Allow, net("198.51.100.1/32"), None, None)
+        .unwrap();
+    assert!(
+        !f.dir.join("blocklist.json").exists(),
+        "legacy file replaced"
+    );
+    assert_eq!(f.open("{}").list(ListKind::Deny).len(), 1);
+}
+
+#[test]
+fn bad_changes_are_refused_and_change_nothing() {
+    let f = Fixture::new("refuse");
+    let lists = f.open("{deny: [192.0.2.0/24]}");
+    lists
+        .add(ListKind::Deny, net("203.0.113.0/24"), None, None)
+        .unwrap();
+    let before = std::fs::read_to_string(f.dir.join("lists.json")).unwrap();
+
+    assert!(matches!(
+        lists.add(ListKind::Deny, net("10.0.0.1/8"), None, None),
+        Err(ListError::Invalid(_))
+    ));
+    assert!(matches!(
+        lists.add(ListKind::Deny, net("203.0.113.0/24"), None, None),
+        Err(ListError::Duplicate { .. })
+    ));
+    assert!(matches!(
+        lists.add(ListKind::Deny, net("192.0.2.0/24"), None, None),
+        Err(ListError::Duplicate { .. })
+    ));
+    assert_eq!(
+        lists.remove(ListKind::Deny, net("192.0.2.0/24")),
+        Err(ListError::FromConfig {
+            cidr: net("192.0.2.0/24"),
+            key: "deny"
+        })
+    );
+    assert_eq!(
+        lists.remove(ListKind::Allow, net("203.0.113.0/24")),
+        Err(ListError::NotFound {
+            cidr: net("203.0.113.0/24"),
+            list: "allowlist"
+        })
+    );
+
+    assert_eq!(
+        std::fs::read_to_string(f.dir.join("lists.json")).unwrap(),
+        before
+    );
+    assert_eq!(lists.list(ListKind::Deny).len(), 2);
+}
+
+#[test]
+fn persist_failure_rolls_back() {
+    let f = Fixture::new("rollback");
+    let lists = f.open("{}");
+    // A directory where the state file should be makes the rename fail.
+    std::fs::create_dir_all(f.dir.join("lists.json").join("x")).unwrap();
+    let err = lists
+        .add(ListKind::Deny, net("203.0.113.0/24"), None, None)
+        .unwrap_err();
+    assert!(matches!(err, ListError::Persist(_)), "{err:?}");
+    assert!(lists.list(ListKind::Deny).is_empty());
+    assert_eq!(lists.denies("203.0.113.1".parse().unwrap()), None);
+}
+
+#[test]
+fn corrupt_state_file_is_an_error_not_an_empty_list() {
+    let f = Fixture::new("corrupt");
+    std::fs::create_dir_all(&f.dir).unwrap();
+    std::fs::write(f.dir.join("lists.json"), "{not json").unwrap();
+    let err = SourceLists::open(&f.config("{}"), None).err().unwrap();
+    assert!(err.contains("is not a valid state file"), "{err}");
+}
+
+#[test]
+fn expired_entries_are_reaped() {
+    let f = Fixture::new("reap");
+    let lists = f.open("{}");
+    lists
+        .add(
+            ListKind::Deny,
+            net("203.0.113.0/24"),
+            None,
+            Some(Duration::from_secs(1)),
+        )
+        .unwrap();
+    // Rewind the stored expiry instead of sleeping.
+    lists
+        .inner
+        .lock()
+        .unwrap()
+        .runtime
+        .get_mut(&ListKind::Deny)
+        .unwrap()
+        .get_mut(&net("203.0.113.0/24"))
+        .unwrap()
+        .expires_at = Some(1);
+    assert_eq!(lists.reap_expired(), 1);
+    assert!(lists.list(ListKind::Deny).is_empty());
+    assert!(f.open("{}").list(ListKind::Deny).is_empty());
+}
+
+#[test]
+fn reload_replaces_config_entries_and_keeps_runtime_ones() {
+    let f = Fixture::new("reload");
+    let lists = f.open("{deny: [192.0.2.0/24]}");
+    lists
+        .add(ListKind::Deny, net("203.0.113.0/24"), None, None)
+        .unwrap();
+    lists
+        .reload(&f.config("{deny: [198.51.100.0/24], allow: [198.51.100.9/32]}"))
+        .unwrap();
+    let deny: Vec<IpNet> = lists.list(ListKind::Deny).iter().map(|l| l.cidr).collect();
+    assert_eq!(deny, vec![net("198.51.100.0/24"), net("203.0.113.0/24")]);
+    assert_eq!(lists.denies("192.0.2.1".parse().unwrap()), None);
+    assert_eq!(
+        lists.denies("198.51.100.1".parse().unwrap()),
+        Some(net("198.51.100.0/24"))
+    );
+    assert_eq!(lists.denies("198.51.100.9".parse().unwrap()), None);
+}
