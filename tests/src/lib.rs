@@ -10,6 +10,7 @@ pub mod frames;
 pub mod http;
 pub mod netns;
 pub mod process;
+pub mod traffic;
 pub mod upstream;
 
 use std::path::{Path, PathBuf};

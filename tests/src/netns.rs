@@ -125,9 +125,9 @@ impl Drop for PinDir {
 }
 
 /// Sends `count` UDP datagrams from `from` (inside `client`) to `to` (inside
-/// `server`) and returns how many arrived. A warm-up datagram is repeated
-/// until one arrives, or for at most `warm_up` tries, so ARP/NDP has resolved
-/// before counting starts; pass `warm_up = 0` when nothing is expected.
+/// `server`) and returns how many arrived. With `warm_up`, that many
+/// datagrams are sent first, 20 ms apart, so ARP/NDP has resolved before
+/// counting starts; pass 0 when nothing is expected to arrive.
 pub fn udp_delivery(
     client: &NetNs,
     from: std::net::SocketAddr,
@@ -136,53 +136,28 @@ pub fn udp_delivery(
     count: usize,
     warm_up: usize,
 ) -> usize {
-    use std::{net::UdpSocket, sync::mpsc, time::Duration};
-    let (ready_tx, ready_rx) = mpsc::channel();
-    let receiver = server.spawn(move || {
-        let socket = UdpSocket::bind(to).expect("bind receiver");
-        // Room for the whole burst, so the socket never drops what XDP passed.
-        let size: libc::c_int = 8 << 20;
-        // SAFETY: valid socket fd and a c_int option value of the right size.
-        unsafe {
-            libc::setsockopt(
-                socket.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVBUFFORCE,
-                (&size as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            );
-        }
-        socket
-            .set_read_timeout(Some(Duration::from_millis(300)))
-            .unwrap();
-        ready_tx.send(()).unwrap();
-        let mut buf = [0u8; 64];
-        let (mut warm, mut counted) = (0usize, 0usize);
-        // Stop after a quiet period: every datagram has been sent by then.
-        while let Ok(n) = socket.recv(&mut buf) {
-            if &buf[..n] == b"warm" {
-                warm += 1;
-            } else {
-                counted += 1;
-            }
-        }
-        (warm, counted)
-    });
-    ready_rx.recv().expect("receiver ready");
-    client.run(move || {
-        let socket = UdpSocket::bind(from).expect("bind sender");
-        for _ in 0..warm_up {
-            socket.send_to(b"warm", to).expect("send");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        for i in 0..count {
-            socket.send_to(b"counted", to).expect("send");
-            // Pace a little: a veth ring holds a few hundred frames.
-            if i % 25 == 24 {
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        }
-    });
-    let (_warm, counted) = receiver.join().expect("receiver");
-    counted
+    use crate::traffic::{run_flows, Flow};
+    if warm_up > 0 {
+        run_flows(
+            client,
+            server,
+            &[Flow {
+                from,
+                to,
+                count: warm_up,
+                pps: 50,
+                cpu: None,
+            }],
+            || {},
+        );
+    }
+    // Paced a little: a veth ring holds a few hundred frames.
+    let flow = Flow {
+        from,
+        to,
+        count,
+        pps: 20_000,
+        cpu: None,
+    };
+    run_flows(client, server, &[flow], || {})[0].received
 }

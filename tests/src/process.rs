@@ -171,6 +171,29 @@ impl Daemon {
         std::mem::replace(&mut self.dir, TempDir::new("spent"))
     }
 
+    /// SIGKILL: the daemon gets no chance to clean up (a crash).
+    pub fn kill9(mut self) -> TempDir {
+        let mut child = self.child.take().expect("running daemon");
+        let _ = child.kill();
+        let _ = child.wait();
+        std::mem::replace(&mut self.dir, TempDir::new("spent"))
+    }
+
+    /// Rewrites the config file (same `{dir}` substitution as start-up) and
+    /// runs `xgate reload`.
+    pub fn reload_with(&self, config_yaml: &str) -> Output {
+        let current = std::fs::read_to_string(&self.config).expect("read config");
+        let yaml = config_yaml.replace("{dir}", &self.dir.path().display().to_string());
+        // Keep the admin socket and state dir the daemon was started with.
+        let tail: String = current
+            .split("\nadmin:\n")
+            .nth(1)
+            .map(|rest| format!("\nadmin:\n{rest}"))
+            .unwrap_or_default();
+        std::fs::write(&self.config, format!("{yaml}{tail}")).expect("write config");
+        self.cli(&["reload"])
+    }
+
     fn terminate(&mut self) -> Option<std::process::ExitStatus> {
         let mut child = self.child.take()?;
         let _ = Command::new("kill")
