@@ -268,3 +268,157 @@ fn help_explains_every_command() {
     let out = xgate(&["blocklist", "add", "--help"]);
     assert!(stdout(&out).contains("--ttl"), "{}", stdout(&out));
 }
+
+#[test]
+fn allowlist_commands_mirror_the_blocklist() {
+    let daemon = Daemon::start(
+        &format!("{}xdp: {{allow: ['192.0.2.0/24']}}\n", valid_on_free_port()),
+        None,
+    );
+    let out = daemon.cli(&["allowlist", "add", "198.51.100.0/24", "--reason", "partner"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), "allowed 198.51.100.0/24");
+    let out = daemon.cli(&["allowlist", "add", "198.51.100.0/24"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("198.51.100.0/24 is already in the allowlist (added at runtime)"),
+        "{}",
+        stderr(&out)
+    );
+    let out = daemon.cli(&["allowlist", "rm", "192.0.2.0/24"]);
+    assert!(
+        stderr(&out).contains("comes from the config file (xdp.allow)"),
+        "{}",
+        stderr(&out)
+    );
+    let table = stdout(&daemon.cli(&["allowlist", "ls"]));
+    assert!(
+        table.contains("192.0.2.0/24")
+            && table.contains("198.51.100.0/24")
+            && table.contains("partner"),
+        "{table}"
+    );
+    // The same prefix may be in both lists: the allow entry wins.
+    assert!(daemon
+        .cli(&["blocklist", "add", "198.51.100.0/24"])
+        .status
+        .success());
+    let status = daemon.status();
+    assert_eq!(
+        (
+            status["blocklist_entries"].as_u64(),
+            status["allowlist_entries"].as_u64()
+        ),
+        (Some(1), Some(2))
+    );
+    let out = daemon.cli(&["allowlist", "rm", "198.51.100.0/24"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!stdout(&daemon.cli(&["allowlist", "ls"])).contains("198.51.100.0/24"));
+}
+
+#[test]
+fn reload_applies_a_valid_config_and_refuses_a_broken_one() {
+    let base = valid_on_free_port();
+    let daemon = Daemon::start(&base, None);
+    assert_eq!(daemon.status()["routes"], 1);
+
+    let two_routes = base.replace(
+        "routes: [{match: {path_prefix: /}, upstream: u}]",
+        "routes: [{match: {path_prefix: /}, upstream: u}, {match: {path_prefix: /b}, upstream: u}]",
+    );
+    let out = daemon.reload_with(&two_routes);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), "reloaded");
+    let status = daemon.status();
+    assert_eq!(
+        (status["routes"].as_u64(), status["reloads"].as_u64()),
+        (Some(2), Some(1))
+    );
+
+    // Broken: every error reported, nothing applied.
+    let broken = two_routes
+        .replace("upstream: u}]", "upstream: nope}]")
+        .replace("path_prefix: /b", "path_prefix: b");
+    let out = daemon.reload_with(&broken);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("routes[1].match.path_prefix: 'b' must start with '/'"),
+        "{err}"
+    );
+    assert!(
+        err.contains("routes[1].upstream: unknown upstream 'nope'"),
+        "{err}"
+    );
+    let status = daemon.status();
+    assert_eq!(
+        (status["routes"].as_u64(), status["reloads"].as_u64()),
+        (Some(2), Some(1))
+    );
+
+    // A listener change is reported as needing a restart.
+    let moved = two_routes.replace("127.0.0.1:", "127.0.0.2:");
+    let out = daemon.reload_with(&moved);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("applied only after a restart: listeners"),
+        "{}",
+        stdout(&out)
+    );
+
+    // SIGHUP reloads too.
+    daemon.reload_with(&base);
+    std::fs::write(
+        &daemon.config,
+        std::fs::read_to_string(&daemon.config)
+            .unwrap()
+            .replace(&base, &two_routes),
+    )
+    .unwrap();
+    let before = daemon.status()["reloads"].as_u64().unwrap();
+    let _ = std::process::Command::new("kill")
+        .args(["-HUP", &daemon.pid().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while daemon.status()["reloads"].as_u64().unwrap() == before {
+        assert!(Instant::now() < deadline, "SIGHUP did not reload");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(daemon.status()["routes"], 2);
+}
+
+#[test]
+fn xdp_stats_without_xdp_says_why() {
+    let daemon = Daemon::start(&valid_on_free_port(), None);
+    let out = daemon.cli(&["xdp", "stats"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("XDP is not attached: no xdp.interfaces configured"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn rate_limit_settings_are_validated() {
+    let (code, err) = validate(&format!(
+        "{VALID}xdp:\n  allow: ['203.0.113.0/24', '203.0.113.0/24']\n  rate_limit:\n    rate: 0\n    burst: 0\n    source_prefix_v4: 33\n    ports: [0]\n    overrides: [{{cidr: '10.0.0.1/8', rate: 5}}]\n"
+    ));
+    assert_eq!(code, 1);
+    for line in [
+        "xdp.allow[1]: 203.0.113.0/24 is already listed at xdp.allow[0]",
+        "xdp.rate_limit.rate: must be at least 1 packet per second",
+        "xdp.rate_limit.burst: must be at least 1",
+        "xdp.rate_limit.source_prefix_v4: must be 1 to 32",
+        "xdp.rate_limit.ports[0]: port 0 is not a valid port",
+        "xdp.rate_limit.overrides[0].cidr: 10.0.0.1/8 has host bits set",
+    ] {
+        assert!(err.contains(line), "expected `{line}` in:\n{err}");
+    }
+    let (code, err) = validate(&format!("{VALID}xdp: {{on_exit: sometimes}}\n"));
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("xdp.on_exit: unknown variant `sometimes`, expected `detach` or `keep`"),
+        "{err}"
+    );
+}

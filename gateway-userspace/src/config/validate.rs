@@ -65,17 +65,22 @@ pub fn validate(config: &Config) -> Vec<ConfigError> {
             "must be an absolute path on a bpffs mount".into(),
         );
     }
-    let mut deny = HashMap::new();
-    for (i, net) in config.xdp.deny.iter().enumerate() {
-        let path = format!("xdp.deny[{i}]");
-        if let Some(message) = host_bits_error(net) {
-            err(path, message);
-        } else if let Some(first) = deny.insert(*net, i) {
-            err(
-                path,
-                format!("{net} is already listed at xdp.deny[{first}]"),
-            );
+    for (list, nets) in [("deny", &config.xdp.deny), ("allow", &config.xdp.allow)] {
+        let mut seen = HashMap::new();
+        for (i, net) in nets.iter().enumerate() {
+            let path = format!("xdp.{list}[{i}]");
+            if let Some(message) = host_bits_error(net) {
+                err(path, message);
+            } else if let Some(first) = seen.insert(*net, i) {
+                err(
+                    path,
+                    format!("{net} is already listed at xdp.{list}[{first}]"),
+                );
+            }
         }
+    }
+    if let Some(rl) = &config.xdp.rate_limit {
+        validate_rate_limit(rl, &mut err);
     }
 
     for (name, upstream) in &config.upstreams {
@@ -154,6 +159,62 @@ pub fn validate(config: &Config) -> Vec<ConfigError> {
         }
     }
     errors
+}
+
+fn validate_rate_limit(rl: &super::RateLimit, err: &mut impl FnMut(String, String)) {
+    let base = "xdp.rate_limit";
+    if rl.rate == 0 {
+        err(
+            format!("{base}.rate"),
+            "must be at least 1 packet per second".into(),
+        );
+    }
+    if rl.burst == Some(0) {
+        err(format!("{base}.burst"), "must be at least 1".into());
+    }
+    if !(1..=32).contains(&rl.source_prefix_v4) {
+        err(format!("{base}.source_prefix_v4"), "must be 1 to 32".into());
+    }
+    if !(1..=128).contains(&rl.source_prefix_v6) {
+        err(
+            format!("{base}.source_prefix_v6"),
+            "must be 1 to 128".into(),
+        );
+    }
+    if let super::Ports::List(ports) = &rl.ports {
+        if ports.is_empty() {
+            err(
+                format!("{base}.ports"),
+                "an empty list polices nothing; use `all`, `listeners` or remove rate_limit".into(),
+            );
+        }
+        for (i, port) in ports.iter().enumerate() {
+            if *port == 0 {
+                err(
+                    format!("{base}.ports[{i}]"),
+                    "port 0 is not a valid port".into(),
+                );
+            }
+        }
+    }
+    let mut seen = HashMap::new();
+    for (i, o) in rl.overrides.iter().enumerate() {
+        let path = format!("{base}.overrides[{i}]");
+        if let Some(message) = host_bits_error(&o.cidr) {
+            err(format!("{path}.cidr"), message);
+        } else if let Some(first) = seen.insert(o.cidr, i) {
+            err(
+                format!("{path}.cidr"),
+                format!(
+                    "{} is already overridden at {base}.overrides[{first}]",
+                    o.cidr
+                ),
+            );
+        }
+        if o.burst == Some(0) {
+            err(format!("{path}.burst"), "must be at least 1".into());
+        }
+    }
 }
 
 /// `10.0.0.1/8` is almost always a typo for `10.0.0.0/8` or `10.0.0.1/32`;
