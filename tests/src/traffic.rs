@@ -114,8 +114,8 @@ fn send(flow: &Flow, tag: u8) -> (usize, Duration) {
     let start = Instant::now();
     let mut sent = 0;
     for i in 0..flow.count {
-        if flow.pps > 0 {
-            let due = start + Duration::from_nanos(i as u64 * 1_000_000_000 / flow.pps);
+        if let Some(offset) = (i as u64 * 1_000_000_000).checked_div(flow.pps) {
+            let due = start + Duration::from_nanos(offset);
             let now = Instant::now();
             if due > now + Duration::from_micros(500) {
                 std::thread::sleep(due - now);
