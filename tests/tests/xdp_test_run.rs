@@ -591,3 +591,97 @@ fn replacing_the_rule_set_flips_the_slot_and_keeps_rate_state() {
     run(&mut xdp, &udp4_frame(BLOCKED_V4, DST_V4), Stat::Passed);
     assert!(xdp.prefixes(ListKind::Deny).unwrap().is_empty());
 }
+
+#[test]
+fn a_full_list_is_a_clear_error_and_changes_nothing() {
+    root_only!();
+    let mut xdp = XdpDataPlane::load_with_capacity(XDP_OBJECT, None, Some(4)).unwrap();
+    xdp.replace_rules(&KernelRules {
+        config: no_policing(),
+        ..KernelRules::default()
+    })
+    .unwrap();
+    for i in 0..4 {
+        xdp.insert(
+            ListKind::Deny,
+            net(&format!("203.0.113.{i}/32")),
+            permanent(),
+        )
+        .unwrap();
+    }
+    let err = xdp
+        .insert(ListKind::Deny, net("203.0.113.9/32"), permanent())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("the kernel blocklist for IPv4 is full (4 entries)"),
+        "{err}"
+    );
+    // Updating an entry that exists still works at capacity.
+    xdp.insert(ListKind::Deny, net("203.0.113.0/32"), permanent())
+        .unwrap();
+    run(
+        &mut xdp,
+        &udp4_frame(Ipv4Addr::new(203, 0, 113, 9), DST_V4),
+        Stat::Passed,
+    );
+
+    // A rule set larger than the maps fails before the flip: the old set
+    // stays active.
+    let slot = xdp.active_slot().unwrap();
+    let too_many = (0..5)
+        .map(|i| (net(&format!("198.51.100.{i}/32")), permanent()))
+        .collect();
+    let err = xdp
+        .replace_rules(&KernelRules {
+            config: no_policing(),
+            deny: too_many,
+            ..KernelRules::default()
+        })
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("is full"), "{err}");
+    assert_eq!(xdp.active_slot().unwrap(), slot);
+    run(
+        &mut xdp,
+        &udp4_frame(Ipv4Addr::new(203, 0, 113, 1), DST_V4),
+        Stat::DeniedV4,
+    );
+    run(
+        &mut xdp,
+        &udp4_frame(Ipv4Addr::new(198, 51, 100, 1), DST_V4),
+        Stat::Passed,
+    );
+}
+
+#[test]
+fn a_full_list_refuses_a_cli_entry_without_persisting_it() {
+    root_only!();
+    let dir = xgate_tests::TempDir::new("full");
+    let config = gateway_userspace::config::Config::from_yaml(
+        &format!("listeners: [{{address: '127.0.0.1:1'}}]\nstate_dir: {}\nxdp: {{deny: [192.0.2.0/24]}}\n", dir.path().display()),
+        "t",
+    )
+    .unwrap();
+    let xdp = XdpDataPlane::load_with_capacity(XDP_OBJECT, None, Some(2)).unwrap();
+    let lists = gateway_userspace::lists::SourceLists::open(&config, Some(xdp)).unwrap();
+    lists
+        .add(ListKind::Deny, net("203.0.113.0/24"), None, None)
+        .unwrap();
+    let state = std::fs::read_to_string(dir.path().join("lists.json")).unwrap();
+    let err = lists
+        .add(ListKind::Deny, net("198.51.100.0/24"), None, None)
+        .unwrap_err();
+    assert!(!err.is_client_error());
+    assert!(
+        err.to_string()
+            .contains("the kernel blocklist for IPv4 is full (2 entries)"),
+        "{err}"
+    );
+    assert_eq!(lists.list(ListKind::Deny).len(), 2);
+    assert_eq!(lists.denies("198.51.100.1".parse().unwrap()), None);
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("lists.json")).unwrap(),
+        state
+    );
+}

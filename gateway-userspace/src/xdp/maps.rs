@@ -3,7 +3,9 @@
 use std::net::IpAddr;
 
 use aya::{
-    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray},
+    maps::{
+        lpm_trie::Key, Array, HashMap, IterableMap, LpmTrie, Map, MapData, MapError, PerCpuArray,
+    },
     Ebpf, Pod,
 };
 use gateway_common::{
@@ -126,16 +128,8 @@ impl Maps {
         }
         for (net, limit) in &rules.rate_overrides {
             match net {
-                IpNet::V4(n) => slot.rate_v4.insert(
-                    &Key::new(n.prefix_len().into(), n.network().octets()),
-                    limit,
-                    0,
-                )?,
-                IpNet::V6(n) => slot.rate_v6.insert(
-                    &Key::new(n.prefix_len().into(), n.network().octets()),
-                    limit,
-                    0,
-                )?,
+                IpNet::V4(n) => slot.rate_v4.insert(&key4(*n), limit, 0)?,
+                IpNet::V6(n) => slot.rate_v6.insert(&key6(*n), limit, 0)?,
             }
         }
         let mut config = rules.config;
@@ -164,18 +158,10 @@ impl Maps {
         let active = self.active()? as usize;
         let slot = &mut self.slots[active];
         let result = match (kind, net) {
-            (ListKind::Deny, IpNet::V4(n)) => slot
-                .deny_v4
-                .remove(&Key::new(n.prefix_len().into(), n.network().octets())),
-            (ListKind::Deny, IpNet::V6(n)) => slot
-                .deny_v6
-                .remove(&Key::new(n.prefix_len().into(), n.network().octets())),
-            (ListKind::Allow, IpNet::V4(n)) => slot
-                .allow_v4
-                .remove(&Key::new(n.prefix_len().into(), n.network().octets())),
-            (ListKind::Allow, IpNet::V6(n)) => slot
-                .allow_v6
-                .remove(&Key::new(n.prefix_len().into(), n.network().octets())),
+            (ListKind::Deny, IpNet::V4(n)) => slot.deny_v4.remove(&key4(n)),
+            (ListKind::Deny, IpNet::V6(n)) => slot.deny_v6.remove(&key6(n)),
+            (ListKind::Allow, IpNet::V4(n)) => slot.allow_v4.remove(&key4(n)),
+            (ListKind::Allow, IpNet::V6(n)) => slot.allow_v6.remove(&key6(n)),
         };
         match result {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
@@ -206,29 +192,41 @@ fn insert_list(
     net: IpNet,
     rule: Rule,
 ) -> Result<(), XdpError> {
-    match (kind, net) {
-        (ListKind::Deny, IpNet::V4(n)) => slot.deny_v4.insert(
-            &Key::new(n.prefix_len().into(), n.network().octets()),
-            rule,
-            0,
-        )?,
-        (ListKind::Deny, IpNet::V6(n)) => slot.deny_v6.insert(
-            &Key::new(n.prefix_len().into(), n.network().octets()),
-            rule,
-            0,
-        )?,
-        (ListKind::Allow, IpNet::V4(n)) => slot.allow_v4.insert(
-            &Key::new(n.prefix_len().into(), n.network().octets()),
-            rule,
-            0,
-        )?,
-        (ListKind::Allow, IpNet::V6(n)) => slot.allow_v6.insert(
-            &Key::new(n.prefix_len().into(), n.network().octets()),
-            rule,
-            0,
-        )?,
+    let result = match (kind, net) {
+        (ListKind::Deny, IpNet::V4(n)) => slot.deny_v4.insert(&key4(n), rule, 0),
+        (ListKind::Deny, IpNet::V6(n)) => slot.deny_v6.insert(&key6(n), rule, 0),
+        (ListKind::Allow, IpNet::V4(n)) => slot.allow_v4.insert(&key4(n), rule, 0),
+        (ListKind::Allow, IpNet::V6(n)) => slot.allow_v6.insert(&key6(n), rule, 0),
+    };
+    result.map_err(|e| full_or(e, slot, kind, net))
+}
+
+fn key4(net: ipnet::Ipv4Net) -> Key<[u8; 4]> {
+    Key::new(net.prefix_len().into(), net.network().octets())
+}
+
+fn key6(net: ipnet::Ipv6Net) -> Key<[u8; 16]> {
+    Key::new(net.prefix_len().into(), net.network().octets())
+}
+
+/// A trie refuses a new key with ENOSPC when it holds `max_entries`: say
+/// so plainly instead of passing the errno on.
+fn full_or(error: MapError, slot: &SlotMaps, kind: ListKind, net: IpNet) -> XdpError {
+    let full = matches!(&error, MapError::SyscallError(e) if e.io_error.raw_os_error() == Some(libc::ENOSPC));
+    if !full {
+        return error.into();
     }
-    Ok(())
+    let (family, info) = match (kind, net) {
+        (ListKind::Deny, IpNet::V4(_)) => ("IPv4", slot.deny_v4.map().info()),
+        (ListKind::Deny, IpNet::V6(_)) => ("IPv6", slot.deny_v6.map().info()),
+        (ListKind::Allow, IpNet::V4(_)) => ("IPv4", slot.allow_v4.map().info()),
+        (ListKind::Allow, IpNet::V6(_)) => ("IPv6", slot.allow_v6.map().info()),
+    };
+    XdpError::Full {
+        list: kind.name(),
+        family,
+        capacity: info.map(|i| i.max_entries()).unwrap_or(0),
+    }
 }
 
 fn net_of<K: Pod + Into<IpAddr>>(key: Key<K>) -> IpNet {

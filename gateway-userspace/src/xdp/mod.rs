@@ -36,6 +36,12 @@ pub enum XdpError {
     Program(#[from] ProgramError),
     #[error("BPF map: {0}")]
     Map(#[from] MapError),
+    #[error("the kernel {list} for {family} is full ({capacity} entries); remove entries or aggregate them into shorter prefixes")]
+    Full {
+        list: &'static str,
+        family: &'static str,
+        capacity: u32,
+    },
     #[error("the object file has no {0}")]
     Missing(&'static str),
     #[error("attaching to {interface} in {mode} mode failed: {source}")]
@@ -86,7 +92,30 @@ impl XdpDataPlane {
     /// state survive daemon restarts; without it (tests) they live as long
     /// as `self`.
     pub fn load(object: &[u8], pin_root: Option<&Path>) -> Result<Self, XdpError> {
+        Self::load_with_capacity(object, pin_root, None)
+    }
+
+    /// Like [`XdpDataPlane::load`], with every allow/deny trie holding at
+    /// most `list_capacity` entries instead of
+    /// [`gateway_common::LIST_MAX_ENTRIES`] (tests use it to reach "full").
+    pub fn load_with_capacity(
+        object: &[u8],
+        pin_root: Option<&Path>,
+        list_capacity: Option<u32>,
+    ) -> Result<Self, XdpError> {
         let mut loader = EbpfLoader::new();
+        if let Some(capacity) = list_capacity {
+            for names in [
+                map_names::DENY_V4,
+                map_names::DENY_V6,
+                map_names::ALLOW_V4,
+                map_names::ALLOW_V6,
+            ] {
+                for name in names {
+                    loader.map_max_entries(name, capacity);
+                }
+            }
+        }
         if let Some(root) = pin_root {
             let dir = root.join(format!("v{MAP_LAYOUT_VERSION}"));
             bpffs::prepare(&dir).map_err(XdpError::Bpffs)?;
