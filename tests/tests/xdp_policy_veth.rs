@@ -387,3 +387,68 @@ fn enforcement_continues_through_kill_9_and_restarts() {
         "still filtering after a detaching stop"
     );
 }
+
+#[test]
+fn xdp_attach_and_detach_work_without_a_daemon() {
+    root_only!();
+    let lab = Lab::new("att");
+    let dir = xgate_tests::TempDir::new("attach");
+    let config = dir.path().join("x.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "listeners: [{{address: '127.0.0.1:18080'}}]\nstate_dir: {}\nxdp: {{deny: [198.18.0.2/32]}}\n",
+            dir.path().join("state").display()
+        ),
+    )
+    .unwrap();
+    let pin = lab.pin.0.display().to_string();
+    let xgate = |args: &[&str]| {
+        let out = lab
+            .gw
+            .command(&xgate_tests::process::xgate_bin())
+            .args(args)
+            .output()
+            .expect("run xgate");
+        assert!(out.status.success(), "xgate {args:?}: {}", stderr(&out));
+        stdout(&out)
+    };
+    let said = xgate(&[
+        "xdp",
+        "attach",
+        "--iface",
+        "xg0",
+        "--pin-path",
+        &pin,
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    assert!(said.contains("attached to xg0"), "{said}");
+    assert_eq!(lab.deliver("198.18.0.3:40000", "198.18.0.1:9999", 20), N);
+    assert_eq!(
+        lab.deliver("198.18.0.2:40000", "198.18.0.1:9999", 0),
+        0,
+        "denied while attached"
+    );
+    assert!(
+        xgate(&["xdp", "detach", "--iface", "xg0", "--pin-path", &pin])
+            .contains("detached from xg0")
+    );
+    assert_eq!(
+        lab.deliver("198.18.0.2:40000", "198.18.0.1:9999", 20),
+        N,
+        "passes after detach"
+    );
+    let out = lab
+        .gw
+        .command(&xgate_tests::process::xgate_bin())
+        .args(["xdp", "detach", "--iface", "xg0", "--pin-path", &pin])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("no pinned attachment for xg0"),
+        "{}",
+        stderr(&out)
+    );
+}
