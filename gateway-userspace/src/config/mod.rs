@@ -1,13 +1,23 @@
 //! Config: `load → validate` here; `compile` into the runtime happens in the
 //! modules that own each part (proxy router, upstream pools, XDP rules).
 
+mod listener;
 mod model;
+mod route;
+mod upstream;
 mod validate;
+mod xdp;
 
 use std::{fmt, path::Path};
 
-pub use model::*;
-pub use validate::{host_bits_error, validate};
+pub use self::{
+    listener::Listener,
+    model::*,
+    route::{Route, RouteMatch},
+    upstream::*,
+    validate::{host_bits_error, validate, Errors},
+    xdp::*,
+};
 
 /// One problem in a config file, with the path of the offending value
 /// (`routes[2].upstream`).
