@@ -7,15 +7,19 @@ use std::{
     time::Duration,
 };
 
+use http::{uri::Uri, Request, Response};
 use hyper::body::Incoming;
 use hyper_util::{
     client::legacy::{connect::HttpConnector, Client},
     rt::{TokioExecutor, TokioTimer},
 };
 
-use crate::config;
+use crate::{
+    config,
+    proxy::{Body, Rejection, RequestContext},
+};
 
-pub type HttpClient = Client<HttpConnector, Incoming>;
+pub type HttpClient = Client<HttpConnector, Body>;
 
 /// One upstream service, compiled from config.
 pub struct Upstream {
@@ -50,6 +54,34 @@ impl Upstream {
     pub fn pick(&self) -> SocketAddr {
         let i = self.next.fetch_add(1, Ordering::Relaxed);
         self.targets[i % self.targets.len()]
+    }
+
+    /// Sends `request` (origin-form URI, headers already rewritten) to a
+    /// target and waits for the response headers, within `timeout`.
+    pub async fn dispatch(
+        &self,
+        mut request: Request<Body>,
+        ctx: &mut RequestContext,
+    ) -> Result<Response<Incoming>, Rejection> {
+        let target = self.pick();
+        ctx.upstream_target = Some(target);
+        let mut parts = request.uri().clone().into_parts();
+        parts.scheme = Some(http::uri::Scheme::HTTP);
+        parts.authority = Some(
+            target
+                .to_string()
+                .parse()
+                .expect("a socket address is a valid authority"),
+        );
+        *request.uri_mut() = Uri::from_parts(parts).expect("scheme, authority and path form a URI");
+        match tokio::time::timeout(self.timeout, self.client.request(request)).await {
+            Err(_elapsed) => Err(Rejection::UpstreamTimeout {
+                target,
+                timeout_ms: self.timeout.as_millis(),
+            }),
+            Ok(Err(error)) => Err(Rejection::from_client_error(target, error)),
+            Ok(Ok(response)) => Ok(response),
+        }
     }
 }
 
