@@ -47,7 +47,7 @@ impl Reloader {
     pub fn reload(&self) -> Result<ReloadReport, String> {
         let mut current = self.current.lock().unwrap();
         let config = Config::load(&self.path).map_err(|e| e.to_string().trim_end().to_string())?;
-        let runtime = Runtime::compile(&config);
+        let runtime = Runtime::compile(&config, self.metrics.clone());
         self.lists.reload(&config)?;
         self.runtime.store(runtime);
         let needs_restart = restart_only_changes(&current, &config);
@@ -96,7 +96,10 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         SourceLists::open(&config, xdp).map_err(|e| anyhow::anyhow!("source lists: {e}"))?,
     );
     let metrics = Arc::new(Metrics::default());
-    let runtime = Arc::new(RuntimeHandle::new(Runtime::compile(&config)));
+    let runtime = Arc::new(RuntimeHandle::new(Runtime::compile(
+        &config,
+        metrics.clone(),
+    )));
 
     let mut listeners = Vec::new();
     for listener in &config.listeners {
@@ -130,8 +133,13 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         shutdown_rx.clone(),
     ));
     let mut proxy_tasks = Vec::new();
-    for socket in listeners {
+    for (socket, listener) in listeners.into_iter().zip(&config.listeners) {
+        let name = listener
+            .name
+            .clone()
+            .unwrap_or_else(|| listener.address.to_string());
         proxy_tasks.push(tokio::spawn(proxy::server::serve(
+            name,
             socket,
             runtime.clone(),
             lists.clone(),

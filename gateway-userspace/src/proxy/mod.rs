@@ -25,7 +25,7 @@ pub use self::{
     context::RequestContext,
     rejection::{json_response, Rejection},
 };
-use crate::{config::Config, upstream::Upstream};
+use crate::{config::Config, telemetry::Metrics, upstream::Upstream};
 
 /// Body type in both directions: bodies stream through; errors are small.
 pub type Body = BoxBody<Bytes, hyper::Error>;
@@ -34,10 +34,11 @@ pub type Body = BoxBody<Bytes, hyper::Error>;
 pub struct Runtime {
     router: Router,
     trusted_proxies: Vec<IpNet>,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Runtime {
-    pub fn compile(config: &Config) -> Self {
+    pub fn compile(config: &Config, metrics: Arc<Metrics>) -> Self {
         let upstreams: HashMap<String, Arc<Upstream>> = config
             .upstreams
             .iter()
@@ -46,6 +47,7 @@ impl Runtime {
         Self {
             router: Router::new(config, &upstreams),
             trusted_proxies: config.trusted_proxies.clone(),
+            metrics,
         }
     }
 
@@ -89,14 +91,19 @@ pub async fn handle(rt: Arc<Runtime>, req: Request<Incoming>, conn: ConnInfo) ->
         Ok(response) => response,
         Err(rejection) => rejection.into_response(),
     };
+    let route = ctx.route.as_deref().unwrap_or("-");
+    let status = response.status().as_u16();
+    let elapsed = ctx.started.elapsed();
+    rt.metrics
+        .request(route, method.as_str(), status, "anonymous", elapsed);
     tracing::info!(
         client.ip = %ctx.client_ip,
         method = %method,
         path = %path,
-        route = ctx.route.as_deref().unwrap_or("-"),
+                route,
         upstream.target = %ctx.upstream_target.map(|t| t.to_string()).unwrap_or_else(|| "-".into()),
-        status = response.status().as_u16(),
-        duration_ms = ctx.started.elapsed().as_secs_f64() * 1000.0,
+                status,
+        duration_ms = elapsed.as_secs_f64() * 1000.0,
         "access"
     );
     response

@@ -20,6 +20,7 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Serves one listener until `shutdown` flips, then lets open connections
 /// finish for up to `drain`.
 pub async fn serve(
+    name: String,
     listener: TcpListener,
     runtime: Arc<RuntimeHandle>,
     lists: Arc<SourceLists>,
@@ -48,6 +49,7 @@ pub async fn serve(
             continue;
         }
         let _ = stream.set_nodelay(true);
+        let open = metrics.connection_opened(&name);
         let conn_info = ConnInfo {
             peer,
             scheme: "http",
@@ -63,6 +65,7 @@ pub async fn serve(
             .serve_connection(TokioIo::new(stream), service);
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
+            let _open = open;
             if let Err(error) = connection.await {
                 tracing::debug!(client.ip = %peer.ip(), %error, "connection ended with an error");
             }
