@@ -25,7 +25,7 @@ impl RequestContext {
     pub fn new(conn: ConnInfo) -> Self {
         Self {
             conn,
-            client_ip: conn.peer.ip(),
+            client_ip: conn.client.ip(),
             started: Instant::now(),
             route: None,
             upstream_target: None,

@@ -77,7 +77,12 @@ impl RuntimeHandle {
 /// The client side of one connection.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnInfo {
+    /// The TCP peer.
     pub peer: SocketAddr,
+    /// The client as the connection itself says: the PROXY protocol header's
+    /// source when a trusted peer sent one, else `peer`.
+    pub client: SocketAddr,
+    /// `http` or `https`.
     pub scheme: &'static str,
 }
 

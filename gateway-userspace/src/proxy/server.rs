@@ -52,6 +52,7 @@ pub async fn serve(
         let open = metrics.connection_opened(&name);
         let conn_info = ConnInfo {
             peer,
+            client: peer,
             scheme: "http",
         };
         let runtime = runtime.clone();
