@@ -8,7 +8,7 @@
 /// Version of the map layouts below. It is part of the pin path
 /// (`<pin_root>/v<N>/`), because aya silently reuses a pinned map even when
 /// its definition changed: bump this whenever a key, value or map size changes.
-pub const MAP_LAYOUT_VERSION: u32 = 2;
+pub const MAP_LAYOUT_VERSION: u32 = 3;
 
 /// Name of the XDP program inside the object file.
 pub const XDP_PROGRAM: &str = "xgate_xdp";
@@ -110,6 +110,10 @@ pub struct RateLimit {
     pub cost_ns: u64,
     /// Bucket depth in packets.
     pub burst: u64,
+    /// `u64::MAX / cost_ns`: the largest `n` for which `n * cost_ns` does not
+    /// overflow. Precomputed so the kernel compares with a multiplication
+    /// instead of a 64-bit division on every packet.
+    pub max_tokens: u64,
 }
 
 impl RateLimit {
@@ -125,7 +129,15 @@ impl RateLimit {
         } else {
             cost_ns
         };
-        Self { cost_ns, burst }
+        let max_tokens = match u64::MAX.checked_div(cost_ns) {
+            Some(n) => n,
+            None => u64::MAX,
+        };
+        Self {
+            cost_ns,
+            burst,
+            max_tokens,
+        }
     }
 }
 
@@ -137,6 +149,11 @@ pub mod flags {
     pub const SYN_ONLY: u32 = 1 << 1;
     /// Police only packets to ports set in the `PORTS` bitmap.
     pub const PROTECTED_PORTS: u32 = 1 << 2;
+    /// The slot's allow lists may hold entries (else their lookup is
+    /// skipped). Set by userspace, never cleared while the slot is active.
+    pub const HAS_ALLOW: u32 = 1 << 3;
+    /// The slot has per-CIDR rate overrides (else their lookup is skipped).
+    pub const HAS_OVERRIDES: u32 = 1 << 4;
 }
 
 /// Per-slot settings of the kernel policy.

@@ -23,7 +23,7 @@ mod parse;
 
 use aya_ebpf::{
     bindings::{xdp_action, BPF_NOEXIST},
-    helpers::bpf_ktime_get_ns,
+    helpers::bpf_ktime_get_coarse_ns,
     macros::{map, xdp},
     maps::{
         lpm_trie::{Key, LpmTrie},
@@ -169,6 +169,9 @@ fn classify(ctx: &XdpContext) -> Stat {
         return Stat::Passed;
     };
     let maps = slot(index);
+    // Lookups in maps known to be empty are skipped.
+    let has_allow = config.flags & flags::HAS_ALLOW != 0;
+    let has_overrides = config.flags & flags::HAS_OVERRIDES != 0;
     // Read the clock only when something needs it (expiring rules, buckets).
     let mut now = 0u64;
     match packet.src {
@@ -176,7 +179,7 @@ fn classify(ctx: &XdpContext) -> Stat {
             let key = AlignedKey {
                 key: Key::new(32, src),
             };
-            if matches(maps.allow_v4.get(&key.key), &mut now) {
+            if has_allow && matches(maps.allow_v4.get(&key.key), &mut now) {
                 return Stat::AllowListed;
             }
             if matches(maps.deny_v4.get(&key.key), &mut now) {
@@ -187,7 +190,7 @@ fn classify(ctx: &XdpContext) -> Stat {
             let key = AlignedKey {
                 key: Key::new(128, src),
             };
-            if matches(maps.allow_v6.get(&key.key), &mut now) {
+            if has_allow && matches(maps.allow_v6.get(&key.key), &mut now) {
                 return Stat::AllowListed;
             }
             if matches(maps.deny_v6.get(&key.key), &mut now) {
@@ -203,11 +206,14 @@ fn classify(ctx: &XdpContext) -> Stat {
             let lookup = AlignedKey {
                 key: Key::new(32, src),
             };
-            let limit = maps
-                .rate_v4
-                .get(&lookup.key)
-                .copied()
-                .unwrap_or(config.rate);
+            let limit = if has_overrides {
+                maps.rate_v4
+                    .get(&lookup.key)
+                    .copied()
+                    .unwrap_or(config.rate)
+            } else {
+                config.rate
+            };
             let mut addr = [0u8; 16];
             let masked = mask(u32::from_be_bytes(src), config.v4_prefix_len).to_be_bytes();
             addr[0] = masked[0];
@@ -220,11 +226,14 @@ fn classify(ctx: &XdpContext) -> Stat {
             let lookup = AlignedKey {
                 key: Key::new(128, src),
             };
-            let limit = maps
-                .rate_v6
-                .get(&lookup.key)
-                .copied()
-                .unwrap_or(config.rate);
+            let limit = if has_overrides {
+                maps.rate_v6
+                    .get(&lookup.key)
+                    .copied()
+                    .unwrap_or(config.rate)
+            } else {
+                config.rate
+            };
             (
                 limit,
                 BucketKey {
@@ -239,7 +248,7 @@ fn classify(ctx: &XdpContext) -> Stat {
     }
     if now == 0 {
         // SAFETY: helper without arguments.
-        now = unsafe { bpf_ktime_get_ns() };
+        now = unsafe { bpf_ktime_get_coarse_ns() };
     }
     if admit(&key, &limit, now) {
         Stat::Passed
@@ -286,16 +295,22 @@ fn admit(key: &BucketKey, limit: &RateLimit, now: u64) -> bool {
     };
     // SAFETY: `bucket` points into the map value, valid for this program run.
     let (start, admitted) = unsafe { ((*bucket).start_ns, (*bucket).admitted) };
-    let earned = if now > start {
-        (now - start) / limit.cost_ns
-    } else {
-        0
+    // tokens = burst + floor(elapsed / cost) - admitted, compared without a
+    // 64-bit division: n * cost is exact while n <= max_tokens.
+    let elapsed = now.saturating_sub(start);
+    let scaled = |n: u64| {
+        if n > limit.max_tokens {
+            u64::MAX
+        } else {
+            n * limit.cost_ns
+        }
     };
-    let allowance = limit.burst + earned;
-    if admitted >= allowance {
+    // Empty: floor(elapsed / cost) <= admitted - burst.
+    if admitted >= limit.burst && elapsed < scaled(admitted - limit.burst + 1) {
         return false;
     }
-    if allowance - admitted > limit.burst {
+    // More than full: floor(elapsed / cost) > admitted.
+    if elapsed >= scaled(admitted + 1) {
         // More than a full bucket: re-base so the source holds `burst`
         // tokens, minus the one this packet spends. A racing CPU doing the
         // same writes the same values.
@@ -340,7 +355,7 @@ fn matches(rule: Option<&Rule>, now: &mut u64) -> bool {
     }
     if *now == 0 {
         // SAFETY: helper without arguments.
-        *now = unsafe { bpf_ktime_get_ns() };
+        *now = unsafe { bpf_ktime_get_coarse_ns() };
     }
     *now < expires
 }

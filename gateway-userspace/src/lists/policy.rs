@@ -82,7 +82,8 @@ mod tests {
             policy.config.rate,
             RateLimit {
                 cost_ns: 10_000_000,
-                burst: 100
+                burst: 100,
+                max_tokens: u64::MAX / 10_000_000,
             }
         );
         assert_eq!(
@@ -108,7 +109,8 @@ mod tests {
             policy.overrides[0].1,
             RateLimit {
                 cost_ns: 1_000_000,
-                burst: 1000
+                burst: 1000,
+                max_tokens: u64::MAX / 1_000_000,
             }
         );
         assert_eq!(policy.overrides[1].1.cost_ns, 0, "rate 0 exempts");

@@ -133,10 +133,16 @@ impl Maps {
             }
         }
         let mut config = rules.config;
-        if rules.ports.is_some() {
-            config.flags |= flags::PROTECTED_PORTS;
-        } else {
-            config.flags &= !flags::PROTECTED_PORTS;
+        for (flag, on) in [
+            (flags::PROTECTED_PORTS, rules.ports.is_some()),
+            (flags::HAS_ALLOW, !rules.allow.is_empty()),
+            (flags::HAS_OVERRIDES, !rules.rate_overrides.is_empty()),
+        ] {
+            if on {
+                config.flags |= flag;
+            } else {
+                config.flags &= !flag;
+            }
         }
         self.config.set(target, config, 0)?;
         // The one write that switches every packet to the new set.
@@ -150,8 +156,16 @@ impl Maps {
         net: IpNet,
         rule: Rule,
     ) -> Result<(), XdpError> {
-        let active = self.active()? as usize;
-        insert_list(&mut self.slots[active], kind, net, rule)
+        let active = self.active()?;
+        if kind == ListKind::Allow {
+            // The program skips the allow lookup until this flag is set.
+            let mut config = self.config.get(&active, 0)?;
+            if config.flags & flags::HAS_ALLOW == 0 {
+                config.flags |= flags::HAS_ALLOW;
+                self.config.set(active, config, 0)?;
+            }
+        }
+        insert_list(&mut self.slots[active as usize], kind, net, rule)
     }
 
     pub(super) fn remove_active(&mut self, kind: ListKind, net: IpNet) -> Result<(), XdpError> {
