@@ -3,6 +3,7 @@
 //! tears everything down in order on SIGTERM/SIGINT.
 
 use std::{
+    net::SocketAddr,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -22,7 +23,11 @@ use crate::{
     },
     config::Config,
     lists::SourceLists,
-    proxy::{self, Runtime, RuntimeHandle},
+    proxy::{
+        self,
+        server::{Settings, SettingsHandle},
+        Runtime, RuntimeHandle,
+    },
     sys,
     telemetry::Metrics,
     xdp::{OnExit, XdpDataPlane, XDP_OBJECT},
@@ -41,15 +46,22 @@ pub struct Reloader {
     lists: Arc<SourceLists>,
     runtime: Arc<RuntimeHandle>,
     metrics: Arc<Metrics>,
+    /// Each running listener's settings (TLS certificates, limits, ...),
+    /// by the address it is bound to.
+    listeners: Vec<(SocketAddr, Arc<SettingsHandle>)>,
 }
 
 impl Reloader {
     pub fn reload(&self) -> Result<ReloadReport, String> {
         let mut current = self.current.lock().unwrap();
         let config = Config::load(&self.path).map_err(|e| e.to_string().trim_end().to_string())?;
-        let runtime = Runtime::compile(&config, self.metrics.clone());
+        let runtime = Runtime::compile(&config, self.metrics.clone(), Some(self.lists.clone()))?;
+        let listeners = self.compile_listeners(&config)?;
         self.lists.reload(&config)?;
         self.runtime.store(runtime);
+        for (handle, settings) in listeners {
+            handle.store(settings);
+        }
         let needs_restart = restart_only_changes(&current, &config);
         for change in &needs_restart {
             tracing::warn!(change = %change, "changed in the config file; applies after a restart");
@@ -62,6 +74,24 @@ impl Reloader {
 
     pub fn route_count(&self) -> usize {
         self.runtime.load().route_count()
+    }
+
+    /// New settings for every running listener still in `config` (matched
+    /// by address; the others need a restart), certificate files re-read.
+    /// Nothing is applied unless all of them compile.
+    fn compile_listeners(
+        &self,
+        config: &Config,
+    ) -> Result<Vec<(Arc<SettingsHandle>, Settings)>, String> {
+        let mut compiled = Vec::new();
+        for (address, handle) in &self.listeners {
+            if let Some(index) = config.listeners.iter().position(|l| l.address == *address) {
+                let settings = Settings::compile(config, index)
+                    .map_err(|e| format!("{}: {e}", self.path.display()))?;
+                compiled.push((handle.clone(), settings));
+            }
+        }
+        Ok(compiled)
     }
 }
 
@@ -96,17 +126,18 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         SourceLists::open(&config, xdp).map_err(|e| anyhow::anyhow!("source lists: {e}"))?,
     );
     let metrics = Arc::new(Metrics::default());
-    let runtime = Arc::new(RuntimeHandle::new(Runtime::compile(
-        &config,
-        metrics.clone(),
-    )));
+    let runtime = Runtime::compile(&config, metrics.clone(), Some(lists.clone()))
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let runtime = Arc::new(RuntimeHandle::new(runtime));
 
     let mut listeners = Vec::new();
-    for listener in &config.listeners {
+    for (index, listener) in config.listeners.iter().enumerate() {
+        let settings = Settings::compile(&config, index)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", config_path.display()))?;
         let socket = TcpListener::bind(listener.address)
             .await
             .with_context(|| format!("cannot listen on {}", listener.address))?;
-        listeners.push(socket);
+        listeners.push((socket, Arc::new(SettingsHandle::new(settings))));
     }
     let admin_listener = admin::bind(&config.admin.socket).await?;
 
@@ -116,6 +147,12 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         lists: lists.clone(),
         runtime: runtime.clone(),
         metrics: metrics.clone(),
+        listeners: config
+            .listeners
+            .iter()
+            .zip(&listeners)
+            .map(|(l, (_, settings))| (l.address, settings.clone()))
+            .collect(),
     });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let admin_state = Arc::new(AdminState {
@@ -133,14 +170,17 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         shutdown_rx.clone(),
     ));
     let mut proxy_tasks = Vec::new();
-    for (socket, listener) in listeners.into_iter().zip(&config.listeners) {
+    for ((socket, settings), listener) in listeners.into_iter().zip(&config.listeners) {
         let name = listener
             .name
             .clone()
             .unwrap_or_else(|| listener.address.to_string());
         proxy_tasks.push(tokio::spawn(proxy::server::serve(
-            name,
-            socket,
+            proxy::server::Listener {
+                name,
+                socket,
+                settings,
+            },
             runtime.clone(),
             lists.clone(),
             metrics.clone(),

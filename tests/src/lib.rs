@@ -6,10 +6,12 @@
 //! (which runs as root) a missing privilege is a failure, never a skip;
 //! elsewhere the skip is announced loudly.
 
+pub mod bad_upstream;
 pub mod frames;
 pub mod http;
 pub mod netns;
 pub mod process;
+pub mod tls;
 pub mod traffic;
 pub mod upstream;
 

@@ -2,14 +2,26 @@
 //! (prior knowledge, h2c) on the same port. It answers every request with a
 //! JSON description of what it received (method, version, path, headers, body
 //! size); `/status/<code>` answers with that status, `/delay/<ms>` waits
-//! first, `/bytes/<n>` sends n bytes; an `Upgrade` request (WebSocket style)
-//! gets `101 Switching Protocols` and then every byte echoed back.
+//! first, `/bytes/<n>` sends n bytes, `/stream/<n>` streams n bytes in 64 KiB
+//! chunks without holding them; an `Upgrade` request (WebSocket style) gets
+//! `101 Switching Protocols` and then every byte echoed back. Request bodies
+//! are counted frame by frame, never held whole, so gigabyte uploads cost no
+//! memory here.
 
-use std::{convert::Infallible, net::SocketAddr};
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    pin::Pin,
+    task::{Context, Poll},
+};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::{body::Incoming, service::service_fn, Request, Response};
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use hyper::{
+    body::{Body, Frame, Incoming, SizeHint},
+    service::service_fn,
+    Request, Response,
+};
 use hyper_util::{
     rt::{TokioExecutor, TokioIo},
     server::conn::auto,
@@ -53,14 +65,66 @@ pub async fn serve(listener: TcpListener, name: String) {
                 let name = name.clone();
                 async move { Ok::<_, Infallible>(echo(req, peer, &name).await) }
             });
-            let _ = auto::Builder::new(TokioExecutor::new())
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            // Well above any gateway's limit, so that a 431 a test sees is
+            // the gateway's (it adds X-Forwarded-* and friends).
+            builder.http1().max_headers(1000);
+            let _ = builder
                 .serve_connection_with_upgrades(TokioIo::new(stream), service)
                 .await;
         });
     }
 }
 
-async fn echo(mut req: Request<Incoming>, peer: SocketAddr, name: &str) -> Response<Full<Bytes>> {
+type EchoBody = BoxBody<Bytes, Infallible>;
+
+fn full(bytes: impl Into<Bytes>) -> EchoBody {
+    Full::new(bytes.into()).boxed()
+}
+
+/// `n` bytes of `x`, produced one chunk at a time as hyper asks for them.
+struct Stream {
+    remaining: u64,
+    chunk: Bytes,
+}
+
+impl Stream {
+    const CHUNK: usize = 64 * 1024;
+
+    fn new(n: u64) -> Self {
+        Self {
+            remaining: n,
+            chunk: Bytes::from(vec![b'x'; Self::CHUNK]),
+        }
+    }
+}
+
+impl Body for Stream {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.remaining == 0 {
+            return Poll::Ready(None);
+        }
+        let n = self.remaining.min(Self::CHUNK as u64);
+        self.remaining -= n;
+        Poll::Ready(Some(Ok(Frame::data(self.chunk.slice(..n as usize)))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.remaining == 0
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.remaining)
+    }
+}
+
+async fn echo(mut req: Request<Incoming>, peer: SocketAddr, name: &str) -> Response<EchoBody> {
     if req.headers().contains_key(hyper::header::UPGRADE) {
         let protocol = req.headers()[hyper::header::UPGRADE].clone();
         let upgrade = hyper::upgrade::on(&mut req);
@@ -75,7 +139,7 @@ async fn echo(mut req: Request<Incoming>, peer: SocketAddr, name: &str) -> Respo
             .header(hyper::header::CONNECTION, "upgrade")
             .header(hyper::header::UPGRADE, protocol)
             .header("x-upstream", name)
-            .body(Full::new(Bytes::new()))
+            .body(full(Bytes::new()))
             .expect("valid response");
     }
     let method = req.method().to_string();
@@ -92,12 +156,13 @@ async fn echo(mut req: Request<Incoming>, peer: SocketAddr, name: &str) -> Respo
             )
         })
         .collect();
-    let body = req
-        .into_body()
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
+    let mut body = req.into_body();
+    let mut body_bytes: u64 = 0;
+    while let Some(Ok(frame)) = body.frame().await {
+        if let Some(data) = frame.data_ref() {
+            body_bytes += data.len() as u64;
+        }
+    }
     if let Some(delay) = path
         .strip_prefix("/delay/")
         .and_then(|ms| ms.parse::<u64>().ok())
@@ -115,7 +180,17 @@ async fn echo(mut req: Request<Incoming>, peer: SocketAddr, name: &str) -> Respo
         return Response::builder()
             .header("content-type", "application/octet-stream")
             .header("x-upstream", name)
-            .body(Full::new(Bytes::from(vec![b'x'; n])))
+            .body(full(vec![b'x'; n]))
+            .expect("valid response");
+    }
+    if let Some(n) = path
+        .strip_prefix("/stream/")
+        .and_then(|n| n.parse::<u64>().ok())
+    {
+        return Response::builder()
+            .header("content-type", "application/octet-stream")
+            .header("x-upstream", name)
+            .body(Stream::new(n).boxed())
             .expect("valid response");
     }
     let doc = serde_json::json!({
@@ -126,12 +201,12 @@ async fn echo(mut req: Request<Incoming>, peer: SocketAddr, name: &str) -> Respo
         "path": path,
         "peer": peer.to_string(),
         "headers": headers,
-        "body_bytes": body.len(),
+        "body_bytes": body_bytes,
     });
     Response::builder()
         .status(status)
         .header("content-type", "application/json")
         .header("x-upstream", name)
-        .body(Full::new(Bytes::from(doc.to_string())))
+        .body(full(doc.to_string()))
         .expect("valid response")
 }

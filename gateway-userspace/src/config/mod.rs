@@ -13,7 +13,7 @@ use std::{fmt, path::Path};
 pub use self::{
     listener::Listener,
     model::*,
-    route::{Route, RouteMatch},
+    route::{anchored, HeaderMatch, Route, RouteMatch},
     upstream::*,
     validate::{host_bits_error, validate, Errors},
     xdp::*,

@@ -36,6 +36,60 @@ pub struct Config {
     pub upstreams: BTreeMap<String, Upstream>,
     #[serde(default)]
     pub routes: Vec<Route>,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub access_log: AccessLog,
+}
+
+/// Request limits that apply to every route (a route may lower or raise
+/// `max_body_bytes`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Longest request target (path and query) accepted; longer gets 414.
+    /// 8 KiB is what nginx and most CDNs accept.
+    #[serde(default = "default_max_uri_bytes")]
+    pub max_uri_bytes: usize,
+    /// Largest request body accepted; larger gets 413. Absent: no limit.
+    #[serde(default)]
+    pub max_body_bytes: Option<u64>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_uri_bytes: default_max_uri_bytes(),
+            max_body_bytes: None,
+        }
+    }
+}
+
+fn default_max_uri_bytes() -> usize {
+    8 * 1024
+}
+
+/// One line per request, also for rejected ones.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLog {
+    #[serde(default)]
+    pub format: AccessLogFormat,
+    /// File to append to; absent: standard output (json) or the log (text).
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessLogFormat {
+    /// A `tracing` event on the daemon's log.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+    /// No access log.
+    Off,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -34,6 +34,15 @@ pub fn validate(config: &Config) -> Vec<ConfigError> {
         upstream.validate(name, &mut errors);
     }
     super::route::validate(&config.routes, &config.upstreams, &mut errors);
+    if config.limits.max_uri_bytes < 16 {
+        errors.push("limits.max_uri_bytes", "must be at least 16");
+    }
+    if config.limits.max_body_bytes == Some(0) {
+        errors.push(
+            "limits.max_body_bytes",
+            "must be at least 1 (omit it for no limit)",
+        );
+    }
     errors.0
 }
 

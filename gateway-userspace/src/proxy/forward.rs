@@ -5,40 +5,82 @@ use http::{Request, Response, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use super::{headers, headers::Forwarded, Body, Rejection, RequestContext, Runtime};
+use super::{
+    headers::{self, Forwarding},
+    limits, Body, Rejection, RequestContext, Runtime,
+};
 
 pub(super) async fn forward(
     rt: &Runtime,
     req: Request<Incoming>,
     ctx: &mut RequestContext,
 ) -> Result<Response<Body>, Rejection> {
-    if req.version() == Version::HTTP_11 && !req.headers().contains_key(http::header::HOST) {
+    let (mut parts, body) = req.into_parts();
+
+    // Who is asking: the connection's client, or what a trusted proxy says.
+    let connection_client = ctx.conn.client.ip();
+    let peer_trusted = headers::is_trusted(connection_client, &rt.trusted_proxies);
+    ctx.client_ip = headers::client_ip(connection_client, &parts.headers, &rt.trusted_proxies);
+    ctx.request_id = headers::request_id(&parts.headers, peer_trusted);
+    if ctx.client_ip != connection_client {
+        // The accept-time guard only saw the proxy.
+        if let Some(rule) = rt
+            .guard
+            .as_ref()
+            .and_then(|lists| lists.denies(ctx.client_ip))
+        {
+            tracing::debug!(client.ip = %ctx.client_ip, %rule, "request refused by blocklist");
+            ctx.verdicts.push("blocklist:deny");
+            return Err(Rejection::Blocked(ctx.client_ip));
+        }
+    }
+
+    if parts.version == Version::HTTP_11 && !parts.headers.contains_key(http::header::HOST) {
         return Err(Rejection::MissingHost);
     }
-    let route = rt
-        .router
-        .route(req.uri().path())
-        .ok_or(Rejection::NoRoute)?;
-    ctx.route = Some(route.name.clone());
+    limits::check_framing(&parts)?;
+    limits::check_uri(&parts, rt.limits.max_uri_bytes)?;
 
-    let (mut parts, body) = req.into_parts();
-    parts.uri = route
-        .upstream_path(parts.uri.path_and_query())
-        .as_str()
-        .parse()
-        .expect("a path-and-query is a valid relative URI");
+    let matched = rt.router.route(&parts).ok_or(Rejection::NoRoute)?;
+    let route = matched.route;
+    ctx.route = Some(route.name.clone());
+    let body = limits::limit_body(
+        &parts,
+        body,
+        route.max_body_bytes.or(rt.limits.max_body_bytes),
+    )?;
+
+    parts.uri = matched.upstream_path.into();
     parts.version = Version::HTTP_11;
+    let upgrade = super::upgrade::UpgradeRequest::take(&mut parts);
     headers::strip_hop_by_hop(&mut parts.headers);
-    Forwarded {
-        peer: ctx.conn.peer.ip(),
+    if let Some(upgrade) = &upgrade {
+        upgrade.restore_request_headers(&mut parts.headers);
+    }
+    Forwarding {
+        peer: connection_client,
+        peer_trusted,
         scheme: ctx.conn.scheme,
-        trusted_proxies: &rt.trusted_proxies,
+        request_id: &ctx.request_id,
     }
     .apply(&mut parts.headers);
 
-    let request = Request::from_parts(parts, body.boxed());
-    let response = route.upstream.dispatch(request, ctx).await?;
+    let request = Request::from_parts(parts, body);
+    let mut response = match route.upstream.dispatch(request, ctx).await {
+        Ok(response) => response,
+        Err(rejection) if rejection.caused_by::<limits::BodyTooLarge>() => {
+            return Err(Rejection::PayloadTooLarge)
+        }
+        Err(rejection) => return Err(rejection),
+    };
+    let switched = upgrade.and_then(|upgrade| upgrade.relay(&mut response, ctx));
     let (mut parts, body) = response.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
-    Ok(Response::from_parts(parts, body.boxed()))
+    if let Some(switched) = &switched {
+        switched.restore_response_headers(&mut parts.headers);
+    }
+    Ok(Response::from_parts(
+        parts,
+        body.map_err(Into::into).boxed(),
+    ))
 }

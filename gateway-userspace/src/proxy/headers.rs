@@ -1,5 +1,7 @@
 //! Header rewriting between client and upstream: hop-by-hop removal
-//! (RFC 9110 §7.6.1) and the X-Forwarded-* family.
+//! (RFC 9110 §7.6.1), who the client is (trusted proxies only), and the
+//! headers that tell the upstream: X-Forwarded-For/Proto/Host, Forwarded
+//! (RFC 7239) and X-Request-Id.
 
 use std::net::IpAddr;
 
@@ -21,6 +23,8 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub const FORWARDED: HeaderName = header::FORWARDED;
 
 /// Removes hop-by-hop headers, including any the Connection header names.
 /// Transfer-Encoding is left to hyper, which re-frames the body itself.
@@ -37,47 +41,157 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// What the proxy knows about the client side of a request.
-pub struct Forwarded<'a> {
-    pub peer: IpAddr,
-    pub scheme: &'static str,
-    pub trusted_proxies: &'a [IpNet],
+pub fn is_trusted(ip: IpAddr, trusted_proxies: &[IpNet]) -> bool {
+    let ip = canonical(ip);
+    trusted_proxies.iter().any(|n| n.contains(&ip))
 }
 
-impl Forwarded<'_> {
-    fn peer_trusted(&self) -> bool {
-        self.trusted_proxies.iter().any(|n| n.contains(&self.peer))
+/// The client's address. From an untrusted peer: the peer. From a trusted
+/// proxy: X-Forwarded-For read right to left, skipping trusted proxies; the
+/// first address that is not one is the client (the leftmost entries are
+/// whatever the client claimed and are never believed past that point).
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted_proxies: &[IpNet]) -> IpAddr {
+    if !is_trusted(peer, trusted_proxies) {
+        return canonical(peer);
     }
-
-    /// Sets X-Forwarded-For/Proto/Host. A trusted proxy's values are kept
-    /// (and XFF extended); anyone else's are replaced, so a client cannot
-    /// forge its address to the upstream.
-    pub fn apply(&self, headers: &mut HeaderMap) {
-        let trusted = self.peer_trusted();
-        let peer = self.peer.to_string();
-        let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-            Some(prior) if trusted && !prior.trim().is_empty() => format!("{prior}, {peer}"),
-            _ => peer,
+    let mut client = canonical(peer);
+    let hops: Vec<&str> = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    for hop in hops.iter().rev() {
+        let Some(ip) = parse_hop(hop) else {
+            // Garbage in the chain: stop at the last address we could trust.
+            break;
         };
-        headers.remove(&X_FORWARDED_FOR);
+        client = ip;
+        if !is_trusted(ip, trusted_proxies) {
+            break;
+        }
+    }
+    client
+}
+
+/// `203.0.113.7`, `[2001:db8::1]`, `203.0.113.7:4711`, `[2001:db8::1]:4711`.
+fn parse_hop(hop: &str) -> Option<IpAddr> {
+    if let Ok(ip) = hop.parse::<IpAddr>() {
+        return Some(canonical(ip));
+    }
+    if let Ok(addr) = hop.parse::<std::net::SocketAddr>() {
+        return Some(canonical(addr.ip()));
+    }
+    hop.strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .and_then(|h| h.parse().ok())
+        .map(canonical)
+}
+
+/// IPv4-mapped IPv6 (`::ffff:1.2.3.4`, from dual-stack sockets) as IPv4.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
+}
+
+/// What the proxy tells the upstream about the client side.
+pub struct Forwarding<'a> {
+    /// The TCP peer (or PROXY protocol source).
+    pub peer: IpAddr,
+    /// Whether `peer` is a trusted proxy, whose forwarding headers are kept.
+    pub peer_trusted: bool,
+    pub scheme: &'static str,
+    pub request_id: &'a str,
+}
+
+impl Forwarding<'_> {
+    /// Sets X-Forwarded-For/Proto/Host, Forwarded and X-Request-Id. A
+    /// trusted proxy's values are kept (and the chains extended); anyone
+    /// else's are replaced, so a client cannot forge its address.
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        let peer = canonical(self.peer);
+        let host = headers.get(header::HOST).cloned();
+
+        let prior_xff = self.joined(headers, &X_FORWARDED_FOR);
+        let xff = match prior_xff {
+            Some(prior) => format!("{prior}, {peer}"),
+            None => peer.to_string(),
+        };
         headers.insert(
             X_FORWARDED_FOR,
-            HeaderValue::from_str(&xff).expect("ASCII addresses"),
+            HeaderValue::from_str(&xff).expect("addresses are ASCII"),
         );
-        if !(trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
+
+        if !(self.peer_trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
             headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(self.scheme));
         }
-        if !(trusted && headers.contains_key(&X_FORWARDED_HOST)) {
-            match headers.get(header::HOST).cloned() {
+        if !(self.peer_trusted && headers.contains_key(&X_FORWARDED_HOST)) {
+            match &host {
                 Some(host) => {
-                    headers.insert(X_FORWARDED_HOST, host);
+                    headers.insert(X_FORWARDED_HOST, host.clone());
                 }
                 None => {
                     headers.remove(&X_FORWARDED_HOST);
                 }
             }
         }
+
+        let node = match peer {
+            IpAddr::V4(v4) => v4.to_string(),
+            IpAddr::V6(v6) => format!("\"[{v6}]\""),
+        };
+        let mut element = format!("for={node};proto={}", self.scheme);
+        if let Some(host) = host.as_ref().and_then(|h| h.to_str().ok()) {
+            if host
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+            {
+                element.push_str(&format!(";host=\"{host}\""));
+            }
+        }
+        let forwarded = match self.joined(headers, &FORWARDED) {
+            Some(prior) => format!("{prior}, {element}"),
+            None => element,
+        };
+        if let Ok(value) = HeaderValue::from_str(&forwarded) {
+            headers.insert(FORWARDED, value);
+        }
+
+        headers.insert(
+            X_REQUEST_ID,
+            HeaderValue::from_str(self.request_id).expect("request ids are ASCII"),
+        );
     }
+
+    /// All values of `name` joined by ", ", only when the peer is trusted.
+    fn joined(&self, headers: &HeaderMap, name: &HeaderName) -> Option<String> {
+        if !self.peer_trusted {
+            return None;
+        }
+        let values: Vec<&str> = headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(str::trim)
+            .collect();
+        let joined = values.join(", ");
+        (!joined.is_empty()).then_some(joined)
+    }
+}
+
+/// A trusted proxy's X-Request-Id (if sane), else a new random 128-bit id.
+pub fn request_id(headers: &HeaderMap, peer_trusted: bool) -> String {
+    if peer_trusted {
+        if let Some(id) = headers.get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()) {
+            if !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()) {
+                return id.to_string();
+            }
+        }
+    }
+    format!("{:032x}", fastrand::u128(..))
 }
 
 #[cfg(test)]
@@ -93,6 +207,10 @@ mod tests {
             );
         }
         m
+    }
+
+    fn nets(list: &[&str]) -> Vec<IpNet> {
+        list.iter().map(|n| n.parse().unwrap()).collect()
     }
 
     #[test]
@@ -111,37 +229,93 @@ mod tests {
     }
 
     #[test]
-    fn untrusted_peer_cannot_forge_forwarded_headers() {
+    fn client_ip_walks_trusted_hops_right_to_left() {
+        let trusted = nets(&["10.0.0.0/8"]);
+        let peer: IpAddr = "10.0.0.1".parse().unwrap();
+        let h = map(&[
+            ("x-forwarded-for", "6.6.6.6, 203.0.113.9"),
+            ("x-forwarded-for", "10.1.1.1"),
+        ]);
+        assert_eq!(
+            client_ip(peer, &h, &trusted),
+            "203.0.113.9".parse::<IpAddr>().unwrap(),
+            "the spoofed 6.6.6.6 is never reached"
+        );
+        // An untrusted peer's header is ignored.
+        assert_eq!(
+            client_ip("198.51.100.1".parse().unwrap(), &h, &trusted),
+            "198.51.100.1".parse::<IpAddr>().unwrap()
+        );
+        // Ports and brackets are accepted; garbage stops the walk.
+        let h = map(&[("x-forwarded-for", "[2001:db8::7]:443")]);
+        assert_eq!(
+            client_ip(peer, &h, &trusted),
+            "2001:db8::7".parse::<IpAddr>().unwrap()
+        );
+        let h = map(&[("x-forwarded-for", "unknown, 10.2.2.2")]);
+        assert_eq!(
+            client_ip(peer, &h, &trusted),
+            "10.2.2.2".parse::<IpAddr>().unwrap()
+        );
+        // Only trusted hops: the leftmost is the client.
+        let h = map(&[("x-forwarded-for", "10.3.3.3, 10.2.2.2")]);
+        assert_eq!(
+            client_ip(peer, &h, &trusted),
+            "10.3.3.3".parse::<IpAddr>().unwrap()
+        );
+    }
+
+    #[test]
+    fn untrusted_peer_cannot_forge_forwarding_headers() {
         let mut h = map(&[
             ("x-forwarded-for", "1.2.3.4"),
             ("x-forwarded-proto", "https"),
+            ("forwarded", "for=1.2.3.4"),
+            ("x-request-id", "forged"),
             ("host", "example.test"),
         ]);
-        Forwarded {
+        let id = request_id(&h, false);
+        assert_ne!(id, "forged");
+        assert_eq!(id.len(), 32);
+        Forwarding {
             peer: "198.51.100.7".parse().unwrap(),
+            peer_trusted: false,
             scheme: "http",
-            trusted_proxies: &[],
+            request_id: &id,
         }
         .apply(&mut h);
         assert_eq!(h["x-forwarded-for"], "198.51.100.7");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "example.test");
+        assert_eq!(
+            h["forwarded"],
+            "for=198.51.100.7;proto=http;host=\"example.test\""
+        );
+        assert_eq!(h["x-request-id"], id.as_str());
     }
 
     #[test]
-    fn trusted_peer_extends_the_chain() {
+    fn trusted_peer_extends_the_chains() {
         let mut h = map(&[
             ("x-forwarded-for", "1.2.3.4"),
             ("x-forwarded-proto", "https"),
+            ("forwarded", "for=1.2.3.4;proto=https"),
+            ("x-request-id", "abc-123"),
         ]);
-        let trusted = ["10.0.0.0/8".parse().unwrap()];
-        Forwarded {
-            peer: "10.1.2.3".parse().unwrap(),
+        let id = request_id(&h, true);
+        assert_eq!(id, "abc-123");
+        Forwarding {
+            peer: "2001:db8::1".parse().unwrap(),
+            peer_trusted: true,
             scheme: "http",
-            trusted_proxies: &trusted,
+            request_id: &id,
         }
         .apply(&mut h);
-        assert_eq!(h["x-forwarded-for"], "1.2.3.4, 10.1.2.3");
+        assert_eq!(h["x-forwarded-for"], "1.2.3.4, 2001:db8::1");
         assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(
+            h["forwarded"],
+            "for=1.2.3.4;proto=https, for=\"[2001:db8::1]\";proto=http"
+        );
     }
 }

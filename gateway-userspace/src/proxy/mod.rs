@@ -1,12 +1,18 @@
 //! The L7 reverse proxy: the compiled runtime (router + upstreams), the
 //! per-request forwarding path, and the listeners that feed it.
 
+mod access_log;
 mod context;
 mod forward;
+pub mod framing;
 mod headers;
+mod limits;
+mod proxy_protocol;
 mod rejection;
 mod router;
 pub mod server;
+pub mod tls;
+mod upgrade;
 
 use std::{
     collections::HashMap,
@@ -20,40 +26,76 @@ use http_body_util::combinators::BoxBody;
 use hyper::body::Incoming;
 use ipnet::IpNet;
 
+use self::access_log::AccessLogger;
 use self::router::Router;
 pub use self::{
     context::RequestContext,
     rejection::{json_response, Rejection},
 };
-use crate::{config::Config, telemetry::Metrics, upstream::Upstream};
+use crate::{
+    config::{Config, Limits},
+    lists::SourceLists,
+    telemetry::Metrics,
+    upstream::Upstream,
+};
+
+/// Errors a body may end with (hyper's, a limit's, a timeout's).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Body type in both directions: bodies stream through; errors are small.
-pub type Body = BoxBody<Bytes, hyper::Error>;
+pub type Body = BoxBody<Bytes, BoxError>;
 
 /// Everything a request needs, compiled once from config and immutable.
 pub struct Runtime {
     router: Router,
     trusted_proxies: Vec<IpNet>,
+    limits: Limits,
+    /// Source lists, checked per request against the client address a
+    /// trusted proxy reports (the accept-time guard saw only the proxy).
+    guard: Option<Arc<SourceLists>>,
+    access_log: AccessLogger,
     pub metrics: Arc<Metrics>,
 }
 
 impl Runtime {
-    pub fn compile(config: &Config, metrics: Arc<Metrics>) -> Self {
-        let upstreams: HashMap<String, Arc<Upstream>> = config
-            .upstreams
-            .iter()
-            .map(|(name, u)| (name.clone(), Arc::new(Upstream::new(name, u))))
-            .collect();
-        Self {
+    /// Builds the runtime from a validated config. Fails only when the
+    /// access log file cannot be opened.
+    pub fn compile(
+        config: &Config,
+        metrics: Arc<Metrics>,
+        guard: Option<Arc<SourceLists>>,
+    ) -> Result<Self, String> {
+        let upstreams = compile_upstreams(config, &metrics);
+        Ok(Self {
             router: Router::new(config, &upstreams),
             trusted_proxies: config.trusted_proxies.clone(),
+            limits: config.limits.clone(),
+            guard,
+            access_log: AccessLogger::open(&config.access_log)?,
             metrics,
-        }
+        })
     }
 
     pub fn route_count(&self) -> usize {
         self.router.len()
     }
+}
+
+/// One [`Upstream`] per configured upstream, by name.
+pub(crate) fn compile_upstreams(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+) -> HashMap<String, Arc<Upstream>> {
+    config
+        .upstreams
+        .iter()
+        .map(|(name, u)| {
+            (
+                name.clone(),
+                Arc::new(Upstream::new(name, u, metrics.clone())),
+            )
+        })
+        .collect()
 }
 
 /// The current runtime, swapped whole on reload. Each request takes the
@@ -92,24 +134,25 @@ pub async fn handle(rt: Arc<Runtime>, req: Request<Incoming>, conn: ConnInfo) ->
     let mut ctx = RequestContext::new(conn);
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let response = match forward::forward(&rt, req, &mut ctx).await {
+    let mut response = match forward::forward(&rt, req, &mut ctx).await {
         Ok(response) => response,
-        Err(rejection) => rejection.into_response(),
+        Err(rejection) => {
+            ctx.rejection = Some(rejection.kind());
+            rejection.into_response()
+        }
     };
-    let route = ctx.route.as_deref().unwrap_or("-");
-    let status = response.status().as_u16();
+    if let Ok(value) = http::HeaderValue::from_str(&ctx.request_id) {
+        response.headers_mut().insert(headers::X_REQUEST_ID, value);
+    }
     let elapsed = ctx.started.elapsed();
-    rt.metrics
-        .request(route, method.as_str(), status, "anonymous", elapsed);
-    tracing::info!(
-        client.ip = %ctx.client_ip,
-        method = %method,
-        path = %path,
-                route,
-        upstream.target = %ctx.upstream_target.map(|t| t.to_string()).unwrap_or_else(|| "-".into()),
-                status,
-        duration_ms = elapsed.as_secs_f64() * 1000.0,
-        "access"
+    let status = response.status().as_u16();
+    rt.metrics.request(
+        ctx.route.as_deref().unwrap_or("-"),
+        method.as_str(),
+        status,
+        "anonymous",
+        elapsed,
     );
+    rt.access_log.write(&ctx, &method, &path, status, elapsed);
     response
 }

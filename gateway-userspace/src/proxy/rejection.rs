@@ -16,6 +16,14 @@ pub enum Rejection {
     NoRoute,
     #[error("HTTP/1.1 request without a Host header")]
     MissingHost,
+    #[error("ambiguous or malformed request: {0}")]
+    BadRequest(&'static str),
+    #[error("request target longer than the limit")]
+    UriTooLong,
+    #[error("request body larger than the limit")]
+    PayloadTooLarge,
+    #[error("client {0} is on the blocklist")]
+    Blocked(std::net::IpAddr),
     #[error("cannot connect to upstream {target}: {source}")]
     UpstreamConnect {
         target: SocketAddr,
@@ -35,32 +43,70 @@ pub enum Rejection {
 }
 
 impl Rejection {
-    pub fn status(&self) -> StatusCode {
+    /// Status, the fixed message the client gets, and a short kind for logs
+    /// and metrics: the one table that maps rejections to responses.
+    fn describe(&self) -> (StatusCode, &'static str, &'static str) {
         match self {
-            Rejection::NoRoute => StatusCode::NOT_FOUND,
-            Rejection::MissingHost => StatusCode::BAD_REQUEST,
+            Rejection::NoRoute => (StatusCode::NOT_FOUND, "no route matched", "no_route"),
+            Rejection::MissingHost => (
+                StatusCode::BAD_REQUEST,
+                "missing Host header",
+                "missing_host",
+            ),
+            Rejection::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad request", "bad_request"),
+            Rejection::UriTooLong => (
+                StatusCode::URI_TOO_LONG,
+                "request target too long",
+                "uri_too_long",
+            ),
+            Rejection::PayloadTooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request body too large",
+                "payload_too_large",
+            ),
+            Rejection::Blocked(_) => (StatusCode::FORBIDDEN, "forbidden", "blocked"),
             Rejection::UpstreamConnect {
                 timed_out: true, ..
             }
-            | Rejection::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            Rejection::UpstreamConnect { .. } | Rejection::UpstreamFailed { .. } => {
-                StatusCode::BAD_GATEWAY
+            | Rejection::UpstreamTimeout { .. } => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream timed out",
+                "upstream_timeout",
+            ),
+            Rejection::UpstreamConnect { .. } => (
+                StatusCode::BAD_GATEWAY,
+                "upstream unavailable",
+                "upstream_unavailable",
+            ),
+            Rejection::UpstreamFailed { .. } => {
+                (StatusCode::BAD_GATEWAY, "upstream error", "upstream_error")
             }
         }
     }
 
-    /// What the client is told: a fixed message per kind.
+    pub fn status(&self) -> StatusCode {
+        self.describe().0
+    }
+
     fn public_message(&self) -> &'static str {
-        match self {
-            Rejection::NoRoute => "no route matched",
-            Rejection::MissingHost => "missing Host header",
-            Rejection::UpstreamConnect {
-                timed_out: true, ..
+        self.describe().1
+    }
+
+    /// Short machine-readable kind (`no_route`, `upstream_timeout`, ...).
+    pub fn kind(&self) -> &'static str {
+        self.describe().2
+    }
+
+    /// Whether `T` is somewhere in this rejection's cause chain.
+    pub fn caused_by<T: std::error::Error + 'static>(&self) -> bool {
+        let mut current = self.source();
+        while let Some(e) = current {
+            if e.is::<T>() {
+                return true;
             }
-            | Rejection::UpstreamTimeout { .. } => "upstream timed out",
-            Rejection::UpstreamConnect { .. } => "upstream unavailable",
-            Rejection::UpstreamFailed { .. } => "upstream error",
+            current = e.source();
         }
+        false
     }
 
     pub fn into_response(self) -> Response<Body> {

@@ -1,122 +1,374 @@
-//! Picks the route for a request. Longest matching path prefix wins; among
-//! equal prefixes (rejected by validation) the first in the file would.
+//! Picks the route for a request and computes the path sent upstream.
+//!
+//! Every route whose conditions all hold is a candidate; the most specific
+//! candidate wins, compared in this order (documented in docs/routing.md):
+//! 1. host: an exact host beats a wildcard, a longer wildcard suffix beats a
+//!    shorter one, and any host condition beats none;
+//! 2. path: exact `path` beats `path_regex`, which beats `path_prefix`; among
+//!    prefixes the longer wins;
+//! 3. more method and header conditions beat fewer;
+//! 4. the route earlier in the file wins.
+//!
+//! Candidates are found through indexes (exact paths in a hash map, prefixes
+//! bucketed by length, regexes in one `RegexSet`), so the cost per request
+//! does not grow with the number of routes.
 
 use std::{collections::HashMap, sync::Arc};
 
-use http::uri::PathAndQuery;
+use http::{request::Parts, uri::PathAndQuery, HeaderMap, Method};
+use regex::{Regex, RegexSet};
 
-use crate::{config::Config, upstream::Upstream};
+use crate::{
+    config::{self, anchored, Config},
+    upstream::Upstream,
+};
 
 pub struct Route {
     pub name: String,
-    pub path_prefix: String,
-    pub strip_prefix: bool,
     pub upstream: Arc<Upstream>,
+    pub max_body_bytes: Option<u64>,
+    index: usize,
+    hosts: Vec<HostPattern>,
+    path: PathMatch,
+    methods: Vec<Method>,
+    headers: Vec<HeaderCondition>,
+    rewrite: Rewrite,
 }
 
-impl Route {
-    /// The path and query to send upstream.
-    pub fn upstream_path(&self, original: Option<&PathAndQuery>) -> PathAndQuery {
-        let original = original.map(PathAndQuery::as_str).unwrap_or("/");
-        if !self.strip_prefix {
-            return original
-                .parse()
-                .unwrap_or_else(|_| PathAndQuery::from_static("/"));
-        }
-        let rest = &original[self.path_prefix.len().min(original.len())..];
-        let rewritten = if rest.is_empty() || rest.starts_with('?') {
-            format!("/{rest}")
-        } else if rest.starts_with('/') {
-            rest.to_string()
-        } else {
-            format!("/{rest}")
-        };
-        rewritten
-            .parse()
-            .unwrap_or_else(|_| PathAndQuery::from_static("/"))
-    }
+enum HostPattern {
+    Exact(String),
+    /// `*.example.com` stored as `.example.com`.
+    Suffix(String),
+}
+
+enum PathMatch {
+    Prefix(String),
+    Exact(String),
+    Regex(Regex),
+}
+
+enum HeaderCondition {
+    Equals(http::HeaderName, String),
+    Matches(http::HeaderName, Regex),
+    Present(http::HeaderName, bool),
+}
+
+enum Rewrite {
+    None,
+    StripPrefix(usize),
+    Template(Vec<Segment>),
+}
+
+enum Segment {
+    Literal(String),
+    Capture(String),
+}
+
+/// A matched route and the path-and-query to send upstream.
+pub struct Matched<'a> {
+    pub route: &'a Route,
+    pub upstream_path: PathAndQuery,
 }
 
 pub struct Router {
-    /// Sorted by descending prefix length, so the first match is the longest.
     routes: Vec<Route>,
+    exact: HashMap<String, Vec<usize>>,
+    /// (prefix length, prefix → routes), longest first.
+    prefixes: Vec<(usize, HashMap<String, Vec<usize>>)>,
+    regex_set: RegexSet,
+    /// `regex_set` pattern index → route index.
+    regex_routes: Vec<usize>,
 }
 
 impl Router {
+    /// Compiles the routes. The config has been validated, so patterns
+    /// compile and upstreams exist.
     pub fn new(config: &Config, upstreams: &HashMap<String, Arc<Upstream>>) -> Self {
-        let mut routes: Vec<Route> = config
+        let routes: Vec<Route> = config
             .routes
             .iter()
             .enumerate()
-            .map(|(i, r)| Route {
-                name: r.name.clone().unwrap_or_else(|| format!("routes[{i}]")),
-                path_prefix: r.matcher.path_prefix.clone(),
-                strip_prefix: r.strip_prefix,
-                upstream: upstreams[&r.upstream].clone(),
-            })
+            .map(|(i, r)| compile(i, r, upstreams[&r.upstream].clone()))
             .collect();
-        // Stable sort keeps file order among equal lengths.
-        routes.sort_by_key(|r| std::cmp::Reverse(r.path_prefix.len()));
-        Self { routes }
-    }
-
-    pub fn route(&self, path: &str) -> Option<&Route> {
-        self.routes
-            .iter()
-            .find(|r| path.starts_with(&r.path_prefix))
+        let mut exact: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut by_len: HashMap<usize, HashMap<String, Vec<usize>>> = HashMap::new();
+        let mut patterns = Vec::new();
+        let mut regex_routes = Vec::new();
+        for (i, route) in routes.iter().enumerate() {
+            match &route.path {
+                PathMatch::Exact(p) => exact.entry(p.clone()).or_default().push(i),
+                PathMatch::Prefix(p) => by_len
+                    .entry(p.len())
+                    .or_default()
+                    .entry(p.clone())
+                    .or_default()
+                    .push(i),
+                PathMatch::Regex(re) => {
+                    patterns.push(re.as_str().to_string());
+                    regex_routes.push(i);
+                }
+            }
+        }
+        let mut prefixes: Vec<(usize, HashMap<String, Vec<usize>>)> = by_len.into_iter().collect();
+        prefixes.sort_by_key(|(len, _)| std::cmp::Reverse(*len));
+        Self {
+            routes,
+            exact,
+            prefixes,
+            regex_set: RegexSet::new(patterns).expect("validated patterns"),
+            regex_routes,
+        }
     }
 
     pub fn len(&self) -> usize {
         self.routes.len()
     }
+
+    /// The most specific route whose conditions all hold, if any.
+    pub fn route(&self, parts: &Parts) -> Option<Matched<'_>> {
+        let path = parts.uri.path();
+        let host = request_host(parts);
+        let mut candidates: Vec<usize> = Vec::new();
+        if let Some(routes) = self.exact.get(path) {
+            candidates.extend(routes);
+        }
+        for (len, map) in &self.prefixes {
+            if let Some(routes) = path.get(..*len).and_then(|head| map.get(head)) {
+                candidates.extend(routes);
+            }
+        }
+        if !self.regex_routes.is_empty() {
+            candidates.extend(
+                self.regex_set
+                    .matches(path)
+                    .iter()
+                    .map(|i| self.regex_routes[i]),
+            );
+        }
+        let best = candidates
+            .into_iter()
+            .filter_map(|i| {
+                let route = &self.routes[i];
+                let host_rank = route.host_rank(host.as_deref())?;
+                (route.methods_match(&parts.method) && route.headers_match(&parts.headers)).then(
+                    || {
+                        (
+                            (
+                                host_rank,
+                                route.path_rank(),
+                                route.constraints(),
+                                std::cmp::Reverse(route.index),
+                            ),
+                            route,
+                        )
+                    },
+                )
+            })
+            .max_by(|a, b| a.0.cmp(&b.0))
+            .map(|(_, route)| route)?;
+        let upstream_path = best.upstream_path(parts.uri.path_and_query());
+        Some(Matched {
+            route: best,
+            upstream_path,
+        })
+    }
+}
+
+impl Route {
+    /// `None` when the host condition fails; else how specific the match is.
+    fn host_rank(&self, host: Option<&str>) -> Option<(u8, usize)> {
+        if self.hosts.is_empty() {
+            return Some((0, 0));
+        }
+        let host = host?;
+        self.hosts
+            .iter()
+            .filter_map(|pattern| match pattern {
+                HostPattern::Exact(h) => (h == host).then_some((2, h.len())),
+                HostPattern::Suffix(s) => {
+                    (host.ends_with(s.as_str()) && host.len() > s.len()).then_some((1, s.len()))
+                }
+            })
+            .max()
+    }
+
+    fn path_rank(&self) -> (u8, usize) {
+        match &self.path {
+            PathMatch::Exact(p) => (3, p.len()),
+            PathMatch::Regex(_) => (2, 0),
+            PathMatch::Prefix(p) => (1, p.len()),
+        }
+    }
+
+    fn constraints(&self) -> usize {
+        usize::from(!self.methods.is_empty()) + self.headers.len()
+    }
+
+    fn methods_match(&self, method: &Method) -> bool {
+        self.methods.is_empty() || self.methods.contains(method)
+    }
+
+    fn headers_match(&self, headers: &HeaderMap) -> bool {
+        self.headers.iter().all(|condition| match condition {
+            HeaderCondition::Equals(name, value) => headers
+                .get_all(name)
+                .iter()
+                .any(|v| v.as_bytes() == value.as_bytes()),
+            HeaderCondition::Matches(name, re) => headers
+                .get_all(name)
+                .iter()
+                .any(|v| v.to_str().is_ok_and(|v| re.is_match(v))),
+            HeaderCondition::Present(name, wanted) => headers.contains_key(name) == *wanted,
+        })
+    }
+
+    /// The path and query to send upstream.
+    fn upstream_path(&self, original: Option<&PathAndQuery>) -> PathAndQuery {
+        let original = original.map(PathAndQuery::as_str).unwrap_or("/");
+        let (path, query) = match original.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (original, None),
+        };
+        let new_path = match &self.rewrite {
+            Rewrite::None => {
+                return original
+                    .parse()
+                    .unwrap_or_else(|_| PathAndQuery::from_static("/"))
+            }
+            Rewrite::StripPrefix(len) => {
+                let rest = path.get(*len..).unwrap_or("");
+                if rest.starts_with('/') {
+                    rest.to_string()
+                } else {
+                    format!("/{rest}")
+                }
+            }
+            Rewrite::Template(segments) => {
+                let captures = match &self.path {
+                    PathMatch::Regex(re) => re.captures(path),
+                    _ => None,
+                };
+                let mut out = String::new();
+                for segment in segments {
+                    match segment {
+                        Segment::Literal(text) => out.push_str(text),
+                        Segment::Capture(name) => {
+                            let value =
+                                captures.as_ref().and_then(|c| match name.parse::<usize>() {
+                                    Ok(n) => c.get(n),
+                                    Err(_) => c.name(name),
+                                });
+                            out.push_str(value.map_or("", |m| m.as_str()));
+                        }
+                    }
+                }
+                out
+            }
+        };
+        let full = match query {
+            Some(q) => format!("{new_path}?{q}"),
+            None => new_path,
+        };
+        full.parse()
+            .unwrap_or_else(|_| PathAndQuery::from_static("/"))
+    }
+}
+
+fn compile(index: usize, route: &config::Route, upstream: Arc<Upstream>) -> Route {
+    let m = &route.matcher;
+    let path = if let Some(p) = &m.path {
+        PathMatch::Exact(p.clone())
+    } else if let Some(re) = &m.path_regex {
+        PathMatch::Regex(Regex::new(&anchored(re)).expect("validated regex"))
+    } else {
+        PathMatch::Prefix(m.path_prefix.clone().unwrap_or_else(|| "/".into()))
+    };
+    let rewrite = if route.strip_prefix {
+        Rewrite::StripPrefix(m.path_prefix.as_deref().map_or(0, str::len))
+    } else if let Some(template) = &route.rewrite {
+        Rewrite::Template(parse_template(template))
+    } else {
+        Rewrite::None
+    };
+    Route {
+        name: route
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("routes[{index}]")),
+        upstream,
+        max_body_bytes: route.max_body_bytes,
+        index,
+        hosts: m
+            .hosts
+            .iter()
+            .map(|h| {
+                let h = h.to_ascii_lowercase();
+                match h.strip_prefix('*') {
+                    Some(suffix) => HostPattern::Suffix(suffix.to_string()),
+                    None => HostPattern::Exact(h),
+                }
+            })
+            .collect(),
+        path,
+        methods: m
+            .methods
+            .iter()
+            .filter_map(|name| Method::from_bytes(name.as_bytes()).ok())
+            .collect(),
+        headers: m
+            .headers
+            .iter()
+            .map(|h| {
+                let name =
+                    http::HeaderName::from_bytes(h.name.as_bytes()).expect("validated header name");
+                if let Some(value) = &h.value {
+                    HeaderCondition::Equals(name, value.clone())
+                } else if let Some(re) = &h.regex {
+                    HeaderCondition::Matches(
+                        name,
+                        Regex::new(&anchored(re)).expect("validated regex"),
+                    )
+                } else {
+                    HeaderCondition::Present(name, h.present.unwrap_or(true))
+                }
+            })
+            .collect(),
+        rewrite,
+    }
+}
+
+fn parse_template(template: &str) -> Vec<Segment> {
+    let mut segments = Vec::new();
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        let close = rest[open..].find('}').map_or(rest.len(), |c| open + c);
+        if open > 0 {
+            segments.push(Segment::Literal(rest[..open].to_string()));
+        }
+        segments.push(Segment::Capture(rest[open + 1..close].to_string()));
+        rest = rest.get(close + 1..).unwrap_or("");
+    }
+    if !rest.is_empty() {
+        segments.push(Segment::Literal(rest.to_string()));
+    }
+    segments
+}
+
+/// The request's host without port, lower-cased: the URI's authority
+/// (HTTP/2, absolute-form) or the Host header.
+fn request_host(parts: &Parts) -> Option<String> {
+    let raw = match parts.uri.host() {
+        Some(host) => host.to_string(),
+        None => {
+            let value = parts.headers.get(http::header::HOST)?.to_str().ok()?;
+            match value.parse::<http::uri::Authority>() {
+                Ok(authority) => authority.host().to_string(),
+                Err(_) => return None,
+            }
+        }
+    };
+    Some(raw.trim_end_matches('.').to_ascii_lowercase())
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::Config;
-
-    fn router() -> Router {
-        let config = Config::from_yaml(
-            "listeners: [{address: '127.0.0.1:1'}]\n\
-             upstreams: {a: {targets: ['127.0.0.1:2']}, b: {targets: ['127.0.0.1:3']}}\n\
-             routes:\n\
-             - {name: root, match: {path_prefix: /}, upstream: a}\n\
-             - {name: api, match: {path_prefix: /api}, upstream: b, strip_prefix: true}\n\
-             - {name: api-v2, match: {path_prefix: /api/v2/}, upstream: a}\n",
-            "t",
-        )
-        .unwrap();
-        let upstreams = config
-            .upstreams
-            .iter()
-            .map(|(n, u)| (n.clone(), Arc::new(Upstream::new(n, u))))
-            .collect();
-        Router::new(&config, &upstreams)
-    }
-
-    #[tokio::test]
-    async fn longest_prefix_wins() {
-        let r = router();
-        assert_eq!(r.route("/api/v2/x").unwrap().name, "api-v2");
-        assert_eq!(r.route("/api/v1").unwrap().name, "api");
-        assert_eq!(r.route("/apis").unwrap().name, "api");
-        assert_eq!(r.route("/other").unwrap().name, "root");
-    }
-
-    #[tokio::test]
-    async fn strip_prefix_keeps_query_and_leading_slash() {
-        let r = router();
-        let api = r.route("/api").unwrap();
-        let pq = |s: &str| s.parse::<PathAndQuery>().unwrap();
-        assert_eq!(
-            api.upstream_path(Some(&pq("/api/users?id=1"))),
-            "/users?id=1"
-        );
-        assert_eq!(api.upstream_path(Some(&pq("/api"))), "/");
-        assert_eq!(api.upstream_path(Some(&pq("/api?x=1"))), "/?x=1");
-        assert_eq!(api.upstream_path(Some(&pq("/apis"))), "/s");
-        let root = r.route("/").unwrap();
-        assert_eq!(root.upstream_path(Some(&pq("/a/b?c"))), "/a/b?c");
-    }
-}
+mod tests;

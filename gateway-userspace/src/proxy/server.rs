@@ -1,37 +1,172 @@
-//! Listeners: accept, apply the connection guard, serve HTTP/1.1, drain on
-//! shutdown.
+//! Listeners: accept; refuse blocklisted sources; read the PROXY protocol
+//! header (trusted peers only); terminate TLS; serve HTTP/1.1 and HTTP/2
+//! (ALPN, or h2c with prior knowledge) with upgrades; enforce the
+//! connection-level limits; drain on shutdown.
+//!
+//! One connection goes through two phases. The handshake (PROXY header, TLS)
+//! is bounded by `handshake_timeout` and abandoned at shutdown, since no
+//! request is in flight yet. Then HTTP: hyper serves it with
+//! `header_read_timeout`, `max_header_bytes` and `max_headers`; at shutdown
+//! it finishes what is in flight (HTTP/2 sends GOAWAY) until the drain
+//! deadline, when every connection and upgraded tunnel still open is cut.
 
-use std::{convert::Infallible, sync::Arc, time::Duration};
-
-use hyper::{server::conn::http1, service::service_fn};
-use hyper_util::{
-    rt::{TokioIo, TokioTimer},
-    server::graceful::GracefulShutdown,
+use std::{
+    convert::Infallible,
+    io,
+    net::{IpAddr, SocketAddr},
+    pin::Pin,
+    sync::{Arc, Mutex, PoisonError, RwLock},
+    task::{Context, Poll},
+    time::Duration,
 };
-use tokio::{net::TcpListener, sync::watch};
 
-use super::{handle, ConnInfo, RuntimeHandle};
-use crate::{lists::SourceLists, telemetry::Metrics};
+use bytes::{Buf, Bytes, BytesMut};
+use http::{header::HOST, HeaderValue, Request, Version};
+use hyper::{
+    body::{Body as HttpBody, Frame, Incoming, SizeHint},
+    server::conn::http1,
+    service::service_fn,
+    upgrade::OnUpgrade,
+};
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::conn::auto,
+};
+use ipnet::IpNet;
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf},
+    net::{TcpListener, TcpStream},
+    sync::watch,
+};
+use tokio_rustls::{server::TlsStream, TlsAcceptor};
 
-/// A client must finish sending request headers within this time, or the
-/// connection is closed (slow-loris protection).
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+use super::{
+    framing::{AmbiguousFraming, FramingWatch},
+    handle,
+    proxy_protocol::{self, ProxyHeaderError},
+    tls, Body, BoxError, ConnInfo, RuntimeHandle,
+};
+use crate::{
+    config::{Config, ConfigError},
+    lists::SourceLists,
+    telemetry::{ConnectionGuard, Metrics},
+};
+
+/// Time to write a 408 before giving up on a client that does not read.
+const TIMEOUT_RESPONSE_WRITE: Duration = Duration::from_secs(5);
+/// After the drain deadline, time for cut connections to close their
+/// sockets before the listener reports done.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// hyper's smallest read buffer (it panics below).
+const HYPER_MIN_BUF_SIZE: usize = 8 * 1024;
+/// The HTTP/2 connection preface (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// One listener's settings, compiled from config. Swapped whole on reload;
+/// each connection uses those current when it was accepted.
+pub struct Settings {
+    tls: Option<TlsAcceptor>,
+    http2: bool,
+    proxy_protocol: bool,
+    handshake_timeout: Duration,
+    header_read_timeout: Duration,
+    /// HTTP/1.1 only: `auto` would still detect h2c.
+    http1: http1::Builder,
+    /// HTTP/1.1 or HTTP/2, detected from the first bytes.
+    auto: auto::Builder<TokioExecutor>,
+}
+
+impl Settings {
+    /// Compiles `listeners[index]` of `config`; reads the certificate files.
+    /// Errors carry the config path of the file at fault.
+    pub fn compile(config: &Config, index: usize) -> Result<Self, ConfigError> {
+        let listener = &config.listeners[index];
+        let tls = tls::server_config(index, listener)?.map(TlsAcceptor::from);
+        if listener.proxy_protocol && config.trusted_proxies.is_empty() {
+            tracing::warn!(
+                listener = %listener.address,
+                "proxy_protocol is on but trusted_proxies is empty: every connection will be refused"
+            );
+        }
+        // hyper counts the head against its read buffer: a head that fills
+        // it is refused with 431 (it panics below its 8 KiB minimum, which
+        // validation already enforces).
+        let buffer = listener.max_header_bytes.max(HYPER_MIN_BUF_SIZE);
+        let mut http1 = http1::Builder::new();
+        http1
+            .timer(TokioTimer::new())
+            .header_read_timeout(listener.header_read_timeout)
+            .max_buf_size(buffer)
+            .max_headers(listener.max_headers);
+        let mut auto = auto::Builder::new(TokioExecutor::new());
+        auto.http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(listener.header_read_timeout)
+            .max_buf_size(buffer)
+            .max_headers(listener.max_headers);
+        auto.http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(listener.max_header_bytes).unwrap_or(u32::MAX));
+        Ok(Self {
+            tls,
+            http2: listener.http2,
+            proxy_protocol: listener.proxy_protocol,
+            handshake_timeout: listener.handshake_timeout,
+            header_read_timeout: listener.header_read_timeout,
+            http1,
+            auto,
+        })
+    }
+}
+
+/// The current settings of one listener.
+pub struct SettingsHandle(RwLock<Arc<Settings>>);
+
+impl SettingsHandle {
+    pub fn new(settings: Settings) -> Self {
+        Self(RwLock::new(Arc::new(settings)))
+    }
+
+    pub fn load(&self) -> Arc<Settings> {
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    pub fn store(&self, settings: Settings) {
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(settings);
+    }
+}
+
+/// A bound listener, ready to serve.
+pub struct Listener {
+    /// Label in logs and metrics.
+    pub name: String,
+    pub socket: TcpListener,
+    pub settings: Arc<SettingsHandle>,
+}
 
 /// Serves one listener until `shutdown` flips, then lets open connections
-/// finish for up to `drain`.
+/// (and upgraded tunnels) finish for up to `drain` before cutting them.
 pub async fn serve(
-    name: String,
-    listener: TcpListener,
+    listener: Listener,
     runtime: Arc<RuntimeHandle>,
     lists: Arc<SourceLists>,
     metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
     drain: Duration,
 ) {
-    let graceful = GracefulShutdown::new();
+    let Listener {
+        name,
+        socket,
+        settings,
+    } = listener;
+    let tracker = Tracker::new();
+    let (close_tx, close_rx) = watch::channel(false);
     loop {
         let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
+            accepted = socket.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(error) => {
                     // EMFILE and friends: back off instead of spinning.
@@ -49,34 +184,656 @@ pub async fn serve(
             continue;
         }
         let _ = stream.set_nodelay(true);
-        let open = metrics.connection_opened(&name);
+        let connection = Connection {
+            peer,
+            settings: settings.load(),
+            runtime: runtime.clone(),
+            lists: lists.clone(),
+            metrics: metrics.clone(),
+            shutdown: shutdown.clone(),
+            scope: ConnectionScope {
+                _guards: Arc::new((metrics.connection_opened(&name), tracker.track())),
+                close: close_rx.clone(),
+            },
+        };
+        tokio::spawn(connection.run(stream));
+    }
+    drop(socket);
+    if tokio::time::timeout(drain, tracker.idle()).await.is_err() {
+        tracing::warn!(
+            listener = %name,
+            open = tracker.open(),
+            "drain deadline passed; closing the remaining connections"
+        );
+        let _ = close_tx.send(true);
+        let _ = tokio::time::timeout(CLOSE_GRACE, tracker.idle()).await;
+    }
+}
+
+/// What a connection holds from its listener for as long as any part of it
+/// is open (requests, and a tunnel after an upgrade): the open-connections
+/// gauge, its place in the drain, and the signal that cuts it at the drain
+/// deadline. Upgrade requests carry a clone in their extensions.
+#[derive(Clone)]
+pub(super) struct ConnectionScope {
+    _guards: Arc<(ConnectionGuard, Tracked)>,
+    close: watch::Receiver<bool>,
+}
+
+impl ConnectionScope {
+    /// Resolves at the drain deadline.
+    pub(super) async fn closed(&mut self) {
+        // A dropped sender means the listener is gone: closed as well.
+        let _ = self.close.wait_for(|closed| *closed).await;
+    }
+}
+
+/// Counts open connections so the drain can wait for zero.
+struct Tracker(Arc<watch::Sender<usize>>);
+
+struct Tracked(Arc<watch::Sender<usize>>);
+
+impl Tracker {
+    fn new() -> Self {
+        Self(Arc::new(watch::channel(0).0))
+    }
+
+    fn track(&self) -> Tracked {
+        self.0.send_modify(|n| *n += 1);
+        Tracked(self.0.clone())
+    }
+
+    fn open(&self) -> usize {
+        *self.0.borrow()
+    }
+
+    async fn idle(&self) {
+        let _ = self.0.subscribe().wait_for(|n| *n == 0).await;
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n -= 1);
+    }
+}
+
+/// Why a connection was closed before HTTP.
+#[derive(Debug, thiserror::Error)]
+enum Refused {
+    #[error("PROXY protocol header from a peer not in trusted_proxies")]
+    UntrustedProxy,
+    #[error(transparent)]
+    ProxyHeader(ProxyHeaderError),
+    #[error("client {client} (from the PROXY header) is blocklisted by {rule}")]
+    Blocked { client: IpAddr, rule: IpNet },
+    #[error("TLS handshake failed: {0}")]
+    Tls(io::Error),
+    #[error("handshake not completed within handshake_timeout")]
+    Timeout,
+}
+
+/// After the handshake: the byte stream and who is on the other end.
+struct Established {
+    stream: Stream,
+    client: SocketAddr,
+    scheme: &'static str,
+    /// Both HTTP/1.1 and HTTP/2 may follow (detected from the first bytes).
+    h2: bool,
+}
+
+struct Connection {
+    peer: SocketAddr,
+    settings: Arc<Settings>,
+    runtime: Arc<RuntimeHandle>,
+    lists: Arc<SourceLists>,
+    metrics: Arc<Metrics>,
+    shutdown: watch::Receiver<bool>,
+    scope: ConnectionScope,
+}
+
+impl Connection {
+    async fn run(self, stream: TcpStream) {
+        let mut scope = self.scope.clone();
+        tokio::select! {
+            () = self.serve(stream) => {}
+            () = scope.closed() => tracing::debug!("connection cut at the drain deadline"),
+        }
+    }
+
+    async fn serve(self, stream: TcpStream) {
+        let peer = self.peer;
+        let mut shutdown = self.shutdown.clone();
+        let handshake =
+            tokio::time::timeout(self.settings.handshake_timeout, self.handshake(stream));
+        let established = tokio::select! {
+            result = handshake => result.unwrap_or(Err(Refused::Timeout)),
+            // No request is in flight yet: nothing to drain.
+            _ = shutdown.wait_for(|s| *s) => return,
+        };
+        let established = match established {
+            Ok(established) => established,
+            Err(refused) => {
+                if matches!(refused, Refused::ProxyHeader(_)) {
+                    // A trusted balancer sending garbage is a misconfiguration
+                    // the operator must see.
+                    tracing::warn!(peer = %peer, error = %refused, "connection closed");
+                } else {
+                    tracing::debug!(peer = %peer, error = %refused, "connection closed");
+                }
+                return;
+            }
+        };
+        let Established {
+            stream,
+            client,
+            scheme,
+            h2,
+        } = established;
+
+        // hyper's HTTP/1-or-2 detection waits for the first bytes without a
+        // timeout; read them here, bounded like a request head.
+        let first = if h2 {
+            let sniff =
+                tokio::time::timeout(self.settings.header_read_timeout, sniff_preface(stream));
+            let sniffed = tokio::select! {
+                sniffed = sniff => sniffed,
+                _ = shutdown.wait_for(|s| *s) => return,
+            };
+            match sniffed {
+                Ok(Ok(Some(sniffed))) => sniffed,
+                Ok(Ok(None)) => return,
+                Ok(Err(error)) => {
+                    tracing::debug!(client.ip = %client.ip(), %error, "connection failed before a request");
+                    return;
+                }
+                Err(_elapsed) => {
+                    tracing::debug!(client.ip = %client.ip(), "no request within header_read_timeout; closed");
+                    return;
+                }
+            }
+        } else {
+            Prefixed::new(stream, Bytes::new())
+        };
+        // Follows HTTP/1 framing on the raw bytes: hyper resolves a
+        // Content-Length + Transfer-Encoding head silently; we refuse it.
+        let (first, framing) = FramingWatch::new(first);
+        let io = Shared::new(first);
+
         let conn_info = ConnInfo {
             peer,
-            client: peer,
-            scheme: "http",
+            client,
+            scheme,
         };
-        let runtime = runtime.clone();
-        let service = service_fn(move |req| {
+        let runtime = self.runtime.clone();
+        let scope = self.scope.clone();
+        let service = service_fn(move |mut req: Request<Incoming>| {
+            // One verdict per HTTP/1 request, in order (HTTP/2 has no such
+            // ambiguity and takes none).
+            if req.version() < http::Version::HTTP_2 && framing.next_is_ambiguous() {
+                req.extensions_mut().insert(AmbiguousFraming);
+            }
+            host_from_authority(&mut req);
+            if req.extensions().get::<OnUpgrade>().is_some() {
+                // hyper saw an upgrade request: a tunnel may outlive this
+                // connection's HTTP phase and must stay in the drain.
+                req.extensions_mut().insert(scope.clone());
+            }
             let runtime = runtime.load();
-            async move { Ok::<_, Infallible>(handle(runtime, req, conn_info).await) }
-        });
-        let connection = http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT)
-            .serve_connection(TokioIo::new(stream), service);
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            let _open = open;
-            if let Err(error) = connection.await {
-                tracing::debug!(client.ip = %peer.ip(), %error, "connection ended with an error");
+            async move {
+                let response = handle(runtime, req, conn_info).await;
+                Ok::<_, Infallible>(response.map(ResponseBody))
             }
         });
+        let settings = self.settings.clone();
+        // Each branch reduces its error at once: (hyper's header timeout?, text).
+        let result: Result<(), (bool, String)> = if h2 {
+            let connection = settings
+                .auto
+                .serve_connection_with_upgrades(TokioIo::new(io.clone()), service);
+            until_drained(connection, &mut shutdown, |c| c.graceful_shutdown())
+                .await
+                .map_err(|e| (is_header_timeout(e.as_ref()), e.to_string()))
+        } else {
+            let connection = settings
+                .http1
+                .serve_connection(TokioIo::new(io.clone()), service)
+                .with_upgrades();
+            until_drained(connection, &mut shutdown, |c| c.graceful_shutdown())
+                .await
+                .map_err(|e| (e.is_timeout(), e.to_string()))
+        };
+        match result {
+            Err((true, _)) if io.read_since_write() => {
+                request_timeout(io).await;
+                tracing::debug!(client.ip = %client.ip(), "request head not complete within header_read_timeout; 408");
+            }
+            Err((_, error)) => {
+                tracing::debug!(client.ip = %client.ip(), %error, "connection ended with an error");
+            }
+            Ok(()) => {}
+        }
     }
-    drop(listener);
-    if tokio::time::timeout(drain, graceful.shutdown())
-        .await
-        .is_err()
+
+    /// Reads the PROXY header (when configured) and completes TLS (when
+    /// configured).
+    async fn handshake(&self, mut tcp: TcpStream) -> Result<Established, Refused> {
+        let mut client = self.peer;
+        let mut replay = Bytes::new();
+        if self.settings.proxy_protocol {
+            if !is_trusted(self.peer.ip(), &self.runtime.load().trusted_proxies) {
+                return Err(Refused::UntrustedProxy);
+            }
+            let (header, rest) = proxy_protocol::read_header(&mut tcp)
+                .await
+                .map_err(Refused::ProxyHeader)?;
+            replay = rest;
+            if let Some(source) = header.source {
+                client = source;
+                if let Some(rule) = self.lists.denies(source.ip()) {
+                    self.metrics.l7_denied_connection();
+                    return Err(Refused::Blocked {
+                        client: source.ip(),
+                        rule,
+                    });
+                }
+            }
+        }
+        let io = Prefixed::new(tcp, replay);
+        match &self.settings.tls {
+            None => Ok(Established {
+                stream: Stream::Plain(io),
+                client,
+                scheme: "http",
+                h2: self.settings.http2,
+            }),
+            Some(acceptor) => {
+                let tls = acceptor.accept(io).await.map_err(Refused::Tls)?;
+                let h2 = tls.get_ref().1.alpn_protocol() == Some(tls::ALPN_H2);
+                Ok(Established {
+                    stream: Stream::Tls(Box::new(tls)),
+                    client,
+                    scheme: "https",
+                    h2,
+                })
+            }
+        }
+    }
+}
+
+/// Response bodies as handed to hyper: the proxy's [`Body`] with a concrete
+/// error type. With a `Box<dyn Error>` error, rustc's Send check of the
+/// spawned connection future fails ("implementation of `From` is not general
+/// enough", a higher-ranked lifetime limitation).
+struct ResponseBody(Body);
+
+impl HttpBody for ResponseBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        Pin::new(&mut self.0)
+            .poll_frame(cx)
+            .map(|frame| frame.map(|result| result.map_err(BodyError)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.0.size_hint()
+    }
+}
+
+#[derive(Debug)]
+struct BodyError(BoxError);
+
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for BodyError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+/// hyper gave up waiting for a request head (`header_read_timeout`).
+fn is_header_timeout(error: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {
+    error
+        .downcast_ref::<hyper::Error>()
+        .is_some_and(hyper::Error::is_timeout)
+}
+
+fn is_trusted(ip: IpAddr, trusted_proxies: &[IpNet]) -> bool {
+    let ip = ip.to_canonical();
+    trusted_proxies.iter().any(|net| net.contains(&ip))
+}
+
+/// HTTP/2 carries the host in `:authority`; the HTTP/1.1 request upstream
+/// needs a `Host` (RFC 9113 §8.3.1), and routing reads it from one place.
+fn host_from_authority(req: &mut Request<Incoming>) {
+    if req.version() != Version::HTTP_2 || req.headers().contains_key(HOST) {
+        return;
+    }
+    if let Some(host) = req
+        .uri()
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     {
-        tracing::warn!("drain deadline passed; closing remaining connections");
+        req.headers_mut().insert(HOST, host);
+    }
+}
+
+/// Polls an HTTP connection; at shutdown asks it to finish gracefully (no
+/// new requests, in-flight ones complete, HTTP/2 sends GOAWAY) and keeps
+/// polling until it has.
+async fn until_drained<C: std::future::Future>(
+    connection: C,
+    shutdown: &mut watch::Receiver<bool>,
+    graceful: impl FnOnce(Pin<&mut C>),
+) -> C::Output {
+    let mut connection = std::pin::pin!(connection);
+    tokio::select! {
+        output = connection.as_mut() => return output,
+        _ = shutdown.wait_for(|s| *s) => {}
+    }
+    graceful(connection.as_mut());
+    connection.await
+}
+
+/// Reads until the bytes cannot be the HTTP/2 preface any more, or are all of
+/// it, so that hyper's version detection finds its answer in the buffer.
+/// `None` when the client closed without sending anything.
+async fn sniff_preface(mut stream: Stream) -> io::Result<Option<Prefixed<Stream>>> {
+    let mut buf = BytesMut::with_capacity(4096);
+    loop {
+        buf.reserve(1024);
+        if stream.read_buf(&mut buf).await? == 0 {
+            if buf.is_empty() {
+                return Ok(None);
+            }
+            break;
+        }
+        let seen = buf.len().min(H2_PREFACE.len());
+        if buf[..seen] != H2_PREFACE[..seen] || seen == H2_PREFACE.len() {
+            break;
+        }
+    }
+    Ok(Some(Prefixed::new(stream, buf.freeze())))
+}
+
+/// hyper closes a connection whose request head is late without a word;
+/// a client that had started a request is owed a 408 (RFC 9110 §15.5.9).
+async fn request_timeout(mut io: Shared<FramingWatch<Prefixed<Stream>>>) {
+    let body = serde_json::json!({ "message": "request header timeout" }).to_string();
+    let response = format!(
+        "HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(TIMEOUT_RESPONSE_WRITE, async {
+        io.write_all(response.as_bytes()).await?;
+        io.shutdown().await
+    })
+    .await;
+}
+
+/// A TCP connection, with or without TLS.
+enum Stream {
+    Plain(Prefixed<TcpStream>),
+    Tls(Box<TlsStream<Prefixed<TcpStream>>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Stream::Plain(s) => s.is_write_vectored(),
+            Stream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// A stream with bytes already read from it put back in front: what
+/// followed the PROXY header, or the sniffed start of the HTTP traffic.
+struct Prefixed<S> {
+    prefix: Bytes,
+    inner: S,
+}
+
+impl<S> Prefixed<S> {
+    fn new(inner: S, prefix: Bytes) -> Self {
+        Self { prefix, inner }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.prefix.is_empty() {
+            let n = this.prefix.len().min(buf.remaining());
+            buf.put_slice(&this.prefix[..n]);
+            this.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// The connection's stream, shared between hyper and this module so that a
+/// 408 can still be written after hyper gives up on a slow request head;
+/// it also remembers whether the client has sent anything since our last
+/// write (a started request) or is merely idle. The lock is uncontended:
+/// only one side uses the stream at a time.
+struct Shared<S>(Arc<Mutex<SharedState<S>>>);
+
+struct SharedState<S> {
+    io: S,
+    read_since_write: bool,
+}
+
+impl<S> Clone for Shared<S> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl<S> Shared<S> {
+    fn new(io: S) -> Self {
+        Self(Arc::new(Mutex::new(SharedState {
+            io,
+            read_since_write: false,
+        })))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, SharedState<S>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn read_since_write(&self) -> bool {
+        self.lock().read_since_write
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Shared<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let mut state = self.lock();
+        let before = buf.filled().len();
+        let result = Pin::new(&mut state.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            state.read_since_write = true;
+        }
+        result
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Shared<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let mut state = self.lock();
+        let result = Pin::new(&mut state.io).poll_write(cx, buf);
+        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
+            state.read_since_write = false;
+        }
+        result
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let mut state = self.lock();
+        let result = Pin::new(&mut state.io).poll_write_vectored(cx, bufs);
+        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
+            state.read_since_write = false;
+        }
+        result
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.lock().io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.lock().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.lock().io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn prefixed_replays_before_reading_on() {
+        let (mut client, server) = tokio::io::duplex(64);
+        client.write_all(b" world").await.unwrap();
+        drop(client);
+        let mut io = Prefixed::new(server, Bytes::from_static(b"hello"));
+        let mut out = String::new();
+        io.read_to_string(&mut out).await.unwrap();
+        assert_eq!(out, "hello world");
+    }
+
+    #[tokio::test]
+    async fn shared_tracks_whether_the_client_spoke_since_our_last_write() {
+        let (mut client, server) = tokio::io::duplex(64);
+        let mut io = Shared::new(server);
+        assert!(!io.read_since_write());
+        client.write_all(b"GET / HT").await.unwrap();
+        let mut buf = [0u8; 16];
+        let n = io.read(&mut buf).await.unwrap();
+        assert_eq!(n, 8);
+        assert!(io.clone().read_since_write(), "a started request");
+        io.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.unwrap();
+        assert!(!io.read_since_write(), "answered: idle again");
+    }
+
+    #[test]
+    fn trusted_proxies_match_ipv4_mapped_peers() {
+        let nets: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        assert!(is_trusted("10.1.2.3".parse().unwrap(), &nets));
+        assert!(is_trusted("::ffff:10.1.2.3".parse().unwrap(), &nets));
+        assert!(!is_trusted("192.0.2.1".parse().unwrap(), &nets));
     }
 }

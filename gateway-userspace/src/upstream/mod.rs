@@ -1,110 +1,189 @@
-//! Upstream services: targets, the balancer that picks one, and the pooled
-//! HTTP client that talks to them.
+//! Upstream services: the targets, the balancer that picks one per attempt,
+//! the retry rules and budget, and the pooled client that talks to them.
+//! See docs/upstreams.md.
+//!
+//! - `target`: address, weight, requests in flight
+//! - `balancer/`: round robin, least connections, consistent hash, P2C EWMA
+//! - `retry`: what is retried, and the budget that bounds it
+//! - `replay`: the request body, lendable to the next attempt until sent
+//! - `client`: the HTTP/1.1 or HTTP/2 client
+//! - `body`: the response body (read timeout, in-flight accounting)
 
-use std::{
-    net::SocketAddr,
-    sync::atomic::{AtomicUsize, Ordering},
-    time::Duration,
-};
+mod balancer;
+mod body;
+mod client;
+mod replay;
+mod retry;
+mod target;
+
+use std::{sync::Arc, time::Duration};
 
 use http::{uri::Uri, Request, Response};
-use hyper::body::Incoming;
-use hyper_util::{
-    client::legacy::{connect::HttpConnector, Client},
-    rt::{TokioExecutor, TokioTimer},
-};
+use tokio::time::Instant;
 
+pub use self::body::{BodyError, ReadTimeout, UpstreamBody};
+use self::{
+    balancer::{Balancer, Tried},
+    client::HttpClient,
+    replay::RequestBody,
+    retry::{RetryBudget, RetryPolicy},
+    target::Target,
+};
 use crate::{
     config,
     proxy::{Body, Rejection, RequestContext},
+    telemetry::Metrics,
 };
-
-pub type HttpClient = Client<HttpConnector, Body>;
 
 /// One upstream service, compiled from config.
 pub struct Upstream {
     pub name: String,
-    targets: Vec<SocketAddr>,
-    next: AtomicUsize,
-    pub timeout: Duration,
-    pub client: HttpClient,
+    targets: Vec<Target>,
+    balancer: Balancer,
+    client: HttpClient,
+    /// Per attempt: time to response headers.
+    timeout: Duration,
+    read_timeout: Duration,
+    retry: RetryPolicy,
+    budget: RetryBudget,
+    metrics: Arc<Metrics>,
 }
 
 impl Upstream {
-    pub fn new(name: &str, config: &config::Upstream) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(config.connect_timeout));
-        connector.set_nodelay(true);
-        connector.enforce_http(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(config.pool_idle_timeout)
-            .pool_max_idle_per_host(config.pool_max_idle_per_target)
-            .build(connector);
+    /// Builds the upstream from validated config and reports every target
+    /// healthy (health checks are not implemented yet).
+    pub fn new(name: &str, config: &config::Upstream, metrics: Arc<Metrics>) -> Self {
+        let now = Instant::now();
+        let targets: Vec<Target> = config.targets.iter().map(Target::new).collect();
+        assert!(!targets.is_empty(), "validation requires a target");
+        for target in &targets {
+            metrics.set_target_health(name, &target.label, true);
+        }
         Self {
             name: name.to_string(),
-            targets: config.targets.clone(),
-            next: AtomicUsize::new(0),
+            balancer: Balancer::new(config, &targets, now),
+            targets,
+            client: client::build(config),
             timeout: config.timeout,
-            client,
+            read_timeout: config.read_timeout,
+            retry: RetryPolicy::new(config),
+            budget: RetryBudget::new(&config.retry_budget, now),
+            metrics,
         }
-    }
-
-    /// Round robin over the targets.
-    pub fn pick(&self) -> SocketAddr {
-        let i = self.next.fetch_add(1, Ordering::Relaxed);
-        self.targets[i % self.targets.len()]
     }
 
     /// Sends `request` (origin-form URI, headers already rewritten) to a
-    /// target and waits for the response headers, within `timeout`.
+    /// target and returns its response once the headers are in, retrying on
+    /// another target when the rules and the budget allow (see `retry`).
+    /// `ctx.upstream_target` ends up naming the last attempt's target.
     pub async fn dispatch(
         &self,
-        mut request: Request<Body>,
+        request: Request<Body>,
         ctx: &mut RequestContext,
-    ) -> Result<Response<Incoming>, Rejection> {
-        let target = self.pick();
-        ctx.upstream_target = Some(target);
-        let mut parts = request.uri().clone().into_parts();
-        parts.scheme = Some(http::uri::Scheme::HTTP);
-        parts.authority = Some(
-            target
-                .to_string()
-                .parse()
-                .expect("a socket address is a valid authority"),
-        );
-        *request.uri_mut() = Uri::from_parts(parts).expect("scheme, authority and path form a URI");
-        match tokio::time::timeout(self.timeout, self.client.request(request)).await {
-            Err(_elapsed) => Err(Rejection::UpstreamTimeout {
-                target,
-                timeout_ms: self.timeout.as_millis(),
-            }),
-            Ok(Err(error)) => Err(Rejection::from_client_error(target, error)),
-            Ok(Ok(response)) => Ok(response),
+    ) -> Result<Response<UpstreamBody>, Rejection> {
+        let (parts, body) = request.into_parts();
+        let body = RequestBody::new(body);
+        let key = self.balancer.hash_key(&parts.headers, ctx.client_ip);
+        let may_retry_status = self.retry.may_retry_status(&parts.method, body.is_empty());
+        self.budget.deposit(Instant::now());
+        let mut parts = Some(parts);
+        let mut tried = Tried::default();
+        let mut retries = 0;
+        loop {
+            let retries_left = retries < self.retry.retries;
+            let index = self
+                .balancer
+                .pick(&self.targets, key, &tried, Instant::now());
+            tried.push(index);
+            let target = &self.targets[index];
+            ctx.upstream_target = Some(target.addr);
+            let head = if retries_left {
+                parts.clone().expect("kept while retries are left")
+            } else {
+                parts.take().expect("taken by the last attempt only")
+            };
+            let attempt_body = body
+                .for_attempt()
+                .expect("only retried while the body can be sent again");
+            let request = Request::from_parts(head, attempt_body);
+
+            let in_flight = target.start();
+            let started = Instant::now();
+            let result = tokio::time::timeout(self.timeout, self.send(target, request)).await;
+            let elapsed = started.elapsed();
+            let failure = match result {
+                Ok(Ok(response)) => {
+                    self.metrics
+                        .upstream_response(&self.name, &target.label, elapsed);
+                    self.balancer.observe(index, elapsed, Instant::now());
+                    ctx.upstream_duration = Some(elapsed);
+                    let status = response.status();
+                    let retry = may_retry_status
+                        && self.retry.retries_status(status)
+                        && retries_left
+                        && self.budget.try_withdraw(Instant::now());
+                    if !retry {
+                        return Ok(response.map(|incoming| {
+                            UpstreamBody::new(incoming, in_flight, target.addr, self.read_timeout)
+                        }));
+                    }
+                    tracing::warn!(
+                        upstream = %self.name,
+                        upstream.target = %target.addr,
+                        status = status.as_u16(),
+                        "upstream answered with a retried status; retrying"
+                    );
+                    retries += 1;
+                    continue;
+                }
+                Ok(Err(error)) => Rejection::from_client_error(target.addr, error),
+                Err(_elapsed) => Rejection::UpstreamTimeout {
+                    target: target.addr,
+                    timeout_ms: self.timeout.as_millis(),
+                },
+            };
+            drop(in_flight);
+            // A failure counts as slow as the slowest answer accepted, so
+            // p2c_ewma steers away from a target that fails fast.
+            self.balancer
+                .observe(index, elapsed.max(self.timeout), Instant::now());
+            let never_sent = matches!(failure, Rejection::UpstreamConnect { .. });
+            let retry = never_sent
+                && retries_left
+                && body.can_replay()
+                && self.budget.try_withdraw(Instant::now());
+            if !retry {
+                return Err(failure);
+            }
+            tracing::warn!(
+                upstream = %self.name,
+                upstream.target = %target.addr,
+                error = %failure,
+                "upstream attempt failed before sending; retrying"
+            );
+            retries += 1;
         }
+    }
+
+    /// One attempt: the request goes to `target` as an absolute URI. A
+    /// plain fn returning the client's boxed future on purpose: an `async fn`
+    /// borrowing `self` here makes rustc's `Send` check of the listener's
+    /// spawned task fail ("implementation of `From` is not general enough").
+    fn send(
+        &self,
+        target: &Target,
+        mut request: Request<replay::AttemptBody>,
+    ) -> hyper_util::client::legacy::ResponseFuture {
+        let mut uri = std::mem::take(request.uri_mut()).into_parts();
+        uri.scheme = Some(http::uri::Scheme::HTTP);
+        uri.authority = Some(target.authority.clone());
+        if uri.path_and_query.is_none() {
+            uri.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+        }
+        *request.uri_mut() = Uri::from_parts(uri).expect("scheme, authority and path form a URI");
+        self.client.request(request)
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn round_robin_visits_every_target_evenly() {
-        let targets: Vec<SocketAddr> = vec![
-            "127.0.0.1:1".parse().unwrap(),
-            "127.0.0.1:2".parse().unwrap(),
-            "127.0.0.1:3".parse().unwrap(),
-        ];
-        let cfg: config::Upstream =
-            serde_yaml::from_str("targets: ['127.0.0.1:1', '127.0.0.1:2', '127.0.0.1:3']").unwrap();
-        let upstream = Upstream::new("u", &cfg);
-        let mut counts = std::collections::HashMap::new();
-        for _ in 0..300 {
-            *counts.entry(upstream.pick()).or_insert(0) += 1;
-        }
-        for t in &targets {
-            assert_eq!(counts[t], 100);
-        }
-    }
-}
+mod tests;

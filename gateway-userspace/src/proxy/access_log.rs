@@ -1,0 +1,100 @@
+//! The access log: one line per request, written in a step that always runs
+//! (also for rejected requests), as a `tracing` event or as JSON lines.
+
+use std::{
+    fs::{File, OpenOptions},
+    io::Write,
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use http::Method;
+
+use super::RequestContext;
+use crate::config::{AccessLog, AccessLogFormat};
+
+enum Sink {
+    Tracing,
+    Stdout,
+    File(Arc<Mutex<File>>),
+    Off,
+}
+
+pub struct AccessLogger {
+    sink: Sink,
+}
+
+impl AccessLogger {
+    pub fn open(config: &AccessLog) -> Result<Self, String> {
+        let sink = match (config.format, &config.path) {
+            (AccessLogFormat::Off, _) => Sink::Off,
+            (AccessLogFormat::Text, None) => Sink::Tracing,
+            (AccessLogFormat::Json, None) => Sink::Stdout,
+            // To a file, text is written as JSON lines too: one parseable
+            // line per request is what log shippers want.
+            (_, Some(path)) => {
+                let file = OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .map_err(|e| format!("access_log.path: cannot open {}: {e}", path.display()))?;
+                Sink::File(Arc::new(Mutex::new(file)))
+            }
+        };
+        Ok(Self { sink })
+    }
+
+    pub fn write(
+        &self,
+        ctx: &RequestContext,
+        method: &Method,
+        path: &str,
+        status: u16,
+        elapsed: Duration,
+    ) {
+        let upstream_target = ctx.upstream_target.map(|t| t.to_string());
+        match &self.sink {
+            Sink::Off => {}
+            Sink::Tracing => tracing::info!(
+                client.ip = %ctx.client_ip,
+                method = %method,
+                path = %path,
+                route = ctx.route.as_deref().unwrap_or("-"),
+                upstream.target = upstream_target.as_deref().unwrap_or("-"),
+                status,
+                duration_ms = elapsed.as_secs_f64() * 1000.0,
+                request_id = %ctx.request_id,
+                rejection = ctx.rejection.unwrap_or("-"),
+                "access"
+            ),
+            Sink::Stdout | Sink::File(_) => {
+                let line = serde_json::json!({
+                    "ts": SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64(),
+                    "request_id": ctx.request_id,
+                    "client_ip": ctx.client_ip.to_string(),
+                    "method": method.as_str(),
+                    "path": path,
+                    "route": ctx.route,
+                    "consumer": serde_json::Value::Null,
+                    "upstream_target": upstream_target,
+                    "status": status,
+                    "duration_ms": elapsed.as_secs_f64() * 1000.0,
+                    "upstream_ms": ctx.upstream_duration.map(|d| d.as_secs_f64() * 1000.0),
+                    "verdicts": ctx.verdicts,
+                    "rejection": ctx.rejection,
+                })
+                .to_string();
+                match &self.sink {
+                    Sink::File(file) => {
+                        let mut file = file.lock().unwrap();
+                        let _ = writeln!(file, "{line}");
+                    }
+                    _ => {
+                        let mut out = std::io::stdout().lock();
+                        let _ = writeln!(out, "{line}");
+                    }
+                }
+            }
+        }
+    }
+}

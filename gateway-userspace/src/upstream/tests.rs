@@ -1,0 +1,250 @@
+//! `Upstream::dispatch` against small in-process servers: which target each
+//! attempt reaches, what is retried, what the budget stops, what is counted.
+
+use std::{convert::Infallible, net::SocketAddr};
+
+use bytes::Bytes;
+use http::StatusCode;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::{server::conn::http1, service::service_fn};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+use super::*;
+use crate::proxy::ConnInfo;
+
+/// Answers every request with `status`, its name in `x-name`, and the size
+/// of the request body it read in `x-body-bytes`.
+async fn server(name: &'static str, status: u16) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let service = service_fn(move |req: Request<hyper::body::Incoming>| async move {
+                    let body = req.into_body().collect().await.unwrap().to_bytes();
+                    Ok::<_, Infallible>(
+                        Response::builder()
+                            .status(status)
+                            .header("x-name", name)
+                            .header("x-body-bytes", body.len())
+                            .body(Full::new(Bytes::from_static(b"ok")))
+                            .unwrap(),
+                    )
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// A loopback port nothing listens on.
+fn dead() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+fn upstream(targets: &[SocketAddr], extra: &str) -> (Upstream, Arc<Metrics>) {
+    let targets: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
+    let yaml = format!(
+        "{{targets: [{}], connect_timeout: 1s, timeout: 5s{extra}}}",
+        targets.join(", ")
+    );
+    let config: config::Upstream = serde_yaml::from_str(&yaml).unwrap();
+    let metrics = Arc::new(Metrics::default());
+    (Upstream::new("u", &config, metrics.clone()), metrics)
+}
+
+fn ctx() -> RequestContext {
+    let client: SocketAddr = "192.0.2.1:40000".parse().unwrap();
+    RequestContext::new(ConnInfo {
+        peer: client,
+        client,
+        scheme: "http",
+    })
+}
+
+fn request(method: &str, body: &'static [u8]) -> Request<Body> {
+    let body: Body = if body.is_empty() {
+        Empty::new().map_err(|never| match never {}).boxed()
+    } else {
+        Full::new(Bytes::from_static(body))
+            .map_err(|never| match never {})
+            .boxed()
+    };
+    Request::builder()
+        .method(method)
+        .uri("/x")
+        .header("host", "gateway.test")
+        .body(body)
+        .unwrap()
+}
+
+fn name(response: &Response<UpstreamBody>) -> &str {
+    response.headers()["x-name"].to_str().unwrap()
+}
+
+#[tokio::test]
+async fn a_refused_connection_is_retried_on_another_target_with_its_body() {
+    let live = server("live", 200).await;
+    let dead = dead();
+    let (u, metrics) = upstream(&[dead, live], "");
+    // Round robin starts with the dead target, then alternates.
+    for _ in 0..4 {
+        let mut ctx = ctx();
+        let response = u
+            .dispatch(request("POST", b"not idempotent, still safe"), &mut ctx)
+            .await
+            .expect("retried on the live target");
+        assert_eq!(name(&response), "live");
+        assert_eq!(response.headers()["x-body-bytes"], "26", "body replayed");
+        assert_eq!(ctx.upstream_target, Some(live), "the last attempt's target");
+        assert!(ctx.upstream_duration.is_some());
+        response.into_body().collect().await.unwrap();
+    }
+    let text = metrics.render(None);
+    assert!(
+        text.contains(&format!(
+            "xgate_upstream_duration_seconds_count{{upstream=\"u\",target=\"{live}\"}} 4"
+        )),
+        "{text}"
+    );
+    assert!(
+        !text.contains(&format!(
+            "upstream_duration_seconds_count{{upstream=\"u\",target=\"{dead}\"}}"
+        )),
+        "no headers from the dead target, no sample"
+    );
+    for target in [dead, live] {
+        assert!(
+            text.contains(&format!(
+                "xgate_upstream_target_healthy{{upstream=\"u\",target=\"{target}\"}} 1"
+            )),
+            "{text}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn without_retries_the_connect_failure_surfaces() {
+    let live = server("live", 200).await;
+    let (u, _) = upstream(&[dead(), live], ", retries: 0");
+    let error = u
+        .dispatch(request("GET", b""), &mut ctx())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            error,
+            Rejection::UpstreamConnect {
+                timed_out: false,
+                ..
+            }
+        ),
+        "{error}"
+    );
+    assert_eq!(error.status(), StatusCode::BAD_GATEWAY);
+}
+
+#[tokio::test]
+async fn statuses_are_retried_for_idempotent_requests_without_a_body_only() {
+    let failing = server("failing", 503).await;
+    let live = server("live", 200).await;
+    for (method, body, expected) in [
+        ("GET", &b""[..], "live"),
+        ("HEAD", b"", "live"),
+        ("DELETE", b"", "live"),
+        ("POST", b"", "failing"),
+        ("PATCH", b"", "failing"),
+        ("PUT", b"payload", "failing"),
+    ] {
+        // A fresh upstream: round robin's first pick is `failing`.
+        let (u, _) = upstream(&[failing, live], ", retry_on_status: [503]");
+        let response = u.dispatch(request(method, body), &mut ctx()).await.unwrap();
+        assert_eq!(
+            name(&response),
+            expected,
+            "{method} with {} bytes",
+            body.len()
+        );
+        if expected == "failing" {
+            assert_eq!(response.status(), 503);
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_exhausted_budget_returns_the_original_failure() {
+    let failing = server("failing", 503).await;
+    let live = server("live", 200).await;
+    let (u, _) = upstream(
+        &[failing, live],
+        ", retry_on_status: [503], retry_budget: {ratio: 0, min_per_second: 0.1, window: 20s}",
+    );
+    // A reserve of 2 retries in 20 s, no share of traffic.
+    let mut names = Vec::new();
+    for _ in 0..6 {
+        let response = u.dispatch(request("GET", b""), &mut ctx()).await.unwrap();
+        names.push(format!(
+            "{}:{}",
+            name(&response),
+            response.status().as_u16()
+        ));
+    }
+    assert_eq!(
+        names,
+        [
+            "live:200",    // failing → retried
+            "live:200",    // straight to live
+            "live:200",    // failing → retried (2nd and last)
+            "live:200",    // straight to live
+            "failing:503", // failing, budget spent: its 503 is the answer
+            "live:200",
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_single_target_is_retried_on_itself_after_a_connect_failure() {
+    let (u, _) = upstream(&[dead()], ", retries: 3");
+    let mut ctx = ctx();
+    let error = u.dispatch(request("GET", b""), &mut ctx).await.unwrap_err();
+    assert_eq!(error.status(), StatusCode::BAD_GATEWAY);
+    assert!(ctx.upstream_target.is_some());
+    assert!(
+        ctx.upstream_duration.is_none(),
+        "no headers from any attempt"
+    );
+}
+
+#[tokio::test]
+async fn least_conn_counts_a_request_until_its_body_is_done() {
+    let a = server("a", 200).await;
+    let b = server("b", 200).await;
+    let (u, _) = upstream(&[a, b], ", balancer: least_conn");
+    let first = u.dispatch(request("GET", b""), &mut ctx()).await.unwrap();
+    let first_name = name(&first).to_string();
+    // While the first body is unread, its target is busy.
+    for _ in 0..3 {
+        let other = u.dispatch(request("GET", b""), &mut ctx()).await.unwrap();
+        assert_ne!(name(&other), first_name);
+        other.into_body().collect().await.unwrap();
+    }
+    first.into_body().collect().await.unwrap();
+    let names: Vec<String> = {
+        let mut names = Vec::new();
+        for _ in 0..2 {
+            let r = u.dispatch(request("GET", b""), &mut ctx()).await.unwrap();
+            names.push(name(&r).to_string());
+            drop(r); // a dropped body ends the count too
+        }
+        names
+    };
+    assert_ne!(names[0], names[1], "idle again: shared round robin");
+}
