@@ -10,6 +10,7 @@ pub mod bad_upstream;
 pub mod frames;
 pub mod http;
 pub mod netns;
+pub mod ports;
 pub mod process;
 pub mod tls;
 pub mod traffic;

@@ -28,6 +28,7 @@ use tokio::{
     net::TcpStream,
 };
 use xgate_tests::{
+    ports::{any_port, free_port},
     process::{stderr, Daemon},
     tls::{alpn, connect, served_leaf, ClientOptions, Leaf, TestCa},
     upstream::EchoUpstream,
@@ -36,18 +37,6 @@ use xgate_tests::{
 
 /// Upper bound for any single network wait in these tests.
 const WAIT: Duration = Duration::from_secs(20);
-
-fn any_port() -> SocketAddr {
-    "127.0.0.1:0".parse().unwrap()
-}
-
-/// A free loopback port for a gateway listener.
-fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
 
 /// `listeners` (YAML list items, already indented by two spaces) in front
 /// of one upstream and a `/api/` route that strips the prefix.

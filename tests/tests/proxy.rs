@@ -4,21 +4,10 @@ use std::net::SocketAddr;
 
 use xgate_tests::{
     http::{get, send},
+    ports::{any_port, free_port},
     process::{stderr, Daemon},
     upstream::EchoUpstream,
 };
-
-fn any_port() -> SocketAddr {
-    "127.0.0.1:0".parse().unwrap()
-}
-
-/// A free loopback port for the gateway's listener.
-fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
 
 fn config(listen: SocketAddr, targets: &[SocketAddr], timeout: &str) -> String {
     let targets: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();

@@ -13,20 +13,10 @@ use std::{
 
 use xgate_tests::{
     http::{get, send},
+    ports::{any_port, free_port},
     process::{stderr, Daemon},
     upstream::EchoUpstream,
 };
-
-fn any_port() -> SocketAddr {
-    "127.0.0.1:0".parse().unwrap()
-}
-
-fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
 
 fn request(path: &str, host: &str, extra: &[&str]) -> String {
     let mut r = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");

@@ -6,21 +6,10 @@ use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 use xgate_tests::{
     bad_upstream::{BadUpstream, Misbehaviour, ScriptedUpstream},
     http::{get, send, RawResponse},
+    ports::{any_port, free_port},
     process::Daemon,
     upstream::EchoUpstream,
 };
-
-fn any_port() -> SocketAddr {
-    "127.0.0.1:0".parse().unwrap()
-}
-
-/// A free loopback port (for the gateway, or a target nothing listens on).
-fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
 
 /// `['a', 'b']`.
 fn list(targets: &[SocketAddr]) -> String {
