@@ -144,6 +144,23 @@ impl Daemon {
             .expect("run xgate cli")
     }
 
+    /// The body of `GET path` on the admin socket.
+    pub fn admin_get(&self, path: &str) -> String {
+        use std::io::{Read, Write};
+        let mut stream =
+            std::os::unix::net::UnixStream::connect(&self.admin_socket).expect("admin socket");
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n"
+        )
+        .expect("write");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).expect("read");
+        let (head, body) = response.split_once("\r\n\r\n").expect("a response");
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        body.to_string()
+    }
+
     /// `xgate status --json`, parsed.
     pub fn status(&self) -> serde_json::Value {
         let out = self.cli(&["status", "--json"]);

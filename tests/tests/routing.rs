@@ -239,9 +239,22 @@ async fn json_access_log_has_a_line_per_request_including_rejections() {
         missing.header("x-request-id").unwrap()
     );
 
-    // And the metrics saw both.
-    let metrics = xgate_tests::process::stdout(&daemon.cli(&["status", "--json"]));
-    assert!(!metrics.is_empty());
+    assert!(
+        lines[0]["upstream_ms"].as_f64().is_some_and(|ms| ms >= 0.0),
+        "{}",
+        lines[0]
+    );
+    assert!(lines[1]["upstream_ms"].is_null(), "no upstream for a 404");
+
+    // And the metrics saw both, by route and status.
+    let metrics = daemon.admin_get("/metrics");
+    for line in [
+        "xgate_requests_total{route=\"api\",method=\"GET\",status=\"200\",consumer=\"anonymous\"} 1",
+        "xgate_requests_total{route=\"-\",method=\"GET\",status=\"404\",consumer=\"anonymous\"} 1",
+        "xgate_request_duration_seconds_count{route=\"api\"} 1",
+    ] {
+        assert!(metrics.contains(line), "missing `{line}` in:\n{metrics}");
+    }
 }
 
 #[tokio::test]
