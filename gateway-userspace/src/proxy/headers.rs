@@ -229,6 +229,14 @@ mod tests {
     }
 
     #[test]
+    fn trusted_proxies_match_ipv4_mapped_peers() {
+        let trusted = nets(&["10.0.0.0/8"]);
+        assert!(is_trusted("10.1.2.3".parse().unwrap(), &trusted));
+        assert!(is_trusted("::ffff:10.1.2.3".parse().unwrap(), &trusted));
+        assert!(!is_trusted("192.0.2.1".parse().unwrap(), &trusted));
+    }
+
+    #[test]
     fn client_ip_walks_trusted_hops_right_to_left() {
         let trusted = nets(&["10.0.0.0/8"]);
         let peer: IpAddr = "10.0.0.1".parse().unwrap();

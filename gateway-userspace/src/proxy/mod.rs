@@ -2,7 +2,9 @@
 //! per-request forwarding path, and the listeners that feed it.
 
 mod access_log;
+mod conn_io;
 mod context;
+mod drain;
 mod forward;
 pub mod framing;
 mod headers;

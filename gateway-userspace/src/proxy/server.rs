@@ -15,12 +15,12 @@ use std::{
     io,
     net::{IpAddr, SocketAddr},
     pin::Pin,
-    sync::{Arc, Mutex, PoisonError, RwLock},
+    sync::{Arc, PoisonError, RwLock},
     task::{Context, Poll},
     time::Duration,
 };
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::Bytes;
 use http::{header::HOST, HeaderValue, Request, Version};
 use hyper::{
     body::{Body as HttpBody, Frame, Incoming, SizeHint},
@@ -34,12 +34,17 @@ use hyper_util::{
 };
 use ipnet::IpNet;
 use tokio::{
-    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf},
+    io::AsyncWriteExt,
     net::{TcpListener, TcpStream},
     sync::watch,
 };
-use tokio_rustls::{server::TlsStream, TlsAcceptor};
+use tokio_rustls::TlsAcceptor;
 
+use super::{
+    conn_io::{sniff_preface, Prefixed, Shared, Stream},
+    drain::{until_drained, ConnectionScope, Tracker},
+    headers::is_trusted,
+};
 use super::{
     framing::{AmbiguousFraming, FramingWatch},
     handle,
@@ -49,7 +54,7 @@ use super::{
 use crate::{
     config::{Config, ConfigError},
     lists::SourceLists,
-    telemetry::{ConnectionGuard, Metrics},
+    telemetry::Metrics,
 };
 
 /// Time to write a 408 before giving up on a client that does not read.
@@ -59,8 +64,6 @@ const TIMEOUT_RESPONSE_WRITE: Duration = Duration::from_secs(5);
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// hyper's smallest read buffer (it panics below).
 const HYPER_MIN_BUF_SIZE: usize = 8 * 1024;
-/// The HTTP/2 connection preface (RFC 9113 §3.4).
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// One listener's settings, compiled from config. Swapped whole on reload;
 /// each connection uses those current when it was accepted.
@@ -191,10 +194,11 @@ pub async fn serve(
             lists: lists.clone(),
             metrics: metrics.clone(),
             shutdown: shutdown.clone(),
-            scope: ConnectionScope {
-                _guards: Arc::new((metrics.connection_opened(&name), tracker.track())),
-                close: close_rx.clone(),
-            },
+            scope: ConnectionScope::new(
+                metrics.connection_opened(&name),
+                tracker.track(),
+                close_rx.clone(),
+            ),
         };
         tokio::spawn(connection.run(stream));
     }
@@ -207,54 +211,6 @@ pub async fn serve(
         );
         let _ = close_tx.send(true);
         let _ = tokio::time::timeout(CLOSE_GRACE, tracker.idle()).await;
-    }
-}
-
-/// What a connection holds from its listener for as long as any part of it
-/// is open (requests, and a tunnel after an upgrade): the open-connections
-/// gauge, its place in the drain, and the signal that cuts it at the drain
-/// deadline. Upgrade requests carry a clone in their extensions.
-#[derive(Clone)]
-pub(super) struct ConnectionScope {
-    _guards: Arc<(ConnectionGuard, Tracked)>,
-    close: watch::Receiver<bool>,
-}
-
-impl ConnectionScope {
-    /// Resolves at the drain deadline.
-    pub(super) async fn closed(&mut self) {
-        // A dropped sender means the listener is gone: closed as well.
-        let _ = self.close.wait_for(|closed| *closed).await;
-    }
-}
-
-/// Counts open connections so the drain can wait for zero.
-struct Tracker(Arc<watch::Sender<usize>>);
-
-struct Tracked(Arc<watch::Sender<usize>>);
-
-impl Tracker {
-    fn new() -> Self {
-        Self(Arc::new(watch::channel(0).0))
-    }
-
-    fn track(&self) -> Tracked {
-        self.0.send_modify(|n| *n += 1);
-        Tracked(self.0.clone())
-    }
-
-    fn open(&self) -> usize {
-        *self.0.borrow()
-    }
-
-    async fn idle(&self) {
-        let _ = self.0.subscribe().wait_for(|n| *n == 0).await;
-    }
-}
-
-impl Drop for Tracked {
-    fn drop(&mut self) {
-        self.0.send_modify(|n| *n -= 1);
     }
 }
 
@@ -511,11 +467,6 @@ fn is_header_timeout(error: &(dyn std::error::Error + Send + Sync + 'static)) ->
         .is_some_and(hyper::Error::is_timeout)
 }
 
-fn is_trusted(ip: IpAddr, trusted_proxies: &[IpNet]) -> bool {
-    let ip = ip.to_canonical();
-    trusted_proxies.iter().any(|net| net.contains(&ip))
-}
-
 /// HTTP/2 carries the host in `:authority`; the HTTP/1.1 request upstream
 /// needs a `Host` (RFC 9113 §8.3.1), and routing reads it from one place.
 fn host_from_authority(req: &mut Request<Incoming>) {
@@ -529,44 +480,6 @@ fn host_from_authority(req: &mut Request<Incoming>) {
     {
         req.headers_mut().insert(HOST, host);
     }
-}
-
-/// Polls an HTTP connection; at shutdown asks it to finish gracefully (no
-/// new requests, in-flight ones complete, HTTP/2 sends GOAWAY) and keeps
-/// polling until it has.
-async fn until_drained<C: std::future::Future>(
-    connection: C,
-    shutdown: &mut watch::Receiver<bool>,
-    graceful: impl FnOnce(Pin<&mut C>),
-) -> C::Output {
-    let mut connection = std::pin::pin!(connection);
-    tokio::select! {
-        output = connection.as_mut() => return output,
-        _ = shutdown.wait_for(|s| *s) => {}
-    }
-    graceful(connection.as_mut());
-    connection.await
-}
-
-/// Reads until the bytes cannot be the HTTP/2 preface any more, or are all of
-/// it, so that hyper's version detection finds its answer in the buffer.
-/// `None` when the client closed without sending anything.
-async fn sniff_preface(mut stream: Stream) -> io::Result<Option<Prefixed<Stream>>> {
-    let mut buf = BytesMut::with_capacity(4096);
-    loop {
-        buf.reserve(1024);
-        if stream.read_buf(&mut buf).await? == 0 {
-            if buf.is_empty() {
-                return Ok(None);
-            }
-            break;
-        }
-        let seen = buf.len().min(H2_PREFACE.len());
-        if buf[..seen] != H2_PREFACE[..seen] || seen == H2_PREFACE.len() {
-            break;
-        }
-    }
-    Ok(Some(Prefixed::new(stream, buf.freeze())))
 }
 
 /// hyper closes a connection whose request head is late without a word;
@@ -583,257 +496,4 @@ async fn request_timeout(mut io: Shared<FramingWatch<Prefixed<Stream>>>) {
         io.shutdown().await
     })
     .await;
-}
-
-/// A TCP connection, with or without TLS.
-enum Stream {
-    Plain(Prefixed<TcpStream>),
-    Tls(Box<TlsStream<Prefixed<TcpStream>>>),
-}
-
-impl AsyncRead for Stream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Stream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            Stream::Plain(s) => s.is_write_vectored(),
-            Stream::Tls(s) => s.is_write_vectored(),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
-    }
-}
-
-/// A stream with bytes already read from it put back in front: what
-/// followed the PROXY header, or the sniffed start of the HTTP traffic.
-struct Prefixed<S> {
-    prefix: Bytes,
-    inner: S,
-}
-
-impl<S> Prefixed<S> {
-    fn new(inner: S, prefix: Bytes) -> Self {
-        Self { prefix, inner }
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if !this.prefix.is_empty() {
-            let n = this.prefix.len().min(buf.remaining());
-            buf.put_slice(&this.prefix[..n]);
-            this.prefix.advance(n);
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut this.inner).poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
-    }
-}
-
-/// The connection's stream, shared between hyper and this module so that a
-/// 408 can still be written after hyper gives up on a slow request head;
-/// it also remembers whether the client has sent anything since our last
-/// write (a started request) or is merely idle. The lock is uncontended:
-/// only one side uses the stream at a time.
-struct Shared<S>(Arc<Mutex<SharedState<S>>>);
-
-struct SharedState<S> {
-    io: S,
-    read_since_write: bool,
-}
-
-impl<S> Clone for Shared<S> {
-    fn clone(&self) -> Self {
-        Self(self.0.clone())
-    }
-}
-
-impl<S> Shared<S> {
-    fn new(io: S) -> Self {
-        Self(Arc::new(Mutex::new(SharedState {
-            io,
-            read_since_write: false,
-        })))
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, SharedState<S>> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn read_since_write(&self) -> bool {
-        self.lock().read_since_write
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Shared<S> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let mut state = self.lock();
-        let before = buf.filled().len();
-        let result = Pin::new(&mut state.io).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            state.read_since_write = true;
-        }
-        result
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Shared<S> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let mut state = self.lock();
-        let result = Pin::new(&mut state.io).poll_write(cx, buf);
-        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
-            state.read_since_write = false;
-        }
-        result
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let mut state = self.lock();
-        let result = Pin::new(&mut state.io).poll_write_vectored(cx, bufs);
-        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
-            state.read_since_write = false;
-        }
-        result
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.lock().io.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.lock().io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.lock().io).poll_shutdown(cx)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn prefixed_replays_before_reading_on() {
-        let (mut client, server) = tokio::io::duplex(64);
-        client.write_all(b" world").await.unwrap();
-        drop(client);
-        let mut io = Prefixed::new(server, Bytes::from_static(b"hello"));
-        let mut out = String::new();
-        io.read_to_string(&mut out).await.unwrap();
-        assert_eq!(out, "hello world");
-    }
-
-    #[tokio::test]
-    async fn shared_tracks_whether_the_client_spoke_since_our_last_write() {
-        let (mut client, server) = tokio::io::duplex(64);
-        let mut io = Shared::new(server);
-        assert!(!io.read_since_write());
-        client.write_all(b"GET / HT").await.unwrap();
-        let mut buf = [0u8; 16];
-        let n = io.read(&mut buf).await.unwrap();
-        assert_eq!(n, 8);
-        assert!(io.clone().read_since_write(), "a started request");
-        io.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.unwrap();
-        assert!(!io.read_since_write(), "answered: idle again");
-    }
-
-    #[test]
-    fn trusted_proxies_match_ipv4_mapped_peers() {
-        let nets: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
-        assert!(is_trusted("10.1.2.3".parse().unwrap(), &nets));
-        assert!(is_trusted("::ffff:10.1.2.3".parse().unwrap(), &nets));
-        assert!(!is_trusted("192.0.2.1".parse().unwrap(), &nets));
-    }
 }

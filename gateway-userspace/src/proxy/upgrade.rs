@@ -12,7 +12,7 @@ use http::{
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
-use super::{server::ConnectionScope, RequestContext};
+use super::{drain::ConnectionScope, RequestContext};
 
 /// A client's request to switch protocols, taken off the request before
 /// the hop-by-hop headers are stripped.

@@ -1,0 +1,288 @@
+//! The byte streams a connection is served over: plain or TLS, with bytes
+//! already read put back in front (`Prefixed`), and shared between hyper and
+//! the listener (`Shared`, so a 408 can be written after hyper gave up).
+
+use std::{
+    io,
+    pin::Pin,
+    sync::{Arc, Mutex, PoisonError},
+    task::{Context, Poll},
+};
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf},
+    net::TcpStream,
+};
+use tokio_rustls::server::TlsStream;
+
+/// The HTTP/2 connection preface (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Reads until the bytes cannot be the HTTP/2 preface any more, or are all of
+/// it, so that hyper's version detection finds its answer in the buffer.
+/// `None` when the client closed without sending anything.
+pub(super) async fn sniff_preface(mut stream: Stream) -> io::Result<Option<Prefixed<Stream>>> {
+    let mut buf = BytesMut::with_capacity(4096);
+    loop {
+        buf.reserve(1024);
+        if stream.read_buf(&mut buf).await? == 0 {
+            if buf.is_empty() {
+                return Ok(None);
+            }
+            break;
+        }
+        let seen = buf.len().min(H2_PREFACE.len());
+        if buf[..seen] != H2_PREFACE[..seen] || seen == H2_PREFACE.len() {
+            break;
+        }
+    }
+    Ok(Some(Prefixed::new(stream, buf.freeze())))
+}
+
+/// A TCP connection, with or without TLS.
+pub(super) enum Stream {
+    Plain(Prefixed<TcpStream>),
+    Tls(Box<TlsStream<Prefixed<TcpStream>>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Stream::Plain(s) => s.is_write_vectored(),
+            Stream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// A stream with bytes already read from it put back in front: what
+/// followed the PROXY header, or the sniffed start of the HTTP traffic.
+pub(super) struct Prefixed<S> {
+    prefix: Bytes,
+    inner: S,
+}
+
+impl<S> Prefixed<S> {
+    pub(super) fn new(inner: S, prefix: Bytes) -> Self {
+        Self { prefix, inner }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.prefix.is_empty() {
+            let n = this.prefix.len().min(buf.remaining());
+            buf.put_slice(&this.prefix[..n]);
+            this.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// The connection's stream, shared between hyper and this module so that a
+/// 408 can still be written after hyper gives up on a slow request head;
+/// it also remembers whether the client has sent anything since our last
+/// write (a started request) or is merely idle. The lock is uncontended:
+/// only one side uses the stream at a time.
+pub(super) struct Shared<S>(Arc<Mutex<SharedState<S>>>);
+
+struct SharedState<S> {
+    io: S,
+    read_since_write: bool,
+}
+
+impl<S> Clone for Shared<S> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl<S> Shared<S> {
+    pub(super) fn new(io: S) -> Self {
+        Self(Arc::new(Mutex::new(SharedState {
+            io,
+            read_since_write: false,
+        })))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, SharedState<S>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(super) fn read_since_write(&self) -> bool {
+        self.lock().read_since_write
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Shared<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let mut state = self.lock();
+        let before = buf.filled().len();
+        let result = Pin::new(&mut state.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            state.read_since_write = true;
+        }
+        result
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Shared<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let mut state = self.lock();
+        let result = Pin::new(&mut state.io).poll_write(cx, buf);
+        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
+            state.read_since_write = false;
+        }
+        result
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let mut state = self.lock();
+        let result = Pin::new(&mut state.io).poll_write_vectored(cx, bufs);
+        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
+            state.read_since_write = false;
+        }
+        result
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.lock().io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.lock().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.lock().io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncWriteExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn prefixed_replays_before_reading_on() {
+        let (mut client, server) = tokio::io::duplex(64);
+        client.write_all(b" world").await.unwrap();
+        drop(client);
+        let mut io = Prefixed::new(server, Bytes::from_static(b"hello"));
+        let mut out = String::new();
+        io.read_to_string(&mut out).await.unwrap();
+        assert_eq!(out, "hello world");
+    }
+
+    #[tokio::test]
+    async fn shared_tracks_whether_the_client_spoke_since_our_last_write() {
+        let (mut client, server) = tokio::io::duplex(64);
+        let mut io = Shared::new(server);
+        assert!(!io.read_since_write());
+        client.write_all(b"GET / HT").await.unwrap();
+        let mut buf = [0u8; 16];
+        let n = io.read(&mut buf).await.unwrap();
+        assert_eq!(n, 8);
+        assert!(io.clone().read_since_write(), "a started request");
+        io.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.unwrap();
+        assert!(!io.read_since_write(), "answered: idle again");
+    }
+}
