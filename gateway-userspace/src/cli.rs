@@ -54,7 +54,11 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the gateway daemon in the foreground (SIGHUP reloads; SIGTERM/SIGINT drain and stop).
-    Run,
+    Run {
+        /// Worker threads serving connections (default: one per CPU core).
+        #[arg(long, env = "XGATE_WORKERS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+        workers: Option<u16>,
+    },
     /// Check a config file: prints every error with its path; exits 1 if there is any.
     Validate,
     /// Show the running daemon's listeners, lists, XDP attachment and counters.
@@ -150,10 +154,11 @@ impl From<CliXdpMode> for XdpMode {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Command::Run { workers: Some(n) } = &cli.command {
+        builder.worker_threads(usize::from(*n));
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("xgate: cannot start the async runtime: {e}");
@@ -171,7 +176,7 @@ pub fn main() -> ExitCode {
 
 async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
-        Command::Run => {
+        Command::Run { .. } => {
             telemetry::init_logging();
             daemon::run(&config_path(&cli)).await?;
             Ok(ExitCode::SUCCESS)

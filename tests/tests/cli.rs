@@ -422,3 +422,49 @@ fn rate_limit_settings_are_validated() {
         "{err}"
     );
 }
+
+#[test]
+fn run_takes_a_worker_count_and_refuses_nonsense() {
+    let out = xgate(&["run", "--workers", "0", "-c", "/nonexistent.yaml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("invalid value '0' for '--workers <WORKERS>'"),
+        "{}",
+        stderr(&out)
+    );
+    // One worker thread serves as well.
+    let dir = TempDir::new("workers");
+    let config = dir.path().join("x.yaml");
+    let admin = dir.path().join("admin.sock");
+    std::fs::write(
+        &config,
+        format!(
+            "{}admin: {{socket: {}}}\nstate_dir: {}\n",
+            valid_on_free_port(),
+            admin.display(),
+            dir.path().join("state").display()
+        ),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(xgate_tests::process::xgate_bin())
+        .args(["run", "--workers", "1", "-c", config.to_str().unwrap()])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::os::unix::net::UnixStream::connect(&admin).is_err() {
+        assert!(Instant::now() < deadline, "xgate --workers 1 did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = xgate(&[
+        "--admin-socket",
+        admin.to_str().unwrap(),
+        "status",
+        "--json",
+    ]);
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    assert!(child.wait().unwrap().success());
+    assert!(out.status.success(), "{}", stderr(&out));
+}
