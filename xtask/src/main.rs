@@ -2,6 +2,7 @@
 //! Every command installs what it needs first, idempotently: a second run
 //! only checks, and takes seconds.
 
+mod bench;
 mod setup;
 
 use std::{
@@ -35,6 +36,29 @@ enum Task {
     },
     /// The whole test suite: fmt, clippy, unit and integration tests (run as root for XDP).
     Test,
+    /// Run the benchmarks (as root) and write bench/RESULTS.md and bench/results.json
+    Bench {
+        /// Scenarios to run (`xgate-bench --help` lists them; `all` runs every one).
+        #[arg(default_value = "xdp")]
+        scenarios: Vec<String>,
+    },
+    /// Build, then attach the XDP program to an interface without a daemon (development; root).
+    Attach {
+        #[arg(long)]
+        iface: String,
+        /// Load this config's lists and rate limit (default: an empty rule set).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long, default_value = "/sys/fs/bpf/xgate")]
+        pin_path: PathBuf,
+    },
+    /// Detach what `attach` left on an interface.
+    Detach {
+        #[arg(long)]
+        iface: String,
+        #[arg(long, default_value = "/sys/fs/bpf/xgate")]
+        pin_path: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -49,6 +73,20 @@ fn main() -> ExitCode {
         Task::Build { release } => setup::all().and_then(|()| build(release)),
         Task::Run { config } => setup::all().and_then(|()| run(&config)),
         Task::Test => setup::all().and_then(|()| test()),
+        Task::Bench { scenarios } => setup::all().and_then(|()| bench::run(&scenarios)),
+        Task::Attach {
+            iface,
+            config,
+            pin_path,
+        } => setup::all().and_then(|()| attach(&iface, config.as_deref(), &pin_path)),
+        Task::Detach { iface, pin_path } => xgate(&[
+            "xdp",
+            "detach",
+            "--iface",
+            &iface,
+            "--pin-path",
+            &pin_path.display().to_string(),
+        ]),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -129,6 +167,27 @@ fn run(config: &Path) -> Result<()> {
         bail!("xgate exited with {status}");
     }
     Ok(())
+}
+
+/// `xgate xdp attach` from a fresh release build.
+fn attach(iface: &str, config: Option<&Path>, pin_path: &Path) -> Result<()> {
+    build(true)?;
+    let pin = pin_path.display().to_string();
+    let mut args = vec!["xdp", "attach", "--iface", iface, "--pin-path", &pin];
+    let config = config.map(|c| c.display().to_string());
+    if let Some(config) = &config {
+        args.extend(["--config", config.as_str()]);
+    }
+    xgate(&args)
+}
+
+/// Runs the release `xgate` binary (built by `attach`; `detach` builds it if missing).
+fn xgate(args: &[&str]) -> Result<()> {
+    let bin = Path::new("target/release/xgate");
+    if !bin.exists() {
+        build(true)?;
+    }
+    run_cmd(Command::new(bin).args(args))
 }
 
 fn test() -> Result<()> {

@@ -1,0 +1,1516 @@
+//! Scenario `flood`: does a legitimate client still get served while the
+//! gateway's address is flooded? A client does HTTP/1.1 keep-alive requests
+//! to xgate over one veth pair while another namespace floods the same
+//! address over a second veth pair with UDP datagrams and TCP SYNs, bounded
+//! in packets (trafgen `-n`): once from a denied range, once from a few
+//! sources held to the per-source rate limit (not denied). Three setups are
+//! measured in the same run, interleaved round by round:
+//!
+//! - `xdp`: xgate with XDP on both of its veth ends (the deny CIDR and the
+//!   rate limit enforced in the XDP program);
+//! - `l7`: the same config without `xdp.interfaces`: the deny list holds at
+//!   accept(), nothing limits packets;
+//! - `nft`: as `l7`, plus an nftables netdev-ingress table on the same two
+//!   interfaces with the same deny range and per-source budget.
+//!
+//! Per round and setup: goodput and latency without flood, then under each
+//! flood (the ratios are taken between these back-to-back runs), then each
+//! flood alone to measure what it costs the gateway: packets received per
+//! second (the receiver's own counters, not the sender's), packets dropped
+//! by the filter (XDP counters from `xgate status --json`, nft rule
+//! counters) and the gateway's CPU time.
+//!
+//! Two machines on one host: the gateway (xgate, the upstream in its
+//! namespace, and the receive path of its two veth ends) runs on the last
+//! CPU; the client (wrk), the attacker (trafgen) and their veth ends on
+//! CPU 0. On veth the
+//! receive work runs wherever the sender runs unless it is moved: every
+//! veth end here has GRO on, TSO off (so every packet takes the NAPI path)
+//! and threaded NAPI, and each NAPI thread is pinned to its machine's CPU.
+//! So the XDP program, nftables and the IP stack all run on the gateway's
+//! CPU, in the same kind of context, after the same ring, and the attacker's
+//! sending cost stays on the other CPU.
+
+use std::{
+    collections::HashMap,
+    net::{Ipv4Addr, SocketAddr},
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, ensure, Context, Result};
+use serde_json::{json, Value};
+
+use crate::{
+    lab::{self, CpuTimes, Flood},
+    load::{LoadResult, Shape, Wrk},
+    peers::{self, Template},
+    report::{self, Report},
+    stats::{ratio, Samples},
+    sys::{self, command, NetNs, PrivateBpffs, Spawned, TempDir},
+    upstream, Settings,
+};
+
+pub const DEFAULT_ROUNDS: usize = 3;
+pub const DEFAULT_DURATION_S: u64 = 4;
+/// Seconds of flood alone per cost measurement.
+const COST_S: u64 = 2;
+/// The flood starts this long before the load run it overlaps.
+const LEAD: Duration = Duration::from_millis(500);
+/// trafgen's rate cap (`-b`): far above what one CPU sends with blocking
+/// `sendto`, so the attacker floods as fast as it can and the gateway's
+/// ring pushes back; what arrived is measured. With the run's length it
+/// also bounds every flood's packet count.
+pub const FLOOD_MAX_PPS: u64 = 2_000_000;
+/// The second, moderate flood: this many packets per second.
+pub const PACED_PPS: u64 = 200_000;
+/// trafgen's niceness: on the outside CPU the legitimate client (nice 0)
+/// gets the CPU time it needs first, the attacker all the rest.
+const FLOOD_NICE: i32 = 10;
+/// The target: goodput under flood over goodput without, with XDP on.
+const TARGET: f64 = 0.90;
+
+/// The legitimate load: one wrk thread, 16 keep-alive connections.
+const WRK_THREADS: u32 = 1;
+const WRK_CONNECTIONS: u32 = 16;
+
+const XGATE_TEMPLATE: Template = Template {
+    file: "xgate-flood.yaml",
+    text: include_str!("../peers/xgate-flood.yaml"),
+};
+const NFT_TEMPLATE: Template = Template {
+    file: "nftables-flood.nft",
+    text: include_str!("../peers/nftables-flood.nft"),
+};
+const TRAFGEN_TEMPLATE: Template = Template {
+    file: "trafgen-flood.cfg",
+    text: include_str!("../peers/trafgen-flood.cfg"),
+};
+
+// The lab's addresses (198.18.0.0/15 is reserved for benchmarks) and
+// interfaces (created inside the run's namespaces only).
+const GW_CLIENT_IF: &str = "xgbfg0";
+const GW_FLOOD_IF: &str = "xgbff0";
+const CLIENT_IF: &str = "xgbfc0";
+const ATTACKER_IF: &str = "xgbfa0";
+const GW_CLIENT_CIDR: &str = "198.18.0.1/24";
+const CLIENT_CIDR: &str = "198.18.0.2/24";
+const GW_FLOOD_CIDR: &str = "198.18.1.1/24";
+const ATTACKER_CIDR: &str = "198.18.1.2/24";
+const ATTACKER_ADDR: &str = "198.18.1.2";
+const LISTEN_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+const LISTEN_PORT: u16 = 8080;
+const UPSTREAM: &str = "127.0.0.1:9000";
+/// The legitimate client's network: never rate-limited.
+const EXEMPT_CIDR: &str = "198.18.0.0/24";
+/// The denied range the first flood comes from.
+const DENY_CIDR: &str = "198.19.0.0/16";
+/// The 16 sources of the second flood (not denied, rate-limited).
+const LIMITED_CIDR: &str = "198.18.64.0/24";
+const LIMITED_SOURCES: u32 = 16;
+/// The per-source budget (packets/s, bucket depth).
+const RATE: u64 = 1_000;
+const BURST: u64 = 2_000;
+const NFT_TABLE: &str = "xgate_bench_flood";
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+enum Setup {
+    Xdp,
+    L7,
+    Nft,
+}
+
+impl Setup {
+    const ALL: [Setup; 3] = [Setup::Xdp, Setup::L7, Setup::Nft];
+
+    fn id(self) -> &'static str {
+        match self {
+            Setup::Xdp => "xdp",
+            Setup::L7 => "l7",
+            Setup::Nft => "nft",
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Setup::Xdp => "(a) xgate, XDP on",
+            Setup::L7 => "(b) xgate, L7 only",
+            Setup::Nft => "(c) xgate L7 + nftables ingress",
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+enum Kind {
+    Denied,
+    Limited,
+}
+
+impl Kind {
+    const ALL: [Kind; 2] = [Kind::Denied, Kind::Limited];
+
+    fn id(self) -> &'static str {
+        match self {
+            Kind::Denied => "denied",
+            Kind::Limited => "rate_limited",
+        }
+    }
+
+    fn label(self) -> String {
+        match self {
+            Kind::Denied => format!("UDP + SYN from random hosts of {DENY_CIDR} (denied)"),
+            Kind::Limited => format!(
+                "UDP + SYN from {LIMITED_SOURCES} hosts of {LIMITED_CIDR} (rate-limited, {RATE} pps each)"
+            ),
+        }
+    }
+
+    /// The source address bytes after `198, ` in the trafgen template.
+    fn source(self) -> &'static str {
+        match self {
+            Kind::Denied => "19, drnd(2)",
+            Kind::Limited => "18, 64, dinc(1, 16)",
+        }
+    }
+}
+
+/// How hard the attacker sends.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+enum Rate {
+    /// As fast as trafgen goes on one CPU (the gateway's ring pushes back).
+    Max,
+    /// [`PACED_PPS`].
+    Paced,
+}
+
+impl Rate {
+    const ALL: [Rate; 2] = [Rate::Max, Rate::Paced];
+
+    fn id(self) -> &'static str {
+        match self {
+            Rate::Max => "max",
+            Rate::Paced => "paced",
+        }
+    }
+
+    fn label(self) -> String {
+        match self {
+            Rate::Max => "as fast as trafgen sends".into(),
+            Rate::Paced => format!("{} kpps", PACED_PPS / 1000),
+        }
+    }
+
+    /// trafgen's `-b` cap.
+    fn pps(self) -> u64 {
+        match self {
+            Rate::Max => FLOOD_MAX_PPS,
+            Rate::Paced => PACED_PPS,
+        }
+    }
+}
+
+/// One wrk run.
+#[derive(Debug, Clone, Copy, Default)]
+struct Load {
+    rps: f64,
+    p50_us: f64,
+    p99_us: f64,
+    requests: u64,
+    errors: u64,
+}
+
+impl Load {
+    /// The mean of two runs (the baseline before and after the floods).
+    fn mean(a: &Load, b: &Load) -> Load {
+        Load {
+            rps: (a.rps + b.rps) / 2.0,
+            p50_us: (a.p50_us + b.p50_us) / 2.0,
+            p99_us: (a.p99_us + b.p99_us) / 2.0,
+            requests: a.requests + b.requests,
+            errors: a.errors + b.errors,
+        }
+    }
+}
+
+impl From<&LoadResult> for Load {
+    fn from(r: &LoadResult) -> Self {
+        Load {
+            rps: r.rps,
+            p50_us: r.p50_us,
+            p99_us: r.p99_us,
+            requests: r.requests,
+            errors: r.socket_errors + r.bad_status,
+        }
+    }
+}
+
+/// Counters at one instant.
+#[derive(Debug, Clone)]
+struct Snapshot {
+    at: Instant,
+    /// Packets the filter dropped as denied / as over budget (XDP or nft).
+    denied: u64,
+    limited: u64,
+    /// Packets the gateway's flood-facing interface received (processed by
+    /// its NAPI thread: XDP, then GRO and the stack).
+    rx: u64,
+    /// Frames the attacker's veth end could not hand over because the
+    /// gateway's receive ring was full (trafgen retries them).
+    refused: u64,
+    /// Gateway CPU time, clock ticks: xgate, the upstream and the NAPI
+    /// threads of the gateway's two veth ends.
+    gw_ticks: u64,
+    napi_flood_ticks: u64,
+    cpus: Vec<CpuTimes>,
+}
+
+/// The differences between two snapshots.
+#[derive(Debug, Clone, Copy, Default)]
+struct Delta {
+    seconds: f64,
+    dropped: u64,
+    rx: u64,
+    refused: u64,
+    gw_cpu_s: f64,
+    napi_flood_cpu_s: f64,
+    /// Busy time of the gateway's CPU not accounted to the gateway's
+    /// processes and threads (the client's, the attacker's or anything else
+    /// that ran there), CPU-seconds.
+    other_on_gw_cpu_s: f64,
+    /// Busy time of the outside CPU (client, attacker), CPU-seconds.
+    outside_busy_s: f64,
+}
+
+fn delta(a: &Snapshot, b: &Snapshot, place: Placement) -> Delta {
+    let hz = sys::clock_ticks();
+    let busy_of = |cpu: usize| {
+        b.cpus
+            .get(cpu)
+            .zip(a.cpus.get(cpu))
+            .map(|(b, a)| b.since(a).busy)
+            .unwrap_or(0) as f64
+            / hz
+    };
+    let busy = busy_of(place.gateway);
+    let gw_cpu_s = b.gw_ticks.saturating_sub(a.gw_ticks) as f64 / hz;
+    Delta {
+        seconds: b.at.duration_since(a.at).as_secs_f64(),
+        dropped: (b.denied + b.limited).saturating_sub(a.denied + a.limited),
+        rx: b.rx.saturating_sub(a.rx),
+        refused: b.refused.saturating_sub(a.refused),
+        gw_cpu_s,
+        napi_flood_cpu_s: b.napi_flood_ticks.saturating_sub(a.napi_flood_ticks) as f64 / hz,
+        other_on_gw_cpu_s: (busy - gw_cpu_s).max(0.0),
+        outside_busy_s: busy_of(place.outside),
+    }
+}
+
+/// Goodput under one flood, with its baseline from the same round.
+#[derive(Debug, Clone, Copy)]
+struct UnderFlood {
+    /// The mean of the runs without flood just before and just after this
+    /// setup's flood runs in this round.
+    base: Load,
+    base_before: Load,
+    base_after: Load,
+    /// Gateway CPU-seconds per second and the outside CPU's busy fraction
+    /// during the runs without flood.
+    base_gw_util: f64,
+    base_outside_util: f64,
+    flood: Load,
+    /// Flood packets per second that reached the gateway during the load
+    /// run, and of them dropped by the filter.
+    rx_pps: f64,
+    dropped_pps: f64,
+    /// Gateway CPU-seconds per second during the load run.
+    gw_cpu_util: f64,
+    /// Busy time on the gateway's CPU not accounted to it, per second.
+    other_on_gw_cpu: f64,
+    /// The outside CPU's busy fraction during the load run.
+    outside_util: f64,
+    /// Whether the flood lasted the whole load run.
+    covered: bool,
+    sent: u64,
+    flood_seconds: f64,
+}
+
+/// The flood alone: what it costs the gateway.
+#[derive(Debug, Clone, Copy)]
+struct Cost {
+    d: Delta,
+    sent: u64,
+}
+
+#[derive(Default)]
+struct Results {
+    under: HashMap<(Setup, Kind, Rate), Vec<UnderFlood>>,
+    cost: HashMap<(Setup, Kind), Vec<Cost>>,
+    xdp_modes: Vec<String>,
+    other_on_gw_cpu: Samples,
+}
+
+/// Where things run: the gateway's CPU and the outside world's.
+#[derive(Debug, Clone, Copy)]
+struct Placement {
+    outside: usize,
+    gateway: usize,
+}
+
+impl Placement {
+    fn detect() -> Self {
+        let cpus = peers::threads();
+        Placement {
+            outside: 0,
+            gateway: cpus.saturating_sub(1),
+        }
+    }
+}
+
+/// Everything the rounds run on. Fields drop in order: the upstream first,
+/// then the namespaces (their interfaces go with them), then the private
+/// bpffs (xgate's pins), then the temp dir.
+struct Lab {
+    upstream: Spawned,
+    gw: NetNs,
+    client: NetNs,
+    attacker: NetNs,
+    bpffs: PrivateBpffs,
+    tmp: TempDir,
+    wrk: Wrk,
+    xgate: peers::Binary,
+    place: Placement,
+    flood_cfg: HashMap<Kind, PathBuf>,
+    trafgen_version: String,
+    nft_version: String,
+}
+
+/// A running setup: xgate (and for `nft`, the table, removed on drop).
+struct Running {
+    setup: Setup,
+    // Declared first: the table goes before xgate stops.
+    nft: Option<NftTable>,
+    xgate: Spawned,
+    config: PathBuf,
+    napi_gw: Vec<u32>,
+    napi_flood: Vec<u32>,
+    /// XDP attach modes reported by `xgate status` (`iface: mode`).
+    modes: Vec<String>,
+}
+
+/// The nftables table in the gateway namespace; deleted on drop (it would
+/// also go with the namespace).
+struct NftTable {
+    netns: PathBuf,
+}
+
+impl Drop for NftTable {
+    fn drop(&mut self) {
+        sys::run_cleanup(command(
+            "nsenter",
+            [
+                format!("--net={}", self.netns.display()),
+                "nft".into(),
+                "delete".into(),
+                "table".into(),
+                "netdev".into(),
+                NFT_TABLE.into(),
+            ],
+        ));
+    }
+}
+
+/// A flood under load lasts at most this long (it is ended when the load
+/// run ends): the lead, the run, and as much again as a margin.
+fn planned_seconds(d: u64) -> f64 {
+    2.0 * (d as f64 + LEAD.as_secs_f64())
+}
+
+fn mac_bytes(mac: &str) -> String {
+    mac.split(':')
+        .map(|b| format!("0x{b}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn tool_version(program: &str, args: &[&str]) -> String {
+    sys::run_unchecked(command(program, args))
+        .map(|o| {
+            let text = if o.stdout.trim().is_empty() {
+                o.stderr
+            } else {
+                o.stdout
+            };
+            text.lines().next().unwrap_or("").trim().to_string()
+        })
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+impl Lab {
+    fn create(xgate: peers::Binary) -> Result<Self> {
+        let place = Placement::detect();
+        let tmp = TempDir::create("flood")?;
+        let wrk = Wrk::new(tmp.path())?;
+        let trafgen_version = tool_version("trafgen", &["-v"]);
+        if !trafgen_version.contains("trafgen") {
+            bail!("trafgen is not installed (Debian package netsniff-ng; `cargo xtask bench flood` installs it)");
+        }
+        let nft_version = tool_version("nft", &["--version"]);
+        if !nft_version.contains("nftables") {
+            bail!("nft is not installed (Debian package nftables; `cargo xtask bench flood` installs it)");
+        }
+        let bpffs = PrivateBpffs::create("flood-bpf")?;
+        let gw = NetNs::create("fgw")?;
+        let client = NetNs::create("fcl")?;
+        let attacker = NetNs::create("fat")?;
+        lab::veth(
+            &gw,
+            GW_CLIENT_IF,
+            GW_CLIENT_CIDR,
+            &client,
+            CLIENT_IF,
+            CLIENT_CIDR,
+        )?;
+        lab::veth(
+            &gw,
+            GW_FLOOD_IF,
+            GW_FLOOD_CIDR,
+            &attacker,
+            ATTACKER_IF,
+            ATTACKER_CIDR,
+        )?;
+        // Replies to flood sources (SYN-ACKs) go back towards the attacker,
+        // whose namespace does not forward them: nothing leaves the lab.
+        for range in [DENY_CIDR, LIMITED_CIDR] {
+            gw.ip(&["route", "add", range, "via", ATTACKER_ADDR])?;
+        }
+        // Every veth end: GRO on and TSO off, so that every packet is
+        // received through the NAPI ring, in a NAPI thread of its own.
+        for (ns, ifname) in [
+            (&gw, GW_CLIENT_IF),
+            (&gw, GW_FLOOD_IF),
+            (&client, CLIENT_IF),
+            (&attacker, ATTACKER_IF),
+        ] {
+            lab::ns_sh(
+                ns,
+                &format!(
+                    "ethtool -K {ifname} tso off gro on && echo 1 > /sys/class/net/{ifname}/threaded"
+                ),
+            )
+            .with_context(|| format!("threaded NAPI on {ifname}"))?;
+        }
+
+        let mut flood_cfg = HashMap::new();
+        let dst_mac = mac_bytes(&lab::mac(&gw, GW_FLOOD_IF)?);
+        let src_mac = mac_bytes(&lab::mac(&attacker, ATTACKER_IF)?);
+        for kind in Kind::ALL {
+            let text = peers::render(
+                TRAFGEN_TEMPLATE.text,
+                &[
+                    ("DST_MAC", dst_mac.clone()),
+                    ("SRC_MAC", src_mac.clone()),
+                    ("SOURCE", kind.source().into()),
+                    (
+                        "DST_IP",
+                        LISTEN_IP.octets().map(|o| o.to_string()).join(", "),
+                    ),
+                    ("DST_PORT", LISTEN_PORT.to_string()),
+                ],
+                false,
+            )?;
+            let path = tmp.path().join(format!("trafgen-{}.cfg", kind.id()));
+            std::fs::write(&path, text)?;
+            flood_cfg.insert(kind, path);
+        }
+
+        let exe = std::env::current_exe().context("finding the harness's own executable")?;
+        let mut cmd = lab::ns_command(&gw, exe);
+        cmd.args([upstream::SUBCOMMAND, "--listen", UPSTREAM, "--threads", "1"]);
+        lab::run_on(&mut cmd, &[place.gateway]);
+        let mut upstream = Spawned::start("bench upstream", cmd, &tmp.path().join("upstream.log"))?;
+        lab::wait_http(
+            &gw,
+            &mut upstream,
+            UPSTREAM.parse()?,
+            upstream::SMALL_PATH,
+            upstream::SMALL_BODY,
+            Duration::from_secs(10),
+        )?;
+        let lab = Lab {
+            upstream,
+            gw,
+            client,
+            attacker,
+            bpffs,
+            tmp,
+            wrk,
+            xgate,
+            place,
+            flood_cfg,
+            trafgen_version,
+            nft_version,
+        };
+        lab.pin_napi_threads()?;
+        Ok(lab)
+    }
+
+    /// Pins the NAPI threads of the gateway's veth ends to the gateway's
+    /// CPU and the others to the outside CPU; returns the gateway's
+    /// (client-facing, flood-facing) thread ids.
+    fn pin_napi_threads(&self) -> Result<(Vec<u32>, Vec<u32>)> {
+        let mut found = Vec::new();
+        for (ifname, cpu) in [
+            (GW_CLIENT_IF, self.place.gateway),
+            (GW_FLOOD_IF, self.place.gateway),
+            (CLIENT_IF, self.place.outside),
+            (ATTACKER_IF, self.place.outside),
+        ] {
+            let threads = lab::kernel_threads(&format!("napi/{ifname}-"));
+            ensure!(
+                !threads.is_empty(),
+                "no threaded-NAPI kernel thread for {ifname} (napi/{ifname}-*)"
+            );
+            for &t in &threads {
+                ensure!(
+                    lab::set_affinity(t, &[cpu]),
+                    "cannot pin napi thread {t} of {ifname} to CPU {cpu}"
+                );
+            }
+            found.push(threads);
+        }
+        Ok((found[0].clone(), found[1].clone()))
+    }
+
+    fn listen(&self) -> SocketAddr {
+        SocketAddr::from((LISTEN_IP, LISTEN_PORT))
+    }
+
+    fn start(&self, setup: Setup) -> Result<Running> {
+        sys::check_interrupted()?;
+        let dir = self.tmp.path().join(setup.id());
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let interfaces = match setup {
+            Setup::Xdp => format!("{GW_CLIENT_IF}, {GW_FLOOD_IF}"),
+            Setup::L7 | Setup::Nft => String::new(),
+        };
+        let text = peers::render(
+            XGATE_TEMPLATE.text,
+            &[
+                ("LISTEN", self.listen().to_string()),
+                ("DIR", dir.display().to_string()),
+                ("XDP_INTERFACES", interfaces),
+                ("DENY_CIDR", DENY_CIDR.into()),
+                ("RATE", RATE.to_string()),
+                ("BURST", BURST.to_string()),
+                ("EXEMPT_CIDR", EXEMPT_CIDR.into()),
+                ("UPSTREAM", UPSTREAM.into()),
+            ],
+            false,
+        )?;
+        let config = dir.join(XGATE_TEMPLATE.file);
+        std::fs::write(&config, text)?;
+        sys::run(
+            command(
+                self.xgate.path.to_str().context("xgate path")?,
+                ["validate", "-c"],
+            )
+            .arg(&config),
+        )
+        .context("xgate refuses the flood config")?;
+        // In the run's private bpffs (its pins vanish with it) and the
+        // gateway namespace, on the gateway's CPU.
+        let mut cmd = self.bpffs.nsenter(Some(&self.gw), "env");
+        cmd.arg("RUST_LOG=warn")
+            .arg(&self.xgate.path)
+            .arg("run")
+            .arg("-c")
+            .arg(&config)
+            .current_dir(&dir);
+        lab::run_on(&mut cmd, &[self.place.gateway]);
+        let mut xgate = Spawned::start("xgate", cmd, &dir.join("xgate.log"))?;
+        lab::wait_http(
+            &self.client,
+            &mut xgate,
+            self.listen(),
+            upstream::SMALL_PATH,
+            upstream::SMALL_BODY,
+            Duration::from_secs(30),
+        )?;
+        let mut running = Running {
+            setup,
+            nft: None,
+            xgate,
+            config,
+            napi_gw: Vec::new(),
+            napi_flood: Vec::new(),
+            modes: Vec::new(),
+        };
+        if setup == Setup::Xdp {
+            let status = self.status(&running)?;
+            let attached: Vec<(String, String)> = status["xdp"]["attached"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|x| {
+                            (
+                                x["interface"].as_str().unwrap_or("").to_string(),
+                                x["mode"].as_str().unwrap_or("").to_string(),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            ensure!(
+                attached.len() == 2,
+                "xgate did not attach XDP to both veth ends: {}",
+                status
+            );
+            running.xgate.check_running()?;
+            running.modes = attached
+                .into_iter()
+                .map(|(iface, mode)| format!("{iface}: {mode}"))
+                .collect();
+        }
+        if setup == Setup::Nft {
+            let text = peers::render(
+                NFT_TEMPLATE.text,
+                &[
+                    ("TABLE", NFT_TABLE.into()),
+                    ("GW_CLIENT_IF", GW_CLIENT_IF.into()),
+                    ("GW_FLOOD_IF", GW_FLOOD_IF.into()),
+                    ("DENY_CIDR", DENY_CIDR.into()),
+                    ("EXEMPT_CIDR", EXEMPT_CIDR.into()),
+                    ("LISTEN_IP", LISTEN_IP.to_string()),
+                    ("LISTEN_PORT", LISTEN_PORT.to_string()),
+                    ("RATE", RATE.to_string()),
+                    ("BURST", BURST.to_string()),
+                ],
+                false,
+            )?;
+            let file = dir.join(NFT_TEMPLATE.file);
+            std::fs::write(&file, text)?;
+            running.nft = Some(NftTable {
+                netns: self.gw.path(),
+            });
+            sys::run(lab::ns_command(&self.gw, "nft").arg("-f").arg(&file))
+                .context("loading the nftables table")?;
+        }
+        // Attaching XDP may have re-created the NAPI threads: pin again.
+        let (gw_threads, flood_threads) = self.pin_napi_threads()?;
+        running.napi_gw = gw_threads;
+        running.napi_gw.extend(&flood_threads);
+        running.napi_flood = flood_threads;
+        // Warm up: connections to the upstream, caches.
+        self.load(1)?;
+        Ok(running)
+    }
+
+    fn status(&self, running: &Running) -> Result<Value> {
+        let out = sys::run(
+            command(
+                self.xgate.path.to_str().context("xgate path")?,
+                ["status", "--json", "-c"],
+            )
+            .arg(&running.config),
+        )?;
+        serde_json::from_str(out.stdout.trim()).context("xgate status --json: not JSON")
+    }
+
+    /// (denied, rate-limited) packets the setup's filter dropped so far.
+    fn filter_counters(&self, running: &Running) -> Result<(u64, u64)> {
+        match running.setup {
+            Setup::L7 => Ok((0, 0)),
+            Setup::Xdp => {
+                let status = self.status(running)?;
+                let c = &status["xdp"]["counters"];
+                let get = |k: &str| {
+                    c[k].as_u64()
+                        .with_context(|| format!("no XDP counter {k} in {status}"))
+                };
+                Ok((get("denied_v4")?, get("rate_limited")?))
+            }
+            Setup::Nft => {
+                let out = sys::run(
+                    lab::ns_command(&self.gw, "nft")
+                        .args(["-j", "list", "table", "netdev", NFT_TABLE]),
+                )?;
+                let v: Value =
+                    serde_json::from_str(out.stdout.trim()).context("nft -j: not JSON")?;
+                nft_counters(&v)
+            }
+        }
+    }
+
+    fn snapshot(&self, running: &Running) -> Result<Snapshot> {
+        let (denied, limited) = self.filter_counters(running)?;
+        let rx = lab::link_stats(&self.gw, GW_FLOOD_IF)?.rx_packets;
+        let refused = lab::link_stats(&self.attacker, ATTACKER_IF)?.tx_dropped;
+        let mut pids = vec![running.xgate.pid(), self.upstream.pid()];
+        pids.extend(&running.napi_gw);
+        let gw_ticks = pids.iter().map(|&p| lab::ticks(p)).sum();
+        let napi_flood_ticks = running.napi_flood.iter().map(|&p| lab::ticks(p)).sum();
+        Ok(Snapshot {
+            at: Instant::now(),
+            denied,
+            limited,
+            rx,
+            refused,
+            gw_ticks,
+            napi_flood_ticks,
+            cpus: lab::cpu_times(),
+        })
+    }
+
+    /// A wrk run of `seconds` from the client's namespace and CPU.
+    fn load(&self, seconds: u64) -> Result<Load> {
+        let url = format!("http://{}{}", self.listen(), upstream::SMALL_PATH);
+        let shape = Shape {
+            threads: WRK_THREADS,
+            connections: WRK_CONNECTIONS,
+            streams: 1,
+            seconds,
+        };
+        let wrk = &self.wrk;
+        let result = lab::in_netns(&self.client, Some(self.place.outside), move || {
+            wrk.run(&url, shape, &[])
+        })??;
+        ensure!(result.requests > 0, "wrk completed no request");
+        Ok(Load::from(&result))
+    }
+
+    /// A flood at `rate`, of at most `seconds` × its rate cap packets.
+    fn flood(&self, kind: Kind, rate: Rate, seconds: f64, tag: &str) -> Result<Flood> {
+        Flood::start(
+            &self.attacker,
+            ATTACKER_IF,
+            &self.flood_cfg[&kind],
+            (rate.pps() as f64 * seconds).ceil() as u64,
+            rate.pps(),
+            self.place.outside,
+            FLOOD_NICE,
+            &self.tmp.path().join(format!("trafgen-{tag}.log")),
+        )
+    }
+
+    /// Ends a flood (if it has not sent its count yet) and checks that no
+    /// trafgen process of it is left.
+    fn finish(&self, flood: &mut Flood) -> Result<lab::FloodDone> {
+        let done = flood.end()?;
+        let left = flood.left_alive();
+        ensure!(
+            left.is_empty(),
+            "trafgen processes {left:?} still alive after the flood"
+        );
+        Ok(done)
+    }
+
+    /// One load run under `kind`'s flood at `rate`; the baseline is filled
+    /// in by the caller.
+    fn under_flood(&self, running: &Running, kind: Kind, rate: Rate, d: u64) -> Result<UnderFlood> {
+        let mut flood = self.flood(kind, rate, planned_seconds(d), "load")?;
+        std::thread::sleep(LEAD);
+        let a = self.snapshot(running)?;
+        let loaded = self.load(d);
+        let b = self.snapshot(running)?;
+        let done = self.finish(&mut flood)?;
+        let loaded = loaded?;
+        let dl = delta(&a, &b, self.place);
+        Ok(UnderFlood {
+            base: Load::default(),
+            base_before: Load::default(),
+            base_after: Load::default(),
+            base_gw_util: f64::NAN,
+            base_outside_util: f64::NAN,
+            flood: loaded,
+            rx_pps: dl.rx as f64 / dl.seconds,
+            dropped_pps: dl.dropped as f64 / dl.seconds,
+            gw_cpu_util: dl.gw_cpu_s / dl.seconds,
+            other_on_gw_cpu: dl.other_on_gw_cpu_s / dl.seconds,
+            outside_util: dl.outside_busy_s / dl.seconds,
+            // Still sending when the load run ended.
+            covered: done.ended,
+            sent: done.sent,
+            flood_seconds: done.seconds,
+        })
+    }
+
+    /// One round of a setup: the load without flood, under every flood,
+    /// and without flood again.
+    fn round(&self, running: &Running, d: u64, res: &mut Results) -> Result<()> {
+        let s0 = self.snapshot(running)?;
+        let before = self.load(d)?;
+        let s1 = self.snapshot(running)?;
+        let mut runs = Vec::new();
+        for rate in Rate::ALL {
+            for kind in Kind::ALL {
+                let u = self.under_flood(running, kind, rate, d).with_context(|| {
+                    format!(
+                        "{} under the {} {} flood",
+                        running.setup.id(),
+                        rate.id(),
+                        kind.id()
+                    )
+                })?;
+                runs.push((kind, rate, u));
+            }
+        }
+        let s2 = self.snapshot(running)?;
+        let after = self.load(d)?;
+        let s3 = self.snapshot(running)?;
+        let base = Load::mean(&before, &after);
+        let (d1, d2) = (delta(&s0, &s1, self.place), delta(&s2, &s3, self.place));
+        let base_gw_util = (d1.gw_cpu_s + d2.gw_cpu_s) / (d1.seconds + d2.seconds);
+        let base_outside_util = (d1.outside_busy_s + d2.outside_busy_s) / (d1.seconds + d2.seconds);
+        for (kind, rate, mut u) in runs {
+            u.base = base;
+            u.base_before = before;
+            u.base_after = after;
+            u.base_gw_util = base_gw_util;
+            u.base_outside_util = base_outside_util;
+            res.other_on_gw_cpu.push(u.other_on_gw_cpu);
+            res.under
+                .entry((running.setup, kind, rate))
+                .or_default()
+                .push(u);
+        }
+        Ok(())
+    }
+
+    /// The flood alone: received, dropped, and the gateway's CPU time.
+    fn cost(&self, running: &Running, kind: Kind, res: &mut Results) -> Result<()> {
+        let a = self.snapshot(running)?;
+        let mut flood = self.flood(kind, Rate::Max, COST_S as f64, "cost")?;
+        let deadline = Instant::now() + Duration::from_secs(COST_S);
+        while Instant::now() < deadline {
+            sys::check_interrupted()?;
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let done = self.finish(&mut flood)?;
+        // Let the rings drain.
+        std::thread::sleep(Duration::from_millis(100));
+        let b = self.snapshot(running)?;
+        res.cost
+            .entry((running.setup, kind))
+            .or_default()
+            .push(Cost {
+                d: delta(&a, &b, self.place),
+                sent: done.sent,
+            });
+        Ok(())
+    }
+}
+
+/// (denied, rate-limited) packet counters of the nft table's two rules,
+/// found by their comments.
+fn nft_counters(v: &Value) -> Result<(u64, u64)> {
+    let mut found = HashMap::new();
+    for item in v["nftables"].as_array().into_iter().flatten() {
+        let Some(rule) = item.get("rule") else {
+            continue;
+        };
+        let Some(comment) = rule["comment"].as_str() else {
+            continue;
+        };
+        let packets = rule["expr"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find_map(|e| e.get("counter")?.get("packets")?.as_u64());
+        if let Some(p) = packets {
+            found.insert(comment.to_string(), p);
+        }
+    }
+    match (found.get("deny"), found.get("rate_limit")) {
+        (Some(d), Some(l)) => Ok((*d, *l)),
+        _ => bail!("nft table {NFT_TABLE} has no counters for its deny and rate_limit rules: {v}"),
+    }
+}
+
+pub fn run(settings: &Settings) -> Result<Report> {
+    let started = report::utc_now();
+    let rounds = settings.rounds_or(DEFAULT_ROUNDS);
+    let d = settings.duration_or(DEFAULT_DURATION_S);
+    let xgate = peers::find(peers::Kind::Xgate).context("xgate release binary")?;
+    eprintln!("    lab: gateway, client and attacker namespaces, two veth pairs, threaded NAPI");
+    let lab = Lab::create(xgate)?;
+    eprintln!(
+        "    gateway on CPU {}; client, upstream and attacker on CPU {}",
+        lab.place.gateway, lab.place.outside
+    );
+    // A tiny flood first: the trafgen configs parse and send.
+    for kind in Kind::ALL {
+        let mut f = lab.flood(kind, Rate::Max, 10.0 / FLOOD_MAX_PPS as f64, "check")?;
+        f.wait(Duration::from_secs(10))
+            .and_then(|_| lab.finish(&mut f))
+            .with_context(|| format!("trafgen check of the {} flood", kind.id()))?;
+    }
+    let mut res = Results::default();
+    for round in 1..=rounds {
+        for k in 0..Setup::ALL.len() {
+            let setup = Setup::ALL[(k + round - 1) % Setup::ALL.len()];
+            sys::check_interrupted()?;
+            let running = lab
+                .start(setup)
+                .with_context(|| format!("starting setup {}", setup.id()))?;
+            lab.round(&running, d, &mut res)
+                .with_context(|| format!("round {round}"))?;
+            for kind in Kind::ALL {
+                lab.cost(&running, kind, &mut res).with_context(|| {
+                    format!("round {round}, {} cost of {} flood", setup.id(), kind.id())
+                })?;
+            }
+            let line = Rate::ALL
+                .iter()
+                .flat_map(|r| Kind::ALL.iter().map(move |k| (*k, *r)))
+                .filter_map(|(k, r)| res.under.get(&(setup, k, r))?.last().map(|u| (k, r, *u)))
+                .map(|(k, r, u)| {
+                    format!(
+                        "{} {} {:.0} -> {:.0} req/s ({:.0}%, {:.0} kpps in)",
+                        r.id(),
+                        k.id(),
+                        u.base.rps,
+                        u.flood.rps,
+                        100.0 * ratio(u.flood.rps, u.base.rps),
+                        u.rx_pps / 1e3
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("; ");
+            eprintln!("    round {round}/{rounds} {}: {line}", setup.id());
+            for mode in &running.modes {
+                if !res.xdp_modes.contains(mode) {
+                    res.xdp_modes.push(mode.clone());
+                }
+            }
+            drop(running);
+        }
+    }
+    let info = Info {
+        started,
+        rounds,
+        duration: d,
+        place: lab.place,
+        trafgen: lab.trafgen_version.clone(),
+        nft: lab.nft_version.clone(),
+        wrk: lab.wrk.version.clone(),
+        xgate: lab.xgate.version.clone(),
+    };
+    drop(lab);
+    Ok(build_report(&res, &info))
+}
+
+struct Info {
+    started: String,
+    rounds: usize,
+    duration: u64,
+    place: Placement,
+    trafgen: String,
+    nft: String,
+    wrk: String,
+    xgate: String,
+}
+
+/// Medians of one (setup, flood, rate) cell under load.
+struct Row {
+    setup: Setup,
+    kind: Kind,
+    rate: Rate,
+    base_rps: f64,
+    flood_rps: f64,
+    /// Median of the per-round ratios.
+    goodput: f64,
+    base_p99: f64,
+    flood_p99: f64,
+    p99_ratio: f64,
+    rx_pps: f64,
+    dropped_pps: f64,
+    gw_cpu_util: f64,
+    base_gw_util: f64,
+    outside_util: f64,
+    base_outside_util: f64,
+    errors: u64,
+    covered: bool,
+}
+
+/// Medians of one (setup, flood) cell of the flood alone.
+struct CostRow {
+    setup: Setup,
+    kind: Kind,
+    rx_pps: f64,
+    dropped_fraction: f64,
+    gw_cpu_s: f64,
+    seconds: f64,
+    dropped_per_cpu_s: f64,
+    received_per_cpu_s: f64,
+    ns_per_packet: f64,
+}
+
+fn median(values: impl Iterator<Item = f64>) -> f64 {
+    Samples(values.collect()).median()
+}
+
+fn rows(res: &Results) -> (Vec<Row>, Vec<CostRow>) {
+    let mut out = Vec::new();
+    let mut costs = Vec::new();
+    for setup in Setup::ALL {
+        for rate in Rate::ALL {
+            for kind in Kind::ALL {
+                let under = res
+                    .under
+                    .get(&(setup, kind, rate))
+                    .cloned()
+                    .unwrap_or_default();
+                let m = |f: &dyn Fn(&UnderFlood) -> f64| median(under.iter().map(f));
+                out.push(Row {
+                    setup,
+                    kind,
+                    rate,
+                    base_rps: m(&|u| u.base.rps),
+                    flood_rps: m(&|u| u.flood.rps),
+                    goodput: m(&|u| ratio(u.flood.rps, u.base.rps)),
+                    base_p99: m(&|u| u.base.p99_us),
+                    flood_p99: m(&|u| u.flood.p99_us),
+                    p99_ratio: m(&|u| ratio(u.flood.p99_us, u.base.p99_us)),
+                    rx_pps: m(&|u| u.rx_pps),
+                    dropped_pps: m(&|u| u.dropped_pps),
+                    gw_cpu_util: m(&|u| u.gw_cpu_util),
+                    base_gw_util: m(&|u| u.base_gw_util),
+                    outside_util: m(&|u| u.outside_util),
+                    base_outside_util: m(&|u| u.base_outside_util),
+                    errors: under.iter().map(|u| u.flood.errors).sum(),
+                    covered: !under.is_empty() && under.iter().all(|u| u.covered),
+                });
+            }
+        }
+        for kind in Kind::ALL {
+            let cost = res.cost.get(&(setup, kind)).cloned().unwrap_or_default();
+            let c = |f: &dyn Fn(&Cost) -> f64| median(cost.iter().map(f));
+            costs.push(CostRow {
+                setup,
+                kind,
+                rx_pps: c(&|x| x.d.rx as f64 / x.d.seconds),
+                dropped_fraction: c(&|x| ratio(x.d.dropped as f64, x.d.rx as f64)),
+                gw_cpu_s: c(&|x| x.d.gw_cpu_s),
+                seconds: c(&|x| x.d.seconds),
+                dropped_per_cpu_s: c(&|x| ratio(x.d.dropped as f64, x.d.gw_cpu_s)),
+                received_per_cpu_s: c(&|x| ratio(x.d.rx as f64, x.d.gw_cpu_s)),
+                ns_per_packet: c(&|x| ratio(x.d.gw_cpu_s * 1e9, x.d.rx as f64)),
+            });
+        }
+    }
+    (out, costs)
+}
+
+fn pct(v: f64) -> String {
+    if v.is_nan() {
+        "n/a".into()
+    } else {
+        format!("{:.0}%", v * 100.0)
+    }
+}
+
+fn ms(us: f64) -> String {
+    if us.is_nan() {
+        "n/a".into()
+    } else {
+        format!("{:.2} ms", us / 1e3)
+    }
+}
+
+fn kilo(v: f64) -> String {
+    if v.is_nan() {
+        "n/a".into()
+    } else if v >= 1e6 {
+        format!("{:.2} M", v / 1e6)
+    } else {
+        format!("{:.0} k", v / 1e3)
+    }
+}
+
+fn load_json(l: &Load) -> Value {
+    json!({
+        "rps": l.rps, "p50_us": l.p50_us, "p99_us": l.p99_us,
+        "requests": l.requests, "errors": l.errors,
+    })
+}
+
+fn build_report(res: &Results, info: &Info) -> Report {
+    let machine = report::machine();
+    let (rows, costs) = rows(res);
+    let find = |s: Setup, k: Kind, r: Rate| {
+        rows.iter()
+            .find(|x| x.setup == s && x.kind == k && x.rate == r)
+    };
+    // Judged where L7-only is hit hardest: the flood at full speed.
+    let judged: Vec<&Row> = Kind::ALL
+        .iter()
+        .filter_map(|k| find(Setup::Xdp, *k, Rate::Max))
+        .collect();
+    let target_met =
+        judged.len() == Kind::ALL.len() && judged.iter().all(|r| r.goodput >= TARGET && r.covered);
+    let summary = |s: Setup, rate: Rate| {
+        Kind::ALL
+            .iter()
+            .filter_map(|k| find(s, *k, rate))
+            .map(|r| format!("{} {}", r.kind.id().replace('_', "-"), pct(r.goodput)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let l7_worst = rows
+        .iter()
+        .filter(|r| r.setup == Setup::L7 && r.rate == Rate::Max)
+        .map(|r| r.goodput)
+        .fold(f64::NAN, f64::min);
+    let l7_collapsed = l7_worst < 0.5;
+
+    let json_rows: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            json!({
+                "setup": r.setup.id(),
+                "setup_label": r.setup.label(),
+                "flood": r.kind.id(),
+                "flood_label": r.kind.label(),
+                "rate": r.rate.id(),
+                "rate_label": r.rate.label(),
+                "rps_without_flood": r.base_rps,
+                "rps_under_flood": r.flood_rps,
+                "goodput_ratio_paired_median": r.goodput,
+                "goodput_ratio_of_medians": ratio(r.flood_rps, r.base_rps),
+                "p99_us_without_flood": r.base_p99,
+                "p99_us_under_flood": r.flood_p99,
+                "p99_ratio_paired_median": r.p99_ratio,
+                "flood_pps_received_during_load": r.rx_pps,
+                "flood_pps_dropped_by_filter_during_load": r.dropped_pps,
+                "gateway_cpu_seconds_per_second_during_load": r.gw_cpu_util,
+                "gateway_cpu_seconds_per_second_without_flood": r.base_gw_util,
+                "outside_cpu_busy_fraction_under_flood": r.outside_util,
+                "outside_cpu_busy_fraction_without_flood": r.base_outside_util,
+                "legit_errors_under_flood": r.errors,
+                "flood_covered_every_load_run": r.covered,
+                "rounds": res.under.get(&(r.setup, r.kind, r.rate)).map(|v| v.iter().map(|u| json!({
+                    "without_flood_before": load_json(&u.base_before),
+                    "without_flood_after": load_json(&u.base_after),
+                    "under_flood": load_json(&u.flood),
+                    "flood_pps_received": u.rx_pps, "flood_pps_dropped": u.dropped_pps,
+                    "gateway_cpu_util": u.gw_cpu_util,
+                    "other_busy_on_gateway_cpu_per_second": u.other_on_gw_cpu,
+                    "outside_cpu_busy_fraction": u.outside_util,
+                    "gateway_cpu_util_without_flood": u.base_gw_util,
+                    "outside_cpu_busy_fraction_without_flood": u.base_outside_util,
+                    "trafgen_sent": u.sent, "trafgen_seconds": u.flood_seconds,
+                    "flood_covered_load_run": u.covered,
+                })).collect::<Vec<_>>()),
+            })
+        })
+        .collect();
+    let json_costs: Vec<Value> = costs
+        .iter()
+        .map(|c| {
+            json!({
+                "setup": c.setup.id(),
+                "flood": c.kind.id(),
+                "pps_received": c.rx_pps,
+                "fraction_dropped_by_filter": c.dropped_fraction,
+                "seconds": c.seconds,
+                "gateway_cpu_seconds": c.gw_cpu_s,
+                "dropped_per_gateway_cpu_second": c.dropped_per_cpu_s,
+                "received_per_gateway_cpu_second": c.received_per_cpu_s,
+                "gateway_cpu_ns_per_received_packet": c.ns_per_packet,
+                "rounds": res.cost.get(&(c.setup, c.kind)).map(|v| v.iter().map(|x| json!({
+                    "seconds": x.d.seconds, "received": x.d.rx, "dropped_by_filter": x.d.dropped,
+                    "refused_at_full_ring_and_retried": x.d.refused,
+                    "gateway_cpu_seconds": x.d.gw_cpu_s,
+                    "flood_napi_thread_cpu_seconds": x.d.napi_flood_cpu_s,
+                    "other_busy_on_gateway_cpu_seconds": x.d.other_on_gw_cpu_s,
+                    "trafgen_sent": x.sent,
+                })).collect::<Vec<_>>()),
+            })
+        })
+        .collect();
+
+    let other = res.other_on_gw_cpu.median();
+    let json = json!({
+        "scenario": "flood",
+        "date": info.started,
+        "machine": machine,
+        "rounds": info.rounds,
+        "load_seconds": info.duration,
+        "flood_alone_seconds": COST_S,
+        "statistic": "median over rounds; goodput and p99 ratios: median of per-round ratios, the baseline being the mean of the runs without flood just before and after the setup's flood runs in that round",
+        "placement": {
+            "gateway_cpu": info.place.gateway,
+            "outside_cpu": info.place.outside,
+            "gateway": "xgate, the upstream and the NAPI threads of the gateway's two veth ends",
+            "outside": "wrk, trafgen (nice 10), NAPI threads of the client's and the attacker's veth ends",
+        },
+        "legit_load": {
+            "tool": info.wrk, "threads": WRK_THREADS, "connections": WRK_CONNECTIONS,
+            "request": format!("GET http://{LISTEN_IP}:{LISTEN_PORT}{} (64-byte body), keep-alive", upstream::SMALL_PATH),
+        },
+        "flood": {
+            "tool": info.trafgen,
+            "max_rate_cap_pps": FLOOD_MAX_PPS,
+            "paced_pps": PACED_PPS,
+            "niceness": FLOOD_NICE,
+            "frames": "alternating UDP (46-byte IP packet) and TCP SYN (40-byte IP packet) to the listener address and port",
+            "denied": Kind::Denied.label(),
+            "rate_limited": Kind::Limited.label(),
+        },
+        "rules": {
+            "deny": DENY_CIDR, "rate": RATE, "burst": BURST, "exempt": EXEMPT_CIDR,
+        },
+        "xgate": info.xgate,
+        "xdp_attach_modes": res.xdp_modes,
+        "nft": info.nft,
+        "other_busy_on_gateway_cpu_per_second_median": other,
+        "rows": json_rows,
+        "flood_alone": json_costs,
+        "target": {
+            "text": "legitimate goodput under flood >= 90% of without flood with XDP on (both floods at full speed), where L7-only collapses",
+            "ratio": TARGET,
+            "met": target_met,
+            "l7_only_worst_goodput_ratio_full_speed": l7_worst,
+            "l7_only_collapsed_below_50_percent": l7_collapsed,
+        },
+    });
+
+    let mut md = String::new();
+    md.push_str("## Flood survival (`xgate-bench flood`)\n\n");
+    md.push_str(&format!(
+        "Run {} on {} cores ({}), kernel `{}`; {} rounds, {} s of load per run, setups \
+         interleaved and rotated each round, medians reported. Goodput and p99 ratios are \
+         medians of per-round ratios; a round's baseline is the mean of the runs without \
+         flood just before and just after that setup's flood runs.\n\n",
+        info.started,
+        machine["cores"],
+        machine["cpu"].as_str().unwrap_or("?"),
+        machine["kernel"].as_str().unwrap_or("?"),
+        info.rounds,
+        info.duration,
+    ));
+    md.push_str(&format!(
+        "**Target (legitimate goodput under flood ≥ {:.0}% of without flood with XDP on, \
+         where L7-only collapses): {}.** Goodput under the floods at full speed: XDP on {}; \
+         L7 only {}{}; nftables {}. At {}: XDP on {}; L7 only {}; nftables {}.\n\n",
+        TARGET * 100.0,
+        if target_met { "met" } else { "NOT met" },
+        summary(Setup::Xdp, Rate::Max),
+        summary(Setup::L7, Rate::Max),
+        if l7_collapsed {
+            " (collapsed)"
+        } else {
+            " (did not collapse below 50%)"
+        },
+        summary(Setup::Nft, Rate::Max),
+        Rate::Paced.label(),
+        summary(Setup::Xdp, Rate::Paced),
+        summary(Setup::L7, Rate::Paced),
+        summary(Setup::Nft, Rate::Paced),
+    ));
+    md.push_str("### Legitimate traffic under flood\n\n");
+    md.push_str(
+        "| setup | flood | rate | req/s without | req/s under flood | goodput | p99 without | p99 under flood | p99 ratio | flood pps reaching the gateway | of which dropped by the filter | gateway CPU busy without / under | outside CPU busy without / under | errors |\n",
+    );
+    md.push_str("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    for r in &rows {
+        md.push_str(&format!(
+            "| {} | {} | {} | {:.0} | {:.0} | **{}** | {} | {} | {:.2}x | {} | {} | {} / {} | {} / {} | {}{} |\n",
+            r.setup.label(),
+            r.kind.id().replace('_', "-"),
+            r.rate.label(),
+            r.base_rps,
+            r.flood_rps,
+            pct(r.goodput),
+            ms(r.base_p99),
+            ms(r.flood_p99),
+            r.p99_ratio,
+            kilo(r.rx_pps),
+            if r.setup == Setup::L7 {
+                "- (no filter)".to_string()
+            } else {
+                kilo(r.dropped_pps)
+            },
+            pct(r.base_gw_util),
+            pct(r.gw_cpu_util),
+            pct(r.base_outside_util),
+            pct(r.outside_util),
+            r.errors,
+            if r.covered {
+                ""
+            } else {
+                " (flood ended early)"
+            },
+        ));
+    }
+    md.push_str(&format!(
+        "\n### What the flood costs the gateway (flood alone at full speed, {COST_S} s, no legitimate load)\n\n"
+    ));
+    md.push_str(
+        "| setup | flood | pps received | dropped by the filter | gateway CPU-s | dropped per gateway CPU-second | received per gateway CPU-second | gateway CPU ns per packet |\n",
+    );
+    md.push_str("|---|---|---:|---:|---:|---:|---:|---:|\n");
+    for c in &costs {
+        md.push_str(&format!(
+            "| {} | {} | {} | {} | {:.2} | {} | {} | {:.0} |\n",
+            c.setup.label(),
+            c.kind.id().replace('_', "-"),
+            kilo(c.rx_pps),
+            if c.setup == Setup::L7 {
+                "- (no filter: all go to the IP stack)".to_string()
+            } else {
+                pct(c.dropped_fraction)
+            },
+            c.gw_cpu_s,
+            if c.setup == Setup::L7 {
+                "-".to_string()
+            } else {
+                kilo(c.dropped_per_cpu_s)
+            },
+            kilo(c.received_per_cpu_s),
+            c.ns_per_packet,
+        ));
+    }
+    md.push_str(&format!(
+        "\n### Setup\n\n\
+         - Three network namespaces made for the run (removed after it): the gateway's, the \
+         client's and the attacker's, joined by two veth pairs (client {CLIENT_CIDR} ↔ gateway \
+         {GW_CLIENT_CIDR}; attacker {ATTACKER_CIDR} ↔ gateway {GW_FLOOD_CIDR}). xgate listens on \
+         {LISTEN_IP}:{LISTEN_PORT} and proxies to the bench upstream (`xgate-bench \
+         serve-upstream`, hyper, one thread, 64-byte body) on {UPSTREAM} in the gateway \
+         namespace.\n\
+         - Two machines on one host: the gateway is xgate, the upstream and the NAPI threads of \
+         the gateway's two veth ends, all pinned to CPU {g}; the outside world is CPU {o}: the \
+         client (wrk {wrk}, {WRK_THREADS} thread, {WRK_CONNECTIONS} keep-alive connections), the \
+         attacker (trafgen, nice {FLOOD_NICE}, so that it takes only the CPU time the client \
+         leaves) and their veth ends. Every veth end has GRO on, TSO off and threaded NAPI, so \
+         every received packet, in every setup, is handled by the receiving end's NAPI thread on \
+         that end's CPU: the XDP program (native mode on veth), the netdev ingress hook and the IP \
+         stack all run on the gateway's CPU and are charged to it; the sender's cost stays on the \
+         attacker's CPU. (Plain veth would run the receiver's work on the sender's CPU.) Threaded \
+         NAPI threads are ordinary threads scheduled with xgate, like ksoftirqd under overload.\n\
+         - Rules, the same in every setup: deny `{DENY_CIDR}`; per-source budget {RATE} pps, burst \
+         {BURST}, on TCP/UDP to the listener port; the client's `{EXEMPT_CIDR}` exempt (override \
+         rate 0: a keep-alive client sends far more than {RATE} pps). (a) xgate \
+         `xdp.interfaces: [{GW_CLIENT_IF}, {GW_FLOOD_IF}]`, attach modes: {modes}; (b) the same \
+         config with no interfaces (deny list at accept(), no packet limits); (c) as (b) plus the \
+         nftables table in bench/peers/nftables-flood.nft on the same two interfaces (netdev \
+         ingress, the same deny range and a per-source `limit rate over {RATE}/second burst \
+         {BURST} packets` meter), {nft}. Configs: bench/peers/xgate-flood.yaml, \
+         bench/peers/trafgen-flood.cfg.\n\
+         - Floods ({trafgen}): `trafgen -n COUNT -P 1 -b RATE`, alternating a UDP datagram and \
+         a TCP SYN to {LISTEN_IP}:{LISTEN_PORT}; {denied}; {limited}; each at two rates: at full \
+         speed (`-b {FLOOD_MAX_PPS}pps`, far above what one CPU sends with trafgen's blocking \
+         `sendto`: the attacker sends as fast as it can and waits whenever the gateway's receive \
+         ring is full) and paced at `-b {PACED_PPS}pps`. \"pps reaching the gateway\" is what \
+         the gateway's flood-facing interface took in (its rx counter per second of the load \
+         run), not what the sender attempted. Under load a flood starts {lead} ms before the {d} \
+         s wrk run and is ended by SIGINT to trafgen's PIDs when the run ends (COUNT = RATE × \
+         {planned} s bounds it in any case); alone, it runs {COST_S} s at full speed. After every \
+         flood the harness checks that no trafgen process of its own is left (each is killed by \
+         PID otherwise).\n\
+         - Gateway CPU = utime+stime of xgate, the upstream and the gateway's two NAPI threads \
+         (/proc/PID/stat). \"dropped by the filter\": XDP `denied_v4` + `rate_limited` from \
+         `xgate status --json`, or the nft rules' counters; L7 only has no filter: every flood \
+         packet goes to the IP stack (SYN cookies, UDP port unreachable), so its row shows what \
+         the stack took in per CPU-second. Median busy time on the gateway's CPU not accounted \
+         to the gateway during the load runs (other processes on the host): {other:.2} CPU-s/s.\n\
+         - On veth an XDP program sees an skb (veth converts it, copying the frame when the skb \
+         lacks XDP headroom), so the XDP rows include a cost a NIC driver's XDP does not have; \
+         nftables and the stack get the skb for free because the sender allocated it.\n",
+        g = info.place.gateway,
+        o = info.place.outside,
+        wrk = info.wrk,
+        modes = if res.xdp_modes.is_empty() {
+            "none seen".to_string()
+        } else {
+            res.xdp_modes.join(", ")
+        },
+        nft = info.nft,
+        trafgen = info.trafgen,
+        denied = Kind::Denied.label(),
+        limited = Kind::Limited.label(),
+        lead = LEAD.as_millis(),
+        d = info.duration,
+        planned = planned_seconds(info.duration),
+    ));
+
+    Report {
+        scenario: "flood",
+        json,
+        markdown: md,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_render() {
+        let xgate = peers::render(
+            XGATE_TEMPLATE.text,
+            &[
+                ("LISTEN", "198.18.0.1:8080".into()),
+                ("DIR", "/tmp/x".into()),
+                ("XDP_INTERFACES", "a, b".into()),
+                ("DENY_CIDR", DENY_CIDR.into()),
+                ("RATE", "1".into()),
+                ("BURST", "2".into()),
+                ("EXEMPT_CIDR", EXEMPT_CIDR.into()),
+                ("UPSTREAM", UPSTREAM.into()),
+            ],
+            false,
+        )
+        .unwrap();
+        assert!(xgate.contains("interfaces: [a, b]"), "{xgate}");
+        let nft = peers::render(
+            NFT_TEMPLATE.text,
+            &[
+                ("TABLE", NFT_TABLE.into()),
+                ("GW_CLIENT_IF", "a".into()),
+                ("GW_FLOOD_IF", "b".into()),
+                ("DENY_CIDR", DENY_CIDR.into()),
+                ("EXEMPT_CIDR", EXEMPT_CIDR.into()),
+                ("LISTEN_IP", "198.18.0.1".into()),
+                ("LISTEN_PORT", "8080".into()),
+                ("RATE", "1".into()),
+                ("BURST", "2".into()),
+            ],
+            false,
+        )
+        .unwrap();
+        assert!(nft.contains("devices = { a, b }"), "{nft}");
+        let cfg = peers::render(
+            TRAFGEN_TEMPLATE.text,
+            &[
+                ("DST_MAC", mac_bytes("aa:bb:cc:dd:ee:ff")),
+                ("SRC_MAC", mac_bytes("02:00:00:00:00:01")),
+                ("SOURCE", Kind::Denied.source().into()),
+                ("DST_IP", "198, 18, 0, 1".into()),
+                ("DST_PORT", "8080".into()),
+            ],
+            false,
+        )
+        .unwrap();
+        assert!(
+            cfg.contains("0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff, 0x02"),
+            "{cfg}"
+        );
+        assert!(cfg.contains("198, 19, drnd(2), 198, 18, 0, 1"), "{cfg}");
+    }
+
+    #[test]
+    fn nft_rule_counters_by_comment() {
+        let v: Value = serde_json::from_str(
+            r#"{"nftables": [{"metainfo": {"version": "1.0.6"}},
+            {"table": {"family": "netdev", "name": "t"}},
+            {"rule": {"comment": "deny", "expr": [{"match": {}}, {"counter": {"packets": 7, "bytes": 9}}, {"drop": null}]}},
+            {"rule": {"comment": "rate_limit", "expr": [{"counter": {"packets": 3, "bytes": 1}}, {"drop": null}]}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(nft_counters(&v).unwrap(), (7, 3));
+        assert!(nft_counters(&json!({"nftables": []})).is_err());
+    }
+}

@@ -1,0 +1,689 @@
+//! Scenario `policies`: what API policies cost on top of plain proxying:
+//! key-auth, an RS256 JWT, a local rate limit that is never triggered, and
+//! the three together, against HAProxy (`map_str` key lookup, `jwt_verify`,
+//! a stick table) and Envoy (`api_key_auth`, `jwt_authn`,
+//! `local_ratelimit`), configured in bench/peers/haproxy-policies.cfg and
+//! bench/peers/envoy-policies.yaml (one listener per case).
+//!
+//! xgate has no policies yet: its plain row is measured (the baseline its
+//! policy rows will be compared with), its policy rows say "not implemented
+//! in xgate yet". When xgate gets them, [`xgate_policy_config`] is where its
+//! config for each case goes.
+//!
+//! Every case gets the same request (HTTP/1.1 keep-alive, wrk, 64-byte
+//! response) carrying both credentials (`x-api-key` and `Authorization:
+//! Bearer`), so that the plain case differs from the others only by the
+//! policy. Each peer's policies are checked before any load: a request
+//! without (or with a tampered) credential must be refused, the real one let
+//! through. The target (on xgate): each policy case at most 15% below plain
+//! proxying in req/s.
+
+use std::{io::Read, net::SocketAddr, path::Path};
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+
+use crate::{
+    keys,
+    peers::{self, Binary, Kind},
+    proxy::{self, finite, one_line, Case, Fleet, Proto, Tools},
+    report::{self, Report},
+    stats::ratio,
+    sys::{self, TempDir},
+    upstream, Settings,
+};
+
+pub const DEFAULT_ROUNDS: usize = 5;
+/// The target: a policy case's req/s at most this far below plain proxying.
+const TARGET_OVERHEAD: f64 = 0.15;
+/// Requests per second per source allowed: far above what one machine's
+/// benchmark sends, so the limiter is consulted on every request and never
+/// refuses one.
+const RATE_LIMIT: u64 = 10_000_000;
+/// API keys configured (one consumer each); the benchmark uses one of them.
+const API_KEYS: usize = 100;
+const CONSUMER: usize = 42;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Policy {
+    Plain,
+    KeyAuth,
+    Jwt,
+    RateLimit,
+    All,
+}
+
+impl Policy {
+    const ALL: [Policy; 5] = [
+        Policy::Plain,
+        Policy::KeyAuth,
+        Policy::Jwt,
+        Policy::RateLimit,
+        Policy::All,
+    ];
+
+    fn id(self) -> &'static str {
+        match self {
+            Policy::Plain => "plain",
+            Policy::KeyAuth => "key_auth",
+            Policy::Jwt => "jwt",
+            Policy::RateLimit => "rate_limit",
+            Policy::All => "all",
+        }
+    }
+
+    fn title(self) -> &'static str {
+        match self {
+            Policy::Plain => "plain proxying (no policy)",
+            Policy::KeyAuth => "key-auth (x-api-key, 100 keys)",
+            Policy::Jwt => "RS256 JWT (signature, iss, aud, exp)",
+            Policy::RateLimit => "local rate limit (not triggered)",
+            Policy::All => "key-auth + JWT + rate limit",
+        }
+    }
+
+    /// The template variable holding this case's port.
+    fn port_var(self) -> &'static str {
+        match self {
+            Policy::Plain => "PLAIN_PORT",
+            Policy::KeyAuth => "KEY_AUTH_PORT",
+            Policy::Jwt => "JWT_PORT",
+            Policy::RateLimit => "RATE_LIMIT_PORT",
+            Policy::All => "ALL_PORT",
+        }
+    }
+}
+
+/// Every `{{NAME}}` the policy templates use besides the proxy ones.
+#[cfg(test)]
+pub fn template_variable_names() -> Vec<&'static str> {
+    let mut names: Vec<&'static str> = Policy::ALL.iter().map(|p| p.port_var()).collect();
+    names.extend([
+        "API_KEYS_MAP",
+        "ENVOY_API_KEYS",
+        "JWT_PUBLIC_KEY",
+        "JWKS",
+        "JWT_ISSUER",
+        "JWT_AUDIENCE",
+        "RATE_LIMIT",
+    ]);
+    names
+}
+
+/// xgate's config for a policy case, once xgate has policies; the reason
+/// its row is not measured until then.
+fn xgate_policy_config(policy: Policy) -> std::result::Result<(), String> {
+    match policy {
+        Policy::Plain => Ok(()),
+        _ => Err("not implemented in xgate yet".into()),
+    }
+}
+
+/// Credentials of the run: the keys, the signing key, one consumer's token.
+struct Credentials {
+    keys: Vec<String>,
+    jwt: keys::JwtKeys,
+    token: String,
+    keys_map: std::path::PathBuf,
+}
+
+impl Credentials {
+    fn create(dir: &Path) -> Result<Self> {
+        let mut random = vec![0u8; 16 * API_KEYS];
+        std::fs::File::open("/dev/urandom")?.read_exact(&mut random)?;
+        let keys: Vec<String> = random
+            .chunks(16)
+            .map(|c| c.iter().map(|b| format!("{b:02x}")).collect())
+            .collect();
+        let keys_map = dir.join("api-keys.map");
+        let map: String = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| format!("{k} consumer-{i}\n"))
+            .collect();
+        std::fs::write(&keys_map, map)?;
+        let jwt = keys::jwt_keys(dir)?;
+        let token = keys::rs256_token(&jwt, dir, &format!("consumer-{CONSUMER}"))?;
+        Ok(Self {
+            keys,
+            jwt,
+            token,
+            keys_map,
+        })
+    }
+
+    fn api_key(&self) -> &str {
+        &self.keys[CONSUMER]
+    }
+
+    /// The headers every benchmark request carries.
+    fn headers(&self) -> Vec<String> {
+        vec![
+            format!("x-api-key: {}", self.api_key()),
+            format!("Authorization: Bearer {}", self.token),
+        ]
+    }
+
+    fn envoy_list(&self) -> String {
+        let entries: Vec<String> = self
+            .keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| format!("{{key: \"{k}\", client: \"consumer-{i}\"}}"))
+            .collect();
+        format!("[{}]", entries.join(", "))
+    }
+}
+
+/// A started policy peer: its ports per case.
+struct PolicyPeer {
+    kind: Kind,
+    binary: Option<Binary>,
+    server: Option<usize>,
+    unavailable: Option<String>,
+    ports: Vec<(Policy, u16)>,
+    /// Per case: why its policy check failed.
+    broken: Vec<(Policy, String)>,
+}
+
+fn start_peer(
+    kind: Kind,
+    dir: &Path,
+    fleet: &mut Fleet,
+    upstream_port: u16,
+    creds: &Credentials,
+) -> PolicyPeer {
+    let mut peer = PolicyPeer {
+        kind,
+        binary: None,
+        server: None,
+        unavailable: None,
+        ports: Vec::new(),
+        broken: Vec::new(),
+    };
+    let binary = match peers::find(kind) {
+        Ok(b) => b,
+        Err(e) => {
+            peer.unavailable = Some(format!("{e:#}"));
+            return peer;
+        }
+    };
+    let mut vars: Vec<(&str, String)> = vec![("UPSTREAM_PORT", upstream_port.to_string())];
+    let policies: &[Policy] = if kind == Kind::Xgate {
+        &[Policy::Plain]
+    } else {
+        &Policy::ALL
+    };
+    for &policy in policies {
+        match sys::free_port() {
+            Ok(port) => {
+                peer.ports.push((policy, port));
+                vars.push((policy.port_var(), port.to_string()));
+            }
+            Err(e) => {
+                peer.unavailable = Some(format!("{e:#}"));
+                return peer;
+            }
+        }
+    }
+    let plain_port = peer.ports[0].1;
+    let template = match kind {
+        Kind::Xgate => {
+            // The proxy scenario's config, plain listener only.
+            vars.push(("LISTEN_PORT", plain_port.to_string()));
+            peers::XGATE_PROXY
+        }
+        Kind::Haproxy => peers::HAPROXY_POLICIES,
+        Kind::Envoy => peers::ENVOY_POLICIES,
+        Kind::Nginx => {
+            peer.unavailable =
+                Some("nginx has no JWT verification in its open-source build".into());
+            return peer;
+        }
+    };
+    vars.extend([
+        ("API_KEYS_MAP", creds.keys_map.display().to_string()),
+        ("ENVOY_API_KEYS", creds.envoy_list()),
+        ("JWT_PUBLIC_KEY", creds.jwt.public.display().to_string()),
+        ("JWKS", creds.jwt.jwks.clone()),
+        ("JWT_ISSUER", keys::ISSUER.to_string()),
+        ("JWT_AUDIENCE", keys::AUDIENCE.to_string()),
+        ("RATE_LIMIT", RATE_LIMIT.to_string()),
+    ]);
+    let instance = match peers::start(
+        kind,
+        &binary,
+        template,
+        &dir.join(kind.id()),
+        &vars,
+        false,
+        plain_port,
+    ) {
+        Ok(i) => i,
+        Err(e) => {
+            peer.unavailable = Some(format!("did not start: {e:#}"));
+            return peer;
+        }
+    };
+    for &(policy, port) in &peer.ports {
+        if let Err(e) = check_policy(policy, port, creds) {
+            eprintln!(
+                "\n******** {} {}: the policy does not behave as configured: {e:#} ********\n",
+                kind.name(),
+                policy.id()
+            );
+            peer.broken.push((policy, format!("{e:#}")));
+        }
+    }
+    fleet.servers.push(instance);
+    peer.server = Some(fleet.servers.len() - 1);
+    peer.binary = Some(binary);
+    peer
+}
+
+/// The real credentials get 200 and the body; a request missing (or with a
+/// tampered) credential the policy checks gets 401 or 403.
+fn check_policy(policy: Policy, port: u16, creds: &Credentials) -> Result<()> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let good = creds.headers();
+    let r = peers::http_get(addr, upstream::SMALL_PATH, &good)?;
+    if r.status != 200 || r.body != upstream::SMALL_BODY {
+        bail!(
+            "with valid credentials: {} ({} bytes), expected 200 and the body",
+            r.status,
+            r.body.len()
+        );
+    }
+    let key = good[0].clone();
+    let bearer = good[1].clone();
+    let mut refused: Vec<(&str, Vec<String>)> = Vec::new();
+    if matches!(policy, Policy::KeyAuth | Policy::All) {
+        refused.push(("no x-api-key", vec![bearer.clone()]));
+        refused.push((
+            "an unknown x-api-key",
+            vec![
+                "x-api-key: 00000000000000000000000000000000".into(),
+                bearer.clone(),
+            ],
+        ));
+    }
+    if matches!(policy, Policy::Jwt | Policy::All) {
+        refused.push(("no token", vec![key.clone()]));
+        refused.push((
+            "a tampered token",
+            vec![
+                key.clone(),
+                format!("Authorization: Bearer {}", keys::tampered(&creds.token)),
+            ],
+        ));
+    }
+    for (what, headers) in refused {
+        let r = peers::http_get(addr, upstream::SMALL_PATH, &headers)?;
+        if r.status != 401 && r.status != 403 {
+            bail!(
+                "a request with {what} got {}, expected 401 or 403",
+                r.status
+            );
+        }
+    }
+    Ok(())
+}
+
+pub fn run(settings: &Settings) -> Result<Report> {
+    sys::unpin();
+    let rounds = settings.rounds_or(DEFAULT_ROUNDS);
+    let seconds = settings.duration_or(proxy::DEFAULT_DURATION_S);
+    let started = report::utc_now();
+    let tmp = TempDir::create("policies")?;
+    let tools = Tools::new(tmp.path())?;
+    eprintln!("    generating {API_KEYS} API keys and an RS256 key pair and token (openssl)");
+    let creds = Credentials::create(tmp.path()).context("making the credentials")?;
+
+    eprintln!("    starting the bench upstream");
+    let (upstream_process, upstream_port) = peers::start_upstream(tmp.path())?;
+    let mut fleet = Fleet {
+        upstream: upstream_process,
+        servers: Vec::new(),
+    };
+    let mut found = Vec::new();
+    for kind in [Kind::Xgate, Kind::Haproxy, Kind::Envoy] {
+        eprintln!("    starting {}", kind.name());
+        let peer = start_peer(kind, tmp.path(), &mut fleet, upstream_port, &creds);
+        if let Some(why) = &peer.unavailable {
+            eprintln!(
+                "\n******** {} is NOT AVAILABLE; its rows say why: {why} ********\n",
+                kind.name()
+            );
+        }
+        found.push(peer);
+    }
+
+    let mut cases = Vec::new();
+    for policy in Policy::ALL {
+        for peer in &found {
+            let label = match &peer.binary {
+                Some(b) => format!("{} {}", peer.kind.name(), b.version),
+                None => peer.kind.name().to_string(),
+            };
+            let mut case = Case::new(policy.id(), peer.kind.id(), &label, Proto::H1);
+            case.headers = creds.headers();
+            case.min_bytes = upstream::SMALL_BODY.len();
+            case.server = peer.server;
+            case.unavailable = peer.unavailable.clone();
+            if peer.kind == Kind::Xgate {
+                if let Err(why) = xgate_policy_config(policy) {
+                    case.unavailable.get_or_insert(why);
+                }
+            }
+            if let Some((_, why)) = peer.broken.iter().find(|(p, _)| *p == policy) {
+                case.failed = Some(format!("policy check before the load: {why}"));
+            }
+            match peer.ports.iter().find(|(p, _)| *p == policy) {
+                Some((_, port)) => {
+                    case.url = format!("http://127.0.0.1:{port}{}", upstream::SMALL_PATH)
+                }
+                None => {
+                    case.unavailable
+                        .get_or_insert_with(|| "no listener for this case".into());
+                }
+            }
+            cases.push(case);
+        }
+    }
+
+    proxy::run_rounds(&mut fleet, &tools, &mut cases, rounds, seconds)?;
+    drop(fleet);
+    Ok(build_report(
+        &cases, &found, &tools, rounds, seconds, &started, &creds,
+    ))
+}
+
+/// A policy case's req/s overhead over the same proxy's plain case
+/// (0.10 = 10% fewer requests per second), if both were measured.
+fn overhead(cases: &[Case], case: &Case) -> Option<f64> {
+    let plain = cases
+        .iter()
+        .find(|c| c.group == Policy::Plain.id() && c.target == case.target)?;
+    if !plain.ok() || !case.ok() {
+        return None;
+    }
+    Some(1.0 - ratio(case.rps().median(), plain.rps().median()))
+}
+
+fn plain_of<'a>(cases: &'a [Case], case: &Case) -> Option<&'a Case> {
+    cases
+        .iter()
+        .find(|c| c.group == Policy::Plain.id() && c.target == case.target && c.ok())
+}
+
+fn build_report(
+    cases: &[Case],
+    peers_found: &[PolicyPeer],
+    tools: &Tools,
+    rounds: usize,
+    seconds: u64,
+    started: &str,
+    creds: &Credentials,
+) -> Report {
+    let machine = report::machine();
+    let mut md = String::from("## API policies (`xgate-bench policies`)\n\n");
+    md.push_str(&format!(
+        "Run {started} on {} cores ({}), kernel `{}`. What key-auth, an RS256 JWT and a local \
+         rate limit cost on top of plain proxying, each proxy against its own plain case. Same \
+         upstream and load as the `proxy` scenario's HTTP/1.1 64-byte case ({}, {} threads, {} \
+         keep-alive connections; {} round(s) of {} s per case after a {} s warm-up, interleaved, \
+         medians). Every request of every case carries the same `x-api-key` and \
+         `Authorization: Bearer` headers, so the cases differ only by the policy.\n\n",
+        machine["cores"],
+        machine["cpu"].as_str().unwrap_or("?"),
+        machine["kernel"].as_str().unwrap_or("?"),
+        tools.wrk.version,
+        proxy::H1_THREADS,
+        proxy::H1_CONNECTIONS,
+        rounds,
+        seconds,
+        proxy::WARM_UP_S,
+    ));
+    let xgate_rows: Vec<&Case> = cases
+        .iter()
+        .filter(|c| c.target == "xgate" && c.group != Policy::Plain.id())
+        .collect();
+    let judged: Vec<(&Case, f64)> = xgate_rows
+        .iter()
+        .filter_map(|c| overhead(cases, c).map(|o| (*c, o)))
+        .collect();
+    let verdict = if judged.is_empty() {
+        "not judged: xgate has no policies yet (its rows say so); the peers' side is measured \
+         below"
+            .to_string()
+    } else if judged.len() < xgate_rows.len() {
+        format!(
+            "not fully judged: {} of {} policy cases measured",
+            judged.len(),
+            xgate_rows.len()
+        )
+    } else if judged.iter().all(|(_, o)| *o <= TARGET_OVERHEAD) {
+        "met".to_string()
+    } else {
+        "NOT met".to_string()
+    };
+    md.push_str(&format!(
+        "**Target (xgate: each policy case at most {:.0}% below xgate's plain proxying in req/s): \
+         {verdict}.**\n\n",
+        TARGET_OVERHEAD * 100.0
+    ));
+    let (disturbed, disturbance_json) = proxy::disturbance(cases);
+    if !disturbed.is_empty() {
+        md.push_str(&disturbed);
+        md.push_str("\n\n");
+    }
+    md.push_str(
+        "| proxy | case | req/s (median) | min-max | p50 ms | p99 ms | CPU s / 100k req \
+         | req/s overhead vs plain | CPU vs plain | p99 vs plain | within 15% |\n\
+         |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
+    );
+    let mut notes = Vec::new();
+    for peer in peers_found {
+        for policy in Policy::ALL {
+            let Some(case) = cases
+                .iter()
+                .find(|c| c.group == policy.id() && c.target == peer.kind.id())
+            else {
+                continue;
+            };
+            let name = &case.label;
+            if let Some(why) = case.unavailable.as_ref().or(case.failed.as_ref()) {
+                let state = if case.unavailable.is_some() {
+                    "not available"
+                } else {
+                    "failed"
+                };
+                let target = if case.target == "xgate" && policy != Policy::Plain {
+                    "not judged"
+                } else {
+                    "-"
+                };
+                md.push_str(&format!(
+                    "| {name} | {} | {state}: {} | | | | | | | | {target} |\n",
+                    policy.title(),
+                    one_line(why)
+                ));
+                if case.failed.is_some() {
+                    notes.push(format!("{name}, {}: {}", policy.id(), one_line(why)));
+                }
+                continue;
+            }
+            let rps = case.rps();
+            let plain = plain_of(cases, case);
+            let (over, cpu_vs, p99_vs, within) = match (policy, plain, overhead(cases, case)) {
+                (Policy::Plain, _, _) => ("-".into(), "-".into(), "-".into(), "-".into()),
+                (_, Some(plain), Some(o)) => {
+                    let cpu = case
+                        .cpu_per_100k()
+                        .zip(plain.cpu_per_100k())
+                        .map(|(a, b)| format!("{:+.0}%", (ratio(a, b) - 1.0) * 100.0))
+                        .unwrap_or_else(|| "-".into());
+                    let within = if o <= TARGET_OVERHEAD {
+                        "yes"
+                    } else if case.target == "xgate" {
+                        "**NO**"
+                    } else {
+                        "no"
+                    };
+                    (
+                        format!("{:.1}%", o * 100.0),
+                        cpu,
+                        format!("{:.2}x", ratio(case.p99_ms(), plain.p99_ms())),
+                        within.to_string(),
+                    )
+                }
+                _ => ("-".into(), "-".into(), "-".into(), "-".into()),
+            };
+            md.push_str(&format!(
+                "| {name} | {} | {:.0} | {:.0}-{:.0} | {:.2} | {:.2} | {} | {over} | {cpu_vs} | {p99_vs} | {within} |\n",
+                policy.title(),
+                rps.median(),
+                rps.min(),
+                rps.max(),
+                case.p50_ms(),
+                case.p99_ms(),
+                case.cpu_per_100k()
+                    .map(|c| format!("{c:.2}"))
+                    .unwrap_or_else(|| "-".into()),
+            ));
+        }
+    }
+    if !notes.is_empty() {
+        md.push('\n');
+        for n in notes {
+            md.push_str(&format!("- failed: {n}\n"));
+        }
+    }
+    md.push_str(&format!(
+        "\nThe target applies to xgate; the peers' \"within 15%\" is for reference. \
+         \"overhead\" is 1 - (case req/s / plain req/s) of the same proxy; CPU is the proxy's \
+         utime+stime per 100,000 requests.\n\n\
+         ### Setup\n\n\
+         - Configs: [bench/peers/haproxy-policies.cfg](peers/haproxy-policies.cfg) and \
+         [bench/peers/envoy-policies.yaml](peers/envoy-policies.yaml), one listener per case, \
+         the same upstream, timeouts and forwarding headers as the `proxy` scenario's configs; \
+         xgate's plain case uses [bench/peers/xgate.yaml](peers/xgate.yaml).\n\
+         - Key-auth: {API_KEYS} random 128-bit keys (HAProxy: a `map_str` lookup in a map file; \
+         Envoy: `api_key_auth` credentials), the request carries one in `x-api-key`.\n\
+         - JWT: RS256 with a 2048-bit RSA key generated by openssl at run time (HAProxy: \
+         `jwt_verify` with the public key PEM, then `alg`, `iss`, `aud` and `exp` checked; Envoy: \
+         `jwt_authn` with the key as an inline JWKS, `issuer` and `audiences` set, no JWT cache). \
+         Every request carries the same token and both verify its signature on every request.\n\
+         - Rate limit: {} requests/s (never reached). HAProxy counts per source \
+         address in a stick table (`http_req_rate(1s)`); Envoy's `local_ratelimit` is one token \
+         bucket for all clients. With one client address the two are the same work per request.\n\
+         - Before the load, each case is checked: the real credentials get 200 and the body; a \
+         request without the key, with an unknown key, without the token or with a tampered \
+         token gets 401/403 where that policy applies.\n",
+        group_digits(RATE_LIMIT)
+    ));
+    for peer in peers_found {
+        md.push_str(&format!(
+            "- {}: {}.\n",
+            peer.kind.name(),
+            peer.binary
+                .as_ref()
+                .map(|b| b.full_version.clone())
+                .unwrap_or_else(|| format!(
+                    "not available: {}",
+                    one_line(peer.unavailable.as_deref().unwrap_or("?"))
+                ))
+        ));
+    }
+    let json = json!({
+        "date": started,
+        "machine": machine,
+        "rounds": rounds,
+        "seconds_per_run": seconds,
+        "warm_up_seconds": proxy::WARM_UP_S,
+        "load": {"tool": tools.wrk.version, "threads": proxy::H1_THREADS, "connections": proxy::H1_CONNECTIONS, "path": upstream::SMALL_PATH},
+        "api_keys": API_KEYS,
+        "rate_limit_per_second": RATE_LIMIT,
+        "other_processes_user_cpu": disturbance_json,
+        "jwt": {"alg": "RS256", "rsa_bits": 2048, "issuer": keys::ISSUER, "audience": keys::AUDIENCE, "token_bytes": creds.token.len()},
+        "target": {
+            "rule": format!("xgate: each policy case's req/s at most {:.0}% below xgate's plain proxying", TARGET_OVERHEAD * 100.0),
+            "verdict": verdict,
+        },
+        "proxies": peers_found.iter().map(|p| json!({
+            "proxy": p.kind.id(),
+            "version": p.binary.as_ref().map(|b| b.full_version.clone()),
+            "unavailable": p.unavailable,
+            "policy_checks_failed": p.broken.iter().map(|(pol, why)| json!({"case": pol.id(), "why": why})).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+        "cases": cases.iter().map(|c| {
+            let mut v = c.json();
+            v["rps_overhead_vs_plain"] = overhead(cases, c).and_then(finite).map_or(Value::Null, |o| json!(o));
+            v
+        }).collect::<Vec<_>>(),
+    });
+    Report {
+        scenario: "policies",
+        json,
+        markdown: md,
+    }
+}
+
+/// 10000000 -> "10,000,000".
+fn group_digits(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_case_has_its_own_port_variable() {
+        let vars: Vec<&str> = Policy::ALL.iter().map(|p| p.port_var()).collect();
+        let mut unique = vars.clone();
+        unique.dedup();
+        assert_eq!(unique.len(), vars.len());
+        for name in template_variable_names() {
+            for t in [peers::HAPROXY_POLICIES, peers::ENVOY_POLICIES] {
+                if name == "API_KEYS_MAP" && t.file.starts_with("envoy")
+                    || (name == "ENVOY_API_KEYS" || name == "JWKS") && t.file.starts_with("haproxy")
+                    || name == "JWT_PUBLIC_KEY" && t.file.starts_with("envoy")
+                {
+                    continue;
+                }
+                assert!(
+                    t.text.contains(&format!("{{{{{name}}}}}")),
+                    "{} does not use {{{{{name}}}}}",
+                    t.file
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn digits_are_grouped() {
+        assert_eq!(group_digits(10_000_000), "10,000,000");
+        assert_eq!(group_digits(100), "100");
+        assert_eq!(group_digits(1000), "1,000");
+    }
+
+    #[test]
+    fn xgate_policy_rows_say_why_they_are_missing() {
+        assert!(xgate_policy_config(Policy::Plain).is_ok());
+        for p in &Policy::ALL[1..] {
+            assert_eq!(
+                xgate_policy_config(*p).unwrap_err(),
+                "not implemented in xgate yet"
+            );
+        }
+    }
+}

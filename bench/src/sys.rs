@@ -1,0 +1,684 @@
+//! What the harness creates outside its own memory, each behind a guard that
+//! removes it on drop (so also on error and on panic): network namespaces, a
+//! private mount namespace with its own bpffs, temporary files, server
+//! processes ([`Spawned`]: stopped by PID, with every process they forked).
+//! Every
+//! external command runs with a deadline, and SIGINT/SIGTERM/SIGHUP turn into
+//! an ordinary error at the next check so the guards still run.
+#![allow(unsafe_code)]
+
+use std::{
+    borrow::BorrowMut,
+    collections::HashMap,
+    ffi::OsStr,
+    io::Read,
+    net::{Ipv4Addr, TcpListener},
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+
+/// Prefix of every name the harness gives to something outside the process
+/// (namespaces, directories); followed by `-<pid>`.
+pub const PREFIX: &str = "xgate-bench";
+
+/// Longest any single external command may run.
+pub const COMMAND_DEADLINE: Duration = Duration::from_secs(120);
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// Turns SIGINT, SIGTERM and SIGHUP into a flag checked by [`check_interrupted`].
+pub fn install_signal_handlers() {
+    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: the handler only stores to an atomic (async-signal-safe).
+        unsafe {
+            libc::signal(signal, on_signal as *const () as libc::sighandler_t);
+        }
+    }
+}
+
+/// Fails once a termination signal has arrived.
+pub fn check_interrupted() -> Result<()> {
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        bail!("interrupted by a signal; cleaning up");
+    }
+    Ok(())
+}
+
+/// Output of a finished command.
+pub struct Output {
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `cmd` to completion within [`COMMAND_DEADLINE`], killing it (by its
+/// PID) if it takes longer or a signal arrives; fails with its stderr if it
+/// exits non-zero.
+pub fn run(cmd: impl BorrowMut<Command>) -> Result<Output> {
+    run_inner(cmd, true, true)
+}
+
+/// Like [`run`], but a non-zero exit status is not an error (for tools that
+/// exit 1 after printing their version).
+pub fn run_unchecked(cmd: impl BorrowMut<Command>) -> Result<Output> {
+    run_inner(cmd, false, true)
+}
+
+/// A cleanup step: runs even after a termination signal (only the deadline
+/// stops it); a failure is reported on stderr and returned as false.
+pub fn run_cleanup(cmd: impl BorrowMut<Command>) -> bool {
+    match run_inner(cmd, true, false) {
+        Ok(_) => true,
+        Err(e) => {
+            eprintln!("xgate-bench: cleanup: {e:#}");
+            false
+        }
+    }
+}
+
+/// [`run_cleanup`] for steps that may fail harmlessly (nothing to undo).
+fn run_cleanup_silently(cmd: impl BorrowMut<Command>) {
+    let _ = run_inner(cmd, true, false);
+}
+
+fn run_inner(
+    mut cmd: impl BorrowMut<Command>,
+    check_status: bool,
+    interruptible: bool,
+) -> Result<Output> {
+    let cmd = cmd.borrow_mut();
+    let shown = show(cmd);
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot start `{shown}`"))?;
+    // Drain both pipes on threads so a chatty child never blocks on a full pipe.
+    let mut out_pipe = child.stdout.take().expect("piped stdout");
+    let mut err_pipe = child.stderr.take().expect("piped stderr");
+    let out_reader = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = out_pipe.read_to_end(&mut s);
+        s
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = err_pipe.read_to_end(&mut s);
+        s
+    });
+    let deadline = Instant::now() + COMMAND_DEADLINE;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break Ok(status);
+        }
+        let stop = if interruptible && INTERRUPTED.load(Ordering::SeqCst) {
+            Some("was stopped: interrupted by a signal".to_string())
+        } else if Instant::now() >= deadline {
+            Some(format!("timed out after {COMMAND_DEADLINE:?}"))
+        } else {
+            None
+        };
+        if let Some(why) = stop {
+            let _ = child.kill();
+            let _ = child.wait();
+            break Err(why);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let stdout = String::from_utf8_lossy(&out_reader.join().unwrap_or_default()).into_owned();
+    let stderr = String::from_utf8_lossy(&err_reader.join().unwrap_or_default()).into_owned();
+    let status = match status {
+        Ok(status) => status,
+        Err(why) => bail!("`{shown}` {why}"),
+    };
+    if check_status && !status.success() {
+        bail!("`{shown}` failed ({status}): {}", stderr.trim());
+    }
+    Ok(Output { stdout, stderr })
+}
+
+fn show(cmd: &Command) -> String {
+    std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(OsStr::to_string_lossy)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `program ARGS...` as a [`Command`].
+pub fn command<I, S>(program: &str, args: I) -> Command
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let mut cmd = Command::new(program);
+    cmd.args(args);
+    cmd
+}
+
+fn name(tag: &str) -> String {
+    format!("{PREFIX}-{tag}-{}", std::process::id())
+}
+
+/// A network namespace, deleted on drop (its veth pairs and any XDP program
+/// attached to them go with it).
+pub struct NetNs {
+    pub name: String,
+}
+
+impl NetNs {
+    pub fn create(tag: &str) -> Result<Self> {
+        let name = name(tag);
+        run(command("ip", ["netns", "add", &name]))?;
+        let ns = Self { name };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    pub fn path(&self) -> PathBuf {
+        Path::new("/var/run/netns").join(&self.name)
+    }
+
+    /// `ip -n <ns> ARGS`.
+    pub fn ip(&self, args: &[&str]) -> Result<Output> {
+        run(command("ip", ["-n", &self.name].iter().chain(args)))
+    }
+
+    /// A veth pair with both ends inside this namespace, both up.
+    pub fn veth_pair(&self, a: &str, b: &str) -> Result<()> {
+        self.ip(&["link", "add", a, "type", "veth", "peer", "name", b])?;
+        self.ip(&["link", "set", a, "up"])?;
+        self.ip(&["link", "set", b, "up"])?;
+        Ok(())
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        run_cleanup(command("ip", ["netns", "del", &self.name]));
+    }
+}
+
+/// A persistent mount namespace (bind-mounted on a file under
+/// `/run/xgate-bench-<tag>-<pid>/`) in which a fresh, private bpffs is mounted
+/// on /sys/fs/bpf. Tools run in it through `nsenter --mount=...` pin into that
+/// bpffs, never into the host's; on drop the namespace is released, and with
+/// it every pinned object.
+pub struct PrivateBpffs {
+    dir: PathBuf,
+    dir_mounted: bool,
+    ns_file: Option<PathBuf>,
+}
+
+impl PrivateBpffs {
+    pub fn create(tag: &str) -> Result<Self> {
+        let dir = Path::new("/run").join(name(tag));
+        std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+        let mut guard = Self {
+            dir: dir.clone(),
+            dir_mounted: false,
+            ns_file: None,
+        };
+        // `unshare --mount=FILE` needs FILE on a mount that is not shared.
+        run(command(
+            "mount",
+            [OsStr::new("--bind"), dir.as_os_str(), dir.as_os_str()],
+        ))?;
+        guard.dir_mounted = true;
+        run(command(
+            "mount",
+            [OsStr::new("--make-private"), dir.as_os_str()],
+        ))?;
+        let file = dir.join("mnt");
+        std::fs::write(&file, b"").with_context(|| format!("create {}", file.display()))?;
+        let mut unshare = Command::new("unshare");
+        unshare
+            .arg(format!("--mount={}", file.display()))
+            .args(["--propagation", "private", "--"])
+            .args(["mount", "-t", "bpf", "bpf", "/sys/fs/bpf"]);
+        let created = run(&mut unshare);
+        // unshare may have bind-mounted the namespace even if mount failed.
+        guard.ns_file = Some(file);
+        created.context("creating a mount namespace with a private bpffs")?;
+        Ok(guard)
+    }
+
+    /// `nsenter --mount=<this> [--net=<netns>] program`.
+    pub fn nsenter(&self, net: Option<&NetNs>, program: &str) -> Command {
+        let mut cmd = Command::new("nsenter");
+        if let Some(file) = &self.ns_file {
+            cmd.arg(format!("--mount={}", file.display()));
+        }
+        if let Some(ns) = net {
+            cmd.arg(format!("--net={}", ns.path().display()));
+        }
+        cmd.arg(program);
+        cmd
+    }
+}
+
+impl Drop for PrivateBpffs {
+    fn drop(&mut self) {
+        if let Some(file) = &self.ns_file {
+            // Not mounted if unshare failed early: ignore that error.
+            run_cleanup_silently(command("umount", [file]));
+            let _ = std::fs::remove_file(file);
+        }
+        if self.dir_mounted {
+            run_cleanup(command("umount", [&self.dir]));
+        }
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// A directory under /tmp, removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn create(tag: &str) -> Result<Self> {
+        let path = std::env::temp_dir().join(name(tag));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).with_context(|| format!("create {}", path.display()))?;
+        Ok(Self(path))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Pins the calling thread (and the processes it starts) to the highest
+/// CPU it may run on; returns that CPU, or None if pinning failed.
+pub fn pin_to_last_cpu() -> Option<usize> {
+    // SAFETY: cpu_set_t is plain data; the calls get/set this thread's mask.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return None;
+        }
+        let cpu = (0..libc::CPU_SETSIZE as usize)
+            .rev()
+            .find(|&c| libc::CPU_ISSET(c, &set))?;
+        let mut one: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut one);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &one) != 0 {
+            return None;
+        }
+        Some(cpu)
+    }
+}
+
+/// Lets the calling thread (and the processes it starts from now on) run on
+/// every online CPU again, undoing [`pin_to_last_cpu`].
+pub fn unpin() {
+    // SAFETY: cpu_set_t is plain data; the calls get/set this thread's mask.
+    unsafe {
+        let cpus = libc::sysconf(libc::_SC_NPROCESSORS_CONF).clamp(1, libc::CPU_SETSIZE as i64);
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for cpu in 0..cpus as usize {
+            libc::CPU_SET(cpu, &mut set);
+        }
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago (the kernel's pick).
+pub fn free_port() -> Result<u16> {
+    let socket =
+        TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("bind 127.0.0.1:0 to find a port")?;
+    Ok(socket.local_addr()?.port())
+}
+
+/// Clock ticks per second of /proc/PID/stat's CPU times.
+pub fn clock_ticks() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 {
+        ticks as f64
+    } else {
+        100.0
+    }
+}
+
+/// The fields of /proc/PID/stat after the command name (field 3 onwards:
+/// index 0 is the state, 1 the parent PID, 11/12 utime/stime, 19 the start
+/// time).
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may hold spaces or ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    Some(rest.split_whitespace().map(str::to_string).collect())
+}
+
+/// utime + stime of a process (all its threads), in clock ticks.
+pub fn cpu_ticks(pid: u32) -> Option<u64> {
+    let f = stat_fields(pid)?;
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+/// utime of a process (all its threads), in clock ticks.
+pub fn user_ticks(pid: u32) -> Option<u64> {
+    stat_fields(pid)?.get(11)?.parse().ok()
+}
+
+/// User time (user + nice) of the whole machine, in clock ticks.
+pub fn machine_user_ticks() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let f: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(2)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    (f.len() == 2).then(|| f[0] + f[1])
+}
+
+/// User CPU seconds of this process's terminated, waited-for children (the
+/// load generators once they have exited).
+pub fn children_user_seconds() -> f64 {
+    // SAFETY: rusage is plain data filled by the kernel.
+    unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        if libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) != 0 {
+            return 0.0;
+        }
+        usage.ru_utime.tv_sec as f64 + usage.ru_utime.tv_usec as f64 / 1e6
+    }
+}
+
+/// Start time of a process (clock ticks after boot): with the PID, what
+/// identifies it (a PID may be reused once the process is gone).
+fn start_time(pid: u32) -> Option<u64> {
+    stat_fields(pid)?.get(19)?.parse().ok()
+}
+
+/// Whether `pid` is still the (non-zombie) process that started at `started`.
+fn is_same_live_process(pid: u32, started: Option<u64>) -> bool {
+    stat_fields(pid).is_some_and(|f| {
+        f.first().map(String::as_str) != Some("Z")
+            && f.get(19).and_then(|s| s.parse::<u64>().ok()) == started
+    })
+}
+
+/// Peak resident set size (VmHWM) of a process, in KiB.
+pub fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Resets a process's VmHWM to its current RSS (`echo 5 > clear_refs`).
+pub fn reset_peak_rss(pid: u32) -> bool {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), b"5").is_ok()
+}
+
+/// Every live process below `pid` (children, their children, ...), found by
+/// parent PID in /proc.
+pub fn descendants(pid: u32) -> Vec<u32> {
+    let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            let Some(p) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if let Some(ppid) = stat_fields(p).and_then(|f| f.get(1)?.parse::<u32>().ok()) {
+                children.entry(ppid).or_default().push(p);
+            }
+        }
+    }
+    let mut found = Vec::new();
+    let mut queue = vec![pid];
+    while let Some(p) = queue.pop() {
+        for &c in children.get(&p).map(Vec::as_slice).unwrap_or(&[]) {
+            if !found.contains(&c) {
+                found.push(c);
+                queue.push(c);
+            }
+        }
+    }
+    found
+}
+
+/// A server process the harness started, with its output in a log file.
+/// Dropping it stops it, also on error and on panic: SIGTERM to it, a grace
+/// period, then SIGKILL to it and to every process it forked that is still
+/// there (each by PID, checked by start time against PID reuse).
+pub struct Spawned {
+    pub name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+/// How long a server gets to exit after SIGTERM before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+impl Spawned {
+    /// Starts `cmd` with stdin closed and stdout/stderr appended to `log`.
+    /// The process gets SIGTERM if the harness dies without dropping the
+    /// guard (SIGKILL), so it never outlives the run.
+    pub fn start(name: &str, mut cmd: Command, log: &Path) -> Result<Self> {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: between fork and exec only async-signal-safe calls
+        // (prctl, getppid) are made.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The harness may have died before prctl: then exit at once.
+                if libc::getppid() == 1 {
+                    libc::_exit(1);
+                }
+                Ok(())
+            });
+        }
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .with_context(|| format!("create {}", log.display()))?;
+        let err = out.try_clone()?;
+        let shown = show(&cmd);
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .with_context(|| format!("cannot start {name}: `{shown}`"))?;
+        Ok(Self {
+            name: name.to_string(),
+            child,
+            log: log.to_path_buf(),
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The process and every process it forked (nginx's workers).
+    pub fn pids(&self) -> Vec<u32> {
+        let mut pids = vec![self.pid()];
+        pids.extend(descendants(self.pid()));
+        pids
+    }
+
+    /// Fails, with the end of its log, if the process has exited.
+    pub fn check_running(&mut self) -> Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!(
+                "{} exited ({status}); end of its log {}:\n{}",
+                self.name,
+                self.log.display(),
+                self.log_tail(20)
+            );
+        }
+        Ok(())
+    }
+
+    /// The last `lines` lines of the process's log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// CPU time of the process and its descendants, in clock ticks.
+    pub fn cpu_ticks(&self) -> u64 {
+        self.pids().into_iter().filter_map(cpu_ticks).sum()
+    }
+
+    /// User CPU time of the process and its descendants, in clock ticks.
+    pub fn user_ticks(&self) -> u64 {
+        self.pids().into_iter().filter_map(user_ticks).sum()
+    }
+
+    /// Sum of VmHWM over the process and its descendants, in KiB (pages
+    /// shared between them are counted once per process).
+    pub fn peak_rss_kib(&self) -> u64 {
+        self.pids().into_iter().filter_map(peak_rss_kib).sum()
+    }
+
+    pub fn reset_peak_rss(&self) {
+        for pid in self.pids() {
+            reset_peak_rss(pid);
+        }
+    }
+
+    fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => return Some(status),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                _ => return None,
+            }
+        }
+    }
+}
+
+fn signal(pid: u32, signal: libc::c_int) {
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe {
+        libc::kill(pid as libc::pid_t, signal);
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let pid = self.pid();
+        let forked: Vec<(u32, Option<u64>)> = descendants(pid)
+            .into_iter()
+            .map(|p| (p, start_time(p)))
+            .collect();
+        if self.child.try_wait().ok().flatten().is_none() {
+            signal(pid, libc::SIGTERM);
+            if self.wait_exit(STOP_GRACE).is_none() {
+                eprintln!(
+                    "xgate-bench: {} (pid {pid}) did not stop within {STOP_GRACE:?} of SIGTERM; killing it",
+                    self.name
+                );
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            }
+        }
+        // What it forked, if it left any behind (nginx's workers outlive a
+        // killed master).
+        let deadline = Instant::now() + Duration::from_secs(2);
+        for (p, started) in forked {
+            while is_same_live_process(p, started) {
+                if Instant::now() >= deadline {
+                    eprintln!("xgate-bench: killing pid {p}, left behind by {}", self.name);
+                    signal(p, libc::SIGKILL);
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+/// The PID in a name `xgate-bench-<tag>-<pid>`, if it has that form.
+fn pid_of(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix(PREFIX)?.strip_prefix('-')?;
+    rest.rsplit('-').next()?.parse().ok()
+}
+
+fn alive(pid: u32) -> bool {
+    Path::new("/proc").join(pid.to_string()).exists()
+}
+
+/// Removes what an earlier run killed without a chance to clean up (SIGKILL,
+/// power loss) left behind: only names of the harness's own form whose
+/// process is gone.
+pub fn sweep_stale() {
+    if let Ok(out) = run(command("ip", ["netns", "list"])) {
+        for line in out.stdout.lines().take(10_000) {
+            let ns = line.split_whitespace().next().unwrap_or("");
+            if pid_of(ns).is_some_and(|pid| !alive(pid)) {
+                eprintln!("xgate-bench: removing stale network namespace {ns}");
+                run_cleanup(command("ip", ["netns", "del", ns]));
+            }
+        }
+    }
+    for parent in [Path::new("/run").to_path_buf(), std::env::temp_dir()] {
+        let Ok(entries) = std::fs::read_dir(&parent) else {
+            continue;
+        };
+        for entry in entries.take(100_000).flatten() {
+            let file_name = entry.file_name();
+            let Some(name) = file_name.to_str() else {
+                continue;
+            };
+            if pid_of(name).is_none_or(alive) {
+                continue;
+            }
+            let path = entry.path();
+            eprintln!("xgate-bench: removing stale {}", path.display());
+            let ns_file = path.join("mnt");
+            if ns_file.exists() {
+                run_cleanup_silently(command("umount", [&ns_file]));
+                run_cleanup_silently(command("umount", [&path]));
+            }
+            let _ = std::fs::remove_dir_all(&path);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stale_names_are_recognised_by_their_pid() {
+        assert_eq!(pid_of("xgate-bench-xdp-1234"), Some(1234));
+        assert_eq!(pid_of("xgate-bench-xdp-filter-77"), Some(77));
+        assert_eq!(pid_of("xgt-polc-3722"), None);
+        assert_eq!(pid_of("xgate-bench-xdp"), None);
+        assert_eq!(pid_of("other-xgate-bench-xdp-1"), None);
+    }
+}

