@@ -190,6 +190,16 @@ pub fn set_affinity(pid: u32, cpus: &[usize]) -> bool {
     ok
 }
 
+/// Gives a thread (or kernel thread) the real-time policy SCHED_FIFO at
+/// `priority`; false if that failed.
+pub fn set_fifo(tid: u32, priority: i32) -> bool {
+    let param = libc::sched_param {
+        sched_priority: priority,
+    };
+    // SAFETY: a valid sched_param for a task id; no memory is retained.
+    unsafe { libc::sched_setscheduler(tid as libc::pid_t, libc::SCHED_FIFO, &param) == 0 }
+}
+
 /// Kernel threads whose name starts with `prefix` (e.g. `napi/xgbfg0-`).
 pub fn kernel_threads(prefix: &str) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
@@ -552,5 +562,35 @@ fn sent_count(log: &str) -> Option<u64> {
 impl Drop for Flood {
     fn drop(&mut self) {
         self.kill_all();
+    }
+}
+
+/// Keeps every CPU out of idle states that take time to leave, while it
+/// lives: a PM QoS request of 0 µs on `/dev/cpu_dma_latency` (the kernel
+/// drops it when the file is closed, also when the process dies). In a
+/// virtual machine whose idle CPUs halt, each wake-up otherwise costs an
+/// exit to the host, and a half-idle request path measures that instead of
+/// the software; this keeps the comparison about the software.
+pub struct NoDeepIdle {
+    held: Option<File>,
+}
+
+impl NoDeepIdle {
+    pub fn hold() -> Self {
+        use std::io::Write;
+        let held = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/cpu_dma_latency")
+            .and_then(|mut f| {
+                f.write_all(&0i32.to_ne_bytes())?;
+                Ok(f)
+            })
+            .map_err(|e| eprintln!("xgate-bench: cannot hold /dev/cpu_dma_latency at 0: {e}"))
+            .ok();
+        Self { held }
+    }
+
+    pub fn is_held(&self) -> bool {
+        self.held.is_some()
     }
 }

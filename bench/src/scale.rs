@@ -436,6 +436,7 @@ pub fn run(settings: &Settings) -> Result<Report> {
     let cores = peers::threads();
     let (outside, gateway) = (0, cores.saturating_sub(1));
 
+    let no_deep_idle = lab::NoDeepIdle::hold();
     let (xdp, xdp_rounds, xdp_cpu, mixes) = xdp_part(settings)?;
 
     let xgate = peers::find(peers::Kind::Xgate).context("xgate release binary")?;
@@ -580,6 +581,7 @@ pub fn run(settings: &Settings) -> Result<Report> {
         mixes,
         xgate: xgate.version.clone(),
         wrk: wrk.version.clone(),
+        no_deep_idle: no_deep_idle.is_held(),
     };
     let report = build_report(&cases, &xdp, &memory, &info);
     drop(running);
@@ -602,6 +604,7 @@ struct Info {
     mixes: [String; 2],
     xgate: String,
     wrk: String,
+    no_deep_idle: bool,
 }
 
 fn find(cases: &[HttpCase], instance: Instance, conn: Conn) -> Option<&HttpCase> {
@@ -722,6 +725,7 @@ fn build_report(cases: &[HttpCase], xdp: &[XdpCase], memory: &[Value], info: &In
             "wrk_cpu": info.outside,
         },
         "xgate": info.xgate,
+        "idle_cpus_poll": info.no_deep_idle,
         "load": {
             "tool": info.wrk, "threads": WRK_THREADS, "connections": WRK_CONNECTIONS,
             "routes_request": format!("GET {ROUTE_PATH} (matches route /svc7, stripped to {})", upstream::SMALL_PATH),
@@ -855,20 +859,23 @@ fn build_report(cases: &[HttpCase], xdp: &[XdpCase], memory: &[Value], info: &In
          - Four xgate instances (bench/peers/xgate-scale.yaml) side by side in a network \
          namespace made for the run (its own loopback; removed after it), each on its own port, \
          in front of the bench upstream (`xgate-bench serve-upstream`, 64-byte body). Routes: \
-         `/svc0` ... `/svc{{N-1}}` as `path_prefix` routes with `strip_prefix`, the request \
-         `GET {ROUTE_PATH}` matching `/svc7` (with 10,000 routes, prefixes of 5 to 8 characters). \
-         Deny lists: one route `/`, {SMALL_DENY} or {LARGE_DENY} IPv4 CIDRs in `xdp.deny` \
+         `/svc0` ... `/svc9` or `/svc9999` as `path_prefix` routes with `strip_prefix`, the \
+         request `GET {ROUTE_PATH}` matching `/svc7` (with 10,000 routes the prefixes have 5 to \
+         8 characters). Deny lists: one route `/`, 10 or 100,000 IPv4 CIDRs in `xdp.deny` \
          (prefix lengths: {} / {}), no `xdp.interfaces`, so xgate checks them at accept(); the \
          client (127.0.0.1) is on no list. With `Connection: close` every request is a new \
          connection and pays the check.\n\
          - RSS: VmRSS after start-up, and VmHWM (reset after the warm-up) over the rounds.\n\
+         - {}\n\
          - XDP: `xgate_xdp` loaded twice from the workspace's object with private maps, the \
-         {SMALL_DENY} and the {LARGE_DENY} CIDRs in its deny trie, rate limiting on with a budget \
+         10 and the 100,000 CIDRs in its deny trie, rate limiting on with a budget \
          never exhausted (as in the `xdp` scenario's pass cases); a UDP frame from \
          {PASS_V4} (on no list) and one from {DENY_V4} (in `{DENY_V4_NET}`, the first CIDR of \
          both lists). Every run checks the verdict and that exactly the expected counter moved \
          by `repeat`.\n",
-        info.mixes[0], info.mixes[1],
+        info.mixes[0],
+        info.mixes[1],
+        crate::flood::idle_note(info.no_deep_idle),
     ));
     Report {
         scenario: "scale",
