@@ -7,7 +7,7 @@
 //!   list is checked on every accepted connection), requests/s of a client
 //!   not on the list, with keep-alive and with a new connection per request
 //!   (`Connection: close`, where the check runs every time); RSS;
-//! - deny CIDRs in XDP: the same two lists in the XDP program's tries,
+//! - deny CIDRs in XDP: the same two lists in the XDP program's lists,
 //!   ns/packet with BPF_PROG_TEST_RUN for a passing source and a denied one.
 //!
 //! The four xgate instances run side by side in a network namespace made
@@ -288,8 +288,8 @@ fn rule_set(deny: &[IpNet]) -> KernelRules {
             flags: flags::RATE_LIMIT,
             v4_prefix_len: 32,
             v6_prefix_len: 64,
-            _pad: 0,
             rate: RateLimit::per_second(1_000_000, 1 << 40),
+            ..XdpConfig::default()
         },
         ports: None,
         deny: deny.iter().map(|n| (*n, permanent())).collect(),
@@ -909,8 +909,9 @@ fn build_report(cases: &[HttpCase], xdp: &[XdpCase], memory: &[Value], info: &In
          - RSS: VmRSS after start-up, and VmHWM (reset after the warm-up) over the rounds.\n\
          - {}\n\
          - XDP: `xgate_xdp` loaded twice from the workspace's object with private maps, the \
-         10 and the 100,000 CIDRs in its deny trie, rate limiting on with a budget \
-         never exhausted (as in the `xdp` scenario's pass cases); a UDP frame from \
+         10 and the 100,000 CIDRs in its deny list (hash maps for /32 and /24, the other \
+         lengths in the trie), rate limiting on with a budget never exhausted (as in the `xdp` \
+         scenario's pass cases, so the passing source's verdict is cached in its bucket); a UDP frame from \
          {PASS_V4} (on no list) and one from {DENY_V4} (in `{DENY_V4_NET}`, the first CIDR of \
          both lists). Every run checks the verdict and that exactly the expected counter moved \
          by `repeat`.\n",

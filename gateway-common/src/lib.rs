@@ -8,7 +8,7 @@
 /// Version of the map layouts below. It is part of the pin path
 /// (`<pin_root>/v<N>/`), because aya silently reuses a pinned map even when
 /// its definition changed: bump this whenever a key, value or map size changes.
-pub const MAP_LAYOUT_VERSION: u32 = 3;
+pub const MAP_LAYOUT_VERSION: u32 = 4;
 
 /// Name of the XDP program inside the object file.
 pub const XDP_PROGRAM: &str = "xgate_xdp";
@@ -36,6 +36,13 @@ pub mod map_names {
     /// `LpmTrie<_, RateLimit>` per-CIDR rate overrides, and the protected
     /// destination port bitmap (`Array<u64>`, [`super::PORT_WORDS`] words).
     pub const DENY_V4: [&str; 2] = ["DENY_V4_0", "DENY_V4_1"];
+    /// Per-slot hash maps `HashMap<ExactKey4 | ExactKey6, Rule>` holding the
+    /// lists' entries whose length is one of [`super::EXACT_V4_LENS`] /
+    /// [`super::EXACT_V6_LENS`]; the tries hold the others.
+    pub const DENY_V4_EXACT: [&str; 2] = ["DENY_V4_EXACT_0", "DENY_V4_EXACT_1"];
+    pub const DENY_V6_EXACT: [&str; 2] = ["DENY_V6_EXACT_0", "DENY_V6_EXACT_1"];
+    pub const ALLOW_V4_EXACT: [&str; 2] = ["ALLOW_V4_EXACT_0", "ALLOW_V4_EXACT_1"];
+    pub const ALLOW_V6_EXACT: [&str; 2] = ["ALLOW_V6_EXACT_0", "ALLOW_V6_EXACT_1"];
     pub const DENY_V6: [&str; 2] = ["DENY_V6_0", "DENY_V6_1"];
     pub const ALLOW_V4: [&str; 2] = ["ALLOW_V4_0", "ALLOW_V4_1"];
     pub const ALLOW_V6: [&str; 2] = ["ALLOW_V6_0", "ALLOW_V6_1"];
@@ -43,7 +50,7 @@ pub mod map_names {
     pub const RATE_V6: [&str; 2] = ["RATE_V6_0", "RATE_V6_1"];
     pub const PORTS: [&str; 2] = ["PORTS_0", "PORTS_1"];
     /// Every map the program owns, in the order userspace pins them.
-    pub const ALL: [&str; 18] = [
+    pub const ALL: [&str; 26] = [
         ACTIVE,
         CONFIG,
         STATS,
@@ -56,6 +63,14 @@ pub mod map_names {
         ALLOW_V4[1],
         ALLOW_V6[0],
         ALLOW_V6[1],
+        DENY_V4_EXACT[0],
+        DENY_V4_EXACT[1],
+        DENY_V6_EXACT[0],
+        DENY_V6_EXACT[1],
+        ALLOW_V4_EXACT[0],
+        ALLOW_V4_EXACT[1],
+        ALLOW_V6_EXACT[0],
+        ALLOW_V6_EXACT[1],
         RATE_V4[0],
         RATE_V4[1],
         RATE_V6[0],
@@ -69,9 +84,50 @@ pub mod map_names {
 /// `BPF_F_NO_PREALLOC`, so an empty slot costs no kernel memory; the limit is
 /// set high enough for large threat feeds (100k prefixes) with headroom.
 pub const LIST_MAX_ENTRIES: u32 = 262_144;
+/// Prefix lengths whose list entries live in a hash map instead of the trie:
+/// one hash lookup per length (longest first) replaces a trie walk whose
+/// depth grows with the list. /32 and /24 are most of any IPv4 threat feed.
+pub const EXACT_V4_LENS: [u32; 2] = [32, 24];
+/// The same for IPv6: single hosts, customer /64s and site /48s.
+pub const EXACT_V6_LENS: [u32; 3] = [128, 64, 48];
+
+/// Key of the exact-length list maps: the prefix, masked, and its length.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ExactKey4 {
+    pub prefix_len: u32,
+    pub addr: [u8; 4],
+}
+
+/// IPv6 counterpart of [`ExactKey4`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ExactKey6 {
+    pub prefix_len: u32,
+    pub addr: [u8; 16],
+}
+
+/// Bits of [`XdpConfig::present`]: which list structures of a slot may hold
+/// entries, so the program skips lookups in empty ones.
+pub mod present {
+    /// Deny list (0) or allow list (1).
+    pub const DENY: u32 = 0;
+    pub const ALLOW: u32 = 1;
+    /// Which structure of a list and family: the index into
+    /// `EXACT_V4_LENS` / `EXACT_V6_LENS`, or [`TRIE`].
+    pub const TRIE: u32 = 3;
+
+    /// The bit for `list`'s `family` (4 or 6) structure `which`.
+    pub const fn bit(list: u32, family: u32, which: u32) -> u32 {
+        let family = if family == 4 { 0 } else { 1 };
+        1 << ((list * 2 + family) * 4 + which)
+    }
+}
+
 /// Capacity of each per-CIDR rate override trie.
 pub const RATE_OVERRIDE_MAX_ENTRIES: u32 = 4_096;
-/// Token buckets kept at once (about 64 bytes each in the kernel: 16 MiB).
+/// Token buckets kept at once (about 100 bytes each in the kernel with the
+/// LRU's element header: 25 MiB, preallocated).
 /// See `docs/xdp.md` for why an LRU of this size is safe against spoofed
 /// floods: eviction only ever refills a bucket, it never blocks a source.
 pub const BUCKET_MAX_ENTRIES: u32 = 262_144;
@@ -151,9 +207,16 @@ pub mod flags {
     pub const PROTECTED_PORTS: u32 = 1 << 2;
     /// The slot's allow lists may hold entries (else their lookup is
     /// skipped). Set by userspace, never cleared while the slot is active.
+    /// (Which of the allow maps hold entries is in [`XdpConfig::present`].)
     pub const HAS_ALLOW: u32 = 1 << 3;
     /// The slot has per-CIDR rate overrides (else their lookup is skipped).
     pub const HAS_OVERRIDES: u32 = 1 << 4;
+    /// No IPv4 deny/allow entry of the slot is longer than `v4_prefix_len`,
+    /// so every source a bucket aggregates gets the same list verdict and a
+    /// bucket may remember "on no list" (see [`super::Bucket::list_gen`]).
+    pub const CACHE_V4: u32 = 1 << 5;
+    /// The same for IPv6 and `v6_prefix_len`.
+    pub const CACHE_V6: u32 = 1 << 6;
 }
 
 /// Per-slot settings of the kernel policy.
@@ -165,9 +228,15 @@ pub struct XdpConfig {
     pub v4_prefix_len: u32,
     /// ... and for IPv6 (/64 by default: one customer network).
     pub v6_prefix_len: u32,
-    pub _pad: u32,
+    /// Which list maps may hold entries: [`present::bit`] bits.
+    pub present: u32,
     /// Default budget for every source without an override.
     pub rate: RateLimit,
+    /// Changes (grows) with every change to the deny/allow lists that could
+    /// put a source on a list: a new rule set, an added entry. Never 0 in a
+    /// slot userspace has written. Buckets stamped with an older value are
+    /// looked up in the lists again.
+    pub generation: u64,
 }
 
 /// Key of a token bucket: the source address masked to the configured
@@ -189,6 +258,12 @@ pub struct BucketKey {
 pub struct Bucket {
     pub start_ns: u64,
     pub admitted: u64,
+    /// Verdict cache: the [`XdpConfig::generation`] at which the source(s)
+    /// of this bucket were last found on no deny or allow list; `0` if
+    /// never. While it equals the active slot's generation (and the slot's
+    /// `CACHE_V4`/`CACHE_V6` flag is set), the program skips the list
+    /// lookups for this source.
+    pub list_gen: u64,
 }
 
 /// Indices into the per-CPU `STATS` array: one counter per verdict and reason.
@@ -255,11 +330,13 @@ impl Stat {
 
 #[cfg(feature = "user")]
 mod user {
-    // SAFETY (all four): `#[repr(C)]`, `Copy`, padding made explicit, and
+    // SAFETY (all of them): `#[repr(C)]`, `Copy`, padding made explicit, and
     // every bit pattern is a valid value.
     unsafe impl aya::Pod for super::Rule {}
     unsafe impl aya::Pod for super::RateLimit {}
     unsafe impl aya::Pod for super::XdpConfig {}
     unsafe impl aya::Pod for super::BucketKey {}
     unsafe impl aya::Pod for super::Bucket {}
+    unsafe impl aya::Pod for super::ExactKey4 {}
+    unsafe impl aya::Pod for super::ExactKey6 {}
 }

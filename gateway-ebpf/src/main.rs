@@ -7,6 +7,10 @@
 //! non-IP and ICMPv6 neighbour discovery pass (the host must never be cut off
 //! its link) → allow list passes → deny list drops → token bucket per source
 //! (on protected ports, optionally SYNs only) drops over budget → pass.
+//! A policed source's bucket is looked up first: when it records that the
+//! source was on no list at the current rule-set generation, the list
+//! lookups are skipped (the verdict cache, see `docs/xdp.md`). Lists keep
+//! entries of common lengths in hash maps and the rest in LPM tries.
 //! Every packet is counted under exactly one [`Stat`].
 //
 // Built for real only for the BPF target; on the host (`cargo clippy
@@ -22,18 +26,19 @@
 mod parse;
 
 use aya_ebpf::{
-    bindings::{xdp_action, BPF_NOEXIST},
+    bindings::{xdp_action, BPF_F_NO_PREALLOC, BPF_NOEXIST},
     helpers::bpf_ktime_get_coarse_ns,
     macros::{map, xdp},
     maps::{
         lpm_trie::{Key, LpmTrie},
-        Array, LruHashMap, PerCpuArray,
+        Array, HashMap, LruHashMap, PerCpuArray,
     },
     programs::XdpContext,
 };
 use gateway_common::{
-    flags, Bucket, BucketKey, RateLimit, Rule, Stat, XdpConfig, BUCKET_MAX_ENTRIES,
-    LIST_MAX_ENTRIES, PORT_WORDS, RATE_OVERRIDE_MAX_ENTRIES, SLOTS,
+    flags, present, Bucket, BucketKey, ExactKey4, ExactKey6, RateLimit, Rule, Stat, XdpConfig,
+    BUCKET_MAX_ENTRIES, EXACT_V4_LENS, EXACT_V6_LENS, LIST_MAX_ENTRIES, PORT_WORDS,
+    RATE_OVERRIDE_MAX_ENTRIES, SLOTS,
 };
 
 use crate::parse::{Packet, Src};
@@ -79,6 +84,34 @@ static ALLOW_V6_0: LpmTrie<[u8; 16], Rule> = LpmTrie::with_max_entries(LIST_MAX_
 #[map(name = "ALLOW_V6_1")]
 static ALLOW_V6_1: LpmTrie<[u8; 16], Rule> = LpmTrie::with_max_entries(LIST_MAX_ENTRIES, 0);
 
+/// The lists' entries of the lengths in `EXACT_V4_LENS` / `EXACT_V6_LENS`,
+/// per slot: one hash lookup per length instead of a trie walk. A source is
+/// on a list when any of its structures holds a live entry for it.
+#[map(name = "DENY_V4_EXACT_0")]
+static DENY_V4_EXACT_0: HashMap<ExactKey4, Rule> =
+    HashMap::with_max_entries(LIST_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+#[map(name = "DENY_V4_EXACT_1")]
+static DENY_V4_EXACT_1: HashMap<ExactKey4, Rule> =
+    HashMap::with_max_entries(LIST_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+#[map(name = "DENY_V6_EXACT_0")]
+static DENY_V6_EXACT_0: HashMap<ExactKey6, Rule> =
+    HashMap::with_max_entries(LIST_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+#[map(name = "DENY_V6_EXACT_1")]
+static DENY_V6_EXACT_1: HashMap<ExactKey6, Rule> =
+    HashMap::with_max_entries(LIST_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+#[map(name = "ALLOW_V4_EXACT_0")]
+static ALLOW_V4_EXACT_0: HashMap<ExactKey4, Rule> =
+    HashMap::with_max_entries(LIST_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+#[map(name = "ALLOW_V4_EXACT_1")]
+static ALLOW_V4_EXACT_1: HashMap<ExactKey4, Rule> =
+    HashMap::with_max_entries(LIST_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+#[map(name = "ALLOW_V6_EXACT_0")]
+static ALLOW_V6_EXACT_0: HashMap<ExactKey6, Rule> =
+    HashMap::with_max_entries(LIST_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+#[map(name = "ALLOW_V6_EXACT_1")]
+static ALLOW_V6_EXACT_1: HashMap<ExactKey6, Rule> =
+    HashMap::with_max_entries(LIST_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+
 /// Per-CIDR budgets that replace the default for sources inside them.
 #[map(name = "RATE_V4_0")]
 static RATE_V4_0: LpmTrie<[u8; 4], RateLimit> =
@@ -122,6 +155,10 @@ struct Slot {
     deny_v6: &'static LpmTrie<[u8; 16], Rule>,
     allow_v4: &'static LpmTrie<[u8; 4], Rule>,
     allow_v6: &'static LpmTrie<[u8; 16], Rule>,
+    deny_v4_exact: &'static HashMap<ExactKey4, Rule>,
+    deny_v6_exact: &'static HashMap<ExactKey6, Rule>,
+    allow_v4_exact: &'static HashMap<ExactKey4, Rule>,
+    allow_v6_exact: &'static HashMap<ExactKey6, Rule>,
     rate_v4: &'static LpmTrie<[u8; 4], RateLimit>,
     rate_v6: &'static LpmTrie<[u8; 16], RateLimit>,
     ports: &'static Array<u64>,
@@ -135,6 +172,10 @@ fn slot(index: u32) -> Slot {
             deny_v6: &DENY_V6_0,
             allow_v4: &ALLOW_V4_0,
             allow_v6: &ALLOW_V6_0,
+            deny_v4_exact: &DENY_V4_EXACT_0,
+            deny_v6_exact: &DENY_V6_EXACT_0,
+            allow_v4_exact: &ALLOW_V4_EXACT_0,
+            allow_v6_exact: &ALLOW_V6_EXACT_0,
             rate_v4: &RATE_V4_0,
             rate_v6: &RATE_V6_0,
             ports: &PORTS_0,
@@ -145,6 +186,10 @@ fn slot(index: u32) -> Slot {
             deny_v6: &DENY_V6_1,
             allow_v4: &ALLOW_V4_1,
             allow_v6: &ALLOW_V6_1,
+            deny_v4_exact: &DENY_V4_EXACT_1,
+            deny_v6_exact: &DENY_V6_EXACT_1,
+            allow_v4_exact: &ALLOW_V4_EXACT_1,
+            allow_v6_exact: &ALLOW_V6_EXACT_1,
             rate_v4: &RATE_V4_1,
             rate_v6: &RATE_V6_1,
             ports: &PORTS_1,
@@ -174,74 +219,116 @@ fn classify(ctx: &XdpContext) -> Stat {
     let has_overrides = config.flags & flags::HAS_OVERRIDES != 0;
     // Read the clock only when something needs it (expiring rules, buckets).
     let mut now = 0u64;
-    match packet.src {
+    // A policed source's bucket is looked up first: it remembers when the
+    // source was last found on no list (the verdict cache), so a known
+    // legitimate source costs one hash lookup instead of trie walks.
+    let policing = config.flags & flags::RATE_LIMIT != 0 && policed(&packet, config, &maps);
+    let (key, cacheable) = match packet.src {
         Src::V4(src) => {
-            let key = AlignedKey {
-                key: Key::new(32, src),
-            };
-            if has_allow && matches(maps.allow_v4.get(&key.key), &mut now) {
-                return Stat::AllowListed;
-            }
-            if matches(maps.deny_v4.get(&key.key), &mut now) {
-                return Stat::DeniedV4;
-            }
-        }
-        Src::V6(src) => {
-            let key = AlignedKey {
-                key: Key::new(128, src),
-            };
-            if has_allow && matches(maps.allow_v6.get(&key.key), &mut now) {
-                return Stat::AllowListed;
-            }
-            if matches(maps.deny_v6.get(&key.key), &mut now) {
-                return Stat::DeniedV6;
-            }
-        }
-    }
-    if config.flags & flags::RATE_LIMIT == 0 || !policed(&packet, config, &maps) {
-        return Stat::Passed;
-    }
-    let (limit, key) = match packet.src {
-        Src::V4(src) => {
-            let lookup = AlignedKey {
-                key: Key::new(32, src),
-            };
-            let limit = if has_overrides {
-                maps.rate_v4
-                    .get(&lookup.key)
-                    .copied()
-                    .unwrap_or(config.rate)
-            } else {
-                config.rate
-            };
             let mut addr = [0u8; 16];
             let masked = mask(u32::from_be_bytes(src), config.v4_prefix_len).to_be_bytes();
             addr[0] = masked[0];
             addr[1] = masked[1];
             addr[2] = masked[2];
             addr[3] = masked[3];
-            (limit, BucketKey { addr, family: 4 })
-        }
-        Src::V6(src) => {
-            let lookup = AlignedKey {
-                key: Key::new(128, src),
-            };
-            let limit = if has_overrides {
-                maps.rate_v6
-                    .get(&lookup.key)
-                    .copied()
-                    .unwrap_or(config.rate)
-            } else {
-                config.rate
-            };
             (
-                limit,
-                BucketKey {
-                    addr: mask_v6(src, config.v6_prefix_len),
-                    family: 6,
-                },
+                BucketKey { addr, family: 4 },
+                config.flags & flags::CACHE_V4 != 0,
             )
         }
+        Src::V6(src) => (
+            BucketKey {
+                addr: mask_v6(src, config.v6_prefix_len),
+                family: 6,
+            },
+            config.flags & flags::CACHE_V6 != 0,
+        ),
+    };
+    let bucket = if policing {
+        BUCKETS.get_ptr_mut(&key)
+    } else {
+        None
+    };
+    let stamp = if cacheable { config.generation } else { 0 };
+    let cached = match bucket {
+        // SAFETY: `b` points into the map value, valid for this program run.
+        Some(b) => stamp != 0 && unsafe { (*b).list_gen } == stamp,
+        None => false,
+    };
+    if !cached {
+        let bits = config.present;
+        match packet.src {
+            Src::V4(src) => {
+                if has_allow
+                    && listed_v4(
+                        present::ALLOW,
+                        maps.allow_v4_exact,
+                        maps.allow_v4,
+                        bits,
+                        src,
+                        &mut now,
+                    )
+                {
+                    return Stat::AllowListed;
+                }
+                if listed_v4(
+                    present::DENY,
+                    maps.deny_v4_exact,
+                    maps.deny_v4,
+                    bits,
+                    src,
+                    &mut now,
+                ) {
+                    return Stat::DeniedV4;
+                }
+            }
+            Src::V6(src) => {
+                if has_allow
+                    && listed_v6(
+                        present::ALLOW,
+                        maps.allow_v6_exact,
+                        maps.allow_v6,
+                        bits,
+                        src,
+                        &mut now,
+                    )
+                {
+                    return Stat::AllowListed;
+                }
+                if listed_v6(
+                    present::DENY,
+                    maps.deny_v6_exact,
+                    maps.deny_v6,
+                    bits,
+                    src,
+                    &mut now,
+                ) {
+                    return Stat::DeniedV6;
+                }
+            }
+        }
+    }
+    if !policing {
+        return Stat::Passed;
+    }
+    let limit = if has_overrides {
+        match packet.src {
+            Src::V4(src) => {
+                let lookup = AlignedKey {
+                    key: Key::new(32, src),
+                };
+                maps.rate_v4.get(&lookup.key).copied()
+            }
+            Src::V6(src) => {
+                let lookup = AlignedKey {
+                    key: Key::new(128, src),
+                };
+                maps.rate_v6.get(&lookup.key).copied()
+            }
+        }
+        .unwrap_or(config.rate)
+    } else {
+        config.rate
     };
     if limit.cost_ns == 0 {
         return Stat::Passed;
@@ -250,7 +337,7 @@ fn classify(ctx: &XdpContext) -> Stat {
         // SAFETY: helper without arguments.
         now = unsafe { bpf_ktime_get_coarse_ns() };
     }
-    if admit(&key, &limit, now) {
+    if admit(bucket, &key, &limit, now, stamp) {
         Stat::Passed
     } else {
         Stat::RateLimited
@@ -281,12 +368,21 @@ fn policed(packet: &Packet, config: &XdpConfig, maps: &Slot) -> bool {
 
 /// Token bucket admission (see [`Bucket`]). Existing buckets are updated in
 /// place; a new source inserts a bucket that has just spent one token.
+/// `stamp` (non-zero) records that the source is on no list at that
+/// generation.
 #[inline(always)]
-fn admit(key: &BucketKey, limit: &RateLimit, now: u64) -> bool {
-    let Some(bucket) = BUCKETS.get_ptr_mut(key) else {
+fn admit(
+    bucket: Option<*mut Bucket>,
+    key: &BucketKey,
+    limit: &RateLimit,
+    now: u64,
+    stamp: u64,
+) -> bool {
+    let Some(bucket) = bucket else {
         let fresh = Bucket {
             start_ns: now,
             admitted: 1,
+            list_gen: stamp,
         };
         // Another CPU may have inserted it first; either way this packet is
         // the source's first and is admitted.
@@ -295,6 +391,13 @@ fn admit(key: &BucketKey, limit: &RateLimit, now: u64) -> bool {
     };
     // SAFETY: `bucket` points into the map value, valid for this program run.
     let (start, admitted) = unsafe { ((*bucket).start_ns, (*bucket).admitted) };
+    // A racing CPU writes the same value.
+    // SAFETY: as above.
+    unsafe {
+        if stamp != 0 && (*bucket).list_gen != stamp {
+            (*bucket).list_gen = stamp;
+        }
+    }
     // tokens = burst + floor(elapsed / cost) - admitted, compared without a
     // 64-bit division: n * cost is exact while n <= max_tokens.
     let elapsed = now.saturating_sub(start);
@@ -341,6 +444,73 @@ unsafe fn atomic_add(counter: *mut u64) {
 #[inline(always)]
 unsafe fn atomic_add(counter: *mut u64) {
     *counter += 1;
+}
+
+/// Whether `src` is on one list (deny or allow, IPv4): a live entry in the
+/// exact-length map for any of `EXACT_V4_LENS` (longest first), else the
+/// trie's longest match. Structures `present` says are empty are skipped.
+#[inline(always)]
+fn listed_v4(
+    list: u32,
+    exact: &HashMap<ExactKey4, Rule>,
+    trie: &LpmTrie<[u8; 4], Rule>,
+    present: u32,
+    src: [u8; 4],
+    now: &mut u64,
+) -> bool {
+    let addr = u32::from_be_bytes(src);
+    let exact_hit = |which: u32, now: &mut u64| {
+        let prefix_len = EXACT_V4_LENS[which as usize];
+        let key = ExactKey4 {
+            prefix_len,
+            addr: mask(addr, prefix_len).to_be_bytes(),
+        };
+        // SAFETY: the pointer is into the map value, valid for this run.
+        present & present::bit(list, 4, which) != 0
+            && matches(exact.get_ptr(&key).map(|r| unsafe { &*r }), now)
+    };
+    if exact_hit(0, now) || exact_hit(1, now) {
+        return true;
+    }
+    if present & present::bit(list, 4, present::TRIE) == 0 {
+        return false;
+    }
+    let key = AlignedKey {
+        key: Key::new(32, src),
+    };
+    matches(trie.get(&key.key), now)
+}
+
+/// [`listed_v4`] for IPv6 and `EXACT_V6_LENS`.
+#[inline(always)]
+fn listed_v6(
+    list: u32,
+    exact: &HashMap<ExactKey6, Rule>,
+    trie: &LpmTrie<[u8; 16], Rule>,
+    present: u32,
+    src: [u8; 16],
+    now: &mut u64,
+) -> bool {
+    let exact_hit = |which: u32, now: &mut u64| {
+        let prefix_len = EXACT_V6_LENS[which as usize];
+        let key = ExactKey6 {
+            prefix_len,
+            addr: mask_v6(src, prefix_len),
+        };
+        // SAFETY: the pointer is into the map value, valid for this run.
+        present & present::bit(list, 6, which) != 0
+            && matches(exact.get_ptr(&key).map(|r| unsafe { &*r }), now)
+    };
+    if exact_hit(0, now) || exact_hit(1, now) || exact_hit(2, now) {
+        return true;
+    }
+    if present & present::bit(list, 6, present::TRIE) == 0 {
+        return false;
+    }
+    let key = AlignedKey {
+        key: Key::new(128, src),
+    };
+    matches(trie.get(&key.key), now)
 }
 
 /// Whether a deny/allow lookup result is a live (unexpired) rule.

@@ -435,8 +435,8 @@ fn sources_are_aggregated_by_prefix() {
             flags: flags::RATE_LIMIT,
             v4_prefix_len: 24,
             v6_prefix_len: 64,
-            _pad: 0,
             rate: RateLimit::per_second(1, 4),
+            ..XdpConfig::default()
         },
         ..KernelRules::default()
     })
@@ -684,4 +684,223 @@ fn a_full_list_refuses_a_cli_entry_without_persisting_it() {
         std::fs::read_to_string(dir.path().join("lists.json")).unwrap(),
         state
     );
+}
+
+/// A policed source found on no list is remembered in its bucket (the
+/// verdict cache); every list change that could put it on a list must end
+/// that, whichever way the change arrives.
+#[test]
+fn the_verdict_cache_is_dropped_by_every_list_change() {
+    root_only!();
+    let mut xdp = rate_limited(1_000_000, 1 << 30, 0, None);
+    let src = OTHER_V4;
+    let frame = udp4_frame(src, DST_V4);
+    run(&mut xdp, &frame, Stat::Passed);
+    run(&mut xdp, &frame, Stat::Passed);
+    assert!(
+        xdp.verdict_cached(src.into()).unwrap(),
+        "cached after a pass"
+    );
+
+    // A CLI entry covering the source, added to the active slot.
+    xdp.insert(ListKind::Deny, net("198.51.100.0/24"), permanent())
+        .unwrap();
+    assert!(!xdp.verdict_cached(src.into()).unwrap());
+    run(&mut xdp, &frame, Stat::DeniedV4);
+    xdp.remove(ListKind::Deny, net("198.51.100.0/24")).unwrap();
+    run(&mut xdp, &frame, Stat::Passed);
+    assert!(xdp.verdict_cached(src.into()).unwrap());
+
+    // An allow entry: allow-listed sources are not policed.
+    xdp.insert(ListKind::Allow, net("198.51.100.1/32"), permanent())
+        .unwrap();
+    run(&mut xdp, &frame, Stat::AllowListed);
+    xdp.remove(ListKind::Allow, net("198.51.100.1/32")).unwrap();
+    run(&mut xdp, &frame, Stat::Passed);
+    assert!(xdp.verdict_cached(src.into()).unwrap());
+
+    // A whole new rule set (reload) that denies it: the other slot.
+    xdp.replace_rules(&KernelRules {
+        config: XdpConfig {
+            flags: flags::RATE_LIMIT,
+            rate: RateLimit::per_second(1_000_000, 1 << 30),
+            ..no_policing()
+        },
+        deny: vec![(net("198.51.100.1/32"), permanent())],
+        ..KernelRules::default()
+    })
+    .unwrap();
+    run(&mut xdp, &frame, Stat::DeniedV4);
+    // IPv6 the same way (default /64 aggregation, /48 entries: cacheable).
+    let v6 = udp6_frame(OTHER_V6, DST_V6);
+    run(&mut xdp, &v6, Stat::Passed);
+    assert!(xdp.verdict_cached(OTHER_V6.into()).unwrap());
+    xdp.insert(ListKind::Deny, net("2001:db8:900d::/48"), permanent())
+        .unwrap();
+    run(&mut xdp, &v6, Stat::DeniedV6);
+}
+
+/// When a list entry is longer than the rate-limit aggregation, sources
+/// sharing a bucket can get different verdicts: nothing is cached then.
+#[test]
+fn entries_longer_than_the_aggregation_turn_the_verdict_cache_off() {
+    root_only!();
+    let mut xdp = XdpDataPlane::load(XDP_OBJECT, None).unwrap();
+    xdp.replace_rules(&KernelRules {
+        config: XdpConfig {
+            flags: flags::RATE_LIMIT,
+            v4_prefix_len: 24,
+            v6_prefix_len: 64,
+            rate: RateLimit::per_second(1_000_000, 1 << 30),
+            ..XdpConfig::default()
+        },
+        deny: vec![
+            (net("198.51.100.9/32"), permanent()),
+            (net("2001:db8:7:7::9/128"), permanent()),
+        ],
+        ..KernelRules::default()
+    })
+    .unwrap();
+    let good = Ipv4Addr::new(198, 51, 100, 1);
+    let bad = Ipv4Addr::new(198, 51, 100, 9);
+    for _ in 0..3 {
+        run(&mut xdp, &udp4_frame(good, DST_V4), Stat::Passed);
+        run(&mut xdp, &udp4_frame(bad, DST_V4), Stat::DeniedV4);
+    }
+    assert!(!xdp.verdict_cached(good.into()).unwrap());
+    let good6 = Ipv6Addr::new(0x2001, 0xdb8, 7, 7, 0, 0, 0, 1);
+    let bad6 = Ipv6Addr::new(0x2001, 0xdb8, 7, 7, 0, 0, 0, 9);
+    for _ in 0..3 {
+        run(&mut xdp, &udp6_frame(good6, DST_V6), Stat::Passed);
+        run(&mut xdp, &udp6_frame(bad6, DST_V6), Stat::DeniedV6);
+    }
+    assert!(!xdp.verdict_cached(good6.into()).unwrap());
+
+    // The same happens when such an entry arrives from the CLI into a slot
+    // that was cacheable: the neighbour stays cached no longer.
+    let mut xdp = rate_limited(1_000_000, 1 << 30, 0, None);
+    xdp.replace_rules(&KernelRules {
+        config: XdpConfig {
+            flags: flags::RATE_LIMIT,
+            v4_prefix_len: 24,
+            v6_prefix_len: 64,
+            rate: RateLimit::per_second(1_000_000, 1 << 30),
+            ..XdpConfig::default()
+        },
+        ..KernelRules::default()
+    })
+    .unwrap();
+    run(&mut xdp, &udp4_frame(good, DST_V4), Stat::Passed);
+    assert!(xdp.verdict_cached(good.into()).unwrap());
+    xdp.insert(ListKind::Deny, net("198.51.100.9/32"), permanent())
+        .unwrap();
+    for _ in 0..3 {
+        run(&mut xdp, &udp4_frame(good, DST_V4), Stat::Passed);
+        run(&mut xdp, &udp4_frame(bad, DST_V4), Stat::DeniedV4);
+    }
+    assert!(!xdp.verdict_cached(good.into()).unwrap());
+}
+
+/// Entries of the common lengths (IPv4 /32 and /24, IPv6 /128, /64 and /48)
+/// live in hash maps, the others in the tries: a source matches whichever
+/// holds it, listing shows all, removal works in each, and an expired entry
+/// in one structure never hides a live one in another.
+#[test]
+fn every_list_structure_matches_lists_and_removes() {
+    root_only!();
+    let mut xdp = XdpDataPlane::load(XDP_OBJECT, None).unwrap();
+    let past = sys::monotonic_now().saturating_sub(Duration::from_secs(1));
+    let expired = Rule {
+        expires_at_ns: past.as_nanos() as u64,
+        ..permanent()
+    };
+    let entries = [
+        "203.0.113.7/32",
+        "198.51.100.0/24",
+        "192.0.2.0/28",
+        "10.0.0.0/8",
+        "2001:db8:1::1/128",
+        "2001:db8:2:2::/64",
+        "2001:db8:3::/48",
+        "2001:db8:4:400::/56",
+    ];
+    xdp.replace_rules(&KernelRules {
+        config: no_policing(),
+        deny: entries
+            .iter()
+            .map(|e| (net(e), permanent()))
+            .chain([
+                (net("172.16.5.5/32"), expired),
+                (net("2001:db8:5::5/128"), expired),
+            ])
+            .collect(),
+        ..KernelRules::default()
+    })
+    .unwrap();
+    let v4 = |s: &str| udp4_frame(s.parse().unwrap(), DST_V4);
+    let v6 = |s: &str| udp6_frame(s.parse().unwrap(), DST_V6);
+    for (hit, miss) in [
+        ("203.0.113.7", "203.0.113.8"),
+        ("198.51.100.200", "198.51.101.1"),
+        ("192.0.2.15", "192.0.2.16"),
+        ("10.255.0.1", "11.0.0.1"),
+    ] {
+        run(&mut xdp, &v4(hit), Stat::DeniedV4);
+        run(&mut xdp, &v4(miss), Stat::Passed);
+    }
+    for (hit, miss) in [
+        ("2001:db8:1::1", "2001:db8:1::2"),
+        ("2001:db8:2:2:ffff::1", "2001:db8:2:3::1"),
+        ("2001:db8:3:ffff::1", "2001:db8:6::1"),
+        ("2001:db8:4:4ff::1", "2001:db8:4:500::1"),
+    ] {
+        run(&mut xdp, &v6(hit), Stat::DeniedV6);
+        run(&mut xdp, &v6(miss), Stat::Passed);
+    }
+    run(&mut xdp, &v4("172.16.5.5"), Stat::Passed);
+    run(&mut xdp, &v6("2001:db8:5::5"), Stat::Passed);
+    let mut listed: Vec<IpNet> = xdp.prefixes(ListKind::Deny).unwrap();
+    listed.sort();
+    let mut want: Vec<IpNet> = entries
+        .iter()
+        .map(|e| net(e))
+        .chain([net("172.16.5.5/32"), net("2001:db8:5::5/128")])
+        .collect();
+    want.sort();
+    assert_eq!(listed, want);
+
+    // A live /24 (hash) and /16 (trie) still deny behind an expired /32.
+    xdp.insert(ListKind::Deny, net("172.16.5.0/24"), permanent())
+        .unwrap();
+    run(&mut xdp, &v4("172.16.5.5"), Stat::DeniedV4);
+    xdp.remove(ListKind::Deny, net("172.16.5.0/24")).unwrap();
+    xdp.insert(ListKind::Deny, net("172.16.0.0/16"), permanent())
+        .unwrap();
+    run(&mut xdp, &v4("172.16.5.5"), Stat::DeniedV4);
+    xdp.remove(ListKind::Deny, net("172.16.0.0/16")).unwrap();
+    run(&mut xdp, &v4("172.16.5.5"), Stat::Passed);
+
+    for entry in entries {
+        xdp.remove(ListKind::Deny, net(entry)).unwrap();
+    }
+    run(&mut xdp, &v4("203.0.113.7"), Stat::Passed);
+    run(&mut xdp, &v4("198.51.100.200"), Stat::Passed);
+    run(&mut xdp, &v4("10.255.0.1"), Stat::Passed);
+    run(&mut xdp, &v6("2001:db8:2:2:ffff::1"), Stat::Passed);
+    run(&mut xdp, &v6("2001:db8:4:4ff::1"), Stat::Passed);
+    assert_eq!(xdp.prefixes(ListKind::Deny).unwrap().len(), 2);
+
+    // The allow list has the same structures.
+    xdp.insert(ListKind::Deny, net("198.51.0.0/16"), permanent())
+        .unwrap();
+    xdp.insert(ListKind::Allow, net("198.51.100.0/24"), permanent())
+        .unwrap();
+    xdp.insert(ListKind::Allow, net("198.51.7.7/32"), permanent())
+        .unwrap();
+    xdp.insert(ListKind::Allow, net("198.51.8.0/25"), permanent())
+        .unwrap();
+    run(&mut xdp, &v4("198.51.100.1"), Stat::AllowListed);
+    run(&mut xdp, &v4("198.51.7.7"), Stat::AllowListed);
+    run(&mut xdp, &v4("198.51.8.100"), Stat::AllowListed);
+    run(&mut xdp, &v4("198.51.8.200"), Stat::DeniedV4);
 }

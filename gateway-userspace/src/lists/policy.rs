@@ -46,8 +46,10 @@ impl KernelPolicy {
                 flags: flag_bits,
                 v4_prefix_len: rl.source_prefix_v4.into(),
                 v6_prefix_len: rl.source_prefix_v6.into(),
-                _pad: 0,
                 rate: RateLimit::per_second(rl.rate, rl.burst()),
+                // Set by the map writer when the slot is filled.
+                present: 0,
+                generation: 0,
             },
             ports,
             overrides: rl

@@ -95,8 +95,8 @@ impl XdpDataPlane {
         Self::load_with_capacity(object, pin_root, None)
     }
 
-    /// Like [`XdpDataPlane::load`], with every allow/deny trie holding at
-    /// most `list_capacity` entries instead of
+    /// Like [`XdpDataPlane::load`], with every allow/deny trie and
+    /// exact-length map holding at most `list_capacity` entries instead of
     /// [`gateway_common::LIST_MAX_ENTRIES`] (tests use it to reach "full").
     pub fn load_with_capacity(
         object: &[u8],
@@ -110,6 +110,10 @@ impl XdpDataPlane {
                 map_names::DENY_V6,
                 map_names::ALLOW_V4,
                 map_names::ALLOW_V6,
+                map_names::DENY_V4_EXACT,
+                map_names::DENY_V6_EXACT,
+                map_names::ALLOW_V4_EXACT,
+                map_names::ALLOW_V6_EXACT,
             ] {
                 for name in names {
                     loader.map_max_entries(name, capacity);
@@ -208,6 +212,13 @@ impl XdpDataPlane {
             counters.0[stat as usize] = self.maps.stat(stat)?;
         }
         Ok(counters)
+    }
+
+    /// Whether the program currently skips the list lookups for `src`
+    /// because its bucket remembers it as on no list at the current
+    /// generation (the verdict cache; see docs/xdp.md).
+    pub fn verdict_cached(&self, src: std::net::IpAddr) -> Result<bool, XdpError> {
+        self.maps.verdict_cached(src)
     }
 
     /// Number of token buckets currently held.
