@@ -841,8 +841,9 @@ fn build_report(cases: &[Case], ctx: &RunInfo) -> Report {
     md.push_str(&format!(
         "\n### Setup\n\n\
          - xgate: `xgate_xdp` loaded with aya from the workspace's object, private unpinned maps. \
-         Deny lists: {entries} IPv4 CIDRs ({}) and {entries} IPv6 prefixes ({}) (IPv4 /32 and \
-         /24, IPv6 /128, /64 and /48 in hash maps, the other lengths in LPM tries); the \
+         Deny lists: {entries} IPv4 CIDRs ({}) and {entries} IPv6 prefixes ({}) (IPv4 /24 and \
+         /32 in hash maps by /24 network and by host, IPv6 /128, /64 and /48 in a hash map, the \
+         other lengths in LPM tries); the \
          deny-hit source matches `{DENY_V4_NET}` / `{DENY_V6_NET}`. Rate limiting \
          on in every xgate case: the pass cases have a 10^6 pps budget with a 2^40 burst (never \
          exhausted: the source's bucket is looked up and charged on every packet; {} buckets at \

@@ -36,9 +36,9 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use gateway_common::{
-    flags, present, Bucket, BucketKey, ExactKey4, ExactKey6, RateLimit, Rule, Stat, XdpConfig,
-    BUCKET_MAX_ENTRIES, EXACT_V4_LENS, EXACT_V6_LENS, LIST_MAX_ENTRIES, PORT_WORDS,
-    RATE_OVERRIDE_MAX_ENTRIES, SLOTS,
+    flags, present, Bucket, BucketKey, ExactKey6, Net24, RateLimit, Rule, Stat, XdpConfig,
+    BUCKET_MAX_ENTRIES, EXACT_V6_LENS, LIST_MAX_ENTRIES, PORT_WORDS, RATE_OVERRIDE_MAX_ENTRIES,
+    SLOTS,
 };
 
 use crate::parse::{Packet, Src};
@@ -84,14 +84,21 @@ static ALLOW_V6_0: LpmTrie<[u8; 16], Rule> = LpmTrie::with_max_entries(LIST_MAX_
 #[map(name = "ALLOW_V6_1")]
 static ALLOW_V6_1: LpmTrie<[u8; 16], Rule> = LpmTrie::with_max_entries(LIST_MAX_ENTRIES, 0);
 
-/// The lists' entries of the lengths in `EXACT_V4_LENS` / `EXACT_V6_LENS`,
-/// per slot: one hash lookup per length instead of a trie walk. A source is
-/// on a list when any of its structures holds a live entry for it.
-#[map(name = "DENY_V4_EXACT_0")]
-static DENY_V4_EXACT_0: HashMap<ExactKey4, Rule> =
+/// The lists' IPv4 /24 and /32 entries and IPv6 entries of the lengths in
+/// `EXACT_V6_LENS`, per slot, in hash maps: a lookup or two instead of a
+/// trie walk. A source is on a list when any of its structures holds a live
+/// entry for it.
+#[map(name = "DENY_V4_NETS_0")]
+static DENY_V4_NETS_0: HashMap<[u8; 4], Net24> =
     HashMap::with_max_entries(LIST_MAX_ENTRIES, BPF_F_NO_PREALLOC);
-#[map(name = "DENY_V4_EXACT_1")]
-static DENY_V4_EXACT_1: HashMap<ExactKey4, Rule> =
+#[map(name = "DENY_V4_NETS_1")]
+static DENY_V4_NETS_1: HashMap<[u8; 4], Net24> =
+    HashMap::with_max_entries(LIST_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+#[map(name = "DENY_V4_HOSTS_0")]
+static DENY_V4_HOSTS_0: HashMap<[u8; 4], Rule> =
+    HashMap::with_max_entries(LIST_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+#[map(name = "DENY_V4_HOSTS_1")]
+static DENY_V4_HOSTS_1: HashMap<[u8; 4], Rule> =
     HashMap::with_max_entries(LIST_MAX_ENTRIES, BPF_F_NO_PREALLOC);
 #[map(name = "DENY_V6_EXACT_0")]
 static DENY_V6_EXACT_0: HashMap<ExactKey6, Rule> =
@@ -99,11 +106,17 @@ static DENY_V6_EXACT_0: HashMap<ExactKey6, Rule> =
 #[map(name = "DENY_V6_EXACT_1")]
 static DENY_V6_EXACT_1: HashMap<ExactKey6, Rule> =
     HashMap::with_max_entries(LIST_MAX_ENTRIES, BPF_F_NO_PREALLOC);
-#[map(name = "ALLOW_V4_EXACT_0")]
-static ALLOW_V4_EXACT_0: HashMap<ExactKey4, Rule> =
+#[map(name = "ALLOW_V4_NETS_0")]
+static ALLOW_V4_NETS_0: HashMap<[u8; 4], Net24> =
     HashMap::with_max_entries(LIST_MAX_ENTRIES, BPF_F_NO_PREALLOC);
-#[map(name = "ALLOW_V4_EXACT_1")]
-static ALLOW_V4_EXACT_1: HashMap<ExactKey4, Rule> =
+#[map(name = "ALLOW_V4_NETS_1")]
+static ALLOW_V4_NETS_1: HashMap<[u8; 4], Net24> =
+    HashMap::with_max_entries(LIST_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+#[map(name = "ALLOW_V4_HOSTS_0")]
+static ALLOW_V4_HOSTS_0: HashMap<[u8; 4], Rule> =
+    HashMap::with_max_entries(LIST_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+#[map(name = "ALLOW_V4_HOSTS_1")]
+static ALLOW_V4_HOSTS_1: HashMap<[u8; 4], Rule> =
     HashMap::with_max_entries(LIST_MAX_ENTRIES, BPF_F_NO_PREALLOC);
 #[map(name = "ALLOW_V6_EXACT_0")]
 static ALLOW_V6_EXACT_0: HashMap<ExactKey6, Rule> =
@@ -155,9 +168,11 @@ struct Slot {
     deny_v6: &'static LpmTrie<[u8; 16], Rule>,
     allow_v4: &'static LpmTrie<[u8; 4], Rule>,
     allow_v6: &'static LpmTrie<[u8; 16], Rule>,
-    deny_v4_exact: &'static HashMap<ExactKey4, Rule>,
+    deny_v4_nets: &'static HashMap<[u8; 4], Net24>,
+    deny_v4_hosts: &'static HashMap<[u8; 4], Rule>,
     deny_v6_exact: &'static HashMap<ExactKey6, Rule>,
-    allow_v4_exact: &'static HashMap<ExactKey4, Rule>,
+    allow_v4_nets: &'static HashMap<[u8; 4], Net24>,
+    allow_v4_hosts: &'static HashMap<[u8; 4], Rule>,
     allow_v6_exact: &'static HashMap<ExactKey6, Rule>,
     rate_v4: &'static LpmTrie<[u8; 4], RateLimit>,
     rate_v6: &'static LpmTrie<[u8; 16], RateLimit>,
@@ -172,9 +187,11 @@ fn slot(index: u32) -> Slot {
             deny_v6: &DENY_V6_0,
             allow_v4: &ALLOW_V4_0,
             allow_v6: &ALLOW_V6_0,
-            deny_v4_exact: &DENY_V4_EXACT_0,
+            deny_v4_nets: &DENY_V4_NETS_0,
+            deny_v4_hosts: &DENY_V4_HOSTS_0,
             deny_v6_exact: &DENY_V6_EXACT_0,
-            allow_v4_exact: &ALLOW_V4_EXACT_0,
+            allow_v4_nets: &ALLOW_V4_NETS_0,
+            allow_v4_hosts: &ALLOW_V4_HOSTS_0,
             allow_v6_exact: &ALLOW_V6_EXACT_0,
             rate_v4: &RATE_V4_0,
             rate_v6: &RATE_V6_0,
@@ -186,9 +203,11 @@ fn slot(index: u32) -> Slot {
             deny_v6: &DENY_V6_1,
             allow_v4: &ALLOW_V4_1,
             allow_v6: &ALLOW_V6_1,
-            deny_v4_exact: &DENY_V4_EXACT_1,
+            deny_v4_nets: &DENY_V4_NETS_1,
+            deny_v4_hosts: &DENY_V4_HOSTS_1,
             deny_v6_exact: &DENY_V6_EXACT_1,
-            allow_v4_exact: &ALLOW_V4_EXACT_1,
+            allow_v4_nets: &ALLOW_V4_NETS_1,
+            allow_v4_hosts: &ALLOW_V4_HOSTS_1,
             allow_v6_exact: &ALLOW_V6_EXACT_1,
             rate_v4: &RATE_V4_1,
             rate_v6: &RATE_V6_1,
@@ -262,7 +281,8 @@ fn classify(ctx: &XdpContext) -> Stat {
                 if has_allow
                     && listed_v4(
                         present::ALLOW,
-                        maps.allow_v4_exact,
+                        maps.allow_v4_nets,
+                        maps.allow_v4_hosts,
                         maps.allow_v4,
                         bits,
                         src,
@@ -273,7 +293,8 @@ fn classify(ctx: &XdpContext) -> Stat {
                 }
                 if listed_v4(
                     present::DENY,
-                    maps.deny_v4_exact,
+                    maps.deny_v4_nets,
+                    maps.deny_v4_hosts,
                     maps.deny_v4,
                     bits,
                     src,
@@ -446,31 +467,35 @@ unsafe fn atomic_add(counter: *mut u64) {
     *counter += 1;
 }
 
-/// Whether `src` is on one list (deny or allow, IPv4): a live entry in the
-/// exact-length map for any of `EXACT_V4_LENS` (longest first), else the
-/// trie's longest match. Structures `present` says are empty are skipped.
+/// Whether `src` is on one list (deny or allow, IPv4): a live /24 entry or
+/// /32 entry (one lookup by /24, a second only when that /24 has /32
+/// entries), else the trie's longest match. Structures `present` says are
+/// empty are skipped.
 #[inline(always)]
 fn listed_v4(
     list: u32,
-    exact: &HashMap<ExactKey4, Rule>,
+    nets: &HashMap<[u8; 4], Net24>,
+    hosts: &HashMap<[u8; 4], Rule>,
     trie: &LpmTrie<[u8; 4], Rule>,
     present: u32,
     src: [u8; 4],
     now: &mut u64,
 ) -> bool {
-    let addr = u32::from_be_bytes(src);
-    let exact_hit = |which: u32, now: &mut u64| {
-        let prefix_len = EXACT_V4_LENS[which as usize];
-        let key = ExactKey4 {
-            prefix_len,
-            addr: mask(addr, prefix_len).to_be_bytes(),
-        };
-        // SAFETY: the pointer is into the map value, valid for this run.
-        present & present::bit(list, 4, which) != 0
-            && matches(exact.get_ptr(&key).map(|r| unsafe { &*r }), now)
-    };
-    if exact_hit(0, now) || exact_hit(1, now) {
-        return true;
+    if present & present::bit(list, 4, present::V4_HASH) != 0 {
+        let net = [src[0], src[1], src[2], 0];
+        if let Some(entry) = nets.get_ptr(&net) {
+            // SAFETY: the pointer is into the map value, valid for this run.
+            let entry = unsafe { &*entry };
+            if entry.flags & Net24::RULE != 0 && matches(Some(&entry.rule), now) {
+                return true;
+            }
+            // SAFETY: as above.
+            if entry.flags & Net24::HOSTS != 0
+                && matches(hosts.get_ptr(&src).map(|r| unsafe { &*r }), now)
+            {
+                return true;
+            }
+        }
     }
     if present & present::bit(list, 4, present::TRIE) == 0 {
         return false;

@@ -904,3 +904,80 @@ fn every_list_structure_matches_lists_and_removes() {
     run(&mut xdp, &v4("198.51.8.100"), Stat::AllowListed);
     run(&mut xdp, &v4("198.51.8.200"), Stat::DeniedV4);
 }
+
+/// IPv4 /32 entries are found through their /24's entry in the /24 map; a
+/// /24 and hosts inside it come and go independently.
+#[test]
+fn ipv4_hosts_and_their_slash_24_are_independent_entries() {
+    root_only!();
+    let mut xdp = XdpDataPlane::load(XDP_OBJECT, None).unwrap();
+    xdp.replace_rules(&KernelRules {
+        config: no_policing(),
+        deny: vec![
+            (net("198.51.100.0/24"), permanent()),
+            (net("198.51.100.9/32"), permanent()),
+        ],
+        ..KernelRules::default()
+    })
+    .unwrap();
+    let v4 = |s: &str| udp4_frame(s.parse().unwrap(), DST_V4);
+    run(&mut xdp, &v4("198.51.100.9"), Stat::DeniedV4);
+    run(&mut xdp, &v4("198.51.100.200"), Stat::DeniedV4);
+    xdp.remove(ListKind::Deny, net("198.51.100.0/24")).unwrap();
+    run(&mut xdp, &v4("198.51.100.9"), Stat::DeniedV4);
+    run(&mut xdp, &v4("198.51.100.200"), Stat::Passed);
+    assert_eq!(
+        xdp.prefixes(ListKind::Deny).unwrap(),
+        vec![net("198.51.100.9/32")]
+    );
+    // Removing what is not there changes nothing.
+    xdp.remove(ListKind::Deny, net("198.51.100.0/24")).unwrap();
+    xdp.remove(ListKind::Deny, net("198.51.101.0/24")).unwrap();
+    run(&mut xdp, &v4("198.51.100.9"), Stat::DeniedV4);
+    xdp.remove(ListKind::Deny, net("198.51.100.9/32")).unwrap();
+    run(&mut xdp, &v4("198.51.100.9"), Stat::Passed);
+    assert!(xdp.prefixes(ListKind::Deny).unwrap().is_empty());
+    // Back again, host first this time; an update keeps one entry.
+    xdp.insert(ListKind::Deny, net("198.51.100.9/32"), permanent())
+        .unwrap();
+    xdp.insert(ListKind::Deny, net("198.51.100.0/24"), permanent())
+        .unwrap();
+    xdp.insert(ListKind::Deny, net("198.51.100.0/24"), permanent())
+        .unwrap();
+    run(&mut xdp, &v4("198.51.100.200"), Stat::DeniedV4);
+    let mut listed = xdp.prefixes(ListKind::Deny).unwrap();
+    listed.sort();
+    assert_eq!(listed, vec![net("198.51.100.0/24"), net("198.51.100.9/32")]);
+}
+
+/// A host needs room in the /24 map too; when there is none, the host is
+/// not left behind half-added.
+#[test]
+fn a_host_refused_for_want_of_room_for_its_slash_24_leaves_nothing() {
+    root_only!();
+    let mut xdp = XdpDataPlane::load_with_capacity(XDP_OBJECT, None, Some(2)).unwrap();
+    xdp.replace_rules(&KernelRules {
+        config: no_policing(),
+        deny: vec![
+            (net("192.0.2.0/24"), permanent()),
+            (net("198.51.100.0/24"), permanent()),
+        ],
+        ..KernelRules::default()
+    })
+    .unwrap();
+    let err = xdp
+        .insert(ListKind::Deny, net("203.0.113.7/32"), permanent())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("is full"), "{err}");
+    run(&mut xdp, &udp4_frame(BLOCKED_V4, DST_V4), Stat::Passed);
+    assert_eq!(xdp.prefixes(ListKind::Deny).unwrap().len(), 2);
+    // A host inside a /24 already in the map needs no new /24 entry.
+    xdp.insert(ListKind::Deny, net("192.0.2.7/32"), permanent())
+        .unwrap();
+    run(
+        &mut xdp,
+        &udp4_frame(Ipv4Addr::new(192, 0, 2, 7), DST_V4),
+        Stat::DeniedV4,
+    );
+}

@@ -3,18 +3,18 @@
 use std::net::IpAddr;
 
 use aya::{
-    maps::{
-        lpm_trie::Key, Array, HashMap, IterableMap, LpmTrie, Map, MapData, MapError, PerCpuArray,
-    },
-    Ebpf, Pod,
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray},
+    Ebpf,
 };
 use gateway_common::{
-    flags, map_names, present, Bucket, BucketKey, ExactKey4, ExactKey6, RateLimit, Rule, Stat,
-    XdpConfig, EXACT_V4_LENS, EXACT_V6_LENS, PORT_WORDS,
+    flags, map_names, Bucket, BucketKey, RateLimit, Rule, Stat, XdpConfig, PORT_WORDS,
 };
 use ipnet::IpNet;
 
-use super::XdpError;
+use super::{
+    list_maps::{clear_trie, ListMaps},
+    XdpError,
+};
 
 /// Which source list.
 #[derive(
@@ -49,14 +49,8 @@ pub struct KernelRules {
 }
 
 struct SlotMaps {
-    deny_v4: LpmTrie<MapData, [u8; 4], Rule>,
-    deny_v6: LpmTrie<MapData, [u8; 16], Rule>,
-    allow_v4: LpmTrie<MapData, [u8; 4], Rule>,
-    allow_v6: LpmTrie<MapData, [u8; 16], Rule>,
-    deny_v4_exact: HashMap<MapData, ExactKey4, Rule>,
-    deny_v6_exact: HashMap<MapData, ExactKey6, Rule>,
-    allow_v4_exact: HashMap<MapData, ExactKey4, Rule>,
-    allow_v6_exact: HashMap<MapData, ExactKey6, Rule>,
+    deny: ListMaps,
+    allow: ListMaps,
     rate_v4: LpmTrie<MapData, [u8; 4], RateLimit>,
     rate_v6: LpmTrie<MapData, [u8; 16], RateLimit>,
     ports: Array<MapData, u64>,
@@ -78,14 +72,8 @@ impl Maps {
     pub(super) fn take(ebpf: &mut Ebpf) -> Result<Self, XdpError> {
         let mut slot = |i: usize| -> Result<SlotMaps, XdpError> {
             Ok(SlotMaps {
-                deny_v4: LpmTrie::try_from(take(ebpf, map_names::DENY_V4[i])?)?,
-                deny_v6: LpmTrie::try_from(take(ebpf, map_names::DENY_V6[i])?)?,
-                allow_v4: LpmTrie::try_from(take(ebpf, map_names::ALLOW_V4[i])?)?,
-                allow_v6: LpmTrie::try_from(take(ebpf, map_names::ALLOW_V6[i])?)?,
-                deny_v4_exact: HashMap::try_from(take(ebpf, map_names::DENY_V4_EXACT[i])?)?,
-                deny_v6_exact: HashMap::try_from(take(ebpf, map_names::DENY_V6_EXACT[i])?)?,
-                allow_v4_exact: HashMap::try_from(take(ebpf, map_names::ALLOW_V4_EXACT[i])?)?,
-                allow_v6_exact: HashMap::try_from(take(ebpf, map_names::ALLOW_V6_EXACT[i])?)?,
+                deny: ListMaps::take(ebpf, ListKind::Deny, i)?,
+                allow: ListMaps::take(ebpf, ListKind::Allow, i)?,
                 rate_v4: LpmTrie::try_from(take(ebpf, map_names::RATE_V4[i])?)?,
                 rate_v6: LpmTrie::try_from(take(ebpf, map_names::RATE_V6[i])?)?,
                 ports: Array::try_from(take(ebpf, map_names::PORTS[i])?)?,
@@ -145,16 +133,10 @@ impl Maps {
     pub(super) fn replace(&mut self, rules: &KernelRules) -> Result<(), XdpError> {
         let target = 1 - self.active()?;
         let slot = &mut self.slots[target as usize];
-        clear(&mut slot.deny_v4)?;
-        clear(&mut slot.deny_v6)?;
-        clear(&mut slot.allow_v4)?;
-        clear(&mut slot.allow_v6)?;
-        clear_hash(&mut slot.deny_v4_exact)?;
-        clear_hash(&mut slot.deny_v6_exact)?;
-        clear_hash(&mut slot.allow_v4_exact)?;
-        clear_hash(&mut slot.allow_v6_exact)?;
-        clear(&mut slot.rate_v4)?;
-        clear(&mut slot.rate_v6)?;
+        slot.deny.clear()?;
+        slot.allow.clear()?;
+        clear_trie(&mut slot.rate_v4)?;
+        clear_trie(&mut slot.rate_v6)?;
         let mut bitmap = vec![0u64; PORT_WORDS as usize];
         for port in rules.ports.iter().flatten() {
             bitmap[usize::from(*port >> 6)] |= 1 << (port & 63);
@@ -163,10 +145,10 @@ impl Maps {
             slot.ports.set(index as u32, word, 0)?;
         }
         for (net, rule) in &rules.deny {
-            insert_list(slot, ListKind::Deny, *net, *rule)?;
+            slot.deny.insert(*net, *rule)?;
         }
         for (net, rule) in &rules.allow {
-            insert_list(slot, ListKind::Allow, *net, *rule)?;
+            slot.allow.insert(*net, *rule)?;
         }
         for (net, limit) in &rules.rate_overrides {
             match net {
@@ -177,10 +159,10 @@ impl Maps {
         let mut config = rules.config;
         config.present = 0;
         for (net, _) in &rules.deny {
-            config.present |= present_bit(ListKind::Deny, *net);
+            config.present |= ListMaps::present_bit(ListKind::Deny, *net);
         }
         for (net, _) in &rules.allow {
-            config.present |= present_bit(ListKind::Allow, *net);
+            config.present |= ListMaps::present_bit(ListKind::Allow, *net);
         }
         let lists = || rules.deny.iter().chain(&rules.allow).map(|(net, _)| *net);
         for (flag, on) in [
@@ -217,7 +199,7 @@ impl Maps {
     ) -> Result<(), XdpError> {
         let active = self.active()?;
         let mut config = self.config.get(&active, 0)?;
-        config.present |= present_bit(kind, net);
+        config.present |= ListMaps::present_bit(kind, net);
         if kind == ListKind::Allow {
             // The program skips the allow lookup until this flag is set.
             config.flags |= flags::HAS_ALLOW;
@@ -230,7 +212,7 @@ impl Maps {
         // The entry goes in first, then the new generation invalidates every
         // bucket's "on no list" stamp: the other order would let a packet
         // stamp its bucket with the new generation before the entry exists.
-        insert_list(&mut self.slots[active as usize], kind, net, rule)?;
+        self.slots[active as usize].list(kind).insert(net, rule)?;
         config.generation = self.next_generation()?;
         self.config.set(active, config, 0)?;
         Ok(())
@@ -245,113 +227,25 @@ impl Maps {
 
     pub(super) fn remove_active(&mut self, kind: ListKind, net: IpNet) -> Result<(), XdpError> {
         let active = self.active()? as usize;
-        let slot = &mut self.slots[active];
-        let result = match (kind, net, exact_key(net)) {
-            (ListKind::Deny, _, Some(Exact::V4(k))) => slot.deny_v4_exact.remove(&k),
-            (ListKind::Deny, _, Some(Exact::V6(k))) => slot.deny_v6_exact.remove(&k),
-            (ListKind::Allow, _, Some(Exact::V4(k))) => slot.allow_v4_exact.remove(&k),
-            (ListKind::Allow, _, Some(Exact::V6(k))) => slot.allow_v6_exact.remove(&k),
-            (ListKind::Deny, IpNet::V4(n), None) => slot.deny_v4.remove(&key4(n)),
-            (ListKind::Deny, IpNet::V6(n), None) => slot.deny_v6.remove(&key6(n)),
-            (ListKind::Allow, IpNet::V4(n), None) => slot.allow_v4.remove(&key4(n)),
-            (ListKind::Allow, IpNet::V6(n), None) => slot.allow_v6.remove(&key6(n)),
-        };
-        match result {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(e.into()),
-        }
+        self.slots[active].list(kind).remove(net)
     }
 
     pub(super) fn prefixes_active(&self, kind: ListKind) -> Result<Vec<IpNet>, XdpError> {
         let slot = &self.slots[self.active()? as usize];
-        let (v4, v6, v4_exact, v6_exact) = match kind {
-            ListKind::Deny => (
-                &slot.deny_v4,
-                &slot.deny_v6,
-                &slot.deny_v4_exact,
-                &slot.deny_v6_exact,
-            ),
-            ListKind::Allow => (
-                &slot.allow_v4,
-                &slot.allow_v6,
-                &slot.allow_v4_exact,
-                &slot.allow_v6_exact,
-            ),
-        };
-        let mut out = Vec::new();
-        for key in v4.keys() {
-            out.push(net_of(key?));
+        match kind {
+            ListKind::Deny => slot.deny.prefixes(),
+            ListKind::Allow => slot.allow.prefixes(),
         }
-        for key in v4_exact.keys() {
-            let key = key?;
-            out.push(net_of(Key::new(key.prefix_len, key.addr)));
-        }
-        for key in v6.keys() {
-            out.push(net_of(key?));
-        }
-        for key in v6_exact.keys() {
-            let key = key?;
-            out.push(net_of(Key::new(key.prefix_len, key.addr)));
-        }
-        Ok(out)
     }
 }
 
-fn insert_list(
-    slot: &mut SlotMaps,
-    kind: ListKind,
-    net: IpNet,
-    rule: Rule,
-) -> Result<(), XdpError> {
-    let result = match (kind, net, exact_key(net)) {
-        (ListKind::Deny, _, Some(Exact::V4(k))) => slot.deny_v4_exact.insert(k, rule, 0),
-        (ListKind::Deny, _, Some(Exact::V6(k))) => slot.deny_v6_exact.insert(k, rule, 0),
-        (ListKind::Allow, _, Some(Exact::V4(k))) => slot.allow_v4_exact.insert(k, rule, 0),
-        (ListKind::Allow, _, Some(Exact::V6(k))) => slot.allow_v6_exact.insert(k, rule, 0),
-        (ListKind::Deny, IpNet::V4(n), None) => slot.deny_v4.insert(&key4(n), rule, 0),
-        (ListKind::Deny, IpNet::V6(n), None) => slot.deny_v6.insert(&key6(n), rule, 0),
-        (ListKind::Allow, IpNet::V4(n), None) => slot.allow_v4.insert(&key4(n), rule, 0),
-        (ListKind::Allow, IpNet::V6(n), None) => slot.allow_v6.insert(&key6(n), rule, 0),
-    };
-    result.map_err(|e| full_or(e, slot, kind, net))
-}
-
-/// A list entry's key in the exact-length maps, if its length is one of
-/// `EXACT_V4_LENS` / `EXACT_V6_LENS` (else it lives in the trie).
-enum Exact {
-    V4(ExactKey4),
-    V6(ExactKey6),
-}
-
-fn exact_key(net: IpNet) -> Option<Exact> {
-    let net = net.trunc();
-    let prefix_len = u32::from(net.prefix_len());
-    match net {
-        IpNet::V4(n) if EXACT_V4_LENS.contains(&prefix_len) => Some(Exact::V4(ExactKey4 {
-            prefix_len,
-            addr: n.network().octets(),
-        })),
-        IpNet::V6(n) if EXACT_V6_LENS.contains(&prefix_len) => Some(Exact::V6(ExactKey6 {
-            prefix_len,
-            addr: n.network().octets(),
-        })),
-        _ => None,
+impl SlotMaps {
+    fn list(&mut self, kind: ListKind) -> &mut ListMaps {
+        match kind {
+            ListKind::Deny => &mut self.deny,
+            ListKind::Allow => &mut self.allow,
+        }
     }
-}
-
-/// The [`XdpConfig::present`] bit of the structure holding `net`.
-fn present_bit(kind: ListKind, net: IpNet) -> u32 {
-    let list = match kind {
-        ListKind::Deny => present::DENY,
-        ListKind::Allow => present::ALLOW,
-    };
-    let prefix_len = u32::from(net.prefix_len());
-    let (family, which) = match net {
-        IpNet::V4(_) => (4, EXACT_V4_LENS.iter().position(|l| *l == prefix_len)),
-        IpNet::V6(_) => (6, EXACT_V6_LENS.iter().position(|l| *l == prefix_len)),
-    };
-    let which = which.map_or(present::TRIE, |i| i as u32);
-    present::bit(list, family, which)
 }
 
 /// Whether a list entry is longer than the rate-limit aggregation of its
@@ -370,61 +264,4 @@ fn key4(net: ipnet::Ipv4Net) -> Key<[u8; 4]> {
 
 fn key6(net: ipnet::Ipv6Net) -> Key<[u8; 16]> {
     Key::new(net.prefix_len().into(), net.network().octets())
-}
-
-/// A trie refuses a new key with ENOSPC when it holds `max_entries`: say
-/// so plainly instead of passing the errno on.
-fn full_or(error: MapError, slot: &SlotMaps, kind: ListKind, net: IpNet) -> XdpError {
-    // A trie says ENOSPC, a hash map without preallocation E2BIG.
-    let full = matches!(&error, MapError::SyscallError(e)
-        if matches!(e.io_error.raw_os_error(), Some(libc::ENOSPC | libc::E2BIG)));
-    if !full {
-        return error.into();
-    }
-    let exact = exact_key(net).is_some();
-    let (family, info) = match (kind, net, exact) {
-        (ListKind::Deny, IpNet::V4(_), true) => ("IPv4", slot.deny_v4_exact.map().info()),
-        (ListKind::Deny, IpNet::V6(_), true) => ("IPv6", slot.deny_v6_exact.map().info()),
-        (ListKind::Allow, IpNet::V4(_), true) => ("IPv4", slot.allow_v4_exact.map().info()),
-        (ListKind::Allow, IpNet::V6(_), true) => ("IPv6", slot.allow_v6_exact.map().info()),
-        (ListKind::Deny, IpNet::V4(_), false) => ("IPv4", slot.deny_v4.map().info()),
-        (ListKind::Deny, IpNet::V6(_), false) => ("IPv6", slot.deny_v6.map().info()),
-        (ListKind::Allow, IpNet::V4(_), false) => ("IPv4", slot.allow_v4.map().info()),
-        (ListKind::Allow, IpNet::V6(_), false) => ("IPv6", slot.allow_v6.map().info()),
-    };
-    XdpError::Full {
-        list: kind.name(),
-        family,
-        capacity: info.map(|i| i.max_entries()).unwrap_or(0),
-    }
-}
-
-fn net_of<K: Pod + Into<IpAddr>>(key: Key<K>) -> IpNet {
-    IpNet::new(key.data().into(), key.prefix_len() as u8)
-        .expect("kernel keys have valid prefix lengths")
-}
-
-/// Empties one hash map (keys collected first, as for [`clear`]).
-fn clear_hash<K: Pod, V: Pod>(map: &mut HashMap<MapData, K, V>) -> Result<(), XdpError> {
-    let keys: Vec<K> = map.keys().collect::<Result<_, MapError>>()?;
-    for key in keys {
-        match map.remove(&key) {
-            Ok(()) | Err(MapError::KeyNotFound) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(())
-}
-
-/// Empties one trie (keys are collected first: removing while iterating
-/// would skip entries).
-fn clear<K: Pod, V: Pod>(trie: &mut LpmTrie<MapData, K, V>) -> Result<(), XdpError> {
-    let keys: Vec<Key<K>> = trie.keys().collect::<Result<_, MapError>>()?;
-    for key in keys {
-        match trie.remove(&key) {
-            Ok(()) | Err(MapError::KeyNotFound) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(())
 }

@@ -4,6 +4,7 @@
 
 mod attach;
 mod bpffs;
+mod list_maps;
 mod maps;
 
 use std::{
@@ -110,9 +111,11 @@ impl XdpDataPlane {
                 map_names::DENY_V6,
                 map_names::ALLOW_V4,
                 map_names::ALLOW_V6,
-                map_names::DENY_V4_EXACT,
+                map_names::DENY_V4_NETS,
+                map_names::DENY_V4_HOSTS,
                 map_names::DENY_V6_EXACT,
-                map_names::ALLOW_V4_EXACT,
+                map_names::ALLOW_V4_NETS,
+                map_names::ALLOW_V4_HOSTS,
                 map_names::ALLOW_V6_EXACT,
             ] {
                 for name in names {
