@@ -842,7 +842,7 @@ fn build_report(cases: &[Case], ctx: &RunInfo) -> Report {
         "\n### Setup\n\n\
          - xgate: `xgate_xdp` loaded with aya from the workspace's object, private unpinned maps. \
          Deny lists: {entries} IPv4 CIDRs ({}) and {entries} IPv6 prefixes ({}) (IPv4 /24 and \
-         /32 in hash maps by /24 network and by host, IPv6 /128, /64 and /48 in a hash map, the \
+         /32, IPv6 /48, /64 and /128 in hash maps found through the /24 or /48 network, the \
          other lengths in LPM tries); the \
          deny-hit source matches `{DENY_V4_NET}` / `{DENY_V6_NET}`. Rate limiting \
          on in every xgate case: the pass cases have a 10^6 pps budget with a 2^40 burst (never \

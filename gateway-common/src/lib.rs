@@ -37,16 +37,22 @@ pub mod map_names {
     /// destination port bitmap (`Array<u64>`, [`super::PORT_WORDS`] words).
     pub const DENY_V4: [&str; 2] = ["DENY_V4_0", "DENY_V4_1"];
     /// Per-slot hash maps for the IPv4 /32 and /24 entries of a list:
-    /// `HashMap<[u8; 4], Net24>` by /24 network (its own rule, and whether
-    /// /32 entries exist inside it) and `HashMap<[u8; 4], Rule>` by host.
+    /// `HashMap<[u8; 4], NetEntry>` by /24 network (its own rule, and
+    /// whether /32 entries exist inside it) and `HashMap<[u8; 4], Rule>` by
+    /// host.
     pub const DENY_V4_NETS: [&str; 2] = ["DENY_V4_NETS_0", "DENY_V4_NETS_1"];
     pub const DENY_V4_HOSTS: [&str; 2] = ["DENY_V4_HOSTS_0", "DENY_V4_HOSTS_1"];
     pub const ALLOW_V4_NETS: [&str; 2] = ["ALLOW_V4_NETS_0", "ALLOW_V4_NETS_1"];
     pub const ALLOW_V4_HOSTS: [&str; 2] = ["ALLOW_V4_HOSTS_0", "ALLOW_V4_HOSTS_1"];
-    /// Per-slot hash maps `HashMap<ExactKey6, Rule>` holding the IPv6
-    /// entries whose length is one of [`super::EXACT_V6_LENS`].
-    pub const DENY_V6_EXACT: [&str; 2] = ["DENY_V6_EXACT_0", "DENY_V6_EXACT_1"];
-    pub const ALLOW_V6_EXACT: [&str; 2] = ["ALLOW_V6_EXACT_0", "ALLOW_V6_EXACT_1"];
+    /// The same for IPv6 /48, /64 and /128 entries: `HashMap<[u8; 8],
+    /// NetEntry>` by /48 (first 6 bytes, zero-padded), `HashMap<[u8; 8],
+    /// Rule>` by /64 and `HashMap<[u8; 16], Rule>` by host.
+    pub const DENY_V6_NETS: [&str; 2] = ["DENY_V6_NETS_0", "DENY_V6_NETS_1"];
+    pub const DENY_V6_SUBNETS: [&str; 2] = ["DENY_V6_SUBNETS_0", "DENY_V6_SUBNETS_1"];
+    pub const DENY_V6_HOSTS: [&str; 2] = ["DENY_V6_HOSTS_0", "DENY_V6_HOSTS_1"];
+    pub const ALLOW_V6_NETS: [&str; 2] = ["ALLOW_V6_NETS_0", "ALLOW_V6_NETS_1"];
+    pub const ALLOW_V6_SUBNETS: [&str; 2] = ["ALLOW_V6_SUBNETS_0", "ALLOW_V6_SUBNETS_1"];
+    pub const ALLOW_V6_HOSTS: [&str; 2] = ["ALLOW_V6_HOSTS_0", "ALLOW_V6_HOSTS_1"];
     pub const DENY_V6: [&str; 2] = ["DENY_V6_0", "DENY_V6_1"];
     pub const ALLOW_V4: [&str; 2] = ["ALLOW_V4_0", "ALLOW_V4_1"];
     pub const ALLOW_V6: [&str; 2] = ["ALLOW_V6_0", "ALLOW_V6_1"];
@@ -54,7 +60,7 @@ pub mod map_names {
     pub const RATE_V6: [&str; 2] = ["RATE_V6_0", "RATE_V6_1"];
     pub const PORTS: [&str; 2] = ["PORTS_0", "PORTS_1"];
     /// Every map the program owns, in the order userspace pins them.
-    pub const ALL: [&str; 30] = [
+    pub const ALL: [&str; 38] = [
         ACTIVE,
         CONFIG,
         STATS,
@@ -75,10 +81,18 @@ pub mod map_names {
         ALLOW_V4_NETS[1],
         ALLOW_V4_HOSTS[0],
         ALLOW_V4_HOSTS[1],
-        DENY_V6_EXACT[0],
-        DENY_V6_EXACT[1],
-        ALLOW_V6_EXACT[0],
-        ALLOW_V6_EXACT[1],
+        DENY_V6_NETS[0],
+        DENY_V6_NETS[1],
+        DENY_V6_SUBNETS[0],
+        DENY_V6_SUBNETS[1],
+        DENY_V6_HOSTS[0],
+        DENY_V6_HOSTS[1],
+        ALLOW_V6_NETS[0],
+        ALLOW_V6_NETS[1],
+        ALLOW_V6_SUBNETS[0],
+        ALLOW_V6_SUBNETS[1],
+        ALLOW_V6_HOSTS[0],
+        ALLOW_V6_HOSTS[1],
         RATE_V4[0],
         RATE_V4[1],
         RATE_V6[0],
@@ -92,40 +106,29 @@ pub mod map_names {
 /// `BPF_F_NO_PREALLOC`, so an empty slot costs no kernel memory; the limit is
 /// set high enough for large threat feeds (100k prefixes) with headroom.
 pub const LIST_MAX_ENTRIES: u32 = 262_144;
-/// IPv6 prefix lengths whose list entries live in a hash map instead of the
-/// trie: one hash lookup per length (longest first) replaces a trie walk
-/// whose depth grows with the list. Single hosts, customer /64s, site /48s.
-/// (IPv4 /32 and /24 entries have their own maps: see [`Net24`].)
-pub const EXACT_V6_LENS: [u32; 3] = [128, 64, 48];
-
-/// Value of the IPv4 /24 maps, keyed by the /24 network: the /24 entry's
-/// rule when there is one, and whether the hosts map holds /32 entries
-/// inside this /24. A source costs one lookup here, and a second in the
-/// hosts map only when its /24 has host entries.
+/// Value of the IPv4 /24 and IPv6 /48 list maps, keyed by that network:
+/// the network's own entry when there is one, and whether longer entries
+/// (IPv4 /32; IPv6 /64, /128) exist inside it. A source costs one lookup
+/// here, and one more per kind of longer entry its network holds. All other
+/// prefix lengths live in the LPM tries.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Net24 {
-    /// Valid when `flags` has [`Net24::RULE`].
+pub struct NetEntry {
+    /// Valid when `flags` has [`NetEntry::RULE`].
     pub rule: Rule,
     pub flags: u32,
     pub _pad: u32,
 }
 
-impl Net24 {
-    /// The /24 itself is on the list, with `rule`.
+impl NetEntry {
+    /// The network itself is on the list, with `rule`.
     pub const RULE: u32 = 1 << 0;
-    /// The hosts map may hold /32 entries inside this /24 (cleared only
-    /// when the slot is rebuilt: a stale flag costs one lookup, no more).
+    /// The hosts map (IPv4 /32, IPv6 /128) may hold entries inside this
+    /// network. Cleared only when the slot is rebuilt: a stale flag costs
+    /// one lookup, no more.
     pub const HOSTS: u32 = 1 << 1;
-}
-
-/// Key of the IPv6 exact-length list maps: the prefix, masked, and its
-/// length.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct ExactKey6 {
-    pub prefix_len: u32,
-    pub addr: [u8; 16],
+    /// IPv6: the /64 map may hold entries inside this /48 (same rule).
+    pub const SUBNETS: u32 = 1 << 2;
 }
 
 /// Bits of [`XdpConfig::present`]: which list structures of a slot may hold
@@ -134,16 +137,15 @@ pub mod present {
     /// Deny list (0) or allow list (1).
     pub const DENY: u32 = 0;
     pub const ALLOW: u32 = 1;
-    /// Which structure of a list and family: the index into
-    /// `EXACT_V6_LENS` (IPv6), [`V4_HASH`] (IPv4), or [`TRIE`].
-    pub const TRIE: u32 = 3;
-    /// The IPv4 /24 and /32 maps.
-    pub const V4_HASH: u32 = 0;
+    /// Which structure of a list and family: the hash maps ([`HASH`]) or
+    /// the trie ([`TRIE`]).
+    pub const HASH: u32 = 0;
+    pub const TRIE: u32 = 1;
 
     /// The bit for `list`'s `family` (4 or 6) structure `which`.
     pub const fn bit(list: u32, family: u32, which: u32) -> u32 {
         let family = if family == 4 { 0 } else { 1 };
-        1 << ((list * 2 + family) * 4 + which)
+        1 << ((list * 2 + family) * 2 + which)
     }
 }
 
@@ -360,6 +362,5 @@ mod user {
     unsafe impl aya::Pod for super::XdpConfig {}
     unsafe impl aya::Pod for super::BucketKey {}
     unsafe impl aya::Pod for super::Bucket {}
-    unsafe impl aya::Pod for super::Net24 {}
-    unsafe impl aya::Pod for super::ExactKey6 {}
+    unsafe impl aya::Pod for super::NetEntry {}
 }

@@ -36,9 +36,8 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use gateway_common::{
-    flags, present, Bucket, BucketKey, ExactKey6, Net24, RateLimit, Rule, Stat, XdpConfig,
-    BUCKET_MAX_ENTRIES, EXACT_V6_LENS, LIST_MAX_ENTRIES, PORT_WORDS, RATE_OVERRIDE_MAX_ENTRIES,
-    SLOTS,
+    flags, present, Bucket, BucketKey, NetEntry, RateLimit, Rule, Stat, XdpConfig,
+    BUCKET_MAX_ENTRIES, LIST_MAX_ENTRIES, PORT_WORDS, RATE_OVERRIDE_MAX_ENTRIES, SLOTS,
 };
 
 use crate::parse::{Packet, Src};
@@ -84,15 +83,15 @@ static ALLOW_V6_0: LpmTrie<[u8; 16], Rule> = LpmTrie::with_max_entries(LIST_MAX_
 #[map(name = "ALLOW_V6_1")]
 static ALLOW_V6_1: LpmTrie<[u8; 16], Rule> = LpmTrie::with_max_entries(LIST_MAX_ENTRIES, 0);
 
-/// The lists' IPv4 /24 and /32 entries and IPv6 entries of the lengths in
-/// `EXACT_V6_LENS`, per slot, in hash maps: a lookup or two instead of a
+/// The lists' IPv4 /24 and /32 entries and IPv6 /48, /64 and /128 entries,
+/// per slot, in hash maps (see [`NetEntry`]): a lookup or two instead of a
 /// trie walk. A source is on a list when any of its structures holds a live
 /// entry for it.
 #[map(name = "DENY_V4_NETS_0")]
-static DENY_V4_NETS_0: HashMap<[u8; 4], Net24> =
+static DENY_V4_NETS_0: HashMap<[u8; 4], NetEntry> =
     HashMap::with_max_entries(LIST_MAX_ENTRIES, BPF_F_NO_PREALLOC);
 #[map(name = "DENY_V4_NETS_1")]
-static DENY_V4_NETS_1: HashMap<[u8; 4], Net24> =
+static DENY_V4_NETS_1: HashMap<[u8; 4], NetEntry> =
     HashMap::with_max_entries(LIST_MAX_ENTRIES, BPF_F_NO_PREALLOC);
 #[map(name = "DENY_V4_HOSTS_0")]
 static DENY_V4_HOSTS_0: HashMap<[u8; 4], Rule> =
@@ -100,17 +99,29 @@ static DENY_V4_HOSTS_0: HashMap<[u8; 4], Rule> =
 #[map(name = "DENY_V4_HOSTS_1")]
 static DENY_V4_HOSTS_1: HashMap<[u8; 4], Rule> =
     HashMap::with_max_entries(LIST_MAX_ENTRIES, BPF_F_NO_PREALLOC);
-#[map(name = "DENY_V6_EXACT_0")]
-static DENY_V6_EXACT_0: HashMap<ExactKey6, Rule> =
+#[map(name = "DENY_V6_NETS_0")]
+static DENY_V6_NETS_0: HashMap<[u8; 8], NetEntry> =
     HashMap::with_max_entries(LIST_MAX_ENTRIES, BPF_F_NO_PREALLOC);
-#[map(name = "DENY_V6_EXACT_1")]
-static DENY_V6_EXACT_1: HashMap<ExactKey6, Rule> =
+#[map(name = "DENY_V6_SUBNETS_0")]
+static DENY_V6_SUBNETS_0: HashMap<[u8; 8], Rule> =
+    HashMap::with_max_entries(LIST_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+#[map(name = "DENY_V6_HOSTS_0")]
+static DENY_V6_HOSTS_0: HashMap<[u8; 16], Rule> =
+    HashMap::with_max_entries(LIST_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+#[map(name = "DENY_V6_NETS_1")]
+static DENY_V6_NETS_1: HashMap<[u8; 8], NetEntry> =
+    HashMap::with_max_entries(LIST_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+#[map(name = "DENY_V6_SUBNETS_1")]
+static DENY_V6_SUBNETS_1: HashMap<[u8; 8], Rule> =
+    HashMap::with_max_entries(LIST_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+#[map(name = "DENY_V6_HOSTS_1")]
+static DENY_V6_HOSTS_1: HashMap<[u8; 16], Rule> =
     HashMap::with_max_entries(LIST_MAX_ENTRIES, BPF_F_NO_PREALLOC);
 #[map(name = "ALLOW_V4_NETS_0")]
-static ALLOW_V4_NETS_0: HashMap<[u8; 4], Net24> =
+static ALLOW_V4_NETS_0: HashMap<[u8; 4], NetEntry> =
     HashMap::with_max_entries(LIST_MAX_ENTRIES, BPF_F_NO_PREALLOC);
 #[map(name = "ALLOW_V4_NETS_1")]
-static ALLOW_V4_NETS_1: HashMap<[u8; 4], Net24> =
+static ALLOW_V4_NETS_1: HashMap<[u8; 4], NetEntry> =
     HashMap::with_max_entries(LIST_MAX_ENTRIES, BPF_F_NO_PREALLOC);
 #[map(name = "ALLOW_V4_HOSTS_0")]
 static ALLOW_V4_HOSTS_0: HashMap<[u8; 4], Rule> =
@@ -118,11 +129,23 @@ static ALLOW_V4_HOSTS_0: HashMap<[u8; 4], Rule> =
 #[map(name = "ALLOW_V4_HOSTS_1")]
 static ALLOW_V4_HOSTS_1: HashMap<[u8; 4], Rule> =
     HashMap::with_max_entries(LIST_MAX_ENTRIES, BPF_F_NO_PREALLOC);
-#[map(name = "ALLOW_V6_EXACT_0")]
-static ALLOW_V6_EXACT_0: HashMap<ExactKey6, Rule> =
+#[map(name = "ALLOW_V6_NETS_0")]
+static ALLOW_V6_NETS_0: HashMap<[u8; 8], NetEntry> =
     HashMap::with_max_entries(LIST_MAX_ENTRIES, BPF_F_NO_PREALLOC);
-#[map(name = "ALLOW_V6_EXACT_1")]
-static ALLOW_V6_EXACT_1: HashMap<ExactKey6, Rule> =
+#[map(name = "ALLOW_V6_SUBNETS_0")]
+static ALLOW_V6_SUBNETS_0: HashMap<[u8; 8], Rule> =
+    HashMap::with_max_entries(LIST_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+#[map(name = "ALLOW_V6_HOSTS_0")]
+static ALLOW_V6_HOSTS_0: HashMap<[u8; 16], Rule> =
+    HashMap::with_max_entries(LIST_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+#[map(name = "ALLOW_V6_NETS_1")]
+static ALLOW_V6_NETS_1: HashMap<[u8; 8], NetEntry> =
+    HashMap::with_max_entries(LIST_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+#[map(name = "ALLOW_V6_SUBNETS_1")]
+static ALLOW_V6_SUBNETS_1: HashMap<[u8; 8], Rule> =
+    HashMap::with_max_entries(LIST_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+#[map(name = "ALLOW_V6_HOSTS_1")]
+static ALLOW_V6_HOSTS_1: HashMap<[u8; 16], Rule> =
     HashMap::with_max_entries(LIST_MAX_ENTRIES, BPF_F_NO_PREALLOC);
 
 /// Per-CIDR budgets that replace the default for sources inside them.
@@ -168,12 +191,16 @@ struct Slot {
     deny_v6: &'static LpmTrie<[u8; 16], Rule>,
     allow_v4: &'static LpmTrie<[u8; 4], Rule>,
     allow_v6: &'static LpmTrie<[u8; 16], Rule>,
-    deny_v4_nets: &'static HashMap<[u8; 4], Net24>,
+    deny_v4_nets: &'static HashMap<[u8; 4], NetEntry>,
     deny_v4_hosts: &'static HashMap<[u8; 4], Rule>,
-    deny_v6_exact: &'static HashMap<ExactKey6, Rule>,
-    allow_v4_nets: &'static HashMap<[u8; 4], Net24>,
+    deny_v6_nets: &'static HashMap<[u8; 8], NetEntry>,
+    deny_v6_subnets: &'static HashMap<[u8; 8], Rule>,
+    deny_v6_hosts: &'static HashMap<[u8; 16], Rule>,
+    allow_v4_nets: &'static HashMap<[u8; 4], NetEntry>,
     allow_v4_hosts: &'static HashMap<[u8; 4], Rule>,
-    allow_v6_exact: &'static HashMap<ExactKey6, Rule>,
+    allow_v6_nets: &'static HashMap<[u8; 8], NetEntry>,
+    allow_v6_subnets: &'static HashMap<[u8; 8], Rule>,
+    allow_v6_hosts: &'static HashMap<[u8; 16], Rule>,
     rate_v4: &'static LpmTrie<[u8; 4], RateLimit>,
     rate_v6: &'static LpmTrie<[u8; 16], RateLimit>,
     ports: &'static Array<u64>,
@@ -189,10 +216,14 @@ fn slot(index: u32) -> Slot {
             allow_v6: &ALLOW_V6_0,
             deny_v4_nets: &DENY_V4_NETS_0,
             deny_v4_hosts: &DENY_V4_HOSTS_0,
-            deny_v6_exact: &DENY_V6_EXACT_0,
+            deny_v6_nets: &DENY_V6_NETS_0,
+            deny_v6_subnets: &DENY_V6_SUBNETS_0,
+            deny_v6_hosts: &DENY_V6_HOSTS_0,
             allow_v4_nets: &ALLOW_V4_NETS_0,
             allow_v4_hosts: &ALLOW_V4_HOSTS_0,
-            allow_v6_exact: &ALLOW_V6_EXACT_0,
+            allow_v6_nets: &ALLOW_V6_NETS_0,
+            allow_v6_subnets: &ALLOW_V6_SUBNETS_0,
+            allow_v6_hosts: &ALLOW_V6_HOSTS_0,
             rate_v4: &RATE_V4_0,
             rate_v6: &RATE_V6_0,
             ports: &PORTS_0,
@@ -205,10 +236,14 @@ fn slot(index: u32) -> Slot {
             allow_v6: &ALLOW_V6_1,
             deny_v4_nets: &DENY_V4_NETS_1,
             deny_v4_hosts: &DENY_V4_HOSTS_1,
-            deny_v6_exact: &DENY_V6_EXACT_1,
+            deny_v6_nets: &DENY_V6_NETS_1,
+            deny_v6_subnets: &DENY_V6_SUBNETS_1,
+            deny_v6_hosts: &DENY_V6_HOSTS_1,
             allow_v4_nets: &ALLOW_V4_NETS_1,
             allow_v4_hosts: &ALLOW_V4_HOSTS_1,
-            allow_v6_exact: &ALLOW_V6_EXACT_1,
+            allow_v6_nets: &ALLOW_V6_NETS_1,
+            allow_v6_subnets: &ALLOW_V6_SUBNETS_1,
+            allow_v6_hosts: &ALLOW_V6_HOSTS_1,
             rate_v4: &RATE_V4_1,
             rate_v6: &RATE_V6_1,
             ports: &PORTS_1,
@@ -307,7 +342,9 @@ fn classify(ctx: &XdpContext) -> Stat {
                 if has_allow
                     && listed_v6(
                         present::ALLOW,
-                        maps.allow_v6_exact,
+                        maps.allow_v6_nets,
+                        maps.allow_v6_subnets,
+                        maps.allow_v6_hosts,
                         maps.allow_v6,
                         bits,
                         src,
@@ -318,7 +355,9 @@ fn classify(ctx: &XdpContext) -> Stat {
                 }
                 if listed_v6(
                     present::DENY,
-                    maps.deny_v6_exact,
+                    maps.deny_v6_nets,
+                    maps.deny_v6_subnets,
+                    maps.deny_v6_hosts,
                     maps.deny_v6,
                     bits,
                     src,
@@ -474,23 +513,23 @@ unsafe fn atomic_add(counter: *mut u64) {
 #[inline(always)]
 fn listed_v4(
     list: u32,
-    nets: &HashMap<[u8; 4], Net24>,
+    nets: &HashMap<[u8; 4], NetEntry>,
     hosts: &HashMap<[u8; 4], Rule>,
     trie: &LpmTrie<[u8; 4], Rule>,
     present: u32,
     src: [u8; 4],
     now: &mut u64,
 ) -> bool {
-    if present & present::bit(list, 4, present::V4_HASH) != 0 {
+    if present & present::bit(list, 4, present::HASH) != 0 {
         let net = [src[0], src[1], src[2], 0];
         if let Some(entry) = nets.get_ptr(&net) {
             // SAFETY: the pointer is into the map value, valid for this run.
             let entry = unsafe { &*entry };
-            if entry.flags & Net24::RULE != 0 && matches(Some(&entry.rule), now) {
+            if entry.flags & NetEntry::RULE != 0 && matches(Some(&entry.rule), now) {
                 return true;
             }
             // SAFETY: as above.
-            if entry.flags & Net24::HOSTS != 0
+            if entry.flags & NetEntry::HOSTS != 0
                 && matches(hosts.get_ptr(&src).map(|r| unsafe { &*r }), now)
             {
                 return true;
@@ -506,28 +545,43 @@ fn listed_v4(
     matches(trie.get(&key.key), now)
 }
 
-/// [`listed_v4`] for IPv6 and `EXACT_V6_LENS`.
+/// [`listed_v4`] for IPv6: a live /48 entry, or /64 or /128 entry when its
+/// /48 has such entries, else the trie's longest match.
 #[inline(always)]
 fn listed_v6(
     list: u32,
-    exact: &HashMap<ExactKey6, Rule>,
+    nets: &HashMap<[u8; 8], NetEntry>,
+    subnets: &HashMap<[u8; 8], Rule>,
+    hosts: &HashMap<[u8; 16], Rule>,
     trie: &LpmTrie<[u8; 16], Rule>,
     present: u32,
     src: [u8; 16],
     now: &mut u64,
 ) -> bool {
-    let exact_hit = |which: u32, now: &mut u64| {
-        let prefix_len = EXACT_V6_LENS[which as usize];
-        let key = ExactKey6 {
-            prefix_len,
-            addr: mask_v6(src, prefix_len),
-        };
-        // SAFETY: the pointer is into the map value, valid for this run.
-        present & present::bit(list, 6, which) != 0
-            && matches(exact.get_ptr(&key).map(|r| unsafe { &*r }), now)
-    };
-    if exact_hit(0, now) || exact_hit(1, now) || exact_hit(2, now) {
-        return true;
+    if present & present::bit(list, 6, present::HASH) != 0 {
+        let net = [src[0], src[1], src[2], src[3], src[4], src[5], 0, 0];
+        if let Some(entry) = nets.get_ptr(&net) {
+            // SAFETY: the pointer is into the map value, valid for this run.
+            let entry = unsafe { &*entry };
+            if entry.flags & NetEntry::RULE != 0 && matches(Some(&entry.rule), now) {
+                return true;
+            }
+            if entry.flags & NetEntry::SUBNETS != 0 {
+                let subnet = [
+                    src[0], src[1], src[2], src[3], src[4], src[5], src[6], src[7],
+                ];
+                // SAFETY: as above.
+                if matches(subnets.get_ptr(&subnet).map(|r| unsafe { &*r }), now) {
+                    return true;
+                }
+            }
+            // SAFETY: as above.
+            if entry.flags & NetEntry::HOSTS != 0
+                && matches(hosts.get_ptr(&src).map(|r| unsafe { &*r }), now)
+            {
+                return true;
+            }
+        }
     }
     if present & present::bit(list, 6, present::TRIE) == 0 {
         return false;

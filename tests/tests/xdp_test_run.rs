@@ -981,3 +981,41 @@ fn a_host_refused_for_want_of_room_for_its_slash_24_leaves_nothing() {
         Stat::DeniedV4,
     );
 }
+
+/// The same for IPv6: /64 and /128 entries are found through their /48's
+/// entry, and each comes and goes on its own.
+#[test]
+fn ipv6_subnets_hosts_and_their_slash_48_are_independent_entries() {
+    root_only!();
+    let mut xdp = XdpDataPlane::load(XDP_OBJECT, None).unwrap();
+    xdp.replace_rules(&KernelRules {
+        config: no_policing(),
+        deny: vec![
+            (net("2001:db8:7::/48"), permanent()),
+            (net("2001:db8:7:1::/64"), permanent()),
+            (net("2001:db8:7:2::9/128"), permanent()),
+        ],
+        ..KernelRules::default()
+    })
+    .unwrap();
+    let v6 = |s: &str| udp6_frame(s.parse().unwrap(), DST_V6);
+    for src in ["2001:db8:7:1::5", "2001:db8:7:2::9", "2001:db8:7:3::1"] {
+        run(&mut xdp, &v6(src), Stat::DeniedV6);
+    }
+    xdp.remove(ListKind::Deny, net("2001:db8:7::/48")).unwrap();
+    run(&mut xdp, &v6("2001:db8:7:1::5"), Stat::DeniedV6);
+    run(&mut xdp, &v6("2001:db8:7:2::9"), Stat::DeniedV6);
+    run(&mut xdp, &v6("2001:db8:7:2::8"), Stat::Passed);
+    run(&mut xdp, &v6("2001:db8:7:3::1"), Stat::Passed);
+    xdp.remove(ListKind::Deny, net("2001:db8:7:1::/64"))
+        .unwrap();
+    run(&mut xdp, &v6("2001:db8:7:1::5"), Stat::Passed);
+    let mut listed = xdp.prefixes(ListKind::Deny).unwrap();
+    listed.sort();
+    assert_eq!(listed, vec![net("2001:db8:7:2::9/128")]);
+    // A /64 in a /48 with no entry yet.
+    xdp.insert(ListKind::Deny, net("2001:db8:8:1::/64"), permanent())
+        .unwrap();
+    run(&mut xdp, &v6("2001:db8:8:1::77"), Stat::DeniedV6);
+    run(&mut xdp, &v6("2001:db8:8:2::77"), Stat::Passed);
+}

@@ -1,7 +1,8 @@
 //! One source list (deny or allow) of one rule-set slot, as the kernel holds
-//! it: IPv4 /24 and /32 entries in two hash maps (by /24 network, and by
-//! host), IPv6 entries of the lengths in `EXACT_V6_LENS` in a hash map, and
-//! every other length in an LPM trie per family. See docs/xdp.md.
+//! it: IPv4 /24 and /32 entries and IPv6 /48, /64 and /128 entries in hash
+//! maps (a network map whose entries say which longer entries exist inside
+//! them, see [`NetEntry`]), every other length in an LPM trie per family.
+//! See docs/xdp.md.
 
 use std::net::IpAddr;
 
@@ -9,7 +10,7 @@ use aya::{
     maps::{lpm_trie::Key, HashMap, IterableMap, LpmTrie, Map, MapData, MapError},
     Ebpf, Pod,
 };
-use gateway_common::{map_names, present, ExactKey6, Net24, Rule, EXACT_V6_LENS};
+use gateway_common::{map_names, present, NetEntry, Rule};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use super::{maps::ListKind, XdpError};
@@ -18,33 +19,54 @@ pub(super) struct ListMaps {
     kind: ListKind,
     v4: LpmTrie<MapData, [u8; 4], Rule>,
     v6: LpmTrie<MapData, [u8; 16], Rule>,
-    v4_nets: HashMap<MapData, [u8; 4], Net24>,
+    v4_nets: HashMap<MapData, [u8; 4], NetEntry>,
     v4_hosts: HashMap<MapData, [u8; 4], Rule>,
-    v6_exact: HashMap<MapData, ExactKey6, Rule>,
+    v6_nets: HashMap<MapData, [u8; 8], NetEntry>,
+    v6_subnets: HashMap<MapData, [u8; 8], Rule>,
+    v6_hosts: HashMap<MapData, [u8; 16], Rule>,
 }
 
 /// Where one entry lives.
+#[derive(Clone, Copy)]
 enum Place {
     V4Net([u8; 4]),
     V4Host([u8; 4]),
-    V6Exact(ExactKey6),
+    V6Net([u8; 8]),
+    V6Subnet([u8; 8]),
+    V6Host([u8; 16]),
     V4Trie(Key<[u8; 4]>),
     V6Trie(Key<[u8; 16]>),
 }
 
 fn place(net: IpNet) -> Place {
     match net.trunc() {
-        IpNet::V4(n) if n.prefix_len() == 32 => Place::V4Host(n.addr().octets()),
-        IpNet::V4(n) if n.prefix_len() == 24 => Place::V4Net(n.network().octets()),
-        IpNet::V4(n) => Place::V4Trie(Key::new(n.prefix_len().into(), n.network().octets())),
-        IpNet::V6(n) if EXACT_V6_LENS.contains(&u32::from(n.prefix_len())) => {
-            Place::V6Exact(ExactKey6 {
-                prefix_len: n.prefix_len().into(),
-                addr: n.network().octets(),
-            })
+        IpNet::V4(n) => {
+            let a = n.network().octets();
+            match n.prefix_len() {
+                32 => Place::V4Host(a),
+                24 => Place::V4Net(a),
+                len => Place::V4Trie(Key::new(len.into(), a)),
+            }
         }
-        IpNet::V6(n) => Place::V6Trie(Key::new(n.prefix_len().into(), n.network().octets())),
+        IpNet::V6(n) => {
+            let a = n.network().octets();
+            let first8 = [a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]];
+            match n.prefix_len() {
+                128 => Place::V6Host(a),
+                64 => Place::V6Subnet(first8),
+                48 => Place::V6Net(first8),
+                len => Place::V6Trie(Key::new(len.into(), a)),
+            }
+        }
     }
+}
+
+fn v4_net_of(addr: [u8; 4]) -> [u8; 4] {
+    [addr[0], addr[1], addr[2], 0]
+}
+
+fn v6_net_of(addr: &[u8]) -> [u8; 8] {
+    [addr[0], addr[1], addr[2], addr[3], addr[4], addr[5], 0, 0]
 }
 
 fn take<T: TryFrom<Map, Error = MapError>>(
@@ -60,23 +82,35 @@ fn take<T: TryFrom<Map, Error = MapError>>(
 impl ListMaps {
     pub(super) fn take(ebpf: &mut Ebpf, kind: ListKind, slot: usize) -> Result<Self, XdpError> {
         use map_names::*;
-        let (v4, v6, nets, hosts, exact) = match kind {
-            ListKind::Deny => (DENY_V4, DENY_V6, DENY_V4_NETS, DENY_V4_HOSTS, DENY_V6_EXACT),
-            ListKind::Allow => (
+        let names = match kind {
+            ListKind::Deny => [
+                DENY_V4,
+                DENY_V6,
+                DENY_V4_NETS,
+                DENY_V4_HOSTS,
+                DENY_V6_NETS,
+                DENY_V6_SUBNETS,
+                DENY_V6_HOSTS,
+            ],
+            ListKind::Allow => [
                 ALLOW_V4,
                 ALLOW_V6,
                 ALLOW_V4_NETS,
                 ALLOW_V4_HOSTS,
-                ALLOW_V6_EXACT,
-            ),
+                ALLOW_V6_NETS,
+                ALLOW_V6_SUBNETS,
+                ALLOW_V6_HOSTS,
+            ],
         };
         Ok(Self {
             kind,
-            v4: take(ebpf, v4, slot)?,
-            v6: take(ebpf, v6, slot)?,
-            v4_nets: take(ebpf, nets, slot)?,
-            v4_hosts: take(ebpf, hosts, slot)?,
-            v6_exact: take(ebpf, exact, slot)?,
+            v4: take(ebpf, names[0], slot)?,
+            v6: take(ebpf, names[1], slot)?,
+            v4_nets: take(ebpf, names[2], slot)?,
+            v4_hosts: take(ebpf, names[3], slot)?,
+            v6_nets: take(ebpf, names[4], slot)?,
+            v6_subnets: take(ebpf, names[5], slot)?,
+            v6_hosts: take(ebpf, names[6], slot)?,
         })
     }
 
@@ -87,18 +121,13 @@ impl ListMaps {
             ListKind::Deny => present::DENY,
             ListKind::Allow => present::ALLOW,
         };
-        match place(net) {
-            Place::V4Net(_) | Place::V4Host(_) => present::bit(list, 4, present::V4_HASH),
-            Place::V4Trie(_) => present::bit(list, 4, present::TRIE),
-            Place::V6Exact(key) => {
-                let which = EXACT_V6_LENS
-                    .iter()
-                    .position(|l| *l == key.prefix_len)
-                    .expect("placed by its length") as u32;
-                present::bit(list, 6, which)
-            }
-            Place::V6Trie(_) => present::bit(list, 6, present::TRIE),
-        }
+        let (family, which) = match place(net) {
+            Place::V4Net(_) | Place::V4Host(_) => (4, present::HASH),
+            Place::V4Trie(_) => (4, present::TRIE),
+            Place::V6Net(_) | Place::V6Subnet(_) | Place::V6Host(_) => (6, present::HASH),
+            Place::V6Trie(_) => (6, present::TRIE),
+        };
+        present::bit(list, family, which)
     }
 
     /// Adds or replaces an entry. Either the entry is in place and
@@ -107,67 +136,52 @@ impl ListMaps {
         let result = match place(net) {
             Place::V4Trie(key) => self.v4.insert(&key, rule, 0),
             Place::V6Trie(key) => self.v6.insert(&key, rule, 0),
-            Place::V6Exact(key) => self.v6_exact.insert(key, rule, 0),
-            Place::V4Net(key) => {
-                let flags = self.v4_net(&key)?.map_or(0, |n| n.flags);
-                let entry = Net24 {
-                    rule,
-                    flags: flags | Net24::RULE,
-                    _pad: 0,
-                };
-                self.v4_nets.insert(key, entry, 0)
-            }
-            Place::V4Host(addr) => {
-                // The host first, then the flag on its /24 that makes the
-                // program look for it.
-                let net24 = [addr[0], addr[1], addr[2], 0];
-                let existing = self.v4_net(&net24)?;
-                let had_host = self.v4_hosts.get(&addr, 0).is_ok();
-                self.v4_hosts
-                    .insert(addr, rule, 0)
-                    .map_err(|e| self.full_or(e, net))?;
-                match existing {
-                    Some(n) if n.flags & Net24::HOSTS != 0 => Ok(()),
-                    _ => {
-                        let mut entry = existing.unwrap_or_default();
-                        entry.flags |= Net24::HOSTS;
-                        let result = self.v4_nets.insert(net24, entry, 0);
-                        if result.is_err() && !had_host {
-                            // Nothing half-applied: the host goes again.
-                            let _ = self.v4_hosts.remove(&addr);
-                        }
-                        result
-                    }
-                }
-            }
+            Place::V4Net(key) => set_rule(&mut self.v4_nets, key, Some(rule)),
+            Place::V6Net(key) => set_rule(&mut self.v6_nets, key, Some(rule)),
+            Place::V4Host(addr) => insert_child(
+                &mut self.v4_nets,
+                v4_net_of(addr),
+                NetEntry::HOSTS,
+                &mut self.v4_hosts,
+                addr,
+                rule,
+            ),
+            Place::V6Subnet(key) => insert_child(
+                &mut self.v6_nets,
+                v6_net_of(&key),
+                NetEntry::SUBNETS,
+                &mut self.v6_subnets,
+                key,
+                rule,
+            ),
+            Place::V6Host(addr) => insert_child(
+                &mut self.v6_nets,
+                v6_net_of(&addr),
+                NetEntry::HOSTS,
+                &mut self.v6_hosts,
+                addr,
+                rule,
+            ),
         };
         result.map_err(|e| self.full_or(e, net))
     }
 
-    /// Removes an entry; absent is not an error.
+    /// Removes an entry; absent is not an error. A network's flag saying it
+    /// holds longer entries stays until the slot is rebuilt: others may
+    /// remain, and a stale flag costs one lookup.
     pub(super) fn remove(&mut self, net: IpNet) -> Result<(), XdpError> {
         let result = match place(net) {
             Place::V4Trie(key) => self.v4.remove(&key),
             Place::V6Trie(key) => self.v6.remove(&key),
-            Place::V6Exact(key) => self.v6_exact.remove(&key),
-            // The /24's HOSTS flag stays until the slot is rebuilt: other
-            // hosts of the /24 may remain, and a stale flag costs one lookup.
             Place::V4Host(addr) => self.v4_hosts.remove(&addr),
-            Place::V4Net(key) => match self.v4_net(&key)? {
-                None => Ok(()),
-                Some(n) if n.flags & Net24::HOSTS != 0 => self.v4_nets.insert(
-                    key,
-                    Net24 {
-                        flags: Net24::HOSTS,
-                        ..Net24::default()
-                    },
-                    0,
-                ),
-                Some(_) => self.v4_nets.remove(&key),
-            },
+            Place::V6Subnet(key) => self.v6_subnets.remove(&key),
+            Place::V6Host(addr) => self.v6_hosts.remove(&addr),
+            Place::V4Net(key) => set_rule(&mut self.v4_nets, key, None),
+            Place::V6Net(key) => set_rule(&mut self.v6_nets, key, None),
         };
         match result {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Ok(()) => Ok(()),
+            Err(e) if not_found(&e) => Ok(()),
             Err(e) => Err(e.into()),
         }
     }
@@ -180,7 +194,7 @@ impl ListMaps {
         }
         for item in self.v4_nets.iter() {
             let (key, entry) = item?;
-            if entry.flags & Net24::RULE != 0 {
+            if entry.flags & NetEntry::RULE != 0 {
                 out.push(net_of_place(Place::V4Net(key)));
             }
         }
@@ -190,28 +204,30 @@ impl ListMaps {
         for key in self.v6.keys() {
             out.push(net_of(key?));
         }
-        for key in self.v6_exact.keys() {
-            out.push(net_of_place(Place::V6Exact(key?)));
+        for item in self.v6_nets.iter() {
+            let (key, entry) = item?;
+            if entry.flags & NetEntry::RULE != 0 {
+                out.push(net_of_place(Place::V6Net(key)));
+            }
+        }
+        for key in self.v6_subnets.keys() {
+            out.push(net_of_place(Place::V6Subnet(key?)));
+        }
+        for key in self.v6_hosts.keys() {
+            out.push(net_of_place(Place::V6Host(key?)));
         }
         Ok(out)
     }
 
-    /// Empties every structure (keys are collected first: removing while
-    /// iterating would skip entries).
+    /// Empties every structure.
     pub(super) fn clear(&mut self) -> Result<(), XdpError> {
         clear_trie(&mut self.v4)?;
         clear_trie(&mut self.v6)?;
         clear_hash(&mut self.v4_nets)?;
         clear_hash(&mut self.v4_hosts)?;
-        clear_hash(&mut self.v6_exact)
-    }
-
-    fn v4_net(&self, key: &[u8; 4]) -> Result<Option<Net24>, XdpError> {
-        match self.v4_nets.get(key, 0) {
-            Ok(entry) => Ok(Some(entry)),
-            Err(MapError::KeyNotFound) => Ok(None),
-            Err(e) => Err(e.into()),
-        }
+        clear_hash(&mut self.v6_nets)?;
+        clear_hash(&mut self.v6_subnets)?;
+        clear_hash(&mut self.v6_hosts)
     }
 
     /// A trie refuses a new key with ENOSPC when it holds `max_entries`, a
@@ -223,39 +239,124 @@ impl ListMaps {
         if !full {
             return error.into();
         }
-        let (family, info) = match place(net) {
-            // A host needs room in both maps; name the smaller.
-            Place::V4Net(_) | Place::V4Host(_) => {
-                let nets = self.v4_nets.map().info();
-                let hosts = self.v4_hosts.map().info();
-                let capacity = |i: Result<aya::maps::MapInfo, MapError>| {
-                    i.map(|i| i.max_entries()).unwrap_or(0)
-                };
-                return XdpError::Full {
-                    list: self.kind.name(),
-                    family: "IPv4",
-                    capacity: capacity(nets).min(capacity(hosts)),
-                };
-            }
-            Place::V4Trie(_) => ("IPv4", self.v4.map().info()),
-            Place::V6Exact(_) => ("IPv6", self.v6_exact.map().info()),
-            Place::V6Trie(_) => ("IPv6", self.v6.map().info()),
+        let capacity =
+            |info: Result<aya::maps::MapInfo, MapError>| info.map(|i| i.max_entries()).unwrap_or(0);
+        // A longer entry needs room in its network's map too: name the
+        // smaller of the two.
+        let (family, capacity) = match place(net) {
+            Place::V4Trie(_) => ("IPv4", capacity(self.v4.map().info())),
+            Place::V4Net(_) => ("IPv4", capacity(self.v4_nets.map().info())),
+            Place::V4Host(_) => (
+                "IPv4",
+                capacity(self.v4_hosts.map().info()).min(capacity(self.v4_nets.map().info())),
+            ),
+            Place::V6Trie(_) => ("IPv6", capacity(self.v6.map().info())),
+            Place::V6Net(_) => ("IPv6", capacity(self.v6_nets.map().info())),
+            Place::V6Subnet(_) => (
+                "IPv6",
+                capacity(self.v6_subnets.map().info()).min(capacity(self.v6_nets.map().info())),
+            ),
+            Place::V6Host(_) => (
+                "IPv6",
+                capacity(self.v6_hosts.map().info()).min(capacity(self.v6_nets.map().info())),
+            ),
         };
         XdpError::Full {
             list: self.kind.name(),
             family,
-            capacity: info.map(|i| i.max_entries()).unwrap_or(0),
+            capacity,
         }
     }
 }
 
+/// A trie says KeyNotFound for a missing key; a hash map's delete passes
+/// ENOENT on.
+fn not_found(error: &MapError) -> bool {
+    match error {
+        MapError::KeyNotFound => true,
+        MapError::SyscallError(e) => e.io_error.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
+    }
+}
+
+fn get<K: Pod, V: Pod>(map: &HashMap<MapData, K, V>, key: &K) -> Result<Option<V>, MapError> {
+    match map.get(key, 0) {
+        Ok(value) => Ok(Some(value)),
+        Err(MapError::KeyNotFound) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Sets (`Some`) or clears (`None`) a network's own entry, keeping its
+/// flags for longer entries; a network left with nothing is removed.
+fn set_rule<K: Pod>(
+    nets: &mut HashMap<MapData, K, NetEntry>,
+    key: K,
+    rule: Option<Rule>,
+) -> Result<(), MapError> {
+    let existing = get(nets, &key)?;
+    let children = existing.map_or(0, |e| e.flags & !NetEntry::RULE);
+    match rule {
+        Some(rule) => nets.insert(
+            key,
+            NetEntry {
+                rule,
+                flags: children | NetEntry::RULE,
+                _pad: 0,
+            },
+            0,
+        ),
+        None if children != 0 => nets.insert(
+            key,
+            NetEntry {
+                flags: children,
+                ..NetEntry::default()
+            },
+            0,
+        ),
+        None if existing.is_none() => Ok(()),
+        None => nets.remove(&key),
+    }
+}
+
+/// Adds a longer entry: the entry first, then the flag on its network that
+/// makes the program look for it. When the network map has no room, the
+/// entry is taken out again (unless it was there before).
+fn insert_child<K: Pod, C: Pod>(
+    nets: &mut HashMap<MapData, K, NetEntry>,
+    net: K,
+    flag: u32,
+    children: &mut HashMap<MapData, C, Rule>,
+    child: C,
+    rule: Rule,
+) -> Result<(), MapError> {
+    let existing = get(nets, &net)?;
+    let had_child = get(children, &child)?.is_some();
+    children.insert(child, rule, 0)?;
+    if existing.is_some_and(|e| e.flags & flag != 0) {
+        return Ok(());
+    }
+    let mut entry = existing.unwrap_or_default();
+    entry.flags |= flag;
+    let result = nets.insert(net, entry, 0);
+    if result.is_err() && !had_child {
+        let _ = children.remove(&child);
+    }
+    result
+}
+
 fn net_of_place(place: Place) -> IpNet {
+    let v6 = |first8: [u8; 8], len: u8| {
+        let mut a = [0u8; 16];
+        a[..8].copy_from_slice(&first8);
+        IpNet::from(Ipv6Net::new(a.into(), len).expect("valid"))
+    };
     match place {
         Place::V4Net(addr) => Ipv4Net::new(addr.into(), 24).expect("valid").into(),
         Place::V4Host(addr) => Ipv4Net::new(addr.into(), 32).expect("valid").into(),
-        Place::V6Exact(key) => Ipv6Net::new(key.addr.into(), key.prefix_len as u8)
-            .expect("kernel keys have valid prefix lengths")
-            .into(),
+        Place::V6Net(first8) => v6(first8, 48),
+        Place::V6Subnet(first8) => v6(first8, 64),
+        Place::V6Host(addr) => Ipv6Net::new(addr.into(), 128).expect("valid").into(),
         Place::V4Trie(key) => net_of(key),
         Place::V6Trie(key) => net_of(key),
     }
@@ -272,7 +373,8 @@ pub(super) fn clear_trie<K: Pod, V: Pod>(
     let keys: Vec<Key<K>> = trie.keys().collect::<Result<_, MapError>>()?;
     for key in keys {
         match trie.remove(&key) {
-            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Ok(()) => {}
+            Err(e) if not_found(&e) => {}
             Err(e) => return Err(e.into()),
         }
     }
@@ -283,7 +385,8 @@ fn clear_hash<K: Pod, V: Pod>(map: &mut HashMap<MapData, K, V>) -> Result<(), Xd
     let keys: Vec<K> = map.keys().collect::<Result<_, MapError>>()?;
     for key in keys {
         match map.remove(&key) {
-            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Ok(()) => {}
+            Err(e) if not_found(&e) => {}
             Err(e) => return Err(e.into()),
         }
     }

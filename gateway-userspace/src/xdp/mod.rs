@@ -113,10 +113,14 @@ impl XdpDataPlane {
                 map_names::ALLOW_V6,
                 map_names::DENY_V4_NETS,
                 map_names::DENY_V4_HOSTS,
-                map_names::DENY_V6_EXACT,
+                map_names::DENY_V6_NETS,
+                map_names::DENY_V6_SUBNETS,
+                map_names::DENY_V6_HOSTS,
                 map_names::ALLOW_V4_NETS,
                 map_names::ALLOW_V4_HOSTS,
-                map_names::ALLOW_V6_EXACT,
+                map_names::ALLOW_V6_NETS,
+                map_names::ALLOW_V6_SUBNETS,
+                map_names::ALLOW_V6_HOSTS,
             ] {
                 for name in names {
                     loader.map_max_entries(name, capacity);
