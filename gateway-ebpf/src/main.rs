@@ -185,22 +185,27 @@ pub fn xgate_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
+/// One list's IPv4 structures (see [`listed_v4`]).
+struct V4List {
+    nets: &'static HashMap<[u8; 4], NetEntry>,
+    hosts: &'static HashMap<[u8; 4], Rule>,
+    trie: &'static LpmTrie<[u8; 4], Rule>,
+}
+
+/// One list's IPv6 structures (see [`listed_v6`]).
+struct V6List {
+    nets: &'static HashMap<[u8; 8], NetEntry>,
+    subnets: &'static HashMap<[u8; 8], Rule>,
+    hosts: &'static HashMap<[u8; 16], Rule>,
+    trie: &'static LpmTrie<[u8; 16], Rule>,
+}
+
 /// One slot's maps.
 struct Slot {
-    deny_v4: &'static LpmTrie<[u8; 4], Rule>,
-    deny_v6: &'static LpmTrie<[u8; 16], Rule>,
-    allow_v4: &'static LpmTrie<[u8; 4], Rule>,
-    allow_v6: &'static LpmTrie<[u8; 16], Rule>,
-    deny_v4_nets: &'static HashMap<[u8; 4], NetEntry>,
-    deny_v4_hosts: &'static HashMap<[u8; 4], Rule>,
-    deny_v6_nets: &'static HashMap<[u8; 8], NetEntry>,
-    deny_v6_subnets: &'static HashMap<[u8; 8], Rule>,
-    deny_v6_hosts: &'static HashMap<[u8; 16], Rule>,
-    allow_v4_nets: &'static HashMap<[u8; 4], NetEntry>,
-    allow_v4_hosts: &'static HashMap<[u8; 4], Rule>,
-    allow_v6_nets: &'static HashMap<[u8; 8], NetEntry>,
-    allow_v6_subnets: &'static HashMap<[u8; 8], Rule>,
-    allow_v6_hosts: &'static HashMap<[u8; 16], Rule>,
+    deny_v4: V4List,
+    deny_v6: V6List,
+    allow_v4: V4List,
+    allow_v6: V6List,
     rate_v4: &'static LpmTrie<[u8; 4], RateLimit>,
     rate_v6: &'static LpmTrie<[u8; 16], RateLimit>,
     ports: &'static Array<u64>,
@@ -210,40 +215,56 @@ struct Slot {
 fn slot(index: u32) -> Slot {
     if index == 0 {
         Slot {
-            deny_v4: &DENY_V4_0,
-            deny_v6: &DENY_V6_0,
-            allow_v4: &ALLOW_V4_0,
-            allow_v6: &ALLOW_V6_0,
-            deny_v4_nets: &DENY_V4_NETS_0,
-            deny_v4_hosts: &DENY_V4_HOSTS_0,
-            deny_v6_nets: &DENY_V6_NETS_0,
-            deny_v6_subnets: &DENY_V6_SUBNETS_0,
-            deny_v6_hosts: &DENY_V6_HOSTS_0,
-            allow_v4_nets: &ALLOW_V4_NETS_0,
-            allow_v4_hosts: &ALLOW_V4_HOSTS_0,
-            allow_v6_nets: &ALLOW_V6_NETS_0,
-            allow_v6_subnets: &ALLOW_V6_SUBNETS_0,
-            allow_v6_hosts: &ALLOW_V6_HOSTS_0,
+            deny_v4: V4List {
+                nets: &DENY_V4_NETS_0,
+                hosts: &DENY_V4_HOSTS_0,
+                trie: &DENY_V4_0,
+            },
+            deny_v6: V6List {
+                nets: &DENY_V6_NETS_0,
+                subnets: &DENY_V6_SUBNETS_0,
+                hosts: &DENY_V6_HOSTS_0,
+                trie: &DENY_V6_0,
+            },
+            allow_v4: V4List {
+                nets: &ALLOW_V4_NETS_0,
+                hosts: &ALLOW_V4_HOSTS_0,
+                trie: &ALLOW_V4_0,
+            },
+            allow_v6: V6List {
+                nets: &ALLOW_V6_NETS_0,
+                subnets: &ALLOW_V6_SUBNETS_0,
+                hosts: &ALLOW_V6_HOSTS_0,
+                trie: &ALLOW_V6_0,
+            },
             rate_v4: &RATE_V4_0,
             rate_v6: &RATE_V6_0,
             ports: &PORTS_0,
         }
     } else {
         Slot {
-            deny_v4: &DENY_V4_1,
-            deny_v6: &DENY_V6_1,
-            allow_v4: &ALLOW_V4_1,
-            allow_v6: &ALLOW_V6_1,
-            deny_v4_nets: &DENY_V4_NETS_1,
-            deny_v4_hosts: &DENY_V4_HOSTS_1,
-            deny_v6_nets: &DENY_V6_NETS_1,
-            deny_v6_subnets: &DENY_V6_SUBNETS_1,
-            deny_v6_hosts: &DENY_V6_HOSTS_1,
-            allow_v4_nets: &ALLOW_V4_NETS_1,
-            allow_v4_hosts: &ALLOW_V4_HOSTS_1,
-            allow_v6_nets: &ALLOW_V6_NETS_1,
-            allow_v6_subnets: &ALLOW_V6_SUBNETS_1,
-            allow_v6_hosts: &ALLOW_V6_HOSTS_1,
+            deny_v4: V4List {
+                nets: &DENY_V4_NETS_1,
+                hosts: &DENY_V4_HOSTS_1,
+                trie: &DENY_V4_1,
+            },
+            deny_v6: V6List {
+                nets: &DENY_V6_NETS_1,
+                subnets: &DENY_V6_SUBNETS_1,
+                hosts: &DENY_V6_HOSTS_1,
+                trie: &DENY_V6_1,
+            },
+            allow_v4: V4List {
+                nets: &ALLOW_V4_NETS_1,
+                hosts: &ALLOW_V4_HOSTS_1,
+                trie: &ALLOW_V4_1,
+            },
+            allow_v6: V6List {
+                nets: &ALLOW_V6_NETS_1,
+                subnets: &ALLOW_V6_SUBNETS_1,
+                hosts: &ALLOW_V6_HOSTS_1,
+                trie: &ALLOW_V6_1,
+            },
             rate_v4: &RATE_V4_1,
             rate_v6: &RATE_V6_1,
             ports: &PORTS_1,
@@ -299,7 +320,7 @@ fn classify(ctx: &XdpContext) -> Stat {
         ),
     };
     let bucket = if policing {
-        BUCKETS.get_ptr_mut(&key)
+        BUCKETS.get_ptr_mut(key)
     } else {
         None
     };
@@ -313,56 +334,18 @@ fn classify(ctx: &XdpContext) -> Stat {
         let bits = config.present;
         match packet.src {
             Src::V4(src) => {
-                if has_allow
-                    && listed_v4(
-                        present::ALLOW,
-                        maps.allow_v4_nets,
-                        maps.allow_v4_hosts,
-                        maps.allow_v4,
-                        bits,
-                        src,
-                        &mut now,
-                    )
-                {
+                if has_allow && listed_v4(present::ALLOW, &maps.allow_v4, bits, src, &mut now) {
                     return Stat::AllowListed;
                 }
-                if listed_v4(
-                    present::DENY,
-                    maps.deny_v4_nets,
-                    maps.deny_v4_hosts,
-                    maps.deny_v4,
-                    bits,
-                    src,
-                    &mut now,
-                ) {
+                if listed_v4(present::DENY, &maps.deny_v4, bits, src, &mut now) {
                     return Stat::DeniedV4;
                 }
             }
             Src::V6(src) => {
-                if has_allow
-                    && listed_v6(
-                        present::ALLOW,
-                        maps.allow_v6_nets,
-                        maps.allow_v6_subnets,
-                        maps.allow_v6_hosts,
-                        maps.allow_v6,
-                        bits,
-                        src,
-                        &mut now,
-                    )
-                {
+                if has_allow && listed_v6(present::ALLOW, &maps.allow_v6, bits, src, &mut now) {
                     return Stat::AllowListed;
                 }
-                if listed_v6(
-                    present::DENY,
-                    maps.deny_v6_nets,
-                    maps.deny_v6_subnets,
-                    maps.deny_v6_hosts,
-                    maps.deny_v6,
-                    bits,
-                    src,
-                    &mut now,
-                ) {
+                if listed_v6(present::DENY, &maps.deny_v6, bits, src, &mut now) {
                     return Stat::DeniedV6;
                 }
             }
@@ -511,18 +494,10 @@ unsafe fn atomic_add(counter: *mut u64) {
 /// entries), else the trie's longest match. Structures `present` says are
 /// empty are skipped.
 #[inline(always)]
-fn listed_v4(
-    list: u32,
-    nets: &HashMap<[u8; 4], NetEntry>,
-    hosts: &HashMap<[u8; 4], Rule>,
-    trie: &LpmTrie<[u8; 4], Rule>,
-    present: u32,
-    src: [u8; 4],
-    now: &mut u64,
-) -> bool {
+fn listed_v4(list: u32, maps: &V4List, present: u32, src: [u8; 4], now: &mut u64) -> bool {
     if present & present::bit(list, 4, present::HASH) != 0 {
         let net = [src[0], src[1], src[2], 0];
-        if let Some(entry) = nets.get_ptr(&net) {
+        if let Some(entry) = maps.nets.get_ptr(net) {
             // SAFETY: the pointer is into the map value, valid for this run.
             let entry = unsafe { &*entry };
             if entry.flags & NetEntry::RULE != 0 && matches(Some(&entry.rule), now) {
@@ -530,7 +505,7 @@ fn listed_v4(
             }
             // SAFETY: as above.
             if entry.flags & NetEntry::HOSTS != 0
-                && matches(hosts.get_ptr(&src).map(|r| unsafe { &*r }), now)
+                && matches(maps.hosts.get_ptr(src).map(|r| unsafe { &*r }), now)
             {
                 return true;
             }
@@ -542,25 +517,16 @@ fn listed_v4(
     let key = AlignedKey {
         key: Key::new(32, src),
     };
-    matches(trie.get(&key.key), now)
+    matches(maps.trie.get(&key.key), now)
 }
 
 /// [`listed_v4`] for IPv6: a live /48 entry, or /64 or /128 entry when its
 /// /48 has such entries, else the trie's longest match.
 #[inline(always)]
-fn listed_v6(
-    list: u32,
-    nets: &HashMap<[u8; 8], NetEntry>,
-    subnets: &HashMap<[u8; 8], Rule>,
-    hosts: &HashMap<[u8; 16], Rule>,
-    trie: &LpmTrie<[u8; 16], Rule>,
-    present: u32,
-    src: [u8; 16],
-    now: &mut u64,
-) -> bool {
+fn listed_v6(list: u32, maps: &V6List, present: u32, src: [u8; 16], now: &mut u64) -> bool {
     if present & present::bit(list, 6, present::HASH) != 0 {
         let net = [src[0], src[1], src[2], src[3], src[4], src[5], 0, 0];
-        if let Some(entry) = nets.get_ptr(&net) {
+        if let Some(entry) = maps.nets.get_ptr(net) {
             // SAFETY: the pointer is into the map value, valid for this run.
             let entry = unsafe { &*entry };
             if entry.flags & NetEntry::RULE != 0 && matches(Some(&entry.rule), now) {
@@ -571,13 +537,13 @@ fn listed_v6(
                     src[0], src[1], src[2], src[3], src[4], src[5], src[6], src[7],
                 ];
                 // SAFETY: as above.
-                if matches(subnets.get_ptr(&subnet).map(|r| unsafe { &*r }), now) {
+                if matches(maps.subnets.get_ptr(subnet).map(|r| unsafe { &*r }), now) {
                     return true;
                 }
             }
             // SAFETY: as above.
             if entry.flags & NetEntry::HOSTS != 0
-                && matches(hosts.get_ptr(&src).map(|r| unsafe { &*r }), now)
+                && matches(maps.hosts.get_ptr(src).map(|r| unsafe { &*r }), now)
             {
                 return true;
             }
@@ -589,7 +555,7 @@ fn listed_v6(
     let key = AlignedKey {
         key: Key::new(128, src),
     };
-    matches(trie.get(&key.key), now)
+    matches(maps.trie.get(&key.key), now)
 }
 
 /// Whether a deny/allow lookup result is a live (unexpired) rule.
