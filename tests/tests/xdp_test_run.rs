@@ -48,13 +48,15 @@ fn no_policing() -> XdpConfig {
 /// A fresh program instance with its own (unpinned) maps, holding deny rules
 /// for 203.0.113.0/24 and 2001:db8:bad::/48.
 fn data_plane() -> XdpDataPlane {
+    denying(&["203.0.113.0/24", "2001:db8:bad::/48"])
+}
+
+/// A fresh program instance, no policing, these permanent deny entries.
+fn denying(entries: &[&str]) -> XdpDataPlane {
     let mut xdp = XdpDataPlane::load(XDP_OBJECT, None).expect("load XDP program");
     xdp.replace_rules(&KernelRules {
         config: no_policing(),
-        deny: vec![
-            (net("203.0.113.0/24"), permanent()),
-            (net("2001:db8:bad::/48"), permanent()),
-        ],
+        deny: entries.iter().map(|e| (net(e), permanent())).collect(),
         ..KernelRules::default()
     })
     .unwrap();
@@ -910,16 +912,7 @@ fn every_list_structure_matches_lists_and_removes() {
 #[test]
 fn ipv4_hosts_and_their_slash_24_are_independent_entries() {
     root_only!();
-    let mut xdp = XdpDataPlane::load(XDP_OBJECT, None).unwrap();
-    xdp.replace_rules(&KernelRules {
-        config: no_policing(),
-        deny: vec![
-            (net("198.51.100.0/24"), permanent()),
-            (net("198.51.100.9/32"), permanent()),
-        ],
-        ..KernelRules::default()
-    })
-    .unwrap();
+    let mut xdp = denying(&["198.51.100.0/24", "198.51.100.9/32"]);
     let v4 = |s: &str| udp4_frame(s.parse().unwrap(), DST_V4);
     run(&mut xdp, &v4("198.51.100.9"), Stat::DeniedV4);
     run(&mut xdp, &v4("198.51.100.200"), Stat::DeniedV4);
@@ -987,17 +980,11 @@ fn a_host_refused_for_want_of_room_for_its_slash_24_leaves_nothing() {
 #[test]
 fn ipv6_subnets_hosts_and_their_slash_48_are_independent_entries() {
     root_only!();
-    let mut xdp = XdpDataPlane::load(XDP_OBJECT, None).unwrap();
-    xdp.replace_rules(&KernelRules {
-        config: no_policing(),
-        deny: vec![
-            (net("2001:db8:7::/48"), permanent()),
-            (net("2001:db8:7:1::/64"), permanent()),
-            (net("2001:db8:7:2::9/128"), permanent()),
-        ],
-        ..KernelRules::default()
-    })
-    .unwrap();
+    let mut xdp = denying(&[
+        "2001:db8:7::/48",
+        "2001:db8:7:1::/64",
+        "2001:db8:7:2::9/128",
+    ]);
     let v6 = |s: &str| udp6_frame(s.parse().unwrap(), DST_V6);
     for src in ["2001:db8:7:1::5", "2001:db8:7:2::9", "2001:db8:7:3::1"] {
         run(&mut xdp, &v6(src), Stat::DeniedV6);
