@@ -78,6 +78,47 @@ fn listener_with(address: SocketAddr, lines: &[String]) -> String {
     listener(address, &lines)
 }
 
+/// What most TLS tests start from: a CA, a leaf for `a.example.test` in a
+/// temp dir of their own, and an echo upstream.
+struct TlsSetup {
+    /// Holds the leaf's files.
+    _dir: TempDir,
+    ca: TestCa,
+    leaf: Leaf,
+    upstream: EchoUpstream,
+}
+
+async fn tls_setup(name: &str) -> TlsSetup {
+    let dir = TempDir::new(name);
+    let ca = TestCa::new();
+    let leaf = ca.leaf(&["a.example.test"], dir.path(), "a");
+    let upstream = EchoUpstream::start(any_port(), "one").await.unwrap();
+    TlsSetup {
+        _dir: dir,
+        ca,
+        leaf,
+        upstream,
+    }
+}
+
+/// A daemon with a TLS listener and a plain one, both with `both` lines,
+/// and `extra` top-level config. Returns (TLS address, plain address).
+fn tls_and_plain(setup: &TlsSetup, both: &[&str], extra: &str) -> (SocketAddr, SocketAddr, Daemon) {
+    let secure = free_port();
+    let plain = free_port();
+    let mut secure_lines = tls_lines(&[&setup.leaf], &[]);
+    secure_lines.extend(both.iter().map(|l| l.to_string()));
+    let daemon = Daemon::start(
+        &config(
+            &[listener_with(secure, &secure_lines), listener(plain, both)],
+            setup.upstream.addr,
+            extra,
+        ),
+        None,
+    );
+    (secure, plain, daemon)
+}
+
 /// A parsed HTTP/1.1 response from a raw exchange.
 #[derive(Debug)]
 struct Reply {
@@ -305,10 +346,8 @@ async fn sni_picks_the_certificate_and_unknown_names_get_the_default() {
 
 #[tokio::test]
 async fn min_version_1_3_refuses_a_tls_1_2_only_client() {
-    let dir = TempDir::new("tlsver");
-    let ca = TestCa::new();
-    let leaf = ca.leaf(&["a.example.test"], dir.path(), "a");
-    let upstream = EchoUpstream::start(any_port(), "one").await.unwrap();
+    let setup = tls_setup("tlsver").await;
+    let (ca, leaf, upstream) = (&setup.ca, &setup.leaf, &setup.upstream);
     let strict = free_port();
     let lenient = free_port();
     let _daemon = Daemon::start(
@@ -351,23 +390,9 @@ async fn min_version_1_3_refuses_a_tls_1_2_only_client() {
 
 #[tokio::test]
 async fn http2_over_tls_via_alpn_and_h2c_with_prior_knowledge() {
-    let dir = TempDir::new("h2");
-    let ca = TestCa::new();
-    let leaf = ca.leaf(&["a.example.test"], dir.path(), "a");
-    let upstream = EchoUpstream::start(any_port(), "one").await.unwrap();
-    let secure = free_port();
-    let plain = free_port();
-    let _daemon = Daemon::start(
-        &config(
-            &[
-                listener_with(secure, &tls_lines(&[&leaf], &[])),
-                listener(plain, &[]),
-            ],
-            upstream.addr,
-            "",
-        ),
-        None,
-    );
+    let setup = tls_setup("h2").await;
+    let ca = &setup.ca;
+    let (secure, plain, _daemon) = tls_and_plain(&setup, &[], "");
 
     let options = ClientOptions {
         alpn: &[b"h2", b"http/1.1"],
@@ -433,25 +458,9 @@ async fn http2_over_tls_via_alpn_and_h2c_with_prior_knowledge() {
 
 #[tokio::test]
 async fn http1_only_listener_refuses_h2c_and_h2() {
-    let dir = TempDir::new("h1only");
-    let ca = TestCa::new();
-    let leaf = ca.leaf(&["a.example.test"], dir.path(), "a");
-    let upstream = EchoUpstream::start(any_port(), "one").await.unwrap();
-    let secure = free_port();
-    let plain = free_port();
-    let mut secure_lines = tls_lines(&[&leaf], &[]);
-    secure_lines.push("http2: false".into());
-    let _daemon = Daemon::start(
-        &config(
-            &[
-                listener_with(secure, &secure_lines),
-                listener(plain, &["http2: false"]),
-            ],
-            upstream.addr,
-            "",
-        ),
-        None,
-    );
+    let setup = tls_setup("h1only").await;
+    let ca = &setup.ca;
+    let (secure, plain, _daemon) = tls_and_plain(&setup, &["http2: false"], "");
 
     let h2c = tokio::time::timeout(WAIT, h2_get(tcp(plain).await, "http://gateway.test/api/x"))
         .await
@@ -539,23 +548,9 @@ async fn websocket_round_trip<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, 
 
 #[tokio::test]
 async fn websocket_upgrade_passes_through_plain_and_tls() {
-    let dir = TempDir::new("ws");
-    let ca = TestCa::new();
-    let leaf = ca.leaf(&["a.example.test"], dir.path(), "a");
-    let upstream = EchoUpstream::start(any_port(), "one").await.unwrap();
-    let secure = free_port();
-    let plain = free_port();
-    let _daemon = Daemon::start(
-        &config(
-            &[
-                listener_with(secure, &tls_lines(&[&leaf], &[])),
-                listener(plain, &[]),
-            ],
-            upstream.addr,
-            "",
-        ),
-        None,
-    );
+    let setup = tls_setup("ws").await;
+    let ca = &setup.ca;
+    let (secure, plain, _daemon) = tls_and_plain(&setup, &[], "");
     websocket_round_trip(tcp(plain).await, "gateway.test").await;
     let options = ClientOptions {
         alpn: &[b"http/1.1"],
@@ -775,24 +770,12 @@ async fn with_proxy_header(addr: SocketAddr, header: &[u8], request: &[u8]) -> O
 
 #[tokio::test]
 async fn proxy_protocol_from_a_trusted_peer_sets_the_client_address() {
-    let dir = TempDir::new("proxyproto");
-    let ca = TestCa::new();
-    let leaf = ca.leaf(&["a.example.test"], dir.path(), "a");
-    let upstream = EchoUpstream::start(any_port(), "one").await.unwrap();
-    let plain = free_port();
-    let secure = free_port();
-    let mut secure_lines = tls_lines(&[&leaf], &[]);
-    secure_lines.push("proxy_protocol: true".into());
-    let daemon = Daemon::start(
-        &config(
-            &[
-                listener(plain, &["proxy_protocol: true"]),
-                listener_with(secure, &secure_lines),
-            ],
-            upstream.addr,
-            "trusted_proxies: [127.0.0.0/8]\n",
-        ),
-        None,
+    let setup = tls_setup("proxyproto").await;
+    let ca = &setup.ca;
+    let (secure, plain, daemon) = tls_and_plain(
+        &setup,
+        &["proxy_protocol: true"],
+        "trusted_proxies: [127.0.0.0/8]\n",
     );
     let request = get("/api/who", "gateway.test");
 
