@@ -973,6 +973,26 @@ fn a_host_refused_for_want_of_room_for_its_slash_24_leaves_nothing() {
         &udp4_frame(Ipv4Addr::new(192, 0, 2, 7), DST_V4),
         Stat::DeniedV4,
     );
+    // The other way round: room for the /24 entry but not for the host.
+    // The /24 entry made for it goes again, so the last /24 still fits.
+    let mut xdp = XdpDataPlane::load_with_capacity(XDP_OBJECT, None, Some(2)).unwrap();
+    xdp.replace_rules(&KernelRules {
+        config: no_policing(),
+        deny: vec![
+            (net("192.0.2.1/32"), permanent()),
+            (net("192.0.2.2/32"), permanent()),
+        ],
+        ..KernelRules::default()
+    })
+    .unwrap();
+    let err = xdp
+        .insert(ListKind::Deny, net("203.0.113.7/32"), permanent())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("is full"), "{err}");
+    xdp.insert(ListKind::Deny, net("198.51.100.0/24"), permanent())
+        .unwrap();
+    run(&mut xdp, &udp4_frame(BLOCKED_V4, DST_V4), Stat::Passed);
 }
 
 /// The same for IPv6: /64 and /128 entries are found through their /48's

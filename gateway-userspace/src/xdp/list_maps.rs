@@ -319,9 +319,10 @@ fn set_rule<K: Pod>(
     }
 }
 
-/// Adds a longer entry: the entry first, then the flag on its network that
-/// makes the program look for it. When the network map has no room, the
-/// entry is taken out again (unless it was there before).
+/// Adds a longer entry: first the flag on its network that makes the
+/// program look for such entries (a flag without the entry costs a lookup,
+/// nothing else), then the entry. When the entry finds no room, a network
+/// entry made just for it is taken out again.
 fn insert_child<K: Pod, C: Pod>(
     nets: &mut HashMap<MapData, K, NetEntry>,
     net: K,
@@ -331,16 +332,14 @@ fn insert_child<K: Pod, C: Pod>(
     rule: Rule,
 ) -> Result<(), MapError> {
     let existing = get(nets, &net)?;
-    let had_child = get(children, &child)?.is_some();
-    children.insert(child, rule, 0)?;
-    if existing.is_some_and(|e| e.flags & flag != 0) {
-        return Ok(());
+    if !existing.is_some_and(|e| e.flags & flag != 0) {
+        let mut entry = existing.unwrap_or_default();
+        entry.flags |= flag;
+        nets.insert(net, entry, 0)?;
     }
-    let mut entry = existing.unwrap_or_default();
-    entry.flags |= flag;
-    let result = nets.insert(net, entry, 0);
-    if result.is_err() && !had_child {
-        let _ = children.remove(&child);
+    let result = children.insert(child, rule, 0);
+    if result.is_err() && existing.is_none() {
+        let _ = nets.remove(&net);
     }
     result
 }
