@@ -6,7 +6,7 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 /// splitmix64: small, fast, and good enough to spread prefixes.
@@ -25,74 +25,80 @@ impl Rng {
 /// `count` distinct IPv4 prefixes: `first` plus random unicast ones (60 %
 /// /32, 25 % /24, 15 % /16-/31), none containing any of `keep_out`.
 pub fn deny_v4(count: usize, first: Ipv4Net, keep_out: &[Ipv4Addr]) -> Result<Vec<IpNet>> {
-    let mut rng = Rng(0x0058_6761_7465_0004);
-    let mut seen = HashSet::new();
-    let mut out = vec![IpNet::V4(first)];
-    seen.insert(first);
-    // Bounded: each try succeeds with high probability.
-    for _ in 0..count.saturating_mul(100) {
-        if out.len() >= count {
-            break;
-        }
-        let r = rng.next();
-        let len = match r % 100 {
-            0..=59 => 32,
-            60..=84 => 24,
-            _ => 16 + ((r >> 8) % 16) as u8,
-        };
-        // 1.0.0.0 - 223.255.255.255: unicast, not 0/8.
-        let addr = 0x0100_0000 + ((r >> 32) as u32) % (0xE000_0000 - 0x0100_0000);
-        let Ok(net) = Ipv4Net::new(Ipv4Addr::from(addr), len) else {
-            continue;
-        };
-        let net = net.trunc();
-        if keep_out.iter().any(|a| net.contains(a)) || !seen.insert(net) {
-            continue;
-        }
-        out.push(IpNet::V4(net));
-    }
-    ensure!(
-        out.len() == count,
-        "could not generate {count} IPv4 prefixes"
-    );
-    Ok(out)
+    let keep_out: Vec<IpAddr> = keep_out.iter().map(|a| IpAddr::V4(*a)).collect();
+    distinct(
+        count,
+        first.into(),
+        &keep_out,
+        0x0058_6761_7465_0004,
+        |rng| {
+            let r = rng.next();
+            let len = match r % 100 {
+                0..=59 => 32,
+                60..=84 => 24,
+                _ => 16 + ((r >> 8) % 16) as u8,
+            };
+            // 1.0.0.0 - 223.255.255.255: unicast, not 0/8.
+            let addr = 0x0100_0000 + ((r >> 32) as u32) % (0xE000_0000 - 0x0100_0000);
+            Ipv4Net::new(Ipv4Addr::from(addr), len).ok().map(IpNet::V4)
+        },
+    )
+    .context("IPv4 prefixes")
 }
 
 /// `count` distinct IPv6 prefixes in 2000::/3: `first` plus random ones (40 %
 /// /48, 30 % /64, 15 % /56, 10 % /128, 5 % /32), none containing `keep_out`.
 pub fn deny_v6(count: usize, first: Ipv6Net, keep_out: &[Ipv6Addr]) -> Result<Vec<IpNet>> {
-    let mut rng = Rng(0x0058_6761_7465_0006);
-    let mut seen = HashSet::new();
-    let mut out = vec![IpNet::V6(first)];
-    seen.insert(first);
+    let keep_out: Vec<IpAddr> = keep_out.iter().map(|a| IpAddr::V6(*a)).collect();
+    distinct(
+        count,
+        first.into(),
+        &keep_out,
+        0x0058_6761_7465_0006,
+        |rng| {
+            let r = rng.next();
+            let len = match r % 100 {
+                0..=39 => 48,
+                40..=69 => 64,
+                70..=84 => 56,
+                85..=94 => 128,
+                _ => 32,
+            };
+            let hi = (rng.next() & !(0b111 << 61)) | (0b001 << 61);
+            let lo = rng.next();
+            let addr = Ipv6Addr::from((u128::from(hi) << 64) | u128::from(lo));
+            Ipv6Net::new(addr, len).ok().map(IpNet::V6)
+        },
+    )
+    .context("IPv6 prefixes")
+}
+
+/// `first` and then what `draw` makes (truncated), until `count` distinct
+/// prefixes none of which contains an address of `keep_out`. Bounded: each
+/// try succeeds with high probability.
+fn distinct(
+    count: usize,
+    first: IpNet,
+    keep_out: &[IpAddr],
+    seed: u64,
+    mut draw: impl FnMut(&mut Rng) -> Option<IpNet>,
+) -> Result<Vec<IpNet>> {
+    let mut rng = Rng(seed);
+    let mut seen = HashSet::from([first]);
+    let mut out = vec![first];
     for _ in 0..count.saturating_mul(100) {
         if out.len() >= count {
             break;
         }
-        let r = rng.next();
-        let len = match r % 100 {
-            0..=39 => 48,
-            40..=69 => 64,
-            70..=84 => 56,
-            85..=94 => 128,
-            _ => 32,
-        };
-        let hi = (rng.next() & !(0b111 << 61)) | (0b001 << 61);
-        let lo = rng.next();
-        let addr = Ipv6Addr::from((u128::from(hi) << 64) | u128::from(lo));
-        let Ok(net) = Ipv6Net::new(addr, len) else {
+        let Some(net) = draw(&mut rng).map(|n| n.trunc()) else {
             continue;
         };
-        let net = net.trunc();
         if keep_out.iter().any(|a| net.contains(a)) || !seen.insert(net) {
             continue;
         }
-        out.push(IpNet::V6(net));
+        out.push(net);
     }
-    ensure!(
-        out.len() == count,
-        "could not generate {count} IPv6 prefixes"
-    );
+    ensure!(out.len() == count, "could not generate {count} of them");
     Ok(out)
 }
 
