@@ -354,8 +354,8 @@ async fn min_version_1_3_refuses_a_tls_1_2_only_client() {
         &config(
             &[
                 // Unquoted: YAML reads a number, which is accepted too.
-                listener_with(strict, &tls_lines(&[&leaf], &["min_version: 1.3"])),
-                listener_with(lenient, &tls_lines(&[&leaf], &[])),
+                listener_with(strict, &tls_lines(&[leaf], &["min_version: 1.3"])),
+                listener_with(lenient, &tls_lines(&[leaf], &[])),
             ],
             upstream.addr,
             "",
@@ -364,7 +364,7 @@ async fn min_version_1_3_refuses_a_tls_1_2_only_client() {
     );
     let tls12_only = ClientOptions {
         versions: &[&rustls::version::TLS12],
-        ..ClientOptions::verifying(&ca)
+        ..ClientOptions::verifying(ca)
     };
     assert!(
         connect(strict, "a.example.test", &tls12_only)
@@ -379,7 +379,7 @@ async fn min_version_1_3_refuses_a_tls_1_2_only_client() {
         stream.get_ref().1.protocol_version(),
         Some(rustls::ProtocolVersion::TLSv1_2)
     );
-    let stream = connect(strict, "a.example.test", &ClientOptions::verifying(&ca))
+    let stream = connect(strict, "a.example.test", &ClientOptions::verifying(ca))
         .await
         .expect("TLS 1.3");
     assert_eq!(
@@ -396,7 +396,7 @@ async fn http2_over_tls_via_alpn_and_h2c_with_prior_knowledge() {
 
     let options = ClientOptions {
         alpn: &[b"h2", b"http/1.1"],
-        ..ClientOptions::verifying(&ca)
+        ..ClientOptions::verifying(ca)
     };
     let stream = connect(secure, "a.example.test", &options)
         .await
@@ -415,7 +415,7 @@ async fn http2_over_tls_via_alpn_and_h2c_with_prior_knowledge() {
     // An HTTP/1.1 client on the same listener still works.
     let options = ClientOptions {
         alpn: &[b"http/1.1"],
-        ..ClientOptions::verifying(&ca)
+        ..ClientOptions::verifying(ca)
     };
     let mut stream = connect(secure, "a.example.test", &options)
         .await
@@ -479,13 +479,13 @@ async fn http1_only_listener_refuses_h2c_and_h2() {
     // one that accepts nothing else is refused in the handshake.
     let both = ClientOptions {
         alpn: &[b"h2", b"http/1.1"],
-        ..ClientOptions::verifying(&ca)
+        ..ClientOptions::verifying(ca)
     };
     let stream = connect(secure, "a.example.test", &both).await.expect("TLS");
     assert_eq!(alpn(&stream).as_deref(), Some(&b"http/1.1"[..]));
     let h2_only = ClientOptions {
         alpn: &[b"h2"],
-        ..ClientOptions::verifying(&ca)
+        ..ClientOptions::verifying(ca)
     };
     assert!(connect(secure, "a.example.test", &h2_only).await.is_err());
 }
@@ -554,7 +554,7 @@ async fn websocket_upgrade_passes_through_plain_and_tls() {
     websocket_round_trip(tcp(plain).await, "gateway.test").await;
     let options = ClientOptions {
         alpn: &[b"http/1.1"],
-        ..ClientOptions::verifying(&ca)
+        ..ClientOptions::verifying(ca)
     };
     let stream = connect(secure, "a.example.test", &options)
         .await
@@ -811,7 +811,7 @@ async fn proxy_protocol_from_a_trusted_peer_sets_the_client_address() {
     let mut tcp_stream = tcp(secure).await;
     let v2 = proxy_v2("198.51.100.20:5000".parse().unwrap(), secure);
     tcp_stream.write_all(&v2).await.unwrap();
-    let config = ClientOptions::verifying(&ca).config();
+    let config = ClientOptions::verifying(ca).config();
     let mut stream = tokio_rustls::TlsConnector::from(config)
         .connect("a.example.test".try_into().unwrap(), tcp_stream)
         .await

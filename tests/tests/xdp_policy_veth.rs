@@ -279,22 +279,7 @@ fn rule_set_replacement_is_atomic_under_traffic() {
         "warm-up"
     );
 
-    let flows = [
-        Flow {
-            from: addr("198.18.0.3:40000"),
-            to: addr("198.18.0.1:9999"),
-            count: 20_000,
-            pps: 5_000,
-            cpu: None,
-        },
-        Flow {
-            from: addr("198.18.0.2:40000"),
-            to: addr("198.18.0.1:9998"),
-            count: 20_000,
-            pps: 5_000,
-            cpu: None,
-        },
-    ];
+    let flows = legit_and_attacker(20_000, 5_000);
     let mut reloads = 0;
     let results = run_flows(&lab.client, &lab.gw, &flows, || {
         for i in 0..20 {
@@ -314,6 +299,22 @@ fn rule_set_replacement_is_atomic_under_traffic() {
     assert_eq!(attacker.received, 0, "attacker packets passed during swaps");
 }
 
+/// Two flows at the same rate: the legitimate client (198.18.0.3, allowed)
+/// and the attacker (198.18.0.2, denied), to ports 9999 and 9998.
+fn legit_and_attacker(count: usize, pps: u64) -> [Flow; 2] {
+    let flow = |from: &str, to: &str| Flow {
+        from: addr(from),
+        to: addr(to),
+        count,
+        pps,
+        cpu: None,
+    };
+    [
+        flow("198.18.0.3:40000", "198.18.0.1:9999"),
+        flow("198.18.0.2:40000", "198.18.0.1:9998"),
+    ]
+}
+
 #[test]
 fn enforcement_continues_through_kill_9_and_restarts() {
     root_only!();
@@ -327,22 +328,7 @@ fn enforcement_continues_through_kill_9_and_restarts() {
         "warm-up"
     );
 
-    let flows = [
-        Flow {
-            from: addr("198.18.0.3:40000"),
-            to: addr("198.18.0.1:9999"),
-            count: 15_000,
-            pps: 3_000,
-            cpu: None,
-        },
-        Flow {
-            from: addr("198.18.0.2:40000"),
-            to: addr("198.18.0.1:9998"),
-            count: 15_000,
-            pps: 3_000,
-            cpu: None,
-        },
-    ];
+    let flows = legit_and_attacker(15_000, 3_000);
     let mut daemon = Some(daemon);
     let results = run_flows(&lab.client, &lab.gw, &flows, || {
         std::thread::sleep(Duration::from_millis(500));

@@ -332,7 +332,7 @@ fn insert_child<K: Pod, C: Pod>(
     rule: Rule,
 ) -> Result<(), MapError> {
     let existing = get(nets, &net)?;
-    if !existing.is_some_and(|e| e.flags & flag != 0) {
+    if existing.is_none_or(|e| e.flags & flag == 0) {
         let mut entry = existing.unwrap_or_default();
         entry.flags |= flag;
         nets.insert(net, entry, 0)?;
