@@ -53,7 +53,13 @@ fn data_plane() -> XdpDataPlane {
 
 /// A fresh program instance, no policing, these permanent deny entries.
 fn denying(entries: &[&str]) -> XdpDataPlane {
-    let mut xdp = XdpDataPlane::load(XDP_OBJECT, None).expect("load XDP program");
+    denying_with_capacity(None, entries)
+}
+
+/// [`denying`] with every list map holding at most `capacity` entries.
+fn denying_with_capacity(capacity: Option<u32>, entries: &[&str]) -> XdpDataPlane {
+    let mut xdp =
+        XdpDataPlane::load_with_capacity(XDP_OBJECT, None, capacity).expect("load XDP program");
     xdp.replace_rules(&KernelRules {
         config: no_policing(),
         deny: entries.iter().map(|e| (net(e), permanent())).collect(),
@@ -948,16 +954,7 @@ fn ipv4_hosts_and_their_slash_24_are_independent_entries() {
 #[test]
 fn a_host_refused_for_want_of_room_for_its_slash_24_leaves_nothing() {
     root_only!();
-    let mut xdp = XdpDataPlane::load_with_capacity(XDP_OBJECT, None, Some(2)).unwrap();
-    xdp.replace_rules(&KernelRules {
-        config: no_policing(),
-        deny: vec![
-            (net("192.0.2.0/24"), permanent()),
-            (net("198.51.100.0/24"), permanent()),
-        ],
-        ..KernelRules::default()
-    })
-    .unwrap();
+    let mut xdp = denying_with_capacity(Some(2), &["192.0.2.0/24", "198.51.100.0/24"]);
     let err = xdp
         .insert(ListKind::Deny, net("203.0.113.7/32"), permanent())
         .unwrap_err()
@@ -975,16 +972,7 @@ fn a_host_refused_for_want_of_room_for_its_slash_24_leaves_nothing() {
     );
     // The other way round: room for the /24 entry but not for the host.
     // The /24 entry made for it goes again, so the last /24 still fits.
-    let mut xdp = XdpDataPlane::load_with_capacity(XDP_OBJECT, None, Some(2)).unwrap();
-    xdp.replace_rules(&KernelRules {
-        config: no_policing(),
-        deny: vec![
-            (net("192.0.2.1/32"), permanent()),
-            (net("192.0.2.2/32"), permanent()),
-        ],
-        ..KernelRules::default()
-    })
-    .unwrap();
+    let mut xdp = denying_with_capacity(Some(2), &["192.0.2.1/32", "192.0.2.2/32"]);
     let err = xdp
         .insert(ListKind::Deny, net("203.0.113.7/32"), permanent())
         .unwrap_err()
