@@ -298,33 +298,16 @@ fn classify(ctx: &XdpContext) -> Stat {
     // source was last found on no list (the verdict cache), so a known
     // legitimate source costs one hash lookup instead of trie walks.
     let policing = config.flags & flags::RATE_LIMIT != 0 && policed(&packet, config, &maps);
-    let (key, cacheable) = match packet.src {
-        Src::V4(src) => {
-            let mut addr = [0u8; 16];
-            let masked = mask(u32::from_be_bytes(src), config.v4_prefix_len).to_be_bytes();
-            addr[0] = masked[0];
-            addr[1] = masked[1];
-            addr[2] = masked[2];
-            addr[3] = masked[3];
-            (
-                BucketKey { addr, family: 4 },
-                config.flags & flags::CACHE_V4 != 0,
-            )
-        }
-        Src::V6(src) => (
-            BucketKey {
-                addr: mask_v6(src, config.v6_prefix_len),
-                family: 6,
-            },
-            config.flags & flags::CACHE_V6 != 0,
-        ),
-    };
-    let bucket = if policing {
-        BUCKETS.get_ptr_mut(key)
+    let policed_key = if policing {
+        Some(bucket_key(&packet.src, config))
     } else {
         None
     };
-    let stamp = if cacheable { config.generation } else { 0 };
+    let bucket = policed_key.and_then(|(key, _)| BUCKETS.get_ptr_mut(key));
+    let stamp = match policed_key {
+        Some((_, true)) => config.generation,
+        _ => 0,
+    };
     let cached = match bucket {
         // SAFETY: `b` points into the map value, valid for this program run.
         Some(b) => stamp != 0 && unsafe { (*b).list_gen } == stamp,
@@ -351,9 +334,9 @@ fn classify(ctx: &XdpContext) -> Stat {
             }
         }
     }
-    if !policing {
+    let Some((key, _)) = policed_key else {
         return Stat::Passed;
-    }
+    };
     let limit = if has_overrides {
         match packet.src {
             Src::V4(src) => {
@@ -384,6 +367,33 @@ fn classify(ctx: &XdpContext) -> Stat {
         Stat::Passed
     } else {
         Stat::RateLimited
+    }
+}
+
+/// The source's bucket key (its address masked to the aggregation prefix),
+/// and whether the slot lets that bucket cache the list verdict.
+#[inline(always)]
+fn bucket_key(src: &Src, config: &XdpConfig) -> (BucketKey, bool) {
+    match *src {
+        Src::V4(src) => {
+            let mut addr = [0u8; 16];
+            let masked = mask(u32::from_be_bytes(src), config.v4_prefix_len).to_be_bytes();
+            addr[0] = masked[0];
+            addr[1] = masked[1];
+            addr[2] = masked[2];
+            addr[3] = masked[3];
+            (
+                BucketKey { addr, family: 4 },
+                config.flags & flags::CACHE_V4 != 0,
+            )
+        }
+        Src::V6(src) => (
+            BucketKey {
+                addr: mask_v6(src, config.v6_prefix_len),
+                family: 6,
+            },
+            config.flags & flags::CACHE_V6 != 0,
+        ),
     }
 }
 

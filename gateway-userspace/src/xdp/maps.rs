@@ -184,7 +184,10 @@ impl Maps {
                 config.flags &= !flag;
             }
         }
-        config.generation = self.next_generation()?;
+        // The active slot holds the newest generation: every change writes
+        // it there or flips to a slot holding a newer one.
+        let current = self.config.get(&(1 - target), 0)?.generation;
+        config.generation = next_generation(current);
         self.config.set(target, config, 0)?;
         // The one write that switches every packet to the new set.
         self.active.set(0, target, 0)?;
@@ -213,16 +216,9 @@ impl Maps {
         // bucket's "on no list" stamp: the other order would let a packet
         // stamp its bucket with the new generation before the entry exists.
         self.slots[active as usize].list(kind).insert(net, rule)?;
-        config.generation = self.next_generation()?;
+        config.generation = next_generation(config.generation);
         self.config.set(active, config, 0)?;
         Ok(())
-    }
-
-    /// One more than the active slot's generation (the newest: every change
-    /// writes it there or flips to a slot holding a newer one).
-    fn next_generation(&self) -> Result<u64, XdpError> {
-        let active = self.config.get(&self.active()?, 0)?;
-        Ok(active.generation.wrapping_add(1).max(1))
     }
 
     pub(super) fn remove_active(&mut self, kind: ListKind, net: IpNet) -> Result<(), XdpError> {
@@ -246,6 +242,11 @@ impl SlotMaps {
             ListKind::Allow => &mut self.allow,
         }
     }
+}
+
+/// The generation after `current`; never 0 (0 means "never cached").
+fn next_generation(current: u64) -> u64 {
+    current.wrapping_add(1).max(1)
 }
 
 /// Whether a list entry is longer than the rate-limit aggregation of its
