@@ -55,7 +55,9 @@ pub struct Cli {
 enum Command {
     /// Run the gateway daemon in the foreground (SIGHUP reloads; SIGTERM/SIGINT drain and stop).
     Run {
-        /// Worker threads serving connections (default: one per CPU core).
+        /// Proxy worker threads (default: one per CPU core). Each runs its own
+        /// event loop; connections are spread over them in turn and stay on
+        /// theirs. Listening, the admin API and reloads run on one more thread.
         #[arg(long, env = "XGATE_WORKERS", value_parser = clap::value_parser!(u16).range(1..=1024))]
         workers: Option<u16>,
     },
@@ -154,11 +156,13 @@ impl From<CliXdpMode> for XdpMode {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Command::Run { workers: Some(n) } = &cli.command {
-        builder.worker_threads(usize::from(*n));
-    }
-    let runtime = match builder.enable_all().build() {
+    // The control runtime: commands, and for `run` the listeners' accept
+    // loops, the admin API and reloads. Proxying runs on the workers.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("xgate: cannot start the async runtime: {e}");
@@ -176,9 +180,13 @@ pub fn main() -> ExitCode {
 
 async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
-        Command::Run { .. } => {
+        Command::Run { workers } => {
             telemetry::init_logging();
-            daemon::run(&config_path(&cli)).await?;
+            let workers = workers.map_or_else(
+                || std::thread::available_parallelism().map_or(1, usize::from),
+                usize::from,
+            );
+            daemon::run(&config_path(&cli), workers).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Validate => {

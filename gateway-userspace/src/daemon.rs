@@ -26,6 +26,7 @@ use crate::{
     proxy::{
         self,
         server::{Settings, SettingsHandle},
+        workers::Workers,
         Runtime, RuntimeHandle,
     },
     sys,
@@ -118,8 +119,12 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
     changes
 }
 
-pub async fn run(config_path: &Path) -> anyhow::Result<()> {
+/// Runs the daemon with `workers` proxy worker threads until SIGTERM/SIGINT.
+pub async fn run(config_path: &Path, workers: usize) -> anyhow::Result<()> {
     let config = Config::load(config_path)?;
+    // First: upstreams keep one connection pool per worker.
+    let workers =
+        Arc::new(Workers::start(workers).context("cannot start the proxy worker threads")?);
 
     let (xdp, xdp_off_reason) = start_xdp(&config)?;
     let lists = Arc::new(
@@ -184,6 +189,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             runtime.clone(),
             lists.clone(),
             metrics.clone(),
+            workers.clone(),
             shutdown_rx.clone(),
             DRAIN_DEADLINE,
         )));
@@ -214,6 +220,11 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let _ = shutdown_tx.send(true);
     for task in proxy_tasks {
         let _ = task.await;
+    }
+    // Every listener has drained: nothing is left on the workers but idle
+    // upstream connections.
+    if let Ok(workers) = Arc::try_unwrap(workers) {
+        workers.shutdown().await;
     }
     let _ = admin_task.await;
     let _ = reaper.await;

@@ -28,8 +28,8 @@ use hyper_util::{
 };
 use tokio::{net::TcpListener, task::JoinHandle};
 
-/// A running echo upstream; aborting the handle (or dropping it via
-/// [`EchoUpstream::stop`]) closes the listener.
+/// A running echo upstream; [`EchoUpstream::stop`] (or aborting its task)
+/// closes the listener and every connection.
 pub struct EchoUpstream {
     pub addr: SocketAddr,
     task: JoinHandle<()>,
@@ -46,21 +46,24 @@ impl EchoUpstream {
         Ok(Self { addr, task })
     }
 
-    /// Stops accepting and closes the listening socket.
+    /// Stops as a killed server would: the listening socket and every open
+    /// connection are closed.
     pub async fn stop(self) {
         self.task.abort();
         let _ = self.task.await;
     }
 }
 
-/// Serves until the task is aborted.
+/// Serves until the task is aborted, which also ends every connection.
 pub async fn serve(listener: TcpListener, name: String) {
+    let mut connections = tokio::task::JoinSet::new();
     loop {
         let Ok((stream, peer)) = listener.accept().await else {
             continue;
         };
+        while connections.try_join_next().is_some() {}
         let name = name.clone();
-        tokio::spawn(async move {
+        connections.spawn(async move {
             let service = service_fn(move |req| {
                 let name = name.clone();
                 async move { Ok::<_, Infallible>(echo(req, peer, &name).await) }

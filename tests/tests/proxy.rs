@@ -197,3 +197,76 @@ async fn blocklisted_source_is_refused_at_l7_without_xdp() {
         200
     );
 }
+
+/// The worker threads of `pid` (named `xgate-worker-N`) and the nanoseconds
+/// each has spent on a CPU (`/proc/PID/task/TID/schedstat`).
+fn worker_cpu_ns(pid: u32) -> Vec<(String, u64)> {
+    let mut workers = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let path = task.unwrap().path();
+        let name = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        let name = name.trim();
+        if !name.starts_with("xgate-worker-") {
+            continue;
+        }
+        let schedstat = std::fs::read_to_string(path.join("schedstat")).unwrap();
+        let on_cpu = schedstat
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        workers.push((name.to_string(), on_cpu));
+    }
+    workers.sort();
+    workers
+}
+
+/// Requests pipelined on one keep-alive connection; returns how many 200s
+/// came back.
+async fn pipelined(listen: SocketAddr, requests: usize) -> usize {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(listen).await.unwrap();
+    let mut batch = "GET /api/x HTTP/1.1\r\nHost: gateway.test\r\n\r\n".repeat(requests - 1);
+    batch.push_str("GET /api/x HTTP/1.1\r\nHost: gateway.test\r\nConnection: close\r\n\r\n");
+    stream.write_all(batch.as_bytes()).await.unwrap();
+    let mut replies = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        stream.read_to_end(&mut replies),
+    )
+    .await
+    .expect("all answers within 30 s")
+    .unwrap();
+    String::from_utf8_lossy(&replies)
+        .matches("HTTP/1.1 200 OK\r\n")
+        .count()
+}
+
+/// One worker thread per core by default; connections are handed to them in
+/// turn, so with two connections per worker every worker proxies.
+#[tokio::test]
+async fn connections_are_spread_over_one_worker_per_core() {
+    let upstream = EchoUpstream::start(any_port(), "one").await.unwrap();
+    let listen = free_port();
+    let daemon = Daemon::start(&config(listen, &[upstream.addr], "5s"), None);
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let before = worker_cpu_ns(daemon.pid());
+    assert_eq!(before.len(), cores, "{before:?}");
+
+    let mut connections = tokio::task::JoinSet::new();
+    for _ in 0..2 * cores {
+        connections.spawn(pipelined(listen, 300));
+    }
+    let answered = connections.join_all().await;
+    assert_eq!(answered, vec![300; 2 * cores]);
+
+    let after = worker_cpu_ns(daemon.pid());
+    for ((name, was), (_, is)) in before.iter().zip(&after) {
+        assert!(
+            is - was > 1_000_000,
+            "{name} ran {} µs for 600 requests: not given its connections",
+            (is - was) / 1000
+        );
+    }
+}

@@ -13,11 +13,14 @@ use crate::{run_cmd, step};
 
 /// bpf-linker release known to work with nightly 1.97's LLVM 22.
 const BPF_LINKER_VERSION: &str = "0.13.0";
-/// Commands the tests run, and the Debian package that provides each.
+/// Commands the build and the tests run, and the Debian package that
+/// provides each.
 const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("nsenter", "util-linux"),
     ("mount", "mount"),
+    // Linking, and mimalloc's C sources.
+    ("cc", "gcc"),
 ];
 
 pub fn all() -> Result<()> {

@@ -52,6 +52,9 @@ impl AccessLogger {
         status: u16,
         elapsed: Duration,
     ) {
+        if matches!(self.sink, Sink::Off) {
+            return;
+        }
         let upstream_target = ctx.upstream_target.map(|t| t.to_string());
         match &self.sink {
             Sink::Off => {}

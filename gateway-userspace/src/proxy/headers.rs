@@ -113,12 +113,13 @@ impl Forwarding<'_> {
     /// else's are replaced, so a client cannot forge its address.
     pub fn apply(&self, headers: &mut HeaderMap) {
         let peer = canonical(self.peer);
+        let peer_text = peer.to_string();
         let host = headers.get(header::HOST).cloned();
 
         let prior_xff = self.joined(headers, &X_FORWARDED_FOR);
         let xff = match prior_xff {
-            Some(prior) => format!("{prior}, {peer}"),
-            None => peer.to_string(),
+            Some(prior) => format!("{prior}, {peer_text}"),
+            None => peer_text.clone(),
         };
         headers.insert(
             X_FORWARDED_FOR,
@@ -140,8 +141,8 @@ impl Forwarding<'_> {
         }
 
         let node = match peer {
-            IpAddr::V4(v4) => v4.to_string(),
-            IpAddr::V6(v6) => format!("\"[{v6}]\""),
+            IpAddr::V4(_) => peer_text,
+            IpAddr::V6(_) => format!("\"[{peer_text}]\""),
         };
         let mut element = format!("for={node};proto={}", self.scheme);
         if let Some(host) = host.as_ref().and_then(|h| h.to_str().ok()) {

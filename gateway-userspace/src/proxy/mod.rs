@@ -15,6 +15,7 @@ mod router;
 pub mod server;
 pub mod tls;
 mod upgrade;
+pub mod workers;
 
 use std::{
     collections::HashMap,

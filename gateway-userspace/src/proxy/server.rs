@@ -44,6 +44,7 @@ use super::{
     conn_io::{sniff_preface, Prefixed, Shared, Stream},
     drain::{until_drained, ConnectionScope, Tracker},
     headers::is_trusted,
+    workers::Workers,
 };
 use super::{
     framing::{AmbiguousFraming, FramingWatch},
@@ -150,13 +151,16 @@ pub struct Listener {
     pub settings: Arc<SettingsHandle>,
 }
 
-/// Serves one listener until `shutdown` flips, then lets open connections
-/// (and upgraded tunnels) finish for up to `drain` before cutting them.
+/// Serves one listener until `shutdown` flips: accepts, refuses blocklisted
+/// peers, and hands every other connection to the next worker. Then lets
+/// open connections (and upgraded tunnels) finish for up to `drain` before
+/// cutting them.
 pub async fn serve(
     listener: Listener,
     runtime: Arc<RuntimeHandle>,
     lists: Arc<SourceLists>,
     metrics: Arc<Metrics>,
+    workers: Arc<Workers>,
     mut shutdown: watch::Receiver<bool>,
     drain: Duration,
 ) {
@@ -200,7 +204,20 @@ pub async fn serve(
                 close_rx.clone(),
             ),
         };
-        tokio::spawn(connection.run(stream));
+        // The connection lives on a worker from here on (see `workers`).
+        let stream = match stream.into_std() {
+            Ok(stream) => stream,
+            Err(error) => {
+                tracing::warn!(%error, "cannot hand an accepted connection to a worker");
+                continue;
+            }
+        };
+        workers.spawn(move || async move {
+            match TcpStream::from_std(stream) {
+                Ok(stream) => connection.run(stream).await,
+                Err(error) => tracing::warn!(%error, "worker cannot take a connection"),
+            }
+        });
     }
     drop(socket);
     if tokio::time::timeout(drain, tracker.idle()).await.is_err() {

@@ -31,6 +31,7 @@ use self::{
 };
 use crate::{
     config,
+    proxy::workers,
     proxy::{Body, Rejection, RequestContext},
     telemetry::Metrics,
 };
@@ -40,7 +41,9 @@ pub struct Upstream {
     pub name: String,
     targets: Vec<Target>,
     balancer: Balancer,
-    client: HttpClient,
+    /// One pooled client per proxy worker: a pooled connection's task runs
+    /// on the worker that opened it, so each worker uses only its own.
+    clients: Vec<HttpClient>,
     /// Per attempt: time to response headers.
     timeout: Duration,
     read_timeout: Duration,
@@ -63,7 +66,9 @@ impl Upstream {
             name: name.to_string(),
             balancer: Balancer::new(config, &targets, now),
             targets,
-            client: client::build(config),
+            clients: (0..workers::count())
+                .map(|_| client::build(config))
+                .collect(),
             timeout: config.timeout,
             read_timeout: config.read_timeout,
             retry: RetryPolicy::new(config),
@@ -181,7 +186,7 @@ impl Upstream {
             uri.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
         }
         *request.uri_mut() = Uri::from_parts(uri).expect("scheme, authority and path form a URI");
-        self.client.request(request)
+        self.clients[workers::current() % self.clients.len()].request(request)
     }
 }
 
