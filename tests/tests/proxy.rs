@@ -225,6 +225,24 @@ fn worker_cpu_ns(pid: u32) -> Vec<(String, u64)> {
 /// Requests pipelined on one keep-alive connection; returns how many 200s
 /// came back.
 async fn pipelined(listen: SocketAddr, requests: usize) -> usize {
+    let replies = pipelined_replies(listen, requests).await;
+    replies.matches("HTTP/1.1 200 OK\r\n").count()
+}
+
+/// The upstream connections (the gateway's ports as the echo upstream saw
+/// them) that served `requests` pipelined on one client connection.
+async fn upstream_ports(listen: SocketAddr, requests: usize) -> Vec<String> {
+    let replies = pipelined_replies(listen, requests).await;
+    let ports: Vec<String> = replies
+        .split("\"peer\":\"127.0.0.1:")
+        .skip(1)
+        .map(|rest| rest.split('"').next().unwrap().to_string())
+        .collect();
+    assert_eq!(ports.len(), requests, "{replies}");
+    ports
+}
+
+async fn pipelined_replies(listen: SocketAddr, requests: usize) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(listen).await.unwrap();
     let mut batch = "GET /api/x HTTP/1.1\r\nHost: gateway.test\r\n\r\n".repeat(requests - 1);
@@ -238,9 +256,7 @@ async fn pipelined(listen: SocketAddr, requests: usize) -> usize {
     .await
     .expect("all answers within 30 s")
     .unwrap();
-    String::from_utf8_lossy(&replies)
-        .matches("HTTP/1.1 200 OK\r\n")
-        .count()
+    String::from_utf8_lossy(&replies).into_owned()
 }
 
 /// One worker thread per core by default; connections are handed to them in
@@ -269,4 +285,49 @@ async fn connections_are_spread_over_one_worker_per_core() {
             (is - was) / 1000
         );
     }
+}
+
+/// Upstream connections are kept alive and reused; an idle one is closed
+/// after `pool_idle_timeout`; one the target closed is not used again.
+#[tokio::test]
+async fn upstream_connections_are_reused_expire_and_survive_a_target_restart() {
+    let upstream = EchoUpstream::start(any_port(), "one").await.unwrap();
+    let listen = free_port();
+    let _daemon = Daemon::start(
+        &format!(
+            "listeners: [{{address: '{listen}'}}]\n\
+             upstreams:\n  echo: {{targets: ['{}'], pool_idle_timeout: 300ms}}\n\
+             routes: [{{name: api, match: {{path_prefix: /api/}}, upstream: echo, strip_prefix: true}}]\n",
+            upstream.addr
+        ),
+        None,
+    );
+    // One client connection: one worker, requests one after the other.
+    let first = upstream_ports(listen, 20).await;
+    let mut distinct = first.clone();
+    distinct.dedup();
+    assert_eq!(
+        distinct.len(),
+        1,
+        "one upstream connection for all: {first:?}"
+    );
+
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    // Connections go to the workers in turn: one per worker reaches the
+    // worker that holds the first connection.
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    for _ in 0..cores {
+        let later = upstream_ports(listen, 1).await;
+        assert_ne!(
+            later[0], first[0],
+            "an idle connection past 300ms was reused"
+        );
+    }
+
+    // The target restarts on the same address: its connections are gone.
+    let addr = upstream.addr;
+    upstream.stop().await;
+    let upstream = EchoUpstream::start(addr, "two").await.unwrap();
+    assert_eq!(pipelined(listen, 5).await, 5);
+    drop(upstream);
 }

@@ -28,7 +28,7 @@ pub enum Rejection {
     UpstreamConnect {
         target: SocketAddr,
         timed_out: bool,
-        source: hyper_util::client::legacy::Error,
+        source: crate::upstream::SendError,
     },
     #[error("upstream {target} sent no response headers within {timeout_ms} ms")]
     UpstreamTimeout {
@@ -38,7 +38,7 @@ pub enum Rejection {
     #[error("upstream {target} failed: {source}")]
     UpstreamFailed {
         target: SocketAddr,
-        source: hyper_util::client::legacy::Error,
+        source: crate::upstream::SendError,
     },
 }
 
@@ -118,7 +118,7 @@ impl Rejection {
     }
 
     /// Classifies a client error from a request to `target`.
-    pub fn from_client_error(target: SocketAddr, error: hyper_util::client::legacy::Error) -> Self {
+    pub fn from_client_error(target: SocketAddr, error: crate::upstream::SendError) -> Self {
         if error.is_connect() {
             let timed_out = chain_has_timeout(&error);
             Rejection::UpstreamConnect {

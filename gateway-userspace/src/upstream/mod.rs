@@ -6,32 +6,35 @@
 //! - `balancer/`: round robin, least connections, consistent hash, P2C EWMA
 //! - `retry`: what is retried, and the budget that bounds it
 //! - `replay`: the request body, lendable to the next attempt until sent
-//! - `client`: the HTTP/1.1 or HTTP/2 client
+//! - `client`: the HTTP/1.1 (`pool`) or HTTP/2 client
 //! - `body`: the response body (read timeout, in-flight accounting)
 
 mod balancer;
 mod body;
 mod client;
+mod pool;
 mod replay;
 mod retry;
 mod target;
 
 use std::{sync::Arc, time::Duration};
 
-use http::{uri::Uri, Request, Response};
+use http::{Request, Response};
 use tokio::time::Instant;
 
-pub use self::body::{BodyError, ReadTimeout, UpstreamBody};
 use self::{
     balancer::{Balancer, Tried},
-    client::HttpClient,
+    client::UpstreamClient,
     replay::RequestBody,
     retry::{RetryBudget, RetryPolicy},
     target::Target,
 };
+pub use self::{
+    body::{BodyError, ReadTimeout, UpstreamBody},
+    pool::SendError,
+};
 use crate::{
     config,
-    proxy::workers,
     proxy::{Body, Rejection, RequestContext},
     telemetry::Metrics,
 };
@@ -41,9 +44,7 @@ pub struct Upstream {
     pub name: String,
     targets: Vec<Target>,
     balancer: Balancer,
-    /// One pooled client per proxy worker: a pooled connection's task runs
-    /// on the worker that opened it, so each worker uses only its own.
-    clients: Vec<HttpClient>,
+    client: UpstreamClient,
     /// Per attempt: time to response headers.
     timeout: Duration,
     read_timeout: Duration,
@@ -66,9 +67,7 @@ impl Upstream {
             name: name.to_string(),
             balancer: Balancer::new(config, &targets, now),
             targets,
-            clients: (0..workers::count())
-                .map(|_| client::build(config))
-                .collect(),
+            client: UpstreamClient::new(config),
             timeout: config.timeout,
             read_timeout: config.read_timeout,
             retry: RetryPolicy::new(config),
@@ -170,23 +169,9 @@ impl Upstream {
         }
     }
 
-    /// One attempt: the request goes to `target` as an absolute URI. A
-    /// plain fn returning the client's boxed future on purpose: an `async fn`
-    /// borrowing `self` here makes rustc's `Send` check of the listener's
-    /// spawned task fail ("implementation of `From` is not general enough").
-    fn send(
-        &self,
-        target: &Target,
-        mut request: Request<replay::AttemptBody>,
-    ) -> hyper_util::client::legacy::ResponseFuture {
-        let mut uri = std::mem::take(request.uri_mut()).into_parts();
-        uri.scheme = Some(http::uri::Scheme::HTTP);
-        uri.authority = Some(target.authority.clone());
-        if uri.path_and_query.is_none() {
-            uri.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
-        }
-        *request.uri_mut() = Uri::from_parts(uri).expect("scheme, authority and path form a URI");
-        self.clients[workers::current() % self.clients.len()].request(request)
+    /// One attempt at `target`.
+    fn send(&self, target: &Target, request: Request<replay::AttemptBody>) -> pool::SendFuture {
+        self.client.send(target.addr, &target.authority, request)
     }
 }
 
