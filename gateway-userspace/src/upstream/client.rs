@@ -34,6 +34,12 @@ impl UpstreamClient {
         }
     }
 
+    /// Whether a request that never left comes back in [`super::pool::Failed`]
+    /// (HTTP/1.1); the HTTP/2 client keeps it.
+    pub fn returns_unsent(&self) -> bool {
+        matches!(self, UpstreamClient::Http1(_))
+    }
+
     /// Sends `request` (origin-form URI) to the target at `authority`.
     pub fn send(
         &self,
@@ -54,7 +60,7 @@ impl UpstreamClient {
                     Uri::from_parts(uri).expect("scheme, authority and path form a URI");
                 let client = &clients[workers::current() % clients.len()];
                 let response = client.request(request);
-                Box::pin(async move { response.await.map_err(SendError::Http2) })
+                Box::pin(async move { response.await.map_err(|e| SendError::Http2(e).into()) })
             }
         }
     }

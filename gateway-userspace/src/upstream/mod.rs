@@ -90,7 +90,12 @@ impl Upstream {
         let key = self.balancer.hash_key(&parts.headers, ctx.client_ip);
         let may_retry_status = self.retry.may_retry_status(&parts.method, body.is_empty());
         self.budget.deposit(Instant::now());
+        // The request head for a retry: kept back only when the retry could
+        // not get it back from the failed attempt (a retried status, or a
+        // client that keeps unsent requests).
+        let keep_head = may_retry_status || !self.client.returns_unsent();
         let mut parts = Some(parts);
+        let mut unsent_head = None;
         let mut tried = Tried::default();
         let mut retries = 0;
         loop {
@@ -101,10 +106,14 @@ impl Upstream {
             tried.push(index);
             let target = &self.targets[index];
             ctx.upstream_target = Some(target.addr);
-            let head = if retries_left {
-                parts.clone().expect("kept while retries are left")
-            } else {
-                parts.take().expect("taken by the last attempt only")
+            let head = match unsent_head.take() {
+                Some(head) => head,
+                None if keep_head && retries_left => {
+                    parts.clone().expect("kept while retries are left")
+                }
+                None => parts
+                    .take()
+                    .expect("taken once; later attempts get the unsent request back"),
             };
             let attempt_body = body
                 .for_attempt()
@@ -140,7 +149,10 @@ impl Upstream {
                     retries += 1;
                     continue;
                 }
-                Ok(Err(error)) => Rejection::from_client_error(target.addr, error),
+                Ok(Err(failed)) => {
+                    unsent_head = failed.unsent.map(|request| request.into_parts().0);
+                    Rejection::from_client_error(target.addr, failed.error)
+                }
                 Err(_elapsed) => Rejection::UpstreamTimeout {
                     target: target.addr,
                     timeout_ms: self.timeout.as_millis(),

@@ -57,8 +57,24 @@ impl SendError {
     }
 }
 
+/// A failed attempt, with the request when it never left (a connect
+/// failure), so a retry needs no copy of it made in advance.
+pub struct Failed {
+    pub error: SendError,
+    pub unsent: Option<Request<AttemptBody>>,
+}
+
+impl From<SendError> for Failed {
+    fn from(error: SendError) -> Self {
+        Self {
+            error,
+            unsent: None,
+        }
+    }
+}
+
 pub type SendFuture =
-    Pin<Box<dyn Future<Output = Result<Response<Incoming>, SendError>> + Send + 'static>>;
+    Pin<Box<dyn Future<Output = Result<Response<Incoming>, Failed>> + Send + 'static>>;
 
 /// Keep-alive HTTP/1.1 connections, one pool per worker.
 pub struct Http1Pool {
@@ -116,7 +132,15 @@ impl Http1Pool {
             loop {
                 let (mut sender, reused) = match inner.checkout(worker, target) {
                     Some(sender) => (sender, true),
-                    None => (inner.connect(worker, target).await?, false),
+                    None => match inner.connect(worker, target).await {
+                        Ok(sender) => (sender, false),
+                        Err(error) => {
+                            return Err(Failed {
+                                error,
+                                unsent: Some(request),
+                            })
+                        }
+                    },
                 };
                 let response = sender.try_send_request(request);
                 inner.checkin(worker, target, sender);
@@ -124,7 +148,7 @@ impl Http1Pool {
                     Ok(response) => return Ok(response),
                     Err(mut error) => match error.take_message() {
                         Some(unsent) if reused => request = unsent,
-                        _ => return Err(SendError::Http1(error.into_error())),
+                        _ => return Err(SendError::Http1(error.into_error()).into()),
                     },
                 }
             }
