@@ -55,7 +55,7 @@ pub fn run_flows(
         let (ready_tx, ready_rx) = mpsc::channel();
         let done = done.clone();
         receivers.push(server.spawn(move || {
-            let socket = UdpSocket::bind(to).expect("bind receiver");
+            let socket = bind_receiver(to);
             grow_receive_buffer(&socket);
             socket
                 .set_read_timeout(Some(Duration::from_millis(300)))
@@ -103,6 +103,24 @@ pub fn run_flows(
             elapsed: *elapsed,
         })
         .collect()
+}
+
+/// Binds a flow's receiver. One CI run saw EADDRINUSE here once, for an
+/// address:port whose previous receiver (same test, joined) had just closed;
+/// it never reproduced. Retried for up to a second, then it fails loudly.
+fn bind_receiver(to: SocketAddr) -> UdpSocket {
+    let mut tries = 0;
+    loop {
+        match UdpSocket::bind(to) {
+            Ok(socket) => return socket,
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries < 20 => {
+                eprintln!("receiver {to}: {e}; retrying");
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => panic!("bind receiver {to}: {e}"),
+        }
+    }
 }
 
 fn send(flow: &Flow, tag: u8) -> (usize, Duration) {
