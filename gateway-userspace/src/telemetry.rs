@@ -2,12 +2,15 @@
 //! (Prometheus text format).
 
 use std::{
+    cell::RefCell,
+    collections::HashMap,
     io::IsTerminal,
     sync::atomic::{AtomicU64, Ordering},
     time::Duration,
 };
 
 use gateway_common::Stat;
+use http::Method;
 use prometheus_client::{
     encoding::{text::encode, EncodeLabelSet},
     metrics::{
@@ -66,7 +69,9 @@ impl MetricConstructor<Histogram> for LatencyBuckets {
     }
 }
 
-/// Process-wide metrics. Cheap to update from any task.
+/// Process-wide metrics. Cheap to update from any task: the request path
+/// updates handles resolved when the routes and upstreams were compiled
+/// ([`RouteMetrics`], [`TargetMetrics`]), never a label-set lookup.
 pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
@@ -142,6 +147,80 @@ impl Default for Metrics {
     }
 }
 
+/// Identifies a [`RouteMetrics`] in the per-thread counter caches (a
+/// reload makes new ones; the old ids are never seen again).
+static NEXT_ROUTE_ID: AtomicU64 = AtomicU64::new(0);
+
+/// Entries a thread's counter cache holds before it is emptied (reloads
+/// leave entries of routes that are gone).
+const COUNTER_CACHE_MAX: usize = 4096;
+
+/// (route id, method, status) → that label set's counter.
+type CounterCache = HashMap<(u64, Method, u16), Counter, foldhash::fast::RandomState>;
+
+thread_local! {
+    /// Request counters this thread has resolved: after the first request
+    /// of a kind, counting it is a hash of three small values and an
+    /// atomic increment, with no lock and no allocation.
+    static COUNTERS: RefCell<CounterCache> = RefCell::new(CounterCache::default());
+}
+
+/// One route's metrics.
+#[derive(Debug)]
+pub struct RouteMetrics {
+    id: u64,
+    route: String,
+    duration: Histogram,
+    requests: Family<RequestLabels, Counter>,
+}
+
+impl RouteMetrics {
+    /// The route's name, as in its labels.
+    pub fn name(&self) -> &str {
+        &self.route
+    }
+
+    /// One answered request (also rejected ones).
+    pub fn record(&self, method: &Method, status: u16, duration: Duration) {
+        self.duration.observe(duration.as_secs_f64());
+        let key = (self.id, method.clone(), status);
+        let cached = COUNTERS.with_borrow(|cache| cache.get(&key).map(|c| c.inc()));
+        if cached.is_some() {
+            return;
+        }
+        let counter = self
+            .requests
+            .get_or_create(&RequestLabels {
+                route: self.route.clone(),
+                method: method.as_str().to_string(),
+                status,
+                consumer: ANONYMOUS.to_string(),
+            })
+            .clone();
+        counter.inc();
+        COUNTERS.with_borrow_mut(|cache| {
+            if cache.len() >= COUNTER_CACHE_MAX {
+                cache.clear();
+            }
+            cache.insert(key, counter);
+        });
+    }
+}
+
+/// The `consumer` label of requests no authentication policy identified.
+const ANONYMOUS: &str = "anonymous";
+
+/// One upstream target's metrics.
+#[derive(Debug, Clone)]
+pub struct TargetMetrics(Histogram);
+
+impl TargetMetrics {
+    /// One attempt that produced response headers after `duration`.
+    pub fn response(&self, duration: Duration) {
+        self.0.observe(duration.as_secs_f64());
+    }
+}
+
 /// Decrements the listener's open-connection gauge when dropped.
 pub struct ConnectionGuard(Gauge);
 
@@ -152,38 +231,31 @@ impl Drop for ConnectionGuard {
 }
 
 impl Metrics {
-    /// One answered request (also rejected ones).
-    pub fn request(
-        &self,
-        route: &str,
-        method: &str,
-        status: u16,
-        consumer: &str,
-        duration: Duration,
-    ) {
-        self.requests
-            .get_or_create(&RequestLabels {
-                route: route.to_string(),
-                method: method.to_string(),
-                status,
-                consumer: consumer.to_string(),
-            })
-            .inc();
-        self.request_duration
-            .get_or_create(&RouteLabels {
-                route: route.to_string(),
-            })
-            .observe(duration.as_secs_f64());
+    /// The handles for the requests answered on `route` (`-`: no route).
+    pub fn route(&self, route: &str) -> RouteMetrics {
+        RouteMetrics {
+            id: NEXT_ROUTE_ID.fetch_add(1, Ordering::Relaxed),
+            route: route.to_string(),
+            duration: self
+                .request_duration
+                .get_or_create(&RouteLabels {
+                    route: route.to_string(),
+                })
+                .clone(),
+            requests: self.requests.clone(),
+        }
     }
 
-    /// One upstream attempt that produced response headers.
-    pub fn upstream_response(&self, upstream: &str, target: &str, duration: Duration) {
-        self.upstream_duration
-            .get_or_create(&TargetLabels {
-                upstream: upstream.to_string(),
-                target: target.to_string(),
-            })
-            .observe(duration.as_secs_f64());
+    /// The handle for the response times of one upstream target.
+    pub fn target(&self, upstream: &str, target: &str) -> TargetMetrics {
+        TargetMetrics(
+            self.upstream_duration
+                .get_or_create(&TargetLabels {
+                    upstream: upstream.to_string(),
+                    target: target.to_string(),
+                })
+                .clone(),
+        )
     }
 
     pub fn set_target_health(&self, upstream: &str, target: &str, healthy: bool) {
@@ -258,8 +330,11 @@ mod tests {
     #[test]
     fn renders_every_family_in_prometheus_text() {
         let metrics = Metrics::default();
-        metrics.request("api", "GET", 200, "anonymous", Duration::from_millis(3));
-        metrics.upstream_response("users", "127.0.0.1:9000", Duration::from_millis(2));
+        let api = metrics.route("api");
+        api.record(&Method::GET, 200, Duration::from_millis(3));
+        metrics
+            .target("users", "127.0.0.1:9000")
+            .response(Duration::from_millis(2));
         metrics.set_target_health("users", "127.0.0.1:9000", true);
         let guard = metrics.connection_opened("public");
         metrics.reloaded();
@@ -271,6 +346,22 @@ mod tests {
             "xgate_upstream_target_healthy{upstream=\"users\",target=\"127.0.0.1:9000\"} 1",
             "xgate_active_connections{listener=\"public\"} 1",
             "xgate_reloads_total 1",
+        ] {
+            assert!(text.contains(line), "missing `{line}` in:\n{text}");
+        }
+        // Later requests of the same kind are counted through this thread's
+        // cache, into the same series; a route compiled again (a reload)
+        // counts on.
+        api.record(&Method::GET, 200, Duration::from_millis(3));
+        metrics
+            .route("api")
+            .record(&Method::GET, 200, Duration::from_millis(3));
+        api.record(&Method::POST, 503, Duration::from_millis(3));
+        let text = metrics.render(None);
+        for line in [
+            "xgate_requests_total{route=\"api\",method=\"GET\",status=\"200\",consumer=\"anonymous\"} 3",
+            "xgate_requests_total{route=\"api\",method=\"POST\",status=\"503\",consumer=\"anonymous\"} 1",
+            "xgate_request_duration_seconds_count{route=\"api\"} 4",
         ] {
             assert!(text.contains(line), "missing `{line}` in:\n{text}");
         }

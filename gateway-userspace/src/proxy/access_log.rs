@@ -12,6 +12,7 @@ use http::Method;
 
 use super::RequestContext;
 use crate::config::{AccessLog, AccessLogFormat};
+use crate::telemetry::RouteMetrics;
 
 enum Sink {
     Tracing,
@@ -44,6 +45,11 @@ impl AccessLogger {
         Ok(Self { sink })
     }
 
+    /// Whether lines are written at all.
+    pub fn enabled(&self) -> bool {
+        !matches!(self.sink, Sink::Off)
+    }
+
     pub fn write(
         &self,
         ctx: &RequestContext,
@@ -52,9 +58,6 @@ impl AccessLogger {
         status: u16,
         elapsed: Duration,
     ) {
-        if matches!(self.sink, Sink::Off) {
-            return;
-        }
         let upstream_target = ctx.upstream_target.map(|t| t.to_string());
         match &self.sink {
             Sink::Off => {}
@@ -62,22 +65,22 @@ impl AccessLogger {
                 client.ip = %ctx.client_ip,
                 method = %method,
                 path = %path,
-                route = ctx.route.as_deref().unwrap_or("-"),
+                route = ctx.route_name(),
                 upstream.target = upstream_target.as_deref().unwrap_or("-"),
                 status,
                 duration_ms = elapsed.as_secs_f64() * 1000.0,
-                request_id = %ctx.request_id,
+                request_id = ctx.request_id(),
                 rejection = ctx.rejection.unwrap_or("-"),
                 "access"
             ),
             Sink::Stdout | Sink::File(_) => {
                 let line = serde_json::json!({
                     "ts": SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64(),
-                    "request_id": ctx.request_id,
+                    "request_id": ctx.request_id(),
                     "client_ip": ctx.client_ip.to_string(),
                     "method": method.as_str(),
                     "path": path,
-                    "route": ctx.route,
+                    "route": ctx.route.as_deref().map(RouteMetrics::name),
                     "consumer": serde_json::Value::Null,
                     "upstream_target": upstream_target,
                     "status": status,

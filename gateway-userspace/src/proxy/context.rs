@@ -3,22 +3,27 @@
 
 use std::{
     net::{IpAddr, SocketAddr},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
+use http::HeaderValue;
+
 use super::ConnInfo;
+use crate::telemetry::RouteMetrics;
 
 #[derive(Debug)]
 pub struct RequestContext {
-    pub conn: ConnInfo,
+    pub conn: Arc<ConnInfo>,
     /// The client's address: the connection's, or taken from
     /// X-Forwarded-For when the connection is from a trusted proxy.
     pub client_ip: IpAddr,
-    /// From a trusted proxy's X-Request-Id, else generated.
-    pub request_id: String,
+    /// From a trusted proxy's X-Request-Id, else generated (empty until
+    /// the forwarding path sets it).
+    pub request_id: HeaderValue,
     pub started: Instant,
-    /// Name of the matched route.
-    pub route: Option<String>,
+    /// The matched route: its name and metric handles.
+    pub route: Option<Arc<RouteMetrics>>,
     /// The upstream target the (last) attempt went to.
     pub upstream_target: Option<SocketAddr>,
     /// Time the upstream took to send response headers (last attempt).
@@ -30,11 +35,11 @@ pub struct RequestContext {
 }
 
 impl RequestContext {
-    pub fn new(conn: ConnInfo) -> Self {
+    pub fn new(conn: Arc<ConnInfo>) -> Self {
         Self {
-            conn,
             client_ip: conn.client.ip(),
-            request_id: String::new(),
+            conn,
+            request_id: HeaderValue::from_static(""),
             started: Instant::now(),
             route: None,
             upstream_target: None,
@@ -42,5 +47,15 @@ impl RequestContext {
             verdicts: Vec::new(),
             rejection: None,
         }
+    }
+
+    /// The request id as text (empty before it is set).
+    pub fn request_id(&self) -> &str {
+        self.request_id.to_str().unwrap_or_default()
+    }
+
+    /// The matched route's name, `-` when none matched.
+    pub fn route_name(&self) -> &str {
+        self.route.as_deref().map_or("-", RouteMetrics::name)
     }
 }

@@ -5,10 +5,7 @@ use http::{Request, Response, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use super::{
-    headers::{self, Forwarding},
-    limits, Body, Rejection, RequestContext, Runtime,
-};
+use super::{headers, limits, Body, Rejection, RequestContext, Runtime};
 
 pub(super) async fn forward(
     rt: &Runtime,
@@ -43,7 +40,7 @@ pub(super) async fn forward(
 
     let matched = rt.router.route(&parts).ok_or(Rejection::NoRoute)?;
     let route = matched.route;
-    ctx.route = Some(route.name.clone());
+    ctx.route = Some(route.metrics.clone());
     let body = limits::limit_body(
         &parts,
         body,
@@ -57,13 +54,9 @@ pub(super) async fn forward(
     if let Some(upgrade) = &upgrade {
         upgrade.restore_request_headers(&mut parts.headers);
     }
-    Forwarding {
-        peer: connection_client,
-        peer_trusted,
-        scheme: ctx.conn.scheme,
-        request_id: &ctx.request_id,
-    }
-    .apply(&mut parts.headers);
+    ctx.conn
+        .forwarding
+        .apply(&mut parts.headers, peer_trusted, &ctx.request_id);
 
     let request = Request::from_parts(parts, body);
     let mut response = match route.upstream.dispatch(request, ctx).await {

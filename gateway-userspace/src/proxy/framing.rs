@@ -113,20 +113,28 @@ impl Parser {
                     }
                 }
                 State::Head { .. } | State::ChunkSize | State::Trailers => {
-                    let end = data.iter().position(|b| *b == b'\n');
+                    let end = memchr::memchr(b'\n', data);
                     let (chunk, rest) = match end {
-                        Some(i) => (&data[..=i], &data[i + 1..]),
+                        Some(i) => data.split_at(i + 1),
                         None => (data, &[][..]),
                     };
                     if self.line.len() + chunk.len() > MAX_LINE {
                         self.state = State::Off;
                         return;
                     }
-                    self.line.extend_from_slice(chunk);
                     data = rest;
-                    if end.is_some() {
-                        let line = std::mem::take(&mut self.line);
+                    if end.is_none() {
+                        // The line goes on in a later read.
+                        self.line.extend_from_slice(chunk);
+                    } else if self.line.is_empty() {
+                        // The usual case: the whole line is in this read.
+                        self.line_done(trim_eol(chunk));
+                    } else {
+                        self.line.extend_from_slice(chunk);
+                        let mut line = std::mem::take(&mut self.line);
                         self.line_done(trim_eol(&line));
+                        line.clear();
+                        self.line = line;
                     }
                 }
             }

@@ -5,6 +5,7 @@
 
 use std::net::IpAddr;
 
+use bytes::Bytes;
 use http::{header, HeaderMap, HeaderName, HeaderValue};
 use ipnet::IpNet;
 
@@ -29,6 +30,11 @@ pub const FORWARDED: HeaderName = header::FORWARDED;
 /// Removes hop-by-hop headers, including any the Connection header names.
 /// Transfer-Encoding is left to hyper, which re-frames the body itself.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // The usual case, checked in one pass over the names: nothing to strip
+    // (names listed in Connection matter only when Connection is there).
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -97,39 +103,57 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// What the proxy tells the upstream about the client side.
-pub struct Forwarding<'a> {
-    /// The TCP peer (or PROXY protocol source).
-    pub peer: IpAddr,
-    /// Whether `peer` is a trusted proxy, whose forwarding headers are kept.
-    pub peer_trusted: bool,
-    pub scheme: &'static str,
-    pub request_id: &'a str,
+/// What the proxy tells the upstream about one connection's client side,
+/// formatted once per connection.
+#[derive(Debug)]
+pub struct Forwarding {
+    /// The TCP peer (or PROXY protocol source), canonical: the hop this
+    /// proxy adds to X-Forwarded-For.
+    peer: HeaderValue,
+    /// `for=<peer>;proto=<scheme>`: this hop's Forwarded element, before
+    /// the request's host.
+    element: String,
+    scheme: &'static str,
 }
 
-impl Forwarding<'_> {
+impl Forwarding {
+    pub fn new(peer: IpAddr, scheme: &'static str) -> Self {
+        let peer = canonical(peer);
+        let text = peer.to_string();
+        let node = match peer {
+            IpAddr::V4(_) => text.clone(),
+            IpAddr::V6(_) => format!("\"[{text}]\""),
+        };
+        Self {
+            peer: HeaderValue::from_str(&text).expect("addresses are ASCII"),
+            element: format!("for={node};proto={scheme}"),
+            scheme,
+        }
+    }
+
     /// Sets X-Forwarded-For/Proto/Host, Forwarded and X-Request-Id. A
     /// trusted proxy's values are kept (and the chains extended); anyone
     /// else's are replaced, so a client cannot forge its address.
-    pub fn apply(&self, headers: &mut HeaderMap) {
-        let peer = canonical(self.peer);
-        let peer_text = peer.to_string();
+    pub fn apply(&self, headers: &mut HeaderMap, peer_trusted: bool, request_id: &HeaderValue) {
+        // Room for the five headers below at once, instead of the map
+        // growing (and rehashing) on the way.
+        headers.reserve(5);
         let host = headers.get(header::HOST).cloned();
 
-        let prior_xff = self.joined(headers, &X_FORWARDED_FOR);
+        let prior_xff = joined(headers, &X_FORWARDED_FOR, peer_trusted);
         let xff = match prior_xff {
-            Some(prior) => format!("{prior}, {peer_text}"),
-            None => peer_text.clone(),
+            Some(prior) => {
+                let peer = self.peer.to_str().expect("addresses are ASCII");
+                value(format!("{prior}, {peer}")).expect("both are visible ASCII")
+            }
+            None => self.peer.clone(),
         };
-        headers.insert(
-            X_FORWARDED_FOR,
-            HeaderValue::from_str(&xff).expect("addresses are ASCII"),
-        );
+        headers.insert(X_FORWARDED_FOR, xff);
 
-        if !(self.peer_trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
+        if !(peer_trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
             headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(self.scheme));
         }
-        if !(self.peer_trusted && headers.contains_key(&X_FORWARDED_HOST)) {
+        if !(peer_trusted && headers.contains_key(&X_FORWARDED_HOST)) {
             match &host {
                 Some(host) => {
                     headers.insert(X_FORWARDED_HOST, host.clone());
@@ -140,59 +164,74 @@ impl Forwarding<'_> {
             }
         }
 
-        let node = match peer {
-            IpAddr::V4(_) => peer_text,
-            IpAddr::V6(_) => format!("\"[{peer_text}]\""),
-        };
-        let mut element = format!("for={node};proto={}", self.scheme);
-        if let Some(host) = host.as_ref().and_then(|h| h.to_str().ok()) {
-            if host
-                .bytes()
+        let prior = joined(headers, &FORWARDED, peer_trusted);
+        let host = host.as_ref().and_then(|h| h.to_str().ok()).filter(|host| {
+            host.bytes()
                 .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
-            {
-                element.push_str(&format!(";host=\"{host}\""));
-            }
+        });
+        let mut forwarded = String::with_capacity(
+            prior.as_ref().map_or(0, |p| p.len() + 2)
+                + self.element.len()
+                + 9
+                + host.map_or(0, str::len),
+        );
+        if let Some(prior) = &prior {
+            forwarded.push_str(prior);
+            forwarded.push_str(", ");
         }
-        let forwarded = match self.joined(headers, &FORWARDED) {
-            Some(prior) => format!("{prior}, {element}"),
-            None => element,
-        };
-        if let Ok(value) = HeaderValue::from_str(&forwarded) {
+        forwarded.push_str(&self.element);
+        if let Some(host) = host {
+            forwarded.push_str(";host=\"");
+            forwarded.push_str(host);
+            forwarded.push('"');
+        }
+        if let Some(value) = value(forwarded) {
             headers.insert(FORWARDED, value);
         }
 
-        headers.insert(
-            X_REQUEST_ID,
-            HeaderValue::from_str(self.request_id).expect("request ids are ASCII"),
-        );
-    }
-
-    /// All values of `name` joined by ", ", only when the peer is trusted.
-    fn joined(&self, headers: &HeaderMap, name: &HeaderName) -> Option<String> {
-        if !self.peer_trusted {
-            return None;
-        }
-        let values: Vec<&str> = headers
-            .get_all(name)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .map(str::trim)
-            .collect();
-        let joined = values.join(", ");
-        (!joined.is_empty()).then_some(joined)
+        headers.insert(X_REQUEST_ID, request_id.clone());
     }
 }
 
-/// A trusted proxy's X-Request-Id (if sane), else a new random 128-bit id.
-pub fn request_id(headers: &HeaderMap, peer_trusted: bool) -> String {
+/// `text` as a header value without copying it.
+fn value(text: String) -> Option<HeaderValue> {
+    HeaderValue::from_maybe_shared(Bytes::from(text)).ok()
+}
+
+/// All values of `name` joined by ", ", only when the peer is trusted.
+fn joined(headers: &HeaderMap, name: &HeaderName, peer_trusted: bool) -> Option<String> {
+    if !peer_trusted {
+        return None;
+    }
+    let values: Vec<&str> = headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(str::trim)
+        .collect();
+    let joined = values.join(", ");
+    (!joined.is_empty()).then_some(joined)
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// A trusted proxy's X-Request-Id (if sane), else a new random 128-bit id
+/// in hex.
+pub fn request_id(headers: &HeaderMap, peer_trusted: bool) -> HeaderValue {
     if peer_trusted {
-        if let Some(id) = headers.get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()) {
-            if !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()) {
-                return id.to_string();
+        if let Some(id) = headers.get(&X_REQUEST_ID) {
+            let bytes = id.as_bytes();
+            if !bytes.is_empty() && bytes.len() <= 128 && bytes.iter().all(u8::is_ascii_graphic) {
+                return id.clone();
             }
         }
     }
-    format!("{:032x}", fastrand::u128(..))
+    let random = fastrand::u128(..);
+    let mut hex = [0u8; 32];
+    for (i, digit) in hex.iter_mut().enumerate() {
+        *digit = HEX[((random >> (124 - 4 * i)) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&hex).expect("hex digits are a valid header value")
 }
 
 #[cfg(test)]
@@ -286,13 +325,9 @@ mod tests {
         let id = request_id(&h, false);
         assert_ne!(id, "forged");
         assert_eq!(id.len(), 32);
-        Forwarding {
-            peer: "198.51.100.7".parse().unwrap(),
-            peer_trusted: false,
-            scheme: "http",
-            request_id: &id,
-        }
-        .apply(&mut h);
+        assert!(id.as_bytes().iter().all(u8::is_ascii_hexdigit));
+        assert_ne!(id, request_id(&h, false), "a new id per request");
+        Forwarding::new("198.51.100.7".parse().unwrap(), "http").apply(&mut h, false, &id);
         assert_eq!(h["x-forwarded-for"], "198.51.100.7");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "example.test");
@@ -300,7 +335,7 @@ mod tests {
             h["forwarded"],
             "for=198.51.100.7;proto=http;host=\"example.test\""
         );
-        assert_eq!(h["x-request-id"], id.as_str());
+        assert_eq!(h["x-request-id"], id);
     }
 
     #[test]
@@ -313,13 +348,7 @@ mod tests {
         ]);
         let id = request_id(&h, true);
         assert_eq!(id, "abc-123");
-        Forwarding {
-            peer: "2001:db8::1".parse().unwrap(),
-            peer_trusted: true,
-            scheme: "http",
-            request_id: &id,
-        }
-        .apply(&mut h);
+        Forwarding::new("2001:db8::1".parse().unwrap(), "http").apply(&mut h, true, &id);
         assert_eq!(h["x-forwarded-for"], "1.2.3.4, 2001:db8::1");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(

@@ -30,6 +30,7 @@ use hyper::body::Incoming;
 use ipnet::IpNet;
 
 use self::access_log::AccessLogger;
+use self::headers::Forwarding;
 use self::router::Router;
 pub use self::{
     context::RequestContext,
@@ -38,7 +39,7 @@ pub use self::{
 use crate::{
     config::{Config, Limits},
     lists::SourceLists,
-    telemetry::Metrics,
+    telemetry::{Metrics, RouteMetrics},
     upstream::Upstream,
 };
 
@@ -57,6 +58,8 @@ pub struct Runtime {
     /// trusted proxy reports (the accept-time guard saw only the proxy).
     guard: Option<Arc<SourceLists>>,
     access_log: AccessLogger,
+    /// Counts the requests that matched no route (`route="-"`).
+    no_route: Arc<RouteMetrics>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -70,11 +73,12 @@ impl Runtime {
     ) -> Result<Self, String> {
         let upstreams = compile_upstreams(config, &metrics);
         Ok(Self {
-            router: Router::new(config, &upstreams),
+            router: Router::new(config, &upstreams, &metrics),
             trusted_proxies: config.trusted_proxies.clone(),
             limits: config.limits.clone(),
             guard,
             access_log: AccessLogger::open(&config.access_log)?,
+            no_route: Arc::new(metrics.route("-")),
             metrics,
         })
     }
@@ -87,17 +91,12 @@ impl Runtime {
 /// One [`Upstream`] per configured upstream, by name.
 pub(crate) fn compile_upstreams(
     config: &Config,
-    metrics: &Arc<Metrics>,
+    metrics: &Metrics,
 ) -> HashMap<String, Arc<Upstream>> {
     config
         .upstreams
         .iter()
-        .map(|(name, u)| {
-            (
-                name.clone(),
-                Arc::new(Upstream::new(name, u, metrics.clone())),
-            )
-        })
+        .map(|(name, u)| (name.clone(), Arc::new(Upstream::new(name, u, metrics))))
         .collect()
 }
 
@@ -120,7 +119,7 @@ impl RuntimeHandle {
 }
 
 /// The client side of one connection.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 pub struct ConnInfo {
     /// The TCP peer.
     pub peer: SocketAddr,
@@ -129,14 +128,32 @@ pub struct ConnInfo {
     pub client: SocketAddr,
     /// `http` or `https`.
     pub scheme: &'static str,
+    /// The forwarding headers' values for `client`, made once.
+    pub forwarding: Forwarding,
+}
+
+impl ConnInfo {
+    pub fn new(peer: SocketAddr, client: SocketAddr, scheme: &'static str) -> Self {
+        Self {
+            peer,
+            client,
+            scheme,
+            forwarding: Forwarding::new(client.ip(), scheme),
+        }
+    }
 }
 
 /// Handles one request end to end; never fails (errors become responses) and
 /// always writes the access log line.
-pub async fn handle(rt: Arc<Runtime>, req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
+pub async fn handle(
+    rt: Arc<Runtime>,
+    req: Request<Incoming>,
+    conn: Arc<ConnInfo>,
+) -> Response<Body> {
     let mut ctx = RequestContext::new(conn);
     let method = req.method().clone();
-    let path = req.uri().path().to_string();
+    // Only the access log needs the path after the request has gone on.
+    let path = rt.access_log.enabled().then(|| req.uri().path().to_owned());
     let mut response = match forward::forward(&rt, req, &mut ctx).await {
         Ok(response) => response,
         Err(rejection) => {
@@ -144,18 +161,19 @@ pub async fn handle(rt: Arc<Runtime>, req: Request<Incoming>, conn: ConnInfo) ->
             rejection.into_response()
         }
     };
-    if let Ok(value) = http::HeaderValue::from_str(&ctx.request_id) {
-        response.headers_mut().insert(headers::X_REQUEST_ID, value);
+    if !ctx.request_id.is_empty() {
+        response
+            .headers_mut()
+            .insert(headers::X_REQUEST_ID, ctx.request_id.clone());
     }
     let elapsed = ctx.started.elapsed();
     let status = response.status().as_u16();
-    rt.metrics.request(
-        ctx.route.as_deref().unwrap_or("-"),
-        method.as_str(),
-        status,
-        "anonymous",
-        elapsed,
-    );
-    rt.access_log.write(&ctx, &method, &path, status, elapsed);
+    ctx.route
+        .as_ref()
+        .unwrap_or(&rt.no_route)
+        .record(&method, status, elapsed);
+    if let Some(path) = path {
+        rt.access_log.write(&ctx, &method, &path, status, elapsed);
+    }
     response
 }

@@ -20,11 +20,14 @@ use regex::{Regex, RegexSet};
 
 use crate::{
     config::{self, anchored, Config},
+    telemetry::{Metrics, RouteMetrics},
     upstream::Upstream,
 };
 
 pub struct Route {
-    pub name: String,
+    /// The route's name and metric handles, also kept by each request's
+    /// context.
+    pub metrics: Arc<RouteMetrics>,
     pub upstream: Arc<Upstream>,
     pub max_body_bytes: Option<u64>,
     index: usize,
@@ -70,11 +73,14 @@ pub struct Matched<'a> {
     pub upstream_path: PathAndQuery,
 }
 
+/// Path → the routes (indexes) that name it.
+type PathIndex = HashMap<String, Vec<usize>, foldhash::fast::RandomState>;
+
 pub struct Router {
     routes: Vec<Route>,
-    exact: HashMap<String, Vec<usize>>,
+    exact: PathIndex,
     /// (prefix length, prefix → routes), longest first.
-    prefixes: Vec<(usize, HashMap<String, Vec<usize>>)>,
+    prefixes: Vec<(usize, PathIndex)>,
     regex_set: RegexSet,
     /// `regex_set` pattern index → route index.
     regex_routes: Vec<usize>,
@@ -83,15 +89,19 @@ pub struct Router {
 impl Router {
     /// Compiles the routes. The config has been validated, so patterns
     /// compile and upstreams exist.
-    pub fn new(config: &Config, upstreams: &HashMap<String, Arc<Upstream>>) -> Self {
+    pub fn new(
+        config: &Config,
+        upstreams: &HashMap<String, Arc<Upstream>>,
+        metrics: &Metrics,
+    ) -> Self {
         let routes: Vec<Route> = config
             .routes
             .iter()
             .enumerate()
-            .map(|(i, r)| compile(i, r, upstreams[&r.upstream].clone()))
+            .map(|(i, r)| compile(i, r, upstreams[&r.upstream].clone(), metrics))
             .collect();
-        let mut exact: HashMap<String, Vec<usize>> = HashMap::new();
-        let mut by_len: HashMap<usize, HashMap<String, Vec<usize>>> = HashMap::new();
+        let mut exact = PathIndex::default();
+        let mut by_len: HashMap<usize, PathIndex> = HashMap::new();
         let mut patterns = Vec::new();
         let mut regex_routes = Vec::new();
         for (i, route) in routes.iter().enumerate() {
@@ -109,7 +119,7 @@ impl Router {
                 }
             }
         }
-        let mut prefixes: Vec<(usize, HashMap<String, Vec<usize>>)> = by_len.into_iter().collect();
+        let mut prefixes: Vec<(usize, PathIndex)> = by_len.into_iter().collect();
         prefixes.sort_by_key(|(len, _)| std::cmp::Reverse(*len));
         Self {
             routes,
@@ -127,59 +137,80 @@ impl Router {
     /// The most specific route whose conditions all hold, if any.
     pub fn route(&self, parts: &Parts) -> Option<Matched<'_>> {
         let path = parts.uri.path();
-        let host = request_host(parts);
-        let mut candidates: Vec<usize> = Vec::new();
+        let mut best = Best {
+            parts,
+            host: None,
+            found: None,
+        };
         if let Some(routes) = self.exact.get(path) {
-            candidates.extend(routes);
+            best.consider_all(&self.routes, routes.iter().copied());
         }
         for (len, map) in &self.prefixes {
             if let Some(routes) = path.get(..*len).and_then(|head| map.get(head)) {
-                candidates.extend(routes);
+                best.consider_all(&self.routes, routes.iter().copied());
             }
         }
         if !self.regex_routes.is_empty() {
-            candidates.extend(
-                self.regex_set
-                    .matches(path)
-                    .iter()
-                    .map(|i| self.regex_routes[i]),
-            );
+            let matches = self.regex_set.matches(path);
+            best.consider_all(&self.routes, matches.iter().map(|i| self.regex_routes[i]));
         }
-        let best = candidates
-            .into_iter()
-            .filter_map(|i| {
-                let route = &self.routes[i];
-                let host_rank = route.host_rank(host.as_deref())?;
-                (route.methods_match(&parts.method) && route.headers_match(&parts.headers)).then(
-                    || {
-                        (
-                            (
-                                host_rank,
-                                route.path_rank(),
-                                route.constraints(),
-                                std::cmp::Reverse(route.index),
-                            ),
-                            route,
-                        )
-                    },
-                )
-            })
-            .max_by(|a, b| a.0.cmp(&b.0))
-            .map(|(_, route)| route)?;
-        let upstream_path = best.upstream_path(parts.uri.path_and_query());
+        let (_, route) = best.found?;
         Some(Matched {
-            route: best,
-            upstream_path,
+            route,
+            upstream_path: route.upstream_path(parts.uri.path_and_query()),
         })
     }
 }
 
-impl Route {
-    /// `None` when the host condition fails; else how specific the match is.
-    fn host_rank(&self, host: Option<&str>) -> Option<(u8, usize)> {
-        if self.hosts.is_empty() {
-            return Some((0, 0));
+/// How specific a candidate's match is; the greatest wins.
+type Rank = ((u8, usize), (u8, usize), usize, std::cmp::Reverse<usize>);
+
+/// The best candidate so far while the indexes are searched.
+struct Best<'r, 'p> {
+    parts: &'p Parts,
+    /// The request's host, read once the first route with a host condition
+    /// needs it (most requests match routes without one).
+    host: Option<Option<String>>,
+    found: Option<(Rank, &'r Route)>,
+}
+
+impl<'r> Best<'r, '_> {
+    fn consider_all(&mut self, routes: &'r [Route], candidates: impl Iterator<Item = usize>) {
+        for i in candidates {
+            self.consider(&routes[i]);
         }
+    }
+
+    fn consider(&mut self, route: &'r Route) {
+        let host_rank = if route.hosts.is_empty() {
+            (0, 0)
+        } else {
+            let parts = self.parts;
+            let host = self.host.get_or_insert_with(|| request_host(parts));
+            match route.host_rank(host.as_deref()) {
+                Some(rank) => rank,
+                None => return,
+            }
+        };
+        if !(route.methods_match(&self.parts.method) && route.headers_match(&self.parts.headers)) {
+            return;
+        }
+        let rank = (
+            host_rank,
+            route.path_rank(),
+            route.constraints(),
+            std::cmp::Reverse(route.index),
+        );
+        if self.found.as_ref().is_none_or(|(best, _)| rank > *best) {
+            self.found = Some((rank, route));
+        }
+    }
+}
+
+impl Route {
+    /// `None` when the host condition fails; else how specific the match
+    /// is. Only for routes with a host condition.
+    fn host_rank(&self, host: Option<&str>) -> Option<(u8, usize)> {
         let host = host?;
         self.hosts
             .iter()
@@ -224,17 +255,19 @@ impl Route {
 
     /// The path and query to send upstream.
     fn upstream_path(&self, original: Option<&PathAndQuery>) -> PathAndQuery {
+        if let Rewrite::None = self.rewrite {
+            // The request's own bytes, shared rather than copied.
+            return original
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        }
         let original = original.map(PathAndQuery::as_str).unwrap_or("/");
         let (path, query) = match original.split_once('?') {
             Some((p, q)) => (p, Some(q)),
             None => (original, None),
         };
         let new_path = match &self.rewrite {
-            Rewrite::None => {
-                return original
-                    .parse()
-                    .unwrap_or_else(|_| PathAndQuery::from_static("/"))
-            }
+            Rewrite::None => unreachable!("returned above"),
             Rewrite::StripPrefix(len) => {
                 let rest = path.get(*len..).unwrap_or("");
                 if rest.starts_with('/') {
@@ -274,7 +307,12 @@ impl Route {
     }
 }
 
-fn compile(index: usize, route: &config::Route, upstream: Arc<Upstream>) -> Route {
+fn compile(
+    index: usize,
+    route: &config::Route,
+    upstream: Arc<Upstream>,
+    metrics: &Metrics,
+) -> Route {
     let m = &route.matcher;
     let path = if let Some(p) = &m.path {
         PathMatch::Exact(p.clone())
@@ -290,11 +328,12 @@ fn compile(index: usize, route: &config::Route, upstream: Arc<Upstream>) -> Rout
     } else {
         Rewrite::None
     };
+    let name = route
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("routes[{index}]"));
     Route {
-        name: route
-            .name
-            .clone()
-            .unwrap_or_else(|| format!("routes[{index}]")),
+        metrics: Arc::new(metrics.route(&name)),
         upstream,
         max_body_bytes: route.max_body_bytes,
         index,

@@ -65,6 +65,8 @@ const TIMEOUT_RESPONSE_WRITE: Duration = Duration::from_secs(5);
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// hyper's smallest read buffer (it panics below).
 const HYPER_MIN_BUF_SIZE: usize = 8 * 1024;
+/// The header count hyper refuses above when given no limit.
+const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
 
 /// One listener's settings, compiled from config. Swapped whole on reload;
 /// each connection uses those current when it was accepted.
@@ -96,18 +98,26 @@ impl Settings {
         // it is refused with 431 (it panics below its 8 KiB minimum, which
         // validation already enforces).
         let buffer = listener.max_header_bytes.max(HYPER_MIN_BUF_SIZE);
+        // hyper's own limit is 100 headers, parsed into arrays on the stack;
+        // any explicit limit, even 100, makes it fill two 100-entry heap
+        // vectors per request head.
+        let max_headers =
+            (listener.max_headers != HYPER_DEFAULT_MAX_HEADERS).then_some(listener.max_headers);
         let mut http1 = http1::Builder::new();
         http1
             .timer(TokioTimer::new())
             .header_read_timeout(listener.header_read_timeout)
-            .max_buf_size(buffer)
-            .max_headers(listener.max_headers);
+            .max_buf_size(buffer);
         let mut auto = auto::Builder::new(TokioExecutor::new());
-        auto.http1()
+        let mut auto_http1 = auto.http1();
+        auto_http1
             .timer(TokioTimer::new())
             .header_read_timeout(listener.header_read_timeout)
-            .max_buf_size(buffer)
-            .max_headers(listener.max_headers);
+            .max_buf_size(buffer);
+        if let Some(max) = max_headers {
+            http1.max_headers(max);
+            auto_http1.max_headers(max);
+        }
         auto.http2()
             .timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(listener.max_header_bytes).unwrap_or(u32::MAX));
@@ -333,11 +343,7 @@ impl Connection {
         let (first, framing) = FramingWatch::new(first);
         let io = Shared::new(first);
 
-        let conn_info = ConnInfo {
-            peer,
-            client,
-            scheme,
-        };
+        let conn_info = Arc::new(ConnInfo::new(peer, client, scheme));
         let runtime = self.runtime.clone();
         let scope = self.scope.clone();
         let service = service_fn(move |mut req: Request<Incoming>| {
@@ -353,6 +359,7 @@ impl Connection {
                 req.extensions_mut().insert(scope.clone());
             }
             let runtime = runtime.load();
+            let conn_info = conn_info.clone();
             async move {
                 let response = handle(runtime, req, conn_info).await;
                 Ok::<_, Infallible>(response.map(ResponseBody))

@@ -17,7 +17,7 @@ mod replay;
 mod retry;
 mod target;
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use http::{Request, Response};
 use tokio::time::Instant;
@@ -36,13 +36,15 @@ pub use self::{
 use crate::{
     config,
     proxy::{Body, Rejection, RequestContext},
-    telemetry::Metrics,
+    telemetry::{Metrics, TargetMetrics},
 };
 
 /// One upstream service, compiled from config.
 pub struct Upstream {
     pub name: String,
     targets: Vec<Target>,
+    /// Per target, by index: response-time metrics.
+    target_metrics: Vec<TargetMetrics>,
     balancer: Balancer,
     client: UpstreamClient,
     /// Per attempt: time to response headers.
@@ -50,13 +52,12 @@ pub struct Upstream {
     read_timeout: Duration,
     retry: RetryPolicy,
     budget: RetryBudget,
-    metrics: Arc<Metrics>,
 }
 
 impl Upstream {
     /// Builds the upstream from validated config and reports every target
     /// healthy (health checks are not implemented yet).
-    pub fn new(name: &str, config: &config::Upstream, metrics: Arc<Metrics>) -> Self {
+    pub fn new(name: &str, config: &config::Upstream, metrics: &Metrics) -> Self {
         let now = Instant::now();
         let targets: Vec<Target> = config.targets.iter().map(Target::new).collect();
         assert!(!targets.is_empty(), "validation requires a target");
@@ -65,6 +66,10 @@ impl Upstream {
         }
         Self {
             name: name.to_string(),
+            target_metrics: targets
+                .iter()
+                .map(|t| metrics.target(name, &t.label))
+                .collect(),
             balancer: Balancer::new(config, &targets, now),
             targets,
             client: UpstreamClient::new(config),
@@ -72,7 +77,6 @@ impl Upstream {
             read_timeout: config.read_timeout,
             retry: RetryPolicy::new(config),
             budget: RetryBudget::new(&config.retry_budget, now),
-            metrics,
         }
     }
 
@@ -89,7 +93,8 @@ impl Upstream {
         let body = RequestBody::new(body);
         let key = self.balancer.hash_key(&parts.headers, ctx.client_ip);
         let may_retry_status = self.retry.may_retry_status(&parts.method, body.is_empty());
-        self.budget.deposit(Instant::now());
+        let mut now = Instant::now();
+        self.budget.deposit(now);
         // The request head for a retry: kept back only when the retry could
         // not get it back from the failed attempt (a retried status, or a
         // client that keeps unsent requests).
@@ -100,9 +105,7 @@ impl Upstream {
         let mut retries = 0;
         loop {
             let retries_left = retries < self.retry.retries;
-            let index = self
-                .balancer
-                .pick(&self.targets, key, &tried, Instant::now());
+            let index = self.balancer.pick(&self.targets, key, &tried, now);
             tried.push(index);
             let target = &self.targets[index];
             ctx.upstream_target = Some(target.addr);
@@ -121,20 +124,20 @@ impl Upstream {
             let request = Request::from_parts(head, attempt_body);
 
             let in_flight = target.start();
-            let started = Instant::now();
+            let started = now;
             let result = tokio::time::timeout(self.timeout, self.send(target, request)).await;
-            let elapsed = started.elapsed();
+            now = Instant::now();
+            let elapsed = now - started;
             let failure = match result {
                 Ok(Ok(response)) => {
-                    self.metrics
-                        .upstream_response(&self.name, &target.label, elapsed);
-                    self.balancer.observe(index, elapsed, Instant::now());
+                    self.target_metrics[index].response(elapsed);
+                    self.balancer.observe(index, elapsed, now);
                     ctx.upstream_duration = Some(elapsed);
                     let status = response.status();
                     let retry = may_retry_status
                         && self.retry.retries_status(status)
                         && retries_left
-                        && self.budget.try_withdraw(Instant::now());
+                        && self.budget.try_withdraw(now);
                     if !retry {
                         return Ok(response.map(|incoming| {
                             UpstreamBody::new(incoming, in_flight, target.addr, self.read_timeout)
@@ -161,13 +164,10 @@ impl Upstream {
             drop(in_flight);
             // A failure counts as slow as the slowest answer accepted, so
             // p2c_ewma steers away from a target that fails fast.
-            self.balancer
-                .observe(index, elapsed.max(self.timeout), Instant::now());
+            self.balancer.observe(index, elapsed.max(self.timeout), now);
             let never_sent = matches!(failure, Rejection::UpstreamConnect { .. });
-            let retry = never_sent
-                && retries_left
-                && body.can_replay()
-                && self.budget.try_withdraw(Instant::now());
+            let retry =
+                never_sent && retries_left && body.can_replay() && self.budget.try_withdraw(now);
             if !retry {
                 return Err(failure);
             }

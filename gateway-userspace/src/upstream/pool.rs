@@ -83,13 +83,17 @@ pub struct Http1Pool {
 
 struct Inner {
     /// By worker index, then target.
-    idle: Vec<Mutex<HashMap<SocketAddr, Vec<Pooled>>>>,
+    idle: Vec<Mutex<IdleByTarget>>,
     /// Whether the worker runs this pool's reaper yet.
     reaping: Vec<AtomicBool>,
     connect_timeout: Duration,
     idle_timeout: Duration,
     max_idle: usize,
 }
+
+/// One worker's idle connections, by target (looked up twice per request:
+/// a fast hash, not SipHash).
+type IdleByTarget = HashMap<SocketAddr, Vec<Pooled>, foldhash::fast::RandomState>;
 
 struct Pooled {
     sender: SendRequest<AttemptBody>,
@@ -130,7 +134,8 @@ impl Http1Pool {
             let worker = workers::current() % inner.idle.len();
             let mut request = request;
             loop {
-                let (mut sender, reused) = match inner.checkout(worker, target) {
+                let now = Instant::now();
+                let (mut sender, reused) = match inner.checkout(worker, target, now) {
                     Some(sender) => (sender, true),
                     None => match inner.connect(worker, target).await {
                         Ok(sender) => (sender, false),
@@ -143,7 +148,7 @@ impl Http1Pool {
                     },
                 };
                 let response = sender.try_send_request(request);
-                inner.checkin(worker, target, sender);
+                inner.checkin(worker, target, sender, now);
                 match response.await {
                     Ok(response) => return Ok(response),
                     Err(mut error) => match error.take_message() {
@@ -159,22 +164,32 @@ impl Http1Pool {
 impl Inner {
     /// The most recently used ready connection to `target`; drops closed
     /// and expired ones on the way.
-    fn checkout(&self, worker: usize, target: SocketAddr) -> Option<SendRequest<AttemptBody>> {
+    fn checkout(
+        &self,
+        worker: usize,
+        target: SocketAddr,
+        now: Instant,
+    ) -> Option<SendRequest<AttemptBody>> {
         let mut idle = self.idle[worker].lock().unwrap();
         let pooled = idle.get_mut(&target)?;
-        self.prune(pooled, Instant::now());
+        self.prune(pooled, now);
         let ready = pooled.iter().rposition(|p| p.sender.is_ready())?;
         Some(pooled.swap_remove(ready).sender)
     }
 
-    fn checkin(&self, worker: usize, target: SocketAddr, sender: SendRequest<AttemptBody>) {
+    /// `now`: when the request was handed to `sender` (its checkout time:
+    /// the request goes on it right away).
+    fn checkin(
+        &self,
+        worker: usize,
+        target: SocketAddr,
+        sender: SendRequest<AttemptBody>,
+        now: Instant,
+    ) {
         let mut idle = self.idle[worker].lock().unwrap();
         let pooled = idle.entry(target).or_default();
         if pooled.len() < self.max_idle {
-            pooled.push(Pooled {
-                sender,
-                used: Instant::now(),
-            });
+            pooled.push(Pooled { sender, used: now });
         }
         // Else dropped: the connection closes once its response is done.
     }

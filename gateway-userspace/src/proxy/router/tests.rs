@@ -11,7 +11,7 @@ fn router(routes: &str) -> Router {
     )
     .unwrap_or_else(|e| panic!("{e}"));
     let upstreams = crate::proxy::compile_upstreams(&config, &Default::default());
-    Router::new(&config, &upstreams)
+    Router::new(&config, &upstreams, &Default::default())
 }
 
 fn request(method: &str, uri: &str, host: Option<&str>, headers: &[(&str, &str)]) -> Parts {
@@ -32,8 +32,12 @@ fn pick(
     host: Option<&str>,
     headers: &[(&str, &str)],
 ) -> Option<(String, String)> {
-    r.route(&request(method, uri, host, headers))
-        .map(|m| (m.route.name.clone(), m.upstream_path.as_str().to_string()))
+    r.route(&request(method, uri, host, headers)).map(|m| {
+        (
+            m.route.metrics.name().to_string(),
+            m.upstream_path.as_str().to_string(),
+        )
+    })
 }
 
 fn name(r: &Router, uri: &str) -> Option<String> {
@@ -96,7 +100,7 @@ async fn hosts_exact_beats_wildcard_beats_none() {
     let h2 = r
         .route(&request("GET", "https://api.example.com/x", None, &[]))
         .unwrap();
-    assert_eq!(h2.route.name, "api");
+    assert_eq!(h2.route.metrics.name(), "api");
 }
 
 #[tokio::test]
