@@ -19,16 +19,25 @@ use tokio_rustls::server::TlsStream;
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// Reads until the bytes cannot be the HTTP/2 preface any more, or are all of
-/// it, so that hyper's version detection finds its answer in the buffer.
-/// `None` when the client closed without sending anything.
-pub(super) async fn sniff_preface(mut stream: Stream) -> io::Result<Option<Prefixed<Stream>>> {
+/// What the first bytes of a connection say it speaks.
+pub(super) enum Sniffed {
+    /// The client closed without sending anything.
+    Nothing,
+    /// HTTP/1.x (or garbage, which the HTTP/1 parser refuses).
+    Http1(Prefixed<Stream>),
+    /// The HTTP/2 connection preface (prior knowledge, or ALPN h2).
+    Http2(Prefixed<Stream>),
+}
+
+/// Reads until the bytes cannot be the HTTP/2 preface any more, or are all
+/// of it; the bytes read are replayed to the protocol's server.
+pub(super) async fn sniff_preface(mut stream: Stream) -> io::Result<Sniffed> {
     let mut buf = BytesMut::with_capacity(4096);
     loop {
         buf.reserve(1024);
         if stream.read_buf(&mut buf).await? == 0 {
             if buf.is_empty() {
-                return Ok(None);
+                return Ok(Sniffed::Nothing);
             }
             break;
         }
@@ -37,7 +46,13 @@ pub(super) async fn sniff_preface(mut stream: Stream) -> io::Result<Option<Prefi
             break;
         }
     }
-    Ok(Some(Prefixed::new(stream, buf.freeze())))
+    let http2 = buf.starts_with(H2_PREFACE);
+    let stream = Prefixed::new(stream, buf.freeze());
+    Ok(if http2 {
+        Sniffed::Http2(stream)
+    } else {
+        Sniffed::Http1(stream)
+    })
 }
 
 /// A TCP connection, with or without TLS.

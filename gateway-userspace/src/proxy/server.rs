@@ -24,14 +24,11 @@ use bytes::Bytes;
 use http::{header::HOST, HeaderValue, Request, Version};
 use hyper::{
     body::{Body as HttpBody, Frame, Incoming, SizeHint},
-    server::conn::http1,
+    server::conn::{http1, http2},
     service::service_fn,
     upgrade::OnUpgrade,
 };
-use hyper_util::{
-    rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::conn::auto,
-};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use ipnet::IpNet;
 use tokio::{
     io::AsyncWriteExt,
@@ -41,13 +38,13 @@ use tokio::{
 use tokio_rustls::TlsAcceptor;
 
 use super::{
-    conn_io::{sniff_preface, Prefixed, Shared, Stream},
+    conn_io::{sniff_preface, Prefixed, Shared, Sniffed, Stream},
     drain::{until_drained, ConnectionScope, Tracker},
     headers::is_trusted,
     workers::Workers,
 };
 use super::{
-    framing::{AmbiguousFraming, FramingWatch},
+    framing::{AmbiguousFraming, FramingVerdicts, FramingWatch},
     handle,
     proxy_protocol::{self, ProxyHeaderError},
     tls, Body, BoxError, ConnInfo, RuntimeHandle,
@@ -76,10 +73,11 @@ pub struct Settings {
     proxy_protocol: bool,
     handshake_timeout: Duration,
     header_read_timeout: Duration,
-    /// HTTP/1.1 only: `auto` would still detect h2c.
+    /// HTTP/1.1, and with `http2` on, whatever does not start with the
+    /// HTTP/2 preface.
     http1: http1::Builder,
-    /// HTTP/1.1 or HTTP/2, detected from the first bytes.
-    auto: auto::Builder<TokioExecutor>,
+    /// Connections that start with the HTTP/2 preface (`http2` on).
+    http2_server: http2::Builder<TokioExecutor>,
 }
 
 impl Settings {
@@ -108,17 +106,11 @@ impl Settings {
             .timer(TokioTimer::new())
             .header_read_timeout(listener.header_read_timeout)
             .max_buf_size(buffer);
-        let mut auto = auto::Builder::new(TokioExecutor::new());
-        let mut auto_http1 = auto.http1();
-        auto_http1
-            .timer(TokioTimer::new())
-            .header_read_timeout(listener.header_read_timeout)
-            .max_buf_size(buffer);
         if let Some(max) = max_headers {
             http1.max_headers(max);
-            auto_http1.max_headers(max);
         }
-        auto.http2()
+        let mut http2_server = http2::Builder::new(TokioExecutor::new());
+        http2_server
             .timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(listener.max_header_bytes).unwrap_or(u32::MAX));
         Ok(Self {
@@ -128,7 +120,7 @@ impl Settings {
             handshake_timeout: listener.handshake_timeout,
             header_read_timeout: listener.header_read_timeout,
             http1,
-            auto,
+            http2_server,
         })
     }
 }
@@ -256,6 +248,13 @@ enum Refused {
     Timeout,
 }
 
+/// The HTTP server a connection gets, with the stream it reads.
+enum Protocol {
+    /// Shared: a 408 may still be written after hyper gives up.
+    Http1(Shared<FramingWatch<Prefixed<Stream>>>),
+    Http2(Prefixed<Stream>),
+}
+
 /// After the handshake: the byte stream and who is on the other end.
 struct Established {
     stream: Stream,
@@ -314,9 +313,9 @@ impl Connection {
             h2,
         } = established;
 
-        // hyper's HTTP/1-or-2 detection waits for the first bytes without a
-        // timeout; read them here, bounded like a request head.
-        let first = if h2 {
+        // With HTTP/2 on, the first bytes say which protocol follows; they are
+        // read here, bounded like a request head, and replayed.
+        let sniffed = if h2 {
             let sniff =
                 tokio::time::timeout(self.settings.header_read_timeout, sniff_preface(stream));
             let sniffed = tokio::select! {
@@ -324,8 +323,8 @@ impl Connection {
                 _ = shutdown.wait_for(|s| *s) => return,
             };
             match sniffed {
-                Ok(Ok(Some(sniffed))) => sniffed,
-                Ok(Ok(None)) => return,
+                Ok(Ok(Sniffed::Nothing)) => return,
+                Ok(Ok(sniffed)) => sniffed,
                 Ok(Err(error)) => {
                     tracing::debug!(client.ip = %client.ip(), %error, "connection failed before a request");
                     return;
@@ -336,12 +335,19 @@ impl Connection {
                 }
             }
         } else {
-            Prefixed::new(stream, Bytes::new())
+            Sniffed::Http1(Prefixed::new(stream, Bytes::new()))
         };
-        // Follows HTTP/1 framing on the raw bytes: hyper resolves a
-        // Content-Length + Transfer-Encoding head silently; we refuse it.
-        let (first, framing) = FramingWatch::new(first);
-        let io = Shared::new(first);
+        let (protocol, framing) = match sniffed {
+            Sniffed::Http1(stream) => {
+                // Follows HTTP/1 framing on the raw bytes: hyper resolves a
+                // Content-Length + Transfer-Encoding head silently; we
+                // refuse it.
+                let (watched, framing) = FramingWatch::new(stream);
+                (Protocol::Http1(Shared::new(watched)), framing)
+            }
+            Sniffed::Http2(stream) => (Protocol::Http2(stream), FramingVerdicts::default()),
+            Sniffed::Nothing => return,
+        };
 
         let conn_info = Arc::new(ConnInfo::new(peer, client, scheme));
         let runtime = self.runtime.clone();
@@ -366,32 +372,32 @@ impl Connection {
             }
         });
         let settings = self.settings.clone();
-        // Each branch reduces its error at once: (hyper's header timeout?, text).
-        let result: Result<(), (bool, String)> = if h2 {
-            let connection = settings
-                .auto
-                .serve_connection_with_upgrades(TokioIo::new(io.clone()), service);
-            until_drained(connection, &mut shutdown, |c| c.graceful_shutdown())
-                .await
-                .map_err(|e| (is_header_timeout(e.as_ref()), e.to_string()))
-        } else {
-            let connection = settings
-                .http1
-                .serve_connection(TokioIo::new(io.clone()), service)
-                .with_upgrades();
-            until_drained(connection, &mut shutdown, |c| c.graceful_shutdown())
-                .await
-                .map_err(|e| (e.is_timeout(), e.to_string()))
+        let result = match protocol {
+            Protocol::Http1(io) => {
+                let connection = settings
+                    .http1
+                    .serve_connection(TokioIo::new(io.clone()), service)
+                    .with_upgrades();
+                let result =
+                    until_drained(connection, &mut shutdown, |c| c.graceful_shutdown()).await;
+                match result {
+                    Err(error) if error.is_timeout() && io.read_since_write() => {
+                        request_timeout(io).await;
+                        tracing::debug!(client.ip = %client.ip(), "request head not complete within header_read_timeout; 408");
+                        return;
+                    }
+                    result => result,
+                }
+            }
+            Protocol::Http2(stream) => {
+                let connection = settings
+                    .http2_server
+                    .serve_connection(TokioIo::new(stream), service);
+                until_drained(connection, &mut shutdown, |c| c.graceful_shutdown()).await
+            }
         };
-        match result {
-            Err((true, _)) if io.read_since_write() => {
-                request_timeout(io).await;
-                tracing::debug!(client.ip = %client.ip(), "request head not complete within header_read_timeout; 408");
-            }
-            Err((_, error)) => {
-                tracing::debug!(client.ip = %client.ip(), %error, "connection ended with an error");
-            }
-            Ok(()) => {}
+        if let Err(error) = result {
+            tracing::debug!(client.ip = %client.ip(), %error, "connection ended with an error");
         }
     }
 
@@ -482,13 +488,6 @@ impl std::error::Error for BodyError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         self.0.source()
     }
-}
-
-/// hyper gave up waiting for a request head (`header_read_timeout`).
-fn is_header_timeout(error: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {
-    error
-        .downcast_ref::<hyper::Error>()
-        .is_some_and(hyper::Error::is_timeout)
 }
 
 /// HTTP/2 carries the host in `:authority`; the HTTP/1.1 request upstream
