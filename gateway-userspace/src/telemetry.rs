@@ -155,8 +155,8 @@ static NEXT_ROUTE_ID: AtomicU64 = AtomicU64::new(0);
 /// leave entries of routes that are gone).
 const COUNTER_CACHE_MAX: usize = 4096;
 
-/// (route id, method, status) → that label set's counter.
-type CounterCache = HashMap<(u64, Method, u16), Counter, foldhash::fast::RandomState>;
+/// (route id, method label, status) → that label set's counter.
+type CounterCache = HashMap<(u64, &'static str, u16), Counter, foldhash::fast::RandomState>;
 
 thread_local! {
     /// Request counters this thread has resolved: after the first request
@@ -183,7 +183,8 @@ impl RouteMetrics {
     /// One answered request (also rejected ones).
     pub fn record(&self, method: &Method, status: u16, duration: Duration) {
         self.duration.observe(duration.as_secs_f64());
-        let key = (self.id, method.clone(), status);
+        let method = method_label(method);
+        let key = (self.id, method, status);
         let cached = COUNTERS.with_borrow(|cache| cache.get(&key).map(|c| c.inc()));
         if cached.is_some() {
             return;
@@ -192,7 +193,7 @@ impl RouteMetrics {
             .requests
             .get_or_create(&RequestLabels {
                 route: self.route.clone(),
-                method: method.as_str().to_string(),
+                method: method.to_string(),
                 status,
                 consumer: ANONYMOUS.to_string(),
             })
@@ -204,6 +205,24 @@ impl RouteMetrics {
             }
             cache.insert(key, counter);
         });
+    }
+}
+
+/// The `method` label: the methods of RFC 9110 (and PATCH) by name, any
+/// other as `OTHER`, so that clients inventing methods cannot grow the
+/// number of series without bound.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::CONNECT => "CONNECT",
+        Method::OPTIONS => "OPTIONS",
+        Method::TRACE => "TRACE",
+        Method::PATCH => "PATCH",
+        _ => "OTHER",
     }
 }
 
@@ -357,11 +376,17 @@ mod tests {
             .route("api")
             .record(&Method::GET, 200, Duration::from_millis(3));
         api.record(&Method::POST, 503, Duration::from_millis(3));
+        for invented in ["BREW", "WHEN", "X-ANYTHING"] {
+            let method = Method::from_bytes(invented.as_bytes()).unwrap();
+            api.record(&method, 400, Duration::from_millis(3));
+        }
         let text = metrics.render(None);
+        assert!(!text.contains("BREW"), "{text}");
         for line in [
+            "xgate_requests_total{route=\"api\",method=\"OTHER\",status=\"400\",consumer=\"anonymous\"} 3",
             "xgate_requests_total{route=\"api\",method=\"GET\",status=\"200\",consumer=\"anonymous\"} 3",
             "xgate_requests_total{route=\"api\",method=\"POST\",status=\"503\",consumer=\"anonymous\"} 1",
-            "xgate_request_duration_seconds_count{route=\"api\"} 4",
+            "xgate_request_duration_seconds_count{route=\"api\"} 7",
         ] {
             assert!(text.contains(line), "missing `{line}` in:\n{text}");
         }
