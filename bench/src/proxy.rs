@@ -9,8 +9,9 @@
 //!
 //! Every proxy runs at once, each with its own config (bench/peers/) and
 //! temp dir, and the rounds are interleaved (round 1 of every case, then
-//! round 2, ..., the order rotated each round) so that drift lands on all of
-//! them alike. Per run the proxy's CPU time (utime+stime of it and its
+//! round 2, ...; within each table the order rotates each round, so every
+//! proxy runs once in every position) so that drift lands on all of them
+//! alike. Per run the proxy's CPU time (utime+stime of it and its
 //! children, /proc/PID/stat) and peak RSS (VmHWM, reset before the run) are
 //! taken; medians over the rounds are reported (peak RSS: the largest).
 //!
@@ -346,9 +347,9 @@ pub fn run_rounds(
         }
     }
     for round in 0..rounds {
-        let n = cases.len();
-        for k in 0..n {
-            let case = &mut cases[(k + round) % n];
+        let groups: Vec<&str> = cases.iter().map(|c| c.group).collect();
+        for index in round_order(&groups, round) {
+            let case = &mut cases[index];
             if !case.active() {
                 continue;
             }
@@ -383,6 +384,24 @@ pub fn run_rounds(
         }
     }
     Ok(())
+}
+
+/// The order of the cases in round `round`: group after group (a group is
+/// one table: one load shape), and within a group rotated by the round, so
+/// that over as many rounds as a group has cases every proxy (and the bare
+/// upstream) runs once in every position: none always follows the same
+/// neighbour, e.g. the bare upstream's run at full speed.
+/// `groups`: each case's group, in table order.
+fn round_order(groups: &[&str], round: usize) -> Vec<usize> {
+    let mut order = Vec::with_capacity(groups.len());
+    let mut start = 0;
+    while start < groups.len() {
+        let group = groups[start];
+        let len = groups[start..].iter().take_while(|g| **g == group).count();
+        order.extend((0..len).map(|k| start + (k + round) % len));
+        start += len;
+    }
+    order
 }
 
 /// A proxy as the run found it: started, or why not.
@@ -833,7 +852,7 @@ fn build_report(cases: &[Case], info: &RunInfo) -> Report {
         "Run {} on {} cores ({}), kernel `{}`. Every proxy in front of the same upstream \
          (bench/src/upstream.rs: hyper, fixed bodies from memory), all running at once on \
          127.0.0.1 and loaded one at a time: {} round(s) of {} s per case after a {} s warm-up, \
-         interleaved, median reported (req/s min-max over the rounds). HTTP/1.1: {}, {} threads, \
+         interleaved (within each table the order rotates every round), median reported (req/s min-max over the rounds). HTTP/1.1: {}, {} threads, \
          {} keep-alive connections. HTTP/2: {}, {} threads, {} connections x {} streams, TLS \
          1.3 with {} (the only suite offered), ALPN h2 only. The load generator, the proxy and \
          the upstream share the machine's cores.\n\n",
@@ -949,6 +968,31 @@ fn build_report(cases: &[Case], info: &RunInfo) -> Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_case_runs_once_in_every_position_of_its_table() {
+        let groups = ["a", "a", "a", "b", "b"];
+        let orders: Vec<Vec<usize>> = (0..6).map(|round| round_order(&groups, round)).collect();
+        for order in &orders {
+            // A permutation, table after table.
+            let mut sorted = order.clone();
+            sorted.sort_unstable();
+            assert_eq!(sorted, [0, 1, 2, 3, 4]);
+            assert!(order[..3].iter().all(|&i| i < 3), "{order:?}");
+        }
+        // Over three rounds, each of table a's cases runs first, second and
+        // third once; table b alternates.
+        for case in 0..3 {
+            let mut positions: Vec<usize> = orders[..3]
+                .iter()
+                .map(|o| o.iter().position(|&i| i == case).unwrap())
+                .collect();
+            positions.sort_unstable();
+            assert_eq!(positions, [0, 1, 2], "case {case}");
+        }
+        assert_eq!(&orders[0][3..], [3, 4]);
+        assert_eq!(&orders[1][3..], [4, 3]);
+    }
 
     fn case(group: &'static str, target: &str, rps: &[f64], p99_us: f64) -> Case {
         let mut c = Case::new(group, target, target, Proto::H1);
