@@ -170,10 +170,9 @@ impl Forwarding {
                 .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
         });
         let mut forwarded = String::with_capacity(
-            prior.as_ref().map_or(0, |p| p.len() + 2)
+            prior.as_ref().map_or(0, |p| p.len() + ", ".len())
                 + self.element.len()
-                + 9
-                + host.map_or(0, str::len),
+                + host.map_or(0, |h| ";host=\"\"".len() + h.len()),
         );
         if let Some(prior) = &prior {
             forwarded.push_str(prior);

@@ -126,9 +126,8 @@ pub struct ConnInfo {
     /// The client as the connection itself says: the PROXY protocol header's
     /// source when a trusted peer sent one, else `peer`.
     pub client: SocketAddr,
-    /// `http` or `https`.
-    pub scheme: &'static str,
-    /// The forwarding headers' values for `client`, made once.
+    /// The forwarding headers' values for `client` and the scheme (`http`
+    /// or `https`), made once.
     pub forwarding: Forwarding,
 }
 
@@ -137,7 +136,6 @@ impl ConnInfo {
         Self {
             peer,
             client,
-            scheme,
             forwarding: Forwarding::new(client.ip(), scheme),
         }
     }

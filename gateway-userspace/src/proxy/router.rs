@@ -255,19 +255,14 @@ impl Route {
 
     /// The path and query to send upstream.
     fn upstream_path(&self, original: Option<&PathAndQuery>) -> PathAndQuery {
-        if let Rewrite::None = self.rewrite {
-            // The request's own bytes, shared rather than copied.
-            return original
-                .cloned()
-                .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        }
-        let original = original.map(PathAndQuery::as_str).unwrap_or("/");
-        let (path, query) = match original.split_once('?') {
-            Some((p, q)) => (p, Some(q)),
-            None => (original, None),
-        };
+        let (path, query) = original.map_or(("/", None), |pq| (pq.path(), pq.query()));
         let new_path = match &self.rewrite {
-            Rewrite::None => unreachable!("returned above"),
+            // The request's own bytes, shared rather than copied.
+            Rewrite::None => {
+                return original
+                    .cloned()
+                    .unwrap_or_else(|| PathAndQuery::from_static("/"))
+            }
             Rewrite::StripPrefix(len) => {
                 let rest = path.get(*len..).unwrap_or("");
                 if rest.starts_with('/') {

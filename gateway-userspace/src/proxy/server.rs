@@ -323,7 +323,6 @@ impl Connection {
                 _ = shutdown.wait_for(|s| *s) => return,
             };
             match sniffed {
-                Ok(Ok(Sniffed::Nothing)) => return,
                 Ok(Ok(sniffed)) => sniffed,
                 Ok(Err(error)) => {
                     tracing::debug!(client.ip = %client.ip(), %error, "connection failed before a request");

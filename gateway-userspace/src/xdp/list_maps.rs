@@ -192,24 +192,14 @@ impl ListMaps {
         for key in self.v4.keys() {
             out.push(net_of(key?));
         }
-        for item in self.v4_nets.iter() {
-            let (key, entry) = item?;
-            if entry.flags & NetEntry::RULE != 0 {
-                out.push(net_of_place(Place::V4Net(key)));
-            }
-        }
+        push_rule_nets(&self.v4_nets, Place::V4Net, &mut out)?;
         for key in self.v4_hosts.keys() {
             out.push(net_of_place(Place::V4Host(key?)));
         }
         for key in self.v6.keys() {
             out.push(net_of(key?));
         }
-        for item in self.v6_nets.iter() {
-            let (key, entry) = item?;
-            if entry.flags & NetEntry::RULE != 0 {
-                out.push(net_of_place(Place::V6Net(key)));
-            }
-        }
+        push_rule_nets(&self.v6_nets, Place::V6Net, &mut out)?;
         for key in self.v6_subnets.keys() {
             out.push(net_of_place(Place::V6Subnet(key?)));
         }
@@ -289,6 +279,22 @@ fn get<K: Pod, V: Pod>(map: &HashMap<MapData, K, V>, key: &K) -> Result<Option<V
 
 /// Sets (`Some`) or clears (`None`) a network's own entry, keeping its
 /// flags for longer entries; a network left with nothing is removed.
+/// The networks of a network map that carry a rule of their own (the
+/// others are there only for the longer entries inside them).
+fn push_rule_nets<K: Pod>(
+    nets: &HashMap<MapData, K, NetEntry>,
+    place: fn(K) -> Place,
+    out: &mut Vec<IpNet>,
+) -> Result<(), XdpError> {
+    for item in nets.iter() {
+        let (key, entry) = item?;
+        if entry.flags & NetEntry::RULE != 0 {
+            out.push(net_of_place(place(key)));
+        }
+    }
+    Ok(())
+}
+
 fn set_rule<K: Pod>(
     nets: &mut HashMap<MapData, K, NetEntry>,
     key: K,
