@@ -11,8 +11,10 @@ use http::{
 };
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWriteExt;
 
 use super::{drain::ConnectionScope, RequestContext};
+use crate::upstream::Upgraded;
 
 /// A client's request to switch protocols, taken off the request before
 /// the hop-by-hop headers are stripped.
@@ -67,7 +69,10 @@ impl UpgradeRequest {
             .get(UPGRADE)
             .cloned()
             .unwrap_or_else(|| self.protocol.clone());
-        let upstream = hyper::upgrade::on(response);
+        let Some(upstream) = response.extensions_mut().remove::<Upgraded>() else {
+            tracing::warn!(upstream.target = ?ctx.upstream_target, "101 from a client that cannot switch protocols");
+            return None;
+        };
         tokio::spawn(tunnel(
             self.downstream,
             upstream,
@@ -111,21 +116,30 @@ impl Switched {
 /// deadline.
 async fn tunnel(
     downstream: OnUpgrade,
-    upstream: OnUpgrade,
+    upstream: Upgraded,
     scope: Option<ConnectionScope>,
     client: IpAddr,
     target: Option<SocketAddr>,
 ) {
     let target = target.map(|t| t.to_string()).unwrap_or_else(|| "-".into());
-    let (down, up) = match tokio::try_join!(downstream, upstream) {
-        Ok(pair) => pair,
+    let Some((mut up, early)) = upstream.take() else {
+        return;
+    };
+    let down = match downstream.await {
+        Ok(down) => down,
         Err(error) => {
             tracing::debug!(client.ip = %client, upstream.target = %target, %error, "upgrade did not complete");
             return;
         }
     };
     let mut down = TokioIo::new(down);
-    let mut up = TokioIo::new(up);
+    // What the target sent right behind its 101 came in with the response.
+    if !early.is_empty() {
+        if let Err(error) = down.write_all(&early).await {
+            tracing::debug!(client.ip = %client, upstream.target = %target, %error, "upgrade did not complete");
+            return;
+        }
+    }
     let copy = tokio::io::copy_bidirectional(&mut down, &mut up);
     let result = match scope {
         Some(mut scope) => tokio::select! {

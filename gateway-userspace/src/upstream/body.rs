@@ -13,10 +13,11 @@ use std::{
 };
 
 use bytes::Bytes;
-use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
+use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
 
-use super::target::InFlight;
+use super::{client::ResponseBody, target::InFlight};
+use crate::proxy::BoxError;
 
 /// The target sent nothing for `read_timeout` in the middle of a body.
 #[derive(Debug, thiserror::Error)]
@@ -30,15 +31,15 @@ pub struct ReadTimeout {
 #[derive(Debug, thiserror::Error)]
 pub enum BodyError {
     /// The target's connection failed mid-body (reset, bad framing).
-    #[error(transparent)]
-    Upstream(hyper::Error),
+    #[error("{0}")]
+    Upstream(#[source] BoxError),
     #[error(transparent)]
     ReadTimeout(#[from] ReadTimeout),
 }
 
-/// Generic for tests; the proxy uses it over hyper's `Incoming`.
+/// Generic for tests; the proxy uses it over the client's [`ResponseBody`].
 #[derive(Debug)]
-pub struct UpstreamBody<B = Incoming> {
+pub struct UpstreamBody<B = ResponseBody> {
     /// `None` once the body has ended, failed or timed out.
     inner: Option<B>,
     in_flight: Option<InFlight>,
@@ -77,7 +78,8 @@ impl<B: HttpBody> UpstreamBody<B> {
 
 impl<B> HttpBody for UpstreamBody<B>
 where
-    B: HttpBody<Data = Bytes, Error = hyper::Error> + Unpin,
+    B: HttpBody<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
 {
     type Data = Bytes;
     type Error = BodyError;
@@ -97,7 +99,7 @@ where
             }
             Poll::Ready(Some(Err(error))) => {
                 this.finish();
-                Poll::Ready(Some(Err(BodyError::Upstream(error))))
+                Poll::Ready(Some(Err(BodyError::Upstream(error.into()))))
             }
             Poll::Ready(None) => {
                 this.finish();

@@ -1,21 +1,75 @@
 //! The client an upstream sends its attempts with: HTTP/1.1 with keep-alive
-//! connections pooled per proxy worker (`pool`), or HTTP/2 with prior
+//! connections pooled per proxy worker (`h1`), or HTTP/2 with prior
 //! knowledge (h2c), one multiplexed connection per target and worker.
 
-use http::{uri::Authority, Request, Uri};
+use std::{
+    future::Future,
+    io,
+    pin::Pin,
+    task::{Context, Poll},
+};
+
+use bytes::Bytes;
+use http::{uri::Authority, Request, Response, Uri};
+use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use hyper_util::{
     client::legacy::{connect::HttpConnector, Client},
     rt::{TokioExecutor, TokioTimer},
 };
 
 use super::{
-    pool::{Http1Pool, SendError, SendFuture},
+    h1::{self, Http1Pool},
     replay::AttemptBody,
 };
 use crate::{
     config::{self, UpstreamProtocol},
-    proxy::workers,
+    proxy::{workers, BoxError},
 };
+
+/// Why an attempt got no response.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// No connection: refused, unreachable, or not within `connect_timeout`
+    /// (an `io::ErrorKind::TimedOut` error). The request was not sent.
+    #[error("cannot connect: {0}")]
+    Connect(#[source] io::Error),
+    /// The HTTP/1.1 exchange failed (reset, garbage, early close).
+    #[error(transparent)]
+    Http1(h1::Error),
+    /// The pooled HTTP/2 client failed.
+    #[error(transparent)]
+    Http2(hyper_util::client::legacy::Error),
+}
+
+impl SendError {
+    /// True when the request never left: another target may take it.
+    pub fn is_connect(&self) -> bool {
+        match self {
+            SendError::Connect(_) => true,
+            SendError::Http1(_) => false,
+            SendError::Http2(e) => e.is_connect(),
+        }
+    }
+}
+
+/// A failed attempt, with the request when it never left (a connect
+/// failure), so a retry needs no copy of it made in advance.
+pub struct Failed {
+    pub error: SendError,
+    pub unsent: Option<Request<AttemptBody>>,
+}
+
+impl From<SendError> for Failed {
+    fn from(error: SendError) -> Self {
+        Self {
+            error,
+            unsent: None,
+        }
+    }
+}
+
+pub type SendFuture =
+    Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, Failed>> + Send + 'static>>;
 
 pub enum UpstreamClient {
     Http1(Http1Pool),
@@ -34,7 +88,7 @@ impl UpstreamClient {
         }
     }
 
-    /// Whether a request that never left comes back in [`super::pool::Failed`]
+    /// Whether a request that never left comes back in [`Failed`]
     /// (HTTP/1.1); the HTTP/2 client keeps it.
     pub fn returns_unsent(&self) -> bool {
         matches!(self, UpstreamClient::Http1(_))
@@ -48,7 +102,14 @@ impl UpstreamClient {
         mut request: Request<AttemptBody>,
     ) -> SendFuture {
         match self {
-            UpstreamClient::Http1(pool) => pool.send(target, authority, request),
+            UpstreamClient::Http1(pool) => {
+                let pool = pool.clone();
+                let authority = authority.clone();
+                Box::pin(async move {
+                    let response = pool.send(target, &authority, request).await?;
+                    Ok(response.map(ResponseBody::Http1))
+                })
+            }
             UpstreamClient::Http2(clients) => {
                 let mut uri = std::mem::take(request.uri_mut()).into_parts();
                 uri.scheme = Some(http::uri::Scheme::HTTP);
@@ -60,7 +121,10 @@ impl UpstreamClient {
                     Uri::from_parts(uri).expect("scheme, authority and path form a URI");
                 let client = &clients[workers::current() % clients.len()];
                 let response = client.request(request);
-                Box::pin(async move { response.await.map_err(|e| SendError::Http2(e).into()) })
+                Box::pin(async move {
+                    let response = response.await.map_err(SendError::Http2)?;
+                    Ok(response.map(ResponseBody::Http2))
+                })
             }
         }
     }
@@ -79,4 +143,50 @@ fn http2(config: &config::Upstream) -> Client<HttpConnector, AttemptBody> {
         .retry_canceled_requests(true)
         .http2_only(true)
         .build(connector)
+}
+
+/// A response body as either client delivers it. Not boxed here: the proxy
+/// boxes the whole response body once.
+#[allow(clippy::large_enum_variant)]
+pub enum ResponseBody {
+    Http1(h1::ResponseBody),
+    Http2(Incoming),
+}
+
+impl HttpBody for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ResponseBody::Http1(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            ResponseBody::Http2(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ResponseBody::Http1(body) => body.is_end_stream(),
+            ResponseBody::Http2(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ResponseBody::Http1(body) => body.size_hint(),
+            ResponseBody::Http2(body) => body.size_hint(),
+        }
+    }
+}
+
+impl std::fmt::Debug for ResponseBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ResponseBody::Http1(_) => "ResponseBody::Http1",
+            ResponseBody::Http2(_) => "ResponseBody::Http2",
+        })
+    }
 }

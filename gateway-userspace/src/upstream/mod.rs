@@ -6,13 +6,13 @@
 //! - `balancer/`: round robin, least connections, consistent hash, P2C EWMA
 //! - `retry`: what is retried, and the budget that bounds it
 //! - `replay`: the request body, lendable to the next attempt until sent
-//! - `client`: the HTTP/1.1 (`pool`) or HTTP/2 client
+//! - `client`: the HTTP/1.1 (`h1`) or HTTP/2 client
 //! - `body`: the response body (read timeout, in-flight accounting)
 
 mod balancer;
 mod body;
 mod client;
-mod pool;
+mod h1;
 mod replay;
 mod retry;
 mod target;
@@ -31,7 +31,8 @@ use self::{
 };
 pub use self::{
     body::{BodyError, ReadTimeout, UpstreamBody},
-    pool::SendError,
+    client::SendError,
+    h1::Upgraded,
 };
 use crate::{
     config,
@@ -182,7 +183,7 @@ impl Upstream {
     }
 
     /// One attempt at `target`.
-    fn send(&self, target: &Target, request: Request<replay::AttemptBody>) -> pool::SendFuture {
+    fn send(&self, target: &Target, request: Request<replay::AttemptBody>) -> client::SendFuture {
         self.client.send(target.addr, &target.authority, request)
     }
 }

@@ -102,6 +102,16 @@ impl AttemptBody {
             size_hint: SizeHint::with_exact(0),
         }
     }
+
+    /// Whether none of the body has been taken yet (an empty body never
+    /// is), so another connection could still send all of it.
+    pub fn is_unsent(&self) -> bool {
+        match self.state {
+            State::Waiting { .. } => true,
+            State::Streaming(_) => false,
+            State::Done => self.size_hint.exact() == Some(0),
+        }
+    }
 }
 
 /// An attempt that was superseded polled its body (not expected: attempts
@@ -182,10 +192,17 @@ mod tests {
         assert!(!request.is_empty());
         let first = request.for_attempt().unwrap();
         assert_eq!(first.size_hint().exact(), Some(5));
+        assert!(first.is_unsent());
         drop(first); // e.g. the connect failed
         assert!(request.can_replay());
-        let second = request.for_attempt().unwrap();
-        assert_eq!(second.collect().await.unwrap().to_bytes(), "hello");
+        let mut second = request.for_attempt().unwrap();
+        assert_eq!(
+            second.frame().await.unwrap().unwrap().into_data().unwrap(),
+            "hello"
+        );
+        assert!(!second.is_unsent(), "taken");
+        assert!(second.frame().await.is_none());
+        assert!(!second.is_unsent(), "sent");
         assert!(!request.can_replay());
         assert!(request.for_attempt().is_none(), "sent once: no replay");
     }
@@ -206,6 +223,7 @@ mod tests {
         for _ in 0..3 {
             let attempt = request.for_attempt().unwrap();
             assert!(attempt.is_end_stream());
+            assert!(attempt.is_unsent());
             assert!(attempt.collect().await.unwrap().to_bytes().is_empty());
         }
     }

@@ -1,0 +1,229 @@
+//! The chunked transfer coding of a response body (RFC 9112 §7.1), decoded
+//! in place: data comes out as slices of the read buffer, never copied.
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+use super::Error;
+
+/// A chunk-size line (size and extensions) may take this many bytes.
+const MAX_SIZE_LINE: usize = 4096;
+/// The trailer section may take this many bytes.
+const MAX_TRAILERS: usize = 16 * 1024;
+const MAX_TRAILER_FIELDS: usize = 32;
+
+#[derive(Debug, Default)]
+pub(super) struct ChunkedDecoder {
+    state: State,
+}
+
+#[derive(Debug, Default, PartialEq, Eq)]
+enum State {
+    #[default]
+    Size,
+    /// Data bytes left in this chunk.
+    Data(u64),
+    /// The CRLF after a chunk's data.
+    DataEnd,
+    Trailers,
+    Done,
+}
+
+#[derive(Debug)]
+pub(super) enum Decoded {
+    Data(Bytes),
+    Trailers(HeaderMap),
+    /// The last chunk and the trailer section are through.
+    Done,
+    /// `buf` holds no more of the body: read, then decode again.
+    NeedMore,
+}
+
+impl ChunkedDecoder {
+    pub(super) fn is_done(&self) -> bool {
+        self.state == State::Done
+    }
+
+    /// Takes what it can off the front of `buf`.
+    pub(super) fn decode(&mut self, buf: &mut BytesMut) -> Result<Decoded, Error> {
+        loop {
+            match self.state {
+                State::Size => {
+                    let Some(line) = take_line(buf, MAX_SIZE_LINE)? else {
+                        return Ok(Decoded::NeedMore);
+                    };
+                    let size = chunk_size(&line)?;
+                    self.state = if size == 0 {
+                        State::Trailers
+                    } else {
+                        State::Data(size)
+                    };
+                }
+                State::Data(left) => {
+                    if buf.is_empty() {
+                        return Ok(Decoded::NeedMore);
+                    }
+                    let take = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
+                    let left = left - take as u64;
+                    self.state = if left == 0 {
+                        State::DataEnd
+                    } else {
+                        State::Data(left)
+                    };
+                    return Ok(Decoded::Data(buf.split_to(take).freeze()));
+                }
+                State::DataEnd => {
+                    if buf.len() < 2 {
+                        return Ok(Decoded::NeedMore);
+                    }
+                    if &buf[..2] != b"\r\n" {
+                        return Err(Error::Chunked("chunk data not followed by CRLF"));
+                    }
+                    let _ = buf.split_to(2);
+                    self.state = State::Size;
+                }
+                State::Trailers => {
+                    if buf.starts_with(b"\r\n") {
+                        let _ = buf.split_to(2);
+                        self.state = State::Done;
+                        return Ok(Decoded::Done);
+                    }
+                    let Some(end) = memchr::memmem::find(buf, b"\r\n\r\n") else {
+                        if buf.len() > MAX_TRAILERS {
+                            return Err(Error::Chunked("trailer section too large"));
+                        }
+                        return Ok(Decoded::NeedMore);
+                    };
+                    if end + 4 > MAX_TRAILERS {
+                        return Err(Error::Chunked("trailer section too large"));
+                    }
+                    let section = buf.split_to(end + 4);
+                    self.state = State::Done;
+                    return Ok(Decoded::Trailers(trailers(&section)?));
+                }
+                State::Done => return Ok(Decoded::Done),
+            }
+        }
+    }
+}
+
+/// One CRLF-terminated line off the front of `buf`, without its CRLF.
+fn take_line(buf: &mut BytesMut, max: usize) -> Result<Option<BytesMut>, Error> {
+    let Some(lf) = memchr::memchr(b'\n', buf) else {
+        if buf.len() > max {
+            return Err(Error::Chunked("chunk-size line too long"));
+        }
+        return Ok(None);
+    };
+    if lf == 0 || buf[lf - 1] != b'\r' || lf > max {
+        return Err(Error::Chunked("chunk-size line not ended by CRLF"));
+    }
+    let mut line = buf.split_to(lf + 1);
+    line.truncate(lf - 1);
+    Ok(Some(line))
+}
+
+/// The hex size at the start of a chunk-size line; extensions are ignored.
+fn chunk_size(line: &[u8]) -> Result<u64, Error> {
+    let digits = line
+        .iter()
+        .position(|&b| !b.is_ascii_hexdigit())
+        .unwrap_or(line.len());
+    if digits == 0 || digits > 16 {
+        return Err(Error::Chunked("bad chunk size"));
+    }
+    let rest = line[digits..].trim_ascii_start();
+    if !(rest.is_empty() || rest[0] == b';') {
+        return Err(Error::Chunked("bad chunk size"));
+    }
+    let hex = std::str::from_utf8(&line[..digits]).expect("hex digits are ASCII");
+    u64::from_str_radix(hex, 16).map_err(|_| Error::Chunked("bad chunk size"))
+}
+
+fn trailers(section: &[u8]) -> Result<HeaderMap, Error> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_TRAILER_FIELDS];
+    let parsed = httparse::parse_headers(section, &mut fields)
+        .map_err(|_| Error::Chunked("malformed trailer section"))?;
+    let httparse::Status::Complete((_, fields)) = parsed else {
+        return Err(Error::Chunked("malformed trailer section"));
+    };
+    let mut map = HeaderMap::with_capacity(fields.len());
+    for field in fields {
+        let name = HeaderName::from_bytes(field.name.as_bytes())
+            .map_err(|_| Error::Chunked("malformed trailer section"))?;
+        let value = HeaderValue::from_bytes(field.value)
+            .map_err(|_| Error::Chunked("malformed trailer section"))?;
+        map.append(name, value);
+    }
+    Ok(map)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds `wire` in pieces of `step` bytes; returns the data and trailers.
+    fn decode(wire: &[u8], step: usize) -> Result<(Vec<u8>, Option<HeaderMap>, BytesMut), Error> {
+        let mut decoder = ChunkedDecoder::default();
+        let mut buf = BytesMut::new();
+        let mut fed = 0;
+        let mut data = Vec::new();
+        let mut trailers = None;
+        loop {
+            match decoder.decode(&mut buf)? {
+                Decoded::Data(chunk) => data.extend_from_slice(&chunk),
+                Decoded::Trailers(map) => trailers = Some(map),
+                Decoded::Done => return Ok((data, trailers, buf)),
+                Decoded::NeedMore => {
+                    assert!(fed < wire.len(), "ran out of input");
+                    let end = (fed + step).min(wire.len());
+                    buf.extend_from_slice(&wire[fed..end]);
+                    fed = end;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn chunks_decode_however_the_bytes_arrive() {
+        let wire = b"5\r\nhello\r\n1;ext=1\r\n \r\nA \r\n0123456789\r\n0\r\n\r\nNEXT";
+        for step in [1, 2, 3, 7, wire.len()] {
+            let (data, trailers, rest) = decode(wire, step).unwrap();
+            assert_eq!(data, b"hello 0123456789", "step {step}");
+            assert!(trailers.is_none());
+            assert!(
+                b"NEXT".starts_with(&rest),
+                "step {step}: the next message is left"
+            );
+        }
+    }
+
+    #[test]
+    fn trailers_come_out_as_a_header_map() {
+        let wire = b"3\r\nabc\r\n0\r\nx-checksum: 42\r\nx-other: a\r\n\r\n";
+        for step in [1, 5, wire.len()] {
+            let (data, trailers, _) = decode(wire, step).unwrap();
+            assert_eq!(data, b"abc");
+            let trailers = trailers.expect("trailers");
+            assert_eq!(trailers["x-checksum"], "42");
+            assert_eq!(trailers["x-other"], "a");
+        }
+    }
+
+    #[test]
+    fn malformed_framing_is_an_error() {
+        for wire in [
+            &b"zz\r\nhello\r\n0\r\n\r\n"[..],
+            b"5\nhello\r\n0\r\n\r\n",
+            b"5\r\nhelloXX0\r\n\r\n",
+            b"11111111111111111\r\n",
+            b"5 x\r\nhello\r\n0\r\n\r\n",
+            b"\r\n",
+            b"0\r\nbad trailer\r\n\r\n",
+        ] {
+            assert!(decode(wire, wire.len()).is_err(), "{wire:?}");
+        }
+        let long = format!("1;{}\r\n", "e".repeat(MAX_SIZE_LINE));
+        assert!(decode(long.as_bytes(), long.len()).is_err());
+    }
+}

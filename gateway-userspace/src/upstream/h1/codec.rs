@@ -1,0 +1,491 @@
+//! HTTP/1.1 messages on an upstream connection (RFC 9112): the request head
+//! as written, the response head as parsed, and how each body is delimited.
+
+use std::mem::MaybeUninit;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use http::{
+    header::{CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING},
+    request,
+    uri::Authority,
+    HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version,
+};
+use hyper::body::SizeHint;
+
+use super::Error;
+
+/// Header lines a response may carry (hyper's default, for both sides).
+pub(super) const MAX_HEADERS: usize = 100;
+/// Bytes a response head may take up to its blank line.
+pub(super) const MAX_HEAD_BYTES: usize = 64 * 1024;
+
+/// How the request body is delimited on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum RequestFraming {
+    /// No body at all.
+    Empty,
+    /// `Content-Length`: exactly this many bytes follow.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`: the length is not known up front.
+    Chunked,
+}
+
+impl RequestFraming {
+    /// From what the body says about itself. A body read from the client
+    /// under `Content-Length` (either protocol) knows its exact size.
+    pub(super) fn of(is_end_stream: bool, hint: &SizeHint) -> Self {
+        match hint.exact() {
+            _ if is_end_stream => RequestFraming::Empty,
+            Some(0) => RequestFraming::Empty,
+            Some(n) => RequestFraming::Length(n),
+            None => RequestFraming::Chunked,
+        }
+    }
+}
+
+/// Methods whose requests carry a body by definition: an empty one is sent
+/// as `Content-Length: 0` so the target does not wait for one.
+fn expects_body(method: &Method) -> bool {
+    matches!(*method, Method::POST | Method::PUT | Method::PATCH)
+}
+
+/// The request head in origin form. The message's own framing headers are
+/// replaced by the ones `framing` calls for (the client's framing ended at
+/// this proxy: the body was decoded there); a missing Host is `authority`.
+pub(super) fn encode_head(
+    head: &request::Parts,
+    authority: &Authority,
+    framing: RequestFraming,
+) -> Bytes {
+    let path = head.uri.path_and_query().map_or("/", |path| path.as_str());
+    let mut size = head.method.as_str().len() + path.len() + 16;
+    for (name, value) in &head.headers {
+        size += name.as_str().len() + value.len() + 4;
+    }
+    let mut buf = BytesMut::with_capacity(size + authority.as_str().len() + 40);
+    buf.put_slice(head.method.as_str().as_bytes());
+    buf.put_u8(b' ');
+    buf.put_slice(path.as_bytes());
+    buf.put_slice(b" HTTP/1.1\r\n");
+    if !head.headers.contains_key(HOST) {
+        put_header(&mut buf, b"host", authority.as_str().as_bytes());
+    }
+    for (name, value) in &head.headers {
+        if name == CONTENT_LENGTH || name == TRANSFER_ENCODING {
+            continue;
+        }
+        put_header(&mut buf, name.as_str().as_bytes(), value.as_bytes());
+    }
+    match framing {
+        RequestFraming::Empty if expects_body(&head.method) => {
+            buf.put_slice(b"content-length: 0\r\n");
+        }
+        RequestFraming::Empty => {}
+        RequestFraming::Length(n) => {
+            buf.put_slice(b"content-length: ");
+            buf.put_slice(itoa(n, &mut [0; 20]));
+            buf.put_slice(b"\r\n");
+        }
+        RequestFraming::Chunked => buf.put_slice(b"transfer-encoding: chunked\r\n"),
+    }
+    buf.put_slice(b"\r\n");
+    buf.freeze()
+}
+
+fn put_header(buf: &mut BytesMut, name: &[u8], value: &[u8]) {
+    buf.put_slice(name);
+    buf.put_slice(b": ");
+    buf.put_slice(value);
+    buf.put_slice(b"\r\n");
+}
+
+/// `n` in decimal, written at the end of `digits`.
+fn itoa(mut n: u64, digits: &mut [u8; 20]) -> &[u8] {
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &digits[at..];
+        }
+    }
+}
+
+/// The line that starts a chunk of `len` bytes: the size in hex, CRLF.
+pub(super) fn chunk_size_line(len: usize) -> Bytes {
+    let mut line = BytesMut::with_capacity(18);
+    let digits = (usize::BITS - len.leading_zeros()).div_ceil(4).max(1);
+    for shift in (0..digits).rev() {
+        line.put_u8(b"0123456789abcdef"[(len >> (shift * 4)) & 0xf]);
+    }
+    line.put_slice(b"\r\n");
+    line.freeze()
+}
+
+/// How the response body is delimited (RFC 9112 §6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ResponseFraming {
+    /// No body: HEAD, 1xx, 204, 304.
+    Empty,
+    Length(u64),
+    Chunked,
+    /// Everything until the target closes the connection.
+    UntilClose,
+}
+
+/// A parsed response head.
+pub(super) struct ResponseHead {
+    pub status: StatusCode,
+    pub version: Version,
+    pub headers: HeaderMap,
+    pub framing: ResponseFraming,
+    /// Whether the target keeps the connection open after this response.
+    pub keep_alive: bool,
+}
+
+/// Parses a response head off the front of `buf`. `Ok(None)`: not all of
+/// it is in yet. `method` is the request's (a HEAD response has no body).
+pub(super) fn parse_response(
+    buf: &mut BytesMut,
+    method: &Method,
+) -> Result<Option<ResponseHead>, Error> {
+    let mut slots: [MaybeUninit<httparse::Header<'_>>; MAX_HEADERS] =
+        [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut response,
+        buf,
+        &mut slots,
+    );
+    let len = match parsed {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD_BYTES => {
+            return Err(Error::HeadTooLarge)
+        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(Error::HeadTooLarge),
+        Err(error) => return Err(Error::Parse(error)),
+    };
+    let code = response.code.expect("complete");
+    let status = StatusCode::from_u16(code).map_err(|_| Error::Parse(httparse::Error::Status))?;
+    let version = match response.version {
+        Some(1) => Version::HTTP_11,
+        _ => Version::HTTP_10,
+    };
+    // Header values become slices of the head, which stays in one shared
+    // buffer: no copy per value. Offsets first, while httparse borrows it
+    // (all within MAX_HEAD_BYTES of the start, so they fit in u32).
+    let base = buf.as_ptr() as usize;
+    let mut spans = [[0u32; 4]; MAX_HEADERS];
+    let count = response.headers.len();
+    for (span, header) in spans.iter_mut().zip(response.headers.iter()) {
+        let name = header.name.as_ptr() as usize - base;
+        let value = header.value.as_ptr() as usize - base;
+        *span = [
+            name,
+            name + header.name.len(),
+            value,
+            value + header.value.len(),
+        ]
+        .map(|at| at as u32);
+    }
+    let head = buf.split_to(len).freeze();
+    let mut headers = HeaderMap::with_capacity(count);
+    for span in &spans[..count] {
+        let [name_start, name_end, value_start, value_end] = span.map(|at| at as usize);
+        let name = HeaderName::from_bytes(&head[name_start..name_end])
+            .map_err(|_| Error::Parse(httparse::Error::HeaderName))?;
+        let value = HeaderValue::from_maybe_shared(head.slice(value_start..value_end))
+            .map_err(|_| Error::Parse(httparse::Error::HeaderValue))?;
+        headers.append(name, value);
+    }
+    let keep_alive = keeps_alive(version, &headers);
+    let framing = response_framing(method, status, &mut headers)?;
+    Ok(Some(ResponseHead {
+        status,
+        version,
+        headers,
+        framing,
+        keep_alive: keep_alive && framing != ResponseFraming::UntilClose,
+    }))
+}
+
+fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
+    let has = |token: &str| {
+        headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    };
+    match version {
+        Version::HTTP_11 => !has("close"),
+        _ => has("keep-alive"),
+    }
+}
+
+/// RFC 9112 §6.3, in order. With Transfer-Encoding any Content-Length is
+/// dropped (it would contradict the framing the client gets); differing
+/// Content-Length values are an error, never a guess.
+fn response_framing(
+    method: &Method,
+    status: StatusCode,
+    headers: &mut HeaderMap,
+) -> Result<ResponseFraming, Error> {
+    if *method == Method::HEAD
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        return Ok(ResponseFraming::Empty);
+    }
+    if headers.contains_key(TRANSFER_ENCODING) {
+        headers.remove(CONTENT_LENGTH);
+        let last = headers
+            .get_all(TRANSFER_ENCODING)
+            .iter()
+            .next_back()
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit(',').next())
+            .map(str::trim);
+        return Ok(match last {
+            Some(coding) if coding.eq_ignore_ascii_case("chunked") => ResponseFraming::Chunked,
+            _ => ResponseFraming::UntilClose,
+        });
+    }
+    let mut length = None;
+    for value in headers.get_all(CONTENT_LENGTH) {
+        for item in value.as_bytes().split(|&b| b == b',') {
+            let n = parse_length(item.trim_ascii()).ok_or(Error::BadContentLength)?;
+            if length.is_some_and(|seen| seen != n) {
+                return Err(Error::BadContentLength);
+            }
+            length = Some(n);
+        }
+    }
+    Ok(match length {
+        Some(n) => ResponseFraming::Length(n),
+        None => ResponseFraming::UntilClose,
+    })
+}
+
+fn parse_length(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(digits.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0')))
+}
+
+#[cfg(test)]
+mod tests {
+    use http::Request;
+
+    use super::*;
+
+    fn head(method: &str, uri: &str, headers: &[(&str, &str)]) -> request::Parts {
+        let mut builder = Request::builder().method(method).uri(uri);
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        builder.body(()).unwrap().into_parts().0
+    }
+
+    fn authority() -> Authority {
+        Authority::from_static("10.0.0.1:8080")
+    }
+
+    #[test]
+    fn the_head_gets_framing_of_its_own_and_a_host_when_missing() {
+        let parts = head(
+            "POST",
+            "/a/b?c=d",
+            &[
+                ("x-one", "1"),
+                ("transfer-encoding", "chunked"),
+                ("content-length", "99"),
+            ],
+        );
+        let encoded = encode_head(&parts, &authority(), RequestFraming::Length(12345));
+        assert_eq!(
+            encoded,
+            "POST /a/b?c=d HTTP/1.1\r\nhost: 10.0.0.1:8080\r\nx-one: 1\r\ncontent-length: 12345\r\n\r\n"
+        );
+
+        let parts = head("PUT", "/", &[("host", "api.test")]);
+        assert_eq!(
+            encode_head(&parts, &authority(), RequestFraming::Chunked),
+            "PUT / HTTP/1.1\r\nhost: api.test\r\ntransfer-encoding: chunked\r\n\r\n"
+        );
+        assert_eq!(
+            encode_head(&parts, &authority(), RequestFraming::Empty),
+            "PUT / HTTP/1.1\r\nhost: api.test\r\ncontent-length: 0\r\n\r\n"
+        );
+        let parts = head("GET", "/g", &[("host", "api.test")]);
+        assert_eq!(
+            encode_head(&parts, &authority(), RequestFraming::Empty),
+            "GET /g HTTP/1.1\r\nhost: api.test\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn request_framing_follows_the_body() {
+        assert_eq!(
+            RequestFraming::of(true, &SizeHint::default()),
+            RequestFraming::Empty
+        );
+        assert_eq!(
+            RequestFraming::of(false, &SizeHint::with_exact(0)),
+            RequestFraming::Empty
+        );
+        assert_eq!(
+            RequestFraming::of(false, &SizeHint::with_exact(7)),
+            RequestFraming::Length(7)
+        );
+        assert_eq!(
+            RequestFraming::of(false, &SizeHint::default()),
+            RequestFraming::Chunked
+        );
+    }
+
+    #[test]
+    fn chunk_size_lines_are_lowercase_hex() {
+        for (len, line) in [
+            (1, "1"),
+            (15, "f"),
+            (16, "10"),
+            (65536, "10000"),
+            (0xabc, "abc"),
+        ] {
+            assert_eq!(chunk_size_line(len), format!("{line}\r\n"));
+        }
+        assert_eq!(itoa(0, &mut [0; 20]), b"0");
+        assert_eq!(
+            itoa(u64::MAX, &mut [0; 20]),
+            u64::MAX.to_string().as_bytes()
+        );
+    }
+
+    fn parse(raw: &str, method: &Method) -> Result<Option<ResponseHead>, Error> {
+        parse_response(&mut BytesMut::from(raw), method)
+    }
+
+    fn framing(raw: &str) -> ResponseFraming {
+        parse(raw, &Method::GET).unwrap().unwrap().framing
+    }
+
+    #[test]
+    fn a_head_is_taken_off_the_buffer_and_the_body_left() {
+        let mut buf = BytesMut::from(
+            "HTTP/1.1 201 Created\r\nX-A: 1\r\nx-a: 2\r\ncontent-length: 5\r\n\r\nhello",
+        );
+        let head = parse_response(&mut buf, &Method::GET).unwrap().unwrap();
+        assert_eq!(head.status, StatusCode::CREATED);
+        assert_eq!(head.version, Version::HTTP_11);
+        let values: Vec<_> = head.headers.get_all("x-a").iter().collect();
+        assert_eq!(values, ["1", "2"]);
+        assert_eq!(head.framing, ResponseFraming::Length(5));
+        assert!(head.keep_alive);
+        assert_eq!(buf, "hello");
+    }
+
+    #[test]
+    fn an_incomplete_head_waits_and_an_endless_one_is_refused() {
+        assert!(parse("HTTP/1.1 200 OK\r\nx-a: 1\r\n", &Method::GET)
+            .unwrap()
+            .is_none());
+        let endless = format!("HTTP/1.1 200 OK\r\nx-a: {}", "a".repeat(MAX_HEAD_BYTES));
+        assert!(matches!(
+            parse(&endless, &Method::GET),
+            Err(Error::HeadTooLarge)
+        ));
+        let many: String = (0..=MAX_HEADERS).map(|i| format!("x-{i}: 1\r\n")).collect();
+        assert!(matches!(
+            parse(&format!("HTTP/1.1 200 OK\r\n{many}\r\n"), &Method::GET),
+            Err(Error::HeadTooLarge)
+        ));
+    }
+
+    #[test]
+    fn garbage_is_an_error() {
+        for raw in [
+            "SSH-2.0-OpenSSH\r\n\r\n",
+            "HTTP/1.1 2000 OK\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nbad header\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nx-a: 1\r\n folded\r\n\r\n",
+        ] {
+            assert!(
+                matches!(parse(raw, &Method::GET), Err(Error::Parse(_))),
+                "{raw:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112_section_6_3() {
+        assert_eq!(
+            framing("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"),
+            ResponseFraming::Chunked
+        );
+        assert_eq!(
+            framing("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n"),
+            ResponseFraming::Chunked
+        );
+        assert_eq!(
+            framing("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n"),
+            ResponseFraming::UntilClose
+        );
+        assert_eq!(
+            framing("HTTP/1.1 200 OK\r\ncontent-length: 3, 3\r\ncontent-length: 3\r\n\r\n"),
+            ResponseFraming::Length(3)
+        );
+        assert_eq!(
+            framing("HTTP/1.1 200 OK\r\n\r\n"),
+            ResponseFraming::UntilClose
+        );
+        for status in ["204 No Content", "304 Not Modified", "100 Continue"] {
+            assert_eq!(
+                framing(&format!("HTTP/1.1 {status}\r\ncontent-length: 9\r\n\r\n")),
+                ResponseFraming::Empty
+            );
+        }
+        let head = parse(
+            "HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\n",
+            &Method::HEAD,
+        );
+        assert_eq!(head.unwrap().unwrap().framing, ResponseFraming::Empty);
+
+        // Both: chunked wins and the length is not passed on.
+        let head = parse(
+            "HTTP/1.1 200 OK\r\ncontent-length: 9\r\ntransfer-encoding: chunked\r\n\r\n",
+            &Method::GET,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(head.framing, ResponseFraming::Chunked);
+        assert!(!head.headers.contains_key(CONTENT_LENGTH));
+
+        for bad in ["3, 4", "-1", "", "0x10", "99999999999999999999"] {
+            let raw = format!("HTTP/1.1 200 OK\r\ncontent-length: {bad}\r\n\r\n");
+            assert!(
+                matches!(parse(&raw, &Method::GET), Err(Error::BadContentLength)),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn keep_alive_by_version_and_connection_header() {
+        let keep = |raw: &str| parse(raw, &Method::GET).unwrap().unwrap().keep_alive;
+        assert!(keep("HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"));
+        assert!(!keep(
+            "HTTP/1.1 200 OK\r\nconnection: keep-alive, Close\r\ncontent-length: 0\r\n\r\n"
+        ));
+        assert!(!keep("HTTP/1.0 200 OK\r\ncontent-length: 0\r\n\r\n"));
+        assert!(keep(
+            "HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: 0\r\n\r\n"
+        ));
+        assert!(!keep("HTTP/1.1 200 OK\r\n\r\n"), "delimited by close");
+    }
+}

@@ -1,0 +1,150 @@
+//! Idle keep-alive connections to each target, pooled per proxy worker (see
+//! `proxy::workers`). Only the worker that opened a connection uses it, so
+//! its socket stays with that worker's reactor and nothing crosses threads.
+//! A connection is in the pool only while idle: it leaves with a request and
+//! comes back when the response body is through (see `body`). Idle ones are
+//! closed after `pool_idle_timeout` or once the target closes them, and at
+//! most `pool_max_idle_per_target` are kept per target and worker.
+
+use std::{
+    collections::HashMap,
+    io,
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex, Weak,
+    },
+    time::Duration,
+};
+
+use tokio::{net::TcpStream, time::Instant};
+
+use super::conn::Conn;
+use crate::{config, proxy::workers};
+
+/// Keep-alive HTTP/1.1 connections, one pool per worker.
+#[derive(Clone)]
+pub struct Http1Pool {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// By worker index, then target.
+    idle: Vec<Mutex<IdleByTarget>>,
+    /// Whether the worker runs this pool's reaper yet.
+    reaping: Vec<AtomicBool>,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+    max_idle: usize,
+}
+
+/// One worker's idle connections, by target (looked up twice per request:
+/// a fast hash, not SipHash).
+type IdleByTarget = HashMap<SocketAddr, Vec<Pooled>, foldhash::fast::RandomState>;
+
+struct Pooled {
+    conn: Conn,
+    /// When it came back.
+    idle_since: Instant,
+}
+
+/// Where a connection goes back to when its exchange is through.
+pub(super) struct Slot {
+    inner: Arc<Inner>,
+    worker: usize,
+    target: SocketAddr,
+}
+
+impl Slot {
+    pub fn checkin(self, conn: Conn) {
+        let mut idle = self.inner.idle[self.worker].lock().unwrap();
+        let pooled = idle.entry(self.target).or_default();
+        if pooled.len() < self.inner.max_idle {
+            pooled.push(Pooled {
+                conn,
+                idle_since: Instant::now(),
+            });
+        }
+        // Else dropped: closed.
+    }
+}
+
+impl Http1Pool {
+    pub fn new(config: &config::Upstream) -> Self {
+        let workers = workers::count();
+        Self {
+            inner: Arc::new(Inner {
+                idle: (0..workers).map(|_| Mutex::default()).collect(),
+                reaping: (0..workers).map(|_| AtomicBool::new(false)).collect(),
+                connect_timeout: config.connect_timeout,
+                idle_timeout: config.pool_idle_timeout,
+                max_idle: config.pool_max_idle_per_target,
+            }),
+        }
+    }
+
+    /// The calling worker's most recently used idle connection to `target`
+    /// that is still open, and the slot it goes back to.
+    pub(super) fn checkout(&self, target: SocketAddr) -> (Option<Conn>, Slot) {
+        let worker = workers::current() % self.inner.idle.len();
+        let slot = Slot {
+            inner: self.inner.clone(),
+            worker,
+            target,
+        };
+        let mut idle = self.inner.idle[worker].lock().unwrap();
+        let Some(pooled) = idle.get_mut(&target) else {
+            return (None, slot);
+        };
+        let now = Instant::now();
+        while let Some(candidate) = pooled.pop() {
+            if now.duration_since(candidate.idle_since) <= self.inner.idle_timeout
+                && candidate.conn.is_open()
+            {
+                return (Some(candidate.conn), slot);
+            }
+        }
+        (None, slot)
+    }
+
+    /// A new connection to `slot`'s target; starts the worker's reaper.
+    pub(super) async fn connect(&self, slot: &Slot) -> io::Result<Conn> {
+        let timeout = self.inner.connect_timeout;
+        let stream = match tokio::time::timeout(timeout, TcpStream::connect(slot.target)).await {
+            Ok(stream) => stream?,
+            Err(_elapsed) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("no connection within {timeout:?}"),
+                ))
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        if !self.inner.reaping[slot.worker].swap(true, Ordering::Relaxed) {
+            tokio::spawn(reap(
+                Arc::downgrade(&self.inner),
+                slot.worker,
+                self.inner.idle_timeout,
+            ));
+        }
+        Ok(Conn::new(stream))
+    }
+}
+
+/// Closes this worker's idle connections past the idle timeout or closed by
+/// their target, until the pool is gone (its upstream replaced by a reload).
+async fn reap(pool: Weak<Inner>, worker: usize, idle_timeout: Duration) {
+    let period = (idle_timeout / 2).max(Duration::from_millis(100));
+    loop {
+        tokio::time::sleep(period).await;
+        let Some(inner) = pool.upgrade() else {
+            return;
+        };
+        let now = Instant::now();
+        let mut idle = inner.idle[worker].lock().unwrap();
+        for pooled in idle.values_mut() {
+            pooled.retain(|p| now.duration_since(p.idle_since) <= idle_timeout && p.conn.is_open());
+        }
+        idle.retain(|_, pooled| !pooled.is_empty());
+    }
+}

@@ -1,0 +1,436 @@
+//! The client against scripted targets on loopback: raw sockets that answer
+//! with exact bytes, so each framing and connection-reuse case is the one
+//! under test and nothing smooths it over.
+
+use std::{
+    net::SocketAddr,
+    pin::Pin,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::{Body as HttpBody, Frame};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+    sync::mpsc,
+};
+
+use super::*;
+use crate::{
+    config,
+    proxy::{Body, BoxError},
+    upstream::replay::RequestBody,
+};
+
+/// What the target does with each request head it reads on a connection.
+type Script = Arc<dyn Fn(usize, &str) -> Reply + Send + Sync>;
+
+enum Reply {
+    /// Writes these bytes and reads the next request.
+    Send(&'static str),
+    /// Writes these bytes and closes.
+    SendAndClose(&'static str),
+    /// Closes without a word.
+    Close,
+}
+
+/// A target that runs `script` for every request head; counts connections.
+async fn target(script: Script) -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            let connection = count.fetch_add(1, Ordering::SeqCst);
+            let script = script.clone();
+            tokio::spawn(async move {
+                loop {
+                    let Some(head) = read_head(&mut stream).await else {
+                        return;
+                    };
+                    match script(connection, &head) {
+                        Reply::Send(bytes) => stream.write_all(bytes.as_bytes()).await.unwrap(),
+                        Reply::SendAndClose(bytes) => {
+                            stream.write_all(bytes.as_bytes()).await.unwrap();
+                            return;
+                        }
+                        Reply::Close => return,
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+/// Reads up to the blank line; `None` when the client closed.
+async fn read_head(stream: &mut TcpStream) -> Option<String> {
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0];
+        if stream.read(&mut byte).await.ok()? == 0 {
+            return None;
+        }
+        head.push(byte[0]);
+    }
+    Some(String::from_utf8(head).unwrap())
+}
+
+fn pool() -> Http1Pool {
+    let config: config::Upstream =
+        serde_yaml::from_str("{targets: ['127.0.0.1:1'], pool_idle_timeout: 60s}").unwrap();
+    Http1Pool::new(&config)
+}
+
+fn body(bytes: &'static [u8]) -> Body {
+    if bytes.is_empty() {
+        return Empty::new().map_err(|never| match never {}).boxed();
+    }
+    Full::new(Bytes::from_static(bytes))
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+fn request(method: &str, body: Body) -> Request<AttemptBody> {
+    let attempt = RequestBody::new(body).for_attempt().unwrap();
+    Request::builder()
+        .method(method)
+        .uri("/path?q=1")
+        .header("host", "api.test")
+        .body(attempt)
+        .unwrap()
+}
+
+async fn send(
+    pool: &Http1Pool,
+    addr: SocketAddr,
+    request: Request<AttemptBody>,
+) -> Result<Response<ResponseBody>, Failed> {
+    let authority = Authority::try_from(addr.to_string()).unwrap();
+    pool.send(addr, &authority, request).await
+}
+
+async fn collect(response: Response<ResponseBody>) -> (Bytes, Option<http::HeaderMap>) {
+    let collected = response.into_body().collect().await.unwrap();
+    let trailers = collected.trailers().cloned();
+    (collected.to_bytes(), trailers)
+}
+
+fn error_of(result: Result<Response<ResponseBody>, Failed>) -> SendError {
+    match result {
+        Ok(response) => panic!("expected a failure, got {}", response.status()),
+        Err(failed) => failed.error,
+    }
+}
+
+const OK_5: &str = "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello";
+
+#[tokio::test]
+async fn a_connection_is_reused_after_a_clean_exchange_and_closed_when_told() {
+    let (addr, accepted) = target(Arc::new(|_, head: &str| {
+        if head.contains("x-last: 1") {
+            Reply::Send("HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nby")
+        } else {
+            Reply::Send(OK_5)
+        }
+    }))
+    .await;
+    let pool = pool();
+    for _ in 0..3 {
+        let response = send(&pool, addr, request("GET", body(b"")))
+            .await
+            .ok()
+            .unwrap();
+        assert_eq!(collect(response).await.0, "hello");
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1, "one connection for all");
+
+    let mut last = request("GET", body(b""));
+    last.headers_mut()
+        .insert("x-last", http::HeaderValue::from_static("1"));
+    let response = send(&pool, addr, last).await.ok().unwrap();
+    assert_eq!(collect(response).await.0, "by");
+    let response = send(&pool, addr, request("GET", body(b"")))
+        .await
+        .ok()
+        .unwrap();
+    assert_eq!(collect(response).await.0, "hello");
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        2,
+        "`connection: close` honoured"
+    );
+}
+
+#[tokio::test]
+async fn a_connection_the_target_closed_while_idle_is_not_used() {
+    let (addr, accepted) = target(Arc::new(|_, _: &str| Reply::SendAndClose(OK_5))).await;
+    let pool = pool();
+    for round in 1..=3 {
+        let response = send(&pool, addr, request("GET", body(b"")))
+            .await
+            .ok()
+            .unwrap();
+        assert_eq!(collect(response).await.0, "hello");
+        // The FIN reaches the idle socket before the next request.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(accepted.load(Ordering::SeqCst), round);
+    }
+}
+
+#[tokio::test]
+async fn a_pooled_connection_that_dies_under_a_request_is_retried_only_when_safe() {
+    // Every connection answers its first request and drops the second
+    // unanswered: the keep-alive race, when a target closes an idle
+    // connection just as a request goes out on it.
+    let first_only = |connection_requests: Arc<std::sync::Mutex<Vec<usize>>>| -> Script {
+        Arc::new(move |connection, _: &str| {
+            let mut seen = connection_requests.lock().unwrap();
+            if seen.len() <= connection {
+                seen.resize(connection + 1, 0);
+            }
+            seen[connection] += 1;
+            if seen[connection] == 1 {
+                Reply::Send(OK_5)
+            } else {
+                Reply::Close
+            }
+        })
+    };
+    let (addr, accepted) = target(first_only(Default::default())).await;
+    let pool = pool();
+    let response = send(&pool, addr, request("GET", body(b"")))
+        .await
+        .ok()
+        .unwrap();
+    assert_eq!(collect(response).await.0, "hello");
+
+    // GET: nothing came back on the pooled connection, so it goes again on
+    // a new one.
+    let response = send(&pool, addr, request("GET", body(b"")))
+        .await
+        .ok()
+        .unwrap();
+    assert_eq!(collect(response).await.0, "hello");
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+
+    // POST with a body that went out: the target may have acted on it, so
+    // the failure is the answer (a reset when the target closed with the
+    // body unread, else a plain close).
+    let error = error_of(send(&pool, addr, request("POST", body(b"pay"))).await);
+    assert!(
+        matches!(
+            error,
+            SendError::Http1(Error::ClosedBeforeResponse | Error::Read(_))
+        ),
+        "{error:?}"
+    );
+    assert_eq!(accepted.load(Ordering::SeqCst), 2, "not sent again");
+}
+
+#[tokio::test]
+async fn interim_responses_are_skipped_and_trailers_pass_through() {
+    let (addr, _) = target(Arc::new(|_, _: &str| {
+        Reply::Send(
+            "HTTP/1.1 100 Continue\r\n\r\n\
+             HTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n\
+             HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\
+             3\r\nabc\r\n2\r\nde\r\n0\r\nx-sum: 5\r\n\r\n",
+        )
+    }))
+    .await;
+    let response = send(&pool(), addr, request("POST", body(b"x")))
+        .await
+        .ok()
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let (data, trailers) = collect(response).await;
+    assert_eq!(data, "abcde");
+    assert_eq!(trailers.expect("trailers")["x-sum"], "5");
+}
+
+#[tokio::test]
+async fn bodies_end_where_their_framing_says() {
+    let (addr, accepted) = target(Arc::new(|_, head: &str| {
+        if head.starts_with("HEAD") {
+            Reply::Send("HTTP/1.1 200 OK\r\ncontent-length: 99\r\n\r\n")
+        } else if head.contains("x-case: 204") {
+            Reply::Send("HTTP/1.1 204 No Content\r\ncontent-length: 7\r\n\r\n")
+        } else {
+            Reply::SendAndClose("HTTP/1.1 200 OK\r\n\r\nuntil the end")
+        }
+    }))
+    .await;
+    let pool = pool();
+    let response = send(&pool, addr, request("HEAD", body(b"")))
+        .await
+        .ok()
+        .unwrap();
+    assert!(response.body().is_end_stream(), "HEAD: no body");
+    assert_eq!(response.headers()["content-length"], "99");
+    drop(response);
+    let mut no_content = request("GET", body(b""));
+    no_content
+        .headers_mut()
+        .insert("x-case", http::HeaderValue::from_static("204"));
+    let response = send(&pool, addr, no_content).await.ok().unwrap();
+    assert!(response.body().is_end_stream(), "204: no body");
+    assert_eq!(accepted.load(Ordering::SeqCst), 1, "both on one connection");
+
+    let response = send(&pool, addr, request("GET", body(b"")))
+        .await
+        .ok()
+        .unwrap();
+    assert_eq!(collect(response).await.0, "until the end");
+}
+
+#[tokio::test]
+async fn misframed_responses_are_errors_and_the_connection_is_not_reused() {
+    let (addr, accepted) = target(Arc::new(|connection, _: &str| match connection {
+        0 => Reply::Send("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n"),
+        1 => Reply::SendAndClose("HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort"),
+        2 => Reply::Send("HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n"),
+        _ => Reply::Send(OK_5),
+    }))
+    .await;
+    let pool = pool();
+    let response = send(&pool, addr, request("GET", body(b"")))
+        .await
+        .ok()
+        .unwrap();
+    let error = response.into_body().collect().await.unwrap_err();
+    assert!(matches!(error, Error::Chunked(_)), "{error:?}");
+
+    let response = send(&pool, addr, request("GET", body(b"")))
+        .await
+        .ok()
+        .unwrap();
+    let error = response.into_body().collect().await.unwrap_err();
+    assert!(matches!(error, Error::Incomplete), "{error:?}");
+
+    let error = error_of(send(&pool, addr, request("GET", body(b""))).await);
+    assert!(
+        matches!(error, SendError::Http1(Error::BadContentLength)),
+        "{error:?}"
+    );
+    let response = send(&pool, addr, request("GET", body(b"")))
+        .await
+        .ok()
+        .unwrap();
+    assert_eq!(collect(response).await.0, "hello");
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        4,
+        "a new connection each time"
+    );
+}
+
+/// A request body fed chunk by chunk from the test.
+struct Fed(mpsc::Receiver<Bytes>);
+
+impl HttpBody for Fed {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|c| Ok(Frame::data(c))))
+    }
+}
+
+/// The target answers at once and echoes the upload as it arrives: each
+/// piece must come back before the next is sent, so neither direction
+/// waits for the other to finish.
+#[tokio::test]
+async fn an_upload_and_its_echo_stream_at_the_same_time() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let head = read_head(&mut stream).await.unwrap();
+        assert!(head.contains("transfer-encoding: chunked"), "{head}");
+        stream
+            .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+            .await
+            .unwrap();
+        // Relays the chunked upload as the chunked answer, byte for byte.
+        let mut buf = [0; 4096];
+        loop {
+            let n = stream.read(&mut buf).await.unwrap();
+            if n == 0 {
+                return;
+            }
+            stream.write_all(&buf[..n]).await.unwrap();
+            if buf[..n].ends_with(b"0\r\n\r\n") {
+                return;
+            }
+        }
+    });
+    let (tx, rx) = mpsc::channel(1);
+    let response = send(&pool(), addr, request("POST", Fed(rx).boxed()))
+        .await
+        .ok()
+        .unwrap();
+    let mut body = response.into_body();
+    for piece in ["one", "two", "three"] {
+        tx.send(Bytes::from_static(piece.as_bytes())).await.unwrap();
+        let frame = tokio::time::timeout(Duration::from_secs(10), body.frame())
+            .await
+            .expect("the echo came back while the upload was still open")
+            .unwrap()
+            .unwrap();
+        assert_eq!(frame.into_data().unwrap(), piece);
+    }
+    drop(tx);
+    assert!(body.frame().await.is_none());
+}
+
+#[tokio::test]
+async fn a_101_hands_over_the_socket_with_what_followed_it() {
+    let (addr, _) = target(Arc::new(|_, _: &str| {
+        Reply::Send(
+            "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\nEARLY",
+        )
+    }))
+    .await;
+    let pool = pool();
+    let mut upgrade = request("GET", body(b""));
+    upgrade
+        .headers_mut()
+        .insert("connection", http::HeaderValue::from_static("upgrade"));
+    upgrade
+        .headers_mut()
+        .insert("upgrade", http::HeaderValue::from_static("websocket"));
+    let response = send(&pool, addr, upgrade).await.ok().unwrap();
+    assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+    let (_socket, early) = response
+        .extensions()
+        .get::<Upgraded>()
+        .expect("the socket is handed over")
+        .take()
+        .unwrap();
+    assert_eq!(early, "EARLY");
+
+    // A 101 nobody asked for is not a response to pass on.
+    let error = error_of(send(&pool, addr, request("GET", body(b""))).await);
+    assert!(
+        matches!(error, SendError::Http1(Error::UnexpectedUpgrade)),
+        "{error:?}"
+    );
+}
