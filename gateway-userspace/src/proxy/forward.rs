@@ -54,12 +54,13 @@ pub(super) async fn forward(
     if let Some(upgrade) = &upgrade {
         upgrade.restore_request_headers(&mut parts.headers);
     }
-    ctx.conn
-        .forwarding
-        .apply(&mut parts.headers, peer_trusted, &ctx.request_id);
+    let forward_fields =
+        ctx.conn
+            .forwarding
+            .fields(&mut parts.headers, peer_trusted, &ctx.request_id);
 
     let request = Request::from_parts(parts, body);
-    let mut response = match route.upstream.dispatch(request, ctx).await {
+    let mut response = match route.upstream.dispatch(request, &forward_fields, ctx).await {
         Ok(response) => response,
         Err(rejection) if rejection.caused_by::<limits::BodyTooLarge>() => {
             return Err(Rejection::PayloadTooLarge)

@@ -131,40 +131,51 @@ impl Forwarding {
         }
     }
 
-    /// Sets X-Forwarded-For/Proto/Host, Forwarded and X-Request-Id. A
-    /// trusted proxy's values are kept (and the chains extended); anyone
-    /// else's are replaced, so a client cannot forge its address.
+    /// Sets X-Forwarded-For/Proto/Host, Forwarded and X-Request-Id in
+    /// `headers` (see [`Forwarding::fields`]).
+    #[cfg(test)]
     pub fn apply(&self, headers: &mut HeaderMap, peer_trusted: bool, request_id: &HeaderValue) {
-        // Room for the five headers below at once, instead of the map
-        // growing (and rehashing) on the way.
-        headers.reserve(5);
-        let host = headers.get(header::HOST).cloned();
+        self.fields(headers, peer_trusted, request_id)
+            .insert_into(headers);
+    }
 
-        let prior_xff = joined(headers, &X_FORWARDED_FOR, peer_trusted);
-        let xff = match prior_xff {
+    /// X-Forwarded-For/Proto/Host, Forwarded and X-Request-Id for the
+    /// request with `headers`. A trusted proxy's values are kept (and the
+    /// chains extended); anyone else's are replaced, so a client cannot
+    /// forge its address. The request's own copies of what is returned are
+    /// taken out of `headers`; the returned fields go on the upstream
+    /// request after its headers.
+    pub fn fields(
+        &self,
+        headers: &mut HeaderMap,
+        peer_trusted: bool,
+        request_id: &HeaderValue,
+    ) -> ForwardFields {
+        let host = headers.get(header::HOST).cloned();
+        // The usual case, checked in one pass over the names: the client
+        // sent none of them, so there is nothing to keep, extend or remove.
+        let present = headers.keys().any(|name| FIELD_NAMES.contains(name));
+        let mut fields = ForwardFields::default();
+
+        let prior_xff = joined(headers, &X_FORWARDED_FOR, present && peer_trusted);
+        fields.0[XFF] = Some(match prior_xff {
             Some(prior) => {
                 let peer = self.peer.to_str().expect("addresses are ASCII");
                 value(format!("{prior}, {peer}")).expect("both are visible ASCII")
             }
             None => self.peer.clone(),
-        };
-        headers.insert(X_FORWARDED_FOR, xff);
+        });
 
-        if !(peer_trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
-            headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(self.scheme));
+        let keep_proto = present && peer_trusted && headers.contains_key(&X_FORWARDED_PROTO);
+        if !keep_proto {
+            fields.0[XFP] = Some(HeaderValue::from_static(self.scheme));
         }
-        if !(peer_trusted && headers.contains_key(&X_FORWARDED_HOST)) {
-            match &host {
-                Some(host) => {
-                    headers.insert(X_FORWARDED_HOST, host.clone());
-                }
-                None => {
-                    headers.remove(&X_FORWARDED_HOST);
-                }
-            }
+        let keep_host = present && peer_trusted && headers.contains_key(&X_FORWARDED_HOST);
+        if !keep_host {
+            fields.0[XFH] = host.clone();
         }
 
-        let prior = joined(headers, &FORWARDED, peer_trusted);
+        let prior = joined(headers, &FORWARDED, present && peer_trusted);
         let host = host.as_ref().and_then(|h| h.to_str().ok()).filter(|host| {
             host.bytes()
                 .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
@@ -184,11 +195,53 @@ impl Forwarding {
             forwarded.push_str(host);
             forwarded.push('"');
         }
-        if let Some(value) = value(forwarded) {
-            headers.insert(FORWARDED, value);
-        }
+        fields.0[FWD] = value(forwarded);
+        fields.0[RID] = Some(request_id.clone());
 
-        headers.insert(X_REQUEST_ID, request_id.clone());
+        if present {
+            for (index, name) in FIELD_NAMES.iter().enumerate() {
+                let kept = (index == XFP && keep_proto) || (index == XFH && keep_host);
+                if !kept {
+                    headers.remove(name);
+                }
+            }
+        }
+        fields
+    }
+}
+
+/// The forwarding headers of one request, from [`Forwarding::fields`]. The
+/// HTTP/1.1 client writes them straight after the request's own headers
+/// (no insertions into the header map, which would grow it); the HTTP/2
+/// client puts them into the map.
+#[derive(Debug, Default)]
+pub struct ForwardFields([Option<HeaderValue>; 5]);
+
+static FIELD_NAMES: [HeaderName; 5] = [
+    X_FORWARDED_FOR,
+    X_FORWARDED_PROTO,
+    X_FORWARDED_HOST,
+    FORWARDED,
+    X_REQUEST_ID,
+];
+const XFF: usize = 0;
+const XFP: usize = 1;
+const XFH: usize = 2;
+const FWD: usize = 3;
+const RID: usize = 4;
+
+impl ForwardFields {
+    pub fn iter(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
+        FIELD_NAMES
+            .iter()
+            .zip(&self.0)
+            .filter_map(|(name, value)| Some((name, value.as_ref()?)))
+    }
+
+    pub fn insert_into(&self, headers: &mut HeaderMap) {
+        for (name, value) in self.iter() {
+            headers.insert(name.clone(), value.clone());
+        }
     }
 }
 

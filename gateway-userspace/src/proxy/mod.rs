@@ -30,7 +30,7 @@ use hyper::body::Incoming;
 use ipnet::IpNet;
 
 use self::access_log::AccessLogger;
-use self::headers::Forwarding;
+pub use self::headers::{ForwardFields, Forwarding};
 use self::router::Router;
 pub use self::{
     context::RequestContext,

@@ -39,7 +39,7 @@ use tokio_rustls::TlsAcceptor;
 
 use super::{
     conn_io::{sniff_preface, Prefixed, Shared, Sniffed, Stream},
-    drain::{until_drained, ConnectionScope, Tracker},
+    drain::{until_drained, ConnectionScope, Rarely, Tracker},
     headers::is_trusted,
     workers::Workers,
 };
@@ -279,7 +279,7 @@ impl Connection {
         let mut scope = self.scope.clone();
         tokio::select! {
             () = self.serve(stream) => {}
-            () = scope.closed() => tracing::debug!("connection cut at the drain deadline"),
+            () = Rarely::new(scope.closed()) => tracing::debug!("connection cut at the drain deadline"),
         }
     }
 

@@ -23,7 +23,7 @@ use super::{
 };
 use crate::{
     config::{self, UpstreamProtocol},
-    proxy::{workers, BoxError},
+    proxy::{workers, BoxError, ForwardFields},
 };
 
 /// Why an attempt got no response.
@@ -68,8 +68,9 @@ impl From<SendError> for Failed {
     }
 }
 
-pub type SendFuture =
-    Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, Failed>> + Send + 'static>>;
+/// An attempt in flight; it borrows the client and the target's address.
+pub type SendFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, Failed>> + Send + 'a>>;
 
 pub enum UpstreamClient {
     Http1(Http1Pool),
@@ -94,23 +95,22 @@ impl UpstreamClient {
         matches!(self, UpstreamClient::Http1(_))
     }
 
-    /// Sends `request` (origin-form URI) to the target at `authority`.
-    pub fn send(
-        &self,
+    /// Sends `request` (origin-form URI) with `fields` added to the target
+    /// at `authority`.
+    pub fn send<'a>(
+        &'a self,
         target: std::net::SocketAddr,
-        authority: &Authority,
+        authority: &'a Authority,
         mut request: Request<AttemptBody>,
-    ) -> SendFuture {
+        fields: &'a ForwardFields,
+    ) -> SendFuture<'a> {
         match self {
-            UpstreamClient::Http1(pool) => {
-                let pool = pool.clone();
-                let authority = authority.clone();
-                Box::pin(async move {
-                    let response = pool.send(target, &authority, request).await?;
-                    Ok(response.map(ResponseBody::Http1))
-                })
-            }
+            UpstreamClient::Http1(pool) => Box::pin(async move {
+                let response = pool.send(target, authority, request, fields).await?;
+                Ok(response.map(ResponseBody::Http1))
+            }),
             UpstreamClient::Http2(clients) => {
+                fields.insert_into(request.headers_mut());
                 let mut uri = std::mem::take(request.uri_mut()).into_parts();
                 uri.scheme = Some(http::uri::Scheme::HTTP);
                 uri.authority = Some(authority.clone());

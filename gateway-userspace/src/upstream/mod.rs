@@ -36,7 +36,7 @@ pub use self::{
 };
 use crate::{
     config,
-    proxy::{Body, Rejection, RequestContext},
+    proxy::{Body, ForwardFields, Rejection, RequestContext},
     telemetry::{Metrics, TargetMetrics},
 };
 
@@ -85,9 +85,11 @@ impl Upstream {
     /// target and returns its response once the headers are in, retrying on
     /// another target when the rules and the budget allow (see `retry`).
     /// `ctx.upstream_target` ends up naming the last attempt's target.
+    /// `fields` go on every attempt after the request's headers.
     pub async fn dispatch(
         &self,
         request: Request<Body>,
+        fields: &ForwardFields,
         ctx: &mut RequestContext,
     ) -> Result<Response<UpstreamBody>, Rejection> {
         let (parts, body) = request.into_parts();
@@ -126,7 +128,8 @@ impl Upstream {
 
             let in_flight = target.start();
             let started = now;
-            let result = tokio::time::timeout(self.timeout, self.send(target, request)).await;
+            let result =
+                tokio::time::timeout(self.timeout, self.send(target, request, fields)).await;
             now = Instant::now();
             let elapsed = now - started;
             let failure = match result {
@@ -183,8 +186,14 @@ impl Upstream {
     }
 
     /// One attempt at `target`.
-    fn send(&self, target: &Target, request: Request<replay::AttemptBody>) -> client::SendFuture {
-        self.client.send(target.addr, &target.authority, request)
+    fn send<'a>(
+        &'a self,
+        target: &'a Target,
+        request: Request<replay::AttemptBody>,
+        fields: &'a ForwardFields,
+    ) -> client::SendFuture<'a> {
+        self.client
+            .send(target.addr, &target.authority, request, fields)
     }
 }
 

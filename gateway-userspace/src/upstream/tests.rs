@@ -11,7 +11,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 use super::*;
-use crate::proxy::ConnInfo;
+use crate::proxy::{ConnInfo, ForwardFields};
 
 /// Answers every request with `status`, its name in `x-name`, and the size
 /// of the request body it read in `x-body-bytes`.
@@ -95,7 +95,11 @@ async fn a_refused_connection_is_retried_on_another_target_with_its_body() {
     for _ in 0..4 {
         let mut ctx = ctx();
         let response = u
-            .dispatch(request("POST", b"not idempotent, still safe"), &mut ctx)
+            .dispatch(
+                request("POST", b"not idempotent, still safe"),
+                &ForwardFields::default(),
+                &mut ctx,
+            )
             .await
             .expect("retried on the live target");
         assert_eq!(name(&response), "live");
@@ -132,7 +136,7 @@ async fn without_retries_the_connect_failure_surfaces() {
     let live = server("live", 200).await;
     let (u, _) = upstream(&[dead(), live], ", retries: 0");
     let error = u
-        .dispatch(request("GET", b""), &mut ctx())
+        .dispatch(request("GET", b""), &ForwardFields::default(), &mut ctx())
         .await
         .unwrap_err();
     assert!(
@@ -162,7 +166,10 @@ async fn statuses_are_retried_for_idempotent_requests_without_a_body_only() {
     ] {
         // A fresh upstream: round robin's first pick is `failing`.
         let (u, _) = upstream(&[failing, live], ", retry_on_status: [503]");
-        let response = u.dispatch(request(method, body), &mut ctx()).await.unwrap();
+        let response = u
+            .dispatch(request(method, body), &ForwardFields::default(), &mut ctx())
+            .await
+            .unwrap();
         assert_eq!(
             name(&response),
             expected,
@@ -186,7 +193,10 @@ async fn an_exhausted_budget_returns_the_original_failure() {
     // A reserve of 2 retries in 20 s, no share of traffic.
     let mut names = Vec::new();
     for _ in 0..6 {
-        let response = u.dispatch(request("GET", b""), &mut ctx()).await.unwrap();
+        let response = u
+            .dispatch(request("GET", b""), &ForwardFields::default(), &mut ctx())
+            .await
+            .unwrap();
         names.push(format!(
             "{}:{}",
             name(&response),
@@ -210,7 +220,10 @@ async fn an_exhausted_budget_returns_the_original_failure() {
 async fn a_single_target_is_retried_on_itself_after_a_connect_failure() {
     let (u, _) = upstream(&[dead()], ", retries: 3");
     let mut ctx = ctx();
-    let error = u.dispatch(request("GET", b""), &mut ctx).await.unwrap_err();
+    let error = u
+        .dispatch(request("GET", b""), &ForwardFields::default(), &mut ctx)
+        .await
+        .unwrap_err();
     assert_eq!(error.status(), StatusCode::BAD_GATEWAY);
     assert!(ctx.upstream_target.is_some());
     assert!(
@@ -224,11 +237,17 @@ async fn least_conn_counts_a_request_until_its_body_is_done() {
     let a = server("a", 200).await;
     let b = server("b", 200).await;
     let (u, _) = upstream(&[a, b], ", balancer: least_conn");
-    let first = u.dispatch(request("GET", b""), &mut ctx()).await.unwrap();
+    let first = u
+        .dispatch(request("GET", b""), &ForwardFields::default(), &mut ctx())
+        .await
+        .unwrap();
     let first_name = name(&first).to_string();
     // While the first body is unread, its target is busy.
     for _ in 0..3 {
-        let other = u.dispatch(request("GET", b""), &mut ctx()).await.unwrap();
+        let other = u
+            .dispatch(request("GET", b""), &ForwardFields::default(), &mut ctx())
+            .await
+            .unwrap();
         assert_ne!(name(&other), first_name);
         other.into_body().collect().await.unwrap();
     }
@@ -236,7 +255,10 @@ async fn least_conn_counts_a_request_until_its_body_is_done() {
     let names: Vec<String> = {
         let mut names = Vec::new();
         for _ in 0..2 {
-            let r = u.dispatch(request("GET", b""), &mut ctx()).await.unwrap();
+            let r = u
+                .dispatch(request("GET", b""), &ForwardFields::default(), &mut ctx())
+                .await
+                .unwrap();
             names.push(name(&r).to_string());
             drop(r); // a dropped body ends the count too
         }

@@ -13,6 +13,7 @@ use http::{
 use hyper::body::SizeHint;
 
 use super::Error;
+use crate::proxy::ForwardFields;
 
 /// Header lines a response may carry (hyper's default, for both sides).
 pub(super) const MAX_HEADERS: usize = 100;
@@ -49,17 +50,19 @@ fn expects_body(method: &Method) -> bool {
     matches!(*method, Method::POST | Method::PUT | Method::PATCH)
 }
 
-/// The request head in origin form. The message's own framing headers are
-/// replaced by the ones `framing` calls for (the client's framing ended at
-/// this proxy: the body was decoded there); a missing Host is `authority`.
+/// The request head in origin form, `fields` after the request's headers.
+/// The message's own framing headers are replaced by the ones `framing`
+/// calls for (the client's framing ended at this proxy: the body was
+/// decoded there); a missing Host is `authority`.
 pub(super) fn encode_head(
     head: &request::Parts,
     authority: &Authority,
+    fields: &ForwardFields,
     framing: RequestFraming,
 ) -> Bytes {
     let path = head.uri.path_and_query().map_or("/", |path| path.as_str());
     let mut size = head.method.as_str().len() + path.len() + 16;
-    for (name, value) in &head.headers {
+    for (name, value) in head.headers.iter().chain(fields.iter()) {
         size += name.as_str().len() + value.len() + 4;
     }
     let mut buf = BytesMut::with_capacity(size + authority.as_str().len() + 40);
@@ -74,6 +77,9 @@ pub(super) fn encode_head(
         if name == CONTENT_LENGTH || name == TRANSFER_ENCODING {
             continue;
         }
+        put_header(&mut buf, name.as_str().as_bytes(), value.as_bytes());
+    }
+    for (name, value) in fields.iter() {
         put_header(&mut buf, name.as_str().as_bytes(), value.as_bytes());
     }
     match framing {
@@ -283,6 +289,7 @@ mod tests {
     use http::Request;
 
     use super::*;
+    use crate::proxy::Forwarding;
 
     fn head(method: &str, uri: &str, headers: &[(&str, &str)]) -> request::Parts {
         let mut builder = Request::builder().method(method).uri(uri);
@@ -296,6 +303,34 @@ mod tests {
         Authority::from_static("10.0.0.1:8080")
     }
 
+    fn none() -> ForwardFields {
+        ForwardFields::default()
+    }
+
+    #[test]
+    fn forwarding_fields_follow_the_request_headers_and_replace_the_clients() {
+        let mut parts = head(
+            "GET",
+            "/",
+            &[
+                ("host", "api.test"),
+                ("x-forwarded-for", "6.6.6.6"),
+                ("accept", "*/*"),
+            ],
+        );
+        let id = HeaderValue::from_static("abc");
+        let forwarding = Forwarding::new("198.51.100.7".parse().unwrap(), "https");
+        let fields = forwarding.fields(&mut parts.headers, false, &id);
+        assert_eq!(
+            encode_head(&parts, &authority(), &fields, RequestFraming::Empty),
+            "GET / HTTP/1.1\r\nhost: api.test\r\naccept: */*\r\n\
+             x-forwarded-for: 198.51.100.7\r\nx-forwarded-proto: https\r\n\
+             x-forwarded-host: api.test\r\n\
+             forwarded: for=198.51.100.7;proto=https;host=\"api.test\"\r\n\
+             x-request-id: abc\r\n\r\n"
+        );
+    }
+
     #[test]
     fn the_head_gets_framing_of_its_own_and_a_host_when_missing() {
         let parts = head(
@@ -307,7 +342,7 @@ mod tests {
                 ("content-length", "99"),
             ],
         );
-        let encoded = encode_head(&parts, &authority(), RequestFraming::Length(12345));
+        let encoded = encode_head(&parts, &authority(), &none(), RequestFraming::Length(12345));
         assert_eq!(
             encoded,
             "POST /a/b?c=d HTTP/1.1\r\nhost: 10.0.0.1:8080\r\nx-one: 1\r\ncontent-length: 12345\r\n\r\n"
@@ -315,16 +350,16 @@ mod tests {
 
         let parts = head("PUT", "/", &[("host", "api.test")]);
         assert_eq!(
-            encode_head(&parts, &authority(), RequestFraming::Chunked),
+            encode_head(&parts, &authority(), &none(), RequestFraming::Chunked),
             "PUT / HTTP/1.1\r\nhost: api.test\r\ntransfer-encoding: chunked\r\n\r\n"
         );
         assert_eq!(
-            encode_head(&parts, &authority(), RequestFraming::Empty),
+            encode_head(&parts, &authority(), &none(), RequestFraming::Empty),
             "PUT / HTTP/1.1\r\nhost: api.test\r\ncontent-length: 0\r\n\r\n"
         );
         let parts = head("GET", "/g", &[("host", "api.test")]);
         assert_eq!(
-            encode_head(&parts, &authority(), RequestFraming::Empty),
+            encode_head(&parts, &authority(), &none(), RequestFraming::Empty),
             "GET /g HTTP/1.1\r\nhost: api.test\r\n\r\n"
         );
     }

@@ -39,7 +39,7 @@ use super::{
     client::{Failed, SendError},
     replay::AttemptBody,
 };
-use crate::proxy::BoxError;
+use crate::proxy::{BoxError, ForwardFields};
 
 /// How an exchange with a target failed.
 #[derive(Debug, thiserror::Error)]
@@ -86,7 +86,8 @@ impl Upgraded {
 }
 
 impl Http1Pool {
-    /// Sends `request` (origin-form URI) to `target` on an idle pooled
+    /// Sends `request` (origin-form URI, `fields` after its headers) to
+    /// `target` on an idle pooled
     /// connection if there is one, else on a new one, and returns once the
     /// response head is in. A pooled connection that turns out to have been
     /// closed by the target takes nothing: the request goes on a new one.
@@ -95,6 +96,7 @@ impl Http1Pool {
         target: std::net::SocketAddr,
         authority: &Authority,
         request: Request<AttemptBody>,
+        fields: &ForwardFields,
     ) -> Result<Response<ResponseBody>, Failed> {
         let (head, mut body) = request.into_parts();
         loop {
@@ -112,7 +114,7 @@ impl Http1Pool {
                     }
                 },
             };
-            let mut exchange = Exchange::new(conn, &head, authority, body);
+            let mut exchange = Exchange::new(conn, &head, authority, fields, body);
             let outcome = std::future::poll_fn(|cx| exchange.poll_head(cx, &head.method)).await;
             match outcome {
                 Ok(response) => {
@@ -147,9 +149,15 @@ struct Exchange {
 }
 
 impl Exchange {
-    fn new(conn: Conn, head: &request::Parts, authority: &Authority, body: AttemptBody) -> Self {
+    fn new(
+        conn: Conn,
+        head: &request::Parts,
+        authority: &Authority,
+        fields: &ForwardFields,
+        body: AttemptBody,
+    ) -> Self {
         let framing = RequestFraming::of(body.is_end_stream(), &body.size_hint());
-        let encoded = codec::encode_head(head, authority, framing);
+        let encoded = codec::encode_head(head, authority, fields, framing);
         Self {
             conn,
             sending: Sending::new(encoded, body, framing),

@@ -23,7 +23,6 @@ use super::conn::Conn;
 use crate::{config, proxy::workers};
 
 /// Keep-alive HTTP/1.1 connections, one pool per worker.
-#[derive(Clone)]
 pub struct Http1Pool {
     inner: Arc<Inner>,
 }

@@ -26,7 +26,7 @@ use tokio::{
 use super::*;
 use crate::{
     config,
-    proxy::{Body, BoxError},
+    proxy::{Body, BoxError, ForwardFields},
     upstream::replay::RequestBody,
 };
 
@@ -119,7 +119,8 @@ async fn send(
     request: Request<AttemptBody>,
 ) -> Result<Response<ResponseBody>, Failed> {
     let authority = Authority::try_from(addr.to_string()).unwrap();
-    pool.send(addr, &authority, request).await
+    pool.send(addr, &authority, request, &ForwardFields::default())
+        .await
 }
 
 async fn collect(response: Response<ResponseBody>) -> (Bytes, Option<http::HeaderMap>) {
