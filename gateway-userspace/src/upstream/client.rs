@@ -145,11 +145,10 @@ fn http2(config: &config::Upstream) -> Client<HttpConnector, AttemptBody> {
         .build(connector)
 }
 
-/// A response body as either client delivers it. Not boxed here: the proxy
-/// boxes the whole response body once.
-#[allow(clippy::large_enum_variant)]
+/// A response body as either client delivers it (the HTTP/1.1 one boxed
+/// where it is made).
 pub enum ResponseBody {
-    Http1(h1::ResponseBody),
+    Http1(Box<h1::ResponseBody>),
     Http2(Incoming),
 }
 
@@ -162,7 +161,7 @@ impl HttpBody for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
-            ResponseBody::Http1(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            ResponseBody::Http1(body) => Pin::new(&mut **body).poll_frame(cx).map_err(Into::into),
             ResponseBody::Http2(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
         }
     }

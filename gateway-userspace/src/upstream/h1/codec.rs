@@ -197,7 +197,9 @@ pub(super) fn parse_response(
         .map(|at| at as u32);
     }
     let head = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(count);
+    // Room for the X-Request-Id the proxy adds to every response, so the
+    // map does not grow (and rehash) for it.
+    let mut headers = HeaderMap::with_capacity(count + 1);
     for span in &spans[..count] {
         let [name_start, name_end, value_start, value_end] = span.map(|at| at as usize);
         let name = HeaderName::from_bytes(&head[name_start..name_end])

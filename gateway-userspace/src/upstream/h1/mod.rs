@@ -97,7 +97,7 @@ impl Http1Pool {
         authority: &Authority,
         request: Request<AttemptBody>,
         fields: &ForwardFields,
-    ) -> Result<Response<ResponseBody>, Failed> {
+    ) -> Result<Response<Box<ResponseBody>>, Failed> {
         let (head, mut body) = request.into_parts();
         loop {
             let (pooled, slot) = self.checkout(target);
@@ -230,7 +230,7 @@ impl Exchange {
         head: ResponseHead,
         request: &request::Parts,
         slot: pool::Slot,
-    ) -> Result<Response<ResponseBody>, Error> {
+    ) -> Result<Response<Box<ResponseBody>>, Error> {
         let ResponseHead {
             status,
             version,
@@ -250,7 +250,9 @@ impl Exchange {
             let sending = (!self.sent).then_some(self.sending);
             ResponseBody::new(self.conn, framing, sending, keep_alive, slot)
         };
-        let mut response = Response::new(body);
+        // Boxed here: a response is moved a dozen times on its way to the
+        // client, and a small one moves cheaply.
+        let mut response = Response::new(Box::new(body));
         *response.status_mut() = status;
         *response.version_mut() = version;
         *response.headers_mut() = headers;

@@ -117,19 +117,19 @@ async fn send(
     pool: &Http1Pool,
     addr: SocketAddr,
     request: Request<AttemptBody>,
-) -> Result<Response<ResponseBody>, Failed> {
+) -> Result<Response<Box<ResponseBody>>, Failed> {
     let authority = Authority::try_from(addr.to_string()).unwrap();
     pool.send(addr, &authority, request, &ForwardFields::default())
         .await
 }
 
-async fn collect(response: Response<ResponseBody>) -> (Bytes, Option<http::HeaderMap>) {
+async fn collect(response: Response<Box<ResponseBody>>) -> (Bytes, Option<http::HeaderMap>) {
     let collected = response.into_body().collect().await.unwrap();
     let trailers = collected.trailers().cloned();
     (collected.to_bytes(), trailers)
 }
 
-fn error_of(result: Result<Response<ResponseBody>, Failed>) -> SendError {
+fn error_of(result: Result<Response<Box<ResponseBody>>, Failed>) -> SendError {
     match result {
         Ok(response) => panic!("expected a failure, got {}", response.status()),
         Err(failed) => failed.error,
