@@ -70,6 +70,7 @@ pub(super) fn encode_head(
     buf.put_u8(b' ');
     buf.put_slice(path.as_bytes());
     buf.put_slice(b" HTTP/1.1\r\n");
+    // First, as RFC 9110 §7.2 asks of whoever makes it up.
     if !head.headers.contains_key(HOST) {
         put_header(&mut buf, b"host", authority.as_str().as_bytes());
     }
@@ -200,16 +201,26 @@ pub(super) fn parse_response(
     // Room for the X-Request-Id the proxy adds to every response, so the
     // map does not grow (and rehash) for it.
     let mut headers = HeaderMap::with_capacity(count + 1);
+    // What framing and keep-alive depend on, noted on the way (no lookups
+    // in the map afterwards for the usual response).
+    let mut seen = Seen::default();
     for span in &spans[..count] {
         let [name_start, name_end, value_start, value_end] = span.map(|at| at as usize);
         let name = HeaderName::from_bytes(&head[name_start..name_end])
             .map_err(|_| Error::Parse(httparse::Error::HeaderName))?;
         let value = HeaderValue::from_maybe_shared(head.slice(value_start..value_end))
             .map_err(|_| Error::Parse(httparse::Error::HeaderValue))?;
+        if name == CONTENT_LENGTH {
+            seen.content_length(value.as_bytes());
+        } else if name == TRANSFER_ENCODING {
+            seen.transfer_encoding = true;
+        } else if name == CONNECTION {
+            seen.connection = true;
+        }
         headers.append(name, value);
     }
-    let keep_alive = keeps_alive(version, &headers);
-    let framing = response_framing(method, status, &mut headers)?;
+    let keep_alive = keeps_alive(version, &headers, seen.connection);
+    let framing = response_framing(method, status, &mut headers, seen)?;
     Ok(Some(ResponseHead {
         status,
         version,
@@ -219,7 +230,32 @@ pub(super) fn parse_response(
     }))
 }
 
-fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
+/// The framing headers of a response, as its fields are read.
+#[derive(Default, Clone, Copy)]
+struct Seen {
+    connection: bool,
+    transfer_encoding: bool,
+    /// `Some(Ok(n))`: every Content-Length value said `n`.
+    length: Option<Result<u64, ()>>,
+}
+
+impl Seen {
+    fn content_length(&mut self, value: &[u8]) {
+        for item in value.split(|&b| b == b',') {
+            let n = parse_length(item.trim_ascii()).ok_or(());
+            self.length = match (self.length, n) {
+                (None, n) => Some(n),
+                (Some(Ok(seen)), Ok(n)) if seen == n => Some(Ok(n)),
+                _ => Some(Err(())),
+            };
+        }
+    }
+}
+
+fn keeps_alive(version: Version, headers: &HeaderMap, has_connection: bool) -> bool {
+    if !has_connection {
+        return version == Version::HTTP_11;
+    }
     let has = |token: &str| {
         headers
             .get_all(CONNECTION)
@@ -241,6 +277,7 @@ fn response_framing(
     method: &Method,
     status: StatusCode,
     headers: &mut HeaderMap,
+    seen: Seen,
 ) -> Result<ResponseFraming, Error> {
     if *method == Method::HEAD
         || status.is_informational()
@@ -249,8 +286,10 @@ fn response_framing(
     {
         return Ok(ResponseFraming::Empty);
     }
-    if headers.contains_key(TRANSFER_ENCODING) {
-        headers.remove(CONTENT_LENGTH);
+    if seen.transfer_encoding {
+        if seen.length.is_some() {
+            headers.remove(CONTENT_LENGTH);
+        }
         let last = headers
             .get_all(TRANSFER_ENCODING)
             .iter()
@@ -263,20 +302,11 @@ fn response_framing(
             _ => ResponseFraming::UntilClose,
         });
     }
-    let mut length = None;
-    for value in headers.get_all(CONTENT_LENGTH) {
-        for item in value.as_bytes().split(|&b| b == b',') {
-            let n = parse_length(item.trim_ascii()).ok_or(Error::BadContentLength)?;
-            if length.is_some_and(|seen| seen != n) {
-                return Err(Error::BadContentLength);
-            }
-            length = Some(n);
-        }
+    match seen.length {
+        Some(Ok(n)) => Ok(ResponseFraming::Length(n)),
+        Some(Err(())) => Err(Error::BadContentLength),
+        None => Ok(ResponseFraming::UntilClose),
     }
-    Ok(match length {
-        Some(n) => ResponseFraming::Length(n),
-        None => ResponseFraming::UntilClose,
-    })
 }
 
 fn parse_length(digits: &[u8]) -> Option<u64> {
