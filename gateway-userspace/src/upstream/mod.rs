@@ -105,11 +105,17 @@ impl Upstream {
         let mut parts = Some(parts);
         let mut unsent_head = None;
         let mut tried = Tried::default();
+        // The attempt before this one: noted as tried only when there is a
+        // next one (the usual single attempt allocates nothing for it).
+        let mut previous = None;
         let mut retries = 0;
         loop {
             let retries_left = retries < self.retry.retries;
+            if let Some(previous) = previous.take() {
+                tried.push(previous);
+            }
             let index = self.balancer.pick(&self.targets, key, &tried, now);
-            tried.push(index);
+            previous = Some(index);
             let target = &self.targets[index];
             ctx.upstream_target = Some(target.addr);
             let head = match unsent_head.take() {

@@ -20,8 +20,8 @@ use crate::proxy::{Body, BoxError};
 
 /// The request body, owned by the dispatch loop.
 pub struct RequestBody {
-    slot: Arc<Mutex<Slot>>,
-    empty: bool,
+    /// `None` for an empty body: nothing to lend.
+    slot: Option<Arc<Mutex<Slot>>>,
     size_hint: SizeHint,
 }
 
@@ -36,42 +36,42 @@ impl RequestBody {
         let empty = body.is_end_stream() || body.size_hint().exact() == Some(0);
         Self {
             size_hint: body.size_hint(),
-            empty,
-            slot: Arc::new(Mutex::new(Slot {
-                attempt: 0,
-                body: Some(body),
-            })),
+            slot: (!empty).then(|| {
+                Arc::new(Mutex::new(Slot {
+                    attempt: 0,
+                    body: Some(body),
+                }))
+            }),
         }
     }
 
     /// True when there is nothing to send (GET, or `Content-Length: 0`).
     pub fn is_empty(&self) -> bool {
-        self.empty
+        self.slot.is_none()
     }
 
     /// Whether another attempt could still send the body.
     pub fn can_replay(&self) -> bool {
-        self.empty
-            || self
-                .slot
-                .lock()
+        self.slot.as_ref().is_none_or(|slot| {
+            slot.lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .body
                 .is_some()
+        })
     }
 
     /// The body for a new attempt; `None` once an earlier attempt started
     /// sending it.
     pub fn for_attempt(&self) -> Option<AttemptBody> {
-        if self.empty {
+        let Some(shared) = &self.slot else {
             return Some(AttemptBody::empty());
-        }
-        let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
+        };
+        let mut slot = shared.lock().unwrap_or_else(|e| e.into_inner());
         slot.body.as_ref()?;
         slot.attempt += 1;
         Some(AttemptBody {
             state: State::Waiting {
-                slot: self.slot.clone(),
+                slot: shared.clone(),
                 attempt: slot.attempt,
             },
             size_hint: self.size_hint,

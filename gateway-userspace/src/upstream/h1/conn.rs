@@ -6,7 +6,6 @@
 //! them after that.
 
 use std::{
-    collections::VecDeque,
     io::{self, IoSlice},
     pin::Pin,
     task::{ready, Context, Poll, Waker},
@@ -200,37 +199,48 @@ impl Sending {
 }
 
 /// Buffers waiting to be written, sent with one vectored write where the
-/// socket takes them.
+/// socket takes them. Never more than a few at once (a head, or a chunk's
+/// size line, data and CRLF: the body is read only once the queue is
+/// empty), so they sit in a small ring, not on the heap.
 #[derive(Default)]
 struct WriteQueue {
-    bufs: VecDeque<Bytes>,
+    bufs: [Bytes; QUEUE],
+    start: usize,
+    len: usize,
     wrote_any: bool,
 }
 
+const QUEUE: usize = 4;
+
 impl WriteQueue {
     fn push(&mut self, buf: Bytes) {
-        if !buf.is_empty() {
-            self.bufs.push_back(buf);
+        if buf.is_empty() {
+            return;
         }
+        assert!(self.len < QUEUE, "at most {QUEUE} buffers are queued");
+        self.bufs[(self.start + self.len) % QUEUE] = buf;
+        self.len += 1;
     }
 
     fn poll_flush(&mut self, io: &mut TcpStream, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while !self.bufs.is_empty() {
-            let mut slices = [IoSlice::new(&[]); 16];
-            let count = slices.len().min(self.bufs.len());
-            for (slice, buf) in slices.iter_mut().zip(&self.bufs) {
-                *slice = IoSlice::new(buf);
+        while self.len > 0 {
+            let mut slices = [IoSlice::new(&[]); QUEUE];
+            for (i, slice) in slices.iter_mut().take(self.len).enumerate() {
+                *slice = IoSlice::new(&self.bufs[(self.start + i) % QUEUE]);
             }
-            let mut written = ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices[..count]))?;
+            let mut written =
+                ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices[..self.len]))?;
             if written == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
             self.wrote_any = true;
             while written > 0 {
-                let front = self.bufs.front_mut().expect("written bytes were queued");
+                let front = &mut self.bufs[self.start];
                 if written >= front.len() {
                     written -= front.len();
-                    self.bufs.pop_front();
+                    *front = Bytes::new();
+                    self.start = (self.start + 1) % QUEUE;
+                    self.len -= 1;
                 } else {
                     front.advance(written);
                     written = 0;
