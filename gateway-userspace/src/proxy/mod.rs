@@ -3,6 +3,7 @@
 
 mod access_log;
 mod conn_io;
+mod conn_timer;
 mod context;
 mod drain;
 mod forward;
@@ -33,6 +34,7 @@ use self::access_log::AccessLogger;
 pub use self::headers::{ForwardFields, Forwarding};
 use self::router::Router;
 pub use self::{
+    conn_timer::ConnTimer,
     context::RequestContext,
     rejection::{json_response, Rejection},
 };
@@ -129,14 +131,23 @@ pub struct ConnInfo {
     /// The forwarding headers' values for `client` and the scheme (`http`
     /// or `https`), made once.
     pub forwarding: Forwarding,
+    /// HTTP/1: the connection's timer (see `conn_timer`); HTTP/2 streams
+    /// use tokio's.
+    pub timer: Option<ConnTimer>,
 }
 
 impl ConnInfo {
-    pub fn new(peer: SocketAddr, client: SocketAddr, scheme: &'static str) -> Self {
+    pub fn new(
+        peer: SocketAddr,
+        client: SocketAddr,
+        scheme: &'static str,
+        timer: Option<ConnTimer>,
+    ) -> Self {
         Self {
             peer,
             client,
             forwarding: Forwarding::new(client.ip(), scheme),
+            timer,
         }
     }
 }

@@ -39,6 +39,7 @@ use tokio_rustls::TlsAcceptor;
 
 use super::{
     conn_io::{sniff_preface, Prefixed, Shared, Sniffed, Stream},
+    conn_timer::ConnTimer,
     drain::{until_drained, ConnectionScope, Rarely, Tracker},
     headers::is_trusted,
     workers::Workers,
@@ -101,9 +102,9 @@ impl Settings {
         // vectors per request head.
         let max_headers =
             (listener.max_headers != HYPER_DEFAULT_MAX_HEADERS).then_some(listener.max_headers);
+        // Each connection gets its own timer (`ConnTimer`) when it starts.
         let mut http1 = http1::Builder::new();
         http1
-            .timer(TokioTimer::new())
             .header_read_timeout(listener.header_read_timeout)
             .max_buf_size(buffer);
         if let Some(max) = max_headers {
@@ -348,7 +349,8 @@ impl Connection {
             Sniffed::Nothing => return,
         };
 
-        let conn_info = Arc::new(ConnInfo::new(peer, client, scheme));
+        let timer = matches!(protocol, Protocol::Http1(_)).then(ConnTimer::new);
+        let conn_info = Arc::new(ConnInfo::new(peer, client, scheme, timer.clone()));
         let runtime = self.runtime.clone();
         let scope = self.scope.clone();
         let service = service_fn(move |mut req: Request<Incoming>| {
@@ -373,8 +375,9 @@ impl Connection {
         let settings = self.settings.clone();
         let result = match protocol {
             Protocol::Http1(io) => {
-                let connection = settings
-                    .http1
+                let mut http1 = settings.http1.clone();
+                http1.timer(timer.expect("made for HTTP/1"));
+                let connection = http1
                     .serve_connection(TokioIo::new(io.clone()), service)
                     .with_upgrades();
                 let result =

@@ -17,7 +17,7 @@ mod replay;
 mod retry;
 mod target;
 
-use std::time::Duration;
+use std::{future::Future, pin::Pin, task::Poll, time::Duration};
 
 use http::{Request, Response};
 use tokio::time::Instant;
@@ -36,7 +36,7 @@ pub use self::{
 };
 use crate::{
     config,
-    proxy::{Body, ForwardFields, Rejection, RequestContext},
+    proxy::{Body, ConnTimer, ForwardFields, Rejection, RequestContext},
     telemetry::{Metrics, TargetMetrics},
 };
 
@@ -134,12 +134,16 @@ impl Upstream {
 
             let in_flight = target.start();
             let started = now;
-            let result =
-                tokio::time::timeout(self.timeout, self.send(target, request, fields)).await;
+            let result = within(
+                ctx.conn.timer.as_ref(),
+                started + self.timeout,
+                self.send(target, request, fields),
+            )
+            .await;
             now = Instant::now();
             let elapsed = now - started;
             let failure = match result {
-                Ok(Ok(response)) => {
+                Some(Ok(response)) => {
                     self.target_metrics[index].response(elapsed);
                     self.balancer.observe(index, elapsed, now);
                     ctx.upstream_duration = Some(elapsed);
@@ -162,11 +166,11 @@ impl Upstream {
                     retries += 1;
                     continue;
                 }
-                Ok(Err(failed)) => {
+                Some(Err(failed)) => {
                     unsent_head = failed.unsent.map(|request| request.into_parts().0);
                     Rejection::from_client_error(target.addr, failed.error)
                 }
-                Err(_elapsed) => Rejection::UpstreamTimeout {
+                None => Rejection::UpstreamTimeout {
                     target: target.addr,
                     timeout_ms: self.timeout.as_millis(),
                 },
@@ -201,6 +205,28 @@ impl Upstream {
         self.client
             .send(target.addr, &target.authority, request, fields)
     }
+}
+
+/// `future`'s output, or `None` at `deadline`: on the connection's timer
+/// when it has one (HTTP/1, where the connection's task polls every request),
+/// else on tokio's.
+async fn within<F: Future>(
+    timer: Option<&ConnTimer>,
+    deadline: Instant,
+    future: F,
+) -> Option<F::Output> {
+    let Some(timer) = timer else {
+        return tokio::time::timeout_at(deadline, future).await.ok();
+    };
+    let mut future = std::pin::pin!(future);
+    let mut deadline = timer.deadline(deadline);
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(output) = future.as_mut().poll(cx) {
+            return Poll::Ready(Some(output));
+        }
+        Pin::new(&mut deadline).poll(cx).map(|()| None)
+    })
+    .await
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 use super::*;
-use crate::proxy::{ConnInfo, ForwardFields};
+use crate::proxy::{ConnInfo, ConnTimer, ForwardFields};
 
 /// Answers every request with `status`, its name in `x-name`, and the size
 /// of the request body it read in `x-body-bytes`.
@@ -63,7 +63,9 @@ fn upstream(targets: &[SocketAddr], extra: &str) -> (Upstream, Metrics) {
 
 fn ctx() -> RequestContext {
     let client: SocketAddr = "192.0.2.1:40000".parse().unwrap();
-    RequestContext::new(std::sync::Arc::new(ConnInfo::new(client, client, "http")))
+    RequestContext::new(std::sync::Arc::new(ConnInfo::new(
+        client, client, "http", None,
+    )))
 }
 
 fn request(method: &str, body: &'static [u8]) -> Request<Body> {
@@ -265,4 +267,68 @@ async fn least_conn_counts_a_request_until_its_body_is_done() {
         names
     };
     assert_ne!(names[0], names[1], "idle again: shared round robin");
+}
+
+/// On an HTTP/1 connection the response deadline is kept by the
+/// connection's timer (`proxy::ConnTimer`), not tokio's: a target that
+/// never answers still gets its 504 at `timeout`, and one that answers in
+/// time is not cut off by the deadline an earlier request had.
+#[tokio::test]
+async fn the_connection_timer_keeps_the_response_deadline() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    let config: config::Upstream = serde_yaml::from_str(&format!(
+        "{{targets: ['{silent}'], timeout: 300ms, retries: 0}}"
+    ))
+    .unwrap();
+    let silent_upstream = Upstream::new("silent", &config, &Metrics::default());
+    let answering = server("a", 200).await;
+    let config: config::Upstream = serde_yaml::from_str(&format!(
+        "{{targets: ['{answering}'], timeout: 300ms, retries: 0}}"
+    ))
+    .unwrap();
+    let answering_upstream = Upstream::new("answering", &config, &Metrics::default());
+
+    let client: SocketAddr = "192.0.2.1:40000".parse().unwrap();
+    let conn = std::sync::Arc::new(ConnInfo::new(
+        client,
+        client,
+        "http",
+        Some(ConnTimer::new()),
+    ));
+    for _ in 0..2 {
+        let mut ctx = RequestContext::new(conn.clone());
+        let started = std::time::Instant::now();
+        let fields = ForwardFields::default();
+        let dispatched = silent_upstream.dispatch(request("GET", b""), &fields, &mut ctx);
+        let rejection = tokio::time::timeout(std::time::Duration::from_secs(10), dispatched)
+            .await
+            .expect("the deadline fired")
+            .unwrap_err();
+        assert!(
+            matches!(
+                rejection,
+                Rejection::UpstreamTimeout {
+                    timeout_ms: 300,
+                    ..
+                }
+            ),
+            "{rejection:?}"
+        );
+        assert!(started.elapsed() >= std::time::Duration::from_millis(300));
+
+        // Past the deadline just kept: an answer in time is an answer.
+        let mut ctx = RequestContext::new(conn.clone());
+        let response = answering_upstream
+            .dispatch(request("GET", b""), &ForwardFields::default(), &mut ctx)
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
 }
