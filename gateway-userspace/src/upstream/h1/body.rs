@@ -114,6 +114,9 @@ impl HttpBody for ResponseBody {
         if let Some(sending) = this.sending.as_mut() {
             match sending.poll(&mut conn.io, cx) {
                 Poll::Ready(Ok(())) => this.sending = None,
+                // The client's upload broke off: the target would wait for
+                // the rest, so the exchange ends here for both.
+                Poll::Ready(Err(error @ Error::RequestBody(_))) => return this.fail(error),
                 // The target has answered; it may not want the rest. The
                 // connection cannot be reused, but the answer goes on.
                 Poll::Ready(Err(error)) => {

@@ -338,8 +338,8 @@ async fn misframed_responses_are_errors_and_the_connection_is_not_reused() {
     );
 }
 
-/// A request body fed chunk by chunk from the test.
-struct Fed(mpsc::Receiver<Bytes>);
+/// A request body fed chunk by chunk (or an error) from the test.
+struct Fed(mpsc::Receiver<Result<Bytes, BoxError>>);
 
 impl HttpBody for Fed {
     type Data = Bytes;
@@ -351,15 +351,13 @@ impl HttpBody for Fed {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         self.0
             .poll_recv(cx)
-            .map(|chunk| chunk.map(|c| Ok(Frame::data(c))))
+            .map(|chunk| chunk.map(|c| c.map(Frame::data)))
     }
 }
 
-/// The target answers at once and echoes the upload as it arrives: each
-/// piece must come back before the next is sent, so neither direction
-/// waits for the other to finish.
-#[tokio::test]
-async fn an_upload_and_its_echo_stream_at_the_same_time() {
+/// A target that answers at once and echoes the chunked upload as it
+/// arrives, as its chunked answer.
+async fn echo_target() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -383,6 +381,14 @@ async fn an_upload_and_its_echo_stream_at_the_same_time() {
             }
         }
     });
+    addr
+}
+
+/// Each piece of the upload must come back before the next is sent, so
+/// neither direction waits for the other to finish.
+#[tokio::test]
+async fn an_upload_and_its_echo_stream_at_the_same_time() {
+    let addr = echo_target().await;
     let (tx, rx) = mpsc::channel(1);
     let response = send(&pool(), addr, request("POST", Fed(rx).boxed()))
         .await
@@ -390,7 +396,9 @@ async fn an_upload_and_its_echo_stream_at_the_same_time() {
         .unwrap();
     let mut body = response.into_body();
     for piece in ["one", "two", "three"] {
-        tx.send(Bytes::from_static(piece.as_bytes())).await.unwrap();
+        tx.send(Ok(Bytes::from_static(piece.as_bytes())))
+            .await
+            .unwrap();
         let frame = tokio::time::timeout(Duration::from_secs(10), body.frame())
             .await
             .expect("the echo came back while the upload was still open")
@@ -434,4 +442,28 @@ async fn a_101_hands_over_the_socket_with_what_followed_it() {
         matches!(error, SendError::Http1(Error::UnexpectedUpgrade)),
         "{error:?}"
     );
+}
+
+/// The client's upload breaks off after the target started answering: the
+/// target would wait for the rest forever, so the response fails too.
+#[tokio::test]
+async fn an_upload_that_breaks_off_ends_the_response() {
+    let addr = echo_target().await;
+    let (tx, rx) = mpsc::channel(1);
+    let response = send(&pool(), addr, request("POST", Fed(rx).boxed()))
+        .await
+        .ok()
+        .unwrap();
+    let mut body = response.into_body();
+    tx.send(Ok(Bytes::from_static(b"one"))).await.unwrap();
+    let frame = body.frame().await.unwrap().unwrap();
+    assert_eq!(frame.into_data().unwrap(), "one");
+    tx.send(Err("client went away".into())).await.unwrap();
+    let error = tokio::time::timeout(Duration::from_secs(10), body.frame())
+        .await
+        .expect("not left waiting on the target")
+        .unwrap()
+        .unwrap_err();
+    assert!(matches!(error, Error::RequestBody(_)), "{error:?}");
+    assert!(body.frame().await.is_none());
 }
