@@ -467,3 +467,72 @@ async fn an_upload_that_breaks_off_ends_the_response() {
     assert!(matches!(error, Error::RequestBody(_)), "{error:?}");
     assert!(body.frame().await.is_none());
 }
+
+/// A chunked upload much larger than the socket buffers, to a target that
+/// reads slowly: writes stop part-way through a chunk's size line, data or
+/// CRLF over and over, and every byte must still arrive in order.
+#[tokio::test]
+async fn a_large_chunked_upload_survives_partial_writes() {
+    const CHUNK: usize = 256 * 1024;
+    const CHUNKS: usize = 48;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let target = tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let head = read_head(&mut stream).await.unwrap();
+        assert!(head.contains("transfer-encoding: chunked"), "{head}");
+        let mut decoder = chunked::ChunkedDecoder::default();
+        let mut buf = bytes::BytesMut::new();
+        let mut received: Vec<u8> = Vec::new();
+        let mut reads = 0;
+        loop {
+            match decoder.decode(&mut buf).unwrap() {
+                chunked::Decoded::Data(data) => received.extend_from_slice(&data),
+                chunked::Decoded::Trailers(_) => {}
+                chunked::Decoded::Done => break,
+                chunked::Decoded::NeedMore => {
+                    let mut piece = vec![0; 7919];
+                    let n = stream.read(&mut piece).await.unwrap();
+                    assert!(n > 0, "the upload ended early");
+                    buf.extend_from_slice(&piece[..n]);
+                    reads += 1;
+                    if reads % 64 == 0 {
+                        // Slow: the client's socket fills up meanwhile.
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                }
+            }
+        }
+        let reply = format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{}",
+            received.len().to_string().len(),
+            received.len()
+        );
+        stream.write_all(reply.as_bytes()).await.unwrap();
+        received
+    });
+    let (tx, rx) = mpsc::channel(2);
+    let feeder = tokio::spawn(async move {
+        for i in 0..CHUNKS {
+            let chunk: Vec<u8> = (0..CHUNK).map(|j| ((i * 31 + j) % 251) as u8).collect();
+            tx.send(Ok(Bytes::from(chunk))).await.unwrap();
+        }
+    });
+    let response = send(&pool(), addr, request("PUT", Fed(rx).boxed()))
+        .await
+        .ok()
+        .unwrap();
+    assert_eq!(collect(response).await.0, (CHUNK * CHUNKS).to_string());
+    feeder.await.unwrap();
+    let received = target.await.unwrap();
+    assert_eq!(received.len(), CHUNK * CHUNKS);
+    for (i, chunk) in received.chunks(CHUNK).enumerate() {
+        assert!(
+            chunk
+                .iter()
+                .enumerate()
+                .all(|(j, &b)| b == ((i * 31 + j) % 251) as u8),
+            "chunk {i} arrived altered"
+        );
+    }
+}
