@@ -100,6 +100,28 @@ impl Future for ConnDeadline {
 
 impl hyper::rt::Sleep for ConnDeadline {}
 
+/// `future`'s output, or `None` at `deadline`: on the connection's timer
+/// when it has one (HTTP/1, where the connection's task polls every request),
+/// else on tokio's.
+pub async fn within<F: Future>(
+    timer: Option<&ConnTimer>,
+    deadline: tokio::time::Instant,
+    future: F,
+) -> Option<F::Output> {
+    let Some(timer) = timer else {
+        return tokio::time::timeout_at(deadline, future).await.ok();
+    };
+    let mut future = std::pin::pin!(future);
+    let mut deadline = timer.deadline(deadline);
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(output) = future.as_mut().poll(cx) {
+            return Poll::Ready(Some(output));
+        }
+        Pin::new(&mut deadline).poll(cx).map(|()| None)
+    })
+    .await
+}
+
 #[cfg(test)]
 mod tests {
     use std::future::poll_fn;

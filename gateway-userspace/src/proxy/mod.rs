@@ -34,7 +34,7 @@ use self::access_log::AccessLogger;
 pub use self::headers::{ForwardFields, Forwarding};
 use self::router::Router;
 pub use self::{
-    conn_timer::ConnTimer,
+    conn_timer::{within, ConnTimer},
     context::RequestContext,
     rejection::{json_response, Rejection},
 };

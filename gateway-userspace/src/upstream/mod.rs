@@ -17,7 +17,7 @@ mod replay;
 mod retry;
 mod target;
 
-use std::{future::Future, pin::Pin, task::Poll, time::Duration};
+use std::time::Duration;
 
 use http::{Request, Response};
 use tokio::time::Instant;
@@ -36,7 +36,7 @@ pub use self::{
 };
 use crate::{
     config,
-    proxy::{Body, ConnTimer, ForwardFields, Rejection, RequestContext},
+    proxy::{within, Body, ForwardFields, Rejection, RequestContext},
     telemetry::{Metrics, TargetMetrics},
 };
 
@@ -205,28 +205,6 @@ impl Upstream {
         self.client
             .send(target.addr, &target.authority, request, fields)
     }
-}
-
-/// `future`'s output, or `None` at `deadline`: on the connection's timer
-/// when it has one (HTTP/1, where the connection's task polls every request),
-/// else on tokio's.
-async fn within<F: Future>(
-    timer: Option<&ConnTimer>,
-    deadline: Instant,
-    future: F,
-) -> Option<F::Output> {
-    let Some(timer) = timer else {
-        return tokio::time::timeout_at(deadline, future).await.ok();
-    };
-    let mut future = std::pin::pin!(future);
-    let mut deadline = timer.deadline(deadline);
-    std::future::poll_fn(|cx| {
-        if let Poll::Ready(output) = future.as_mut().poll(cx) {
-            return Poll::Ready(Some(output));
-        }
-        Pin::new(&mut deadline).poll(cx).map(|()| None)
-    })
-    .await
 }
 
 #[cfg(test)]

@@ -93,10 +93,6 @@ impl ResponseBody {
         self.finish();
         Poll::Ready(Some(Err(error)))
     }
-
-    fn data(&mut self, data: Bytes) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
-        Poll::Ready(Some(Ok(Frame::data(data))))
-    }
 }
 
 impl HttpBody for ResponseBody {
@@ -143,10 +139,10 @@ impl HttpBody for ResponseBody {
                     if *left == 0 {
                         this.finish();
                     }
-                    return this.data(data);
+                    return data_frame(data);
                 }
                 Framing::Chunked(decoder) => match decoder.decode(&mut conn.read) {
-                    Ok(Decoded::Data(data)) => return this.data(data),
+                    Ok(Decoded::Data(data)) => return data_frame(data),
                     Ok(Decoded::Trailers(trailers)) => {
                         this.finish();
                         return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
@@ -160,7 +156,7 @@ impl HttpBody for ResponseBody {
                 },
                 Framing::UntilClose if !conn.read.is_empty() => {
                     let data = conn.read.split().freeze();
-                    return this.data(data);
+                    return data_frame(data);
                 }
                 Framing::Length(_) | Framing::UntilClose => {}
             }
@@ -190,4 +186,8 @@ impl HttpBody for ResponseBody {
             _ => SizeHint::default(),
         }
     }
+}
+
+fn data_frame(data: Bytes) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+    Poll::Ready(Some(Ok(Frame::data(data))))
 }

@@ -47,6 +47,13 @@ struct Pooled {
     idle_since: Instant,
 }
 
+impl Pooled {
+    /// Not idle past `idle_timeout`, and not closed by the target.
+    fn usable(&self, now: Instant, idle_timeout: Duration) -> bool {
+        now.duration_since(self.idle_since) <= idle_timeout && self.conn.is_open()
+    }
+}
+
 /// Where a connection goes back to when its exchange is through.
 pub(super) struct Slot {
     inner: Arc<Inner>,
@@ -97,9 +104,7 @@ impl Http1Pool {
         };
         let now = Instant::now();
         while let Some(candidate) = pooled.pop() {
-            if now.duration_since(candidate.idle_since) <= self.inner.idle_timeout
-                && candidate.conn.is_open()
-            {
+            if candidate.usable(now, self.inner.idle_timeout) {
                 return (Some(candidate.conn), slot);
             }
         }
@@ -142,7 +147,7 @@ async fn reap(pool: Weak<Inner>, worker: usize, idle_timeout: Duration) {
         let now = Instant::now();
         let mut idle = inner.idle[worker].lock().unwrap();
         for pooled in idle.values_mut() {
-            pooled.retain(|p| now.duration_since(p.idle_since) <= idle_timeout && p.conn.is_open());
+            pooled.retain(|p| p.usable(now, idle_timeout));
         }
         idle.retain(|_, pooled| !pooled.is_empty());
     }

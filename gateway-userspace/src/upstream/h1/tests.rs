@@ -129,6 +129,18 @@ async fn collect(response: Response<Box<ResponseBody>>) -> (Bytes, Option<http::
     (collected.to_bytes(), trailers)
 }
 
+/// The response to a request that must get one.
+async fn answered(
+    pool: &Http1Pool,
+    addr: SocketAddr,
+    request: Request<AttemptBody>,
+) -> Response<Box<ResponseBody>> {
+    match send(pool, addr, request).await {
+        Ok(response) => response,
+        Err(failed) => panic!("expected a response, got {:?}", failed.error),
+    }
+}
+
 fn error_of(result: Result<Response<Box<ResponseBody>>, Failed>) -> SendError {
     match result {
         Ok(response) => panic!("expected a failure, got {}", response.status()),
@@ -150,10 +162,7 @@ async fn a_connection_is_reused_after_a_clean_exchange_and_closed_when_told() {
     .await;
     let pool = pool();
     for _ in 0..3 {
-        let response = send(&pool, addr, request("GET", body(b"")))
-            .await
-            .ok()
-            .unwrap();
+        let response = answered(&pool, addr, request("GET", body(b""))).await;
         assert_eq!(collect(response).await.0, "hello");
     }
     assert_eq!(accepted.load(Ordering::SeqCst), 1, "one connection for all");
@@ -161,12 +170,9 @@ async fn a_connection_is_reused_after_a_clean_exchange_and_closed_when_told() {
     let mut last = request("GET", body(b""));
     last.headers_mut()
         .insert("x-last", http::HeaderValue::from_static("1"));
-    let response = send(&pool, addr, last).await.ok().unwrap();
+    let response = answered(&pool, addr, last).await;
     assert_eq!(collect(response).await.0, "by");
-    let response = send(&pool, addr, request("GET", body(b"")))
-        .await
-        .ok()
-        .unwrap();
+    let response = answered(&pool, addr, request("GET", body(b""))).await;
     assert_eq!(collect(response).await.0, "hello");
     assert_eq!(
         accepted.load(Ordering::SeqCst),
@@ -180,10 +186,7 @@ async fn a_connection_the_target_closed_while_idle_is_not_used() {
     let (addr, accepted) = target(Arc::new(|_, _: &str| Reply::SendAndClose(OK_5))).await;
     let pool = pool();
     for round in 1..=3 {
-        let response = send(&pool, addr, request("GET", body(b"")))
-            .await
-            .ok()
-            .unwrap();
+        let response = answered(&pool, addr, request("GET", body(b""))).await;
         assert_eq!(collect(response).await.0, "hello");
         // The FIN reaches the idle socket before the next request.
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -212,18 +215,12 @@ async fn a_pooled_connection_that_dies_under_a_request_is_retried_only_when_safe
     };
     let (addr, accepted) = target(first_only(Default::default())).await;
     let pool = pool();
-    let response = send(&pool, addr, request("GET", body(b"")))
-        .await
-        .ok()
-        .unwrap();
+    let response = answered(&pool, addr, request("GET", body(b""))).await;
     assert_eq!(collect(response).await.0, "hello");
 
     // GET: nothing came back on the pooled connection, so it goes again on
     // a new one.
-    let response = send(&pool, addr, request("GET", body(b"")))
-        .await
-        .ok()
-        .unwrap();
+    let response = answered(&pool, addr, request("GET", body(b""))).await;
     assert_eq!(collect(response).await.0, "hello");
     assert_eq!(accepted.load(Ordering::SeqCst), 2);
 
@@ -252,10 +249,7 @@ async fn interim_responses_are_skipped_and_trailers_pass_through() {
         )
     }))
     .await;
-    let response = send(&pool(), addr, request("POST", body(b"x")))
-        .await
-        .ok()
-        .unwrap();
+    let response = answered(&pool(), addr, request("POST", body(b"x"))).await;
     assert_eq!(response.status(), StatusCode::OK);
     let (data, trailers) = collect(response).await;
     assert_eq!(data, "abcde");
@@ -275,10 +269,7 @@ async fn bodies_end_where_their_framing_says() {
     }))
     .await;
     let pool = pool();
-    let response = send(&pool, addr, request("HEAD", body(b"")))
-        .await
-        .ok()
-        .unwrap();
+    let response = answered(&pool, addr, request("HEAD", body(b""))).await;
     assert!(response.body().is_end_stream(), "HEAD: no body");
     assert_eq!(response.headers()["content-length"], "99");
     drop(response);
@@ -286,14 +277,11 @@ async fn bodies_end_where_their_framing_says() {
     no_content
         .headers_mut()
         .insert("x-case", http::HeaderValue::from_static("204"));
-    let response = send(&pool, addr, no_content).await.ok().unwrap();
+    let response = answered(&pool, addr, no_content).await;
     assert!(response.body().is_end_stream(), "204: no body");
     assert_eq!(accepted.load(Ordering::SeqCst), 1, "both on one connection");
 
-    let response = send(&pool, addr, request("GET", body(b"")))
-        .await
-        .ok()
-        .unwrap();
+    let response = answered(&pool, addr, request("GET", body(b""))).await;
     assert_eq!(collect(response).await.0, "until the end");
 }
 
@@ -307,17 +295,11 @@ async fn misframed_responses_are_errors_and_the_connection_is_not_reused() {
     }))
     .await;
     let pool = pool();
-    let response = send(&pool, addr, request("GET", body(b"")))
-        .await
-        .ok()
-        .unwrap();
+    let response = answered(&pool, addr, request("GET", body(b""))).await;
     let error = response.into_body().collect().await.unwrap_err();
     assert!(matches!(error, Error::Chunked(_)), "{error:?}");
 
-    let response = send(&pool, addr, request("GET", body(b"")))
-        .await
-        .ok()
-        .unwrap();
+    let response = answered(&pool, addr, request("GET", body(b""))).await;
     let error = response.into_body().collect().await.unwrap_err();
     assert!(matches!(error, Error::Incomplete), "{error:?}");
 
@@ -326,10 +308,7 @@ async fn misframed_responses_are_errors_and_the_connection_is_not_reused() {
         matches!(error, SendError::Http1(Error::BadContentLength)),
         "{error:?}"
     );
-    let response = send(&pool, addr, request("GET", body(b"")))
-        .await
-        .ok()
-        .unwrap();
+    let response = answered(&pool, addr, request("GET", body(b""))).await;
     assert_eq!(collect(response).await.0, "hello");
     assert_eq!(
         accepted.load(Ordering::SeqCst),
@@ -390,10 +369,7 @@ async fn echo_target() -> SocketAddr {
 async fn an_upload_and_its_echo_stream_at_the_same_time() {
     let addr = echo_target().await;
     let (tx, rx) = mpsc::channel(1);
-    let response = send(&pool(), addr, request("POST", Fed(rx).boxed()))
-        .await
-        .ok()
-        .unwrap();
+    let response = answered(&pool(), addr, request("POST", Fed(rx).boxed())).await;
     let mut body = response.into_body();
     for piece in ["one", "two", "three"] {
         tx.send(Ok(Bytes::from_static(piece.as_bytes())))
@@ -426,7 +402,7 @@ async fn a_101_hands_over_the_socket_with_what_followed_it() {
     upgrade
         .headers_mut()
         .insert("upgrade", http::HeaderValue::from_static("websocket"));
-    let response = send(&pool, addr, upgrade).await.ok().unwrap();
+    let response = answered(&pool, addr, upgrade).await;
     assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
     let (_socket, early) = response
         .extensions()
@@ -450,10 +426,7 @@ async fn a_101_hands_over_the_socket_with_what_followed_it() {
 async fn an_upload_that_breaks_off_ends_the_response() {
     let addr = echo_target().await;
     let (tx, rx) = mpsc::channel(1);
-    let response = send(&pool(), addr, request("POST", Fed(rx).boxed()))
-        .await
-        .ok()
-        .unwrap();
+    let response = answered(&pool(), addr, request("POST", Fed(rx).boxed())).await;
     let mut body = response.into_body();
     tx.send(Ok(Bytes::from_static(b"one"))).await.unwrap();
     let frame = body.frame().await.unwrap().unwrap();
@@ -518,10 +491,7 @@ async fn a_large_chunked_upload_survives_partial_writes() {
             tx.send(Ok(Bytes::from(chunk))).await.unwrap();
         }
     });
-    let response = send(&pool(), addr, request("PUT", Fed(rx).boxed()))
-        .await
-        .ok()
-        .unwrap();
+    let response = answered(&pool(), addr, request("PUT", Fed(rx).boxed())).await;
     assert_eq!(collect(response).await.0, (CHUNK * CHUNKS).to_string());
     feeder.await.unwrap();
     let received = target.await.unwrap();
