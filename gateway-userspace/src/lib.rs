@@ -12,6 +12,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod duration;
+pub mod http1;
 pub mod lists;
 pub mod proxy;
 pub mod sys;

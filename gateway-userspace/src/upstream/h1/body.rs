@@ -12,12 +12,12 @@ use bytes::Bytes;
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 
 use super::{
-    chunked::{ChunkedDecoder, Decoded},
     codec::ResponseFraming,
     conn::{Conn, Sending},
     pool::Slot,
     Error,
 };
+use crate::http1::chunked::{ChunkedDecoder, Decoded};
 
 pub struct ResponseBody {
     /// `None` once the body is through (or failed).
@@ -152,7 +152,7 @@ impl HttpBody for ResponseBody {
                         return Poll::Ready(None);
                     }
                     Ok(Decoded::NeedMore) => {}
-                    Err(error) => return this.fail(error),
+                    Err(error) => return this.fail(error.into()),
                 },
                 Framing::UntilClose if !conn.read.is_empty() => {
                     let data = conn.read.split().freeze();

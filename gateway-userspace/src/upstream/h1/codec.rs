@@ -13,7 +13,10 @@ use http::{
 use hyper::body::SizeHint;
 
 use super::Error;
-use crate::proxy::ForwardFields;
+use crate::{
+    http1::wire::{itoa, parse_length, put_header},
+    proxy::ForwardFields,
+};
 
 /// Header lines a response may carry (hyper's default, for both sides).
 pub(super) const MAX_HEADERS: usize = 100;
@@ -97,37 +100,6 @@ pub(super) fn encode_head(
     }
     buf.put_slice(b"\r\n");
     buf.freeze()
-}
-
-fn put_header(buf: &mut BytesMut, name: &[u8], value: &[u8]) {
-    buf.put_slice(name);
-    buf.put_slice(b": ");
-    buf.put_slice(value);
-    buf.put_slice(b"\r\n");
-}
-
-/// `n` in decimal, written at the end of `digits`.
-fn itoa(mut n: u64, digits: &mut [u8; 20]) -> &[u8] {
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return &digits[at..];
-        }
-    }
-}
-
-/// The line that starts a chunk of `len` bytes: the size in hex, CRLF.
-pub(super) fn chunk_size_line(len: usize) -> Bytes {
-    let mut line = BytesMut::with_capacity(18);
-    let digits = (usize::BITS - len.leading_zeros()).div_ceil(4).max(1);
-    for shift in (0..digits).rev() {
-        line.put_u8(b"0123456789abcdef"[(len >> (shift * 4)) & 0xf]);
-    }
-    line.put_slice(b"\r\n");
-    line.freeze()
 }
 
 /// How the response body is delimited (RFC 9112 §6.3).
@@ -309,13 +281,6 @@ fn response_framing(
     }
 }
 
-fn parse_length(digits: &[u8]) -> Option<u64> {
-    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    Some(digits.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0')))
-}
-
 #[cfg(test)]
 mod tests {
     use http::Request;
@@ -413,24 +378,6 @@ mod tests {
         assert_eq!(
             RequestFraming::of(false, &SizeHint::default()),
             RequestFraming::Chunked
-        );
-    }
-
-    #[test]
-    fn chunk_size_lines_are_lowercase_hex() {
-        for (len, line) in [
-            (1, "1"),
-            (15, "f"),
-            (16, "10"),
-            (65536, "10000"),
-            (0xabc, "abc"),
-        ] {
-            assert_eq!(chunk_size_line(len), format!("{line}\r\n"));
-        }
-        assert_eq!(itoa(0, &mut [0; 20]), b"0");
-        assert_eq!(
-            itoa(u64::MAX, &mut [0; 20]),
-            u64::MAX.to_string().as_bytes()
         );
     }
 

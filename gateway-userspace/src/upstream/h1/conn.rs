@@ -6,34 +6,26 @@
 //! them after that.
 
 use std::{
-    io::{self, IoSlice},
+    io,
     pin::Pin,
     task::{ready, Context, Poll, Waker},
 };
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use hyper::body::Body as HttpBody;
-use tokio::{
-    io::{AsyncRead, AsyncWrite, ReadBuf},
-    net::TcpStream,
-};
+use tokio::net::TcpStream;
 
-use super::{
-    codec::{chunk_size_line, RequestFraming},
-    Error,
+use super::{codec::RequestFraming, Error};
+use crate::{
+    http1::wire::{chunk_size_line, ReadSize, WriteQueue},
+    upstream::replay::AttemptBody,
 };
-use crate::upstream::replay::AttemptBody;
-
-/// The first read of an exchange asks for this much; reads that fill their
-/// buffer double it, up to `MAX_READ`.
-const FIRST_READ: usize = 16 * 1024;
-const MAX_READ: usize = 256 * 1024;
 
 pub(super) struct Conn {
     pub io: TcpStream,
     /// What the target sent that is not consumed yet.
     pub read: BytesMut,
-    read_size: usize,
+    read_size: ReadSize,
 }
 
 impl Conn {
@@ -41,7 +33,7 @@ impl Conn {
         Self {
             io,
             read: BytesMut::new(),
-            read_size: FIRST_READ,
+            read_size: ReadSize::default(),
         }
     }
 
@@ -50,24 +42,9 @@ impl Conn {
         (self.io, self.read.freeze())
     }
 
-    /// Reads once more into `read`; `Ok(0)` is the target closing. Reads
-    /// straight into the buffer's spare room, which needs no zeroing first.
-    #[allow(unsafe_code)]
+    /// Reads once more into `read`; `Ok(0)` is the target closing.
     pub fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.read.capacity() - self.read.len() < self.read_size / 2 {
-            self.read.reserve(self.read_size);
-        }
-        let spare = self.read.spare_capacity_mut();
-        let room = spare.len();
-        let mut buf = ReadBuf::uninit(spare);
-        ready!(Pin::new(&mut self.io).poll_read(cx, &mut buf))?;
-        let n = buf.filled().len();
-        // SAFETY: `poll_read` initialized the first `n` spare bytes.
-        unsafe { self.read.set_len(self.read.len() + n) };
-        if n == room {
-            self.read_size = (self.read_size * 2).min(MAX_READ);
-        }
-        Poll::Ready(Ok(n))
+        self.read_size.poll_fill(&mut self.io, &mut self.read, cx)
     }
 
     /// Whether an idle connection can take a request: the target has not
@@ -195,58 +172,5 @@ impl Sending {
             }
             _ => Ok(()),
         }
-    }
-}
-
-/// Buffers waiting to be written, sent with one vectored write where the
-/// socket takes them. Never more than a few at once (a head, or a chunk's
-/// size line, data and CRLF: the body is read only once the queue is
-/// empty), so they sit in a small ring, not on the heap.
-#[derive(Default)]
-struct WriteQueue {
-    bufs: [Bytes; QUEUE],
-    start: usize,
-    len: usize,
-    wrote_any: bool,
-}
-
-const QUEUE: usize = 4;
-
-impl WriteQueue {
-    fn push(&mut self, buf: Bytes) {
-        if buf.is_empty() {
-            return;
-        }
-        assert!(self.len < QUEUE, "at most {QUEUE} buffers are queued");
-        self.bufs[(self.start + self.len) % QUEUE] = buf;
-        self.len += 1;
-    }
-
-    fn poll_flush(&mut self, io: &mut TcpStream, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while self.len > 0 {
-            let mut slices = [IoSlice::new(&[]); QUEUE];
-            for (i, slice) in slices.iter_mut().take(self.len).enumerate() {
-                *slice = IoSlice::new(&self.bufs[(self.start + i) % QUEUE]);
-            }
-            let mut written =
-                ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices[..self.len]))?;
-            if written == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-            }
-            self.wrote_any = true;
-            while written > 0 {
-                let front = &mut self.bufs[self.start];
-                if written >= front.len() {
-                    written -= front.len();
-                    *front = Bytes::new();
-                    self.start = (self.start + 1) % QUEUE;
-                    self.len -= 1;
-                } else {
-                    front.advance(written);
-                    written = 0;
-                }
-            }
-        }
-        Poll::Ready(Ok(()))
     }
 }

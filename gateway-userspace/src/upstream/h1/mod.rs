@@ -6,13 +6,11 @@
 //! chunk goes from the target's socket to the client's in one poll.
 //!
 //! - `codec`: request head, response head, body framing (RFC 9112)
-//! - `chunked`: the chunked coding of response bodies
 //! - `conn`: one connection, and the request going out on it
 //! - `body`: the response body, and the connection's return to the pool
 //! - `pool`: idle connections per worker and target
 
 mod body;
-mod chunked;
 mod codec;
 mod conn;
 mod pool;
@@ -39,7 +37,10 @@ use super::{
     client::{Failed, SendError},
     replay::AttemptBody,
 };
-use crate::proxy::{BoxError, ForwardFields};
+use crate::{
+    http1::chunked::Malformed,
+    proxy::{BoxError, ForwardFields},
+};
 
 /// How an exchange with a target failed.
 #[derive(Debug, thiserror::Error)]
@@ -55,7 +56,7 @@ pub enum Error {
     #[error("invalid or conflicting Content-Length in the response")]
     BadContentLength,
     #[error("malformed chunked response body: {0}")]
-    Chunked(&'static str),
+    Chunked(#[from] Malformed),
     #[error("connection closed before a response")]
     ClosedBeforeResponse,
     #[error("connection closed in the middle of the response")]

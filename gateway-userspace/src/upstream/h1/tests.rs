@@ -454,16 +454,16 @@ async fn a_large_chunked_upload_survives_partial_writes() {
         let (mut stream, _) = listener.accept().await.unwrap();
         let head = read_head(&mut stream).await.unwrap();
         assert!(head.contains("transfer-encoding: chunked"), "{head}");
-        let mut decoder = chunked::ChunkedDecoder::default();
+        let mut decoder = crate::http1::chunked::ChunkedDecoder::default();
         let mut buf = bytes::BytesMut::new();
         let mut received: Vec<u8> = Vec::new();
         let mut reads = 0;
         loop {
             match decoder.decode(&mut buf).unwrap() {
-                chunked::Decoded::Data(data) => received.extend_from_slice(&data),
-                chunked::Decoded::Trailers(_) => {}
-                chunked::Decoded::Done => break,
-                chunked::Decoded::NeedMore => {
+                crate::http1::chunked::Decoded::Data(data) => received.extend_from_slice(&data),
+                crate::http1::chunked::Decoded::Trailers(_) => {}
+                crate::http1::chunked::Decoded::Done => break,
+                crate::http1::chunked::Decoded::NeedMore => {
                     let mut piece = vec![0; 7919];
                     let n = stream.read(&mut piece).await.unwrap();
                     assert!(n > 0, "the upload ended early");

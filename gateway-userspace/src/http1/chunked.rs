@@ -1,10 +1,16 @@
-//! The chunked transfer coding of a response body (RFC 9112 §7.1), decoded
-//! in place: data comes out as slices of the read buffer, never copied.
+//! The chunked transfer coding (RFC 9112 §7.1), decoded in place: data
+//! comes out as slices of the read buffer, never copied. Request bodies
+//! (the server) and response bodies (the upstream client) alike.
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-use super::Error;
+/// What is wrong with a chunked body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Malformed(pub &'static str);
+
+type Error = Malformed;
 
 /// A chunk-size line (size and extensions) may take this many bytes.
 const MAX_SIZE_LINE: usize = 4096;
@@ -13,7 +19,7 @@ const MAX_TRAILERS: usize = 16 * 1024;
 const MAX_TRAILER_FIELDS: usize = 32;
 
 #[derive(Debug, Default)]
-pub(super) struct ChunkedDecoder {
+pub struct ChunkedDecoder {
     state: State,
 }
 
@@ -30,7 +36,7 @@ enum State {
 }
 
 #[derive(Debug)]
-pub(super) enum Decoded {
+pub enum Decoded {
     Data(Bytes),
     Trailers(HeaderMap),
     /// The last chunk and the trailer section are through.
@@ -40,12 +46,12 @@ pub(super) enum Decoded {
 }
 
 impl ChunkedDecoder {
-    pub(super) fn is_done(&self) -> bool {
+    pub fn is_done(&self) -> bool {
         self.state == State::Done
     }
 
     /// Takes what it can off the front of `buf`.
-    pub(super) fn decode(&mut self, buf: &mut BytesMut) -> Result<Decoded, Error> {
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Decoded, Error> {
         loop {
             match self.state {
                 State::Size => {
@@ -77,7 +83,7 @@ impl ChunkedDecoder {
                         return Ok(Decoded::NeedMore);
                     }
                     if &buf[..2] != b"\r\n" {
-                        return Err(Error::Chunked("chunk data not followed by CRLF"));
+                        return Err(Malformed("chunk data not followed by CRLF"));
                     }
                     let _ = buf.split_to(2);
                     self.state = State::Size;
@@ -90,12 +96,12 @@ impl ChunkedDecoder {
                     }
                     let Some(end) = memchr::memmem::find(buf, b"\r\n\r\n") else {
                         if buf.len() > MAX_TRAILERS {
-                            return Err(Error::Chunked("trailer section too large"));
+                            return Err(Malformed("trailer section too large"));
                         }
                         return Ok(Decoded::NeedMore);
                     };
                     if end + 4 > MAX_TRAILERS {
-                        return Err(Error::Chunked("trailer section too large"));
+                        return Err(Malformed("trailer section too large"));
                     }
                     let section = buf.split_to(end + 4);
                     self.state = State::Done;
@@ -111,12 +117,12 @@ impl ChunkedDecoder {
 fn take_line(buf: &mut BytesMut, max: usize) -> Result<Option<BytesMut>, Error> {
     let Some(lf) = memchr::memchr(b'\n', buf) else {
         if buf.len() > max {
-            return Err(Error::Chunked("chunk-size line too long"));
+            return Err(Malformed("chunk-size line too long"));
         }
         return Ok(None);
     };
     if lf == 0 || buf[lf - 1] != b'\r' || lf > max {
-        return Err(Error::Chunked("chunk-size line not ended by CRLF"));
+        return Err(Malformed("chunk-size line not ended by CRLF"));
     }
     let mut line = buf.split_to(lf + 1);
     line.truncate(lf - 1);
@@ -130,29 +136,29 @@ fn chunk_size(line: &[u8]) -> Result<u64, Error> {
         .position(|&b| !b.is_ascii_hexdigit())
         .unwrap_or(line.len());
     if digits == 0 || digits > 16 {
-        return Err(Error::Chunked("bad chunk size"));
+        return Err(Malformed("bad chunk size"));
     }
     let rest = line[digits..].trim_ascii_start();
     if !(rest.is_empty() || rest[0] == b';') {
-        return Err(Error::Chunked("bad chunk size"));
+        return Err(Malformed("bad chunk size"));
     }
     let hex = std::str::from_utf8(&line[..digits]).expect("hex digits are ASCII");
-    u64::from_str_radix(hex, 16).map_err(|_| Error::Chunked("bad chunk size"))
+    u64::from_str_radix(hex, 16).map_err(|_| Malformed("bad chunk size"))
 }
 
 fn trailers(section: &[u8]) -> Result<HeaderMap, Error> {
     let mut fields = [httparse::EMPTY_HEADER; MAX_TRAILER_FIELDS];
     let parsed = httparse::parse_headers(section, &mut fields)
-        .map_err(|_| Error::Chunked("malformed trailer section"))?;
+        .map_err(|_| Malformed("malformed trailer section"))?;
     let httparse::Status::Complete((_, fields)) = parsed else {
-        return Err(Error::Chunked("malformed trailer section"));
+        return Err(Malformed("malformed trailer section"));
     };
     let mut map = HeaderMap::with_capacity(fields.len());
     for field in fields {
         let name = HeaderName::from_bytes(field.name.as_bytes())
-            .map_err(|_| Error::Chunked("malformed trailer section"))?;
+            .map_err(|_| Malformed("malformed trailer section"))?;
         let value = HeaderValue::from_bytes(field.value)
-            .map_err(|_| Error::Chunked("malformed trailer section"))?;
+            .map_err(|_| Malformed("malformed trailer section"))?;
         map.append(name, value);
     }
     Ok(map)

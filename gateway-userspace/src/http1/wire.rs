@@ -1,0 +1,200 @@
+//! Reading and writing HTTP/1.1 messages: a read buffer that grows with the
+//! traffic, a small queue of buffers written with one vectored write, and
+//! the numbers and fields of a head.
+
+use std::{
+    io::{self, IoSlice},
+    pin::Pin,
+    task::{ready, Context, Poll},
+};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// The first read of a connection asks for this much; reads that fill their
+/// buffer double it, up to `MAX_READ`.
+const FIRST_READ: usize = 16 * 1024;
+const MAX_READ: usize = 256 * 1024;
+
+/// How much the next read of a connection asks for: reads that fill their
+/// room double it, so a busy stream is read in large pieces and a quiet
+/// one keeps a small buffer.
+pub struct ReadSize(usize);
+
+impl Default for ReadSize {
+    fn default() -> Self {
+        Self(FIRST_READ)
+    }
+}
+
+impl ReadSize {
+    /// Reads once more from `io` onto the end of `buf`; `Ok(0)` is the peer
+    /// closing. Reads straight into the buffer's spare room, which needs no
+    /// zeroing first.
+    #[allow(unsafe_code)]
+    pub fn poll_fill<R: AsyncRead + Unpin>(
+        &mut self,
+        io: &mut R,
+        buf: &mut BytesMut,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<usize>> {
+        if buf.capacity() - buf.len() < self.0 / 2 {
+            buf.reserve(self.0);
+        }
+        let spare = buf.spare_capacity_mut();
+        let room = spare.len();
+        let mut read = ReadBuf::uninit(spare);
+        ready!(Pin::new(io).poll_read(cx, &mut read))?;
+        let n = read.filled().len();
+        // SAFETY: `poll_read` initialized the first `n` spare bytes.
+        unsafe { buf.set_len(buf.len() + n) };
+        if n == room {
+            self.0 = (self.0 * 2).min(MAX_READ);
+        }
+        Poll::Ready(Ok(n))
+    }
+}
+
+/// Buffers waiting to be written, sent with one vectored write where the
+/// socket takes them. Never more than a few at once (a head, or a chunk's
+/// size line, data and CRLF: a body is read only once the queue is
+/// empty), so they sit in a small ring, not on the heap.
+#[derive(Default)]
+pub struct WriteQueue {
+    bufs: [Bytes; QUEUE],
+    start: usize,
+    len: usize,
+    pub wrote_any: bool,
+}
+
+pub const QUEUE: usize = 4;
+
+impl WriteQueue {
+    pub fn push(&mut self, buf: Bytes) {
+        if buf.is_empty() {
+            return;
+        }
+        assert!(self.len < QUEUE, "at most {QUEUE} buffers are queued");
+        self.bufs[(self.start + self.len) % QUEUE] = buf;
+        self.len += 1;
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Room for `n` more buffers.
+    pub fn has_room(&self, n: usize) -> bool {
+        self.len + n <= QUEUE
+    }
+
+    pub fn poll_flush<W: AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut W,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        while self.len > 0 {
+            let mut slices = [IoSlice::new(&[]); QUEUE];
+            for (i, slice) in slices.iter_mut().take(self.len).enumerate() {
+                *slice = IoSlice::new(&self.bufs[(self.start + i) % QUEUE]);
+            }
+            let mut written =
+                ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices[..self.len]))?;
+            if written == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.wrote_any = true;
+            while written > 0 {
+                let front = &mut self.bufs[self.start];
+                if written >= front.len() {
+                    written -= front.len();
+                    *front = Bytes::new();
+                    self.start = (self.start + 1) % QUEUE;
+                    self.len -= 1;
+                } else {
+                    front.advance(written);
+                    written = 0;
+                }
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// `name: value` CRLF.
+pub fn put_header(buf: &mut BytesMut, name: &[u8], value: &[u8]) {
+    buf.put_slice(name);
+    buf.put_slice(b": ");
+    buf.put_slice(value);
+    buf.put_slice(b"\r\n");
+}
+
+/// `n` in decimal, written at the end of `digits`.
+pub fn itoa(mut n: u64, digits: &mut [u8; 20]) -> &[u8] {
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &digits[at..];
+        }
+    }
+}
+
+/// The line that starts a chunk of `len` bytes: the size in hex, CRLF.
+pub fn put_chunk_size(buf: &mut BytesMut, len: usize) {
+    let digits = (usize::BITS - len.leading_zeros()).div_ceil(4).max(1);
+    for shift in (0..digits).rev() {
+        buf.put_u8(b"0123456789abcdef"[(len >> (shift * 4)) & 0xf]);
+    }
+    buf.put_slice(b"\r\n");
+}
+
+/// The line that starts a chunk of `len` bytes, on its own.
+pub fn chunk_size_line(len: usize) -> Bytes {
+    let mut line = BytesMut::with_capacity(18);
+    put_chunk_size(&mut line, len);
+    line.freeze()
+}
+
+/// A Content-Length value: digits only (no sign, no space), at most 19.
+pub fn parse_length(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(digits.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0')))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_size_lines_are_lowercase_hex() {
+        for (len, line) in [(0, "0"), (1, "1"), (15, "f"), (16, "10"), (65536, "10000")] {
+            assert_eq!(chunk_size_line(len), format!("{line}\r\n"));
+        }
+        assert_eq!(itoa(0, &mut [0; 20]), b"0");
+        assert_eq!(
+            itoa(u64::MAX, &mut [0; 20]),
+            u64::MAX.to_string().as_bytes()
+        );
+    }
+
+    #[test]
+    fn lengths_are_plain_digits() {
+        assert_eq!(parse_length(b"0"), Some(0));
+        assert_eq!(parse_length(b"1234"), Some(1234));
+        for bad in [
+            &b""[..],
+            b"+3",
+            b"-1",
+            b" 3",
+            b"3a",
+            b"12345678901234567890",
+        ] {
+            assert_eq!(parse_length(bad), None, "{bad:?}");
+        }
+    }
+}
