@@ -1,11 +1,9 @@
 //! The byte streams a connection is served over: plain or TLS, with bytes
-//! already read put back in front (`Prefixed`), and shared between hyper and
-//! the listener (`Shared`, so a 408 can be written after hyper gave up).
+//! already read put back in front (`Prefixed`).
 
 use std::{
     io,
     pin::Pin,
-    sync::{Arc, Mutex, PoisonError},
     task::{Context, Poll},
 };
 
@@ -179,97 +177,6 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
     }
 }
 
-/// The connection's stream, shared between hyper and this module so that a
-/// 408 can still be written after hyper gives up on a slow request head;
-/// it also remembers whether the client has sent anything since our last
-/// write (a started request) or is merely idle. The lock is uncontended:
-/// only one side uses the stream at a time.
-pub(super) struct Shared<S>(Arc<Mutex<SharedState<S>>>);
-
-struct SharedState<S> {
-    io: S,
-    read_since_write: bool,
-}
-
-impl<S> Clone for Shared<S> {
-    fn clone(&self) -> Self {
-        Self(self.0.clone())
-    }
-}
-
-impl<S> Shared<S> {
-    pub(super) fn new(io: S) -> Self {
-        Self(Arc::new(Mutex::new(SharedState {
-            io,
-            read_since_write: false,
-        })))
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, SharedState<S>> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    pub(super) fn read_since_write(&self) -> bool {
-        self.lock().read_since_write
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Shared<S> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let mut state = self.lock();
-        let before = buf.filled().len();
-        let result = Pin::new(&mut state.io).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            state.read_since_write = true;
-        }
-        result
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Shared<S> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let mut state = self.lock();
-        let result = Pin::new(&mut state.io).poll_write(cx, buf);
-        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
-            state.read_since_write = false;
-        }
-        result
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let mut state = self.lock();
-        let result = Pin::new(&mut state.io).poll_write_vectored(cx, bufs);
-        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
-            state.read_since_write = false;
-        }
-        result
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.lock().io.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.lock().io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.lock().io).poll_shutdown(cx)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use tokio::io::AsyncWriteExt;
@@ -285,19 +192,5 @@ mod tests {
         let mut out = String::new();
         io.read_to_string(&mut out).await.unwrap();
         assert_eq!(out, "hello world");
-    }
-
-    #[tokio::test]
-    async fn shared_tracks_whether_the_client_spoke_since_our_last_write() {
-        let (mut client, server) = tokio::io::duplex(64);
-        let mut io = Shared::new(server);
-        assert!(!io.read_since_write());
-        client.write_all(b"GET / HT").await.unwrap();
-        let mut buf = [0u8; 16];
-        let n = io.read(&mut buf).await.unwrap();
-        assert_eq!(n, 8);
-        assert!(io.clone().read_since_write(), "a started request");
-        io.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.unwrap();
-        assert!(!io.read_since_write(), "answered: idle again");
     }
 }

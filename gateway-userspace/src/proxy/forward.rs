@@ -1,17 +1,22 @@
 //! The forwarding path: check the request, pick the route, rewrite what goes
 //! upstream, hand it to the upstream, rewrite what comes back.
 
+use bytes::Bytes;
 use http::{Request, Response, Version};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
+use hyper::body::Body as HttpBody;
 
-use super::{headers, limits, Body, Rejection, RequestContext, Runtime};
+use super::{headers, limits, Body, BoxError, Rejection, RequestContext, Runtime};
 
-pub(super) async fn forward(
+pub(super) async fn forward<B>(
     rt: &Runtime,
-    req: Request<Incoming>,
+    req: Request<B>,
     ctx: &mut RequestContext,
-) -> Result<Response<Body>, Rejection> {
+) -> Result<Response<Body>, Rejection>
+where
+    B: HttpBody<Data = Bytes> + Send + Sync + 'static,
+    B::Error: Into<BoxError>,
+{
     let (mut parts, body) = req.into_parts();
 
     // Who is asking: the connection's client, or what a trusted proxy says.

@@ -13,20 +13,12 @@ use hyper::body::{Body as HttpBody, Frame, SizeHint};
 
 use super::{Body, BoxError, Rejection};
 
-/// Refuses framing that two parsers could read differently. hyper already
-/// refuses malformed Content-Length values, obs-fold, invalid header names
-/// and values, bare CR, and a Transfer-Encoding that does not end in
-/// `chunked`; what is left is checked here.
+/// Refuses framing that two parsers could read differently. The HTTP/1.1
+/// server already refuses malformed Content-Length values, obs-fold,
+/// invalid header names and values, bare CR, and a Transfer-Encoding that
+/// does not end in `chunked`, and reads no body for what is refused here
+/// (HTTP/2 frames bodies itself; its Content-Length must still be single).
 pub fn check_framing(parts: &Parts) -> Result<(), Rejection> {
-    if parts
-        .extensions
-        .get::<super::framing::AmbiguousFraming>()
-        .is_some()
-    {
-        return Err(Rejection::BadRequest(
-            "ambiguous framing: Content-Length with Transfer-Encoding, or twice",
-        ));
-    }
     let lengths = parts.headers.get_all(header::CONTENT_LENGTH).iter().count();
     if lengths > 1 {
         return Err(Rejection::BadRequest("more than one Content-Length header"));

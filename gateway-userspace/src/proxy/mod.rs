@@ -7,8 +7,8 @@ mod conn_timer;
 mod context;
 mod drain;
 mod forward;
-pub mod framing;
 mod headers;
+pub mod http1;
 mod limits;
 mod proxy_protocol;
 mod rejection;
@@ -27,7 +27,7 @@ use std::{
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::combinators::BoxBody;
-use hyper::body::Incoming;
+use hyper::body::Body as HttpBody;
 use ipnet::IpNet;
 
 use self::access_log::AccessLogger;
@@ -154,11 +154,11 @@ impl ConnInfo {
 
 /// Handles one request end to end; never fails (errors become responses) and
 /// always writes the access log line.
-pub async fn handle(
-    rt: Arc<Runtime>,
-    req: Request<Incoming>,
-    conn: Arc<ConnInfo>,
-) -> Response<Body> {
+pub async fn handle<B>(rt: Arc<Runtime>, req: Request<B>, conn: Arc<ConnInfo>) -> Response<Body>
+where
+    B: HttpBody<Data = Bytes> + Send + Sync + 'static,
+    B::Error: Into<BoxError>,
+{
     let mut ctx = RequestContext::new(conn);
     let method = req.method().clone();
     // Only the access log needs the path after the request has gone on.

@@ -5,10 +5,11 @@
 //!
 //! One connection goes through two phases. The handshake (PROXY header, TLS)
 //! is bounded by `handshake_timeout` and abandoned at shutdown, since no
-//! request is in flight yet. Then HTTP: hyper serves it with
-//! `header_read_timeout`, `max_header_bytes` and `max_headers`; at shutdown
-//! it finishes what is in flight (HTTP/2 sends GOAWAY) until the drain
-//! deadline, when every connection and upgraded tunnel still open is cut.
+//! request is in flight yet. Then HTTP, with `header_read_timeout`,
+//! `max_header_bytes` and `max_headers`: HTTP/1.1 by xgate's own server
+//! (`http1`), HTTP/2 by hyper's. At shutdown each finishes what is in
+//! flight (HTTP/2 sends GOAWAY) until the drain deadline, when every
+//! connection and upgraded tunnel still open is cut.
 
 use std::{
     convert::Infallible,
@@ -24,28 +25,26 @@ use bytes::Bytes;
 use http::{header::HOST, HeaderValue, Request, Version};
 use hyper::{
     body::{Body as HttpBody, Frame, Incoming, SizeHint},
-    server::conn::{http1, http2},
+    server::conn::http2,
     service::service_fn,
-    upgrade::OnUpgrade,
 };
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use ipnet::IpNet;
 use tokio::{
-    io::AsyncWriteExt,
     net::{TcpListener, TcpStream},
     sync::watch,
 };
 use tokio_rustls::TlsAcceptor;
 
 use super::{
-    conn_io::{sniff_preface, Prefixed, Shared, Sniffed, Stream},
+    conn_io::{sniff_preface, Prefixed, Sniffed, Stream},
     conn_timer::ConnTimer,
     drain::{until_drained, ConnectionScope, Rarely, Tracker},
     headers::is_trusted,
+    http1::{self, ClientUpgrade, HeadLimits},
     workers::Workers,
 };
 use super::{
-    framing::{AmbiguousFraming, FramingVerdicts, FramingWatch},
     handle,
     proxy_protocol::{self, ProxyHeaderError},
     tls, Body, BoxError, ConnInfo, RuntimeHandle,
@@ -56,15 +55,9 @@ use crate::{
     telemetry::Metrics,
 };
 
-/// Time to write a 408 before giving up on a client that does not read.
-const TIMEOUT_RESPONSE_WRITE: Duration = Duration::from_secs(5);
 /// After the drain deadline, time for cut connections to close their
 /// sockets before the listener reports done.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
-/// hyper's smallest read buffer (it panics below).
-const HYPER_MIN_BUF_SIZE: usize = 8 * 1024;
-/// The header count hyper refuses above when given no limit.
-const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
 
 /// One listener's settings, compiled from config. Swapped whole on reload;
 /// each connection uses those current when it was accepted.
@@ -76,7 +69,7 @@ pub struct Settings {
     header_read_timeout: Duration,
     /// HTTP/1.1, and with `http2` on, whatever does not start with the
     /// HTTP/2 preface.
-    http1: http1::Builder,
+    http1: http1::Settings,
     /// Connections that start with the HTTP/2 preface (`http2` on).
     http2_server: http2::Builder<TokioExecutor>,
 }
@@ -93,23 +86,13 @@ impl Settings {
                 "proxy_protocol is on but trusted_proxies is empty: every connection will be refused"
             );
         }
-        // hyper counts the head against its read buffer: a head that fills
-        // it is refused with 431 (it panics below its 8 KiB minimum, which
-        // validation already enforces).
-        let buffer = listener.max_header_bytes.max(HYPER_MIN_BUF_SIZE);
-        // hyper's own limit is 100 headers, parsed into arrays on the stack;
-        // any explicit limit, even 100, makes it fill two 100-entry heap
-        // vectors per request head.
-        let max_headers =
-            (listener.max_headers != HYPER_DEFAULT_MAX_HEADERS).then_some(listener.max_headers);
-        // Each connection gets its own timer (`ConnTimer`) when it starts.
-        let mut http1 = http1::Builder::new();
-        http1
-            .header_read_timeout(listener.header_read_timeout)
-            .max_buf_size(buffer);
-        if let Some(max) = max_headers {
-            http1.max_headers(max);
-        }
+        let http1 = http1::Settings {
+            head: HeadLimits {
+                max_bytes: listener.max_header_bytes,
+                max_fields: listener.max_headers,
+            },
+            header_read_timeout: listener.header_read_timeout,
+        };
         let mut http2_server = http2::Builder::new(TokioExecutor::new());
         http2_server
             .timer(TokioTimer::new())
@@ -249,13 +232,6 @@ enum Refused {
     Timeout,
 }
 
-/// The HTTP server a connection gets, with the stream it reads.
-enum Protocol {
-    /// Shared: a 408 may still be written after hyper gives up.
-    Http1(Shared<FramingWatch<Prefixed<Stream>>>),
-    Http2(Prefixed<Stream>),
-}
-
 /// After the handshake: the byte stream and who is on the other end.
 struct Established {
     stream: Stream,
@@ -337,69 +313,52 @@ impl Connection {
         } else {
             Sniffed::Http1(Prefixed::new(stream, Bytes::new()))
         };
-        let (protocol, framing) = match sniffed {
-            Sniffed::Http1(stream) => {
-                // Follows HTTP/1 framing on the raw bytes: hyper resolves a
-                // Content-Length + Transfer-Encoding head silently; we
-                // refuse it.
-                let (watched, framing) = FramingWatch::new(stream);
-                (Protocol::Http1(Shared::new(watched)), framing)
-            }
-            Sniffed::Http2(stream) => (Protocol::Http2(stream), FramingVerdicts::default()),
-            Sniffed::Nothing => return,
-        };
-
-        let timer = matches!(protocol, Protocol::Http1(_)).then(ConnTimer::new);
-        let conn_info = Arc::new(ConnInfo::new(peer, client, scheme, timer.clone()));
+        let peer_ip = client.ip();
         let runtime = self.runtime.clone();
-        let scope = self.scope.clone();
-        let service = service_fn(move |mut req: Request<Incoming>| {
-            // One verdict per HTTP/1 request, in order (HTTP/2 has no such
-            // ambiguity and takes none).
-            if req.version() < http::Version::HTTP_2 && framing.next_is_ambiguous() {
-                req.extensions_mut().insert(AmbiguousFraming);
-            }
-            host_from_authority(&mut req);
-            if req.extensions().get::<OnUpgrade>().is_some() {
-                // hyper saw an upgrade request: a tunnel may outlive this
-                // connection's HTTP phase and must stay in the drain.
-                req.extensions_mut().insert(scope.clone());
-            }
-            let runtime = runtime.load();
-            let conn_info = conn_info.clone();
-            async move {
-                let response = handle(runtime, req, conn_info).await;
-                Ok::<_, Infallible>(response.map(ResponseBody))
-            }
-        });
         let settings = self.settings.clone();
-        let result = match protocol {
-            Protocol::Http1(io) => {
-                let mut http1 = settings.http1.clone();
-                http1.timer(timer.expect("made for HTTP/1"));
-                let connection = http1
-                    .serve_connection(TokioIo::new(io.clone()), service)
-                    .with_upgrades();
-                let result =
-                    until_drained(connection, &mut shutdown, |c| c.graceful_shutdown()).await;
-                match result {
-                    Err(error) if error.is_timeout() && io.read_since_write() => {
-                        request_timeout(io).await;
-                        tracing::debug!(client.ip = %client.ip(), "request head not complete within header_read_timeout; 408");
-                        return;
+        let result = match sniffed {
+            Sniffed::Http1(stream) => {
+                let timer = ConnTimer::new();
+                let conn_info = Arc::new(ConnInfo::new(peer, client, scheme, Some(timer.clone())));
+                let scope = self.scope.clone();
+                let service = move |mut req: Request<http1::RequestBody<Prefixed<Stream>>>| {
+                    if req
+                        .extensions()
+                        .get::<ClientUpgrade<Prefixed<Stream>>>()
+                        .is_some()
+                    {
+                        // A tunnel may outlive this connection's HTTP phase
+                        // and must stay in the drain.
+                        req.extensions_mut().insert(scope.clone());
                     }
-                    result => result,
-                }
+                    handle(runtime.load(), req, conn_info.clone())
+                };
+                http1::serve(stream, settings.http1, &timer, &mut shutdown, service)
+                    .await
+                    .map_err(BoxError::from)
             }
-            Protocol::Http2(stream) => {
+            Sniffed::Http2(stream) => {
+                let conn_info = Arc::new(ConnInfo::new(peer, client, scheme, None));
+                let service = service_fn(move |mut req: Request<Incoming>| {
+                    host_from_authority(&mut req);
+                    let runtime = runtime.load();
+                    let conn_info = conn_info.clone();
+                    async move {
+                        let response = handle(runtime, req, conn_info).await;
+                        Ok::<_, Infallible>(response.map(ResponseBody))
+                    }
+                });
                 let connection = settings
                     .http2_server
                     .serve_connection(TokioIo::new(stream), service);
-                until_drained(connection, &mut shutdown, |c| c.graceful_shutdown()).await
+                until_drained(connection, &mut shutdown, |c| c.graceful_shutdown())
+                    .await
+                    .map_err(BoxError::from)
             }
+            Sniffed::Nothing => return,
         };
         if let Err(error) = result {
-            tracing::debug!(client.ip = %client.ip(), %error, "connection ended with an error");
+            tracing::debug!(client.ip = %peer_ip, %error, "connection ended with an error");
         }
     }
 
@@ -505,20 +464,4 @@ fn host_from_authority(req: &mut Request<Incoming>) {
     {
         req.headers_mut().insert(HOST, host);
     }
-}
-
-/// hyper closes a connection whose request head is late without a word;
-/// a client that had started a request is owed a 408 (RFC 9110 §15.5.9).
-async fn request_timeout(mut io: Shared<FramingWatch<Prefixed<Stream>>>) {
-    let body = serde_json::json!({ "message": "request header timeout" }).to_string();
-    let response = format!(
-        "HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n\
-         content-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let _ = tokio::time::timeout(TIMEOUT_RESPONSE_WRITE, async {
-        io.write_all(response.as_bytes()).await?;
-        io.shutdown().await
-    })
-    .await;
 }

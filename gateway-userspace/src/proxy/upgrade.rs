@@ -5,29 +5,36 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+use bytes::Bytes;
 use http::{
     header::{CONNECTION, UPGRADE},
     request, HeaderMap, HeaderValue, Response, StatusCode,
 };
-use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
-use tokio::io::AsyncWriteExt;
+use tokio::{io::AsyncWriteExt, sync::oneshot};
 
-use super::{drain::ConnectionScope, RequestContext};
+use super::{
+    conn_io::{Prefixed, Stream},
+    drain::ConnectionScope,
+    http1::ClientUpgrade,
+    RequestContext,
+};
 use crate::upstream::Upgraded;
 
 /// A client's request to switch protocols, taken off the request before
 /// the hop-by-hop headers are stripped.
 pub(super) struct UpgradeRequest {
     protocol: HeaderValue,
-    downstream: OnUpgrade,
+    downstream: Downstream,
     scope: Option<ConnectionScope>,
 }
 
+/// The client's side of the tunnel, once the server has written the 101.
+type Downstream = oneshot::Receiver<(Prefixed<Stream>, Bytes)>;
+
 impl UpgradeRequest {
-    /// `Some` when the request asks to upgrade: hyper saw `Connection:
-    /// upgrade` on an HTTP/1.1 request (it then leaves an [`OnUpgrade`] in
-    /// the extensions) and there is an `Upgrade` header. HTTP/2 requests
+    /// `Some` when the request asks to upgrade: the HTTP/1.1 server saw
+    /// `Connection: upgrade` and an `Upgrade` header (it then leaves a
+    /// [`ClientUpgrade`] in the extensions). HTTP/2 requests
     /// never qualify (RFC 9113 §8.2.2 forbids Upgrade there), and neither
     /// does `Upgrade: h2c`: an upstream that accepted it would speak HTTP/2
     /// with the client through the tunnel, every later request bypassing
@@ -38,7 +45,10 @@ impl UpgradeRequest {
         if asks_for_h2c(&protocol) {
             return None;
         }
-        let downstream = parts.extensions.remove::<OnUpgrade>()?;
+        let downstream = parts
+            .extensions
+            .remove::<ClientUpgrade<Prefixed<Stream>>>()?
+            .take()?;
         Some(Self {
             protocol,
             downstream,
@@ -53,7 +63,7 @@ impl UpgradeRequest {
     }
 
     /// When the upstream agreed (101), starts the tunnel between the two
-    /// connections (it runs once hyper has sent the 101 to the client) and
+    /// connections (it runs once the server has sent the 101 to the client) and
     /// returns what the client's 101 needs back after stripping. Any other
     /// status is relayed as a normal response and the upgrade dropped.
     pub(super) fn relay<B>(
@@ -115,7 +125,7 @@ impl Switched {
 /// the listener's drain waiting for the tunnel and cuts it at the drain
 /// deadline.
 async fn tunnel(
-    downstream: OnUpgrade,
+    downstream: Downstream,
     upstream: Upgraded,
     scope: Option<ConnectionScope>,
     client: IpAddr,
@@ -125,14 +135,14 @@ async fn tunnel(
     let Some((mut up, early)) = upstream.take() else {
         return;
     };
-    let down = match downstream.await {
-        Ok(down) => down,
-        Err(error) => {
-            tracing::debug!(client.ip = %client, upstream.target = %target, %error, "upgrade did not complete");
+    let mut down = match downstream.await {
+        // What the client sent right behind its request is replayed first.
+        Ok((stream, early)) => Prefixed::new(stream, early),
+        Err(_) => {
+            tracing::debug!(client.ip = %client, upstream.target = %target, "upgrade did not complete: the client connection ended first");
             return;
         }
     };
-    let mut down = TokioIo::new(down);
     // What the target sent right behind its 101 came in with the response.
     if !early.is_empty() {
         if let Err(error) = down.write_all(&early).await {
