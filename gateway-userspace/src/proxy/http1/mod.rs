@@ -260,9 +260,12 @@ where
             return Ok(());
         }
         let framing = response::framing(exchange_info, &head, &body.size_hint());
-        let close = !keep_alive || draining || read_closed || framing == Framing::UntilClose;
+        let mut close = !keep_alive || draining || read_closed || framing == Framing::UntilClose;
         {
             let mut io = lock(&shared);
+            // A body nobody holds any more will not be read: say now that
+            // the connection ends with this response.
+            close |= io.body_open && Arc::strong_count(&shared) == 1;
             // The answer came before the body was asked for: no 100 now.
             if io.continue_owed == CONTINUE.len() {
                 io.continue_owed = 0;
@@ -283,6 +286,7 @@ where
                 _ => 0,
             },
             queue: WriteQueue::default(),
+            failed: None,
         };
         poll_fn(|cx| writer.poll(&shared, &mut out, cx)).await?;
         drop(writer);
@@ -372,6 +376,9 @@ struct BodyWriter {
     /// Under Content-Length: bytes still owed.
     owed: u64,
     queue: WriteQueue,
+    /// Why the body ended early: reported once what came before it is
+    /// written.
+    failed: Option<Error>,
 }
 
 impl BodyWriter {
@@ -390,27 +397,24 @@ impl BodyWriter {
                 if !self.queue.has_room(3) || out.len() >= GATHER_MAX {
                     break;
                 }
-                let frame = match Pin::new(body).poll_frame(cx) {
+                let result = match Pin::new(body).poll_frame(cx) {
                     Poll::Pending => {
                         waiting = true;
                         break;
                     }
-                    Poll::Ready(None) => {
-                        self.finish(out, None)?;
-                        continue;
-                    }
-                    Poll::Ready(Some(Err(error))) => {
-                        return Poll::Ready(Err(Error::ResponseBody(error)))
-                    }
-                    Poll::Ready(Some(Ok(frame))) => frame,
+                    Poll::Ready(None) => self.finish(out, None),
+                    Poll::Ready(Some(Err(error))) => Err(Error::ResponseBody(error)),
+                    Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                        Ok(data) => self.push_data(out, data),
+                        Err(frame) => match frame.into_trailers() {
+                            Ok(trailers) => self.finish(out, Some(trailers)),
+                            Err(_) => Ok(()),
+                        },
+                    },
                 };
-                match frame.into_data() {
-                    Ok(data) => self.push_data(out, data)?,
-                    Err(frame) => {
-                        if let Ok(trailers) = frame.into_trailers() {
-                            self.finish(out, Some(trailers))?;
-                        }
-                    }
+                if let Err(error) = result {
+                    self.body = None;
+                    self.failed = Some(error);
                 }
             }
             if !out.is_empty() {
@@ -421,7 +425,7 @@ impl BodyWriter {
             }
             ready!(flush(shared, &mut self.queue, cx))?;
             if self.body.is_none() {
-                return Poll::Ready(Ok(()));
+                return Poll::Ready(self.failed.take().map_or(Ok(()), Err));
             }
         }
     }
