@@ -3,7 +3,7 @@
 //! headers that tell the upstream: X-Forwarded-For/Proto/Host, Forwarded
 //! (RFC 7239) and X-Request-Id.
 
-use std::net::IpAddr;
+use std::{net::IpAddr, sync::Mutex};
 
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderName, HeaderValue};
@@ -114,6 +114,10 @@ pub struct Forwarding {
     /// the request's host.
     element: String,
     scheme: &'static str,
+    /// The last Forwarded value made without a prior one, and the Host it
+    /// was made for: a connection's requests usually share their Host, so
+    /// it is made once, not per request.
+    last: Mutex<Option<(HeaderValue, HeaderValue)>>,
 }
 
 impl Forwarding {
@@ -128,6 +132,7 @@ impl Forwarding {
             peer: HeaderValue::from_str(&text).expect("addresses are ASCII"),
             element: format!("for={node};proto={scheme}"),
             scheme,
+            last: Mutex::new(None),
         }
     }
 
@@ -176,26 +181,10 @@ impl Forwarding {
         }
 
         let prior = joined(headers, &FORWARDED, present && peer_trusted);
-        let host = host.as_ref().and_then(|h| h.to_str().ok()).filter(|host| {
-            host.bytes()
-                .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
-        });
-        let mut forwarded = String::with_capacity(
-            prior.as_ref().map_or(0, |p| p.len() + ", ".len())
-                + self.element.len()
-                + host.map_or(0, |h| ";host=\"\"".len() + h.len()),
-        );
-        if let Some(prior) = &prior {
-            forwarded.push_str(prior);
-            forwarded.push_str(", ");
-        }
-        forwarded.push_str(&self.element);
-        if let Some(host) = host {
-            forwarded.push_str(";host=\"");
-            forwarded.push_str(host);
-            forwarded.push('"');
-        }
-        fields.0[FWD] = value(forwarded);
+        fields.0[FWD] = match (&prior, &host) {
+            (None, Some(host)) => Some(self.forwarded_for(host)),
+            _ => self.forwarded(prior.as_deref(), host.as_ref()),
+        };
         fields.0[RID] = Some(request_id.clone());
 
         if present {
@@ -207,6 +196,47 @@ impl Forwarding {
             }
         }
         fields
+    }
+
+    /// The Forwarded value for a request to `host` that brought none: the
+    /// last one made when the Host is the same.
+    fn forwarded_for(&self, host: &HeaderValue) -> HeaderValue {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((seen, value)) = last.as_ref() {
+            if seen == host {
+                return value.clone();
+            }
+        }
+        let value = self
+            .forwarded(None, Some(host))
+            .expect("made of visible ASCII");
+        *last = Some((host.clone(), value.clone()));
+        value
+    }
+
+    /// `prior, for=...;proto=...;host="..."` (the host only when it can be
+    /// quoted as it is).
+    fn forwarded(&self, prior: Option<&str>, host: Option<&HeaderValue>) -> Option<HeaderValue> {
+        let host = host.and_then(|h| h.to_str().ok()).filter(|host| {
+            host.bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+        });
+        let mut forwarded = String::with_capacity(
+            prior.map_or(0, |p| p.len() + ", ".len())
+                + self.element.len()
+                + host.map_or(0, |h| ";host=\"\"".len() + h.len()),
+        );
+        if let Some(prior) = prior {
+            forwarded.push_str(prior);
+            forwarded.push_str(", ");
+        }
+        forwarded.push_str(&self.element);
+        if let Some(host) = host {
+            forwarded.push_str(";host=\"");
+            forwarded.push_str(host);
+            forwarded.push('"');
+        }
+        value(forwarded)
     }
 }
 
@@ -283,7 +313,10 @@ pub fn request_id(headers: &HeaderMap, peer_trusted: bool) -> HeaderValue {
     for (i, digit) in hex.iter_mut().enumerate() {
         *digit = HEX[((random >> (124 - 4 * i)) & 0xf) as usize];
     }
-    HeaderValue::from_bytes(&hex).expect("hex digits are a valid header value")
+    // Owned by one shared allocation: the id is cloned into the upstream
+    // request, the response and the access log without copies.
+    HeaderValue::from_maybe_shared(Bytes::from_owner(hex))
+        .expect("hex digits are a valid header value")
 }
 
 #[cfg(test)]
@@ -407,5 +440,33 @@ mod tests {
             h["forwarded"],
             "for=1.2.3.4;proto=https, for=\"[2001:db8::1]\";proto=http"
         );
+    }
+
+    #[test]
+    fn forwarded_follows_each_requests_host_on_one_connection() {
+        let forwarding = Forwarding::new("198.51.100.7".parse().unwrap(), "https");
+        let id = HeaderValue::from_static("id");
+        let forwarded = |host: Option<&str>, prior: Option<&str>| {
+            let mut pairs = Vec::new();
+            pairs.extend(host.map(|h| ("host", h)));
+            pairs.extend(prior.map(|p| ("forwarded", p)));
+            let mut h = map(&pairs);
+            forwarding.apply(&mut h, true, &id);
+            h["forwarded"].to_str().unwrap().to_owned()
+        };
+        let a = "for=198.51.100.7;proto=https;host=\"a.test\"";
+        assert_eq!(forwarded(Some("a.test"), None), a);
+        assert_eq!(forwarded(Some("a.test"), None), a, "made again: the same");
+        assert_eq!(
+            forwarded(Some("b.test"), None),
+            "for=198.51.100.7;proto=https;host=\"b.test\""
+        );
+        assert_eq!(forwarded(Some("a.test"), None), a, "back to the first");
+        assert_eq!(
+            forwarded(Some("a.test"), Some("for=1.2.3.4")),
+            format!("for=1.2.3.4, {a}"),
+            "a trusted proxy's chain is extended, not replaced by the last one"
+        );
+        assert_eq!(forwarded(None, None), "for=198.51.100.7;proto=https");
     }
 }

@@ -8,7 +8,7 @@ use std::{
 
 use bytes::Bytes;
 use http::{header, request::Parts};
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, Empty};
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 
 use super::{Body, BoxError, Rejection};
@@ -47,18 +47,24 @@ where
     B: HttpBody<Data = Bytes> + Send + Sync + 'static,
     B::Error: Into<BoxError>,
 {
+    if let Some(max) = max {
+        let declared = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > max) {
+            return Err(Rejection::PayloadTooLarge);
+        }
+    }
+    if body.is_end_stream() {
+        // The usual GET: a body of nothing needs no allocation.
+        return Ok(Empty::new().map_err(|never| match never {}).boxed());
+    }
     let body = body.map_err(Into::into);
     let Some(max) = max else {
         return Ok(body.boxed());
     };
-    let declared = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > max) {
-        return Err(Rejection::PayloadTooLarge);
-    }
     Ok(LimitedBody {
         inner: body.boxed(),
         remaining: max,

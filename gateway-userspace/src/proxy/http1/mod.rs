@@ -38,7 +38,7 @@ use tokio::{
 
 use self::{
     body::{lock, Io, SharedIo, CONTINUE},
-    request::{parse_request, RequestHead},
+    request::{parse_request, Fields, RequestHead},
     response::{encode_head, server_response, Exchange, Framing},
 };
 pub use self::{
@@ -134,6 +134,7 @@ where
     let mut drain = Rarely::new(shutdown.wait_for(|s| *s));
     let mut draining = false;
     let mut out = BytesMut::new();
+    let mut fields = Fields::default();
     loop {
         // The next request head.
         let mut deadline =
@@ -142,7 +143,7 @@ where
             let mut io = lock(&shared);
             loop {
                 if !io.read.is_empty() {
-                    match parse_request(&mut io.read, settings.head) {
+                    match parse_request(&mut io.read, settings.head, &mut fields) {
                         Ok(Some(head)) => return Poll::Ready(Ok(Some(head))),
                         Ok(None) => {}
                         Err(error) => return Poll::Ready(Err(HeadWait::Refused(error))),

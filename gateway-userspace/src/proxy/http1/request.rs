@@ -70,19 +70,27 @@ pub struct HeadLimits {
     pub max_fields: usize,
 }
 
+/// Where the fields of a head lie, kept by the connection from one head to
+/// the next (no allocation per request).
+#[derive(Default)]
+pub(super) struct Fields(Vec<Span>);
+
 /// Parses a request head off the front of `buf`. `Ok(None)`: not all of it
 /// is in yet (and it is still within the limits).
 pub(super) fn parse_request(
     buf: &mut BytesMut,
     limits: HeadLimits,
+    fields: &mut Fields,
 ) -> Result<Option<RequestHead>, HeadError> {
+    let fields = &mut fields.0;
+    fields.clear();
     let scanned = if limits.max_fields <= STACK_FIELDS {
         let mut slots: [MaybeUninit<httparse::Header<'_>>; STACK_FIELDS] =
             [const { MaybeUninit::uninit() }; STACK_FIELDS];
-        scan(buf, limits, &mut slots[..limits.max_fields])?
+        scan(buf, limits, &mut slots[..limits.max_fields], fields)?
     } else {
         let mut slots = vec![MaybeUninit::uninit(); limits.max_fields];
-        scan(buf, limits, &mut slots)?
+        scan(buf, limits, &mut slots, fields)?
     };
     let Some(scanned) = scanned else {
         return Ok(None);
@@ -96,9 +104,9 @@ pub(super) fn parse_request(
         .map_err(|_| HeadError::Malformed("invalid request target"))?;
     let version = scanned.version;
 
-    let mut headers = HeaderMap::with_capacity(scanned.fields.len());
+    let mut headers = HeaderMap::with_capacity(fields.len());
     let mut seen = Seen::default();
-    for span in scanned.fields {
+    for span in fields.iter() {
         let name = HeaderName::from_bytes(&head[span.name.0..span.name.1])
             .map_err(|_| HeadError::Malformed("invalid header name"))?;
         let value = HeaderValue::from_maybe_shared(head.slice(span.value.0..span.value.1))
@@ -130,20 +138,21 @@ struct Scanned {
     method: (usize, usize),
     path: (usize, usize),
     version: Version,
-    fields: Vec<Span>,
 }
 
 #[derive(Clone, Copy)]
-struct Span {
+pub(super) struct Span {
     name: (usize, usize),
     value: (usize, usize),
 }
 
-/// Runs httparse over `buf` and notes where everything is.
+/// Runs httparse over `buf` and notes where everything is (the fields in
+/// `fields`).
 fn scan<'b>(
     buf: &'b [u8],
     limits: HeadLimits,
     slots: &mut [MaybeUninit<httparse::Header<'b>>],
+    fields: &mut Vec<Span>,
 ) -> Result<Option<Scanned>, HeadError> {
     let mut req = httparse::Request::new(&mut []);
     let len = match httparse::ParserConfig::default()
@@ -165,6 +174,10 @@ fn scan<'b>(
         let start = s.as_ptr() as usize - base;
         (start, start + s.len())
     };
+    fields.extend(req.headers.iter().map(|h| Span {
+        name: span(h.name.as_bytes()),
+        value: span(h.value),
+    }));
     Ok(Some(Scanned {
         len,
         method: span(req.method.expect("complete").as_bytes()),
@@ -173,14 +186,6 @@ fn scan<'b>(
             Some(1) => Version::HTTP_11,
             _ => Version::HTTP_10,
         },
-        fields: req
-            .headers
-            .iter()
-            .map(|h| Span {
-                name: span(h.name.as_bytes()),
-                value: span(h.value),
-            })
-            .collect(),
     }))
 }
 
@@ -304,7 +309,7 @@ mod tests {
     };
 
     fn parse(raw: &str) -> Result<Option<RequestHead>, HeadError> {
-        parse_request(&mut BytesMut::from(raw), LIMITS)
+        parse_request(&mut BytesMut::from(raw), LIMITS, &mut Fields::default())
     }
 
     fn head(raw: &str) -> RequestHead {
@@ -317,7 +322,9 @@ mod tests {
             "POST /api/x?y=1 HTTP/1.1\r\nHost: a.test\r\nX-Two: 1\r\nx-two: 2\r\n\
              Content-Length: 5\r\n\r\nhelloGET",
         );
-        let head = parse_request(&mut buf, LIMITS).unwrap().unwrap();
+        let head = parse_request(&mut buf, LIMITS, &mut Fields::default())
+            .unwrap()
+            .unwrap();
         assert_eq!(head.parts.method, Method::POST);
         assert_eq!(head.parts.uri, "/api/x?y=1");
         assert_eq!(head.parts.version, Version::HTTP_11);
@@ -346,16 +353,24 @@ mod tests {
             max_fields: 10,
         };
         assert!(matches!(
-            parse_request(&mut BytesMut::from(many.as_str()), tight),
+            parse_request(
+                &mut BytesMut::from(many.as_str()),
+                tight,
+                &mut Fields::default()
+            ),
             Err(HeadError::TooLarge)
         ));
         let roomy = HeadLimits {
             max_bytes: 8192,
             max_fields: 200,
         };
-        assert!(parse_request(&mut BytesMut::from(many.as_str()), roomy)
-            .unwrap()
-            .is_some());
+        assert!(parse_request(
+            &mut BytesMut::from(many.as_str()),
+            roomy,
+            &mut Fields::default()
+        )
+        .unwrap()
+        .is_some());
     }
 
     #[test]
