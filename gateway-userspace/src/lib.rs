@@ -1,7 +1,9 @@
 //! xgate userspace: the daemon (`xgate run`), its admin API, and the CLI.
 //!
-//! Layout: `config` (file → validated model), `proxy` (listeners, router,
-//! forwarding), `upstream` (targets, balancing, pooled client), `lists`
+//! Layout: `config` (file → validated model), `proxy` (listeners, the
+//! HTTP/1.1 server, router, forwarding), `upstream` (targets, balancing,
+//! pooled client), `http1` (HTTP/1.1 on the wire, shared by the server and
+//! the upstream client), `lists`
 //! (source deny/allow lists and the kernel rate policy), `xdp` (the kernel
 //! half seen from here), `admin` (API server and client), `cli`, `daemon`
 //! (wiring and reload), `telemetry`.

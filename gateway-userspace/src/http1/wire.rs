@@ -151,6 +151,15 @@ pub fn put_chunk_size(buf: &mut BytesMut, len: usize) {
     buf.put_slice(b"\r\n");
 }
 
+/// The last chunk, with the trailer section (RFC 9112 §7.1.2).
+pub fn put_last_chunk(buf: &mut BytesMut, trailers: Option<&http::HeaderMap>) {
+    buf.put_slice(b"0\r\n");
+    for (name, value) in trailers.into_iter().flatten() {
+        put_header(buf, name.as_str().as_bytes(), value.as_bytes());
+    }
+    buf.put_slice(b"\r\n");
+}
+
 /// The line that starts a chunk of `len` bytes, on its own.
 pub fn chunk_size_line(len: usize) -> Bytes {
     let mut line = BytesMut::with_capacity(18);

@@ -1,9 +1,9 @@
 //! One timer per HTTP/1 connection, for the deadlines its task waits on:
-//! hyper's `header_read_timeout` for each request head, and the upstream
+//! the `header_read_timeout` of each request head, and the upstream
 //! `timeout` for each response head.
 //!
 //! With tokio's timer, each of these registered a timer entry and removed
-//! it again for every request (for hyper's, a boxed sleep as well): two
+//! it again for every request (for hyper's server, a boxed sleep as well): two
 //! passes through the timer wheel under its lock per deadline. Here a
 //! connection has one tokio sleep. A deadline only ever moves it earlier;
 //! when it fires for a deadline that is no longer waited on and a later one
@@ -18,12 +18,12 @@ use std::{
     pin::Pin,
     sync::{Arc, Mutex},
     task::{Context, Poll},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use tokio::time::Sleep;
 
-/// One per HTTP/1 connection: for its hyper builder, and in its
+/// One per HTTP/1 connection: for its server's head deadlines, and in its
 /// [`super::ConnInfo`] for the requests' upstream deadlines.
 #[derive(Clone)]
 pub struct ConnTimer(Arc<Mutex<Pin<Box<Sleep>>>>);
@@ -56,21 +56,6 @@ impl ConnTimer {
     }
 }
 
-impl hyper::rt::Timer for ConnTimer {
-    fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
-        self.sleep_until(self.now() + duration)
-    }
-
-    fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
-        Box::pin(self.deadline(deadline.into()))
-    }
-
-    /// tokio's clock, so that paused time in tests moves it too.
-    fn now(&self) -> Instant {
-        tokio::time::Instant::now().into_std()
-    }
-}
-
 /// One deadline, kept by the connection's shared sleep.
 pub struct ConnDeadline {
     deadline: tokio::time::Instant,
@@ -98,8 +83,6 @@ impl Future for ConnDeadline {
     }
 }
 
-impl hyper::rt::Sleep for ConnDeadline {}
-
 /// `future`'s output, or `None` at `deadline`: on the connection's timer
 /// when it has one (HTTP/1, where the connection's task polls every request),
 /// else on tokio's.
@@ -126,22 +109,22 @@ pub async fn within<F: Future>(
 mod tests {
     use std::future::poll_fn;
 
-    use hyper::rt::Timer;
+    use tokio::time::Instant;
 
     use super::*;
 
-    /// Whether `sleep` is done, polled once.
-    async fn done(sleep: &mut Pin<Box<dyn hyper::rt::Sleep>>) -> bool {
-        poll_fn(|cx| Poll::Ready(sleep.as_mut().poll(cx).is_ready())).await
+    /// Whether `deadline` has passed, polled once.
+    async fn done(deadline: &mut ConnDeadline) -> bool {
+        poll_fn(|cx| Poll::Ready(Pin::new(&mut *deadline).poll(cx).is_ready())).await
     }
 
     #[tokio::test(start_paused = true)]
     async fn each_head_gets_its_own_deadline_from_the_one_sleep() {
         let timer = ConnTimer::new();
-        let start = timer.now();
+        let start = Instant::now();
 
         // A head that takes too long.
-        let mut first = timer.sleep_until(start + Duration::from_secs(10));
+        let mut first = timer.deadline(start + Duration::from_secs(10));
         assert!(!done(&mut first).await);
         tokio::time::advance(Duration::from_secs(9)).await;
         assert!(!done(&mut first).await);
@@ -150,8 +133,8 @@ mod tests {
 
         // The next head, past the shared sleep's old deadline: not fired
         // early, fired at its own.
-        let later = timer.now();
-        let mut second = timer.sleep_until(later + Duration::from_secs(10));
+        let later = Instant::now();
+        let mut second = timer.deadline(later + Duration::from_secs(10));
         assert!(!done(&mut second).await);
         tokio::time::advance(Duration::from_secs(9)).await;
         assert!(!done(&mut second).await, "not the previous deadline");
@@ -162,12 +145,12 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_head_that_arrives_in_time_leaves_the_next_its_full_time() {
         let timer = ConnTimer::new();
-        let mut first = timer.sleep_until(timer.now() + Duration::from_secs(10));
+        let mut first = timer.deadline(Instant::now() + Duration::from_secs(10));
         assert!(!done(&mut first).await);
         // The head came in after 6 s; the next one starts waiting.
         tokio::time::advance(Duration::from_secs(6)).await;
         drop(first);
-        let mut next = timer.sleep_until(timer.now() + Duration::from_secs(10));
+        let mut next = timer.deadline(Instant::now() + Duration::from_secs(10));
         assert!(!done(&mut next).await);
         // The first head's deadline passes (the shared sleep fires there).
         tokio::time::advance(Duration::from_secs(5)).await;
@@ -182,10 +165,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_shorter_deadline_moves_the_sleep_earlier_and_wakes_the_task() {
         let timer = ConnTimer::new();
-        let mut first = timer.sleep_until(timer.now() + Duration::from_secs(60));
+        let mut first = timer.deadline(Instant::now() + Duration::from_secs(60));
         assert!(!done(&mut first).await, "armed for 60 s");
         drop(first);
-        let short = timer.sleep_until(timer.now() + Duration::from_secs(2));
+        let short = timer.deadline(Instant::now() + Duration::from_secs(2));
         let started = tokio::time::Instant::now();
         short.await;
         assert_eq!(started.elapsed(), Duration::from_secs(2));

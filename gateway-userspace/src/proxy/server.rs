@@ -313,7 +313,7 @@ impl Connection {
         } else {
             Sniffed::Http1(Prefixed::new(stream, Bytes::new()))
         };
-        let peer_ip = client.ip();
+        let client_ip = client.ip();
         let runtime = self.runtime.clone();
         let settings = self.settings.clone();
         let result = match sniffed {
@@ -358,7 +358,7 @@ impl Connection {
             Sniffed::Nothing => return,
         };
         if let Err(error) = result {
-            tracing::debug!(client.ip = %peer_ip, %error, "connection ended with an error");
+            tracing::debug!(client.ip = %client_ip, %error, "connection ended with an error");
         }
     }
 

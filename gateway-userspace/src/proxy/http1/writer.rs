@@ -17,7 +17,7 @@ use super::{
     Error,
 };
 use crate::{
-    http1::wire::{put_chunk_size, put_header, WriteQueue},
+    http1::wire::{put_chunk_size, put_last_chunk, WriteQueue},
     proxy::Body,
 };
 
@@ -154,11 +154,7 @@ impl BodyWriter {
         self.body = None;
         match self.framing {
             Framing::Chunked => {
-                out.extend_from_slice(b"0\r\n");
-                for (name, value) in trailers.iter().flatten() {
-                    put_header(out, name.as_str().as_bytes(), value.as_bytes());
-                }
-                out.extend_from_slice(b"\r\n");
+                put_last_chunk(out, trailers.as_ref());
                 Ok(())
             }
             Framing::Length(_) if self.owed != 0 => Err(Error::ResponseLength),

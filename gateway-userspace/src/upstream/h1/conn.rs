@@ -17,7 +17,7 @@ use tokio::net::TcpStream;
 
 use super::{codec::RequestFraming, Error};
 use crate::{
-    http1::wire::{chunk_size_line, ReadSize, WriteQueue},
+    http1::wire::{chunk_size_line, put_last_chunk, ReadSize, WriteQueue},
     upstream::replay::AttemptBody,
 };
 
@@ -159,14 +159,8 @@ impl Sending {
         match self.framing {
             RequestFraming::Length(_) if self.owed != 0 => Err(Error::BodyLength),
             RequestFraming::Chunked => {
-                let mut end = BytesMut::from(&b"0\r\n"[..]);
-                for (name, value) in trailers.iter().flatten() {
-                    end.extend_from_slice(name.as_str().as_bytes());
-                    end.extend_from_slice(b": ");
-                    end.extend_from_slice(value.as_bytes());
-                    end.extend_from_slice(b"\r\n");
-                }
-                end.extend_from_slice(b"\r\n");
+                let mut end = BytesMut::new();
+                put_last_chunk(&mut end, trailers.as_ref());
                 self.queue.push(end.freeze());
                 Ok(())
             }
