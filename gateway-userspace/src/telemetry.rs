@@ -59,6 +59,12 @@ struct ListenerLabels {
     listener: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusedLabels {
+    listener: String,
+    status: u16,
+}
+
 /// 1 ms .. ~65 s in powers of two: covers a cache hit and a slow upstream.
 #[derive(Clone)]
 struct LatencyBuckets;
@@ -79,6 +85,7 @@ pub struct Metrics {
     upstream_duration: Family<TargetLabels, Histogram, LatencyBuckets>,
     upstream_healthy: Family<TargetLabels, Gauge>,
     active_connections: Family<ListenerLabels, Gauge>,
+    refused_heads: Family<RefusedLabels, Counter>,
     l7_denied_connections: Counter,
     reloads: Counter,
     // Plain copies for `status` (prometheus-client counters are not readable
@@ -120,6 +127,13 @@ impl Default for Metrics {
             "Client connections open, by listener",
             active_connections.clone(),
         );
+        let refused_heads = Family::<RefusedLabels, Counter>::default();
+        registry.register(
+            "http1_refused_heads",
+            "HTTP/1.1 request heads the server answered itself before any routing \
+             (400 malformed, 431 too large, 408 too slow), by listener and status",
+            refused_heads.clone(),
+        );
         let l7_denied_connections = Counter::default();
         registry.register(
             "l7_denied_connections",
@@ -139,6 +153,7 @@ impl Default for Metrics {
             upstream_duration,
             upstream_healthy,
             active_connections,
+            refused_heads,
             l7_denied_connections,
             reloads,
             l7_denied_total: AtomicU64::new(0),
@@ -296,6 +311,16 @@ impl Metrics {
             .clone();
         gauge.inc();
         ConnectionGuard(gauge)
+    }
+
+    /// The HTTP/1.1 server answered a request head itself with `status`.
+    pub fn head_refused(&self, listener: &str, status: u16) {
+        self.refused_heads
+            .get_or_create(&RefusedLabels {
+                listener: listener.to_string(),
+                status,
+            })
+            .inc();
     }
 
     pub fn l7_denied_connection(&self) {

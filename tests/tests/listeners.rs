@@ -923,7 +923,7 @@ async fn too_many_or_too_large_headers_get_431() {
     let upstream = EchoUpstream::start(any_port(), "one").await.unwrap();
     let tight = free_port();
     let defaults = free_port();
-    let _daemon = Daemon::start(
+    let daemon = Daemon::start(
         &config(
             &[
                 listener(tight, &["max_headers: 10", "max_header_bytes: 8192"]),
@@ -956,6 +956,26 @@ async fn too_many_or_too_large_headers_get_431() {
     let mut fits = unterminated_head(60 * 1024);
     fits.extend_from_slice(b"\r\nConnection: close\r\n\r\n");
     assert_eq!(send_raw(defaults, &fits).await.status, 200);
+
+    // Each refusal is counted, by listener and status.
+    for addr in [tight, defaults] {
+        refusals_counted(&daemon, addr, 431, 2).await;
+    }
+}
+
+/// Waits (bounded) until the metrics show `count` heads refused with
+/// `status` on the listener at `addr` (counted once the refusal is out).
+async fn refusals_counted(daemon: &Daemon, addr: SocketAddr, status: u16, count: u32) {
+    let line = format!(
+        "xgate_http1_refused_heads_total{{listener=\"{addr}\",status=\"{status}\"}} {count}"
+    );
+    for _ in 0..100 {
+        if daemon.admin_get("/metrics").contains(&line) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("missing `{line}` in:\n{}", daemon.admin_get("/metrics"));
 }
 
 #[tokio::test]
@@ -963,7 +983,7 @@ async fn slow_request_head_gets_408_and_a_silent_connection_is_closed() {
     let upstream = EchoUpstream::start(any_port(), "one").await.unwrap();
     let auto = free_port();
     let http1 = free_port();
-    let _daemon = Daemon::start(
+    let daemon = Daemon::start(
         &config(
             &[
                 listener(auto, &["header_read_timeout: 1s"]),
@@ -998,6 +1018,8 @@ async fn slow_request_head_gets_408_and_a_silent_connection_is_closed() {
         assert!(text.starts_with("HTTP/1.1 200"), "{text}");
         // (Not a bare "408": the random X-Request-Id may contain it.)
         assert!(!text.contains("HTTP/1.1 408"), "{text}");
+        // Only the started head was answered, and counted.
+        refusals_counted(&daemon, addr, 408, 1).await;
     }
 }
 

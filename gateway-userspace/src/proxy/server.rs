@@ -22,7 +22,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::{header::HOST, HeaderValue, Request, Version};
+use http::{header::HOST, HeaderValue, Request, StatusCode, Version};
 use hyper::{
     body::{Body as HttpBody, Frame, Incoming, SizeHint},
     server::conn::http2,
@@ -157,6 +157,7 @@ pub async fn serve(
     } = listener;
     let tracker = Tracker::new();
     let (close_tx, close_rx) = watch::channel(false);
+    let listener_name: Arc<str> = Arc::from(name.as_str());
     loop {
         let (stream, peer) = tokio::select! {
             accepted = socket.accept() => match accepted {
@@ -179,6 +180,7 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let connection = Connection {
             peer,
+            listener: listener_name.clone(),
             settings: settings.load(),
             runtime: runtime.clone(),
             lists: lists.clone(),
@@ -243,6 +245,8 @@ struct Established {
 
 struct Connection {
     peer: SocketAddr,
+    /// The listener's name, for metrics.
+    listener: Arc<str>,
     settings: Arc<Settings>,
     runtime: Arc<RuntimeHandle>,
     lists: Arc<SourceLists>,
@@ -333,9 +337,19 @@ impl Connection {
                     }
                     handle(runtime.load(), req, conn_info.clone())
                 };
-                http1::serve(stream, settings.http1, &timer, &mut shutdown, service)
-                    .await
-                    .map_err(BoxError::from)
+                let result =
+                    http1::serve(stream, settings.http1, &timer, &mut shutdown, service).await;
+                match &result {
+                    Err(http1::Error::Head(refused)) => {
+                        self.metrics
+                            .head_refused(&self.listener, refused.status().as_u16());
+                    }
+                    Err(http1::Error::HeadTimeout) => self
+                        .metrics
+                        .head_refused(&self.listener, StatusCode::REQUEST_TIMEOUT.as_u16()),
+                    _ => {}
+                }
+                result.map_err(BoxError::from)
             }
             Sniffed::Http2(stream) => {
                 let conn_info = Arc::new(ConnInfo::new(peer, client, scheme, None));

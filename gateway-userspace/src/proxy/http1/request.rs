@@ -46,7 +46,7 @@ pub enum HeadError {
 }
 
 impl HeadError {
-    pub(super) fn status(self) -> StatusCode {
+    pub fn status(self) -> StatusCode {
         match self {
             HeadError::TooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             HeadError::Malformed(_) => StatusCode::BAD_REQUEST,
