@@ -121,6 +121,7 @@ mod tests {
     use http_body_util::Full;
 
     use super::*;
+    use crate::proxy::test_body::Frames;
 
     fn parts(headers: &[(&str, &str)]) -> Parts {
         let mut b = http::Request::builder().uri("/x?y=1");
@@ -168,26 +169,7 @@ mod tests {
         assert!(err.downcast_ref::<BodyTooLarge>().is_some(), "{err}");
     }
 
-    /// A body of several data frames with no declared length.
-    struct Chunks(Vec<Bytes>);
-
-    impl HttpBody for Chunks {
-        type Data = Bytes;
-        type Error = std::convert::Infallible;
-
-        fn poll_frame(
-            mut self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-            if self.0.is_empty() {
-                Poll::Ready(None)
-            } else {
-                Poll::Ready(Some(Ok(Frame::data(self.0.remove(0)))))
-            }
-        }
-    }
-
-    fn futures_chunks(sizes: &[usize]) -> Chunks {
-        Chunks(sizes.iter().map(|n| Bytes::from(vec![1u8; *n])).collect())
+    fn futures_chunks(sizes: &[usize]) -> Frames {
+        Frames::new(sizes.iter().map(|n| Bytes::from(vec![1u8; *n])), None)
     }
 }

@@ -14,6 +14,8 @@ mod proxy_protocol;
 mod rejection;
 mod router;
 pub mod server;
+#[cfg(test)]
+pub(crate) mod test_body;
 pub mod tls;
 mod upgrade;
 pub mod workers;

@@ -66,7 +66,6 @@ pub struct Settings {
     http2: bool,
     proxy_protocol: bool,
     handshake_timeout: Duration,
-    header_read_timeout: Duration,
     /// HTTP/1.1, and with `http2` on, whatever does not start with the
     /// HTTP/2 preface.
     http1: http1::Settings,
@@ -102,7 +101,6 @@ impl Settings {
             http2: listener.http2,
             proxy_protocol: listener.proxy_protocol,
             handshake_timeout: listener.handshake_timeout,
-            header_read_timeout: listener.header_read_timeout,
             http1,
             http2_server,
         })
@@ -297,8 +295,10 @@ impl Connection {
         // With HTTP/2 on, the first bytes say which protocol follows; they are
         // read here, bounded like a request head, and replayed.
         let sniffed = if h2 {
-            let sniff =
-                tokio::time::timeout(self.settings.header_read_timeout, sniff_preface(stream));
+            let sniff = tokio::time::timeout(
+                self.settings.http1.header_read_timeout,
+                sniff_preface(stream),
+            );
             let sniffed = tokio::select! {
                 sniffed = sniff => sniffed,
                 _ = shutdown.wait_for(|s| *s) => return,

@@ -156,19 +156,19 @@ where
         }
     }
 
-    /// The body of a new exchange, framed as its head said; the previous
-    /// exchange's body (if anyone still holds it) reads no more.
+    /// The body of the current exchange, framed as its head said (the
+    /// previous exchange's was cut off by `end_exchange`).
     pub(super) fn request_body(
         &self,
         framing: BodyFraming,
         expect_continue: bool,
     ) -> RequestBody<T> {
-        let mut io = lock(&self.shared);
-        io.exchange += 1;
-        if framing != BodyFraming::Empty {
-            io.body_open = true;
-            io.continue_owed = if expect_continue { CONTINUE.len() } else { 0 };
+        if framing == BodyFraming::Empty {
+            return RequestBody::empty();
         }
+        let mut io = lock(&self.shared);
+        io.body_open = true;
+        io.continue_owed = if expect_continue { CONTINUE.len() } else { 0 };
         RequestBody::new(&self.shared, io.exchange, framing)
     }
 

@@ -87,6 +87,7 @@ pub(super) fn encode_head(
     out.put_slice(b"\r\n");
     let mut dated = false;
     let mut chunked_last = false;
+    let mut length_given = false;
     for (name, value) in &head.headers {
         if *name == CONTENT_LENGTH {
             // Passed on when it is the framing, or says what a bodiless
@@ -94,6 +95,7 @@ pub(super) fn encode_head(
             if !matches!(framing, Framing::Length(_) | Framing::None) {
                 continue;
             }
+            length_given = true;
         } else if *name == TRANSFER_ENCODING {
             if framing != Framing::Chunked {
                 continue;
@@ -109,7 +111,7 @@ pub(super) fn encode_head(
         put_header(out, name.as_str().as_bytes(), value.as_bytes());
     }
     match framing {
-        Framing::Length(n) if !head.headers.contains_key(CONTENT_LENGTH) => {
+        Framing::Length(n) if !length_given => {
             out.put_slice(b"content-length: ");
             out.put_slice(itoa(n, &mut [0; 20]));
             out.put_slice(b"\r\n");

@@ -2,18 +2,13 @@
 //! on loopback) by a client that writes raw bytes and reads raw answers.
 
 use std::{
-    collections::VecDeque,
-    convert::Infallible,
-    pin::Pin,
     sync::atomic::{AtomicUsize, Ordering},
-    task::{Context, Poll},
     time::Duration,
 };
 
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response};
 use http_body_util::{BodyExt, Full};
-use hyper::body::{Body as HttpBody, Frame};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt, DuplexStream},
     net::{TcpListener, TcpStream},
@@ -22,7 +17,10 @@ use tokio::{
 };
 
 use super::*;
-use crate::http1::chunked::{ChunkedDecoder, Decoded};
+use crate::{
+    http1::chunked::{ChunkedDecoder, Decoded},
+    proxy::test_body::Frames,
+};
 
 const SETTINGS: Settings = Settings {
     head: HeadLimits {
@@ -32,29 +30,11 @@ const SETTINGS: Settings = Settings {
     header_read_timeout: Duration::from_secs(10),
 };
 
-/// A body of the given pieces whose size is not known up front (so the
-/// server must frame it itself).
-struct Pieces(VecDeque<Frame<Bytes>>);
-
-impl HttpBody for Pieces {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        Poll::Ready(self.0.pop_front().map(Ok))
-    }
-}
-
+/// A body of `data` pieces whose size is not known up front (so the server
+/// must frame it itself).
 fn pieces(data: &[&str], trailers: Option<HeaderMap>) -> Body {
-    let mut frames: VecDeque<_> = data
-        .iter()
-        .map(|d| Frame::data(Bytes::copy_from_slice(d.as_bytes())))
-        .collect();
-    frames.extend(trailers.map(Frame::trailers));
-    Pieces(frames).map_err(|e| match e {}).boxed()
+    let data = data.iter().map(|d| Bytes::copy_from_slice(d.as_bytes()));
+    Frames::new(data, trailers).map_err(|e| match e {}).boxed()
 }
 
 fn full(text: impl Into<String>) -> Body {
