@@ -5,6 +5,8 @@
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
+use super::wire::trailer_allowed;
+
 /// What is wrong with a chunked body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -159,7 +161,9 @@ fn trailers(section: &[u8]) -> Result<HeaderMap, Error> {
             .map_err(|_| Malformed("malformed trailer section"))?;
         let value = HeaderValue::from_bytes(field.value)
             .map_err(|_| Malformed("malformed trailer section"))?;
-        map.append(name, value);
+        if trailer_allowed(&name) {
+            map.append(name, value);
+        }
     }
     Ok(map)
 }
@@ -206,13 +210,19 @@ mod tests {
 
     #[test]
     fn trailers_come_out_as_a_header_map() {
-        let wire = b"3\r\nabc\r\n0\r\nx-checksum: 42\r\nx-other: a\r\n\r\n";
+        let wire = b"3\r\nabc\r\n0\r\nx-checksum: 42\r\nContent-Length: 9\r\nx-other: a\r\n\
+                     Transfer-Encoding: chunked\r\nHost: evil\r\n\r\n";
         for step in [1, 5, wire.len()] {
             let (data, trailers, _) = decode(wire, step).unwrap();
             assert_eq!(data, b"abc");
             let trailers = trailers.expect("trailers");
             assert_eq!(trailers["x-checksum"], "42");
             assert_eq!(trailers["x-other"], "a");
+            assert_eq!(
+                trailers.len(),
+                2,
+                "framing and routing fields dropped: {trailers:?}"
+            );
         }
     }
 

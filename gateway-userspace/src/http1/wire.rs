@@ -155,9 +155,43 @@ pub fn put_chunk_size(buf: &mut BytesMut, len: usize) {
 pub fn put_last_chunk(buf: &mut BytesMut, trailers: Option<&http::HeaderMap>) {
     buf.put_slice(b"0\r\n");
     for (name, value) in trailers.into_iter().flatten() {
-        put_header(buf, name.as_str().as_bytes(), value.as_bytes());
+        if trailer_allowed(name) {
+            put_header(buf, name.as_str().as_bytes(), value.as_bytes());
+        }
     }
     buf.put_slice(b"\r\n");
+}
+
+/// Whether a field may travel in a trailer section (RFC 9110 §6.5.1): not
+/// the ones that frame or route the message, control the connection,
+/// authenticate, or say how to process the content, which a recipient
+/// would have needed before the body. Others are dropped where trailers are
+/// read and where they are written, so none reaches a peer that might merge
+/// it into the head.
+pub fn trailer_allowed(name: &http::HeaderName) -> bool {
+    use http::header::*;
+    !matches!(
+        *name,
+        AUTHORIZATION
+            | CACHE_CONTROL
+            | CONNECTION
+            | CONTENT_ENCODING
+            | CONTENT_LENGTH
+            | CONTENT_RANGE
+            | CONTENT_TYPE
+            | EXPECT
+            | HOST
+            | MAX_FORWARDS
+            | PROXY_AUTHENTICATE
+            | PROXY_AUTHORIZATION
+            | RANGE
+            | SET_COOKIE
+            | TE
+            | TRAILER
+            | TRANSFER_ENCODING
+            | UPGRADE
+            | WWW_AUTHENTICATE
+    ) && name.as_str() != "keep-alive"
 }
 
 /// The line that starts a chunk of `len` bytes, on its own.
@@ -189,6 +223,22 @@ mod tests {
             itoa(u64::MAX, &mut [0; 20]),
             u64::MAX.to_string().as_bytes()
         );
+    }
+
+    #[test]
+    fn the_last_chunk_carries_only_fields_allowed_in_trailers() {
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("x-digest", "abc".parse().unwrap());
+        trailers.insert(http::header::CONTENT_LENGTH, "5".parse().unwrap());
+        trailers.insert(http::header::CONNECTION, "close".parse().unwrap());
+        trailers.insert("keep-alive", "timeout=1".parse().unwrap());
+        trailers.insert(http::header::SET_COOKIE, "a=b".parse().unwrap());
+        let mut buf = BytesMut::new();
+        put_last_chunk(&mut buf, Some(&trailers));
+        assert_eq!(&buf[..], b"0\r\nx-digest: abc\r\n\r\n");
+        buf.clear();
+        put_last_chunk(&mut buf, None);
+        assert_eq!(&buf[..], b"0\r\n\r\n");
     }
 
     #[test]

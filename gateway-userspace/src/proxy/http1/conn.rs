@@ -243,7 +243,7 @@ where
             }
         }
         encode_head(&mut self.out, exchange, &head, framing, close);
-        (BodyWriter::new(body, framing), close)
+        (BodyWriter::new(body, framing, exchange.trailers), close)
     }
 
     /// Writes the head and the body as it comes.

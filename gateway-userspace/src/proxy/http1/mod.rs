@@ -130,6 +130,7 @@ where
             keep_alive,
             expect_continue,
             upgrade,
+            trailers,
         } = head;
         let method = parts.method.clone();
         let version = parts.version;
@@ -154,6 +155,7 @@ where
         let exchange = Exchange {
             method: &method,
             version,
+            trailers,
         };
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             return conn.switch_protocols(exchange, response, handover).await;

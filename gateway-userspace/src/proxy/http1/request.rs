@@ -6,7 +6,7 @@ use std::mem::MaybeUninit;
 
 use bytes::BytesMut;
 use http::{
-    header::{CONNECTION, CONTENT_LENGTH, EXPECT, HOST, TRANSFER_ENCODING, UPGRADE},
+    header::{CONNECTION, CONTENT_LENGTH, EXPECT, HOST, TE, TRANSFER_ENCODING, UPGRADE},
     request, HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, Version,
 };
 
@@ -33,6 +33,9 @@ pub(super) struct RequestHead {
     pub expect_continue: bool,
     /// `Connection: upgrade` with an `Upgrade` field (HTTP/1.1).
     pub upgrade: bool,
+    /// `TE: trailers`: the client takes trailer fields in a chunked
+    /// response (RFC 9110 §10.1.4).
+    pub trailers: bool,
 }
 
 /// Why a head is refused; the client gets `status()` and the connection
@@ -129,6 +132,7 @@ pub(super) fn parse_request(
         keep_alive: seen.keep_alive(version) && !seen.ambiguous(),
         expect_continue: seen.expect_continue && version == Version::HTTP_11,
         upgrade: seen.upgrade_token && seen.upgrade_field && version == Version::HTTP_11,
+        trailers: seen.te_trailers,
     }))
 }
 
@@ -205,6 +209,7 @@ struct Seen {
     upgrade_token: bool,
     upgrade_field: bool,
     expect_continue: bool,
+    te_trailers: bool,
 }
 
 impl Seen {
@@ -239,6 +244,11 @@ impl Seen {
             self.upgrade_field = true;
         } else if *name == EXPECT {
             self.expect_continue = value.as_bytes().eq_ignore_ascii_case(b"100-continue");
+        } else if *name == TE {
+            self.te_trailers |= value
+                .as_bytes()
+                .split(|&b| b == b',')
+                .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"trailers"));
         }
     }
 

@@ -30,6 +30,9 @@ pub(super) enum Framing {
 pub(super) struct Exchange<'a> {
     pub method: &'a Method,
     pub version: Version,
+    /// The client asked for trailers (`TE: trailers`); without it a chunked
+    /// response ends with the last chunk alone, as hyper's server did.
+    pub trailers: bool,
 }
 
 /// Picks the framing (RFC 9112 §6.3): the response's own Content-Length,
@@ -184,6 +187,7 @@ mod tests {
     const GET11: Exchange<'static> = Exchange {
         method: &Method::GET,
         version: Version::HTTP_11,
+        trailers: false,
     };
 
     #[test]
@@ -199,6 +203,7 @@ mod tests {
         let get10 = Exchange {
             method: &Method::GET,
             version: Version::HTTP_10,
+            trailers: false,
         };
         assert_eq!(
             framing(get10, &parts(200, &[]), &unknown),
@@ -207,6 +212,7 @@ mod tests {
         let head = Exchange {
             method: &Method::HEAD,
             version: Version::HTTP_11,
+            trailers: false,
         };
         assert_eq!(
             framing(head, &parts(200, &[("content-length", "9")]), &unknown),
@@ -254,6 +260,7 @@ mod tests {
         let get10 = Exchange {
             method: &Method::GET,
             version: Version::HTTP_10,
+            trailers: false,
         };
         let text = encode(get10, &parts(200, &[]), Framing::Length(0), false);
         assert!(text.contains("connection: keep-alive\r\n"), "{text}");

@@ -254,7 +254,11 @@ async fn responses_are_framed_by_length_chunks_or_close() {
         }
     });
     s.client
-        .send("GET /exact HTTP/1.1\r\nHost: a\r\n\r\nGET /chunked HTTP/1.1\r\nHost: a\r\n\r\n")
+        .send(
+            "GET /exact HTTP/1.1\r\nHost: a\r\n\r\n\
+             GET /chunked HTTP/1.1\r\nHost: a\r\nTE: gzip, Trailers\r\n\r\n\
+             GET /chunked HTTP/1.1\r\nHost: a\r\n\r\n",
+        )
         .await;
     let exact = s.client.reply(false).await.unwrap();
     assert_eq!(exact.header("content-length"), Some("5"));
@@ -262,7 +266,11 @@ async fn responses_are_framed_by_length_chunks_or_close() {
     let chunked = s.client.reply(false).await.unwrap();
     assert_eq!(chunked.header("transfer-encoding"), Some("chunked"));
     assert_eq!(chunked.text(), "abcd");
-    assert_eq!(chunked.trailers.unwrap()["x-digest"], "abc");
+    assert_eq!(chunked.trailers.unwrap()["x-digest"], "abc", "asked for");
+    // Without `TE: trailers` the body ends with the last chunk alone.
+    let chunked = s.client.reply(false).await.unwrap();
+    assert_eq!(chunked.text(), "abcd");
+    assert!(chunked.trailers.is_none(), "not asked for: {chunked:?}");
 
     // Large pieces go out as they are, still framed.
     s.client

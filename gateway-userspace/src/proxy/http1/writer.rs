@@ -45,6 +45,8 @@ pub(super) struct BodyWriter {
     /// `None` once it is through (or for a response without one).
     body: Option<Body>,
     framing: Framing,
+    /// Whether trailer fields go out after the last chunk.
+    trailers: bool,
     /// Under Content-Length: bytes still owed.
     owed: u64,
     queue: WriteQueue,
@@ -55,11 +57,12 @@ pub(super) struct BodyWriter {
 
 impl BodyWriter {
     /// `body` framed as `framing` says (dropped unpolled for a response
-    /// without a body).
-    pub(super) fn new(body: Body, framing: Framing) -> Self {
+    /// without a body); its trailers are sent only if `trailers`.
+    pub(super) fn new(body: Body, framing: Framing, trailers: bool) -> Self {
         Self {
             body: (framing != Framing::None).then_some(body),
             framing,
+            trailers,
             owed: match framing {
                 Framing::Length(n) => n,
                 _ => 0,
@@ -154,7 +157,7 @@ impl BodyWriter {
         self.body = None;
         match self.framing {
             Framing::Chunked => {
-                put_last_chunk(out, trailers.as_ref());
+                put_last_chunk(out, trailers.as_ref().filter(|_| self.trailers));
                 Ok(())
             }
             Framing::Length(_) if self.owed != 0 => Err(Error::ResponseLength),
