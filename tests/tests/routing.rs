@@ -220,12 +220,34 @@ async fn json_access_log_has_a_line_per_request_including_rejections() {
     );
     let ok = get(listen, "/api/x", &[]).await;
     let missing = get(listen, "/nope", &[]).await;
-    let log = std::fs::read_to_string(daemon.dir.path().join("access.log")).unwrap();
+    // A head the server refuses itself never becomes a request, but is
+    // logged all the same (once its answer is out: the wait is bounded).
+    let malformed = send(listen, None, &request("/api/x", "a", &["Host: b"]))
+        .await
+        .unwrap();
+    assert_eq!(malformed.status, 400);
+    let mut log = String::new();
+    for _ in 0..100 {
+        log = std::fs::read_to_string(daemon.dir.path().join("access.log")).unwrap();
+        if log.lines().count() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let lines: Vec<serde_json::Value> = log
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(lines.len(), 2, "{log}");
+    assert_eq!(lines.len(), 3, "{log}");
+    assert_eq!(lines[2]["status"], 400, "{}", lines[2]);
+    assert_eq!(lines[2]["rejection"], "malformed_head");
+    assert_eq!(
+        lines[2]["detail"],
+        "malformed request head: more than one Host header"
+    );
+    assert_eq!(lines[2]["listener"], listen.to_string());
+    assert_eq!(lines[2]["client_ip"], "127.0.0.1");
+    assert!(lines[2]["method"].is_null() && lines[2]["route"].is_null());
     assert_eq!(lines[0]["route"], "api");
     assert_eq!(lines[0]["status"], 200);
     assert_eq!(lines[0]["upstream_target"], upstream.addr.to_string());

@@ -4,6 +4,7 @@
 use std::{
     fs::{File, OpenOptions},
     io::Write,
+    net::IpAddr,
     sync::{Arc, Mutex},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -50,6 +51,48 @@ impl AccessLogger {
         !matches!(self.sink, Sink::Off)
     }
 
+    /// A request head the HTTP/1.1 server refused itself (400, 431, 408).
+    /// It never became a request: there is no method, path, route or
+    /// request id to log, but the client, the listener, the status and why
+    /// (`rejection`, and the parser's `detail`) are.
+    pub fn write_refused_head(
+        &self,
+        client_ip: IpAddr,
+        listener: &str,
+        status: u16,
+        rejection: &str,
+        detail: &str,
+    ) {
+        match &self.sink {
+            Sink::Off => {}
+            Sink::Tracing => tracing::info!(
+                client.ip = %client_ip,
+                listener,
+                status,
+                rejection,
+                detail,
+                "access (request head refused)"
+            ),
+            Sink::Stdout | Sink::File(_) => self.write_line(&serde_json::json!({
+                "ts": now(),
+                "request_id": null,
+                "client_ip": client_ip.to_string(),
+                "listener": listener,
+                "method": null,
+                "path": null,
+                "route": null,
+                "consumer": null,
+                "upstream_target": null,
+                "status": status,
+                "duration_ms": null,
+                "upstream_ms": null,
+                "verdicts": [],
+                "rejection": rejection,
+                "detail": detail,
+            })),
+        }
+    }
+
     pub fn write(
         &self,
         ctx: &RequestContext,
@@ -73,9 +116,8 @@ impl AccessLogger {
                 rejection = ctx.rejection.unwrap_or("-"),
                 "access"
             ),
-            Sink::Stdout | Sink::File(_) => {
-                let line = serde_json::json!({
-                    "ts": SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64(),
+            Sink::Stdout | Sink::File(_) => self.write_line(&serde_json::json!({
+                    "ts": now(),
                     "request_id": ctx.request_id(),
                     "client_ip": ctx.client_ip.to_string(),
                     "method": method.as_str(),
@@ -88,19 +130,29 @@ impl AccessLogger {
                     "upstream_ms": ctx.upstream_duration.map(|d| d.as_secs_f64() * 1000.0),
                     "verdicts": ctx.verdicts,
                     "rejection": ctx.rejection,
-                })
-                .to_string();
-                match &self.sink {
-                    Sink::File(file) => {
-                        let mut file = file.lock().unwrap();
-                        let _ = writeln!(file, "{line}");
-                    }
-                    _ => {
-                        let mut out = std::io::stdout().lock();
-                        let _ = writeln!(out, "{line}");
-                    }
-                }
+            })),
+        }
+    }
+
+    /// One JSON line to the file or standard output.
+    fn write_line(&self, line: &serde_json::Value) {
+        match &self.sink {
+            Sink::File(file) => {
+                let mut file = file.lock().unwrap();
+                let _ = writeln!(file, "{line}");
+            }
+            _ => {
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "{line}");
             }
         }
     }
+}
+
+/// Seconds since the epoch, for `ts`.
+fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
 }

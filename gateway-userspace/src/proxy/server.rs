@@ -340,13 +340,18 @@ impl Connection {
                 let result =
                     http1::serve(stream, settings.http1, &timer, &mut shutdown, service).await;
                 match &result {
-                    Err(http1::Error::Head(refused)) => {
-                        self.metrics
-                            .head_refused(&self.listener, refused.status().as_u16());
-                    }
-                    Err(http1::Error::HeadTimeout) => self
-                        .metrics
-                        .head_refused(&self.listener, StatusCode::REQUEST_TIMEOUT.as_u16()),
+                    Err(http1::Error::Head(refused)) => self.head_refused(
+                        client_ip,
+                        refused.status(),
+                        refused.rejection(),
+                        &refused.to_string(),
+                    ),
+                    Err(http1::Error::HeadTimeout) => self.head_refused(
+                        client_ip,
+                        StatusCode::REQUEST_TIMEOUT,
+                        "head_timeout",
+                        "request head not complete within header_read_timeout",
+                    ),
                     _ => {}
                 }
                 result.map_err(BoxError::from)
@@ -374,6 +379,19 @@ impl Connection {
         if let Err(error) = result {
             tracing::debug!(client.ip = %client_ip, %error, "connection ended with an error");
         }
+    }
+
+    /// A head the HTTP/1.1 server answered itself (it never became a
+    /// request): counted, and logged with what is known of it.
+    fn head_refused(&self, client_ip: IpAddr, status: StatusCode, rejection: &str, detail: &str) {
+        self.metrics.head_refused(&self.listener, status.as_u16());
+        self.runtime.load().access_log.write_refused_head(
+            client_ip,
+            &self.listener,
+            status.as_u16(),
+            rejection,
+            detail,
+        );
     }
 
     /// Reads the PROXY header (when configured) and completes TLS (when

@@ -56,6 +56,14 @@ impl HeadError {
         }
     }
 
+    /// The access log's `rejection` for it.
+    pub fn rejection(self) -> &'static str {
+        match self {
+            HeadError::TooLarge => "head_too_large",
+            HeadError::Malformed(_) => "malformed_head",
+        }
+    }
+
     /// What the client is told.
     pub(super) fn message(self) -> &'static str {
         match self {
