@@ -574,6 +574,19 @@ async fn websocket_upgrade_passes_through_plain_and_tls() {
     assert_eq!(reply.status, 200, "{reply:?}");
     let seen = reply.json();
     assert!(seen["headers"].get("upgrade").is_none(), "{seen}");
+
+    // Nor is a request with a body (this upstream would switch any request
+    // that asks): it goes on as a plain request, body and all.
+    let reply = send_raw(
+        plain,
+        b"POST /api/x HTTP/1.1\r\nHost: gateway.test\r\nConnection: Upgrade, close\r\n\
+          Upgrade: websocket\r\nContent-Length: 5\r\n\r\nhello",
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let seen = reply.json();
+    assert!(seen["headers"].get("upgrade").is_none(), "{seen}");
+    assert_eq!(seen["body_bytes"], 5, "{seen}");
 }
 
 /// `len` zero bytes, produced as hyper asks for them.

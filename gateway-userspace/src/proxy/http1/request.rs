@@ -139,7 +139,13 @@ pub(super) fn parse_request(
         // without reading a body; the connection cannot go on after that.
         keep_alive: seen.keep_alive(version) && !seen.ambiguous(),
         expect_continue: seen.expect_continue && version == Version::HTTP_11,
-        upgrade: seen.upgrade_token && seen.upgrade_field && version == Version::HTTP_11,
+        // A request with a body is not switched: the new protocol would
+        // start where the body ends, which the target decides. It goes on as
+        // a plain request (RFC 9110 §7.8 lets a server ignore Upgrade).
+        upgrade: seen.upgrade_token
+            && seen.upgrade_field
+            && version == Version::HTTP_11
+            && framing == BodyFraming::Empty,
         trailers: seen.te_trailers,
     }))
 }
@@ -457,6 +463,16 @@ mod tests {
         );
         assert!(ws.upgrade);
         assert!(!head("GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\r\n").upgrade);
+        for body in ["Content-Length: 2", "Transfer-Encoding: chunked"] {
+            let with_body = head(&format!(
+                "POST / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: x\r\n{body}\r\n\r\n"
+            ));
+            assert!(!with_body.upgrade, "{body}");
+        }
+        assert!(
+            head("POST / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: x\r\nContent-Length: 0\r\n\r\n")
+                .upgrade
+        );
         assert!(
             !head("GET / HTTP/1.0\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n").upgrade
         );
