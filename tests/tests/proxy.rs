@@ -36,6 +36,7 @@ async fn request_round_trips_with_forwarded_headers() {
             "Connection: close, X-Hop",
             "X-Hop: secret",
             "Keep-Alive: timeout=5",
+            "TE: gzip, trailers",
             "X-Custom: kept",
         ],
     )
@@ -58,11 +59,13 @@ async fn request_round_trips_with_forwarded_headers() {
         "header named in Connection is hop-by-hop: {headers}"
     );
     assert!(headers.get("keep-alive").is_none(), "{headers}");
+    assert_eq!(headers["te"], "trailers", "only `trailers` of TE goes on");
     // The upstream saw the gateway as its peer, not the client.
     assert!(seen["peer"].as_str().unwrap().starts_with("127.0.0.1:"));
 
-    let raw = get(listen, "/raw/x", &[]).await;
+    let raw = get(listen, "/raw/x", &["TE: gzip"]).await;
     assert_eq!(raw.json()["uri"], "/raw/x", "no stripping unless asked");
+    assert!(raw.json()["headers"].get("te").is_none(), "{}", raw.json());
 }
 
 #[tokio::test]

@@ -55,7 +55,7 @@ where
     parts.uri = matched.upstream_path.into();
     parts.version = Version::HTTP_11;
     let upgrade = super::upgrade::UpgradeRequest::take(&mut parts);
-    headers::strip_hop_by_hop(&mut parts.headers);
+    headers::strip_request_hop_by_hop(&mut parts.headers);
     if let Some(upgrade) = &upgrade {
         upgrade.restore_request_headers(&mut parts.headers);
     }

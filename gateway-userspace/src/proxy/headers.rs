@@ -27,14 +27,39 @@ pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-ho
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const FORWARDED: HeaderName = header::FORWARDED;
 
+/// Removes hop-by-hop headers from a request on its way to a target,
+/// except that `TE: trailers` goes on when the client sent it (as Envoy
+/// does): xgate passes trailers back, and gRPC servers expect it.
+pub fn strip_request_hop_by_hop(headers: &mut HeaderMap) {
+    if !any_hop_by_hop(headers) {
+        return;
+    }
+    let te_trailers = headers
+        .get_all(header::TE)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"trailers"));
+    remove_hop_by_hop(headers);
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
 /// Removes hop-by-hop headers, including any the Connection header names.
 /// Transfer-Encoding is left to hyper, which re-frames the body itself.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // The usual case, checked in one pass over the names: nothing to strip
-    // (names listed in Connection matter only when Connection is there).
-    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
-        return;
+    if any_hop_by_hop(headers) {
+        remove_hop_by_hop(headers);
     }
+}
+
+/// The usual case, checked in one pass over the names: nothing to strip
+/// (names listed in Connection matter only when Connection is there).
+fn any_hop_by_hop(headers: &HeaderMap) -> bool {
+    headers.keys().any(|name| HOP_BY_HOP.contains(name))
+}
+
+fn remove_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -351,6 +376,21 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert_eq!(h["x-kept"], "yes");
+    }
+
+    #[test]
+    fn a_request_keeps_te_trailers_only() {
+        let mut h = map(&[
+            ("connection", "te"),
+            ("te", "gzip;q=0.5, Trailers"),
+            ("x-kept", "yes"),
+        ]);
+        strip_request_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 2, "{h:?}");
+        assert_eq!(h["te"], "trailers");
+        let mut h = map(&[("te", "gzip"), ("x-kept", "yes")]);
+        strip_request_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
     }
 
     #[test]
