@@ -201,6 +201,17 @@ pub fn chunk_size_line(len: usize) -> Bytes {
     line.freeze()
 }
 
+/// The elements of a comma-separated field value (RFC 9110 §5.6.1),
+/// trimmed.
+pub fn list_items(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value.split(|&b| b == b',').map(<[u8]>::trim_ascii)
+}
+
+/// Whether a comma-separated field value lists `token` (in any case).
+pub fn lists_token(value: &[u8], token: &[u8]) -> bool {
+    list_items(value).any(|item| item.eq_ignore_ascii_case(token))
+}
+
 /// A Content-Length value: digits only (no sign, no space), at most 19.
 pub fn parse_length(digits: &[u8]) -> Option<u64> {
     if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {

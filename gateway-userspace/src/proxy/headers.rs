@@ -9,6 +9,8 @@ use bytes::Bytes;
 use http::{header, HeaderMap, HeaderName, HeaderValue};
 use ipnet::IpNet;
 
+use crate::http1::wire::lists_token;
+
 /// Headers that describe one connection, never the message.
 const HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
@@ -37,8 +39,7 @@ pub fn strip_request_hop_by_hop(headers: &mut HeaderMap) {
     let te_trailers = headers
         .get_all(header::TE)
         .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-        .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"trailers"));
+        .any(|v| lists_token(v.as_bytes(), b"trailers"));
     remove_hop_by_hop(headers);
     if te_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));

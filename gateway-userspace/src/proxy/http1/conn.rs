@@ -283,6 +283,8 @@ where
         let mut queue = WriteQueue::default();
         queue.push(self.out.split().freeze());
         poll_fn(|cx| flush(&self.shared, &mut queue, cx)).await?;
+        // A request that may upgrade has no body (`parse_request`), so no
+        // body holds the stream now: this is a guard, not a path.
         let Ok(io) = Arc::try_unwrap(self.shared) else {
             return Err(Error::UpgradeBodyHeld);
         };

@@ -10,7 +10,7 @@ use http::{
     request, HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, Version,
 };
 
-use crate::http1::wire::parse_length;
+use crate::http1::wire::{list_items, lists_token, parse_length};
 
 /// Header fields parsed on the stack; a listener allowing more parses into
 /// a vector.
@@ -244,8 +244,7 @@ impl Seen {
         } else if *name == HOST {
             self.hosts += 1;
         } else if *name == CONNECTION {
-            for token in value.as_bytes().split(|&b| b == b',') {
-                let token = token.trim_ascii();
+            for token in list_items(value.as_bytes()) {
                 if token.eq_ignore_ascii_case(b"close") {
                     self.close = true;
                 } else if token.eq_ignore_ascii_case(b"keep-alive") {
@@ -259,10 +258,7 @@ impl Seen {
         } else if *name == EXPECT {
             self.expect_continue = value.as_bytes().eq_ignore_ascii_case(b"100-continue");
         } else if *name == TE {
-            self.te_trailers |= value
-                .as_bytes()
-                .split(|&b| b == b',')
-                .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"trailers"));
+            self.te_trailers |= lists_token(value.as_bytes(), b"trailers");
         }
     }
 
