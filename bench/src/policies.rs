@@ -431,9 +431,7 @@ fn build_report(
         "Run {started} on {} cores ({}), kernel `{}`. What key-auth, an RS256 JWT and a local \
          rate limit cost on top of plain proxying, each proxy against its own plain case. Same \
          upstream and load as the `proxy` scenario's HTTP/1.1 64-byte case ({}, {} threads, {} \
-         keep-alive connections; {} round(s) of {} s per case after a {} s warm-up, interleaved \
-         (within each table the order rotates every round), \
-         medians). Every request of every case carries the same `x-api-key` and \
+         keep-alive connections; {}; medians). Every request of every case carries the same `x-api-key` and \
          `Authorization: Bearer` headers, so the cases differ only by the policy.\n\n",
         machine["cores"],
         machine["cpu"].as_str().unwrap_or("?"),
@@ -441,9 +439,7 @@ fn build_report(
         tools.wrk.version,
         proxy::H1_THREADS,
         proxy::H1_CONNECTIONS,
-        rounds,
-        seconds,
-        proxy::WARM_UP_S,
+        proxy::schedule_text(rounds, seconds),
     ));
     let xgate_rows: Vec<&Case> = cases
         .iter()

@@ -9,11 +9,14 @@
 //!
 //! Every proxy runs at once, each with its own config (bench/peers/) and
 //! temp dir, and the rounds are interleaved (round 1 of every case, then
-//! round 2, ...; within each table the order rotates each round, so every
-//! proxy runs once in every position) so that drift lands on all of them
-//! alike. Per run the proxy's CPU time (utime+stime of it and its
-//! children, /proc/PID/stat) and peak RSS (VmHWM, reset before the run) are
-//! taken; medians over the rounds are reported (peak RSS: the largest).
+//! round 2, ...; within each table in a Williams design, so every proxy
+//! runs equally often in every position and right after every other one)
+//! so that drift lands on all of them alike. Each measured run comes right
+//! after an unmeasured warm-up run of the same case, so that no run pays
+//! for what the case before it left behind. Per run the proxy's CPU time
+//! (utime+stime of it and its children, /proc/PID/stat) and peak RSS
+//! (VmHWM, reset before the run) are taken; medians over the rounds are
+//! reported (peak RSS: the largest).
 //!
 //! The target, judged on the HTTP/1.1 rows: xgate's req/s at least 1.0x the
 //! faster of nginx and HAProxy, with a p99 no worse than that peer's.
@@ -33,7 +36,10 @@ use crate::{
     upstream, Settings,
 };
 
-pub const DEFAULT_ROUNDS: usize = 5;
+/// Ten: one whole period of the Williams design for the HTTP/1.1 tables'
+/// five cases (four proxies and the bare upstream), so that each runs right
+/// after every other twice.
+pub const DEFAULT_ROUNDS: usize = 10;
 pub const DEFAULT_DURATION_S: u64 = 3;
 /// Length of the run that warms every case up before the rounds.
 pub const WARM_UP_S: u64 = 1;
@@ -323,7 +329,11 @@ fn measure(fleet: &mut Fleet, tools: &Tools, case: &Case, seconds: u64) -> Resul
     })
 }
 
-/// Warms every case up, then runs `rounds` interleaved rounds. A case whose
+/// Runs `rounds` interleaved rounds (see [`round_order`]). Each measured run
+/// comes right after an unmeasured [`WARM_UP_S`] run of the same case: the
+/// load of the case before (the bare upstream at full speed, above all)
+/// leaves the machine in a state that lasts about a second and costs the
+/// next case's tail latency (p99 1.3-1.4x in a paired test). A case whose
 /// run fails is marked failed and skipped from then on; a signal stops
 /// everything.
 pub fn run_rounds(
@@ -335,17 +345,10 @@ pub fn run_rounds(
 ) -> Result<()> {
     let active = cases.iter().filter(|c| c.active()).count();
     eprintln!(
-        "    warming up {active} cases ({WARM_UP_S} s each), then {rounds} rounds of {seconds} s \
-         per case (about {} s)",
-        active as u64 * (WARM_UP_S + rounds as u64 * seconds)
+        "    {rounds} rounds of {seconds} s per case, each after a {WARM_UP_S} s warm-up run, \
+         {active} cases (about {} s)",
+        active as u64 * rounds as u64 * (WARM_UP_S + seconds)
     );
-    for case in cases.iter_mut().filter(|c| c.active()) {
-        if let Err(e) = measure(fleet, tools, case, WARM_UP_S) {
-            sys::check_interrupted()?;
-            eprintln!("    {} / {}: warm-up FAILED: {e:#}", case.group, case.label);
-            case.failed = Some(format!("warm-up run failed: {e:#}"));
-        }
-    }
     for round in 0..rounds {
         let groups: Vec<&str> = cases.iter().map(|c| c.group).collect();
         for index in round_order(&groups, round) {
@@ -353,7 +356,10 @@ pub fn run_rounds(
             if !case.active() {
                 continue;
             }
-            match measure(fleet, tools, case, seconds) {
+            let measured = measure(fleet, tools, case, WARM_UP_S)
+                .map_err(|e| e.context("warm-up run"))
+                .and_then(|_| measure(fleet, tools, case, seconds));
+            match measured {
                 Ok(sample) => {
                     eprintln!(
                         "    round {}/{rounds} {:<9} {:<28} {:>9.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  cpu {}",
@@ -386,11 +392,28 @@ pub fn run_rounds(
     Ok(())
 }
 
+/// How the rounds are run, for the reports: rounds, warm-up, order.
+pub fn schedule_text(rounds: usize, seconds: u64) -> String {
+    format!(
+        "{rounds} round(s) of {seconds} s per case, each run right after an unmeasured \
+         {WARM_UP_S} s run of the same case (so that no run inherits what the load before it \
+         left behind), interleaved: round 1 of every case, then round 2, ...; within each table \
+         the order is a Williams design (over as many rounds as the table has cases, twice that \
+         if odd, every case runs once in every position and right after every other case \
+         equally often)"
+    )
+}
+
 /// The order of the cases in round `round`: group after group (a group is
-/// one table: one load shape), and within a group rotated by the round, so
-/// that over as many rounds as a group has cases every proxy (and the bare
-/// upstream) runs once in every position: none always follows the same
-/// neighbour, e.g. the bare upstream's run at full speed.
+/// one table: one load shape), and within a group a row of a Williams
+/// design, balanced for position and for carry-over. For `n` cases, row
+/// `r` is `r, r+1, r-1, r+2, r-2, ...` (mod `n`). For even `n` the `n` rows
+/// are balanced: every case runs once in every position and right after
+/// every other case once. For odd `n` rows `n..2n` are the first `n`
+/// reversed, and the `2n` rows put every case right after every other
+/// twice. (A plain rotation keeps the cyclic order: a proxy would follow
+/// the same neighbour, e.g. the bare upstream's run at full speed, in all
+/// but one round.)
 /// `groups`: each case's group, in table order.
 fn round_order(groups: &[&str], round: usize) -> Vec<usize> {
     let mut order = Vec::with_capacity(groups.len());
@@ -398,10 +421,33 @@ fn round_order(groups: &[&str], round: usize) -> Vec<usize> {
     while start < groups.len() {
         let group = groups[start];
         let len = groups[start..].iter().take_while(|g| **g == group).count();
-        order.extend((0..len).map(|k| start + (k + round) % len));
+        order.extend(williams_row(len, round).into_iter().map(|k| start + k));
         start += len;
     }
     order
+}
+
+/// Row `round` of a Williams design for `n` treatments (see
+/// [`round_order`]), repeating after `n` rows (even `n`) or `2n` (odd).
+fn williams_row(n: usize, round: usize) -> Vec<usize> {
+    let period = if n.is_multiple_of(2) { n } else { 2 * n };
+    let r = round % period.max(1);
+    let shift = r % n.max(1);
+    let mut row: Vec<usize> = (0..n)
+        .map(|k| {
+            // 0, 1, n-1, 2, n-2, ...
+            let base = if k % 2 == 1 {
+                k.div_ceil(2)
+            } else {
+                (n - k / 2) % n
+            };
+            (base + shift) % n
+        })
+        .collect();
+    if r >= n {
+        row.reverse();
+    }
+    row
 }
 
 /// A proxy as the run found it: started, or why not.
@@ -851,8 +897,7 @@ fn build_report(cases: &[Case], info: &RunInfo) -> Report {
     md.push_str(&format!(
         "Run {} on {} cores ({}), kernel `{}`. Every proxy in front of the same upstream \
          (bench/src/upstream.rs: hyper, fixed bodies from memory), all running at once on \
-         127.0.0.1 and loaded one at a time: {} round(s) of {} s per case after a {} s warm-up, \
-         interleaved (within each table the order rotates every round), median reported (req/s min-max over the rounds). HTTP/1.1: {}, {} threads, \
+         127.0.0.1 and loaded one at a time: {}; median reported (req/s min-max over the rounds). HTTP/1.1: {}, {} threads, \
          {} keep-alive connections. HTTP/2: {}, {} threads, {} connections x {} streams, TLS \
          1.3 with {} (the only suite offered), ALPN h2 only. The load generator, the proxy and \
          the upstream share the machine's cores.\n\n",
@@ -860,9 +905,7 @@ fn build_report(cases: &[Case], info: &RunInfo) -> Report {
         machine["cores"],
         machine["cpu"].as_str().unwrap_or("?"),
         machine["kernel"].as_str().unwrap_or("?"),
-        info.rounds,
-        info.seconds,
-        WARM_UP_S,
+        schedule_text(info.rounds, info.seconds),
         info.wrk,
         H1_THREADS,
         H1_CONNECTIONS,
@@ -970,28 +1013,53 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_case_runs_once_in_every_position_of_its_table() {
+    fn round_orders_are_permutations_table_after_table() {
         let groups = ["a", "a", "a", "b", "b"];
-        let orders: Vec<Vec<usize>> = (0..6).map(|round| round_order(&groups, round)).collect();
-        for order in &orders {
-            // A permutation, table after table.
+        for round in 0..12 {
+            let order = round_order(&groups, round);
             let mut sorted = order.clone();
             sorted.sort_unstable();
-            assert_eq!(sorted, [0, 1, 2, 3, 4]);
+            assert_eq!(sorted, [0, 1, 2, 3, 4], "{order:?}");
             assert!(order[..3].iter().all(|&i| i < 3), "{order:?}");
         }
-        // Over three rounds, each of table a's cases runs first, second and
-        // third once; table b alternates.
-        for case in 0..3 {
-            let mut positions: Vec<usize> = orders[..3]
-                .iter()
-                .map(|o| o.iter().position(|&i| i == case).unwrap())
-                .collect();
-            positions.sort_unstable();
-            assert_eq!(positions, [0, 1, 2], "case {case}");
+        // Table b (two cases) alternates.
+        assert_eq!(&round_order(&groups, 0)[3..], [3, 4]);
+        assert_eq!(&round_order(&groups, 1)[3..], [4, 3]);
+    }
+
+    /// Over a design's period every case runs equally often in every
+    /// position and right after every other case equally often: the
+    /// property a rotation lacks (there case 1 follows case 0 in every
+    /// round but one).
+    #[test]
+    fn williams_rows_balance_position_and_carry_over() {
+        for n in 1..=7usize {
+            let period = if n.is_multiple_of(2) { n } else { 2 * n };
+            let rows: Vec<Vec<usize>> = (0..period).map(|r| williams_row(n, r)).collect();
+            let mut position = vec![vec![0; n]; n];
+            let mut after = vec![vec![0; n]; n];
+            for row in &rows {
+                for (pos, &case) in row.iter().enumerate() {
+                    position[case][pos] += 1;
+                }
+                for pair in row.windows(2) {
+                    after[pair[0]][pair[1]] += 1;
+                }
+            }
+            let per_position = period / n;
+            assert!(
+                position.iter().flatten().all(|&c| c == per_position),
+                "n={n}: {position:?}"
+            );
+            for (a, row) in after.iter().enumerate() {
+                for (b, &count) in row.iter().enumerate() {
+                    let want = if a == b { 0 } else { period / n };
+                    assert_eq!(count, want, "n={n}: {b} after {a}: {rows:?}");
+                }
+            }
+            // The design repeats after its period.
+            assert_eq!(williams_row(n, period), rows[0]);
         }
-        assert_eq!(&orders[0][3..], [3, 4]);
-        assert_eq!(&orders[1][3..], [4, 3]);
     }
 
     fn case(group: &'static str, target: &str, rps: &[f64], p99_us: f64) -> Case {
