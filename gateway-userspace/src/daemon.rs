@@ -221,6 +221,10 @@ pub async fn run(config_path: &Path, workers: usize) -> anyhow::Result<()> {
     for task in proxy_tasks {
         let _ = task.await;
     }
+    // Every request has been answered: the buffered access log lines are
+    // all there is to write. (A replaced config's logger wrote its own when
+    // its last connection ended.)
+    runtime.load().flush_access_log();
     // Every listener has drained: nothing is left on the workers but idle
     // upstream connections.
     if let Ok(workers) = Arc::try_unwrap(workers) {

@@ -63,6 +63,25 @@ pub mod serde {
     }
 }
 
+/// `#[serde(default, with = "crate::duration::serde_opt")]` for
+/// `Option<Duration>` fields (absent: `None`).
+pub mod serde_opt {
+    use std::time::Duration;
+
+    use serde::{Deserializer, Serializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        super::serde::deserialize(d).map(Some)
+    }
+
+    pub fn serialize<S: Serializer>(value: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(duration) => super::serde::serialize(duration, s),
+            None => s.serialize_none(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

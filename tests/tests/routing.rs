@@ -279,6 +279,71 @@ async fn json_access_log_has_a_line_per_request_including_rejections() {
     }
 }
 
+/// With `buffer_bytes`, lines wait in memory (here the flush interval is
+/// longer than the test) and are written when the config they were logged
+/// under is replaced, and at shutdown: none is lost.
+#[tokio::test]
+async fn buffered_access_log_writes_its_lines_on_reload_and_on_shutdown() {
+    let upstream = EchoUpstream::start(any_port(), "u").await.unwrap();
+    let listen = free_port();
+    let config = |route: &str| {
+        format!(
+            "listeners: [{{address: '{listen}'}}]\n\
+             access_log: {{format: json, path: '{{dir}}/access.log', buffer_bytes: 1048576, flush_interval: 1m}}\n\
+             upstreams: {{u: {{targets: ['{}']}}}}\n\
+             routes: [{{name: {route}, match: {{path_prefix: /}}, upstream: u}}]\n",
+            upstream.addr
+        )
+    };
+    let daemon = Daemon::start(&config("first"), None);
+    let path = daemon.dir.path().join("access.log");
+    let lines = || -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.is_empty() || text.ends_with('\n'), "a line cut short");
+        text.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    for i in 0..3 {
+        assert_eq!(get(listen, &format!("/a/{i}"), &[]).await.status, 200);
+    }
+    assert!(lines().is_empty(), "held in the buffer: {:?}", lines());
+
+    // The reload replaces the logger; the old one writes its lines once
+    // its last connection is gone.
+    let out = daemon.reload_with(&config("second"));
+    assert!(out.status.success(), "{out:?}");
+    let mut written = Vec::new();
+    for _ in 0..200 {
+        written = lines();
+        if written.len() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(written.len(), 3, "{written:?}");
+    for (i, line) in written.iter().enumerate() {
+        assert_eq!(line["path"], format!("/a/{i}"));
+        assert_eq!(line["route"], "first");
+    }
+
+    for i in 0..2 {
+        assert_eq!(get(listen, &format!("/b/{i}"), &[]).await.status, 200);
+    }
+    assert_eq!(lines().len(), 3, "the new logger holds its lines");
+    let dir = daemon.stop();
+    let text = std::fs::read_to_string(dir.path().join("access.log")).unwrap();
+    let written: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(written.len(), 5, "shutdown wrote the rest:\n{text}");
+    for (i, line) in written[3..].iter().enumerate() {
+        assert_eq!(line["path"], format!("/b/{i}"));
+        assert_eq!(line["route"], "second");
+    }
+}
+
 #[tokio::test]
 async fn a_hundred_reloads_under_load_fail_no_request() {
     let upstream = EchoUpstream::start(any_port(), "u").await.unwrap();

@@ -1,7 +1,7 @@
 //! The config file's root and the small sections that need no file of their
 //! own. Each larger section lives in its own module with its validation.
 
-use std::{collections::BTreeMap, path::PathBuf};
+use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -78,6 +78,82 @@ pub struct AccessLog {
     /// File to append to; absent: standard output (json) or the log (text).
     #[serde(default)]
     pub path: Option<PathBuf>,
+    /// Lines held in memory before they are written, in bytes; absent:
+    /// each line is written as it is made. Only for JSON lines (`json`, or
+    /// any format with a `path`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub buffer_bytes: Option<usize>,
+    /// With `buffer_bytes`: the longest a line waits in the buffer.
+    #[serde(
+        default,
+        with = "crate::duration::serde_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub flush_interval: Option<Duration>,
+}
+
+impl AccessLog {
+    /// Smallest and largest `buffer_bytes`.
+    pub const BUFFER_BYTES: std::ops::RangeInclusive<usize> = 4096..=16 * 1024 * 1024;
+    /// Shortest and longest `flush_interval`.
+    pub const FLUSH_INTERVAL: std::ops::RangeInclusive<Duration> =
+        Duration::from_millis(10)..=Duration::from_secs(60);
+    /// `flush_interval` when `buffer_bytes` is set without it.
+    pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+
+    /// Whether lines are JSON lines of xgate's own writing (not events on
+    /// the daemon's log).
+    pub fn writes_lines(&self) -> bool {
+        match self.format {
+            AccessLogFormat::Off => false,
+            AccessLogFormat::Json => true,
+            AccessLogFormat::Text => self.path.is_some(),
+        }
+    }
+
+    pub(super) fn validate(&self, errors: &mut super::validate::Errors) {
+        if let Some(bytes) = self.buffer_bytes {
+            let range = Self::BUFFER_BYTES;
+            if !range.contains(&bytes) {
+                errors.push(
+                    "access_log.buffer_bytes",
+                    format!(
+                        "{bytes} is out of range: {} to {} (omit it to write each line as it is made)",
+                        range.start(),
+                        range.end()
+                    ),
+                );
+            }
+            if !self.writes_lines() {
+                errors.push(
+                    "access_log.buffer_bytes",
+                    "only JSON lines are buffered: with format text and no path the lines are \
+                     events on the daemon's log, which writes each one itself (set format: json, \
+                     or a path)",
+                );
+            }
+        }
+        if let Some(interval) = self.flush_interval {
+            let range = Self::FLUSH_INTERVAL;
+            if !range.contains(&interval) {
+                errors.push(
+                    "access_log.flush_interval",
+                    format!(
+                        "{} is out of range: {} to {}",
+                        crate::duration::format(interval),
+                        crate::duration::format(*range.start()),
+                        crate::duration::format(*range.end())
+                    ),
+                );
+            }
+            if self.buffer_bytes.is_none() {
+                errors.push(
+                    "access_log.flush_interval",
+                    "needs access_log.buffer_bytes: without a buffer every line is written at once",
+                );
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]

@@ -62,8 +62,7 @@ pub struct Upstream {
     /// How fast `p2c_ewma` forgets a latency; default 10s.
     #[serde(
         default,
-        deserialize_with = "optional_duration",
-        serialize_with = "serialize_optional_duration",
+        with = "crate::duration::serde_opt",
         skip_serializing_if = "Option::is_none"
     )]
     pub ewma_decay: Option<Duration>,
@@ -368,20 +367,6 @@ impl RetryBudget {
                 ),
             );
         }
-    }
-}
-
-fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    crate::duration::serde::deserialize(d).map(Some)
-}
-
-fn serialize_optional_duration<S: Serializer>(
-    value: &Option<Duration>,
-    s: S,
-) -> Result<S::Ok, S::Error> {
-    match value {
-        Some(duration) => crate::duration::serde::serialize(duration, s),
-        None => s.serialize_none(),
     }
 }
 

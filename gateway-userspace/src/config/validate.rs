@@ -34,6 +34,7 @@ pub fn validate(config: &Config) -> Vec<ConfigError> {
         upstream.validate(name, &mut errors);
     }
     super::route::validate(&config.routes, &config.upstreams, &mut errors);
+    config.access_log.validate(&mut errors);
     if config.limits.max_uri_bytes < 16 {
         errors.push("limits.max_uri_bytes", "must be at least 16");
     }
@@ -98,6 +99,50 @@ mod tests {
         );
         assert!(
             errs[2].starts_with("routes[1].upstream: unknown upstream 'nope' (defined: u)"),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn access_log_buffer_settings_are_checked() {
+        let routes = "routes: [{match: {path_prefix: /}, upstream: u}]\n";
+        let ok = format!(
+            "{BASE}{routes}access_log: {{format: json, path: /tmp/a.log, buffer_bytes: 65536, flush_interval: 500ms}}\n"
+        );
+        assert!(errors(&ok).is_empty(), "{:?}", errors(&ok));
+        // Text to a file is written as JSON lines: it can be buffered.
+        let text_file =
+            format!("{BASE}{routes}access_log: {{path: /tmp/a.log, buffer_bytes: 65536}}\n");
+        assert!(errors(&text_file).is_empty(), "{:?}", errors(&text_file));
+
+        let errs = errors(&format!(
+            "{BASE}{routes}access_log: {{format: json, buffer_bytes: 100, flush_interval: 2m}}\n"
+        ));
+        assert_eq!(errs.len(), 2, "{errs:?}");
+        assert!(
+            errs[0].starts_with("access_log.buffer_bytes: 100 is out of range: 4096 to 16777216"),
+            "{errs:?}"
+        );
+        assert!(
+            errs[1].starts_with("access_log.flush_interval: 2m is out of range: 10ms to 1m"),
+            "{errs:?}"
+        );
+
+        let errs = errors(&format!(
+            "{BASE}{routes}access_log: {{buffer_bytes: 65536}}\n"
+        ));
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].starts_with("access_log.buffer_bytes: only JSON lines are buffered"),
+            "{errs:?}"
+        );
+
+        let errs = errors(&format!(
+            "{BASE}{routes}access_log: {{format: json, flush_interval: 1s}}\n"
+        ));
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].starts_with("access_log.flush_interval: needs access_log.buffer_bytes"),
             "{errs:?}"
         );
     }

@@ -19,9 +19,96 @@ use crate::telemetry::RouteMetrics;
 
 enum Sink {
     Tracing,
-    Stdout,
-    File(Arc<Mutex<File>>),
+    Lines(Arc<Lines>),
     Off,
+}
+
+/// Where JSON lines go, and the lines held back when `buffer_bytes` is set.
+struct Lines {
+    out: Mutex<Out>,
+    /// 0: every line is written as it is made.
+    buffer: usize,
+}
+
+struct Out {
+    target: Target,
+    pending: Vec<u8>,
+}
+
+enum Target {
+    Stdout,
+    File(File),
+}
+
+impl Out {
+    fn write(&mut self, bytes: &[u8]) {
+        // A line that cannot be written is dropped: the request it
+        // describes has been served, and the log must not stop the proxy.
+        let _ = match &mut self.target {
+            Target::File(file) => file.write_all(bytes),
+            Target::Stdout => std::io::stdout().lock().write_all(bytes),
+        };
+    }
+
+    fn flush(&mut self) {
+        if !self.pending.is_empty() {
+            let pending = std::mem::take(&mut self.pending);
+            self.write(&pending);
+            self.pending = pending;
+            self.pending.clear();
+        }
+    }
+}
+
+impl Lines {
+    fn append(&self, line: &[u8]) {
+        let mut out = self.out.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.buffer == 0 {
+            out.write(line);
+            return;
+        }
+        if out.pending.len() + line.len() > self.buffer {
+            out.flush();
+        }
+        if line.len() > self.buffer {
+            out.write(line);
+        } else {
+            out.pending.extend_from_slice(line);
+        }
+    }
+
+    fn flush(&self) {
+        self.out
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .flush();
+    }
+}
+
+impl Drop for Lines {
+    /// The logger of a config that was replaced (or of a daemon shutting
+    /// down) writes what it still holds.
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
+/// Writes a buffered logger's lines every `interval`, on a thread of its
+/// own (the logger is made where no runtime may be running), until the
+/// logger is gone.
+fn start_flusher(lines: &Arc<Lines>, interval: Duration) -> Result<(), String> {
+    let lines = Arc::downgrade(lines);
+    std::thread::Builder::new()
+        .name("xgate-access-log".into())
+        .spawn(move || loop {
+            std::thread::sleep(interval);
+            match lines.upgrade() {
+                Some(lines) => lines.flush(),
+                None => return,
+            }
+        })
+        .map(drop)
+        .map_err(|e| format!("access_log: cannot start the flushing thread: {e}"))
 }
 
 pub struct AccessLogger {
@@ -30,22 +117,43 @@ pub struct AccessLogger {
 
 impl AccessLogger {
     pub fn open(config: &AccessLog) -> Result<Self, String> {
-        let sink = match (config.format, &config.path) {
-            (AccessLogFormat::Off, _) => Sink::Off,
-            (AccessLogFormat::Text, None) => Sink::Tracing,
-            (AccessLogFormat::Json, None) => Sink::Stdout,
+        let target = match (config.format, &config.path) {
+            (AccessLogFormat::Off, _) => return Ok(Self { sink: Sink::Off }),
+            (AccessLogFormat::Text, None) => {
+                return Ok(Self {
+                    sink: Sink::Tracing,
+                })
+            }
+            (AccessLogFormat::Json, None) => Target::Stdout,
             // To a file, text is written as JSON lines too: one parseable
             // line per request is what log shippers want.
-            (_, Some(path)) => {
-                let file = OpenOptions::new()
+            (_, Some(path)) => Target::File(
+                OpenOptions::new()
                     .create(true)
                     .append(true)
                     .open(path)
-                    .map_err(|e| format!("access_log.path: cannot open {}: {e}", path.display()))?;
-                Sink::File(Arc::new(Mutex::new(file)))
-            }
+                    .map_err(|e| format!("access_log.path: cannot open {}: {e}", path.display()))?,
+            ),
         };
-        Ok(Self { sink })
+        let buffer = config.buffer_bytes.unwrap_or(0);
+        let lines = Arc::new(Lines {
+            out: Mutex::new(Out {
+                target,
+                pending: Vec::with_capacity(buffer),
+            }),
+            buffer,
+        });
+        if buffer > 0 {
+            start_flusher(
+                &lines,
+                config
+                    .flush_interval
+                    .unwrap_or(AccessLog::DEFAULT_FLUSH_INTERVAL),
+            )?;
+        }
+        Ok(Self {
+            sink: Sink::Lines(lines),
+        })
     }
 
     /// Whether lines are written at all.
@@ -75,7 +183,7 @@ impl AccessLogger {
                 detail,
                 "access (request head refused)"
             ),
-            Sink::Stdout | Sink::File(_) => self.write_line(&Line {
+            Sink::Lines(_) => self.write_line(&Line {
                 ts: now(),
                 request_id: None,
                 client_ip,
@@ -119,7 +227,7 @@ impl AccessLogger {
                 rejection = ctx.rejection.unwrap_or("-"),
                 "access"
             ),
-            Sink::Stdout | Sink::File(_) => self.write_line(&Line {
+            Sink::Lines(_) => self.write_line(&Line {
                 ts: now(),
                 request_id: Some(ctx.request_id()),
                 client_ip: ctx.client_ip,
@@ -139,12 +247,23 @@ impl AccessLogger {
         }
     }
 
-    /// One JSON line to the file or standard output, in one write: formatted
-    /// into this thread's buffer first (writing the pieces as they were
-    /// formatted took a system call each, about a hundred per line on an
-    /// unbuffered file), then appended whole, so lines from several workers
-    /// never interleave.
+    /// Writes the lines held in the buffer (`buffer_bytes`) now; the
+    /// daemon calls it when it shuts down.
+    pub fn flush(&self) {
+        if let Sink::Lines(lines) = &self.sink {
+            lines.flush();
+        }
+    }
+
+    /// One JSON line to the file or standard output, in one write (or
+    /// into the buffer): formatted into this thread's buffer first (writing
+    /// the pieces as they were formatted took a system call each, about a
+    /// hundred per line on an unbuffered file), then appended whole, so
+    /// lines from several workers never interleave.
     fn write_line(&self, line: &Line<'_>) {
+        let Sink::Lines(lines) = &self.sink else {
+            return;
+        };
         thread_local! {
             static BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
         }
@@ -154,13 +273,7 @@ impl AccessLogger {
                 return;
             }
             buf.push(b'\n');
-            let _ = match &self.sink {
-                Sink::File(file) => file
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .write_all(buf),
-                _ => std::io::stdout().lock().write_all(buf),
-            };
+            lines.append(buf);
             // A rare huge line does not keep its buffer.
             if buf.capacity() > 64 * 1024 {
                 *buf = Vec::new();
@@ -215,20 +328,48 @@ mod tests {
         }
     }
 
+    impl TempLog {
+        fn new(name: &str) -> Self {
+            Self(std::env::temp_dir().join(format!(
+                "xgate-access-log-{name}-{}-{:?}.jsonl",
+                std::process::id(),
+                SystemTime::now()
+            )))
+        }
+
+        fn config(&self, buffer_bytes: Option<usize>, flush: Option<Duration>) -> AccessLog {
+            AccessLog {
+                format: AccessLogFormat::Json,
+                path: Some(self.0.clone()),
+                buffer_bytes,
+                flush_interval: flush,
+            }
+        }
+
+        /// The whole lines written so far, each parsed.
+        fn lines(&self) -> Vec<serde_json::Value> {
+            let text = std::fs::read_to_string(&self.0).unwrap_or_default();
+            assert!(text.is_empty() || text.ends_with('\n'), "a line cut short");
+            text.lines()
+                .map(|l| serde_json::from_str(l).expect("a whole JSON line"))
+                .collect()
+        }
+    }
+
+    fn refused(logger: &AccessLogger, detail: &str) {
+        logger.write_refused_head(
+            IpAddr::from([192, 0, 2, 1]),
+            "public",
+            400,
+            "malformed_head",
+            detail,
+        );
+    }
+
     #[test]
     fn json_lines_from_several_workers_stay_whole() {
-        let log = TempLog(std::env::temp_dir().join(format!(
-            "xgate-access-log-test-{}-{:?}.jsonl",
-            std::process::id(),
-            SystemTime::now()
-        )));
-        let logger = Arc::new(
-            AccessLogger::open(&AccessLog {
-                format: AccessLogFormat::Json,
-                path: Some(log.0.clone()),
-            })
-            .unwrap(),
-        );
+        let log = TempLog::new("workers");
+        let logger = Arc::new(AccessLogger::open(&log.config(None, None)).unwrap());
         // Long details make lines of several KiB, written while other
         // threads write theirs.
         let threads: Vec<_> = (0..4)
@@ -266,5 +407,74 @@ mod tests {
             seen.insert(detail.to_string());
         }
         assert_eq!(seen.len(), 1000, "every line once");
+    }
+
+    #[test]
+    fn unbuffered_lines_are_written_at_once() {
+        let log = TempLog::new("unbuffered");
+        let logger = AccessLogger::open(&log.config(None, None)).unwrap();
+        refused(&logger, "first");
+        assert_eq!(log.lines().len(), 1);
+    }
+
+    /// With `buffer_bytes`, lines wait until the next one would not fit,
+    /// then go out whole; the rest is written when the logger is dropped
+    /// (a replaced config's, or at shutdown through `flush`).
+    #[test]
+    fn buffered_lines_wait_for_a_full_buffer_or_the_end() {
+        let log = TempLog::new("buffered");
+        // A flush interval far beyond the test: only size and drop write.
+        let logger =
+            AccessLogger::open(&log.config(Some(4096), Some(Duration::from_secs(60)))).unwrap();
+        refused(&logger, "one");
+        refused(&logger, "two");
+        assert!(log.lines().is_empty(), "held in the buffer");
+        logger.flush();
+        assert_eq!(log.lines().len(), 2);
+
+        // Lines of about 1 KiB: the fourth does not fit in 4 KiB with the
+        // three before it.
+        for i in 0..4 {
+            refused(&logger, &format!("{i}-{}", "x".repeat(1000)));
+        }
+        let written = log.lines();
+        assert_eq!(
+            written.len(),
+            5,
+            "the first three went out when the fourth came"
+        );
+        assert!(written[4]["detail"].as_str().unwrap().starts_with("2-"));
+
+        // A line larger than the whole buffer goes straight out, after
+        // the lines before it.
+        refused(&logger, &"y".repeat(5000));
+        let written = log.lines();
+        assert_eq!(written.len(), 7);
+        assert!(written[5]["detail"].as_str().unwrap().starts_with("3-"));
+        assert!(written[6]["detail"].as_str().unwrap().starts_with("yyy"));
+
+        refused(&logger, "last");
+        drop(logger);
+        let written = log.lines();
+        assert_eq!(written.len(), 8, "dropping the logger wrote the rest");
+        assert_eq!(written[7]["detail"], "last");
+    }
+
+    #[test]
+    fn buffered_lines_are_written_within_the_flush_interval() {
+        let log = TempLog::new("interval");
+        let logger =
+            AccessLogger::open(&log.config(Some(1 << 20), Some(Duration::from_millis(10))))
+                .unwrap();
+        refused(&logger, "waits for the flusher");
+        // No size or drop will write it: only the flushing thread can. It
+        // runs every 10 ms; give it up to 10 s on a busy machine.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while log.lines().is_empty() && std::time::Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(5));
+        }
+        let written = log.lines();
+        assert_eq!(written.len(), 1, "the flushing thread wrote the line");
+        assert_eq!(written[0]["detail"], "waits for the flusher");
     }
 }

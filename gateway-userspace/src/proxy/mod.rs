@@ -90,6 +90,11 @@ impl Runtime {
     pub fn route_count(&self) -> usize {
         self.router.len()
     }
+
+    /// Writes the access log lines held in its buffer, if it has one.
+    pub fn flush_access_log(&self) {
+        self.access_log.flush();
+    }
 }
 
 /// One [`Upstream`] per configured upstream, by name.
