@@ -297,13 +297,7 @@ async fn buffered_access_log_writes_its_lines_on_reload_and_on_shutdown() {
     };
     let daemon = Daemon::start(&config("first"), None);
     let path = daemon.dir.path().join("access.log");
-    let lines = || -> Vec<serde_json::Value> {
-        let text = std::fs::read_to_string(&path).unwrap();
-        assert!(text.is_empty() || text.ends_with('\n'), "a line cut short");
-        text.lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    };
+    let lines = || json_lines(&path);
     for i in 0..3 {
         assert_eq!(get(listen, &format!("/a/{i}"), &[]).await.status, 200);
     }
@@ -332,16 +326,21 @@ async fn buffered_access_log_writes_its_lines_on_reload_and_on_shutdown() {
     }
     assert_eq!(lines().len(), 3, "the new logger holds its lines");
     let dir = daemon.stop();
-    let text = std::fs::read_to_string(dir.path().join("access.log")).unwrap();
-    let written: Vec<serde_json::Value> = text
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    assert_eq!(written.len(), 5, "shutdown wrote the rest:\n{text}");
+    let written = json_lines(&dir.path().join("access.log"));
+    assert_eq!(written.len(), 5, "shutdown wrote the rest: {written:?}");
     for (i, line) in written[3..].iter().enumerate() {
         assert_eq!(line["path"], format!("/b/{i}"));
         assert_eq!(line["route"], "second");
     }
+}
+
+/// The whole lines of an access log, each parsed (a line cut short fails).
+fn json_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(path).unwrap();
+    assert!(text.is_empty() || text.ends_with('\n'), "a line cut short");
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 #[tokio::test]
