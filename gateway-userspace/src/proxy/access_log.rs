@@ -40,21 +40,21 @@ enum Target {
     File(File),
 }
 
-impl Out {
+impl Target {
     fn write(&mut self, bytes: &[u8]) {
         // A line that cannot be written is dropped: the request it
         // describes has been served, and the log must not stop the proxy.
-        let _ = match &mut self.target {
-            Target::File(file) => file.write_all(bytes),
-            Target::Stdout => std::io::stdout().lock().write_all(bytes),
+        let _ = match self {
+            Self::File(file) => file.write_all(bytes),
+            Self::Stdout => std::io::stdout().lock().write_all(bytes),
         };
     }
+}
 
+impl Out {
     fn flush(&mut self) {
         if !self.pending.is_empty() {
-            let pending = std::mem::take(&mut self.pending);
-            self.write(&pending);
-            self.pending = pending;
+            self.target.write(&self.pending);
             self.pending.clear();
         }
     }
@@ -64,14 +64,14 @@ impl Lines {
     fn append(&self, line: &[u8]) {
         let mut out = self.out.lock().unwrap_or_else(PoisonError::into_inner);
         if self.buffer == 0 {
-            out.write(line);
+            out.target.write(line);
             return;
         }
         if out.pending.len() + line.len() > self.buffer {
             out.flush();
         }
         if line.len() > self.buffer {
-            out.write(line);
+            out.target.write(line);
         } else {
             out.pending.extend_from_slice(line);
         }
@@ -117,17 +117,18 @@ pub struct AccessLogger {
 
 impl AccessLogger {
     pub fn open(config: &AccessLog) -> Result<Self, String> {
-        let target = match (config.format, &config.path) {
-            (AccessLogFormat::Off, _) => return Ok(Self { sink: Sink::Off }),
-            (AccessLogFormat::Text, None) => {
-                return Ok(Self {
-                    sink: Sink::Tracing,
-                })
-            }
-            (AccessLogFormat::Json, None) => Target::Stdout,
-            // To a file, text is written as JSON lines too: one parseable
-            // line per request is what log shippers want.
-            (_, Some(path)) => Target::File(
+        if !config.writes_lines() {
+            let sink = match config.format {
+                AccessLogFormat::Off => Sink::Off,
+                _ => Sink::Tracing,
+            };
+            return Ok(Self { sink });
+        }
+        // To a file, text is written as JSON lines too: one parseable line
+        // per request is what log shippers want.
+        let target = match &config.path {
+            None => Target::Stdout,
+            Some(path) => Target::File(
                 OpenOptions::new()
                     .create(true)
                     .append(true)
