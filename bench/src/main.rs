@@ -10,7 +10,9 @@
 //! is merged into `bench/results.json` and `bench/RESULTS.md`.
 //!
 //! `xgate-bench serve-upstream --listen ADDR` is not a scenario: it is the
-//! fast HTTP upstream the proxy scenarios start as a child process.
+//! fast HTTP upstream the proxy scenarios start as a child process, and
+//! `xgate-bench pgo-train` is the training run of the profile-guided build
+//! (`cargo xtask dist`).
 
 mod flood;
 mod keys;
@@ -120,7 +122,11 @@ fn usage() -> String {
          (default: xdp {}, proxy {}, policies {})\n  \
          --duration S   seconds of load per measurement (proxy, policies; default {})\n\n\
          Needs root. Writes bench/RESULTS.md and bench/results.json \
-         (or into $XGATE_BENCH_OUT).\n",
+         (or into $XGATE_BENCH_OUT).\n\n\
+         not scenarios:\n  \
+         serve-upstream --listen ADDR   the upstream the proxy scenarios start\n  \
+         pgo-train                      the training run of `cargo xtask dist` \
+         (trains the xgate in $XGATE_BENCH_XGATE)\n",
         d.repeat,
         xdp::DEFAULT_ROUNDS,
         proxy::DEFAULT_ROUNDS,
@@ -223,6 +229,15 @@ fn main() -> ExitCode {
             }
         };
     }
+    if args.first().map(String::as_str) == Some(PGO_TRAIN) {
+        return match pgo_train(&args[1..]) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("xgate-bench {PGO_TRAIN}: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match real_main(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -230,6 +245,22 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The training run of `cargo xtask dist` (see [`proxy::train`]).
+const PGO_TRAIN: &str = "pgo-train";
+
+/// Seconds of each training load.
+const PGO_TRAIN_SECONDS: u64 = 3;
+
+fn pgo_train(args: &[String]) -> Result<()> {
+    if let Some(arg) = args.first() {
+        bail!(
+            "unexpected argument {arg:?}: `xgate-bench {PGO_TRAIN}` takes none; \
+             it trains the binary in $XGATE_BENCH_XGATE"
+        );
+    }
+    proxy::train(PGO_TRAIN_SECONDS)
 }
 
 fn real_main(args: &[String]) -> Result<()> {

@@ -210,9 +210,12 @@ fn find_xgate() -> Result<Binary> {
         .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
         .map(|d| crate::report::format_utc(d.as_secs()))
         .unwrap_or_else(|| "unknown".into());
+    // What kind of build it is, as `cargo xtask bench` says.
+    let build =
+        std::env::var("XGATE_BENCH_XGATE_BUILD").unwrap_or_else(|_| "release binary".into());
     Ok(Binary {
         version: printed.split_whitespace().nth(1).unwrap_or("").to_string(),
-        full_version: format!("{printed}, release binary built {built}"),
+        full_version: format!("{printed}, {build} built {built}"),
         path,
     })
 }

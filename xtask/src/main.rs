@@ -3,6 +3,7 @@
 //! only checks, and takes seconds.
 
 mod bench;
+mod dist;
 mod setup;
 
 use std::{
@@ -36,6 +37,9 @@ enum Task {
     },
     /// The whole test suite: fmt, clippy, unit and integration tests (run as root for XDP).
     Test,
+    /// Build the production binary, target/dist/xgate: release, profile-guided
+    /// (an instrumented build, a short training load, then the optimized build).
+    Dist,
     /// Run the benchmarks (as root) and write bench/RESULTS.md and bench/results.json
     Bench {
         /// Scenarios to run (`xgate-bench --help` lists them; `all` runs every one).
@@ -73,6 +77,7 @@ fn main() -> ExitCode {
         Task::Build { release } => setup::all().and_then(|()| build(release)),
         Task::Run { config } => setup::all().and_then(|()| run(&config)),
         Task::Test => setup::all().and_then(|()| test()),
+        Task::Dist => setup::all().and_then(|()| dist::run().map(drop)),
         Task::Bench { scenarios } => setup::all().and_then(|()| bench::run(&scenarios)),
         Task::Attach {
             iface,
