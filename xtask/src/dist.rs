@@ -121,8 +121,15 @@ pub fn run() -> Result<PathBuf> {
     let binary = dist.join("xgate");
     // Replaced, not overwritten in place: a running copy keeps its file.
     let staged = dist.join(".xgate.new");
-    std::fs::copy(optimized_dir.join(&host).join("release/xgate"), &staged)
-        .context("cannot copy the optimized binary")?;
+    let built = optimized_dir.join(&host).join("release/xgate");
+    std::fs::copy(&built, &staged).context("cannot copy the optimized binary")?;
+    // The copy keeps the build's time: the benchmark reports it as such.
+    if let Ok(modified) = std::fs::metadata(&built).and_then(|m| m.modified()) {
+        std::fs::File::options()
+            .write(true)
+            .open(&staged)?
+            .set_modified(modified)?;
+    }
     std::fs::rename(&staged, &binary)?;
     step(&format!("production binary: {}", binary.display()));
     Ok(binary)
