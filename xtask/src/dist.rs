@@ -41,23 +41,10 @@ pub fn run() -> Result<PathBuf> {
 
     step("building the instrumented xgate (-Cprofile-generate)");
     let instrumented_dir = pgo.join("instrumented");
-    run_cmd(
-        cargo_release()
-            .args([
-                "-p",
-                "gateway-userspace",
-                "--bin",
-                "xgate",
-                "--target",
-                &host,
-            ])
-            .arg("--target-dir")
-            .arg(&instrumented_dir)
-            .env_remove("CARGO_ENCODED_RUSTFLAGS")
-            .env(
-                "RUSTFLAGS",
-                format!("-Cprofile-generate={}", profiles.display()),
-            ),
+    build_xgate(
+        &host,
+        &instrumented_dir,
+        &format!("-Cprofile-generate={}", profiles.display()),
     )?;
     let instrumented = instrumented_dir.join(&host).join("release/xgate");
 
@@ -101,20 +88,10 @@ pub fn run() -> Result<PathBuf> {
 
     step("building the optimized xgate (-Cprofile-use)");
     let optimized_dir = pgo.join("optimized");
-    run_cmd(
-        cargo_release()
-            .args([
-                "-p",
-                "gateway-userspace",
-                "--bin",
-                "xgate",
-                "--target",
-                &host,
-            ])
-            .arg("--target-dir")
-            .arg(&optimized_dir)
-            .env_remove("CARGO_ENCODED_RUSTFLAGS")
-            .env("RUSTFLAGS", format!("-Cprofile-use={}", merged.display())),
+    build_xgate(
+        &host,
+        &optimized_dir,
+        &format!("-Cprofile-use={}", merged.display()),
     )?;
     let dist = target.join("dist");
     std::fs::create_dir_all(&dist)?;
@@ -140,6 +117,26 @@ fn cargo_release() -> Command {
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cmd.args(["build", "--quiet", "--release"]);
     cmd
+}
+
+/// A release build of xgate for `host` into `target_dir`, with `rustflags`
+/// (which replace any the environment sets).
+fn build_xgate(host: &str, target_dir: &Path, rustflags: &str) -> Result<()> {
+    run_cmd(
+        cargo_release()
+            .args([
+                "-p",
+                "gateway-userspace",
+                "--bin",
+                "xgate",
+                "--target",
+                host,
+            ])
+            .arg("--target-dir")
+            .arg(target_dir)
+            .env_remove("CARGO_ENCODED_RUSTFLAGS")
+            .env("RUSTFLAGS", rustflags),
+    )
 }
 
 /// The cargo target directory, absolute (the RUSTFLAGS paths must be).
