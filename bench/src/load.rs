@@ -96,6 +96,7 @@ end
 /// wrk, set up once per run directory.
 pub struct Wrk {
     script: PathBuf,
+    dir: PathBuf,
     pub version: String,
 }
 
@@ -116,11 +117,39 @@ impl Wrk {
             .unwrap_or("wrk")
             .trim()
             .to_string();
-        Ok(Self { script, version })
+        Ok(Self {
+            script,
+            dir: dir.to_path_buf(),
+            version,
+        })
     }
 
     /// `wrk -t T -c C -d S` against `url` with extra request `headers`.
     pub fn run(&self, url: &str, shape: Shape, headers: &[String]) -> Result<LoadResult> {
+        self.run_script(&self.script, url, shape, headers)
+    }
+
+    /// As [`Wrk::run`], but every request is a POST with a body of
+    /// `body_len` bytes (Content-Length framed).
+    pub fn run_upload(&self, url: &str, shape: Shape, body_len: usize) -> Result<LoadResult> {
+        let script = self.dir.join(format!("wrk-upload-{body_len}.lua"));
+        std::fs::write(
+            &script,
+            format!(
+                "wrk.method = \"POST\"\nwrk.body = string.rep(\"x\", {body_len})\n\
+                 wrk.headers[\"Content-Type\"] = \"application/octet-stream\"\n{WRK_SCRIPT}"
+            ),
+        )?;
+        self.run_script(&script, url, shape, &[])
+    }
+
+    fn run_script(
+        &self,
+        script: &Path,
+        url: &str,
+        shape: Shape,
+        headers: &[String],
+    ) -> Result<LoadResult> {
         sys::check_interrupted()?;
         let mut cmd = command(
             "wrk",
@@ -134,7 +163,7 @@ impl Wrk {
                 "--timeout".into(),
                 "10s".into(),
                 "-s".into(),
-                self.script.display().to_string(),
+                script.display().to_string(),
             ],
         );
         for header in headers {

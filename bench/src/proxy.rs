@@ -742,8 +742,9 @@ pub fn run(settings: &Settings) -> Result<Report> {
 /// harness is given (`XGATE_BENCH_XGATE`, built with `-Cprofile-generate`)
 /// as the proxy scenario does, puts each of the scenario's four loads on it
 /// once for `seconds` (HTTP/1.1 and HTTP/2 over TLS, 64-byte and 64 KiB
-/// responses), every response checked, and stops it with SIGTERM, so that
-/// it writes its profile as it exits. Nothing is reported.
+/// responses), then HTTP/1.1 uploads of 16 KiB, every response checked,
+/// and stops it with SIGTERM, so that it writes its profile as it exits.
+/// Nothing is reported.
 pub fn train(seconds: u64) -> Result<()> {
     sys::unpin();
     let tmp = TempDir::create("pgo-train")?;
@@ -772,9 +773,31 @@ pub fn train(seconds: u64) -> Result<()> {
         let sample = measure(&mut fleet, &tools, &case, seconds)?;
         eprintln!("    trained on {title}: {:.0} req/s", sample.load.rps);
     }
+    // Uploads: the request-body path, which none of the loads above takes.
+    let url = format!(
+        "http://127.0.0.1:{}{}",
+        peer.plain_port,
+        upstream::SMALL_PATH
+    );
+    let shape = Shape {
+        threads: H1_THREADS,
+        connections: H1_CONNECTIONS,
+        streams: 1,
+        seconds,
+    };
+    let load = tools.wrk.run_upload(&url, shape, TRAINING_UPLOAD_BYTES)?;
+    load.check(upstream::SMALL_BODY.len())?;
+    eprintln!(
+        "    trained on HTTP/1.1 keep-alive, {} KiB uploads: {:.0} req/s",
+        TRAINING_UPLOAD_BYTES / 1024,
+        load.rps
+    );
     drop(fleet);
     Ok(())
 }
+
+/// The request body of the training's uploads.
+const TRAINING_UPLOAD_BYTES: usize = 16 * 1024;
 
 struct RunInfo<'a> {
     started: String,

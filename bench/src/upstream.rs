@@ -13,12 +13,15 @@
 //! | `/small` | 200, [`SMALL_BODY`] (64 bytes) |
 //! | `/large` | 200, 64 KiB |
 //! | anything else | 404 |
+//!
+//! A request body (the PGO training's uploads) is read to its end first,
+//! so that the connection stays usable.
 
 use std::{convert::Infallible, net::SocketAddr};
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::{
     body::Incoming, header, server::conn::http1, service::service_fn, Request, Response, StatusCode,
 };
@@ -97,7 +100,13 @@ async fn serve(listen: SocketAddr) -> Result<()> {
                     LARGE_PATH => Some(large.clone()),
                     _ => None,
                 };
+                let has_body = req.headers().contains_key(header::CONTENT_LENGTH)
+                    || req.headers().contains_key(header::TRANSFER_ENCODING);
                 async move {
+                    if has_body {
+                        // An error ends the connection, as it would anyway.
+                        let _ = req.into_body().collect().await;
+                    }
                     let response = match body {
                         Some(body) => Response::builder()
                             .header(header::CONTENT_TYPE, "text/plain")

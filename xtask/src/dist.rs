@@ -5,13 +5,14 @@
 //!    directory of its own so that the ordinary builds keep their cache.
 //! 2. A training run: `xgate-bench pgo-train` puts the proxy benchmark's
 //!    four loads on it (HTTP/1.1 and HTTP/2 over TLS, 64-byte and 64 KiB
-//!    responses, a few seconds each) and stops it, which writes the profile.
+//!    responses) and HTTP/1.1 uploads, a few seconds each, and stops it,
+//!    which writes the profile.
 //! 3. `llvm-profdata merge` (rustup's `llvm-tools`, the LLVM of the compiler
 //!    in use), then the release build again with `-Cprofile-use`.
 //!
 //! The binary is copied to `target/dist/xgate`. A profile is reused while
-//! the instrumented binary it came from is unchanged, so a second run with
-//! no source change only checks.
+//! the instrumented binary it came from and the training harness are
+//! unchanged, so a second run with no source change only checks.
 
 use std::{
     path::{Path, PathBuf},
@@ -48,9 +49,10 @@ pub fn run() -> Result<PathBuf> {
     )?;
     let instrumented = instrumented_dir.join(&host).join("release/xgate");
 
-    if newer(&merged, &instrumented) {
+    let trainer = target.join("release/xgate-bench");
+    if newer(&merged, &instrumented) && newer(&merged, &trainer) {
         step(&format!(
-            "profile {} is newer than the instrumented binary: reused",
+            "profile {} is newer than the instrumented binary and the training: reused",
             merged.display()
         ));
     } else {
@@ -62,7 +64,7 @@ pub fn run() -> Result<PathBuf> {
         }
         let _ = std::fs::remove_file(&merged);
         run_cmd(
-            Command::new(target.join("release/xgate-bench"))
+            Command::new(&trainer)
                 .arg("pgo-train")
                 .env("XGATE_BENCH_XGATE", &instrumented),
         )
