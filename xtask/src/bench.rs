@@ -8,10 +8,7 @@
 //! loudly, and the harness reports the rows that need it as unavailable, with
 //! the reason, and measures the rest.
 
-use std::{
-    path::{Path, PathBuf},
-    process::Command,
-};
+use std::{path::Path, process::Command};
 
 use anyhow::{bail, Result};
 
@@ -169,14 +166,6 @@ fn envoy() {
     }
 }
 
-fn cargo_build(args: &[&str]) -> Result<()> {
-    run_cmd(
-        Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-            .args(["build", "--quiet", "--release"])
-            .args(args),
-    )
-}
-
 /// Builds the harness in release mode and runs `scenarios` (root only).
 pub fn run(scenarios: &[String]) -> Result<()> {
     if !setup::is_root() {
@@ -191,12 +180,10 @@ pub fn run(scenarios: &[String]) -> Result<()> {
         envoy();
     }
     step("building the benchmark harness (release)");
-    cargo_build(&["-p", "xgate-bench"])?;
+    run_cmd(dist::cargo_release().args(["-p", "xgate-bench"]))?;
     // Every scenario but the XDP one runs the real xgate binary.
     let needs_xgate = scenarios.iter().any(|s| s != "xdp");
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("target"));
+    let target = dist::target_dir()?;
     let mut harness = Command::new(target.join("release/xgate-bench"));
     harness.args(scenarios);
     if needs_xgate {

@@ -21,7 +21,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use crate::{bench, run_cmd, step};
+use crate::{bench, cargo, run_cmd, step};
 
 /// Where the three steps keep their files, under the cargo target dir.
 const PGO_DIR: &str = "pgo";
@@ -29,10 +29,10 @@ const PGO_DIR: &str = "pgo";
 /// The production binary, `target/dist/xgate`: builds it (see the module
 /// doc) and returns its absolute path.
 pub fn run() -> Result<PathBuf> {
-    let profdata_tool = llvm_profdata()?;
+    let host = host_triple()?;
+    let profdata_tool = llvm_profdata(&host)?;
     bench::debian_packages(&["pgo".to_string()])?;
     let target = target_dir()?;
-    let host = host_triple()?;
     let pgo = target.join(PGO_DIR);
     let profiles = pgo.join("profiles");
     let merged = pgo.join("xgate.profdata");
@@ -115,9 +115,9 @@ pub fn run() -> Result<PathBuf> {
 }
 
 /// `cargo build --quiet --release`.
-fn cargo_release() -> Command {
-    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
-    cmd.args(["build", "--quiet", "--release"]);
+pub fn cargo_release() -> Command {
+    let mut cmd = cargo("build");
+    cmd.arg("--release");
     cmd
 }
 
@@ -142,7 +142,7 @@ fn build_xgate(host: &str, target_dir: &Path, rustflags: &str) -> Result<()> {
 }
 
 /// The cargo target directory, absolute (the RUSTFLAGS paths must be).
-fn target_dir() -> Result<PathBuf> {
+pub fn target_dir() -> Result<PathBuf> {
     let dir = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("target"));
@@ -181,11 +181,11 @@ fn parse_host(version: &str) -> Option<String> {
 
 /// `llvm-profdata` from the active toolchain's `llvm-tools` component
 /// (added with rustup if missing): its profile format is the compiler's.
-fn llvm_profdata() -> Result<PathBuf> {
+fn llvm_profdata(host: &str) -> Result<PathBuf> {
     let sysroot = PathBuf::from(rustc_output(&["--print", "sysroot"])?.trim());
     let tool = sysroot
         .join("lib/rustlib")
-        .join(host_triple()?)
+        .join(host)
         .join("bin/llvm-profdata");
     if tool.is_file() {
         return Ok(tool);

@@ -126,7 +126,7 @@ pub fn run_cmd(cmd: &mut Command) -> Result<()> {
 }
 
 /// `cargo SUBCOMMAND --quiet`: progress lines only for what fails.
-fn cargo(subcommand: &str) -> Command {
+pub fn cargo(subcommand: &str) -> Command {
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cmd.args([subcommand, "--quiet"]);
     cmd
