@@ -38,6 +38,10 @@ pub struct Config {
     pub routes: Vec<Route>,
     #[serde(default)]
     pub limits: Limits,
+    /// How request targets and header names are made unambiguous before
+    /// routing (docs/routing.md, "Normalization").
+    #[serde(default)]
+    pub normalization: Normalization,
     #[serde(default)]
     pub access_log: AccessLog,
 }
@@ -67,6 +71,87 @@ impl Default for Limits {
 
 fn default_max_uri_bytes() -> usize {
     8 * 1024
+}
+
+/// What the proxy does to a request's path and header names before it
+/// routes it, so that routing, policies, the access log and the upstream
+/// all see one request. Envoy's `normalize_path`, `merge_slashes`,
+/// `path_with_escaped_slashes_action` and `headers_with_underscores_action`
+/// are the model.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Normalization {
+    /// `//a///b` becomes `/a/b`. On by default: no server gives an empty
+    /// path segment a meaning that routing should see differently.
+    #[serde(default = "default_true")]
+    pub merge_slashes: bool,
+    /// What `%2F`, `%5C` and a bare `\` in a path are.
+    #[serde(default)]
+    pub escaped_slashes: EscapedSlashes,
+    /// What goes upstream: the normalized path, or the client's own bytes
+    /// (a path that normalization would change is then refused).
+    #[serde(default)]
+    pub forward: ForwardPath,
+    /// Header names with `_`, which CGI-style servers read as the same
+    /// variable as the name with `-` (`Transfer_Encoding`).
+    #[serde(default)]
+    pub headers_with_underscores: UnderscoreHeaders,
+}
+
+impl Default for Normalization {
+    fn default() -> Self {
+        Self {
+            merge_slashes: true,
+            escaped_slashes: EscapedSlashes::default(),
+            forward: ForwardPath::default(),
+            headers_with_underscores: UnderscoreHeaders::default(),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// `%2F` and `%5C` (and a bare backslash) in a path.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EscapedSlashes {
+    /// Data, not a separator: forwarded as `%2F` / `%5C` (a bare `\` as
+    /// `%5C`). Envoy's default; APIs with encoded ids keep working.
+    #[default]
+    Keep,
+    /// A separator: decoded to `/` before dot segments and slashes are
+    /// resolved.
+    Decode,
+    /// 400.
+    Reject,
+}
+
+/// The path sent upstream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ForwardPath {
+    /// The normalized path, the one routing saw.
+    #[default]
+    Normalized,
+    /// The client's bytes; a request whose path is not already in normal
+    /// form gets 400, so the two never differ.
+    Original,
+}
+
+/// Header fields whose names contain `_`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnderscoreHeaders {
+    /// Removed before the request goes upstream (nginx's
+    /// `underscores_in_headers off`).
+    #[default]
+    Drop,
+    /// 400.
+    Reject,
+    /// Forwarded.
+    Allow,
 }
 
 /// One line per request, also for rejected ones.

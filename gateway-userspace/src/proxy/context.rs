@@ -22,6 +22,8 @@ pub struct RequestContext {
     /// the forwarding path sets it).
     pub request_id: HeaderValue,
     pub started: Instant,
+    /// The path routing saw, when normalizing changed what the client sent.
+    pub normalized_path: Option<String>,
     /// The matched route: its name and metric handles.
     pub route: Option<Arc<RouteMetrics>>,
     /// The upstream target the (last) attempt went to.
@@ -41,6 +43,7 @@ impl RequestContext {
             conn,
             request_id: HeaderValue::from_static(""),
             started: Instant::now(),
+            normalized_path: None,
             route: None,
             upstream_target: None,
             upstream_duration: None,

@@ -2,11 +2,11 @@
 //! upstream, hand it to the upstream, rewrite what comes back.
 
 use bytes::Bytes;
-use http::{Request, Response, Version};
+use http::{Method, Request, Response, Version};
 use http_body_util::BodyExt;
 use hyper::body::Body as HttpBody;
 
-use super::{headers, limits, Body, BoxError, Rejection, RequestContext, Runtime};
+use super::{headers, limits, normalize, Body, BoxError, Rejection, RequestContext, Runtime};
 
 pub(super) async fn forward<B>(
     rt: &Runtime,
@@ -42,6 +42,16 @@ where
     }
     limits::check_framing(&parts)?;
     limits::check_uri(&parts, rt.limits.max_uri_bytes)?;
+    if parts.method == Method::CONNECT && !rt.router.allows_connect() {
+        return Err(Rejection::MethodNotAllowed);
+    }
+    // From here on, routing, policies, the log and the upstream see one
+    // request: the normalized path, one authority.
+    ctx.normalized_path = normalize::request(&mut parts, &rt.normalization)?;
+    normalize::underscore_headers(
+        &mut parts.headers,
+        rt.normalization.headers_with_underscores,
+    )?;
 
     let matched = rt.router.route(&parts).ok_or(Rejection::NoRoute)?;
     let route = matched.route;

@@ -10,6 +10,7 @@ mod forward;
 mod headers;
 pub mod http1;
 mod limits;
+mod normalize;
 mod proxy_protocol;
 mod rejection;
 mod router;
@@ -41,7 +42,7 @@ pub use self::{
     rejection::{json_response, Rejection},
 };
 use crate::{
-    config::{Config, Limits},
+    config::{Config, Limits, Normalization},
     lists::SourceLists,
     telemetry::{Metrics, RouteMetrics},
     upstream::Upstream,
@@ -58,6 +59,7 @@ pub struct Runtime {
     router: Router,
     trusted_proxies: Vec<IpNet>,
     limits: Limits,
+    normalization: Normalization,
     /// Source lists, checked per request against the client address a
     /// trusted proxy reports (the accept-time guard saw only the proxy).
     guard: Option<Arc<SourceLists>>,
@@ -80,6 +82,7 @@ impl Runtime {
             router: Router::new(config, &upstreams, &metrics),
             trusted_proxies: config.trusted_proxies.clone(),
             limits: config.limits.clone(),
+            normalization: config.normalization.clone(),
             guard,
             access_log: AccessLogger::open(&config.access_log)?,
             no_route: Arc::new(metrics.route("-")),
@@ -168,7 +171,8 @@ where
 {
     let mut ctx = RequestContext::new(conn);
     let method = req.method().clone();
-    // Only the access log needs the path after the request has gone on.
+    // Only the access log needs the path after the request has gone on
+    // (the normalized one, when normalizing changed it).
     let path = rt.access_log.enabled().then(|| req.uri().path().to_owned());
     let mut response = match forward::forward(&rt, req, &mut ctx).await {
         Ok(response) => response,
@@ -189,7 +193,8 @@ where
         .unwrap_or(&rt.no_route)
         .record(&method, status, elapsed);
     if let Some(path) = path {
-        rt.access_log.write(&ctx, &method, &path, status, elapsed);
+        let path = ctx.normalized_path.as_deref().unwrap_or(&path);
+        rt.access_log.write(&ctx, &method, path, status, elapsed);
     }
     response
 }

@@ -18,6 +18,8 @@ pub enum Rejection {
     MissingHost,
     #[error("ambiguous or malformed request: {0}")]
     BadRequest(&'static str),
+    #[error("CONNECT, and no route allows it")]
+    MethodNotAllowed,
     #[error("request target longer than the limit")]
     UriTooLong,
     #[error("request body larger than the limit")]
@@ -54,6 +56,11 @@ impl Rejection {
                 "missing_host",
             ),
             Rejection::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad request", "bad_request"),
+            Rejection::MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed",
+                "method_not_allowed",
+            ),
             Rejection::UriTooLong => (
                 StatusCode::URI_TOO_LONG,
                 "request target too long",

@@ -84,6 +84,7 @@ pub struct Router {
     regex_set: RegexSet,
     /// `regex_set` pattern index → route index.
     regex_routes: Vec<usize>,
+    allows_connect: bool,
 }
 
 impl Router {
@@ -121,7 +122,9 @@ impl Router {
         }
         let mut prefixes: Vec<(usize, PathIndex)> = by_len.into_iter().collect();
         prefixes.sort_by_key(|(len, _)| std::cmp::Reverse(*len));
+        let allows_connect = routes.iter().any(|r| r.methods.contains(&Method::CONNECT));
         Self {
+            allows_connect,
             routes,
             exact,
             prefixes,
@@ -132,6 +135,11 @@ impl Router {
 
     pub fn len(&self) -> usize {
         self.routes.len()
+    }
+
+    /// Whether any route names CONNECT in its methods.
+    pub fn allows_connect(&self) -> bool {
+        self.allows_connect
     }
 
     /// The most specific route whose conditions all hold, if any.
@@ -235,8 +243,10 @@ impl Route {
         usize::from(!self.methods.is_empty()) + self.headers.len()
     }
 
+    /// CONNECT matches only a route that names it: a route for any
+    /// method is not a tunnel.
     fn methods_match(&self, method: &Method) -> bool {
-        self.methods.is_empty() || self.methods.contains(method)
+        (self.methods.is_empty() && *method != Method::CONNECT) || self.methods.contains(method)
     }
 
     fn headers_match(&self, headers: &HeaderMap) -> bool {
@@ -388,20 +398,13 @@ fn parse_template(template: &str) -> Vec<Segment> {
     segments
 }
 
-/// The request's host without port, lower-cased: the URI's authority
-/// (HTTP/2, absolute-form) or the Host header.
+/// The request's host without port, lower-cased, from Host: normalizing
+/// made it the request's one authority (an absolute-form target's, HTTP/2's
+/// `:authority`).
 fn request_host(parts: &Parts) -> Option<String> {
-    let raw = match parts.uri.host() {
-        Some(host) => host.to_string(),
-        None => {
-            let value = parts.headers.get(http::header::HOST)?.to_str().ok()?;
-            match value.parse::<http::uri::Authority>() {
-                Ok(authority) => authority.host().to_string(),
-                Err(_) => return None,
-            }
-        }
-    };
-    Some(raw.trim_end_matches('.').to_ascii_lowercase())
+    let value = parts.headers.get(http::header::HOST)?.to_str().ok()?;
+    let authority = value.parse::<http::uri::Authority>().ok()?;
+    Some(authority.host().trim_end_matches('.').to_ascii_lowercase())
 }
 
 #[cfg(test)]

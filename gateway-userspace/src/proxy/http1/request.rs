@@ -46,6 +46,8 @@ pub enum HeadError {
     TooLarge,
     #[error("malformed request head: {0}")]
     Malformed(&'static str),
+    #[error("request uses what the server does not implement: {0}")]
+    NotImplemented(&'static str),
 }
 
 impl HeadError {
@@ -53,6 +55,7 @@ impl HeadError {
         match self {
             HeadError::TooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             HeadError::Malformed(_) => StatusCode::BAD_REQUEST,
+            HeadError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
         }
     }
 
@@ -61,6 +64,7 @@ impl HeadError {
         match self {
             HeadError::TooLarge => "head_too_large",
             HeadError::Malformed(_) => "malformed_head",
+            HeadError::NotImplemented(_) => "not_implemented",
         }
     }
 
@@ -69,6 +73,7 @@ impl HeadError {
         match self {
             HeadError::TooLarge => "request header fields too large",
             HeadError::Malformed(_) => "malformed request",
+            HeadError::NotImplemented(_) => "transfer coding not implemented",
         }
     }
 }
@@ -214,8 +219,13 @@ struct Seen {
     lengths: u32,
     length: Option<u64>,
     length_invalid: bool,
-    /// The last coding of the last Transfer-Encoding field.
+    /// Codings named in Transfer-Encoding fields, in order: how many were
+    /// `chunked`, and whether the last one was.
+    chunked: u32,
     chunked_last: bool,
+    /// A coding other than chunked (gzip, deflate, ...): xgate would have to
+    /// decode it to frame the body, and forwarding it would hide it.
+    other_coding: bool,
     transfer_encoding: bool,
     hosts: u32,
     close: bool,
@@ -236,11 +246,14 @@ impl Seen {
             }
         } else if *name == TRANSFER_ENCODING {
             self.transfer_encoding = true;
-            self.chunked_last = value
-                .as_bytes()
-                .rsplit(|&b| b == b',')
-                .next()
-                .is_some_and(|coding| coding.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            for coding in list_items(value.as_bytes()).filter(|c| !c.is_empty()) {
+                self.chunked_last = coding.eq_ignore_ascii_case(b"chunked");
+                if self.chunked_last {
+                    self.chunked += 1;
+                } else {
+                    self.other_coding = true;
+                }
+            }
         } else if *name == HOST {
             self.hosts += 1;
         } else if *name == CONNECTION {
@@ -286,6 +299,17 @@ impl Seen {
             if !self.chunked_last {
                 return Err(HeadError::Malformed(
                     "Transfer-Encoding does not end in chunked",
+                ));
+            }
+            if self.chunked > 1 {
+                return Err(HeadError::Malformed("chunked applied more than once"));
+            }
+            if self.other_coding {
+                // RFC 9112 §6.1: 501 for a coding the server does not know
+                // how to take off; passing it on unread would let the
+                // target see a body the proxy never framed.
+                return Err(HeadError::NotImplemented(
+                    "a transfer coding other than chunked",
                 ));
             }
             return Ok(BodyFraming::Chunked);
@@ -401,13 +425,28 @@ mod tests {
             Ok(BodyFraming::Empty)
         );
         assert_eq!(
-            framing("PUT / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, Chunked\r\n\r\n"),
+            framing("PUT / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: Chunked\r\n\r\n"),
             Ok(BodyFraming::Chunked)
         );
+        for other in [
+            "Transfer-Encoding: gzip, chunked",
+            "Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked",
+            "Transfer-Encoding: identity, chunked",
+        ] {
+            let raw = format!("PUT / HTTP/1.1\r\nHost: a\r\n{other}\r\n\r\n");
+            let refused = framing(&raw).err();
+            assert!(
+                matches!(refused, Some(HeadError::NotImplemented(_))),
+                "{other}"
+            );
+            assert_eq!(refused.unwrap().status(), StatusCode::NOT_IMPLEMENTED);
+        }
         for bad in [
             "PUT / HTTP/1.1\r\nHost: a\r\nContent-Length: +3\r\n\r\n",
             "PUT / HTTP/1.1\r\nHost: a\r\nContent-Length: 3, 3\r\n\r\n",
             "PUT / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+            "PUT / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, chunked\r\n\r\n",
+            "PUT / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
             "PUT / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
             "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
         ] {

@@ -96,11 +96,35 @@ async fn hosts_exact_beats_wildcard_beats_none() {
         "a wildcard needs a subdomain"
     );
     assert_eq!(host("other.test").as_deref(), Some("any"));
-    // HTTP/2 style: the authority is in the URI.
-    let h2 = r
-        .route(&request("GET", "https://api.example.com/x", None, &[]))
+    // Host is the one authority the router reads: normalizing puts an
+    // absolute-form target's or HTTP/2's authority there first.
+    let absolute = r
+        .route(&request(
+            "GET",
+            "https://other.test/x",
+            Some("api.example.com"),
+            &[],
+        ))
         .unwrap();
-    assert_eq!(h2.route.metrics.name(), "api");
+    assert_eq!(absolute.route.metrics.name(), "api");
+}
+
+#[tokio::test]
+async fn connect_matches_only_routes_that_name_it() {
+    let r = router("  - {name: any, match: {path_prefix: /}, upstream: a}\n");
+    assert!(!r.allows_connect());
+    assert!(pick(&r, "CONNECT", "/x", Some("a"), &[]).is_none());
+    assert!(pick(&r, "GET", "/x", Some("a"), &[]).is_some());
+    let r = router(
+        "  - {name: any, match: {path_prefix: /}, upstream: a}\n\
+         \x20 - {name: tunnel, match: {path_prefix: /t, methods: [CONNECT]}, upstream: b}\n",
+    );
+    assert!(r.allows_connect());
+    assert_eq!(
+        pick(&r, "CONNECT", "/t", Some("a"), &[]).unwrap().0,
+        "tunnel"
+    );
+    assert!(pick(&r, "CONNECT", "/x", Some("a"), &[]).is_none());
 }
 
 #[tokio::test]
