@@ -21,7 +21,7 @@ use tokio::{
 
 use super::{
     body::{lock, Io, RequestBody, SharedIo, CONTINUE},
-    request::{parse_request, BodyFraming, Fields, HeadError, RequestHead},
+    request::{parse_request, BodyFraming, Fields, HeadError, HeadScan, RequestHead},
     response::{encode_head, server_response, Exchange, Framing},
     writer::{flush, BodyWriter},
     Error, Settings, REFUSAL_WRITE,
@@ -45,6 +45,7 @@ pub(super) struct Conn<'t, T, D> {
     /// The next response's head (and small body pieces) as it is made.
     out: BytesMut,
     fields: Fields,
+    scan: HeadScan,
 }
 
 /// Whether the listener is draining (the signal registers for its wake-up
@@ -88,6 +89,7 @@ where
             draining: false,
             out: BytesMut::new(),
             fields: Fields::default(),
+            scan: HeadScan::default(),
         }
     }
 
@@ -131,10 +133,14 @@ where
     ) -> Poll<Result<Option<RequestHead>, HeadWait>> {
         let mut io = lock(&self.shared);
         loop {
-            if !io.read.is_empty() {
+            let max = self.settings.head.max_bytes;
+            if !io.read.is_empty() && self.scan.may_be_complete(&io.read, max) {
                 match parse_request(&mut io.read, self.settings.head, &mut self.fields) {
-                    Ok(Some(head)) => return Poll::Ready(Ok(Some(head))),
-                    Ok(None) => {}
+                    Ok(Some(head)) => {
+                        self.scan.reset();
+                        return Poll::Ready(Ok(Some(head)));
+                    }
+                    Ok(None) => self.scan.incomplete(&io.read),
                     Err(error) => return Poll::Ready(Err(HeadWait::Refused(error))),
                 }
             }

@@ -91,6 +91,44 @@ pub struct HeadLimits {
 #[derive(Default)]
 pub(super) struct Fields(Vec<Span>);
 
+/// Where the search for the end of a head resumes: a head that arrives in
+/// many small reads is looked at once per byte, and parsed once, when its
+/// blank line has come (re-parsing it from its start on every read made a
+/// head trickled 4 bytes at a time cost time quadratic in its size).
+#[derive(Default)]
+pub(super) struct HeadScan(usize);
+
+impl HeadScan {
+    /// Whether `buf` may now hold a whole head: a line end right after
+    /// another (`\n\n` or `\n\r\n`; the parser decides which are valid)
+    /// arrived since the last look, or `buf` reached `max` (the parser then
+    /// refuses it). Remembers how far it looked.
+    pub fn may_be_complete(&mut self, buf: &[u8], max: usize) -> bool {
+        if buf.len() >= max {
+            return true;
+        }
+        for lf in memchr::memchr_iter(b'\n', &buf[self.0.min(buf.len())..]) {
+            let end = self.0 + lf;
+            if buf[..end].ends_with(b"\n") || buf[..end].ends_with(b"\n\r") {
+                return true;
+            }
+        }
+        self.0 = buf.len();
+        false
+    }
+
+    /// The parser looked at the whole of `buf` and found the head
+    /// incomplete: the next look starts where this buffer ends.
+    pub fn incomplete(&mut self, buf: &[u8]) {
+        self.0 = buf.len();
+    }
+
+    /// A head was taken off the buffer: the next one starts at its front.
+    pub fn reset(&mut self) {
+        self.0 = 0;
+    }
+}
+
 /// Parses a request head off the front of `buf`. `Ok(None)`: not all of it
 /// is in yet (and it is still within the limits).
 pub(super) fn parse_request(
@@ -415,6 +453,43 @@ mod tests {
         )
         .unwrap()
         .is_some());
+    }
+
+    #[test]
+    fn a_trickled_head_is_parsed_once() {
+        let head = format!(
+            "GET / HTTP/1.1\r\nHost: a\r\nX-Long: {}\r\nX-Two: b\r\n\r\nGET /next",
+            "v".repeat(60_000)
+        );
+        let mut scan = HeadScan::default();
+        let mut buf = BytesMut::new();
+        let mut parses = 0;
+        let limits = HeadLimits {
+            max_bytes: 64 * 1024,
+            max_fields: 100,
+        };
+        let mut parsed = None;
+        for piece in head.as_bytes().chunks(4) {
+            buf.extend_from_slice(piece);
+            if parsed.is_none() && scan.may_be_complete(&buf, limits.max_bytes) {
+                parses += 1;
+                match parse_request(&mut buf, limits, &mut Fields::default()).unwrap() {
+                    Some(head) => {
+                        scan.reset();
+                        parsed = Some(head);
+                    }
+                    None => scan.incomplete(&buf),
+                }
+            }
+        }
+        assert_eq!(parses, 1, "parsed once, when the blank line came");
+        assert_eq!(parsed.unwrap().parts.headers["x-two"], "b");
+        assert_eq!(&buf[..], b"GET /next");
+        // A bare-LF blank line is a candidate too (the parser judges it),
+        // and a head at the size limit is handed to the parser to refuse.
+        assert!(HeadScan::default().may_be_complete(b"GET / HTTP/1.1\nHost: a\n\n", 100));
+        assert!(HeadScan::default().may_be_complete(b"GET / HTTP/1.1\r\nX: aaaa", 20));
+        assert!(!HeadScan::default().may_be_complete(b"GET / HTTP/1.1\r\nX: aaaa", 100));
     }
 
     #[test]
