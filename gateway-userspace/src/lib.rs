@@ -4,7 +4,8 @@
 //! HTTP/1.1 server, router, forwarding), `upstream` (targets, balancing,
 //! pooled client), `http1` (HTTP/1.1 on the wire, shared by the server and
 //! the upstream client), `lists`
-//! (source deny/allow lists and the kernel rate policy), `xdp` (the kernel
+//! (source deny/allow lists and the kernel rate policy), `policy` (API
+//! policies and consumers), `xdp` (the kernel
 //! half seen from here), `admin` (API server and client), `cli`, `daemon`
 //! (wiring and reload), `telemetry`.
 #![deny(unsafe_code)]
@@ -16,6 +17,7 @@ pub mod daemon;
 pub mod duration;
 pub mod http1;
 pub mod lists;
+pub mod policy;
 pub mod proxy;
 pub mod sys;
 pub mod telemetry;

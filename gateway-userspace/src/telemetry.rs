@@ -44,6 +44,13 @@ struct RequestLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DecisionLabels {
+    route: String,
+    policy: String,
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
     route: String,
 }
@@ -86,6 +93,7 @@ pub struct Metrics {
     upstream_healthy: Family<TargetLabels, Gauge>,
     active_connections: Family<ListenerLabels, Gauge>,
     refused_heads: Family<RefusedLabels, Counter>,
+    policy_decisions: Family<DecisionLabels, Counter>,
     l7_denied_connections: Counter,
     reloads: Counter,
     // Plain copies for `status` (prometheus-client counters are not readable
@@ -134,6 +142,13 @@ impl Default for Metrics {
              (400 malformed, 431 too large, 408 too slow), by listener and status",
             refused_heads.clone(),
         );
+        let policy_decisions = Family::<DecisionLabels, Counter>::default();
+        registry.register(
+            "policy_decisions",
+            "What each policy of a route decided: allow, deny, or anonymous (let through as \
+             the policy's anonymous consumer)",
+            policy_decisions.clone(),
+        );
         let l7_denied_connections = Counter::default();
         registry.register(
             "l7_denied_connections",
@@ -154,6 +169,7 @@ impl Default for Metrics {
             upstream_healthy,
             active_connections,
             refused_heads,
+            policy_decisions,
             l7_denied_connections,
             reloads,
             l7_denied_total: AtomicU64::new(0),
@@ -170,8 +186,9 @@ static NEXT_ROUTE_ID: AtomicU64 = AtomicU64::new(0);
 /// leave entries of routes that are gone).
 const COUNTER_CACHE_MAX: usize = 4096;
 
-/// (route id, method label, status) → that label set's counter.
-type CounterCache = HashMap<(u64, &'static str, u16), Counter, foldhash::fast::RandomState>;
+/// (route id, method label, status, consumer index + 1 or 0) → that label
+/// set's counter.
+type CounterCache = HashMap<(u64, &'static str, u16, u32), Counter, foldhash::fast::RandomState>;
 
 thread_local! {
     /// Request counters this thread has resolved: after the first request
@@ -195,11 +212,18 @@ impl RouteMetrics {
         &self.route
     }
 
-    /// One answered request (also rejected ones).
-    pub fn record(&self, method: &Method, status: u16, duration: Duration) {
+    /// One answered request (also rejected ones), and who made it when a
+    /// policy found out.
+    pub fn record(
+        &self,
+        method: &Method,
+        status: u16,
+        duration: Duration,
+        consumer: Option<&crate::policy::Consumer>,
+    ) {
         self.duration.observe(duration.as_secs_f64());
         let method = method_label(method);
-        let key = (self.id, method, status);
+        let key = (self.id, method, status, consumer.map_or(0, |c| c.index + 1));
         let cached = COUNTERS.with_borrow(|cache| cache.get(&key).map(|c| c.inc()));
         if cached.is_some() {
             return;
@@ -210,7 +234,7 @@ impl RouteMetrics {
                 route: self.route.clone(),
                 method: method.to_string(),
                 status,
-                consumer: ANONYMOUS.to_string(),
+                consumer: consumer.map_or(NO_CONSUMER, |c| &c.username).to_string(),
             })
             .clone();
         counter.inc();
@@ -242,7 +266,7 @@ fn method_label(method: &Method) -> &'static str {
 }
 
 /// The `consumer` label of requests no authentication policy identified.
-const ANONYMOUS: &str = "anonymous";
+const NO_CONSUMER: &str = "-";
 
 /// One upstream target's metrics.
 #[derive(Debug, Clone)]
@@ -278,6 +302,17 @@ impl Metrics {
                 .clone(),
             requests: self.requests.clone(),
         }
+    }
+
+    /// The counter of one route's policy's decisions with `result`.
+    pub fn policy_decision(&self, route: &str, policy: &str, result: &str) -> Counter {
+        self.policy_decisions
+            .get_or_create(&DecisionLabels {
+                route: route.to_string(),
+                policy: policy.to_string(),
+                result: result.to_string(),
+            })
+            .clone()
     }
 
     /// The handle for the response times of one upstream target.
@@ -375,7 +410,7 @@ mod tests {
     fn renders_every_family_in_prometheus_text() {
         let metrics = Metrics::default();
         let api = metrics.route("api");
-        api.record(&Method::GET, 200, Duration::from_millis(3));
+        api.record(&Method::GET, 200, Duration::from_millis(3), None);
         metrics
             .target("users", "127.0.0.1:9000")
             .response(Duration::from_millis(2));
@@ -384,7 +419,7 @@ mod tests {
         metrics.reloaded();
         let text = metrics.render(None);
         for line in [
-            "xgate_requests_total{route=\"api\",method=\"GET\",status=\"200\",consumer=\"anonymous\"} 1",
+            "xgate_requests_total{route=\"api\",method=\"GET\",status=\"200\",consumer=\"-\"} 1",
             "xgate_request_duration_seconds_count{route=\"api\"} 1",
             "xgate_upstream_duration_seconds_count{upstream=\"users\",target=\"127.0.0.1:9000\"} 1",
             "xgate_upstream_target_healthy{upstream=\"users\",target=\"127.0.0.1:9000\"} 1",
@@ -396,21 +431,21 @@ mod tests {
         // Later requests of the same kind are counted through this thread's
         // cache, into the same series; a route compiled again (a reload)
         // counts on.
-        api.record(&Method::GET, 200, Duration::from_millis(3));
+        api.record(&Method::GET, 200, Duration::from_millis(3), None);
         metrics
             .route("api")
-            .record(&Method::GET, 200, Duration::from_millis(3));
-        api.record(&Method::POST, 503, Duration::from_millis(3));
+            .record(&Method::GET, 200, Duration::from_millis(3), None);
+        api.record(&Method::POST, 503, Duration::from_millis(3), None);
         for invented in ["BREW", "WHEN", "X-ANYTHING"] {
             let method = Method::from_bytes(invented.as_bytes()).unwrap();
-            api.record(&method, 400, Duration::from_millis(3));
+            api.record(&method, 400, Duration::from_millis(3), None);
         }
         let text = metrics.render(None);
         assert!(!text.contains("BREW"), "{text}");
         for line in [
-            "xgate_requests_total{route=\"api\",method=\"OTHER\",status=\"400\",consumer=\"anonymous\"} 3",
-            "xgate_requests_total{route=\"api\",method=\"GET\",status=\"200\",consumer=\"anonymous\"} 3",
-            "xgate_requests_total{route=\"api\",method=\"POST\",status=\"503\",consumer=\"anonymous\"} 1",
+            "xgate_requests_total{route=\"api\",method=\"OTHER\",status=\"400\",consumer=\"-\"} 3",
+            "xgate_requests_total{route=\"api\",method=\"GET\",status=\"200\",consumer=\"-\"} 3",
+            "xgate_requests_total{route=\"api\",method=\"POST\",status=\"503\",consumer=\"-\"} 1",
             "xgate_request_duration_seconds_count{route=\"api\"} 7",
         ] {
             assert!(text.contains(line), "missing `{line}` in:\n{text}");

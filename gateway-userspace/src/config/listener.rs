@@ -65,6 +65,10 @@ pub struct Listener {
     /// Time for the PROXY header and the TLS handshake (closed beyond).
     #[serde(default = "default_handshake_timeout", with = "crate::duration::serde")]
     pub handshake_timeout: Duration,
+    /// Policies of the routes that declare none, for requests on this
+    /// listener (before the global `policy_defaults`).
+    #[serde(default)]
+    pub policy_defaults: Option<super::PolicyDefaults>,
 }
 
 /// `listeners[].tls`. Client-certificate authentication is a later

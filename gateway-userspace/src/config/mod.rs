@@ -3,6 +3,7 @@
 
 mod listener;
 mod model;
+mod policy;
 mod route;
 mod upstream;
 mod validate;
@@ -13,6 +14,7 @@ use std::{fmt, path::Path};
 pub use self::{
     listener::Listener,
     model::*,
+    policy::*,
     route::{anchored, HeaderMatch, Route, RouteMatch},
     upstream::*,
     validate::{host_bits_error, validate, Errors},

@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use super::{Listener, Route, Upstream, Xdp};
+use super::{Consumer, Listener, PolicyDefaults, Route, Upstream, Xdp};
 
 /// Where the daemon keeps runtime changes (CLI list entries) across
 /// restarts, when the config does not say.
@@ -36,6 +36,13 @@ pub struct Config {
     pub upstreams: BTreeMap<String, Upstream>,
     #[serde(default)]
     pub routes: Vec<Route>,
+    /// Callers the gateway knows, with their credentials.
+    #[serde(default)]
+    pub consumers: Vec<Consumer>,
+    /// Policies of every route that declares none (a listener's
+    /// `policy_defaults` come first).
+    #[serde(default)]
+    pub policy_defaults: PolicyDefaults,
     #[serde(default)]
     pub limits: Limits,
     /// How request targets and header names are made unambiguous before

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 
-use super::{Errors, Upstream};
+use super::{AuthMode, Errors, Policy, Upstream};
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -30,6 +30,13 @@ pub struct Route {
     /// `limits.max_body_bytes`.
     #[serde(default)]
     pub max_body_bytes: Option<u64>,
+    /// This route's policies, in order; present (even empty) replaces the
+    /// listener's and the global `policy_defaults`.
+    #[serde(default)]
+    pub policies: Option<Vec<Policy>>,
+    /// How the route's authentication policies combine (with `policies`).
+    #[serde(default)]
+    pub authentication: Option<AuthMode>,
 }
 
 /// Every present condition must hold. Exactly one of `path_prefix`, `path`

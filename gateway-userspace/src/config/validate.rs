@@ -35,6 +35,38 @@ pub fn validate(config: &Config) -> Vec<ConfigError> {
     }
     super::route::validate(&config.routes, &config.upstreams, &mut errors);
     config.access_log.validate(&mut errors);
+    super::policy::validate_consumers(&config.consumers, &mut errors);
+    super::policy::validate_policies(
+        &config.policy_defaults.policies,
+        "policy_defaults.policies",
+        &config.consumers,
+        &mut errors,
+    );
+    for (i, listener) in config.listeners.iter().enumerate() {
+        if let Some(defaults) = &listener.policy_defaults {
+            super::policy::validate_policies(
+                &defaults.policies,
+                &format!("listeners[{i}].policy_defaults.policies"),
+                &config.consumers,
+                &mut errors,
+            );
+        }
+    }
+    for (i, route) in config.routes.iter().enumerate() {
+        if let Some(policies) = &route.policies {
+            super::policy::validate_policies(
+                policies,
+                &format!("routes[{i}].policies"),
+                &config.consumers,
+                &mut errors,
+            );
+        } else if route.authentication.is_some() {
+            errors.push(
+                format!("routes[{i}].authentication"),
+                "goes with the route's own `policies`",
+            );
+        }
+    }
     if config.limits.max_uri_bytes < 16 {
         errors.push("limits.max_uri_bytes", "must be at least 16");
     }

@@ -219,6 +219,7 @@ impl AccessLogger {
                 method = %method,
                 path = %path,
                 route = ctx.route_name(),
+                consumer = ctx.consumer().map_or("-", |c| &*c.username),
                 upstream.target = %ctx
                     .upstream_target
                     .map_or_else(|| "-".to_string(), |t| t.to_string()),
@@ -236,7 +237,7 @@ impl AccessLogger {
                 method: Some(method.as_str()),
                 path: Some(path),
                 route: ctx.route.as_deref().map(RouteMetrics::name),
-                consumer: None,
+                consumer: ctx.consumer().map(|c| &*c.username),
                 upstream_target: ctx.upstream_target,
                 status,
                 duration_ms: Some(elapsed.as_secs_f64() * 1000.0),

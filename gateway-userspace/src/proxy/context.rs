@@ -30,6 +30,8 @@ pub struct RequestContext {
     pub upstream_target: Option<SocketAddr>,
     /// Time the upstream took to send response headers (last attempt).
     pub upstream_duration: Option<Duration>,
+    /// Who the request is from, when an authentication policy found out.
+    pub identity: Option<crate::policy::Identity>,
     /// What each policy decided, in order (`"blocklist:deny"`, ...).
     pub verdicts: Vec<&'static str>,
     /// Why the request was refused, when it was.
@@ -47,6 +49,7 @@ impl RequestContext {
             route: None,
             upstream_target: None,
             upstream_duration: None,
+            identity: None,
             verdicts: Vec::new(),
             rejection: None,
         }
@@ -55,6 +58,11 @@ impl RequestContext {
     /// The request id as text (empty before it is set).
     pub fn request_id(&self) -> &str {
         self.request_id.to_str().unwrap_or_default()
+    }
+
+    /// The consumer the request was authenticated as.
+    pub fn consumer(&self) -> Option<&crate::policy::Consumer> {
+        self.identity.as_ref()?.consumer.as_deref()
     }
 
     /// The matched route's name, `-` when none matched.

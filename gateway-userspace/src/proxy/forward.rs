@@ -53,16 +53,26 @@ where
         rt.normalization.headers_with_underscores,
     )?;
 
+    // Identity headers are the gateway's to set: a client's copies never
+    // go upstream, whatever the route.
+    crate::policy::strip_identity_headers(&mut parts.headers);
     let matched = rt.router.route(&parts).ok_or(Rejection::NoRoute)?;
     let route = matched.route;
     ctx.route = Some(route.metrics.clone());
+    if !route.policies.empty {
+        let chain = route.policies.chain(&ctx.conn.listener);
+        if let Some(identity) = chain.run(&mut parts).await? {
+            identity.apply(&mut parts.headers);
+            ctx.identity = Some(identity);
+        }
+    }
     let body = limits::limit_body(
         &parts,
         body,
         route.max_body_bytes.or(rt.limits.max_body_bytes),
     )?;
 
-    parts.uri = matched.upstream_path.into();
+    parts.uri = route.upstream_path(parts.uri.path_and_query()).into();
     parts.version = Version::HTTP_11;
     let upgrade = super::upgrade::UpgradeRequest::take(&mut parts);
     headers::strip_request_hop_by_hop(&mut parts.headers);

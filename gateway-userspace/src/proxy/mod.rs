@@ -44,6 +44,7 @@ pub use self::{
 use crate::{
     config::{Config, Limits, Normalization},
     lists::SourceLists,
+    policy::PolicySet,
     telemetry::{Metrics, RouteMetrics},
     upstream::Upstream,
 };
@@ -70,16 +71,17 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    /// Builds the runtime from a validated config. Fails only when the
-    /// access log file cannot be opened.
+    /// Builds the runtime from a validated config. Fails when the access
+    /// log file cannot be opened or a policy's key file cannot be read.
     pub fn compile(
         config: &Config,
         metrics: Arc<Metrics>,
         guard: Option<Arc<SourceLists>>,
     ) -> Result<Self, String> {
         let upstreams = compile_upstreams(config, &metrics);
+        let policies = PolicySet::compile(config)?;
         Ok(Self {
-            router: Router::new(config, &upstreams, &metrics),
+            router: Router::new(config, &upstreams, &policies, &metrics)?,
             trusted_proxies: config.trusted_proxies.clone(),
             limits: config.limits.clone(),
             normalization: config.normalization.clone(),
@@ -144,6 +146,8 @@ pub struct ConnInfo {
     /// HTTP/1: the connection's timer (see `conn_timer`); HTTP/2 streams
     /// use tokio's.
     pub timer: Option<ConnTimer>,
+    /// The listener's name: which `policy_defaults` apply.
+    pub listener: Arc<str>,
 }
 
 impl ConnInfo {
@@ -158,7 +162,14 @@ impl ConnInfo {
             client,
             forwarding: Forwarding::new(client.ip(), scheme),
             timer,
+            listener: Arc::from(""),
         }
+    }
+
+    /// Notes the listener the connection came in on.
+    pub fn on_listener(mut self, listener: Arc<str>) -> Self {
+        self.listener = listener;
+        self
     }
 }
 
@@ -191,7 +202,7 @@ where
     ctx.route
         .as_ref()
         .unwrap_or(&rt.no_route)
-        .record(&method, status, elapsed);
+        .record(&method, status, elapsed, ctx.consumer());
     if let Some(path) = path {
         let path = ctx.normalized_path.as_deref().unwrap_or(&path);
         rt.access_log.write(&ctx, &method, path, status, elapsed);

@@ -18,6 +18,14 @@ pub enum Rejection {
     MissingHost,
     #[error("ambiguous or malformed request: {0}")]
     BadRequest(&'static str),
+    /// An authentication policy refused the request: 401 with its
+    /// challenge, or 403 when the caller lacks a scope.
+    #[error("authentication failed: {description}")]
+    Unauthenticated {
+        status: StatusCode,
+        challenge: http::HeaderValue,
+        description: &'static str,
+    },
     #[error("CONNECT, and no route allows it")]
     MethodNotAllowed,
     #[error("request target longer than the limit")]
@@ -56,6 +64,19 @@ impl Rejection {
                 "missing_host",
             ),
             Rejection::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad request", "bad_request"),
+            Rejection::Unauthenticated {
+                status,
+                description,
+                ..
+            } => (
+                *status,
+                description,
+                if *status == StatusCode::FORBIDDEN {
+                    "forbidden"
+                } else {
+                    "unauthenticated"
+                },
+            ),
             Rejection::MethodNotAllowed => (
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method not allowed",
@@ -121,7 +142,13 @@ impl Rejection {
         if status.is_server_error() {
             tracing::warn!(error = %self, detail = ?self.source(), "request failed");
         }
-        json_response(status, self.public_message())
+        let mut response = json_response(status, self.public_message());
+        if let Rejection::Unauthenticated { challenge, .. } = self {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, challenge);
+        }
+        response
     }
 
     /// Classifies a client error from a request to `target`.

@@ -20,6 +20,7 @@ use regex::{Regex, RegexSet};
 
 use crate::{
     config::{self, anchored, Config},
+    policy::{PolicySet, RoutePolicies},
     telemetry::{Metrics, RouteMetrics},
     upstream::Upstream,
 };
@@ -30,6 +31,8 @@ pub struct Route {
     pub metrics: Arc<RouteMetrics>,
     pub upstream: Arc<Upstream>,
     pub max_body_bytes: Option<u64>,
+    /// What the route asks of a request before it goes upstream.
+    pub policies: RoutePolicies,
     index: usize,
     hosts: Vec<HostPattern>,
     path: PathMatch,
@@ -67,10 +70,9 @@ enum Segment {
     Capture(String),
 }
 
-/// A matched route and the path-and-query to send upstream.
+/// A matched route.
 pub struct Matched<'a> {
     pub route: &'a Route,
-    pub upstream_path: PathAndQuery,
 }
 
 /// Path → the routes (indexes) that name it.
@@ -93,14 +95,15 @@ impl Router {
     pub fn new(
         config: &Config,
         upstreams: &HashMap<String, Arc<Upstream>>,
+        policies: &PolicySet,
         metrics: &Metrics,
-    ) -> Self {
+    ) -> Result<Self, String> {
         let routes: Vec<Route> = config
             .routes
             .iter()
             .enumerate()
-            .map(|(i, r)| compile(i, r, upstreams[&r.upstream].clone(), metrics))
-            .collect();
+            .map(|(i, r)| compile(i, r, upstreams[&r.upstream].clone(), policies, metrics))
+            .collect::<Result<_, String>>()?;
         let mut exact = PathIndex::default();
         let mut by_len: HashMap<usize, PathIndex> = HashMap::new();
         let mut patterns = Vec::new();
@@ -123,14 +126,14 @@ impl Router {
         let mut prefixes: Vec<(usize, PathIndex)> = by_len.into_iter().collect();
         prefixes.sort_by_key(|(len, _)| std::cmp::Reverse(*len));
         let allows_connect = routes.iter().any(|r| r.methods.contains(&Method::CONNECT));
-        Self {
+        Ok(Self {
             allows_connect,
             routes,
             exact,
             prefixes,
             regex_set: RegexSet::new(patterns).expect("validated patterns"),
             regex_routes,
-        }
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -163,10 +166,7 @@ impl Router {
             best.consider_all(&self.routes, matches.iter().map(|i| self.regex_routes[i]));
         }
         let (_, route) = best.found?;
-        Some(Matched {
-            route,
-            upstream_path: route.upstream_path(parts.uri.path_and_query()),
-        })
+        Some(Matched { route })
     }
 }
 
@@ -263,8 +263,9 @@ impl Route {
         })
     }
 
-    /// The path and query to send upstream.
-    fn upstream_path(&self, original: Option<&PathAndQuery>) -> PathAndQuery {
+    /// The path and query to send upstream (after the route's policies,
+    /// which may take a credential out of the query).
+    pub fn upstream_path(&self, original: Option<&PathAndQuery>) -> PathAndQuery {
         let (path, query) = original.map_or(("/", None), |pq| (pq.path(), pq.query()));
         let new_path = match &self.rewrite {
             // The request's own bytes, shared rather than copied.
@@ -316,8 +317,9 @@ fn compile(
     index: usize,
     route: &config::Route,
     upstream: Arc<Upstream>,
+    policies: &PolicySet,
     metrics: &Metrics,
-) -> Route {
+) -> Result<Route, String> {
     let m = &route.matcher;
     let path = if let Some(p) = &m.path {
         PathMatch::Exact(p.clone())
@@ -337,7 +339,8 @@ fn compile(
         .name
         .clone()
         .unwrap_or_else(|| format!("routes[{index}]"));
-    Route {
+    Ok(Route {
+        policies: policies.for_route(index, route, &name, metrics)?,
         metrics: Arc::new(metrics.route(&name)),
         upstream,
         max_body_bytes: route.max_body_bytes,
@@ -378,7 +381,7 @@ fn compile(
             })
             .collect(),
         rewrite,
-    }
+    })
 }
 
 fn parse_template(template: &str) -> Vec<Segment> {

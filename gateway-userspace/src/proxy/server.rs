@@ -323,7 +323,10 @@ impl Connection {
         let result = match sniffed {
             Sniffed::Http1(stream) => {
                 let timer = ConnTimer::new();
-                let conn_info = Arc::new(ConnInfo::new(peer, client, scheme, Some(timer.clone())));
+                let conn_info = Arc::new(
+                    ConnInfo::new(peer, client, scheme, Some(timer.clone()))
+                        .on_listener(self.listener.clone()),
+                );
                 let scope = self.scope.clone();
                 let service = move |mut req: Request<http1::RequestBody<Prefixed<Stream>>>| {
                     if req
@@ -357,7 +360,9 @@ impl Connection {
                 result.map_err(BoxError::from)
             }
             Sniffed::Http2(stream) => {
-                let conn_info = Arc::new(ConnInfo::new(peer, client, scheme, None));
+                let conn_info = Arc::new(
+                    ConnInfo::new(peer, client, scheme, None).on_listener(self.listener.clone()),
+                );
                 let service = service_fn(move |mut req: Request<Incoming>| {
                     host_from_authority(&mut req);
                     let runtime = runtime.load();

@@ -11,7 +11,8 @@ fn router(routes: &str) -> Router {
     )
     .unwrap_or_else(|e| panic!("{e}"));
     let upstreams = crate::proxy::compile_upstreams(&config, &Default::default());
-    Router::new(&config, &upstreams, &Default::default())
+    let policies = crate::policy::PolicySet::compile(&config).unwrap();
+    Router::new(&config, &upstreams, &policies, &Default::default()).unwrap()
 }
 
 fn request(method: &str, uri: &str, host: Option<&str>, headers: &[(&str, &str)]) -> Parts {
@@ -32,10 +33,14 @@ fn pick(
     host: Option<&str>,
     headers: &[(&str, &str)],
 ) -> Option<(String, String)> {
-    r.route(&request(method, uri, host, headers)).map(|m| {
+    let request = request(method, uri, host, headers);
+    r.route(&request).map(|m| {
         (
             m.route.metrics.name().to_string(),
-            m.upstream_path.as_str().to_string(),
+            m.route
+                .upstream_path(request.uri.path_and_query())
+                .as_str()
+                .to_string(),
         )
     })
 }

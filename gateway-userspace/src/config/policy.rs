@@ -1,0 +1,554 @@
+//! `consumers[]`, `policy_defaults` and each route's `policies[]`: who may
+//! call, and what each route asks of a request before it goes upstream.
+
+use std::collections::{BTreeMap, HashSet};
+
+use serde::{Deserialize, Serialize};
+
+use super::Errors;
+
+/// A caller known to the gateway. Its identity goes upstream as
+/// `X-Consumer-*` headers once a policy has authenticated it.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Consumer {
+    pub username: String,
+    /// `X-Consumer-ID`; the username when absent.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// `X-Consumer-Custom-ID`: an id of the caller's own system.
+    #[serde(default)]
+    pub custom_id: Option<String>,
+    /// `X-Consumer-Groups`; what authorization policies read.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// API keys (key-auth).
+    #[serde(default)]
+    pub keys: Vec<ApiKey>,
+    /// Keys that sign this consumer's JWTs (jwt).
+    #[serde(default)]
+    pub jwt: Vec<JwtCredential>,
+}
+
+impl Consumer {
+    pub fn id(&self) -> &str {
+        self.id.as_deref().unwrap_or(&self.username)
+    }
+}
+
+/// One API key: the key itself, or its SHA-256 (`sha256:<hex>`, made by
+/// `xgate hash-key`) so that the config file holds no secret.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKey {
+    /// `X-Credential-Identifier`; `<username>:keys[N]` when absent.
+    #[serde(default)]
+    pub id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_hash: Option<String>,
+    /// After this instant (RFC 3339, `2027-01-31T00:00:00Z`) the key is
+    /// refused.
+    #[serde(default)]
+    pub expires: Option<String>,
+}
+
+/// A key that verifies a consumer's tokens: found by the token's `iss`
+/// (Kong's `key` claim) or its `kid`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtCredential {
+    /// Matches the token's `iss`.
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// Matches the token header's `kid`.
+    #[serde(default)]
+    pub kid: Option<String>,
+    /// The one algorithm this key verifies (`HS256`, `RS256`, `ES256`,
+    /// `EdDSA`, ...): a key is never tried with another.
+    pub algorithm: String,
+    /// HMAC secret (HS*).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// PEM public key (RS*, PS*, ES*, EdDSA), inline or from a file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key_file: Option<std::path::PathBuf>,
+}
+
+/// What routes inherit when they declare no `policies` of their own (per
+/// listener in `listeners[].policy_defaults`, or for all).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyDefaults {
+    #[serde(default)]
+    pub authentication: AuthMode,
+    #[serde(default)]
+    pub policies: Vec<Policy>,
+}
+
+/// How a chain's authentication policies combine.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMode {
+    /// Every authentication policy must succeed (Kong's default); the
+    /// consumer is the first one found.
+    #[default]
+    All,
+    /// The first that succeeds decides; the rest are not asked.
+    Any,
+}
+
+/// One policy, tagged by `type`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Policy {
+    KeyAuth(KeyAuth),
+    Jwt(Box<Jwt>),
+}
+
+impl Policy {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Policy::KeyAuth(_) => "key-auth",
+            Policy::Jwt(_) => "jwt",
+        }
+    }
+
+    fn anonymous(&self) -> Option<&str> {
+        match self {
+            Policy::KeyAuth(p) => p.anonymous.as_deref(),
+            Policy::Jwt(p) => p.anonymous.as_deref(),
+        }
+    }
+}
+
+/// `type: key-auth`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyAuth {
+    /// Header names (and query parameter names) that carry the key.
+    #[serde(default = "default_key_names")]
+    pub key_names: Vec<String>,
+    /// Look in headers.
+    #[serde(default = "default_true")]
+    pub in_header: bool,
+    /// Look in the query string.
+    #[serde(default)]
+    pub in_query: bool,
+    /// Remove the key before the request goes upstream.
+    #[serde(default)]
+    pub hide_credentials: bool,
+    /// A request without a valid key goes on as this consumer.
+    #[serde(default)]
+    pub anonymous: Option<String>,
+}
+
+fn default_key_names() -> Vec<String> {
+    vec!["apikey".into()]
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// `type: jwt`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Jwt {
+    /// Where the token is read, tried in order: `header` (Authorization:
+    /// Bearer), `query:<name>`, `cookie:<name>`.
+    #[serde(default = "default_token_sources")]
+    pub token_sources: Vec<String>,
+    /// Keys from a JWKS document (fetched over HTTP(S), cached, refreshed).
+    #[serde(default)]
+    pub jwks: Option<Jwks>,
+    /// Accepted `iss` values; empty: any (the key decides).
+    #[serde(default)]
+    pub issuers: Vec<String>,
+    /// Accepted `aud` values (one must be in the token); empty: not checked.
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// Tolerance for `exp` and `nbf`.
+    #[serde(default = "default_leeway", with = "crate::duration::serde")]
+    pub leeway: std::time::Duration,
+    /// Longest `exp - iat` accepted; absent: not checked.
+    #[serde(default, with = "crate::duration::serde_opt")]
+    pub max_lifetime: Option<std::time::Duration>,
+    /// Scopes the token must carry (space-separated `scope` or `scp`).
+    #[serde(default)]
+    pub required_scopes: Vec<String>,
+    /// Claims the token must carry, with these values.
+    #[serde(default)]
+    pub required_claims: BTreeMap<String, serde_json::Value>,
+    /// Claims copied into upstream headers: claim → header name.
+    #[serde(default)]
+    pub claims_to_headers: BTreeMap<String, String>,
+    /// Which claim names the consumer when a JWKS key verified the token
+    /// (a consumer's own key names it already).
+    #[serde(default)]
+    pub consumer_claim: Option<String>,
+    /// Verified tokens kept, so a reused token is not verified again.
+    #[serde(default = "default_cache_entries")]
+    pub cache_entries: usize,
+    #[serde(default)]
+    pub hide_credentials: bool,
+    #[serde(default)]
+    pub anonymous: Option<String>,
+    /// `realm` in the WWW-Authenticate challenge.
+    #[serde(default = "default_realm")]
+    pub realm: String,
+}
+
+/// Where a jwt policy gets keys that no consumer holds.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Jwks {
+    pub url: String,
+    /// CA certificates (PEM) an HTTPS `url` is verified with; absent: the
+    /// system's.
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// How often the document is fetched again in the background.
+    #[serde(default = "default_jwks_refresh", with = "crate::duration::serde")]
+    pub refresh_interval: std::time::Duration,
+    /// Shortest time between two fetches caused by an unknown `kid`.
+    #[serde(default = "default_jwks_min_refetch", with = "crate::duration::serde")]
+    pub min_refetch_interval: std::time::Duration,
+}
+
+fn default_token_sources() -> Vec<String> {
+    vec!["header".into()]
+}
+
+/// Clocks drift: a minute is what Envoy and most libraries allow.
+fn default_leeway() -> std::time::Duration {
+    std::time::Duration::from_secs(60)
+}
+
+fn default_cache_entries() -> usize {
+    10_000
+}
+
+fn default_realm() -> String {
+    "xgate".into()
+}
+
+/// Providers rotate keys in hours or days; five minutes bounds how long a
+/// revoked key is still believed.
+fn default_jwks_refresh() -> std::time::Duration {
+    std::time::Duration::from_secs(300)
+}
+
+/// An unknown `kid` may be a rotation: fetch, but at most this often, so
+/// made-up `kid`s cannot turn into a flood of fetches.
+fn default_jwks_min_refetch() -> std::time::Duration {
+    std::time::Duration::from_secs(10)
+}
+
+/// Algorithms a key may be pinned to.
+pub const JWT_ALGORITHMS: &[&str] = &[
+    "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256",
+    "ES384", "EdDSA",
+];
+
+pub(super) fn validate_consumers(consumers: &[Consumer], errors: &mut Errors) {
+    let mut usernames = HashSet::new();
+    let mut ids = HashSet::new();
+    for (i, c) in consumers.iter().enumerate() {
+        let path = format!("consumers[{i}]");
+        if c.username.is_empty() {
+            errors.push(format!("{path}.username"), "must not be empty");
+        } else if !usernames.insert(c.username.as_str()) {
+            errors.push(
+                format!("{path}.username"),
+                format!("'{}' is taken by an earlier consumer", c.username),
+            );
+        }
+        if !ids.insert(c.id()) && c.id() != c.username {
+            errors.push(
+                format!("{path}.id"),
+                format!("'{}' is taken by an earlier consumer", c.id()),
+            );
+        }
+        for (name, value) in [
+            ("id", c.id.as_deref()),
+            ("custom_id", c.custom_id.as_deref()),
+        ]
+        .into_iter()
+        .chain(c.groups.iter().map(|g| ("groups[]", Some(g.as_str()))))
+        .chain(std::iter::once(("username", Some(c.username.as_str()))))
+        {
+            if let Some(value) = value {
+                if http::HeaderValue::from_str(value).is_err() || value.contains(',') {
+                    errors.push(
+                        format!("{path}.{name}"),
+                        format!("'{value}' cannot be sent in a header (visible ASCII, no comma)"),
+                    );
+                }
+            }
+        }
+        for (k, key) in c.keys.iter().enumerate() {
+            let kpath = format!("{path}.keys[{k}]");
+            match (&key.key, &key.key_hash) {
+                (Some(_), Some(_)) | (None, None) => {
+                    errors.push(kpath.clone(), "needs exactly one of key and key_hash")
+                }
+                (Some(k), None) if k.len() < 8 => errors.push(
+                    format!("{kpath}.key"),
+                    "is shorter than 8 characters; use `xgate hash-key --generate` for a strong one",
+                ),
+                (None, Some(hash)) if parse_key_hash(hash).is_none() => errors.push(
+                    format!("{kpath}.key_hash"),
+                    "must be sha256:<64 hex digits> (from `xgate hash-key`)",
+                ),
+                _ => {}
+            }
+            if let Some(expires) = &key.expires {
+                if parse_rfc3339(expires).is_none() {
+                    errors.push(
+                        format!("{kpath}.expires"),
+                        format!("'{expires}' is not an RFC 3339 time like 2027-01-31T00:00:00Z"),
+                    );
+                }
+            }
+        }
+        for (j, cred) in c.jwt.iter().enumerate() {
+            let jpath = format!("{path}.jwt[{j}]");
+            validate_jwt_credential(cred, &jpath, errors);
+        }
+    }
+}
+
+fn validate_jwt_credential(cred: &JwtCredential, path: &str, errors: &mut Errors) {
+    if cred.issuer.is_none() && cred.kid.is_none() {
+        errors.push(path, "needs issuer or kid: how a token finds this key");
+    }
+    if !JWT_ALGORITHMS.contains(&cred.algorithm.as_str()) {
+        errors.push(
+            format!("{path}.algorithm"),
+            format!(
+                "'{}' is not one of {}",
+                cred.algorithm,
+                JWT_ALGORITHMS.join(", ")
+            ),
+        );
+        return;
+    }
+    let hmac = cred.algorithm.starts_with("HS");
+    let public = [cred.public_key.is_some(), cred.public_key_file.is_some()]
+        .iter()
+        .filter(|x| **x)
+        .count();
+    match (hmac, cred.secret.is_some(), public) {
+        (true, true, 0) => {
+            if cred.secret.as_ref().is_some_and(|s| s.len() < 32) {
+                errors.push(
+                    format!("{path}.secret"),
+                    "is shorter than 32 bytes: an HMAC secret that short can be guessed offline",
+                );
+            }
+        }
+        (true, _, _) => errors.push(
+            path,
+            format!("{} needs `secret` and no public key", cred.algorithm),
+        ),
+        (false, false, 1) => {}
+        (false, _, _) => errors.push(
+            path,
+            format!(
+                "{} needs exactly one of public_key and public_key_file, and no secret",
+                cred.algorithm
+            ),
+        ),
+    }
+}
+
+/// Checks every policy list: the chain's own rules and each policy's.
+pub(super) fn validate_policies(
+    policies: &[Policy],
+    path: &str,
+    consumers: &[Consumer],
+    errors: &mut Errors,
+) {
+    for (i, policy) in policies.iter().enumerate() {
+        let ppath = format!("{path}[{i}]");
+        if let Some(anonymous) = policy.anonymous() {
+            if !consumers.iter().any(|c| c.username == anonymous) {
+                errors.push(
+                    format!("{ppath}.anonymous"),
+                    format!("'{anonymous}' is not a consumer's username"),
+                );
+            }
+        }
+        match policy {
+            Policy::KeyAuth(p) => {
+                if p.key_names.is_empty() {
+                    errors.push(format!("{ppath}.key_names"), "must name at least one");
+                }
+                for (j, name) in p.key_names.iter().enumerate() {
+                    if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                        errors.push(
+                            format!("{ppath}.key_names[{j}]"),
+                            format!("'{name}' is not a valid header name"),
+                        );
+                    }
+                }
+                if !p.in_header && !p.in_query {
+                    errors.push(
+                        ppath.clone(),
+                        "in_header and in_query are both false: no key could be found",
+                    );
+                }
+            }
+            Policy::Jwt(p) => {
+                for (j, source) in p.token_sources.iter().enumerate() {
+                    let ok = source == "header"
+                        || source
+                            .strip_prefix("query:")
+                            .or_else(|| source.strip_prefix("cookie:"))
+                            .is_some_and(|name| !name.is_empty());
+                    if !ok {
+                        errors.push(
+                            format!("{ppath}.token_sources[{j}]"),
+                            format!("'{source}': use header, query:<name> or cookie:<name>"),
+                        );
+                    }
+                }
+                if p.token_sources.is_empty() {
+                    errors.push(format!("{ppath}.token_sources"), "must name at least one");
+                }
+                if let Some(jwks) = &p.jwks {
+                    if !(jwks.url.starts_with("https://") || jwks.url.starts_with("http://"))
+                        || jwks.url.parse::<http::Uri>().is_err()
+                    {
+                        errors.push(
+                            format!("{ppath}.jwks.url"),
+                            format!("'{}' is not an http(s) URL", jwks.url),
+                        );
+                    }
+                }
+                for (claim, header) in &p.claims_to_headers {
+                    if http::HeaderName::from_bytes(header.as_bytes()).is_err() {
+                        errors.push(
+                            format!("{ppath}.claims_to_headers.{claim}"),
+                            format!("'{header}' is not a valid header name"),
+                        );
+                    }
+                }
+                if p.cache_entries > 10_000_000 {
+                    errors.push(format!("{ppath}.cache_entries"), "at most 10000000");
+                }
+            }
+        }
+    }
+}
+
+/// `sha256:<64 hex>` → the digest.
+pub fn parse_key_hash(text: &str) -> Option<[u8; 32]> {
+    let hex = text.strip_prefix("sha256:")?;
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(i * 2..i * 2 + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// `YYYY-MM-DDTHH:MM:SS[.frac](Z|±HH:MM)` → seconds since the Unix epoch.
+pub fn parse_rfc3339(text: &str) -> Option<i64> {
+    let b = text.as_bytes();
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
+        return None;
+    }
+    if b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        let s = text.get(r)?;
+        s.bytes()
+            .all(|c| c.is_ascii_digit())
+            .then(|| s.parse().ok())?
+    };
+    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 {
+        return None;
+    }
+    if second > 60 {
+        return None;
+    }
+    let mut rest = &text[19..];
+    if let Some(frac) = rest.strip_prefix('.') {
+        let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return None;
+        }
+        rest = &frac[digits..];
+    }
+    let offset = match rest {
+        "Z" | "z" => 0,
+        _ => {
+            let sign = match rest.as_bytes().first()? {
+                b'+' => 1,
+                b'-' => -1,
+                _ => return None,
+            };
+            let tz = rest.get(1..)?;
+            if tz.len() != 5 || tz.as_bytes()[2] != b':' {
+                return None;
+            }
+            let h: i64 = tz.get(0..2)?.parse().ok()?;
+            let m: i64 = tz.get(3..5)?.parse().ok()?;
+            sign * (h * 3600 + m * 60)
+        }
+    };
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86_400 + hour * 3600 + minute * 60 + second - offset)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_times_parse_to_unix_seconds() {
+        assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(parse_rfc3339("2027-01-31T00:00:00Z"), Some(1_801_353_600));
+        assert_eq!(
+            parse_rfc3339("2027-01-31T02:00:00+02:00"),
+            Some(1_801_353_600)
+        );
+        assert_eq!(
+            parse_rfc3339("2027-01-31T00:00:00.250Z"),
+            Some(1_801_353_600)
+        );
+        for bad in [
+            "2027-01-31",
+            "2027-13-01T00:00:00Z",
+            "2027-01-31T00:00:00",
+            "x",
+        ] {
+            assert_eq!(parse_rfc3339(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn key_hashes_are_sha256_hex() {
+        let hex = "ab".repeat(32);
+        assert_eq!(parse_key_hash(&format!("sha256:{hex}")), Some([0xab; 32]));
+        assert_eq!(parse_key_hash(&hex), None);
+        assert_eq!(parse_key_hash("sha256:abc"), None);
+    }
+}

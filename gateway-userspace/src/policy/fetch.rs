@@ -1,0 +1,120 @@
+//! GET of a small document over HTTP or HTTPS (a JWKS, a discovery
+//! document): one connection per fetch, bounded in time and size. HTTPS
+//! verifies the server against the system's CA bundle, or the file given.
+
+use std::{path::Path, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use http::{header, Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+/// Where Debian (and most distributions) keep the trusted CAs.
+const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+/// A key set or discovery document is a few KiB; this bounds a bad one.
+const MAX_DOCUMENT: usize = 1024 * 1024;
+
+#[derive(Clone)]
+pub struct Fetcher {
+    tls: Arc<rustls::ClientConfig>,
+    timeout: Duration,
+}
+
+impl Fetcher {
+    /// A fetcher trusting the CAs in `ca_file`, or the system's.
+    pub fn new(ca_file: Option<&Path>, timeout: Duration) -> Result<Self, String> {
+        let path = ca_file.unwrap_or(Path::new(SYSTEM_CA_BUNDLE));
+        let mut roots = rustls::RootCertStore::empty();
+        match std::fs::read(path) {
+            Ok(pem) => {
+                for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+                    let cert = cert.map_err(|e| format!("{}: {e}", path.display()))?;
+                    roots
+                        .add(cert)
+                        .map_err(|e| format!("{}: {e}", path.display()))?;
+                }
+            }
+            // Without a system bundle, HTTPS fails at connect time with a
+            // clear error; plain HTTP still works.
+            Err(error) if ca_file.is_none() => {
+                tracing::debug!(%error, "no system CA bundle at {SYSTEM_CA_BUNDLE}");
+            }
+            Err(error) => return Err(format!("cannot read {}: {error}", path.display())),
+        }
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        Ok(Self {
+            tls: Arc::new(tls),
+            timeout,
+        })
+    }
+
+    /// The body of a 200 answer to `GET url`.
+    pub async fn get(&self, url: &Uri) -> Result<Bytes, String> {
+        tokio::time::timeout(self.timeout, self.get_inner(url))
+            .await
+            .map_err(|_| format!("no answer within {:?}", self.timeout))?
+    }
+
+    async fn get_inner(&self, url: &Uri) -> Result<Bytes, String> {
+        let https = match url.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => return Err("not an http(s) URL".into()),
+        };
+        let host = url.host().ok_or("no host in the URL")?;
+        let port = url.port_u16().unwrap_or(if https { 443 } else { 80 });
+        let bare_host = host.trim_start_matches('[').trim_end_matches(']');
+        let stream = TcpStream::connect((bare_host, port))
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let request = Request::get(url.path_and_query().map_or("/", |p| p.as_str()))
+            .header(header::HOST, url.authority().expect("has a host").as_str())
+            .header(header::ACCEPT, "application/json")
+            .header(header::USER_AGENT, "xgate")
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| e.to_string())?;
+        let response = if https {
+            let name = rustls::pki_types::ServerName::try_from(bare_host.to_string())
+                .map_err(|e| format!("server name: {e}"))?;
+            let tls = tokio_rustls::TlsConnector::from(self.tls.clone())
+                .connect(name, stream)
+                .await
+                .map_err(|e| format!("TLS: {e}"))?;
+            send(TokioIo::new(tls), request).await?
+        } else {
+            send(TokioIo::new(stream), request).await?
+        };
+        if response.status() != StatusCode::OK {
+            return Err(format!("answered {}", response.status()));
+        }
+        Limited::new(response.into_body(), MAX_DOCUMENT)
+            .collect()
+            .await
+            .map(|body| body.to_bytes())
+            .map_err(|e| format!("reading the body: {e}"))
+    }
+}
+
+async fn send<I>(
+    io: I,
+    request: Request<Empty<Bytes>>,
+) -> Result<http::Response<hyper::body::Incoming>, String>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|e| format!("HTTP: {e}"))?;
+    tokio::spawn(connection);
+    sender
+        .send_request(request)
+        .await
+        .map_err(|e| format!("HTTP: {e}"))
+}

@@ -1,0 +1,170 @@
+//! A JWKS document's keys, fetched in the background on an interval, and
+//! again (at most every `min_refetch_interval`) when a token names a `kid`
+//! not in the set: a provider's key rotation needs no restart. When the
+//! endpoint is down, the last good keys stay.
+
+use std::{
+    sync::{Arc, Mutex, RwLock, Weak},
+    time::{Duration, Instant},
+};
+
+use http::Uri;
+use jsonwebtoken::{
+    jwk::{AlgorithmParameters, EllipticCurve, Jwk},
+    Algorithm, DecodingKey,
+};
+
+use super::fetch::Fetcher;
+use crate::config;
+
+/// One usable key of the set.
+pub struct JwkKey {
+    pub kid: Option<String>,
+    /// What this key may verify: its `alg` when the document says, else
+    /// what its type allows (never HMAC: a public document holds no
+    /// secret).
+    pub algorithms: Vec<Algorithm>,
+    pub key: DecodingKey,
+}
+
+pub struct JwksKeys {
+    url: Uri,
+    fetcher: Fetcher,
+    keys: RwLock<Arc<Vec<JwkKey>>>,
+    /// When the last fetch started (any cause), for the refetch limit.
+    last_attempt: Mutex<Option<Instant>>,
+    /// One fetch at a time; waiters see its result.
+    fetching: tokio::sync::Mutex<()>,
+    min_refetch: Duration,
+}
+
+impl JwksKeys {
+    /// The key set of `config`; the first fetch starts at once in the
+    /// background when there is a runtime to run it.
+    pub fn start(config: &config::Jwks, fetcher: Fetcher) -> Result<Arc<Self>, String> {
+        let url: Uri = config.url.parse().map_err(|e| format!("jwks.url: {e}"))?;
+        let keys = Arc::new(Self {
+            url,
+            fetcher,
+            keys: RwLock::new(Arc::new(Vec::new())),
+            last_attempt: Mutex::new(None),
+            fetching: tokio::sync::Mutex::new(()),
+            min_refetch: config.min_refetch_interval,
+        });
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(refresh(Arc::downgrade(&keys), config.refresh_interval));
+        }
+        Ok(keys)
+    }
+
+    /// The keys that may verify a token with this `kid` and `alg`.
+    pub fn find(&self, kid: Option<&str>, alg: Algorithm) -> Vec<DecodingKey> {
+        let keys = self.keys.read().unwrap_or_else(|e| e.into_inner()).clone();
+        keys.iter()
+            .filter(|k| k.algorithms.contains(&alg))
+            .filter(|k| kid.is_none() || k.kid.as_deref() == kid)
+            .map(|k| k.key.clone())
+            .collect()
+    }
+
+    /// A token named a key the set lacks: fetch again unless a fetch
+    /// started within `min_refetch_interval` (then the caller gets what is
+    /// there). Concurrent callers share one fetch.
+    pub async fn refetch(&self) {
+        let started_waiting = Instant::now();
+        let _one = self.fetching.lock().await;
+        let recent = self
+            .last_attempt
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|at| at >= started_waiting || at.elapsed() < self.min_refetch);
+        if !recent {
+            self.fetch_now().await;
+        }
+    }
+
+    async fn fetch_now(&self) {
+        *self.last_attempt.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+        match self
+            .fetcher
+            .get(&self.url)
+            .await
+            .and_then(|body| parse(&body))
+        {
+            Ok(keys) => {
+                tracing::debug!(url = %self.url, keys = keys.len(), "JWKS fetched");
+                *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys);
+            }
+            Err(error) => {
+                tracing::warn!(url = %self.url, %error, "JWKS fetch failed; keeping the last good keys");
+            }
+        }
+    }
+}
+
+/// Fetches now and then every `interval`, until the key set is dropped
+/// (its config was replaced).
+async fn refresh(keys: Weak<JwksKeys>, interval: Duration) {
+    loop {
+        let Some(strong) = keys.upgrade() else {
+            return;
+        };
+        {
+            let _one = strong.fetching.lock().await;
+            strong.fetch_now().await;
+        }
+        drop(strong);
+        tokio::time::sleep(interval).await;
+    }
+}
+
+/// The usable keys of a JWKS document; keys of unknown types are skipped,
+/// a document that is not a key set is an error.
+pub fn parse(body: &[u8]) -> Result<Vec<JwkKey>, String> {
+    let doc: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
+    let list = doc
+        .get("keys")
+        .and_then(|k| k.as_array())
+        .ok_or("no `keys` array")?;
+    Ok(list
+        .iter()
+        .filter_map(|value| {
+            let jwk: Jwk = serde_json::from_value(value.clone()).ok()?;
+            let algorithms = algorithms(&jwk);
+            if algorithms.is_empty() {
+                return None;
+            }
+            Some(JwkKey {
+                kid: jwk.common.key_id.clone(),
+                algorithms,
+                key: DecodingKey::from_jwk(&jwk).ok()?,
+            })
+        })
+        .collect())
+}
+
+fn algorithms(jwk: &Jwk) -> Vec<Algorithm> {
+    use Algorithm::*;
+    let by_type: Vec<Algorithm> = match &jwk.algorithm {
+        AlgorithmParameters::RSA(_) => vec![RS256, RS384, RS512, PS256, PS384, PS512],
+        AlgorithmParameters::EllipticCurve(ec) => match ec.curve {
+            EllipticCurve::P256 => vec![ES256],
+            EllipticCurve::P384 => vec![ES384],
+            _ => vec![],
+        },
+        AlgorithmParameters::OctetKeyPair(_) => vec![EdDSA],
+        AlgorithmParameters::OctetKey(_) => vec![],
+    };
+    match jwk
+        .common
+        .key_algorithm
+        .and_then(|ka| serde_json::to_value(ka).ok())
+        .and_then(|v| v.as_str().and_then(|s| s.parse::<Algorithm>().ok()))
+    {
+        // The document pins the key: only that algorithm, and only if the
+        // key's type can do it.
+        Some(alg) => by_type.into_iter().filter(|a| *a == alg).collect(),
+        None => by_type,
+    }
+}

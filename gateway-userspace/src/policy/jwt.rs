@@ -1,0 +1,577 @@
+//! `type: jwt`: a JSON Web Token (JWS compact form) from the Authorization
+//! header, a query parameter or a cookie, verified with a consumer's key
+//! (found by `kid` or `iss`) or a key of a JWKS document. Every key is
+//! pinned to one algorithm; `alg: none`, JWE, the JSON serialization and
+//! `crit` extensions are refused. Verified tokens are cached until they
+//! expire, so a client reusing one pays no signature check per request.
+
+use std::{
+    collections::HashMap,
+    hash::BuildHasher,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
+use http::{header, request::Parts, HeaderName, HeaderValue, StatusCode};
+use jsonwebtoken::{errors::ErrorKind, Algorithm, DecodingKey, Validation};
+use serde_json::Value;
+
+use super::{
+    fetch::Fetcher,
+    jwks::JwksKeys,
+    key_auth::{remove_query_param, unix_now},
+    AuthError, AuthResult, Authenticator, Check, Consumer, Consumers, Identity,
+};
+use crate::config;
+
+/// Longer tokens are refused unread: a JWT in a header is rarely past 4
+/// KiB, and an attacker's 1 MB "token" should cost nothing.
+pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+/// Time a JWKS fetch may take (the request waits for it on an unknown kid).
+const JWKS_FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+const CACHE_SHARDS: usize = 16;
+
+/// Where a token may be.
+enum Source {
+    Bearer,
+    Query(String),
+    Cookie(String),
+}
+
+pub struct JwtPolicy {
+    sources: Vec<Source>,
+    consumers: Arc<Consumers>,
+    jwks: Option<Arc<JwksKeys>>,
+    issuers: Vec<String>,
+    audiences: Vec<String>,
+    leeway: u64,
+    max_lifetime: Option<u64>,
+    required_scopes: Vec<String>,
+    required_claims: Vec<(String, Value)>,
+    claims_to_headers: Vec<(String, HeaderName)>,
+    consumer_claim: Option<String>,
+    hide: bool,
+    cache: Option<TokenCache>,
+    realm: String,
+}
+
+/// The key of a decoding key, pinned to its algorithm.
+enum KeySource {
+    Consumer(Arc<super::consumers::JwtKeyOwner>),
+    Jwks(DecodingKey),
+}
+
+impl JwtPolicy {
+    pub fn new(config: &config::Jwt, consumers: Arc<Consumers>) -> Result<Self, String> {
+        let jwks = config
+            .jwks
+            .as_ref()
+            .map(|j| {
+                let fetcher = Fetcher::new(j.ca_file.as_deref(), JWKS_FETCH_TIMEOUT)?;
+                JwksKeys::start(j, fetcher)
+            })
+            .transpose()?;
+        Ok(Self {
+            sources: config
+                .token_sources
+                .iter()
+                .map(|s| {
+                    if let Some(name) = s.strip_prefix("query:") {
+                        Source::Query(name.to_string())
+                    } else if let Some(name) = s.strip_prefix("cookie:") {
+                        Source::Cookie(name.to_string())
+                    } else {
+                        Source::Bearer
+                    }
+                })
+                .collect(),
+            consumers,
+            jwks,
+            issuers: config.issuers.clone(),
+            audiences: config.audiences.clone(),
+            leeway: config.leeway.as_secs(),
+            max_lifetime: config.max_lifetime.map(|d| d.as_secs()),
+            required_scopes: config.required_scopes.clone(),
+            required_claims: config
+                .required_claims
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            claims_to_headers: config
+                .claims_to_headers
+                .iter()
+                .map(|(claim, header)| {
+                    (
+                        claim.clone(),
+                        HeaderName::from_bytes(header.as_bytes()).expect("validated header name"),
+                    )
+                })
+                .collect(),
+            consumer_claim: config.consumer_claim.clone(),
+            hide: config.hide_credentials,
+            cache: (config.cache_entries > 0).then(|| TokenCache::new(config.cache_entries)),
+            realm: config.realm.clone(),
+        })
+    }
+
+    fn challenge(&self, error: Option<&str>, description: Option<&str>) -> HeaderValue {
+        let mut text = format!("Bearer realm=\"{}\"", self.realm);
+        if let Some(error) = error {
+            text.push_str(&format!(", error=\"{error}\""));
+        }
+        if let Some(description) = description {
+            text.push_str(&format!(", error_description=\"{description}\""));
+        }
+        HeaderValue::from_str(&text).unwrap_or(HeaderValue::from_static("Bearer"))
+    }
+
+    /// RFC 6750 §3.1: no error code when no token came.
+    fn missing(&self) -> AuthError {
+        AuthError {
+            status: StatusCode::UNAUTHORIZED,
+            challenge: self.challenge(None, None),
+            description: "no bearer token in the request",
+            presented: false,
+        }
+    }
+
+    fn invalid(&self, description: &'static str) -> AuthError {
+        AuthError {
+            status: StatusCode::UNAUTHORIZED,
+            challenge: self.challenge(Some("invalid_token"), Some(description)),
+            description,
+            presented: true,
+        }
+    }
+
+    /// The request's token and where it was; `Err` when it carries more
+    /// than one.
+    fn token(&self, parts: &Parts) -> Result<Option<(String, usize)>, AuthError> {
+        let mut found = None;
+        for (i, source) in self.sources.iter().enumerate() {
+            let candidate = match source {
+                Source::Bearer => {
+                    let mut values = parts.headers.get_all(header::AUTHORIZATION).iter();
+                    let first = values.next();
+                    if values.next().is_some() {
+                        return Err(self.invalid("more than one Authorization header"));
+                    }
+                    first
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| {
+                            let (scheme, token) = v.split_once(' ')?;
+                            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+                        })
+                        .map(str::to_string)
+                }
+                Source::Query(name) => parts.uri.query().and_then(|q| {
+                    q.split('&')
+                        .filter_map(|pair| pair.split_once('='))
+                        .find(|(k, _)| k == name)
+                        .and_then(|(_, v)| super::key_auth::percent_decode(v))
+                        .and_then(|v| String::from_utf8(v).ok())
+                }),
+                Source::Cookie(name) => parts
+                    .headers
+                    .get_all(header::COOKIE)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .flat_map(|v| v.split(';'))
+                    .filter_map(|c| c.trim().split_once('='))
+                    .find(|(k, _)| k == name)
+                    .map(|(_, v)| v.to_string()),
+            };
+            if let Some(token) = candidate {
+                if found.is_some() {
+                    return Err(self.invalid("more than one token in the request"));
+                }
+                found = Some((token, i));
+            }
+        }
+        Ok(found)
+    }
+
+    fn hide_token(&self, parts: &mut Parts, source: usize) {
+        if !self.hide {
+            return;
+        }
+        match &self.sources[source] {
+            Source::Bearer => {
+                parts.headers.remove(header::AUTHORIZATION);
+            }
+            Source::Query(name) => remove_query_param(parts, name),
+            // Cookies are a list: only the token's cookie goes.
+            Source::Cookie(name) => {
+                let kept: Vec<String> = parts
+                    .headers
+                    .get_all(header::COOKIE)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .flat_map(|v| v.split(';'))
+                    .map(str::trim)
+                    .filter(|c| c.split_once('=').is_none_or(|(k, _)| k != name))
+                    .map(str::to_string)
+                    .collect();
+                parts.headers.remove(header::COOKIE);
+                if !kept.is_empty() {
+                    if let Ok(v) = HeaderValue::from_str(&kept.join("; ")) {
+                        parts.headers.insert(header::COOKIE, v);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Verifies `token` with the keys it names; `Ok(None)`: no key known
+    /// for it (a JWKS refetch may help).
+    fn verify(&self, token: &str) -> Result<Option<Verified>, AuthError> {
+        let (header, payload) = inspect(token).map_err(|d| self.invalid(d))?;
+        let kid = header.get("kid").and_then(Value::as_str);
+        let issuer = payload.get("iss").and_then(Value::as_str);
+        let alg: Algorithm = header
+            .get("alg")
+            .and_then(Value::as_str)
+            .and_then(|a| a.parse().ok())
+            .ok_or_else(|| self.invalid("unsupported algorithm"))?;
+        let mut keys: Vec<KeySource> = self
+            .consumers
+            .jwt_keys(kid, issuer)
+            .iter()
+            .filter(|k| k.algorithm == alg)
+            .map(|k| KeySource::Consumer(k.clone()))
+            .collect();
+        if keys.is_empty() {
+            if !self.consumers.jwt_keys(kid, issuer).is_empty() {
+                // A key was found, but for another algorithm: the classic
+                // confusion (an HS token "signed" with an RSA public key).
+                return Err(self.invalid("algorithm not allowed for this key"));
+            }
+            if let Some(jwks) = &self.jwks {
+                keys.extend(jwks.find(kid, alg).into_iter().map(KeySource::Jwks));
+            }
+        }
+        if keys.is_empty() {
+            return Ok(None);
+        }
+        let mut last = self.invalid("bad signature");
+        for key in keys {
+            let decoding = match &key {
+                KeySource::Consumer(owner) => &owner.key,
+                KeySource::Jwks(key) => key,
+            };
+            match jsonwebtoken::decode::<Value>(token, decoding, &self.validation(alg)) {
+                Ok(data) => return self.accept(data.claims, key).map(Some),
+                Err(error) => {
+                    last = self.invalid(describe(error.kind()));
+                    if !matches!(error.kind(), ErrorKind::InvalidSignature) {
+                        break;
+                    }
+                }
+            }
+        }
+        Err(last)
+    }
+
+    fn validation(&self, alg: Algorithm) -> Validation {
+        let mut v = Validation::new(alg);
+        v.leeway = self.leeway;
+        v.validate_nbf = true;
+        v.set_required_spec_claims(&["exp"]);
+        if self.audiences.is_empty() {
+            v.validate_aud = false;
+        } else {
+            v.set_audience(&self.audiences);
+        }
+        if !self.issuers.is_empty() {
+            v.set_issuer(&self.issuers);
+        }
+        v
+    }
+
+    /// The checks past the signature, and who the token names.
+    fn accept(&self, claims: Value, key: KeySource) -> Result<Verified, AuthError> {
+        let exp = claims.get("exp").and_then(Value::as_i64).unwrap_or(0);
+        if let Some(max) = self.max_lifetime {
+            let start = claims
+                .get("iat")
+                .and_then(Value::as_i64)
+                .ok_or_else(|| self.invalid("token has no iat"))?;
+            if exp.saturating_sub(start) > max as i64 {
+                return Err(self.invalid("token lifetime too long"));
+            }
+        }
+        for (name, wanted) in &self.required_claims {
+            if claims.get(name) != Some(wanted) {
+                return Err(self.invalid("a required claim is missing or wrong"));
+            }
+        }
+        if !self.required_scopes.is_empty() {
+            let scopes = scopes(&claims);
+            if !self
+                .required_scopes
+                .iter()
+                .all(|s| scopes.contains(&s.as_str()))
+            {
+                return Err(AuthError {
+                    status: StatusCode::FORBIDDEN,
+                    challenge: self.challenge(Some("insufficient_scope"), Some("missing scope")),
+                    description: "missing scope",
+                    presented: true,
+                });
+            }
+        }
+        let (consumer, credential) = match key {
+            KeySource::Consumer(owner) => (Some(owner.consumer.clone()), owner.credential.clone()),
+            KeySource::Jwks(_) => {
+                let consumer = match &self.consumer_claim {
+                    Some(claim) => {
+                        let name = claims.get(claim).and_then(Value::as_str).unwrap_or("");
+                        Some(
+                            self.consumers
+                                .by_username(name)
+                                .cloned()
+                                .ok_or_else(|| self.invalid("token names no known consumer"))?,
+                        )
+                    }
+                    None => None,
+                };
+                let credential = claims
+                    .get("sub")
+                    .or_else(|| claims.get("client_id"))
+                    .and_then(Value::as_str)
+                    .and_then(|s| HeaderValue::from_str(s).ok())
+                    .unwrap_or(HeaderValue::from_static("jwt"));
+                (consumer, credential)
+            }
+        };
+        let headers = self
+            .claims_to_headers
+            .iter()
+            .filter_map(|(claim, header)| {
+                let value = match claims.get(claim)? {
+                    Value::String(s) => s.clone(),
+                    Value::Array(items) => items
+                        .iter()
+                        .map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_string))
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    other => other.to_string(),
+                };
+                Some((header.clone(), HeaderValue::from_str(&value).ok()?))
+            })
+            .collect();
+        Ok(Verified {
+            exp,
+            consumer,
+            credential,
+            headers,
+        })
+    }
+
+    fn grant(&self, parts: &mut Parts, verified: &Verified, source: usize) -> AuthResult {
+        for (name, _) in &self.claims_to_headers {
+            parts.headers.remove(name);
+        }
+        for (name, value) in &verified.headers {
+            parts.headers.insert(name, value.clone());
+        }
+        self.hide_token(parts, source);
+        Ok(Identity {
+            consumer: verified.consumer.clone(),
+            credential: Some(verified.credential.clone()),
+            anonymous: false,
+        })
+    }
+
+    fn check_now(&self, parts: &mut Parts) -> Result<AuthResult, (String, usize)> {
+        let (token, source) = match self.token(parts) {
+            Ok(Some(found)) => found,
+            Ok(None) => return Ok(Err(self.missing())),
+            Err(error) => return Ok(Err(error)),
+        };
+        if token.len() > MAX_TOKEN_BYTES {
+            return Ok(Err(self.invalid("token too large")));
+        }
+        let now = unix_now();
+        if let Some(hit) = self.cache.as_ref().and_then(|c| c.get(&token, now)) {
+            return Ok(self.grant(parts, &hit, source));
+        }
+        match self.verify(&token) {
+            Ok(Some(verified)) => {
+                let verified = Arc::new(verified);
+                if let Some(cache) = &self.cache {
+                    cache.insert(&token, verified.clone());
+                }
+                Ok(self.grant(parts, &verified, source))
+            }
+            Ok(None) if self.jwks.is_some() => Err((token, source)),
+            Ok(None) => Ok(Err(self.invalid("no key for this token"))),
+            Err(error) => Ok(Err(error)),
+        }
+    }
+}
+
+impl Authenticator for JwtPolicy {
+    fn check<'a>(&'a self, parts: &'a mut Parts) -> Check<'a> {
+        match self.check_now(parts) {
+            Ok(result) => Check::Now(result),
+            // An unknown key: the provider may have rotated. Fetch the set
+            // again (rate-limited) and try once more.
+            Err((token, source)) => Check::Later(Box::pin(async move {
+                if let Some(jwks) = &self.jwks {
+                    jwks.refetch().await;
+                }
+                match self.verify(&token) {
+                    Ok(Some(verified)) => {
+                        let verified = Arc::new(verified);
+                        if let Some(cache) = &self.cache {
+                            cache.insert(&token, verified.clone());
+                        }
+                        self.grant(parts, &verified, source)
+                    }
+                    Ok(None) => Err(self.invalid("no key for this token")),
+                    Err(error) => Err(error),
+                }
+            })),
+        }
+    }
+}
+
+/// What a verified token grants, kept in the cache.
+pub struct Verified {
+    exp: i64,
+    consumer: Option<Arc<Consumer>>,
+    credential: HeaderValue,
+    headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+/// The `scope` (space-separated) or `scp` (list or string) claim.
+fn scopes(claims: &Value) -> Vec<&str> {
+    let mut out = Vec::new();
+    for name in ["scope", "scp"] {
+        match claims.get(name) {
+            Some(Value::String(s)) => out.extend(s.split(' ').filter(|s| !s.is_empty())),
+            Some(Value::Array(items)) => out.extend(items.iter().filter_map(Value::as_str)),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The header and payload of a JWS compact token, refused early for what
+/// no key should ever be asked about.
+fn inspect(token: &str) -> Result<(Value, Value), &'static str> {
+    if token.starts_with('{') {
+        return Err("JWS JSON serialization is not accepted");
+    }
+    let parts: Vec<&str> = token.split('.').collect();
+    match parts.len() {
+        3 => {}
+        5 => return Err("encrypted tokens (JWE) are not accepted"),
+        _ => return Err("malformed token"),
+    }
+    let decode = |part: &str| -> Result<Value, &'static str> {
+        let bytes = URL_SAFE_NO_PAD
+            .decode(part)
+            .map_err(|_| "malformed token")?;
+        let value: Value = serde_json::from_slice(&bytes).map_err(|_| "malformed token")?;
+        value.is_object().then_some(value).ok_or("malformed token")
+    };
+    let header = decode(parts[0])?;
+    let payload = decode(parts[1])?;
+    match header.get("alg").and_then(Value::as_str) {
+        None => return Err("token has no alg"),
+        Some(alg) if alg.eq_ignore_ascii_case("none") => {
+            return Err("unsigned tokens are not accepted")
+        }
+        Some(_) => {}
+    }
+    if header.get("crit").is_some() {
+        // RFC 7515 §4.1.11: extensions the recipient does not understand
+        // make the token invalid; xgate understands none.
+        return Err("token has critical extensions");
+    }
+    Ok((header, payload))
+}
+
+fn describe(kind: &ErrorKind) -> &'static str {
+    match kind {
+        ErrorKind::ExpiredSignature => "token expired",
+        ErrorKind::ImmatureSignature => "token not valid yet",
+        ErrorKind::InvalidAudience => "wrong audience",
+        ErrorKind::InvalidIssuer => "wrong issuer",
+        ErrorKind::InvalidSignature => "bad signature",
+        ErrorKind::MissingRequiredClaim(_) => "token lacks a required claim",
+        ErrorKind::InvalidAlgorithm => "algorithm not allowed for this key",
+        _ => "invalid token",
+    }
+}
+
+/// A consumer's key for `algorithm`: an HMAC secret, or a PEM public key.
+pub fn decoding_key(
+    algorithm: Algorithm,
+    secret: Option<&str>,
+    pem: Option<&str>,
+) -> Result<DecodingKey, String> {
+    use Algorithm::*;
+    let pem = || pem.map(str::as_bytes).ok_or("needs a public key");
+    match algorithm {
+        HS256 | HS384 | HS512 => Ok(DecodingKey::from_secret(
+            secret.ok_or("needs a secret")?.as_bytes(),
+        )),
+        RS256 | RS384 | RS512 | PS256 | PS384 | PS512 => {
+            DecodingKey::from_rsa_pem(pem()?).map_err(|e| format!("RSA public key: {e}"))
+        }
+        ES256 | ES384 => {
+            DecodingKey::from_ec_pem(pem()?).map_err(|e| format!("EC public key: {e}"))
+        }
+        EdDSA => DecodingKey::from_ed_pem(pem()?).map_err(|e| format!("Ed25519 public key: {e}")),
+    }
+}
+
+/// Verified tokens by their whole text, in shards so that workers rarely
+/// meet on one lock; never used past a token's `exp`.
+struct TokenCache {
+    shards: Vec<Mutex<HashMap<Box<str>, Arc<Verified>>>>,
+    per_shard: usize,
+    hasher: foldhash::fast::RandomState,
+}
+
+impl TokenCache {
+    fn new(entries: usize) -> Self {
+        Self {
+            shards: (0..CACHE_SHARDS)
+                .map(|_| Mutex::new(HashMap::new()))
+                .collect(),
+            per_shard: entries.div_ceil(CACHE_SHARDS),
+            hasher: foldhash::fast::RandomState::default(),
+        }
+    }
+
+    fn shard(&self, token: &str) -> &Mutex<HashMap<Box<str>, Arc<Verified>>> {
+        &self.shards[self.hasher.hash_one(token) as usize % CACHE_SHARDS]
+    }
+
+    fn get(&self, token: &str, now: i64) -> Option<Arc<Verified>> {
+        let shard = self.shard(token).lock().unwrap_or_else(|e| e.into_inner());
+        shard.get(token).filter(|v| v.exp > now).cloned()
+    }
+
+    fn insert(&self, token: &str, verified: Arc<Verified>) {
+        let mut shard = self.shard(token).lock().unwrap_or_else(|e| e.into_inner());
+        if shard.len() >= self.per_shard {
+            let now = unix_now();
+            shard.retain(|_, v| v.exp > now);
+            if shard.len() >= self.per_shard {
+                if let Some(victim) = shard.keys().next().cloned() {
+                    shard.remove(&victim);
+                }
+            }
+        }
+        shard.insert(token.into(), verified);
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,118 @@
+use http::StatusCode;
+
+use super::*;
+
+/// A policy that answers what it was built with.
+struct Fixed(Result<&'static str, bool>, Arc<Consumers>);
+
+impl Authenticator for Fixed {
+    fn check<'a>(&'a self, _parts: &'a mut Parts) -> Check<'a> {
+        Check::Now(match self.0 {
+            Ok(name) => Ok(Identity {
+                consumer: self.1.by_username(name).cloned(),
+                credential: None,
+                anonymous: false,
+            }),
+            Err(presented) => Err(AuthError {
+                status: StatusCode::UNAUTHORIZED,
+                challenge: HeaderValue::from_static(if presented {
+                    "Presented"
+                } else {
+                    "Missing"
+                }),
+                description: "no",
+                presented,
+            }),
+        })
+    }
+}
+
+fn consumers() -> Arc<Consumers> {
+    let config = config::Config::from_yaml(
+        "listeners: [{address: '127.0.0.1:1'}]\n\
+         consumers: [{username: alice}, {username: bob}, {username: guest}]\n",
+        "t",
+    )
+    .unwrap();
+    Arc::new(Consumers::compile(&config.consumers).unwrap())
+}
+
+fn chain(mode: AuthMode, steps: Vec<(Result<&'static str, bool>, Option<&str>)>) -> Chain {
+    let consumers = consumers();
+    let list = PolicyList {
+        mode,
+        steps: steps
+            .into_iter()
+            .map(|(answer, anonymous)| Step {
+                kind: "fixed",
+                policy: Box::new(Fixed(answer, consumers.clone())),
+                anonymous: anonymous.map(|a| consumers.by_username(a).unwrap().clone()),
+            })
+            .collect(),
+    };
+    Chain::new("r", Arc::new(list), &Metrics::default())
+}
+
+async fn run(chain: &Chain) -> Result<Option<String>, String> {
+    let (mut parts, ()) = http::Request::new(()).into_parts();
+    match chain.run(&mut parts).await {
+        Ok(identity) => Ok(identity.map(|i| {
+            let name = i
+                .consumer
+                .map_or("-".to_string(), |c| c.username.to_string());
+            if i.anonymous {
+                format!("anonymous:{name}")
+            } else {
+                name
+            }
+        })),
+        Err(Rejection::Unauthenticated { challenge, .. }) => {
+            Err(challenge.to_str().unwrap().to_string())
+        }
+        Err(other) => panic!("{other}"),
+    }
+}
+
+#[tokio::test]
+async fn all_needs_every_policy_and_takes_the_first_consumer() {
+    let ok = chain(AuthMode::All, vec![(Ok("alice"), None), (Ok("bob"), None)]);
+    assert_eq!(run(&ok).await, Ok(Some("alice".into())));
+    let one_fails = chain(AuthMode::All, vec![(Ok("alice"), None), (Err(true), None)]);
+    assert_eq!(run(&one_fails).await, Err("Presented".into()));
+    let anonymous = chain(
+        AuthMode::All,
+        vec![(Err(false), Some("guest")), (Ok("bob"), None)],
+    );
+    assert_eq!(
+        run(&anonymous).await,
+        Ok(Some("bob".into())),
+        "a real identity beats the anonymous one"
+    );
+}
+
+#[tokio::test]
+async fn any_takes_the_first_success_and_reports_the_most_telling_failure() {
+    let second = chain(AuthMode::Any, vec![(Err(false), None), (Ok("bob"), None)]);
+    assert_eq!(run(&second).await, Ok(Some("bob".into())));
+    let failures = chain(AuthMode::Any, vec![(Err(false), None), (Err(true), None)]);
+    assert_eq!(
+        run(&failures).await,
+        Err("Presented".into()),
+        "a refused credential beats a missing one"
+    );
+    let anonymous = chain(
+        AuthMode::Any,
+        vec![(Err(true), Some("guest")), (Err(false), None)],
+    );
+    assert_eq!(run(&anonymous).await, Ok(Some("anonymous:guest".into())));
+}
+
+#[test]
+fn identity_headers_go_upstream() {
+    let consumers = consumers();
+    let mut headers = http::HeaderMap::new();
+    Identity::anonymous(consumers.by_username("guest").unwrap().clone()).apply(&mut headers);
+    assert_eq!(headers["x-consumer-username"], "guest");
+    assert_eq!(headers["x-consumer-id"], "guest");
+    assert_eq!(headers["x-anonymous-consumer"], "true");
+}
