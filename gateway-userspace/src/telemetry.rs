@@ -86,6 +86,7 @@ pub struct Metrics {
     upstream_healthy: Family<TargetLabels, Gauge>,
     active_connections: Family<ListenerLabels, Gauge>,
     refused_heads: Family<RefusedLabels, Counter>,
+    send_timeouts: Family<ListenerLabels, Counter>,
     l7_denied_connections: Counter,
     reloads: Counter,
     // Plain copies for `status` (prometheus-client counters are not readable
@@ -134,6 +135,13 @@ impl Default for Metrics {
              (400 malformed, 431 too large, 408 too slow), by listener and status",
             refused_heads.clone(),
         );
+        let send_timeouts = Family::<ListenerLabels, Counter>::default();
+        registry.register(
+            "client_send_timeouts",
+            "Client connections closed because the client took no bytes of a response \
+             for send_timeout, by listener",
+            send_timeouts.clone(),
+        );
         let l7_denied_connections = Counter::default();
         registry.register(
             "l7_denied_connections",
@@ -154,6 +162,7 @@ impl Default for Metrics {
             upstream_healthy,
             active_connections,
             refused_heads,
+            send_timeouts,
             l7_denied_connections,
             reloads,
             l7_denied_total: AtomicU64::new(0),
@@ -323,6 +332,15 @@ impl Metrics {
             .inc();
     }
 
+    /// A connection on `listener` closed by its send timeout.
+    pub fn client_send_timeout(&self, listener: &str) {
+        self.send_timeouts
+            .get_or_create(&ListenerLabels {
+                listener: listener.to_string(),
+            })
+            .inc();
+    }
+
     pub fn l7_denied_connection(&self) {
         self.l7_denied_connections.inc();
         self.l7_denied_total.fetch_add(1, Ordering::Relaxed);
@@ -381,6 +399,7 @@ mod tests {
             .response(Duration::from_millis(2));
         metrics.set_target_health("users", "127.0.0.1:9000", true);
         let guard = metrics.connection_opened("public");
+        metrics.client_send_timeout("public");
         metrics.reloaded();
         let text = metrics.render(None);
         for line in [
@@ -389,6 +408,7 @@ mod tests {
             "xgate_upstream_duration_seconds_count{upstream=\"users\",target=\"127.0.0.1:9000\"} 1",
             "xgate_upstream_target_healthy{upstream=\"users\",target=\"127.0.0.1:9000\"} 1",
             "xgate_active_connections{listener=\"public\"} 1",
+            "xgate_client_send_timeouts_total{listener=\"public\"} 1",
             "xgate_reloads_total 1",
         ] {
             assert!(text.contains(line), "missing `{line}` in:\n{text}");

@@ -979,16 +979,129 @@ async fn too_many_or_too_large_headers_get_431() {
 /// Waits (bounded) until the metrics show `count` heads refused with
 /// `status` on the listener at `addr` (counted once the refusal is out).
 async fn refusals_counted(daemon: &Daemon, addr: SocketAddr, status: u16, count: u32) {
-    let line = format!(
-        "xgate_http1_refused_heads_total{{listener=\"{addr}\",status=\"{status}\"}} {count}"
-    );
+    metric_reaches(
+        daemon,
+        &format!(
+            "xgate_http1_refused_heads_total{{listener=\"{addr}\",status=\"{status}\"}} {count}"
+        ),
+    )
+    .await;
+}
+
+/// Waits (bounded) until the metrics have `line`.
+async fn metric_reaches(daemon: &Daemon, line: &str) {
     for _ in 0..100 {
-        if daemon.admin_get("/metrics").contains(&line) {
+        if daemon.admin_get("/metrics").contains(line) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("missing `{line}` in:\n{}", daemon.admin_get("/metrics"));
+}
+
+/// A target that answers every request with a 1 GiB body, written as fast
+/// as the gateway takes it. Each connection whose write fails (the gateway
+/// let go of it in the middle of the body) is reported on the channel.
+async fn endless_target() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<()>) {
+    let listener = tokio::net::TcpListener::bind(any_port()).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (released, releases) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let released = released.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                while !head.ends_with(b"\r\n\r\n") {
+                    match stream.read_u8().await {
+                        Ok(byte) => head.push(byte),
+                        Err(_) => return,
+                    }
+                }
+                let piece = vec![b'x'; 64 * 1024];
+                let mut out = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1073741824\r\n\r\n")
+                    .await;
+                for _ in 0..(GIB / piece.len() as u64) {
+                    if out.is_err() {
+                        break;
+                    }
+                    out = stream.write_all(&piece).await;
+                }
+                if out.is_err() {
+                    let _ = released.send(());
+                }
+            });
+        }
+    });
+    (addr, releases)
+}
+
+/// The start of an h2c connection that asks for `path` and then reads
+/// nothing: the preface, SETTINGS and WINDOW_UPDATE that open the windows
+/// all the way (so that only the socket holds the server back), and a
+/// HEADERS frame for stream 1 (HPACK: `:method GET`, `:scheme http`,
+/// `:path` and `:authority` as literals).
+fn h2_request_never_read(path: &str, authority: &str) -> Vec<u8> {
+    let frame = |kind: u8, flags: u8, stream: u32, payload: &[u8]| {
+        let mut out = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+        out.extend_from_slice(&[kind, flags]);
+        out.extend_from_slice(&stream.to_be_bytes());
+        out.extend_from_slice(payload);
+        out
+    };
+    let max_window = 0x7fff_ffffu32;
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    let mut settings = 4u16.to_be_bytes().to_vec(); // SETTINGS_INITIAL_WINDOW_SIZE
+    settings.extend_from_slice(&max_window.to_be_bytes());
+    out.extend(frame(0x4, 0, 0, &settings));
+    out.extend(frame(0x8, 0, 0, &(max_window - 65_535).to_be_bytes()));
+    let mut block = vec![0x82, 0x86];
+    for (index, value) in [(0x04, path), (0x01, authority)] {
+        block.extend_from_slice(&[index, value.len() as u8]);
+        block.extend_from_slice(value.as_bytes());
+    }
+    out.extend(frame(0x1, 0x5, 1, &block)); // END_STREAM | END_HEADERS
+    out
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_cut_off_after_send_timeout() {
+    let (target, mut released) = endless_target().await;
+    let listen = free_port();
+    let daemon = Daemon::start(
+        &config(&[listener(listen, &["send_timeout: 1s"])], target, ""),
+        None,
+    );
+    let http1 = get("/api/big", "gateway.test");
+    let http2 = h2_request_never_read("/api/big", "gateway.test");
+    for (count, request) in [(1, &http1), (2, &http2)] {
+        // A client that asks for 1 GiB and reads nothing: the socket
+        // buffers on the way fill up, then nothing moves.
+        let mut client = tcp(listen).await;
+        client.write_all(request).await.unwrap();
+        metric_reaches(
+            &daemon,
+            &format!("xgate_client_send_timeouts_total{{listener=\"{listen}\"}} {count}"),
+        )
+        .await;
+        // The target's connection is let go of in the middle of the body,
+        // not kept (nor pooled).
+        tokio::time::timeout(WAIT, released.recv())
+            .await
+            .expect("the target's connection was closed")
+            .unwrap();
+        // The client's connection is closed: what was buffered, then the
+        // end, far short of the body.
+        let raw = read_until_closed(&mut client).await;
+        assert!(!raw.is_empty());
+        assert!((raw.len() as u64) < GIB / 2, "{}", raw.len());
+    }
+    let log = daemon.log();
+    assert!(
+        log.contains("client took no bytes of a response within send_timeout")
+            && log.contains("127.0.0.1"),
+        "{log}"
+    );
 }
 
 #[tokio::test]
