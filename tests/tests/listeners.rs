@@ -28,6 +28,7 @@ use tokio::{
     net::TcpStream,
 };
 use xgate_tests::{
+    http::h2,
     ports::{any_port, free_port},
     process::{stderr, Daemon},
     tls::{alpn, connect, served_leaf, ClientOptions, Leaf, TestCa},
@@ -1038,29 +1039,23 @@ async fn endless_target() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<(
 
 /// The start of an h2c connection that asks for `path` and then reads
 /// nothing: the preface, SETTINGS and WINDOW_UPDATE that open the windows
-/// all the way (so that only the socket holds the server back), and a
-/// HEADERS frame for stream 1 (HPACK: `:method GET`, `:scheme http`,
-/// `:path` and `:authority` as literals).
+/// all the way (so that only the socket holds the server back), and the
+/// request on stream 1.
 fn h2_request_never_read(path: &str, authority: &str) -> Vec<u8> {
-    let frame = |kind: u8, flags: u8, stream: u32, payload: &[u8]| {
-        let mut out = (payload.len() as u32).to_be_bytes()[1..].to_vec();
-        out.extend_from_slice(&[kind, flags]);
-        out.extend_from_slice(&stream.to_be_bytes());
-        out.extend_from_slice(payload);
-        out
-    };
     let max_window = 0x7fff_ffffu32;
-    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    let mut out = h2::PREFACE.to_vec();
     let mut settings = 4u16.to_be_bytes().to_vec(); // SETTINGS_INITIAL_WINDOW_SIZE
     settings.extend_from_slice(&max_window.to_be_bytes());
-    out.extend(frame(0x4, 0, 0, &settings));
-    out.extend(frame(0x8, 0, 0, &(max_window - 65_535).to_be_bytes()));
-    let mut block = vec![0x82, 0x86];
-    for (index, value) in [(0x04, path), (0x01, authority)] {
-        block.extend_from_slice(&[index, value.len() as u8]);
-        block.extend_from_slice(value.as_bytes());
-    }
-    out.extend(frame(0x1, 0x5, 1, &block)); // END_STREAM | END_HEADERS
+    out.extend(h2::frame(h2::SETTINGS, 0, 0, &settings));
+    let grow = (max_window - 65_535).to_be_bytes();
+    out.extend(h2::frame(h2::WINDOW_UPDATE, 0, 0, &grow));
+    let block = h2::request_block("GET", path, authority);
+    out.extend(h2::frame(
+        h2::HEADERS,
+        h2::END_STREAM | h2::END_HEADERS,
+        1,
+        &block,
+    ));
     out
 }
 
