@@ -94,6 +94,7 @@ pub struct Metrics {
     active_connections: Family<ListenerLabels, Gauge>,
     refused_heads: Family<RefusedLabels, Counter>,
     policy_decisions: Family<DecisionLabels, Counter>,
+    send_timeouts: Family<ListenerLabels, Counter>,
     l7_denied_connections: Counter,
     reloads: Counter,
     // Plain copies for `status` (prometheus-client counters are not readable
@@ -149,6 +150,13 @@ impl Default for Metrics {
              the policy's anonymous consumer)",
             policy_decisions.clone(),
         );
+        let send_timeouts = Family::<ListenerLabels, Counter>::default();
+        registry.register(
+            "client_send_timeouts",
+            "Client connections closed because the client took no bytes of a response \
+             for send_timeout, by listener",
+            send_timeouts.clone(),
+        );
         let l7_denied_connections = Counter::default();
         registry.register(
             "l7_denied_connections",
@@ -170,6 +178,7 @@ impl Default for Metrics {
             active_connections,
             refused_heads,
             policy_decisions,
+            send_timeouts,
             l7_denied_connections,
             reloads,
             l7_denied_total: AtomicU64::new(0),
@@ -358,6 +367,15 @@ impl Metrics {
             .inc();
     }
 
+    /// A connection on `listener` closed by its send timeout.
+    pub fn client_send_timeout(&self, listener: &str) {
+        self.send_timeouts
+            .get_or_create(&ListenerLabels {
+                listener: listener.to_string(),
+            })
+            .inc();
+    }
+
     pub fn l7_denied_connection(&self) {
         self.l7_denied_connections.inc();
         self.l7_denied_total.fetch_add(1, Ordering::Relaxed);
@@ -416,6 +434,7 @@ mod tests {
             .response(Duration::from_millis(2));
         metrics.set_target_health("users", "127.0.0.1:9000", true);
         let guard = metrics.connection_opened("public");
+        metrics.client_send_timeout("public");
         metrics.reloaded();
         let text = metrics.render(None);
         for line in [
@@ -424,6 +443,7 @@ mod tests {
             "xgate_upstream_duration_seconds_count{upstream=\"users\",target=\"127.0.0.1:9000\"} 1",
             "xgate_upstream_target_healthy{upstream=\"users\",target=\"127.0.0.1:9000\"} 1",
             "xgate_active_connections{listener=\"public\"} 1",
+            "xgate_client_send_timeouts_total{listener=\"public\"} 1",
             "xgate_reloads_total 1",
         ] {
             assert!(text.contains(line), "missing `{line}` in:\n{text}");

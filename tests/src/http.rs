@@ -1,5 +1,7 @@
 //! A deliberately raw HTTP/1.1 client: tests control every byte sent and see
-//! every byte received, which a high-level client would normalise away.
+//! every byte received, which a high-level client would normalise away; and
+//! raw HTTP/2 frames ([`h2`]) for clients no HTTP/2 library would be (one
+//! that never reads, one that resets a stream mid-body).
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -120,5 +122,42 @@ fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
         }
         out.extend_from_slice(data.get(..size)?);
         data = data.get(size + 2..)?;
+    }
+}
+
+/// HTTP/2 frames written by hand (RFC 9113 §4.1), for h2c with prior
+/// knowledge.
+pub mod h2 {
+    /// The client connection preface.
+    pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    pub const DATA: u8 = 0x0;
+    pub const HEADERS: u8 = 0x1;
+    pub const RST_STREAM: u8 = 0x3;
+    pub const SETTINGS: u8 = 0x4;
+    pub const WINDOW_UPDATE: u8 = 0x8;
+    pub const END_STREAM: u8 = 0x1;
+    pub const END_HEADERS: u8 = 0x4;
+    /// RST_STREAM's error code for a stream the client no longer wants.
+    pub const CANCEL: u32 = 0x8;
+
+    /// One frame: the 9-byte header, then `payload`.
+    pub fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let mut out = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+        out.extend_from_slice(&[kind, flags]);
+        out.extend_from_slice(&stream.to_be_bytes());
+        out.extend_from_slice(payload);
+        out
+    }
+
+    /// A request's header block (HPACK, RFC 7541): `:method`, `:path` and
+    /// `:authority` as literals without indexing, `:scheme http` indexed.
+    /// Values under 128 bytes.
+    pub fn request_block(method: &str, path: &str, authority: &str) -> Vec<u8> {
+        let mut block = vec![0x86];
+        for (name_index, value) in [(0x02, method), (0x04, path), (0x01, authority)] {
+            block.extend_from_slice(&[name_index, value.len() as u8]);
+            block.extend_from_slice(value.as_bytes());
+        }
+        block
     }
 }

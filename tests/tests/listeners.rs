@@ -28,6 +28,7 @@ use tokio::{
     net::TcpStream,
 };
 use xgate_tests::{
+    http::h2,
     ports::{any_port, free_port},
     process::{stderr, Daemon},
     tls::{alpn, connect, served_leaf, ClientOptions, Leaf, TestCa},
@@ -979,16 +980,125 @@ async fn too_many_or_too_large_headers_get_431() {
 /// Waits (bounded) until the metrics show `count` heads refused with
 /// `status` on the listener at `addr` (counted once the refusal is out).
 async fn refusals_counted(daemon: &Daemon, addr: SocketAddr, status: u16, count: u32) {
-    let line = format!(
-        "xgate_http1_refused_heads_total{{listener=\"{addr}\",status=\"{status}\"}} {count}"
-    );
+    metric_reaches(
+        daemon,
+        &format!(
+            "xgate_http1_refused_heads_total{{listener=\"{addr}\",status=\"{status}\"}} {count}"
+        ),
+    )
+    .await;
+}
+
+/// Waits (bounded) until the metrics have `line`.
+async fn metric_reaches(daemon: &Daemon, line: &str) {
     for _ in 0..100 {
-        if daemon.admin_get("/metrics").contains(&line) {
+        if daemon.admin_get("/metrics").contains(line) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("missing `{line}` in:\n{}", daemon.admin_get("/metrics"));
+}
+
+/// A target that answers every request with a 1 GiB body, written as fast
+/// as the gateway takes it. Each connection whose write fails (the gateway
+/// let go of it in the middle of the body) is reported on the channel.
+async fn endless_target() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<()>) {
+    let listener = tokio::net::TcpListener::bind(any_port()).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (released, releases) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let released = released.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                while !head.ends_with(b"\r\n\r\n") {
+                    match stream.read_u8().await {
+                        Ok(byte) => head.push(byte),
+                        Err(_) => return,
+                    }
+                }
+                let piece = vec![b'x'; 64 * 1024];
+                let mut out = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1073741824\r\n\r\n")
+                    .await;
+                for _ in 0..(GIB / piece.len() as u64) {
+                    if out.is_err() {
+                        break;
+                    }
+                    out = stream.write_all(&piece).await;
+                }
+                if out.is_err() {
+                    let _ = released.send(());
+                }
+            });
+        }
+    });
+    (addr, releases)
+}
+
+/// The start of an h2c connection that asks for `path` and then reads
+/// nothing: the preface, SETTINGS and WINDOW_UPDATE that open the windows
+/// all the way (so that only the socket holds the server back), and the
+/// request on stream 1.
+fn h2_request_never_read(path: &str, authority: &str) -> Vec<u8> {
+    let max_window = 0x7fff_ffffu32;
+    let mut out = h2::PREFACE.to_vec();
+    let mut settings = 4u16.to_be_bytes().to_vec(); // SETTINGS_INITIAL_WINDOW_SIZE
+    settings.extend_from_slice(&max_window.to_be_bytes());
+    out.extend(h2::frame(h2::SETTINGS, 0, 0, &settings));
+    let grow = (max_window - 65_535).to_be_bytes();
+    out.extend(h2::frame(h2::WINDOW_UPDATE, 0, 0, &grow));
+    let block = h2::request_block("GET", path, authority);
+    out.extend(h2::frame(
+        h2::HEADERS,
+        h2::END_STREAM | h2::END_HEADERS,
+        1,
+        &block,
+    ));
+    out
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_cut_off_after_send_timeout() {
+    let (target, mut released) = endless_target().await;
+    let listen = free_port();
+    let daemon = Daemon::start(
+        &config(&[listener(listen, &["send_timeout: 1s"])], target, ""),
+        None,
+    );
+    let http1 = get("/api/big", "gateway.test");
+    let http2 = h2_request_never_read("/api/big", "gateway.test");
+    for (count, request) in [(1, &http1), (2, &http2)] {
+        // A client that asks for 1 GiB and reads nothing: the socket
+        // buffers on the way fill up, then nothing moves.
+        let mut client = tcp(listen).await;
+        client.write_all(request).await.unwrap();
+        metric_reaches(
+            &daemon,
+            &format!("xgate_client_send_timeouts_total{{listener=\"{listen}\"}} {count}"),
+        )
+        .await;
+        // The target's connection is let go of in the middle of the body,
+        // not kept (nor pooled).
+        tokio::time::timeout(WAIT, released.recv())
+            .await
+            .expect("the target's connection was closed")
+            .unwrap();
+        // The client's connection is closed: what was buffered, then the
+        // end, far short of the body.
+        let raw = read_until_closed(&mut client).await;
+        assert!(!raw.is_empty());
+        assert!((raw.len() as u64) < GIB / 2, "{}", raw.len());
+    }
+    // Logged once per connection, with the client.
+    let log = daemon.log();
+    let logged = log
+        .lines()
+        .filter(|l| l.contains("client took no bytes of a response within send_timeout"))
+        .filter(|l| l.contains("client.ip=127.0.0.1"))
+        .count();
+    assert_eq!(logged, 2, "{log}");
 }
 
 #[tokio::test]

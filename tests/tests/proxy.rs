@@ -1,9 +1,14 @@
 //! The real `xgate` binary proxying to real upstream servers on loopback.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, time::Duration};
 
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
 use xgate_tests::{
-    http::{get, send},
+    bad_upstream::ScriptedUpstream,
+    http::{get, h2, send},
     ports::{any_port, free_port},
     process::{stderr, Daemon},
     upstream::EchoUpstream,
@@ -333,4 +338,120 @@ async fn upstream_connections_are_reused_expire_and_survive_a_target_restart() {
     let upstream = EchoUpstream::start(addr, "two").await.unwrap();
     assert_eq!(pipelined(listen, 5).await, 5);
     drop(upstream);
+}
+
+/// The access log's lines once it has `count` of them (bounded wait).
+async fn access_log_lines(daemon: &Daemon, count: usize) -> Vec<serde_json::Value> {
+    let path = daemon.dir.path().join("access.log");
+    for _ in 0..200 {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        if text.lines().count() >= count {
+            return text
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "fewer than {count} access log lines:\n{}",
+        std::fs::read_to_string(&path).unwrap_or_default()
+    );
+}
+
+/// A request body that breaks off on the client's side (a malformed chunk,
+/// a client that stops sending mid-body, an HTTP/2 stream reset mid-body)
+/// is the client's fault: 400 `bad request body` while nothing of the
+/// response is out, logged as such, never a 502 nor a warning about the
+/// target, which serves the next request as usual. The target holds every
+/// request (`/hold/...`), so the failure always comes before its answer.
+#[tokio::test]
+async fn a_broken_request_body_is_the_clients_fault_not_the_targets() {
+    let mut target = ScriptedUpstream::start("one", 200, Duration::ZERO)
+        .await
+        .unwrap();
+    let listen = free_port();
+    let daemon = Daemon::start(
+        &format!(
+            "listeners: [{{address: '{listen}'}}]\n\
+             upstreams:\n  one: {{targets: ['{}'], balancer: p2c_ewma}}\n\
+             routes:\n  - {{name: api, match: {{path_prefix: /api/}}, upstream: one, strip_prefix: true}}\n\
+             access_log: {{format: json, path: '{{dir}}/access.log'}}\n",
+            target.addr
+        ),
+        None,
+    );
+
+    // A valid chunk, then a chunk size that is not hex.
+    let bad_chunk = send(
+        listen,
+        None,
+        "POST /api/hold/chunk HTTP/1.1\r\nHost: gateway.test\r\nTransfer-Encoding: chunked\r\n\r\n\
+         5\r\nhello\r\nzz\r\n",
+    )
+    .await
+    .unwrap();
+    assert_eq!(bad_chunk.status, 400, "{bad_chunk:?}");
+    assert_eq!(bad_chunk.json()["message"], "bad request body");
+    assert_eq!(bad_chunk.header("connection"), Some("close"));
+
+    // 10 bytes of 100, then the client stops sending (it still reads).
+    let mut cut = TcpStream::connect(listen).await.unwrap();
+    cut.write_all(
+        b"POST /api/hold/cut HTTP/1.1\r\nHost: gateway.test\r\nContent-Length: 100\r\n\r\n0123456789",
+    )
+    .await
+    .unwrap();
+    cut.shutdown().await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), cut.read_to_end(&mut answer))
+        .await
+        .expect("answered")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+
+    // HTTP/2: the client resets the stream while the target waits for the
+    // rest of the body.
+    let mut client = TcpStream::connect(listen).await.unwrap();
+    let mut start = h2::PREFACE.to_vec();
+    start.extend(h2::frame(h2::SETTINGS, 0, 0, &[]));
+    let block = h2::request_block("POST", "/api/hold/h2", "gateway.test");
+    start.extend(h2::frame(h2::HEADERS, h2::END_HEADERS, 1, &block));
+    start.extend(h2::frame(h2::DATA, 0, 1, b"hello"));
+    client.write_all(&start).await.unwrap();
+    while target.arrivals.recv().await.unwrap() != "/hold/h2" {}
+    let cancel = h2::CANCEL.to_be_bytes();
+    client
+        .write_all(&h2::frame(h2::RST_STREAM, 0, 1, &cancel))
+        .await
+        .unwrap();
+
+    let lines = access_log_lines(&daemon, 3).await;
+    for (line, path) in lines
+        .iter()
+        .zip(["/api/hold/chunk", "/api/hold/cut", "/api/hold/h2"])
+    {
+        assert_eq!(line["path"], path, "{line}");
+        assert_eq!(line["status"], 400, "{line}");
+        assert_eq!(line["rejection"], "bad_request_body", "{line}");
+        assert_eq!(line["upstream_target"], target.addr.to_string(), "{line}");
+    }
+    let log = daemon.log();
+    assert!(!log.contains("WARN"), "a warning about the target:\n{log}");
+    let metrics = daemon.admin_get("/metrics");
+    assert!(
+        metrics.contains(
+            "xgate_requests_total{route=\"api\",method=\"POST\",status=\"400\",consumer=\"anonymous\"} 3"
+        ),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("status=\"502\""), "{metrics}");
+
+    // The target is as good as before.
+    target.release();
+    let fine = get(listen, "/api/fine", &[]).await;
+    assert_eq!(fine.status, 200, "{fine:?}");
+    assert_eq!(fine.json()["upstream"], "one");
+    drop(client);
 }

@@ -30,6 +30,12 @@ pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// handshake is a few round trips; 10 s covers a slow mobile link without
 /// letting a silent peer hold a connection.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a client may take to accept any more of a response (the time
+/// between two writes that move bytes, not the whole response). nginx's
+/// `send_timeout` default: a client on a bad mobile link stalls for
+/// seconds, not a minute, while one that stopped reading would otherwise
+/// hold its connection, an upstream connection and their buffers forever.
+pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -69,6 +75,10 @@ pub struct Listener {
     /// listener (before the global `policy_defaults`).
     #[serde(default)]
     pub policy_defaults: Option<super::PolicyDefaults>,
+    /// Longest wait for the client to take more of a response (closed
+    /// beyond).
+    #[serde(default = "default_send_timeout", with = "crate::duration::serde")]
+    pub send_timeout: Duration,
 }
 
 /// `listeners[].tls`. Client-certificate authentication is a later
@@ -166,6 +176,9 @@ fn default_header_read_timeout() -> Duration {
 fn default_handshake_timeout() -> Duration {
     DEFAULT_HANDSHAKE_TIMEOUT
 }
+fn default_send_timeout() -> Duration {
+    DEFAULT_SEND_TIMEOUT
+}
 
 pub(super) fn validate(listeners: &[Listener], errors: &mut Errors) {
     if listeners.is_empty() {
@@ -195,6 +208,7 @@ pub(super) fn validate(listeners: &[Listener], errors: &mut Errors) {
         for (field, value) in [
             ("header_read_timeout", listener.header_read_timeout),
             ("handshake_timeout", listener.handshake_timeout),
+            ("send_timeout", listener.send_timeout),
         ] {
             if value.is_zero() {
                 errors.push(format!("{base}.{field}"), "must be greater than zero");
@@ -253,6 +267,11 @@ mod tests {
         assert_eq!(l.max_headers, 100);
         assert_eq!(l.header_read_timeout, Duration::from_secs(30));
         assert_eq!(l.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(l.send_timeout, Duration::from_secs(60));
+        assert_eq!(
+            listener(", send_timeout: 1s").unwrap().send_timeout,
+            Duration::from_secs(1)
+        );
     }
 
     #[test]
@@ -279,7 +298,8 @@ mod tests {
     #[test]
     fn limits_are_checked_with_their_path() {
         let errors = listener(
-            ", max_header_bytes: 4096, max_headers: 0, header_read_timeout: 0s, handshake_timeout: 0ms",
+            ", max_header_bytes: 4096, max_headers: 0, header_read_timeout: 0s, handshake_timeout: 0ms, \
+             send_timeout: 0s",
         )
         .unwrap_err();
         assert_eq!(
@@ -289,6 +309,7 @@ mod tests {
                 "listeners[0].max_headers: must be 1 to 10000",
                 "listeners[0].header_read_timeout: must be greater than zero",
                 "listeners[0].handshake_timeout: must be greater than zero",
+                "listeners[0].send_timeout: must be greater than zero",
             ]
         );
         assert!(listener(", max_header_bytes: 8192, max_headers: 1").is_ok());

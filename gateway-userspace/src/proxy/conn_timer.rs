@@ -1,6 +1,7 @@
 //! One timer per HTTP/1 connection, for the deadlines its task waits on:
-//! the `header_read_timeout` of each request head, and the upstream
-//! `timeout` for each response head.
+//! the `header_read_timeout` of each request head, the upstream `timeout`
+//! for each response head, and the `send_timeout` of a response the client
+//! is slow to take.
 //!
 //! With tokio's timer, each of these registered a timer entry and removed
 //! it again for every request (for hyper's server, a boxed sleep as well): two

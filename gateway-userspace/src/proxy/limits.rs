@@ -72,8 +72,8 @@ where
     .boxed())
 }
 
-/// The error a [`LimitedBody`] ends with; found again in the upstream
-/// client's error chain to answer 413.
+/// The error a [`LimitedBody`] ends with; found again in the cause chain of
+/// the request's [`Rejection::RequestBody`] to answer 413.
 #[derive(Debug, thiserror::Error)]
 #[error("request body larger than the limit")]
 pub struct BodyTooLarge;

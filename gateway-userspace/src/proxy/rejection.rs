@@ -32,6 +32,11 @@ pub enum Rejection {
     UriTooLong,
     #[error("request body larger than the limit")]
     PayloadTooLarge,
+    /// The request body failed on the client's side (malformed chunk, cut
+    /// off, reset) while it went to a target: the client's fault, never
+    /// the target's.
+    #[error("request body failed on the client's side: {0}")]
+    RequestBody(#[source] super::BoxError),
     #[error("client {0} is on the blocklist")]
     Blocked(std::net::IpAddr),
     #[error("cannot connect to upstream {target}: {source}")]
@@ -91,6 +96,11 @@ impl Rejection {
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "request body too large",
                 "payload_too_large",
+            ),
+            Rejection::RequestBody(_) => (
+                StatusCode::BAD_REQUEST,
+                "bad request body",
+                "bad_request_body",
             ),
             Rejection::Blocked(_) => (StatusCode::FORBIDDEN, "forbidden", "blocked"),
             Rejection::UpstreamConnect {

@@ -37,7 +37,7 @@ use tokio::{
 use tokio_rustls::TlsAcceptor;
 
 use super::{
-    conn_io::{sniff_preface, Prefixed, Sniffed, Stream},
+    conn_io::{sniff_preface, Prefixed, SendTimed, Sniffed, Stream},
     conn_timer::ConnTimer,
     drain::{until_drained, ConnectionScope, Rarely, Tracker},
     headers::is_trusted,
@@ -91,6 +91,7 @@ impl Settings {
                 max_fields: listener.max_headers,
             },
             header_read_timeout: listener.header_read_timeout,
+            send_timeout: listener.send_timeout,
         };
         let mut http2_server = http2::Builder::new(TokioExecutor::new());
         http2_server
@@ -355,11 +356,20 @@ impl Connection {
                         "head_timeout",
                         "request head not complete within header_read_timeout",
                     ),
+                    Err(http1::Error::SendTimeout) => {
+                        return send_timed_out(&self.metrics, &self.listener, client_ip)
+                    }
                     _ => {}
                 }
                 result.map_err(BoxError::from)
             }
             Sniffed::Http2(stream) => {
+                let (metrics, listener) = (self.metrics.clone(), self.listener.clone());
+                // The listener's send timeout, on the connection's writes
+                // (see `SendTimed` for what it cannot see).
+                let stream = SendTimed::new(stream, settings.http1.send_timeout, move || {
+                    send_timed_out(&metrics, &listener, client_ip)
+                });
                 let conn_info = Arc::new(
                     ConnInfo::new(peer, client, scheme, None).on_listener(self.listener.clone()),
                 );
@@ -443,6 +453,18 @@ impl Connection {
             }
         }
     }
+}
+
+/// A connection closed because its client took no bytes of a response for
+/// `send_timeout`: counted, and logged with the client (at info, as nginx
+/// does: the client's doing, not something for the operator to fix).
+fn send_timed_out(metrics: &Metrics, listener: &str, client_ip: IpAddr) {
+    metrics.client_send_timeout(listener);
+    tracing::info!(
+        client.ip = %client_ip,
+        listener,
+        "client took no bytes of a response within send_timeout; connection closed"
+    );
 }
 
 /// Response bodies as handed to hyper: the proxy's [`Body`] with a concrete

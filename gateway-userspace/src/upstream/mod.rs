@@ -176,6 +176,19 @@ impl Upstream {
                 },
             };
             drop(in_flight);
+            if let Some(error) = body.take_failure() {
+                // The client's body failed, which failed the attempt: no
+                // mark against the target, no retry.
+                tracing::debug!(
+                    upstream = %self.name,
+                    upstream.target = %target.addr,
+                    client.ip = %ctx.client_ip,
+                    %error,
+                    attempt = %failure,
+                    "request body failed on the client's side"
+                );
+                return Err(Rejection::RequestBody(error));
+            }
             // A failure counts as slow as the slowest answer accepted, so
             // p2c_ewma steers away from a target that fails fast.
             self.balancer.observe(index, elapsed.max(self.timeout), now);

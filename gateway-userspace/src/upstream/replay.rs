@@ -6,6 +6,12 @@
 //! waits in a shared slot; the attempt's [`AttemptBody`] takes it out on its
 //! first poll. An empty body is never taken, so it can be sent any number of
 //! times.
+//!
+//! The slot also keeps what the client's side of the body failed with
+//! (malformed, cut off, over a limit), for the dispatch loop: such a failed
+//! attempt is the client's doing, not the target's, and the clients do not
+//! all pass the error back (hyper's HTTP/2 client resets the stream and
+//! reports that instead).
 
 use std::{
     pin::Pin,
@@ -29,6 +35,8 @@ struct Slot {
     /// Which attempt may take the body; older attempts get an error.
     attempt: u32,
     body: Option<Body>,
+    /// What the body failed with, once it has.
+    failure: Option<BoxError>,
 }
 
 impl RequestBody {
@@ -40,6 +48,7 @@ impl RequestBody {
                 Arc::new(Mutex::new(Slot {
                     attempt: 0,
                     body: Some(body),
+                    failure: None,
                 }))
             }),
         }
@@ -58,6 +67,16 @@ impl RequestBody {
                 .body
                 .is_some()
         })
+    }
+
+    /// What the client's side of the body failed with, if it did (taken:
+    /// asked once, when an attempt has failed).
+    pub fn take_failure(&self) -> Option<BoxError> {
+        let slot = self.slot.as_ref()?;
+        slot.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .failure
+            .take()
     }
 
     /// The body for a new attempt; `None` once an earlier attempt started
@@ -91,7 +110,11 @@ enum State {
         slot: Arc<Mutex<Slot>>,
         attempt: u32,
     },
-    Streaming(Body),
+    /// Taken; the slot is where a failure goes.
+    Streaming {
+        body: Body,
+        slot: Arc<Mutex<Slot>>,
+    },
     Done,
 }
 
@@ -108,7 +131,7 @@ impl AttemptBody {
     pub fn is_unsent(&self) -> bool {
         match self.state {
             State::Waiting { .. } => true,
-            State::Streaming(_) => false,
+            State::Streaming { .. } => false,
             State::Done => self.size_hint.exact() == Some(0),
         }
     }
@@ -120,6 +143,13 @@ impl AttemptBody {
 #[error("request body was handed to a later attempt")]
 pub struct BodyMoved;
 
+/// What an attempt's client sees when the request body fails on the
+/// client's side; the error itself is kept for the dispatch loop
+/// ([`RequestBody::take_failure`]).
+#[derive(Debug, thiserror::Error)]
+#[error("the client's request body failed")]
+pub struct ClientBodyFailed;
+
 impl HttpBody for AttemptBody {
     type Data = Bytes;
     type Error = BoxError;
@@ -128,39 +158,44 @@ impl HttpBody for AttemptBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if let State::Waiting { slot, attempt } = &self.state {
-            let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
-            let taken = if slot.attempt == *attempt {
-                slot.body.take()
+        if let State::Waiting { .. } = &self.state {
+            let State::Waiting { slot, attempt } = std::mem::replace(&mut self.state, State::Done)
+            else {
+                unreachable!("matched above")
+            };
+            let mut locked = slot.lock().unwrap_or_else(|e| e.into_inner());
+            let taken = if locked.attempt == attempt {
+                locked.body.take()
             } else {
                 None
             };
-            drop(slot);
+            drop(locked);
             match taken {
-                Some(body) => self.state = State::Streaming(body),
-                None => {
-                    self.state = State::Done;
-                    return Poll::Ready(Some(Err(Box::new(BodyMoved))));
-                }
+                Some(body) => self.state = State::Streaming { body, slot },
+                None => return Poll::Ready(Some(Err(Box::new(BodyMoved)))),
             }
         }
-        match &mut self.state {
-            State::Streaming(body) => {
-                let polled = Pin::new(body).poll_frame(cx);
-                if matches!(polled, Poll::Ready(None)) {
-                    self.state = State::Done;
-                }
-                polled
+        let State::Streaming { body, slot } = &mut self.state else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(body).poll_frame(cx) {
+            Poll::Ready(None) => {
+                self.state = State::Done;
+                Poll::Ready(None)
             }
-            State::Done => Poll::Ready(None),
-            State::Waiting { .. } => unreachable!("moved to Streaming or Done above"),
+            Poll::Ready(Some(Err(error))) => {
+                slot.lock().unwrap_or_else(|e| e.into_inner()).failure = Some(error);
+                self.state = State::Done;
+                Poll::Ready(Some(Err(Box::new(ClientBodyFailed))))
+            }
+            polled => polled,
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match &self.state {
             State::Waiting { .. } => false,
-            State::Streaming(body) => body.is_end_stream(),
+            State::Streaming { body, .. } => body.is_end_stream(),
             State::Done => true,
         }
     }
@@ -168,7 +203,7 @@ impl HttpBody for AttemptBody {
     fn size_hint(&self) -> SizeHint {
         match &self.state {
             State::Waiting { .. } => self.size_hint,
-            State::Streaming(body) => body.size_hint(),
+            State::Streaming { body, .. } => body.size_hint(),
             State::Done => SizeHint::with_exact(0),
         }
     }
@@ -214,6 +249,41 @@ mod tests {
         let current = request.for_attempt().unwrap();
         assert!(stale.collect().await.unwrap_err().is::<BodyMoved>());
         assert_eq!(current.collect().await.unwrap().to_bytes(), "hello");
+    }
+
+    /// One piece, then the error a client's broken body ends with.
+    struct Broken(bool);
+
+    impl HttpBody for Broken {
+        type Data = Bytes;
+        type Error = BoxError;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            if std::mem::replace(&mut self.0, true) {
+                return Poll::Ready(Some(Err("client closed mid-body".into())));
+            }
+            Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"first")))))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_client_side_failure_is_kept_for_the_dispatch_loop() {
+        let request = RequestBody::new(Broken(false).boxed());
+        assert!(request.take_failure().is_none());
+        let mut attempt = request.for_attempt().unwrap();
+        assert_eq!(
+            attempt.frame().await.unwrap().unwrap().into_data().unwrap(),
+            "first"
+        );
+        let seen = attempt.frame().await.unwrap().unwrap_err();
+        assert!(seen.is::<ClientBodyFailed>(), "{seen}");
+        assert!(attempt.frame().await.is_none());
+        let kept = request.take_failure().expect("kept");
+        assert_eq!(kept.to_string(), "client closed mid-body");
+        assert!(request.take_failure().is_none(), "taken once");
     }
 
     #[tokio::test]

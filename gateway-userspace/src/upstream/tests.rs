@@ -6,12 +6,12 @@ use std::{convert::Infallible, net::SocketAddr};
 use bytes::Bytes;
 use http::StatusCode;
 use http_body_util::{BodyExt, Empty, Full};
-use hyper::{server::conn::http1, service::service_fn};
+use hyper::{body::Body as HttpBody, server::conn::http1, service::service_fn};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 use super::*;
-use crate::proxy::{ConnInfo, ConnTimer, ForwardFields};
+use crate::proxy::{BoxError, ConnInfo, ConnTimer, ForwardFields};
 
 /// Answers every request with `status`, its name in `x-name`, and the size
 /// of the request body it read in `x-body-bytes`.
@@ -330,5 +330,103 @@ async fn the_connection_timer_keeps_the_response_deadline() {
             .await
             .unwrap();
         assert_eq!(response.status(), StatusCode::OK);
+    }
+}
+
+/// Answers each request once it has read the body (or failed to), over
+/// HTTP/1.1 or (prior knowledge) HTTP/2.
+async fn reading_server(http2: bool) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let service = service_fn(|req: Request<hyper::body::Incoming>| async move {
+                let read = req.into_body().collect().await.is_ok();
+                let answer = format!("read the body: {read}");
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(answer))))
+            });
+            tokio::spawn(async move {
+                let io = TokioIo::new(stream);
+                if http2 {
+                    let builder = hyper::server::conn::http2::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    );
+                    let _ = builder.serve_connection(io, service).await;
+                } else {
+                    let _ = http1::Builder::new().serve_connection(io, service).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A request body that sends its first piece, then fails the way a
+/// client's malformed chunk does.
+struct BrokenBody {
+    sent: bool,
+}
+
+impl HttpBody for BrokenBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        if std::mem::replace(&mut self.sent, true) {
+            return std::task::Poll::Ready(Some(Err("malformed chunk size".into())));
+        }
+        let first = hyper::body::Frame::data(Bytes::from_static(b"first piece"));
+        std::task::Poll::Ready(Some(Ok(first)))
+    }
+}
+
+/// A request body that breaks off on the client's side is the client's
+/// fault: a 400 rejection carrying the client's error and no penalty for
+/// the target in the balancer, with either protocol to the targets (hyper's
+/// HTTP/2 client resets the stream and reports that, not the body's
+/// error). (Not retried either: a body that started streaming cannot be.)
+#[tokio::test]
+async fn a_request_body_that_fails_on_the_client_side_is_not_the_targets_fault() {
+    for http2 in [false, true] {
+        let a = reading_server(http2).await;
+        let b = reading_server(http2).await;
+        let protocol = if http2 { "http2" } else { "http1" };
+        let (u, _) = upstream(
+            &[a, b],
+            &format!(", balancer: p2c_ewma, retries: 2, protocol: {protocol}"),
+        );
+        let mut ctx = ctx();
+        let request = Request::builder()
+            .method("POST")
+            .uri("/upload")
+            .header("host", "gateway.test")
+            .body(BrokenBody { sent: false }.boxed())
+            .unwrap();
+        let rejection = u
+            .dispatch(request, &ForwardFields::default(), &mut ctx)
+            .await
+            .expect_err("the body failed");
+        assert!(
+            matches!(&rejection, Rejection::RequestBody(error) if error.to_string() == "malformed chunk size"),
+            "{protocol}: {rejection:?}"
+        );
+        assert_eq!(rejection.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(rejection.kind(), "bad_request_body");
+
+        let tried = ctx.upstream_target.expect("one attempt");
+        let index = u.targets.iter().position(|t| t.addr == tried).unwrap();
+        let Balancer::P2cEwma(p2c) = &u.balancer else {
+            unreachable!("configured above")
+        };
+        // A failure would count as slow as `timeout` (5 s); an untouched
+        // target is at most its 30 ms start.
+        let cost = p2c.cost(&u.targets, index, Instant::now());
+        assert!(
+            cost <= 30e6,
+            "{protocol}: the target was penalised: {cost} ns"
+        );
     }
 }

@@ -1,7 +1,7 @@
 //! One client connection's state between exchanges, and the phases of an
 //! exchange: waiting for the head, waiting for the proxy's answer while the
 //! client is watched, writing the answer (or handing the stream over after
-//! a 101).
+//! a 101), every write to the client bounded by the send timeout.
 
 use std::{
     future::{poll_fn, Future},
@@ -23,7 +23,7 @@ use super::{
     body::{lock, Io, RequestBody, SharedIo, CONTINUE},
     request::{parse_request, BodyFraming, Fields, HeadError, HeadScan, RequestHead},
     response::{encode_head, server_response, Exchange, Framing},
-    writer::{flush, BodyWriter},
+    writer::{flush, flush_within, BodyWriter, SendTimeout},
     Error, Settings, REFUSAL_WRITE,
 };
 use crate::{
@@ -39,6 +39,7 @@ pub(super) struct Conn<'t, T, D> {
     shared: SharedIo<T>,
     settings: Settings,
     timer: &'t ConnTimer,
+    send: SendTimeout<'t>,
     /// Resolves when the listener starts draining.
     drain: Rarely<D>,
     draining: bool,
@@ -85,6 +86,7 @@ where
             })),
             settings,
             timer,
+            send: SendTimeout::new(timer, settings.send_timeout),
             drain: Rarely::new(drain),
             draining: false,
             out: BytesMut::new(),
@@ -258,7 +260,7 @@ where
         writer: &mut BodyWriter,
         cx: &mut Context<'_>,
     ) -> Poll<Result<(), Error>> {
-        writer.poll(&self.shared, &mut self.out, cx)
+        writer.poll(&self.shared, &mut self.out, &mut self.send, cx)
     }
 
     /// The exchange is over: its body (if anyone still holds it) reads no
@@ -288,7 +290,7 @@ where
         encode_head(&mut self.out, exchange, &head, Framing::None, false);
         let mut queue = WriteQueue::default();
         queue.push(self.out.split().freeze());
-        poll_fn(|cx| flush(&self.shared, &mut queue, cx)).await?;
+        poll_fn(|cx| flush_within(&self.shared, &mut queue, &mut self.send, cx)).await?;
         // A request that may upgrade has no body (`parse_request`), so no
         // body holds the stream now: this is a guard, not a path.
         let Ok(io) = Arc::try_unwrap(self.shared) else {
@@ -299,9 +301,19 @@ where
         Ok(())
     }
 
-    pub(super) async fn shutdown(&self) -> Result<(), Error> {
-        poll_fn(|cx| Pin::new(&mut lock(&self.shared).stream).poll_shutdown(cx))
-            .await
+    /// Closes the client's side, within the send timeout (over TLS the
+    /// close_notify waits behind whatever the client has not read yet).
+    pub(super) async fn shutdown(&mut self) -> Result<(), Error> {
+        poll_fn(|cx| match self.poll_close(cx) {
+            Poll::Ready(result) => Poll::Ready(result),
+            Poll::Pending => self.send.poll_stalled(false, cx).map(Err),
+        })
+        .await
+    }
+
+    fn poll_close(&self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        Pin::new(&mut lock(&self.shared).stream)
+            .poll_shutdown(cx)
             .map_err(Error::Write)
     }
 
@@ -312,7 +324,7 @@ where
         queue.push(answer);
         let _ = tokio::time::timeout(REFUSAL_WRITE, async {
             poll_fn(|cx| flush(&self.shared, &mut queue, cx)).await?;
-            self.shutdown().await
+            poll_fn(|cx| self.poll_close(cx)).await
         })
         .await;
     }

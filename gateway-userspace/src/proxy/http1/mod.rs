@@ -56,6 +56,9 @@ pub struct Settings {
     /// For each request head, from when the server starts waiting for it
     /// (an idle keep-alive connection included).
     pub header_read_timeout: Duration,
+    /// Longest wait for the client to take more of a response (between two
+    /// writes that move bytes).
+    pub send_timeout: Duration,
 }
 
 /// The client's side of a connection that switched protocols: the stream
@@ -95,6 +98,8 @@ pub enum Error {
     ResponseBody(#[source] BoxError),
     #[error("response body did not match its Content-Length")]
     ResponseLength,
+    #[error("the client took no bytes of the response within send_timeout; closed")]
+    SendTimeout,
     #[error("101 Switching Protocols to a request that did not ask to upgrade")]
     UnaskedUpgrade,
     #[error("101 Switching Protocols while the request body is still held")]

@@ -28,6 +28,7 @@ const SETTINGS: Settings = Settings {
         max_fields: 20,
     },
     header_read_timeout: Duration::from_secs(10),
+    send_timeout: Duration::from_secs(10),
 };
 
 /// A body of `data` pieces whose size is not known up front (so the server
@@ -565,4 +566,95 @@ async fn a_response_shorter_than_its_length_is_cut_off() {
     let text = String::from_utf8_lossy(&raw);
     assert!(text.contains("content-length: 10"), "{text}");
     assert!(text.ends_with("short"), "{text}");
+}
+
+/// `left` bytes of `x` in 16 KiB frames, each ready at once, with the size
+/// known (a large download from a fast target); counts its drop in
+/// `released` (the upstream side let go).
+struct Download {
+    left: u64,
+    _released: DropCount<'static>,
+}
+
+impl Download {
+    fn body(len: u64, released: &'static AtomicUsize) -> Body {
+        Self {
+            left: len,
+            _released: DropCount(released),
+        }
+        .boxed()
+    }
+}
+
+impl hyper::body::Body for Download {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        static PIECE: [u8; 16 * 1024] = [b'x'; 16 * 1024];
+        let n = self.left.min(PIECE.len() as u64);
+        if n == 0 {
+            return std::task::Poll::Ready(None);
+        }
+        self.left -= n;
+        let data = Bytes::from_static(&PIECE[..n as usize]);
+        std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(data))))
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::SizeHint::with_exact(self.left)
+    }
+}
+
+/// A slow reader gets its download (the timeout bounds each wait for the
+/// client, not the whole response); one that stops reading is cut off.
+#[tokio::test(start_paused = true)]
+async fn a_client_that_stops_reading_is_cut_off_after_the_send_timeout() {
+    static RELEASED: AtomicUsize = AtomicUsize::new(0);
+    let settings = Settings {
+        send_timeout: Duration::from_secs(5),
+        ..SETTINGS
+    };
+    let Served {
+        mut client,
+        mut task,
+        shutdown: _shutdown,
+    } = start(settings, |_req: Request<RequestBody<DuplexStream>>| async {
+        Response::new(Download::body(64 << 20, &RELEASED))
+    });
+    client.send("GET /big HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    // 16 KiB every 4 s for 80 s: each wait is shorter than the timeout,
+    // all of them together far longer.
+    let mut raw = Vec::new();
+    let mut piece = vec![0; 16 * 1024];
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        let n = client.io.read(&mut piece).await.unwrap();
+        raw.extend_from_slice(&piece[..n]);
+    }
+    assert!(raw.starts_with(b"HTTP/1.1 200 OK\r\n"));
+    assert_eq!(raw.len(), 20 * 16 * 1024, "every read got a full piece");
+    assert!(!task.is_finished(), "still sending to a slow reader");
+    assert_eq!(RELEASED.load(Ordering::SeqCst), 0);
+
+    // Then nothing is read: the pipe fills up and the server waits.
+    let stopped = tokio::time::Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(3600), &mut task)
+        .await
+        .expect("the connection is given up, not held")
+        .unwrap();
+    assert!(matches!(ended, Err(Error::SendTimeout)), "{ended:?}");
+    assert!(stopped.elapsed() >= Duration::from_secs(5));
+    assert_eq!(
+        RELEASED.load(Ordering::SeqCst),
+        1,
+        "the response body, and with it the upstream side, was dropped"
+    );
+    // What fitted in the pipe, then the end: a truncated response.
+    raw.clear();
+    client.io.read_to_end(&mut raw).await.unwrap();
+    assert!(raw.len() <= 256 * 1024, "{}", raw.len());
 }

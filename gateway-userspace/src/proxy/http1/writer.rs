@@ -1,10 +1,13 @@
 //! The response body on its way to the client: framed as the head said
 //! (length, chunks, until close), small pieces gathered behind the head and
-//! written together, large ones written from where they are.
+//! written together, large ones written from where they are; and the send
+//! timeout that bounds how long the client may leave it unread.
 
 use std::{
+    future::Future,
     pin::Pin,
     task::{ready, Context, Poll},
+    time::Duration,
 };
 
 use bytes::{Bytes, BytesMut};
@@ -18,7 +21,10 @@ use super::{
 };
 use crate::{
     http1::wire::{put_chunk_size, put_last_chunk, WriteQueue},
-    proxy::Body,
+    proxy::{
+        conn_timer::{ConnDeadline, ConnTimer},
+        Body,
+    },
 };
 
 /// Body pieces up to this size are copied next to the head (or the chunk
@@ -38,6 +44,68 @@ pub(super) fn flush<T: AsyncWrite + Unpin>(
     ready!(queue.poll_flush(&mut io.stream, cx)).map_err(Error::Write)?;
     ready!(Pin::new(&mut io.stream).poll_flush(cx)).map_err(Error::Write)?;
     Poll::Ready(Ok(()))
+}
+
+/// [`flush`], failing with [`Error::SendTimeout`] once the client has taken
+/// no bytes for the send timeout.
+pub(super) fn flush_within<T: AsyncWrite + Unpin>(
+    shared: &SharedIo<T>,
+    queue: &mut WriteQueue,
+    send: &mut SendTimeout<'_>,
+    cx: &mut Context<'_>,
+) -> Poll<Result<(), Error>> {
+    // Cleared here, `wrote_any` says whether this flush moved any bytes.
+    queue.wrote_any = false;
+    match flush(shared, queue, cx) {
+        Poll::Ready(result) => {
+            send.moved();
+            Poll::Ready(result)
+        }
+        Poll::Pending => send.poll_stalled(queue.wrote_any, cx).map(Err),
+    }
+}
+
+/// A connection's send timeout: the longest the client may take to accept
+/// any more bytes of a response (nginx's `send_timeout`). Armed only when a
+/// write finds the socket full, on the connection's timer, so a client that
+/// keeps up costs no clock read and no timer.
+pub(super) struct SendTimeout<'t> {
+    timer: &'t ConnTimer,
+    timeout: Duration,
+    /// The deadline of the wait in progress: set when a write finds the
+    /// socket full, cleared when a write moves bytes.
+    stall: Option<ConnDeadline>,
+}
+
+impl<'t> SendTimeout<'t> {
+    pub(super) fn new(timer: &'t ConnTimer, timeout: Duration) -> Self {
+        Self {
+            timer,
+            timeout,
+            stall: None,
+        }
+    }
+
+    /// A write moved bytes, or needs to move none: the client keeps up.
+    pub(super) fn moved(&mut self) {
+        self.stall = None;
+    }
+
+    /// A write is waiting for the client; `moved` says whether it moved
+    /// bytes before it had to wait (a new wait then starts). Ready with the
+    /// error once the client has taken nothing for the timeout.
+    pub(super) fn poll_stalled(&mut self, moved: bool, cx: &mut Context<'_>) -> Poll<Error> {
+        if moved {
+            self.stall = None;
+        }
+        let (timer, timeout) = (self.timer, self.timeout);
+        let stall = self
+            .stall
+            .get_or_insert_with(|| timer.deadline(tokio::time::Instant::now() + timeout));
+        ready!(Pin::new(stall).poll(cx));
+        self.stall = None;
+        Poll::Ready(Error::SendTimeout)
+    }
 }
 
 /// The response body on its way out, framed.
@@ -73,11 +141,15 @@ impl BodyWriter {
     }
     /// Pulls the body's frames while they are ready and writes them. Small
     /// ones are copied into `out` after whatever it holds (the head, chunk
-    /// framing), so a small response goes out in one write.
+    /// framing), so a small response goes out in one write. A client that
+    /// leaves it unread for the send timeout ends it with
+    /// [`Error::SendTimeout`] (the body is then dropped by the caller,
+    /// which releases the upstream side).
     pub(super) fn poll<T: AsyncWrite + Unpin>(
         &mut self,
         shared: &SharedIo<T>,
         out: &mut BytesMut,
+        send: &mut SendTimeout<'_>,
         cx: &mut Context<'_>,
     ) -> Poll<Result<(), Error>> {
         loop {
@@ -112,7 +184,7 @@ impl BodyWriter {
             if self.queue.is_empty() && waiting {
                 return Poll::Pending;
             }
-            ready!(flush(shared, &mut self.queue, cx))?;
+            ready!(flush_within(shared, &mut self.queue, send, cx))?;
             if self.body.is_none() {
                 return Poll::Ready(self.failed.take().map_or(Ok(()), Err));
             }
