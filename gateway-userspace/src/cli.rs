@@ -80,6 +80,16 @@ enum Command {
     /// The kernel data plane: counters, and attach/detach without a daemon.
     #[command(subcommand)]
     Xdp(XdpCommand),
+    /// Print an API key's `key_hash` for consumers[].keys[] (the key is read from standard input,
+    /// so it stays out of shell history), or make a new random key with --generate.
+    #[command(after_help = "Examples:\n  \
+printf %s \"$KEY\" | xgate hash-key\n  \
+xgate hash-key --generate")]
+    HashKey {
+        /// Make a random 256-bit key and print it with its hash.
+        #[arg(long)]
+        generate: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -189,6 +199,7 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             daemon::run(&config_path(&cli), workers).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::HashKey { generate } => hash_key(*generate),
         Command::Validate => {
             let path = config_path(&cli);
             match Config::load(&path) {
@@ -454,4 +465,35 @@ fn print_counters(counters: &serde_json::Value) {
             counters[stat.name()]
         );
     }
+}
+
+/// `xgate hash-key`: the `sha256:<hex>` form of a key from standard input,
+/// or of a new random one.
+fn hash_key(generate: bool) -> anyhow::Result<ExitCode> {
+    use std::io::Read;
+    let key = if generate {
+        let mut bytes = [0u8; 32];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+            .map_err(|_| anyhow::anyhow!("no randomness from the system"))?;
+        let key: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        println!("key:      {key}");
+        key
+    } else {
+        let mut key = String::new();
+        std::io::stdin().read_to_string(&mut key)?;
+        // `echo KEY |` adds a newline that is not part of the key.
+        let key = key.trim_end_matches(['\r', '\n']).to_string();
+        if key.is_empty() {
+            anyhow::bail!("no key on standard input (try: printf %s \"$KEY\" | xgate hash-key)");
+        }
+        key
+    };
+    let digest = crate::policy::consumers::sha256(key.as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    if generate {
+        println!("key_hash: sha256:{hex}");
+    } else {
+        println!("sha256:{hex}");
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -7,8 +7,10 @@
 //! elsewhere the skip is announced loudly.
 
 pub mod bad_upstream;
+pub mod doc_server;
 pub mod frames;
 pub mod http;
+pub mod jwt;
 pub mod netns;
 pub mod ports;
 pub mod process;

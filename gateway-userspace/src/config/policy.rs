@@ -78,6 +78,42 @@ pub struct JwtCredential {
     pub public_key_file: Option<std::path::PathBuf>,
 }
 
+impl JwtCredential {
+    /// The key, read (from its file) and parsed; an error says what is
+    /// wrong with it.
+    pub fn decoding_key(
+        &self,
+    ) -> Result<(jsonwebtoken::Algorithm, jsonwebtoken::DecodingKey), String> {
+        use jsonwebtoken::{Algorithm::*, DecodingKey};
+        let algorithm: jsonwebtoken::Algorithm = self
+            .algorithm
+            .parse()
+            .map_err(|_| format!("unknown algorithm '{}'", self.algorithm))?;
+        let file;
+        let pem = match (&self.public_key, &self.public_key_file) {
+            (Some(pem), _) => pem.as_bytes(),
+            (None, Some(path)) => {
+                file = std::fs::read(path)
+                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                &file
+            }
+            (None, None) => &[],
+        };
+        let key = match algorithm {
+            HS256 | HS384 | HS512 => {
+                DecodingKey::from_secret(self.secret.as_deref().ok_or("needs a secret")?.as_bytes())
+            }
+            RS256 | RS384 | RS512 | PS256 | PS384 | PS512 => DecodingKey::from_rsa_pem(pem)
+                .map_err(|e| format!("not an RSA public key in PEM: {e}"))?,
+            ES256 | ES384 => DecodingKey::from_ec_pem(pem)
+                .map_err(|e| format!("not an EC public key in PEM: {e}"))?,
+            EdDSA => DecodingKey::from_ed_pem(pem)
+                .map_err(|e| format!("not an Ed25519 public key in PEM: {e}"))?,
+        };
+        Ok((algorithm, key))
+    }
+}
+
 /// What routes inherit when they declare no `policies` of their own (per
 /// listener in `listeners[].policy_defaults`, or for all).
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -355,7 +391,11 @@ fn validate_jwt_credential(cred: &JwtCredential, path: &str, errors: &mut Errors
             path,
             format!("{} needs `secret` and no public key", cred.algorithm),
         ),
-        (false, false, 1) => {}
+        (false, false, 1) => {
+            if let Err(message) = cred.decoding_key() {
+                errors.push(path, message);
+            }
+        }
         (false, _, _) => errors.push(
             path,
             format!(

@@ -219,22 +219,7 @@ fn jwt_key(
     path: &str,
     consumer: Arc<Consumer>,
 ) -> Result<JwtKeyOwner, String> {
-    let algorithm: jsonwebtoken::Algorithm = cred
-        .algorithm
-        .parse()
-        .map_err(|_| format!("{path}.algorithm: unknown"))?;
-    let pem = match (&cred.public_key, &cred.public_key_file) {
-        (Some(pem), _) => Some(pem.clone()),
-        (None, Some(file)) => Some(std::fs::read_to_string(file).map_err(|e| {
-            format!(
-                "{path}.public_key_file: cannot read {}: {e}",
-                file.display()
-            )
-        })?),
-        (None, None) => None,
-    };
-    let key = super::jwt::decoding_key(algorithm, cred.secret.as_deref(), pem.as_deref())
-        .map_err(|e| format!("{path}: {e}"))?;
+    let (algorithm, key) = cred.decoding_key().map_err(|e| format!("{path}: {e}"))?;
     let credential = cred
         .kid
         .as_deref()

@@ -508,28 +508,6 @@ fn describe(kind: &ErrorKind) -> &'static str {
     }
 }
 
-/// A consumer's key for `algorithm`: an HMAC secret, or a PEM public key.
-pub fn decoding_key(
-    algorithm: Algorithm,
-    secret: Option<&str>,
-    pem: Option<&str>,
-) -> Result<DecodingKey, String> {
-    use Algorithm::*;
-    let pem = || pem.map(str::as_bytes).ok_or("needs a public key");
-    match algorithm {
-        HS256 | HS384 | HS512 => Ok(DecodingKey::from_secret(
-            secret.ok_or("needs a secret")?.as_bytes(),
-        )),
-        RS256 | RS384 | RS512 | PS256 | PS384 | PS512 => {
-            DecodingKey::from_rsa_pem(pem()?).map_err(|e| format!("RSA public key: {e}"))
-        }
-        ES256 | ES384 => {
-            DecodingKey::from_ec_pem(pem()?).map_err(|e| format!("EC public key: {e}"))
-        }
-        EdDSA => DecodingKey::from_ed_pem(pem()?).map_err(|e| format!("Ed25519 public key: {e}")),
-    }
-}
-
 /// Verified tokens by their whole text, in shards so that workers rarely
 /// meet on one lock; never used past a token's `exp`.
 struct TokenCache {
