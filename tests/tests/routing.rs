@@ -204,6 +204,42 @@ async fn ambiguous_and_oversized_requests_are_refused() {
     }
 }
 
+/// A chunked body whose trailer section has a line ended by a bare LF: a
+/// parser that takes LF for a line end and one that does not would put the
+/// next request in different places. It is refused, the connection closes,
+/// and the request pipelined behind it is neither answered nor left hanging.
+#[tokio::test]
+async fn a_bare_lf_in_a_trailer_section_is_refused_and_the_connection_closes() {
+    let upstream = EchoUpstream::start(any_port(), "u").await.unwrap();
+    let listen = free_port();
+    let _daemon = Daemon::start(
+        &format!(
+            "listeners: [{{address: '{listen}'}}]\n\
+             upstreams: {{u: {{targets: ['{}']}}}}\n\
+             routes: [{{match: {{path_prefix: /}}, upstream: u}}]\n",
+            upstream.addr
+        ),
+        None,
+    );
+    for trailers in ["\n", "x-a: 1\n\r\n", "x-a: 1\r\n\n"] {
+        let raw = format!(
+            "POST /first HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n\
+             1\r\na\r\n0\r\n{trailers}GET /next HTTP/1.1\r\nHost: x\r\n\r\n"
+        );
+        // `send` reads until the connection closes, within a bound.
+        let r = send(listen, None, &raw)
+            .await
+            .unwrap_or_else(|e| panic!("{trailers:?}: no answer and close: {e}"));
+        assert_eq!(r.status, 400, "{trailers:?}");
+        assert_eq!(r.header("connection"), Some("close"), "{trailers:?}");
+        assert_eq!(
+            r.json()["message"],
+            "bad request",
+            "{trailers:?}: one answer, nothing for the pipelined request"
+        );
+    }
+}
+
 #[tokio::test]
 async fn json_access_log_has_a_line_per_request_including_rejections() {
     let upstream = EchoUpstream::start(any_port(), "u").await.unwrap();

@@ -5,7 +5,7 @@
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-use super::wire::trailer_allowed;
+use super::wire::{lines_end_in_crlf, trailer_allowed};
 
 /// What is wrong with a chunked body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -96,18 +96,12 @@ impl ChunkedDecoder {
                         self.state = State::Done;
                         return Ok(Decoded::Done);
                     }
-                    let Some(end) = memchr::memmem::find(buf, b"\r\n\r\n") else {
-                        if buf.len() > MAX_TRAILERS {
-                            return Err(Malformed("trailer section too large"));
-                        }
+                    let Some((len, trailers)) = trailer_section(buf)? else {
                         return Ok(Decoded::NeedMore);
                     };
-                    if end + 4 > MAX_TRAILERS {
-                        return Err(Malformed("trailer section too large"));
-                    }
-                    let section = buf.split_to(end + 4);
+                    let _ = buf.split_to(len);
                     self.state = State::Done;
-                    return Ok(Decoded::Trailers(trailers(&section)?));
+                    return Ok(Decoded::Trailers(trailers));
                 }
                 State::Done => return Ok(Decoded::Done),
             }
@@ -148,15 +142,26 @@ fn chunk_size(line: &[u8]) -> Result<u64, Error> {
     u64::from_str_radix(hex, 16).map_err(|_| Malformed("bad chunk size"))
 }
 
-fn trailers(section: &[u8]) -> Result<HeaderMap, Error> {
+/// The trailer section at the start of `buf` (RFC 9112 §7.1.2) and the
+/// bytes it takes: exactly as many as the parser read, so that a message
+/// pipelined behind it starts where it ends. `None`: not all of it is in.
+fn trailer_section(buf: &[u8]) -> Result<Option<(usize, HeaderMap)>, Error> {
     let mut fields = [httparse::EMPTY_HEADER; MAX_TRAILER_FIELDS];
-    let parsed = httparse::parse_headers(section, &mut fields)
-        .map_err(|_| Malformed("malformed trailer section"))?;
-    let httparse::Status::Complete((_, fields)) = parsed else {
-        return Err(Malformed("malformed trailer section"));
+    let (len, fields) = match httparse::parse_headers(buf, &mut fields) {
+        Ok(httparse::Status::Complete((len, fields))) if len <= MAX_TRAILERS => (len, fields),
+        Ok(httparse::Status::Partial) if buf.len() <= MAX_TRAILERS => return Ok(None),
+        Ok(_) | Err(httparse::Error::TooManyHeaders) => {
+            return Err(Malformed("trailer section too large"))
+        }
+        Err(_) => return Err(Malformed("malformed trailer section")),
     };
+    let base = buf.as_ptr() as usize;
+    let starts = fields.iter().map(|f| f.name.as_ptr() as usize - base);
+    if !lines_end_in_crlf(&buf[..len], starts) {
+        return Err(Malformed("trailer section line not ended by CRLF"));
+    }
     let mut map = HeaderMap::with_capacity(fields.len());
-    for field in fields {
+    for field in fields.iter() {
         let name = HeaderName::from_bytes(field.name.as_bytes())
             .map_err(|_| Malformed("malformed trailer section"))?;
         let value = HeaderValue::from_bytes(field.value)
@@ -165,7 +170,7 @@ fn trailers(section: &[u8]) -> Result<HeaderMap, Error> {
             map.append(name, value);
         }
     }
-    Ok(map)
+    Ok(Some((len, map)))
 }
 
 #[cfg(test)]
@@ -223,6 +228,28 @@ mod tests {
                 2,
                 "framing and routing fields dropped: {trailers:?}"
             );
+        }
+    }
+
+    /// httparse takes a bare LF for a line end; a trailer section must not
+    /// (nor may it swallow the request pipelined after it).
+    #[test]
+    fn a_bare_lf_in_the_trailer_section_is_an_error() {
+        for wire in [
+            &b"0\r\n\n"[..],
+            b"0\r\n\nGET / HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"0\r\nx-a: 1\n\r\n",
+            b"0\r\nx-a: 1\r\n\n",
+            b"0\r\nx-a: 1\nx-b: 2\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n",
+        ] {
+            for step in [1, wire.len()] {
+                assert_eq!(
+                    decode(wire, step).err(),
+                    Some(Malformed("trailer section line not ended by CRLF")),
+                    "{:?} step {step}",
+                    String::from_utf8_lossy(wire)
+                );
+            }
         }
     }
 

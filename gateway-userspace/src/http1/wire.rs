@@ -194,6 +194,21 @@ pub fn trailer_allowed(name: &http::HeaderName) -> bool {
     ) && name.as_str() != "keep-alive"
 }
 
+/// Whether every line of `section` (a head or a trailer section as
+/// httparse read it, up to and including its blank line) ends with CRLF;
+/// `fields` are the offsets where its field lines start. httparse also
+/// takes a bare LF for a line end (RFC 9112 §2.2 lets a recipient do so),
+/// but xgate does not: a peer in front of it that reads LF otherwise would
+/// see other fields, or another end of the message. Each field line starts
+/// where the line before it ended, so the two bytes before each field and
+/// the blank line at the end are all there is to check.
+pub fn lines_end_in_crlf(section: &[u8], fields: impl IntoIterator<Item = usize>) -> bool {
+    (section == b"\r\n" || section.ends_with(b"\r\n\r\n"))
+        && fields
+            .into_iter()
+            .all(|at| at == 0 || section[..at].ends_with(b"\r\n"))
+}
+
 /// The line that starts a chunk of `len` bytes, on its own.
 pub fn chunk_size_line(len: usize) -> Bytes {
     let mut line = BytesMut::with_capacity(18);

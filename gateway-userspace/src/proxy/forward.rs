@@ -7,6 +7,7 @@ use http_body_util::BodyExt;
 use hyper::body::Body as HttpBody;
 
 use super::{headers, limits, Body, BoxError, Rejection, RequestContext, Runtime};
+use crate::http1::chunked::Malformed;
 
 pub(super) async fn forward<B>(
     rt: &Runtime,
@@ -69,6 +70,13 @@ where
         Ok(response) => response,
         Err(rejection) if rejection.caused_by::<limits::BodyTooLarge>() => {
             return Err(Rejection::PayloadTooLarge)
+        }
+        // The client's chunked framing broke while its body went out: the
+        // client's fault, not the target's. (A response's chunked body is
+        // read only after this returns, so the framing here is the
+        // request's.)
+        Err(rejection) if rejection.caused_by::<Malformed>() => {
+            return Err(Rejection::BadRequest("malformed chunked request body"))
         }
         Err(rejection) => return Err(rejection),
     };
