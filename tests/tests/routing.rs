@@ -192,6 +192,7 @@ async fn ambiguous_and_oversized_requests_are_refused() {
         ("obs-fold", "GET / HTTP/1.1\r\nHost: x\r\nX-A: a\r\n b\r\nConnection: close\r\n\r\n", 400),
         ("invalid header name", "GET / HTTP/1.1\r\nHost: x\r\nBad Name: v\r\nConnection: close\r\n\r\n", 400),
         ("bare CR", "GET / HTTP/1.1\r\nHost: x\rX-A: b\r\nConnection: close\r\n\r\n", 400),
+        ("bare LF", "GET / HTTP/1.1\r\nHost: x\r\nX-A: b\nConnection: close\r\n\r\n", 400),
         ("no Host", "GET / HTTP/1.1\r\nConnection: close\r\n\r\n", 400),
         ("long target", &format!("GET /{} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", "a".repeat(100)), 414),
         ("declared body over the route limit", "POST /small HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\nConnection: close\r\n\r\nhello world", 413),
