@@ -68,6 +68,29 @@ async fn request_round_trips_with_forwarded_headers() {
     assert!(raw.json()["headers"].get("te").is_none(), "{}", raw.json());
 }
 
+/// A client's trailer section cannot carry what the proxy owns past the
+/// head's replaced copies; its other fields go on.
+#[tokio::test]
+async fn trailers_cannot_carry_forwarding_fields_or_a_request_id() {
+    let upstream = EchoUpstream::start(any_port(), "one").await.unwrap();
+    let listen = free_port();
+    let _daemon = Daemon::start(&config(listen, &[upstream.addr], "5s"), None);
+    let raw = "POST /raw/t HTTP/1.1\r\nHost: gateway.test\r\nTransfer-Encoding: chunked\r\n\
+               Connection: close\r\n\r\n5\r\nhello\r\n0\r\nX-Forwarded-For: 6.6.6.6\r\n\
+               Forwarded: for=6.6.6.6\r\nX-Request-Id: forged\r\nX-Real-IP: 6.6.6.6\r\n\
+               X-Forwarded-Proto: https\r\nX-Forwarded-Host: evil.test\r\nX-Checksum: 42\r\n\r\n";
+    let response = send(listen, None, raw).await.unwrap();
+    assert_eq!(response.status, 200, "{response:?}");
+    let seen = response.json();
+    assert_eq!(seen["body_bytes"], 5);
+    assert_eq!(seen["trailers"], serde_json::json!({"x-checksum": "42"}));
+    assert_eq!(seen["headers"]["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(
+        seen["headers"]["x-request-id"],
+        response.header("x-request-id").unwrap()
+    );
+}
+
 #[tokio::test]
 async fn request_bodies_and_upstream_statuses_pass_through() {
     let upstream = EchoUpstream::start(any_port(), "one").await.unwrap();

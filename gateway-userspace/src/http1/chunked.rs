@@ -216,7 +216,9 @@ mod tests {
     #[test]
     fn trailers_come_out_as_a_header_map() {
         let wire = b"3\r\nabc\r\n0\r\nx-checksum: 42\r\nContent-Length: 9\r\nx-other: a\r\n\
-                     Transfer-Encoding: chunked\r\nHost: evil\r\n\r\n";
+                     Transfer-Encoding: chunked\r\nHost: evil\r\nX-Forwarded-For: 6.6.6.6\r\n\
+                     Forwarded: for=6.6.6.6\r\nX-Request-Id: forged\r\nX-Real-IP: 6.6.6.6\r\n\
+                     X-Forwarded-Proto: https\r\nX-Forwarded-Host: evil\r\n\r\n";
         for step in [1, 5, wire.len()] {
             let (data, trailers, _) = decode(wire, step).unwrap();
             assert_eq!(data, b"abc");
@@ -226,7 +228,7 @@ mod tests {
             assert_eq!(
                 trailers.len(),
                 2,
-                "framing and routing fields dropped: {trailers:?}"
+                "framing, routing and the proxy's fields dropped: {trailers:?}"
             );
         }
     }

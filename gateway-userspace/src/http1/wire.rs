@@ -165,7 +165,9 @@ pub fn put_last_chunk(buf: &mut BytesMut, trailers: Option<&http::HeaderMap>) {
 /// Whether a field may travel in a trailer section (RFC 9110 §6.5.1): not
 /// the ones that frame or route the message, control the connection,
 /// authenticate, or say how to process the content, which a recipient
-/// would have needed before the body. Others are dropped where trailers are
+/// would have needed before the body; nor the ones the proxy owns
+/// (X-Forwarded-For, X-Request-Id, ...: see `proxy::headers`), whose
+/// copies in the head it replaces. Others are dropped where trailers are
 /// read and where they are written, so none reaches a peer that might merge
 /// it into the head.
 pub fn trailer_allowed(name: &http::HeaderName) -> bool {
@@ -192,6 +194,7 @@ pub fn trailer_allowed(name: &http::HeaderName) -> bool {
             | UPGRADE
             | WWW_AUTHENTICATE
     ) && name.as_str() != "keep-alive"
+        && !crate::proxy::proxy_owned(name)
 }
 
 /// Whether every line of `section` (a head or a trailer section as
@@ -259,6 +262,16 @@ mod tests {
         trailers.insert(http::header::CONNECTION, "close".parse().unwrap());
         trailers.insert("keep-alive", "timeout=1".parse().unwrap());
         trailers.insert(http::header::SET_COOKIE, "a=b".parse().unwrap());
+        for owned in [
+            "x-forwarded-for",
+            "x-forwarded-proto",
+            "x-forwarded-host",
+            "forwarded",
+            "x-request-id",
+            "x-real-ip",
+        ] {
+            trailers.insert(owned, "6.6.6.6".parse().unwrap());
+        }
         let mut buf = BytesMut::new();
         put_last_chunk(&mut buf, Some(&trailers));
         assert_eq!(&buf[..], b"0\r\nx-digest: abc\r\n\r\n");
