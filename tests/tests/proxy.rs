@@ -1,7 +1,21 @@
 //! The real `xgate` binary proxying to real upstream servers on loopback.
 
-use std::net::SocketAddr;
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    pin::Pin,
+    task::{Context, Poll},
+    time::Duration,
+};
 
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::{
+    body::{Body, Frame},
+    HeaderMap, Request,
+};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpStream;
 use xgate_tests::{
     http::{get, send},
     ports::{any_port, free_port},
@@ -89,6 +103,87 @@ async fn trailers_cannot_carry_forwarding_fields_or_a_request_id() {
         seen["headers"]["x-request-id"],
         response.header("x-request-id").unwrap()
     );
+}
+
+/// Some data then trailers, with no length known up front (so that an
+/// HTTP/1.1 target gets it chunked, with its trailer section).
+struct Trailed(Option<Bytes>, Option<HeaderMap>);
+
+impl Body for Trailed {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let frame = match self.0.take() {
+            Some(data) => Frame::data(data),
+            None => match self.1.take() {
+                Some(trailers) => Frame::trailers(trailers),
+                None => return Poll::Ready(None),
+            },
+        };
+        Poll::Ready(Some(Ok(frame)))
+    }
+}
+
+/// The same from an HTTP/2 client, whose trailers come through hyper: to an
+/// HTTP/1.1 target and to an HTTP/2 one.
+#[tokio::test]
+async fn http2_trailers_cannot_carry_forwarding_fields_either() {
+    let upstream = EchoUpstream::start(any_port(), "one").await.unwrap();
+    let listen = free_port();
+    let _daemon = Daemon::start(
+        &format!(
+            "listeners: [{{address: '{listen}'}}]\n\
+             upstreams:\n  h1: {{targets: ['{0}']}}\n  h2: {{targets: ['{0}'], protocol: http2}}\n\
+             routes:\n\
+             \x20 - {{match: {{path_prefix: /h1/}}, upstream: h1}}\n\
+             \x20 - {{match: {{path_prefix: /h2/}}, upstream: h2}}\n",
+            upstream.addr
+        ),
+        None,
+    );
+    let stream = TcpStream::connect(listen).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    let connection = tokio::spawn(connection);
+    for path in ["/h1/t", "/h2/t"] {
+        let mut trailers = HeaderMap::new();
+        for (name, value) in [
+            ("x-forwarded-for", "6.6.6.6"),
+            ("forwarded", "for=6.6.6.6"),
+            ("x-request-id", "forged"),
+            ("x-real-ip", "6.6.6.6"),
+            ("x-checksum", "42"),
+        ] {
+            trailers.insert(name, value.parse().unwrap());
+        }
+        let body = Trailed(Some(Bytes::from_static(b"hello")), Some(trailers));
+        let request = Request::post(format!("http://gateway.test{path}"))
+            .body(body)
+            .unwrap();
+        let answer = async {
+            let response = sender.send_request(request).await.unwrap();
+            response.into_body().collect().await.unwrap().to_bytes()
+        };
+        let answer = tokio::time::timeout(Duration::from_secs(10), answer)
+            .await
+            .expect("an answer");
+        let seen: serde_json::Value = serde_json::from_slice(&answer).unwrap();
+        assert_eq!(seen["body_bytes"], 5, "{path}: {seen}");
+        assert_eq!(
+            seen["trailers"],
+            serde_json::json!({"x-checksum": "42"}),
+            "{path}"
+        );
+    }
+    // Closed before the daemon stops, which would otherwise wait for it.
+    drop(sender);
+    let _ = tokio::time::timeout(Duration::from_secs(10), connection).await;
 }
 
 #[tokio::test]

@@ -197,6 +197,27 @@ pub fn trailer_allowed(name: &http::HeaderName) -> bool {
         && !crate::proxy::proxy_owned(name)
 }
 
+/// Drops from `trailers` what [`trailer_allowed`] refuses, for trailers
+/// that did not come through the chunked decoder (an HTTP/2 client's). A
+/// map with nothing to drop, the usual case, is left as it is.
+pub fn retain_allowed_trailers(trailers: &mut http::HeaderMap) {
+    if trailers.keys().all(trailer_allowed) {
+        return;
+    }
+    let mut name = None;
+    for (next, value) in std::mem::take(trailers) {
+        if next.is_some() {
+            name = next;
+        }
+        let name = name
+            .as_ref()
+            .expect("a map's first value comes with its name");
+        if trailer_allowed(name) {
+            trailers.append(name.clone(), value);
+        }
+    }
+}
+
 /// Whether every line of `section` (a head or a trailer section as
 /// httparse read it, up to and including its blank line) ends with CRLF;
 /// `fields` are the offsets where its field lines start. httparse also

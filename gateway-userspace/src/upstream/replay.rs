@@ -16,7 +16,10 @@ use std::{
 use bytes::Bytes;
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 
-use crate::proxy::{Body, BoxError};
+use crate::{
+    http1::wire::retain_allowed_trailers,
+    proxy::{Body, BoxError},
+};
 
 /// The request body, owned by the dispatch loop.
 pub struct RequestBody {
@@ -146,9 +149,17 @@ impl HttpBody for AttemptBody {
         }
         match &mut self.state {
             State::Streaming(body) => {
-                let polled = Pin::new(body).poll_frame(cx);
-                if matches!(polled, Poll::Ready(None)) {
-                    self.state = State::Done;
+                let mut polled = Pin::new(body).poll_frame(cx);
+                match &mut polled {
+                    Poll::Ready(None) => self.state = State::Done,
+                    // Every client's trailers reach a target through here,
+                    // an HTTP/2 client's to an HTTP/2 target included.
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let Some(trailers) = frame.trailers_mut() {
+                            retain_allowed_trailers(trailers);
+                        }
+                    }
+                    _ => {}
                 }
                 polled
             }
@@ -179,6 +190,7 @@ mod tests {
     use http_body_util::{BodyExt, Empty, Full};
 
     use super::*;
+    use crate::proxy::test_body::Frames;
 
     fn body(bytes: &'static [u8]) -> Body {
         Full::new(Bytes::from_static(bytes))
@@ -205,6 +217,23 @@ mod tests {
         assert!(!second.is_unsent(), "sent");
         assert!(!request.can_replay());
         assert!(request.for_attempt().is_none(), "sent once: no replay");
+    }
+
+    #[tokio::test]
+    async fn trailers_lose_the_fields_a_trailer_section_may_not_carry() {
+        let mut trailers = http::HeaderMap::new();
+        for name in ["x-forwarded-for", "x-request-id", "content-length", "host"] {
+            trailers.append(name, "1".parse().unwrap());
+        }
+        trailers.append("x-checksum", "a".parse().unwrap());
+        trailers.append("x-checksum", "b".parse().unwrap());
+        let frames = Frames::new([Bytes::from_static(b"hello")], Some(trailers));
+        let request = RequestBody::new(frames.map_err(|never| match never {}).boxed());
+        let collected = request.for_attempt().unwrap().collect().await.unwrap();
+        let trailers = collected.trailers().expect("trailers").clone();
+        let checksums: Vec<_> = trailers.get_all("x-checksum").iter().collect();
+        assert_eq!(checksums, ["a", "b"]);
+        assert_eq!(trailers.len(), 2, "{trailers:?}");
     }
 
     #[tokio::test]
