@@ -138,6 +138,9 @@ pub(super) fn parse_response(
         &mut slots,
     );
     let len = match parsed {
+        Ok(httparse::Status::Complete(len)) if len > MAX_HEAD_BYTES => {
+            return Err(Error::HeadTooLarge)
+        }
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD_BYTES => {
             return Err(Error::HeadTooLarge)
@@ -402,6 +405,19 @@ mod tests {
         assert_eq!(head.framing, ResponseFraming::Length(5));
         assert!(head.keep_alive);
         assert_eq!(buf, "hello");
+    }
+
+    #[test]
+    fn a_complete_head_over_the_limit_is_refused() {
+        let mut head = "HTTP/1.1 200 OK\r\n".to_string();
+        while head.len() <= MAX_HEAD_BYTES {
+            head.push_str(&format!("x-a: {}\r\n", "a".repeat(8000)));
+        }
+        head.push_str("content-length: 0\r\n\r\n");
+        assert!(matches!(
+            parse(&head, &Method::GET),
+            Err(Error::HeadTooLarge)
+        ));
     }
 
     #[test]
