@@ -194,7 +194,11 @@ pub(super) fn parse_response(
         }
         headers.append(name, value);
     }
-    let keep_alive = keeps_alive(version, &headers, seen.connection);
+    // Content-Length with Transfer-Encoding: a smuggling shape (RFC 9112
+    // §6.3). Chunked wins, and the connection is not trusted with
+    // another request.
+    let both = seen.transfer_encoding && seen.length.is_some();
+    let keep_alive = keeps_alive(version, &headers, seen.connection) && !both;
     let framing = response_framing(method, status, &mut headers, seen)?;
     Ok(Some(ResponseHead {
         status,
@@ -502,6 +506,20 @@ mod tests {
                 matches!(parse(&raw, &Method::GET), Err(Error::BadContentLength)),
                 "{bad:?}"
             );
+        }
+    }
+
+    /// RFC 9112 §6.3: a response with both is a smuggling shape; whatever
+    /// it meant, the connection is not trusted with another request.
+    #[test]
+    fn a_response_with_length_and_chunked_ends_its_connection() {
+        for raw in [
+            "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 5\r\n\r\n",
+        ] {
+            let head = parse(raw, &Method::GET).unwrap().unwrap();
+            assert_eq!(head.framing, ResponseFraming::Chunked);
+            assert!(!head.keep_alive, "{raw:?}");
         }
     }
 

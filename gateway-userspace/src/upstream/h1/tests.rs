@@ -317,6 +317,30 @@ async fn misframed_responses_are_errors_and_the_connection_is_not_reused() {
     );
 }
 
+/// Content-Length with chunked: the body is read as chunked, and the
+/// connection is closed after it, not pooled.
+#[tokio::test]
+async fn a_response_with_length_and_chunked_is_not_followed_on_its_connection() {
+    let (addr, accepted) = target(Arc::new(|_, _: &str| {
+        Reply::Send(
+            "HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n\
+             5\r\nhello\r\n0\r\n\r\n",
+        )
+    }))
+    .await;
+    let pool = pool();
+    for round in 1..=2 {
+        let response = answered(&pool, addr, request("GET", body(b""))).await;
+        assert!(!response.headers().contains_key("content-length"));
+        assert_eq!(collect(response).await.0, "hello");
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            round,
+            "a new connection each time"
+        );
+    }
+}
+
 /// A request body fed chunk by chunk (or an error) from the test.
 struct Fed(mpsc::Receiver<Result<Bytes, BoxError>>);
 
