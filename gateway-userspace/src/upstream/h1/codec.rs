@@ -216,17 +216,28 @@ struct Seen {
     transfer_encoding: bool,
     /// `Some(Ok(n))`: every Content-Length value said `n`.
     length: Option<Result<u64, ()>>,
+    /// Content-Length values, in one field or several (`5, 5`).
+    lengths: u32,
 }
 
 impl Seen {
     fn content_length(&mut self, value: &[u8]) {
         for item in value.split(|&b| b == b',') {
+            self.lengths += 1;
             let n = parse_length(item.trim_ascii()).ok_or(());
             self.length = match (self.length, n) {
                 (None, n) => Some(n),
                 (Some(Ok(seen)), Ok(n)) if seen == n => Some(Ok(n)),
                 _ => Some(Err(())),
             };
+        }
+    }
+
+    /// The response goes on with exactly one Content-Length, `n`: equal
+    /// values repeated (`5, 5`, or two fields) become one.
+    fn one_length(&self, headers: &mut HeaderMap, n: u64) {
+        if self.lengths > 1 {
+            headers.insert(CONTENT_LENGTH, HeaderValue::from(n));
         }
     }
 }
@@ -251,18 +262,30 @@ fn keeps_alive(version: Version, headers: &HeaderMap, has_connection: bool) -> b
 
 /// RFC 9112 §6.3, in order. With Transfer-Encoding any Content-Length is
 /// dropped (it would contradict the framing the client gets); differing
-/// Content-Length values are an error, never a guess.
+/// Content-Length values are an error, never a guess; equal ones go on as
+/// one. A 1xx or 204 loses its Content-Length (RFC 9110 §8.6 forbids one);
+/// a HEAD answer's or a 304's says what a 200 would have had, and goes on
+/// when it is valid.
 fn response_framing(
     method: &Method,
     status: StatusCode,
     headers: &mut HeaderMap,
     seen: Seen,
 ) -> Result<ResponseFraming, Error> {
-    if *method == Method::HEAD
-        || status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED
-    {
+    if status.is_informational() || status == StatusCode::NO_CONTENT {
+        if seen.length.is_some() {
+            headers.remove(CONTENT_LENGTH);
+        }
+        return Ok(ResponseFraming::Empty);
+    }
+    if *method == Method::HEAD || status == StatusCode::NOT_MODIFIED {
+        match seen.length {
+            Some(Ok(n)) => seen.one_length(headers, n),
+            Some(Err(())) => {
+                headers.remove(CONTENT_LENGTH);
+            }
+            None => {}
+        }
         return Ok(ResponseFraming::Empty);
     }
     if seen.transfer_encoding {
@@ -282,7 +305,10 @@ fn response_framing(
         });
     }
     match seen.length {
-        Some(Ok(n)) => Ok(ResponseFraming::Length(n)),
+        Some(Ok(n)) => {
+            seen.one_length(headers, n);
+            Ok(ResponseFraming::Length(n))
+        }
         Some(Err(())) => Err(Error::BadContentLength),
         None => Ok(ResponseFraming::UntilClose),
     }
@@ -507,6 +533,64 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    /// The client gets one Content-Length or none, whatever the target sent.
+    #[test]
+    fn content_length_is_passed_on_once_and_never_on_a_204_or_1xx() {
+        let lengths = |raw: &str, method: &Method| {
+            let head = parse(raw, method).unwrap().unwrap();
+            let values: Vec<String> = head
+                .headers
+                .get_all(CONTENT_LENGTH)
+                .iter()
+                .map(|v| v.to_str().unwrap().to_string())
+                .collect();
+            (head.framing, values)
+        };
+        for repeated in [
+            "content-length: 5, 5\r\n",
+            "content-length: 5\r\ncontent-length: 5\r\n",
+            "content-length: 5,5\r\ncontent-length: 5\r\n",
+        ] {
+            let raw = format!("HTTP/1.1 200 OK\r\n{repeated}\r\nhello");
+            assert_eq!(
+                lengths(&raw, &Method::GET),
+                (ResponseFraming::Length(5), vec!["5".to_string()]),
+                "{repeated:?}"
+            );
+            let raw = format!("HTTP/1.1 304 Not Modified\r\n{repeated}\r\n");
+            assert_eq!(
+                lengths(&raw, &Method::GET),
+                (ResponseFraming::Empty, vec!["5".to_string()]),
+                "304: what a 200 would have had, once: {repeated:?}"
+            );
+            let raw = format!("HTTP/1.1 200 OK\r\n{repeated}\r\n");
+            assert_eq!(
+                lengths(&raw, &Method::HEAD),
+                (ResponseFraming::Empty, vec!["5".to_string()]),
+                "HEAD: {repeated:?}"
+            );
+        }
+        for status in [
+            "204 No Content",
+            "101 Switching Protocols",
+            "103 Early Hints",
+        ] {
+            let raw = format!("HTTP/1.1 {status}\r\ncontent-length: 7\r\nx-a: 1\r\n\r\n");
+            assert_eq!(
+                lengths(&raw, &Method::GET),
+                (ResponseFraming::Empty, vec![]),
+                "{status}"
+            );
+        }
+        // A bodiless answer's length is not framing: a wrong one is dropped,
+        // not passed on and not an error.
+        let raw = "HTTP/1.1 200 OK\r\ncontent-length: 3, 4\r\n\r\n";
+        assert_eq!(
+            lengths(raw, &Method::HEAD),
+            (ResponseFraming::Empty, vec![])
+        );
     }
 
     /// RFC 9112 §6.3: a response with both is a smuggling shape; whatever
