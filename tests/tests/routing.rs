@@ -160,6 +160,19 @@ async fn forwarding_headers_request_ids_and_trusted_proxies() {
     assert_eq!(r.status, 200);
 }
 
+/// A chunked upload of `chunks` one-byte chunks, each with a 4000-byte
+/// chunk extension.
+fn chunked_with_extensions(chunks: usize) -> String {
+    let mut raw = "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\
+                   Connection: close\r\n\r\n"
+        .to_string();
+    for _ in 0..chunks {
+        raw.push_str(&format!("1;e={}\r\na\r\n", "x".repeat(4000)));
+    }
+    raw.push_str("0\r\n\r\n");
+    raw
+}
+
 #[tokio::test]
 async fn ambiguous_and_oversized_requests_are_refused() {
     let upstream = EchoUpstream::start(any_port(), "u").await.unwrap();
@@ -199,6 +212,8 @@ async fn ambiguous_and_oversized_requests_are_refused() {
         ("declared body over the global limit", &format!("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1001\r\nConnection: close\r\n\r\n{}", "x".repeat(1001)), 413),
         ("chunked body over the limit", "POST /small HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n6\r\nhello \r\n6\r\nworld!\r\n0\r\n\r\n", 413),
         ("body within the limit", "POST /small HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello", 200),
+        ("chunk extensions over 16 KiB in all", &chunked_with_extensions(5), 400),
+        ("chunk extensions within 16 KiB", &chunked_with_extensions(4), 200),
     ];
     for (name, raw, expected) in cases {
         assert_eq!(status(raw.to_string()).await, expected, "{name}");

@@ -16,6 +16,11 @@ type Error = Malformed;
 
 /// A chunk-size line (size and extensions) may take this many bytes.
 const MAX_SIZE_LINE: usize = 4096;
+/// Chunk extensions (`;name=value` after a size) may take this many bytes
+/// in all, per body. xgate reads them and passes none on; without a total,
+/// a body of one-byte chunks each with a 4 KiB extension would cost 4 KiB of
+/// reading per byte of data. Real senders use few extensions or none.
+const MAX_EXTENSIONS: usize = 16 * 1024;
 /// The trailer section may take this many bytes.
 const MAX_TRAILERS: usize = 16 * 1024;
 const MAX_TRAILER_FIELDS: usize = 32;
@@ -23,6 +28,8 @@ const MAX_TRAILER_FIELDS: usize = 32;
 #[derive(Debug, Default)]
 pub struct ChunkedDecoder {
     state: State,
+    /// Bytes of chunk extensions read so far in this body.
+    extensions: usize,
 }
 
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -60,7 +67,11 @@ impl ChunkedDecoder {
                     let Some(line) = take_line(buf, MAX_SIZE_LINE)? else {
                         return Ok(Decoded::NeedMore);
                     };
-                    let size = chunk_size(&line)?;
+                    let (size, extensions) = chunk_size(&line)?;
+                    self.extensions += extensions;
+                    if self.extensions > MAX_EXTENSIONS {
+                        return Err(Malformed("chunk extensions too large"));
+                    }
                     self.state = if size == 0 {
                         State::Trailers
                     } else {
@@ -125,8 +136,9 @@ fn take_line(buf: &mut BytesMut, max: usize) -> Result<Option<BytesMut>, Error> 
     Ok(Some(line))
 }
 
-/// The hex size at the start of a chunk-size line; extensions are ignored.
-fn chunk_size(line: &[u8]) -> Result<u64, Error> {
+/// The hex size at the start of a chunk-size line, and the bytes after it
+/// (the extensions, which are ignored).
+fn chunk_size(line: &[u8]) -> Result<(u64, usize), Error> {
     let digits = line
         .iter()
         .position(|&b| !b.is_ascii_hexdigit())
@@ -139,7 +151,8 @@ fn chunk_size(line: &[u8]) -> Result<u64, Error> {
         return Err(Malformed("bad chunk size"));
     }
     let hex = std::str::from_utf8(&line[..digits]).expect("hex digits are ASCII");
-    u64::from_str_radix(hex, 16).map_err(|_| Malformed("bad chunk size"))
+    let size = u64::from_str_radix(hex, 16).map_err(|_| Malformed("bad chunk size"))?;
+    Ok((size, line.len() - digits))
 }
 
 /// The trailer section at the start of `buf` (RFC 9112 §7.1.2) and the
@@ -231,6 +244,26 @@ mod tests {
                 "framing, routing and the proxy's fields dropped: {trailers:?}"
             );
         }
+    }
+
+    #[test]
+    fn chunk_extensions_are_limited_per_body() {
+        let body = |chunks: usize| {
+            let extension = format!(";e={}", "x".repeat(4000));
+            let mut wire = String::new();
+            for _ in 0..chunks {
+                wire.push_str(&format!("1{extension}\r\na\r\n"));
+            }
+            wire.push_str("0\r\n\r\n");
+            wire
+        };
+        let within = body(4);
+        assert_eq!(decode(within.as_bytes(), 999).unwrap().0, b"aaaa");
+        let over = body(5);
+        assert_eq!(
+            decode(over.as_bytes(), 999).err(),
+            Some(Malformed("chunk extensions too large"))
+        );
     }
 
     /// httparse takes a bare LF for a line end; a trailer section must not
