@@ -56,9 +56,10 @@ impl ReadSize {
 }
 
 /// Buffers waiting to be written, sent with one vectored write where the
-/// socket takes them. Never more than a few at once (a head, or a chunk's
-/// size line, data and CRLF: a body is read only once the queue is
-/// empty), so they sit in a small ring, not on the heap.
+/// socket takes them. Never more than a few at once (a head; body data
+/// large enough to be written from where it is, and what was gathered
+/// around it: see [`put_data`]; whoever gathers checks for room before each
+/// piece), so they sit in a small ring, not on the heap.
 #[derive(Default)]
 pub struct WriteQueue {
     bufs: [Bytes; QUEUE],
@@ -118,6 +119,36 @@ impl WriteQueue {
             }
         }
         Poll::Ready(Ok(()))
+    }
+}
+
+/// Body data up to this size is copied behind what is gathered for the next
+/// write (a head, chunk framing, other small pieces), so that a run of
+/// small pieces goes out in one write; larger data is written from where it
+/// is.
+pub const COPY_MAX: usize = 4096;
+/// Body data that is ready is gathered up to this much before a write.
+pub const GATHER_MAX: usize = 64 * 1024;
+
+/// Queues body `data` for the next write, as a chunk if `chunked`. Small
+/// data is copied onto `out`, which whoever gathers queues when it stops,
+/// unless nothing is gathered or queued yet: then, like large data, it is
+/// queued where it is, so a lone piece costs no copy. Takes up to two of
+/// `queue`'s buffers.
+pub fn put_data(out: &mut BytesMut, queue: &mut WriteQueue, data: Bytes, chunked: bool) {
+    if chunked {
+        put_chunk_size(out, data.len());
+    }
+    if data.len() <= COPY_MAX && !(out.is_empty() && queue.is_empty()) {
+        out.extend_from_slice(&data);
+    } else {
+        if !out.is_empty() {
+            queue.push(out.split().freeze());
+        }
+        queue.push(data);
+    }
+    if chunked {
+        out.extend_from_slice(b"\r\n");
     }
 }
 
@@ -233,13 +264,6 @@ pub fn lines_end_in_crlf(section: &[u8], fields: impl IntoIterator<Item = usize>
             .all(|at| at == 0 || section[..at].ends_with(b"\r\n"))
 }
 
-/// The line that starts a chunk of `len` bytes, on its own.
-pub fn chunk_size_line(len: usize) -> Bytes {
-    let mut line = BytesMut::with_capacity(18);
-    put_chunk_size(&mut line, len);
-    line.freeze()
-}
-
 /// The elements of a comma-separated field value (RFC 9110 §5.6.1),
 /// trimmed.
 pub fn list_items(value: &[u8]) -> impl Iterator<Item = &[u8]> {
@@ -266,7 +290,9 @@ mod tests {
     #[test]
     fn chunk_size_lines_are_lowercase_hex() {
         for (len, line) in [(0, "0"), (1, "1"), (15, "f"), (16, "10"), (65536, "10000")] {
-            assert_eq!(chunk_size_line(len), format!("{line}\r\n"));
+            let mut buf = BytesMut::new();
+            put_chunk_size(&mut buf, len);
+            assert_eq!(buf, format!("{line}\r\n"));
         }
         assert_eq!(itoa(0, &mut [0; 20]), b"0");
         assert_eq!(
