@@ -1,6 +1,6 @@
 //! Upstreams that misbehave on purpose, for the gateway's upstream tests:
-//! raw TCP servers that reset, answer garbage, close early, never answer or
-//! stall mid-body ([`BadUpstream`]), and a well-formed HTTP/1.1 server with
+//! raw TCP servers that reset, answer garbage, close early, never answer,
+//! stall mid-body or answer with exact bytes ([`BadUpstream`]), and a well-formed HTTP/1.1 server with
 //! a scripted status and delay that can also hold requests until released
 //! ([`ScriptedUpstream`]).
 
@@ -41,6 +41,10 @@ pub enum Misbehaviour {
     /// chunked), 10 bytes of body, then nothing while the connection stays
     /// open.
     StallBody { chunked: bool },
+    /// Answers every request on the connection with these exact bytes
+    /// (framing of the test's choosing, well-formed or not) and reads the
+    /// next one, until the peer closes.
+    Answer(&'static str),
 }
 
 pub struct BadUpstream {
@@ -103,6 +107,13 @@ async fn misbehave(mut stream: TcpStream, behaviour: Misbehaviour) {
             let _ = stream.shutdown().await;
         }
         Misbehaviour::Silent => hold_open(stream).await,
+        Misbehaviour::Answer(bytes) => loop {
+            if stream.write_all(bytes.as_bytes()).await.is_err()
+                || read_head(&mut stream).await.is_none()
+            {
+                return;
+            }
+        },
         Misbehaviour::StallBody { chunked } => {
             let head: &[u8] = if chunked {
                 b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\na\r\n0123456789\r\n"

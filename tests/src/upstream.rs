@@ -1,7 +1,7 @@
 //! A real HTTP upstream for tests and the quickstart: HTTP/1.1 and HTTP/2
 //! (prior knowledge, h2c) on the same port. It answers every request with a
 //! JSON description of what it received (method, version, path, headers, body
-//! size); `/status/<code>` answers with that status, `/delay/<ms>` waits
+//! size, trailers); `/status/<code>` answers with that status, `/delay/<ms>` waits
 //! first, `/bytes/<n>` sends n bytes, `/stream/<n>` streams n bytes in 64 KiB
 //! chunks without holding them; an `Upgrade` request (WebSocket style) gets
 //! `101 Switching Protocols` and then every byte echoed back. Request bodies
@@ -161,9 +161,16 @@ async fn echo(mut req: Request<Incoming>, peer: SocketAddr, name: &str) -> Respo
         .collect();
     let mut body = req.into_body();
     let mut body_bytes: u64 = 0;
+    let mut trailers = serde_json::Map::new();
     while let Some(Ok(frame)) = body.frame().await {
-        if let Some(data) = frame.data_ref() {
-            body_bytes += data.len() as u64;
+        match frame.into_data() {
+            Ok(data) => body_bytes += data.len() as u64,
+            Err(frame) => {
+                for (k, v) in frame.into_trailers().iter().flatten() {
+                    let v = String::from_utf8_lossy(v.as_bytes()).into_owned();
+                    trailers.insert(k.to_string(), serde_json::Value::String(v));
+                }
+            }
         }
     }
     if let Some(delay) = path
@@ -205,6 +212,7 @@ async fn echo(mut req: Request<Incoming>, peer: SocketAddr, name: &str) -> Respo
         "peer": peer.to_string(),
         "headers": headers,
         "body_bytes": body_bytes,
+        "trailers": trailers,
     });
     Response::builder()
         .status(status)

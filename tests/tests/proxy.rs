@@ -1,7 +1,20 @@
 //! The real `xgate` binary proxying to real upstream servers on loopback.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    pin::Pin,
+    task::{Context, Poll},
+    time::Duration,
+};
 
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::{
+    body::{Body, Frame},
+    HeaderMap, Request,
+};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
@@ -71,6 +84,110 @@ async fn request_round_trips_with_forwarded_headers() {
     let raw = get(listen, "/raw/x", &["TE: gzip"]).await;
     assert_eq!(raw.json()["uri"], "/raw/x", "no stripping unless asked");
     assert!(raw.json()["headers"].get("te").is_none(), "{}", raw.json());
+}
+
+/// A client's trailer section cannot carry what the proxy owns past the
+/// head's replaced copies; its other fields go on.
+#[tokio::test]
+async fn trailers_cannot_carry_forwarding_fields_or_a_request_id() {
+    let upstream = EchoUpstream::start(any_port(), "one").await.unwrap();
+    let listen = free_port();
+    let _daemon = Daemon::start(&config(listen, &[upstream.addr], "5s"), None);
+    let raw = "POST /raw/t HTTP/1.1\r\nHost: gateway.test\r\nTransfer-Encoding: chunked\r\n\
+               Connection: close\r\n\r\n5\r\nhello\r\n0\r\nX-Forwarded-For: 6.6.6.6\r\n\
+               Forwarded: for=6.6.6.6\r\nX-Request-Id: forged\r\nX-Real-IP: 6.6.6.6\r\n\
+               X-Forwarded-Proto: https\r\nX-Forwarded-Host: evil.test\r\nX-Checksum: 42\r\n\r\n";
+    let response = send(listen, None, raw).await.unwrap();
+    assert_eq!(response.status, 200, "{response:?}");
+    let seen = response.json();
+    assert_eq!(seen["body_bytes"], 5);
+    assert_eq!(seen["trailers"], serde_json::json!({"x-checksum": "42"}));
+    assert_eq!(seen["headers"]["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(
+        seen["headers"]["x-request-id"],
+        response.header("x-request-id").unwrap()
+    );
+}
+
+/// Some data then trailers, with no length known up front (so that an
+/// HTTP/1.1 target gets it chunked, with its trailer section).
+struct Trailed(Option<Bytes>, Option<HeaderMap>);
+
+impl Body for Trailed {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let frame = match self.0.take() {
+            Some(data) => Frame::data(data),
+            None => match self.1.take() {
+                Some(trailers) => Frame::trailers(trailers),
+                None => return Poll::Ready(None),
+            },
+        };
+        Poll::Ready(Some(Ok(frame)))
+    }
+}
+
+/// The same from an HTTP/2 client, whose trailers come through hyper: to an
+/// HTTP/1.1 target and to an HTTP/2 one.
+#[tokio::test]
+async fn http2_trailers_cannot_carry_forwarding_fields_either() {
+    let upstream = EchoUpstream::start(any_port(), "one").await.unwrap();
+    let listen = free_port();
+    let _daemon = Daemon::start(
+        &format!(
+            "listeners: [{{address: '{listen}'}}]\n\
+             upstreams:\n  h1: {{targets: ['{0}']}}\n  h2: {{targets: ['{0}'], protocol: http2}}\n\
+             routes:\n\
+             \x20 - {{match: {{path_prefix: /h1/}}, upstream: h1}}\n\
+             \x20 - {{match: {{path_prefix: /h2/}}, upstream: h2}}\n",
+            upstream.addr
+        ),
+        None,
+    );
+    let stream = TcpStream::connect(listen).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    let connection = tokio::spawn(connection);
+    for path in ["/h1/t", "/h2/t"] {
+        let mut trailers = HeaderMap::new();
+        for (name, value) in [
+            ("x-forwarded-for", "6.6.6.6"),
+            ("forwarded", "for=6.6.6.6"),
+            ("x-request-id", "forged"),
+            ("x-real-ip", "6.6.6.6"),
+            ("x-checksum", "42"),
+        ] {
+            trailers.insert(name, value.parse().unwrap());
+        }
+        let body = Trailed(Some(Bytes::from_static(b"hello")), Some(trailers));
+        let request = Request::post(format!("http://gateway.test{path}"))
+            .body(body)
+            .unwrap();
+        let answer = async {
+            let response = sender.send_request(request).await.unwrap();
+            response.into_body().collect().await.unwrap().to_bytes()
+        };
+        let answer = tokio::time::timeout(Duration::from_secs(10), answer)
+            .await
+            .expect("an answer");
+        let seen: serde_json::Value = serde_json::from_slice(&answer).unwrap();
+        assert_eq!(seen["body_bytes"], 5, "{path}: {seen}");
+        assert_eq!(
+            seen["trailers"],
+            serde_json::json!({"x-checksum": "42"}),
+            "{path}"
+        );
+    }
+    // Closed before the daemon stops, which would otherwise wait for it.
+    drop(sender);
+    let _ = tokio::time::timeout(Duration::from_secs(10), connection).await;
 }
 
 #[tokio::test]
@@ -442,7 +559,7 @@ async fn a_broken_request_body_is_the_clients_fault_not_the_targets() {
     let metrics = daemon.admin_get("/metrics");
     assert!(
         metrics.contains(
-            "xgate_requests_total{route=\"api\",method=\"POST\",status=\"400\",consumer=\"anonymous\"} 3"
+            "xgate_requests_total{route=\"api\",method=\"POST\",status=\"400\",consumer=\"-\"} 3"
         ),
         "{metrics}"
     );

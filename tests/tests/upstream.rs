@@ -364,6 +364,65 @@ async fn misbehaving_upstreams_give_502_and_silent_ones_504_never_a_hang() {
     assert_eq!(r.json()["message"], "upstream timed out");
 }
 
+/// What a target says about its body's length reaches the client once,
+/// and not at all on a 204 (RFC 9110 §8.6); a response with a length and
+/// chunked is read as chunked, and its connection is not used again.
+#[tokio::test]
+async fn response_lengths_reach_the_client_once_or_not_at_all() {
+    let twice = BadUpstream::start(Misbehaviour::Answer(
+        "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 5\r\n\r\nhello",
+    ))
+    .await
+    .unwrap();
+    let listed = BadUpstream::start(Misbehaviour::Answer(
+        "HTTP/1.1 200 OK\r\ncontent-length: 5, 5\r\n\r\nhello",
+    ))
+    .await
+    .unwrap();
+    let no_content = BadUpstream::start(Misbehaviour::Answer(
+        "HTTP/1.1 204 No Content\r\ncontent-length: 5\r\n\r\n",
+    ))
+    .await
+    .unwrap();
+    let both = BadUpstream::start(Misbehaviour::Answer(
+        "HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n\
+         5\r\nhello\r\n0\r\n\r\n",
+    ))
+    .await
+    .unwrap();
+    let (_daemon, gw) = start(&[
+        ("twice", format!("{{targets: {}}}", list(&[twice.addr]))),
+        ("listed", format!("{{targets: {}}}", list(&[listed.addr]))),
+        ("none", format!("{{targets: {}}}", list(&[no_content.addr]))),
+        ("both", format!("{{targets: {}}}", list(&[both.addr]))),
+    ]);
+    let lengths = |r: &RawResponse| -> Vec<String> {
+        r.headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+            .map(|(_, v)| v.clone())
+            .collect()
+    };
+    for path in ["/twice/x", "/listed/x"] {
+        let r = get(gw, path, &[]).await;
+        assert_eq!(r.status, 200, "{path}: {r:?}");
+        assert_eq!(lengths(&r), ["5"], "{path}");
+        assert_eq!(r.body, b"hello", "{path}");
+    }
+    let r = get(gw, "/none/x", &[]).await;
+    assert_eq!(r.status, 204);
+    assert!(lengths(&r).is_empty(), "{r:?}");
+
+    // Two requests on one client connection are served by one worker, which
+    // would take the pooled connection again.
+    let raw = "GET /both/1 HTTP/1.1\r\nHost: gateway.test\r\n\r\n\
+               GET /both/2 HTTP/1.1\r\nHost: gateway.test\r\nConnection: close\r\n\r\n";
+    let r = send(gw, None, raw).await.unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(lengths(&r).is_empty(), "{r:?}");
+    assert_eq!(both.connections(), 2, "not reused after length and chunked");
+}
+
 #[tokio::test]
 async fn a_stalled_body_is_cut_off_after_the_read_timeout() {
     let sized = BadUpstream::start(Misbehaviour::StallBody { chunked: false })

@@ -5,7 +5,7 @@
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-use super::wire::trailer_allowed;
+use super::wire::{lines_end_in_crlf, trailer_allowed};
 
 /// What is wrong with a chunked body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -16,6 +16,11 @@ type Error = Malformed;
 
 /// A chunk-size line (size and extensions) may take this many bytes.
 const MAX_SIZE_LINE: usize = 4096;
+/// Chunk extensions (`;name=value` after a size) may take this many bytes
+/// in all, per body. xgate reads them and passes none on; without a total,
+/// a body of one-byte chunks each with a 4 KiB extension would cost 4 KiB of
+/// reading per byte of data. Real senders use few extensions or none.
+const MAX_EXTENSIONS: usize = 16 * 1024;
 /// The trailer section may take this many bytes.
 const MAX_TRAILERS: usize = 16 * 1024;
 const MAX_TRAILER_FIELDS: usize = 32;
@@ -23,6 +28,8 @@ const MAX_TRAILER_FIELDS: usize = 32;
 #[derive(Debug, Default)]
 pub struct ChunkedDecoder {
     state: State,
+    /// Bytes of chunk extensions read so far in this body.
+    extensions: usize,
 }
 
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -60,7 +67,11 @@ impl ChunkedDecoder {
                     let Some(line) = take_line(buf, MAX_SIZE_LINE)? else {
                         return Ok(Decoded::NeedMore);
                     };
-                    let size = chunk_size(&line)?;
+                    let (size, extensions) = chunk_size(&line)?;
+                    self.extensions += extensions;
+                    if self.extensions > MAX_EXTENSIONS {
+                        return Err(Malformed("chunk extensions too large"));
+                    }
                     self.state = if size == 0 {
                         State::Trailers
                     } else {
@@ -96,18 +107,12 @@ impl ChunkedDecoder {
                         self.state = State::Done;
                         return Ok(Decoded::Done);
                     }
-                    let Some(end) = memchr::memmem::find(buf, b"\r\n\r\n") else {
-                        if buf.len() > MAX_TRAILERS {
-                            return Err(Malformed("trailer section too large"));
-                        }
+                    let Some((len, trailers)) = trailer_section(buf)? else {
                         return Ok(Decoded::NeedMore);
                     };
-                    if end + 4 > MAX_TRAILERS {
-                        return Err(Malformed("trailer section too large"));
-                    }
-                    let section = buf.split_to(end + 4);
+                    let _ = buf.split_to(len);
                     self.state = State::Done;
-                    return Ok(Decoded::Trailers(trailers(&section)?));
+                    return Ok(Decoded::Trailers(trailers));
                 }
                 State::Done => return Ok(Decoded::Done),
             }
@@ -131,8 +136,9 @@ fn take_line(buf: &mut BytesMut, max: usize) -> Result<Option<BytesMut>, Error> 
     Ok(Some(line))
 }
 
-/// The hex size at the start of a chunk-size line; extensions are ignored.
-fn chunk_size(line: &[u8]) -> Result<u64, Error> {
+/// The hex size at the start of a chunk-size line, and the bytes after it
+/// (the extensions, which are ignored).
+fn chunk_size(line: &[u8]) -> Result<(u64, usize), Error> {
     let digits = line
         .iter()
         .position(|&b| !b.is_ascii_hexdigit())
@@ -145,18 +151,30 @@ fn chunk_size(line: &[u8]) -> Result<u64, Error> {
         return Err(Malformed("bad chunk size"));
     }
     let hex = std::str::from_utf8(&line[..digits]).expect("hex digits are ASCII");
-    u64::from_str_radix(hex, 16).map_err(|_| Malformed("bad chunk size"))
+    let size = u64::from_str_radix(hex, 16).map_err(|_| Malformed("bad chunk size"))?;
+    Ok((size, line.len() - digits))
 }
 
-fn trailers(section: &[u8]) -> Result<HeaderMap, Error> {
+/// The trailer section at the start of `buf` (RFC 9112 §7.1.2) and the
+/// bytes it takes: exactly as many as the parser read, so that a message
+/// pipelined behind it starts where it ends. `None`: not all of it is in.
+fn trailer_section(buf: &[u8]) -> Result<Option<(usize, HeaderMap)>, Error> {
     let mut fields = [httparse::EMPTY_HEADER; MAX_TRAILER_FIELDS];
-    let parsed = httparse::parse_headers(section, &mut fields)
-        .map_err(|_| Malformed("malformed trailer section"))?;
-    let httparse::Status::Complete((_, fields)) = parsed else {
-        return Err(Malformed("malformed trailer section"));
+    let (len, fields) = match httparse::parse_headers(buf, &mut fields) {
+        Ok(httparse::Status::Complete((len, fields))) if len <= MAX_TRAILERS => (len, fields),
+        Ok(httparse::Status::Partial) if buf.len() <= MAX_TRAILERS => return Ok(None),
+        Ok(_) | Err(httparse::Error::TooManyHeaders) => {
+            return Err(Malformed("trailer section too large"))
+        }
+        Err(_) => return Err(Malformed("malformed trailer section")),
     };
+    let base = buf.as_ptr() as usize;
+    let starts = fields.iter().map(|f| f.name.as_ptr() as usize - base);
+    if !lines_end_in_crlf(&buf[..len], starts) {
+        return Err(Malformed("trailer section line not ended by CRLF"));
+    }
     let mut map = HeaderMap::with_capacity(fields.len());
-    for field in fields {
+    for field in fields.iter() {
         let name = HeaderName::from_bytes(field.name.as_bytes())
             .map_err(|_| Malformed("malformed trailer section"))?;
         let value = HeaderValue::from_bytes(field.value)
@@ -165,7 +183,7 @@ fn trailers(section: &[u8]) -> Result<HeaderMap, Error> {
             map.append(name, value);
         }
     }
-    Ok(map)
+    Ok(Some((len, map)))
 }
 
 #[cfg(test)]
@@ -211,7 +229,9 @@ mod tests {
     #[test]
     fn trailers_come_out_as_a_header_map() {
         let wire = b"3\r\nabc\r\n0\r\nx-checksum: 42\r\nContent-Length: 9\r\nx-other: a\r\n\
-                     Transfer-Encoding: chunked\r\nHost: evil\r\n\r\n";
+                     Transfer-Encoding: chunked\r\nHost: evil\r\nX-Forwarded-For: 6.6.6.6\r\n\
+                     Forwarded: for=6.6.6.6\r\nX-Request-Id: forged\r\nX-Real-IP: 6.6.6.6\r\n\
+                     X-Forwarded-Proto: https\r\nX-Forwarded-Host: evil\r\n\r\n";
         for step in [1, 5, wire.len()] {
             let (data, trailers, _) = decode(wire, step).unwrap();
             assert_eq!(data, b"abc");
@@ -221,8 +241,50 @@ mod tests {
             assert_eq!(
                 trailers.len(),
                 2,
-                "framing and routing fields dropped: {trailers:?}"
+                "framing, routing and the proxy's fields dropped: {trailers:?}"
             );
+        }
+    }
+
+    #[test]
+    fn chunk_extensions_are_limited_per_body() {
+        let body = |chunks: usize| {
+            let extension = format!(";e={}", "x".repeat(4000));
+            let mut wire = String::new();
+            for _ in 0..chunks {
+                wire.push_str(&format!("1{extension}\r\na\r\n"));
+            }
+            wire.push_str("0\r\n\r\n");
+            wire
+        };
+        let within = body(4);
+        assert_eq!(decode(within.as_bytes(), 999).unwrap().0, b"aaaa");
+        let over = body(5);
+        assert_eq!(
+            decode(over.as_bytes(), 999).err(),
+            Some(Malformed("chunk extensions too large"))
+        );
+    }
+
+    /// httparse takes a bare LF for a line end; a trailer section must not
+    /// (nor may it swallow the request pipelined after it).
+    #[test]
+    fn a_bare_lf_in_the_trailer_section_is_an_error() {
+        for wire in [
+            &b"0\r\n\n"[..],
+            b"0\r\n\nGET / HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"0\r\nx-a: 1\n\r\n",
+            b"0\r\nx-a: 1\r\n\n",
+            b"0\r\nx-a: 1\nx-b: 2\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n",
+        ] {
+            for step in [1, wire.len()] {
+                assert_eq!(
+                    decode(wire, step).err(),
+                    Some(Malformed("trailer section line not ended by CRLF")),
+                    "{:?} step {step}",
+                    String::from_utf8_lossy(wire)
+                );
+            }
         }
     }
 

@@ -56,9 +56,10 @@ impl ReadSize {
 }
 
 /// Buffers waiting to be written, sent with one vectored write where the
-/// socket takes them. Never more than a few at once (a head, or a chunk's
-/// size line, data and CRLF: a body is read only once the queue is
-/// empty), so they sit in a small ring, not on the heap.
+/// socket takes them. Never more than a few at once (a head; body data
+/// large enough to be written from where it is, and what was gathered
+/// around it: see [`put_data`]; whoever gathers checks for room before each
+/// piece), so they sit in a small ring, not on the heap.
 #[derive(Default)]
 pub struct WriteQueue {
     bufs: [Bytes; QUEUE],
@@ -121,6 +122,36 @@ impl WriteQueue {
     }
 }
 
+/// Body data up to this size is copied behind what is gathered for the next
+/// write (a head, chunk framing, other small pieces), so that a run of
+/// small pieces goes out in one write; larger data is written from where it
+/// is.
+pub const COPY_MAX: usize = 4096;
+/// Body data that is ready is gathered up to this much before a write.
+pub const GATHER_MAX: usize = 64 * 1024;
+
+/// Queues body `data` for the next write, as a chunk if `chunked`. Small
+/// data is copied onto `out`, which whoever gathers queues when it stops,
+/// unless nothing is gathered or queued yet: then, like large data, it is
+/// queued where it is, so a lone piece costs no copy. Takes up to two of
+/// `queue`'s buffers.
+pub fn put_data(out: &mut BytesMut, queue: &mut WriteQueue, data: Bytes, chunked: bool) {
+    if chunked {
+        put_chunk_size(out, data.len());
+    }
+    if data.len() <= COPY_MAX && !(out.is_empty() && queue.is_empty()) {
+        out.extend_from_slice(&data);
+    } else {
+        if !out.is_empty() {
+            queue.push(out.split().freeze());
+        }
+        queue.push(data);
+    }
+    if chunked {
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
 /// `name: value` CRLF.
 pub fn put_header(buf: &mut BytesMut, name: &[u8], value: &[u8]) {
     buf.put_slice(name);
@@ -165,7 +196,9 @@ pub fn put_last_chunk(buf: &mut BytesMut, trailers: Option<&http::HeaderMap>) {
 /// Whether a field may travel in a trailer section (RFC 9110 §6.5.1): not
 /// the ones that frame or route the message, control the connection,
 /// authenticate, or say how to process the content, which a recipient
-/// would have needed before the body. Others are dropped where trailers are
+/// would have needed before the body; nor the ones the proxy owns
+/// (X-Forwarded-For, X-Request-Id, ...: see `proxy::headers`), whose
+/// copies in the head it replaces. Others are dropped where trailers are
 /// read and where they are written, so none reaches a peer that might merge
 /// it into the head.
 pub fn trailer_allowed(name: &http::HeaderName) -> bool {
@@ -192,13 +225,43 @@ pub fn trailer_allowed(name: &http::HeaderName) -> bool {
             | UPGRADE
             | WWW_AUTHENTICATE
     ) && name.as_str() != "keep-alive"
+        && !crate::proxy::proxy_owned(name)
 }
 
-/// The line that starts a chunk of `len` bytes, on its own.
-pub fn chunk_size_line(len: usize) -> Bytes {
-    let mut line = BytesMut::with_capacity(18);
-    put_chunk_size(&mut line, len);
-    line.freeze()
+/// Drops from `trailers` what [`trailer_allowed`] refuses, for trailers
+/// that did not come through the chunked decoder (an HTTP/2 client's). A
+/// map with nothing to drop, the usual case, is left as it is.
+pub fn retain_allowed_trailers(trailers: &mut http::HeaderMap) {
+    if trailers.keys().all(trailer_allowed) {
+        return;
+    }
+    let mut name = None;
+    for (next, value) in std::mem::take(trailers) {
+        if next.is_some() {
+            name = next;
+        }
+        let name = name
+            .as_ref()
+            .expect("a map's first value comes with its name");
+        if trailer_allowed(name) {
+            trailers.append(name.clone(), value);
+        }
+    }
+}
+
+/// Whether every line of `section` (a head or a trailer section as
+/// httparse read it, up to and including its blank line) ends with CRLF;
+/// `fields` are the offsets where its field lines start. httparse also
+/// takes a bare LF for a line end (RFC 9112 §2.2 lets a recipient do so),
+/// but xgate does not: a peer in front of it that reads LF otherwise would
+/// see other fields, or another end of the message. Each field line starts
+/// where the line before it ended, so the two bytes before each field and
+/// the blank line at the end are all there is to check.
+pub fn lines_end_in_crlf(section: &[u8], fields: impl IntoIterator<Item = usize>) -> bool {
+    (section == b"\r\n" || section.ends_with(b"\r\n\r\n"))
+        && fields
+            .into_iter()
+            .all(|at| at == 0 || section[..at].ends_with(b"\r\n"))
 }
 
 /// The elements of a comma-separated field value (RFC 9110 §5.6.1),
@@ -227,7 +290,9 @@ mod tests {
     #[test]
     fn chunk_size_lines_are_lowercase_hex() {
         for (len, line) in [(0, "0"), (1, "1"), (15, "f"), (16, "10"), (65536, "10000")] {
-            assert_eq!(chunk_size_line(len), format!("{line}\r\n"));
+            let mut buf = BytesMut::new();
+            put_chunk_size(&mut buf, len);
+            assert_eq!(buf, format!("{line}\r\n"));
         }
         assert_eq!(itoa(0, &mut [0; 20]), b"0");
         assert_eq!(
@@ -244,6 +309,16 @@ mod tests {
         trailers.insert(http::header::CONNECTION, "close".parse().unwrap());
         trailers.insert("keep-alive", "timeout=1".parse().unwrap());
         trailers.insert(http::header::SET_COOKIE, "a=b".parse().unwrap());
+        for owned in [
+            "x-forwarded-for",
+            "x-forwarded-proto",
+            "x-forwarded-host",
+            "forwarded",
+            "x-request-id",
+            "x-real-ip",
+        ] {
+            trailers.insert(owned, "6.6.6.6".parse().unwrap());
+        }
         let mut buf = BytesMut::new();
         put_last_chunk(&mut buf, Some(&trailers));
         assert_eq!(&buf[..], b"0\r\nx-digest: abc\r\n\r\n");

@@ -28,6 +28,9 @@ pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-p
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const FORWARDED: HeaderName = header::FORWARDED;
+/// Not set by xgate, but read by many upstreams as the client's address
+/// (nginx's realip module, for one), so it is the proxy's to say too.
+pub const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 /// Removes hop-by-hop headers from a request on its way to a target,
 /// except that `TE: trailers` goes on when the client sent it (as Envoy
@@ -280,6 +283,14 @@ static FIELD_NAMES: [HeaderName; 5] = [
     FORWARDED,
     X_REQUEST_ID,
 ];
+/// Whether `name` says who the client is or which request this is: the
+/// fields the proxy sets (a client's own copies are replaced), and
+/// X-Real-IP. Such a field is never taken from a trailer section, which
+/// would carry it past the head's replaced copies.
+pub fn proxy_owned(name: &HeaderName) -> bool {
+    FIELD_NAMES.contains(name) || *name == X_REAL_IP
+}
+
 const XFF: usize = 0;
 const XFP: usize = 1;
 const XFH: usize = 2;

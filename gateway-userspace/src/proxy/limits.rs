@@ -15,9 +15,10 @@ use super::{Body, BoxError, Rejection};
 
 /// Refuses framing that two parsers could read differently. The HTTP/1.1
 /// server already refuses malformed Content-Length values, obs-fold,
-/// invalid header names and values, bare CR, and a Transfer-Encoding that
-/// does not end in `chunked`, and reads no body for what is refused here
-/// (HTTP/2 frames bodies itself; its Content-Length must still be single).
+/// invalid header names and values, bare CR or LF, and a Transfer-Encoding
+/// that does not end in `chunked`, and reads no body for what is refused
+/// here (HTTP/2 frames bodies itself; its Content-Length must still be
+/// single).
 pub fn check_framing(parts: &Parts) -> Result<(), Rejection> {
     let lengths = parts.headers.get_all(header::CONTENT_LENGTH).iter().count();
     if lengths > 1 {

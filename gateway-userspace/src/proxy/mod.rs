@@ -34,6 +34,7 @@ use hyper::body::Body as HttpBody;
 use ipnet::IpNet;
 
 use self::access_log::AccessLogger;
+pub(crate) use self::headers::proxy_owned;
 pub use self::headers::{ForwardFields, Forwarding};
 use self::router::Router;
 pub use self::{

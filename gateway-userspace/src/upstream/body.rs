@@ -17,7 +17,7 @@ use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
 
 use super::{client::ResponseBody, target::InFlight};
-use crate::proxy::BoxError;
+use crate::{http1::wire::retain_allowed_trailers, proxy::BoxError};
 
 /// The target sent nothing for `read_timeout` in the middle of a body.
 #[derive(Debug, thiserror::Error)]
@@ -93,8 +93,13 @@ where
             return Poll::Ready(None);
         };
         match Pin::new(inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
+            Poll::Ready(Some(Ok(mut frame))) => {
                 this.waiting_since = None;
+                // Every target's trailers reach the client through here, an
+                // HTTP/2 target's to an HTTP/2 client included.
+                if let Some(trailers) = frame.trailers_mut() {
+                    retain_allowed_trailers(trailers);
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(error))) => {
@@ -145,7 +150,7 @@ mod tests {
     use tokio::sync::mpsc;
 
     use super::*;
-    use crate::upstream::target::targets;
+    use crate::{proxy::test_body::Frames, upstream::target::targets};
 
     /// A body fed chunk by chunk from the test.
     #[derive(Debug)]
@@ -228,6 +233,25 @@ mod tests {
             body.frame().await.unwrap().unwrap().into_data().unwrap(),
             "b"
         );
+    }
+
+    #[tokio::test]
+    async fn trailers_lose_the_fields_a_trailer_section_may_not_carry() {
+        let target = &targets(&[1])[0];
+        let mut trailers = http::HeaderMap::new();
+        for (name, value) in [
+            ("x-request-id", "from-the-target"),
+            ("content-length", "9"),
+            ("x-checksum", "42"),
+        ] {
+            trailers.insert(name, value.parse().unwrap());
+        }
+        let frames = Frames::new([Bytes::from_static(b"hi")], Some(trailers));
+        let body = UpstreamBody::new(frames, target.start(), target.addr, TIMEOUT);
+        let collected = body.collect().await.unwrap();
+        let trailers = collected.trailers().expect("trailers");
+        assert_eq!(trailers.len(), 1, "{trailers:?}");
+        assert_eq!(trailers["x-checksum"], "42");
     }
 
     #[tokio::test]

@@ -22,7 +22,10 @@ use std::{
 use bytes::Bytes;
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 
-use crate::proxy::{Body, BoxError};
+use crate::{
+    http1::wire::retain_allowed_trailers,
+    proxy::{Body, BoxError},
+};
 
 /// The request body, owned by the dispatch loop.
 pub struct RequestBody {
@@ -183,6 +186,14 @@ impl HttpBody for AttemptBody {
                 self.state = State::Done;
                 Poll::Ready(None)
             }
+            // Every client's trailers reach a target through here, an
+            // HTTP/2 client's to an HTTP/2 target included.
+            Poll::Ready(Some(Ok(mut frame))) => {
+                if let Some(trailers) = frame.trailers_mut() {
+                    retain_allowed_trailers(trailers);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
             Poll::Ready(Some(Err(error))) => {
                 slot.lock().unwrap_or_else(|e| e.into_inner()).failure = Some(error);
                 self.state = State::Done;
@@ -214,6 +225,7 @@ mod tests {
     use http_body_util::{BodyExt, Empty, Full};
 
     use super::*;
+    use crate::proxy::test_body::Frames;
 
     fn body(bytes: &'static [u8]) -> Body {
         Full::new(Bytes::from_static(bytes))
@@ -240,6 +252,23 @@ mod tests {
         assert!(!second.is_unsent(), "sent");
         assert!(!request.can_replay());
         assert!(request.for_attempt().is_none(), "sent once: no replay");
+    }
+
+    #[tokio::test]
+    async fn trailers_lose_the_fields_a_trailer_section_may_not_carry() {
+        let mut trailers = http::HeaderMap::new();
+        for name in ["x-forwarded-for", "x-request-id", "content-length", "host"] {
+            trailers.append(name, "1".parse().unwrap());
+        }
+        trailers.append("x-checksum", "a".parse().unwrap());
+        trailers.append("x-checksum", "b".parse().unwrap());
+        let frames = Frames::new([Bytes::from_static(b"hello")], Some(trailers));
+        let request = RequestBody::new(frames.map_err(|never| match never {}).boxed());
+        let collected = request.for_attempt().unwrap().collect().await.unwrap();
+        let trailers = collected.trailers().expect("trailers").clone();
+        let checksums: Vec<_> = trailers.get_all("x-checksum").iter().collect();
+        assert_eq!(checksums, ["a", "b"]);
+        assert_eq!(trailers.len(), 2, "{trailers:?}");
     }
 
     #[tokio::test]

@@ -10,7 +10,7 @@ use http::{
     request, HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, Version,
 };
 
-use crate::http1::wire::{list_items, lists_token, parse_length};
+use crate::http1::wire::{lines_end_in_crlf, list_items, lists_token, parse_length};
 
 /// Header fields parsed on the stack; a listener allowing more parses into
 /// a vector.
@@ -239,9 +239,18 @@ fn scan<'b>(
         name: span(h.name.as_bytes()),
         value: span(h.value),
     }));
+    let method = span(req.method.expect("complete").as_bytes());
+    // Empty lines before the request line are skipped (RFC 9112 §2.2), but
+    // they too must end in CRLF.
+    let skipped = &buf[..method.0];
+    if !skipped.chunks(2).all(|line| line == b"\r\n")
+        || !lines_end_in_crlf(&buf[..len], fields.iter().map(|f| f.name.0))
+    {
+        return Err(HeadError::Malformed("line not ended by CRLF"));
+    }
     Ok(Some(Scanned {
         len,
-        method: span(req.method.expect("complete").as_bytes()),
+        method,
         path: span(req.path.expect("complete").as_bytes()),
         version: match req.version {
             Some(1) => Version::HTTP_11,
@@ -551,12 +560,21 @@ mod tests {
             "GET / HTTP/2.0\r\nHost: x\r\n\r\n",
             "G(T / HTTP/1.1\r\nHost: x\r\n\r\n",
             "GET  / HTTP/1.1\r\nHost: x\r\n\r\n",
+            // httparse takes a bare LF for a line end; xgate does not.
+            "GET / HTTP/1.1\nHost: x\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: x\n\r\n",
+            "GET / HTTP/1.1\r\nHost: x\r\n\n",
+            "GET / HTTP/1.1\n\n",
+            "\nGET / HTTP/1.1\r\nHost: x\r\n\r\n",
+            "\r\n\nGET / HTTP/1.1\r\nHost: x\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: x\r\nX-A: a\nContent-Length: 5\r\n\r\nhello",
         ] {
             assert!(
                 matches!(parse(bad), Err(HeadError::Malformed(_))),
                 "{bad:?}"
             );
         }
+        assert!(parse("\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n").is_ok());
     }
 
     #[test]

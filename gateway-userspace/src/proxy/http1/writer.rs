@@ -20,19 +20,12 @@ use super::{
     Error,
 };
 use crate::{
-    http1::wire::{put_chunk_size, put_last_chunk, WriteQueue},
+    http1::wire::{put_data, put_last_chunk, WriteQueue, GATHER_MAX},
     proxy::{
         conn_timer::{ConnDeadline, ConnTimer},
         Body,
     },
 };
-
-/// Body pieces up to this size are copied next to the head (or the chunk
-/// framing) and go out in the same write; larger ones are written from
-/// where they are.
-const COPY_MAX: usize = 4096;
-/// Frames that are ready are gathered up to this much before a write.
-const GATHER_MAX: usize = 64 * 1024;
 
 /// Writes what is queued, then flushes (TLS holds records until then).
 pub(super) fn flush<T: AsyncWrite + Unpin>(
@@ -195,27 +188,13 @@ impl BodyWriter {
         if data.is_empty() {
             return Ok(());
         }
-        match self.framing {
-            Framing::Length(_) => {
-                self.owed = self
-                    .owed
-                    .checked_sub(data.len() as u64)
-                    .ok_or(Error::ResponseLength)?;
-            }
-            Framing::Chunked => put_chunk_size(out, data.len()),
-            Framing::None | Framing::UntilClose => {}
+        if let Framing::Length(_) = self.framing {
+            self.owed = self
+                .owed
+                .checked_sub(data.len() as u64)
+                .ok_or(Error::ResponseLength)?;
         }
-        if data.len() <= COPY_MAX {
-            out.extend_from_slice(&data);
-        } else {
-            if !out.is_empty() {
-                self.queue.push(out.split().freeze());
-            }
-            self.queue.push(data);
-        }
-        if self.framing == Framing::Chunked {
-            out.extend_from_slice(b"\r\n");
-        }
+        put_data(out, &mut self.queue, data, self.framing == Framing::Chunked);
         Ok(())
     }
 

@@ -138,6 +138,9 @@ pub(super) fn parse_response(
         &mut slots,
     );
     let len = match parsed {
+        Ok(httparse::Status::Complete(len)) if len > MAX_HEAD_BYTES => {
+            return Err(Error::HeadTooLarge)
+        }
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD_BYTES => {
             return Err(Error::HeadTooLarge)
@@ -191,7 +194,11 @@ pub(super) fn parse_response(
         }
         headers.append(name, value);
     }
-    let keep_alive = keeps_alive(version, &headers, seen.connection);
+    // Content-Length with Transfer-Encoding: a smuggling shape (RFC 9112
+    // §6.3). Chunked wins, and the connection is not trusted with
+    // another request.
+    let both = seen.transfer_encoding && seen.length.is_some();
+    let keep_alive = keeps_alive(version, &headers, seen.connection) && !both;
     let framing = response_framing(method, status, &mut headers, seen)?;
     Ok(Some(ResponseHead {
         status,
@@ -209,17 +216,28 @@ struct Seen {
     transfer_encoding: bool,
     /// `Some(Ok(n))`: every Content-Length value said `n`.
     length: Option<Result<u64, ()>>,
+    /// Content-Length values, in one field or several (`5, 5`).
+    lengths: u32,
 }
 
 impl Seen {
     fn content_length(&mut self, value: &[u8]) {
         for item in value.split(|&b| b == b',') {
+            self.lengths += 1;
             let n = parse_length(item.trim_ascii()).ok_or(());
             self.length = match (self.length, n) {
                 (None, n) => Some(n),
                 (Some(Ok(seen)), Ok(n)) if seen == n => Some(Ok(n)),
                 _ => Some(Err(())),
             };
+        }
+    }
+
+    /// The response goes on with exactly one Content-Length, `n`: equal
+    /// values repeated (`5, 5`, or two fields) become one.
+    fn one_length(&self, headers: &mut HeaderMap, n: u64) {
+        if self.lengths > 1 {
+            headers.insert(CONTENT_LENGTH, HeaderValue::from(n));
         }
     }
 }
@@ -244,18 +262,30 @@ fn keeps_alive(version: Version, headers: &HeaderMap, has_connection: bool) -> b
 
 /// RFC 9112 §6.3, in order. With Transfer-Encoding any Content-Length is
 /// dropped (it would contradict the framing the client gets); differing
-/// Content-Length values are an error, never a guess.
+/// Content-Length values are an error, never a guess; equal ones go on as
+/// one. A 1xx or 204 loses its Content-Length (RFC 9110 §8.6 forbids one);
+/// a HEAD answer's or a 304's says what a 200 would have had, and goes on
+/// when it is valid.
 fn response_framing(
     method: &Method,
     status: StatusCode,
     headers: &mut HeaderMap,
     seen: Seen,
 ) -> Result<ResponseFraming, Error> {
-    if *method == Method::HEAD
-        || status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED
-    {
+    if status.is_informational() || status == StatusCode::NO_CONTENT {
+        if seen.length.is_some() {
+            headers.remove(CONTENT_LENGTH);
+        }
+        return Ok(ResponseFraming::Empty);
+    }
+    if *method == Method::HEAD || status == StatusCode::NOT_MODIFIED {
+        match seen.length {
+            Some(Ok(n)) => seen.one_length(headers, n),
+            Some(Err(())) => {
+                headers.remove(CONTENT_LENGTH);
+            }
+            None => {}
+        }
         return Ok(ResponseFraming::Empty);
     }
     if seen.transfer_encoding {
@@ -275,7 +305,10 @@ fn response_framing(
         });
     }
     match seen.length {
-        Some(Ok(n)) => Ok(ResponseFraming::Length(n)),
+        Some(Ok(n)) => {
+            seen.one_length(headers, n);
+            Ok(ResponseFraming::Length(n))
+        }
         Some(Err(())) => Err(Error::BadContentLength),
         None => Ok(ResponseFraming::UntilClose),
     }
@@ -405,6 +438,19 @@ mod tests {
     }
 
     #[test]
+    fn a_complete_head_over_the_limit_is_refused() {
+        let mut head = "HTTP/1.1 200 OK\r\n".to_string();
+        while head.len() <= MAX_HEAD_BYTES {
+            head.push_str(&format!("x-a: {}\r\n", "a".repeat(8000)));
+        }
+        head.push_str("content-length: 0\r\n\r\n");
+        assert!(matches!(
+            parse(&head, &Method::GET),
+            Err(Error::HeadTooLarge)
+        ));
+    }
+
+    #[test]
     fn an_incomplete_head_waits_and_an_endless_one_is_refused() {
         assert!(parse("HTTP/1.1 200 OK\r\nx-a: 1\r\n", &Method::GET)
             .unwrap()
@@ -486,6 +532,78 @@ mod tests {
                 matches!(parse(&raw, &Method::GET), Err(Error::BadContentLength)),
                 "{bad:?}"
             );
+        }
+    }
+
+    /// The client gets one Content-Length or none, whatever the target sent.
+    #[test]
+    fn content_length_is_passed_on_once_and_never_on_a_204_or_1xx() {
+        let lengths = |raw: &str, method: &Method| {
+            let head = parse(raw, method).unwrap().unwrap();
+            let values: Vec<String> = head
+                .headers
+                .get_all(CONTENT_LENGTH)
+                .iter()
+                .map(|v| v.to_str().unwrap().to_string())
+                .collect();
+            (head.framing, values)
+        };
+        for repeated in [
+            "content-length: 5, 5\r\n",
+            "content-length: 5\r\ncontent-length: 5\r\n",
+            "content-length: 5,5\r\ncontent-length: 5\r\n",
+        ] {
+            let raw = format!("HTTP/1.1 200 OK\r\n{repeated}\r\nhello");
+            assert_eq!(
+                lengths(&raw, &Method::GET),
+                (ResponseFraming::Length(5), vec!["5".to_string()]),
+                "{repeated:?}"
+            );
+            let raw = format!("HTTP/1.1 304 Not Modified\r\n{repeated}\r\n");
+            assert_eq!(
+                lengths(&raw, &Method::GET),
+                (ResponseFraming::Empty, vec!["5".to_string()]),
+                "304: what a 200 would have had, once: {repeated:?}"
+            );
+            let raw = format!("HTTP/1.1 200 OK\r\n{repeated}\r\n");
+            assert_eq!(
+                lengths(&raw, &Method::HEAD),
+                (ResponseFraming::Empty, vec!["5".to_string()]),
+                "HEAD: {repeated:?}"
+            );
+        }
+        for status in [
+            "204 No Content",
+            "101 Switching Protocols",
+            "103 Early Hints",
+        ] {
+            let raw = format!("HTTP/1.1 {status}\r\ncontent-length: 7\r\nx-a: 1\r\n\r\n");
+            assert_eq!(
+                lengths(&raw, &Method::GET),
+                (ResponseFraming::Empty, vec![]),
+                "{status}"
+            );
+        }
+        // A bodiless answer's length is not framing: a wrong one is dropped,
+        // not passed on and not an error.
+        let raw = "HTTP/1.1 200 OK\r\ncontent-length: 3, 4\r\n\r\n";
+        assert_eq!(
+            lengths(raw, &Method::HEAD),
+            (ResponseFraming::Empty, vec![])
+        );
+    }
+
+    /// RFC 9112 §6.3: a response with both is a smuggling shape; whatever
+    /// it meant, the connection is not trusted with another request.
+    #[test]
+    fn a_response_with_length_and_chunked_ends_its_connection() {
+        for raw in [
+            "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 5\r\n\r\n",
+        ] {
+            let head = parse(raw, &Method::GET).unwrap().unwrap();
+            assert_eq!(head.framing, ResponseFraming::Chunked);
+            assert!(!head.keep_alive, "{raw:?}");
         }
     }
 

@@ -13,11 +13,11 @@ use std::{
 
 use bytes::{Bytes, BytesMut};
 use hyper::body::Body as HttpBody;
-use tokio::net::TcpStream;
+use tokio::{io::AsyncWrite, net::TcpStream};
 
 use super::{codec::RequestFraming, Error};
 use crate::{
-    http1::wire::{chunk_size_line, put_last_chunk, ReadSize, WriteQueue},
+    http1::wire::{put_data, put_last_chunk, ReadSize, WriteQueue, GATHER_MAX},
     upstream::replay::AttemptBody,
 };
 
@@ -70,6 +70,9 @@ impl Conn {
 /// `framing` says.
 pub(super) struct Sending {
     queue: WriteQueue,
+    /// Chunk framing and small pieces of the body, gathered for the next
+    /// write.
+    out: BytesMut,
     body: AttemptBody,
     framing: RequestFraming,
     /// Under `Content-Length`: bytes still owed.
@@ -83,6 +86,7 @@ impl Sending {
         queue.push(head);
         Self {
             queue,
+            out: BytesMut::new(),
             body,
             owed: match framing {
                 RequestFraming::Length(n) => n,
@@ -106,28 +110,51 @@ impl Sending {
 
     /// Writes what is queued and pulls more from the body, until all of the
     /// request is written (`Ready(Ok)`), the socket is full or the client has
-    /// nothing more yet (`Pending`), or either side fails.
-    pub fn poll(&mut self, io: &mut TcpStream, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+    /// nothing more yet (`Pending`), or either side fails. The head goes out
+    /// before the body is first polled (a stale pooled connection fails
+    /// while the body can still go on another); after it, whatever the body
+    /// has ready is gathered into one write (a client's run of tiny chunks,
+    /// say), and nothing waits for more.
+    pub fn poll<W: AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut W,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), Error>> {
         loop {
             ready!(self.queue.poll_flush(io, cx)).map_err(Error::Write)?;
             if self.body_done {
                 return Poll::Ready(Ok(()));
             }
-            let frame = match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
-                Some(Ok(frame)) => frame,
-                Some(Err(error)) => return Poll::Ready(Err(Error::RequestBody(error))),
-                None => {
-                    self.finish(None)?;
-                    continue;
-                }
-            };
-            match frame.into_data() {
-                Ok(data) => self.push_data(data)?,
-                Err(frame) => {
-                    if let Ok(trailers) = frame.into_trailers() {
-                        self.finish(Some(trailers))?;
+            let mut waiting = false;
+            while !self.body_done && self.queue.has_room(3) && self.out.len() < GATHER_MAX {
+                let frame = match Pin::new(&mut self.body).poll_frame(cx) {
+                    Poll::Pending => {
+                        waiting = true;
+                        break;
+                    }
+                    Poll::Ready(Some(Ok(frame))) => frame,
+                    Poll::Ready(Some(Err(error))) => {
+                        return Poll::Ready(Err(Error::RequestBody(error)))
+                    }
+                    Poll::Ready(None) => {
+                        self.finish(None)?;
+                        continue;
+                    }
+                };
+                match frame.into_data() {
+                    Ok(data) => self.push_data(data)?,
+                    Err(frame) => {
+                        if let Ok(trailers) = frame.into_trailers() {
+                            self.finish(Some(trailers))?;
+                        }
                     }
                 }
+            }
+            if !self.out.is_empty() {
+                self.queue.push(self.out.split().freeze());
+            }
+            if waiting && self.queue.is_empty() {
+                return Poll::Pending;
             }
         }
     }
@@ -142,15 +169,12 @@ impl Sending {
                     .owed
                     .checked_sub(data.len() as u64)
                     .ok_or(Error::BodyLength)?;
-                self.queue.push(data);
             }
-            RequestFraming::Chunked => {
-                self.queue.push(chunk_size_line(data.len()));
-                self.queue.push(data);
-                self.queue.push(Bytes::from_static(b"\r\n"));
-            }
+            RequestFraming::Chunked => {}
             RequestFraming::Empty => return Err(Error::BodyLength),
         }
+        let chunked = self.framing == RequestFraming::Chunked;
+        put_data(&mut self.out, &mut self.queue, data, chunked);
         Ok(())
     }
 
@@ -159,9 +183,7 @@ impl Sending {
         match self.framing {
             RequestFraming::Length(_) if self.owed != 0 => Err(Error::BodyLength),
             RequestFraming::Chunked => {
-                let mut end = BytesMut::new();
-                put_last_chunk(&mut end, trailers.as_ref());
-                self.queue.push(end.freeze());
+                put_last_chunk(&mut self.out, trailers.as_ref());
                 Ok(())
             }
             _ => Ok(()),

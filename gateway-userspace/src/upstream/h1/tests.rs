@@ -317,6 +317,30 @@ async fn misframed_responses_are_errors_and_the_connection_is_not_reused() {
     );
 }
 
+/// Content-Length with chunked: the body is read as chunked, and the
+/// connection is closed after it, not pooled.
+#[tokio::test]
+async fn a_response_with_length_and_chunked_is_not_followed_on_its_connection() {
+    let (addr, accepted) = target(Arc::new(|_, _: &str| {
+        Reply::Send(
+            "HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n\
+             5\r\nhello\r\n0\r\n\r\n",
+        )
+    }))
+    .await;
+    let pool = pool();
+    for round in 1..=2 {
+        let response = answered(&pool, addr, request("GET", body(b""))).await;
+        assert!(!response.headers().contains_key("content-length"));
+        assert_eq!(collect(response).await.0, "hello");
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            round,
+            "a new connection each time"
+        );
+    }
+}
+
 /// A request body fed chunk by chunk (or an error) from the test.
 struct Fed(mpsc::Receiver<Result<Bytes, BoxError>>);
 
@@ -505,4 +529,120 @@ async fn a_large_chunked_upload_survives_partial_writes() {
             "chunk {i} arrived altered"
         );
     }
+}
+
+/// A socket that takes every byte at once and counts the writes.
+#[derive(Default)]
+struct Counted {
+    written: Vec<u8>,
+    writes: usize,
+}
+
+impl tokio::io::AsyncWrite for Counted {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.writes += 1;
+        self.written.extend_from_slice(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        self.writes += 1;
+        let mut n = 0;
+        for buf in bufs {
+            self.written.extend_from_slice(buf);
+            n += buf.len();
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Sends a body of `pieces` (all ready at once) framed as `framing` after a
+/// head, on a socket that counts writes; returns the bytes and the count.
+async fn sent(
+    pieces: &[Bytes],
+    trailers: Option<http::HeaderMap>,
+    framing: RequestFraming,
+) -> (Vec<u8>, usize) {
+    let frames = crate::proxy::test_body::Frames::new(pieces.iter().cloned(), trailers);
+    let body = RequestBody::new(frames.map_err(|never| match never {}).boxed());
+    let head = Bytes::from_static(b"POST / HTTP/1.1\r\n\r\n");
+    let mut sending = conn::Sending::new(head, body.for_attempt().unwrap(), framing);
+    let mut socket = Counted::default();
+    std::future::poll_fn(|cx| sending.poll(&mut socket, cx))
+        .await
+        .unwrap();
+    let body = socket.written.split_off(b"POST / HTTP/1.1\r\n\r\n".len());
+    (body, socket.writes)
+}
+
+/// A chunked body as the target reads it: its data and trailers.
+fn dechunk(wire: &[u8]) -> (Vec<u8>, Option<http::HeaderMap>) {
+    use crate::http1::chunked::{ChunkedDecoder, Decoded};
+    let mut decoder = ChunkedDecoder::default();
+    let mut buf = bytes::BytesMut::from(wire);
+    let (mut data, mut trailers) = (Vec::new(), None);
+    loop {
+        match decoder.decode(&mut buf).unwrap() {
+            Decoded::Data(piece) => data.extend_from_slice(&piece),
+            Decoded::Trailers(map) => trailers = Some(map),
+            Decoded::Done => break,
+            Decoded::NeedMore => panic!("the body ended early"),
+        }
+    }
+    assert!(buf.is_empty(), "nothing after the body");
+    (data, trailers)
+}
+
+/// A client's run of tiny chunks goes on in one write once it is all in
+/// (after the head's own write), not one write per chunk; nothing is lost
+/// or reordered, however small and large pieces mix.
+#[tokio::test]
+async fn pieces_that_are_ready_go_out_together_and_intact() {
+    let tiny: Vec<Bytes> = (0..1000u32)
+        .map(|i| Bytes::from(vec![b'a' + (i % 26) as u8]))
+        .collect();
+    let expected: Vec<u8> = tiny.iter().flat_map(|b| b.to_vec()).collect();
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("x-sum", http::HeaderValue::from_static("1000"));
+
+    let (wire, writes) = sent(&tiny, Some(trailers.clone()), RequestFraming::Chunked).await;
+    assert_eq!(writes, 2, "the head, then every chunk at once");
+    assert_eq!(dechunk(&wire), (expected.clone(), Some(trailers)));
+
+    let (wire, writes) = sent(&tiny, None, RequestFraming::Length(1000)).await;
+    assert_eq!(writes, 2, "the head, then every piece at once");
+    assert_eq!(wire, expected);
+
+    // Small pieces around large ones (written from where they are).
+    let mixed: Vec<Bytes> = [1, 5000, 2, 3, 70_000, 4, 4096, 4097, 1]
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| Bytes::from(vec![b'a' + i as u8; n]))
+        .collect();
+    let expected: Vec<u8> = mixed.iter().flat_map(|b| b.to_vec()).collect();
+    let total = expected.len() as u64;
+    let (wire, _) = sent(&mixed, None, RequestFraming::Length(total)).await;
+    assert_eq!(wire, expected);
+    let (wire, _) = sent(&mixed, None, RequestFraming::Chunked).await;
+    assert_eq!(dechunk(&wire), (expected, None));
 }
