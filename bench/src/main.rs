@@ -260,7 +260,8 @@ fn pgo_train(args: &[String]) -> Result<()> {
              it trains the binary in $XGATE_BENCH_XGATE"
         );
     }
-    proxy::train(PGO_TRAIN_SECONDS)
+    proxy::train(PGO_TRAIN_SECONDS)?;
+    policies::train(PGO_TRAIN_SECONDS)
 }
 
 fn real_main(args: &[String]) -> Result<()> {

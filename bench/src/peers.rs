@@ -75,6 +75,10 @@ pub const HAPROXY_POLICIES: Template = Template {
     file: "haproxy-policies.cfg",
     text: include_str!("../peers/haproxy-policies.cfg"),
 };
+pub const XGATE_POLICIES: Template = Template {
+    file: "xgate-policies.yaml",
+    text: include_str!("../peers/xgate-policies.yaml"),
+};
 pub const ENVOY_POLICIES: Template = Template {
     file: "envoy-policies.yaml",
     text: include_str!("../peers/envoy-policies.yaml"),

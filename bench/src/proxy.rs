@@ -256,7 +256,7 @@ fn ticks_to_seconds(ticks: u64) -> f64 {
 
 /// One timed load run on `case`, with the server's CPU time and peak RSS
 /// taken around it, the result checked (all 2xx, full bodies, no errors).
-fn measure(fleet: &mut Fleet, tools: &Tools, case: &Case, seconds: u64) -> Result<Sample> {
+pub fn measure(fleet: &mut Fleet, tools: &Tools, case: &Case, seconds: u64) -> Result<Sample> {
     sys::check_interrupted()?;
     fleet.upstream.check_running()?;
     let server = match case.server {
