@@ -7,10 +7,12 @@
 //!   list is checked on every accepted connection), requests/s of a client
 //!   not on the list, with keep-alive and with a new connection per request
 //!   (`Connection: close`, where the check runs every time); RSS;
+//! - consumers: key-auth with 10 against 100,000 consumers (one API key
+//!   each), the request carrying one of them (HTTP/1.1 keep-alive);
 //! - deny CIDRs in XDP: the same two lists in the XDP program's lists,
 //!   ns/packet with BPF_PROG_TEST_RUN for a passing source and a denied one.
 //!
-//! The four xgate instances run side by side in a network namespace made
+//! The six xgate instances run side by side in a network namespace made
 //! for the run (its own loopback), pinned to the last CPU with the upstream;
 //! wrk runs on CPU 0. In every HTTP round the two cases of each pair run
 //! back to back (their order alternating, the pairs' order rotating); the
@@ -53,6 +55,10 @@ const TARGET: f64 = 0.10;
 
 const SMALL_ROUTES: usize = 10;
 const LARGE_ROUTES: usize = 10_000;
+const SMALL_CONSUMERS: usize = 10;
+const LARGE_CONSUMERS: usize = 100_000;
+/// The consumer whose key every consumers-case request carries.
+const KEY_CONSUMER: usize = 7;
 const SMALL_DENY: usize = 10;
 const LARGE_DENY: usize = 100_000;
 /// The route every routes-case request matches (`/svc7`, stripped).
@@ -81,14 +87,18 @@ enum Instance {
     RoutesLarge,
     DenySmall,
     DenyLarge,
+    KeysSmall,
+    KeysLarge,
 }
 
 impl Instance {
-    const ALL: [Instance; 4] = [
+    const ALL: [Instance; 6] = [
         Instance::RoutesSmall,
         Instance::RoutesLarge,
         Instance::DenySmall,
         Instance::DenyLarge,
+        Instance::KeysSmall,
+        Instance::KeysLarge,
     ];
 
     fn id(self) -> &'static str {
@@ -97,6 +107,8 @@ impl Instance {
             Instance::RoutesLarge => "routes-10000",
             Instance::DenySmall => "deny-10",
             Instance::DenyLarge => "deny-100000",
+            Instance::KeysSmall => "consumers-10",
+            Instance::KeysLarge => "consumers-100000",
         }
     }
 
@@ -116,6 +128,14 @@ impl Instance {
             Instance::RoutesSmall => SMALL_ROUTES,
             Instance::RoutesLarge => LARGE_ROUTES,
             _ => 1,
+        }
+    }
+
+    fn consumers(self) -> usize {
+        match self {
+            Instance::KeysSmall => SMALL_CONSUMERS,
+            Instance::KeysLarge => LARGE_CONSUMERS,
+            _ => 0,
         }
     }
 
@@ -172,7 +192,34 @@ const PAIRS: &[(Instance, Instance, Conn, &str)] = &[
         Conn::Close,
         "L7 deny list: 10 vs 100,000 CIDRs, new connection per request",
     ),
+    (
+        Instance::KeysSmall,
+        Instance::KeysLarge,
+        Conn::KeepAlive,
+        "key-auth: 10 vs 100,000 consumers",
+    ),
 ];
+
+/// Consumer `i`'s API key.
+fn api_key(i: usize) -> String {
+    format!("bench-key-{i:08}")
+}
+
+/// `consumers:` with one key each, as a YAML flow list.
+fn consumers_yaml(instance: Instance) -> String {
+    let mut out = String::from(" [");
+    for i in 0..instance.consumers() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        out.push_str(&format!(
+            "{{username: c{i}, keys: [{{key: {}}}]}}",
+            api_key(i)
+        ));
+    }
+    out.push(']');
+    out
+}
 
 struct Running {
     instance: Instance,
@@ -191,6 +238,13 @@ fn deny_list(count: usize) -> Result<Vec<IpNet>> {
 
 fn routes_yaml(instance: Instance) -> String {
     let mut out = String::new();
+    if instance.consumers() > 0 {
+        out.push_str(
+            "  - name: all\n    match: { path_prefix: / }\n    upstream: bench\n    \
+             policies: [{ type: key-auth, key_names: [x-api-key] }]\n",
+        );
+        return out;
+    }
     if instance.routes() == 1 {
         out.push_str("  - name: all\n    match: { path_prefix: / }\n    upstream: bench\n");
         return out;
@@ -236,6 +290,7 @@ fn start_instance(
             ("UPSTREAM", UPSTREAM.into()),
             ("DENY", deny_yaml(&deny)),
             ("ROUTES", routes_yaml(instance)),
+            ("CONSUMERS", consumers_yaml(instance)),
         ],
         false,
     )?;
@@ -489,6 +544,8 @@ pub fn run(settings: &Settings) -> Result<Report> {
         (Instance::DenyLarge, Conn::KeepAlive),
         (Instance::DenySmall, Conn::Close),
         (Instance::DenyLarge, Conn::Close),
+        (Instance::KeysSmall, Conn::KeepAlive),
+        (Instance::KeysLarge, Conn::KeepAlive),
     ]
     .into_iter()
     .map(|(instance, conn)| HttpCase {
@@ -502,10 +559,13 @@ pub fn run(settings: &Settings) -> Result<Report> {
 
     let load = |instance: Instance, conn: Conn, seconds: u64| -> Result<crate::load::LoadResult> {
         let url = format!("http://127.0.0.1:{}{}", instance.port(), instance.path());
-        let headers: Vec<String> = match conn {
+        let mut headers: Vec<String> = match conn {
             Conn::KeepAlive => Vec::new(),
             Conn::Close => vec!["Connection: close".into()],
         };
+        if instance.consumers() > 0 {
+            headers.push(format!("x-api-key: {}", api_key(KEY_CONSUMER)));
+        }
         let shape = Shape {
             threads: WRK_THREADS,
             connections: WRK_CONNECTIONS,
@@ -897,7 +957,7 @@ fn build_report(cases: &[HttpCase], xdp: &[XdpCase], memory: &[Value], info: &In
     }
     md.push_str(&format!(
         "\n### Setup\n\n\
-         - Four xgate instances (bench/peers/xgate-scale.yaml) side by side in a network \
+         - Six xgate instances (bench/peers/xgate-scale.yaml) side by side in a network \
          namespace made for the run (its own loopback; removed after it), each on its own port, \
          in front of the bench upstream (`xgate-bench serve-upstream`, 64-byte body). Routes: \
          `/svc0` ... `/svc9` or `/svc9999` as `path_prefix` routes with `strip_prefix`, the \
@@ -905,7 +965,9 @@ fn build_report(cases: &[HttpCase], xdp: &[XdpCase], memory: &[Value], info: &In
          8 characters). Deny lists: one route `/`, 10 or 100,000 IPv4 CIDRs in `xdp.deny` \
          (prefix lengths: {} / {}), no `xdp.interfaces`, so xgate checks them at accept(); the \
          client (127.0.0.1) is on no list. With `Connection: close` every request is a new \
-         connection and pays the check.\n\
+         connection and pays the check. Consumers: one route `/` with a key-auth policy \
+         (`x-api-key`), 10 or 100,000 consumers with one API key each, the request carrying \
+         consumer 7's key.\n\
          - RSS: VmRSS after start-up, and VmHWM (reset after the warm-up) over the rounds.\n\
          - {}\n\
          - XDP: `xgate_xdp` loaded twice from the workspace's object with private maps, the \
@@ -958,10 +1020,29 @@ mod tests {
                 ("UPSTREAM", UPSTREAM.into()),
                 ("DENY", deny_yaml(&list)),
                 ("ROUTES", routes),
+                ("CONSUMERS", consumers_yaml(Instance::KeysSmall)),
             ],
             false,
         )
         .unwrap();
         assert!(text.contains("  deny:\n    - 203.0.113.0/24\n"), "{text}");
+        // The consumers' config is one that xgate accepts.
+        let keys = peers::render(
+            TEMPLATE.text,
+            &[
+                ("PORT", "1".into()),
+                ("DIR", "/d".into()),
+                ("UPSTREAM", UPSTREAM.into()),
+                ("DENY", deny_yaml(&[])),
+                ("ROUTES", routes_yaml(Instance::KeysSmall)),
+                ("CONSUMERS", consumers_yaml(Instance::KeysSmall)),
+            ],
+            false,
+        )
+        .unwrap();
+        let config = gateway_userspace::config::Config::from_yaml(&keys, "scale")
+            .unwrap_or_else(|e| panic!("{e}\n{keys}"));
+        assert_eq!(config.consumers.len(), SMALL_CONSUMERS);
+        assert!(config.routes[0].policies.is_some());
     }
 }
