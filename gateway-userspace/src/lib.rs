@@ -1,6 +1,7 @@
 //! xgate userspace: the daemon (`xgate run`), its admin API, and the CLI.
 //!
-//! Layout: `config` (file → validated model), `proxy` (listeners, the
+//! Layout: `config` (file → validated model), `exchange` (the request
+//! types both ends share), `proxy` (listeners, the
 //! HTTP/1.1 server, router, forwarding), `upstream` (targets, balancing,
 //! pooled client), `http1` (HTTP/1.1 on the wire, shared by the server and
 //! the upstream client), `lists`
@@ -15,6 +16,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod duration;
+pub mod exchange;
 pub mod http1;
 pub mod lists;
 pub mod policy;
@@ -22,4 +24,5 @@ pub mod proxy;
 pub mod sys;
 pub mod telemetry;
 pub mod upstream;
+pub mod workers;
 pub mod xdp;

@@ -197,7 +197,7 @@ pub fn put_last_chunk(buf: &mut BytesMut, trailers: Option<&http::HeaderMap>) {
 /// the ones that frame or route the message, control the connection,
 /// authenticate, or say how to process the content, which a recipient
 /// would have needed before the body; nor the ones the proxy owns
-/// (X-Forwarded-For, X-Request-Id, ...: see `proxy::headers`), whose
+/// (X-Forwarded-For, X-Request-Id, ...: see `exchange::headers`), whose
 /// copies in the head it replaces. Others are dropped where trailers are
 /// read and where they are written, so none reaches a peer that might merge
 /// it into the head.
@@ -225,7 +225,7 @@ pub fn trailer_allowed(name: &http::HeaderName) -> bool {
             | UPGRADE
             | WWW_AUTHENTICATE
     ) && name.as_str() != "keep-alive"
-        && !crate::proxy::proxy_owned(name)
+        && !crate::exchange::proxy_owned(name)
 }
 
 /// Drops from `trailers` what [`trailer_allowed`] refuses, for trailers

@@ -24,7 +24,7 @@ use prometheus_client::metrics::counter::Counter;
 pub use self::consumers::{strip_identity_headers, Consumer, Consumers, Identity};
 use crate::{
     config::{self, AuthMode},
-    proxy::Rejection,
+    exchange::Rejection,
     telemetry::Metrics,
 };
 

@@ -3,45 +3,39 @@
 
 mod access_log;
 mod conn_io;
-mod conn_timer;
-mod context;
 mod drain;
 mod forward;
-mod headers;
 pub mod http1;
 mod limits;
 mod normalize;
 mod proxy_protocol;
-mod rejection;
 mod router;
 pub mod server;
-#[cfg(test)]
-pub(crate) mod test_body;
 pub mod tls;
 mod upgrade;
-pub mod workers;
 
 use std::{
     collections::HashMap,
-    net::SocketAddr,
     sync::{Arc, RwLock},
 };
 
 use bytes::Bytes;
 use http::{Request, Response};
-use http_body_util::combinators::BoxBody;
 use hyper::body::Body as HttpBody;
 use ipnet::IpNet;
 
 use self::access_log::AccessLogger;
-pub(crate) use self::headers::proxy_owned;
-pub use self::headers::{ForwardFields, Forwarding};
 use self::router::Router;
-pub use self::{
-    conn_timer::{within, ConnTimer},
-    context::RequestContext,
-    rejection::{json_response, Rejection},
+// The request's own types, shared with the upstream client (`exchange`),
+// under the names the proxy's modules use.
+#[cfg(test)]
+pub(crate) use crate::exchange::test_body;
+pub(crate) use crate::exchange::{conn_timer, headers};
+pub use crate::exchange::{
+    json_response, within, Body, BoxError, ConnInfo, ConnTimer, ForwardFields, Forwarding,
+    Rejection, RequestContext,
 };
+pub use crate::workers;
 use crate::{
     config::{Config, Limits, Normalization},
     lists::SourceLists,
@@ -49,12 +43,6 @@ use crate::{
     telemetry::{Metrics, RouteMetrics},
     upstream::Upstream,
 };
-
-/// Errors a body may end with (hyper's, a limit's, a timeout's).
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// Body type in both directions: bodies stream through; errors are small.
-pub type Body = BoxBody<Bytes, BoxError>;
 
 /// Everything a request needs, compiled once from config and immutable.
 pub struct Runtime {
@@ -130,47 +118,6 @@ impl RuntimeHandle {
 
     pub fn store(&self, runtime: Runtime) {
         *self.0.write().unwrap() = Arc::new(runtime);
-    }
-}
-
-/// The client side of one connection.
-#[derive(Debug)]
-pub struct ConnInfo {
-    /// The TCP peer.
-    pub peer: SocketAddr,
-    /// The client as the connection itself says: the PROXY protocol header's
-    /// source when a trusted peer sent one, else `peer`.
-    pub client: SocketAddr,
-    /// The forwarding headers' values for `client` and the scheme (`http`
-    /// or `https`), made once.
-    pub forwarding: Forwarding,
-    /// HTTP/1: the connection's timer (see `conn_timer`); HTTP/2 streams
-    /// use tokio's.
-    pub timer: Option<ConnTimer>,
-    /// The listener's name: which `policy_defaults` apply.
-    pub listener: Arc<str>,
-}
-
-impl ConnInfo {
-    pub fn new(
-        peer: SocketAddr,
-        client: SocketAddr,
-        scheme: &'static str,
-        timer: Option<ConnTimer>,
-    ) -> Self {
-        Self {
-            peer,
-            client,
-            forwarding: Forwarding::new(client.ip(), scheme),
-            timer,
-            listener: Arc::from(""),
-        }
-    }
-
-    /// Notes the listener the connection came in on.
-    pub fn on_listener(mut self, listener: Arc<str>) -> Self {
-        self.listener = listener;
-        self
     }
 }
 

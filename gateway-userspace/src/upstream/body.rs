@@ -17,7 +17,7 @@ use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
 
 use super::{client::ResponseBody, target::InFlight};
-use crate::{http1::wire::retain_allowed_trailers, proxy::BoxError};
+use crate::{exchange::BoxError, http1::wire::retain_allowed_trailers};
 
 /// The target sent nothing for `read_timeout` in the middle of a body.
 #[derive(Debug, thiserror::Error)]
@@ -150,7 +150,7 @@ mod tests {
     use tokio::sync::mpsc;
 
     use super::*;
-    use crate::{proxy::test_body::Frames, upstream::target::targets};
+    use crate::{exchange::test_body::Frames, upstream::target::targets};
 
     /// A body fed chunk by chunk from the test.
     #[derive(Debug)]

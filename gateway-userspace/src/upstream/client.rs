@@ -23,7 +23,8 @@ use super::{
 };
 use crate::{
     config::{self, UpstreamProtocol},
-    proxy::{workers, BoxError, ForwardFields},
+    exchange::{BoxError, ForwardFields},
+    workers,
 };
 
 /// Why an attempt got no response.

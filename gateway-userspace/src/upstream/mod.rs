@@ -36,7 +36,7 @@ pub use self::{
 };
 use crate::{
     config,
-    proxy::{within, Body, ForwardFields, Rejection, RequestContext},
+    exchange::{within, Body, ForwardFields, Rejection, RequestContext},
     telemetry::{Metrics, TargetMetrics},
 };
 

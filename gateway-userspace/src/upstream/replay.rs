@@ -23,8 +23,8 @@ use bytes::Bytes;
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 
 use crate::{
+    exchange::{Body, BoxError},
     http1::wire::retain_allowed_trailers,
-    proxy::{Body, BoxError},
 };
 
 /// The request body, owned by the dispatch loop.
@@ -225,7 +225,7 @@ mod tests {
     use http_body_util::{BodyExt, Empty, Full};
 
     use super::*;
-    use crate::proxy::test_body::Frames;
+    use crate::exchange::test_body::Frames;
 
     fn body(bytes: &'static [u8]) -> Body {
         Full::new(Bytes::from_static(bytes))

@@ -11,7 +11,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 use super::*;
-use crate::proxy::{BoxError, ConnInfo, ConnTimer, ForwardFields};
+use crate::exchange::{BoxError, ConnInfo, ConnTimer, ForwardFields};
 
 /// Answers every request with `status`, its name in `x-name`, and the size
 /// of the request body it read in `x-body-bytes`.
@@ -270,7 +270,7 @@ async fn least_conn_counts_a_request_until_its_body_is_done() {
 }
 
 /// On an HTTP/1 connection the response deadline is kept by the
-/// connection's timer (`proxy::ConnTimer`), not tokio's: a target that
+/// connection's timer (`exchange::ConnTimer`), not tokio's: a target that
 /// never answers still gets its 504 at `timeout`, and one that answers in
 /// time is not cut off by the deadline an earlier request had.
 #[tokio::test]

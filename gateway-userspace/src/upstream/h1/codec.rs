@@ -14,8 +14,8 @@ use hyper::body::SizeHint;
 
 use super::Error;
 use crate::{
+    exchange::ForwardFields,
     http1::wire::{itoa, parse_length, put_header},
-    proxy::ForwardFields,
 };
 
 /// Header lines a response may carry (hyper's default, for both sides).
@@ -319,7 +319,7 @@ mod tests {
     use http::Request;
 
     use super::*;
-    use crate::proxy::Forwarding;
+    use crate::exchange::Forwarding;
 
     fn head(method: &str, uri: &str, headers: &[(&str, &str)]) -> request::Parts {
         let mut builder = Request::builder().method(method).uri(uri);

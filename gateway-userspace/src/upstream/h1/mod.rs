@@ -38,8 +38,8 @@ use super::{
     replay::AttemptBody,
 };
 use crate::{
+    exchange::{BoxError, ForwardFields},
     http1::chunked::Malformed,
-    proxy::{BoxError, ForwardFields},
 };
 
 /// How an exchange with a target failed.

@@ -1,5 +1,5 @@
 //! Idle keep-alive connections to each target, pooled per proxy worker (see
-//! `proxy::workers`). Only the worker that opened a connection uses it, so
+//! `crate::workers`). Only the worker that opened a connection uses it, so
 //! its socket stays with that worker's reactor and nothing crosses threads.
 //! A connection is in the pool only while idle: it leaves with a request and
 //! comes back when the response body is through (see `body`). Idle ones are
@@ -20,7 +20,7 @@ use std::{
 use tokio::{net::TcpStream, time::Instant};
 
 use super::conn::Conn;
-use crate::{config, proxy::workers};
+use crate::{config, workers};
 
 /// Keep-alive HTTP/1.1 connections, one pool per worker.
 pub struct Http1Pool {

@@ -26,7 +26,7 @@ use tokio::{
 use super::*;
 use crate::{
     config,
-    proxy::{Body, BoxError, ForwardFields},
+    exchange::{Body, BoxError, ForwardFields},
     upstream::replay::RequestBody,
 };
 
@@ -583,7 +583,7 @@ async fn sent(
     trailers: Option<http::HeaderMap>,
     framing: RequestFraming,
 ) -> (Vec<u8>, usize) {
-    let frames = crate::proxy::test_body::Frames::new(pieces.iter().cloned(), trailers);
+    let frames = crate::exchange::test_body::Frames::new(pieces.iter().cloned(), trailers);
     let body = RequestBody::new(frames.map_err(|never| match never {}).boxed());
     let head = Bytes::from_static(b"POST / HTTP/1.1\r\n\r\n");
     let mut sending = conn::Sending::new(head, body.for_attempt().unwrap(), framing);

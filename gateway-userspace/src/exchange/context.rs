@@ -1,5 +1,5 @@
-//! What is known about one request as it moves through the proxy: filled in
-//! by each step, read by the access log.
+//! What is known about one request as it moves through the proxy (filled in
+//! by each step, read by the access log), and about its connection.
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -9,7 +9,7 @@ use std::{
 
 use http::HeaderValue;
 
-use super::ConnInfo;
+use super::{ConnTimer, Forwarding};
 use crate::telemetry::RouteMetrics;
 
 #[derive(Debug)]
@@ -68,5 +68,46 @@ impl RequestContext {
     /// The matched route's name, `-` when none matched.
     pub fn route_name(&self) -> &str {
         self.route.as_deref().map_or("-", RouteMetrics::name)
+    }
+}
+
+/// The client side of one connection.
+#[derive(Debug)]
+pub struct ConnInfo {
+    /// The TCP peer.
+    pub peer: SocketAddr,
+    /// The client as the connection itself says: the PROXY protocol header's
+    /// source when a trusted peer sent one, else `peer`.
+    pub client: SocketAddr,
+    /// The forwarding headers' values for `client` and the scheme (`http`
+    /// or `https`), made once.
+    pub forwarding: Forwarding,
+    /// HTTP/1: the connection's timer (see `conn_timer`); HTTP/2 streams
+    /// use tokio's.
+    pub timer: Option<ConnTimer>,
+    /// The listener's name: which `policy_defaults` apply.
+    pub listener: Arc<str>,
+}
+
+impl ConnInfo {
+    pub fn new(
+        peer: SocketAddr,
+        client: SocketAddr,
+        scheme: &'static str,
+        timer: Option<ConnTimer>,
+    ) -> Self {
+        Self {
+            peer,
+            client,
+            forwarding: Forwarding::new(client.ip(), scheme),
+            timer,
+            listener: Arc::from(""),
+        }
+    }
+
+    /// Notes the listener the connection came in on.
+    pub fn on_listener(mut self, listener: Arc<str>) -> Self {
+        self.listener = listener;
+        self
     }
 }
