@@ -56,7 +56,12 @@ impl Reloader {
     pub fn reload(&self) -> Result<ReloadReport, String> {
         let mut current = self.current.lock().unwrap();
         let config = Config::load(&self.path).map_err(|e| e.to_string().trim_end().to_string())?;
-        let runtime = Runtime::compile(&config, self.metrics.clone(), Some(self.lists.clone()))?;
+        let runtime = Runtime::compile(
+            &config,
+            self.metrics.clone(),
+            Some(self.lists.clone()),
+            Some(&self.runtime.load()),
+        )?;
         let listeners = self.compile_listeners(&config)?;
         self.lists.reload(&config)?;
         self.runtime.store(runtime);
@@ -131,7 +136,7 @@ pub async fn run(config_path: &Path, workers: usize) -> anyhow::Result<()> {
         SourceLists::open(&config, xdp).map_err(|e| anyhow::anyhow!("source lists: {e}"))?,
     );
     let metrics = Arc::new(Metrics::default());
-    let runtime = Runtime::compile(&config, metrics.clone(), Some(lists.clone()))
+    let runtime = Runtime::compile(&config, metrics.clone(), Some(lists.clone()), None)
         .map_err(|e| anyhow::anyhow!(e))?;
     let runtime = Arc::new(RuntimeHandle::new(runtime));
 

@@ -16,7 +16,7 @@ mod jwks;
 pub mod jwt;
 mod key_auth;
 
-use std::{future::Future, pin::Pin, sync::Arc};
+use std::{collections::HashMap, future::Future, pin::Pin, sync::Arc};
 
 use http::{request::Parts, HeaderValue};
 use prometheus_client::metrics::counter::Counter;
@@ -219,9 +219,28 @@ impl Chain {
 /// from here.
 pub struct PolicySet {
     pub consumers: Arc<Consumers>,
+    /// The hash of the consumers' config that `consumers` was compiled from.
+    consumers_key: u64,
     global: Arc<PolicyList>,
     /// Listener name → its `policy_defaults`.
     listeners: Vec<(Arc<str>, Arc<PolicyList>)>,
+    /// Every list compiled, by the hash of what it was compiled from: on
+    /// reload a list whose declaration (and consumers) did not change is
+    /// taken over with its state (JWKS keys, verified-token cache),
+    /// keyed by identity, not by position.
+    compiled: std::sync::Mutex<HashMap<u64, Arc<PolicyList>>>,
+    previous: HashMap<u64, Arc<PolicyList>>,
+}
+
+/// A stable-within-the-process hash of a config piece.
+fn config_key<T: serde::Serialize>(piece: &T, salt: u64) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    salt.hash(&mut h);
+    serde_json::to_string(piece)
+        .unwrap_or_default()
+        .hash(&mut h);
+    h.finish()
 }
 
 /// The chains one route may run: its own, or what it inherits on each
@@ -248,32 +267,66 @@ impl RoutePolicies {
 }
 
 impl PolicySet {
-    pub fn compile(config: &config::Config) -> Result<Self, String> {
-        let consumers = Arc::new(Consumers::compile(&config.consumers)?);
-        let defaults = &config.policy_defaults;
-        let global = Arc::new(
-            PolicyList::compile(defaults.authentication, &defaults.policies, &consumers)
-                .map_err(|e| format!("policy_defaults: {e}"))?,
-        );
-        let listeners = config
-            .listeners
+    /// Compiles the config's consumers and policy lists. Lists (and the
+    /// consumers) unchanged since `previous` are taken over, state and all.
+    pub fn compile(config: &config::Config, previous: Option<&PolicySet>) -> Result<Self, String> {
+        // The key files' contents count too: a key replaced in place is a
+        // change.
+        let key_files: Vec<Option<Vec<u8>>> = config
+            .consumers
             .iter()
-            .enumerate()
-            .filter_map(|(i, l)| {
-                let d = l.policy_defaults.as_ref()?;
-                let name = l.name.clone().unwrap_or_else(|| l.address.to_string());
-                Some(
-                    PolicyList::compile(d.authentication, &d.policies, &consumers)
-                        .map(|list| (Arc::from(name.as_str()), Arc::new(list)))
-                        .map_err(|e| format!("listeners[{i}].policy_defaults: {e}")),
-                )
-            })
-            .collect::<Result<_, String>>()?;
-        Ok(Self {
+            .flat_map(|c| &c.jwt)
+            .filter_map(|j| j.public_key_file.as_ref())
+            .map(|path| std::fs::read(path).ok())
+            .collect();
+        let consumers_key = config_key(&(&config.consumers, key_files), 0);
+        let consumers = match previous {
+            Some(p) if p.consumers_key == consumers_key => p.consumers.clone(),
+            _ => Arc::new(Consumers::compile(&config.consumers)?),
+        };
+        let mut set = Self {
             consumers,
-            global,
-            listeners,
-        })
+            consumers_key,
+            global: Arc::new(PolicyList::empty()),
+            listeners: Vec::new(),
+            compiled: Default::default(),
+            previous: previous
+                .map(|p| p.compiled.lock().unwrap_or_else(|e| e.into_inner()).clone())
+                .unwrap_or_default(),
+        };
+        let defaults = &config.policy_defaults;
+        set.global = set
+            .list(defaults.authentication, &defaults.policies)
+            .map_err(|e| format!("policy_defaults: {e}"))?;
+        for (i, l) in config.listeners.iter().enumerate() {
+            let Some(d) = l.policy_defaults.as_ref() else {
+                continue;
+            };
+            let name = l.name.clone().unwrap_or_else(|| l.address.to_string());
+            let list = set
+                .list(d.authentication, &d.policies)
+                .map_err(|e| format!("listeners[{i}].policy_defaults: {e}"))?;
+            set.listeners.push((Arc::from(name.as_str()), list));
+        }
+        Ok(set)
+    }
+
+    /// The compiled list for a declaration: the one compiled before for the
+    /// same declaration and consumers, or a new one.
+    fn list(&self, mode: AuthMode, policies: &[config::Policy]) -> Result<Arc<PolicyList>, String> {
+        if policies.is_empty() {
+            return Ok(Arc::new(PolicyList::empty()));
+        }
+        let key = config_key(&(mode, policies), self.consumers_key);
+        let mut compiled = self.compiled.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(list) = compiled.get(&key).or_else(|| self.previous.get(&key)) {
+            let list = list.clone();
+            compiled.insert(key, list.clone());
+            return Ok(list);
+        }
+        let list = Arc::new(PolicyList::compile(mode, policies, &self.consumers)?);
+        compiled.insert(key, list.clone());
+        Ok(list)
     }
 
     /// The chains of `routes[index]`, named `name` in metrics.
@@ -288,15 +341,11 @@ impl PolicySet {
             .policies
             .as_ref()
             .map(|policies| {
-                PolicyList::compile(
-                    route.authentication.unwrap_or_default(),
-                    policies,
-                    &self.consumers,
-                )
-                .map_err(|e| format!("routes[{index}].policies: {e}"))
+                self.list(route.authentication.unwrap_or_default(), policies)
+                    .map_err(|e| format!("routes[{index}].policies: {e}"))
             })
             .transpose()?
-            .map(|list| Chain::new(name, Arc::new(list), metrics));
+            .map(|list| Chain::new(name, list, metrics));
         let (listeners, global) = if own.is_some() {
             (
                 Vec::new(),

@@ -116,3 +116,51 @@ fn identity_headers_go_upstream() {
     assert_eq!(headers["x-consumer-id"], "guest");
     assert_eq!(headers["x-anonymous-consumer"], "true");
 }
+
+#[test]
+fn a_reload_takes_over_the_lists_that_did_not_change() {
+    let yaml = |consumer_key: &str, leeway: &str| {
+        config::Config::from_yaml(
+            &format!(
+                "listeners: [{{address: '127.0.0.1:1'}}]\n\
+                 consumers: [{{username: alice, keys: [{{key: {consumer_key}}}]}}]\n\
+                 policy_defaults: {{policies: [{{type: key-auth}}]}}\n\
+                 upstreams: {{u: {{targets: ['127.0.0.1:2']}}}}\n\
+                 routes: [{{match: {{path_prefix: /}}, upstream: u, policies: [{{type: jwt, leeway: {leeway}}}]}}]\n"
+            ),
+            "t",
+        )
+        .unwrap()
+    };
+    let route_list = |set: &PolicySet, config: &config::Config| {
+        let policies = config.routes[0].policies.as_ref().unwrap();
+        set.list(AuthMode::All, policies).unwrap()
+    };
+    let first_config = yaml("key-0123456789", "60s");
+    let first = PolicySet::compile(&first_config, None).unwrap();
+    let first_route = route_list(&first, &first_config);
+
+    let same = PolicySet::compile(&first_config, Some(&first)).unwrap();
+    assert!(Arc::ptr_eq(&first.consumers, &same.consumers));
+    assert!(
+        Arc::ptr_eq(&first.global, &same.global),
+        "unchanged defaults keep their state"
+    );
+    assert!(Arc::ptr_eq(&first_route, &route_list(&same, &first_config)));
+
+    let leeway = yaml("key-0123456789", "30s");
+    let changed = PolicySet::compile(&leeway, Some(&same)).unwrap();
+    assert!(Arc::ptr_eq(&first.global, &changed.global));
+    assert!(
+        !Arc::ptr_eq(&first_route, &route_list(&changed, &leeway)),
+        "a changed policy starts afresh"
+    );
+
+    let new_key = yaml("key-9876543210", "30s");
+    let rekeyed = PolicySet::compile(&new_key, Some(&changed)).unwrap();
+    assert!(!Arc::ptr_eq(&changed.consumers, &rekeyed.consumers));
+    assert!(
+        !Arc::ptr_eq(&changed.global, &rekeyed.global),
+        "lists hold the consumers they were built with"
+    );
+}

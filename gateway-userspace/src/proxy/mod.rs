@@ -47,6 +47,8 @@ use crate::{
 /// Everything a request needs, compiled once from config and immutable.
 pub struct Runtime {
     router: Router,
+    /// Kept for the next reload, which takes over what did not change.
+    policies: PolicySet,
     trusted_proxies: Vec<IpNet>,
     limits: Limits,
     normalization: Normalization,
@@ -66,11 +68,13 @@ impl Runtime {
         config: &Config,
         metrics: Arc<Metrics>,
         guard: Option<Arc<SourceLists>>,
+        previous: Option<&Runtime>,
     ) -> Result<Self, String> {
         let upstreams = compile_upstreams(config, &metrics);
-        let policies = PolicySet::compile(config)?;
+        let policies = PolicySet::compile(config, previous.map(|p| &p.policies))?;
         Ok(Self {
             router: Router::new(config, &upstreams, &policies, &metrics)?,
+            policies,
             trusted_proxies: config.trusted_proxies.clone(),
             limits: config.limits.clone(),
             normalization: config.normalization.clone(),
