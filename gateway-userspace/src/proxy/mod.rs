@@ -10,6 +10,7 @@ mod forward;
 mod headers;
 pub mod http1;
 mod limits;
+mod local;
 mod normalize;
 mod proxy_protocol;
 mod rejection;
@@ -46,6 +47,7 @@ use crate::{
     lists::SourceLists,
     policy::PolicySet,
     telemetry::{Metrics, RouteMetrics},
+    token_server::RefreshTokens,
     upstream::Upstream,
 };
 
@@ -57,6 +59,8 @@ pub type Body = BoxBody<Bytes, BoxError>;
 
 /// Everything a request needs, compiled once from config and immutable.
 pub struct Runtime {
+    /// What the gateway answers itself, before routing.
+    local: Option<local::Local>,
     router: Router,
     trusted_proxies: Vec<IpNet>,
     limits: Limits,
@@ -73,14 +77,22 @@ pub struct Runtime {
 impl Runtime {
     /// Builds the runtime from a validated config. Fails when the access
     /// log file cannot be opened or a policy's key file cannot be read.
+    /// `refresh_tokens` outlives the runtime: reloads keep the tokens.
     pub fn compile(
         config: &Config,
         metrics: Arc<Metrics>,
         guard: Option<Arc<SourceLists>>,
+        refresh_tokens: &Arc<RefreshTokens>,
     ) -> Result<Self, String> {
         let upstreams = compile_upstreams(config, &metrics);
         let policies = PolicySet::compile(config)?;
         Ok(Self {
+            local: local::Local::compile(
+                config,
+                policies.consumers.clone(),
+                refresh_tokens,
+                &metrics,
+            )?,
             router: Router::new(config, &upstreams, &policies, &metrics)?,
             trusted_proxies: config.trusted_proxies.clone(),
             limits: config.limits.clone(),
