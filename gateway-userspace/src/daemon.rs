@@ -183,6 +183,7 @@ pub async fn run(config_path: &Path, workers: usize) -> anyhow::Result<()> {
         lists: lists.clone(),
         metrics: metrics.clone(),
         reloader: reloader.clone(),
+        refresh_tokens: refresh_tokens.clone(),
         started: Instant::now(),
         listeners: config.listeners.iter().map(|l| l.address).collect(),
         xdp_off_reason,
