@@ -13,11 +13,15 @@ use http::Method;
 use ipnet::IpNet;
 
 use crate::{
-    admin::{api::AddRequest, client},
+    admin::{
+        api::{AddRequest, RevokedTokens},
+        client,
+    },
     config::{Config, XdpMode, DEFAULT_ADMIN_SOCKET},
     daemon, duration,
     lists::{parse_cidr, Listed, SourceLists},
     telemetry,
+    token_server::ClientTokens,
     xdp::{self, KernelRules, ListKind, XdpDataPlane, XDP_OBJECT},
 };
 
@@ -89,6 +93,24 @@ xgate hash-key --generate")]
         /// Make a random 256-bit key and print it with its hash.
         #[arg(long)]
         generate: bool,
+    },
+    /// The OAuth 2.0 token server (oauth2_server): refresh tokens held by clients.
+    #[command(subcommand)]
+    Oauth2(OAuth2Command),
+}
+
+#[derive(Debug, Subcommand)]
+enum OAuth2Command {
+    /// Live refresh tokens, by client.
+    Tokens {
+        /// Print the raw JSON document.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke every refresh token of a client (its access tokens work until they expire).
+    Revoke {
+        /// The client's client_id.
+        client_id: String,
     },
 }
 
@@ -251,7 +273,48 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Blocklist(action) => list(&cli, ListKind::Deny, action).await,
         Command::Allowlist(action) => list(&cli, ListKind::Allow, action).await,
         Command::Xdp(action) => xdp_command(&cli, action).await,
+        Command::Oauth2(action) => oauth2_command(&cli, action).await,
     }
+}
+
+async fn oauth2_command(cli: &Cli, action: &OAuth2Command) -> anyhow::Result<ExitCode> {
+    let socket = admin_socket(cli)?;
+    match action {
+        OAuth2Command::Tokens { json } => {
+            let value =
+                client::call_ok(&socket, Method::GET, "/oauth2/refresh-tokens", None).await?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&value)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            let clients: Vec<ClientTokens> = serde_json::from_value(value)?;
+            if clients.is_empty() {
+                println!("no live refresh tokens");
+                return Ok(ExitCode::SUCCESS);
+            }
+            let now = crate::policy::unix_now();
+            println!("{:<32} {:>6}  LAST EXPIRES", "CLIENT_ID", "ACTIVE");
+            for c in clients {
+                let left = Duration::from_secs(c.last_expiry.saturating_sub(now).max(0) as u64);
+                println!(
+                    "{:<32} {:>6}  in {}",
+                    c.client_id,
+                    c.active,
+                    duration::format(left)
+                );
+            }
+        }
+        OAuth2Command::Revoke { client_id } => {
+            let path = format!("/oauth2/refresh-tokens/{client_id}");
+            let value = client::call_ok(&socket, Method::DELETE, &path, None).await?;
+            let revoked: RevokedTokens = serde_json::from_value(value)?;
+            println!(
+                "revoked {} refresh token(s) of {}; its access tokens work until they expire",
+                revoked.revoked, revoked.client_id
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn xdp_command(cli: &Cli, action: &XdpCommand) -> anyhow::Result<ExitCode> {

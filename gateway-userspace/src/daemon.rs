@@ -31,6 +31,7 @@ use crate::{
     },
     sys,
     telemetry::Metrics,
+    token_server::RefreshTokens,
     xdp::{OnExit, XdpDataPlane, XDP_OBJECT},
 };
 
@@ -47,6 +48,9 @@ pub struct Reloader {
     lists: Arc<SourceLists>,
     runtime: Arc<RuntimeHandle>,
     metrics: Arc<Metrics>,
+    /// The token server's refresh tokens, kept across reloads (in
+    /// `state_dir`, which only a restart changes).
+    refresh_tokens: Arc<RefreshTokens>,
     /// Each running listener's settings (TLS certificates, limits, ...),
     /// by the address it is bound to.
     listeners: Vec<(SocketAddr, Arc<SettingsHandle>)>,
@@ -60,6 +64,7 @@ impl Reloader {
             &config,
             self.metrics.clone(),
             Some(self.lists.clone()),
+            &self.refresh_tokens,
             Some(&self.runtime.load()),
         )?;
         let listeners = self.compile_listeners(&config)?;
@@ -136,8 +141,18 @@ pub async fn run(config_path: &Path, workers: usize) -> anyhow::Result<()> {
         SourceLists::open(&config, xdp).map_err(|e| anyhow::anyhow!("source lists: {e}"))?,
     );
     let metrics = Arc::new(Metrics::default());
-    let runtime = Runtime::compile(&config, metrics.clone(), Some(lists.clone()), None)
-        .map_err(|e| anyhow::anyhow!(e))?;
+    let refresh_tokens = Arc::new(
+        RefreshTokens::open(&config.state_dir)
+            .map_err(|e| anyhow::anyhow!("OAuth 2.0 refresh tokens: {e}"))?,
+    );
+    let runtime = Runtime::compile(
+        &config,
+        metrics.clone(),
+        Some(lists.clone()),
+        &refresh_tokens,
+        None,
+    )
+    .map_err(|e| anyhow::anyhow!(e))?;
     let runtime = Arc::new(RuntimeHandle::new(runtime));
 
     let mut listeners = Vec::new();
@@ -157,6 +172,7 @@ pub async fn run(config_path: &Path, workers: usize) -> anyhow::Result<()> {
         lists: lists.clone(),
         runtime: runtime.clone(),
         metrics: metrics.clone(),
+        refresh_tokens: refresh_tokens.clone(),
         listeners: config
             .listeners
             .iter()
@@ -169,6 +185,7 @@ pub async fn run(config_path: &Path, workers: usize) -> anyhow::Result<()> {
         lists: lists.clone(),
         metrics: metrics.clone(),
         reloader: reloader.clone(),
+        refresh_tokens: refresh_tokens.clone(),
         started: Instant::now(),
         listeners: config.listeners.iter().map(|l| l.address).collect(),
         xdp_off_reason,

@@ -6,7 +6,8 @@
 //! pooled client), `http1` (HTTP/1.1 on the wire, shared by the server and
 //! the upstream client), `lists`
 //! (source deny/allow lists and the kernel rate policy), `policy` (API
-//! policies and consumers), `xdp` (the kernel
+//! policies and consumers), `token_server` (the gateway as an OAuth 2.0
+//! authorization server), `xdp` (the kernel
 //! half seen from here), `admin` (API server and client), `cli`, `daemon`
 //! (wiring and reload), `telemetry`.
 #![deny(unsafe_code)]
@@ -23,6 +24,7 @@ pub mod policy;
 pub mod proxy;
 pub mod sys;
 pub mod telemetry;
+pub mod token_server;
 pub mod upstream;
 pub mod workers;
 pub mod xdp;

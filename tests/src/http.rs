@@ -61,6 +61,49 @@ pub async fn send(
     parse(&raw)
 }
 
+/// Like [`send`], on a stream the caller made (a TLS client's): writes
+/// `request` (with `Connection: close`) and reads until the server closes.
+/// A close without TLS close_notify after a response is not an error.
+pub async fn exchange<S>(stream: &mut S, request: &str) -> std::io::Result<RawResponse>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    stream.write_all(request.as_bytes()).await?;
+    let mut raw = Vec::new();
+    let read = async {
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) => return Ok(()),
+                Ok(n) => raw.extend_from_slice(&buf[..n]),
+                Err(_) if !raw.is_empty() => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "response timed out"))??;
+    parse(&raw)
+}
+
+/// `POST path` of an `application/x-www-form-urlencoded` body, with Host
+/// and Connection: close, plus `extra` header lines: the request text.
+pub fn form_post(path: &str, form: &str, extra: &[&str]) -> String {
+    let mut request = format!(
+        "POST {path} HTTP/1.1\r\nHost: gateway.test\r\nConnection: close\r\n\
+         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n",
+        form.len()
+    );
+    for line in extra {
+        request.push_str(line);
+        request.push_str("\r\n");
+    }
+    request.push_str("\r\n");
+    request.push_str(form);
+    request
+}
+
 /// `GET path` with Host and Connection: close, plus `extra` header lines.
 pub async fn get(addr: SocketAddr, path: &str, extra: &[&str]) -> RawResponse {
     let mut request = format!("GET {path} HTTP/1.1\r\nHost: gateway.test\r\nConnection: close\r\n");

@@ -41,3 +41,11 @@ pub struct ReloadReport {
     /// Changes in the file that only a restart applies.
     pub needs_restart: Vec<String>,
 }
+
+/// `DELETE /oauth2/refresh-tokens/<client_id>`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RevokedTokens {
+    pub client_id: String,
+    /// Refresh token families revoked (each was one usable token).
+    pub revoked: usize,
+}

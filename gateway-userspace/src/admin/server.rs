@@ -18,12 +18,13 @@ use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use tokio::{net::UnixListener, sync::watch};
 
-use super::api::{AddRequest, Status};
+use super::api::{AddRequest, RevokedTokens, Status};
 use crate::{
     daemon::Reloader,
     duration,
     lists::{parse_cidr, ListError, SourceLists},
     telemetry::Metrics,
+    token_server::RefreshTokens,
     xdp::ListKind,
 };
 
@@ -36,6 +37,8 @@ pub struct AdminState {
     pub lists: Arc<SourceLists>,
     pub metrics: Arc<Metrics>,
     pub reloader: Arc<Reloader>,
+    /// The OAuth 2.0 token server's refresh tokens.
+    pub refresh_tokens: Arc<RefreshTokens>,
     pub started: Instant,
     pub listeners: Vec<SocketAddr>,
     /// Why XDP is not attached, when it is not.
@@ -121,16 +124,49 @@ async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
             Ok(report) => json(StatusCode::OK, &report),
             Err(message) => error(StatusCode::BAD_REQUEST, &message),
         },
+        (Method::GET, "/oauth2/refresh-tokens", _) => json(
+            StatusCode::OK,
+            &state.refresh_tokens.by_client(crate::policy::unix_now()),
+        ),
+        (Method::DELETE, _, _) if path.starts_with(REFRESH_TOKENS_OF) => {
+            revoke_refresh_tokens(state, &path[REFRESH_TOKENS_OF.len()..]).await
+        }
         (Method::GET, _, Some(kind)) if rest.is_empty() => {
             json(StatusCode::OK, &state.lists.list(kind))
         }
         (Method::POST, _, Some(kind)) if rest.is_empty() => add(state, kind, req).await,
         (Method::DELETE, _, Some(kind)) if !rest.is_empty() => remove(state, kind, rest),
-        (_, "/status" | "/metrics" | "/reload", _) | (_, _, Some(_)) => {
+        (_, "/status" | "/metrics" | "/reload" | "/oauth2/refresh-tokens", _) | (_, _, Some(_)) => {
             error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
         }
         _ => error(StatusCode::NOT_FOUND, &format!("no admin endpoint {path}")),
     }
+}
+
+/// `DELETE /oauth2/refresh-tokens/<client_id>`.
+const REFRESH_TOKENS_OF: &str = "/oauth2/refresh-tokens/";
+
+/// Revokes every refresh token of a client; answered once that is on disk.
+async fn revoke_refresh_tokens(state: &AdminState, client_id: &str) -> Response<Body> {
+    if client_id.is_empty() {
+        return error(StatusCode::BAD_REQUEST, "no client_id in the path");
+    }
+    let revoked = state.refresh_tokens.revoke_client(client_id);
+    if let Err(message) = state.refresh_tokens.persist().await {
+        tracing::error!(error = %message, "revoked refresh tokens not saved");
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("revoked until a restart only: {message}"),
+        );
+    }
+    tracing::info!(client_id, revoked, "refresh tokens revoked by the admin");
+    json(
+        StatusCode::OK,
+        &RevokedTokens {
+            client_id: client_id.to_string(),
+            revoked,
+        },
+    )
 }
 
 fn status(state: &AdminState) -> Status {

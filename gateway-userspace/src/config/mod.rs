@@ -3,6 +3,7 @@
 
 mod listener;
 mod model;
+mod oauth2_server;
 mod policy;
 mod route;
 mod upstream;
@@ -14,6 +15,7 @@ use std::{fmt, path::Path};
 pub use self::{
     listener::Listener,
     model::*,
+    oauth2_server::OAuth2Server,
     policy::*,
     route::{anchored, HeaderMatch, Route, RouteMatch},
     upstream::*,

@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use super::{Consumer, Listener, PolicyDefaults, Route, Upstream, Xdp};
+use super::{Consumer, Listener, OAuth2Server, PolicyDefaults, Route, Upstream, Xdp};
 
 /// Where the daemon keeps runtime changes (CLI list entries) across
 /// restarts, when the config does not say.
@@ -43,6 +43,10 @@ pub struct Config {
     /// `policy_defaults` come first).
     #[serde(default)]
     pub policy_defaults: PolicyDefaults,
+    /// The gateway as an OAuth 2.0 authorization server: a token endpoint
+    /// for `consumers[].oauth2_clients`, revocation, and its JWKS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oauth2_server: Option<OAuth2Server>,
     #[serde(default)]
     pub limits: Limits,
     /// How request targets and header names are made unambiguous before

@@ -1,7 +1,7 @@
 //! `consumers[]`, `policy_defaults` and each route's `policies[]`: who may
 //! call, and what each route asks of a request before it goes upstream.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{hash_map::Entry, BTreeMap, HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -28,6 +28,10 @@ pub struct Consumer {
     /// Keys that sign this consumer's JWTs (jwt).
     #[serde(default)]
     pub jwt: Vec<JwtCredential>,
+    /// Clients of the gateway's own token endpoint (`oauth2_server`): the
+    /// tokens they get name this consumer.
+    #[serde(default)]
+    pub oauth2_clients: Vec<OAuth2Client>,
 }
 
 impl Consumer {
@@ -113,6 +117,33 @@ impl JwtCredential {
         Ok((algorithm, key))
     }
 }
+
+/// An OAuth 2.0 client (RFC 6749 §2): what it authenticates with at the
+/// token endpoint, and what it may ask for.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OAuth2Client {
+    pub client_id: String,
+    /// The secret itself, or its SHA-256 (`sha256:<hex>`, like `key_hash`)
+    /// so that the config file holds no secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_secret: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_secret_hash: Option<String>,
+    /// Scopes the client may be granted; a request that names none gets
+    /// all of them.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// Whether the client also gets a refresh token. Off by default: RFC
+    /// 6749 §4.4.3 says a client_credentials answer SHOULD NOT carry one
+    /// (the client can always authenticate again).
+    #[serde(default)]
+    pub refresh: bool,
+}
+
+/// A client secret shorter than this is refused: whoever guesses it mints
+/// tokens. 16 random characters are ~95 bits.
+pub const MIN_CLIENT_SECRET_CHARS: usize = 16;
 
 /// What routes inherit when they declare no `policies` of their own (per
 /// listener in `listeners[].policy_defaults`, or for all).
@@ -293,6 +324,7 @@ pub const JWT_ALGORITHMS: &[&str] = &[
 pub(super) fn validate_consumers(consumers: &[Consumer], errors: &mut Errors) {
     let mut usernames = HashSet::new();
     let mut ids = HashSet::new();
+    let mut client_ids = HashMap::new();
     for (i, c) in consumers.iter().enumerate() {
         let path = format!("consumers[{i}]");
         if c.username.is_empty() {
@@ -355,7 +387,69 @@ pub(super) fn validate_consumers(consumers: &[Consumer], errors: &mut Errors) {
             let jpath = format!("{path}.jwt[{j}]");
             validate_jwt_credential(cred, &jpath, errors);
         }
+        for (j, client) in c.oauth2_clients.iter().enumerate() {
+            let cpath = format!("{path}.oauth2_clients[{j}]");
+            validate_oauth2_client(client, &cpath, errors);
+            match client_ids.entry(client.client_id.as_str()) {
+                Entry::Occupied(first) => errors.push(
+                    format!("{cpath}.client_id"),
+                    format!("'{}' is taken by {}", client.client_id, first.get()),
+                ),
+                Entry::Vacant(slot) => {
+                    slot.insert(cpath);
+                }
+            }
+        }
     }
+}
+
+fn validate_oauth2_client(client: &OAuth2Client, path: &str, errors: &mut Errors) {
+    // Unreserved characters only (RFC 3986 §2.3): the form encoding that
+    // RFC 6749 §2.3.1 puts around a client_id in HTTP Basic is then a no-op,
+    // and the id can go into a header (X-Credential-Identifier) as it is.
+    let unreserved = |b: u8| b.is_ascii_alphanumeric() || b"-._~".contains(&b);
+    if client.client_id.is_empty() || !client.client_id.bytes().all(unreserved) {
+        errors.push(
+            format!("{path}.client_id"),
+            format!(
+                "'{}' must be non-empty letters, digits, '-', '.', '_' or '~'",
+                client.client_id
+            ),
+        );
+    }
+    match (&client.client_secret, &client.client_secret_hash) {
+        (Some(_), Some(_)) | (None, None) => errors.push(
+            path,
+            "needs exactly one of client_secret and client_secret_hash",
+        ),
+        (Some(secret), None) if secret.chars().count() < MIN_CLIENT_SECRET_CHARS => errors.push(
+            format!("{path}.client_secret"),
+            format!(
+                "is shorter than {MIN_CLIENT_SECRET_CHARS} characters: a guessed secret mints tokens"
+            ),
+        ),
+        (None, Some(hash)) if parse_key_hash(hash).is_none() => errors.push(
+            format!("{path}.client_secret_hash"),
+            "must be sha256:<64 hex digits>",
+        ),
+        _ => {}
+    }
+    for (k, scope) in client.scopes.iter().enumerate() {
+        if !is_scope_token(scope) {
+            errors.push(
+                format!("{path}.scopes[{k}]"),
+                format!("'{scope}' is not a scope (RFC 6749 §3.3: visible ASCII, no space, '\"' or '\\')"),
+            );
+        }
+    }
+}
+
+/// RFC 6749 §3.3: `scope-token = 1*( %x21 / %x23-5B / %x5D-7E )`.
+pub fn is_scope_token(text: &str) -> bool {
+    !text.is_empty()
+        && text
+            .bytes()
+            .all(|b| matches!(b, 0x21 | 0x23..=0x5B | 0x5D..=0x7E))
 }
 
 fn validate_jwt_credential(cred: &JwtCredential, path: &str, errors: &mut Errors) {

@@ -36,6 +36,9 @@ pub fn validate(config: &Config) -> Vec<ConfigError> {
     super::route::validate(&config.routes, &config.upstreams, &mut errors);
     config.access_log.validate(&mut errors);
     super::policy::validate_consumers(&config.consumers, &mut errors);
+    if let Some(server) = &config.oauth2_server {
+        server.validate(&config.listeners, &mut errors);
+    }
     super::policy::validate_policies(
         &config.policy_defaults.policies,
         "policy_defaults.policies",

@@ -165,6 +165,11 @@ impl Forwarding {
         }
     }
 
+    /// `http` or `https`: how the client reached this listener.
+    pub fn scheme(&self) -> &'static str {
+        self.scheme
+    }
+
     /// Sets X-Forwarded-For/Proto/Host, Forwarded and X-Request-Id in
     /// `headers` (see [`Forwarding::fields`]).
     #[cfg(test)]

@@ -1,7 +1,8 @@
 //! The consumers of the config, compiled into what the request path needs:
 //! each consumer's identity headers made once, and its credentials in maps
 //! keyed by what a request presents (a key's SHA-256, a JWT's `iss` or
-//! `kid`), so 100,000 consumers cost a request what 10 do.
+//! `kid`, an OAuth 2.0 `client_id`), so 100,000 consumers cost a request
+//! what 10 do.
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -125,6 +126,28 @@ pub struct JwtKeyOwner {
     pub key: jsonwebtoken::DecodingKey,
 }
 
+/// A client of the gateway's token endpoint.
+#[derive(Debug)]
+pub struct OAuth2Client {
+    pub consumer: Arc<Consumer>,
+    pub client_id: Arc<str>,
+    /// `X-Credential-Identifier` of the token requests it makes.
+    pub credential: HeaderValue,
+    /// SHA-256 of the secret.
+    secret: [u8; 32],
+    /// What it may be granted, in the config's order.
+    pub scopes: Vec<String>,
+    pub refresh: bool,
+}
+
+impl OAuth2Client {
+    /// Whether `presented` is this client's secret; the time taken does not
+    /// depend on where a wrong secret differs.
+    pub fn secret_matches(&self, presented: &[u8]) -> bool {
+        constant_time_eq(&sha256(presented), &self.secret)
+    }
+}
+
 /// Every consumer and credential of the config.
 #[derive(Default)]
 pub struct Consumers {
@@ -133,6 +156,7 @@ pub struct Consumers {
     keys: HashMap<[u8; 32], KeyOwner>,
     jwt_by_issuer: HashMap<String, Vec<Arc<JwtKeyOwner>>>,
     jwt_by_kid: HashMap<String, Vec<Arc<JwtKeyOwner>>>,
+    oauth2_clients: HashMap<String, Arc<OAuth2Client>>,
 }
 
 impl std::fmt::Debug for Consumers {
@@ -140,6 +164,7 @@ impl std::fmt::Debug for Consumers {
         f.debug_struct("Consumers")
             .field("consumers", &self.by_username.len())
             .field("keys", &self.keys.len())
+            .field("oauth2_clients", &self.oauth2_clients.len())
             .finish()
     }
 }
@@ -187,6 +212,25 @@ impl Consumers {
                     out.jwt_by_kid.entry(kid.clone()).or_default().push(owner);
                 }
             }
+            for client in &c.oauth2_clients {
+                let secret = match (&client.client_secret, &client.client_secret_hash) {
+                    (Some(plain), _) => sha256(plain.as_bytes()),
+                    (None, Some(hash)) => parse_key_hash(hash).expect("validated secret hash"),
+                    (None, None) => unreachable!("validated: one of client_secret and its hash"),
+                };
+                let id = client.client_id.as_str();
+                out.oauth2_clients.insert(
+                    id.to_string(),
+                    Arc::new(OAuth2Client {
+                        consumer: consumer.clone(),
+                        client_id: Arc::from(id),
+                        credential: HeaderValue::from_str(id).expect("validated client_id"),
+                        secret,
+                        scopes: client.scopes.clone(),
+                        refresh: client.refresh,
+                    }),
+                );
+            }
         }
         Ok(out)
     }
@@ -206,6 +250,11 @@ impl Consumers {
         kid.and_then(|kid| self.jwt_by_kid.get(kid))
             .or_else(|| issuer.and_then(|iss| self.jwt_by_issuer.get(iss)))
             .map_or(&[], Vec::as_slice)
+    }
+
+    /// The token endpoint's client with this `client_id`.
+    pub fn oauth2_client(&self, client_id: &str) -> Option<&Arc<OAuth2Client>> {
+        self.oauth2_clients.get(client_id)
     }
 
     /// Whether any consumer holds a JWT key.

@@ -22,6 +22,7 @@ use http::{request::Parts, HeaderValue};
 use prometheus_client::metrics::counter::Counter;
 
 pub use self::consumers::{strip_identity_headers, Consumer, Consumers, Identity};
+pub(crate) use self::key_auth::{percent_decode, unix_now};
 use crate::{
     config::{self, AuthMode},
     exchange::Rejection,

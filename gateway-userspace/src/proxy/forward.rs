@@ -1,4 +1,5 @@
-//! The forwarding path: check the request, pick the route, rewrite what goes
+//! The forwarding path: check the request, answer it here if it is for the
+//! gateway itself (`local`), else pick the route, rewrite what goes
 //! upstream, hand it to the upstream, rewrite what comes back.
 
 use bytes::Bytes;
@@ -56,6 +57,11 @@ where
     // Identity headers are the gateway's to set: a client's copies never
     // go upstream, whatever the route.
     crate::policy::strip_identity_headers(&mut parts.headers);
+    if let Some(local) = &rt.local {
+        if let Some(endpoint) = local.find(&parts, &ctx.conn.listener) {
+            return Ok(local.answer(endpoint, parts, body, peer_trusted, ctx).await);
+        }
+    }
     let matched = rt.router.route(&parts).ok_or(Rejection::NoRoute)?;
     let route = matched.route;
     ctx.route = Some(route.metrics.clone());

@@ -7,6 +7,7 @@ mod drain;
 mod forward;
 pub mod http1;
 mod limits;
+mod local;
 mod normalize;
 mod proxy_protocol;
 mod router;
@@ -41,11 +42,14 @@ use crate::{
     lists::SourceLists,
     policy::PolicySet,
     telemetry::{Metrics, RouteMetrics},
+    token_server::RefreshTokens,
     upstream::Upstream,
 };
 
 /// Everything a request needs, compiled once from config and immutable.
 pub struct Runtime {
+    /// What the gateway answers itself, before routing.
+    local: Option<local::Local>,
     router: Router,
     /// Kept for the next reload, which takes over what did not change.
     policies: PolicySet,
@@ -64,15 +68,23 @@ pub struct Runtime {
 impl Runtime {
     /// Builds the runtime from a validated config. Fails when the access
     /// log file cannot be opened or a policy's key file cannot be read.
+    /// `refresh_tokens` outlives the runtime: reloads keep the tokens.
     pub fn compile(
         config: &Config,
         metrics: Arc<Metrics>,
         guard: Option<Arc<SourceLists>>,
+        refresh_tokens: &Arc<RefreshTokens>,
         previous: Option<&Runtime>,
     ) -> Result<Self, String> {
         let upstreams = compile_upstreams(config, &metrics);
         let policies = PolicySet::compile(config, previous.map(|p| &p.policies))?;
         Ok(Self {
+            local: local::Local::compile(
+                config,
+                policies.consumers.clone(),
+                refresh_tokens,
+                &metrics,
+            )?,
             router: Router::new(config, &upstreams, &policies, &metrics)?,
             policies,
             trusted_proxies: config.trusted_proxies.clone(),
