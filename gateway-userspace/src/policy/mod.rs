@@ -7,14 +7,19 @@
 //! - `consumers`: the callers the config knows, and the identity headers
 //! - `key_auth`: API keys in a header or the query
 //! - `jwt`: JSON Web Tokens, keys from consumers or a JWKS document
+//! - `oidc`: an OpenID Connect provider's access tokens: JWTs with its
+//!   discovered keys, opaque tokens through introspection
 //! - `jwks`: fetching and refreshing a JWKS document
+//! - `discovery`: an OpenID provider's discovery document
 //! - `fetch`: the small HTTP(S) client policies use for their documents
 
 pub mod consumers;
+mod discovery;
 mod fetch;
 mod jwks;
 pub mod jwt;
 mod key_auth;
+mod oidc;
 
 use std::{future::Future, pin::Pin, sync::Arc};
 
@@ -91,6 +96,7 @@ impl PolicyList {
         mode: AuthMode,
         policies: &[config::Policy],
         consumers: &Arc<Consumers>,
+        metrics: &Metrics,
     ) -> Result<Self, String> {
         let steps = policies
             .iter()
@@ -102,6 +108,10 @@ impl PolicyList {
                     ),
                     config::Policy::Jwt(c) => (
                         Box::new(jwt::JwtPolicy::new(c, consumers.clone())?),
+                        c.anonymous.as_deref(),
+                    ),
+                    config::Policy::Oidc(c) => (
+                        Box::new(oidc::OidcPolicy::new(c, consumers.clone(), metrics)?),
                         c.anonymous.as_deref(),
                     ),
                 };
@@ -248,12 +258,17 @@ impl RoutePolicies {
 }
 
 impl PolicySet {
-    pub fn compile(config: &config::Config) -> Result<Self, String> {
+    pub fn compile(config: &config::Config, metrics: &Metrics) -> Result<Self, String> {
         let consumers = Arc::new(Consumers::compile(&config.consumers)?);
         let defaults = &config.policy_defaults;
         let global = Arc::new(
-            PolicyList::compile(defaults.authentication, &defaults.policies, &consumers)
-                .map_err(|e| format!("policy_defaults: {e}"))?,
+            PolicyList::compile(
+                defaults.authentication,
+                &defaults.policies,
+                &consumers,
+                metrics,
+            )
+            .map_err(|e| format!("policy_defaults: {e}"))?,
         );
         let listeners = config
             .listeners
@@ -263,7 +278,7 @@ impl PolicySet {
                 let d = l.policy_defaults.as_ref()?;
                 let name = l.name.clone().unwrap_or_else(|| l.address.to_string());
                 Some(
-                    PolicyList::compile(d.authentication, &d.policies, &consumers)
+                    PolicyList::compile(d.authentication, &d.policies, &consumers, metrics)
                         .map(|list| (Arc::from(name.as_str()), Arc::new(list)))
                         .map_err(|e| format!("listeners[{i}].policy_defaults: {e}")),
                 )
@@ -292,6 +307,7 @@ impl PolicySet {
                     route.authentication.unwrap_or_default(),
                     policies,
                     &self.consumers,
+                    metrics,
                 )
                 .map_err(|e| format!("routes[{index}].policies: {e}"))
             })

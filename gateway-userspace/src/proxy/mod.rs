@@ -79,7 +79,7 @@ impl Runtime {
         guard: Option<Arc<SourceLists>>,
     ) -> Result<Self, String> {
         let upstreams = compile_upstreams(config, &metrics);
-        let policies = PolicySet::compile(config)?;
+        let policies = PolicySet::compile(config, &metrics)?;
         Ok(Self {
             router: Router::new(config, &upstreams, &policies, &metrics)?,
             trusted_proxies: config.trusted_proxies.clone(),
