@@ -105,6 +105,11 @@ async fn discovered_keys_verify_a_providers_jwts_and_a_claim_names_the_consumer(
         &call(listen, "/api", Some(&wrong_aud)).await,
         "wrong audience",
     );
+    let no_aud = token(&idp, "client_id=orders-svc&scope=orders:read").await;
+    assert_refused(
+        &call(listen, "/api", Some(&no_aud)).await,
+        "token lacks a required claim",
+    );
     // Another provider's token: its key is not in this issuer's JWKS.
     let foreign = token(&other, "client_id=orders-svc&aud=orders&scope=orders:read").await;
     assert_refused(

@@ -298,6 +298,11 @@ impl JwtPolicy {
             };
             match jsonwebtoken::decode::<Value>(token, decoding, &self.validation(alg)) {
                 Ok(data) => {
+                    // jsonwebtoken takes a list `iss` when any member is
+                    // accepted; an issuer is one string (RFC 7519 §4.1.1).
+                    if !self.issuers.is_empty() && !data.claims["iss"].is_string() {
+                        return Err(self.invalid("wrong issuer"));
+                    }
                     let signer = match key {
                         KeySource::Consumer(owner) => Signer::Consumer(owner),
                         KeySource::Jwks(_) => Signer::Provider,
@@ -319,15 +324,20 @@ impl JwtPolicy {
         let mut v = Validation::new(alg);
         v.leeway = self.leeway;
         v.validate_nbf = true;
-        v.set_required_spec_claims(&["exp"]);
+        // jsonwebtoken checks `iss` and `aud` only when the token has them:
+        // configured, they are required.
+        let mut required = vec!["exp"];
         if self.audiences.is_empty() {
             v.validate_aud = false;
         } else {
             v.set_audience(&self.audiences);
+            required.push("aud");
         }
         if !self.issuers.is_empty() {
             v.set_issuer(&self.issuers);
+            required.push("iss");
         }
+        v.set_required_spec_claims(&required);
         v
     }
 
