@@ -76,9 +76,12 @@ impl Idp {
                 }
             }
         });
-        let idp = Self { child, addr };
+        let mut idp = Self { child, addr };
         let deadline = Instant::now() + Duration::from_secs(30);
         while ready_rx.try_recv().is_err() {
+            if let Ok(Some(status)) = idp.child.try_wait() {
+                panic!("{script} exited during start-up ({status}); its errors are above");
+            }
             assert!(Instant::now() < deadline, "{script} not ready after 30s");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
