@@ -1,11 +1,12 @@
 // oidc-provider on 127.0.0.1:<port> (argv[2]) for tests/tests/oidc.rs:
 // client_credentials access tokens (opaque: no resource indicator asks for
 // a JWT), introspection for the confidential client `xgate`, revocation.
-// Prints "ready" once listening.
+// argv[3], if given, is the issuer it names (a provider behind another
+// discovery document). Prints "ready" once listening.
 import Provider from 'oidc-provider';
 
 const port = Number(process.argv[2]);
-const provider = new Provider(`http://127.0.0.1:${port}`, {
+const provider = new Provider(process.argv[3] ?? `http://127.0.0.1:${port}`, {
   clients: [
     {
       // The gateway: calls introspection with client_secret_basic.

@@ -47,6 +47,12 @@ impl Idp {
         Self::start("oidc-provider.mjs", None).await
     }
 
+    /// `oidc-provider` naming `issuer` (a discovery document elsewhere
+    /// points at its endpoints).
+    pub async fn oidc_provider_for(issuer: &str) -> Self {
+        Self::start("oidc-provider.mjs", Some(issuer)).await
+    }
+
     async fn start(script: &str, issuer: Option<&str>) -> Self {
         let dir = idp_dir();
         assert!(

@@ -336,3 +336,51 @@ async fn while_the_provider_is_down_cached_answers_serve_until_their_ttl() {
         "the token could not be checked",
     );
 }
+
+#[tokio::test]
+async fn when_the_introspection_endpoint_moves_the_provider_is_discovered_again() {
+    let doc = DocServer::start("{}").await;
+    let issuer = doc.url("");
+    let idp = Idp::oidc_provider_for(&issuer).await;
+    let gone = free_port();
+    let point_at = |addr: std::net::SocketAddr| {
+        json!({"issuer": issuer, "introspection_endpoint": format!("http://{addr}/token/introspection")})
+            .to_string()
+    };
+    doc.set(&point_at(gone));
+    let upstream = EchoUpstream::start(any_port(), "u").await.unwrap();
+    let listen = free_port();
+    let daemon = Daemon::start(
+        &format!(
+            "listeners: [{{address: '{listen}'}}]\n\
+             consumers: [{{username: billing}}]\n\
+             upstreams: {{u: {{targets: ['{}']}}}}\n\
+             routes:\n\
+             \x20 - {{name: api, match: {{path_prefix: /}}, upstream: u,\n\
+             \x20    policies: [{{{}, min_refetch_interval: 0s}}]}}\n",
+            upstream.addr,
+            introspecting(&issuer, "client_secret: xgate-introspection-secret", "5m"),
+        ),
+        None,
+    );
+    let token = idp
+        .client_credentials(Some("billing:billing-client-secret"), "scope=orders:read")
+        .await;
+    assert_refused(
+        &call(listen, "/", Some(&token)).await,
+        "the token could not be checked",
+    );
+    let discoveries = doc.fetches();
+
+    // The document now names the live endpoint: the failing call makes
+    // xgate discover again and ask there.
+    doc.set(&point_at(idp.addr));
+    let r = call(listen, "/", Some(&token)).await;
+    assert_eq!(r.status, 200, "{}", body(&r));
+    assert_eq!(headers(&r)["x-consumer-username"], "billing");
+    assert!(
+        doc.fetches() > discoveries,
+        "discovery was not fetched again"
+    );
+    assert_eq!(introspections(&daemon, &issuer, "active"), 1);
+}
