@@ -51,6 +51,12 @@ struct DecisionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct IntrospectionLabels {
+    issuer: String,
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
     route: String,
 }
@@ -94,6 +100,7 @@ pub struct Metrics {
     active_connections: Family<ListenerLabels, Gauge>,
     refused_heads: Family<RefusedLabels, Counter>,
     policy_decisions: Family<DecisionLabels, Counter>,
+    oidc_introspections: Family<IntrospectionLabels, Counter>,
     send_timeouts: Family<ListenerLabels, Counter>,
     l7_denied_connections: Counter,
     reloads: Counter,
@@ -150,6 +157,13 @@ impl Default for Metrics {
              the policy's anonymous consumer)",
             policy_decisions.clone(),
         );
+        let oidc_introspections = Family::<IntrospectionLabels, Counter>::default();
+        registry.register(
+            "oidc_introspections",
+            "Calls to an OpenID provider's token introspection endpoint, by issuer and \
+             result: active, inactive (refused), or error (no usable answer)",
+            oidc_introspections.clone(),
+        );
         let send_timeouts = Family::<ListenerLabels, Counter>::default();
         registry.register(
             "client_send_timeouts",
@@ -178,6 +192,7 @@ impl Default for Metrics {
             active_connections,
             refused_heads,
             policy_decisions,
+            oidc_introspections,
             send_timeouts,
             l7_denied_connections,
             reloads,
@@ -319,6 +334,16 @@ impl Metrics {
             .get_or_create(&DecisionLabels {
                 route: route.to_string(),
                 policy: policy.to_string(),
+                result: result.to_string(),
+            })
+            .clone()
+    }
+
+    /// `xgate_oidc_introspections_total{issuer,result}`.
+    pub fn oidc_introspection(&self, issuer: &str, result: &str) -> Counter {
+        self.oidc_introspections
+            .get_or_create(&IntrospectionLabels {
+                issuer: issuer.to_string(),
                 result: result.to_string(),
             })
             .clone()

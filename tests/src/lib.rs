@@ -1,6 +1,7 @@
 //! Support for xgate's integration tests: the real `xgate` binary as a child
-//! process, a real echo upstream, network namespaces with veth pairs, raw
-//! HTTP, and crafted Ethernet frames.
+//! process, a real echo upstream, real OpenID providers (npm packages under
+//! `tests/idp`), network namespaces with veth pairs, raw HTTP, and crafted
+//! Ethernet frames.
 //!
 //! Tests that need root (BPF, namespaces) call [`require_root`]: under CI
 //! (which runs as root) a missing privilege is a failure, never a skip;
@@ -10,6 +11,7 @@ pub mod bad_upstream;
 pub mod doc_server;
 pub mod frames;
 pub mod http;
+pub mod idp;
 pub mod jwt;
 pub mod netns;
 pub mod ports;

@@ -23,7 +23,7 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Install the toolchain pieces and Debian packages the build and tests need.
+    /// Install the toolchain pieces, Debian packages and npm test dependencies the build and tests need.
     Setup,
     /// Build everything (the eBPF object is built by gateway-userspace's build script).
     Build {
@@ -73,10 +73,12 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let result = match args.task {
-        Task::Setup => setup::all(),
+        Task::Setup => setup::all().and_then(|()| setup::test_dependencies()),
         Task::Build { release } => setup::all().and_then(|()| build(release)),
         Task::Run { config } => setup::all().and_then(|()| run(&config)),
-        Task::Test => setup::all().and_then(|()| test()),
+        Task::Test => setup::all()
+            .and_then(|()| setup::test_dependencies())
+            .and_then(|()| test()),
         Task::Dist => setup::all().and_then(|()| dist::run().map(drop)),
         Task::Bench { scenarios } => setup::all().and_then(|()| bench::run(&scenarios)),
         Task::Attach {

@@ -1,6 +1,7 @@
 //! Toolchain pieces and packages a fresh machine lacks (see TOOLCHAIN notes
 //! in the README): rust-src for nightly, bpf-linker built against the LLVM
-//! inside the nightly toolchain, and the Debian packages the tests use.
+//! inside the nightly toolchain, the Debian packages the tests use, and the
+//! npm packages of the identity providers the oidc tests run (`tests/idp`).
 
 use std::{
     path::{Path, PathBuf},
@@ -23,12 +24,27 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("cc", "gcc"),
 ];
 
+/// Node.js the npm test dependencies need: oauth2-mock-server 8.2.3 and
+/// oidc-provider 9 both declare `^20.19 || ^22.12 || ^24`.
+const NODE_MIN: (u32, u32) = (20, 19);
+/// Where the npm test dependencies live (package.json + lock file).
+const NPM_DIR: &str = "tests/idp";
+/// Written into node_modules after an install: a copy of the lock file it
+/// was installed from, so an unchanged lock installs nothing.
+const NPM_STAMP: &str = "node_modules/.xgate-installed-lock.json";
+
 pub fn all() -> Result<()> {
     nightly()?;
     rust_src()?;
     bpf_linker()?;
     debian_packages()?;
     Ok(())
+}
+
+/// What only the tests need: Node.js and the npm packages in `tests/idp`.
+pub fn test_dependencies() -> Result<()> {
+    node()?;
+    npm_packages()
 }
 
 pub fn is_root() -> bool {
@@ -187,4 +203,71 @@ fn on_path(command: &str) -> bool {
     std::env::var_os("PATH")
         .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(command).is_file()))
         .unwrap_or(false)
+}
+
+fn node() -> Result<()> {
+    let missing: Vec<&str> = [("node", "nodejs"), ("npm", "npm")]
+        .iter()
+        .filter(|(command, _)| !on_path(command))
+        .map(|(_, package)| *package)
+        .collect();
+    if !missing.is_empty() {
+        if !is_root() {
+            bail!(
+                "the oidc tests need Node.js {}.{}+ and npm; install them (sudo apt-get install -y {})",
+                NODE_MIN.0,
+                NODE_MIN.1,
+                missing.join(" ")
+            );
+        }
+        step(&format!(
+            "installing Debian packages: {}",
+            missing.join(" ")
+        ));
+        run_cmd(Command::new("apt-get").args(["update", "-qq"]))?;
+        run_cmd(
+            Command::new("apt-get")
+                .args(["install", "-y", "-qq"])
+                .args(&missing)
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )?;
+    }
+    let version = output(Command::new("node").arg("--version"))?;
+    let version = version.trim();
+    let mut numbers = version
+        .trim_start_matches('v')
+        .split('.')
+        .map(|n| n.parse::<u32>().unwrap_or(0));
+    let found = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
+    if found < NODE_MIN {
+        // Debian 12's own nodejs is 18.
+        bail!(
+            "node is {version}; the identity providers in {NPM_DIR} need Node.js {}.{} or later \
+             (install a newer nodejs package, e.g. a Node.js 20 or 22 LTS build for Debian)",
+            NODE_MIN.0,
+            NODE_MIN.1
+        );
+    }
+    step(&format!("Node.js {version}: present"));
+    Ok(())
+}
+
+fn npm_packages() -> Result<()> {
+    let dir = Path::new(NPM_DIR);
+    let lock = std::fs::read(dir.join("package-lock.json"))
+        .with_context(|| format!("cannot read {NPM_DIR}/package-lock.json"))?;
+    if std::fs::read(dir.join(NPM_STAMP)).is_ok_and(|installed| installed == lock) {
+        step(&format!("npm packages in {NPM_DIR}: present"));
+        return Ok(());
+    }
+    step(&format!(
+        "installing the npm packages of {NPM_DIR} from its lock file"
+    ));
+    run_cmd(
+        Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+            .current_dir(dir),
+    )?;
+    std::fs::write(dir.join(NPM_STAMP), lock)
+        .with_context(|| format!("cannot write {NPM_DIR}/{NPM_STAMP}"))
 }

@@ -174,6 +174,7 @@ pub enum AuthMode {
 pub enum Policy {
     KeyAuth(KeyAuth),
     Jwt(Box<Jwt>),
+    Oidc(Box<Oidc>),
 }
 
 impl Policy {
@@ -181,6 +182,7 @@ impl Policy {
         match self {
             Policy::KeyAuth(_) => "key-auth",
             Policy::Jwt(_) => "jwt",
+            Policy::Oidc(_) => "oidc",
         }
     }
 
@@ -188,6 +190,7 @@ impl Policy {
         match self {
             Policy::KeyAuth(p) => p.anonymous.as_deref(),
             Policy::Jwt(p) => p.anonymous.as_deref(),
+            Policy::Oidc(p) => p.anonymous.as_deref(),
         }
     }
 }
@@ -284,6 +287,111 @@ pub struct Jwks {
     /// Shortest time between two fetches caused by an unknown `kid`.
     #[serde(default = "default_jwks_min_refetch", with = "crate::duration::serde")]
     pub min_refetch_interval: std::time::Duration,
+}
+
+/// `type: oidc`: access tokens of an OpenID Connect provider found by
+/// discovery; JWTs verified with its JWKS, opaque tokens introspected.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Oidc {
+    /// The provider's issuer URL: discovery is fetched from
+    /// `<issuer>/.well-known/openid-configuration`, and tokens must name it
+    /// in `iss`.
+    pub issuer: String,
+    /// CA certificates (PEM) the provider's HTTPS endpoints are verified
+    /// with; absent: the system's.
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
+    #[serde(default = "default_token_sources")]
+    pub token_sources: Vec<String>,
+    /// Accepted `aud` values (one must be in the token); empty: not checked.
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// Scopes the token must carry (`scope` or `scp`).
+    #[serde(default)]
+    pub required_scopes: Vec<String>,
+    /// Claims copied into upstream headers: claim → header name.
+    #[serde(default)]
+    pub claims_to_headers: BTreeMap<String, String>,
+    /// Which claim names the consumer (`sub`, `client_id`, ...).
+    #[serde(default = "default_consumer_claim")]
+    pub consumer_claim: String,
+    /// Let a token whose claim names no consumer through without one
+    /// (its claim is the credential identifier); by default it is refused.
+    #[serde(default)]
+    pub consumer_optional: bool,
+    /// This gateway's client at the provider, for introspection
+    /// (`client_secret_basic`).
+    #[serde(default)]
+    pub client_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_secret: Option<String>,
+    #[serde(default)]
+    pub client_secret_file: Option<std::path::PathBuf>,
+    #[serde(default)]
+    pub introspection: Introspection,
+    /// Tolerance for `exp` and `nbf`.
+    #[serde(default = "default_leeway", with = "crate::duration::serde")]
+    pub leeway: std::time::Duration,
+    /// How often the JWKS is fetched again in the background.
+    #[serde(default = "default_jwks_refresh", with = "crate::duration::serde")]
+    pub jwks_refresh_interval: std::time::Duration,
+    /// Shortest time between two fetches caused by an unknown `kid`, and
+    /// between two discoveries caused by a failure.
+    #[serde(default = "default_jwks_min_refetch", with = "crate::duration::serde")]
+    pub min_refetch_interval: std::time::Duration,
+    /// Verified and introspected tokens kept.
+    #[serde(default = "default_cache_entries")]
+    pub cache_entries: usize,
+    #[serde(default)]
+    pub hide_credentials: bool,
+    #[serde(default)]
+    pub anonymous: Option<String>,
+    #[serde(default = "default_realm")]
+    pub realm: String,
+}
+
+/// When a token goes to the provider's introspection endpoint (RFC 7662).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Introspection {
+    #[serde(default)]
+    pub enabled: IntrospectionMode,
+    /// How long an introspection answer is believed (never past the
+    /// token's `exp`): a revoked token is refused at most this late.
+    #[serde(default = "default_introspection_ttl", with = "crate::duration::serde")]
+    pub cache_ttl: std::time::Duration,
+}
+
+impl Default for Introspection {
+    fn default() -> Self {
+        Self {
+            enabled: IntrospectionMode::default(),
+            cache_ttl: default_introspection_ttl(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IntrospectionMode {
+    /// JWTs are verified here; other (opaque) tokens are introspected.
+    #[default]
+    Auto,
+    /// Every token is introspected (revocation is seen within cache_ttl).
+    Always,
+    /// Only JWTs; opaque tokens are refused.
+    Never,
+}
+
+fn default_consumer_claim() -> String {
+    "sub".into()
+}
+
+/// Five minutes: how long a revoked token may still pass, against one
+/// round trip to the provider per token and five minutes.
+fn default_introspection_ttl() -> std::time::Duration {
+    std::time::Duration::from_secs(300)
 }
 
 fn default_token_sources() -> Vec<String> {
@@ -538,22 +646,7 @@ pub(super) fn validate_policies(
                 }
             }
             Policy::Jwt(p) => {
-                for (j, source) in p.token_sources.iter().enumerate() {
-                    let ok = source == "header"
-                        || source
-                            .strip_prefix("query:")
-                            .or_else(|| source.strip_prefix("cookie:"))
-                            .is_some_and(|name| !name.is_empty());
-                    if !ok {
-                        errors.push(
-                            format!("{ppath}.token_sources[{j}]"),
-                            format!("'{source}': use header, query:<name> or cookie:<name>"),
-                        );
-                    }
-                }
-                if p.token_sources.is_empty() {
-                    errors.push(format!("{ppath}.token_sources"), "must name at least one");
-                }
+                validate_token_sources(&p.token_sources, &ppath, errors);
                 if let Some(jwks) = &p.jwks {
                     if !(jwks.url.starts_with("https://") || jwks.url.starts_with("http://"))
                         || jwks.url.parse::<http::Uri>().is_err()
@@ -564,18 +657,94 @@ pub(super) fn validate_policies(
                         );
                     }
                 }
-                for (claim, header) in &p.claims_to_headers {
-                    if http::HeaderName::from_bytes(header.as_bytes()).is_err() {
-                        errors.push(
-                            format!("{ppath}.claims_to_headers.{claim}"),
-                            format!("'{header}' is not a valid header name"),
-                        );
-                    }
-                }
+                validate_claims_to_headers(&p.claims_to_headers, &ppath, errors);
                 if p.cache_entries > 10_000_000 {
                     errors.push(format!("{ppath}.cache_entries"), "at most 10000000");
                 }
             }
+            Policy::Oidc(p) => validate_oidc(p, &ppath, errors),
+        }
+    }
+}
+
+fn validate_token_sources(sources: &[String], path: &str, errors: &mut Errors) {
+    for (j, source) in sources.iter().enumerate() {
+        let ok = source == "header"
+            || source
+                .strip_prefix("query:")
+                .or_else(|| source.strip_prefix("cookie:"))
+                .is_some_and(|name| !name.is_empty());
+        if !ok {
+            errors.push(
+                format!("{path}.token_sources[{j}]"),
+                format!("'{source}': use header, query:<name> or cookie:<name>"),
+            );
+        }
+    }
+    if sources.is_empty() {
+        errors.push(format!("{path}.token_sources"), "must name at least one");
+    }
+}
+
+fn validate_claims_to_headers(map: &BTreeMap<String, String>, path: &str, errors: &mut Errors) {
+    for (claim, header) in map {
+        if http::HeaderName::from_bytes(header.as_bytes()).is_err() {
+            errors.push(
+                format!("{path}.claims_to_headers.{claim}"),
+                format!("'{header}' is not a valid header name"),
+            );
+        }
+    }
+}
+
+fn validate_oidc(p: &Oidc, path: &str, errors: &mut Errors) {
+    let issuer_ok = (p.issuer.starts_with("https://") || p.issuer.starts_with("http://"))
+        && p.issuer
+            .parse::<http::Uri>()
+            .is_ok_and(|u| u.host().is_some())
+        && !p.issuer.contains(['?', '#']);
+    if !issuer_ok {
+        errors.push(
+            format!("{path}.issuer"),
+            format!(
+                "'{}' is not an http(s) URL without query or fragment",
+                p.issuer
+            ),
+        );
+    }
+    validate_token_sources(&p.token_sources, path, errors);
+    validate_claims_to_headers(&p.claims_to_headers, path, errors);
+    if p.consumer_claim.is_empty() {
+        errors.push(format!("{path}.consumer_claim"), "must not be empty");
+    }
+    if p.cache_entries > 10_000_000 {
+        errors.push(format!("{path}.cache_entries"), "at most 10000000");
+    }
+    let secrets =
+        usize::from(p.client_secret.is_some()) + usize::from(p.client_secret_file.is_some());
+    match (&p.client_id, secrets) {
+        (Some(_), 1) | (None, 0) => {}
+        (Some(_), _) => errors.push(
+            path,
+            "client_id needs exactly one of client_secret and client_secret_file",
+        ),
+        (None, _) => errors.push(
+            format!("{path}.client_id"),
+            "is needed with a client secret",
+        ),
+    }
+    if p.introspection.enabled == IntrospectionMode::Always && p.client_id.is_none() {
+        errors.push(
+            format!("{path}.introspection.enabled"),
+            "`always` needs client_id and a client secret to call the introspection endpoint",
+        );
+    }
+    if let Some(file) = &p.client_secret_file {
+        if let Err(e) = std::fs::metadata(file) {
+            errors.push(
+                format!("{path}.client_secret_file"),
+                format!("cannot read {}: {e}", file.display()),
+            );
         }
     }
 }
@@ -675,6 +844,32 @@ mod tests {
             "x",
         ] {
             assert_eq!(parse_rfc3339(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn oidc_needs_an_issuer_url_and_a_whole_client() {
+        let errors = crate::config::Config::from_yaml(
+            "listeners: [{address: '127.0.0.1:1'}]\n\
+             policy_defaults:\n\
+             \x20 policies:\n\
+             \x20   - {type: oidc, issuer: 'idp.test'}\n\
+             \x20   - {type: oidc, issuer: 'https://idp.test', client_id: xgate}\n\
+             \x20   - {type: oidc, issuer: 'https://idp.test', client_secret: s}\n\
+             \x20   - {type: oidc, issuer: 'https://idp.test', introspection: {enabled: always}}\n\
+             \x20   - {type: oidc, issuer: 'https://idp.test', client_id: x, client_secret_file: /nonexistent}\n",
+            "t",
+        )
+        .expect_err("refused")
+        .to_string();
+        for expected in [
+            "policy_defaults.policies[0].issuer: 'idp.test' is not an http(s) URL",
+            "policy_defaults.policies[1]: client_id needs exactly one of client_secret and client_secret_file",
+            "policy_defaults.policies[2].client_id: is needed with a client secret",
+            "policy_defaults.policies[3].introspection.enabled: `always` needs client_id",
+            "policy_defaults.policies[4].client_secret_file: cannot read /nonexistent",
+        ] {
+            assert!(errors.contains(expected), "missing `{expected}` in:\n{errors}");
         }
     }
 

@@ -1,12 +1,13 @@
 //! GET of a small document over HTTP or HTTPS (a JWKS, a discovery
-//! document): one connection per fetch, bounded in time and size. HTTPS
-//! verifies the server against the system's CA bundle, or the file given.
+//! document), and POST of a small form (token introspection): one
+//! connection per request, bounded in time and size. HTTPS verifies the
+//! server against the system's CA bundle, or the file given.
 
 use std::{path::Path, sync::Arc, time::Duration};
 
 use bytes::Bytes;
-use http::{header, Request, StatusCode, Uri};
-use http_body_util::{BodyExt, Empty, Limited};
+use http::{header, HeaderValue, Method, Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
@@ -57,12 +58,43 @@ impl Fetcher {
 
     /// The body of a 200 answer to `GET url`.
     pub async fn get(&self, url: &Uri) -> Result<Bytes, String> {
-        tokio::time::timeout(self.timeout, self.get_inner(url))
-            .await
-            .map_err(|_| format!("no answer within {:?}", self.timeout))?
+        self.send(url, Method::GET, None, Bytes::new()).await
     }
 
-    async fn get_inner(&self, url: &Uri) -> Result<Bytes, String> {
+    /// The body of a 200 answer to a POST of the form `body`
+    /// (`application/x-www-form-urlencoded`), with `authorization`.
+    pub async fn post_form(
+        &self,
+        url: &Uri,
+        authorization: Option<&HeaderValue>,
+        body: String,
+    ) -> Result<Bytes, String> {
+        self.send(url, Method::POST, authorization, Bytes::from(body))
+            .await
+    }
+
+    async fn send(
+        &self,
+        url: &Uri,
+        method: Method,
+        authorization: Option<&HeaderValue>,
+        body: Bytes,
+    ) -> Result<Bytes, String> {
+        tokio::time::timeout(
+            self.timeout,
+            self.send_inner(url, method, authorization, body),
+        )
+        .await
+        .map_err(|_| format!("no answer within {:?}", self.timeout))?
+    }
+
+    async fn send_inner(
+        &self,
+        url: &Uri,
+        method: Method,
+        authorization: Option<&HeaderValue>,
+        body: Bytes,
+    ) -> Result<Bytes, String> {
         let https = match url.scheme_str() {
             Some("https") => true,
             Some("http") => false,
@@ -74,12 +106,19 @@ impl Fetcher {
         let stream = TcpStream::connect((bare_host, port))
             .await
             .map_err(|e| format!("connect: {e}"))?;
-        let request = Request::get(url.path_and_query().map_or("/", |p| p.as_str()))
+        let mut request = Request::builder()
+            .method(method.clone())
+            .uri(url.path_and_query().map_or("/", |p| p.as_str()))
             .header(header::HOST, url.authority().expect("has a host").as_str())
             .header(header::ACCEPT, "application/json")
-            .header(header::USER_AGENT, "xgate")
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| e.to_string())?;
+            .header(header::USER_AGENT, "xgate");
+        if method == Method::POST {
+            request = request.header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+        }
+        if let Some(authorization) = authorization {
+            request = request.header(header::AUTHORIZATION, authorization);
+        }
+        let request = request.body(Full::new(body)).map_err(|e| e.to_string())?;
         let response = if https {
             let name = rustls::pki_types::ServerName::try_from(bare_host.to_string())
                 .map_err(|e| format!("server name: {e}"))?;
@@ -104,7 +143,7 @@ impl Fetcher {
 
 async fn send<I>(
     io: I,
-    request: Request<Empty<Bytes>>,
+    request: Request<Full<Bytes>>,
 ) -> Result<http::Response<hyper::body::Incoming>, String>
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,

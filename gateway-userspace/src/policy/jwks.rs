@@ -1,7 +1,9 @@
 //! A JWKS document's keys, fetched in the background on an interval, and
 //! again (at most every `min_refetch_interval`) when a token names a `kid`
 //! not in the set: a provider's key rotation needs no restart. When the
-//! endpoint is down, the last good keys stay.
+//! endpoint is down, the last good keys stay. The document's URL is
+//! configured, or found by OpenID discovery (and rediscovered when the
+//! fetch fails).
 
 use std::{
     sync::{Arc, Mutex, RwLock, Weak},
@@ -14,7 +16,7 @@ use jsonwebtoken::{
     Algorithm, DecodingKey,
 };
 
-use super::fetch::Fetcher;
+use super::{discovery::Discovery, fetch::Fetcher};
 use crate::config;
 
 /// One usable key of the set.
@@ -27,8 +29,14 @@ pub struct JwkKey {
     pub key: DecodingKey,
 }
 
+/// Where the document is.
+enum Location {
+    Url(Uri),
+    Discovered(Arc<Discovery>),
+}
+
 pub struct JwksKeys {
-    url: Uri,
+    location: Location,
     fetcher: Fetcher,
     keys: RwLock<Arc<Vec<JwkKey>>>,
     /// When the last fetch started (any cause), for the refetch limit.
@@ -43,18 +51,47 @@ impl JwksKeys {
     /// background when there is a runtime to run it.
     pub fn start(config: &config::Jwks, fetcher: Fetcher) -> Result<Arc<Self>, String> {
         let url: Uri = config.url.parse().map_err(|e| format!("jwks.url: {e}"))?;
+        Ok(Self::launch(
+            Location::Url(url),
+            fetcher,
+            config.refresh_interval,
+            config.min_refetch_interval,
+        ))
+    }
+
+    /// The key set at the `jwks_uri` that `discovery` finds.
+    pub fn start_discovered(
+        discovery: Arc<Discovery>,
+        fetcher: Fetcher,
+        refresh_interval: Duration,
+        min_refetch: Duration,
+    ) -> Arc<Self> {
+        Self::launch(
+            Location::Discovered(discovery),
+            fetcher,
+            refresh_interval,
+            min_refetch,
+        )
+    }
+
+    fn launch(
+        location: Location,
+        fetcher: Fetcher,
+        refresh_interval: Duration,
+        min_refetch: Duration,
+    ) -> Arc<Self> {
         let keys = Arc::new(Self {
-            url,
+            location,
             fetcher,
             keys: RwLock::new(Arc::new(Vec::new())),
             last_attempt: Mutex::new(None),
             fetching: tokio::sync::Mutex::new(()),
-            min_refetch: config.min_refetch_interval,
+            min_refetch,
         });
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(refresh(Arc::downgrade(&keys), config.refresh_interval));
+            runtime.spawn(refresh(Arc::downgrade(&keys), refresh_interval));
         }
-        Ok(keys)
+        keys
     }
 
     /// The keys that may verify a token with this `kid` and `alg`.
@@ -85,18 +122,44 @@ impl JwksKeys {
 
     async fn fetch_now(&self) {
         *self.last_attempt.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
-        match self
-            .fetcher
-            .get(&self.url)
-            .await
-            .and_then(|body| parse(&body))
-        {
+        let discovery = match &self.location {
+            Location::Url(url) => return self.publish(url, self.fetch(url).await),
+            Location::Discovered(discovery) => discovery,
+        };
+        let Some(url) = discovery.endpoints().await.and_then(|e| e.jwks_uri.clone()) else {
+            tracing::warn!(issuer = discovery.issuer(), "no jwks_uri discovered");
+            return;
+        };
+        let result = self.fetch(&url).await;
+        if result.is_err() {
+            // The provider may have moved its keys: discover again, and
+            // retry once if the document now names another URL.
+            discovery.rediscover().await;
+            if let Some(moved) = discovery
+                .endpoints()
+                .await
+                .and_then(|e| e.jwks_uri.clone())
+                .filter(|u| *u != url)
+            {
+                let result = self.fetch(&moved).await;
+                return self.publish(&moved, result);
+            }
+        }
+        self.publish(&url, result);
+    }
+
+    async fn fetch(&self, url: &Uri) -> Result<Vec<JwkKey>, String> {
+        self.fetcher.get(url).await.and_then(|body| parse(&body))
+    }
+
+    fn publish(&self, url: &Uri, result: Result<Vec<JwkKey>, String>) {
+        match result {
             Ok(keys) => {
-                tracing::debug!(url = %self.url, keys = keys.len(), "JWKS fetched");
+                tracing::debug!(%url, keys = keys.len(), "JWKS fetched");
                 *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys);
             }
             Err(error) => {
-                tracing::warn!(url = %self.url, %error, "JWKS fetch failed; keeping the last good keys");
+                tracing::warn!(%url, %error, "JWKS fetch failed; keeping the last good keys");
             }
         }
     }

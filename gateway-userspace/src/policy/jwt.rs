@@ -51,6 +51,12 @@ pub struct JwtPolicy {
     required_claims: Vec<(String, Value)>,
     claims_to_headers: Vec<(String, HeaderName)>,
     consumer_claim: Option<String>,
+    /// A token whose `consumer_claim` names no consumer goes on without
+    /// one (oidc's `consumer_optional`); the jwt policy refuses it.
+    consumer_optional: bool,
+    /// Whether consumers' own keys verify tokens (not for oidc: only the
+    /// provider's keys may sign for it).
+    consumer_keys: bool,
     hide: bool,
     cache: Option<TokenCache>,
     realm: String,
@@ -60,6 +66,13 @@ pub struct JwtPolicy {
 enum KeySource {
     Consumer(Arc<super::consumers::JwtKeyOwner>),
     Jwks(DecodingKey),
+}
+
+/// Who signed a verified token: a consumer's key names the consumer; a
+/// provider's (JWKS, introspection) leaves it to a claim.
+pub(super) enum Signer {
+    Consumer(Arc<super::consumers::JwtKeyOwner>),
+    Provider,
 }
 
 impl JwtPolicy {
@@ -72,7 +85,25 @@ impl JwtPolicy {
                 JwksKeys::start(j, fetcher)
             })
             .transpose()?;
-        Ok(Self {
+        Ok(Self::build(config, consumers, jwks))
+    }
+
+    /// The verifier of an OpenID provider's JWTs (oidc): only `jwks`
+    /// verifies, never a consumer's key.
+    pub(super) fn for_provider(
+        config: &config::Jwt,
+        consumers: Arc<Consumers>,
+        jwks: Arc<JwksKeys>,
+        consumer_optional: bool,
+    ) -> Self {
+        let mut policy = Self::build(config, consumers, Some(jwks));
+        policy.consumer_keys = false;
+        policy.consumer_optional = consumer_optional;
+        policy
+    }
+
+    fn build(config: &config::Jwt, consumers: Arc<Consumers>, jwks: Option<Arc<JwksKeys>>) -> Self {
+        Self {
             sources: config
                 .token_sources
                 .iter()
@@ -109,10 +140,12 @@ impl JwtPolicy {
                 })
                 .collect(),
             consumer_claim: config.consumer_claim.clone(),
+            consumer_optional: false,
+            consumer_keys: true,
             hide: config.hide_credentials,
             cache: (config.cache_entries > 0).then(|| TokenCache::new(config.cache_entries)),
             realm: config.realm.clone(),
-        })
+        }
     }
 
     fn challenge(&self, error: Option<&str>, description: Option<&str>) -> HeaderValue {
@@ -127,7 +160,7 @@ impl JwtPolicy {
     }
 
     /// RFC 6750 §3.1: no error code when no token came.
-    fn missing(&self) -> AuthError {
+    pub(super) fn missing(&self) -> AuthError {
         AuthError {
             status: StatusCode::UNAUTHORIZED,
             challenge: self.challenge(None, None),
@@ -136,7 +169,7 @@ impl JwtPolicy {
         }
     }
 
-    fn invalid(&self, description: &'static str) -> AuthError {
+    pub(super) fn invalid(&self, description: &'static str) -> AuthError {
         AuthError {
             status: StatusCode::UNAUTHORIZED,
             challenge: self.challenge(Some("invalid_token"), Some(description)),
@@ -147,7 +180,7 @@ impl JwtPolicy {
 
     /// The request's token and where it was; `Err` when it carries more
     /// than one.
-    fn token(&self, parts: &Parts) -> Result<Option<(String, usize)>, AuthError> {
+    pub(super) fn token(&self, parts: &Parts) -> Result<Option<(String, usize)>, AuthError> {
         let mut found = None;
         for (i, source) in self.sources.iter().enumerate() {
             let candidate = match source {
@@ -234,15 +267,18 @@ impl JwtPolicy {
             .and_then(Value::as_str)
             .and_then(|a| a.parse().ok())
             .ok_or_else(|| self.invalid("unsupported algorithm"))?;
-        let mut keys: Vec<KeySource> = self
-            .consumers
-            .jwt_keys(kid, issuer)
+        let owners = if self.consumer_keys {
+            self.consumers.jwt_keys(kid, issuer)
+        } else {
+            &[]
+        };
+        let mut keys: Vec<KeySource> = owners
             .iter()
             .filter(|k| k.algorithm == alg)
             .map(|k| KeySource::Consumer(k.clone()))
             .collect();
         if keys.is_empty() {
-            if !self.consumers.jwt_keys(kid, issuer).is_empty() {
+            if !owners.is_empty() {
                 // A key was found, but for another algorithm: the classic
                 // confusion (an HS token "signed" with an RSA public key).
                 return Err(self.invalid("algorithm not allowed for this key"));
@@ -261,7 +297,18 @@ impl JwtPolicy {
                 KeySource::Jwks(key) => key,
             };
             match jsonwebtoken::decode::<Value>(token, decoding, &self.validation(alg)) {
-                Ok(data) => return self.accept(data.claims, key).map(Some),
+                Ok(data) => {
+                    // jsonwebtoken takes a list `iss` when any member is
+                    // accepted; an issuer is one string (RFC 7519 §4.1.1).
+                    if !self.issuers.is_empty() && !data.claims["iss"].is_string() {
+                        return Err(self.invalid("wrong issuer"));
+                    }
+                    let signer = match key {
+                        KeySource::Consumer(owner) => Signer::Consumer(owner),
+                        KeySource::Jwks(_) => Signer::Provider,
+                    };
+                    return self.accept(data.claims, signer).map(Some);
+                }
                 Err(error) => {
                     last = self.invalid(describe(error.kind()));
                     if !matches!(error.kind(), ErrorKind::InvalidSignature) {
@@ -277,20 +324,26 @@ impl JwtPolicy {
         let mut v = Validation::new(alg);
         v.leeway = self.leeway;
         v.validate_nbf = true;
-        v.set_required_spec_claims(&["exp"]);
+        // jsonwebtoken checks `iss` and `aud` only when the token has them:
+        // configured, they are required.
+        let mut required = vec!["exp"];
         if self.audiences.is_empty() {
             v.validate_aud = false;
         } else {
             v.set_audience(&self.audiences);
+            required.push("aud");
         }
         if !self.issuers.is_empty() {
             v.set_issuer(&self.issuers);
+            required.push("iss");
         }
+        v.set_required_spec_claims(&required);
         v
     }
 
-    /// The checks past the signature, and who the token names.
-    fn accept(&self, claims: Value, key: KeySource) -> Result<Verified, AuthError> {
+    /// The checks past the signature (or the introspection), and who the
+    /// token names.
+    pub(super) fn accept(&self, claims: Value, signer: Signer) -> Result<Verified, AuthError> {
         let exp = claims.get("exp").and_then(Value::as_i64).unwrap_or(0);
         if let Some(max) = self.max_lifetime {
             let start = claims
@@ -321,18 +374,17 @@ impl JwtPolicy {
                 });
             }
         }
-        let (consumer, credential) = match key {
-            KeySource::Consumer(owner) => (Some(owner.consumer.clone()), owner.credential.clone()),
-            KeySource::Jwks(_) => {
+        let (consumer, credential) = match signer {
+            Signer::Consumer(owner) => (Some(owner.consumer.clone()), owner.credential.clone()),
+            Signer::Provider => {
                 let consumer = match &self.consumer_claim {
                     Some(claim) => {
                         let name = claims.get(claim).and_then(Value::as_str).unwrap_or("");
-                        Some(
-                            self.consumers
-                                .by_username(name)
-                                .cloned()
-                                .ok_or_else(|| self.invalid("token names no known consumer"))?,
-                        )
+                        match self.consumers.by_username(name) {
+                            Some(consumer) => Some(consumer.clone()),
+                            None if self.consumer_optional => None,
+                            None => return Err(self.invalid("token names no known consumer")),
+                        }
                     }
                     None => None,
                 };
@@ -369,7 +421,12 @@ impl JwtPolicy {
         })
     }
 
-    fn grant(&self, parts: &mut Parts, verified: &Verified, source: usize) -> AuthResult {
+    pub(super) fn grant(
+        &self,
+        parts: &mut Parts,
+        verified: &Verified,
+        source: usize,
+    ) -> AuthResult {
         for (name, _) in &self.claims_to_headers {
             parts.headers.remove(name);
         }
@@ -440,8 +497,9 @@ impl Authenticator for JwtPolicy {
 
 /// What a verified token grants, kept in the cache.
 pub struct Verified {
-    exp: i64,
-    consumer: Option<Arc<Consumer>>,
+    /// Past this instant (Unix seconds) the cache no longer answers.
+    pub(super) exp: i64,
+    pub(super) consumer: Option<Arc<Consumer>>,
     credential: HeaderValue,
     headers: Vec<(HeaderName, HeaderValue)>,
 }
@@ -510,14 +568,14 @@ fn describe(kind: &ErrorKind) -> &'static str {
 
 /// Verified tokens by their whole text, in shards so that workers rarely
 /// meet on one lock; never used past a token's `exp`.
-struct TokenCache {
+pub(super) struct TokenCache {
     shards: Vec<Mutex<HashMap<Box<str>, Arc<Verified>>>>,
     per_shard: usize,
     hasher: foldhash::fast::RandomState,
 }
 
 impl TokenCache {
-    fn new(entries: usize) -> Self {
+    pub(super) fn new(entries: usize) -> Self {
         Self {
             shards: (0..CACHE_SHARDS)
                 .map(|_| Mutex::new(HashMap::new()))
@@ -531,12 +589,12 @@ impl TokenCache {
         &self.shards[self.hasher.hash_one(token) as usize % CACHE_SHARDS]
     }
 
-    fn get(&self, token: &str, now: i64) -> Option<Arc<Verified>> {
+    pub(super) fn get(&self, token: &str, now: i64) -> Option<Arc<Verified>> {
         let shard = self.shard(token).lock().unwrap_or_else(|e| e.into_inner());
         shard.get(token).filter(|v| v.exp > now).cloned()
     }
 
-    fn insert(&self, token: &str, verified: Arc<Verified>) {
+    pub(super) fn insert(&self, token: &str, verified: Arc<Verified>) {
         let mut shard = self.shard(token).lock().unwrap_or_else(|e| e.into_inner());
         if shard.len() >= self.per_shard {
             let now = unix_now();

@@ -7,14 +7,19 @@
 //! - `consumers`: the callers the config knows, and the identity headers
 //! - `key_auth`: API keys in a header or the query
 //! - `jwt`: JSON Web Tokens, keys from consumers or a JWKS document
+//! - `oidc`: an OpenID Connect provider's access tokens: JWTs with its
+//!   discovered keys, opaque tokens through introspection
 //! - `jwks`: fetching and refreshing a JWKS document
+//! - `discovery`: an OpenID provider's discovery document
 //! - `fetch`: the small HTTP(S) client policies use for their documents
 
 pub mod consumers;
+mod discovery;
 mod fetch;
 mod jwks;
 pub mod jwt;
 mod key_auth;
+mod oidc;
 
 use std::{collections::HashMap, future::Future, pin::Pin, sync::Arc};
 
@@ -92,6 +97,7 @@ impl PolicyList {
         mode: AuthMode,
         policies: &[config::Policy],
         consumers: &Arc<Consumers>,
+        metrics: &Metrics,
     ) -> Result<Self, String> {
         let steps = policies
             .iter()
@@ -103,6 +109,10 @@ impl PolicyList {
                     ),
                     config::Policy::Jwt(c) => (
                         Box::new(jwt::JwtPolicy::new(c, consumers.clone())?),
+                        c.anonymous.as_deref(),
+                    ),
+                    config::Policy::Oidc(c) => (
+                        Box::new(oidc::OidcPolicy::new(c, consumers.clone(), metrics)?),
                         c.anonymous.as_deref(),
                     ),
                 };
@@ -270,7 +280,11 @@ impl RoutePolicies {
 impl PolicySet {
     /// Compiles the config's consumers and policy lists. Lists (and the
     /// consumers) unchanged since `previous` are taken over, state and all.
-    pub fn compile(config: &config::Config, previous: Option<&PolicySet>) -> Result<Self, String> {
+    pub fn compile(
+        config: &config::Config,
+        previous: Option<&PolicySet>,
+        metrics: &Metrics,
+    ) -> Result<Self, String> {
         // The key files' contents count too: a key replaced in place is a
         // change.
         let key_files: Vec<Option<Vec<u8>>> = config
@@ -297,7 +311,7 @@ impl PolicySet {
         };
         let defaults = &config.policy_defaults;
         set.global = set
-            .list(defaults.authentication, &defaults.policies)
+            .list(defaults.authentication, &defaults.policies, metrics)
             .map_err(|e| format!("policy_defaults: {e}"))?;
         for (i, l) in config.listeners.iter().enumerate() {
             let Some(d) = l.policy_defaults.as_ref() else {
@@ -305,7 +319,7 @@ impl PolicySet {
             };
             let name = l.name.clone().unwrap_or_else(|| l.address.to_string());
             let list = set
-                .list(d.authentication, &d.policies)
+                .list(d.authentication, &d.policies, metrics)
                 .map_err(|e| format!("listeners[{i}].policy_defaults: {e}"))?;
             set.listeners.push((Arc::from(name.as_str()), list));
         }
@@ -314,7 +328,12 @@ impl PolicySet {
 
     /// The compiled list for a declaration: the one compiled before for the
     /// same declaration and consumers, or a new one.
-    fn list(&self, mode: AuthMode, policies: &[config::Policy]) -> Result<Arc<PolicyList>, String> {
+    fn list(
+        &self,
+        mode: AuthMode,
+        policies: &[config::Policy],
+        metrics: &Metrics,
+    ) -> Result<Arc<PolicyList>, String> {
         if policies.is_empty() {
             return Ok(Arc::new(PolicyList::empty()));
         }
@@ -325,7 +344,12 @@ impl PolicySet {
             compiled.insert(key, list.clone());
             return Ok(list);
         }
-        let list = Arc::new(PolicyList::compile(mode, policies, &self.consumers)?);
+        let list = Arc::new(PolicyList::compile(
+            mode,
+            policies,
+            &self.consumers,
+            metrics,
+        )?);
         compiled.insert(key, list.clone());
         Ok(list)
     }
@@ -342,7 +366,7 @@ impl PolicySet {
             .policies
             .as_ref()
             .map(|policies| {
-                self.list(route.authentication.unwrap_or_default(), policies)
+                self.list(route.authentication.unwrap_or_default(), policies, metrics)
                     .map_err(|e| format!("routes[{index}].policies: {e}"))
             })
             .transpose()?

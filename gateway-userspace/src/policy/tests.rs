@@ -134,13 +134,14 @@ fn a_reload_takes_over_the_lists_that_did_not_change() {
     };
     let route_list = |set: &PolicySet, config: &config::Config| {
         let policies = config.routes[0].policies.as_ref().unwrap();
-        set.list(AuthMode::All, policies).unwrap()
+        set.list(AuthMode::All, policies, &Metrics::default())
+            .unwrap()
     };
     let first_config = yaml("key-0123456789", "60s");
-    let first = PolicySet::compile(&first_config, None).unwrap();
+    let first = PolicySet::compile(&first_config, None, &Metrics::default()).unwrap();
     let first_route = route_list(&first, &first_config);
 
-    let same = PolicySet::compile(&first_config, Some(&first)).unwrap();
+    let same = PolicySet::compile(&first_config, Some(&first), &Metrics::default()).unwrap();
     assert!(Arc::ptr_eq(&first.consumers, &same.consumers));
     assert!(
         Arc::ptr_eq(&first.global, &same.global),
@@ -149,7 +150,7 @@ fn a_reload_takes_over_the_lists_that_did_not_change() {
     assert!(Arc::ptr_eq(&first_route, &route_list(&same, &first_config)));
 
     let leeway = yaml("key-0123456789", "30s");
-    let changed = PolicySet::compile(&leeway, Some(&same)).unwrap();
+    let changed = PolicySet::compile(&leeway, Some(&same), &Metrics::default()).unwrap();
     assert!(Arc::ptr_eq(&first.global, &changed.global));
     assert!(
         !Arc::ptr_eq(&first_route, &route_list(&changed, &leeway)),
@@ -157,7 +158,7 @@ fn a_reload_takes_over_the_lists_that_did_not_change() {
     );
 
     let new_key = yaml("key-9876543210", "30s");
-    let rekeyed = PolicySet::compile(&new_key, Some(&changed)).unwrap();
+    let rekeyed = PolicySet::compile(&new_key, Some(&changed), &Metrics::default()).unwrap();
     assert!(!Arc::ptr_eq(&changed.consumers, &rekeyed.consumers));
     assert!(
         !Arc::ptr_eq(&changed.global, &rekeyed.global),

@@ -77,7 +77,7 @@ impl Runtime {
         previous: Option<&Runtime>,
     ) -> Result<Self, String> {
         let upstreams = compile_upstreams(config, &metrics);
-        let policies = PolicySet::compile(config, previous.map(|p| &p.policies))?;
+        let policies = PolicySet::compile(config, previous.map(|p| &p.policies), &metrics)?;
         Ok(Self {
             local: local::Local::compile(
                 config,

@@ -10,7 +10,8 @@ fn policy(extra: &str) -> JwtPolicy {
         &format!(
             "listeners: [{{address: '127.0.0.1:1'}}]\n\
              consumers:\n\
-             \x20 - {{username: alice, jwt: [{{issuer: alice-iss, algorithm: HS256, secret: '{SECRET}'}}]}}\n\
+             \x20 - {{username: alice, jwt: [{{issuer: alice-iss, algorithm: HS256, secret: '{SECRET}'}},\n\
+             \x20     {{kid: alice-kid, algorithm: HS256, secret: '{SECRET}'}}]}}\n\
              upstreams: {{u: {{targets: ['127.0.0.1:2']}}}}\n\
              routes: [{{match: {{path_prefix: /}}, upstream: u, policies: [{{type: jwt{extra}}}]}}]\n"
         ),
@@ -145,6 +146,49 @@ fn attacks_are_refused() {
     );
     let no_exp = hs256(json!({"iss": "alice-iss", "aud": "api", "iat": now()}));
     assert_eq!(check(&p, &no_exp), Err("token lacks a required claim"));
+}
+
+#[test]
+fn configured_issuers_and_audiences_must_be_in_the_token() {
+    // jsonwebtoken checks iss and aud only when the token has them.
+    let p = policy(", issuers: [alice-iss], audiences: [api]");
+    let by_kid = |claims: serde_json::Value| {
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some("alice-kid".into());
+        encode(
+            &header,
+            &claims,
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap()
+    };
+    let exp = now() + 60;
+    assert_eq!(
+        check(
+            &p,
+            &by_kid(json!({"iss": "alice-iss", "aud": "api", "exp": exp}))
+        ),
+        Ok("alice".into())
+    );
+    for (what, claims, why) in [
+        (
+            "no iss",
+            json!({"aud": "api", "exp": exp}),
+            "token lacks a required claim",
+        ),
+        (
+            "no aud",
+            json!({"iss": "alice-iss", "exp": exp}),
+            "token lacks a required claim",
+        ),
+        (
+            "iss list",
+            json!({"iss": ["alice-iss", "evil"], "aud": "api", "exp": exp}),
+            "wrong issuer",
+        ),
+    ] {
+        assert_eq!(check(&p, &by_kid(claims)), Err(why), "{what}");
+    }
 }
 
 #[test]
