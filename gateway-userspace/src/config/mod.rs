@@ -12,7 +12,7 @@ mod xdp;
 use std::{fmt, path::Path};
 
 pub use self::{
-    listener::Listener,
+    listener::{ClientAuth, ClientAuthMode, Listener},
     model::*,
     policy::*,
     route::{anchored, HeaderMatch, Route, RouteMatch},
