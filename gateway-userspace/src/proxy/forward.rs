@@ -54,8 +54,12 @@ where
     )?;
 
     // Identity headers are the gateway's to set: a client's copies never
-    // go upstream, whatever the route.
+    // go upstream, whatever the route. The verified client certificate's
+    // go on every request of its connection (routes may match on them).
     crate::policy::strip_identity_headers(&mut parts.headers);
+    if let Some(cert) = &ctx.conn.client_cert {
+        cert.apply(&mut parts.headers);
+    }
     let matched = rt.router.route(&parts).ok_or(Rejection::NoRoute)?;
     let route = matched.route;
     ctx.route = Some(route.metrics.clone());

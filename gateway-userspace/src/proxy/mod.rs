@@ -2,6 +2,7 @@
 //! per-request forwarding path, and the listeners that feed it.
 
 mod access_log;
+pub mod client_cert;
 mod conn_io;
 mod conn_timer;
 mod context;
@@ -37,6 +38,7 @@ use self::access_log::AccessLogger;
 pub use self::headers::{ForwardFields, Forwarding};
 use self::router::Router;
 pub use self::{
+    client_cert::ClientCertificate,
     conn_timer::{within, ConnTimer},
     context::RequestContext,
     rejection::{json_response, Rejection},
@@ -148,6 +150,9 @@ pub struct ConnInfo {
     pub timer: Option<ConnTimer>,
     /// The listener's name: which `policy_defaults` apply.
     pub listener: Arc<str>,
+    /// The certificate the client presented and the handshake verified
+    /// (listeners with `tls.client_auth`).
+    pub client_cert: Option<Arc<ClientCertificate>>,
 }
 
 impl ConnInfo {
@@ -163,12 +168,19 @@ impl ConnInfo {
             forwarding: Forwarding::new(client.ip(), scheme),
             timer,
             listener: Arc::from(""),
+            client_cert: None,
         }
     }
 
     /// Notes the listener the connection came in on.
     pub fn on_listener(mut self, listener: Arc<str>) -> Self {
         self.listener = listener;
+        self
+    }
+
+    /// Notes the client certificate the handshake verified.
+    pub fn with_client_cert(mut self, client_cert: Option<Arc<ClientCertificate>>) -> Self {
+        self.client_cert = client_cert;
         self
     }
 }
