@@ -1,7 +1,8 @@
 //! The consumers of the config, compiled into what the request path needs:
 //! each consumer's identity headers made once, and its credentials in maps
 //! keyed by what a request presents (a key's SHA-256, a JWT's `iss` or
-//! `kid`), so 100,000 consumers cost a request what 10 do.
+//! `kid`, a client certificate's name), so 100,000 consumers cost a request
+//! what 10 do.
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -133,6 +134,8 @@ pub struct Consumers {
     keys: HashMap<[u8; 32], KeyOwner>,
     jwt_by_issuer: HashMap<String, Vec<Arc<JwtKeyOwner>>>,
     jwt_by_kid: HashMap<String, Vec<Arc<JwtKeyOwner>>>,
+    /// A client certificate's name → the consumer it is (`mtls_subjects`).
+    mtls_subjects: HashMap<String, Arc<Consumer>>,
 }
 
 impl std::fmt::Debug for Consumers {
@@ -187,6 +190,12 @@ impl Consumers {
                     out.jwt_by_kid.entry(kid.clone()).or_default().push(owner);
                 }
             }
+            for subject in &c.mtls_subjects {
+                // Validated: no name belongs to two consumers.
+                out.mtls_subjects
+                    .entry(subject.clone())
+                    .or_insert_with(|| consumer.clone());
+            }
         }
         Ok(out)
     }
@@ -206,6 +215,11 @@ impl Consumers {
         kid.and_then(|kid| self.jwt_by_kid.get(kid))
             .or_else(|| issuer.and_then(|iss| self.jwt_by_issuer.get(iss)))
             .map_or(&[], Vec::as_slice)
+    }
+
+    /// The consumer a client certificate's name is (`mtls_subjects`).
+    pub fn by_mtls_subject(&self, name: &str) -> Option<&Arc<Consumer>> {
+        self.mtls_subjects.get(name)
     }
 
     /// Whether any consumer holds a JWT key.

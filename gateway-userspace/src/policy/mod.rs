@@ -7,6 +7,7 @@
 //! - `consumers`: the callers the config knows, and the identity headers
 //! - `key_auth`: API keys in a header or the query
 //! - `jwt`: JSON Web Tokens, keys from consumers or a JWKS document
+//! - `mtls`: the client certificate the listener verified
 //! - `jwks`: fetching and refreshing a JWKS document
 //! - `fetch`: the small HTTP(S) client policies use for their documents
 
@@ -15,6 +16,7 @@ mod fetch;
 mod jwks;
 pub mod jwt;
 mod key_auth;
+mod mtls;
 
 use std::{future::Future, pin::Pin, sync::Arc};
 
@@ -102,6 +104,10 @@ impl PolicyList {
                     ),
                     config::Policy::Jwt(c) => (
                         Box::new(jwt::JwtPolicy::new(c, consumers.clone())?),
+                        c.anonymous.as_deref(),
+                    ),
+                    config::Policy::Mtls(c) => (
+                        Box::new(mtls::Mtls::new(c, consumers.clone())),
                         c.anonymous.as_deref(),
                     ),
                 };

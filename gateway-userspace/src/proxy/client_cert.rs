@@ -13,6 +13,8 @@ use std::fmt::Write as _;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
+use crate::config::CertificateName;
+
 pub const X_CLIENT_CERT_SUBJECT: HeaderName = HeaderName::from_static("x-client-cert-subject");
 pub const X_CLIENT_CERT_SAN: HeaderName = HeaderName::from_static("x-client-cert-san");
 pub const X_CLIENT_CERT_FINGERPRINT: HeaderName =
@@ -108,6 +110,16 @@ impl ClientCertificate {
             .then(|| HeaderValue::from_str(&san).ok())
             .flatten();
         Ok(cert)
+    }
+
+    /// The certificate's names of one kind, in the order they are tried.
+    pub fn names(&self, kind: CertificateName) -> &[String] {
+        match kind {
+            CertificateName::SanDns => &self.dns,
+            CertificateName::SanUri => &self.uris,
+            CertificateName::SanEmail => &self.emails,
+            CertificateName::SubjectCn => &self.common_names,
+        }
     }
 
     /// Sets the `X-Client-Cert-*` headers (the client's own copies are
@@ -469,6 +481,23 @@ mod der {
     }
 }
 
+/// For the tests of policies: a certificate with just these names.
+#[cfg(test)]
+impl ClientCertificate {
+    pub fn with_names(dns: &[&str], uris: &[&str], emails: &[&str], cns: &[&str]) -> Self {
+        let owned = |list: &[&str]| list.iter().map(|s| s.to_string()).collect();
+        Self {
+            subject: None,
+            san: None,
+            fingerprint: HeaderValue::from_static("ab12"),
+            dns: owned(dns),
+            uris: owned(uris),
+            emails: owned(emails),
+            common_names: owned(cns),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use rcgen::{
@@ -560,12 +589,25 @@ mod tests {
     fn a_certificate_without_subject_or_names_gets_only_its_fingerprint() {
         let cert = ClientCertificate::parse(&certificate(&[], Vec::new())).unwrap();
         assert!(cert.subject.is_none() && cert.san.is_none());
+        assert!(cert.names(CertificateName::SubjectCn).is_empty());
         let mut headers = HeaderMap::new();
         cert.apply(&mut headers);
         assert_eq!(
             headers.keys().collect::<Vec<_>>(),
             [&X_CLIENT_CERT_FINGERPRINT]
         );
+    }
+
+    #[test]
+    fn names_by_kind() {
+        let cert = ClientCertificate::parse(&full()).unwrap();
+        assert_eq!(cert.names(CertificateName::SanDns), ["api.clients.test"]);
+        assert_eq!(
+            cert.names(CertificateName::SanUri),
+            ["spiffe://xgate.test/a,b"]
+        );
+        assert_eq!(cert.names(CertificateName::SanEmail), ["ops@example.test"]);
+        assert_eq!(cert.names(CertificateName::SubjectCn), [" #client+1 "]);
     }
 
     /// Bytes the reader was never meant to see end in an error, never a

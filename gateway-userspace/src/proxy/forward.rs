@@ -64,6 +64,10 @@ where
     let route = matched.route;
     ctx.route = Some(route.metrics.clone());
     if !route.policies.empty {
+        // For the mtls policy.
+        if let Some(cert) = &ctx.conn.client_cert {
+            parts.extensions.insert(cert.clone());
+        }
         let chain = route.policies.chain(&ctx.conn.listener);
         if let Some(identity) = chain.run(&mut parts).await? {
             identity.apply(&mut parts.headers);
