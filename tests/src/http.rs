@@ -115,7 +115,9 @@ pub async fn get(addr: SocketAddr, path: &str, extra: &[&str]) -> RawResponse {
     send(addr, None, &request).await.expect("request")
 }
 
-fn parse(raw: &[u8]) -> std::io::Result<RawResponse> {
+/// Parses a whole HTTP/1.1 response (head and body, chunked or not), as
+/// read from any stream until the server closed it.
+pub fn parse(raw: &[u8]) -> std::io::Result<RawResponse> {
     let invalid = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
     if raw.is_empty() {
         return Err(std::io::Error::new(

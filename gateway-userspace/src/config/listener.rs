@@ -81,10 +81,7 @@ pub struct Listener {
     pub send_timeout: Duration,
 }
 
-/// `listeners[].tls`. Client-certificate authentication is a later
-/// addition: it will be a `client_auth` key here, read by
-/// `proxy::tls::server_config`, which is where a verifier replaces
-/// `with_no_client_auth`.
+/// `listeners[].tls`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Tls {
@@ -93,6 +90,40 @@ pub struct Tls {
     /// Oldest TLS version accepted.
     #[serde(default)]
     pub min_version: TlsVersion,
+    /// Ask clients for a certificate (mutual TLS); absent: never asked.
+    #[serde(default)]
+    pub client_auth: Option<ClientAuth>,
+}
+
+/// `listeners[].tls.client_auth`: which client certificates the handshake
+/// accepts. The files are re-read on reload, like the certificates.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientAuth {
+    #[serde(default)]
+    pub mode: ClientAuthMode,
+    /// PEM certificates of the CAs that issue client certificates (trust
+    /// anchors; intermediates come from the client).
+    pub ca_file: PathBuf,
+    /// Certificate revocation lists, PEM or DER. With any given, every
+    /// certificate of a client's chain below the CA must be covered by its
+    /// issuer's list.
+    #[serde(default)]
+    pub crl_files: Vec<PathBuf>,
+}
+
+/// Whether a client must present a certificate.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuthMode {
+    /// A handshake without a valid client certificate fails. The default:
+    /// whoever writes `client_auth` wants certificates, and a missing one
+    /// should fail closed.
+    #[default]
+    Required,
+    /// A client may present none (policies decide); one it presents must
+    /// be valid, or the handshake fails.
+    Optional,
 }
 
 /// One certificate chain and its private key, both PEM. Re-read on reload.
@@ -229,6 +260,13 @@ fn validate_tls(base: &str, tls: &Tls, errors: &mut Errors) {
             "at least one certificate is required",
         );
     }
+    if let Some(client_auth) = &tls.client_auth {
+        if let Err(failures) = crate::proxy::tls::client_verifier(client_auth) {
+            for error in failures {
+                errors.push(format!("{base}.client_auth.{}", error.field), error.message);
+            }
+        }
+    }
     for (j, files) in tls.certificates.iter().enumerate() {
         let path = format!("{base}.certificates[{j}]");
         match crate::proxy::tls::load_certificate(&files.cert, &files.key) {
@@ -293,6 +331,37 @@ mod tests {
         );
         assert_eq!(TlsVersion::default(), TlsVersion::V1_2);
         assert!(TlsVersion::V1_2.includes_tls12() && !TlsVersion::V1_3.includes_tls12());
+    }
+
+    #[test]
+    fn client_auth_files_are_checked_with_their_path() {
+        let errors = listener(
+            ", tls: {certificates: [], client_auth: {ca_file: /nonexistent/ca.pem, \
+             crl_files: [/nonexistent/a.crl]}}",
+        )
+        .unwrap_err();
+        assert_eq!(errors.len(), 3, "{errors:#?}");
+        for want in [
+            "listeners[0].tls.certificates: at least one certificate is required",
+            "listeners[0].tls.client_auth.ca_file: cannot read /nonexistent/ca.pem",
+            "listeners[0].tls.client_auth.crl_files[0]: cannot read /nonexistent/a.crl",
+        ] {
+            assert!(
+                errors.iter().any(|e| e.starts_with(want)),
+                "{want}: {errors:#?}"
+            );
+        }
+
+        let auth: ClientAuth = serde_yaml::from_str("ca_file: ca.pem").unwrap();
+        assert_eq!(
+            auth.mode,
+            ClientAuthMode::Required,
+            "fails closed by default"
+        );
+        assert!(auth.crl_files.is_empty());
+        let auth: ClientAuth = serde_yaml::from_str("{mode: optional, ca_file: ca.pem}").unwrap();
+        assert_eq!(auth.mode, ClientAuthMode::Optional);
+        assert!(serde_yaml::from_str::<ClientAuth>("{mode: sometimes, ca_file: ca.pem}").is_err());
     }
 
     #[test]

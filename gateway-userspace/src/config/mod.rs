@@ -13,7 +13,7 @@ mod xdp;
 use std::{fmt, path::Path};
 
 pub use self::{
-    listener::Listener,
+    listener::{ClientAuth, ClientAuthMode, Listener},
     model::*,
     oauth2_server::OAuth2Server,
     policy::*,

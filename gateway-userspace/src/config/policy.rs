@@ -32,6 +32,11 @@ pub struct Consumer {
     /// tokens they get name this consumer.
     #[serde(default)]
     pub oauth2_clients: Vec<OAuth2Client>,
+    /// Names in client certificates that are this consumer (mtls): a DNS,
+    /// URI or e-mail subject alternative name, or a subject common name, as
+    /// the policy's `consumer_by` says which are read.
+    #[serde(default)]
+    pub mtls_subjects: Vec<String>,
 }
 
 impl Consumer {
@@ -175,6 +180,7 @@ pub enum Policy {
     KeyAuth(KeyAuth),
     Jwt(Box<Jwt>),
     Oidc(Box<Oidc>),
+    Mtls(Mtls),
 }
 
 impl Policy {
@@ -183,6 +189,7 @@ impl Policy {
             Policy::KeyAuth(_) => "key-auth",
             Policy::Jwt(_) => "jwt",
             Policy::Oidc(_) => "oidc",
+            Policy::Mtls(_) => "mtls",
         }
     }
 
@@ -191,6 +198,7 @@ impl Policy {
             Policy::KeyAuth(p) => p.anonymous.as_deref(),
             Policy::Jwt(p) => p.anonymous.as_deref(),
             Policy::Oidc(p) => p.anonymous.as_deref(),
+            Policy::Mtls(p) => p.anonymous.as_deref(),
         }
     }
 }
@@ -270,6 +278,49 @@ pub struct Jwt {
     /// `realm` in the WWW-Authenticate challenge.
     #[serde(default = "default_realm")]
     pub realm: String,
+}
+
+/// `type: mtls`: the client certificate the listener verified, mapped to
+/// a consumer by its names.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mtls {
+    /// Which names of the certificate are looked up, in this order; the
+    /// first that names a consumer wins.
+    #[serde(default = "default_consumer_by")]
+    pub consumer_by: Vec<CertificateName>,
+    /// Also take a name as a consumer's username (after `mtls_subjects`).
+    #[serde(default)]
+    pub username_from_certificate: bool,
+    /// A request without a certificate, or with one that names no
+    /// consumer, goes on as this consumer.
+    #[serde(default)]
+    pub anonymous: Option<String>,
+}
+
+/// A kind of name in a client certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CertificateName {
+    /// DNS subject alternative names (compared in lower case).
+    SanDns,
+    /// URI subject alternative names (SPIFFE IDs and the like).
+    SanUri,
+    /// E-mail (rfc822Name) subject alternative names.
+    SanEmail,
+    /// The subject's common names, most specific first.
+    SubjectCn,
+}
+
+/// Alternative names first: they are what RFC 6125 and SPIFFE identify
+/// with; the common name last, for CAs that still put identity only there.
+fn default_consumer_by() -> Vec<CertificateName> {
+    vec![
+        CertificateName::SanDns,
+        CertificateName::SanUri,
+        CertificateName::SanEmail,
+        CertificateName::SubjectCn,
+    ]
 }
 
 /// Where a jwt policy gets keys that no consumer holds.
@@ -433,6 +484,7 @@ pub(super) fn validate_consumers(consumers: &[Consumer], errors: &mut Errors) {
     let mut usernames = HashSet::new();
     let mut ids = HashSet::new();
     let mut client_ids = HashMap::new();
+    let mut mtls_subjects = HashMap::new();
     for (i, c) in consumers.iter().enumerate() {
         let path = format!("consumers[{i}]");
         if c.username.is_empty() {
@@ -506,6 +558,17 @@ pub(super) fn validate_consumers(consumers: &[Consumer], errors: &mut Errors) {
                 Entry::Vacant(slot) => {
                     slot.insert(cpath);
                 }
+            }
+        }
+        for (j, subject) in c.mtls_subjects.iter().enumerate() {
+            let spath = format!("{path}.mtls_subjects[{j}]");
+            if subject.is_empty() {
+                errors.push(spath, "must not be empty");
+            } else if let Some(owner) = mtls_subjects.insert(subject.as_str(), i) {
+                errors.push(
+                    spath,
+                    format!("'{subject}' is already a name of consumers[{owner}]"),
+                );
             }
         }
     }
@@ -663,6 +726,11 @@ pub(super) fn validate_policies(
                 }
             }
             Policy::Oidc(p) => validate_oidc(p, &ppath, errors),
+            Policy::Mtls(p) => {
+                if p.consumer_by.is_empty() {
+                    errors.push(format!("{ppath}.consumer_by"), "must name at least one");
+                }
+            }
         }
     }
 }
@@ -749,6 +817,48 @@ fn validate_oidc(p: &Oidc, path: &str, errors: &mut Errors) {
     }
 }
 
+/// An `mtls` policy can only succeed on a listener that asks for client
+/// certificates: in a listener's `policy_defaults`, that listener must;
+/// anywhere else, at least one listener must.
+pub(super) fn validate_mtls_listeners(config: &super::Config, errors: &mut Errors) {
+    let asks = |l: &super::Listener| l.tls.as_ref().is_some_and(|t| t.client_auth.is_some());
+    let mut check = |policies: &[Policy], path: &str, message: &str| {
+        for (j, policy) in policies.iter().enumerate() {
+            if matches!(policy, Policy::Mtls(_)) {
+                errors.push(format!("{path}[{j}]"), message);
+            }
+        }
+    };
+    for (i, listener) in config.listeners.iter().enumerate() {
+        if let Some(defaults) = listener
+            .policy_defaults
+            .as_ref()
+            .filter(|_| !asks(listener))
+        {
+            check(
+                &defaults.policies,
+                &format!("listeners[{i}].policy_defaults.policies"),
+                "mtls on a listener without tls.client_auth: its requests never carry a client certificate",
+            );
+        }
+    }
+    if config.listeners.iter().any(asks) {
+        return;
+    }
+    let message =
+        "mtls, and no listener has tls.client_auth: no request carries a client certificate";
+    check(
+        &config.policy_defaults.policies,
+        "policy_defaults.policies",
+        message,
+    );
+    for (i, route) in config.routes.iter().enumerate() {
+        if let Some(policies) = &route.policies {
+            check(policies, &format!("routes[{i}].policies"), message);
+        }
+    }
+}
+
 /// `sha256:<64 hex>` → the digest.
 pub fn parse_key_hash(text: &str) -> Option<[u8; 32]> {
     let hex = text.strip_prefix("sha256:")?;
@@ -824,6 +934,84 @@ pub fn parse_rfc3339(text: &str) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn errors(yaml: &str) -> Vec<String> {
+        match super::super::Config::from_yaml(yaml, "t") {
+            Ok(_) => Vec::new(),
+            Err(e) => e.errors.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn mtls_policies_need_a_listener_that_asks_for_certificates() {
+        let dir = std::env::temp_dir().join(format!("xgate-mtls-config-{}", std::process::id()));
+        let ca = crate::proxy::tls::test_client_ca(&dir);
+        let cert = dir.join("server.pem");
+        let key = dir.join("server.key");
+        let server = rcgen::generate_simple_self_signed(vec!["a.test".to_string()]).unwrap();
+        std::fs::write(&cert, server.cert.pem()).unwrap();
+        std::fs::write(&key, server.signing_key.serialize_pem()).unwrap();
+        let mtls_listener = format!(
+            "{{address: '127.0.0.1:2', tls: {{certificates: [{{cert: '{}', key: '{}'}}], \
+             client_auth: {{mode: optional, ca_file: '{}'}}}}}}",
+            cert.display(),
+            key.display(),
+            ca.display()
+        );
+        let route =
+            "routes: [{name: r, match: {path_prefix: /}, upstream: u, policies: [{type: mtls}]}]\n\
+                     upstreams: {u: {targets: ['127.0.0.1:9']}}\n";
+        let plain = "{address: '127.0.0.1:1', policy_defaults: {policies: [{type: key-auth}, {type: mtls}]}}";
+
+        assert_eq!(
+            errors(&format!("listeners: [{plain}]\n{route}")),
+            [
+                "listeners[0].policy_defaults.policies[1]: mtls on a listener without \
+                 tls.client_auth: its requests never carry a client certificate",
+                "routes[0].policies[0]: mtls, and no listener has tls.client_auth: no request \
+                 carries a client certificate",
+            ]
+        );
+        // One listener that asks is enough for routes; the plain one's own
+        // defaults are still wrong.
+        assert_eq!(
+            errors(&format!("listeners: [{plain}, {mtls_listener}]\n{route}")),
+            [
+                "listeners[0].policy_defaults.policies[1]: mtls on a listener without \
+              tls.client_auth: its requests never carry a client certificate"
+            ]
+        );
+        assert_eq!(
+            errors(&format!("listeners: [{mtls_listener}]\n{route}")),
+            Vec::<String>::new()
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn mtls_subjects_and_consumer_by_are_checked() {
+        let yaml = "listeners: [{address: '127.0.0.1:1'}]\n\
+                    consumers:\n\
+                    - {username: a, mtls_subjects: [x.test, '']}\n\
+                    - {username: b, mtls_subjects: [y.test, x.test]}\n\
+                    policy_defaults: {policies: [{type: mtls, consumer_by: [], anonymous: nobody}]}\n";
+        let found = errors(yaml);
+        for want in [
+            "consumers[0].mtls_subjects[1]: must not be empty",
+            "consumers[1].mtls_subjects[1]: 'x.test' is already a name of consumers[0]",
+            "policy_defaults.policies[0].anonymous: 'nobody' is not a consumer's username",
+            "policy_defaults.policies[0].consumer_by: must name at least one",
+        ] {
+            assert!(found.iter().any(|e| e == want), "{want} not in {found:#?}");
+        }
+        let unknown = "listeners: [{address: '127.0.0.1:1'}]\n\
+                       policy_defaults: {policies: [{type: mtls, consumer_by: [san_ip]}]}\n";
+        assert!(
+            errors(unknown)[0].contains("unknown variant `san_ip`"),
+            "{:?}",
+            errors(unknown)
+        );
+    }
 
     #[test]
     fn rfc3339_times_parse_to_unix_seconds() {

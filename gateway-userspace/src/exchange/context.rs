@@ -9,7 +9,7 @@ use std::{
 
 use http::HeaderValue;
 
-use super::{ConnTimer, Forwarding};
+use super::{ClientCertificate, ConnTimer, Forwarding};
 use crate::telemetry::RouteMetrics;
 
 #[derive(Debug)]
@@ -87,6 +87,9 @@ pub struct ConnInfo {
     pub timer: Option<ConnTimer>,
     /// The listener's name: which `policy_defaults` apply.
     pub listener: Arc<str>,
+    /// The certificate the client presented and the handshake verified
+    /// (listeners with `tls.client_auth`).
+    pub client_cert: Option<Arc<ClientCertificate>>,
 }
 
 impl ConnInfo {
@@ -102,12 +105,19 @@ impl ConnInfo {
             forwarding: Forwarding::new(client.ip(), scheme),
             timer,
             listener: Arc::from(""),
+            client_cert: None,
         }
     }
 
     /// Notes the listener the connection came in on.
     pub fn on_listener(mut self, listener: Arc<str>) -> Self {
         self.listener = listener;
+        self
+    }
+
+    /// Notes the client certificate the handshake verified.
+    pub fn with_client_cert(mut self, client_cert: Option<Arc<ClientCertificate>>) -> Self {
+        self.client_cert = client_cert;
         self
     }
 }

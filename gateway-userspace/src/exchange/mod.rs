@@ -8,8 +8,10 @@
 //! - `rejection`: every way a request can fail, mapped to a response
 //! - `context`: the request's context and its connection's
 //! - `headers`: hop-by-hop rules, the client's address, forwarding headers
+//! - `client_cert`: the client certificate a TLS handshake verified
 //! - `conn_timer`: a connection's cheap deadlines
 
+pub mod client_cert;
 pub mod conn_timer;
 mod context;
 pub mod headers;
@@ -21,6 +23,7 @@ use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 
 pub use self::{
+    client_cert::ClientCertificate,
     conn_timer::{within, ConnTimer},
     context::{ConnInfo, RequestContext},
     headers::{proxy_owned, ForwardFields, Forwarding},

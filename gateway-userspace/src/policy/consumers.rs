@@ -1,7 +1,8 @@
 //! The consumers of the config, compiled into what the request path needs:
 //! each consumer's identity headers made once, and its credentials in maps
 //! keyed by what a request presents (a key's SHA-256, a JWT's `iss` or
-//! `kid`, an OAuth 2.0 `client_id`), so 100,000 consumers cost a request
+//! `kid`, an OAuth 2.0 `client_id`, a
+//! client certificate's name), so 100,000 consumers cost a request
 //! what 10 do.
 
 use std::{collections::HashMap, sync::Arc};
@@ -157,6 +158,8 @@ pub struct Consumers {
     jwt_by_issuer: HashMap<String, Vec<Arc<JwtKeyOwner>>>,
     jwt_by_kid: HashMap<String, Vec<Arc<JwtKeyOwner>>>,
     oauth2_clients: HashMap<String, Arc<OAuth2Client>>,
+    /// A client certificate's name → the consumer it is (`mtls_subjects`).
+    mtls_subjects: HashMap<String, Arc<Consumer>>,
 }
 
 impl std::fmt::Debug for Consumers {
@@ -231,6 +234,12 @@ impl Consumers {
                     }),
                 );
             }
+            for subject in &c.mtls_subjects {
+                // Validated: no name belongs to two consumers.
+                out.mtls_subjects
+                    .entry(subject.clone())
+                    .or_insert_with(|| consumer.clone());
+            }
         }
         Ok(out)
     }
@@ -255,6 +264,11 @@ impl Consumers {
     /// The token endpoint's client with this `client_id`.
     pub fn oauth2_client(&self, client_id: &str) -> Option<&Arc<OAuth2Client>> {
         self.oauth2_clients.get(client_id)
+    }
+
+    /// The consumer a client certificate's name is (`mtls_subjects`).
+    pub fn by_mtls_subject(&self, name: &str) -> Option<&Arc<Consumer>> {
+        self.mtls_subjects.get(name)
     }
 
     /// Whether any consumer holds a JWT key.

@@ -7,6 +7,7 @@
 //! - `consumers`: the callers the config knows, and the identity headers
 //! - `key_auth`: API keys in a header or the query
 //! - `jwt`: JSON Web Tokens, keys from consumers or a JWKS document
+//! - `mtls`: the client certificate the listener verified
 //! - `oidc`: an OpenID Connect provider's access tokens: JWTs with its
 //!   discovered keys, opaque tokens through introspection
 //! - `jwks`: fetching and refreshing a JWKS document
@@ -19,6 +20,7 @@ mod fetch;
 mod jwks;
 pub mod jwt;
 mod key_auth;
+mod mtls;
 mod oidc;
 
 use std::{collections::HashMap, future::Future, pin::Pin, sync::Arc};
@@ -113,6 +115,10 @@ impl PolicyList {
                     ),
                     config::Policy::Oidc(c) => (
                         Box::new(oidc::OidcPolicy::new(c, consumers.clone(), metrics)?),
+                        c.anonymous.as_deref(),
+                    ),
+                    config::Policy::Mtls(c) => (
+                        Box::new(mtls::Mtls::new(c, consumers.clone())),
                         c.anonymous.as_deref(),
                     ),
                 };

@@ -55,17 +55,25 @@ where
     )?;
 
     // Identity headers are the gateway's to set: a client's copies never
-    // go upstream, whatever the route.
+    // go upstream, whatever the route. The verified client certificate's
+    // go on every request of its connection (routes may match on them).
     crate::policy::strip_identity_headers(&mut parts.headers);
     if let Some(local) = &rt.local {
         if let Some(endpoint) = local.find(&parts, &ctx.conn.listener) {
             return Ok(local.answer(endpoint, parts, body, peer_trusted, ctx).await);
         }
     }
+    if let Some(cert) = &ctx.conn.client_cert {
+        cert.apply(&mut parts.headers);
+    }
     let matched = rt.router.route(&parts).ok_or(Rejection::NoRoute)?;
     let route = matched.route;
     ctx.route = Some(route.metrics.clone());
     if !route.policies.empty {
+        // For the mtls policy.
+        if let Some(cert) = &ctx.conn.client_cert {
+            parts.extensions.insert(cert.clone());
+        }
         let chain = route.policies.chain(&ctx.conn.listener);
         if let Some(identity) = chain.run(&mut parts).await? {
             identity.apply(&mut parts.headers);

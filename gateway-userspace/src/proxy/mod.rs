@@ -33,8 +33,8 @@ use self::router::Router;
 pub(crate) use crate::exchange::test_body;
 pub(crate) use crate::exchange::{conn_timer, headers};
 pub use crate::exchange::{
-    json_response, within, Body, BoxError, ConnInfo, ConnTimer, ForwardFields, Forwarding,
-    Rejection, RequestContext,
+    json_response, within, Body, BoxError, ClientCertificate, ConnInfo, ConnTimer, ForwardFields,
+    Forwarding, Rejection, RequestContext,
 };
 pub use crate::workers;
 use crate::{

@@ -47,7 +47,7 @@ use super::{
 use super::{
     handle,
     proxy_protocol::{self, ProxyHeaderError},
-    tls, Body, BoxError, ConnInfo, RuntimeHandle,
+    tls, Body, BoxError, ClientCertificate, ConnInfo, RuntimeHandle,
 };
 use crate::{
     config::{Config, ConfigError},
@@ -229,6 +229,8 @@ enum Refused {
     Blocked { client: IpAddr, rule: IpNet },
     #[error("TLS handshake failed: {0}")]
     Tls(io::Error),
+    #[error(transparent)]
+    ClientCertificate(crate::exchange::client_cert::Unreadable),
     #[error("handshake not completed within handshake_timeout")]
     Timeout,
 }
@@ -240,6 +242,8 @@ struct Established {
     scheme: &'static str,
     /// Both HTTP/1.1 and HTTP/2 may follow (detected from the first bytes).
     h2: bool,
+    /// The client's certificate, verified by the handshake.
+    client_cert: Option<Arc<ClientCertificate>>,
 }
 
 struct Connection {
@@ -276,9 +280,13 @@ impl Connection {
         let established = match established {
             Ok(established) => established,
             Err(refused) => {
-                if matches!(refused, Refused::ProxyHeader(_)) {
-                    // A trusted balancer sending garbage is a misconfiguration
-                    // the operator must see.
+                if matches!(
+                    refused,
+                    Refused::ProxyHeader(_) | Refused::ClientCertificate(_)
+                ) {
+                    // A trusted balancer sending garbage, or a certificate
+                    // the operator's own CA issued that cannot be read, is
+                    // something the operator must see.
                     tracing::warn!(peer = %peer, error = %refused, "connection closed");
                 } else {
                     tracing::debug!(peer = %peer, error = %refused, "connection closed");
@@ -291,6 +299,7 @@ impl Connection {
             client,
             scheme,
             h2,
+            client_cert,
         } = established;
 
         // With HTTP/2 on, the first bytes say which protocol follows; they are
@@ -326,7 +335,8 @@ impl Connection {
                 let timer = ConnTimer::new();
                 let conn_info = Arc::new(
                     ConnInfo::new(peer, client, scheme, Some(timer.clone()))
-                        .on_listener(self.listener.clone()),
+                        .on_listener(self.listener.clone())
+                        .with_client_cert(client_cert),
                 );
                 let scope = self.scope.clone();
                 let service = move |mut req: Request<http1::RequestBody<Prefixed<Stream>>>| {
@@ -371,7 +381,9 @@ impl Connection {
                     send_timed_out(&metrics, &listener, client_ip)
                 });
                 let conn_info = Arc::new(
-                    ConnInfo::new(peer, client, scheme, None).on_listener(self.listener.clone()),
+                    ConnInfo::new(peer, client, scheme, None)
+                        .on_listener(self.listener.clone())
+                        .with_client_cert(client_cert),
                 );
                 let service = service_fn(move |mut req: Request<Incoming>| {
                     host_from_authority(&mut req);
@@ -440,15 +452,26 @@ impl Connection {
                 client,
                 scheme: "http",
                 h2: self.settings.http2,
+                client_cert: None,
             }),
             Some(acceptor) => {
                 let tls = acceptor.accept(io).await.map_err(Refused::Tls)?;
-                let h2 = tls.get_ref().1.alpn_protocol() == Some(tls::ALPN_H2);
+                let session = tls.get_ref().1;
+                let h2 = session.alpn_protocol() == Some(tls::ALPN_H2);
+                // Present only when the listener asked and the verifier
+                // accepted it; read once for every request to come.
+                let client_cert = session
+                    .peer_certificates()
+                    .and_then(|chain| chain.first())
+                    .map(|leaf| ClientCertificate::parse(leaf).map(Arc::new))
+                    .transpose()
+                    .map_err(Refused::ClientCertificate)?;
                 Ok(Established {
                     stream: Stream::Tls(Box::new(tls)),
                     client,
                     scheme: "https",
                     h2,
+                    client_cert,
                 })
             }
         }

@@ -1,19 +1,22 @@
 //! TLS termination: certificates loaded from PEM files and chosen per
 //! handshake by SNI (exact names first, then `*.` wildcards, then the first
-//! certificate as the default). Files are read at start and on every reload;
-//! a reload builds a new [`ServerConfig`] that only new handshakes use.
+//! certificate as the default), and client certificates verified against
+//! the listener's CAs and CRLs (`client_auth`). Files are read at start and
+//! on every reload; a reload builds a new [`ServerConfig`] that only new
+//! handshakes use.
 
 use std::{collections::HashMap, fmt, path::Path, sync::Arc};
 
 use rustls::{
     crypto::{ring, CryptoProvider},
-    server::{ClientHello, ResolvesServerCert},
+    pki_types::{CertificateDer, CertificateRevocationListDer},
+    server::{danger::ClientCertVerifier, ClientHello, ResolvesServerCert, WebPkiClientVerifier},
     sign::CertifiedKey,
     version::{TLS12, TLS13},
-    Error as TlsError, InconsistentKeys, ServerConfig, SupportedProtocolVersion,
+    Error as TlsError, InconsistentKeys, RootCertStore, ServerConfig, SupportedProtocolVersion,
 };
 
-use crate::config::{ConfigError, Listener};
+use crate::config::{ClientAuth, ClientAuthMode, ConfigError, Listener};
 
 /// ALPN identifiers, in the server's order of preference.
 pub const ALPN_H2: &[u8] = b"h2";
@@ -120,6 +123,107 @@ pub fn load_certificate(cert: &Path, key: &Path) -> Result<LoadedCertificate, Ce
     })
 }
 
+/// A `client_auth` file that cannot be used: `field` completes the config
+/// path (`ca_file`, `crl_files[1]`), the message names the file.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct ClientAuthError {
+    pub field: String,
+    pub message: String,
+}
+
+/// Reads the CA and CRL files of `client_auth` and builds the verifier the
+/// handshake uses: chains to one of the CAs, validity dates, the
+/// client-auth extended key usage when the certificate has one, and
+/// revocation when CRLs are given. Every unusable file is reported.
+pub fn client_verifier(
+    auth: &ClientAuth,
+) -> Result<Arc<dyn ClientCertVerifier>, Vec<ClientAuthError>> {
+    let mut errors = Vec::new();
+    let roots = load_client_cas(&auth.ca_file).unwrap_or_else(|message| {
+        errors.push(ClientAuthError {
+            field: "ca_file".into(),
+            message,
+        });
+        RootCertStore::empty()
+    });
+    let mut crls = Vec::new();
+    for (i, file) in auth.crl_files.iter().enumerate() {
+        match load_crls(file) {
+            Ok(list) => crls.extend(list),
+            Err(message) => errors.push(ClientAuthError {
+                field: format!("crl_files[{i}]"),
+                message,
+            }),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let mut builder =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider()).with_crls(crls);
+    if auth.mode == ClientAuthMode::Optional {
+        builder = builder.allow_unauthenticated();
+    }
+    builder.build().map_err(|e| {
+        vec![ClientAuthError {
+            field: "ca_file".into(),
+            message: format!("{}: {e}", auth.ca_file.display()),
+        }]
+    })
+}
+
+/// The trust anchors in a PEM file: at least one, each usable.
+fn load_client_cas(file: &Path) -> Result<RootCertStore, String> {
+    let pem = std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let certificates = rustls_pemfile::certs(&mut pem.as_slice())
+        .collect::<Result<Vec<CertificateDer<'static>>, _>>()
+        .map_err(|e| format!("{}: not valid PEM: {e}", file.display()))?;
+    if certificates.is_empty() {
+        return Err(format!(
+            "no certificate found in {} (expected PEM 'BEGIN CERTIFICATE' blocks)",
+            file.display()
+        ));
+    }
+    let mut roots = RootCertStore::empty();
+    for (i, certificate) in certificates.into_iter().enumerate() {
+        roots.add(certificate).map_err(|e| {
+            format!(
+                "{}: certificate {} cannot be a CA: {e}",
+                file.display(),
+                i + 1
+            )
+        })?;
+    }
+    Ok(roots)
+}
+
+/// The revocation lists in a file: PEM (`BEGIN X509 CRL` blocks, as
+/// `openssl ca -gencrl` writes) or one DER list (as CAs publish them).
+fn load_crls(file: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, String> {
+    let bytes = std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    // A DER list starts with its SEQUENCE tag; text is taken for PEM.
+    let crls = if bytes.first() != Some(&0x30) {
+        let crls = rustls_pemfile::crls(&mut bytes.as_slice())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("{}: not valid PEM: {e}", file.display()))?;
+        if crls.is_empty() {
+            return Err(format!(
+                "no CRL found in {} (expected a PEM 'BEGIN X509 CRL' block or a DER file)",
+                file.display()
+            ));
+        }
+        crls
+    } else {
+        vec![CertificateRevocationListDer::from(bytes)]
+    };
+    for (i, crl) in crls.iter().enumerate() {
+        webpki::OwnedCertRevocationList::from_der(crl)
+            .map_err(|e| format!("{}: CRL {} cannot be parsed: {e}", file.display(), i + 1))?;
+    }
+    Ok(crls)
+}
+
 /// Builds the TLS configuration of listener `index` from its files. `Ok(None)`
 /// when the listener has no `tls`. Errors carry the config path.
 pub fn server_config(
@@ -150,13 +254,22 @@ pub fn server_config(
     } else {
         &[&TLS13]
     };
-    let mut config = ServerConfig::builder_with_provider(provider())
+    let builder = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(versions)
-        .expect("ring supports TLS 1.2 and 1.3")
-        // Client-certificate authentication (a later issue) goes here as
-        // `with_client_cert_verifier`.
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(resolver));
+        .expect("ring supports TLS 1.2 and 1.3");
+    let builder = match &tls.client_auth {
+        None => builder.with_no_client_auth(),
+        Some(auth) => {
+            builder.with_client_cert_verifier(client_verifier(auth).map_err(|mut errors| {
+                let error = errors.remove(0);
+                ConfigError::new(
+                    format!("listeners[{index}].tls.client_auth.{}", error.field),
+                    error.message,
+                )
+            })?)
+        }
+    };
+    let mut config = builder.with_cert_resolver(Arc::new(resolver));
     config.alpn_protocols = if listener.http2 {
         vec![ALPN_H2.to_vec(), ALPN_HTTP11.to_vec()]
     } else {
@@ -232,9 +345,39 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
+/// For tests: a CA certificate in `<dir>/ca.pem` and an empty CRL it
+/// signed in `<dir>/crl.pem` and `<dir>/crl.der`.
+#[cfg(test)]
+pub(crate) fn test_client_ca(dir: &Path) -> std::path::PathBuf {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertificateRevocationListParams, CertifiedIssuer,
+        IsCa, KeyIdMethod, KeyPair, KeyUsagePurpose, SerialNumber,
+    };
+    std::fs::create_dir_all(dir).unwrap();
+    let mut params = CertificateParams::default();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+    let crl = CertificateRevocationListParams {
+        this_update: rcgen::date_time_ymd(2020, 1, 1),
+        next_update: rcgen::date_time_ymd(2100, 1, 1),
+        crl_number: SerialNumber::from(1),
+        issuing_distribution_point: None,
+        revoked_certs: Vec::new(),
+        key_identifier_method: KeyIdMethod::Sha256,
+    }
+    .signed_by(&ca)
+    .unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    std::fs::write(dir.join("crl.pem"), crl.pem().unwrap()).unwrap();
+    std::fs::write(dir.join("crl.der"), crl.der()).unwrap();
+    dir.join("ca.pem")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::ClientAuth;
 
     /// A resolver over names only: selection never looks at the keys.
     fn resolver(names: &[&[&str]]) -> SniResolver {
@@ -299,6 +442,68 @@ mod tests {
         assert!(
             error.message.starts_with("no certificate found in"),
             "{error}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn auth(ca: &Path, crls: &[&Path]) -> ClientAuth {
+        ClientAuth {
+            mode: ClientAuthMode::Required,
+            ca_file: ca.to_path_buf(),
+            crl_files: crls.iter().map(|p| p.to_path_buf()).collect(),
+        }
+    }
+
+    fn failures(auth: &ClientAuth) -> Vec<String> {
+        match client_verifier(auth) {
+            Ok(_) => Vec::new(),
+            Err(errors) => errors
+                .into_iter()
+                .map(|e| format!("{}: {}", e.field, e.message))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn client_cas_and_crls_load_from_pem_or_der() {
+        let dir = std::env::temp_dir().join(format!("xgate-mtls-unit-{}", std::process::id()));
+        let ca = test_client_ca(&dir);
+        let (pem, der) = (dir.join("crl.pem"), dir.join("crl.der"));
+        assert!(failures(&auth(&ca, &[])).is_empty());
+        assert!(failures(&auth(&ca, &[&pem, &der])).is_empty());
+        let mut optional = auth(&ca, &[&pem]);
+        optional.mode = ClientAuthMode::Optional;
+        assert!(!client_verifier(&optional).unwrap().client_auth_mandatory());
+        assert!(client_verifier(&auth(&ca, &[]))
+            .unwrap()
+            .client_auth_mandatory());
+
+        // Every unusable file is reported, each with its field.
+        let missing = dir.join("missing.pem");
+        let text = dir.join("text.pem");
+        std::fs::write(&text, "no PEM here\n").unwrap();
+        let garbage = dir.join("garbage.der");
+        std::fs::write(&garbage, [0x30, 0x03, 0x02, 0x01, 0x01]).unwrap();
+        let errors = failures(&auth(&missing, &[&pem, &text, &garbage, &missing]));
+        let want = [
+            format!("ca_file: cannot read {}", missing.display()),
+            format!("crl_files[1]: no CRL found in {}", text.display()),
+            format!(
+                "crl_files[2]: {}: CRL 1 cannot be parsed",
+                garbage.display()
+            ),
+            format!("crl_files[3]: cannot read {}", missing.display()),
+        ];
+        assert_eq!(errors.len(), want.len(), "{errors:#?}");
+        for (error, want) in errors.iter().zip(&want) {
+            assert!(error.starts_with(want.as_str()), "{error} / {want}");
+        }
+        // A CA file without certificates, and a CRL as the CA.
+        assert!(failures(&auth(&text, &[]))[0].starts_with("ca_file: no certificate found in"));
+        let errors = failures(&auth(&pem, &[]));
+        assert!(
+            errors[0].starts_with("ca_file: no certificate found in"),
+            "{errors:?}"
         );
         let _ = std::fs::remove_dir_all(&dir);
     }
