@@ -3,7 +3,8 @@
 //! Layout: `config` (file → validated model), `proxy` (listeners, the
 //! HTTP/1.1 server, router, forwarding), `upstream` (targets, balancing,
 //! pooled client), `http1` (HTTP/1.1 on the wire, shared by the server and
-//! the upstream client), `lists`
+//! the upstream client), `tls_client` (TLS to
+//! upstreams and fetched documents), `lists`
 //! (source deny/allow lists and the kernel rate policy), `policy` (API
 //! policies and consumers), `xdp` (the kernel
 //! half seen from here), `admin` (API server and client), `cli`, `daemon`
@@ -21,5 +22,6 @@ pub mod policy;
 pub mod proxy;
 pub mod sys;
 pub mod telemetry;
+pub mod tls_client;
 pub mod upstream;
 pub mod xdp;
