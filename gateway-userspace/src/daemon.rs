@@ -63,6 +63,7 @@ impl Reloader {
         for (handle, settings) in listeners {
             handle.store(settings);
         }
+        warn_about(&config);
         let needs_restart = restart_only_changes(&current, &config);
         for change in &needs_restart {
             tracing::warn!(change = %change, "changed in the config file; applies after a restart");
@@ -93,6 +94,14 @@ impl Reloader {
             }
         }
         Ok(compiled)
+    }
+}
+
+/// Logs the config's unsafe settings (`verify: false`, ...), on start and on
+/// every reload, so that they are never silent.
+fn warn_about(config: &Config) {
+    for warning in config.warnings() {
+        tracing::warn!(path = %warning.path, "UNSAFE SETTING: {}", warning.message);
     }
 }
 
@@ -131,6 +140,7 @@ pub async fn run(config_path: &Path, workers: usize) -> anyhow::Result<()> {
         SourceLists::open(&config, xdp).map_err(|e| anyhow::anyhow!("source lists: {e}"))?,
     );
     let metrics = Arc::new(Metrics::default());
+    warn_about(&config);
     let runtime = Runtime::compile(&config, metrics.clone(), Some(lists.clone()))
         .map_err(|e| anyhow::anyhow!(e))?;
     let runtime = Arc::new(RuntimeHandle::new(runtime));

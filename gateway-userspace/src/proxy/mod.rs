@@ -72,13 +72,14 @@ pub struct Runtime {
 
 impl Runtime {
     /// Builds the runtime from a validated config. Fails when the access
-    /// log file cannot be opened or a policy's key file cannot be read.
+    /// log file cannot be opened, or a policy's key file or an upstream's
+    /// TLS file cannot be read.
     pub fn compile(
         config: &Config,
         metrics: Arc<Metrics>,
         guard: Option<Arc<SourceLists>>,
     ) -> Result<Self, String> {
-        let upstreams = compile_upstreams(config, &metrics);
+        let upstreams = compile_upstreams(config, &metrics)?;
         let policies = PolicySet::compile(config)?;
         Ok(Self {
             router: Router::new(config, &upstreams, &policies, &metrics)?,
@@ -106,11 +107,11 @@ impl Runtime {
 pub(crate) fn compile_upstreams(
     config: &Config,
     metrics: &Metrics,
-) -> HashMap<String, Arc<Upstream>> {
+) -> Result<HashMap<String, Arc<Upstream>>, String> {
     config
         .upstreams
         .iter()
-        .map(|(name, u)| (name.clone(), Arc::new(Upstream::new(name, u, metrics))))
+        .map(|(name, u)| Ok((name.clone(), Arc::new(Upstream::new(name, u, metrics)?))))
         .collect()
 }
 

@@ -7,6 +7,7 @@
 //! - `retry`: what is retried, and the budget that bounds it
 //! - `replay`: the request body, lendable to the next attempt until sent
 //! - `client`: the HTTP/1.1 (`h1`) or HTTP/2 client
+//! - `stream`, `tls`: connections to targets, plain or TLS
 //! - `body`: the response body (read timeout, in-flight accounting)
 
 mod balancer;
@@ -15,9 +16,11 @@ mod client;
 mod h1;
 mod replay;
 mod retry;
+mod stream;
 mod target;
+mod tls;
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use http::{Request, Response};
 use tokio::time::Instant;
@@ -33,6 +36,8 @@ pub use self::{
     body::{BodyError, ReadTimeout, UpstreamBody},
     client::SendError,
     h1::Upgraded,
+    stream::Stream,
+    tls::TlsConnector,
 };
 use crate::{
     config,
@@ -56,16 +61,31 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// Builds the upstream from validated config and reports every target
-    /// healthy (health checks are not implemented yet).
-    pub fn new(name: &str, config: &config::Upstream, metrics: &Metrics) -> Self {
+    /// Builds the upstream from validated config (its TLS files read again)
+    /// and reports every target healthy (health checks are not implemented
+    /// yet). Errors carry the config path.
+    pub fn new(name: &str, config: &config::Upstream, metrics: &Metrics) -> Result<Self, String> {
+        let tls = match config.tls() {
+            None => None,
+            Some(tls) => Some(Arc::new(
+                TlsConnector::new(&format!("upstreams.{name}.tls"), tls, config.protocol).map_err(
+                    |errors| {
+                        errors
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    },
+                )?,
+            )),
+        };
         let now = Instant::now();
         let targets: Vec<Target> = config.targets.iter().map(Target::new).collect();
         assert!(!targets.is_empty(), "validation requires a target");
         for target in &targets {
             metrics.set_target_health(name, &target.label, true);
         }
-        Self {
+        Ok(Self {
             name: name.to_string(),
             target_metrics: targets
                 .iter()
@@ -73,12 +93,12 @@ impl Upstream {
                 .collect(),
             balancer: Balancer::new(config, &targets, now),
             targets,
-            client: UpstreamClient::new(config),
+            client: UpstreamClient::new(config, tls),
             timeout: config.timeout,
             read_timeout: config.read_timeout,
             retry: RetryPolicy::new(config),
             budget: RetryBudget::new(&config.retry_budget, now),
-        }
+        })
     }
 
     /// Sends `request` (origin-form URI, headers already rewritten) to a
