@@ -1,7 +1,8 @@
 //! TLS for tests: a throwaway CA that issues leaf certificates for given DNS
-//! names (rcgen, written as PEM files for xgate's config), and clients that
-//! either verify the server against that CA or accept anything and report
-//! what was presented.
+//! names or IP addresses (rcgen, written as PEM files for xgate's config),
+//! clients that either verify the server against that CA or accept anything
+//! and report what was presented, and server configurations for test
+//! upstreams (optionally requiring a client certificate from a CA).
 
 use std::{
     net::SocketAddr,
@@ -15,8 +16,10 @@ use rcgen::{
 use rustls::{
     client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
     crypto::{ring, CryptoProvider},
-    pki_types::{CertificateDer, ServerName, UnixTime},
-    ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme, SupportedProtocolVersion,
+    pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer, ServerName, UnixTime},
+    server::WebPkiClientVerifier,
+    ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme,
+    SupportedProtocolVersion,
 };
 use tokio::net::TcpStream;
 use tokio_rustls::{client::TlsStream, TlsConnector};
@@ -44,25 +47,44 @@ impl Default for TestCa {
 
 impl TestCa {
     pub fn new() -> Self {
+        Self::named("xgate test CA")
+    }
+
+    /// A CA with another name: one that did not issue a certificate, not
+    /// one that signed it with another key.
+    pub fn named(common_name: &str) -> Self {
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params
             .distinguished_name
-            .push(DnType::CommonName, "xgate test CA");
+            .push(DnType::CommonName, common_name);
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         let key = KeyPair::generate().expect("CA key");
         let issuer = CertifiedIssuer::self_signed(params, key).expect("self-signed CA");
         Self { issuer }
     }
 
-    /// Issues a certificate for `names` (DNS names, `*.` wildcards allowed)
-    /// and writes `<dir>/<stem>.crt` and `<dir>/<stem>.key`.
+    /// Issues a certificate for `names` (DNS names, `*.` wildcards allowed,
+    /// or IP addresses) and writes `<dir>/<stem>.crt` and `<dir>/<stem>.key`.
     pub fn leaf(&self, names: &[&str], dir: &Path, stem: &str) -> Leaf {
+        self.leaf_with(names, dir, stem, |_| {})
+    }
+
+    /// Like [`TestCa::leaf`], with `adjust` changing the parameters first
+    /// (validity dates, key usages).
+    pub fn leaf_with(
+        &self,
+        names: &[&str],
+        dir: &Path,
+        stem: &str,
+        adjust: impl FnOnce(&mut CertificateParams),
+    ) -> Leaf {
         let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
         let mut params = CertificateParams::new(names).expect("leaf params");
         params
             .distinguished_name
             .push(DnType::CommonName, format!("xgate test {stem}"));
+        adjust(&mut params);
         let key = KeyPair::generate().expect("leaf key");
         let cert = params.signed_by(&key, &self.issuer).expect("sign leaf");
         let leaf = Leaf {
@@ -76,6 +98,12 @@ impl TestCa {
         leaf
     }
 
+    /// Writes the CA's certificate to `path` (PEM): a `ca_file`.
+    pub fn write_pem(&self, path: &Path) -> PathBuf {
+        std::fs::write(path, self.issuer.pem()).expect("write CA");
+        path.to_path_buf()
+    }
+
     pub fn roots(&self) -> RootCertStore {
         let mut roots = RootCertStore::empty();
         roots
@@ -87,6 +115,29 @@ impl TestCa {
 
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(ring::default_provider())
+}
+
+/// A server configuration presenting `leaf`, offering ALPN `h2` and
+/// `http/1.1`, and requiring a client certificate issued by `client_ca`
+/// when given.
+pub fn server_config(leaf: &Leaf, client_ca: Option<&TestCa>) -> Arc<ServerConfig> {
+    let builder = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .expect("ring supports these versions");
+    let builder = match client_ca {
+        Some(ca) => builder.with_client_cert_verifier(
+            WebPkiClientVerifier::builder_with_provider(Arc::new(ca.roots()), provider())
+                .build()
+                .expect("client verifier"),
+        ),
+        None => builder.with_no_client_auth(),
+    };
+    let key = PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).expect("leaf key");
+    let mut config = builder
+        .with_single_cert(vec![leaf.der.clone()], key)
+        .expect("leaf and key match");
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Arc::new(config)
 }
 
 /// What a client offers.

@@ -17,23 +17,6 @@ fn list(targets: &[SocketAddr]) -> String {
     format!("[{}]", quoted.join(", "))
 }
 
-/// A daemon with one upstream per `(name, definition)`, each behind the
-/// route `/<name>/` (prefix stripped).
-fn start(upstreams: &[(&str, String)]) -> (Daemon, SocketAddr) {
-    let listen = free_port();
-    let mut yaml = format!("listeners: [{{address: '{listen}'}}]\nupstreams:\n");
-    for (name, definition) in upstreams {
-        yaml.push_str(&format!("  {name}: {definition}\n"));
-    }
-    yaml.push_str("routes:\n");
-    for (name, _) in upstreams {
-        yaml.push_str(&format!(
-            "  - {{name: {name}, match: {{path_prefix: /{name}/}}, upstream: {name}, strip_prefix: true}}\n"
-        ));
-    }
-    (Daemon::start(&yaml, None), listen)
-}
-
 fn upstream_of(response: &RawResponse) -> String {
     assert_eq!(response.status, 200, "{response:?}");
     response.json()["upstream"].as_str().unwrap().to_string()
@@ -50,7 +33,7 @@ fn request(method: &str, path: &str, body: &str) -> String {
 async fn weighted_round_robin_gives_exact_shares() {
     let a = EchoUpstream::start(any_port(), "a").await.unwrap();
     let b = EchoUpstream::start(any_port(), "b").await.unwrap();
-    let (_daemon, gw) = start(&[(
+    let (_daemon, gw) = Daemon::with_upstreams(&[(
         "rr",
         format!(
             "{{targets: ['{}', {{address: '{}', weight: 3}}]}}",
@@ -75,7 +58,7 @@ async fn least_conn_steers_away_from_a_busy_target() {
     let mut b = ScriptedUpstream::start("b", 200, Duration::ZERO)
         .await
         .unwrap();
-    let (_daemon, gw) = start(&[(
+    let (_daemon, gw) = Daemon::with_upstreams(&[(
         "lc",
         format!(
             "{{targets: {}, balancer: least_conn}}",
@@ -116,7 +99,7 @@ async fn consistent_hash_keeps_a_client_ip_or_header_on_one_target() {
         EchoUpstream::start(any_port(), "c").await.unwrap(),
     ];
     let targets = list(&echoes.iter().map(|e| e.addr).collect::<Vec<_>>());
-    let (_daemon, gw) = start(&[
+    let (_daemon, gw) = Daemon::with_upstreams(&[
         (
             "ip",
             format!("{{targets: {targets}, balancer: consistent_hash}}"),
@@ -174,7 +157,7 @@ async fn p2c_ewma_prefers_the_fast_target() {
     let slow = ScriptedUpstream::start("slow", 200, Duration::from_millis(300))
         .await
         .unwrap();
-    let (_daemon, gw) = start(&[(
+    let (_daemon, gw) = Daemon::with_upstreams(&[(
         "p2c",
         format!(
             "{{targets: {}, balancer: p2c_ewma}}",
@@ -201,7 +184,7 @@ async fn a_dead_target_is_retried_on_a_live_one() {
     let live = EchoUpstream::start(any_port(), "live").await.unwrap();
     let dead = free_port();
     let targets = list(&[dead, live.addr]);
-    let (_daemon, gw) = start(&[
+    let (_daemon, gw) = Daemon::with_upstreams(&[
         ("retrying", format!("{{targets: {targets}}}")),
         ("single", format!("{{targets: {targets}, retries: 0}}")),
     ]);
@@ -241,7 +224,7 @@ async fn a_503_is_retried_for_get_but_not_for_post() {
         .await
         .unwrap();
     let live = EchoUpstream::start(any_port(), "live").await.unwrap();
-    let (_daemon, gw) = start(&[(
+    let (_daemon, gw) = Daemon::with_upstreams(&[(
         "flaky",
         format!(
             "{{targets: {}, retry_on_status: [503]}}",
@@ -278,7 +261,7 @@ async fn an_exhausted_retry_budget_lets_failures_through() {
     let live = EchoUpstream::start(any_port(), "live").await.unwrap();
     let dead = free_port();
     // No share of traffic, and a reserve of 0.05/s × 60 s = 3 retries.
-    let (_daemon, gw) = start(&[(
+    let (_daemon, gw) = Daemon::with_upstreams(&[(
         "budget",
         format!(
             "{{targets: {}, retries: 1, retry_budget: {{ratio: 0, min_per_second: 0.05, window: 60s}}}}",
@@ -297,7 +280,7 @@ async fn an_exhausted_retry_budget_lets_failures_through() {
 #[tokio::test]
 async fn http2_targets_are_spoken_to_in_http2() {
     let echo = EchoUpstream::start(any_port(), "echo").await.unwrap();
-    let (_daemon, gw) = start(&[
+    let (_daemon, gw) = Daemon::with_upstreams(&[
         (
             "h2",
             format!("{{targets: ['{}'], protocol: http2}}", echo.addr),
@@ -328,7 +311,7 @@ async fn misbehaving_upstreams_give_502_and_silent_ones_504_never_a_hang() {
     let silent = BadUpstream::start(Misbehaviour::Silent).await.unwrap();
     // A header timeout longer than the test client's 10 s: a hang would
     // fail the request instead of producing a 504.
-    let (_daemon, gw) = start(&[
+    let (_daemon, gw) = Daemon::with_upstreams(&[
         (
             "reset",
             format!("{{targets: ['{}'], timeout: 30s}}", reset.addr),
@@ -372,7 +355,7 @@ async fn a_stalled_body_is_cut_off_after_the_read_timeout() {
     let chunked = BadUpstream::start(Misbehaviour::StallBody { chunked: true })
         .await
         .unwrap();
-    let (_daemon, gw) = start(&[
+    let (_daemon, gw) = Daemon::with_upstreams(&[
         (
             "sized",
             format!("{{targets: ['{}'], read_timeout: 500ms}}", sized.addr),
