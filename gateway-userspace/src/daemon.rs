@@ -56,7 +56,14 @@ impl Reloader {
     pub fn reload(&self) -> Result<ReloadReport, String> {
         let mut current = self.current.lock().unwrap();
         let config = Config::load(&self.path).map_err(|e| e.to_string().trim_end().to_string())?;
-        let runtime = Runtime::compile(&config, self.metrics.clone(), Some(self.lists.clone()))?;
+        let previous = self.runtime.load();
+        let runtime = Runtime::compile(
+            &config,
+            self.metrics.clone(),
+            Some(self.lists.clone()),
+            Some(&previous),
+        )?;
+        drop(previous);
         let listeners = self.compile_listeners(&config)?;
         self.lists.reload(&config)?;
         self.runtime.store(runtime);
@@ -141,7 +148,7 @@ pub async fn run(config_path: &Path, workers: usize) -> anyhow::Result<()> {
     );
     let metrics = Arc::new(Metrics::default());
     warn_about(&config);
-    let runtime = Runtime::compile(&config, metrics.clone(), Some(lists.clone()))
+    let runtime = Runtime::compile(&config, metrics.clone(), Some(lists.clone()), None)
         .map_err(|e| anyhow::anyhow!(e))?;
     let runtime = Arc::new(RuntimeHandle::new(runtime));
 

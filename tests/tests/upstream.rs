@@ -5,9 +5,9 @@ use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
 use xgate_tests::{
     bad_upstream::{BadUpstream, Misbehaviour, ScriptedUpstream},
-    http::{get, send, RawResponse},
+    http::{get, send, KeepAlive, RawResponse},
     ports::{any_port, free_port},
-    process::Daemon,
+    process::{stderr, upstreams_config, Daemon},
     upstream::EchoUpstream,
 };
 
@@ -383,4 +383,53 @@ async fn a_stalled_body_is_cut_off_after_the_read_timeout() {
         std::io::ErrorKind::InvalidData,
         "closed without the terminating chunk, not hung: {error}"
     );
+}
+
+/// A reload rebuilds only the upstreams whose config changed: one that did
+/// not keeps its pooled connection (and with it its retry budget and
+/// balancer state, which live beside the pool). All requests go over one
+/// client connection, so one proxy worker and one of its pools serves them.
+#[tokio::test]
+async fn a_reload_keeps_the_connections_of_an_unchanged_upstream() {
+    let users = EchoUpstream::start(any_port(), "users").await.unwrap();
+    let other = EchoUpstream::start(any_port(), "other").await.unwrap();
+    let users_config = format!("{{targets: ['{}']}}", users.addr);
+    let (daemon, gw) = Daemon::with_upstreams(&[("users", users_config.clone())]);
+    let mut client = KeepAlive::connect(gw).await.unwrap();
+    for _ in 0..3 {
+        assert_eq!(upstream_of(&client.get("/users/x").await), "users");
+    }
+    assert_eq!(users.connections(), 1, "one pooled connection");
+
+    // Another upstream and its route: nothing about `users` changed.
+    let out = daemon.reload_with(&upstreams_config(
+        gw,
+        &[
+            ("users", users_config.clone()),
+            ("other", format!("{{targets: ['{}']}}", other.addr)),
+        ],
+    ));
+    assert!(out.status.success(), "{}", stderr(&out));
+    for _ in 0..3 {
+        assert_eq!(upstream_of(&client.get("/users/x").await), "users");
+    }
+    assert_eq!(upstream_of(&client.get("/other/x").await), "other");
+    assert_eq!(
+        users.connections(),
+        1,
+        "the pooled connection outlived the reload"
+    );
+
+    // `users` itself changes: a new upstream, new connections.
+    let out = daemon.reload_with(&upstreams_config(
+        gw,
+        &[(
+            "users",
+            format!("{{targets: ['{}'], timeout: 20s}}", users.addr),
+        )],
+    ));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(upstream_of(&client.get("/users/x").await), "users");
+    assert_eq!(users.connections(), 2, "a changed upstream starts afresh");
+    assert_eq!(client.get("/other/x").await.status, 404, "removed");
 }

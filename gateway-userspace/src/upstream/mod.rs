@@ -9,6 +9,7 @@
 //! - `client`: the HTTP/1.1 (`h1`) or HTTP/2 client
 //! - `stream`, `tls`: connections to targets, plain or TLS
 //! - `body`: the response body (read timeout, in-flight accounting)
+//! - `state_key`: what an upstream's state is kept by across reloads
 
 mod balancer;
 mod body;
@@ -16,6 +17,7 @@ mod client;
 mod h1;
 mod replay;
 mod retry;
+mod state_key;
 mod stream;
 mod target;
 mod tls;
@@ -36,6 +38,7 @@ pub use self::{
     body::{BodyError, ReadTimeout, UpstreamBody},
     client::SendError,
     h1::Upgraded,
+    state_key::StateKey,
     stream::Stream,
     tls::TlsConnector,
 };
@@ -58,6 +61,9 @@ pub struct Upstream {
     read_timeout: Duration,
     retry: RetryPolicy,
     budget: RetryBudget,
+    /// Its name, config and TLS files, when it was built: a reload keeps
+    /// this upstream (pools, budget, balancer) while the key is the same.
+    pub state_key: StateKey,
 }
 
 impl Upstream {
@@ -65,6 +71,10 @@ impl Upstream {
     /// and reports every target healthy (health checks are not implemented
     /// yet). Errors carry the config path.
     pub fn new(name: &str, config: &config::Upstream, metrics: &Metrics) -> Result<Self, String> {
+        // Before the files are read to build the TLS configuration: a file
+        // that changes in between gives a key that the next reload sees
+        // differ, never the reverse.
+        let state_key = StateKey::of(name, config);
         let tls = match config.tls() {
             None => None,
             Some(tls) => Some(Arc::new(
@@ -98,6 +108,7 @@ impl Upstream {
             read_timeout: config.read_timeout,
             retry: RetryPolicy::new(config),
             budget: RetryBudget::new(&config.retry_budget, now),
+            state_key,
         })
     }
 
