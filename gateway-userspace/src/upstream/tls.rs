@@ -11,8 +11,7 @@ use tokio_rustls::client::TlsStream;
 
 use crate::{
     config::{ConfigError, UpstreamProtocol, UpstreamTls},
-    proxy::tls::{load_certificate, ALPN_H2, ALPN_HTTP11},
-    tls_client::{self, Verify, SYSTEM_CA_BUNDLE},
+    tls_client::{self, Verify, ALPN_H2, ALPN_HTTP11, SYSTEM_CA_BUNDLE},
 };
 
 pub struct TlsConnector {
@@ -80,15 +79,14 @@ impl TlsConnector {
                 ));
                 None
             }
-            (Some(cert), Some(key)) => load_certificate(cert, key)
+            (Some(cert), Some(key)) => tls_client::load_identity(cert, key)
                 .map_err(|e| {
                     errors.push(ConfigError::new(
                         format!("{base}.client_{}", e.file),
                         e.message,
                     ))
                 })
-                .ok()
-                .map(|loaded| loaded.key),
+                .ok(),
         };
         let Some(verify) = verify.filter(|_| errors.is_empty()) else {
             return Err(errors);
