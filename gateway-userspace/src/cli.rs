@@ -226,6 +226,9 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             let path = config_path(&cli);
             match Config::load(&path) {
                 Ok(config) => {
+                    for warning in config.warnings() {
+                        eprintln!("{}: WARNING: {warning}", path.display());
+                    }
                     println!(
                         "{}: ok ({} listener(s), {} upstream(s), {} route(s), {} deny entr{})",
                         path.display(),

@@ -60,19 +60,22 @@ impl Reloader {
     pub fn reload(&self) -> Result<ReloadReport, String> {
         let mut current = self.current.lock().unwrap();
         let config = Config::load(&self.path).map_err(|e| e.to_string().trim_end().to_string())?;
+        let previous = self.runtime.load();
         let runtime = Runtime::compile(
             &config,
             self.metrics.clone(),
             Some(self.lists.clone()),
             &self.refresh_tokens,
-            Some(&self.runtime.load()),
+            Some(&previous),
         )?;
+        drop(previous);
         let listeners = self.compile_listeners(&config)?;
         self.lists.reload(&config)?;
         self.runtime.store(runtime);
         for (handle, settings) in listeners {
             handle.store(settings);
         }
+        warn_about(&config);
         let needs_restart = restart_only_changes(&current, &config);
         for change in &needs_restart {
             tracing::warn!(change = %change, "changed in the config file; applies after a restart");
@@ -103,6 +106,14 @@ impl Reloader {
             }
         }
         Ok(compiled)
+    }
+}
+
+/// Logs the config's unsafe settings (`verify: false`, ...), on start and on
+/// every reload, so that they are never silent.
+fn warn_about(config: &Config) {
+    for warning in config.warnings() {
+        tracing::warn!(path = %warning.path, "UNSAFE SETTING: {}", warning.message);
     }
 }
 
@@ -141,6 +152,7 @@ pub async fn run(config_path: &Path, workers: usize) -> anyhow::Result<()> {
         SourceLists::open(&config, xdp).map_err(|e| anyhow::anyhow!("source lists: {e}"))?,
     );
     let metrics = Arc::new(Metrics::default());
+    warn_about(&config);
     let refresh_tokens = Arc::new(
         RefreshTokens::open(&config.state_dir)
             .map_err(|e| anyhow::anyhow!("OAuth 2.0 refresh tokens: {e}"))?,

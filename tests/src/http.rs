@@ -115,6 +115,58 @@ pub async fn get(addr: SocketAddr, path: &str, extra: &[&str]) -> RawResponse {
     send(addr, None, &request).await.expect("request")
 }
 
+/// One keep-alive HTTP/1.1 connection to the gateway: the requests made on
+/// it share it, and so share the proxy worker that serves it (and that
+/// worker's upstream connection pools).
+pub struct KeepAlive {
+    sender: hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+}
+
+impl KeepAlive {
+    pub async fn connect(addr: SocketAddr) -> std::io::Result<Self> {
+        let tcp = tokio::net::TcpStream::connect(addr).await?;
+        let (sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+                .await
+                .map_err(std::io::Error::other)?;
+        tokio::spawn(connection);
+        Ok(Self { sender })
+    }
+
+    /// `GET path` with `Host: gateway.test`, on this connection.
+    pub async fn get(&mut self, path: &str) -> RawResponse {
+        use http_body_util::BodyExt;
+        let request = hyper::Request::get(path)
+            .header("host", "gateway.test")
+            .body(http_body_util::Empty::new())
+            .expect("valid request");
+        let response = tokio::time::timeout(Duration::from_secs(10), async {
+            let response = self.sender.send_request(request).await?;
+            let (parts, body) = response.into_parts();
+            let body = body.collect().await?.to_bytes();
+            Ok::<_, hyper::Error>((parts, body))
+        })
+        .await
+        .expect("a response within 10 s")
+        .expect("a response on the kept-alive connection");
+        let (parts, body) = response;
+        RawResponse {
+            status: parts.status.as_u16(),
+            headers: parts
+                .headers
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.to_string(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    )
+                })
+                .collect(),
+            body: body.to_vec(),
+        }
+    }
+}
+
 /// Parses a whole HTTP/1.1 response (head and body, chunked or not), as
 /// read from any stream until the server closed it.
 pub fn parse(raw: &[u8]) -> std::io::Result<RawResponse> {

@@ -46,6 +46,23 @@ pub fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
+/// A config listening on `listen` with one upstream per `(name,
+/// definition)` (YAML flow style), each behind the route `/<name>/` (prefix
+/// stripped).
+pub fn upstreams_config(listen: std::net::SocketAddr, upstreams: &[(&str, String)]) -> String {
+    let mut yaml = format!("listeners: [{{address: '{listen}'}}]\nupstreams:\n");
+    for (name, definition) in upstreams {
+        yaml.push_str(&format!("  {name}: {definition}\n"));
+    }
+    yaml.push_str("routes:\n");
+    for (name, _) in upstreams {
+        yaml.push_str(&format!(
+            "  - {{name: {name}, match: {{path_prefix: /{name}/}}, upstream: {name}, strip_prefix: true}}\n"
+        ));
+    }
+    yaml
+}
+
 /// A running `xgate run` daemon with its own config, state dir and admin
 /// socket. Stopped with SIGTERM (then SIGKILL) when dropped.
 pub struct Daemon {
@@ -62,6 +79,15 @@ impl Daemon {
     /// private directory. Waits until the admin API answers.
     pub fn start(config_yaml: &str, netns: Option<&NetNs>) -> Self {
         Self::start_in_dir(TempDir::new("daemon"), config_yaml, netns)
+    }
+
+    /// A daemon with [`upstreams_config`] on a free port, and that port.
+    pub fn with_upstreams(upstreams: &[(&str, String)]) -> (Self, std::net::SocketAddr) {
+        let listen = crate::ports::free_port();
+        (
+            Self::start(&upstreams_config(listen, upstreams), None),
+            listen,
+        )
     }
 
     /// Like [`Daemon::start`], reusing a directory (restart with the same state).

@@ -3,7 +3,8 @@
 //! dates and key usages) and revocation lists (rcgen, written as PEM files
 //! for xgate's config), and clients that either verify the server against
 //! that CA or accept anything and report what was presented, with or
-//! without a client certificate.
+//! without a client certificate; and server configurations for test
+//! upstreams (optionally requiring a client certificate from a CA).
 
 use std::{
     net::SocketAddr,
@@ -22,8 +23,12 @@ use rcgen::{
 use rustls::{
     client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
     crypto::{ring, CryptoProvider},
-    pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime},
-    ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme, SupportedProtocolVersion,
+    pki_types::{
+        pem::PemObject, CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime,
+    },
+    server::WebPkiClientVerifier,
+    ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme,
+    SupportedProtocolVersion,
 };
 use tokio::net::TcpStream;
 use tokio_rustls::{client::TlsStream, TlsConnector};
@@ -78,14 +83,27 @@ impl TestCa {
         }
     }
 
-    /// Issues a certificate for `names` (DNS names, `*.` wildcards allowed)
-    /// and writes `<dir>/<stem>.crt` and `<dir>/<stem>.key`.
+    /// Issues a certificate for `names` (DNS names, `*.` wildcards allowed,
+    /// or IP addresses) and writes `<dir>/<stem>.crt` and `<dir>/<stem>.key`.
     pub fn leaf(&self, names: &[&str], dir: &Path, stem: &str) -> Leaf {
+        self.leaf_with(names, dir, stem, |_| {})
+    }
+
+    /// Like [`TestCa::leaf`], with `adjust` changing the parameters first
+    /// (validity dates, key usages).
+    pub fn leaf_with(
+        &self,
+        names: &[&str],
+        dir: &Path,
+        stem: &str,
+        adjust: impl FnOnce(&mut CertificateParams),
+    ) -> Leaf {
         let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
         let mut params = CertificateParams::new(names).expect("leaf params");
         params
             .distinguished_name
             .push(DnType::CommonName, format!("xgate test {stem}"));
+        adjust(&mut params);
         self.issue(params, dir, stem)
     }
 
@@ -144,6 +162,12 @@ impl TestCa {
         std::fs::write(path, self.issuer.pem()).expect("write CA certificate");
     }
 
+    /// Like [`TestCa::write_cert`], returning the path.
+    pub fn write_pem(&self, path: &Path) -> PathBuf {
+        self.write_cert(path);
+        path.to_path_buf()
+    }
+
     /// Writes a CRL (PEM) of this CA that revokes `revoked` to `path`.
     pub fn write_crl(&self, revoked: &[&Leaf], path: &Path) {
         let crl = CertificateRevocationListParams {
@@ -178,6 +202,29 @@ impl TestCa {
 
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(ring::default_provider())
+}
+
+/// A server configuration presenting `leaf`, offering ALPN `h2` and
+/// `http/1.1`, and requiring a client certificate issued by `client_ca`
+/// when given.
+pub fn server_config(leaf: &Leaf, client_ca: Option<&TestCa>) -> Arc<ServerConfig> {
+    let builder = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .expect("ring supports these versions");
+    let builder = match client_ca {
+        Some(ca) => builder.with_client_cert_verifier(
+            WebPkiClientVerifier::builder_with_provider(Arc::new(ca.roots()), provider())
+                .build()
+                .expect("client verifier"),
+        ),
+        None => builder.with_no_client_auth(),
+    };
+    let key = PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).expect("leaf key");
+    let mut config = builder
+        .with_single_cert(vec![leaf.der.clone()], key)
+        .expect("leaf and key match");
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Arc::new(config)
 }
 
 /// What a client offers.

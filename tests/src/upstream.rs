@@ -7,11 +7,21 @@
 //! `101 Switching Protocols` and then every byte echoed back. Request bodies
 //! are counted frame by frame, never held whole, so gigabyte uploads cost no
 //! memory here.
+//!
+//! Started with a rustls server configuration ([`EchoUpstream::start_tls`],
+//! see `tls::server_config`), it speaks TLS (HTTP/1.1 or HTTP/2, whatever
+//! the client speaks) and reports in `"tls"` the SNI, the ALPN protocol and
+//! whether a client certificate was presented. It counts the connections it
+//! accepts either way, to see pooling.
 
 use std::{
     convert::Infallible,
     net::SocketAddr,
     pin::Pin,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
     task::{Context, Poll},
 };
 
@@ -26,24 +36,62 @@ use hyper_util::{
     rt::{TokioExecutor, TokioIo},
     server::conn::auto,
 };
-use tokio::{net::TcpListener, task::JoinHandle};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::TcpListener,
+    task::JoinHandle,
+};
+use tokio_rustls::TlsAcceptor;
 
 /// A running echo upstream; [`EchoUpstream::stop`] (or aborting its task)
 /// closes the listener and every connection.
 pub struct EchoUpstream {
     pub addr: SocketAddr,
     task: JoinHandle<()>,
+    accepted: Arc<AtomicUsize>,
 }
 
 impl EchoUpstream {
     /// Starts on `addr` (port 0 picks a free one) with the given name, which
     /// every response reports in `"upstream"` so tests can see balancing.
     pub async fn start(addr: SocketAddr, name: &str) -> std::io::Result<Self> {
+        Self::start_with(addr, name, None).await
+    }
+
+    /// Like [`EchoUpstream::start`], speaking TLS with `tls`. A connection
+    /// whose handshake fails is dropped (it still counts as accepted).
+    pub async fn start_tls(
+        addr: SocketAddr,
+        name: &str,
+        tls: Arc<rustls::ServerConfig>,
+    ) -> std::io::Result<Self> {
+        Self::start_with(addr, name, Some(TlsAcceptor::from(tls))).await
+    }
+
+    async fn start_with(
+        addr: SocketAddr,
+        name: &str,
+        tls: Option<TlsAcceptor>,
+    ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
-        let name = name.to_string();
-        let task = tokio::spawn(serve(listener, name));
-        Ok(Self { addr, task })
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let task = tokio::spawn(serve_counted(
+            listener,
+            name.to_string(),
+            tls,
+            accepted.clone(),
+        ));
+        Ok(Self {
+            addr,
+            task,
+            accepted,
+        })
+    }
+
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
     }
 
     /// Stops as a killed server would: the listening socket and every open
@@ -56,27 +104,62 @@ impl EchoUpstream {
 
 /// Serves until the task is aborted, which also ends every connection.
 pub async fn serve(listener: TcpListener, name: String) {
+    serve_counted(listener, name, None, Arc::default()).await;
+}
+
+/// What the TLS handshake of a connection settled, as the echo reports it.
+#[derive(Clone)]
+struct TlsSeen(serde_json::Value);
+
+async fn serve_counted(
+    listener: TcpListener,
+    name: String,
+    tls: Option<TlsAcceptor>,
+    accepted: Arc<AtomicUsize>,
+) {
     let mut connections = tokio::task::JoinSet::new();
     loop {
         let Ok((stream, peer)) = listener.accept().await else {
             continue;
         };
+        accepted.fetch_add(1, Ordering::SeqCst);
         while connections.try_join_next().is_some() {}
         let name = name.clone();
+        let tls = tls.clone();
         connections.spawn(async move {
-            let service = service_fn(move |req| {
-                let name = name.clone();
-                async move { Ok::<_, Infallible>(echo(req, peer, &name).await) }
-            });
-            let mut builder = auto::Builder::new(TokioExecutor::new());
-            // Well above any gateway's limit, so that a 431 a test sees is
-            // the gateway's (it adds X-Forwarded-* and friends).
-            builder.http1().max_headers(1000);
-            let _ = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .await;
+            let Some(tls) = tls else {
+                return serve_connection(stream, peer, name, None).await;
+            };
+            let Ok(stream) = tls.accept(stream).await else {
+                return;
+            };
+            let session = stream.get_ref().1;
+            let seen = TlsSeen(serde_json::json!({
+                "sni": session.server_name(),
+                "alpn": session.alpn_protocol().map(|p| String::from_utf8_lossy(p).into_owned()),
+                "client_cert": session.peer_certificates().is_some_and(|c| !c.is_empty()),
+            }));
+            serve_connection(stream, peer, name, Some(seen)).await;
         });
     }
+}
+
+async fn serve_connection<S>(stream: S, peer: SocketAddr, name: String, tls: Option<TlsSeen>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req| {
+        let name = name.clone();
+        let tls = tls.clone();
+        async move { Ok::<_, Infallible>(echo(req, peer, &name, tls).await) }
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // Well above any gateway's limit, so that a 431 a test sees is the
+    // gateway's (it adds X-Forwarded-* and friends).
+    builder.http1().max_headers(1000);
+    let _ = builder
+        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+        .await;
 }
 
 type EchoBody = BoxBody<Bytes, Infallible>;
@@ -127,7 +210,12 @@ impl Body for Stream {
     }
 }
 
-async fn echo(mut req: Request<Incoming>, peer: SocketAddr, name: &str) -> Response<EchoBody> {
+async fn echo(
+    mut req: Request<Incoming>,
+    peer: SocketAddr,
+    name: &str,
+    tls: Option<TlsSeen>,
+) -> Response<EchoBody> {
     if req.headers().contains_key(hyper::header::UPGRADE) {
         let protocol = req.headers()[hyper::header::UPGRADE].clone();
         let upgrade = hyper::upgrade::on(&mut req);
@@ -203,7 +291,7 @@ async fn echo(mut req: Request<Incoming>, peer: SocketAddr, name: &str) -> Respo
             .body(Stream::new(n).boxed())
             .expect("valid response");
     }
-    let doc = serde_json::json!({
+    let mut doc = serde_json::json!({
         "upstream": name,
         "method": method,
         "version": version,
@@ -214,6 +302,9 @@ async fn echo(mut req: Request<Incoming>, peer: SocketAddr, name: &str) -> Respo
         "body_bytes": body_bytes,
         "trailers": trailers,
     });
+    if let Some(TlsSeen(seen)) = tls {
+        doc["tls"] = seen;
+    }
     Response::builder()
         .status(status)
         .header("content-type", "application/json")

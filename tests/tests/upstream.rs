@@ -5,9 +5,9 @@ use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
 use xgate_tests::{
     bad_upstream::{BadUpstream, Misbehaviour, ScriptedUpstream},
-    http::{get, send, RawResponse},
+    http::{get, send, KeepAlive, RawResponse},
     ports::{any_port, free_port},
-    process::Daemon,
+    process::{stderr, upstreams_config, Daemon},
     upstream::EchoUpstream,
 };
 
@@ -15,23 +15,6 @@ use xgate_tests::{
 fn list(targets: &[SocketAddr]) -> String {
     let quoted: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
     format!("[{}]", quoted.join(", "))
-}
-
-/// A daemon with one upstream per `(name, definition)`, each behind the
-/// route `/<name>/` (prefix stripped).
-fn start(upstreams: &[(&str, String)]) -> (Daemon, SocketAddr) {
-    let listen = free_port();
-    let mut yaml = format!("listeners: [{{address: '{listen}'}}]\nupstreams:\n");
-    for (name, definition) in upstreams {
-        yaml.push_str(&format!("  {name}: {definition}\n"));
-    }
-    yaml.push_str("routes:\n");
-    for (name, _) in upstreams {
-        yaml.push_str(&format!(
-            "  - {{name: {name}, match: {{path_prefix: /{name}/}}, upstream: {name}, strip_prefix: true}}\n"
-        ));
-    }
-    (Daemon::start(&yaml, None), listen)
 }
 
 fn upstream_of(response: &RawResponse) -> String {
@@ -50,7 +33,7 @@ fn request(method: &str, path: &str, body: &str) -> String {
 async fn weighted_round_robin_gives_exact_shares() {
     let a = EchoUpstream::start(any_port(), "a").await.unwrap();
     let b = EchoUpstream::start(any_port(), "b").await.unwrap();
-    let (_daemon, gw) = start(&[(
+    let (_daemon, gw) = Daemon::with_upstreams(&[(
         "rr",
         format!(
             "{{targets: ['{}', {{address: '{}', weight: 3}}]}}",
@@ -75,7 +58,7 @@ async fn least_conn_steers_away_from_a_busy_target() {
     let mut b = ScriptedUpstream::start("b", 200, Duration::ZERO)
         .await
         .unwrap();
-    let (_daemon, gw) = start(&[(
+    let (_daemon, gw) = Daemon::with_upstreams(&[(
         "lc",
         format!(
             "{{targets: {}, balancer: least_conn}}",
@@ -116,7 +99,7 @@ async fn consistent_hash_keeps_a_client_ip_or_header_on_one_target() {
         EchoUpstream::start(any_port(), "c").await.unwrap(),
     ];
     let targets = list(&echoes.iter().map(|e| e.addr).collect::<Vec<_>>());
-    let (_daemon, gw) = start(&[
+    let (_daemon, gw) = Daemon::with_upstreams(&[
         (
             "ip",
             format!("{{targets: {targets}, balancer: consistent_hash}}"),
@@ -174,7 +157,7 @@ async fn p2c_ewma_prefers_the_fast_target() {
     let slow = ScriptedUpstream::start("slow", 200, Duration::from_millis(300))
         .await
         .unwrap();
-    let (_daemon, gw) = start(&[(
+    let (_daemon, gw) = Daemon::with_upstreams(&[(
         "p2c",
         format!(
             "{{targets: {}, balancer: p2c_ewma}}",
@@ -201,7 +184,7 @@ async fn a_dead_target_is_retried_on_a_live_one() {
     let live = EchoUpstream::start(any_port(), "live").await.unwrap();
     let dead = free_port();
     let targets = list(&[dead, live.addr]);
-    let (_daemon, gw) = start(&[
+    let (_daemon, gw) = Daemon::with_upstreams(&[
         ("retrying", format!("{{targets: {targets}}}")),
         ("single", format!("{{targets: {targets}, retries: 0}}")),
     ]);
@@ -241,7 +224,7 @@ async fn a_503_is_retried_for_get_but_not_for_post() {
         .await
         .unwrap();
     let live = EchoUpstream::start(any_port(), "live").await.unwrap();
-    let (_daemon, gw) = start(&[(
+    let (_daemon, gw) = Daemon::with_upstreams(&[(
         "flaky",
         format!(
             "{{targets: {}, retry_on_status: [503]}}",
@@ -278,7 +261,7 @@ async fn an_exhausted_retry_budget_lets_failures_through() {
     let live = EchoUpstream::start(any_port(), "live").await.unwrap();
     let dead = free_port();
     // No share of traffic, and a reserve of 0.05/s × 60 s = 3 retries.
-    let (_daemon, gw) = start(&[(
+    let (_daemon, gw) = Daemon::with_upstreams(&[(
         "budget",
         format!(
             "{{targets: {}, retries: 1, retry_budget: {{ratio: 0, min_per_second: 0.05, window: 60s}}}}",
@@ -297,7 +280,7 @@ async fn an_exhausted_retry_budget_lets_failures_through() {
 #[tokio::test]
 async fn http2_targets_are_spoken_to_in_http2() {
     let echo = EchoUpstream::start(any_port(), "echo").await.unwrap();
-    let (_daemon, gw) = start(&[
+    let (_daemon, gw) = Daemon::with_upstreams(&[
         (
             "h2",
             format!("{{targets: ['{}'], protocol: http2}}", echo.addr),
@@ -328,7 +311,7 @@ async fn misbehaving_upstreams_give_502_and_silent_ones_504_never_a_hang() {
     let silent = BadUpstream::start(Misbehaviour::Silent).await.unwrap();
     // A header timeout longer than the test client's 10 s: a hang would
     // fail the request instead of producing a 504.
-    let (_daemon, gw) = start(&[
+    let (_daemon, gw) = Daemon::with_upstreams(&[
         (
             "reset",
             format!("{{targets: ['{}'], timeout: 30s}}", reset.addr),
@@ -390,7 +373,7 @@ async fn response_lengths_reach_the_client_once_or_not_at_all() {
     ))
     .await
     .unwrap();
-    let (_daemon, gw) = start(&[
+    let (_daemon, gw) = Daemon::with_upstreams(&[
         ("twice", format!("{{targets: {}}}", list(&[twice.addr]))),
         ("listed", format!("{{targets: {}}}", list(&[listed.addr]))),
         ("none", format!("{{targets: {}}}", list(&[no_content.addr]))),
@@ -431,7 +414,7 @@ async fn a_stalled_body_is_cut_off_after_the_read_timeout() {
     let chunked = BadUpstream::start(Misbehaviour::StallBody { chunked: true })
         .await
         .unwrap();
-    let (_daemon, gw) = start(&[
+    let (_daemon, gw) = Daemon::with_upstreams(&[
         (
             "sized",
             format!("{{targets: ['{}'], read_timeout: 500ms}}", sized.addr),
@@ -459,4 +442,53 @@ async fn a_stalled_body_is_cut_off_after_the_read_timeout() {
         std::io::ErrorKind::InvalidData,
         "closed without the terminating chunk, not hung: {error}"
     );
+}
+
+/// A reload rebuilds only the upstreams whose config changed: one that did
+/// not keeps its pooled connection (and with it its retry budget and
+/// balancer state, which live beside the pool). All requests go over one
+/// client connection, so one proxy worker and one of its pools serves them.
+#[tokio::test]
+async fn a_reload_keeps_the_connections_of_an_unchanged_upstream() {
+    let users = EchoUpstream::start(any_port(), "users").await.unwrap();
+    let other = EchoUpstream::start(any_port(), "other").await.unwrap();
+    let users_config = format!("{{targets: ['{}']}}", users.addr);
+    let (daemon, gw) = Daemon::with_upstreams(&[("users", users_config.clone())]);
+    let mut client = KeepAlive::connect(gw).await.unwrap();
+    for _ in 0..3 {
+        assert_eq!(upstream_of(&client.get("/users/x").await), "users");
+    }
+    assert_eq!(users.connections(), 1, "one pooled connection");
+
+    // Another upstream and its route: nothing about `users` changed.
+    let out = daemon.reload_with(&upstreams_config(
+        gw,
+        &[
+            ("users", users_config.clone()),
+            ("other", format!("{{targets: ['{}']}}", other.addr)),
+        ],
+    ));
+    assert!(out.status.success(), "{}", stderr(&out));
+    for _ in 0..3 {
+        assert_eq!(upstream_of(&client.get("/users/x").await), "users");
+    }
+    assert_eq!(upstream_of(&client.get("/other/x").await), "other");
+    assert_eq!(
+        users.connections(),
+        1,
+        "the pooled connection outlived the reload"
+    );
+
+    // `users` itself changes: a new upstream, new connections.
+    let out = daemon.reload_with(&upstreams_config(
+        gw,
+        &[(
+            "users",
+            format!("{{targets: ['{}'], timeout: 20s}}", users.addr),
+        )],
+    ));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(upstream_of(&client.get("/users/x").await), "users");
+    assert_eq!(users.connections(), 2, "a changed upstream starts afresh");
+    assert_eq!(client.get("/other/x").await.status, 404, "removed");
 }

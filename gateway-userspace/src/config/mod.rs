@@ -19,7 +19,7 @@ pub use self::{
     policy::*,
     route::{anchored, HeaderMatch, Route, RouteMatch},
     upstream::*,
-    validate::{host_bits_error, validate, Errors},
+    validate::{host_bits_error, validate, warnings, Errors},
     xdp::*,
 };
 
@@ -105,6 +105,11 @@ impl Config {
             errors: vec![ConfigError::new("", format!("cannot read file: {e}"))],
         })?;
         Self::from_yaml(&text, &source)
+    }
+
+    /// Valid but unsafe settings, with their paths (see [`warnings`]).
+    pub fn warnings(&self) -> Vec<ConfigError> {
+        warnings(self)
     }
 
     /// Parses and validates config text; `source` names it in errors.

@@ -2,7 +2,9 @@
 //! spread over their targets, how long each step may take, and when a failed
 //! attempt is retried. See docs/upstreams.md.
 
-use std::{collections::BTreeMap, fmt, net::SocketAddr, str::FromStr, time::Duration};
+use std::{
+    collections::BTreeMap, fmt, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration,
+};
 
 use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
 
@@ -91,9 +93,17 @@ pub struct Upstream {
     pub retry_on_status: Vec<u16>,
     #[serde(default)]
     pub retry_budget: RetryBudget,
+    /// TLS to the targets; absent: plain TCP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<UpstreamTls>,
 }
 
 impl Upstream {
+    /// The `tls` block, when it turns TLS on.
+    pub fn tls(&self) -> Option<&UpstreamTls> {
+        self.tls.as_ref().filter(|tls| tls.enabled)
+    }
+
     /// `ewma_decay` or its default.
     pub fn ewma_decay(&self) -> Duration {
         self.ewma_decay.unwrap_or(DEFAULT_EWMA_DECAY)
@@ -175,7 +185,55 @@ impl Upstream {
         }
         self.retry_budget
             .validate(&format!("{base}.retry_budget"), errors);
+        if let Some(tls) = self.tls() {
+            tls.validate(&format!("{base}.tls"), self.protocol, errors);
+        }
     }
+}
+
+/// `upstreams.<name>.tls`: the targets are spoken to over TLS, their
+/// certificates verified against `ca_file` (or the system's CAs) for
+/// `server_name` (or each target's IP address).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTls {
+    /// `false` keeps the settings but speaks plain TCP.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// PEM bundle of the CAs the targets' certificates must chain to;
+    /// absent: the system's (`tls_client::SYSTEM_CA_BUNDLE`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// Sent as SNI and verified against the certificate; absent: the
+    /// target's IP address (verified, never sent: SNI carries names only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+    /// `false` accepts any certificate: warned about at start, on reload
+    /// and by `xgate validate`.
+    #[serde(default = "yes")]
+    pub verify: bool,
+    /// Mutual TLS: the certificate chain (PEM) presented to the targets...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert: Option<PathBuf>,
+    /// ...and its private key (PEM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key: Option<PathBuf>,
+}
+
+impl UpstreamTls {
+    /// Builds the client configuration as a start or a reload would (every
+    /// file read), so that `xgate validate` names the file that is wrong.
+    fn validate(&self, base: &str, protocol: UpstreamProtocol, errors: &mut Errors) {
+        if let Err(found) = crate::upstream::TlsConnector::new(base, self, protocol) {
+            for error in found {
+                errors.push(error.path, error.message);
+            }
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// One server behind an upstream.
@@ -507,6 +565,73 @@ mod tests {
         for (error, expected) in errors.iter().zip(expected) {
             assert!(error.starts_with(expected), "{error} vs {expected}");
         }
+    }
+
+    #[test]
+    fn tls_files_are_read_and_every_problem_reported_with_its_path() {
+        let errors = parse(
+            "{targets: ['127.0.0.1:9001'], tls: {ca_file: /nonexistent/ca.pem, \
+             server_name: 'bad name!', client_cert: /nonexistent/client.crt}}",
+        )
+        .unwrap_err();
+        let expected = [
+            "upstreams.u.tls.server_name: 'bad name!' is neither a DNS name nor an IP address",
+            "upstreams.u.tls.ca_file: cannot read /nonexistent/ca.pem: ",
+            "upstreams.u.tls.client_key: required with `client_cert`",
+        ];
+        assert_eq!(errors.len(), expected.len(), "{errors:#?}");
+        for (error, expected) in errors.iter().zip(expected) {
+            assert!(error.starts_with(expected), "{error} vs {expected}");
+        }
+
+        for (tls, expected) in [
+            (
+                "{verify: false, ca_file: /etc/hostname}",
+                "upstreams.u.tls.ca_file: only used with `verify: true`",
+            ),
+            (
+                "{verify: false, client_key: /nonexistent/client.key}",
+                "upstreams.u.tls.client_cert: required with `client_key`",
+            ),
+            (
+                "{verify: false, client_cert: /nonexistent/c.crt, client_key: /nonexistent/c.key}",
+                "upstreams.u.tls.client_cert: cannot read /nonexistent/c.crt: ",
+            ),
+            (
+                "{verify: false, server_name: api.internal, sni: true}",
+                "upstreams.u.tls.sni: unknown field `sni`",
+            ),
+        ] {
+            let errors =
+                parse(&format!("{{targets: ['127.0.0.1:9001'], tls: {tls}}}")).expect_err(tls);
+            assert_eq!(errors.len(), 1, "{tls}: {errors:#?}");
+            assert!(errors[0].starts_with(expected), "{tls}: {}", errors[0]);
+        }
+    }
+
+    #[test]
+    fn tls_off_reads_nothing_and_verify_false_is_warned_about() {
+        let config = parse(
+            "{targets: ['127.0.0.1:9001'], tls: {enabled: false, ca_file: /nonexistent/ca.pem}}",
+        )
+        .unwrap();
+        assert!(config.upstreams["u"].tls().is_none());
+        assert!(config.warnings().is_empty());
+
+        let config =
+            parse("{targets: ['127.0.0.1:9001'], tls: {verify: false, server_name: api.internal}}")
+                .unwrap();
+        let tls = config.upstreams["u"].tls().unwrap();
+        assert!(!tls.verify);
+        assert_eq!(tls.server_name.as_deref(), Some("api.internal"));
+        let warnings: Vec<String> = config.warnings().iter().map(ToString::to_string).collect();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].starts_with(
+                "upstreams.u.tls.verify: false: the targets' certificates are NOT verified"
+            ),
+            "{warnings:?}"
+        );
     }
 
     #[test]

@@ -83,6 +83,22 @@ pub fn validate(config: &Config) -> Vec<ConfigError> {
     errors.0
 }
 
+/// Settings that are valid but unsafe, each with its path: printed by
+/// `xgate validate` and logged at `warn` on start and on every reload.
+pub fn warnings(config: &Config) -> Vec<ConfigError> {
+    let mut warnings = Vec::new();
+    for (name, upstream) in &config.upstreams {
+        if upstream.tls().is_some_and(|tls| !tls.verify) {
+            warnings.push(ConfigError::new(
+                format!("upstreams.{name}.tls.verify"),
+                "false: the targets' certificates are NOT verified; anyone on the path \
+                 to them can pose as them and read or change this traffic",
+            ));
+        }
+    }
+    warnings
+}
+
 /// `10.0.0.1/8` is almost always a typo for `10.0.0.0/8` or `10.0.0.1/32`;
 /// refuse it rather than guess.
 pub fn host_bits_error(net: &IpNet) -> Option<String> {

@@ -11,8 +11,8 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-/// Where Debian (and most distributions) keep the trusted CAs.
-const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+use crate::tls_client;
+
 /// A key set or discovery document is a few KiB; this bounds a bad one.
 const MAX_DOCUMENT: usize = 1024 * 1024;
 
@@ -25,31 +25,18 @@ pub struct Fetcher {
 impl Fetcher {
     /// A fetcher trusting the CAs in `ca_file`, or the system's.
     pub fn new(ca_file: Option<&Path>, timeout: Duration) -> Result<Self, String> {
-        let path = ca_file.unwrap_or(Path::new(SYSTEM_CA_BUNDLE));
-        let mut roots = rustls::RootCertStore::empty();
-        match std::fs::read(path) {
-            Ok(pem) => {
-                for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-                    let cert = cert.map_err(|e| format!("{}: {e}", path.display()))?;
-                    roots
-                        .add(cert)
-                        .map_err(|e| format!("{}: {e}", path.display()))?;
-                }
-            }
+        let roots = match ca_file {
+            Some(path) => tls_client::load_roots(path)?,
             // Without a system bundle, HTTPS fails at connect time with a
             // clear error; plain HTTP still works.
-            Err(error) if ca_file.is_none() => {
-                tracing::debug!(%error, "no system CA bundle at {SYSTEM_CA_BUNDLE}");
-            }
-            Err(error) => return Err(format!("cannot read {}: {error}", path.display())),
-        }
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+            None => tls_client::load_roots(Path::new(tls_client::SYSTEM_CA_BUNDLE)).unwrap_or_else(
+                |error| {
+                    tracing::debug!(%error, "no system CA bundle");
+                    rustls::RootCertStore::empty()
+                },
+            ),
+        };
+        let tls = tls_client::config(tls_client::Verify::Roots(roots), None, &[]);
         Ok(Self {
             tls: Arc::new(tls),
             timeout,

@@ -62,12 +62,20 @@ pub struct Runtime {
     access_log: AccessLogger,
     /// Counts the requests that matched no route (`route="-"`).
     no_route: Arc<RouteMetrics>,
+    /// By name; the next reload keeps those whose config did not change.
+    upstreams: Upstreams,
     pub metrics: Arc<Metrics>,
 }
 
+/// The compiled upstreams, by name.
+pub type Upstreams = HashMap<String, Arc<Upstream>>;
+
 impl Runtime {
-    /// Builds the runtime from a validated config. Fails when the access
-    /// log file cannot be opened or a policy's key file cannot be read.
+    /// Builds the runtime from a validated config. Upstreams of `previous`
+    /// (the runtime a reload replaces) whose config and TLS files did not
+    /// change are taken over, state and all. Fails when the access log file
+    /// cannot be opened, or a policy's key file or an upstream's TLS file
+    /// cannot be read.
     /// `refresh_tokens` outlives the runtime: reloads keep the tokens.
     pub fn compile(
         config: &Config,
@@ -76,7 +84,7 @@ impl Runtime {
         refresh_tokens: &Arc<RefreshTokens>,
         previous: Option<&Runtime>,
     ) -> Result<Self, String> {
-        let upstreams = compile_upstreams(config, &metrics);
+        let upstreams = compile_upstreams(config, &metrics, previous.map(|p| &p.upstreams))?;
         let policies = PolicySet::compile(config, previous.map(|p| &p.policies), &metrics)?;
         Ok(Self {
             local: local::Local::compile(
@@ -93,6 +101,7 @@ impl Runtime {
             guard,
             access_log: AccessLogger::open(&config.access_log)?,
             no_route: Arc::new(metrics.route("-")),
+            upstreams,
             metrics,
         })
     }
@@ -107,16 +116,30 @@ impl Runtime {
     }
 }
 
-/// One [`Upstream`] per configured upstream, by name.
+/// One [`Upstream`] per configured upstream, by name: the one in `previous`
+/// when its [`StateKey`](crate::upstream::StateKey) is unchanged (its pools,
+/// retry budget and balancer state go on), else a new one. An upstream no
+/// longer configured is dropped with the last runtime that holds it.
 pub(crate) fn compile_upstreams(
     config: &Config,
     metrics: &Metrics,
-) -> HashMap<String, Arc<Upstream>> {
-    config
-        .upstreams
-        .iter()
-        .map(|(name, u)| (name.clone(), Arc::new(Upstream::new(name, u, metrics))))
-        .collect()
+    previous: Option<&Upstreams>,
+) -> Result<Upstreams, String> {
+    let mut upstreams = HashMap::with_capacity(config.upstreams.len());
+    for (name, upstream) in &config.upstreams {
+        let kept = previous
+            .and_then(|p| p.get(name))
+            .filter(|old| old.state_key == crate::upstream::StateKey::of(name, upstream));
+        let compiled = match kept {
+            Some(old) => {
+                tracing::debug!(upstream = %name, "unchanged: connections, retry budget and balancer state kept");
+                old.clone()
+            }
+            None => Arc::new(Upstream::new(name, upstream, metrics)?),
+        };
+        upstreams.insert(name.clone(), compiled);
+    }
+    Ok(upstreams)
 }
 
 /// The current runtime, swapped whole on reload. Each request takes the
@@ -172,4 +195,53 @@ where
         rt.access_log.write(&ctx, &method, path, status, elapsed);
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(users: &str, other: bool) -> Config {
+        let other = if other {
+            "  other: {targets: ['127.0.0.1:9002']}\n"
+        } else {
+            ""
+        };
+        let route = if other.is_empty() {
+            ""
+        } else {
+            "  - {match: {path_prefix: /other}, upstream: other}\n"
+        };
+        Config::from_yaml(
+            &format!(
+                "listeners: [{{address: '127.0.0.1:8080'}}]\n\
+                 upstreams:\n  users: {users}\n{other}\
+                 routes:\n  - {{match: {{path_prefix: /}}, upstream: users}}\n{route}"
+            ),
+            "test.yaml",
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_recompile_keeps_unchanged_upstreams_and_replaces_changed_ones() {
+        let metrics = Metrics::default();
+        let users = "{targets: ['127.0.0.1:9001'], balancer: p2c_ewma}";
+        let first = compile_upstreams(&config(users, false), &metrics, None).unwrap();
+
+        // Another upstream and route; `users` as it was.
+        let second = compile_upstreams(&config(users, true), &metrics, Some(&first)).unwrap();
+        assert!(Arc::ptr_eq(&first["users"], &second["users"]), "kept");
+        assert!(second.contains_key("other"));
+
+        // `users` changes: a new one. `other` is gone.
+        let changed = "{targets: ['127.0.0.1:9001'], balancer: p2c_ewma, ewma_decay: 5s}";
+        let third = compile_upstreams(&config(changed, false), &metrics, Some(&second)).unwrap();
+        assert!(!Arc::ptr_eq(&second["users"], &third["users"]), "rebuilt");
+        assert!(!third.contains_key("other"));
+
+        // Without a previous runtime (a start), everything is new.
+        let fresh = compile_upstreams(&config(changed, false), &metrics, None).unwrap();
+        assert!(!Arc::ptr_eq(&third["users"], &fresh["users"]));
+    }
 }

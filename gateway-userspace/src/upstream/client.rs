@@ -1,25 +1,34 @@
 //! The client an upstream sends its attempts with: HTTP/1.1 with keep-alive
-//! connections pooled per proxy worker (`h1`), or HTTP/2 with prior
-//! knowledge (h2c), one multiplexed connection per target and worker.
+//! connections pooled per proxy worker (`h1`), or HTTP/2 (h2c with prior
+//! knowledge, or over TLS with ALPN `h2`), one multiplexed connection per
+//! target and worker.
 
 use std::{
     future::Future,
     io,
+    net::SocketAddr,
     pin::Pin,
+    sync::Arc,
     task::{Context, Poll},
+    time::Duration,
 };
 
 use bytes::Bytes;
 use http::{uri::Authority, Request, Response, Uri};
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use hyper_util::{
-    client::legacy::{connect::HttpConnector, Client},
-    rt::{TokioExecutor, TokioTimer},
+    client::legacy::{
+        connect::{Connect, Connected, Connection, HttpConnector},
+        Client,
+    },
+    rt::{TokioExecutor, TokioIo, TokioTimer},
 };
 
 use super::{
     h1::{self, Http1Pool},
     replay::AttemptBody,
+    stream::{self, Stream},
+    tls::TlsConnector,
 };
 use crate::{
     config::{self, UpstreamProtocol},
@@ -78,14 +87,29 @@ pub enum UpstreamClient {
     /// One client per worker: a pooled connection's task runs on the worker
     /// that opened it, so each worker uses only its own.
     Http2(Vec<Client<HttpConnector, AttemptBody>>),
+    /// The same over TLS.
+    Http2Tls(Vec<Client<TlsConnect, AttemptBody>>),
 }
 
 impl UpstreamClient {
-    pub fn new(config: &config::Upstream) -> Self {
-        match config.protocol {
-            UpstreamProtocol::Http1 => UpstreamClient::Http1(Http1Pool::new(config)),
-            UpstreamProtocol::Http2 => {
-                UpstreamClient::Http2((0..workers::count()).map(|_| http2(config)).collect())
+    /// The client `config.protocol` says, over TLS when `tls` is given.
+    pub fn new(config: &config::Upstream, tls: Option<Arc<TlsConnector>>) -> Self {
+        let workers = workers::count();
+        match (config.protocol, tls) {
+            (UpstreamProtocol::Http1, tls) => UpstreamClient::Http1(Http1Pool::new(config, tls)),
+            (UpstreamProtocol::Http2, None) => {
+                UpstreamClient::Http2((0..workers).map(|_| http2(config, plain(config))).collect())
+            }
+            (UpstreamProtocol::Http2, Some(tls)) => {
+                let connect = TlsConnect {
+                    tls,
+                    timeout: config.connect_timeout,
+                };
+                UpstreamClient::Http2Tls(
+                    (0..workers)
+                        .map(|_| http2(config, connect.clone()))
+                        .collect(),
+                )
             }
         }
     }
@@ -100,9 +124,9 @@ impl UpstreamClient {
     /// at `authority`.
     pub fn send<'a>(
         &'a self,
-        target: std::net::SocketAddr,
+        target: SocketAddr,
         authority: &'a Authority,
-        mut request: Request<AttemptBody>,
+        request: Request<AttemptBody>,
         fields: &'a ForwardFields,
     ) -> SendFuture<'a> {
         match self {
@@ -111,31 +135,56 @@ impl UpstreamClient {
                 Ok(response.map(ResponseBody::Http1))
             }),
             UpstreamClient::Http2(clients) => {
-                fields.insert_into(request.headers_mut());
-                let mut uri = std::mem::take(request.uri_mut()).into_parts();
-                uri.scheme = Some(http::uri::Scheme::HTTP);
-                uri.authority = Some(authority.clone());
-                if uri.path_and_query.is_none() {
-                    uri.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
-                }
-                *request.uri_mut() =
-                    Uri::from_parts(uri).expect("scheme, authority and path form a URI");
-                let client = &clients[workers::current() % clients.len()];
-                let response = client.request(request);
-                Box::pin(async move {
-                    let response = response.await.map_err(SendError::Http2)?;
-                    Ok(response.map(ResponseBody::Http2))
-                })
+                send_http2(clients, http::uri::Scheme::HTTP, authority, request, fields)
             }
+            UpstreamClient::Http2Tls(clients) => send_http2(
+                clients,
+                http::uri::Scheme::HTTPS,
+                authority,
+                request,
+                fields,
+            ),
         }
     }
 }
 
-fn http2(config: &config::Upstream) -> Client<HttpConnector, AttemptBody> {
+/// Sends on the calling worker's HTTP/2 client; `scheme` is the request's
+/// `:scheme`, which is also what tells a pooled connection's kind.
+fn send_http2<'a, C>(
+    clients: &'a [Client<C, AttemptBody>],
+    scheme: http::uri::Scheme,
+    authority: &Authority,
+    mut request: Request<AttemptBody>,
+    fields: &ForwardFields,
+) -> SendFuture<'a>
+where
+    C: Connect + Clone + Send + Sync + 'static,
+{
+    fields.insert_into(request.headers_mut());
+    let mut uri = std::mem::take(request.uri_mut()).into_parts();
+    uri.scheme = Some(scheme);
+    uri.authority = Some(authority.clone());
+    if uri.path_and_query.is_none() {
+        uri.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+    }
+    *request.uri_mut() = Uri::from_parts(uri).expect("scheme, authority and path form a URI");
+    let client = &clients[workers::current() % clients.len()];
+    let response = client.request(request);
+    Box::pin(async move {
+        let response = response.await.map_err(SendError::Http2)?;
+        Ok(response.map(ResponseBody::Http2))
+    })
+}
+
+fn plain(config: &config::Upstream) -> HttpConnector {
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(config.connect_timeout));
     connector.set_nodelay(true);
     connector.enforce_http(true);
+    connector
+}
+
+fn http2<C: Connect + Clone>(config: &config::Upstream, connector: C) -> Client<C, AttemptBody> {
     Client::builder(TokioExecutor::new())
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(config.pool_idle_timeout)
@@ -144,6 +193,87 @@ fn http2(config: &config::Upstream) -> Client<HttpConnector, AttemptBody> {
         .retry_canceled_requests(true)
         .http2_only(true)
         .build(connector)
+}
+
+/// Opens HTTP/2 connections over TLS: the target is the URI's authority
+/// (always an `IP:port`), the handshake as for HTTP/1.1 (`stream::connect`).
+#[derive(Clone)]
+pub struct TlsConnect {
+    tls: Arc<TlsConnector>,
+    timeout: Duration,
+}
+
+impl tower_service::Service<Uri> for TlsConnect {
+    type Response = TlsConnection;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = io::Result<TlsConnection>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let target: SocketAddr = uri
+                .authority()
+                .and_then(|a| a.as_str().parse().ok())
+                .ok_or_else(|| {
+                    io::Error::new(io::ErrorKind::InvalidInput, format!("no IP:port in {uri}"))
+                })?;
+            let stream = stream::connect(target, this.timeout, Some(&this.tls)).await?;
+            Ok(TlsConnection(TokioIo::new(stream)))
+        })
+    }
+}
+
+/// A TLS connection as hyper's pool takes it.
+pub struct TlsConnection(TokioIo<Stream>);
+
+impl Connection for TlsConnection {
+    fn connected(&self) -> Connected {
+        Connected::new()
+    }
+}
+
+impl hyper::rt::Read for TlsConnection {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for TlsConnection {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().0).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
+    }
 }
 
 /// A response body as either client delivers it (the HTTP/1.1 one boxed

@@ -7,7 +7,9 @@
 //! - `retry`: what is retried, and the budget that bounds it
 //! - `replay`: the request body, lendable to the next attempt until sent
 //! - `client`: the HTTP/1.1 (`h1`) or HTTP/2 client
+//! - `stream`, `tls`: connections to targets, plain or TLS
 //! - `body`: the response body (read timeout, in-flight accounting)
+//! - `state_key`: what an upstream's state is kept by across reloads
 
 mod balancer;
 mod body;
@@ -15,9 +17,12 @@ mod client;
 mod h1;
 mod replay;
 mod retry;
+mod state_key;
+mod stream;
 mod target;
+mod tls;
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use http::{Request, Response};
 use tokio::time::Instant;
@@ -33,6 +38,9 @@ pub use self::{
     body::{BodyError, ReadTimeout, UpstreamBody},
     client::SendError,
     h1::Upgraded,
+    state_key::StateKey,
+    stream::Stream,
+    tls::TlsConnector,
 };
 use crate::{
     config,
@@ -53,19 +61,41 @@ pub struct Upstream {
     read_timeout: Duration,
     retry: RetryPolicy,
     budget: RetryBudget,
+    /// Its name, config and TLS files, when it was built: a reload keeps
+    /// this upstream (pools, budget, balancer) while the key is the same.
+    pub state_key: StateKey,
 }
 
 impl Upstream {
-    /// Builds the upstream from validated config and reports every target
-    /// healthy (health checks are not implemented yet).
-    pub fn new(name: &str, config: &config::Upstream, metrics: &Metrics) -> Self {
+    /// Builds the upstream from validated config (its TLS files read again)
+    /// and reports every target healthy (health checks are not implemented
+    /// yet). Errors carry the config path.
+    pub fn new(name: &str, config: &config::Upstream, metrics: &Metrics) -> Result<Self, String> {
+        // Before the files are read to build the TLS configuration: a file
+        // that changes in between gives a key that the next reload sees
+        // differ, never the reverse.
+        let state_key = StateKey::of(name, config);
+        let tls = match config.tls() {
+            None => None,
+            Some(tls) => Some(Arc::new(
+                TlsConnector::new(&format!("upstreams.{name}.tls"), tls, config.protocol).map_err(
+                    |errors| {
+                        errors
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    },
+                )?,
+            )),
+        };
         let now = Instant::now();
         let targets: Vec<Target> = config.targets.iter().map(Target::new).collect();
         assert!(!targets.is_empty(), "validation requires a target");
         for target in &targets {
             metrics.set_target_health(name, &target.label, true);
         }
-        Self {
+        Ok(Self {
             name: name.to_string(),
             target_metrics: targets
                 .iter()
@@ -73,12 +103,13 @@ impl Upstream {
                 .collect(),
             balancer: Balancer::new(config, &targets, now),
             targets,
-            client: UpstreamClient::new(config),
+            client: UpstreamClient::new(config, tls),
             timeout: config.timeout,
             read_timeout: config.read_timeout,
             retry: RetryPolicy::new(config),
             budget: RetryBudget::new(&config.retry_budget, now),
-        }
+            state_key,
+        })
     }
 
     /// Sends `request` (origin-form URI, headers already rewritten) to a

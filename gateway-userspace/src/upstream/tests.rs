@@ -58,7 +58,7 @@ fn upstream(targets: &[SocketAddr], extra: &str) -> (Upstream, Metrics) {
     );
     let config: config::Upstream = serde_yaml::from_str(&yaml).unwrap();
     let metrics = Metrics::default();
-    (Upstream::new("u", &config, &metrics), metrics)
+    (Upstream::new("u", &config, &metrics).unwrap(), metrics)
 }
 
 fn ctx() -> RequestContext {
@@ -287,13 +287,13 @@ async fn the_connection_timer_keeps_the_response_deadline() {
         "{{targets: ['{silent}'], timeout: 300ms, retries: 0}}"
     ))
     .unwrap();
-    let silent_upstream = Upstream::new("silent", &config, &Metrics::default());
+    let silent_upstream = Upstream::new("silent", &config, &Metrics::default()).unwrap();
     let answering = server("a", 200).await;
     let config: config::Upstream = serde_yaml::from_str(&format!(
         "{{targets: ['{answering}'], timeout: 300ms, retries: 0}}"
     ))
     .unwrap();
-    let answering_upstream = Upstream::new("answering", &config, &Metrics::default());
+    let answering_upstream = Upstream::new("answering", &config, &Metrics::default()).unwrap();
 
     let client: SocketAddr = "192.0.2.1:40000".parse().unwrap();
     let conn = std::sync::Arc::new(ConnInfo::new(

@@ -10,7 +10,7 @@ fn router(routes: &str) -> Router {
         "t",
     )
     .unwrap_or_else(|e| panic!("{e}"));
-    let upstreams = crate::proxy::compile_upstreams(&config, &Default::default());
+    let upstreams = crate::proxy::compile_upstreams(&config, &Default::default(), None).unwrap();
     let policies = crate::policy::PolicySet::compile(&config, None, &Default::default()).unwrap();
     Router::new(&config, &upstreams, &policies, &Default::default()).unwrap()
 }

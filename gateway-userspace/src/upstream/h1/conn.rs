@@ -8,28 +8,28 @@
 use std::{
     io,
     pin::Pin,
-    task::{ready, Context, Poll, Waker},
+    task::{ready, Context, Poll},
 };
 
 use bytes::{Bytes, BytesMut};
 use hyper::body::Body as HttpBody;
-use tokio::{io::AsyncWrite, net::TcpStream};
+use tokio::io::AsyncWrite;
 
 use super::{codec::RequestFraming, Error};
 use crate::{
     http1::wire::{put_data, put_last_chunk, ReadSize, WriteQueue, GATHER_MAX},
-    upstream::replay::AttemptBody,
+    upstream::{replay::AttemptBody, stream::Stream},
 };
 
 pub(super) struct Conn {
-    pub io: TcpStream,
+    pub io: Stream,
     /// What the target sent that is not consumed yet.
     pub read: BytesMut,
     read_size: ReadSize,
 }
 
 impl Conn {
-    pub fn new(io: TcpStream) -> Self {
+    pub fn new(io: Stream) -> Self {
         Self {
             io,
             read: BytesMut::new(),
@@ -38,7 +38,7 @@ impl Conn {
     }
 
     /// The socket and what was read from it but not consumed.
-    pub fn into_parts(self) -> (TcpStream, Bytes) {
+    pub fn into_parts(self) -> (Stream, Bytes) {
         (self.io, self.read.freeze())
     }
 
@@ -47,22 +47,10 @@ impl Conn {
         self.read_size.poll_fill(&mut self.io, &mut self.read, cx)
     }
 
-    /// Whether an idle connection can take a request: the target has not
-    /// closed it or sent anything unasked. Costs no system call unless the
-    /// socket became readable while idle.
-    pub fn is_open(&self) -> bool {
-        if !self.read.is_empty() {
-            return false;
-        }
-        let mut cx = Context::from_waker(Waker::noop());
-        match self.io.poll_read_ready(&mut cx) {
-            Poll::Pending => true,
-            Poll::Ready(Err(_)) => false,
-            Poll::Ready(Ok(())) => matches!(
-                self.io.try_read(&mut [0; 1]),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock
-            ),
-        }
+    /// Whether an idle connection can take a request: nothing unread, and
+    /// the target has not closed it or sent anything unasked.
+    pub fn is_open(&mut self) -> bool {
+        self.read.is_empty() && self.io.is_open()
     }
 }
 
@@ -122,6 +110,9 @@ impl Sending {
     ) -> Poll<Result<(), Error>> {
         loop {
             ready!(self.queue.poll_flush(io, cx)).map_err(Error::Write)?;
+            // Nothing may wait in TLS's buffer while the body is awaited or
+            // the response is: the target would wait for it too.
+            ready!(Pin::new(&mut *io).poll_flush(cx)).map_err(Error::Write)?;
             if self.body_done {
                 return Poll::Ready(Ok(()));
             }

@@ -26,7 +26,6 @@ use std::{
 use bytes::Bytes;
 use http::{header::UPGRADE, request, uri::Authority, Method, Request, Response, StatusCode};
 use hyper::body::Body as HttpBody;
-use tokio::net::TcpStream;
 
 pub use self::{body::ResponseBody, pool::Http1Pool};
 use self::{
@@ -36,6 +35,7 @@ use self::{
 use super::{
     client::{Failed, SendError},
     replay::AttemptBody,
+    stream::Stream,
 };
 use crate::{
     exchange::{BoxError, ForwardFields},
@@ -74,14 +74,14 @@ pub enum Error {
 }
 
 /// The target's side of a connection that switched protocols (101): the
-/// socket and whatever the target sent after its 101. In the response's
-/// extensions, for the tunnel to take.
+/// connection (TLS included, if it has it) and whatever the target sent
+/// after its 101. In the response's extensions, for the tunnel to take.
 #[derive(Clone)]
-pub struct Upgraded(Arc<Mutex<Option<(TcpStream, Bytes)>>>);
+pub struct Upgraded(Arc<Mutex<Option<(Stream, Bytes)>>>);
 
 impl Upgraded {
-    /// The socket and the bytes already read from it; `None` if taken.
-    pub fn take(&self) -> Option<(TcpStream, Bytes)> {
+    /// The connection and the bytes already read from it; `None` if taken.
+    pub fn take(&self) -> Option<(Stream, Bytes)> {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 }

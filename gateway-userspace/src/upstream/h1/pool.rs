@@ -17,10 +17,14 @@ use std::{
     time::Duration,
 };
 
-use tokio::{net::TcpStream, time::Instant};
+use tokio::time::Instant;
 
 use super::conn::Conn;
-use crate::{config, workers};
+use crate::{
+    config,
+    upstream::{stream, tls::TlsConnector},
+    workers,
+};
 
 /// Keep-alive HTTP/1.1 connections, one pool per worker.
 pub struct Http1Pool {
@@ -33,6 +37,8 @@ struct Inner {
     /// Whether the worker runs this pool's reaper yet.
     reaping: Vec<AtomicBool>,
     connect_timeout: Duration,
+    /// TLS to the targets, when the upstream says so.
+    tls: Option<Arc<TlsConnector>>,
     idle_timeout: Duration,
     max_idle: usize,
 }
@@ -49,7 +55,7 @@ struct Pooled {
 
 impl Pooled {
     /// Not idle past `idle_timeout`, and not closed by the target.
-    fn usable(&self, now: Instant, idle_timeout: Duration) -> bool {
+    fn usable(&mut self, now: Instant, idle_timeout: Duration) -> bool {
         now.duration_since(self.idle_since) <= idle_timeout && self.conn.is_open()
     }
 }
@@ -76,13 +82,14 @@ impl Slot {
 }
 
 impl Http1Pool {
-    pub fn new(config: &config::Upstream) -> Self {
+    pub fn new(config: &config::Upstream, tls: Option<Arc<TlsConnector>>) -> Self {
         let workers = workers::count();
         Self {
             inner: Arc::new(Inner {
                 idle: (0..workers).map(|_| Mutex::default()).collect(),
                 reaping: (0..workers).map(|_| AtomicBool::new(false)).collect(),
                 connect_timeout: config.connect_timeout,
+                tls,
                 idle_timeout: config.pool_idle_timeout,
                 max_idle: config.pool_max_idle_per_target,
             }),
@@ -103,7 +110,7 @@ impl Http1Pool {
             return (None, slot);
         };
         let now = Instant::now();
-        while let Some(candidate) = pooled.pop() {
+        while let Some(mut candidate) = pooled.pop() {
             if candidate.usable(now, self.inner.idle_timeout) {
                 return (Some(candidate.conn), slot);
             }
@@ -111,19 +118,15 @@ impl Http1Pool {
         (None, slot)
     }
 
-    /// A new connection to `slot`'s target; starts the worker's reaper.
+    /// A new connection to `slot`'s target (TCP, and the TLS handshake
+    /// when the upstream has `tls`); starts the worker's reaper.
     pub(super) async fn connect(&self, slot: &Slot) -> io::Result<Conn> {
-        let timeout = self.inner.connect_timeout;
-        let stream = match tokio::time::timeout(timeout, TcpStream::connect(slot.target)).await {
-            Ok(stream) => stream?,
-            Err(_elapsed) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("no connection within {timeout:?}"),
-                ))
-            }
-        };
-        let _ = stream.set_nodelay(true);
+        let stream = stream::connect(
+            slot.target,
+            self.inner.connect_timeout,
+            self.inner.tls.as_deref(),
+        )
+        .await?;
         if !self.inner.reaping[slot.worker].swap(true, Ordering::Relaxed) {
             tokio::spawn(reap(
                 Arc::downgrade(&self.inner),
@@ -147,7 +150,7 @@ async fn reap(pool: Weak<Inner>, worker: usize, idle_timeout: Duration) {
         let now = Instant::now();
         let mut idle = inner.idle[worker].lock().unwrap();
         for pooled in idle.values_mut() {
-            pooled.retain(|p| p.usable(now, idle_timeout));
+            pooled.retain_mut(|p| p.usable(now, idle_timeout));
         }
         idle.retain(|_, pooled| !pooled.is_empty());
     }
