@@ -4,8 +4,8 @@
 //! types both ends share), `proxy` (listeners, the
 //! HTTP/1.1 server, router, forwarding), `upstream` (targets, balancing,
 //! pooled client), `http1` (HTTP/1.1 on the wire, shared by the server and
-//! the upstream client), `tls_client` (TLS to
-//! upstreams and fetched documents), `lists`
+//! the upstream client), `tls` (certificates and keys from files;
+//! TLS as a client, to upstreams and fetched documents), `lists`
 //! (source deny/allow lists and the kernel rate policy), `policy` (API
 //! policies and consumers), `token_server` (the gateway as an OAuth 2.0
 //! authorization server), `xdp` (the kernel
@@ -25,7 +25,7 @@ pub mod policy;
 pub mod proxy;
 pub mod sys;
 pub mod telemetry;
-pub mod tls_client;
+pub mod tls;
 pub mod token_server;
 pub mod upstream;
 pub mod workers;

@@ -261,7 +261,7 @@ fn validate_tls(base: &str, tls: &Tls, errors: &mut Errors) {
         );
     }
     if let Some(client_auth) = &tls.client_auth {
-        if let Err(failures) = crate::proxy::tls::client_verifier(client_auth) {
+        if let Err(failures) = crate::tls::client_verifier(client_auth) {
             for error in failures {
                 errors.push(format!("{base}.client_auth.{}", error.field), error.message);
             }
@@ -269,7 +269,7 @@ fn validate_tls(base: &str, tls: &Tls, errors: &mut Errors) {
     }
     for (j, files) in tls.certificates.iter().enumerate() {
         let path = format!("{base}.certificates[{j}]");
-        match crate::proxy::tls::load_certificate(&files.cert, &files.key) {
+        match crate::tls::load_certificate(&files.cert, &files.key) {
             Err(error) => errors.push(format!("{path}.{}", error.file), error.message),
             Ok(loaded) if j > 0 && loaded.names.is_empty() => errors.push(
                 format!("{path}.cert"),

@@ -945,7 +945,7 @@ mod tests {
     #[test]
     fn mtls_policies_need_a_listener_that_asks_for_certificates() {
         let dir = std::env::temp_dir().join(format!("xgate-mtls-config-{}", std::process::id()));
-        let ca = crate::proxy::tls::test_client_ca(&dir);
+        let ca = crate::tls::test_client_ca(&dir);
         let cert = dir.join("server.pem");
         let key = dir.join("server.key");
         let server = rcgen::generate_simple_self_signed(vec!["a.test".to_string()]).unwrap();

@@ -201,7 +201,7 @@ pub struct UpstreamTls {
     #[serde(default = "yes")]
     pub enabled: bool,
     /// PEM bundle of the CAs the targets' certificates must chain to;
-    /// absent: the system's (`tls_client::SYSTEM_CA_BUNDLE`).
+    /// absent: the system's (`tls::client::SYSTEM_CA_BUNDLE`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
     /// Sent as SNI and verified against the certificate; absent: the

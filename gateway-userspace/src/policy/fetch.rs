@@ -11,7 +11,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use crate::tls_client;
+use crate::tls::client as tls_client;
 
 /// A key set or discovery document is a few KiB; this bounds a bad one.
 const MAX_DOCUMENT: usize = 1024 * 1024;

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use ring::digest::{Context, SHA256};
 
-use crate::{config, tls_client::SYSTEM_CA_BUNDLE};
+use crate::{config, tls::client::SYSTEM_CA_BUNDLE};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StateKey([u8; 32]);

@@ -11,7 +11,7 @@ use tokio_rustls::client::TlsStream;
 
 use crate::{
     config::{ConfigError, UpstreamProtocol, UpstreamTls},
-    tls_client::{self, Verify, ALPN_H2, ALPN_HTTP11, SYSTEM_CA_BUNDLE},
+    tls::client::{self as tls_client, Verify, ALPN_H2, ALPN_HTTP11, SYSTEM_CA_BUNDLE},
 };
 
 pub struct TlsConnector {

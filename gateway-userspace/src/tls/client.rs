@@ -18,7 +18,7 @@ use rustls::{
 
 /// Shared with the listeners: the ALPN identifiers, and which file of a
 /// certificate and key pair is at fault.
-pub use crate::proxy::tls::{CertificateError, ALPN_H2, ALPN_HTTP11};
+pub use super::{CertificateError, ALPN_H2, ALPN_HTTP11};
 
 /// Where Debian (and most distributions) keep the trusted CAs.
 pub const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
@@ -56,7 +56,7 @@ pub fn load_roots(path: &Path) -> Result<RootCertStore, String> {
 /// A certificate chain and its private key to present (mutual TLS), read
 /// and checked as a listener's are; the error says which file is at fault.
 pub fn load_identity(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, CertificateError> {
-    crate::proxy::tls::load_certificate(cert, key).map(|loaded| loaded.key)
+    super::load_certificate(cert, key).map(|loaded| loaded.key)
 }
 
 /// How the server's certificate is checked.
