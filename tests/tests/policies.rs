@@ -201,6 +201,13 @@ async fn key_auth_identifies_consumers_and_nobody_can_forge_an_identity() {
     }
     assert_eq!(consumers[1], "alice", "{consumers:?}");
     assert!(consumers[0].is_null());
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    let verdicts: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["verdicts"].clone())
+        .collect();
+    assert_eq!(verdicts[0], json!(["key-auth:deny"]), "{log}");
+    assert_eq!(verdicts[1], json!(["key-auth:allow"]), "{log}");
 }
 
 #[tokio::test]

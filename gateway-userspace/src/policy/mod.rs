@@ -77,6 +77,32 @@ pub trait Authenticator: Send + Sync {
     /// Looks for this policy's credential in the request and checks it.
     /// May edit the request (`hide_credentials`).
     fn check<'a>(&'a self, parts: &'a mut Parts) -> Check<'a>;
+
+    /// The response phase: headers to add to or strip from the response
+    /// of a request this policy let through. None of the authentication
+    /// policies needs it; the traffic policies' headers (RateLimit-*) will.
+    fn on_response(&self, _headers: &mut http::HeaderMap) {}
+}
+
+/// The access log's verdict for a policy's decision (`key-auth:allow`).
+fn verdict(kind: &'static str, result: &'static str) -> &'static str {
+    match (kind, result) {
+        ("key-auth", "allow") => "key-auth:allow",
+        ("key-auth", "deny") => "key-auth:deny",
+        ("key-auth", "anonymous") => "key-auth:anonymous",
+        ("jwt", "allow") => "jwt:allow",
+        ("jwt", "deny") => "jwt:deny",
+        ("jwt", "anonymous") => "jwt:anonymous",
+        ("oidc", "allow") => "oidc:allow",
+        ("oidc", "deny") => "oidc:deny",
+        ("oidc", "anonymous") => "oidc:anonymous",
+        ("mtls", "allow") => "mtls:allow",
+        ("mtls", "deny") => "mtls:deny",
+        ("mtls", "anonymous") => "mtls:anonymous",
+        (_, "allow") => "policy:allow",
+        (_, "deny") => "policy:deny",
+        _ => "policy:anonymous",
+    }
 }
 
 /// One policy of a list, with what the chain needs around it.
@@ -176,9 +202,21 @@ impl Chain {
         self.list.steps.is_empty()
     }
 
+    /// The response phase: each policy, in order, on the response's headers.
+    pub fn on_response(&self, headers: &mut http::HeaderMap) {
+        for step in &self.list.steps {
+            step.policy.on_response(headers);
+        }
+    }
+
     /// Runs the chain: who the caller is (`None` when no policy
-    /// authenticates), or why it is refused.
-    pub async fn run(&self, parts: &mut Parts) -> Result<Option<Identity>, Rejection> {
+    /// authenticates), or why it is refused. Each decision is noted in
+    /// `verdicts` (the access log's).
+    pub async fn run(
+        &self,
+        parts: &mut Parts,
+        verdicts: &mut Vec<&'static str>,
+    ) -> Result<Option<Identity>, Rejection> {
         let mode = self.list.mode;
         let mut found: Option<Identity> = None;
         let mut failure: Option<AuthError> = None;
@@ -190,6 +228,7 @@ impl Chain {
             match result {
                 Ok(identity) => {
                     decisions.allow.inc();
+                    verdicts.push(verdict(step.kind, "allow"));
                     if found.as_ref().is_none_or(|f| f.anonymous) {
                         found = Some(identity);
                     }
@@ -203,12 +242,14 @@ impl Chain {
                     // comes.
                     Some(anonymous) => {
                         decisions.anonymous.inc();
+                        verdicts.push(verdict(step.kind, "anonymous"));
                         if found.is_none() {
                             found = Some(Identity::anonymous(anonymous.clone()));
                         }
                     }
                     None => {
                         decisions.deny.inc();
+                        verdicts.push(verdict(step.kind, "deny"));
                         if mode == AuthMode::All {
                             return Err(error.into());
                         }

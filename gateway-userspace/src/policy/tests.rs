@@ -6,6 +6,10 @@ use super::*;
 struct Fixed(Result<&'static str, bool>, Arc<Consumers>);
 
 impl Authenticator for Fixed {
+    fn on_response(&self, headers: &mut http::HeaderMap) {
+        headers.append("x-seen-by", HeaderValue::from_static("fixed"));
+    }
+
     fn check<'a>(&'a self, _parts: &'a mut Parts) -> Check<'a> {
         Check::Now(match self.0 {
             Ok(name) => Ok(Identity {
@@ -55,7 +59,8 @@ fn chain(mode: AuthMode, steps: Vec<(Result<&'static str, bool>, Option<&str>)>)
 
 async fn run(chain: &Chain) -> Result<Option<String>, String> {
     let (mut parts, ()) = http::Request::new(()).into_parts();
-    match chain.run(&mut parts).await {
+    let mut verdicts = Vec::new();
+    match chain.run(&mut parts, &mut verdicts).await {
         Ok(identity) => Ok(identity.map(|i| {
             let name = i
                 .consumer
@@ -164,4 +169,27 @@ fn a_reload_takes_over_the_lists_that_did_not_change() {
         !Arc::ptr_eq(&changed.global, &rekeyed.global),
         "lists hold the consumers they were built with"
     );
+}
+
+#[tokio::test]
+async fn decisions_become_verdicts_and_every_policy_sees_the_response() {
+    let chain = chain(
+        AuthMode::Any,
+        vec![
+            (Err(false), None),
+            (Err(true), Some("guest")),
+            (Ok("bob"), None),
+        ],
+    );
+    let (mut parts, ()) = http::Request::new(()).into_parts();
+    let mut verdicts = Vec::new();
+    chain.run(&mut parts, &mut verdicts).await.unwrap();
+    assert_eq!(
+        verdicts,
+        ["policy:deny", "policy:anonymous", "policy:allow"]
+    );
+    assert_eq!(verdict("jwt", "deny"), "jwt:deny");
+    let mut headers = http::HeaderMap::new();
+    chain.on_response(&mut headers);
+    assert_eq!(headers.get_all("x-seen-by").iter().count(), 3);
 }
