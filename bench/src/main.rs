@@ -283,7 +283,6 @@ fn real_main(args: &[String]) -> Result<()> {
     }
     sys::install_signal_handlers();
     sys::sweep_stale();
-    let mut reports = Vec::new();
     for scenario in chosen {
         eprintln!("==> scenario {}: {}", scenario.name, scenario.about);
         let started = std::time::Instant::now();
@@ -295,10 +294,11 @@ fn real_main(args: &[String]) -> Result<()> {
             started.elapsed().as_secs_f64()
         );
         println!("{}", report.markdown);
-        reports.push(report);
+        // Written as each scenario ends: a later one that fails loses
+        // nothing measured before it.
+        let (md, json) = report::write(&report::out_dir(), std::slice::from_ref(&report))?;
+        eprintln!("==> wrote {} and {}", md.display(), json.display());
     }
-    let (md, json) = report::write(&report::out_dir(), &reports)?;
-    eprintln!("==> wrote {} and {}", md.display(), json.display());
     Ok(())
 }
 

@@ -57,6 +57,9 @@ const SMALL_ROUTES: usize = 10;
 const LARGE_ROUTES: usize = 10_000;
 const SMALL_CONSUMERS: usize = 10;
 const LARGE_CONSUMERS: usize = 100_000;
+/// The consumers instances' key-auth route (`/keyed`, stripped), and the
+/// request every consumers-case request makes.
+const KEYED_PATH: &str = "/keyed/small";
 /// The consumer whose key every consumers-case request carries.
 const KEY_CONSUMER: usize = 7;
 const SMALL_DENY: usize = 10;
@@ -119,7 +122,17 @@ impl Instance {
     fn path(self) -> &'static str {
         match self {
             Instance::RoutesSmall | Instance::RoutesLarge => ROUTE_PATH,
+            Instance::KeysSmall | Instance::KeysLarge => KEYED_PATH,
             _ => upstream::SMALL_PATH,
+        }
+    }
+
+    /// What the harness asks for to know the instance is up (a request
+    /// without an API key: the consumers instances' open route).
+    fn ready_path(self) -> &'static str {
+        match self {
+            Instance::KeysSmall | Instance::KeysLarge => upstream::SMALL_PATH,
+            _ => self.path(),
         }
     }
 
@@ -240,8 +253,9 @@ fn routes_yaml(instance: Instance) -> String {
     let mut out = String::new();
     if instance.consumers() > 0 {
         out.push_str(
-            "  - name: all\n    match: { path_prefix: / }\n    upstream: bench\n    \
-             policies: [{ type: key-auth, key_names: [x-api-key] }]\n",
+            "  - name: open\n    match: { path_prefix: / }\n    upstream: bench\n\
+             \x20 - name: keyed\n    match: { path_prefix: /keyed }\n    upstream: bench\n    \
+             strip_prefix: true\n    policies: [{ type: key-auth, key_names: [x-api-key] }]\n",
         );
         return out;
     }
@@ -313,7 +327,7 @@ fn start_instance(
         ns,
         &mut process,
         SocketAddr::from((Ipv4Addr::LOCALHOST, instance.port())),
-        instance.path(),
+        instance.ready_path(),
         upstream::SMALL_BODY,
         Duration::from_secs(120),
     )?;
@@ -965,9 +979,9 @@ fn build_report(cases: &[HttpCase], xdp: &[XdpCase], memory: &[Value], info: &In
          8 characters). Deny lists: one route `/`, 10 or 100,000 IPv4 CIDRs in `xdp.deny` \
          (prefix lengths: {} / {}), no `xdp.interfaces`, so xgate checks them at accept(); the \
          client (127.0.0.1) is on no list. With `Connection: close` every request is a new \
-         connection and pays the check. Consumers: one route `/` with a key-auth policy \
-         (`x-api-key`), 10 or 100,000 consumers with one API key each, the request carrying \
-         consumer 7's key.\n\
+         connection and pays the check. Consumers: a route `/keyed` with a key-auth policy \
+         (`x-api-key`, prefix stripped), 10 or 100,000 consumers with one API key each, the \
+         request `GET {KEYED_PATH}` carrying consumer 7's key.\n\
          - RSS: VmRSS after start-up, and VmHWM (reset after the warm-up) over the rounds.\n\
          - {}\n\
          - XDP: `xgate_xdp` loaded twice from the workspace's object with private maps, the \
@@ -1043,6 +1057,11 @@ mod tests {
         let config = gateway_userspace::config::Config::from_yaml(&keys, "scale")
             .unwrap_or_else(|e| panic!("{e}\n{keys}"));
         assert_eq!(config.consumers.len(), SMALL_CONSUMERS);
-        assert!(config.routes[0].policies.is_some());
+        assert!(
+            config.routes[0].policies.is_none(),
+            "the open route, for readiness"
+        );
+        assert!(config.routes[1].policies.is_some());
+        assert_eq!(Instance::KeysSmall.path(), KEYED_PATH);
     }
 }

@@ -6,6 +6,7 @@
 //! expire, so a client reusing one pays no signature check per request.
 
 use std::{
+    borrow::Cow,
     collections::HashMap,
     hash::BuildHasher,
     sync::{Arc, Mutex},
@@ -180,7 +181,12 @@ impl JwtPolicy {
 
     /// The request's token and where it was; `Err` when it carries more
     /// than one.
-    pub(super) fn token(&self, parts: &Parts) -> Result<Option<(String, usize)>, AuthError> {
+    /// (Borrowed from the request where it can be: a cached token is then
+    /// never copied.)
+    pub(super) fn token<'p>(
+        &self,
+        parts: &'p Parts,
+    ) -> Result<Option<(Cow<'p, str>, usize)>, AuthError> {
         let mut found = None;
         for (i, source) in self.sources.iter().enumerate() {
             let candidate = match source {
@@ -196,7 +202,7 @@ impl JwtPolicy {
                             let (scheme, token) = v.split_once(' ')?;
                             scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
                         })
-                        .map(str::to_string)
+                        .map(Cow::Borrowed)
                 }
                 Source::Query(name) => parts.uri.query().and_then(|q| {
                     q.split('&')
@@ -204,6 +210,7 @@ impl JwtPolicy {
                         .find(|(k, _)| k == name)
                         .and_then(|(_, v)| super::key_auth::percent_decode(v))
                         .and_then(|v| String::from_utf8(v).ok())
+                        .map(Cow::Owned)
                 }),
                 Source::Cookie(name) => parts
                     .headers
@@ -213,7 +220,7 @@ impl JwtPolicy {
                     .flat_map(|v| v.split(';'))
                     .filter_map(|c| c.trim().split_once('='))
                     .find(|(k, _)| k == name)
-                    .map(|(_, v)| v.to_string()),
+                    .map(|(_, v)| Cow::Borrowed(v)),
             };
             if let Some(token) = candidate {
                 if found.is_some() {
@@ -454,6 +461,7 @@ impl JwtPolicy {
         if let Some(hit) = self.cache.as_ref().and_then(|c| c.get(&token, now)) {
             return Ok(self.grant(parts, &hit, source));
         }
+        let token = token.into_owned();
         match self.verify(&token) {
             Ok(Some(verified)) => {
                 let verified = Arc::new(verified);

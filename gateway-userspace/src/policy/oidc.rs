@@ -241,7 +241,7 @@ impl OidcPolicy {
 impl Authenticator for OidcPolicy {
     fn check<'a>(&'a self, parts: &'a mut Parts) -> Check<'a> {
         let (token, source) = match self.jwt.token(parts) {
-            Ok(Some(found)) => found,
+            Ok(Some((token, source))) => (token.into_owned(), source),
             Ok(None) => return Check::Now(Err(self.jwt.missing())),
             Err(error) => return Check::Now(Err(error)),
         };
