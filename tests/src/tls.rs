@@ -15,20 +15,17 @@ use std::{
     },
 };
 
+use gateway_userspace::tls::client::NoVerification;
 use rcgen::{
     string::Ia5String, BasicConstraints, CertificateParams, CertificateRevocationListParams,
     CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyIdMethod, KeyPair, KeyUsagePurpose,
     RevokedCertParams, SanType, SerialNumber,
 };
 use rustls::{
-    client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
     crypto::{ring, CryptoProvider},
-    pki_types::{
-        pem::PemObject, CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime,
-    },
+    pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName},
     server::WebPkiClientVerifier,
-    ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme,
-    SupportedProtocolVersion,
+    ClientConfig, RootCertStore, ServerConfig, SupportedProtocolVersion,
 };
 use tokio::net::TcpStream;
 use tokio_rustls::{client::TlsStream, TlsConnector};
@@ -272,7 +269,7 @@ impl<'a> ClientOptions<'a> {
             Some(ca) => builder.with_root_certificates(ca.roots()),
             None => builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(AnyServerCert(provider()))),
+                .with_custom_certificate_verifier(NoVerification::new()),
         };
         let mut config = match client_cert {
             None => builder.with_no_client_auth(),
@@ -339,54 +336,4 @@ pub fn served_leaf(stream: &TlsStream<TcpStream>) -> CertificateDer<'static> {
 /// The ALPN protocol the server chose.
 pub fn alpn(stream: &TlsStream<TcpStream>) -> Option<Vec<u8>> {
     stream.get_ref().1.alpn_protocol().map(<[u8]>::to_vec)
-}
-
-/// Accepts any certificate; signatures are still checked so the handshake
-/// is real.
-#[derive(Debug)]
-struct AnyServerCert(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for AnyServerCert {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
 }

@@ -79,7 +79,7 @@ pub fn config(verify: Verify, identity: Option<Arc<CertifiedKey>>, alpn: &[&[u8]
         Verify::Roots(roots) => builder.with_root_certificates(roots),
         Verify::Nothing => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(NoVerification(provider()))),
+            .with_custom_certificate_verifier(NoVerification::new()),
     };
     let mut config = match identity {
         Some(key) => builder.with_client_cert_resolver(Arc::new(Identity(key))),
@@ -108,9 +108,16 @@ impl ResolvesClientCert for Identity {
 }
 
 /// Accepts any certificate for any name; the handshake's signatures are
-/// still verified.
+/// still verified. (`verify: false`, and the tests' clients that want to
+/// see which certificate a server presents.)
 #[derive(Debug)]
-struct NoVerification(Arc<CryptoProvider>);
+pub struct NoVerification(Arc<CryptoProvider>);
+
+impl NoVerification {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self(provider()))
+    }
+}
 
 impl ServerCertVerifier for NoVerification {
     fn verify_server_cert(
