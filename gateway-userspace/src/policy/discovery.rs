@@ -6,14 +6,14 @@
 //! while the provider is down.
 
 use std::{
-    sync::{Arc, Mutex, RwLock},
-    time::{Duration, Instant},
+    sync::{Arc, RwLock},
+    time::Duration,
 };
 
 use http::Uri;
 use serde_json::Value;
 
-use super::fetch::Fetcher;
+use super::fetch::{FetchGate, Fetcher};
 
 /// What xgate reads of a discovery document.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,11 +27,7 @@ pub struct Discovery {
     url: Uri,
     fetcher: Fetcher,
     endpoints: RwLock<Option<Arc<Endpoints>>>,
-    /// When the last fetch started, for the rate limit.
-    last_attempt: Mutex<Option<Instant>>,
-    /// One fetch at a time; waiters see its result.
-    fetching: tokio::sync::Mutex<()>,
-    min_interval: Duration,
+    gate: FetchGate,
 }
 
 impl Discovery {
@@ -47,9 +43,7 @@ impl Discovery {
             url,
             fetcher,
             endpoints: RwLock::new(None),
-            last_attempt: Mutex::new(None),
-            fetching: tokio::sync::Mutex::new(()),
-            min_interval,
+            gate: FetchGate::new(min_interval),
         })
     }
 
@@ -77,17 +71,10 @@ impl Discovery {
     /// An endpoint failed: fetch the document again unless a fetch started
     /// within `min_interval`. Concurrent callers share one fetch.
     pub async fn rediscover(&self) {
-        let started_waiting = Instant::now();
-        let _one = self.fetching.lock().await;
-        let recent = self
-            .last_attempt
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_some_and(|at| at >= started_waiting || at.elapsed() < self.min_interval);
-        if recent {
-            return;
-        }
-        *self.last_attempt.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+        self.gate.on_demand(|| self.fetch()).await;
+    }
+
+    async fn fetch(&self) {
         match self
             .fetcher
             .get(&self.url)

@@ -144,3 +144,51 @@ where
         .await
         .map_err(|e| format!("HTTP: {e}"))
 }
+
+/// One fetch of a document at a time, and one that a request asks for (a
+/// JWT with an unknown `kid`, an endpoint that failed) at most every
+/// `min_interval`, so made-up input cannot turn into a flood of fetches.
+/// Callers that wait while a fetch runs share its result.
+pub struct FetchGate {
+    /// When the last fetch started (any cause).
+    last_attempt: std::sync::Mutex<Option<std::time::Instant>>,
+    fetching: tokio::sync::Mutex<()>,
+    min_interval: Duration,
+}
+
+impl FetchGate {
+    pub fn new(min_interval: Duration) -> Self {
+        Self {
+            last_attempt: std::sync::Mutex::new(None),
+            fetching: tokio::sync::Mutex::new(()),
+            min_interval,
+        }
+    }
+
+    /// Runs `fetch` unless one started while this caller waited or within
+    /// `min_interval`.
+    pub async fn on_demand<F: std::future::Future<Output = ()>>(&self, fetch: impl FnOnce() -> F) {
+        let started_waiting = std::time::Instant::now();
+        let _one = self.fetching.lock().await;
+        let recent = self
+            .last_attempt
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|at| at >= started_waiting || at.elapsed() < self.min_interval);
+        if !recent {
+            self.run(fetch).await;
+        }
+    }
+
+    /// Runs `fetch` now (after any fetch in progress): a scheduled refresh.
+    pub async fn now<F: std::future::Future<Output = ()>>(&self, fetch: impl FnOnce() -> F) {
+        let _one = self.fetching.lock().await;
+        self.run(fetch).await;
+    }
+
+    async fn run<F: std::future::Future<Output = ()>>(&self, fetch: impl FnOnce() -> F) {
+        *self.last_attempt.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(std::time::Instant::now());
+        fetch().await;
+    }
+}

@@ -6,8 +6,8 @@
 //! fetch fails).
 
 use std::{
-    sync::{Arc, Mutex, RwLock, Weak},
-    time::{Duration, Instant},
+    sync::{Arc, RwLock, Weak},
+    time::Duration,
 };
 
 use http::Uri;
@@ -16,7 +16,10 @@ use jsonwebtoken::{
     Algorithm, DecodingKey,
 };
 
-use super::{discovery::Discovery, fetch::Fetcher};
+use super::{
+    discovery::Discovery,
+    fetch::{FetchGate, Fetcher},
+};
 use crate::config;
 
 /// One usable key of the set.
@@ -39,11 +42,7 @@ pub struct JwksKeys {
     location: Location,
     fetcher: Fetcher,
     keys: RwLock<Arc<Vec<JwkKey>>>,
-    /// When the last fetch started (any cause), for the refetch limit.
-    last_attempt: Mutex<Option<Instant>>,
-    /// One fetch at a time; waiters see its result.
-    fetching: tokio::sync::Mutex<()>,
-    min_refetch: Duration,
+    gate: FetchGate,
 }
 
 impl JwksKeys {
@@ -84,9 +83,7 @@ impl JwksKeys {
             location,
             fetcher,
             keys: RwLock::new(Arc::new(Vec::new())),
-            last_attempt: Mutex::new(None),
-            fetching: tokio::sync::Mutex::new(()),
-            min_refetch,
+            gate: FetchGate::new(min_refetch),
         });
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(refresh(Arc::downgrade(&keys), refresh_interval));
@@ -108,20 +105,10 @@ impl JwksKeys {
     /// started within `min_refetch_interval` (then the caller gets what is
     /// there). Concurrent callers share one fetch.
     pub async fn refetch(&self) {
-        let started_waiting = Instant::now();
-        let _one = self.fetching.lock().await;
-        let recent = self
-            .last_attempt
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_some_and(|at| at >= started_waiting || at.elapsed() < self.min_refetch);
-        if !recent {
-            self.fetch_now().await;
-        }
+        self.gate.on_demand(|| self.fetch_now()).await;
     }
 
     async fn fetch_now(&self) {
-        *self.last_attempt.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
         let discovery = match &self.location {
             Location::Url(url) => return self.publish(url, self.fetch(url).await),
             Location::Discovered(discovery) => discovery,
@@ -172,10 +159,7 @@ async fn refresh(keys: Weak<JwksKeys>, interval: Duration) {
         let Some(strong) = keys.upgrade() else {
             return;
         };
-        {
-            let _one = strong.fetching.lock().await;
-            strong.fetch_now().await;
-        }
+        strong.gate.now(|| strong.fetch_now()).await;
         drop(strong);
         tokio::time::sleep(interval).await;
     }
