@@ -16,6 +16,7 @@ pub mod jwt;
 pub mod netns;
 pub mod ports;
 pub mod process;
+pub mod redis;
 pub mod tls;
 pub mod traffic;
 pub mod upstream;

@@ -22,6 +22,9 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("mount", "mount"),
     // Linking, and mimalloc's C sources.
     ("cc", "gcc"),
+    // The shared rate limits and cluster-wide lists are tested against a
+    // real Redis.
+    ("redis-server", "redis-server"),
 ];
 
 /// Node.js the npm test dependencies need: oauth2-mock-server 8.2.3 and
