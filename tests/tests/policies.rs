@@ -392,3 +392,90 @@ async fn a_broken_policy_config_is_refused_with_its_path_and_the_old_one_keeps_s
         stderr(&out)
     );
 }
+
+#[tokio::test]
+async fn acl_admits_by_consumer_group_after_authentication() {
+    let upstream = EchoUpstream::start(any_port(), "u").await.unwrap();
+    let listen = free_port();
+    let daemon = Daemon::start(
+        &format!(
+            "listeners: [{{address: '{listen}'}}]\n\
+             consumers:\n\
+             \x20 - {{username: alice, groups: [admins, ops], keys: [{{key: alice-key-0123456789}}]}}\n\
+             \x20 - {{username: bob, groups: [users], keys: [{{key: bob-key-0123456789}}]}}\n\
+             \x20 - {{username: mallory, groups: [users, banned], keys: [{{key: mallory-key-0123456789}}]}}\n\
+             \x20 - {{username: guest, groups: [users]}}\n\
+             upstreams: {{u: {{targets: ['{}']}}}}\n\
+             routes:\n\
+             \x20 - {{name: ops, match: {{path_prefix: /ops}}, upstream: u,\n\
+             \x20    policies: [{{type: acl, allow: [admins], hide_groups_header: true}}, {{type: key-auth}}]}}\n\
+             \x20 - {{name: app, match: {{path_prefix: /app}}, upstream: u,\n\
+             \x20    policies: [{{type: key-auth, anonymous: guest}}, {{type: acl, deny: [banned]}}]}}\n",
+            upstream.addr
+        ),
+        None,
+    );
+
+    // Declared first, the acl still runs after authentication: a missing
+    // key is a 401 with its challenge, not the acl's 403.
+    let missing = call(listen, "/ops", &[]).await;
+    assert_eq!(missing.status, 401);
+    assert!(missing.header("www-authenticate").is_some());
+
+    let alice = call(listen, "/ops", &["apikey: alice-key-0123456789"]).await;
+    assert_eq!(alice.status, 200);
+    assert_eq!(headers(&alice)["x-consumer-username"], "alice");
+    assert!(
+        headers(&alice).get("x-consumer-groups").is_none(),
+        "hide_groups_header: {}",
+        headers(&alice)
+    );
+    let bob = call(listen, "/ops", &["apikey: bob-key-0123456789"]).await;
+    assert_eq!(bob.status, 403);
+    assert_eq!(
+        bob.json()["message"],
+        "consumer group not allowed on this route"
+    );
+
+    let bob = call(listen, "/app", &["apikey: bob-key-0123456789"]).await;
+    assert_eq!(bob.status, 200);
+    assert_eq!(headers(&bob)["x-consumer-groups"], "users");
+    let mallory = call(listen, "/app", &["apikey: mallory-key-0123456789"]).await;
+    assert_eq!(mallory.status, 403);
+    // The anonymous consumer's groups count like anyone's.
+    let guest = call(listen, "/app", &[]).await;
+    assert_eq!(guest.status, 200);
+    assert_eq!(headers(&guest)["x-consumer-username"], "guest");
+
+    let metrics = daemon.admin_get("/metrics");
+    for line in [
+        "xgate_policy_decisions_total{route=\"ops\",policy=\"acl\",result=\"allow\"} 1",
+        "xgate_policy_decisions_total{route=\"ops\",policy=\"acl\",result=\"deny\"} 1",
+        "xgate_policy_decisions_total{route=\"app\",policy=\"acl\",result=\"deny\"} 1",
+    ] {
+        assert!(metrics.contains(line), "missing `{line}` in:\n{metrics}");
+    }
+}
+
+#[test]
+fn an_acl_naming_no_consumer_group_is_refused() {
+    let dir = TempDir::new("acl-typo");
+    let path = dir.path().join("xgate.yaml");
+    std::fs::write(
+        &path,
+        "listeners: [{address: '127.0.0.1:1'}]\n\
+         consumers: [{username: alice, groups: [admins]}]\n\
+         upstreams: {u: {targets: ['127.0.0.1:2']}}\n\
+         routes:\n\
+         \x20 - {match: {path_prefix: /}, upstream: u, policies: [{type: key-auth}, {type: acl, allow: [admin]}]}\n",
+    )
+    .unwrap();
+    let out = xgate(&["-c", path.to_str().unwrap(), "validate"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("routes[0].policies[1].allow[0]")
+            && err.contains("'admin' is no consumer's group"),
+        "{err}"
+    );
+}

@@ -181,6 +181,7 @@ pub enum Policy {
     Jwt(Box<Jwt>),
     Oidc(Box<Oidc>),
     Mtls(Mtls),
+    Acl(Acl),
 }
 
 impl Policy {
@@ -190,6 +191,18 @@ impl Policy {
             Policy::Jwt(_) => "jwt",
             Policy::Oidc(_) => "oidc",
             Policy::Mtls(_) => "mtls",
+            Policy::Acl(_) => "acl",
+        }
+    }
+
+    /// When the policy runs in its chain.
+    pub fn phase(&self) -> crate::policy::Phase {
+        use crate::policy::Phase;
+        match self {
+            Policy::KeyAuth(_) | Policy::Jwt(_) | Policy::Oidc(_) | Policy::Mtls(_) => {
+                Phase::Authentication
+            }
+            Policy::Acl(_) => Phase::Authorization,
         }
     }
 
@@ -199,6 +212,7 @@ impl Policy {
             Policy::Jwt(p) => p.anonymous.as_deref(),
             Policy::Oidc(p) => p.anonymous.as_deref(),
             Policy::Mtls(p) => p.anonymous.as_deref(),
+            Policy::Acl(_) => None,
         }
     }
 }
@@ -296,6 +310,23 @@ pub struct Mtls {
     /// consumer, goes on as this consumer.
     #[serde(default)]
     pub anonymous: Option<String>,
+}
+
+/// `type: acl`: which consumer groups may use the route (Kong's acl). Runs
+/// after authentication, on the consumer it found (an `anonymous` one
+/// included).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Acl {
+    /// A consumer in none of these groups is refused (when not empty).
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// A consumer in any of these groups is refused; checked first.
+    #[serde(default)]
+    pub deny: Vec<String>,
+    /// Do not send `X-Consumer-Groups` upstream on this route.
+    #[serde(default)]
+    pub hide_groups_header: bool,
 }
 
 /// A kind of name in a client certificate.
@@ -730,6 +761,30 @@ pub(super) fn validate_policies(
                 if p.consumer_by.is_empty() {
                     errors.push(format!("{ppath}.consumer_by"), "must name at least one");
                 }
+            }
+            Policy::Acl(p) => validate_acl(p, &ppath, consumers, errors),
+        }
+    }
+}
+
+fn validate_acl(acl: &Acl, path: &str, consumers: &[Consumer], errors: &mut Errors) {
+    if acl.allow.is_empty() && acl.deny.is_empty() {
+        errors.push(
+            path,
+            "needs allow or deny (or both): an acl without groups decides nothing",
+        );
+    }
+    for (field, groups) in [("allow", &acl.allow), ("deny", &acl.deny)] {
+        for (j, group) in groups.iter().enumerate() {
+            let gpath = format!("{path}.{field}[{j}]");
+            if group.is_empty() {
+                errors.push(gpath, "must not be empty");
+            } else if acl.allow.contains(group) && acl.deny.contains(group) && field == "deny" {
+                errors.push(gpath, format!("'{group}' is in both allow and deny"));
+            } else if !consumers.iter().any(|c| c.groups.contains(group)) {
+                // A typo here would refuse (allow) or let through (deny)
+                // everyone without a word.
+                errors.push(gpath, format!("'{group}' is no consumer's group"));
             }
         }
     }

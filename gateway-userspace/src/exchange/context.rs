@@ -36,6 +36,9 @@ pub struct RequestContext {
     pub verdicts: Vec<&'static str>,
     /// Why the request was refused, when it was.
     pub rejection: Option<&'static str>,
+    /// Headers the policies add to the response, whether it comes from the
+    /// upstream or is a refusal (`RateLimit-*`, ...).
+    pub response_headers: http::HeaderMap,
 }
 
 impl RequestContext {
@@ -52,6 +55,7 @@ impl RequestContext {
             identity: None,
             verdicts: Vec::new(),
             rejection: None,
+            response_headers: http::HeaderMap::new(),
         }
     }
 

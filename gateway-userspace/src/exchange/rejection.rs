@@ -26,6 +26,19 @@ pub enum Rejection {
         challenge: http::HeaderValue,
         description: &'static str,
     },
+    /// A policy other than authentication refused the request (acl, opa,
+    /// ip-restriction, rate limits, ...): its own status, message and
+    /// headers (`Retry-After`, ...).
+    #[error("refused by a policy: {message}")]
+    Denied {
+        status: StatusCode,
+        /// Short machine-readable kind for logs and metrics
+        /// (`acl_denied`, `rate_limited`).
+        reason: &'static str,
+        /// What the client is told.
+        message: std::borrow::Cow<'static, str>,
+        headers: Option<Box<http::HeaderMap>>,
+    },
     #[error("CONNECT, and no route allows it")]
     MethodNotAllowed,
     #[error("request target longer than the limit")]
@@ -82,6 +95,7 @@ impl Rejection {
                     "unauthenticated"
                 },
             ),
+            Rejection::Denied { status, reason, .. } => (*status, "denied", reason),
             Rejection::MethodNotAllowed => (
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method not allowed",
@@ -152,13 +166,26 @@ impl Rejection {
         if status.is_server_error() {
             tracing::warn!(error = %self, detail = ?self.source(), "request failed");
         }
-        let mut response = json_response(status, self.public_message());
-        if let Rejection::Unauthenticated { challenge, .. } = self {
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, challenge);
+        let public_message = self.public_message();
+        match self {
+            Rejection::Unauthenticated { challenge, .. } => {
+                let mut response = json_response(status, public_message);
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, challenge);
+                response
+            }
+            Rejection::Denied {
+                message, headers, ..
+            } => {
+                let mut response = json_response(status, &message);
+                if let Some(headers) = headers {
+                    response.headers_mut().extend(*headers);
+                }
+                response
+            }
+            _ => json_response(status, public_message),
         }
-        response
     }
 
     /// Classifies a client error from a request to `target`.

@@ -1,9 +1,16 @@
 //! API policies: what a route asks of a request after routing and before
 //! the upstream. Each policy is one file here and implements
-//! [`Authenticator`] (the phase every policy so far belongs to); a route
-//! holds its [`Chain`], compiled once from the config and swapped with the
-//! rest of the runtime on reload.
+//! [`Authenticator`] (who is calling) or [`Guard`] (may this request go on:
+//! access, authorization and traffic policies); a route holds its
+//! [`Chain`], compiled once from the config and swapped with the rest of
+//! the runtime on reload.
 //!
+//! A chain runs its policies by [`Phase`], in declaration order within a
+//! phase: cheap refusals by address or agent first, then authentication,
+//! then authorization (which needs the consumer), then traffic (so that a
+//! refused request does not spend a rate limit).
+//!
+//! - `acl`: which consumer groups may use a route
 //! - `consumers`: the callers the config knows, and the identity headers
 //! - `key_auth`: API keys in a header or the query
 //! - `jwt`: JSON Web Tokens, keys from consumers or a JWKS document
@@ -14,6 +21,7 @@
 //! - `discovery`: an OpenID provider's discovery document
 //! - `fetch`: the small HTTP(S) client policies use for their documents
 
+mod acl;
 pub mod consumers;
 mod discovery;
 mod fetch;
@@ -23,7 +31,7 @@ mod key_auth;
 mod mtls;
 mod oidc;
 
-use std::{collections::HashMap, future::Future, pin::Pin, sync::Arc};
+use std::{collections::HashMap, future::Future, net::IpAddr, pin::Pin, sync::Arc};
 
 use http::{request::Parts, HeaderValue};
 use prometheus_client::metrics::counter::Counter;
@@ -77,39 +85,112 @@ pub trait Authenticator: Send + Sync {
     /// Looks for this policy's credential in the request and checks it.
     /// May edit the request (`hide_credentials`).
     fn check<'a>(&'a self, parts: &'a mut Parts) -> Check<'a>;
-
-    /// The response phase: headers to add to or strip from the response
-    /// of a request this policy let through. None of the authentication
-    /// policies needs it; the traffic policies' headers (RateLimit-*) will.
-    fn on_response(&self, _headers: &mut http::HeaderMap) {}
 }
 
-/// The access log's verdict for a policy's decision (`key-auth:allow`).
+/// When a policy runs in its chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Phase {
+    /// Before anything costly: refusals by client address or agent
+    /// (ip-restriction, bot-detection).
+    Access,
+    /// Who is calling (key-auth, jwt, oidc, mtls).
+    Authentication,
+    /// May this caller do this (acl, opa): sees the consumer.
+    Authorization,
+    /// How much (rate limits, throttling): runs last, so a request refused
+    /// for another reason spends nothing.
+    Traffic,
+}
+
+/// What a [`Guard`] knows of a request besides its head.
+pub struct Caller<'a> {
+    /// The client's address (the connection's, or what a trusted proxy
+    /// says).
+    pub client_ip: IpAddr,
+    /// Who authentication found, if any policy before this one did.
+    pub identity: Option<&'a Identity>,
+    /// The route's name (`-` when unnamed is never the case here).
+    pub route: &'a str,
+    pub conn: &'a crate::exchange::ConnInfo,
+}
+
+/// A guard's answer: go on, or the refusal the client gets.
+pub type GuardResult = Result<(), Rejection>;
+
+/// Like [`Check`], for guards.
+pub enum GuardCheck<'a> {
+    Now(GuardResult),
+    Later(Pin<Box<dyn Future<Output = GuardResult> + Send + 'a>>),
+}
+
+/// An access, authorization or traffic policy: decides whether a request
+/// goes on.
+pub trait Guard: Send + Sync {
+    /// Decides on the request. May edit what goes upstream (`parts`: e.g.
+    /// headers an authorization server asks for) and add headers to the
+    /// response the client gets, whatever it is (`response`: e.g.
+    /// `RateLimit-*` on the upstream's answer and on a 429).
+    fn check<'a>(
+        &'a self,
+        parts: &'a mut Parts,
+        caller: &'a Caller<'a>,
+        response: &'a mut http::HeaderMap,
+    ) -> GuardCheck<'a>;
+}
+
+/// What the chain reports about a client for rules that act on patterns
+/// of refusals (auto-ban).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// An authentication policy refused the request (no anonymous
+    /// fallback).
+    AuthFailure { policy: &'static str },
+    /// A guard refused the request.
+    Denied {
+        policy: &'static str,
+        reason: &'static str,
+    },
+}
+
+/// Where the chain sends [`Signal`]s.
+pub trait Signals: Send + Sync {
+    fn record(&self, client: IpAddr, signal: Signal);
+}
+
+/// The access log's verdict for a policy's decision (`key-auth:allow`):
+/// one `&'static str` per (policy kind, result), made once.
 fn verdict(kind: &'static str, result: &'static str) -> &'static str {
-    match (kind, result) {
-        ("key-auth", "allow") => "key-auth:allow",
-        ("key-auth", "deny") => "key-auth:deny",
-        ("key-auth", "anonymous") => "key-auth:anonymous",
-        ("jwt", "allow") => "jwt:allow",
-        ("jwt", "deny") => "jwt:deny",
-        ("jwt", "anonymous") => "jwt:anonymous",
-        ("oidc", "allow") => "oidc:allow",
-        ("oidc", "deny") => "oidc:deny",
-        ("oidc", "anonymous") => "oidc:anonymous",
-        ("mtls", "allow") => "mtls:allow",
-        ("mtls", "deny") => "mtls:deny",
-        ("mtls", "anonymous") => "mtls:anonymous",
-        (_, "allow") => "policy:allow",
-        (_, "deny") => "policy:deny",
-        _ => "policy:anonymous",
-    }
+    use std::sync::{Mutex, OnceLock};
+    type Interned = HashMap<(&'static str, &'static str), &'static str>;
+    static VERDICTS: OnceLock<Mutex<Interned>> = OnceLock::new();
+    let mut verdicts = VERDICTS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    // Bounded: kinds and results are the code's own static strings.
+    verdicts
+        .entry((kind, result))
+        .or_insert_with(|| Box::leak(format!("{kind}:{result}").into_boxed_str()))
+}
+
+/// What a step of a chain is.
+enum StepPolicy {
+    Authenticator {
+        policy: Box<dyn Authenticator>,
+        anonymous: Option<Arc<Consumer>>,
+    },
+    Guard(Box<dyn Guard>),
 }
 
 /// One policy of a list, with what the chain needs around it.
 struct Step {
     kind: &'static str,
-    policy: Box<dyn Authenticator>,
-    anonymous: Option<Arc<Consumer>>,
+    phase: Phase,
+    policy: StepPolicy,
+    /// The access log's verdicts, made when the list is compiled.
+    allow: &'static str,
+    deny: &'static str,
+    anonymous: &'static str,
 }
 
 /// A declared list of policies (a route's, a listener's defaults, the
@@ -127,43 +208,63 @@ impl PolicyList {
         consumers: &Arc<Consumers>,
         metrics: &Metrics,
     ) -> Result<Self, String> {
-        let steps = policies
+        // An authentication policy's `anonymous` consumer, resolved.
+        let anonymous = |name: Option<&str>| {
+            name.map(|name| {
+                consumers
+                    .by_username(name)
+                    .cloned()
+                    .ok_or_else(|| format!("anonymous consumer '{name}' is not defined"))
+            })
+            .transpose()
+        };
+        let authenticator = |policy: Box<dyn Authenticator>, name: Option<&str>| {
+            Ok::<_, String>(StepPolicy::Authenticator {
+                policy,
+                anonymous: anonymous(name)?,
+            })
+        };
+        let mut steps = policies
             .iter()
             .map(|p| {
-                let (policy, anonymous): (Box<dyn Authenticator>, _) = match p {
-                    config::Policy::KeyAuth(c) => (
+                let policy = match p {
+                    config::Policy::KeyAuth(c) => authenticator(
                         Box::new(key_auth::KeyAuth::new(c, consumers.clone())),
                         c.anonymous.as_deref(),
-                    ),
-                    config::Policy::Jwt(c) => (
+                    )?,
+                    config::Policy::Jwt(c) => authenticator(
                         Box::new(jwt::JwtPolicy::new(c, consumers.clone())?),
                         c.anonymous.as_deref(),
-                    ),
-                    config::Policy::Oidc(c) => (
+                    )?,
+                    config::Policy::Oidc(c) => authenticator(
                         Box::new(oidc::OidcPolicy::new(c, consumers.clone(), metrics)?),
                         c.anonymous.as_deref(),
-                    ),
-                    config::Policy::Mtls(c) => (
+                    )?,
+                    config::Policy::Mtls(c) => authenticator(
                         Box::new(mtls::Mtls::new(c, consumers.clone())),
                         c.anonymous.as_deref(),
-                    ),
+                    )?,
+                    config::Policy::Acl(c) => StepPolicy::Guard(Box::new(acl::Acl::new(c))),
                 };
-                let anonymous = anonymous
-                    .map(|name| {
-                        consumers
-                            .by_username(name)
-                            .cloned()
-                            .ok_or_else(|| format!("anonymous consumer '{name}' is not defined"))
-                    })
-                    .transpose()?;
-                Ok(Step {
-                    kind: p.kind(),
-                    policy,
-                    anonymous,
-                })
+                Ok(Step::new(p.kind(), p.phase(), policy))
             })
-            .collect::<Result<_, String>>()?;
+            .collect::<Result<Vec<_>, String>>()?;
+        // By phase; declaration order within one (a stable sort).
+        steps.sort_by_key(|step| step.phase);
         Ok(Self { mode, steps })
+    }
+}
+
+impl Step {
+    fn new(kind: &'static str, phase: Phase, policy: StepPolicy) -> Self {
+        Self {
+            kind,
+            phase,
+            policy,
+            allow: verdict(kind, "allow"),
+            deny: verdict(kind, "deny"),
+            anonymous: verdict(kind, "anonymous"),
+        }
     }
 }
 
@@ -179,6 +280,21 @@ struct Decisions {
 pub struct Chain {
     list: Arc<PolicyList>,
     decisions: Vec<Decisions>,
+    /// The route's name, for the guards' [`Caller`].
+    route: Arc<str>,
+}
+
+/// What the chain needs of the request besides its head, and where it
+/// writes what it decided.
+pub struct ChainInput<'a> {
+    pub client_ip: IpAddr,
+    pub conn: &'a crate::exchange::ConnInfo,
+    /// The access log's verdicts.
+    pub verdicts: &'a mut Vec<&'static str>,
+    /// Headers for the response the client gets.
+    pub response_headers: &'a mut http::HeaderMap,
+    /// Where refusals are reported (auto-ban), when anything listens.
+    pub signals: Option<&'a dyn Signals>,
 }
 
 impl Chain {
@@ -195,61 +311,123 @@ impl Chain {
                 }
             })
             .collect();
-        Self { list, decisions }
+        Self {
+            list,
+            decisions,
+            route: Arc::from(route),
+        }
     }
 
     pub fn is_empty(&self) -> bool {
         self.list.steps.is_empty()
     }
 
-    /// The response phase: each policy, in order, on the response's headers.
-    pub fn on_response(&self, headers: &mut http::HeaderMap) {
-        for step in &self.list.steps {
-            step.policy.on_response(headers);
-        }
-    }
-
     /// Runs the chain: who the caller is (`None` when no policy
-    /// authenticates), or why it is refused. Each decision is noted in
+    /// authenticates; its identity headers are set on the request), or why
+    /// the request is refused. Each decision is noted in the input's
     /// `verdicts` (the access log's).
     pub async fn run(
         &self,
         parts: &mut Parts,
-        verdicts: &mut Vec<&'static str>,
+        input: ChainInput<'_>,
     ) -> Result<Option<Identity>, Rejection> {
+        let ChainInput {
+            client_ip,
+            conn,
+            verdicts,
+            response_headers,
+            signals,
+        } = input;
         let mode = self.list.mode;
         let mut found: Option<Identity> = None;
         let mut failure: Option<AuthError> = None;
+        let mut authenticated = false;
         for (step, decisions) in self.list.steps.iter().zip(&self.decisions) {
-            let result = match step.policy.check(parts) {
+            let (policy, anonymous) = match &step.policy {
+                StepPolicy::Guard(guard) => {
+                    if step.phase > Phase::Authentication && !authenticated {
+                        // Authentication is over: its answer (under `any`,
+                        // the best failure when nothing was found) and the
+                        // identity headers, which the guards after it see
+                        // (and may hide).
+                        authenticated = true;
+                        if found.is_none() {
+                            if let Some(error) = failure.take() {
+                                return Err(error.into());
+                            }
+                        }
+                        if let Some(identity) = &found {
+                            identity.apply(&mut parts.headers);
+                        }
+                    }
+                    let caller = Caller {
+                        client_ip,
+                        identity: found.as_ref(),
+                        route: &self.route,
+                        conn,
+                    };
+                    let result = match guard.check(parts, &caller, response_headers) {
+                        GuardCheck::Now(result) => result,
+                        GuardCheck::Later(pending) => pending.await,
+                    };
+                    match result {
+                        Ok(()) => {
+                            decisions.allow.inc();
+                            verdicts.push(step.allow);
+                        }
+                        Err(rejection) => {
+                            decisions.deny.inc();
+                            verdicts.push(step.deny);
+                            if let Some(signals) = signals {
+                                let reason = rejection.kind();
+                                signals.record(
+                                    client_ip,
+                                    Signal::Denied {
+                                        policy: step.kind,
+                                        reason,
+                                    },
+                                );
+                            }
+                            return Err(rejection);
+                        }
+                    }
+                    continue;
+                }
+                StepPolicy::Authenticator { policy, anonymous } => (policy, anonymous),
+            };
+            if mode == AuthMode::Any && authenticated_any(&found) {
+                // `any`: the first success decided; the rest are not asked.
+                continue;
+            }
+            let result = match policy.check(parts) {
                 Check::Now(result) => result,
                 Check::Later(pending) => pending.await,
             };
             match result {
                 Ok(identity) => {
                     decisions.allow.inc();
-                    verdicts.push(verdict(step.kind, "allow"));
+                    verdicts.push(step.allow);
                     if found.as_ref().is_none_or(|f| f.anonymous) {
                         found = Some(identity);
                     }
-                    if mode == AuthMode::Any {
-                        return Ok(found);
-                    }
                 }
-                Err(error) => match &step.anonymous {
+                Err(error) => match anonymous {
                     // `all`: an anonymous pass counts as this policy's
                     // success; `any`: it is the answer if nothing better
                     // comes.
                     Some(anonymous) => {
                         decisions.anonymous.inc();
-                        verdicts.push(verdict(step.kind, "anonymous"));
+                        verdicts.push(step.anonymous);
                         if found.is_none() {
                             found = Some(Identity::anonymous(anonymous.clone()));
                         }
                     }
                     None => {
                         decisions.deny.inc();
-                        verdicts.push(verdict(step.kind, "deny"));
+                        verdicts.push(step.deny);
+                        if let Some(signals) = signals {
+                            signals.record(client_ip, Signal::AuthFailure { policy: step.kind });
+                        }
                         if mode == AuthMode::All {
                             return Err(error.into());
                         }
@@ -266,11 +444,22 @@ impl Chain {
             }
         }
         match (found, failure) {
-            (Some(identity), _) => Ok(Some(identity)),
+            (Some(identity), _) => {
+                if !authenticated {
+                    identity.apply(&mut parts.headers);
+                }
+                Ok(Some(identity))
+            }
             (None, Some(error)) => Err(error.into()),
             (None, None) => Ok(None),
         }
     }
+}
+
+/// Under `any`, whether authentication already has its answer: a real
+/// (not anonymous) identity.
+fn authenticated_any(found: &Option<Identity>) -> bool {
+    found.as_ref().is_some_and(|f| !f.anonymous)
 }
 
 /// Every policy list of a config, compiled once; routes take their chains

@@ -6,10 +6,6 @@ use super::*;
 struct Fixed(Result<&'static str, bool>, Arc<Consumers>);
 
 impl Authenticator for Fixed {
-    fn on_response(&self, headers: &mut http::HeaderMap) {
-        headers.append("x-seen-by", HeaderValue::from_static("fixed"));
-    }
-
     fn check<'a>(&'a self, _parts: &'a mut Parts) -> Check<'a> {
         Check::Now(match self.0 {
             Ok(name) => Ok(Identity {
@@ -47,20 +43,62 @@ fn chain(mode: AuthMode, steps: Vec<(Result<&'static str, bool>, Option<&str>)>)
         mode,
         steps: steps
             .into_iter()
-            .map(|(answer, anonymous)| Step {
-                kind: "fixed",
-                policy: Box::new(Fixed(answer, consumers.clone())),
-                anonymous: anonymous.map(|a| consumers.by_username(a).unwrap().clone()),
+            .map(|(answer, anonymous)| {
+                Step::new(
+                    "fixed",
+                    Phase::Authentication,
+                    StepPolicy::Authenticator {
+                        policy: Box::new(Fixed(answer, consumers.clone())),
+                        anonymous: anonymous.map(|a| consumers.by_username(a).unwrap().clone()),
+                    },
+                )
             })
             .collect(),
     };
     Chain::new("r", Arc::new(list), &Metrics::default())
 }
 
+fn conn() -> crate::exchange::ConnInfo {
+    let addr: std::net::SocketAddr = "192.0.2.7:40000".parse().unwrap();
+    crate::exchange::ConnInfo::new(addr, addr, "http", None)
+}
+
+/// What a chain run leaves behind besides its answer.
+#[derive(Default)]
+struct Outcome {
+    verdicts: Vec<&'static str>,
+    response_headers: http::HeaderMap,
+    signals: Recorded,
+}
+
+#[derive(Default)]
+struct Recorded(std::sync::Mutex<Vec<Signal>>);
+
+impl Signals for Recorded {
+    fn record(&self, _client: IpAddr, signal: Signal) {
+        self.0.lock().unwrap().push(signal);
+    }
+}
+
+async fn run_with(
+    chain: &Chain,
+    parts: &mut Parts,
+    outcome: &mut Outcome,
+) -> Result<Option<Identity>, Rejection> {
+    let conn = conn();
+    let input = ChainInput {
+        client_ip: conn.client.ip(),
+        conn: &conn,
+        verdicts: &mut outcome.verdicts,
+        response_headers: &mut outcome.response_headers,
+        signals: Some(&outcome.signals),
+    };
+    chain.run(parts, input).await
+}
+
 async fn run(chain: &Chain) -> Result<Option<String>, String> {
     let (mut parts, ()) = http::Request::new(()).into_parts();
-    let mut verdicts = Vec::new();
-    match chain.run(&mut parts, &mut verdicts).await {
+    match run_with(chain, &mut parts, &mut Outcome::default()).await {
         Ok(identity) => Ok(identity.map(|i| {
             let name = i
                 .consumer
@@ -172,7 +210,7 @@ fn a_reload_takes_over_the_lists_that_did_not_change() {
 }
 
 #[tokio::test]
-async fn decisions_become_verdicts_and_every_policy_sees_the_response() {
+async fn decisions_become_verdicts_and_refusals_signals() {
     let chain = chain(
         AuthMode::Any,
         vec![
@@ -182,14 +220,155 @@ async fn decisions_become_verdicts_and_every_policy_sees_the_response() {
         ],
     );
     let (mut parts, ()) = http::Request::new(()).into_parts();
-    let mut verdicts = Vec::new();
-    chain.run(&mut parts, &mut verdicts).await.unwrap();
+    let mut outcome = Outcome::default();
+    run_with(&chain, &mut parts, &mut outcome).await.unwrap();
     assert_eq!(
-        verdicts,
-        ["policy:deny", "policy:anonymous", "policy:allow"]
+        outcome.verdicts,
+        ["fixed:deny", "fixed:anonymous", "fixed:allow"]
     );
     assert_eq!(verdict("jwt", "deny"), "jwt:deny");
-    let mut headers = http::HeaderMap::new();
-    chain.on_response(&mut headers);
-    assert_eq!(headers.get_all("x-seen-by").iter().count(), 3);
+    assert!(std::ptr::eq(verdict("jwt", "deny"), verdict("jwt", "deny")));
+    assert_eq!(
+        *outcome.signals.0.lock().unwrap(),
+        [Signal::AuthFailure { policy: "fixed" }],
+        "an anonymous pass is not a failure"
+    );
+}
+
+/// A guard that records what it saw and answers what it was built with.
+struct Gate {
+    refuse: bool,
+    seen: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Guard for Gate {
+    fn check<'a>(
+        &'a self,
+        parts: &'a mut Parts,
+        caller: &'a Caller<'a>,
+        response: &'a mut http::HeaderMap,
+    ) -> GuardCheck<'a> {
+        let who = caller
+            .identity
+            .and_then(|i| i.consumer.as_deref())
+            .map_or("-".to_string(), |c| c.username.to_string());
+        let groups_header = parts.headers.contains_key(consumers::X_CONSUMER_ID);
+        self.seen
+            .lock()
+            .unwrap()
+            .push(format!("{who} identity-headers:{groups_header}"));
+        response.insert("x-gate", HeaderValue::from_static("seen"));
+        GuardCheck::Now(if self.refuse {
+            Err(Rejection::Denied {
+                status: StatusCode::FORBIDDEN,
+                reason: "gate_closed",
+                message: "closed".into(),
+                headers: None,
+            })
+        } else {
+            Ok(())
+        })
+    }
+}
+
+fn gated_chain(
+    gates: Vec<(Phase, bool)>,
+    auth: Result<&'static str, bool>,
+) -> (Chain, Arc<std::sync::Mutex<Vec<String>>>) {
+    let consumers = consumers();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut steps: Vec<Step> = gates
+        .into_iter()
+        .map(|(phase, refuse)| {
+            Step::new(
+                "gate",
+                phase,
+                StepPolicy::Guard(Box::new(Gate {
+                    refuse,
+                    seen: seen.clone(),
+                })),
+            )
+        })
+        .collect();
+    // Declared last, runs by its phase.
+    steps.push(Step::new(
+        "fixed",
+        Phase::Authentication,
+        StepPolicy::Authenticator {
+            policy: Box::new(Fixed(auth, consumers.clone())),
+            anonymous: None,
+        },
+    ));
+    steps.sort_by_key(|s| s.phase);
+    let list = PolicyList {
+        mode: AuthMode::All,
+        steps,
+    };
+    (Chain::new("r", Arc::new(list), &Metrics::default()), seen)
+}
+
+#[tokio::test]
+async fn guards_run_by_phase_and_authorization_sees_the_consumer() {
+    let (chain, seen) = gated_chain(
+        vec![
+            (Phase::Traffic, false),
+            (Phase::Access, false),
+            (Phase::Authorization, false),
+        ],
+        Ok("alice"),
+    );
+    let (mut parts, ()) = http::Request::new(()).into_parts();
+    let mut outcome = Outcome::default();
+    let identity = run_with(&chain, &mut parts, &mut outcome).await.unwrap();
+    assert_eq!(&*identity.unwrap().consumer.unwrap().username, "alice");
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [
+            "- identity-headers:false",
+            "alice identity-headers:true",
+            "alice identity-headers:true",
+        ],
+        "access before authentication; authorization and traffic after, with the identity headers set"
+    );
+    assert_eq!(
+        outcome.verdicts,
+        ["gate:allow", "fixed:allow", "gate:allow", "gate:allow"]
+    );
+    assert_eq!(outcome.response_headers["x-gate"], "seen");
+    assert_eq!(parts.headers[consumers::X_CONSUMER_ID], "alice");
+}
+
+#[tokio::test]
+async fn a_refusing_guard_stops_the_chain_and_signals() {
+    let (chain, seen) = gated_chain(
+        vec![(Phase::Authorization, true), (Phase::Traffic, false)],
+        Ok("bob"),
+    );
+    let (mut parts, ()) = http::Request::new(()).into_parts();
+    let mut outcome = Outcome::default();
+    let refused = run_with(&chain, &mut parts, &mut outcome)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    assert_eq!(refused.kind(), "gate_closed");
+    assert_eq!(seen.lock().unwrap().len(), 1, "traffic never ran");
+    assert_eq!(outcome.verdicts, ["fixed:allow", "gate:deny"]);
+    assert_eq!(
+        *outcome.signals.0.lock().unwrap(),
+        [Signal::Denied {
+            policy: "gate",
+            reason: "gate_closed"
+        }]
+    );
+}
+
+#[tokio::test]
+async fn failed_authentication_stops_before_authorization() {
+    let (chain, seen) = gated_chain(vec![(Phase::Authorization, false)], Err(true));
+    let (mut parts, ()) = http::Request::new(()).into_parts();
+    let refused = run_with(&chain, &mut parts, &mut Outcome::default())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    assert!(seen.lock().unwrap().is_empty());
 }

@@ -75,10 +75,14 @@ where
             parts.extensions.insert(cert.clone());
         }
         let chain = route.policies.chain(&ctx.conn.listener);
-        if let Some(identity) = chain.run(&mut parts, &mut ctx.verdicts).await? {
-            identity.apply(&mut parts.headers);
-            ctx.identity = Some(identity);
-        }
+        let input = crate::policy::ChainInput {
+            client_ip: ctx.client_ip,
+            conn: &ctx.conn,
+            verdicts: &mut ctx.verdicts,
+            response_headers: &mut ctx.response_headers,
+            signals: rt.signals.as_deref(),
+        };
+        ctx.identity = chain.run(&mut parts, input).await?;
     }
     let body = limits::limit_body(
         &parts,
@@ -109,12 +113,6 @@ where
     let switched = upgrade.and_then(|upgrade| upgrade.relay(&mut response, ctx));
     let (mut parts, body) = response.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
-    if !route.policies.empty {
-        route
-            .policies
-            .chain(&ctx.conn.listener)
-            .on_response(&mut parts.headers);
-    }
     if let Some(switched) = &switched {
         switched.restore_response_headers(&mut parts.headers);
     }

@@ -59,6 +59,9 @@ pub struct Runtime {
     /// Source lists, checked per request against the client address a
     /// trusted proxy reports (the accept-time guard saw only the proxy).
     guard: Option<Arc<SourceLists>>,
+    /// Where the policies report refusals (auto-ban rules), when anything
+    /// listens.
+    signals: Option<Arc<dyn crate::policy::Signals>>,
     access_log: AccessLogger,
     /// Counts the requests that matched no route (`route="-"`).
     no_route: Arc<RouteMetrics>,
@@ -99,6 +102,7 @@ impl Runtime {
             limits: config.limits.clone(),
             normalization: config.normalization.clone(),
             guard,
+            signals: None,
             access_log: AccessLogger::open(&config.access_log)?,
             no_route: Arc::new(metrics.route("-")),
             upstreams,
@@ -179,6 +183,11 @@ where
             rejection.into_response()
         }
     };
+    if !ctx.response_headers.is_empty() {
+        response
+            .headers_mut()
+            .extend(std::mem::take(&mut ctx.response_headers));
+    }
     if !ctx.request_id.is_empty() {
         response
             .headers_mut()
