@@ -7,7 +7,8 @@
 //! the upstream client), `tls` (certificates and keys from files;
 //! TLS as a client, to upstreams and fetched documents), `lists`
 //! (source deny/allow lists and the kernel rate policy), `policy` (API
-//! policies and consumers), `token_server` (the gateway as an OAuth 2.0
+//! policies and consumers), `jws` (token signatures checked with keys
+//! parsed once), `token_server` (the gateway as an OAuth 2.0
 //! authorization server), `xdp` (the kernel
 //! half seen from here), `admin` (API server and client), `cli`, `daemon`
 //! (wiring and reload), `telemetry`.
@@ -20,6 +21,7 @@ pub mod daemon;
 pub mod duration;
 pub mod exchange;
 pub mod http1;
+pub mod jws;
 pub mod lists;
 pub mod policy;
 pub mod proxy;

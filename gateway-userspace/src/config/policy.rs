@@ -88,12 +88,11 @@ pub struct JwtCredential {
 }
 
 impl JwtCredential {
-    /// The key, read (from its file) and parsed; an error says what is
-    /// wrong with it.
-    pub fn decoding_key(
-        &self,
-    ) -> Result<(jsonwebtoken::Algorithm, jsonwebtoken::DecodingKey), String> {
-        use jsonwebtoken::{Algorithm::*, DecodingKey};
+    /// The key, read (from its file) and parsed into its verifier; an error
+    /// says what is wrong with it.
+    pub fn verifying_key(&self) -> Result<crate::jws::VerifyingKey, String> {
+        use crate::jws::VerifyingKey;
+        use jsonwebtoken::Algorithm::*;
         let algorithm: jsonwebtoken::Algorithm = self
             .algorithm
             .parse()
@@ -108,18 +107,13 @@ impl JwtCredential {
             }
             (None, None) => &[],
         };
-        let key = match algorithm {
-            HS256 | HS384 | HS512 => {
-                DecodingKey::from_secret(self.secret.as_deref().ok_or("needs a secret")?.as_bytes())
-            }
-            RS256 | RS384 | RS512 | PS256 | PS384 | PS512 => DecodingKey::from_rsa_pem(pem)
-                .map_err(|e| format!("not an RSA public key in PEM: {e}"))?,
-            ES256 | ES384 => DecodingKey::from_ec_pem(pem)
-                .map_err(|e| format!("not an EC public key in PEM: {e}"))?,
-            EdDSA => DecodingKey::from_ed_pem(pem)
-                .map_err(|e| format!("not an Ed25519 public key in PEM: {e}"))?,
-        };
-        Ok((algorithm, key))
+        match algorithm {
+            HS256 | HS384 | HS512 => VerifyingKey::hmac(
+                algorithm,
+                self.secret.as_deref().ok_or("needs a secret")?.as_bytes(),
+            ),
+            _ => VerifyingKey::from_pem(algorithm, pem),
+        }
     }
 }
 
@@ -688,7 +682,7 @@ fn validate_jwt_credential(cred: &JwtCredential, path: &str, errors: &mut Errors
             format!("{} needs `secret` and no public key", cred.algorithm),
         ),
         (false, false, 1) => {
-            if let Err(message) = cred.decoding_key() {
+            if let Err(message) = cred.verifying_key() {
                 errors.push(path, message);
             }
         }

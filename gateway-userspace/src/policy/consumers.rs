@@ -123,8 +123,7 @@ pub struct KeyOwner {
 pub struct JwtKeyOwner {
     pub consumer: Arc<Consumer>,
     pub credential: HeaderValue,
-    pub algorithm: jsonwebtoken::Algorithm,
-    pub key: jsonwebtoken::DecodingKey,
+    pub key: crate::jws::VerifyingKey,
 }
 
 /// A client of the gateway's token endpoint.
@@ -282,7 +281,7 @@ fn jwt_key(
     path: &str,
     consumer: Arc<Consumer>,
 ) -> Result<JwtKeyOwner, String> {
-    let (algorithm, key) = cred.decoding_key().map_err(|e| format!("{path}: {e}"))?;
+    let key = cred.verifying_key().map_err(|e| format!("{path}: {e}"))?;
     let credential = cred
         .kid
         .as_deref()
@@ -292,7 +291,6 @@ fn jwt_key(
         consumer,
         credential: HeaderValue::from_str(credential)
             .map_err(|_| format!("{path}: issuer/kid is not a header value"))?,
-        algorithm,
         key,
     })
 }

@@ -13,23 +13,22 @@ use std::{
 use http::Uri;
 use jsonwebtoken::{
     jwk::{AlgorithmParameters, EllipticCurve, Jwk},
-    Algorithm, DecodingKey,
+    Algorithm,
 };
 
 use super::{
     discovery::Discovery,
     fetch::{FetchGate, Fetcher},
 };
-use crate::config;
+use crate::{config, jws::VerifyingKey};
 
 /// One usable key of the set.
 pub struct JwkKey {
     pub kid: Option<String>,
-    /// What this key may verify: its `alg` when the document says, else
-    /// what its type allows (never HMAC: a public document holds no
-    /// secret).
-    pub algorithms: Vec<Algorithm>,
-    pub key: DecodingKey,
+    /// The key parsed for each algorithm it may verify: its `alg` when
+    /// the document says, else what its type allows (never HMAC: a public
+    /// document holds no secret).
+    pub keys: Vec<Arc<VerifyingKey>>,
 }
 
 /// Where the document is.
@@ -92,12 +91,12 @@ impl JwksKeys {
     }
 
     /// The keys that may verify a token with this `kid` and `alg`.
-    pub fn find(&self, kid: Option<&str>, alg: Algorithm) -> Vec<DecodingKey> {
-        let keys = self.keys.read().unwrap_or_else(|e| e.into_inner()).clone();
+    pub fn find(&self, kid: Option<&str>, alg: Algorithm) -> Vec<Arc<VerifyingKey>> {
+        let keys = self.keys.read().unwrap_or_else(|e| e.into_inner());
         keys.iter()
-            .filter(|k| k.algorithms.contains(&alg))
             .filter(|k| kid.is_none() || k.kid.as_deref() == kid)
-            .map(|k| k.key.clone())
+            .filter_map(|k| k.keys.iter().find(|key| key.algorithm() == alg))
+            .cloned()
             .collect()
     }
 
@@ -178,14 +177,18 @@ pub fn parse(body: &[u8]) -> Result<Vec<JwkKey>, String> {
         .iter()
         .filter_map(|value| {
             let jwk: Jwk = serde_json::from_value(value.clone()).ok()?;
-            let algorithms = algorithms(&jwk);
-            if algorithms.is_empty() {
+            // A key that does not parse for an algorithm is left out (the
+            // rest of the set still serves).
+            let keys: Vec<Arc<VerifyingKey>> = algorithms(&jwk)
+                .into_iter()
+                .filter_map(|alg| VerifyingKey::from_jwk(&jwk, alg).ok().map(Arc::new))
+                .collect();
+            if keys.is_empty() {
                 return None;
             }
             Some(JwkKey {
                 kid: jwk.common.key_id.clone(),
-                algorithms,
-                key: DecodingKey::from_jwk(&jwk).ok()?,
+                keys,
             })
         })
         .collect())

@@ -15,7 +15,8 @@ use std::{
 
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 use http::{header, request::Parts, HeaderName, HeaderValue, StatusCode};
-use jsonwebtoken::{errors::ErrorKind, Algorithm, DecodingKey, Validation};
+use jsonwebtoken::Algorithm;
+use serde::Deserialize;
 use serde_json::Value;
 
 use super::{
@@ -24,7 +25,7 @@ use super::{
     key_auth::{remove_query_param, unix_now},
     AuthError, AuthResult, Authenticator, Check, Consumer, Consumers, Identity,
 };
-use crate::config;
+use crate::{config, jws::VerifyingKey};
 
 /// Longer tokens are refused unread: a JWT in a header is rarely past 4
 /// KiB, and an attacker's 1 MB "token" should cost nothing.
@@ -63,10 +64,19 @@ pub struct JwtPolicy {
     realm: String,
 }
 
-/// The key of a decoding key, pinned to its algorithm.
+/// A key that may have signed a token, pinned to its algorithm.
 enum KeySource {
     Consumer(Arc<super::consumers::JwtKeyOwner>),
-    Jwks(DecodingKey),
+    Jwks(Arc<VerifyingKey>),
+}
+
+impl KeySource {
+    fn key(&self) -> &VerifyingKey {
+        match self {
+            KeySource::Consumer(owner) => &owner.key,
+            KeySource::Jwks(key) => key,
+        }
+    }
 }
 
 /// Who signed a verified token: a consumer's key names the consumer; a
@@ -266,14 +276,16 @@ impl JwtPolicy {
     /// Verifies `token` with the keys it names; `Ok(None)`: no key known
     /// for it (a JWKS refetch may help).
     fn verify(&self, token: &str) -> Result<Option<Verified>, AuthError> {
-        let (header, payload) = inspect(token).map_err(|d| self.invalid(d))?;
-        let kid = header.get("kid").and_then(Value::as_str);
-        let issuer = payload.get("iss").and_then(Value::as_str);
-        let alg: Algorithm = header
-            .get("alg")
-            .and_then(Value::as_str)
-            .and_then(|a| a.parse().ok())
-            .ok_or_else(|| self.invalid("unsupported algorithm"))?;
+        let (header, _) = split(token).map_err(|d| self.invalid(d))?;
+        let header = decode_part(header).map_err(|d| self.invalid(d))?;
+        let jws = Jws::parse(token, &header).map_err(|d| self.invalid(d))?;
+        let alg: Algorithm = jws
+            .header
+            .alg
+            .parse()
+            .map_err(|_| self.invalid("unsupported algorithm"))?;
+        let kid = jws.header.kid.as_deref();
+        let issuer = jws.claims.get("iss").and_then(Value::as_str);
         let owners = if self.consumer_keys {
             self.consumers.jwt_keys(kid, issuer)
         } else {
@@ -281,7 +293,7 @@ impl JwtPolicy {
         };
         let mut keys: Vec<KeySource> = owners
             .iter()
-            .filter(|k| k.algorithm == alg)
+            .filter(|k| k.key.algorithm() == alg)
             .map(|k| KeySource::Consumer(k.clone()))
             .collect();
         if keys.is_empty() {
@@ -297,55 +309,61 @@ impl JwtPolicy {
         if keys.is_empty() {
             return Ok(None);
         }
-        let mut last = self.invalid("bad signature");
-        for key in keys {
-            let decoding = match &key {
-                KeySource::Consumer(owner) => &owner.key,
-                KeySource::Jwks(key) => key,
-            };
-            match jsonwebtoken::decode::<Value>(token, decoding, &self.validation(alg)) {
-                Ok(data) => {
-                    // jsonwebtoken takes a list `iss` when any member is
-                    // accepted; an issuer is one string (RFC 7519 §4.1.1).
-                    if !self.issuers.is_empty() && !data.claims["iss"].is_string() {
-                        return Err(self.invalid("wrong issuer"));
-                    }
-                    let signer = match key {
-                        KeySource::Consumer(owner) => Signer::Consumer(owner),
-                        KeySource::Jwks(_) => Signer::Provider,
-                    };
-                    return self.accept(data.claims, signer).map(Some);
-                }
-                Err(error) => {
-                    last = self.invalid(describe(error.kind()));
-                    if !matches!(error.kind(), ErrorKind::InvalidSignature) {
-                        break;
-                    }
-                }
-            }
-        }
-        Err(last)
+        // The signature first: nothing about the claims of a token no key
+        // signed is told.
+        let signer = keys
+            .into_iter()
+            .find(|key| key.key().verify(jws.signed.as_bytes(), &jws.signature))
+            .ok_or_else(|| self.invalid("bad signature"))?;
+        self.check_claims(&jws.claims)?;
+        let signer = match signer {
+            KeySource::Consumer(owner) => Signer::Consumer(owner),
+            KeySource::Jwks(_) => Signer::Provider,
+        };
+        self.accept(jws.claims, signer).map(Some)
     }
 
-    fn validation(&self, alg: Algorithm) -> Validation {
-        let mut v = Validation::new(alg);
-        v.leeway = self.leeway;
-        v.validate_nbf = true;
-        // jsonwebtoken checks `iss` and `aud` only when the token has them:
-        // configured, they are required.
-        let mut required = vec!["exp"];
-        if self.audiences.is_empty() {
-            v.validate_aud = false;
-        } else {
-            v.set_audience(&self.audiences);
-            required.push("aud");
+    /// The registered claims (RFC 7519 §4.1): `exp` always required, `nbf`
+    /// when present, `iss` and `aud` required when configured. Times allow
+    /// `leeway` seconds of clock skew.
+    fn check_claims(&self, claims: &Value) -> Result<(), AuthError> {
+        let now = unix_now() as f64;
+        let leeway = self.leeway as f64;
+        let numeric_date = |name: &str| -> Result<Option<f64>, AuthError> {
+            claims
+                .get(name)
+                .map(|v| v.as_f64().ok_or_else(|| self.invalid("invalid token")))
+                .transpose()
+        };
+        let exp =
+            numeric_date("exp")?.ok_or_else(|| self.invalid("token lacks a required claim"))?;
+        if exp < now - leeway {
+            return Err(self.invalid("token expired"));
+        }
+        if numeric_date("nbf")?.is_some_and(|nbf| nbf > now + leeway) {
+            return Err(self.invalid("token not valid yet"));
         }
         if !self.issuers.is_empty() {
-            v.set_issuer(&self.issuers);
-            required.push("iss");
+            // An issuer is one string (RFC 7519 §4.1.1), never a list.
+            match claims.get("iss") {
+                None => return Err(self.invalid("token lacks a required claim")),
+                Some(Value::String(iss)) if self.issuers.iter().any(|i| i == iss) => {}
+                Some(_) => return Err(self.invalid("wrong issuer")),
+            }
         }
-        v.set_required_spec_claims(&required);
-        v
+        if !self.audiences.is_empty() {
+            let accepted = |aud: &Value| {
+                aud.as_str()
+                    .is_some_and(|aud| self.audiences.iter().any(|a| a == aud))
+            };
+            match claims.get("aud") {
+                None => return Err(self.invalid("token lacks a required claim")),
+                Some(aud @ Value::String(_)) if accepted(aud) => {}
+                Some(Value::Array(auds)) if auds.iter().any(accepted) => {}
+                Some(_) => return Err(self.invalid("wrong audience")),
+            }
+        }
+        Ok(())
     }
 
     /// The checks past the signature (or the introspection), and who the
@@ -525,52 +543,83 @@ fn scopes(claims: &Value) -> Vec<&str> {
     out
 }
 
-/// The header and payload of a JWS compact token, refused early for what
-/// no key should ever be asked about.
-fn inspect(token: &str) -> Result<(Value, Value), &'static str> {
+/// The JOSE header fields xgate reads. Any other field is ignored, except
+/// `crit`: extensions the recipient does not understand make the token
+/// invalid (RFC 7515 §4.1.11), and xgate understands none.
+#[derive(Deserialize)]
+struct JoseHeader<'a> {
+    #[serde(borrow)]
+    alg: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    kid: Option<Cow<'a, str>>,
+    #[serde(default)]
+    crit: Option<serde::de::IgnoredAny>,
+}
+
+/// A JWS compact token taken apart, refused early for what no key should
+/// ever be asked about.
+struct Jws<'a> {
+    header: CheckedHeader<'a>,
+    claims: Value,
+    /// `header.payload`: what the signature covers.
+    signed: &'a str,
+    signature: Vec<u8>,
+}
+
+struct CheckedHeader<'a> {
+    alg: Cow<'a, str>,
+    kid: Option<Cow<'a, str>>,
+}
+
+/// The first part of a compact token, and the rest; the serializations
+/// xgate does not take are refused by name.
+fn split(token: &str) -> Result<(&str, &str), &'static str> {
     if token.starts_with('{') {
         return Err("JWS JSON serialization is not accepted");
     }
-    let parts: Vec<&str> = token.split('.').collect();
-    match parts.len() {
-        3 => {}
-        5 => return Err("encrypted tokens (JWE) are not accepted"),
+    match token.bytes().filter(|b| *b == b'.').count() {
+        2 => {}
+        4 => return Err("encrypted tokens (JWE) are not accepted"),
         _ => return Err("malformed token"),
     }
-    let decode = |part: &str| -> Result<Value, &'static str> {
-        let bytes = URL_SAFE_NO_PAD
-            .decode(part)
-            .map_err(|_| "malformed token")?;
-        let value: Value = serde_json::from_slice(&bytes).map_err(|_| "malformed token")?;
-        value.is_object().then_some(value).ok_or("malformed token")
-    };
-    let header = decode(parts[0])?;
-    let payload = decode(parts[1])?;
-    match header.get("alg").and_then(Value::as_str) {
-        None => return Err("token has no alg"),
-        Some(alg) if alg.eq_ignore_ascii_case("none") => {
-            return Err("unsigned tokens are not accepted")
-        }
-        Some(_) => {}
-    }
-    if header.get("crit").is_some() {
-        // RFC 7515 §4.1.11: extensions the recipient does not understand
-        // make the token invalid; xgate understands none.
-        return Err("token has critical extensions");
-    }
-    Ok((header, payload))
+    token.split_once('.').ok_or("malformed token")
 }
 
-fn describe(kind: &ErrorKind) -> &'static str {
-    match kind {
-        ErrorKind::ExpiredSignature => "token expired",
-        ErrorKind::ImmatureSignature => "token not valid yet",
-        ErrorKind::InvalidAudience => "wrong audience",
-        ErrorKind::InvalidIssuer => "wrong issuer",
-        ErrorKind::InvalidSignature => "bad signature",
-        ErrorKind::MissingRequiredClaim(_) => "token lacks a required claim",
-        ErrorKind::InvalidAlgorithm => "algorithm not allowed for this key",
-        _ => "invalid token",
+fn decode_part(part: &str) -> Result<Vec<u8>, &'static str> {
+    URL_SAFE_NO_PAD.decode(part).map_err(|_| "malformed token")
+}
+
+impl<'a> Jws<'a> {
+    /// `header_bytes` is the decoding of the token's first part.
+    fn parse(token: &'a str, header_bytes: &'a [u8]) -> Result<Self, &'static str> {
+        let (header_text, rest) = split(token)?;
+        let header: JoseHeader<'a> =
+            serde_json::from_slice(header_bytes).map_err(|_| "malformed token")?;
+        let alg = match header.alg {
+            None => return Err("token has no alg"),
+            Some(alg) if alg.eq_ignore_ascii_case("none") => {
+                return Err("unsigned tokens are not accepted")
+            }
+            Some(alg) => alg,
+        };
+        if header.crit.is_some() {
+            return Err("token has critical extensions");
+        }
+        let (payload, signature) = rest.split_once('.').ok_or("malformed token")?;
+        let claims: Value =
+            serde_json::from_slice(&decode_part(payload)?).map_err(|_| "malformed token")?;
+        if !claims.is_object() {
+            return Err("malformed token");
+        }
+        Ok(Self {
+            header: CheckedHeader {
+                alg,
+                kid: header.kid,
+            },
+            claims,
+            signed: &token[..header_text.len() + 1 + payload.len()],
+            signature: decode_part(signature)?,
+        })
     }
 }
 

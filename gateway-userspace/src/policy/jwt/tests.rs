@@ -260,7 +260,10 @@ fn jwks_keys_are_pinned_by_type_and_alg() {
     let keys = super::super::jwks::parse(doc.to_string().as_bytes()).unwrap();
     let kinds: Vec<_> = keys
         .iter()
-        .map(|k| (k.kid.clone().unwrap(), k.algorithms.clone()))
+        .map(|k| {
+            let algorithms: Vec<_> = k.keys.iter().map(|key| key.algorithm()).collect();
+            (k.kid.clone().unwrap(), algorithms)
+        })
         .collect();
     assert_eq!(
         kinds,
