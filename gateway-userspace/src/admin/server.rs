@@ -3,7 +3,6 @@
 
 use std::{
     convert::Infallible,
-    net::SocketAddr,
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     sync::Arc,
@@ -40,7 +39,6 @@ pub struct AdminState {
     /// The OAuth 2.0 token server's refresh tokens.
     pub refresh_tokens: Arc<RefreshTokens>,
     pub started: Instant,
-    pub listeners: Vec<SocketAddr>,
     /// Why XDP is not attached, when it is not.
     pub xdp_off_reason: Option<String>,
 }
@@ -120,7 +118,7 @@ async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
             let text = state.metrics.render(counters.as_ref());
             respond(StatusCode::OK, "text/plain; version=0.0.4", text)
         }
-        (Method::POST, "/reload", _) => match state.reloader.reload() {
+        (Method::POST, "/reload", _) => match state.reloader.reload().await {
             Ok(report) => json(StatusCode::OK, &report),
             Err(message) => error(StatusCode::BAD_REQUEST, &message),
         },
@@ -178,7 +176,7 @@ fn status(state: &AdminState) -> Status {
     Status {
         version: env!("CARGO_PKG_VERSION").to_string(),
         uptime_secs: state.started.elapsed().as_secs(),
-        listeners: state.listeners.clone(),
+        listeners: state.reloader.listener_addresses(),
         routes: state.reloader.route_count(),
         blocklist_entries: state.lists.list(ListKind::Deny).len(),
         allowlist_entries: state.lists.list(ListKind::Allow).len(),

@@ -36,6 +36,7 @@ use tokio::{
 };
 use tokio_rustls::TlsAcceptor;
 
+pub use super::drain::DrainTimeout;
 use super::{
     conn_io::{sniff_preface, Prefixed, SendTimed, Sniffed, Stream},
     conn_timer::ConnTimer,
@@ -136,10 +137,11 @@ pub struct Listener {
     pub settings: Arc<SettingsHandle>,
 }
 
-/// Serves one listener until `shutdown` flips: accepts, refuses blocklisted
-/// peers, and hands every other connection to the next worker. Then lets
-/// open connections (and upgraded tunnels) finish for up to `drain` before
-/// cutting them.
+/// Serves one listener until `shutdown` flips (the daemon stops, or a
+/// reload removed the listener): accepts, refuses blocklisted peers, and
+/// hands every other connection to the next worker. Then closes the
+/// socket and lets open connections (and upgraded tunnels) finish for up to
+/// `drain` (as it is then) before cutting them.
 pub async fn serve(
     listener: Listener,
     runtime: Arc<RuntimeHandle>,
@@ -147,7 +149,7 @@ pub async fn serve(
     metrics: Arc<Metrics>,
     workers: Arc<Workers>,
     mut shutdown: watch::Receiver<bool>,
-    drain: Duration,
+    drain: Arc<DrainTimeout>,
 ) {
     let Listener {
         name,
@@ -207,7 +209,10 @@ pub async fn serve(
         });
     }
     drop(socket);
-    if tokio::time::timeout(drain, tracker.idle()).await.is_err() {
+    if tokio::time::timeout(drain.get(), tracker.idle())
+        .await
+        .is_err()
+    {
         tracing::warn!(
             listener = %name,
             open = tracker.open(),
