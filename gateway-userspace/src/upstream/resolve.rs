@@ -74,11 +74,10 @@ impl Resolver {
         options.use_hosts_file = ResolveHosts::Always;
         options.timeout = config.timeout;
         options.attempts = 1;
-        // The cache answers other upstreams that share a name; the bounds
-        // make it agree with ours.
-        options.positive_min_ttl = Some(config.min_ttl);
-        options.positive_max_ttl = Some(config.max_ttl);
-        options.negative_max_ttl = Some(config.min_ttl);
+        // No cache: each upstream's task keeps its answers for their TTL
+        // already, and a lookup after a connect failure must ask the
+        // server, not get the answer that led to the failure.
+        options.cache_size = 0;
         Self {
             dns: builder.build(),
             config: config.clone(),
