@@ -64,6 +64,9 @@ enum Command {
         /// theirs. Listening, the admin API and reloads run on one more thread.
         #[arg(long, env = "XGATE_WORKERS", value_parser = clap::value_parser!(u16).range(1..=1024))]
         workers: Option<u16>,
+        /// Upgrade without downtime: take the listening sockets over from the daemon running with this config (its admin.socket), which then drains and exits.
+        #[arg(long)]
+        takeover: bool,
     },
     /// Check a config file: prints every error with its path; exits 1 if there is any.
     Validate,
@@ -212,13 +215,13 @@ pub fn main() -> ExitCode {
 
 async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
-        Command::Run { workers } => {
+        Command::Run { workers, takeover } => {
             telemetry::init_logging();
             let workers = workers.map_or_else(
                 || std::thread::available_parallelism().map_or(1, usize::from),
                 usize::from,
             );
-            daemon::run(&config_path(&cli), workers).await?;
+            daemon::run(&config_path(&cli), workers, *takeover).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::HashKey { generate } => hash_key(*generate),

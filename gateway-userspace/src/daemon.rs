@@ -4,8 +4,12 @@
 
 use std::{
     net::SocketAddr,
+    os::fd::{AsFd, OwnedFd},
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
     time::{Duration, Instant},
 };
 
@@ -13,7 +17,7 @@ use anyhow::Context;
 use tokio::{
     net::TcpListener,
     signal::unix::{signal, SignalKind},
-    sync::watch,
+    sync::{watch, Notify},
 };
 
 use crate::{
@@ -63,6 +67,10 @@ pub struct Reloader {
     /// Every listener task started, including removed ones still draining:
     /// shutdown waits for all of them.
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Set once the listening sockets went to a new process (`xgate run
+    /// --takeover`): this one drains and exits, leaving XDP attached.
+    handed_over: AtomicBool,
+    takeover: Notify,
 }
 
 /// One listener that is serving.
@@ -72,6 +80,9 @@ struct Running {
     /// Flipped to stop accepting and drain (a reload removed it, or the
     /// daemon is stopping).
     stop: watch::Sender<bool>,
+    /// The listening socket, for a handoff to a new process (a copy of the
+    /// serving task's).
+    socket: OwnedFd,
 }
 
 impl Reloader {
@@ -204,6 +215,10 @@ impl Reloader {
             .clone()
             .unwrap_or_else(|| listener.address.to_string());
         let settings = Arc::new(SettingsHandle::new(settings));
+        let copy = socket
+            .as_fd()
+            .try_clone_to_owned()
+            .expect("a listening socket's descriptor can be duplicated");
         let (stop, stopped) = watch::channel(false);
         let task = tokio::spawn(proxy::server::serve(
             proxy::server::Listener {
@@ -223,7 +238,33 @@ impl Reloader {
             address: listener.address,
             settings,
             stop,
+            socket: copy,
         }
+    }
+
+    /// Hands every listening socket to the process listening on `path`
+    /// (`xgate run --takeover`), then stops accepting: the new process
+    /// accepts from the same sockets, so no connection is refused between
+    /// the two. The daemon then drains and exits.
+    pub fn hand_over(&self, path: &Path) -> Result<Vec<SocketAddr>, String> {
+        let listeners = self.listeners.lock().unwrap();
+        if self.handed_over.load(Ordering::Acquire) {
+            return Err("the listeners were handed over already".into());
+        }
+        let sockets: Vec<_> = listeners.iter().map(|l| l.socket.as_fd()).collect();
+        crate::handoff::hand_over(path, &sockets)
+            .map_err(|e| format!("cannot hand the listeners to {}: {e}", path.display()))?;
+        self.handed_over.store(true, Ordering::Release);
+        for running in listeners.iter() {
+            let _ = running.stop.send(true);
+        }
+        let addresses = listeners.iter().map(|l| l.address).collect();
+        tracing::info!(
+            listeners = ?addresses,
+            "listening sockets handed to a new process: draining and exiting"
+        );
+        self.takeover.notify_one();
+        Ok(addresses)
     }
 
     /// Stops every listener and waits until each has drained.
@@ -280,8 +321,10 @@ fn restart_only_changes(running: &Config, new: &Config) -> Vec<String> {
     changes
 }
 
-/// Runs the daemon with `workers` proxy worker threads until SIGTERM/SIGINT.
-pub async fn run(config_path: &Path, workers: usize) -> anyhow::Result<()> {
+/// Runs the daemon with `workers` proxy worker threads until SIGTERM/SIGINT
+/// (or a new process takes its listeners over). With `takeover`, the
+/// listening sockets come from the daemon already running (see `handoff`).
+pub async fn run(config_path: &Path, workers: usize, takeover: bool) -> anyhow::Result<()> {
     // Reloads re-read this file: absolute, so that `xgate reload` can name
     // it whatever the daemon's working directory.
     let config_path = std::path::absolute(config_path).unwrap_or_else(|_| config_path.into());
@@ -312,15 +355,39 @@ pub async fn run(config_path: &Path, workers: usize) -> anyhow::Result<()> {
     runtime.names_resolved().await;
     let runtime = Arc::new(RuntimeHandle::new(runtime));
 
+    let mut settings = Vec::new();
+    for index in 0..config.listeners.len() {
+        settings.push(
+            Settings::compile(&config, index)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", config_path.display()))?,
+        );
+    }
+    // Everything that can fail on the config has passed: only now may the
+    // running daemon give its listeners up.
+    let mut inherited = if takeover {
+        let inherited = crate::handoff::take_over(&config.admin.socket)
+            .await
+            .context("takeover")?;
+        tracing::info!(
+            listeners = ?inherited.iter().map(|(a, _)| a).collect::<Vec<_>>(),
+            "took the listening sockets over from the running daemon"
+        );
+        inherited
+    } else {
+        Vec::new()
+    };
     let mut sockets = Vec::new();
-    for (index, listener) in config.listeners.iter().enumerate() {
-        let settings = Settings::compile(&config, index)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", config_path.display()))?;
-        let socket = bind(listener.address)
-            .with_context(|| format!("cannot listen on {}", listener.address))?;
+    for (listener, settings) in config.listeners.iter().zip(settings) {
+        let socket = match inherited.iter().position(|(a, _)| *a == listener.address) {
+            Some(position) => TcpListener::from_std(inherited.swap_remove(position).1)?,
+            None => bind(listener.address)
+                .with_context(|| format!("cannot listen on {}", listener.address))?,
+        };
         sockets.push((socket, settings));
     }
-    let admin_listener = admin::bind(&config.admin.socket).await?;
+    // Handed over but no longer configured: closed.
+    drop(inherited);
+    let admin_listener = admin::bind(&config.admin.socket, takeover).await?;
 
     let reloader = Arc::new(Reloader {
         path: config_path.clone(),
@@ -334,6 +401,8 @@ pub async fn run(config_path: &Path, workers: usize) -> anyhow::Result<()> {
         drain: Arc::new(DrainTimeout::new(config.shutdown.drain_timeout)),
         listeners: Mutex::default(),
         tasks: Mutex::default(),
+        handed_over: AtomicBool::new(false),
+        takeover: Notify::new(),
     });
     for (index, (socket, settings)) in sockets.into_iter().enumerate() {
         let running = reloader.start_listener(&config, index, socket, settings);
@@ -399,7 +468,12 @@ pub async fn run(config_path: &Path, workers: usize) -> anyhow::Result<()> {
             .iter()
             .map(|a| a.interface.clone())
             .collect();
-        let on_exit = reloader.current.lock().await.xdp.on_exit;
+        let on_exit = if reloader.handed_over.load(Ordering::Acquire) {
+            // The new process adopted the attachment.
+            OnExit::Keep
+        } else {
+            reloader.current.lock().await.xdp.on_exit
+        };
         match on_exit {
             OnExit::Detach => {
                 xdp.unpin_links();
@@ -454,6 +528,7 @@ async fn wait_for_shutdown(reloader: &Reloader) -> anyhow::Result<()> {
         tokio::select! {
             _ = term.recv() => { tracing::info!("SIGTERM received"); return Ok(()); }
             _ = int.recv() => { tracing::info!("SIGINT received"); return Ok(()); }
+            () = reloader.takeover.notified() => return Ok(()),
             _ = hup.recv() => {
                 if let Err(error) = reloader.reload().await {
                     tracing::error!(%error, "reload failed; the running configuration stays");

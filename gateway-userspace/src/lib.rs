@@ -10,7 +10,8 @@
 //! policies and consumers), `token_server` (the gateway as an OAuth 2.0
 //! authorization server), `xdp` (the kernel
 //! half seen from here), `admin` (API server and client), `cli`, `daemon`
-//! (wiring and reload), `telemetry`.
+//! (wiring and reload), `handoff` (listening sockets to a new process, for
+//! upgrades), `telemetry`.
 #![deny(unsafe_code)]
 
 pub mod admin;
@@ -19,6 +20,7 @@ pub mod config;
 pub mod daemon;
 pub mod duration;
 pub mod exchange;
+pub mod handoff;
 pub mod http1;
 pub mod lists;
 pub mod policy;

@@ -230,3 +230,96 @@ async fn drain_timeout_bounds_how_long_a_removed_listener_waits() {
     );
     daemon.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binary_upgrade_takes_the_listeners_over_without_refusing_a_connection() {
+    use std::sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc,
+    };
+
+    let upstream = EchoUpstream::start("127.0.0.1:0".parse().unwrap(), "echo")
+        .await
+        .unwrap();
+    let listen = free_port();
+    let mut daemon = Daemon::start(
+        &upstreams_config(
+            listen,
+            &[("echo", format!("{{targets: ['{}']}}", upstream.addr))],
+        ),
+        None,
+    );
+    let old_pid = daemon.pid();
+
+    // Two clients, each a new connection per request, until told to stop
+    // (bounded: at most 20,000 requests each).
+    let stop = Arc::new(AtomicBool::new(false));
+    let (served, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let clients: Vec<_> = (0..2)
+        .map(|_| {
+            let (stop, served, failed) = (stop.clone(), served.clone(), failed.clone());
+            tokio::spawn(async move {
+                let mut errors = Vec::new();
+                for _ in 0..20_000 {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let request =
+                        "GET /echo/ HTTP/1.1\r\nHost: gateway.test\r\nConnection: close\r\n\r\n";
+                    match http::send(listen, None, request).await {
+                        Ok(response) if response.status == 200 => {
+                            served.fetch_add(1, Ordering::Relaxed);
+                        }
+                        other => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                            errors.push(format!("{other:?}"));
+                        }
+                    }
+                }
+                errors
+            })
+        })
+        .collect();
+    eventually("the load is running", || {
+        let served = served.clone();
+        async move { served.load(Ordering::Relaxed) >= 20 }
+    })
+    .await;
+
+    let daemon = tokio::task::spawn_blocking(move || {
+        daemon.upgrade();
+        daemon
+    })
+    .await
+    .unwrap();
+    assert_ne!(daemon.pid(), old_pid);
+    let at_upgrade = served.load(Ordering::Relaxed);
+    eventually("the new process serves", || {
+        let served = served.clone();
+        async move { served.load(Ordering::Relaxed) >= at_upgrade + 50 }
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    let mut errors = Vec::new();
+    for client in clients {
+        errors.extend(client.await.unwrap());
+    }
+    assert!(
+        errors.is_empty(),
+        "{} failed: {:?}",
+        errors.len(),
+        &errors[..errors.len().min(5)]
+    );
+    assert_eq!(failed.load(Ordering::Relaxed), 0);
+
+    // The new process has the admin socket, and the listeners.
+    assert!(
+        daemon.log().contains("took the listening sockets over"),
+        "{}",
+        daemon.log()
+    );
+    let status = daemon.status();
+    assert_eq!(status["listeners"][0], listen.to_string());
+    assert_eq!(http::get(listen, "/echo/", &[]).await.status, 200);
+    daemon.stop();
+}

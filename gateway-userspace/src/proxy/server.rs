@@ -4,8 +4,8 @@
 //! connection-level limits; drain on shutdown.
 //!
 //! One connection goes through two phases. The handshake (PROXY header, TLS)
-//! is bounded by `handshake_timeout` and abandoned at shutdown, since no
-//! request is in flight yet. Then HTTP, with `header_read_timeout`,
+//! is bounded by `handshake_timeout`, and completed at shutdown too (an
+//! accepted connection's client is waiting for its first answer). Then HTTP, with `header_read_timeout`,
 //! `max_header_bytes` and `max_headers`: HTTP/1.1 by xgate's own server
 //! (`http1`), HTTP/2 by hyper's. At shutdown each finishes what is in
 //! flight (HTTP/2 sends GOAWAY) until the drain deadline, when every
@@ -275,13 +275,13 @@ impl Connection {
     async fn serve(self, stream: TcpStream) {
         let peer = self.peer;
         let mut shutdown = self.shutdown.clone();
-        let handshake =
-            tokio::time::timeout(self.settings.handshake_timeout, self.handshake(stream));
-        let established = tokio::select! {
-            result = handshake => result.unwrap_or(Err(Refused::Timeout)),
-            // No request is in flight yet: nothing to drain.
-            _ = shutdown.wait_for(|s| *s) => return,
-        };
+        // Finished even when the drain has started: the connection was
+        // accepted and its client is waiting (a listener handed to a new
+        // process must not fail it). The drain deadline still cuts it.
+        let established =
+            tokio::time::timeout(self.settings.handshake_timeout, self.handshake(stream))
+                .await
+                .unwrap_or(Err(Refused::Timeout));
         let established = match established {
             Ok(established) => established,
             Err(refused) => {
@@ -314,11 +314,7 @@ impl Connection {
                 self.settings.http1.header_read_timeout,
                 sniff_preface(stream),
             );
-            let sniffed = tokio::select! {
-                sniffed = sniff => sniffed,
-                _ = shutdown.wait_for(|s| *s) => return,
-            };
-            match sniffed {
+            match sniff.await {
                 Ok(Ok(sniffed)) => sniffed,
                 Ok(Err(error)) => {
                     tracing::debug!(client.ip = %client.ip(), %error, "connection failed before a request");
