@@ -247,7 +247,7 @@ impl Reloader {
     /// accepts from the same sockets, so no connection is refused between
     /// the two. The daemon then drains and exits.
     pub fn hand_over(&self, path: &Path) -> Result<Vec<SocketAddr>, String> {
-        let listeners = self.listeners.lock().unwrap();
+        let mut listeners = self.listeners.lock().unwrap();
         if self.handed_over.load(Ordering::Acquire) {
             return Err("the listeners were handed over already".into());
         }
@@ -255,10 +255,13 @@ impl Reloader {
         crate::handoff::hand_over(path, &sockets)
             .map_err(|e| format!("cannot hand the listeners to {}: {e}", path.display()))?;
         self.handed_over.store(true, Ordering::Release);
-        for running in listeners.iter() {
+        // Stopped, and this process's copies of the sockets closed: the new
+        // process holds them now.
+        let handed = std::mem::take(&mut *listeners);
+        for running in &handed {
             let _ = running.stop.send(true);
         }
-        let addresses = listeners.iter().map(|l| l.address).collect();
+        let addresses = handed.iter().map(|l| l.address).collect();
         tracing::info!(
             listeners = ?addresses,
             "listening sockets handed to a new process: draining and exiting"
@@ -269,9 +272,13 @@ impl Reloader {
 
     /// Stops every listener and waits until each has drained.
     async fn stop_listeners(&self) {
-        for running in self.listeners.lock().unwrap().iter() {
+        // Dropped, so that each socket closes (new connections refused) as
+        // soon as its task lets go of it too.
+        let listeners = std::mem::take(&mut *self.listeners.lock().unwrap());
+        for running in &listeners {
             let _ = running.stop.send(true);
         }
+        drop(listeners);
         let tasks = std::mem::take(&mut *self.tasks.lock().unwrap());
         for task in tasks {
             let _ = task.await;
