@@ -73,6 +73,9 @@ pub struct Reloader {
     takeover: Notify,
 }
 
+/// A listener a reload adds: its index in the config, bound, compiled.
+type Added = (usize, TcpListener, Settings);
+
 /// One listener that is serving.
 struct Running {
     address: SocketAddr,
@@ -98,7 +101,7 @@ impl Reloader {
             Some(&previous),
         )?;
         drop(previous);
-        let (changed, added) = self.compile_listeners(&config).await?;
+        let (changed, added) = self.compile_listeners(&config)?;
         runtime.names_resolved().await;
         self.lists.reload(&config)?;
         self.runtime.store(runtime);
@@ -134,16 +137,10 @@ impl Reloader {
     /// New settings for every running listener still in `config` (matched
     /// by address), certificate files re-read; and the listeners `config`
     /// adds, bound. Nothing is applied unless all of them compile and bind.
-    async fn compile_listeners(
+    fn compile_listeners(
         &self,
         config: &Config,
-    ) -> Result<
-        (
-            Vec<(Arc<SettingsHandle>, Settings)>,
-            Vec<(usize, TcpListener)>,
-        ),
-        String,
-    > {
+    ) -> Result<(Vec<(Arc<SettingsHandle>, Settings)>, Vec<Added>), String> {
         let running: Vec<(SocketAddr, Arc<SettingsHandle>)> = {
             let listeners = self.listeners.lock().unwrap();
             listeners
@@ -168,7 +165,7 @@ impl Reloader {
                             listener.address
                         )
                     })?;
-                    added.push((index, socket));
+                    added.push((index, socket, settings));
                 }
             }
         }
@@ -177,7 +174,7 @@ impl Reloader {
 
     /// Starts the listeners `added` and stops (drains) those `config` no
     /// longer has; the others go on with their open connections.
-    fn replace_listeners(&self, config: &Config, added: Vec<(usize, TcpListener)>) {
+    fn replace_listeners(&self, config: &Config, added: Vec<Added>) {
         let mut listeners = self.listeners.lock().unwrap();
         listeners.retain(|running| {
             let kept = config
@@ -193,8 +190,7 @@ impl Reloader {
             }
             kept
         });
-        for (index, socket) in added {
-            let settings = Settings::compile(config, index).expect("compiled a moment ago");
+        for (index, socket, settings) in added {
             let running = self.start_listener(config, index, socket, settings);
             tracing::info!(listener = %running.address, "listener added");
             listeners.push(running);
