@@ -172,6 +172,19 @@ async fn a_name_that_does_not_resolve_is_a_warning_and_a_503_never_a_refused_con
         answered_by(listen, "/local/", 5).await,
         BTreeSet::from(["echo-1".to_string()])
     );
+
+    // A reload that brings a new name: resolved before the new config
+    // serves, so the first request after the reload already has a target.
+    let more = config.replace(
+        "upstreams:\n",
+        &format!("upstreams:\n  late: {{targets: ['svc.test:{port}']}}\n"),
+    ).replace(
+        "routes:\n",
+        "routes:\n  - {name: late, match: {path_prefix: /late/}, upstream: late, strip_prefix: true}\n",
+    );
+    let out = daemon.reload_with(&more);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(http::get(listen, "/late/", &[]).await.status, 200);
     daemon.stop();
 }
 

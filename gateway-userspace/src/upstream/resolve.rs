@@ -351,6 +351,39 @@ mod tests {
         );
     }
 
+    #[test]
+    fn set_targets_keeps_the_state_of_targets_that_stay() {
+        let config: config::Upstream =
+            serde_yaml::from_str("{targets: ['127.0.0.1:9001', 'svc.test:9000']}").unwrap();
+        let upstream = Upstream::new("u", &config, &Arc::default()).unwrap();
+        let addresses = |u: &Upstream| -> Vec<String> {
+            u.target_set()
+                .targets
+                .iter()
+                .map(|t| t.addr.to_string())
+                .collect()
+        };
+        // Until the name resolves, only the IP target.
+        assert_eq!(addresses(&upstream), ["127.0.0.1:9001"]);
+        let a: SocketAddr = "127.0.0.2:9000".parse().unwrap();
+        let b: SocketAddr = "127.0.0.3:9000".parse().unwrap();
+        upstream.set_targets(vec![(a, 1), (b, 1)]);
+        let in_flight = upstream.target_set().targets[1].start();
+        // `b` stays (its request in flight counts on), `a` goes, `c` comes.
+        let c: SocketAddr = "127.0.0.4:9000".parse().unwrap();
+        upstream.set_targets(vec![(b, 1), (c, 1)]);
+        let set = upstream.target_set();
+        assert_eq!(addresses(&upstream), ["127.0.0.3:9000", "127.0.0.4:9000"]);
+        assert_eq!(
+            (set.targets[0].in_flight(), set.targets[1].in_flight()),
+            (1, 0)
+        );
+        drop(in_flight);
+        assert_eq!(set.targets[0].in_flight(), 0);
+        upstream.set_targets(Vec::new());
+        assert!(upstream.target_set().balancer.is_none());
+    }
+
     #[tokio::test]
     async fn hosts_file_names_resolve_and_ttls_are_bounded() {
         let resolver = Resolver::new(&config::Resolver {
