@@ -144,13 +144,13 @@ impl Daemon {
     /// daemon's config, which takes the listening sockets over; waits until
     /// the new process is ready and the old one has drained and exited
     /// (cleanly: asserted). From then on this handle is the new process
-    /// (its own log).
-    pub fn upgrade(&mut self) {
+    /// (its own log). `netns`: the namespace the daemon runs in.
+    pub fn upgrade(&mut self, netns: Option<&NetNs>) {
         let log = self
             .dir
             .path()
             .join(format!("xgate-upgraded-{}.log", self.pid()));
-        let new = spawn_run(&self.config, &log, None, &["--takeover"]);
+        let new = spawn_run(&self.config, &log, netns, &["--takeover"]);
         let mut old = std::mem::replace(self.child.as_mut().unwrap(), new);
         let old_log = std::mem::replace(&mut self.log, log);
         let deadline = Instant::now() + Duration::from_secs(30);

@@ -287,7 +287,7 @@ async fn a_binary_upgrade_takes_the_listeners_over_without_refusing_a_connection
     .await;
 
     let daemon = tokio::task::spawn_blocking(move || {
-        daemon.upgrade();
+        daemon.upgrade(None);
         daemon
     })
     .await
