@@ -75,6 +75,8 @@ pub struct Reloader {
 
 /// A listener a reload adds: its index in the config, bound, compiled.
 type Added = (usize, TcpListener, Settings);
+/// A listener that stays, and its new settings.
+type Changed = (Arc<SettingsHandle>, Settings);
 
 /// One listener that is serving.
 struct Running {
@@ -137,10 +139,7 @@ impl Reloader {
     /// New settings for every running listener still in `config` (matched
     /// by address), certificate files re-read; and the listeners `config`
     /// adds, bound. Nothing is applied unless all of them compile and bind.
-    fn compile_listeners(
-        &self,
-        config: &Config,
-    ) -> Result<(Vec<(Arc<SettingsHandle>, Settings)>, Vec<Added>), String> {
+    fn compile_listeners(&self, config: &Config) -> Result<(Vec<Changed>, Vec<Added>), String> {
         let running: Vec<(SocketAddr, Arc<SettingsHandle>)> = {
             let listeners = self.listeners.lock().unwrap();
             listeners
