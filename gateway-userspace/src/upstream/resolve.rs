@@ -19,7 +19,7 @@ use std::{
 };
 
 use hickory_resolver::{
-    config::{NameServerConfig, ResolveHosts, ResolverConfig},
+    config::{LookupIpStrategy, NameServerConfig, ResolveHosts, ResolverConfig},
     name_server::TokioConnectionProvider,
     proto::xfer::Protocol,
     TokioResolver,
@@ -72,6 +72,9 @@ impl Resolver {
         };
         let options = builder.options_mut();
         options.use_hosts_file = ResolveHosts::Always;
+        // Every address is a target: A and AAAA both (the default takes
+        // the AAAA records only when there is no A).
+        options.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
         options.timeout = config.timeout;
         options.attempts = 1;
         // No cache: each upstream's task keeps its answers for their TTL
