@@ -64,6 +64,9 @@ enum Command {
         /// theirs. Listening, the admin API and reloads run on one more thread.
         #[arg(long, env = "XGATE_WORKERS", value_parser = clap::value_parser!(u16).range(1..=1024))]
         workers: Option<u16>,
+        /// Upgrade without downtime: take the listening sockets over from the daemon running with this config (its admin.socket), which then drains and exits.
+        #[arg(long)]
+        takeover: bool,
     },
     /// Check a config file: prints every error with its path; exits 1 if there is any.
     Validate,
@@ -73,7 +76,7 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Re-read the config file: applied atomically, or refused with every error while the old config stays.
+    /// Make the daemon re-read the file it was started with (not -c's: a named file that differs is reported and exits 1): applied atomically, or refused with every error while the old config stays.
     Reload,
     /// Deny list: sources dropped in XDP when attached, refused at L7 always.
     #[command(subcommand)]
@@ -212,13 +215,13 @@ pub fn main() -> ExitCode {
 
 async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
-        Command::Run { workers } => {
+        Command::Run { workers, takeover } => {
             telemetry::init_logging();
             let workers = workers.map_or_else(
                 || std::thread::available_parallelism().map_or(1, usize::from),
                 usize::from,
             );
-            daemon::run(&config_path(&cli), workers).await?;
+            daemon::run(&config_path(&cli), workers, *takeover).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::HashKey { generate } => hash_key(*generate),
@@ -263,7 +266,25 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Reload => {
             let report =
                 client::call_ok(&admin_socket(&cli)?, Method::POST, "/reload", None).await?;
-            println!("reloaded");
+            let loaded = report["path"].as_str().unwrap_or("its config file");
+            println!("reloaded {loaded}");
+            let mut code = ExitCode::SUCCESS;
+            // The daemon re-reads the file it was started with (nginx -s
+            // reload does the same): a -c naming another file must not look
+            // as if that file were now running.
+            if let Some(named) = &cli.config {
+                let named = named.canonicalize().unwrap_or_else(|_| named.clone());
+                if named != Path::new(loaded) {
+                    eprintln!(
+                        "xgate: warning: the daemon re-read ITS OWN file {loaded}, not {}: a \
+                         reload never switches files; to run {} restart the daemon with -c {}",
+                        named.display(),
+                        named.display(),
+                        named.display()
+                    );
+                    code = ExitCode::FAILURE;
+                }
+            }
             if let Some(changes) = report["needs_restart"].as_array().filter(|c| !c.is_empty()) {
                 let changes: Vec<&str> = changes.iter().filter_map(|c| c.as_str()).collect();
                 println!(
@@ -271,7 +292,7 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                     changes.join(", ")
                 );
             }
-            Ok(ExitCode::SUCCESS)
+            Ok(code)
         }
         Command::Blocklist(action) => list(&cli, ListKind::Deny, action).await,
         Command::Allowlist(action) => list(&cli, ListKind::Allow, action).await,

@@ -4,8 +4,12 @@
 
 use std::{
     net::SocketAddr,
+    os::fd::{AsFd, OwnedFd},
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
     time::{Duration, Instant},
 };
 
@@ -13,7 +17,7 @@ use anyhow::Context;
 use tokio::{
     net::TcpListener,
     signal::unix::{signal, SignalKind},
-    sync::watch,
+    sync::{watch, Notify},
 };
 
 use crate::{
@@ -25,7 +29,7 @@ use crate::{
     lists::SourceLists,
     proxy::{
         self,
-        server::{Settings, SettingsHandle},
+        server::{DrainTimeout, Settings, SettingsHandle},
         workers::Workers,
         Runtime, RuntimeHandle,
     },
@@ -35,30 +39,60 @@ use crate::{
     xdp::{OnExit, XdpDataPlane, XDP_OBJECT},
 };
 
-/// How long in-flight requests may run after a shutdown signal.
-pub const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 /// How often expired list entries are reaped.
 const REAP_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Re-reads the config file and applies it: validated and compiled first;
-/// on any error the running config stays and the error is returned.
+/// Re-reads the config file and applies it: validated and compiled first
+/// (new listeners bound, upstream names resolved); on any error the running
+/// config stays and the error is returned.
 pub struct Reloader {
+    /// The file the daemon was started with (absolute): the one every
+    /// reload reads.
     path: PathBuf,
-    current: Mutex<Config>,
+    current: tokio::sync::Mutex<Config>,
+    /// The config the daemon started with: what the settings only a
+    /// restart applies are running with.
+    started_with: Config,
     lists: Arc<SourceLists>,
     runtime: Arc<RuntimeHandle>,
     metrics: Arc<Metrics>,
+    workers: Arc<Workers>,
     /// The token server's refresh tokens, kept across reloads (in
     /// `state_dir`, which only a restart changes).
     refresh_tokens: Arc<RefreshTokens>,
-    /// Each running listener's settings (TLS certificates, limits, ...),
-    /// by the address it is bound to.
-    listeners: Vec<(SocketAddr, Arc<SettingsHandle>)>,
+    /// `shutdown.drain_timeout`, as the last reload left it.
+    drain: Arc<DrainTimeout>,
+    /// The listeners serving now, by address.
+    listeners: Mutex<Vec<Running>>,
+    /// Every listener task started, including removed ones still draining:
+    /// shutdown waits for all of them.
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Set once the listening sockets went to a new process (`xgate run
+    /// --takeover`): this one drains and exits, leaving XDP attached.
+    handed_over: AtomicBool,
+    takeover: Notify,
+}
+
+/// A listener a reload adds: its index in the config, bound, compiled.
+type Added = (usize, TcpListener, Settings);
+/// A listener that stays, and its new settings.
+type Changed = (Arc<SettingsHandle>, Settings);
+
+/// One listener that is serving.
+struct Running {
+    address: SocketAddr,
+    settings: Arc<SettingsHandle>,
+    /// Flipped to stop accepting and drain (a reload removed it, or the
+    /// daemon is stopping).
+    stop: watch::Sender<bool>,
+    /// The listening socket, for a handoff to a new process (a copy of the
+    /// serving task's).
+    socket: OwnedFd,
 }
 
 impl Reloader {
-    pub fn reload(&self) -> Result<ReloadReport, String> {
-        let mut current = self.current.lock().unwrap();
+    pub async fn reload(&self) -> Result<ReloadReport, String> {
+        let mut current = self.current.lock().await;
         let config = Config::load(&self.path).map_err(|e| e.to_string().trim_end().to_string())?;
         let previous = self.runtime.load();
         let runtime = Runtime::compile(
@@ -69,44 +103,195 @@ impl Reloader {
             Some(&previous),
         )?;
         drop(previous);
-        let listeners = self.compile_listeners(&config)?;
+        let (changed, added) = self.compile_listeners(&config)?;
+        runtime.names_resolved().await;
         self.lists.reload(&config)?;
         self.runtime.store(runtime);
-        for (handle, settings) in listeners {
+        for (handle, settings) in changed {
             handle.store(settings);
         }
+        self.drain.set(config.shutdown.drain_timeout);
+        self.replace_listeners(&config, added);
         warn_about(&config);
-        let needs_restart = restart_only_changes(&current, &config);
+        let needs_restart = restart_only_changes(&self.started_with, &config);
         for change in &needs_restart {
             tracing::warn!(change = %change, "changed in the config file; applies after a restart");
         }
         *current = config;
         self.metrics.reloaded();
         tracing::info!(path = %self.path.display(), "configuration reloaded");
-        Ok(ReloadReport { needs_restart })
+        Ok(ReloadReport {
+            path: self.path.display().to_string(),
+            needs_restart,
+        })
     }
 
     pub fn route_count(&self) -> usize {
         self.runtime.load().route_count()
     }
 
+    /// The addresses being served now.
+    pub fn listener_addresses(&self) -> Vec<SocketAddr> {
+        let listeners = self.listeners.lock().unwrap();
+        listeners.iter().map(|l| l.address).collect()
+    }
+
     /// New settings for every running listener still in `config` (matched
-    /// by address; the others need a restart), certificate files re-read.
-    /// Nothing is applied unless all of them compile.
-    fn compile_listeners(
-        &self,
-        config: &Config,
-    ) -> Result<Vec<(Arc<SettingsHandle>, Settings)>, String> {
-        let mut compiled = Vec::new();
-        for (address, handle) in &self.listeners {
-            if let Some(index) = config.listeners.iter().position(|l| l.address == *address) {
-                let settings = Settings::compile(config, index)
-                    .map_err(|e| format!("{}: {e}", self.path.display()))?;
-                compiled.push((handle.clone(), settings));
+    /// by address), certificate files re-read; and the listeners `config`
+    /// adds, bound. Nothing is applied unless all of them compile and bind.
+    fn compile_listeners(&self, config: &Config) -> Result<(Vec<Changed>, Vec<Added>), String> {
+        let running: Vec<(SocketAddr, Arc<SettingsHandle>)> = {
+            let listeners = self.listeners.lock().unwrap();
+            listeners
+                .iter()
+                .map(|l| (l.address, l.settings.clone()))
+                .collect()
+        };
+        let mut changed = Vec::new();
+        let mut added = Vec::new();
+        for (index, listener) in config.listeners.iter().enumerate() {
+            let settings = Settings::compile(config, index)
+                .map_err(|e| format!("{}: {e}", self.path.display()))?;
+            match running
+                .iter()
+                .find(|(address, _)| *address == listener.address)
+            {
+                Some((_, handle)) => changed.push((handle.clone(), settings)),
+                None => {
+                    let socket = bind(listener.address).map_err(|e| {
+                        format!(
+                            "listeners[{index}]: cannot listen on {}: {e}",
+                            listener.address
+                        )
+                    })?;
+                    added.push((index, socket, settings));
+                }
             }
         }
-        Ok(compiled)
+        Ok((changed, added))
     }
+
+    /// Starts the listeners `added` and stops (drains) those `config` no
+    /// longer has; the others go on with their open connections.
+    fn replace_listeners(&self, config: &Config, added: Vec<Added>) {
+        let mut listeners = self.listeners.lock().unwrap();
+        listeners.retain(|running| {
+            let kept = config
+                .listeners
+                .iter()
+                .any(|l| l.address == running.address);
+            if !kept {
+                tracing::info!(
+                    listener = %running.address,
+                    "listener removed: no new connections; draining the open ones"
+                );
+                let _ = running.stop.send(true);
+            }
+            kept
+        });
+        for (index, socket, settings) in added {
+            let running = self.start_listener(config, index, socket, settings);
+            tracing::info!(listener = %running.address, "listener added");
+            listeners.push(running);
+        }
+    }
+
+    /// Spawns the task that serves `config.listeners[index]` on `socket`.
+    fn start_listener(
+        &self,
+        config: &Config,
+        index: usize,
+        socket: TcpListener,
+        settings: Settings,
+    ) -> Running {
+        let listener = &config.listeners[index];
+        let name = listener
+            .name
+            .clone()
+            .unwrap_or_else(|| listener.address.to_string());
+        let settings = Arc::new(SettingsHandle::new(settings));
+        let copy = socket
+            .as_fd()
+            .try_clone_to_owned()
+            .expect("a listening socket's descriptor can be duplicated");
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(proxy::server::serve(
+            proxy::server::Listener {
+                name,
+                socket,
+                settings: settings.clone(),
+            },
+            self.runtime.clone(),
+            self.lists.clone(),
+            self.metrics.clone(),
+            self.workers.clone(),
+            stopped,
+            self.drain.clone(),
+        ));
+        self.tasks.lock().unwrap().push(task);
+        Running {
+            address: listener.address,
+            settings,
+            stop,
+            socket: copy,
+        }
+    }
+
+    /// Hands every listening socket to the process listening on `path`
+    /// (`xgate run --takeover`), then stops accepting: the new process
+    /// accepts from the same sockets, so no connection is refused between
+    /// the two. The daemon then drains and exits.
+    pub fn hand_over(&self, path: &Path) -> Result<Vec<SocketAddr>, String> {
+        let mut listeners = self.listeners.lock().unwrap();
+        if self.handed_over.load(Ordering::Acquire) {
+            return Err("the listeners were handed over already".into());
+        }
+        let sockets: Vec<_> = listeners.iter().map(|l| l.socket.as_fd()).collect();
+        crate::handoff::hand_over(path, &sockets)
+            .map_err(|e| format!("cannot hand the listeners to {}: {e}", path.display()))?;
+        self.handed_over.store(true, Ordering::Release);
+        // Stopped, and this process's copies of the sockets closed: the new
+        // process holds them now.
+        let handed = std::mem::take(&mut *listeners);
+        for running in &handed {
+            let _ = running.stop.send(true);
+        }
+        let addresses = handed.iter().map(|l| l.address).collect();
+        tracing::info!(
+            listeners = ?addresses,
+            "listening sockets handed to a new process: draining and exiting"
+        );
+        self.takeover.notify_one();
+        Ok(addresses)
+    }
+
+    /// Stops every listener and waits until each has drained.
+    async fn stop_listeners(&self) {
+        // Dropped, so that each socket closes (new connections refused) as
+        // soon as its task lets go of it too.
+        let listeners = std::mem::take(&mut *self.listeners.lock().unwrap());
+        for running in &listeners {
+            let _ = running.stop.send(true);
+        }
+        drop(listeners);
+        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap());
+        for task in tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+/// A listening socket for client traffic. SO_REUSEADDR, as tokio's own
+/// `TcpListener::bind` sets, so a restarted daemon binds at once while old
+/// connections sit in TIME_WAIT.
+fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match address {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(1024)
 }
 
 /// Logs the config's unsafe settings (`verify: false`, ...), on start and on
@@ -117,14 +302,12 @@ fn warn_about(config: &Config) {
     }
 }
 
-/// Settings bound at start-up (sockets, attachments) that a reload cannot
-/// change in place.
-fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
-    let mut changes = Vec::new();
-    let addresses = |c: &Config| c.listeners.iter().map(|l| l.address).collect::<Vec<_>>();
-    if addresses(old) != addresses(new) {
-        changes.push("listeners".to_string());
-    }
+/// Settings bound at start-up (the admin socket, the state directory, XDP
+/// attachments) that a reload cannot change in place: `running` is the
+/// config the daemon started with, so a change stays reported on every
+/// reload until a restart applies it.
+fn restart_only_changes(running: &Config, new: &Config) -> Vec<String> {
+    let (old, mut changes) = (running, Vec::new());
     if old.admin.socket != new.admin.socket {
         changes.push("admin.socket".to_string());
     }
@@ -140,9 +323,15 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
     changes
 }
 
-/// Runs the daemon with `workers` proxy worker threads until SIGTERM/SIGINT.
-pub async fn run(config_path: &Path, workers: usize) -> anyhow::Result<()> {
-    let config = Config::load(config_path)?;
+/// Runs the daemon with `workers` proxy worker threads until SIGTERM/SIGINT
+/// (or a new process takes its listeners over). With `takeover`, the
+/// listening sockets come from the daemon already running (see `handoff`).
+pub async fn run(config_path: &Path, workers: usize, takeover: bool) -> anyhow::Result<()> {
+    // Reloads re-read this file: absolute, so that `xgate reload` can name
+    // it whatever the daemon's working directory.
+    let config_path = std::path::absolute(config_path).unwrap_or_else(|_| config_path.into());
+    let config_path = config_path.canonicalize().unwrap_or(config_path);
+    let config = Config::load(&config_path)?;
     // First: upstreams keep one connection pool per worker.
     let workers =
         Arc::new(Workers::start(workers).context("cannot start the proxy worker threads")?);
@@ -165,33 +354,62 @@ pub async fn run(config_path: &Path, workers: usize) -> anyhow::Result<()> {
         None,
     )
     .map_err(|e| anyhow::anyhow!(e))?;
+    runtime.names_resolved().await;
     let runtime = Arc::new(RuntimeHandle::new(runtime));
 
-    let mut listeners = Vec::new();
-    for (index, listener) in config.listeners.iter().enumerate() {
-        let settings = Settings::compile(&config, index)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", config_path.display()))?;
-        let socket = TcpListener::bind(listener.address)
-            .await
-            .with_context(|| format!("cannot listen on {}", listener.address))?;
-        listeners.push((socket, Arc::new(SettingsHandle::new(settings))));
+    let mut settings = Vec::new();
+    for index in 0..config.listeners.len() {
+        settings.push(
+            Settings::compile(&config, index)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", config_path.display()))?,
+        );
     }
-    let admin_listener = admin::bind(&config.admin.socket).await?;
+    // Everything that can fail on the config has passed: only now may the
+    // running daemon give its listeners up.
+    let mut inherited = if takeover {
+        let inherited = crate::handoff::take_over(&config.admin.socket)
+            .await
+            .context("takeover")?;
+        tracing::info!(
+            listeners = ?inherited.iter().map(|(a, _)| a).collect::<Vec<_>>(),
+            "took the listening sockets over from the running daemon"
+        );
+        inherited
+    } else {
+        Vec::new()
+    };
+    let mut sockets = Vec::new();
+    for (listener, settings) in config.listeners.iter().zip(settings) {
+        let socket = match inherited.iter().position(|(a, _)| *a == listener.address) {
+            Some(position) => TcpListener::from_std(inherited.swap_remove(position).1)?,
+            None => bind(listener.address)
+                .with_context(|| format!("cannot listen on {}", listener.address))?,
+        };
+        sockets.push((socket, settings));
+    }
+    // Handed over but no longer configured: closed.
+    drop(inherited);
+    let admin_listener = admin::bind(&config.admin.socket, takeover).await?;
 
     let reloader = Arc::new(Reloader {
-        path: config_path.to_path_buf(),
-        current: Mutex::new(config.clone()),
+        path: config_path.clone(),
+        current: tokio::sync::Mutex::new(config.clone()),
+        started_with: config.clone(),
         lists: lists.clone(),
         runtime: runtime.clone(),
         metrics: metrics.clone(),
+        workers: workers.clone(),
         refresh_tokens: refresh_tokens.clone(),
-        listeners: config
-            .listeners
-            .iter()
-            .zip(&listeners)
-            .map(|(l, (_, settings))| (l.address, settings.clone()))
-            .collect(),
+        drain: Arc::new(DrainTimeout::new(config.shutdown.drain_timeout)),
+        listeners: Mutex::default(),
+        tasks: Mutex::default(),
+        handed_over: AtomicBool::new(false),
+        takeover: Notify::new(),
     });
+    for (index, (socket, settings)) in sockets.into_iter().enumerate() {
+        let running = reloader.start_listener(&config, index, socket, settings);
+        reloader.listeners.lock().unwrap().push(running);
+    }
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let admin_state = Arc::new(AdminState {
         lists: lists.clone(),
@@ -199,7 +417,6 @@ pub async fn run(config_path: &Path, workers: usize) -> anyhow::Result<()> {
         reloader: reloader.clone(),
         refresh_tokens: refresh_tokens.clone(),
         started: Instant::now(),
-        listeners: config.listeners.iter().map(|l| l.address).collect(),
         xdp_off_reason,
     });
     let admin_task = tokio::spawn(admin::serve(
@@ -208,26 +425,6 @@ pub async fn run(config_path: &Path, workers: usize) -> anyhow::Result<()> {
         admin_state,
         shutdown_rx.clone(),
     ));
-    let mut proxy_tasks = Vec::new();
-    for ((socket, settings), listener) in listeners.into_iter().zip(&config.listeners) {
-        let name = listener
-            .name
-            .clone()
-            .unwrap_or_else(|| listener.address.to_string());
-        proxy_tasks.push(tokio::spawn(proxy::server::serve(
-            proxy::server::Listener {
-                name,
-                socket,
-                settings,
-            },
-            runtime.clone(),
-            lists.clone(),
-            metrics.clone(),
-            workers.clone(),
-            shutdown_rx.clone(),
-            DRAIN_DEADLINE,
-        )));
-    }
     let reaper = {
         let lists = lists.clone();
         let mut shutdown = shutdown_rx.clone();
@@ -250,11 +447,12 @@ pub async fn run(config_path: &Path, workers: usize) -> anyhow::Result<()> {
     );
 
     wait_for_shutdown(&reloader).await?;
-    tracing::info!("shutting down: no new connections; draining for up to {DRAIN_DEADLINE:?}");
+    tracing::info!(
+        "shutting down: no new connections; draining for up to {}",
+        crate::duration::format(reloader.drain.get())
+    );
     let _ = shutdown_tx.send(true);
-    for task in proxy_tasks {
-        let _ = task.await;
-    }
+    reloader.stop_listeners().await;
     // Every request has been answered: the buffered access log lines are
     // all there is to write. (A replaced config's logger wrote its own when
     // its last connection ended.)
@@ -272,7 +470,12 @@ pub async fn run(config_path: &Path, workers: usize) -> anyhow::Result<()> {
             .iter()
             .map(|a| a.interface.clone())
             .collect();
-        let on_exit = reloader.current.lock().unwrap().xdp.on_exit;
+        let on_exit = if reloader.handed_over.load(Ordering::Acquire) {
+            // The new process adopted the attachment.
+            OnExit::Keep
+        } else {
+            reloader.current.lock().await.xdp.on_exit
+        };
         match on_exit {
             OnExit::Detach => {
                 xdp.unpin_links();
@@ -327,8 +530,9 @@ async fn wait_for_shutdown(reloader: &Reloader) -> anyhow::Result<()> {
         tokio::select! {
             _ = term.recv() => { tracing::info!("SIGTERM received"); return Ok(()); }
             _ = int.recv() => { tracing::info!("SIGINT received"); return Ok(()); }
+            () = reloader.takeover.notified() => return Ok(()),
             _ = hup.recv() => {
-                if let Err(error) = reloader.reload() {
+                if let Err(error) = reloader.reload().await {
                     tracing::error!(%error, "reload failed; the running configuration stays");
                 }
             }

@@ -11,7 +11,8 @@
 //! parsed once), `token_server` (the gateway as an OAuth 2.0
 //! authorization server), `xdp` (the kernel
 //! half seen from here), `admin` (API server and client), `cli`, `daemon`
-//! (wiring and reload), `telemetry`.
+//! (wiring and reload), `handoff` (listening sockets to a new process, for
+//! upgrades), `telemetry`.
 #![deny(unsafe_code)]
 
 pub mod admin;
@@ -20,6 +21,7 @@ pub mod config;
 pub mod daemon;
 pub mod duration;
 pub mod exchange;
+pub mod handoff;
 pub mod http1;
 pub mod jws;
 pub mod lists;

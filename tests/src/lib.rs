@@ -1,13 +1,14 @@
 //! Support for xgate's integration tests: the real `xgate` binary as a child
 //! process, a real echo upstream, real OpenID providers (npm packages under
-//! `tests/idp`), network namespaces with veth pairs, raw HTTP, and crafted
-//! Ethernet frames.
+//! `tests/idp`), a real DNS server (dnsmasq), network namespaces with veth
+//! pairs, raw HTTP, and crafted Ethernet frames.
 //!
 //! Tests that need root (BPF, namespaces) call [`require_root`]: under CI
 //! (which runs as root) a missing privilege is a failure, never a skip;
 //! elsewhere the skip is announced loudly.
 
 pub mod bad_upstream;
+pub mod dns;
 pub mod doc_server;
 pub mod frames;
 pub mod http;

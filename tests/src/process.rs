@@ -110,18 +110,7 @@ impl Daemon {
         };
         std::fs::write(&config, yaml).expect("write config");
         let log = dir.path().join("xgate.log");
-        let log_file = std::fs::File::create(&log).expect("create log");
-        let mut command = match netns {
-            Some(ns) => ns.command(&xgate_bin()),
-            None => Command::new(xgate_bin()),
-        };
-        command
-            .args(["run", "--config"])
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone().unwrap())
-            .stderr(log_file);
-        let child = command.spawn().expect("spawn xgate run");
+        let child = spawn_run(&config, &log, netns, &[]);
         let mut daemon = Self {
             child: Some(child),
             dir,
@@ -149,6 +138,49 @@ impl Daemon {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// A zero-downtime upgrade: starts `xgate run --takeover` on this
+    /// daemon's config, which takes the listening sockets over; waits until
+    /// the new process is ready and the old one has drained and exited
+    /// (cleanly: asserted). From then on this handle is the new process
+    /// (its own log). `netns`: the namespace the daemon runs in.
+    pub fn upgrade(&mut self, netns: Option<&NetNs>) {
+        let log = self
+            .dir
+            .path()
+            .join(format!("xgate-upgraded-{}.log", self.pid()));
+        let new = spawn_run(&self.config, &log, netns, &["--takeover"]);
+        let mut old = std::mem::replace(self.child.as_mut().unwrap(), new);
+        let old_log = std::mem::replace(&mut self.log, log);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.log().contains("xgate ready") {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().expect("try_wait") {
+                panic!("xgate --takeover exited ({status}):\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "takeover not ready:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let status = loop {
+            if let Some(status) = old.try_wait().expect("try_wait") {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the old daemon did not exit after the takeover:\n{}",
+                std::fs::read_to_string(&old_log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(
+            status.success(),
+            "the old daemon exited with {status}:\n{}",
+            std::fs::read_to_string(&old_log).unwrap_or_default()
+        );
     }
 
     /// Everything the daemon has logged so far.
@@ -254,6 +286,23 @@ impl Daemon {
         child.wait().ok();
         None
     }
+}
+
+/// Spawns `xgate run --config CONFIG EXTRA...`, logging to `log`.
+fn spawn_run(config: &Path, log: &Path, netns: Option<&NetNs>, extra: &[&str]) -> Child {
+    let log_file = std::fs::File::create(log).expect("create log");
+    let mut command = match netns {
+        Some(ns) => ns.command(&xgate_bin()),
+        None => Command::new(xgate_bin()),
+    };
+    command
+        .args(["run", "--config"])
+        .arg(config)
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone().unwrap())
+        .stderr(log_file);
+    command.spawn().expect("spawn xgate run")
 }
 
 impl Drop for Daemon {

@@ -25,6 +25,9 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     // The shared rate limits and cluster-wide lists are tested against a
     // real Redis.
     ("redis-server", "redis-server"),
+    // Upstream targets by DNS name are tested against a real DNS server
+    // (the binary alone: dnsmasq-base has no service that would start).
+    ("dnsmasq", "dnsmasq-base"),
 ];
 
 /// Node.js the npm test dependencies need: oauth2-mock-server 8.2.3 and

@@ -38,7 +38,11 @@ pub struct Status {
 /// `POST /reload` on success.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ReloadReport {
-    /// Changes in the file that only a restart applies.
+    /// The file the daemon loaded: always the one it was started with
+    /// (absolute), as nginx's and HAProxy's reloads re-read theirs.
+    pub path: String,
+    /// Settings in the file that differ from what is running and that only
+    /// a restart applies: reported on every reload until a restart.
     pub needs_restart: Vec<String>,
 }
 

@@ -3,8 +3,7 @@
 
 use std::{
     convert::Infallible,
-    net::SocketAddr,
-    os::unix::fs::PermissionsExt,
+    os::unix::fs::{MetadataExt, PermissionsExt},
     path::{Path, PathBuf},
     sync::Arc,
     time::Instant,
@@ -40,15 +39,15 @@ pub struct AdminState {
     /// The OAuth 2.0 token server's refresh tokens.
     pub refresh_tokens: Arc<RefreshTokens>,
     pub started: Instant,
-    pub listeners: Vec<SocketAddr>,
     /// Why XDP is not attached, when it is not.
     pub xdp_off_reason: Option<String>,
 }
 
-/// Binds the socket, refusing to steal it from a live daemon.
-pub async fn bind(path: &Path) -> anyhow::Result<UnixListener> {
+/// Binds the socket, refusing to steal it from a live daemon unless
+/// `replace` (a takeover: the live daemon is on its way out).
+pub async fn bind(path: &Path, replace: bool) -> anyhow::Result<UnixListener> {
     if path.exists() {
-        if tokio::net::UnixStream::connect(path).await.is_ok() {
+        if !replace && tokio::net::UnixStream::connect(path).await.is_ok() {
             anyhow::bail!(
                 "another xgate daemon is already serving the admin API at {}",
                 path.display()
@@ -71,6 +70,9 @@ pub async fn serve(
     state: Arc<AdminState>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    // After a takeover the path is the new daemon's socket: removed at the
+    // end only while it is still this one.
+    let ours = std::fs::metadata(&path).map(|m| m.ino()).ok();
     loop {
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -96,7 +98,9 @@ pub async fn serve(
             }
         });
     }
-    let _ = std::fs::remove_file(&path);
+    if ours.is_some() && std::fs::metadata(&path).map(|m| m.ino()).ok() == ours {
+        let _ = std::fs::remove_file(&path);
+    }
 }
 
 async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
@@ -120,10 +124,11 @@ async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
             let text = state.metrics.render(counters.as_ref());
             respond(StatusCode::OK, "text/plain; version=0.0.4", text)
         }
-        (Method::POST, "/reload", _) => match state.reloader.reload() {
+        (Method::POST, "/reload", _) => match state.reloader.reload().await {
             Ok(report) => json(StatusCode::OK, &report),
             Err(message) => error(StatusCode::BAD_REQUEST, &message),
         },
+        (Method::POST, "/takeover", _) => takeover(state, req).await,
         (Method::GET, "/oauth2/refresh-tokens", _) => json(
             StatusCode::OK,
             &state.refresh_tokens.by_client(crate::policy::unix_now()),
@@ -136,10 +141,31 @@ async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
         }
         (Method::POST, _, Some(kind)) if rest.is_empty() => add(state, kind, req).await,
         (Method::DELETE, _, Some(kind)) if !rest.is_empty() => remove(state, kind, rest),
-        (_, "/status" | "/metrics" | "/reload" | "/oauth2/refresh-tokens", _) | (_, _, Some(_)) => {
-            error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
-        }
+        (_, "/status" | "/metrics" | "/reload" | "/takeover" | "/oauth2/refresh-tokens", _)
+        | (_, _, Some(_)) => error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
         _ => error(StatusCode::NOT_FOUND, &format!("no admin endpoint {path}")),
+    }
+}
+
+/// `POST /takeover {"socket": PATH}`: hands the listening sockets to the
+/// `xgate run --takeover` process listening on PATH; this daemon then
+/// drains and exits.
+async fn takeover(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Takeover {
+        socket: PathBuf,
+    }
+    let request: Takeover = match read_json(req).await {
+        Ok(r) => r,
+        Err(message) => return error(StatusCode::BAD_REQUEST, &message),
+    };
+    match state.reloader.hand_over(&request.socket) {
+        Ok(listeners) => json(
+            StatusCode::OK,
+            &serde_json::json!({ "handed_over": listeners }),
+        ),
+        Err(message) => error(StatusCode::CONFLICT, &message),
     }
 }
 
@@ -178,7 +204,7 @@ fn status(state: &AdminState) -> Status {
     Status {
         version: env!("CARGO_PKG_VERSION").to_string(),
         uptime_secs: state.started.elapsed().as_secs(),
-        listeners: state.listeners.clone(),
+        listeners: state.reloader.listener_addresses(),
         routes: state.reloader.route_count(),
         blocklist_entries: state.lists.list(ListKind::Deny).len(),
         allowlist_entries: state.lists.list(ListKind::Allow).len(),

@@ -5,7 +5,10 @@ mod listener;
 mod model;
 mod oauth2_server;
 mod policy;
+mod resolver;
 mod route;
+mod shutdown;
+mod target_address;
 mod upstream;
 mod validate;
 mod xdp;
@@ -17,7 +20,10 @@ pub use self::{
     model::*,
     oauth2_server::OAuth2Server,
     policy::*,
+    resolver::Resolver,
     route::{anchored, HeaderMatch, Route, RouteMatch},
+    shutdown::Shutdown,
+    target_address::TargetAddress,
     upstream::*,
     validate::{host_bits_error, validate, warnings, Errors},
     xdp::*,

@@ -6,7 +6,9 @@ use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use super::{Consumer, Listener, OAuth2Server, PolicyDefaults, Route, Upstream, Xdp};
+use super::{
+    Consumer, Listener, OAuth2Server, PolicyDefaults, Resolver, Route, Shutdown, Upstream, Xdp,
+};
 
 /// Where the daemon keeps runtime changes (CLI list entries) across
 /// restarts, when the config does not say.
@@ -55,6 +57,12 @@ pub struct Config {
     pub normalization: Normalization,
     #[serde(default)]
     pub access_log: AccessLog,
+    /// How upstream targets given by DNS name are resolved.
+    #[serde(default)]
+    pub resolver: Resolver,
+    /// How connections end when the daemon stops or a listener is removed.
+    #[serde(default)]
+    pub shutdown: Shutdown,
 }
 
 /// Request limits that apply to every route (a route may lower or raise

@@ -2,13 +2,11 @@
 //! spread over their targets, how long each step may take, and when a failed
 //! attempt is retried. See docs/upstreams.md.
 
-use std::{
-    collections::BTreeMap, fmt, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration,
-};
+use std::{collections::BTreeMap, fmt, path::PathBuf, str::FromStr, time::Duration};
 
 use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
 
-use super::Errors;
+use super::{Errors, TargetAddress};
 
 /// Long enough for a TCP handshake across a slow network, short enough that a
 /// dead target fails fast.
@@ -53,7 +51,8 @@ pub const MAX_RETRY_WINDOW: Duration = Duration::from_secs(60);
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Upstream {
-    /// `IP:port` (weight 1) or `{address: IP:port, weight: N}` per target.
+    /// `IP:port` or `host:port` (weight 1), or `{address: ..., weight: N}`,
+    /// per target. A host name's addresses are all targets (`resolver`).
     pub targets: Vec<UpstreamTarget>,
     /// How a target is chosen for each attempt.
     #[serde(default)]
@@ -124,7 +123,7 @@ impl Upstream {
             let path = format!("{base}.targets[{i}]");
             if target.address.port() == 0 {
                 errors.push(&path, "port 0 is not a valid target port");
-            } else if let Some(first) = seen.insert(target.address, i) {
+            } else if let Some(first) = seen.insert(&target.address, i) {
                 errors.push(
                     &path,
                     format!("{} is listed twice (also targets[{first}])", target.address),
@@ -236,10 +235,11 @@ fn yes() -> bool {
     true
 }
 
-/// One server behind an upstream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// One server behind an upstream (or, by DNS name, every address the name
+/// has).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamTarget {
-    pub address: SocketAddr,
+    pub address: TargetAddress,
     /// Relative share of the traffic, 1..=1000.
     pub weight: u32,
 }
@@ -250,7 +250,7 @@ impl<'de> Deserialize<'de> for UpstreamTarget {
         #[derive(Deserialize)]
         #[serde(deny_unknown_fields)]
         struct Weighted {
-            address: SocketAddr,
+            address: TargetAddress,
             #[serde(default = "one")]
             weight: u32,
         }
@@ -263,13 +263,11 @@ impl<'de> Deserialize<'de> for UpstreamTarget {
             type Value = UpstreamTarget;
 
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("`IP:port` or `{address: IP:port, weight: N}`")
+                f.write_str("`IP:port`, `host:port` or `{address: ..., weight: N}`")
             }
 
             fn visit_str<E: de::Error>(self, text: &str) -> Result<UpstreamTarget, E> {
-                let address = text
-                    .parse()
-                    .map_err(|_| E::custom(format!("'{text}' is not an IP:port address")))?;
+                let address = text.parse().map_err(E::custom)?;
                 Ok(UpstreamTarget { address, weight: 1 })
             }
 
@@ -471,7 +469,7 @@ mod tests {
         assert_eq!(
             u.targets,
             vec![UpstreamTarget {
-                address: "127.0.0.1:9001".parse().unwrap(),
+                address: TargetAddress::Ip("127.0.0.1:9001".parse().unwrap()),
                 weight: 1
             }]
         );
@@ -638,8 +636,8 @@ mod tests {
     fn parse_errors_carry_the_path() {
         for (upstream, expected) in [
             (
-                "{targets: ['127.0.0.1:9001', 'localhost:80']}",
-                "upstreams.u.targets[1]: 'localhost:80' is not an IP:port address",
+                "{targets: ['127.0.0.1:9001', 'localhost']}",
+                "upstreams.u.targets[1]: 'localhost' has no port; write localhost:PORT",
             ),
             (
                 "{targets: [{address: '127.0.0.1:9001', wieght: 2}]}",

@@ -35,6 +35,8 @@ pub fn validate(config: &Config) -> Vec<ConfigError> {
     }
     super::route::validate(&config.routes, &config.upstreams, &mut errors);
     config.access_log.validate(&mut errors);
+    config.resolver.validate(&mut errors);
+    config.shutdown.validate(&mut errors);
     super::policy::validate_consumers(&config.consumers, &mut errors);
     if let Some(server) = &config.oauth2_server {
         server.validate(&config.listeners, &mut errors);

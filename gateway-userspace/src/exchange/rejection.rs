@@ -63,6 +63,10 @@ pub enum Rejection {
         target: SocketAddr,
         timeout_ms: u128,
     },
+    /// The upstream has no target to send to: its DNS names resolve to
+    /// nothing (yet).
+    #[error("upstream {upstream} has no targets (its DNS names do not resolve)")]
+    NoTargets { upstream: String },
     #[error("upstream {target} failed: {source}")]
     UpstreamFailed {
         target: SocketAddr,
@@ -133,6 +137,11 @@ impl Rejection {
             Rejection::UpstreamFailed { .. } => {
                 (StatusCode::BAD_GATEWAY, "upstream error", "upstream_error")
             }
+            Rejection::NoTargets { .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no upstream available",
+                "no_targets",
+            ),
         }
     }
 

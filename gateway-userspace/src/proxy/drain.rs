@@ -6,10 +6,11 @@ use std::{
     future::Future,
     pin::Pin,
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, Mutex,
     },
     task::{Context, Poll, Wake, Waker},
+    time::Duration,
 };
 
 use tokio::sync::watch;
@@ -43,6 +44,29 @@ impl ConnectionScope {
         // A dropped sender means the listener is gone: closed as well.
         let _ = self.close.wait_for(|closed| *closed).await;
     }
+}
+
+/// `shutdown.drain_timeout`, shared by every listener and changed by a
+/// reload: a listener reads it when its drain starts.
+#[derive(Debug)]
+pub struct DrainTimeout(AtomicU64);
+
+impl DrainTimeout {
+    pub fn new(timeout: Duration) -> Self {
+        Self(AtomicU64::new(as_millis(timeout)))
+    }
+
+    pub fn get(&self) -> Duration {
+        Duration::from_millis(self.0.load(Ordering::Relaxed))
+    }
+
+    pub fn set(&self, timeout: Duration) {
+        self.0.store(as_millis(timeout), Ordering::Relaxed);
+    }
+}
+
+fn as_millis(timeout: Duration) -> u64 {
+    u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Counts open connections so the drain can wait for zero.
@@ -156,8 +180,6 @@ impl<F: Future> Future for Rarely<F> {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
     #[tokio::test]

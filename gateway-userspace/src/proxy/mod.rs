@@ -36,6 +36,7 @@ pub use crate::exchange::{
     json_response, within, Body, BoxError, ClientCertificate, ConnInfo, ConnTimer, ForwardFields,
     Forwarding, Rejection, RequestContext,
 };
+pub(crate) use crate::upstream::resolve::Resolution;
 pub use crate::workers;
 use crate::{
     config::{Config, Limits, Normalization},
@@ -67,6 +68,8 @@ pub struct Runtime {
     no_route: Arc<RouteMetrics>,
     /// By name; the next reload keeps those whose config did not change.
     upstreams: Upstreams,
+    /// The DNS names of upstream targets, kept resolved.
+    resolution: Resolution,
     pub metrics: Arc<Metrics>,
 }
 
@@ -87,7 +90,13 @@ impl Runtime {
         refresh_tokens: &Arc<RefreshTokens>,
         previous: Option<&Runtime>,
     ) -> Result<Self, String> {
-        let upstreams = compile_upstreams(config, &metrics, previous.map(|p| &p.upstreams))?;
+        let resolution = Resolution::new(config, previous.map(|p| &p.resolution));
+        let upstreams = compile_upstreams(
+            config,
+            &metrics,
+            previous.map(|p| (&p.upstreams, &p.resolution)),
+            &resolution,
+        )?;
         let policies = PolicySet::compile(config, previous.map(|p| &p.policies), &metrics)?;
         Ok(Self {
             local: local::Local::compile(
@@ -106,8 +115,15 @@ impl Runtime {
             access_log: AccessLogger::open(&config.access_log)?,
             no_route: Arc::new(metrics.route("-")),
             upstreams,
+            resolution,
             metrics,
         })
+    }
+
+    /// Resolves once the upstreams' DNS names have had their first answers
+    /// (or failures): wait for it before serving with this runtime.
+    pub async fn names_resolved(&self) {
+        self.resolution.first_lookups().await;
     }
 
     pub fn route_count(&self) -> usize {
@@ -124,22 +140,33 @@ impl Runtime {
 /// when its [`StateKey`](crate::upstream::StateKey) is unchanged (its pools,
 /// retry budget and balancer state go on), else a new one. An upstream no
 /// longer configured is dropped with the last runtime that holds it.
+/// Upstreams with DNS names are kept only while the resolver settings are
+/// the same, and new ones are handed to `resolution` to keep resolved.
 pub(crate) fn compile_upstreams(
     config: &Config,
-    metrics: &Metrics,
-    previous: Option<&Upstreams>,
+    metrics: &Arc<Metrics>,
+    previous: Option<(&Upstreams, &Resolution)>,
+    resolution: &Resolution,
 ) -> Result<Upstreams, String> {
     let mut upstreams = HashMap::with_capacity(config.upstreams.len());
     for (name, upstream) in &config.upstreams {
         let kept = previous
-            .and_then(|p| p.get(name))
+            .and_then(|(upstreams, old_resolution)| {
+                let old = upstreams.get(name)?;
+                let names = old.named_targets().next().is_some();
+                (!names || resolution.same_resolver(old_resolution)).then_some(old)
+            })
             .filter(|old| old.state_key == crate::upstream::StateKey::of(name, upstream));
         let compiled = match kept {
             Some(old) => {
                 tracing::debug!(upstream = %name, "unchanged: connections, retry budget and balancer state kept");
                 old.clone()
             }
-            None => Arc::new(Upstream::new(name, upstream, metrics)?),
+            None => {
+                let new = Arc::new(Upstream::new(name, upstream, metrics)?);
+                resolution.watch(&new);
+                new
+            }
         };
         upstreams.insert(name.clone(), compiled);
     }
@@ -234,23 +261,28 @@ mod tests {
 
     #[test]
     fn a_recompile_keeps_unchanged_upstreams_and_replaces_changed_ones() {
-        let metrics = Metrics::default();
+        let metrics = Arc::new(Metrics::default());
+        let compile = |config: &Config, previous: Option<&Upstreams>| {
+            let resolution = Resolution::new(config, None);
+            let previous = previous.map(|p| (p, &resolution));
+            compile_upstreams(config, &metrics, previous, &resolution)
+        };
         let users = "{targets: ['127.0.0.1:9001'], balancer: p2c_ewma}";
-        let first = compile_upstreams(&config(users, false), &metrics, None).unwrap();
+        let first = compile(&config(users, false), None).unwrap();
 
         // Another upstream and route; `users` as it was.
-        let second = compile_upstreams(&config(users, true), &metrics, Some(&first)).unwrap();
+        let second = compile(&config(users, true), Some(&first)).unwrap();
         assert!(Arc::ptr_eq(&first["users"], &second["users"]), "kept");
         assert!(second.contains_key("other"));
 
         // `users` changes: a new one. `other` is gone.
         let changed = "{targets: ['127.0.0.1:9001'], balancer: p2c_ewma, ewma_decay: 5s}";
-        let third = compile_upstreams(&config(changed, false), &metrics, Some(&second)).unwrap();
+        let third = compile(&config(changed, false), Some(&second)).unwrap();
         assert!(!Arc::ptr_eq(&second["users"], &third["users"]), "rebuilt");
         assert!(!third.contains_key("other"));
 
         // Without a previous runtime (a start), everything is new.
-        let fresh = compile_upstreams(&config(changed, false), &metrics, None).unwrap();
+        let fresh = compile(&config(changed, false), None).unwrap();
         assert!(!Arc::ptr_eq(&third["users"], &fresh["users"]));
     }
 }

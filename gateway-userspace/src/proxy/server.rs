@@ -4,8 +4,8 @@
 //! connection-level limits; drain on shutdown.
 //!
 //! One connection goes through two phases. The handshake (PROXY header, TLS)
-//! is bounded by `handshake_timeout` and abandoned at shutdown, since no
-//! request is in flight yet. Then HTTP, with `header_read_timeout`,
+//! is bounded by `handshake_timeout`, and completed at shutdown too (an
+//! accepted connection's client is waiting for its first answer). Then HTTP, with `header_read_timeout`,
 //! `max_header_bytes` and `max_headers`: HTTP/1.1 by xgate's own server
 //! (`http1`), HTTP/2 by hyper's. At shutdown each finishes what is in
 //! flight (HTTP/2 sends GOAWAY) until the drain deadline, when every
@@ -36,6 +36,7 @@ use tokio::{
 };
 use tokio_rustls::TlsAcceptor;
 
+pub use super::drain::DrainTimeout;
 use super::{
     conn_io::{sniff_preface, Prefixed, SendTimed, Sniffed, Stream},
     conn_timer::ConnTimer,
@@ -136,10 +137,11 @@ pub struct Listener {
     pub settings: Arc<SettingsHandle>,
 }
 
-/// Serves one listener until `shutdown` flips: accepts, refuses blocklisted
-/// peers, and hands every other connection to the next worker. Then lets
-/// open connections (and upgraded tunnels) finish for up to `drain` before
-/// cutting them.
+/// Serves one listener until `shutdown` flips (the daemon stops, or a
+/// reload removed the listener): accepts, refuses blocklisted peers, and
+/// hands every other connection to the next worker. Then closes the
+/// socket and lets open connections (and upgraded tunnels) finish for up to
+/// `drain` (as it is then) before cutting them.
 pub async fn serve(
     listener: Listener,
     runtime: Arc<RuntimeHandle>,
@@ -147,7 +149,7 @@ pub async fn serve(
     metrics: Arc<Metrics>,
     workers: Arc<Workers>,
     mut shutdown: watch::Receiver<bool>,
-    drain: Duration,
+    drain: Arc<DrainTimeout>,
 ) {
     let Listener {
         name,
@@ -207,7 +209,10 @@ pub async fn serve(
         });
     }
     drop(socket);
-    if tokio::time::timeout(drain, tracker.idle()).await.is_err() {
+    if tokio::time::timeout(drain.get(), tracker.idle())
+        .await
+        .is_err()
+    {
         tracing::warn!(
             listener = %name,
             open = tracker.open(),
@@ -270,13 +275,13 @@ impl Connection {
     async fn serve(self, stream: TcpStream) {
         let peer = self.peer;
         let mut shutdown = self.shutdown.clone();
-        let handshake =
-            tokio::time::timeout(self.settings.handshake_timeout, self.handshake(stream));
-        let established = tokio::select! {
-            result = handshake => result.unwrap_or(Err(Refused::Timeout)),
-            // No request is in flight yet: nothing to drain.
-            _ = shutdown.wait_for(|s| *s) => return,
-        };
+        // Finished even when the drain has started: the connection was
+        // accepted and its client is waiting (a listener handed to a new
+        // process must not fail it). The drain deadline still cuts it.
+        let established =
+            tokio::time::timeout(self.settings.handshake_timeout, self.handshake(stream))
+                .await
+                .unwrap_or(Err(Refused::Timeout));
         let established = match established {
             Ok(established) => established,
             Err(refused) => {
@@ -309,11 +314,7 @@ impl Connection {
                 self.settings.http1.header_read_timeout,
                 sniff_preface(stream),
             );
-            let sniffed = tokio::select! {
-                sniffed = sniff => sniffed,
-                _ = shutdown.wait_for(|s| *s) => return,
-            };
-            match sniffed {
+            match sniff.await {
                 Ok(Ok(sniffed)) => sniffed,
                 Ok(Err(error)) => {
                     tracing::debug!(client.ip = %client.ip(), %error, "connection failed before a request");

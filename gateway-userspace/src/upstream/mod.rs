@@ -10,19 +10,25 @@
 //! - `stream`, `tls`: connections to targets, plain or TLS
 //! - `body`: the response body (read timeout, in-flight accounting)
 //! - `state_key`: what an upstream's state is kept by across reloads
+//! - `resolve`: targets by DNS name, kept resolved (`set_targets`)
 
 mod balancer;
 mod body;
 mod client;
 mod h1;
 mod replay;
+pub mod resolve;
 mod retry;
 mod state_key;
 mod stream;
 mod target;
 mod tls;
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr,
+    sync::{Arc, PoisonError, RwLock},
+    time::Duration,
+};
 
 use http::{Request, Response};
 use tokio::time::Instant;
@@ -51,10 +57,16 @@ use crate::{
 /// One upstream service, compiled from config.
 pub struct Upstream {
     pub name: String,
-    targets: Vec<Target>,
-    /// Per target, by index: response-time metrics.
-    target_metrics: Vec<TargetMetrics>,
-    balancer: Balancer,
+    /// The targets in use and their balancer; replaced whole by
+    /// [`Upstream::set_targets`] (a DNS name's addresses changed). Each
+    /// request uses the set current when it started.
+    targets: RwLock<Arc<TargetSet>>,
+    /// The settings a new target set's balancer is built from.
+    config: config::Upstream,
+    metrics: Arc<Metrics>,
+    /// Asks the resolver for a fresh look at the DNS names (a connect
+    /// failure may mean that an address went away).
+    refresh: Arc<tokio::sync::Notify>,
     client: UpstreamClient,
     /// Per attempt: time to response headers.
     timeout: Duration,
@@ -66,11 +78,26 @@ pub struct Upstream {
     pub state_key: StateKey,
 }
 
+/// The targets of an upstream at one time, with what is kept per target by
+/// index.
+pub struct TargetSet {
+    targets: Vec<Target>,
+    /// Per target, by index: response-time metrics.
+    metrics: Vec<TargetMetrics>,
+    /// `None` while there is no target (a DNS name that does not resolve).
+    balancer: Option<Balancer>,
+}
+
 impl Upstream {
     /// Builds the upstream from validated config (its TLS files read again)
     /// and reports every target healthy (health checks are not implemented
-    /// yet). Errors carry the config path.
-    pub fn new(name: &str, config: &config::Upstream, metrics: &Metrics) -> Result<Self, String> {
+    /// yet). Targets given by DNS name are not in it until
+    /// [`resolve`] has looked them up. Errors carry the config path.
+    pub fn new(
+        name: &str,
+        config: &config::Upstream,
+        metrics: &Arc<Metrics>,
+    ) -> Result<Self, String> {
         // Before the files are read to build the TLS configuration: a file
         // that changes in between gives a key that the next reload sees
         // differ, never the reverse.
@@ -90,26 +117,91 @@ impl Upstream {
             )),
         };
         let now = Instant::now();
-        let targets: Vec<Target> = config.targets.iter().map(Target::new).collect();
-        assert!(!targets.is_empty(), "validation requires a target");
-        for target in &targets {
-            metrics.set_target_health(name, &target.label, true);
-        }
-        Ok(Self {
+        let upstream = Self {
             name: name.to_string(),
-            target_metrics: targets
-                .iter()
-                .map(|t| metrics.target(name, &t.label))
-                .collect(),
-            balancer: Balancer::new(config, &targets, now),
-            targets,
+            targets: RwLock::new(Arc::new(TargetSet {
+                targets: Vec::new(),
+                metrics: Vec::new(),
+                balancer: None,
+            })),
+            config: config.clone(),
+            metrics: metrics.clone(),
+            refresh: Arc::default(),
             client: UpstreamClient::new(config, tls),
             timeout: config.timeout,
             read_timeout: config.read_timeout,
             retry: RetryPolicy::new(config),
             budget: RetryBudget::new(&config.retry_budget, now),
             state_key,
+        };
+        upstream.set_targets(
+            config
+                .targets
+                .iter()
+                .filter_map(|t| Some((t.address.ip()?, t.weight)))
+                .collect(),
+        );
+        Ok(upstream)
+    }
+
+    /// The targets in use now.
+    pub fn target_set(&self) -> Arc<TargetSet> {
+        self.targets
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Replaces the targets with `targets` (address, weight): the one place
+    /// where an upstream's targets change at run time. A target whose
+    /// address stays keeps its state (requests in flight); the others are
+    /// added or dropped. Requests already started finish on the set they
+    /// started with.
+    pub fn set_targets(&self, targets: Vec<(SocketAddr, u32)>) {
+        let current = self.target_set();
+        let targets: Vec<Target> = targets
+            .into_iter()
+            .map(|(addr, weight)| {
+                match current
+                    .targets
+                    .iter()
+                    .find(|t| t.addr == addr && t.weight == weight.max(1))
+                {
+                    Some(kept) => kept.clone(),
+                    None => {
+                        self.metrics
+                            .set_target_health(&self.name, &addr.to_string(), true);
+                        Target::new(addr, weight)
+                    }
+                }
+            })
+            .collect();
+        let set = TargetSet {
+            metrics: targets
+                .iter()
+                .map(|t| self.metrics.target(&self.name, &t.label))
+                .collect(),
+            balancer: (!targets.is_empty())
+                .then(|| Balancer::new(&self.config, &targets, Instant::now())),
+            targets,
+        };
+        *self.targets.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(set);
+    }
+
+    /// The targets written as `host:port`, with their weights.
+    pub fn named_targets(&self) -> impl Iterator<Item = (&str, u16, u32)> {
+        self.config.targets.iter().filter_map(|t| match &t.address {
+            config::TargetAddress::Name { host, port } => Some((host.as_str(), *port, t.weight)),
+            config::TargetAddress::Ip(_) => None,
         })
+    }
+
+    /// The targets written as `IP:port`, with their weights.
+    pub fn fixed_targets(&self) -> impl Iterator<Item = (SocketAddr, u32)> + '_ {
+        self.config
+            .targets
+            .iter()
+            .filter_map(|t| Some((t.address.ip()?, t.weight)))
     }
 
     /// Sends `request` (origin-form URI, headers already rewritten) to a
@@ -123,9 +215,16 @@ impl Upstream {
         fields: &ForwardFields,
         ctx: &mut RequestContext,
     ) -> Result<Response<UpstreamBody>, Rejection> {
+        let set = self.target_set();
+        let Some(balancer) = &set.balancer else {
+            self.refresh.notify_one();
+            return Err(Rejection::NoTargets {
+                upstream: self.name.clone(),
+            });
+        };
         let (parts, body) = request.into_parts();
         let body = RequestBody::new(body);
-        let key = self.balancer.hash_key(&parts.headers, ctx.client_ip);
+        let key = balancer.hash_key(&parts.headers, ctx.client_ip);
         let may_retry_status = self.retry.may_retry_status(&parts.method, body.is_empty());
         let mut now = Instant::now();
         self.budget.deposit(now);
@@ -145,9 +244,9 @@ impl Upstream {
             if let Some(previous) = previous.take() {
                 tried.push(previous);
             }
-            let index = self.balancer.pick(&self.targets, key, &tried, now);
+            let index = balancer.pick(&set.targets, key, &tried, now);
             previous = Some(index);
-            let target = &self.targets[index];
+            let target = &set.targets[index];
             ctx.upstream_target = Some(target.addr);
             let head = match unsent_head.take() {
                 Some(head) => head,
@@ -175,8 +274,8 @@ impl Upstream {
             let elapsed = now - started;
             let failure = match result {
                 Some(Ok(response)) => {
-                    self.target_metrics[index].response(elapsed);
-                    self.balancer.observe(index, elapsed, now);
+                    set.metrics[index].response(elapsed);
+                    balancer.observe(index, elapsed, now);
                     ctx.upstream_duration = Some(elapsed);
                     let status = response.status();
                     let retry = may_retry_status
@@ -222,8 +321,12 @@ impl Upstream {
             }
             // A failure counts as slow as the slowest answer accepted, so
             // p2c_ewma steers away from a target that fails fast.
-            self.balancer.observe(index, elapsed.max(self.timeout), now);
+            balancer.observe(index, elapsed.max(self.timeout), now);
             let never_sent = matches!(failure, Rejection::UpstreamConnect { .. });
+            if never_sent {
+                // A name's address may have gone away: look again.
+                self.refresh.notify_one();
+            }
             let retry =
                 never_sent && retries_left && body.can_replay() && self.budget.try_withdraw(now);
             if !retry {

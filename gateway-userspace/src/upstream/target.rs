@@ -11,9 +11,9 @@ use std::{
 
 use http::uri::Authority;
 
-use crate::config;
-
-#[derive(Debug)]
+/// Cloned when the target set changes (`Upstream::set_targets`): the clone
+/// shares the in-flight count.
+#[derive(Debug, Clone)]
 pub struct Target {
     pub addr: SocketAddr,
     /// Relative share of the traffic (1..=1000, validated).
@@ -26,11 +26,12 @@ pub struct Target {
 }
 
 impl Target {
-    pub fn new(config: &config::UpstreamTarget) -> Self {
-        let label = config.address.to_string();
+    /// `weight` as validated (1..=1000; 0 counts as 1).
+    pub fn new(addr: SocketAddr, weight: u32) -> Self {
+        let label = addr.to_string();
         Self {
-            addr: config.address,
-            weight: config.weight.max(1),
+            addr,
+            weight: weight.max(1),
             authority: label
                 .parse()
                 .expect("a socket address is a valid authority"),
@@ -68,10 +69,7 @@ pub(crate) fn targets(weights: &[u32]) -> Vec<Target> {
         .iter()
         .enumerate()
         .map(|(i, &weight)| {
-            Target::new(&config::UpstreamTarget {
-                address: SocketAddr::from(([127, 0, 0, 1], 9000 + i as u16)),
-                weight,
-            })
+            Target::new(SocketAddr::from(([127, 0, 0, 1], 9000 + i as u16)), weight)
         })
         .collect()
 }

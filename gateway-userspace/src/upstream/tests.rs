@@ -50,14 +50,14 @@ fn dead() -> SocketAddr {
     listener.local_addr().unwrap()
 }
 
-fn upstream(targets: &[SocketAddr], extra: &str) -> (Upstream, Metrics) {
+fn upstream(targets: &[SocketAddr], extra: &str) -> (Upstream, Arc<Metrics>) {
     let targets: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
     let yaml = format!(
         "{{targets: [{}], connect_timeout: 1s, timeout: 5s{extra}}}",
         targets.join(", ")
     );
     let config: config::Upstream = serde_yaml::from_str(&yaml).unwrap();
-    let metrics = Metrics::default();
+    let metrics = Arc::new(Metrics::default());
     (Upstream::new("u", &config, &metrics).unwrap(), metrics)
 }
 
@@ -287,13 +287,13 @@ async fn the_connection_timer_keeps_the_response_deadline() {
         "{{targets: ['{silent}'], timeout: 300ms, retries: 0}}"
     ))
     .unwrap();
-    let silent_upstream = Upstream::new("silent", &config, &Metrics::default()).unwrap();
+    let silent_upstream = Upstream::new("silent", &config, &Arc::default()).unwrap();
     let answering = server("a", 200).await;
     let config: config::Upstream = serde_yaml::from_str(&format!(
         "{{targets: ['{answering}'], timeout: 300ms, retries: 0}}"
     ))
     .unwrap();
-    let answering_upstream = Upstream::new("answering", &config, &Metrics::default()).unwrap();
+    let answering_upstream = Upstream::new("answering", &config, &Arc::default()).unwrap();
 
     let client: SocketAddr = "192.0.2.1:40000".parse().unwrap();
     let conn = std::sync::Arc::new(ConnInfo::new(
@@ -417,13 +417,14 @@ async fn a_request_body_that_fails_on_the_client_side_is_not_the_targets_fault()
         assert_eq!(rejection.kind(), "bad_request_body");
 
         let tried = ctx.upstream_target.expect("one attempt");
-        let index = u.targets.iter().position(|t| t.addr == tried).unwrap();
-        let Balancer::P2cEwma(p2c) = &u.balancer else {
+        let set = u.target_set();
+        let index = set.targets.iter().position(|t| t.addr == tried).unwrap();
+        let Some(Balancer::P2cEwma(p2c)) = &set.balancer else {
             unreachable!("configured above")
         };
         // A failure would count as slow as `timeout` (5 s); an untouched
         // target is at most its 30 ms start.
-        let cost = p2c.cost(&u.targets, index, Instant::now());
+        let cost = p2c.cost(&set.targets, index, Instant::now());
         assert!(
             cost <= 30e6,
             "{protocol}: the target was penalised: {cost} ns"

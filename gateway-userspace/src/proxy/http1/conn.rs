@@ -146,14 +146,23 @@ where
                     Err(error) => return Poll::Ready(Err(HeadWait::Refused(error))),
                 }
             }
-            if poll_draining(&mut self.drain, &mut self.draining, cx) {
-                return Poll::Ready(Ok(None));
-            }
             match io.poll_fill(cx) {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Ok(None)),
                 Poll::Ready(Ok(_)) => continue,
                 Poll::Ready(Err(error)) => return Poll::Ready(Err(HeadWait::Read(error))),
                 Poll::Pending => {}
+            }
+            // Draining: a connection idle between requests is closed (what
+            // has arrived was read first, so a request already sent is
+            // served, not answered with a reset). A new connection still
+            // gets its first request served: it was accepted, and its
+            // client may have sent the request already (a listener handed
+            // to a new process must not fail it). The head deadline bounds
+            // the wait.
+            if poll_draining(&mut self.drain, &mut self.draining, cx)
+                && (io.exchange > 0 || !io.read.is_empty())
+            {
+                return Poll::Ready(Ok(None));
             }
             if Pin::new(&mut *deadline).poll(cx).is_ready() {
                 return Poll::Ready(Err(HeadWait::Late {

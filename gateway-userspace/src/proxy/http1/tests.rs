@@ -448,9 +448,28 @@ async fn draining_finishes_the_request_in_flight_then_closes() {
     assert!(s.client.closed().await);
     s.task.await.unwrap().unwrap();
 
-    // Idle when the drain starts: closed at once.
+    // Idle between requests when the drain starts: closed at once.
+    let mut s = start(SETTINGS, echo);
+    s.client
+        .send("GET /first HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await;
+    assert_eq!(
+        s.client.reply(false).await.unwrap().text(),
+        "GET /first body="
+    );
+    s.shutdown.send_replace(true);
+    assert!(s.client.closed().await);
+    s.task.await.unwrap().unwrap();
+
+    // New, its request not read yet when the drain starts: served, then
+    // closed (the connection was accepted; its client is waiting).
     let mut s = start(SETTINGS, echo);
     s.shutdown.send_replace(true);
+    tokio::task::yield_now().await;
+    s.client.send("GET /late HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    let reply = s.client.reply(false).await.unwrap();
+    assert_eq!(reply.text(), "GET /late body=");
+    assert_eq!(reply.header("connection"), Some("close"));
     assert!(s.client.closed().await);
     s.task.await.unwrap().unwrap();
 }

@@ -10,7 +10,9 @@ fn router(routes: &str) -> Router {
         "t",
     )
     .unwrap_or_else(|e| panic!("{e}"));
-    let upstreams = crate::proxy::compile_upstreams(&config, &Default::default(), None).unwrap();
+    let resolution = crate::proxy::Resolution::new(&config, None);
+    let upstreams =
+        crate::proxy::compile_upstreams(&config, &Default::default(), None, &resolution).unwrap();
     let policies = crate::policy::PolicySet::compile(&config, None, &Default::default()).unwrap();
     Router::new(&config, &upstreams, &policies, &Default::default()).unwrap()
 }
