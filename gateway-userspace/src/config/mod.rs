@@ -1,6 +1,8 @@
 //! Config: `load → validate` here; `compile` into the runtime happens in the
 //! modules that own each part (proxy router, upstream pools, XDP rules).
 
+mod cidr;
+mod lenient;
 mod listener;
 mod model;
 mod oauth2_server;
@@ -9,10 +11,13 @@ mod route;
 mod upstream;
 mod validate;
 mod xdp;
+mod yaml_lines;
 
 use std::{fmt, path::Path};
 
 pub use self::{
+    cidr::{ipv4_mapped_note, is_everything, parse_cidr, unmap_ipv4},
+    lenient::{cli_settings, CliSettings},
     listener::{ClientAuth, ClientAuthMode, Listener},
     model::*,
     oauth2_server::OAuth2Server,
@@ -21,6 +26,7 @@ pub use self::{
     upstream::*,
     validate::{host_bits_error, validate, warnings, Errors},
     xdp::*,
+    yaml_lines::{locate, Position},
 };
 
 /// One problem in a config file, with the path of the offending value
@@ -29,6 +35,8 @@ pub use self::{
 pub struct ConfigError {
     pub path: String,
     pub message: String,
+    /// Where `path` is in the file, when it is there (not a default).
+    pub position: Option<Position>,
 }
 
 impl ConfigError {
@@ -36,6 +44,7 @@ impl ConfigError {
         Self {
             path: path.into(),
             message: message.into(),
+            position: None,
         }
     }
 }
@@ -67,7 +76,10 @@ impl fmt::Display for ConfigErrors {
             if n == 1 { "" } else { "s" }
         )?;
         for error in &self.errors {
-            writeln!(f, "  {error}")?;
+            match error.position {
+                Some(position) => writeln!(f, "  {error} ({position})")?,
+                None => writeln!(f, "  {error}")?,
+            }
         }
         Ok(())
     }
@@ -118,6 +130,10 @@ impl Config {
             source: source.to_string(),
             errors,
         };
+        let duplicates = yaml_lines::duplicate_keys(text);
+        if !duplicates.is_empty() {
+            return Err(fail(duplicates));
+        }
         let deserializer = serde_yaml::Deserializer::from_str(text);
         let config: Config = serde_path_to_error::deserialize(deserializer).map_err(|e| {
             let path = e.path().to_string();
@@ -125,7 +141,8 @@ impl Config {
             let message = yaml_message(&e.into_inner(), &path);
             fail(vec![ConfigError::new(path, message)])
         })?;
-        let errors = validate(&config);
+        let mut errors = validate(&config);
+        yaml_lines::add_positions(text, &mut errors);
         if errors.is_empty() {
             Ok(config)
         } else {

@@ -27,7 +27,7 @@ pub struct Config {
     #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
     /// Peers whose X-Forwarded-For is believed. Anyone else's is replaced.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::cidr::deserialize_list")]
     pub trusted_proxies: Vec<IpNet>,
     #[serde(default)]
     pub xdp: Xdp,

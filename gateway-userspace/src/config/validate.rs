@@ -87,6 +87,16 @@ pub fn validate(config: &Config) -> Vec<ConfigError> {
 /// `xgate validate` and logged at `warn` on start and on every reload.
 pub fn warnings(config: &Config) -> Vec<ConfigError> {
     let mut warnings = Vec::new();
+    config.xdp.warnings(&mut warnings);
+    for (i, listener) in config.listeners.iter().enumerate() {
+        if listener.proxy_protocol && config.trusted_proxies.is_empty() {
+            warnings.push(ConfigError::new(
+                format!("listeners[{i}].proxy_protocol"),
+                "true, but trusted_proxies is empty: every connection on this listener will be \
+                 refused (a PROXY header is believed only from a trusted proxy)",
+            ));
+        }
+    }
     for (name, upstream) in &config.upstreams {
         if upstream.tls().is_some_and(|tls| !tls.verify) {
             warnings.push(ConfigError::new(
@@ -209,7 +219,21 @@ mod tests {
         );
         let errs = errors(&format!("{BASE}xdp: {{deny: ['300.1.2.3/33']}}\n"));
         assert!(
-            errs[0].starts_with("xdp.deny[0]: invalid IP address syntax"),
+            errs[0].starts_with(
+                "xdp.deny[0]: invalid CIDR '300.1.2.3/33': '300.1.2.3' is not an IPv4 or IPv6 address"
+            ),
+            "{errs:?}"
+        );
+        let errs = errors(&format!("{BASE}xdp: {{deny: ['10.0.0.0/33']}}\n"));
+        assert!(
+            errs[0].starts_with(
+                "xdp.deny[0]: invalid CIDR '10.0.0.0/33': prefix length 33 is more than 32 for IPv4"
+            ),
+            "{errs:?}"
+        );
+        let errs = errors(&format!("{BASE}trusted_proxies: ['2001:db8::/129']\n"));
+        assert!(
+            errs[0].starts_with("trusted_proxies[0]: invalid CIDR '2001:db8::/129': prefix length 129 is more than 128 for IPv6"),
             "{errs:?}"
         );
     }
