@@ -1,6 +1,7 @@
 //! Config: `load → validate` here; `compile` into the runtime happens in the
 //! modules that own each part (proxy router, upstream pools, XDP rules).
 
+mod binds;
 mod cidr;
 mod lenient;
 mod listener;
@@ -76,9 +77,18 @@ impl fmt::Display for ConfigErrors {
             if n == 1 { "" } else { "s" }
         )?;
         for error in &self.errors {
+            // The position goes on the first line (a regex error shows the
+            // pattern on the lines below).
+            let text = error.to_string();
+            let (first, rest) = text.split_once('\n').unwrap_or((&text, ""));
             match error.position {
-                Some(position) => writeln!(f, "  {error} ({position})")?,
-                None => writeln!(f, "  {error}")?,
+                Some(position) => write!(f, "  {first} ({position})")?,
+                None => write!(f, "  {first}")?,
+            }
+            if rest.is_empty() {
+                writeln!(f)?;
+            } else {
+                writeln!(f, "\n{rest}")?;
             }
         }
         Ok(())

@@ -172,7 +172,7 @@ mod tests {
             "{BASE}{routes}access_log: {{format: json, path: /tmp/a.log, buffer_bytes: 65536, flush_interval: 500ms}}\n"
         );
         assert!(errors(&ok).is_empty(), "{:?}", errors(&ok));
-        // Text to a file is written as JSON lines: it can be buffered.
+        // Text to a file is written by xgate (key=value lines): it can be buffered.
         let text_file =
             format!("{BASE}{routes}access_log: {{path: /tmp/a.log, buffer_bytes: 65536}}\n");
         assert!(errors(&text_file).is_empty(), "{:?}", errors(&text_file));
