@@ -243,8 +243,13 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             let path = config_path(&cli);
             match Config::load(&path) {
                 Ok(config) => {
+                    // As `nginx -t` does: valid, but worth a second look.
+                    let text = std::fs::read_to_string(&path).unwrap_or_default();
                     for warning in config.warnings() {
-                        eprintln!("{}: WARNING: {warning}", path.display());
+                        let position = crate::config::locate(&text, &warning.path)
+                            .map(|p| format!(" ({p})"))
+                            .unwrap_or_default();
+                        eprintln!("{}: WARNING: {warning}{position}", path.display());
                     }
                     println!(
                         "{}: ok ({} listener(s), {} upstream(s), {} route(s), {} deny entr{})",
