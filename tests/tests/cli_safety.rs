@@ -120,7 +120,10 @@ async fn an_ipv4_mapped_address_is_blocked_as_ipv4() {
         !answered_from(gw, "127.0.0.5").await,
         "a blocked client was served"
     );
-    assert!(answered_from(gw, "127.0.0.6").await, "a neighbour was refused");
+    assert!(
+        answered_from(gw, "127.0.0.6").await,
+        "a neighbour was refused"
+    );
     let list: serde_json::Value =
         serde_json::from_str(&ok(&daemon.cli(&["blocklist", "ls", "--json"]))).unwrap();
     assert_eq!(list[0]["cidr"], "127.0.0.5/32", "{list}");
@@ -147,7 +150,10 @@ fn a_whole_address_family_needs_force() {
             "{e}"
         );
     }
-    assert_eq!(ok(&daemon.cli(&["blocklist", "ls"])), "blocklist is empty\n");
+    assert_eq!(
+        ok(&daemon.cli(&["blocklist", "ls"])),
+        "blocklist is empty\n"
+    );
     assert_eq!(
         ok(&daemon.cli(&["blocklist", "add", "::/0", "--force"])),
         "blocked ::/0\n"
@@ -339,7 +345,14 @@ fn xdp_cleanup_removes_the_maps_a_clean_exit_leaves() {
     }
     let gw = NetNs::create("cleangw");
     let peer = NetNs::create("cleanpeer");
-    veth(&gw, "xq0", &["198.18.7.1/24"], &peer, "xq1", &["198.18.7.2/24"]);
+    veth(
+        &gw,
+        "xq0",
+        &["198.18.7.1/24"],
+        &peer,
+        "xq1",
+        &["198.18.7.2/24"],
+    );
     let pin = PinDir::new("cleanup");
     let yaml = format!(
         "listeners: [{{address: '127.0.0.1:18302'}}]\n\

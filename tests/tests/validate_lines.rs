@@ -56,7 +56,9 @@ fn listeners_that_cannot_all_be_bound_are_refused() {
         "{e}"
     );
     assert!(
-        e.contains("listeners[1].name: 'public' is already the name of listeners[0] (line 3, column 6)"),
+        e.contains(
+            "listeners[1].name: 'public' is already the name of listeners[0] (line 3, column 6)"
+        ),
         "{e}"
     );
     assert!(

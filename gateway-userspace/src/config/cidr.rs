@@ -33,7 +33,9 @@ pub fn parse_cidr(text: &str) -> Result<IpNet, String> {
         None => max,
         Some(len) => {
             let parsed: u8 = len.parse().map_err(|_| {
-                format!("invalid CIDR '{text}': prefix length '{len}' is not a number from 0 to {max}")
+                format!(
+                    "invalid CIDR '{text}': prefix length '{len}' is not a number from 0 to {max}"
+                )
             })?;
             if parsed > max {
                 return Err(format!(
@@ -87,7 +89,9 @@ pub fn deserialize_one<'de, D: Deserializer<'de>>(deserializer: D) -> Result<IpN
 
 /// `deserialize_with` for a list of CIDRs: the first bad one fails with its
 /// index in the path.
-pub fn deserialize_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<IpNet>, D::Error> {
+pub fn deserialize_list<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<IpNet>, D::Error> {
     #[derive(Deserialize)]
     struct One(#[serde(deserialize_with = "deserialize_one")] IpNet);
     let list = Vec::<One>::deserialize(deserializer)?;

@@ -435,7 +435,10 @@ xdp: {deny: [10.0.0.0/8, 10.0.0.1/8]}
         let errors = duplicate_keys(nested);
         assert_eq!(errors.len(), 1, "{errors:?}");
         assert_eq!(errors[0].path, "routes[0].match.path_prefix");
-        assert!(errors[0].message.contains("at line 2, column 30"), "{errors:?}");
+        assert!(
+            errors[0].message.contains("at line 2, column 30"),
+            "{errors:?}"
+        );
         assert!(duplicate_keys(TEXT).is_empty());
         assert!(duplicate_keys("a: [").is_empty());
     }

@@ -465,7 +465,11 @@ impl Inner {
 
 /// Why a prefix of length 0 needs `--force`.
 fn everything_message(kind: ListKind, cidr: IpNet) -> String {
-    let family = if cidr.addr().is_ipv4() { "IPv4" } else { "IPv6" };
+    let family = if cidr.addr().is_ipv4() {
+        "IPv4"
+    } else {
+        "IPv6"
+    };
     match kind {
         ListKind::Deny => format!(
             "{cidr} would block every {family} source, including you; if that is what you want \

@@ -48,9 +48,15 @@ fn parse_cidr_explains_what_is_wrong() {
         "{e}"
     );
     let e = parse_cidr("10.0.0.0/33").unwrap_err();
-    assert!(e.contains("prefix length 33 is more than 32 for IPv4"), "{e}");
+    assert!(
+        e.contains("prefix length 33 is more than 32 for IPv4"),
+        "{e}"
+    );
     let e = parse_cidr("2001:db8::/129").unwrap_err();
-    assert!(e.contains("prefix length 129 is more than 128 for IPv6"), "{e}");
+    assert!(
+        e.contains("prefix length 129 is more than 128 for IPv6"),
+        "{e}"
+    );
 }
 
 #[test]

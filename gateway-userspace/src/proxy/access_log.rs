@@ -337,12 +337,28 @@ impl Line<'_> {
         field(out, "path", self.path.as_ref().map(|v| v as _));
         field(out, "route", self.route.as_ref().map(|v| v as _));
         field(out, "consumer", self.consumer.as_ref().map(|v| v as _));
-        field(out, "upstream_target", self.upstream_target.as_ref().map(|v| v as _));
+        field(
+            out,
+            "upstream_target",
+            self.upstream_target.as_ref().map(|v| v as _),
+        );
         field(out, "status", Some(&self.status));
         let ms = |v: Option<f64>| v.map(|v| format!("{v:.3}"));
-        field(out, "duration_ms", ms(self.duration_ms).as_ref().map(|v| v as _));
-        field(out, "upstream_ms", ms(self.upstream_ms).as_ref().map(|v| v as _));
-        field(out, "verdicts", (!verdicts.is_empty()).then_some(&verdicts as _));
+        field(
+            out,
+            "duration_ms",
+            ms(self.duration_ms).as_ref().map(|v| v as _),
+        );
+        field(
+            out,
+            "upstream_ms",
+            ms(self.upstream_ms).as_ref().map(|v| v as _),
+        );
+        field(
+            out,
+            "verdicts",
+            (!verdicts.is_empty()).then_some(&verdicts as _),
+        );
         field(out, "rejection", self.rejection.as_ref().map(|v| v as _));
         if let Some(detail) = &self.detail {
             field(out, "detail", Some(detail));

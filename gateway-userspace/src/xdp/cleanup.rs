@@ -94,7 +94,8 @@ mod tests {
     /// A plain directory stands in for bpffs: unlinking a pin is unlinking
     /// a file.
     fn tree(name: &str) -> PathBuf {
-        let root = std::env::temp_dir().join(format!("xgate-cleanup-{name}-{}", std::process::id()));
+        let root =
+            std::env::temp_dir().join(format!("xgate-cleanup-{name}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&root);
         fs::create_dir_all(root.join("v3")).unwrap();
         fs::create_dir_all(root.join("v2")).unwrap();
