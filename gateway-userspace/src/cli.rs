@@ -65,7 +65,8 @@ enum Command {
         #[arg(long, env = "XGATE_WORKERS", value_parser = clap::value_parser!(u16).range(1..=1024))]
         workers: Option<u16>,
     },
-    /// Check a config file: prints every error with its path; exits 1 if there is any.
+    /// Check a config file: prints every error with its path, line and column, and warnings
+    /// about settings that do less than they seem to (as `nginx -t`); exits 1 on any error.
     Validate,
     /// Show the running daemon's listeners, lists, XDP attachment and counters.
     Status {
@@ -250,6 +251,12 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                             .map(|p| format!(" ({p})"))
                             .unwrap_or_default();
                         eprintln!("{}: WARNING: {warning}{position}", path.display());
+                    }
+                    for note in crate::config::ipv4_mapped_notes(&text) {
+                        let position = crate::config::locate(&text, &note.path)
+                            .map(|p| format!(" ({p})"))
+                            .unwrap_or_default();
+                        eprintln!("{}: note: {note}{position}", path.display());
                     }
                     println!(
                         "{}: ok ({} listener(s), {} upstream(s), {} route(s), {} deny entr{})",

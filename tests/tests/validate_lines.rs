@@ -112,6 +112,12 @@ fn cidr_errors_name_the_value_and_the_rule() {
         out.contains("xdp.deny[1]: 10.0.0.0/8 is already listed at xdp.deny[0]"),
         "{out}"
     );
+    let (code, out) = validate(&format!("{base}xdp: {{deny: ['::ffff:10.0.0.0/104']}}\n"));
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("note: xdp.deny[0]: ::ffff:10.0.0.0/104 is an IPv4-mapped IPv6 address; IPv4 clients are matched as IPv4, so it is stored as 10.0.0.0/8 (line 2, column 14)"),
+        "{out}"
+    );
 }
 
 #[test]

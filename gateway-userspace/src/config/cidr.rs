@@ -76,6 +76,51 @@ pub fn ipv4_mapped_note(text: &str) -> Option<String> {
     ))
 }
 
+/// The config file's IPv4-mapped CIDRs, each with its path and what it is
+/// stored as: `xgate validate` prints them, so that the file's author
+/// learns what the entry means.
+pub fn ipv4_mapped_notes(text: &str) -> Vec<super::ConfigError> {
+    let Ok(value) = serde_yaml::from_str::<serde_yaml::Value>(text) else {
+        return Vec::new();
+    };
+    let mut lists: Vec<(String, &serde_yaml::Value)> = Vec::new();
+    for (path, keys) in [
+        ("trusted_proxies", &["trusted_proxies"][..]),
+        ("xdp.deny", &["xdp", "deny"][..]),
+        ("xdp.allow", &["xdp", "allow"][..]),
+    ] {
+        if let Some(list) = keys.iter().try_fold(&value, |v, k| v.get(k)) {
+            lists.push((path.to_string(), list));
+        }
+    }
+    let overrides = value
+        .get("xdp")
+        .and_then(|x| x.get("rate_limit"))
+        .and_then(|r| r.get("overrides"));
+    let mut notes = Vec::new();
+    let mut check = |path: String, item: &serde_yaml::Value| {
+        if let Some(note) = item.as_str().and_then(ipv4_mapped_note) {
+            notes.push(super::ConfigError::new(path, note));
+        }
+    };
+    for (path, list) in lists {
+        for (i, item) in list.as_sequence().into_iter().flatten().enumerate() {
+            check(format!("{path}[{i}]"), item);
+        }
+    }
+    for (i, item) in overrides
+        .and_then(|o| o.as_sequence())
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        if let Some(cidr) = item.get("cidr") {
+            check(format!("xdp.rate_limit.overrides[{i}].cidr"), cidr);
+        }
+    }
+    notes
+}
+
 /// Whether `net` covers a whole address family (`0.0.0.0/0`, `::/0`).
 pub fn is_everything(net: &IpNet) -> bool {
     net.prefix_len() == 0
@@ -139,5 +184,25 @@ mod tests {
         assert!(note.contains("stored as 127.0.0.5/32"), "{note}");
         assert!(ipv4_mapped_note("127.0.0.5").is_none());
         assert!(ipv4_mapped_note("2001:db8::/32").is_none());
+    }
+
+    #[test]
+    fn the_config_files_mapped_entries_are_noted() {
+        let notes = ipv4_mapped_notes(
+            "trusted_proxies: ['::ffff:10.0.0.1']\nxdp:\n  deny: [10.0.0.0/8, '::ffff:192.0.2.0/120']\n  rate_limit: {rate: 1, overrides: [{cidr: '::ffff:198.51.100.0/120', rate: 2}]}\n",
+        );
+        let paths: Vec<&str> = notes.iter().map(|n| n.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "trusted_proxies[0]",
+                "xdp.deny[1]",
+                "xdp.rate_limit.overrides[0].cidr"
+            ]
+        );
+        assert!(
+            notes[1].message.contains("stored as 192.0.2.0/24"),
+            "{notes:?}"
+        );
     }
 }

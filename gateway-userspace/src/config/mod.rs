@@ -17,7 +17,7 @@ mod yaml_lines;
 use std::{fmt, path::Path};
 
 pub use self::{
-    cidr::{ipv4_mapped_note, is_everything, parse_cidr, unmap_ipv4},
+    cidr::{ipv4_mapped_note, ipv4_mapped_notes, is_everything, parse_cidr, unmap_ipv4},
     lenient::{cli_settings, CliSettings},
     listener::{ClientAuth, ClientAuthMode, Listener},
     model::*,

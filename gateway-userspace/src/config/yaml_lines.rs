@@ -38,9 +38,13 @@ pub fn locate(text: &str, path: &str) -> Option<Position> {
     locate_nth(text, &segments(path)?, 0)
 }
 
+/// Errors given a position: each costs a parse of the file, and nobody
+/// reads further down a list of thousands.
+const MAX_LOCATED: usize = 200;
+
 /// Sets the position of each error whose path is found in `text`.
 pub fn add_positions(text: &str, errors: &mut [ConfigError]) {
-    for error in errors {
+    for error in errors.iter_mut().take(MAX_LOCATED) {
         if !error.path.is_empty() && error.position.is_none() {
             error.position = locate(text, &error.path);
         }
