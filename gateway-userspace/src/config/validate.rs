@@ -210,6 +210,35 @@ mod tests {
     }
 
     #[test]
+    fn settings_that_do_less_than_they_seem_are_warned_about() {
+        let warnings = |yaml: &str| -> Vec<String> {
+            Config::from_yaml(&format!("{BASE}{yaml}"), "t")
+                .unwrap()
+                .warnings()
+                .iter()
+                .map(ToString::to_string)
+                .collect()
+        };
+        assert!(warnings("xdp: {interfaces: [eth0], rate_limit: {rate: 10}}\n").is_empty());
+        let w = warnings("xdp: {rate_limit: {rate: 10}}\n");
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].starts_with("xdp.rate_limit: no xdp.interfaces"),
+            "{w:?}"
+        );
+        let w = warnings(
+            "xdp: {interfaces: [eth0], allow: [10.0.0.0/8, '0.0.0.0/0'], deny: [10.1.0.0/16]}\n",
+        );
+        assert_eq!(
+            w,
+            [
+                "xdp.deny[0]: 10.1.0.0/16 is inside xdp.allow[0] (10.0.0.0/8); allow wins, so this entry never blocks anything",
+                "xdp.allow[1]: 0.0.0.0/0 exempts every source from xdp.deny, the blocklist and the packet rate limit",
+            ]
+        );
+    }
+
+    #[test]
     fn parse_errors_carry_the_path() {
         let errs = errors("listeners: [{address: '127.0.0.1:8080', colour: red}]\n");
         assert_eq!(errs.len(), 1);

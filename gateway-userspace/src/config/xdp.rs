@@ -238,6 +238,23 @@ impl Xdp {
                 }
             }
         }
+        // A deny entry inside an allow entry never blocks anything (the
+        // other way round is a carve-out, and intended).
+        for (i, deny) in self.deny.iter().enumerate() {
+            if let Some((j, allow)) = self
+                .allow
+                .iter()
+                .enumerate()
+                .find(|(_, allow)| allow.contains(deny))
+            {
+                warnings.push(ConfigError::new(
+                    format!("xdp.deny[{i}]"),
+                    format!(
+                        "{deny} is inside xdp.allow[{j}] ({allow}); allow wins, so this entry never blocks anything"
+                    ),
+                ));
+            }
+        }
         for (i, net) in self.allow.iter().enumerate() {
             if crate::config::is_everything(net) {
                 warnings.push(ConfigError::new(
