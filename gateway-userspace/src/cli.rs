@@ -82,7 +82,7 @@ enum Command {
     /// Allow list: sources never denied or rate-limited (an allow entry wins over a deny entry).
     #[command(subcommand)]
     Allowlist(ListCommand),
-    /// The kernel data plane: counters, and attach/detach without a daemon.
+    /// The kernel data plane: counters; attach, detach and cleanup without a daemon.
     #[command(subcommand)]
     Xdp(XdpCommand),
     /// Print an API key's `key_hash` for consumers[].keys[] (the key is read from standard input,
@@ -117,9 +117,12 @@ enum OAuth2Command {
 
 #[derive(Debug, Subcommand)]
 enum ListCommand {
-    /// Add a CIDR (or one address) now; persisted across restarts. IPv4-mapped
-    /// IPv6 forms (::ffff:198.51.100.7) are stored as IPv4. Warns when the other
-    /// list overrules the new entry (an allow entry wins over a deny entry).
+    /// Add a CIDR (or one address) now; persisted across restarts.
+    ///
+    /// IPv4-mapped IPv6 forms (::ffff:198.51.100.7) are stored as IPv4, as IPv4
+    /// clients are matched. When the other list overrules the new entry (an allow
+    /// entry wins over a deny entry), the entry is added and a warning names the
+    /// overruling entry.
     Add {
         /// e.g. 203.0.113.0/24, 2001:db8::/48, 198.51.100.7
         #[arg(value_parser = checked_cidr)]
@@ -176,10 +179,12 @@ enum XdpCommand {
         #[arg(long)]
         pin_path: Option<PathBuf>,
     },
-    /// Remove the pinned maps (and empty pin directories) a stopped xgate left behind,
-    /// freeing their kernel memory. Refused while XDP is attached with them or the
-    /// daemon answers. Run it when xgate is stopped for good or its pin_path changes;
-    /// not between restarts (the maps carry runtime lists and rate state over).
+    /// Remove the pinned maps a stopped xgate left behind, freeing their kernel memory.
+    ///
+    /// Removes the map directories and the empty pin directories. Refused while XDP is
+    /// attached with them or the daemon answers. Run it when xgate is stopped for good
+    /// or its pin_path changes; not between restarts (the maps carry runtime lists and
+    /// rate state over).
     Cleanup {
         /// Default: xdp.pin_path of --config, else /sys/fs/bpf/xgate.
         #[arg(long)]
