@@ -148,8 +148,11 @@ impl<'de> Visitor<'de> for Locate<'_> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        let Some((Segment::Key(target), rest)) = self.segs.split_first() else {
-            return found();
+        let (target, rest) = match self.segs.split_first() {
+            None => return found(),
+            Some((Segment::Key(target), rest)) => (target, rest),
+            // The path wants a sequence here: it is not in the text.
+            Some((Segment::Index(_), _)) => return Ok(()),
         };
         let mut seen = 0;
         while let Some(key) = map.next_key_seed(KeyProbe {
@@ -172,8 +175,10 @@ impl<'de> Visitor<'de> for Locate<'_> {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        let Some((Segment::Index(target), rest)) = self.segs.split_first() else {
-            return found();
+        let (target, rest) = match self.segs.split_first() {
+            None => return found(),
+            Some((Segment::Index(target), rest)) => (target, rest),
+            Some((Segment::Key(_), _)) => return Ok(()),
         };
         for _ in 0..*target {
             if seq.next_element::<IgnoredAny>()?.is_none() {
@@ -421,6 +426,8 @@ xdp: {deny: [10.0.0.0/8, 10.0.0.1/8]}
         assert_eq!(at("routes[1].match.path_regex"), Some((9, 7)));
         assert_eq!(at("xdp.deny[1]"), Some((11, 26)));
         assert_eq!(at("routes[5]"), None);
+        assert_eq!(at("upstreams[0]"), None, "a mapping is not a sequence");
+        assert_eq!(at("listeners.address"), None, "a sequence is not a mapping");
         assert_eq!(at("admin.socket"), None);
     }
 
