@@ -17,7 +17,7 @@ use crate::{
         api::{AddRequest, RevokedTokens},
         client,
     },
-    config::{Config, XdpMode, DEFAULT_ADMIN_SOCKET},
+    config::{cli_settings, CliSettings, Config, XdpMode, DEFAULT_ADMIN_SOCKET},
     daemon, duration,
     lists::{parse_cidr, Listed, SourceLists},
     telemetry,
@@ -68,7 +68,8 @@ enum Command {
         #[arg(long)]
         takeover: bool,
     },
-    /// Check a config file: prints every error with its path; exits 1 if there is any.
+    /// Check a config file: prints every error with its path, line and column, and warnings
+    /// about settings that do less than they seem to (as `nginx -t`); exits 1 on any error.
     Validate,
     /// Show the running daemon's listeners, lists, XDP attachment and counters.
     Status {
@@ -84,7 +85,7 @@ enum Command {
     /// Allow list: sources never denied or rate-limited (an allow entry wins over a deny entry).
     #[command(subcommand)]
     Allowlist(ListCommand),
-    /// The kernel data plane: counters, and attach/detach without a daemon.
+    /// The kernel data plane: counters; attach, detach and cleanup without a daemon.
     #[command(subcommand)]
     Xdp(XdpCommand),
     /// Print an API key's `key_hash` for consumers[].keys[] (the key is read from standard input,
@@ -120,16 +121,25 @@ enum OAuth2Command {
 #[derive(Debug, Subcommand)]
 enum ListCommand {
     /// Add a CIDR (or one address) now; persisted across restarts.
+    ///
+    /// IPv4-mapped IPv6 forms (::ffff:198.51.100.7) are stored as IPv4, as IPv4
+    /// clients are matched. When the other list overrules the new entry (an allow
+    /// entry wins over a deny entry), the entry is added and a warning names the
+    /// overruling entry.
     Add {
         /// e.g. 203.0.113.0/24, 2001:db8::/48, 198.51.100.7
-        #[arg(value_parser = parse_cidr)]
-        cidr: IpNet,
+        #[arg(value_parser = checked_cidr)]
+        cidr: String,
         /// Free text shown by `ls` (who, why, ticket).
         #[arg(long)]
         reason: Option<String>,
         /// Remove the entry automatically after this long: 90s, 30m, 12h, 7d.
         #[arg(long, value_parser = duration::parse)]
         ttl: Option<Duration>,
+        /// Needed for a prefix of length 0 (0.0.0.0/0, ::/0): every source
+        /// of that address family.
+        #[arg(long)]
+        force: bool,
     },
     /// Remove a CIDR previously added with `add`.
     Rm {
@@ -159,16 +169,29 @@ enum XdpCommand {
         iface: String,
         #[arg(long, value_enum, default_value = "auto")]
         mode: CliXdpMode,
-        /// bpffs directory for pinned maps and links.
-        #[arg(long, default_value = crate::config::DEFAULT_PIN_PATH)]
-        pin_path: PathBuf,
+        /// bpffs directory for pinned maps and links (default: xdp.pin_path of
+        /// --config, else /sys/fs/bpf/xgate).
+        #[arg(long)]
+        pin_path: Option<PathBuf>,
     },
     /// Detach an attachment left in place (by `xdp attach` or `xdp.on_exit: keep`). Stop the daemon first.
     Detach {
         #[arg(long, value_name = "IFACE")]
         iface: String,
-        #[arg(long, default_value = crate::config::DEFAULT_PIN_PATH)]
-        pin_path: PathBuf,
+        /// Default: xdp.pin_path of --config, else /sys/fs/bpf/xgate.
+        #[arg(long)]
+        pin_path: Option<PathBuf>,
+    },
+    /// Remove the pinned maps a stopped xgate left behind, freeing their kernel memory.
+    ///
+    /// Removes the map directories and the empty pin directories. Refused while XDP is
+    /// attached with them or the daemon answers. Run it when xgate is stopped for good
+    /// or its pin_path changes; not between restarts (the maps carry runtime lists and
+    /// rate state over).
+    Cleanup {
+        /// Default: xdp.pin_path of --config, else /sys/fs/bpf/xgate.
+        #[arg(long)]
+        pin_path: Option<PathBuf>,
     },
 }
 
@@ -229,8 +252,19 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             let path = config_path(&cli);
             match Config::load(&path) {
                 Ok(config) => {
+                    // As `nginx -t` does: valid, but worth a second look.
+                    let text = std::fs::read_to_string(&path).unwrap_or_default();
                     for warning in config.warnings() {
-                        eprintln!("{}: WARNING: {warning}", path.display());
+                        let position = crate::config::locate(&text, &warning.path)
+                            .map(|p| format!(" ({p})"))
+                            .unwrap_or_default();
+                        eprintln!("{}: WARNING: {warning}{position}", path.display());
+                    }
+                    for note in crate::config::ipv4_mapped_notes(&text) {
+                        let position = crate::config::locate(&text, &note.path)
+                            .map(|p| format!(" ({p})"))
+                            .unwrap_or_default();
+                        eprintln!("{}: note: {note}{position}", path.display());
                     }
                     println!(
                         "{}: ok ({} listener(s), {} upstream(s), {} route(s), {} deny entr{})",
@@ -364,7 +398,8 @@ async fn xdp_command(cli: &Cli, action: &XdpCommand) -> anyhow::Result<ExitCode>
             mode,
             pin_path,
         } => {
-            let mut plane = XdpDataPlane::load(XDP_OBJECT, Some(pin_path))?;
+            let pin_path = pin_path_of(cli, pin_path);
+            let mut plane = XdpDataPlane::load(XDP_OBJECT, Some(&pin_path))?;
             let attachment = plane.attach(iface, (*mode).into())?;
             match &cli.config {
                 Some(path) => {
@@ -380,14 +415,19 @@ async fn xdp_command(cli: &Cli, action: &XdpCommand) -> anyhow::Result<ExitCode>
             );
         }
         XdpCommand::Detach { iface, pin_path } => {
-            if xdp::detach_pinned(pin_path, iface).map_err(|e| anyhow::anyhow!(e))? {
+            let pin_path = pin_path_of(cli, pin_path);
+            if xdp::detach_pinned(&pin_path, iface).map_err(|e| anyhow::anyhow!(e))? {
                 println!("detached from {iface}");
             } else {
                 anyhow::bail!(
                     "no pinned attachment for {iface} under {}",
-                    xdp::links_dir(pin_path).display()
+                    xdp::links_dir(&pin_path).display()
                 );
             }
+        }
+        XdpCommand::Cleanup { pin_path } => {
+            let pin_path = pin_path_of(cli, pin_path);
+            xdp_cleanup(cli, &pin_path).await?;
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -401,17 +441,27 @@ async fn list(cli: &Cli, kind: ListKind, action: &ListCommand) -> anyhow::Result
         ListKind::Allow => ("allowed", "removed from the allowlist:"),
     };
     match action {
-        ListCommand::Add { cidr, reason, ttl } => {
+        ListCommand::Add {
+            cidr,
+            reason,
+            ttl,
+            force,
+        } => {
             let request = AddRequest {
-                cidr: cidr.to_string(),
+                cidr: cidr.clone(),
                 reason: reason.clone(),
                 ttl: ttl.map(duration::format),
+                force: *force,
             };
             let body = Some(serde_json::to_value(request)?);
-            client::call_ok(&socket, Method::POST, &base, body).await?;
+            let added = client::call_ok(&socket, Method::POST, &base, body).await?;
+            let stored = added["cidr"].as_str().unwrap_or(cidr);
             match ttl {
-                Some(ttl) => println!("{} {cidr} for {}", verb.0, duration::format(*ttl)),
-                None => println!("{} {cidr}", verb.0),
+                Some(ttl) => println!("{} {stored} for {}", verb.0, duration::format(*ttl)),
+                None => println!("{} {stored}", verb.0),
+            }
+            for warning in added["warnings"].as_array().into_iter().flatten() {
+                eprintln!("xgate: warning: {}", warning.as_str().unwrap_or_default());
             }
         }
         ListCommand::Rm { cidr } => {
@@ -438,16 +488,70 @@ fn config_path(cli: &Cli) -> PathBuf {
 }
 
 /// --admin-socket / $XGATE_ADMIN_SOCKET, else the config's admin.socket,
-/// else the default path.
+/// else the default path. The config file is read leniently (it may be
+/// mid-edit): only admin.socket matters here.
 fn admin_socket(cli: &Cli) -> anyhow::Result<PathBuf> {
     if let Some(path) = &cli.admin_socket {
         return Ok(path.clone());
     }
     if let Some(path) = &cli.config {
-        let config = Config::load(Path::new(path)).map_err(|e| anyhow::anyhow!("{e}"))?;
-        return Ok(config.admin.socket);
+        return Ok(lenient_settings(path).admin_socket);
     }
     Ok(PathBuf::from(DEFAULT_ADMIN_SOCKET))
+}
+
+/// --pin-path, else the config's xdp.pin_path, else the default.
+fn pin_path_of(cli: &Cli, given: &Option<PathBuf>) -> PathBuf {
+    match (given, &cli.config) {
+        (Some(path), _) => path.clone(),
+        (None, Some(config)) => lenient_settings(config).pin_path,
+        (None, None) => PathBuf::from(crate::config::DEFAULT_PIN_PATH),
+    }
+}
+
+/// The CLI's settings from a config file, with a note on stderr when it had
+/// to fall back to a default.
+fn lenient_settings(path: &Path) -> CliSettings {
+    let settings = cli_settings(path);
+    if let Some(note) = &settings.note {
+        eprintln!("xgate: note: {note}");
+    }
+    settings
+}
+
+/// `xgate xdp cleanup`: refused while the daemon answers with XDP on these
+/// pins, or while a link is pinned (see [`xdp::cleanup`]).
+async fn xdp_cleanup(cli: &Cli, pin_path: &Path) -> anyhow::Result<()> {
+    let socket = admin_socket(cli)?;
+    if let Ok(status) = client::call_ok(&socket, Method::GET, "/status", None).await {
+        let daemon_pins = status["xdp"]["pin_path"].as_str().map(PathBuf::from);
+        if status.get("xdp").is_some() && daemon_pins.as_deref().is_none_or(|p| p == pin_path) {
+            anyhow::bail!(
+                "a running xgate daemon (admin socket {}) uses the maps under {}; stop it first",
+                socket.display(),
+                pin_path.display()
+            );
+        }
+    }
+    let removed = xdp::cleanup(pin_path).map_err(|e| anyhow::anyhow!(e))?;
+    if removed.maps == 0 && removed.dirs.is_empty() {
+        println!("nothing pinned under {}", pin_path.display());
+    } else {
+        println!(
+            "removed {} pinned map(s) and {} director{} under {}",
+            removed.maps,
+            removed.dirs.len(),
+            if removed.dirs.len() == 1 { "y" } else { "ies" },
+            pin_path.display()
+        );
+    }
+    Ok(())
+}
+
+/// Validates a CIDR argument before anything is sent, but keeps the text as
+/// typed: the daemon stores its canonical form and says what it changed.
+fn checked_cidr(text: &str) -> Result<String, String> {
+    parse_cidr(text).map(|_| text.trim().to_string())
 }
 
 fn print_list(kind: ListKind, entries: &[Listed]) {

@@ -502,6 +502,9 @@ fn start_xdp(config: &Config) -> anyhow::Result<(Option<XdpDataPlane>, Option<St
     }
     if !sys::is_root() {
         let reason = "not running as root (XDP needs CAP_BPF and CAP_NET_ADMIN)".to_string();
+        if config.xdp.required {
+            anyhow::bail!("xdp.required is true but XDP cannot be attached: {reason}");
+        }
         eprintln!(
             "xgate: {reason}: XDP is off, serving L7 only; the lists are enforced at accept()"
         );

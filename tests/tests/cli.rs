@@ -59,7 +59,7 @@ fn broken_configs_report_the_path_of_each_error() {
         (
             "invalid CIDR",
             format!("{VALID}xdp: {{deny: ['203.0.113.0/24', '300.1.2.3/33']}}\n"),
-            &["xdp.deny[1]: invalid IP address syntax"],
+            &["xdp.deny[1]: invalid CIDR '300.1.2.3/33': '300.1.2.3' is not an IPv4 or IPv6 address"],
         ),
         (
             "host bits set",
@@ -133,7 +133,7 @@ fn blocklist_commands_validate_input_and_change_nothing_on_error() {
         (
             &["blocklist", "add", "10.0.0.0/33"],
             2,
-            "prefix length '33' must be 0 to 32",
+            "prefix length 33 is more than 32 for IPv4",
         ),
         (
             &["blocklist", "add", "10.0.0.0/8", "--ttl", "soon"],

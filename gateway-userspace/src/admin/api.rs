@@ -16,6 +16,9 @@ pub struct AddRequest {
     /// A duration such as `90s`, `1h`, `7d`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl: Option<String>,
+    /// Needed for a prefix of length 0 (`0.0.0.0/0`, `::/0`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub force: bool,
 }
 
 /// `GET /status`.

@@ -228,8 +228,16 @@ async fn add(state: &AdminState, kind: ListKind, req: Request<Incoming>) -> Resp
         Ok(t) => t,
         Err(message) => return error(StatusCode::BAD_REQUEST, &format!("ttl: {message}")),
     };
-    match state.lists.add(kind, cidr, request.reason, ttl) {
-        Ok(entry) => json(StatusCode::CREATED, &entry),
+    match state
+        .lists
+        .add_reporting(kind, cidr, request.reason, ttl, request.force)
+    {
+        Ok(mut added) => {
+            if let Some(note) = crate::config::ipv4_mapped_note(&request.cidr) {
+                added.warnings.insert(0, note);
+            }
+            json(StatusCode::CREATED, &added)
+        }
         Err(e) => list_error(e),
     }
 }

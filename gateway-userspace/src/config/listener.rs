@@ -215,14 +215,19 @@ pub(super) fn validate(listeners: &[Listener], errors: &mut Errors) {
     if listeners.is_empty() {
         errors.push("listeners", "at least one listener is required");
     }
-    let mut addresses = HashMap::new();
+    let mut names = HashMap::new();
     for (i, listener) in listeners.iter().enumerate() {
         let base = format!("listeners[{i}]");
-        if let Some(first) = addresses.insert(listener.address, i) {
-            errors.push(
-                format!("{base}.address"),
-                format!("{} is already used by listeners[{first}]", listener.address),
-            );
+        if let Some(clash) = super::binds::clash(listeners, i) {
+            errors.push(format!("{base}.address"), clash);
+        }
+        if let Some(name) = &listener.name {
+            if let Some(first) = names.insert(name.as_str(), i) {
+                errors.push(
+                    format!("{base}.name"),
+                    format!("'{name}' is already the name of listeners[{first}]"),
+                );
+            }
         }
         if !(MIN_MAX_HEADER_BYTES..=MAX_MAX_HEADER_BYTES).contains(&listener.max_header_bytes) {
             errors.push(

@@ -1,6 +1,9 @@
 //! Config: `load → validate` here; `compile` into the runtime happens in the
 //! modules that own each part (proxy router, upstream pools, XDP rules).
 
+mod binds;
+mod cidr;
+mod lenient;
 mod listener;
 mod model;
 mod oauth2_server;
@@ -12,10 +15,13 @@ mod target_address;
 mod upstream;
 mod validate;
 mod xdp;
+mod yaml_lines;
 
 use std::{fmt, path::Path};
 
 pub use self::{
+    cidr::{ipv4_mapped_note, ipv4_mapped_notes, is_everything, parse_cidr, unmap_ipv4},
+    lenient::{cli_settings, CliSettings},
     listener::{ClientAuth, ClientAuthMode, Listener},
     model::*,
     oauth2_server::OAuth2Server,
@@ -27,6 +33,7 @@ pub use self::{
     upstream::*,
     validate::{host_bits_error, validate, warnings, Errors},
     xdp::*,
+    yaml_lines::{locate, Position},
 };
 
 /// One problem in a config file, with the path of the offending value
@@ -35,6 +42,8 @@ pub use self::{
 pub struct ConfigError {
     pub path: String,
     pub message: String,
+    /// Where `path` is in the file, when it is there (not a default).
+    pub position: Option<Position>,
 }
 
 impl ConfigError {
@@ -42,6 +51,7 @@ impl ConfigError {
         Self {
             path: path.into(),
             message: message.into(),
+            position: None,
         }
     }
 }
@@ -73,7 +83,19 @@ impl fmt::Display for ConfigErrors {
             if n == 1 { "" } else { "s" }
         )?;
         for error in &self.errors {
-            writeln!(f, "  {error}")?;
+            // The position goes on the first line (a regex error shows the
+            // pattern on the lines below).
+            let text = error.to_string();
+            let (first, rest) = text.split_once('\n').unwrap_or((&text, ""));
+            match error.position {
+                Some(position) => write!(f, "  {first} ({position})")?,
+                None => write!(f, "  {first}")?,
+            }
+            if rest.is_empty() {
+                writeln!(f)?;
+            } else {
+                writeln!(f, "\n{rest}")?;
+            }
         }
         Ok(())
     }
@@ -124,6 +146,10 @@ impl Config {
             source: source.to_string(),
             errors,
         };
+        let duplicates = yaml_lines::duplicate_keys(text);
+        if !duplicates.is_empty() {
+            return Err(fail(duplicates));
+        }
         let deserializer = serde_yaml::Deserializer::from_str(text);
         let config: Config = serde_path_to_error::deserialize(deserializer).map_err(|e| {
             let path = e.path().to_string();
@@ -131,7 +157,8 @@ impl Config {
             let message = yaml_message(&e.into_inner(), &path);
             fail(vec![ConfigError::new(path, message)])
         })?;
-        let errors = validate(&config);
+        let mut errors = validate(&config);
+        yaml_lines::add_positions(text, &mut errors);
         if errors.is_empty() {
             Ok(config)
         } else {

@@ -29,7 +29,7 @@ pub struct Config {
     #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
     /// Peers whose X-Forwarded-For is believed. Anyone else's is replaced.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::cidr::deserialize_list")]
     pub trusted_proxies: Vec<IpNet>,
     #[serde(default)]
     pub xdp: Xdp,
@@ -180,11 +180,12 @@ pub struct AccessLog {
     #[serde(default)]
     pub format: AccessLogFormat,
     /// File to append to; absent: standard output (json) or the log (text).
+    /// `text` to a file is written as `key=value` lines.
     #[serde(default)]
     pub path: Option<PathBuf>,
     /// Lines held in memory before they are written, in bytes; absent:
-    /// each line is written as it is made. Only for JSON lines (`json`, or
-    /// any format with a `path`).
+    /// each line is written as it is made. Only for lines xgate writes
+    /// itself (`json`, or any format with a `path`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub buffer_bytes: Option<usize>,
     /// With `buffer_bytes`: the longest a line waits in the buffer.

@@ -136,8 +136,9 @@ pub(super) fn validate(
             }
         }
         let mut captures: Option<Vec<String>> = None;
+        let mut regex_broken = false;
         if let Some(pattern) = &m.path_regex {
-            match Regex::new(&anchored(pattern)) {
+            match compile_anchored(pattern) {
                 Ok(re) => {
                     captures = Some(
                         re.capture_names()
@@ -148,10 +149,10 @@ pub(super) fn validate(
                             .collect(),
                     )
                 }
-                Err(e) => errors.push(
-                    format!("{mpath}.path_regex"),
-                    format!("invalid regular expression: {e}"),
-                ),
+                Err(message) => {
+                    regex_broken = true;
+                    errors.push(format!("{mpath}.path_regex"), message)
+                }
             }
         }
         for (h, host) in m.hosts.iter().enumerate() {
@@ -187,11 +188,8 @@ pub(super) fn validate(
                 );
             }
             if let Some(pattern) = &header.regex {
-                if let Err(e) = Regex::new(&anchored(pattern)) {
-                    errors.push(
-                        format!("{hpath}.regex"),
-                        format!("invalid regular expression: {e}"),
-                    );
+                if let Err(message) = compile_anchored(pattern) {
+                    errors.push(format!("{hpath}.regex"), message);
                 }
             }
         }
@@ -207,7 +205,8 @@ pub(super) fn validate(
                 "cannot be combined with strip_prefix",
             );
         }
-        if let Some(template) = &route.rewrite {
+        // A broken regex has no captures to check against: one error is enough.
+        if let Some(template) = route.rewrite.as_ref().filter(|_| !regex_broken) {
             check_rewrite(
                 template,
                 captures.as_deref(),
@@ -281,6 +280,24 @@ fn host_problem(host: &str) -> Option<&'static str> {
         return Some("is not a valid host name");
     }
     None
+}
+
+/// Compiles a route regex as it will run (anchored), but reports a syntax
+/// error against the pattern as the user wrote it: the caret under the
+/// right character, and the pattern indented below the error line.
+fn compile_anchored(pattern: &str) -> Result<Regex, String> {
+    if let Err(e) = Regex::new(pattern) {
+        let text = e.to_string();
+        let lines: Vec<&str> = text.lines().collect();
+        return Err(match lines.as_slice() {
+            [_, shown, caret, reason] if reason.starts_with("error: ") => format!(
+                "invalid regular expression: {}\n      {shown}\n      {caret}",
+                &reason["error: ".len()..]
+            ),
+            _ => format!("invalid regular expression: {text}"),
+        });
+    }
+    Regex::new(&anchored(pattern)).map_err(|e| format!("invalid regular expression: {e}"))
 }
 
 /// `{name}` / `{1}` placeholders must name captures of the route's regex.

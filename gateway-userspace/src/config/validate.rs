@@ -89,6 +89,16 @@ pub fn validate(config: &Config) -> Vec<ConfigError> {
 /// `xgate validate` and logged at `warn` on start and on every reload.
 pub fn warnings(config: &Config) -> Vec<ConfigError> {
     let mut warnings = Vec::new();
+    config.xdp.warnings(&mut warnings);
+    for (i, listener) in config.listeners.iter().enumerate() {
+        if listener.proxy_protocol && config.trusted_proxies.is_empty() {
+            warnings.push(ConfigError::new(
+                format!("listeners[{i}].proxy_protocol"),
+                "true, but trusted_proxies is empty: every connection on this listener will be \
+                 refused (a PROXY header is believed only from a trusted proxy)",
+            ));
+        }
+    }
     for (name, upstream) in &config.upstreams {
         if upstream.tls().is_some_and(|tls| !tls.verify) {
             warnings.push(ConfigError::new(
@@ -164,7 +174,7 @@ mod tests {
             "{BASE}{routes}access_log: {{format: json, path: /tmp/a.log, buffer_bytes: 65536, flush_interval: 500ms}}\n"
         );
         assert!(errors(&ok).is_empty(), "{:?}", errors(&ok));
-        // Text to a file is written as JSON lines: it can be buffered.
+        // Text to a file is written by xgate (key=value lines): it can be buffered.
         let text_file =
             format!("{BASE}{routes}access_log: {{path: /tmp/a.log, buffer_bytes: 65536}}\n");
         assert!(errors(&text_file).is_empty(), "{:?}", errors(&text_file));
@@ -202,6 +212,35 @@ mod tests {
     }
 
     #[test]
+    fn settings_that_do_less_than_they_seem_are_warned_about() {
+        let warnings = |yaml: &str| -> Vec<String> {
+            Config::from_yaml(&format!("{BASE}{yaml}"), "t")
+                .unwrap()
+                .warnings()
+                .iter()
+                .map(ToString::to_string)
+                .collect()
+        };
+        assert!(warnings("xdp: {interfaces: [eth0], rate_limit: {rate: 10}}\n").is_empty());
+        let w = warnings("xdp: {rate_limit: {rate: 10}}\n");
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].starts_with("xdp.rate_limit: no xdp.interfaces"),
+            "{w:?}"
+        );
+        let w = warnings(
+            "xdp: {interfaces: [eth0], allow: [10.0.0.0/8, '0.0.0.0/0'], deny: [10.1.0.0/16]}\n",
+        );
+        assert_eq!(
+            w,
+            [
+                "xdp.deny[0]: 10.1.0.0/16 is inside xdp.allow[0] (10.0.0.0/8); allow wins, so this entry never blocks anything",
+                "xdp.allow[1]: 0.0.0.0/0 exempts every source from xdp.deny, the blocklist and the packet rate limit",
+            ]
+        );
+    }
+
+    #[test]
     fn parse_errors_carry_the_path() {
         let errs = errors("listeners: [{address: '127.0.0.1:8080', colour: red}]\n");
         assert_eq!(errs.len(), 1);
@@ -211,7 +250,21 @@ mod tests {
         );
         let errs = errors(&format!("{BASE}xdp: {{deny: ['300.1.2.3/33']}}\n"));
         assert!(
-            errs[0].starts_with("xdp.deny[0]: invalid IP address syntax"),
+            errs[0].starts_with(
+                "xdp.deny[0]: invalid CIDR '300.1.2.3/33': '300.1.2.3' is not an IPv4 or IPv6 address"
+            ),
+            "{errs:?}"
+        );
+        let errs = errors(&format!("{BASE}xdp: {{deny: ['10.0.0.0/33']}}\n"));
+        assert!(
+            errs[0].starts_with(
+                "xdp.deny[0]: invalid CIDR '10.0.0.0/33': prefix length 33 is more than 32 for IPv4"
+            ),
+            "{errs:?}"
+        );
+        let errs = errors(&format!("{BASE}trusted_proxies: ['2001:db8::/129']\n"));
+        assert!(
+            errs[0].starts_with("trusted_proxies[0]: invalid CIDR '2001:db8::/129': prefix length 129 is more than 128 for IPv6"),
             "{errs:?}"
         );
     }

@@ -8,7 +8,7 @@ use std::{
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use super::{host_bits_error, Errors};
+use super::{host_bits_error, ConfigError, Errors};
 pub use crate::xdp::OnExit;
 
 /// Root of the pinned BPF objects. Maps live in `<root>/v<layout version>/`.
@@ -26,6 +26,16 @@ pub struct Xdp {
     pub interfaces: Vec<String>,
     #[serde(default)]
     pub mode: XdpMode,
+    /// Refuse to start when XDP cannot be attached (no privilege, no
+    /// driver support) instead of serving with the lists enforced at L7
+    /// only.
+    #[serde(default)]
+    pub required: bool,
+    /// `deny` may hold a prefix of length 0 (`0.0.0.0/0`, `::/0`): every
+    /// source is blocked except the `allow` entries. Without it such an
+    /// entry is refused as a likely mistake.
+    #[serde(default)]
+    pub confirm_deny_all: bool,
     /// bpffs directory for pinned maps.
     #[serde(default = "default_pin_path")]
     pub pin_path: PathBuf,
@@ -34,10 +44,10 @@ pub struct Xdp {
     #[serde(default)]
     pub on_exit: OnExit,
     /// Source prefixes dropped in the kernel (and refused at L7).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::cidr::deserialize_list")]
     pub deny: Vec<IpNet>,
     /// Source prefixes never denied or policed (they win over `deny`).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::cidr::deserialize_list")]
     pub allow: Vec<IpNet>,
     /// Per-source packet rate limit in the kernel; absent means none.
     #[serde(default)]
@@ -49,6 +59,8 @@ impl Default for Xdp {
         Self {
             interfaces: Vec::new(),
             mode: XdpMode::default(),
+            required: false,
+            confirm_deny_all: false,
             pin_path: default_pin_path(),
             on_exit: OnExit::default(),
             deny: Vec::new(),
@@ -116,6 +128,7 @@ pub enum PortsKeyword {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateOverride {
+    #[serde(deserialize_with = "super::cidr::deserialize_one")]
     pub cidr: IpNet,
     /// Packets per second; 0 exempts these sources from policing.
     pub rate: u64,
@@ -162,6 +175,24 @@ impl Xdp {
                 errors.push(path, format!("'{name}' is listed twice"));
             }
         }
+        if self.required && self.interfaces.is_empty() {
+            errors.push(
+                "xdp.required",
+                "true needs xdp.interfaces (there is nothing to attach)",
+            );
+        }
+        for (i, net) in self.deny.iter().enumerate() {
+            if crate::config::is_everything(net) && !self.confirm_deny_all {
+                errors.push(
+                    format!("xdp.deny[{i}]"),
+                    format!(
+                        "{net} blocks every {} source; if you mean it (only the xdp.allow \
+                         entries get through), also set xdp.confirm_deny_all: true",
+                        if net.addr().is_ipv4() { "IPv4" } else { "IPv6" }
+                    ),
+                );
+            }
+        }
         if !self.pin_path.is_absolute() {
             errors.push("xdp.pin_path", "must be an absolute path on a bpffs mount");
         }
@@ -181,6 +212,56 @@ impl Xdp {
         }
         if let Some(rate_limit) = &self.rate_limit {
             rate_limit.validate(errors);
+        }
+    }
+}
+
+impl Xdp {
+    /// Settings that are valid but do less than they seem to.
+    pub(super) fn warnings(&self, warnings: &mut Vec<ConfigError>) {
+        if self.interfaces.is_empty() {
+            if self.rate_limit.is_some() {
+                warnings.push(ConfigError::new(
+                    "xdp.rate_limit",
+                    "no xdp.interfaces are configured, so nothing enforces this packet rate \
+                     limit (it exists only in the kernel); add xdp.interfaces",
+                ));
+            }
+            for (list, nets) in [("deny", &self.deny), ("allow", &self.allow)] {
+                if !nets.is_empty() {
+                    warnings.push(ConfigError::new(
+                        format!("xdp.{list}"),
+                        "no xdp.interfaces are configured, so these entries are enforced at \
+                         L7 only (connections refused after accept); no packet is dropped in \
+                         the kernel",
+                    ));
+                }
+            }
+        }
+        // A deny entry inside an allow entry never blocks anything (the
+        // other way round is a carve-out, and intended).
+        for (i, deny) in self.deny.iter().enumerate() {
+            if let Some((j, allow)) = self
+                .allow
+                .iter()
+                .enumerate()
+                .find(|(_, allow)| allow.contains(deny))
+            {
+                warnings.push(ConfigError::new(
+                    format!("xdp.deny[{i}]"),
+                    format!(
+                        "{deny} is inside xdp.allow[{j}] ({allow}); allow wins, so this entry never blocks anything"
+                    ),
+                ));
+            }
+        }
+        for (i, net) in self.allow.iter().enumerate() {
+            if crate::config::is_everything(net) {
+                warnings.push(ConfigError::new(
+                    format!("xdp.allow[{i}]"),
+                    format!("{net} exempts every source from xdp.deny, the blocklist and the packet rate limit"),
+                ));
+            }
         }
     }
 }

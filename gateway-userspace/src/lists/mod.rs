@@ -10,6 +10,7 @@
 
 mod matcher;
 mod policy;
+mod shadow;
 mod state;
 
 use std::{
@@ -24,6 +25,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 pub use self::{matcher::PrefixSet, policy::KernelPolicy, state::StateStore};
+pub use crate::config::parse_cidr;
 use crate::{
     config::{host_bits_error, Config},
     sys,
@@ -52,6 +54,16 @@ impl Entry {
     fn expired(&self, now: SystemTime) -> bool {
         self.expiry().is_some_and(|e| e <= now)
     }
+}
+
+/// An entry just added, and what the user must know about it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Added {
+    #[serde(flatten)]
+    pub entry: Entry,
+    /// E.g. an allow entry that overrules this deny entry.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// One row of `xgate blocklist ls` / `xgate allowlist ls`.
@@ -184,7 +196,8 @@ impl SourceLists {
     }
 
     /// Adds a runtime entry. `ttl` makes it expire (in the kernel at once;
-    /// it is reaped from the lists within a second).
+    /// it is reaped from the lists within a second). A whole address family
+    /// (`0.0.0.0/0`, `::/0`) is refused: see [`SourceLists::add_reporting`].
     pub fn add(
         &self,
         kind: ListKind,
@@ -192,8 +205,28 @@ impl SourceLists {
         reason: Option<String>,
         ttl: Option<Duration>,
     ) -> Result<Entry, ListError> {
+        self.add_reporting(kind, cidr, reason, ttl, false)
+            .map(|added| added.entry)
+    }
+
+    /// [`SourceLists::add`] that also says what overrules the new entry (an
+    /// allow entry over a new deny entry, and the deny entries a new allow
+    /// entry un-blocks). `force` is needed for a prefix of length 0, which
+    /// would block (or exempt) every source of its address family.
+    pub fn add_reporting(
+        &self,
+        kind: ListKind,
+        cidr: IpNet,
+        reason: Option<String>,
+        ttl: Option<Duration>,
+        force: bool,
+    ) -> Result<Added, ListError> {
+        let cidr = crate::config::unmap_ipv4(cidr).unwrap_or(cidr);
         if let Some(message) = host_bits_error(&cidr) {
             return Err(ListError::Invalid(message));
+        }
+        if crate::config::is_everything(&cidr) && !force {
+            return Err(ListError::Invalid(everything_message(kind, cidr)));
         }
         if ttl.is_some_and(|t| t.is_zero()) {
             return Err(ListError::Invalid("ttl must be greater than zero".into()));
@@ -239,8 +272,20 @@ impl SourceLists {
             return Err(ListError::Persist(e));
         }
         self.rebuild_guard(&inner);
+        let other = match kind {
+            ListKind::Deny => ListKind::Allow,
+            ListKind::Allow => ListKind::Deny,
+        };
+        let warnings: Vec<String> =
+            shadow::overlapping(cidr, &inner.config[&other], &inner.runtime[&other], now)
+                .iter()
+                .map(|overlap| shadow::warning(kind, cidr, overlap))
+                .collect();
         tracing::info!(list, cidr = %cidr, reason = entry.reason.as_deref().unwrap_or(""), "entry added");
-        Ok(entry)
+        for warning in &warnings {
+            tracing::warn!(list, cidr = %cidr, "{warning}");
+        }
+        Ok(Added { entry, warnings })
     }
 
     /// Removes a runtime entry.
@@ -418,27 +463,24 @@ impl Inner {
     }
 }
 
-/// A CIDR or a bare address (a single host), as the CLI and admin API accept.
-/// Errors say exactly which part is wrong.
-pub fn parse_cidr(text: &str) -> Result<IpNet, String> {
-    let text = text.trim();
-    let (addr, len) = match text.split_once('/') {
-        Some((addr, len)) => (addr, Some(len)),
-        None => (text, None),
+/// Why a prefix of length 0 needs `--force`.
+fn everything_message(kind: ListKind, cidr: IpNet) -> String {
+    let family = if cidr.addr().is_ipv4() {
+        "IPv4"
+    } else {
+        "IPv6"
     };
-    let ip: IpAddr = addr.parse().map_err(|_| {
-        format!("invalid CIDR '{text}': '{addr}' is not an IPv4 or IPv6 address (examples: 203.0.113.0/24, 2001:db8::/32, 198.51.100.7)")
-    })?;
-    let max = if ip.is_ipv4() { 32 } else { 128 };
-    let prefix_len = match len {
-        None => max,
-        Some(len) => len
-            .parse::<u8>()
-            .ok()
-            .filter(|l| *l <= max)
-            .ok_or_else(|| format!("invalid CIDR '{text}': prefix length '{len}' must be 0 to {max} for this address"))?,
-    };
-    Ok(IpNet::new(ip, prefix_len).expect("prefix length checked"))
+    match kind {
+        ListKind::Deny => format!(
+            "{cidr} would block every {family} source, including you; if that is what you want \
+             (say, with an allowlist of the sources that may connect), add it with --force \
+             (admin API: \"force\": true)"
+        ),
+        ListKind::Allow => format!(
+            "{cidr} would exempt every {family} source from the blocklist and the XDP rate limit; \
+             if that is what you want, add it with --force (admin API: \"force\": true)"
+        ),
+    }
 }
 
 /// Converts an entry's wall-clock expiry to the kernel's monotonic clock.

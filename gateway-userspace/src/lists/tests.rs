@@ -48,9 +48,15 @@ fn parse_cidr_explains_what_is_wrong() {
         "{e}"
     );
     let e = parse_cidr("10.0.0.0/33").unwrap_err();
-    assert!(e.contains("prefix length '33' must be 0 to 32"), "{e}");
+    assert!(
+        e.contains("prefix length 33 is more than 32 for IPv4"),
+        "{e}"
+    );
     let e = parse_cidr("2001:db8::/129").unwrap_err();
-    assert!(e.contains("must be 0 to 128"), "{e}");
+    assert!(
+        e.contains("prefix length 129 is more than 128 for IPv6"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -243,4 +249,72 @@ fn reload_replaces_config_entries_and_keeps_runtime_ones() {
         Some(net("198.51.100.0/24"))
     );
     assert_eq!(lists.denies("198.51.100.9".parse().unwrap()), None);
+}
+
+#[test]
+fn overruled_changes_are_made_and_reported() {
+    let f = Fixture::new("overruled");
+    let lists = f.open("{allow: [192.0.2.0/24]}");
+    let added = lists
+        .add_reporting(ListKind::Deny, net("192.0.2.9/32"), None, None, false)
+        .unwrap();
+    assert_eq!(added.entry.cidr, net("192.0.2.9/32"));
+    assert_eq!(
+        added.warnings,
+        ["192.0.2.9/32 is inside allowlist entry 192.0.2.0/24 (from the config file, xdp.allow); \
+          allow wins, so these sources are NOT blocked until that entry is removed"]
+    );
+    // Made all the same: listed, and still not denied (allow wins).
+    assert_eq!(lists.list(ListKind::Deny).len(), 1);
+    assert_eq!(lists.denies("192.0.2.9".parse().unwrap()), None);
+
+    let added = lists
+        .add_reporting(ListKind::Allow, net("198.51.100.0/24"), None, None, false)
+        .unwrap();
+    assert!(added.warnings.is_empty(), "{:?}", added.warnings);
+    lists
+        .add(ListKind::Deny, net("198.51.0.0/16"), None, None)
+        .unwrap();
+    let added = lists
+        .add_reporting(ListKind::Allow, net("198.51.7.0/24"), None, None, false)
+        .unwrap();
+    assert_eq!(
+        added.warnings,
+        [
+            "this un-blocks 198.51.7.0/24 of blocklist entry 198.51.0.0/16 (added at runtime); \
+          allow wins over deny"
+        ]
+    );
+}
+
+#[test]
+fn ipv4_mapped_entries_are_stored_as_ipv4_and_a_whole_family_needs_force() {
+    let f = Fixture::new("mapped");
+    let lists = f.open("{}");
+    let entry = lists
+        .add(ListKind::Deny, net("::ffff:127.0.0.5/128"), None, None)
+        .unwrap();
+    assert_eq!(entry.cidr, net("127.0.0.5/32"));
+    assert_eq!(
+        lists.denies("127.0.0.5".parse().unwrap()),
+        Some(net("127.0.0.5/32"))
+    );
+    assert_eq!(
+        lists.denies("::ffff:127.0.0.5".parse().unwrap()),
+        Some(net("127.0.0.5/32")),
+        "a dual-stack peer"
+    );
+
+    for (kind, cidr) in [(ListKind::Deny, "0.0.0.0/0"), (ListKind::Allow, "::/0")] {
+        match lists.add(kind, net(cidr), None, None) {
+            Err(ListError::Invalid(message)) => {
+                assert!(message.contains("--force"), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    lists
+        .add_reporting(ListKind::Deny, net("::/0"), None, None, true)
+        .unwrap();
+    assert!(lists.denies("2001:db8::1".parse().unwrap()).is_some());
 }

@@ -26,6 +26,8 @@ enum Sink {
 /// Where JSON lines go, and the lines held back when `buffer_bytes` is set.
 struct Lines {
     out: Mutex<Out>,
+    /// `format: text` to a file: `key=value` lines with the JSON field names.
+    text: bool,
     /// 0: every line is written as it is made.
     buffer: usize,
 }
@@ -124,8 +126,6 @@ impl AccessLogger {
             };
             return Ok(Self { sink });
         }
-        // To a file, text is written as JSON lines too: one parseable line
-        // per request is what log shippers want.
         let target = match &config.path {
             None => Target::Stdout,
             Some(path) => Target::File(
@@ -142,6 +142,7 @@ impl AccessLogger {
                 target,
                 pending: Vec::with_capacity(buffer),
             }),
+            text: config.format == AccessLogFormat::Text,
             buffer,
         });
         if buffer > 0 {
@@ -271,7 +272,9 @@ impl AccessLogger {
         }
         BUF.with_borrow_mut(|buf| {
             buf.clear();
-            if serde_json::to_writer(&mut *buf, line).is_err() {
+            if lines.text {
+                line.write_text(buf);
+            } else if serde_json::to_writer(&mut *buf, line).is_err() {
                 return;
             }
             buf.push(b'\n');
@@ -305,6 +308,62 @@ struct Line<'a> {
     rejection: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     detail: Option<&'a str>,
+}
+
+impl Line<'_> {
+    /// `format: text` to a file: the JSON line's fields as `key=value`
+    /// (logfmt), `-` for an absent value, quoted when it has a space.
+    fn write_text(&self, out: &mut Vec<u8>) {
+        fn field(out: &mut Vec<u8>, key: &str, value: Option<&dyn std::fmt::Display>) {
+            if !out.is_empty() {
+                out.push(b' ');
+            }
+            let value = value.map_or_else(|| "-".to_string(), ToString::to_string);
+            let value = if value.is_empty() || value.contains([' ', '"', '=']) {
+                format!("{value:?}")
+            } else {
+                value
+            };
+            let _ = write!(out, "{key}={value}");
+        }
+        let verdicts = self.verdicts.join(",");
+        field(out, "ts", Some(&format_args!("{:.3}", self.ts)));
+        field(out, "request_id", self.request_id.as_ref().map(|v| v as _));
+        field(out, "client_ip", Some(&self.client_ip));
+        if let Some(listener) = &self.listener {
+            field(out, "listener", Some(listener));
+        }
+        field(out, "method", self.method.as_ref().map(|v| v as _));
+        field(out, "path", self.path.as_ref().map(|v| v as _));
+        field(out, "route", self.route.as_ref().map(|v| v as _));
+        field(out, "consumer", self.consumer.as_ref().map(|v| v as _));
+        field(
+            out,
+            "upstream_target",
+            self.upstream_target.as_ref().map(|v| v as _),
+        );
+        field(out, "status", Some(&self.status));
+        let ms = |v: Option<f64>| v.map(|v| format!("{v:.3}"));
+        field(
+            out,
+            "duration_ms",
+            ms(self.duration_ms).as_ref().map(|v| v as _),
+        );
+        field(
+            out,
+            "upstream_ms",
+            ms(self.upstream_ms).as_ref().map(|v| v as _),
+        );
+        field(
+            out,
+            "verdicts",
+            (!verdicts.is_empty()).then_some(&verdicts as _),
+        );
+        field(out, "rejection", self.rejection.as_ref().map(|v| v as _));
+        if let Some(detail) = &self.detail {
+            field(out, "detail", Some(detail));
+        }
+    }
 }
 
 /// Seconds since the epoch, for `ts`.
@@ -365,6 +424,29 @@ mod tests {
             400,
             "malformed_head",
             detail,
+        );
+    }
+
+    #[test]
+    fn text_to_a_file_is_written_as_text() {
+        let log = TempLog::new("text");
+        let config = AccessLog {
+            format: AccessLogFormat::Text,
+            ..log.config(None, None)
+        };
+        let logger = AccessLogger::open(&config).unwrap();
+        refused(&logger, "bad request line");
+        let text = std::fs::read_to_string(&log.0).unwrap();
+        assert!(text.ends_with('\n') && text.lines().count() == 1, "{text}");
+        assert!(!text.starts_with('{'), "{text}");
+        assert!(
+            text.contains(" client_ip=192.0.2.1 listener=public method=- path=- "),
+            "{text}"
+        );
+        assert!(
+            text.contains(" status=400 ")
+                && text.ends_with(" rejection=malformed_head detail=\"bad request line\"\n"),
+            "{text}"
         );
     }
 

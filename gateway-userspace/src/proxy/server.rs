@@ -80,12 +80,8 @@ impl Settings {
     pub fn compile(config: &Config, index: usize) -> Result<Self, ConfigError> {
         let listener = &config.listeners[index];
         let tls = tls::server_config(index, listener)?.map(TlsAcceptor::from);
-        if listener.proxy_protocol && config.trusted_proxies.is_empty() {
-            tracing::warn!(
-                listener = %listener.address,
-                "proxy_protocol is on but trusted_proxies is empty: every connection will be refused"
-            );
-        }
+        // proxy_protocol without trusted_proxies is a config warning
+        // (config::warnings), logged with the others at start and reload.
         let http1 = http1::Settings {
             head: HeadLimits {
                 max_bytes: listener.max_header_bytes,

@@ -4,6 +4,7 @@
 
 mod attach;
 mod bpffs;
+mod cleanup;
 mod list_maps;
 mod maps;
 
@@ -23,6 +24,7 @@ use serde::Serialize;
 use self::maps::Maps;
 pub use self::{
     attach::{detach_pinned, links_dir, AttachMode, Attachment, OnExit},
+    cleanup::{cleanup, Removed},
     maps::{KernelRules, ListKind},
 };
 
