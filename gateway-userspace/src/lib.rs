@@ -10,7 +10,8 @@
 //! policies and consumers), `token_server` (the gateway as an OAuth 2.0
 //! authorization server), `xdp` (the kernel
 //! half seen from here), `admin` (API server and client), `cli`, `daemon`
-//! (wiring and reload), `telemetry`.
+//! (wiring and reload), `telemetry`, `redis` (the connection to a shared
+//! Redis).
 #![deny(unsafe_code)]
 
 pub mod admin;
@@ -23,6 +24,7 @@ pub mod http1;
 pub mod lists;
 pub mod policy;
 pub mod proxy;
+pub mod redis;
 pub mod sys;
 pub mod telemetry;
 pub mod tls;

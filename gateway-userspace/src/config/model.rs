@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use super::{Consumer, Listener, OAuth2Server, PolicyDefaults, Route, Upstream, Xdp};
+use super::{Consumer, Listener, OAuth2Server, PolicyDefaults, Redis, Route, Upstream, Xdp};
 
 /// Where the daemon keeps runtime changes (CLI list entries) across
 /// restarts, when the config does not say.
@@ -47,6 +47,10 @@ pub struct Config {
     /// for `consumers[].oauth2_clients`, revocation, and its JWKS.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oauth2_server: Option<OAuth2Server>,
+    /// The Redis server that state shared between gateways lives in
+    /// (rate limits with `storage: redis`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<Redis>,
     #[serde(default)]
     pub limits: Limits,
     /// How request targets and header names are made unambiguous before
