@@ -131,8 +131,8 @@ impl Redis {
         {
             return Ok(existing);
         }
-        let client = ::redis::Client::open(settings.url.as_str())
-            .map_err(|e| format!("redis.url: {e}"))?;
+        let client =
+            ::redis::Client::open(settings.url.as_str()).map_err(|e| format!("redis.url: {e}"))?;
         let redis = Arc::new_cyclic(|me| Redis {
             client,
             settings: settings.clone(),
@@ -230,7 +230,10 @@ impl Redis {
 
     /// A call failed: the slot is down until a probe sees Redis again.
     fn failed(&self, index: usize, slot: &Slot, kind: &'static str) {
-        self.metrics.errors.get_or_create(&ErrorLabels { kind }).inc();
+        self.metrics
+            .errors
+            .get_or_create(&ErrorLabels { kind })
+            .inc();
         slot.down.store(true, Ordering::Relaxed);
         if slot.probing.swap(true, Ordering::AcqRel) {
             return;

@@ -53,7 +53,10 @@ fn default_redis_retry_interval() -> Duration {
 impl Redis {
     pub(super) fn validate(&self, errors: &mut Errors) {
         if let Err(e) = redis::Client::open(self.url.as_str()) {
-            errors.push("redis.url", format!("'{}' is not a Redis URL: {e}", self.url));
+            errors.push(
+                "redis.url",
+                format!("'{}' is not a Redis URL: {e}", self.url),
+            );
         }
         let range = Duration::from_millis(1)..=Duration::from_secs(10);
         for (field, value) in [
@@ -233,7 +236,10 @@ fn validate_key(key: &[String], path: &str, errors: &mut Errors) {
 
 fn validate_max_keys(max_keys: usize, path: &str, errors: &mut Errors) {
     if !(1..=100_000_000).contains(&max_keys) {
-        errors.push(format!("{path}.max_keys"), "must be between 1 and 100000000");
+        errors.push(
+            format!("{path}.max_keys"),
+            "must be between 1 and 100000000",
+        );
     }
 }
 

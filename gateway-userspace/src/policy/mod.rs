@@ -251,9 +251,9 @@ impl PolicyList {
                         c.anonymous.as_deref(),
                     )?,
                     config::Policy::Acl(c) => StepPolicy::Guard(Box::new(acl::Acl::new(c))),
-                    config::Policy::RateLimit(c) => StepPolicy::Guard(Box::new(
-                        rate_limit::RateLimit::new(c, redis, metrics)?,
-                    )),
+                    config::Policy::RateLimit(c) => {
+                        StepPolicy::Guard(Box::new(rate_limit::RateLimit::new(c, redis, metrics)?))
+                    }
                     config::Policy::Throttle(c) => {
                         StepPolicy::Guard(Box::new(throttle::Throttle::new(c)))
                     }

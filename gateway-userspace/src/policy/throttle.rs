@@ -83,9 +83,7 @@ impl Throttle {
     fn admit(&self, key: u64) -> Result<Option<Place>, u64> {
         let now = self.clock.now();
         let index = (key >> 58) as usize % SHARDS;
-        let mut shard = self.shards[index]
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut shard = self.shards[index].lock().unwrap_or_else(|e| e.into_inner());
         if now >= shard.next_sweep || shard.keys.len() >= self.per_shard {
             shard.keys.retain(|_, k| k.waiting > 0 || k.tat > now);
             if shard.keys.len() >= self.per_shard {

@@ -167,7 +167,12 @@ pub fn expires(algorithm: RateAlgorithm, limit: &Limit, state: &State) -> u64 {
 /// Decides on one request against every limit of a key, and counts it when
 /// all of them admit it. The answer is the refusing limit that is longest
 /// to wait for, or (admitted) the one with the fewest requests left.
-pub fn check(algorithm: RateAlgorithm, limits: &[Limit], states: &mut [State], now: u64) -> Decision {
+pub fn check(
+    algorithm: RateAlgorithm,
+    limits: &[Limit],
+    states: &mut [State],
+    now: u64,
+) -> Decision {
     let mut answer: Option<Decision> = None;
     for (limit, state) in limits.iter().zip(states.iter_mut()) {
         let d = peek(algorithm, limit, state, now);
@@ -229,7 +234,10 @@ mod tests {
         let mut s = [State::default()];
         let first = check(a, &l, &mut s, 100 * S + 200 * MS);
         assert!(first.allowed);
-        assert_eq!((first.limit, first.remaining, first.reset), (3, 2, 800 * MS));
+        assert_eq!(
+            (first.limit, first.remaining, first.reset),
+            (3, 2, 800 * MS)
+        );
         assert_eq!(admit(a, &l, &mut s, 100 * S + 300 * MS, 5), 2);
         let refused = check(a, &l, &mut s, 100 * S + 900 * MS);
         assert!(!refused.allowed);
@@ -285,7 +293,10 @@ mod tests {
         let mut s = [State::default()];
         let now = 50 * S;
         let first = check(a, &l, &mut s, now);
-        assert_eq!((first.limit, first.remaining, first.reset), (5, 4, 100 * MS));
+        assert_eq!(
+            (first.limit, first.remaining, first.reset),
+            (5, 4, 100 * MS)
+        );
         assert_eq!(admit(a, &l, &mut s, now, 10), 4);
         let refused = check(a, &l, &mut s, now);
         assert!(!refused.allowed);

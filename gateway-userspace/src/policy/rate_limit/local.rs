@@ -78,9 +78,7 @@ impl LocalCounters {
     pub fn check(&self, key: u64, now: u64) -> Decision {
         // The top bits pick the shard; the map uses all of them.
         let index = (key >> 58) as usize % SHARDS;
-        let mut shard = self.shards[index]
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut shard = self.shards[index].lock().unwrap_or_else(|e| e.into_inner());
         if now >= shard.next_sweep {
             shard.map.retain(|_, e| e.expires > now);
             shard.next_sweep = now.saturating_add(self.sweep_every);

@@ -240,8 +240,8 @@ fn counters_name(config: &config::RateLimitPolicy) -> String {
     if let Some(name) = &config.name {
         return name.clone();
     }
-    let what = serde_json::to_string(&(&config.limits, config.algorithm, &config.key))
-        .unwrap_or_default();
+    let what =
+        serde_json::to_string(&(&config.limits, config.algorithm, &config.key)).unwrap_or_default();
     let digest = ring::digest::digest(&ring::digest::SHA256, what.as_bytes());
     digest.as_ref()[..8]
         .iter()

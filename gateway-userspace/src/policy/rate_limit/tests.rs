@@ -39,7 +39,9 @@ fn header(headers: &HeaderMap, name: &str) -> String {
 
 #[tokio::test(start_paused = true)]
 async fn headers_on_every_answer_and_429_with_retry_after() {
-    let p = policy("{limits: [{requests: 2, per: 10s}, {requests: 100, per: 1h}], algorithm: fixed_window}");
+    let p = policy(
+        "{limits: [{requests: 2, per: 10s}, {requests: 100, per: 1h}], algorithm: fixed_window}",
+    );
     let (result, headers) = run(&p, "192.0.2.1");
     assert!(result.is_ok());
     assert_eq!(header(&headers, "ratelimit-limit"), "2");
@@ -65,9 +67,8 @@ async fn headers_on_every_answer_and_429_with_retry_after() {
 
 #[tokio::test(start_paused = true)]
 async fn headers_can_be_hidden_and_retry_after_jittered() {
-    let p = policy(
-        "{limits: [{requests: 1, per: 1s}], hide_headers: true, retry_after_jitter: 5s}",
-    );
+    let p =
+        policy("{limits: [{requests: 1, per: 1s}], hide_headers: true, retry_after_jitter: 5s}");
     let (result, headers) = run(&p, "192.0.2.1");
     assert!(result.is_ok());
     assert!(headers.is_empty(), "{headers:?}");
@@ -105,7 +106,9 @@ async fn token_bucket_refills_at_the_rate() {
 #[test]
 fn counters_are_named_by_what_decides_the_counting() {
     let config = |yaml: &str| -> config::RateLimitPolicy { serde_yaml::from_str(yaml).unwrap() };
-    let a = counters_name(&config("{limits: [{requests: 2, per: 1s}], hide_headers: true}"));
+    let a = counters_name(&config(
+        "{limits: [{requests: 2, per: 1s}], hide_headers: true}",
+    ));
     let same = counters_name(&config("{limits: [{requests: 2, per: 1s}]}"));
     let other = counters_name(&config("{limits: [{requests: 3, per: 1s}]}"));
     assert_eq!(a, same, "headers do not change the counting");
@@ -116,7 +119,17 @@ fn counters_are_named_by_what_decides_the_counting() {
         "api"
     );
     assert_eq!(
-        script_args(RateAlgorithm::TokenBucket, &[Limit::new(&config("{limits: [{requests: 2, per: 1s, burst: 5}]}").limits[0])]),
-        [b"token_bucket".to_vec(), b"2".to_vec(), b"1000000".to_vec(), b"5".to_vec()]
+        script_args(
+            RateAlgorithm::TokenBucket,
+            &[Limit::new(
+                &config("{limits: [{requests: 2, per: 1s, burst: 5}]}").limits[0]
+            )]
+        ),
+        [
+            b"token_bucket".to_vec(),
+            b"2".to_vec(),
+            b"1000000".to_vec(),
+            b"5".to_vec()
+        ]
     );
 }
