@@ -288,3 +288,83 @@ async fn three_gateways_share_one_limit_through_redis() {
         ) >= 1.0
     );
 }
+
+/// Every algorithm counts the same in Redis (the script) as in memory:
+/// the same statuses and headers, request by request.
+#[tokio::test]
+async fn redis_counts_every_algorithm_as_local_counters_do() {
+    let redis = RedisServer::start();
+    let upstream = EchoUpstream::start(any_port(), "u").await.unwrap();
+    let listen = free_port();
+    let policies = [
+        (
+            "fixed",
+            "algorithm: fixed_window, limits: [{requests: 5, per: 1h}]",
+        ),
+        (
+            "bucket",
+            "algorithm: token_bucket, limits: [{requests: 1, per: 1h, burst: 3}]",
+        ),
+        (
+            "sliding",
+            "limits: [{requests: 4, per: 1h}, {requests: 3, per: 1d}]",
+        ),
+    ];
+    let mut routes = String::new();
+    for (name, policy) in policies {
+        for storage in ["local", "redis"] {
+            routes.push_str(&format!(
+                "  - {{name: {name}-{storage}, match: {{path_prefix: /{name}/{storage}}}, upstream: u,\n\
+                 \x20   policies: [{{type: rate-limit, storage: {storage}, {policy}}}]}}\n"
+            ));
+        }
+    }
+    let daemon = Daemon::start(
+        &format!(
+            "listeners: [{{address: '{listen}'}}]\n\
+             redis: {{url: '{}', timeout: 1s}}\n\
+             upstreams: {{u: {{targets: ['{}']}}}}\n\
+             routes:\n{routes}",
+            redis.url(),
+            upstream.addr
+        ),
+        None,
+    );
+    for (name, _) in policies {
+        let mut answers = Vec::new();
+        for storage in ["local", "redis"] {
+            let mut seen = Vec::new();
+            for _ in 0..7 {
+                let r = call(listen, &format!("/{name}/{storage}"), &[]).await;
+                seen.push((
+                    r.status,
+                    r.header("ratelimit-limit").map(str::to_string),
+                    r.header("ratelimit-remaining").map(str::to_string),
+                    r.header("ratelimit-policy").map(str::to_string),
+                ));
+            }
+            answers.push(seen);
+        }
+        assert_eq!(answers[0], answers[1], "{name}: local, then redis");
+        let admitted = answers[1].iter().filter(|a| a.0 == 200).count();
+        let expected = match name {
+            "fixed" => 5,
+            "bucket" => 3,
+            _ => 3,
+        };
+        assert_eq!(admitted, expected, "{name}: {:?}", answers[1]);
+        assert_eq!(
+            answers[1][0].2.as_deref(),
+            Some((expected - 1).to_string().as_str())
+        );
+    }
+    // Nothing was counted locally instead (no fallback).
+    assert_eq!(
+        metric(
+            &daemon.admin_get("/metrics"),
+            "xgate_rate_limit_redis_fallbacks_total"
+        ),
+        0.0
+    );
+    assert_eq!(redis.command(&["DBSIZE"]).unwrap(), ":3");
+}
