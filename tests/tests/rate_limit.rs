@@ -65,19 +65,19 @@ fn metric(metrics: &str, prefix: &str) -> f64 {
 async fn local_limits_answer_429_with_headers_on_every_response() {
     let upstream = EchoUpstream::start(any_port(), "u").await.unwrap();
     let listen = free_port();
-    let _daemon = Daemon::start(
-        &format!(
+    let config = |extra: &str| {
+        format!(
             "listeners: [{{address: '{listen}'}}]\n\
              upstreams: {{u: {{targets: ['{}']}}}}\n\
-             routes:\n\
+             routes:\n{extra}\
              \x20 - {{name: api, match: {{path_prefix: /api}}, upstream: u,\n\
              \x20    policies: [{{type: rate-limit, algorithm: fixed_window, limits: [{{requests: 3, per: 1h}}, {{requests: 100, per: 1d}}]}}]}}\n\
              \x20 - {{name: quiet, match: {{path_prefix: /quiet}}, upstream: u,\n\
              \x20    policies: [{{type: rate-limit, hide_headers: true, key: ['header:x-tenant'], limits: [{{requests: 1, per: 1h}}]}}]}}\n",
             upstream.addr
-        ),
-        None,
-    );
+        )
+    };
+    let daemon = Daemon::start(&config(""), None);
     for left in (0..3).rev() {
         let r = call(listen, "/api/x", &[]).await;
         assert_eq!(r.status, 200, "{r:?}");
@@ -106,6 +106,19 @@ async fn local_limits_answer_429_with_headers_on_every_response() {
     assert_eq!(call(listen, "/quiet", &["x-tenant: b"]).await.status, 200);
     assert_eq!(call(listen, "/quiet", &[]).await.status, 200);
     assert_eq!(call(listen, "/quiet", &[]).await.status, 429);
+
+    // A reload that leaves the policies alone keeps their counters.
+    let out = daemon.reload_with(&config(
+        "  - {name: new, match: {path_prefix: /new}, upstream: u}\n",
+    ));
+    assert!(
+        out.status.success(),
+        "{}",
+        xgate_tests::process::stderr(&out)
+    );
+    assert_eq!(call(listen, "/new", &[]).await.status, 200, "reloaded");
+    assert_eq!(call(listen, "/api/x", &[]).await.status, 429);
+    assert_eq!(call(listen, "/quiet", &["x-tenant: a"]).await.status, 429);
 }
 
 #[tokio::test]
@@ -215,9 +228,23 @@ async fn three_gateways_share_one_limit_through_redis() {
     assert_eq!(r.header("ratelimit-limit"), Some("30"));
     assert_eq!(r.header("ratelimit-remaining"), Some("0"));
 
-    // Redis dies: every request is still answered, each gateway counts by
-    // itself (`local`), the strict route refuses (`refuse`).
+    // Redis dies in the middle of a burst: every request is answered.
+    let during = {
+        let listens = listens.clone();
+        tokio::spawn(async move { burst(&listens, "/shared", "d", 40).await })
+    };
+    tokio::time::sleep(Duration::from_millis(20)).await;
     redis.stop();
+    let statuses = during.await.unwrap();
+    assert_eq!(
+        count(&statuses, 200) + count(&statuses, 429),
+        120,
+        "{statuses:?}"
+    );
+    assert!(count(&statuses, 200) >= 30, "{statuses:?}");
+
+    // Redis is dead: each gateway counts by itself (`local`), the strict
+    // route refuses (`refuse`).
     let started = std::time::Instant::now();
     let statuses = burst(&listens, "/shared", "b", 40).await;
     assert_eq!(count(&statuses, 200), 90, "30 per gateway: {statuses:?}");
