@@ -218,4 +218,47 @@ mod tests {
         spec.bytes(&none, &one, &mut bytes);
         assert_eq!(bytes, b"i9:192.0.2.1i9:192.0.2.1");
     }
+
+    #[test]
+    fn consumer_and_credential_keys_fall_back_to_the_address() {
+        let config = crate::config::Config::from_yaml(
+            "listeners: [{address: '127.0.0.1:1'}]\nconsumers: [{username: alice}, {username: bob}]\n",
+            "t",
+        )
+        .unwrap();
+        let consumers = crate::policy::Consumers::compile(&config.consumers).unwrap();
+        let identity = |name: &str, credential: Option<&'static str>| crate::policy::Identity {
+            consumer: consumers.by_username(name).cloned(),
+            credential: credential.map(http::HeaderValue::from_static),
+            anonymous: false,
+        };
+        let (alice, bob) = (
+            identity("alice", Some("alice:keys[0]")),
+            identity("bob", None),
+        );
+        let addr: std::net::SocketAddr = "192.0.2.1:1".parse().unwrap();
+        let conn = crate::exchange::ConnInfo::new(addr, addr, "http", None);
+        let parts = http::Request::new(()).into_parts().0;
+        let bytes = |spec: &KeySpec, caller: &Caller<'_>| {
+            let mut out = Vec::new();
+            spec.bytes(&parts, caller, &mut out);
+            String::from_utf8(out).unwrap()
+        };
+        let by_consumer = KeySpec::new(&["consumer".into(), "route".into()]);
+        let by_credential = KeySpec::new(&["credential".into()]);
+        // Alice from two addresses is one key; nobody is counted by address.
+        let a1 = caller(&conn, "192.0.2.1", Some(&alice));
+        let a2 = caller(&conn, "192.0.2.2", Some(&alice));
+        assert_eq!(by_consumer.hash(&parts, &a1), by_consumer.hash(&parts, &a2));
+        assert_eq!(bytes(&by_consumer, &a1), "c5:alicer1:r");
+        assert_eq!(bytes(&by_credential, &a1), "k13:alice:keys[0]");
+        let b = caller(&conn, "192.0.2.3", Some(&bob));
+        assert_eq!(
+            bytes(&by_credential, &b),
+            "i9:192.0.2.3",
+            "bob has no credential"
+        );
+        let nobody = caller(&conn, "192.0.2.4", None);
+        assert_eq!(bytes(&by_consumer, &nobody), "i9:192.0.2.4r1:r");
+    }
 }
