@@ -531,10 +531,55 @@ pub fn run(settings: &Settings) -> Result<Report> {
     }
 
     proxy::run_rounds(&mut fleet, &tools, &mut cases, rounds, seconds)?;
+    // A Redis check that timed out was counted locally: such a run measured
+    // (partly) the fallback, not Redis, and is not judged.
+    let admin = tmp.path().join(Kind::Xgate.id()).join("admin.sock");
+    if let Some(case) = cases
+        .iter_mut()
+        .find(|c| c.group == Policy::RateLimitRedis.id() && c.target == "xgate" && c.ok())
+    {
+        match redis_fallbacks(&admin) {
+            Ok(n) if n <= 0.0 => {}
+            Ok(n) => {
+                case.failed = Some(format!(
+                    "{n} checks fell back to local counting (Redis did not answer within \
+                     redis.timeout): not a measurement of Redis"
+                ))
+            }
+            Err(e) => case.failed = Some(format!("cannot read xgate's metrics: {e:#}")),
+        }
+    }
     drop(fleet);
     Ok(build_report(
         &cases, &found, &tools, rounds, seconds, &started, &creds,
     ))
+}
+
+/// `xgate_rate_limit_redis_fallbacks_total`, all actions, from the admin
+/// API's metrics.
+fn redis_fallbacks(admin_socket: &Path) -> Result<f64> {
+    use std::io::Write;
+    let mut stream = std::os::unix::net::UnixStream::connect(admin_socket)
+        .with_context(|| format!("connecting to {}", admin_socket.display()))?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text)?;
+    if !text.starts_with("HTTP/1.1 200") {
+        bail!("GET /metrics: {}", one_line(&text));
+    }
+    Ok(fallbacks_in(&text))
+}
+
+fn fallbacks_in(metrics: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("xgate_rate_limit_redis_fallbacks_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// A policy case's req/s overhead over the same proxy's plain case
@@ -948,6 +993,16 @@ mod tests {
         let config = gateway_userspace::config::Config::from_yaml(&text, "xgate-policies.yaml")
             .unwrap_or_else(|e| panic!("{e}"));
         assert!(config.redis.is_some());
+    }
+
+    #[test]
+    fn fallbacks_are_read_from_the_metrics() {
+        let metrics = "# TYPE xgate_rate_limit_redis_fallbacks counter\n\
+                       xgate_rate_limit_redis_fallbacks_total{action=\"local\"} 12\n\
+                       xgate_rate_limit_redis_fallbacks_total{action=\"refuse\"} 3\n\
+                       xgate_redis_errors_total{kind=\"timeout\"} 7\n";
+        assert_eq!(fallbacks_in(metrics), 15.0);
+        assert_eq!(fallbacks_in("# EOF\n"), 0.0);
     }
 
     #[test]
