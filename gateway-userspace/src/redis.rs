@@ -5,6 +5,11 @@
 //! thread), a timeout on every call, and a health gate: after a failure,
 //! calls fail at once (the caller's fallback answers without waiting)
 //! while a probe PINGs Redis every `retry_interval` until it answers.
+//!
+//! Users: `Redis::shared(&config.redis, &metrics.redis)` for the client,
+//! then [`Redis::script`] (EVALSHA with load-on-NOSCRIPT) or
+//! [`Redis::command`]; pub/sub takes a connection of its own from
+//! [`Redis::client`].
 
 use std::{
     sync::{
@@ -189,11 +194,6 @@ impl Redis {
         keys: &[&[u8]],
         args: &[&[u8]],
     ) -> Result<T, RedisError> {
-        let (index, slot) = self.slot();
-        if slot.down.load(Ordering::Relaxed) {
-            return Err(RedisError::Down);
-        }
-        let mut connection = self.connection(slot)?;
         let mut invocation = script.prepare_invoke();
         for key in keys {
             invocation.key(*key);
@@ -201,12 +201,46 @@ impl Redis {
         for arg in args {
             invocation.arg(*arg);
         }
-        let started = Instant::now();
-        let result = tokio::time::timeout(
-            self.settings.timeout,
-            invocation.invoke_async::<T>(&mut connection),
+        self.call(
+            |mut connection| async move { invocation.invoke_async::<T>(&mut connection).await },
         )
-        .await;
+        .await
+    }
+
+    /// Runs one command (`redis::cmd("SMEMBERS").arg(...)`), under the
+    /// same timeout and health gate as scripts.
+    pub async fn command<T: FromRedisValue>(
+        &self,
+        command: &::redis::Cmd,
+    ) -> Result<T, RedisError> {
+        self.call(|mut connection| async move { command.query_async::<T>(&mut connection).await })
+            .await
+    }
+
+    /// The client, for what a shared multiplexed connection cannot do
+    /// (pub/sub needs a connection of its own).
+    pub fn client(&self) -> &::redis::Client {
+        &self.client
+    }
+
+    pub fn settings(&self) -> &config::Redis {
+        &self.settings
+    }
+
+    /// One call on the calling worker's connection: refused at once while
+    /// the worker's connection is down; timed, counted and logged.
+    async fn call<T, F, Fut>(&self, call: F) -> Result<T, RedisError>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: std::future::Future<Output = ::redis::RedisResult<T>>,
+    {
+        let (index, slot) = self.slot();
+        if slot.down.load(Ordering::Relaxed) {
+            return Err(RedisError::Down);
+        }
+        let connection = self.connection(slot)?;
+        let started = Instant::now();
+        let result = tokio::time::timeout(self.settings.timeout, call(connection)).await;
         match result {
             Ok(Ok(value)) => {
                 self.metrics
@@ -371,7 +405,7 @@ mod tests {
     }
 
     /// Nothing listens on the port: the call fails fast, and the next
-    /// ones fail at once without trying (the fallback answers) until a
+    /// ones (commands and scripts alike) fail at once without trying (the fallback answers) until a
     /// probe sees Redis.
     #[tokio::test]
     async fn an_unreachable_redis_fails_fast_then_is_not_tried() {
@@ -392,7 +426,7 @@ mod tests {
         )
         .unwrap();
         let script = Script::new("return 1");
-        let first = redis.script::<i64>(&script, &[], &[]).await;
+        let first = redis.command::<String>(&::redis::cmd("PING")).await;
         assert!(
             matches!(first, Err(RedisError::Failed(_) | RedisError::Timeout(_))),
             "{first:?}"
