@@ -129,6 +129,31 @@ impl Wrk {
         self.run_script(&self.script, url, shape, headers)
     }
 
+    /// As [`Wrk::run`], with `header` set to one of `keys` values on each
+    /// request, in turn (`k0`, `k1`, ...; each wrk thread starts at a
+    /// random one, seeded by the second): traffic spread over that many rate-limit keys.
+    pub fn run_keyed(
+        &self,
+        url: &str,
+        shape: Shape,
+        headers: &[String],
+        header: &str,
+        keys: usize,
+    ) -> Result<LoadResult> {
+        let script = self.dir.join(format!("wrk-keys-{keys}.lua"));
+        std::fs::write(
+            &script,
+            format!(
+                "local keys = {keys}\n\
+                 local i = 0\n\
+                 init = function(args)\n  math.randomseed(os.time())\n  i = math.random(keys) - 1\nend\n\
+                 request = function()\n  i = (i + 1) % keys\n  \
+                 wrk.headers[\"{header}\"] = \"k\" .. i\n  return wrk.format()\nend\n{WRK_SCRIPT}"
+            ),
+        )?;
+        self.run_script(&script, url, shape, headers)
+    }
+
     /// As [`Wrk::run`], but every request is a POST with a body of
     /// `body_len` bytes (Content-Length framed).
     pub fn run_upload(&self, url: &str, shape: Shape, body_len: usize) -> Result<LoadResult> {

@@ -79,6 +79,10 @@ pub const XGATE_POLICIES: Template = Template {
     file: "xgate-policies.yaml",
     text: include_str!("../peers/xgate-policies.yaml"),
 };
+pub const NGINX_POLICIES: Template = Template {
+    file: "nginx-policies.conf",
+    text: include_str!("../peers/nginx-policies.conf"),
+};
 pub const ENVOY_POLICIES: Template = Template {
     file: "envoy-policies.yaml",
     text: include_str!("../peers/envoy-policies.yaml"),
@@ -563,7 +567,12 @@ mod tests {
                 .into_iter()
                 .map(|n| (n, "1".to_string())),
         );
-        for t in [HAPROXY_POLICIES, ENVOY_POLICIES] {
+        for t in [
+            HAPROXY_POLICIES,
+            ENVOY_POLICIES,
+            NGINX_POLICIES,
+            XGATE_POLICIES,
+        ] {
             render(t.text, &policy_vars, false).unwrap_or_else(|e| panic!("{}: {e:#}", t.file));
         }
     }

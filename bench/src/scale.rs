@@ -9,10 +9,14 @@
 //!   (`Connection: close`, where the check runs every time); RSS;
 //! - consumers: key-auth with 10 against 100,000 consumers (one API key
 //!   each), the request carrying one of them (HTTP/1.1 keep-alive);
+//! - rate-limit keys: a local rate limit (never triggered) keyed by a
+//!   header, the requests spread over 10 against 100,000 distinct values
+//!   (a wrk script cycles through them), so the counters hold that many
+//!   keys;
 //! - deny CIDRs in XDP: the same two lists in the XDP program's lists,
 //!   ns/packet with BPF_PROG_TEST_RUN for a passing source and a denied one.
 //!
-//! The six xgate instances run side by side in a network namespace made
+//! The eight xgate instances run side by side in a network namespace made
 //! for the run (its own loopback), pinned to the last CPU with the upstream;
 //! wrk runs on CPU 0. In every HTTP round the two cases of each pair run
 //! back to back (their order alternating, the pairs' order rotating); the
@@ -62,6 +66,10 @@ const LARGE_CONSUMERS: usize = 100_000;
 const KEYED_PATH: &str = "/keyed/small";
 /// The consumer whose key every consumers-case request carries.
 const KEY_CONSUMER: usize = 7;
+const SMALL_RATE_KEYS: usize = 10;
+const LARGE_RATE_KEYS: usize = 100_000;
+/// The header the rate-limit instances count by.
+const RATE_KEY_HEADER: &str = "x-tenant";
 const SMALL_DENY: usize = 10;
 const LARGE_DENY: usize = 100_000;
 /// The route every routes-case request matches (`/svc7`, stripped).
@@ -92,16 +100,20 @@ enum Instance {
     DenyLarge,
     KeysSmall,
     KeysLarge,
+    RateKeysSmall,
+    RateKeysLarge,
 }
 
 impl Instance {
-    const ALL: [Instance; 6] = [
+    const ALL: [Instance; 8] = [
         Instance::RoutesSmall,
         Instance::RoutesLarge,
         Instance::DenySmall,
         Instance::DenyLarge,
         Instance::KeysSmall,
         Instance::KeysLarge,
+        Instance::RateKeysSmall,
+        Instance::RateKeysLarge,
     ];
 
     fn id(self) -> &'static str {
@@ -112,6 +124,8 @@ impl Instance {
             Instance::DenyLarge => "deny-100000",
             Instance::KeysSmall => "consumers-10",
             Instance::KeysLarge => "consumers-100000",
+            Instance::RateKeysSmall => "ratelimit-keys-10",
+            Instance::RateKeysLarge => "ratelimit-keys-100000",
         }
     }
 
@@ -148,6 +162,15 @@ impl Instance {
         match self {
             Instance::KeysSmall => SMALL_CONSUMERS,
             Instance::KeysLarge => LARGE_CONSUMERS,
+            _ => 0,
+        }
+    }
+
+    /// Distinct rate-limit keys the requests are spread over.
+    fn rate_keys(self) -> usize {
+        match self {
+            Instance::RateKeysSmall => SMALL_RATE_KEYS,
+            Instance::RateKeysLarge => LARGE_RATE_KEYS,
             _ => 0,
         }
     }
@@ -211,6 +234,12 @@ const PAIRS: &[(Instance, Instance, Conn, &str)] = &[
         Conn::KeepAlive,
         "key-auth: 10 vs 100,000 consumers",
     ),
+    (
+        Instance::RateKeysSmall,
+        Instance::RateKeysLarge,
+        Conn::KeepAlive,
+        "local rate limit: 10 vs 100,000 distinct keys",
+    ),
 ];
 
 /// Consumer `i`'s API key.
@@ -257,6 +286,16 @@ fn routes_yaml(instance: Instance) -> String {
              \x20 - name: keyed\n    match: { path_prefix: /keyed }\n    upstream: bench\n    \
              strip_prefix: true\n    policies: [{ type: key-auth, key_names: [x-api-key] }]\n",
         );
+        return out;
+    }
+    if instance.rate_keys() > 0 {
+        // Limits far above what is sent, in windows of an hour: every key
+        // seen stays counted for the whole run.
+        out.push_str(&format!(
+            "  - name: all\n    match: {{ path_prefix: / }}\n    upstream: bench\n    \
+             policies: [{{ type: rate-limit, key: ['header:{RATE_KEY_HEADER}'], \
+             limits: [{{ requests: 1000000000, per: 1h }}] }}]\n"
+        ));
         return out;
     }
     if instance.routes() == 1 {
@@ -560,6 +599,8 @@ pub fn run(settings: &Settings) -> Result<Report> {
         (Instance::DenyLarge, Conn::Close),
         (Instance::KeysSmall, Conn::KeepAlive),
         (Instance::KeysLarge, Conn::KeepAlive),
+        (Instance::RateKeysSmall, Conn::KeepAlive),
+        (Instance::RateKeysLarge, Conn::KeepAlive),
     ]
     .into_iter()
     .map(|(instance, conn)| HttpCase {
@@ -587,7 +628,14 @@ pub fn run(settings: &Settings) -> Result<Report> {
             seconds,
         };
         let wrk = &wrk;
-        lab::in_netns(&ns, Some(outside), move || wrk.run(&url, shape, &headers))?
+        let keys = instance.rate_keys();
+        lab::in_netns(&ns, Some(outside), move || {
+            if keys > 0 {
+                wrk.run_keyed(&url, shape, &headers, RATE_KEY_HEADER, keys)
+            } else {
+                wrk.run(&url, shape, &headers)
+            }
+        })?
     };
     eprintln!(
         "    warming up, then {rounds} rounds of {} cases, {d} s each",
@@ -981,7 +1029,10 @@ fn build_report(cases: &[HttpCase], xdp: &[XdpCase], memory: &[Value], info: &In
          client (127.0.0.1) is on no list. With `Connection: close` every request is a new \
          connection and pays the check. Consumers: a route `/keyed` with a key-auth policy \
          (`x-api-key`, prefix stripped), 10 or 100,000 consumers with one API key each, the \
-         request `GET {KEYED_PATH}` carrying consumer 7's key.\n\
+         request `GET {KEYED_PATH}` carrying consumer 7's key. Rate-limit keys: one route `/` \
+         with a local `rate-limit` keyed by `{RATE_KEY_HEADER}` (1,000,000,000 per hour: never \
+         triggered, every key stays counted), a wrk script setting the header to each of 10 or \
+         100,000 values in turn.\n\
          - RSS: VmRSS after start-up, and VmHWM (reset after the warm-up) over the rounds.\n\
          - {}\n\
          - XDP: `xgate_xdp` loaded twice from the workspace's object with private maps, the \
@@ -1062,6 +1113,26 @@ mod tests {
             "the open route, for readiness"
         );
         assert!(config.routes[1].policies.is_some());
+        // So is the rate-limit instances'.
+        let limited = peers::render(
+            TEMPLATE.text,
+            &[
+                ("PORT", "1".into()),
+                ("DIR", "/d".into()),
+                ("UPSTREAM", UPSTREAM.into()),
+                ("DENY", deny_yaml(&[])),
+                ("ROUTES", routes_yaml(Instance::RateKeysLarge)),
+                ("CONSUMERS", consumers_yaml(Instance::RateKeysLarge)),
+            ],
+            false,
+        )
+        .unwrap();
+        let config = gateway_userspace::config::Config::from_yaml(&limited, "scale")
+            .unwrap_or_else(|e| panic!("{e}\n{limited}"));
+        assert!(matches!(
+            config.routes[0].policies.as_deref(),
+            Some([gateway_userspace::config::Policy::RateLimit(_)])
+        ));
         assert_eq!(Instance::KeysSmall.path(), KEYED_PATH);
     }
 }

@@ -12,7 +12,7 @@
 //! authorization server), `xdp` (the kernel
 //! half seen from here), `admin` (API server and client), `cli`, `daemon`
 //! (wiring and reload), `handoff` (listening sockets to a new process, for
-//! upgrades), `telemetry`.
+//! upgrades), `telemetry`, `redis` (the connection to a shared Redis).
 #![deny(unsafe_code)]
 
 pub mod admin;
@@ -27,6 +27,7 @@ pub mod jws;
 pub mod lists;
 pub mod policy;
 pub mod proxy;
+pub mod redis;
 pub mod sys;
 pub mod telemetry;
 pub mod tls;

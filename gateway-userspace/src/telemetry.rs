@@ -108,6 +108,8 @@ pub struct Metrics {
     // without encoding).
     l7_denied_total: AtomicU64,
     reloads_total: AtomicU64,
+    /// Redis calls, errors and the rate limits' fallbacks.
+    pub redis: crate::redis::RedisMetrics,
 }
 
 impl Default for Metrics {
@@ -183,7 +185,9 @@ impl Default for Metrics {
             "Successful configuration reloads",
             reloads.clone(),
         );
+        let redis = crate::redis::RedisMetrics::register(&mut registry);
         Self {
+            redis,
             registry,
             requests,
             request_duration,

@@ -8,6 +8,7 @@ mod listener;
 mod model;
 mod oauth2_server;
 mod policy;
+mod rate_limit;
 mod resolver;
 mod route;
 mod shutdown;
@@ -26,6 +27,7 @@ pub use self::{
     model::*,
     oauth2_server::OAuth2Server,
     policy::*,
+    rate_limit::*,
     resolver::Resolver,
     route::{anchored, HeaderMatch, Route, RouteMatch},
     shutdown::Shutdown,

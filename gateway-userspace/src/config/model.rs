@@ -7,7 +7,8 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Consumer, Listener, OAuth2Server, PolicyDefaults, Resolver, Route, Shutdown, Upstream, Xdp,
+    Consumer, Listener, OAuth2Server, PolicyDefaults, Redis, Resolver, Route, Shutdown, Upstream,
+    Xdp,
 };
 
 /// Where the daemon keeps runtime changes (CLI list entries) across
@@ -49,6 +50,10 @@ pub struct Config {
     /// for `consumers[].oauth2_clients`, revocation, and its JWKS.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oauth2_server: Option<OAuth2Server>,
+    /// The Redis server that state shared between gateways lives in
+    /// (rate limits with `storage: redis`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<Redis>,
     #[serde(default)]
     pub limits: Limits,
     /// How request targets and header names are made unambiguous before

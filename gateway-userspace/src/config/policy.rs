@@ -176,6 +176,8 @@ pub enum Policy {
     Oidc(Box<Oidc>),
     Mtls(Mtls),
     Acl(Acl),
+    RateLimit(Box<super::RateLimitPolicy>),
+    Throttle(Box<super::ThrottlePolicy>),
 }
 
 impl Policy {
@@ -186,6 +188,8 @@ impl Policy {
             Policy::Oidc(_) => "oidc",
             Policy::Mtls(_) => "mtls",
             Policy::Acl(_) => "acl",
+            Policy::RateLimit(_) => "rate-limit",
+            Policy::Throttle(_) => "throttle",
         }
     }
 
@@ -197,6 +201,7 @@ impl Policy {
                 Phase::Authentication
             }
             Policy::Acl(_) => Phase::Authorization,
+            Policy::RateLimit(_) | Policy::Throttle(_) => Phase::Traffic,
         }
     }
 
@@ -206,7 +211,7 @@ impl Policy {
             Policy::Jwt(p) => p.anonymous.as_deref(),
             Policy::Oidc(p) => p.anonymous.as_deref(),
             Policy::Mtls(p) => p.anonymous.as_deref(),
-            Policy::Acl(_) => None,
+            Policy::Acl(_) | Policy::RateLimit(_) | Policy::Throttle(_) => None,
         }
     }
 }
@@ -757,6 +762,8 @@ pub(super) fn validate_policies(
                 }
             }
             Policy::Acl(p) => validate_acl(p, &ppath, consumers, errors),
+            Policy::RateLimit(p) => super::rate_limit::validate_rate_limit(p, &ppath, errors),
+            Policy::Throttle(p) => super::rate_limit::validate_throttle(p, &ppath, errors),
         }
     }
 }

@@ -73,6 +73,10 @@ pub fn validate(config: &Config) -> Vec<ConfigError> {
         }
     }
     super::policy::validate_mtls_listeners(config, &mut errors);
+    if let Some(redis) = &config.redis {
+        redis.validate(&mut errors);
+    }
+    super::rate_limit::validate_redis_users(config, &mut errors);
     if config.limits.max_uri_bytes < 16 {
         errors.push("limits.max_uri_bytes", "must be at least 16");
     }

@@ -11,6 +11,8 @@
 //! refused request does not spend a rate limit).
 //!
 //! - `acl`: which consumer groups may use a route
+//! - `rate_limit`: requests per window, counted here or in Redis
+//! - `throttle`: requests over a rate wait in a bounded per-key queue
 //! - `consumers`: the callers the config knows, and the identity headers
 //! - `key_auth`: API keys in a header or the query
 //! - `jwt`: JSON Web Tokens, keys from consumers or a JWKS document
@@ -30,6 +32,8 @@ pub mod jwt;
 mod key_auth;
 mod mtls;
 mod oidc;
+mod rate_limit;
+mod throttle;
 
 use std::{collections::HashMap, future::Future, net::IpAddr, pin::Pin, sync::Arc};
 
@@ -38,6 +42,7 @@ use prometheus_client::metrics::counter::Counter;
 
 pub use self::consumers::{strip_identity_headers, Consumer, Consumers, Identity};
 pub(crate) use self::key_auth::{percent_decode, unix_now};
+pub use self::rate_limit::KeyPart;
 use crate::{
     config::{self, AuthMode},
     exchange::Rejection,
@@ -206,6 +211,7 @@ impl PolicyList {
         mode: AuthMode,
         policies: &[config::Policy],
         consumers: &Arc<Consumers>,
+        redis: Option<&config::Redis>,
         metrics: &Metrics,
     ) -> Result<Self, String> {
         // An authentication policy's `anonymous` consumer, resolved.
@@ -245,6 +251,12 @@ impl PolicyList {
                         c.anonymous.as_deref(),
                     )?,
                     config::Policy::Acl(c) => StepPolicy::Guard(Box::new(acl::Acl::new(c))),
+                    config::Policy::RateLimit(c) => {
+                        StepPolicy::Guard(Box::new(rate_limit::RateLimit::new(c, redis, metrics)?))
+                    }
+                    config::Policy::Throttle(c) => {
+                        StepPolicy::Guard(Box::new(throttle::Throttle::new(c)))
+                    }
                 };
                 Ok(Step::new(p.kind(), p.phase(), policy))
             })
@@ -477,6 +489,8 @@ pub struct PolicySet {
     /// keyed by identity, not by position.
     compiled: std::sync::Mutex<HashMap<u64, Arc<PolicyList>>>,
     previous: HashMap<u64, Arc<PolicyList>>,
+    /// The top-level `redis` (shared rate-limit counters).
+    redis: Option<config::Redis>,
 }
 
 /// A stable-within-the-process hash of a config piece.
@@ -544,6 +558,7 @@ impl PolicySet {
             previous: previous
                 .map(|p| p.compiled.lock().unwrap_or_else(|e| e.into_inner()).clone())
                 .unwrap_or_default(),
+            redis: config.redis.clone(),
         };
         let defaults = &config.policy_defaults;
         set.global = set
@@ -573,7 +588,13 @@ impl PolicySet {
         if policies.is_empty() {
             return Ok(Arc::new(PolicyList::empty()));
         }
-        let key = config_key(&(mode, policies), self.consumers_key);
+        // A list with Redis counters changes with the `redis` it uses.
+        let redis = self.redis.as_ref().filter(|_| {
+            policies.iter().any(|p| {
+                matches!(p, config::Policy::RateLimit(r) if r.storage == config::Storage::Redis)
+            })
+        });
+        let key = config_key(&(mode, policies, redis), self.consumers_key);
         let mut compiled = self.compiled.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(list) = compiled.get(&key).or_else(|| self.previous.get(&key)) {
             let list = list.clone();
@@ -584,6 +605,7 @@ impl PolicySet {
             mode,
             policies,
             &self.consumers,
+            self.redis.as_ref(),
             metrics,
         )?);
         compiled.insert(key, list.clone());
