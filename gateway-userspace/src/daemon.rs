@@ -90,6 +90,11 @@ impl Reloader {
         self.runtime.load().route_count()
     }
 
+    /// The running upstreams, by name.
+    pub fn upstreams(&self) -> crate::proxy::Upstreams {
+        self.runtime.load().upstreams().clone()
+    }
+
     /// New settings for every running listener still in `config` (matched
     /// by address; the others need a restart), certificate files re-read.
     /// Nothing is applied unless all of them compile.

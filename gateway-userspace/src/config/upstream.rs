@@ -96,6 +96,12 @@ pub struct Upstream {
     /// TLS to the targets; absent: plain TCP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<UpstreamTls>,
+    /// Active probes and passive outlier detection.
+    #[serde(default)]
+    pub health_checks: super::HealthChecks,
+    /// Limits over which requests are refused at once (503).
+    #[serde(default)]
+    pub circuit_breakers: super::CircuitBreakers,
 }
 
 impl Upstream {
@@ -188,6 +194,10 @@ impl Upstream {
         if let Some(tls) = self.tls() {
             tls.validate(&format!("{base}.tls"), self.protocol, errors);
         }
+        self.health_checks
+            .validate(&format!("{base}.health_checks"), errors);
+        self.circuit_breakers
+            .validate(&format!("{base}.circuit_breakers"), errors);
     }
 }
 

@@ -63,6 +63,16 @@ pub enum Rejection {
         target: SocketAddr,
         timeout_ms: u128,
     },
+    /// A circuit breaker limit of the upstream is reached: shed at once.
+    #[error("upstream {upstream} is at its {limit} ({max}); request shed")]
+    UpstreamOverloaded {
+        upstream: String,
+        limit: &'static str,
+        max: usize,
+    },
+    /// Every target of the upstream is forced down by the operator.
+    #[error("every target of upstream {upstream} is forced down")]
+    AllTargetsDown { upstream: String },
     #[error("upstream {target} failed: {source}")]
     UpstreamFailed {
         target: SocketAddr,
@@ -133,6 +143,16 @@ impl Rejection {
             Rejection::UpstreamFailed { .. } => {
                 (StatusCode::BAD_GATEWAY, "upstream error", "upstream_error")
             }
+            Rejection::UpstreamOverloaded { .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upstream overloaded",
+                "upstream_overloaded",
+            ),
+            Rejection::AllTargetsDown { .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no upstream available",
+                "upstream_down",
+            ),
         }
     }
 

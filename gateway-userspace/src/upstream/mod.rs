@@ -10,11 +10,15 @@
 //! - `stream`, `tls`: connections to targets, plain or TLS
 //! - `body`: the response body (read timeout, in-flight accounting)
 //! - `state_key`: what an upstream's state is kept by across reloads
+//! - `health/`: passive and active health of the targets, forced states
+//! - `breakers`: limits over which requests are shed (503 at once)
 
 mod balancer;
 mod body;
+mod breakers;
 mod client;
 mod h1;
+pub mod health;
 mod replay;
 mod retry;
 mod state_key;
@@ -22,14 +26,16 @@ mod stream;
 mod target;
 mod tls;
 
-use std::{sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use http::{Request, Response};
 use tokio::time::Instant;
 
 use self::{
-    balancer::{Balancer, Tried},
+    balancer::{Balancer, Eligible, Tried},
+    breakers::CircuitBreakers,
     client::UpstreamClient,
+    health::{Checker, Choice, Failure, Forced, Health, TargetHealth, UpstreamStatus},
     replay::RequestBody,
     retry::{RetryBudget, RetryPolicy},
     target::Target,
@@ -61,6 +67,13 @@ pub struct Upstream {
     read_timeout: Duration,
     retry: RetryPolicy,
     budget: RetryBudget,
+    /// The targets' health, kept by address...
+    health: Arc<Health>,
+    /// ...and each target's, by index.
+    target_health: Vec<Arc<TargetHealth>>,
+    breakers: CircuitBreakers,
+    /// The active health checks, stopped when the upstream is dropped.
+    _checker: Option<Checker>,
     /// Its name, config and TLS files, when it was built: a reload keeps
     /// this upstream (pools, budget, balancer) while the key is the same.
     pub state_key: StateKey,
@@ -68,8 +81,8 @@ pub struct Upstream {
 
 impl Upstream {
     /// Builds the upstream from validated config (its TLS files read again)
-    /// and reports every target healthy (health checks are not implemented
-    /// yet). Errors carry the config path.
+    /// and starts its active health checks, if it has any. Errors carry
+    /// the config path.
     pub fn new(name: &str, config: &config::Upstream, metrics: &Metrics) -> Result<Self, String> {
         // Before the files are read to build the TLS configuration: a file
         // that changes in between gives a key that the next reload sees
@@ -92,9 +105,18 @@ impl Upstream {
         let now = Instant::now();
         let targets: Vec<Target> = config.targets.iter().map(Target::new).collect();
         assert!(!targets.is_empty(), "validation requires a target");
-        for target in &targets {
-            metrics.set_target_health(name, &target.label, true);
-        }
+        let health = Arc::new(Health::new(name, &config.health_checks));
+        let addrs: Vec<SocketAddr> = targets.iter().map(|t| t.addr).collect();
+        let target_health = health.sync(&addrs);
+        let prober = config
+            .health_checks
+            .active
+            .clone()
+            .map(|check| health::active::Prober {
+                config: check,
+                tls: tls.clone(),
+            });
+        let checker = Checker::start(&health, prober);
         Ok(Self {
             name: name.to_string(),
             target_metrics: targets
@@ -108,8 +130,28 @@ impl Upstream {
             read_timeout: config.read_timeout,
             retry: RetryPolicy::new(config),
             budget: RetryBudget::new(&config.retry_budget, now),
+            health,
+            target_health,
+            breakers: CircuitBreakers::new(&config.circuit_breakers),
+            _checker: checker,
             state_key,
         })
+    }
+
+    /// Each target's state and why, and the load on the limits.
+    pub fn status(&self) -> UpstreamStatus {
+        UpstreamStatus {
+            name: self.name.clone(),
+            requests: self.breakers.requests(),
+            max_requests: self.breakers.max_requests(),
+            shed_requests: self.breakers.shed(),
+            targets: self.health.statuses(),
+        }
+    }
+
+    /// Forces `target` up or down, or back to what the checks say (`None`).
+    pub fn force(&self, target: SocketAddr, forced: Option<Forced>) -> Result<(), String> {
+        self.health.force(target, forced)
     }
 
     /// Sends `request` (origin-form URI, headers already rewritten) to a
@@ -123,6 +165,7 @@ impl Upstream {
         fields: &ForwardFields,
         ctx: &mut RequestContext,
     ) -> Result<Response<UpstreamBody>, Rejection> {
+        let slot = self.breakers.admit(&self.name)?;
         let (parts, body) = request.into_parts();
         let body = RequestBody::new(body);
         let key = self.balancer.hash_key(&parts.headers, ctx.client_ip);
@@ -145,9 +188,23 @@ impl Upstream {
             if let Some(previous) = previous.take() {
                 tried.push(previous);
             }
-            let index = self.balancer.pick(&self.targets, key, &tried, now);
+            let eligible = tried.eligible(self.targets.len());
+            let index = match self.health.choose(&self.target_health, &eligible, now) {
+                Choice::Any => self.balancer.pick_among(&self.targets, key, &eligible, now),
+                Choice::Only(healthy) => {
+                    self.balancer
+                        .pick_among(&self.targets, key, &Eligible::Only(&healthy), now)
+                }
+                Choice::Nothing => {
+                    return Err(Rejection::AllTargetsDown {
+                        upstream: self.name.clone(),
+                    })
+                }
+            };
             previous = Some(index);
             let target = &self.targets[index];
+            let health = &self.target_health[index];
+            self.health.sent(health, now);
             ctx.upstream_target = Some(target.addr);
             let head = match unsent_head.take() {
                 Some(head) => head,
@@ -179,11 +236,17 @@ impl Upstream {
                     self.balancer.observe(index, elapsed, now);
                     ctx.upstream_duration = Some(elapsed);
                     let status = response.status();
+                    let outcome = match status.is_server_error() {
+                        true => Err(Failure::Status(status.as_u16())),
+                        false => Ok(()),
+                    };
+                    self.health.report(health, outcome, now);
                     let retry = may_retry_status
                         && self.retry.retries_status(status)
                         && retries_left
                         && self.budget.try_withdraw(now);
                     if !retry {
+                        let in_flight = in_flight.and(slot);
                         return Ok(response.map(|incoming| {
                             UpstreamBody::new(incoming, in_flight, target.addr, self.read_timeout)
                         }));
@@ -220,6 +283,12 @@ impl Upstream {
                 );
                 return Err(Rejection::RequestBody(error));
             }
+            let failed = match failure {
+                Rejection::UpstreamConnect { .. } => Failure::Connect,
+                Rejection::UpstreamTimeout { .. } => Failure::Timeout,
+                _ => Failure::Broken,
+            };
+            self.health.report(health, Err(failed), now);
             // A failure counts as slow as the slowest answer accepted, so
             // p2c_ewma steers away from a target that fails fast.
             self.balancer.observe(index, elapsed.max(self.timeout), now);
