@@ -196,6 +196,19 @@ impl Upstream {
         }
         self.health_checks
             .validate(&format!("{base}.health_checks"), errors);
+        if let (
+            UpstreamProtocol::Http2,
+            Some(super::ActiveCheck {
+                kind: super::CheckKind::Http,
+                ..
+            }),
+        ) = (self.protocol, &self.health_checks.active)
+        {
+            errors.push(
+                format!("{base}.health_checks.active.type"),
+                "http checks speak HTTP/1.1; use `type: tcp` with `protocol: http2`",
+            );
+        }
         self.circuit_breakers
             .validate(&format!("{base}.circuit_breakers"), errors);
     }
