@@ -14,7 +14,9 @@ use xgate_tests::{
     http::get,
     ports::any_port,
     process::{stderr, stdout, upstreams_config, Daemon},
+    tls::{server_config, TestCa},
     upstream::EchoUpstream,
+    TempDir,
 };
 
 /// Waiting for something the daemon does in the background: generous, the
@@ -370,4 +372,55 @@ async fn an_operator_forces_targets_down_and_up() {
         "xgate_upstream_target_healthy{{upstream=\"pool\",target=\"{}\"}} 1",
         a.addr
     )));
+}
+
+/// Active checks of a TLS upstream go over TLS (a plain-text probe would
+/// fail every time against it), run without any traffic, and stop when a
+/// reload removes the upstream.
+#[tokio::test]
+async fn active_checks_speak_tls_and_stop_when_the_upstream_is_removed() {
+    let ca = TestCa::new();
+    let dir = TempDir::new("health-tls");
+    let ca_file = ca.write_pem(&dir.path().join("ca.pem"));
+    let leaf = ca.leaf(&["127.0.0.1"], dir.path(), "target");
+    let target = EchoUpstream::start_tls(any_port(), "tls", server_config(&leaf, None))
+        .await
+        .unwrap();
+    let other = EchoUpstream::start(any_port(), "other").await.unwrap();
+    let listen = xgate_tests::ports::free_port();
+    let secure = format!(
+        "{{targets: ['{}'], tls: {{ca_file: '{}'}}, health_checks: {{active: {{\
+           path: /healthz, interval: 200ms, timeout: 150ms, unhealthy_threshold: 1}}}}}}",
+        target.addr,
+        ca_file.display()
+    );
+    let plain = format!("{{targets: ['{}']}}", other.addr);
+    let daemon = Daemon::start(
+        &upstreams_config(listen, &[("secure", secure), ("plain", plain.clone())]),
+        None,
+    );
+    let started = Instant::now();
+    while target.connections() < 5 {
+        assert!(started.elapsed() < PATIENCE, "no checks arrive");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let state = target_status(&daemon, "secure", target.addr);
+    assert_eq!(state["state"], "healthy", "{state}");
+    assert_eq!(state["failed_checks"], 0, "{state}");
+    assert_eq!(state["reason"], "passes its health checks");
+
+    let out = daemon.reload_with(&upstreams_config(listen, &[("plain", plain)]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    // A check already under way may still land; none after it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after_reload = target.connections();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(target.connections(), after_reload, "checks go on");
+    let out = daemon.cli(&["upstreams", "ls", "secure"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("no upstream \"secure\" (upstreams: plain)"),
+        "{}",
+        stderr(&out)
+    );
 }
