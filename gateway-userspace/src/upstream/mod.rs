@@ -236,9 +236,10 @@ impl Upstream {
                     self.balancer.observe(index, elapsed, now);
                     ctx.upstream_duration = Some(elapsed);
                     let status = response.status();
-                    let outcome = match status.is_server_error() {
-                        true => Err(Failure::Status(status.as_u16())),
-                        false => Ok(()),
+                    let outcome = if status.is_server_error() {
+                        Err(Failure::Status(status.as_u16()))
+                    } else {
+                        Ok(())
                     };
                     self.health.report(health, outcome, now);
                     let retry = may_retry_status
