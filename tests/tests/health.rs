@@ -238,7 +238,8 @@ async fn over_max_requests_a_request_is_shed_with_503_at_once() {
         ),
         "{metrics}"
     );
-    assert!(metrics.contains("xgate_upstream_requests_in_flight{upstream=\"pool\"} 2"));
+    assert!(metrics
+        .contains("xgate_upstream_circuit_breaker{upstream=\"pool\",limit=\"max_requests\"} 2"));
 
     slow.release();
     for request in held {
@@ -250,6 +251,88 @@ async fn over_max_requests_a_request_is_shed_with_503_at_once() {
         3,
         "the shed request never reached the target"
     );
+}
+
+/// `circuit_breakers.max_connections: 2` (HTTP/1.1): with two
+/// connections busy, a request that needs a third is answered 503 at once;
+/// idle connections never block a new one (one is closed to make room).
+#[tokio::test]
+async fn over_max_connections_a_request_is_shed_and_idle_ones_make_room() {
+    let mut slow = ScriptedUpstream::start("slow", 200, Duration::ZERO)
+        .await
+        .unwrap();
+    let (daemon, gw) = Daemon::with_upstreams(&[(
+        "pool",
+        format!(
+            "{{targets: ['{}'], circuit_breakers: {{max_connections: 2}}}}",
+            slow.addr
+        ),
+    )]);
+    let held: Vec<_> = (0..2)
+        .map(|_| tokio::spawn(async move { get(gw, "/pool/hold", &[]).await }))
+        .collect();
+    for _ in 0..2 {
+        tokio::time::timeout(PATIENCE, slow.arrivals.recv())
+            .await
+            .expect("held request arrived");
+    }
+    let shed = tokio::time::timeout(PATIENCE, get(gw, "/pool/now", &[]))
+        .await
+        .expect("answered while the others are held");
+    assert_eq!(shed.status, 503, "{shed:?}");
+    let metrics = daemon.admin_get("/metrics");
+    assert!(
+        metrics.contains(
+            "xgate_upstream_shed_requests_total{upstream=\"pool\",limit=\"max_connections\"} 1"
+        ),
+        "{metrics}"
+    );
+    assert!(metrics
+        .contains("xgate_upstream_circuit_breaker{upstream=\"pool\",limit=\"max_connections\"} 2"));
+    slow.release();
+    for request in held {
+        assert_eq!(request.await.unwrap().status, 200);
+    }
+    // Both connections idle now, in whichever workers' pools: any worker
+    // may still open one.
+    for _ in 0..8 {
+        assert_eq!(get(gw, "/pool/after", &[]).await.status, 200);
+    }
+}
+
+/// `circuit_breakers.max_pending_requests: 1`: while one request waits for
+/// its connection (a target that accepts TCP and never answers the TLS
+/// handshake), the next one that needs a connection is answered 503 at once.
+#[tokio::test]
+async fn over_max_pending_requests_a_request_is_shed() {
+    let silent = BadUpstream::start(Misbehaviour::Silent).await.unwrap();
+    let (daemon, gw) = Daemon::with_upstreams(&[(
+        "pool",
+        format!(
+            "{{targets: ['{}'], connect_timeout: 30s, tls: {{verify: false}}, \
+               circuit_breakers: {{max_pending_requests: 1}}}}",
+            silent.addr
+        ),
+    )]);
+    let waiting = tokio::spawn(async move { get(gw, "/pool/first", &[]).await });
+    let started = Instant::now();
+    while silent.connections() < 1 {
+        assert!(started.elapsed() < PATIENCE, "the first connect never came");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let shed = tokio::time::timeout(PATIENCE, get(gw, "/pool/second", &[]))
+        .await
+        .expect("answered while the first one waits");
+    assert_eq!(shed.status, 503, "{shed:?}");
+    assert_eq!(silent.connections(), 1, "no second connect");
+    let metrics = daemon.admin_get("/metrics");
+    assert!(
+        metrics.contains(
+            "xgate_upstream_shed_requests_total{upstream=\"pool\",limit=\"max_pending_requests\"} 1"
+        ),
+        "{metrics}"
+    );
+    waiting.abort();
 }
 
 /// `xgate upstreams set-state`: down takes a target out (even of panic

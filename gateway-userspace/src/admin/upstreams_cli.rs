@@ -108,10 +108,12 @@ fn print(upstreams: &[UpstreamStatus], only: Option<SocketAddr>) {
     }
     if only.is_none() {
         for upstream in upstreams {
-            println!(
-                "{}: {}/{} requests in flight, {} shed",
-                upstream.name, upstream.requests, upstream.max_requests, upstream.shed_requests
-            );
+            let limits: Vec<String> = upstream
+                .limits
+                .iter()
+                .map(|l| format!("{} {}/{} ({} shed)", l.limit, l.now, l.max, l.shed))
+                .collect();
+            println!("{}: {}", upstream.name, limits.join(", "));
         }
     }
 }

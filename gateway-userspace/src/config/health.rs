@@ -140,20 +140,28 @@ impl ActiveCheck {
     }
 }
 
-/// `circuit_breakers`: Envoy's per-cluster limits. A request over one is
-/// answered 503 at once instead of waiting.
+/// `circuit_breakers`: Envoy's per-cluster limits (its defaults). A request
+/// over one is answered 503 at once instead of waiting.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
 pub struct CircuitBreakers {
     /// Requests in flight to the upstream's targets (from the first
     /// attempt until the response body ends).
     pub max_requests: usize,
+    /// HTTP/1.1: connections open to the upstream's targets, idle ones
+    /// included.
+    pub max_connections: usize,
+    /// HTTP/1.1: requests waiting for a new connection (TCP connect and TLS
+    /// handshake under way).
+    pub max_pending_requests: usize,
 }
 
 impl Default for CircuitBreakers {
     fn default() -> Self {
         Self {
             max_requests: DEFAULT_MAX_REQUESTS,
+            max_connections: DEFAULT_MAX_REQUESTS,
+            max_pending_requests: DEFAULT_MAX_REQUESTS,
         }
     }
 }
@@ -236,11 +244,17 @@ impl HealthChecks {
 
 impl CircuitBreakers {
     pub(super) fn validate(&self, base: &str, errors: &mut Errors) {
-        if self.max_requests == 0 {
-            errors.push(
-                format!("{base}.max_requests"),
-                "must be at least 1 (0 would refuse every request)",
-            );
+        for (field, value) in [
+            ("max_requests", self.max_requests),
+            ("max_connections", self.max_connections),
+            ("max_pending_requests", self.max_pending_requests),
+        ] {
+            if value == 0 {
+                errors.push(
+                    format!("{base}.{field}"),
+                    "must be at least 1 (0 would refuse every request)",
+                );
+            }
         }
     }
 }
@@ -272,6 +286,8 @@ mod tests {
         assert_eq!(passive.max_ejection_percent, 10);
         assert!(u.health_checks.active.is_none());
         assert_eq!(u.circuit_breakers.max_requests, 1024);
+        assert_eq!(u.circuit_breakers.max_connections, 1024);
+        assert_eq!(u.circuit_breakers.max_pending_requests, 1024);
         let u: Upstream =
             serde_yaml::from_str("{targets: ['127.0.0.1:1'], health_checks: {active: {}}}")
                 .unwrap();

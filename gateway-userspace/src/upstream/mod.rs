@@ -33,7 +33,7 @@ use tokio::time::Instant;
 
 use self::{
     balancer::{Balancer, Eligible, Tried},
-    breakers::CircuitBreakers,
+    breakers::{CircuitBreakers, Limit},
     client::UpstreamClient,
     health::{Checker, Choice, Failure, Forced, Health, TargetHealth, UpstreamStatus},
     replay::RequestBody,
@@ -71,7 +71,7 @@ pub struct Upstream {
     health: Arc<Health>,
     /// ...and each target's, by index.
     target_health: Vec<Arc<TargetHealth>>,
-    breakers: CircuitBreakers,
+    breakers: Arc<CircuitBreakers>,
     /// The active health checks, stopped when the upstream is dropped.
     _checker: Option<Checker>,
     /// Its name, config and TLS files, when it was built: a reload keeps
@@ -117,6 +117,7 @@ impl Upstream {
                 tls: tls.clone(),
             });
         let checker = Checker::start(&health, prober);
+        let breakers = Arc::new(CircuitBreakers::new(name, &config.circuit_breakers));
         Ok(Self {
             name: name.to_string(),
             target_metrics: targets
@@ -125,14 +126,14 @@ impl Upstream {
                 .collect(),
             balancer: Balancer::new(config, &targets, now),
             targets,
-            client: UpstreamClient::new(config, tls),
+            client: UpstreamClient::new(config, tls, &breakers),
             timeout: config.timeout,
             read_timeout: config.read_timeout,
             retry: RetryPolicy::new(config),
             budget: RetryBudget::new(&config.retry_budget, now),
             health,
             target_health,
-            breakers: CircuitBreakers::new(&config.circuit_breakers),
+            breakers,
             _checker: checker,
             state_key,
         })
@@ -140,11 +141,15 @@ impl Upstream {
 
     /// Each target's state and why, and the load on the limits.
     pub fn status(&self) -> UpstreamStatus {
+        let limit = |limit| health::LimitStatus {
+            limit: Limit::name(limit).to_string(),
+            now: self.breakers.count(limit),
+            max: self.breakers.max(limit),
+            shed: self.breakers.shed(limit),
+        };
         UpstreamStatus {
             name: self.name.clone(),
-            requests: self.breakers.requests(),
-            max_requests: self.breakers.max_requests(),
-            shed_requests: self.breakers.shed(),
+            limits: Limit::ALL.map(limit).to_vec(),
             targets: self.health.statuses(),
         }
     }
@@ -165,7 +170,7 @@ impl Upstream {
         fields: &ForwardFields,
         ctx: &mut RequestContext,
     ) -> Result<Response<UpstreamBody>, Rejection> {
-        let slot = self.breakers.admit(&self.name)?;
+        let slot = self.breakers.admit()?;
         let (parts, body) = request.into_parts();
         let body = RequestBody::new(body);
         let key = self.balancer.hash_key(&parts.headers, ctx.client_ip);
@@ -262,6 +267,15 @@ impl Upstream {
                     continue;
                 }
                 Some(Err(failed)) => {
+                    if let SendError::Overloaded { limit, max } = failed.error {
+                        // Shed (and counted) by the breakers: neither the
+                        // target's fault nor worth a retry.
+                        return Err(Rejection::UpstreamOverloaded {
+                            upstream: self.name.clone(),
+                            limit,
+                            max,
+                        });
+                    }
                     unsent_head = failed.unsent.map(|request| request.into_parts().0);
                     Rejection::from_client_error(target.addr, failed.error)
                 }

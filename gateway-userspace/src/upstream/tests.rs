@@ -463,12 +463,16 @@ async fn max_requests_counts_a_request_until_its_body_ends() {
         matches!(refused, Rejection::UpstreamOverloaded { max: 1, .. }),
         "{refused}"
     );
-    assert_eq!((u.status().requests, u.status().shed_requests), (1, 1));
+    let limits = &u.status().limits;
+    assert_eq!(
+        (limits[0].limit.as_str(), limits[0].now, limits[0].shed),
+        ("max_requests", 1, 1)
+    );
     first.into_body().collect().await.unwrap();
     let second = u
         .dispatch(request("GET", b""), &ForwardFields::default(), &mut ctx())
         .await
         .expect("the first one's body is done");
     drop(second);
-    assert_eq!(u.status().requests, 0);
+    assert_eq!(u.status().limits[0].now, 0);
 }

@@ -30,7 +30,7 @@ use self::{
 };
 pub use self::{
     passive::Failure,
-    report::{render, TargetStatus, UpstreamStatus},
+    report::{render, LimitStatus, TargetStatus, UpstreamStatus},
 };
 use super::balancer::Eligible;
 use crate::config::{ActiveCheck, HealthChecks, PassiveHealth};

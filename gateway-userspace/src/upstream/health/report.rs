@@ -18,12 +18,22 @@ use super::{passive, Availability, Forced, Health, TargetHealth};
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct UpstreamStatus {
     pub name: String,
-    /// Requests in flight now, and the `circuit_breakers.max_requests`.
-    pub requests: usize,
-    pub max_requests: usize,
-    /// Requests refused at once because a limit was reached.
-    pub shed_requests: u64,
+    /// The circuit breakers: `max_requests`, `max_connections`,
+    /// `max_pending_requests`.
+    pub limits: Vec<LimitStatus>,
     pub targets: Vec<TargetStatus>,
+}
+
+/// One circuit breaker limit.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LimitStatus {
+    pub limit: String,
+    /// What it counts now (requests in flight, open connections, connects
+    /// under way), and its maximum.
+    pub now: usize,
+    pub max: usize,
+    /// Requests refused at once because it was reached.
+    pub shed: u64,
 }
 
 /// One target's state and why.
@@ -151,16 +161,19 @@ pub fn render(upstreams: &[UpstreamStatus], out: &mut String) {
     }
     let _ = writeln!(
         out,
-        "# HELP xgate_upstream_requests_in_flight Requests in flight to the upstream (circuit_breakers.max_requests counts these).\n\
-         # TYPE xgate_upstream_requests_in_flight gauge"
+        "# HELP xgate_upstream_circuit_breaker What each circuit breaker limit counts now (requests in flight, open connections, connects under way).\n\
+         # TYPE xgate_upstream_circuit_breaker gauge"
     );
     for upstream in upstreams {
-        let _ = writeln!(
-            out,
-            "xgate_upstream_requests_in_flight{{upstream=\"{}\"}} {}",
-            escape(&upstream.name),
-            upstream.requests
-        );
+        for limit in &upstream.limits {
+            let _ = writeln!(
+                out,
+                "xgate_upstream_circuit_breaker{{upstream=\"{}\",limit=\"{}\"}} {}",
+                escape(&upstream.name),
+                limit.limit,
+                limit.now
+            );
+        }
     }
     let _ = writeln!(
         out,
@@ -168,12 +181,15 @@ pub fn render(upstreams: &[UpstreamStatus], out: &mut String) {
          # TYPE xgate_upstream_shed_requests counter"
     );
     for upstream in upstreams {
-        let _ = writeln!(
-            out,
-            "xgate_upstream_shed_requests_total{{upstream=\"{}\",limit=\"max_requests\"}} {}",
-            escape(&upstream.name),
-            upstream.shed_requests
-        );
+        for limit in &upstream.limits {
+            let _ = writeln!(
+                out,
+                "xgate_upstream_shed_requests_total{{upstream=\"{}\",limit=\"{}\"}} {}",
+                escape(&upstream.name),
+                limit.limit,
+                limit.shed
+            );
+        }
     }
 }
 
