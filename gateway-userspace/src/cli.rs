@@ -101,6 +101,16 @@ xgate hash-key --generate")]
     /// The OAuth 2.0 token server (oauth2_server): refresh tokens held by clients.
     #[command(subcommand)]
     Oauth2(OAuth2Command),
+    /// Upstream targets: their health (passive and active checks) and why; force one up or down.
+    #[command(after_help = "Examples:\n  \
+xgate upstreams\n  \
+xgate upstreams ls api --json\n  \
+xgate upstreams set-state api 10.0.0.7:8080 down\n  \
+xgate upstreams set-state api 10.0.0.7:8080 auto")]
+    Upstreams {
+        #[command(subcommand)]
+        action: Option<crate::admin::upstreams_cli::UpstreamsCommand>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -332,6 +342,9 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Allowlist(action) => list(&cli, ListKind::Allow, action).await,
         Command::Xdp(action) => xdp_command(&cli, action).await,
         Command::Oauth2(action) => oauth2_command(&cli, action).await,
+        Command::Upstreams { action } => {
+            crate::admin::upstreams_cli::run(&admin_socket(&cli)?, action.as_ref()).await
+        }
     }
 }
 

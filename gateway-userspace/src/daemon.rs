@@ -136,6 +136,11 @@ impl Reloader {
         listeners.iter().map(|l| l.address).collect()
     }
 
+    /// The running upstreams, by name.
+    pub fn upstreams(&self) -> crate::proxy::Upstreams {
+        self.runtime.load().upstreams().clone()
+    }
+
     /// New settings for every running listener still in `config` (matched
     /// by address), certificate files re-read; and the listeners `config`
     /// adds, bound. Nothing is applied unless all of them compile and bind.

@@ -96,7 +96,6 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     request_duration: Family<RouteLabels, Histogram, LatencyBuckets>,
     upstream_duration: Family<TargetLabels, Histogram, LatencyBuckets>,
-    upstream_healthy: Family<TargetLabels, Gauge>,
     active_connections: Family<ListenerLabels, Gauge>,
     refused_heads: Family<RefusedLabels, Counter>,
     policy_decisions: Family<DecisionLabels, Counter>,
@@ -132,12 +131,6 @@ impl Default for Metrics {
             "upstream_duration_seconds",
             "Time for an upstream target to send response headers",
             upstream_duration.clone(),
-        );
-        let upstream_healthy = Family::<TargetLabels, Gauge>::default();
-        registry.register(
-            "upstream_target_healthy",
-            "1 when the target takes traffic, 0 when it is ejected",
-            upstream_healthy.clone(),
         );
         let active_connections = Family::<ListenerLabels, Gauge>::default();
         registry.register(
@@ -192,7 +185,6 @@ impl Default for Metrics {
             requests,
             request_duration,
             upstream_duration,
-            upstream_healthy,
             active_connections,
             refused_heads,
             policy_decisions,
@@ -365,15 +357,6 @@ impl Metrics {
         )
     }
 
-    pub fn set_target_health(&self, upstream: &str, target: &str, healthy: bool) {
-        self.upstream_healthy
-            .get_or_create(&TargetLabels {
-                upstream: upstream.to_string(),
-                target: target.to_string(),
-            })
-            .set(i64::from(healthy));
-    }
-
     /// A client connection opened on `listener`; hold the guard while it is.
     pub fn connection_opened(&self, listener: &str) -> ConnectionGuard {
         let gauge = self
@@ -461,7 +444,6 @@ mod tests {
         metrics
             .target("users", "127.0.0.1:9000")
             .response(Duration::from_millis(2));
-        metrics.set_target_health("users", "127.0.0.1:9000", true);
         let guard = metrics.connection_opened("public");
         metrics.client_send_timeout("public");
         metrics.reloaded();
@@ -470,7 +452,6 @@ mod tests {
             "xgate_requests_total{route=\"api\",method=\"GET\",status=\"200\",consumer=\"-\"} 1",
             "xgate_request_duration_seconds_count{route=\"api\"} 1",
             "xgate_upstream_duration_seconds_count{upstream=\"users\",target=\"127.0.0.1:9000\"} 1",
-            "xgate_upstream_target_healthy{upstream=\"users\",target=\"127.0.0.1:9000\"} 1",
             "xgate_active_connections{listener=\"public\"} 1",
             "xgate_client_send_timeouts_total{listener=\"public\"} 1",
             "xgate_reloads_total 1",

@@ -3,3 +3,5 @@
 pub mod api;
 pub mod client;
 pub mod server;
+pub mod upstreams;
+pub mod upstreams_cli;

@@ -121,7 +121,8 @@ async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
                 .xdp_status()
                 .and_then(Result::ok)
                 .map(|s| s.counters);
-            let text = state.metrics.render(counters.as_ref());
+            let mut text = state.metrics.render(counters.as_ref());
+            super::upstreams::add_metrics(&state.reloader.upstreams(), &mut text);
             respond(StatusCode::OK, "text/plain; version=0.0.4", text)
         }
         (Method::POST, "/reload", _) => match state.reloader.reload().await {
@@ -129,6 +130,13 @@ async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
             Err(message) => error(StatusCode::BAD_REQUEST, &message),
         },
         (Method::POST, "/takeover", _) => takeover(state, req).await,
+        (Method::GET, "/upstreams", _) => json(
+            StatusCode::OK,
+            &super::upstreams::list(&state.reloader.upstreams()),
+        ),
+        (Method::GET | Method::PUT, _, _) if path.starts_with(UPSTREAMS_OF) => {
+            upstream(state, req, &path[UPSTREAMS_OF.len()..]).await
+        }
         (Method::GET, "/oauth2/refresh-tokens", _) => json(
             StatusCode::OK,
             &state.refresh_tokens.by_client(crate::policy::unix_now()),
@@ -141,7 +149,12 @@ async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
         }
         (Method::POST, _, Some(kind)) if rest.is_empty() => add(state, kind, req).await,
         (Method::DELETE, _, Some(kind)) if !rest.is_empty() => remove(state, kind, rest),
-        (_, "/status" | "/metrics" | "/reload" | "/takeover" | "/oauth2/refresh-tokens", _)
+        (
+            _,
+            "/status" | "/metrics" | "/reload" | "/takeover" | "/oauth2/refresh-tokens"
+            | "/upstreams",
+            _,
+        )
         | (_, _, Some(_)) => error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
         _ => error(StatusCode::NOT_FOUND, &format!("no admin endpoint {path}")),
     }
@@ -166,6 +179,28 @@ async fn takeover(state: &AdminState, req: Request<Incoming>) -> Response<Body> 
             &serde_json::json!({ "handed_over": listeners }),
         ),
         Err(message) => error(StatusCode::CONFLICT, &message),
+    }
+}
+
+/// `GET /upstreams/NAME`, `PUT /upstreams/NAME/targets/TARGET/state`.
+const UPSTREAMS_OF: &str = "/upstreams/";
+
+async fn upstream(state: &AdminState, req: Request<Incoming>, rest: &str) -> Response<Body> {
+    let upstreams = state.reloader.upstreams();
+    let result = if req.method() == Method::GET {
+        super::upstreams::one(&upstreams, rest)
+    } else {
+        match read_json(req).await {
+            Ok(request) => super::upstreams::set_state(&upstreams, rest, request),
+            Err(message) => Err((
+                StatusCode::BAD_REQUEST,
+                format!("{message} (expected {{\"state\": \"up\" | \"down\" | \"auto\"}})"),
+            )),
+        }
+    };
+    match result {
+        Ok(status) => json(StatusCode::OK, &status),
+        Err((status, message)) => error(status, &message),
     }
 }
 

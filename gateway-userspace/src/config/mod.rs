@@ -4,6 +4,7 @@
 mod binds;
 mod cidr;
 mod lenient;
+mod health;
 mod listener;
 mod model;
 mod oauth2_server;
@@ -23,6 +24,7 @@ use std::{fmt, path::Path};
 pub use self::{
     cidr::{ipv4_mapped_note, ipv4_mapped_notes, is_everything, parse_cidr, unmap_ipv4},
     lenient::{cli_settings, CliSettings},
+    health::*,
     listener::{ClientAuth, ClientAuthMode, Listener},
     model::*,
     oauth2_server::OAuth2Server,

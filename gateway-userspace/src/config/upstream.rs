@@ -95,6 +95,12 @@ pub struct Upstream {
     /// TLS to the targets; absent: plain TCP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<UpstreamTls>,
+    /// Active probes and passive outlier detection.
+    #[serde(default)]
+    pub health_checks: super::HealthChecks,
+    /// Limits over which requests are refused at once (503).
+    #[serde(default)]
+    pub circuit_breakers: super::CircuitBreakers,
 }
 
 impl Upstream {
@@ -187,6 +193,23 @@ impl Upstream {
         if let Some(tls) = self.tls() {
             tls.validate(&format!("{base}.tls"), self.protocol, errors);
         }
+        self.health_checks
+            .validate(&format!("{base}.health_checks"), errors);
+        if let (
+            UpstreamProtocol::Http2,
+            Some(super::ActiveCheck {
+                kind: super::CheckKind::Http,
+                ..
+            }),
+        ) = (self.protocol, &self.health_checks.active)
+        {
+            errors.push(
+                format!("{base}.health_checks.active.type"),
+                "http checks speak HTTP/1.1; use `type: tcp` with `protocol: http2`",
+            );
+        }
+        self.circuit_breakers
+            .validate(&format!("{base}.circuit_breakers"), errors);
     }
 }
 

@@ -67,6 +67,16 @@ pub enum Rejection {
     /// nothing (yet).
     #[error("upstream {upstream} has no targets (its DNS names do not resolve)")]
     NoTargets { upstream: String },
+    /// A circuit breaker limit of the upstream is reached: shed at once.
+    #[error("upstream {upstream} is at its {limit} ({max}); request shed")]
+    UpstreamOverloaded {
+        upstream: String,
+        limit: &'static str,
+        max: usize,
+    },
+    /// Every target of the upstream is forced down by the operator.
+    #[error("every target of upstream {upstream} is forced down")]
+    AllTargetsDown { upstream: String },
     #[error("upstream {target} failed: {source}")]
     UpstreamFailed {
         target: SocketAddr,
@@ -141,6 +151,15 @@ impl Rejection {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "no upstream available",
                 "no_targets",
+            Rejection::UpstreamOverloaded { .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upstream overloaded",
+                "upstream_overloaded",
+            ),
+            Rejection::AllTargetsDown { .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no upstream available",
+                "upstream_down",
             ),
         }
     }

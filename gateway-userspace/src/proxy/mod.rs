@@ -130,6 +130,11 @@ impl Runtime {
         self.router.len()
     }
 
+    /// The upstreams, by name (their health, for the admin API).
+    pub fn upstreams(&self) -> &Upstreams {
+        &self.upstreams
+    }
+
     /// Writes the access log lines held in its buffer, if it has one.
     pub fn flush_access_log(&self) {
         self.access_log.flush();

@@ -25,6 +25,7 @@ use hyper_util::{
 };
 
 use super::{
+    breakers::CircuitBreakers,
     h1::{self, Http1Pool},
     replay::AttemptBody,
     stream::{self, Stream},
@@ -49,6 +50,11 @@ pub enum SendError {
     /// The pooled HTTP/2 client failed.
     #[error(transparent)]
     Http2(hyper_util::client::legacy::Error),
+    /// A new connection would break a circuit breaker limit
+    /// (`max_connections`, `max_pending_requests`). The request was not
+    /// sent; it is shed, not retried.
+    #[error("at the upstream's {limit} ({max})")]
+    Overloaded { limit: &'static str, max: usize },
 }
 
 impl SendError {
@@ -58,6 +64,7 @@ impl SendError {
             SendError::Connect(_) => true,
             SendError::Http1(_) => false,
             SendError::Http2(e) => e.is_connect(),
+            SendError::Overloaded { .. } => false,
         }
     }
 }
@@ -93,10 +100,17 @@ pub enum UpstreamClient {
 
 impl UpstreamClient {
     /// The client `config.protocol` says, over TLS when `tls` is given.
-    pub fn new(config: &config::Upstream, tls: Option<Arc<TlsConnector>>) -> Self {
+    /// HTTP/1.1 connections count against `breakers`.
+    pub fn new(
+        config: &config::Upstream,
+        tls: Option<Arc<TlsConnector>>,
+        breakers: &Arc<CircuitBreakers>,
+    ) -> Self {
         let workers = workers::count();
         match (config.protocol, tls) {
-            (UpstreamProtocol::Http1, tls) => UpstreamClient::Http1(Http1Pool::new(config, tls)),
+            (UpstreamProtocol::Http1, tls) => {
+                UpstreamClient::Http1(Http1Pool::new(config, tls, Some(breakers.clone())))
+            }
             (UpstreamProtocol::Http2, None) => {
                 UpstreamClient::Http2((0..workers).map(|_| http2(config, plain(config))).collect())
             }

@@ -11,11 +11,15 @@
 //! - `body`: the response body (read timeout, in-flight accounting)
 //! - `state_key`: what an upstream's state is kept by across reloads
 //! - `resolve`: targets by DNS name, kept resolved (`set_targets`)
+//! - `health/`: passive and active health of the targets, forced states
+//! - `breakers`: limits over which requests are shed (503 at once)
 
 mod balancer;
 mod body;
+mod breakers;
 mod client;
 mod h1;
+pub mod health;
 mod replay;
 pub mod resolve;
 mod retry;
@@ -34,8 +38,10 @@ use http::{Request, Response};
 use tokio::time::Instant;
 
 use self::{
-    balancer::{Balancer, Tried},
+    balancer::{Balancer, Eligible, Tried},
+    breakers::{CircuitBreakers, Limit},
     client::UpstreamClient,
+    health::{Checker, Choice, Failure, Forced, Health, TargetHealth, UpstreamStatus},
     replay::RequestBody,
     retry::{RetryBudget, RetryPolicy},
     target::Target,
@@ -73,6 +79,12 @@ pub struct Upstream {
     read_timeout: Duration,
     retry: RetryPolicy,
     budget: RetryBudget,
+    /// The targets' health, kept by address (each target set holds its
+    /// targets' handles by index).
+    health: Arc<Health>,
+    breakers: Arc<CircuitBreakers>,
+    /// The active health checks, stopped when the upstream is dropped.
+    _checker: Option<Checker>,
     /// Its name, config and TLS files, when it was built: a reload keeps
     /// this upstream (pools, budget, balancer) while the key is the same.
     pub state_key: StateKey,
@@ -84,15 +96,17 @@ pub struct TargetSet {
     targets: Vec<Target>,
     /// Per target, by index: response-time metrics.
     metrics: Vec<TargetMetrics>,
+    /// Per target, by index: its health (kept by address across sets).
+    health: Vec<Arc<TargetHealth>>,
     /// `None` while there is no target (a DNS name that does not resolve).
     balancer: Option<Balancer>,
 }
 
 impl Upstream {
     /// Builds the upstream from validated config (its TLS files read again)
-    /// and reports every target healthy (health checks are not implemented
-    /// yet). Targets given by DNS name are not in it until
-    /// [`resolve`] has looked them up. Errors carry the config path.
+    /// and starts its active health checks, if it has any. Targets given by
+    /// DNS name are not in it until [`resolve`] has looked them up. Errors
+    /// carry the config path.
     pub fn new(
         name: &str,
         config: &config::Upstream,
@@ -117,21 +131,36 @@ impl Upstream {
             )),
         };
         let now = Instant::now();
+        let health = Arc::new(Health::new(name, &config.health_checks));
+        let prober = config
+            .health_checks
+            .active
+            .clone()
+            .map(|check| health::active::Prober {
+                config: check,
+                tls: tls.clone(),
+            });
+        let checker = Checker::start(&health, prober);
+        let breakers = Arc::new(CircuitBreakers::new(name, &config.circuit_breakers));
         let upstream = Self {
             name: name.to_string(),
             targets: RwLock::new(Arc::new(TargetSet {
                 targets: Vec::new(),
                 metrics: Vec::new(),
+                health: Vec::new(),
                 balancer: None,
             })),
             config: config.clone(),
             metrics: metrics.clone(),
             refresh: Arc::default(),
-            client: UpstreamClient::new(config, tls),
+            client: UpstreamClient::new(config, tls, &breakers),
             timeout: config.timeout,
             read_timeout: config.read_timeout,
             retry: RetryPolicy::new(config),
             budget: RetryBudget::new(&config.retry_budget, now),
+            health,
+            breakers,
+            _checker: checker,
             state_key,
         };
         upstream.set_targets(
@@ -168,15 +197,13 @@ impl Upstream {
                     .find(|t| t.addr == addr && t.weight == weight.max(1))
                 {
                     Some(kept) => kept.clone(),
-                    None => {
-                        self.metrics
-                            .set_target_health(&self.name, &addr.to_string(), true);
-                        Target::new(addr, weight)
-                    }
+                    None => Target::new(addr, weight),
                 }
             })
             .collect();
+        let addrs: Vec<SocketAddr> = targets.iter().map(|t| t.addr).collect();
         let set = TargetSet {
+            health: self.health.sync(&addrs),
             metrics: targets
                 .iter()
                 .map(|t| self.metrics.target(&self.name, &t.label))
@@ -204,6 +231,26 @@ impl Upstream {
             .filter_map(|t| Some((t.address.ip()?, t.weight)))
     }
 
+    /// Each target's state and why, and the load on the limits.
+    pub fn status(&self) -> UpstreamStatus {
+        let limit = |limit| health::LimitStatus {
+            limit: Limit::name(limit).to_string(),
+            now: self.breakers.count(limit),
+            max: self.breakers.max(limit),
+            shed: self.breakers.shed(limit),
+        };
+        UpstreamStatus {
+            name: self.name.clone(),
+            limits: Limit::ALL.map(limit).to_vec(),
+            targets: self.health.statuses(),
+        }
+    }
+
+    /// Forces `target` up or down, or back to what the checks say (`None`).
+    pub fn force(&self, target: SocketAddr, forced: Option<Forced>) -> Result<(), String> {
+        self.health.force(target, forced)
+    }
+
     /// Sends `request` (origin-form URI, headers already rewritten) to a
     /// target and returns its response once the headers are in, retrying on
     /// another target when the rules and the budget allow (see `retry`).
@@ -222,6 +269,7 @@ impl Upstream {
                 upstream: self.name.clone(),
             });
         };
+        let slot = self.breakers.admit()?;
         let (parts, body) = request.into_parts();
         let body = RequestBody::new(body);
         let key = balancer.hash_key(&parts.headers, ctx.client_ip);
@@ -244,9 +292,22 @@ impl Upstream {
             if let Some(previous) = previous.take() {
                 tried.push(previous);
             }
-            let index = balancer.pick(&set.targets, key, &tried, now);
+            let eligible = tried.eligible(set.targets.len());
+            let index = match self.health.choose(&set.health, &eligible, now) {
+                Choice::Any => balancer.pick_among(&set.targets, key, &eligible, now),
+                Choice::Only(healthy) => {
+                    balancer.pick_among(&set.targets, key, &Eligible::Only(&healthy), now)
+                }
+                Choice::Nothing => {
+                    return Err(Rejection::AllTargetsDown {
+                        upstream: self.name.clone(),
+                    })
+                }
+            };
             previous = Some(index);
             let target = &set.targets[index];
+            let health = &set.health[index];
+            self.health.sent(health, now);
             ctx.upstream_target = Some(target.addr);
             let head = match unsent_head.take() {
                 Some(head) => head,
@@ -278,11 +339,18 @@ impl Upstream {
                     balancer.observe(index, elapsed, now);
                     ctx.upstream_duration = Some(elapsed);
                     let status = response.status();
+                    let outcome = if status.is_server_error() {
+                        Err(Failure::Status(status.as_u16()))
+                    } else {
+                        Ok(())
+                    };
+                    self.health.report(health, outcome, now);
                     let retry = may_retry_status
                         && self.retry.retries_status(status)
                         && retries_left
                         && self.budget.try_withdraw(now);
                     if !retry {
+                        let in_flight = in_flight.and(slot);
                         return Ok(response.map(|incoming| {
                             UpstreamBody::new(incoming, in_flight, target.addr, self.read_timeout)
                         }));
@@ -297,6 +365,15 @@ impl Upstream {
                     continue;
                 }
                 Some(Err(failed)) => {
+                    if let SendError::Overloaded { limit, max } = failed.error {
+                        // Shed (and counted) by the breakers: neither the
+                        // target's fault nor worth a retry.
+                        return Err(Rejection::UpstreamOverloaded {
+                            upstream: self.name.clone(),
+                            limit,
+                            max,
+                        });
+                    }
                     unsent_head = failed.unsent.map(|request| request.into_parts().0);
                     Rejection::from_client_error(target.addr, failed.error)
                 }
@@ -319,6 +396,12 @@ impl Upstream {
                 );
                 return Err(Rejection::RequestBody(error));
             }
+            let failed = match failure {
+                Rejection::UpstreamConnect { .. } => Failure::Connect,
+                Rejection::UpstreamTimeout { .. } => Failure::Timeout,
+                _ => Failure::Broken,
+            };
+            self.health.report(health, Err(failed), now);
             // A failure counts as slow as the slowest answer accepted, so
             // p2c_ewma steers away from a target that fails fast.
             balancer.observe(index, elapsed.max(self.timeout), now);

@@ -47,17 +47,45 @@ impl Target {
 
     /// Counts one request as in flight until the guard is dropped.
     pub fn start(&self) -> InFlight {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(self.in_flight.clone())
+        InFlight {
+            _target: Counted::new(self.in_flight.clone()),
+            _upstream: None,
+        }
     }
 }
 
 /// One request in flight to a target; dropping it ends the count. It lives
-/// in the response body, so a request counts until its body is done.
+/// in the response body, so a request counts until its body is done. It
+/// may also hold the request's place among the upstream's requests in
+/// flight (`circuit_breakers.max_requests`).
 #[derive(Debug)]
-pub struct InFlight(Arc<AtomicUsize>);
+pub struct InFlight {
+    _target: Counted,
+    _upstream: Option<Counted>,
+}
 
-impl Drop for InFlight {
+impl InFlight {
+    /// This guard, also holding `upstream` until it is dropped.
+    pub fn and(self, upstream: Counted) -> Self {
+        Self {
+            _upstream: Some(upstream),
+            ..self
+        }
+    }
+}
+
+/// One more in a count until dropped.
+#[derive(Debug)]
+pub struct Counted(Arc<AtomicUsize>);
+
+impl Counted {
+    pub fn new(count: Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(count)
+    }
+}
+
+impl Drop for Counted {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }

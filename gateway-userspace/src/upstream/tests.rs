@@ -123,14 +123,6 @@ async fn a_refused_connection_is_retried_on_another_target_with_its_body() {
         )),
         "no headers from the dead target, no sample (the series exists from the start): {text}"
     );
-    for target in [dead, live] {
-        assert!(
-            text.contains(&format!(
-                "xgate_upstream_target_healthy{{upstream=\"u\",target=\"{target}\"}} 1"
-            )),
-            "{text}"
-        );
-    }
 }
 
 #[tokio::test]
@@ -430,4 +422,58 @@ async fn a_request_body_that_fails_on_the_client_side_is_not_the_targets_fault()
             "{protocol}: the target was penalised: {cost} ns"
         );
     }
+}
+
+#[tokio::test]
+async fn a_dead_target_is_ejected_and_then_left_alone() {
+    let live = server("live", 200).await;
+    let dead = dead();
+    let (u, _) = upstream(
+        &[dead, live],
+        ", health_checks: {passive: {consecutive_failures: 2, max_ejection_percent: 50}}",
+    );
+    for _ in 0..10 {
+        let mut ctx = ctx();
+        let response = u
+            .dispatch(request("GET", b""), &ForwardFields::default(), &mut ctx)
+            .await
+            .expect("retried on the live target");
+        assert_eq!(name(&response), "live");
+    }
+    let status = u.status();
+    let dead_status = &status.targets[0];
+    assert_eq!(dead_status.state, "ejected");
+    assert_eq!(dead_status.ejections, 1, "ejected once, never tried again");
+    assert!(!dead_status.takes_traffic);
+    assert_eq!(status.targets[1].state, "healthy");
+}
+
+#[tokio::test]
+async fn max_requests_counts_a_request_until_its_body_ends() {
+    let live = server("live", 200).await;
+    let (u, _) = upstream(&[live], ", circuit_breakers: {max_requests: 1}");
+    let first = u
+        .dispatch(request("GET", b""), &ForwardFields::default(), &mut ctx())
+        .await
+        .unwrap();
+    let refused = u
+        .dispatch(request("GET", b""), &ForwardFields::default(), &mut ctx())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(refused, Rejection::UpstreamOverloaded { max: 1, .. }),
+        "{refused}"
+    );
+    let limits = &u.status().limits;
+    assert_eq!(
+        (limits[0].limit.as_str(), limits[0].now, limits[0].shed),
+        ("max_requests", 1, 1)
+    );
+    first.into_body().collect().await.unwrap();
+    let second = u
+        .dispatch(request("GET", b""), &ForwardFields::default(), &mut ctx())
+        .await
+        .expect("the first one's body is done");
+    drop(second);
+    assert_eq!(u.status().limits[0].now, 0);
 }

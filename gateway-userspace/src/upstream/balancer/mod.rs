@@ -52,8 +52,21 @@ impl Balancer {
     }
 
     /// The target for the next attempt of a request.
+    #[cfg(test)]
     pub fn pick(&self, targets: &[Target], key: Option<u64>, tried: &Tried, now: Instant) -> usize {
-        let eligible = tried.eligible(targets.len());
+        self.pick_among(targets, key, &tried.eligible(targets.len()), now)
+    }
+
+    /// The target for the next attempt among those `eligible` allows (at
+    /// least one).
+    pub fn pick_among(
+        &self,
+        targets: &[Target],
+        key: Option<u64>,
+        eligible: &Eligible,
+        now: Instant,
+    ) -> usize {
+        let eligible = *eligible;
         match self {
             Balancer::RoundRobin(rr) => rr
                 .pick(targets, |i| eligible.allows(i))
@@ -104,6 +117,8 @@ pub enum Eligible<'a> {
     Any,
     Untried(&'a [usize]),
     Not(usize),
+    /// Those set (by index): the healthy ones (see `health::Choice`).
+    Only(&'a [bool]),
 }
 
 impl Eligible<'_> {
@@ -112,6 +127,7 @@ impl Eligible<'_> {
             Eligible::Any => true,
             Eligible::Untried(tried) => !tried.contains(&index),
             Eligible::Not(excluded) => index != *excluded,
+            Eligible::Only(set) => set.get(index).copied().unwrap_or(false),
         }
     }
 }

@@ -18,7 +18,7 @@ use tokio::io::AsyncWrite;
 use super::{codec::RequestFraming, Error};
 use crate::{
     http1::wire::{put_data, put_last_chunk, ReadSize, WriteQueue, GATHER_MAX},
-    upstream::{replay::AttemptBody, stream::Stream},
+    upstream::{replay::AttemptBody, stream::Stream, target::Counted},
 };
 
 pub(super) struct Conn {
@@ -26,14 +26,17 @@ pub(super) struct Conn {
     /// What the target sent that is not consumed yet.
     pub read: BytesMut,
     read_size: ReadSize,
+    /// Its place among the upstream's connections (`max_connections`).
+    _counted: Option<Counted>,
 }
 
 impl Conn {
-    pub fn new(io: Stream) -> Self {
+    pub fn new(io: Stream, counted: Option<Counted>) -> Self {
         Self {
             io,
             read: BytesMut::new(),
             read_size: ReadSize::default(),
+            _counted: counted,
         }
     }
 

@@ -109,7 +109,7 @@ impl Http1Pool {
                     Ok(conn) => conn,
                     Err(error) => {
                         return Err(Failed {
-                            error: SendError::Connect(error),
+                            error,
                             unsent: Some(Request::from_parts(head, body)),
                         })
                     }

@@ -8,7 +8,6 @@
 
 use std::{
     collections::HashMap,
-    io,
     net::SocketAddr,
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -22,7 +21,7 @@ use tokio::time::Instant;
 use super::conn::Conn;
 use crate::{
     config,
-    upstream::{stream, tls::TlsConnector},
+    upstream::{breakers::CircuitBreakers, client::SendError, stream, tls::TlsConnector},
     workers,
 };
 
@@ -41,6 +40,8 @@ struct Inner {
     tls: Option<Arc<TlsConnector>>,
     idle_timeout: Duration,
     max_idle: usize,
+    /// Counts connections and connects under way (absent in some tests).
+    breakers: Option<Arc<CircuitBreakers>>,
 }
 
 /// One worker's idle connections, by target (looked up twice per request:
@@ -82,7 +83,11 @@ impl Slot {
 }
 
 impl Http1Pool {
-    pub fn new(config: &config::Upstream, tls: Option<Arc<TlsConnector>>) -> Self {
+    pub fn new(
+        config: &config::Upstream,
+        tls: Option<Arc<TlsConnector>>,
+        breakers: Option<Arc<CircuitBreakers>>,
+    ) -> Self {
         let workers = workers::count();
         Self {
             inner: Arc::new(Inner {
@@ -92,6 +97,7 @@ impl Http1Pool {
                 tls,
                 idle_timeout: config.pool_idle_timeout,
                 max_idle: config.pool_max_idle_per_target,
+                breakers,
             }),
         }
     }
@@ -119,14 +125,32 @@ impl Http1Pool {
     }
 
     /// A new connection to `slot`'s target (TCP, and the TLS handshake
-    /// when the upstream has `tls`); starts the worker's reaper.
-    pub(super) async fn connect(&self, slot: &Slot) -> io::Result<Conn> {
+    /// when the upstream has `tls`), within the circuit breakers' limits;
+    /// starts the worker's reaper.
+    pub(super) async fn connect(&self, slot: &Slot) -> Result<Conn, SendError> {
+        let (pending, counted) = match &self.inner.breakers {
+            Some(breakers) => {
+                let pending = breakers.connecting()?;
+                let counted = match breakers.free_connection() {
+                    Some(counted) => counted,
+                    None => {
+                        // An idle connection (of any worker) makes room.
+                        self.close_one_idle();
+                        breakers.connection()?
+                    }
+                };
+                (Some(pending), Some(counted))
+            }
+            None => (None, None),
+        };
         let stream = stream::connect(
             slot.target,
             self.inner.connect_timeout,
             self.inner.tls.as_deref(),
         )
-        .await?;
+        .await
+        .map_err(SendError::Connect)?;
+        drop(pending);
         if !self.inner.reaping[slot.worker].swap(true, Ordering::Relaxed) {
             tokio::spawn(reap(
                 Arc::downgrade(&self.inner),
@@ -134,7 +158,20 @@ impl Http1Pool {
                 self.inner.idle_timeout,
             ));
         }
-        Ok(Conn::new(stream))
+        Ok(Conn::new(stream, counted))
+    }
+}
+
+impl Http1Pool {
+    /// Closes the longest idle connection of some worker, if any is idle.
+    fn close_one_idle(&self) {
+        for idle in &self.inner.idle {
+            let mut idle = idle.lock().unwrap();
+            if let Some(pooled) = idle.values_mut().find(|pooled| !pooled.is_empty()) {
+                drop(pooled.remove(0));
+                return;
+            }
+        }
     }
 }
 

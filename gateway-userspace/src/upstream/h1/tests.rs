@@ -91,7 +91,7 @@ async fn read_head(stream: &mut TcpStream) -> Option<String> {
 fn pool() -> Http1Pool {
     let config: config::Upstream =
         serde_yaml::from_str("{targets: ['127.0.0.1:1'], pool_idle_timeout: 60s}").unwrap();
-    Http1Pool::new(&config, None)
+    Http1Pool::new(&config, None, None)
 }
 
 fn body(bytes: &'static [u8]) -> Body {
