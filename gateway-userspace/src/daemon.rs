@@ -21,8 +21,9 @@ use crate::{
         api::ReloadReport,
         server::{self as admin, AdminState},
     },
+    autoban::AutoBan,
     config::Config,
-    lists::SourceLists,
+    lists::{cluster::ClusterSync, SourceLists},
     proxy::{
         self,
         server::{Settings, SettingsHandle},
@@ -54,6 +55,8 @@ pub struct Reloader {
     /// Each running listener's settings (TLS certificates, limits, ...),
     /// by the address it is bound to.
     listeners: Vec<(SocketAddr, Arc<SettingsHandle>)>,
+    /// The auto-ban rules' counts, kept across reloads.
+    auto_ban: Arc<AutoBan>,
 }
 
 impl Reloader {
@@ -67,10 +70,12 @@ impl Reloader {
             Some(self.lists.clone()),
             &self.refresh_tokens,
             Some(&previous),
-        )?;
+        )?
+        .with_signals(signals(&self.auto_ban, &config));
         drop(previous);
         let listeners = self.compile_listeners(&config)?;
         self.lists.reload(&config)?;
+        self.auto_ban.reconfigure(&config);
         self.runtime.store(runtime);
         for (handle, settings) in listeners {
             handle.store(settings);
@@ -137,7 +142,19 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
     if old.xdp.pin_path != new.xdp.pin_path {
         changes.push("xdp.pin_path".to_string());
     }
+    if old.cluster != new.cluster {
+        changes.push("cluster".to_string());
+    }
     changes
+}
+
+/// Where the runtime reports refusals: the auto-ban rules, when there are
+/// any (none: the chains skip reporting).
+fn signals(auto_ban: &Arc<AutoBan>, config: &Config) -> Option<Arc<dyn crate::policy::Signals>> {
+    config
+        .auto_ban
+        .is_some()
+        .then(|| auto_ban.clone() as Arc<dyn crate::policy::Signals>)
 }
 
 /// Runs the daemon with `workers` proxy worker threads until SIGTERM/SIGINT.
@@ -157,6 +174,7 @@ pub async fn run(config_path: &Path, workers: usize) -> anyhow::Result<()> {
         RefreshTokens::open(&config.state_dir)
             .map_err(|e| anyhow::anyhow!("OAuth 2.0 refresh tokens: {e}"))?,
     );
+    let auto_ban = Arc::new(AutoBan::new(&config, lists.clone(), metrics.clone()));
     let runtime = Runtime::compile(
         &config,
         metrics.clone(),
@@ -164,7 +182,8 @@ pub async fn run(config_path: &Path, workers: usize) -> anyhow::Result<()> {
         &refresh_tokens,
         None,
     )
-    .map_err(|e| anyhow::anyhow!(e))?;
+    .map_err(|e| anyhow::anyhow!(e))?
+    .with_signals(signals(&auto_ban, &config));
     let runtime = Arc::new(RuntimeHandle::new(runtime));
 
     let mut listeners = Vec::new();
@@ -185,6 +204,7 @@ pub async fn run(config_path: &Path, workers: usize) -> anyhow::Result<()> {
         runtime: runtime.clone(),
         metrics: metrics.clone(),
         refresh_tokens: refresh_tokens.clone(),
+        auto_ban,
         listeners: config
             .listeners
             .iter()
@@ -228,6 +248,11 @@ pub async fn run(config_path: &Path, workers: usize) -> anyhow::Result<()> {
             DRAIN_DEADLINE,
         )));
     }
+    let cluster = config.cluster.as_ref().map(|cluster| {
+        tokio::spawn(
+            ClusterSync::new(cluster, lists.clone(), metrics.clone()).run(shutdown_rx.clone()),
+        )
+    });
     let reaper = {
         let lists = lists.clone();
         let mut shutdown = shutdown_rx.clone();
@@ -266,6 +291,9 @@ pub async fn run(config_path: &Path, workers: usize) -> anyhow::Result<()> {
     }
     let _ = admin_task.await;
     let _ = reaper.await;
+    if let Some(cluster) = cluster {
+        let _ = cluster.await;
+    }
     if let Some(mut xdp) = lists.take_xdp() {
         let interfaces: Vec<String> = xdp
             .attachments()

@@ -18,6 +18,34 @@ pub struct AddRequest {
     pub ttl: Option<String>,
 }
 
+/// One row of `GET /bans` (`xgate bans ls`).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Ban {
+    /// The banned address or network.
+    pub source: ipnet::IpNet,
+    /// The auto-ban rule that banned it.
+    pub rule: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Unix seconds.
+    pub added_at: u64,
+    /// Unix seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
+}
+
+impl From<crate::lists::Entry> for Ban {
+    fn from(e: crate::lists::Entry) -> Self {
+        Self {
+            source: e.cidr,
+            rule: e.rule.unwrap_or_default(),
+            reason: e.reason,
+            added_at: e.added_at,
+            expires_at: e.expires_at,
+        }
+    }
+}
+
 /// `GET /status`.
 #[derive(Debug, Serialize)]
 pub struct Status {

@@ -18,7 +18,7 @@ use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use tokio::{net::UnixListener, sync::watch};
 
-use super::api::{AddRequest, RevokedTokens, Status};
+use super::api::{AddRequest, Ban, RevokedTokens, Status};
 use crate::{
     daemon::Reloader,
     duration,
@@ -128,6 +128,11 @@ async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
             StatusCode::OK,
             &state.refresh_tokens.by_client(crate::policy::unix_now()),
         ),
+        (Method::GET, "/bans", _) => {
+            let bans: Vec<Ban> = state.lists.bans().into_iter().map(Ban::from).collect();
+            json(StatusCode::OK, &bans)
+        }
+        (Method::DELETE, _, _) if path.starts_with(BANS_OF) => lift_ban(state, &path[BANS_OF.len()..]),
         (Method::DELETE, _, _) if path.starts_with(REFRESH_TOKENS_OF) => {
             revoke_refresh_tokens(state, &path[REFRESH_TOKENS_OF.len()..]).await
         }
@@ -136,10 +141,26 @@ async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
         }
         (Method::POST, _, Some(kind)) if rest.is_empty() => add(state, kind, req).await,
         (Method::DELETE, _, Some(kind)) if !rest.is_empty() => remove(state, kind, rest),
-        (_, "/status" | "/metrics" | "/reload" | "/oauth2/refresh-tokens", _) | (_, _, Some(_)) => {
+        (_, "/status" | "/metrics" | "/reload" | "/oauth2/refresh-tokens" | "/bans", _)
+        | (_, _, Some(_)) => {
             error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
         }
         _ => error(StatusCode::NOT_FOUND, &format!("no admin endpoint {path}")),
+    }
+}
+
+/// `DELETE /bans/<address or CIDR>`.
+const BANS_OF: &str = "/bans/";
+
+/// Lifts the ban on a CIDR, or the one covering an address.
+fn lift_ban(state: &AdminState, raw: &str) -> Response<Body> {
+    let net = match parse_cidr(raw) {
+        Ok(n) => n,
+        Err(message) => return error(StatusCode::BAD_REQUEST, &message),
+    };
+    match state.lists.lift_ban(net) {
+        Ok(entry) => json(StatusCode::OK, &Ban::from(entry)),
+        Err(e) => list_error(e),
     }
 }
 
@@ -223,7 +244,7 @@ fn list_error(e: ListError) -> Response<Body> {
     let status = match &e {
         ListError::Invalid(_) => StatusCode::BAD_REQUEST,
         ListError::Duplicate { .. } | ListError::FromConfig { .. } => StatusCode::CONFLICT,
-        ListError::NotFound { .. } => StatusCode::NOT_FOUND,
+        ListError::NotFound { .. } | ListError::NoBan(_) => StatusCode::NOT_FOUND,
         ListError::Kernel(_) | ListError::Persist(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };
     if !e.is_client_error() {

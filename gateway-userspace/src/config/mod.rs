@@ -1,6 +1,8 @@
 //! Config: `load → validate` here; `compile` into the runtime happens in the
 //! modules that own each part (proxy router, upstream pools, XDP rules).
 
+mod auto_ban;
+mod cluster;
 mod listener;
 mod model;
 mod oauth2_server;
@@ -13,6 +15,8 @@ mod xdp;
 use std::{fmt, path::Path};
 
 pub use self::{
+    auto_ban::{AutoBan, AutoBanRule, BanScope, SIGNAL_NAMES},
+    cluster::Cluster,
     listener::{ClientAuth, ClientAuthMode, Listener},
     model::*,
     oauth2_server::OAuth2Server,

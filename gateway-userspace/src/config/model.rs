@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use super::{Consumer, Listener, OAuth2Server, PolicyDefaults, Route, Upstream, Xdp};
+use super::{AutoBan, Cluster, Consumer, Listener, OAuth2Server, PolicyDefaults, Route, Upstream, Xdp};
 
 /// Where the daemon keeps runtime changes (CLI list entries) across
 /// restarts, when the config does not say.
@@ -55,6 +55,12 @@ pub struct Config {
     pub normalization: Normalization,
     #[serde(default)]
     pub access_log: AccessLog,
+    /// Rules that ban sources whose requests keep being refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_ban: Option<AutoBan>,
+    /// Runtime lists shared with other gateways through Redis.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<Cluster>,
 }
 
 /// Request limits that apply to every route (a route may lower or raise

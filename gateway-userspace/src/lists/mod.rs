@@ -8,6 +8,7 @@
 //! kernel, then persisted; a failure at any step undoes the earlier ones.
 //! A reload replaces the whole kernel rule set atomically (double buffering).
 
+pub mod cluster;
 mod matcher;
 mod policy;
 mod state;
@@ -15,7 +16,7 @@ mod state;
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
-    sync::{Mutex, RwLock},
+    sync::{Mutex, OnceLock, RwLock},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -42,6 +43,16 @@ pub struct Entry {
     /// Unix seconds; absent means permanent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<u64>,
+    /// The auto-ban rule that made this entry (a ban), if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+}
+
+/// A runtime change, as the cluster sync hears of it (see [`cluster`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    Put(ListKind, Entry),
+    Remove(ListKind, IpNet),
 }
 
 impl Entry {
@@ -58,8 +69,12 @@ impl Entry {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Listed {
     pub cidr: IpNet,
-    /// `config` or `cli`.
+    /// `config`, `cli` (added at runtime: CLI, admin API, another node) or
+    /// `ban` (an auto-ban rule).
     pub source: String,
+    /// The auto-ban rule, for a ban.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -78,6 +93,8 @@ pub enum ListError {
     },
     #[error("{cidr} is not in the {list}")]
     NotFound { cidr: IpNet, list: &'static str },
+    #[error("no ban covers {0} (see `xgate bans ls`)")]
+    NoBan(IpNet),
     #[error("{cidr} comes from the config file (xdp.{key}); remove it there and reload")]
     FromConfig { cidr: IpNet, key: &'static str },
     #[error("the kernel rejected the change: {0}")]
@@ -109,6 +126,9 @@ pub struct SourceLists {
     inner: Mutex<Inner>,
     /// Read on every accepted connection; rebuilt after each change.
     guard: RwLock<Guard>,
+    /// Where local runtime changes are announced (the cluster sync), once
+    /// something listens.
+    changes: OnceLock<tokio::sync::mpsc::UnboundedSender<Change>>,
 }
 
 #[derive(Default)]
@@ -161,6 +181,7 @@ impl SourceLists {
         let this = Self {
             guard: RwLock::new(Guard::default()),
             inner: Mutex::new(inner),
+            changes: OnceLock::new(),
         };
         this.rebuild_guard(&this.inner.lock().unwrap());
         Ok(this)
@@ -192,6 +213,35 @@ impl SourceLists {
         reason: Option<String>,
         ttl: Option<Duration>,
     ) -> Result<Entry, ListError> {
+        self.add_entry(kind, cidr, reason, ttl, None)
+    }
+
+    /// Adds a runtime entry made by the auto-ban `rule` (shown by
+    /// `xgate bans ls`); otherwise exactly like [`Self::add`].
+    pub fn add_ban(
+        &self,
+        cidr: IpNet,
+        reason: String,
+        ttl: Duration,
+        rule: &str,
+    ) -> Result<Entry, ListError> {
+        self.add_entry(
+            ListKind::Deny,
+            cidr,
+            Some(reason),
+            Some(ttl),
+            Some(rule.to_string()),
+        )
+    }
+
+    fn add_entry(
+        &self,
+        kind: ListKind,
+        cidr: IpNet,
+        reason: Option<String>,
+        ttl: Option<Duration>,
+        rule: Option<String>,
+    ) -> Result<Entry, ListError> {
         if let Some(message) = host_bits_error(&cidr) {
             return Err(ListError::Invalid(message));
         }
@@ -221,30 +271,145 @@ impl SourceLists {
             reason,
             added_at,
             expires_at: ttl.map(|t| added_at + t.as_secs().max(1)),
+            rule,
         };
+        self.put(&mut inner, kind, entry.clone(), None, now)?;
+        tracing::info!(list, cidr = %cidr, reason = entry.reason.as_deref().unwrap_or(""), rule = entry.rule.as_deref().unwrap_or(""), "entry added");
+        self.announce(Change::Put(kind, entry.clone()));
+        Ok(entry)
+    }
+
+    /// Writes `entry` to the kernel, the lists and the state file, all or
+    /// nothing (`previous`: the entry it replaces, restored on failure).
+    fn put(
+        &self,
+        inner: &mut Inner,
+        kind: ListKind,
+        entry: Entry,
+        previous: Option<Entry>,
+        now: SystemTime,
+    ) -> Result<(), ListError> {
+        let cidr = entry.cidr;
         if let Some(xdp) = inner.xdp.as_mut() {
             xdp.insert(kind, cidr, rule_for(&entry, now))
                 .map_err(|e| ListError::Kernel(e.to_string()))?;
         }
-        inner
-            .runtime
-            .get_mut(&kind)
-            .unwrap()
-            .insert(cidr, entry.clone());
+        inner.runtime.get_mut(&kind).unwrap().insert(cidr, entry);
         if let Err(e) = inner.persist() {
-            inner.runtime.get_mut(&kind).unwrap().remove(&cidr);
-            if let Some(xdp) = inner.xdp.as_mut() {
-                let _ = xdp.remove(kind, cidr);
+            let runtime = inner.runtime.get_mut(&kind).unwrap();
+            match previous {
+                Some(previous) => {
+                    if let Some(xdp) = inner.xdp.as_mut() {
+                        let _ = xdp.insert(kind, cidr, rule_for(&previous, now));
+                    }
+                    runtime.insert(cidr, previous);
+                }
+                None => {
+                    runtime.remove(&cidr);
+                    if let Some(xdp) = inner.xdp.as_mut() {
+                        let _ = xdp.remove(kind, cidr);
+                    }
+                }
             }
             return Err(ListError::Persist(e));
         }
-        self.rebuild_guard(&inner);
-        tracing::info!(list, cidr = %cidr, reason = entry.reason.as_deref().unwrap_or(""), "entry added");
-        Ok(entry)
+        self.rebuild_guard(inner);
+        Ok(())
+    }
+
+    /// Sends local changes to `sender` from now on (the cluster sync; set
+    /// once).
+    pub fn announce_to(&self, sender: tokio::sync::mpsc::UnboundedSender<Change>) {
+        let _ = self.changes.set(sender);
+    }
+
+    fn announce(&self, change: Change) {
+        if let Some(sender) = self.changes.get() {
+            let _ = sender.send(change);
+        }
+    }
+
+    /// Applies a change another node made (the cluster sync): not announced
+    /// again. An entry the config file lists already is left to the config.
+    pub fn apply_remote(&self, change: &Change) -> Result<bool, ListError> {
+        let now = SystemTime::now();
+        let mut inner = self.inner.lock().unwrap();
+        match change {
+            Change::Put(kind, entry) => {
+                if inner.config[kind].contains(&entry.cidr) || entry.expired(now) {
+                    return Ok(false);
+                }
+                let previous = inner.runtime[kind].get(&entry.cidr).cloned();
+                if previous.as_ref() == Some(entry) {
+                    return Ok(false);
+                }
+                self.put(&mut inner, *kind, entry.clone(), previous, now)?;
+                tracing::info!(list = kind.name(), cidr = %entry.cidr, "entry added by another node");
+                Ok(true)
+            }
+            Change::Remove(kind, cidr) => {
+                if !inner.runtime[kind].contains_key(cidr) {
+                    return Ok(false);
+                }
+                drop(inner);
+                self.remove_quietly(*kind, *cidr)?;
+                tracing::info!(list = kind.name(), cidr = %cidr, "entry removed by another node");
+                Ok(true)
+            }
+        }
+    }
+
+    /// The runtime entries of a list (not the config file's).
+    pub fn runtime_entries(&self, kind: ListKind) -> Vec<Entry> {
+        self.inner.lock().unwrap().runtime[&kind]
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Whether an allow entry covers `ip` (such a source is never banned).
+    pub fn allows(&self, ip: IpAddr) -> bool {
+        self.guard
+            .read()
+            .unwrap()
+            .allow
+            .matching(ip, SystemTime::now())
+            .is_some()
+    }
+
+    /// The bans: runtime deny entries an auto-ban rule made.
+    pub fn bans(&self) -> Vec<Entry> {
+        self.runtime_entries(ListKind::Deny)
+            .into_iter()
+            .filter(|e| e.rule.is_some())
+            .collect()
+    }
+
+    /// Lifts a ban: the one on exactly `net`, or for a single address the
+    /// narrowest ban that covers it (a /24 ban lifted by one of its
+    /// addresses).
+    pub fn lift_ban(&self, net: IpNet) -> Result<Entry, ListError> {
+        let host = net.prefix_len() == net.max_prefix_len();
+        let ban = self
+            .bans()
+            .into_iter()
+            .filter(|e| e.cidr == net || (host && e.cidr.contains(&net.addr())))
+            .max_by_key(|e| e.cidr.prefix_len());
+        match ban {
+            Some(ban) => self.remove(ListKind::Deny, ban.cidr),
+            None => Err(ListError::NoBan(net)),
+        }
     }
 
     /// Removes a runtime entry.
     pub fn remove(&self, kind: ListKind, cidr: IpNet) -> Result<Entry, ListError> {
+        let entry = self.remove_quietly(kind, cidr)?;
+        tracing::info!(list = kind.name(), cidr = %cidr, "entry removed");
+        self.announce(Change::Remove(kind, cidr));
+        Ok(entry)
+    }
+
+    fn remove_quietly(&self, kind: ListKind, cidr: IpNet) -> Result<Entry, ListError> {
         let mut inner = self.inner.lock().unwrap();
         let list = kind.name();
         if inner.config[&kind].contains(&cidr) {
@@ -271,7 +436,6 @@ impl SourceLists {
             return Err(ListError::Persist(e));
         }
         self.rebuild_guard(&inner);
-        tracing::info!(list, cidr = %cidr, "entry removed");
         Ok(entry)
     }
 
@@ -280,12 +444,14 @@ impl SourceLists {
         let config = inner.config[&kind].iter().map(|cidr| Listed {
             cidr: *cidr,
             source: "config".into(),
+            rule: None,
             reason: None,
             expires_at: None,
         });
         let runtime = inner.runtime[&kind].values().map(|e| Listed {
             cidr: e.cidr,
-            source: "cli".into(),
+            source: if e.rule.is_some() { "ban" } else { "cli" }.into(),
+            rule: e.rule.clone(),
             reason: e.reason.clone(),
             expires_at: e.expires_at,
         });

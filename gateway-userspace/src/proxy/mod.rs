@@ -110,6 +110,12 @@ impl Runtime {
         })
     }
 
+    /// Reports the policies' refusals to `signals` (auto-ban).
+    pub fn with_signals(mut self, signals: Option<Arc<dyn crate::policy::Signals>>) -> Self {
+        self.signals = signals;
+        self
+    }
+
     pub fn route_count(&self) -> usize {
         self.router.len()
     }
