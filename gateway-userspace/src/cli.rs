@@ -155,7 +155,9 @@ enum BansCommand {
     },
     /// Lift a ban now: give the banned CIDR, or an address (the narrowest ban covering it is lifted).
     /// With cluster mode, every node lifts it.
-    #[command(after_help = "Examples:\n  xgate bans rm 203.0.113.7\n  xgate bans rm 203.0.113.0/24")]
+    #[command(
+        after_help = "Examples:\n  xgate bans rm 203.0.113.7\n  xgate bans rm 203.0.113.0/24"
+    )]
     Rm {
         #[arg(value_parser = parse_cidr, value_name = "ADDRESS|CIDR")]
         source: IpNet,

@@ -10,7 +10,7 @@ use std::{
 };
 
 use xgate_tests::{
-    http::{send, RawResponse},
+    http::{send, KeepAlive, RawResponse},
     ports::{any_port, free_port},
     process::{stderr, stdout, Daemon},
     upstream::EchoUpstream,
@@ -32,9 +32,8 @@ fn config(listen: SocketAddr, upstream: SocketAddr, ban: &str) -> String {
 }
 
 async fn request(listen: SocketAddr, from: &str, key: &str) -> std::io::Result<RawResponse> {
-    let request = format!(
-        "GET /x HTTP/1.1\r\nHost: api.test\r\napikey: {key}\r\nConnection: close\r\n\r\n"
-    );
+    let request =
+        format!("GET /x HTTP/1.1\r\nHost: api.test\r\napikey: {key}\r\nConnection: close\r\n\r\n");
     send(listen, Some(from.parse().unwrap()), &request).await
 }
 
@@ -100,13 +99,21 @@ async fn failed_authentications_ban_the_source_until_lifted_or_expired() {
     // The table, the blocklist (source "ban") and the metric.
     let table = stdout(&daemon.cli(&["bans", "ls"]));
     assert!(
-        table.contains("127.0.0.2/32") && table.contains("brute-force") && table.contains("too many bad keys"),
+        table.contains("127.0.0.2/32")
+            && table.contains("brute-force")
+            && table.contains("too many bad keys"),
         "{table}"
     );
     let blocklist = stdout(&daemon.cli(&["blocklist", "ls"]));
-    assert!(blocklist.contains("127.0.0.2/32") && blocklist.contains(" ban "), "{blocklist}");
+    assert!(
+        blocklist.contains("127.0.0.2/32") && blocklist.contains(" ban "),
+        "{blocklist}"
+    );
     assert_eq!(
-        metric(&daemon, "xgate_auto_bans_total{rule=\"brute-force\",outcome=\"banned\"}"),
+        metric(
+            &daemon,
+            "xgate_auto_bans_total{rule=\"brute-force\",outcome=\"banned\"}"
+        ),
         "xgate_auto_bans_total{rule=\"brute-force\",outcome=\"banned\"} 1"
     );
     assert!(daemon.log().contains("auto-ban: source banned"));
@@ -162,6 +169,20 @@ async fn failed_authentications_ban_the_source_until_lifted_or_expired() {
 }
 
 #[tokio::test]
+async fn a_ban_refuses_the_next_request_on_a_kept_alive_connection() {
+    let upstream = EchoUpstream::start(any_port(), "u").await.unwrap();
+    let listen = free_port();
+    let daemon = Daemon::start(&config(listen, upstream.addr, "1h"), None);
+    let mut conn = KeepAlive::connect(listen).await.unwrap();
+    for _ in 0..3 {
+        assert_eq!(conn.get("/x").await.status, 401);
+    }
+    assert_eq!(bans(&daemon)[0]["source"], "127.0.0.1/32");
+    // Same connection, accepted before the ban: refused now.
+    assert_eq!(conn.get("/x").await.status, 403);
+}
+
+#[tokio::test]
 async fn allow_listed_sources_are_never_banned_and_the_cap_holds() {
     let upstream = EchoUpstream::start(any_port(), "u").await.unwrap();
     let listen = free_port();
@@ -179,7 +200,10 @@ async fn allow_listed_sources_are_never_banned_and_the_cap_holds() {
     fail_auth(listen, ATTACKER, 3).await;
     assert_eq!(bans(&daemon), serde_json::json!([]));
     assert_eq!(
-        metric(&daemon, "xgate_auto_bans_total{rule=\"auth_failure\",outcome=\"exempt\"}"),
+        metric(
+            &daemon,
+            "xgate_auto_bans_total{rule=\"auth_failure\",outcome=\"exempt\"}"
+        ),
         "xgate_auto_bans_total{rule=\"auth_failure\",outcome=\"exempt\"} 3"
     );
     // The cap: one ban this minute, the next source is only counted.
@@ -189,7 +213,10 @@ async fn allow_listed_sources_are_never_banned_and_the_cap_holds() {
     assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
     assert_eq!(listed[0]["source"], "127.0.0.3/32");
     assert_eq!(
-        metric(&daemon, "xgate_auto_bans_total{rule=\"auth_failure\",outcome=\"capped\"}"),
+        metric(
+            &daemon,
+            "xgate_auto_bans_total{rule=\"auth_failure\",outcome=\"capped\"}"
+        ),
         "xgate_auto_bans_total{rule=\"auth_failure\",outcome=\"capped\"} 1"
     );
     assert!(request(listen, "127.0.0.4:0", "alice-key-0123456789")
@@ -212,8 +239,13 @@ fn bad_auto_ban_and_cluster_config_is_refused_with_clear_errors() {
     assert!(!out.status.success());
     let err = stderr(&out);
     assert!(
-        err.contains("auto_ban.rules[0].signal: unknown signal 'auth-failure' (one of: auth_failure"),
+        err.contains(
+            "auto_ban.rules[0].signal: unknown signal 'auth-failure' (one of: auth_failure"
+        ),
         "{err}"
     );
-    assert!(err.contains("cluster.redis: 'http://127.0.0.1:6379' is not a usable Redis URL"), "{err}");
+    assert!(
+        err.contains("cluster.redis: 'http://127.0.0.1:6379' is not a usable Redis URL"),
+        "{err}"
+    );
 }

@@ -75,11 +75,14 @@ fn metric(daemon: &Daemon, name: &str) -> u64 {
         .unwrap_or(0)
 }
 
-const DENIES: &str = "xgate_policy_decisions_total{route=\"api\",policy=\"key-auth\",result=\"deny\"}";
+const DENIES: &str =
+    "xgate_policy_decisions_total{route=\"api\",policy=\"key-auth\",result=\"deny\"}";
 
 #[test]
 fn a_client_that_trips_a_rule_is_dropped_in_xdp_until_the_ban_expires() {
-    if !require_root("auto_ban_netns::a_client_that_trips_a_rule_is_dropped_in_xdp_until_the_ban_expires") {
+    if !require_root(
+        "auto_ban_netns::a_client_that_trips_a_rule_is_dropped_in_xdp_until_the_ban_expires",
+    ) {
         return;
     }
     let gw = NetNs::create("abg");
@@ -122,7 +125,10 @@ fn a_client_that_trips_a_rule_is_dropped_in_xdp_until_the_ban_expires() {
     let l7_refused = daemon.status()["l7_denied_connections"].as_u64().unwrap();
     let refused = request(&client, "198.18.0.2", "alice-key-0123456789");
     assert_eq!(refused, Err("connect timed out".to_string()));
-    assert!(daemon.xdp_counter("denied_v4") > dropped, "the XDP drop counter rises");
+    assert!(
+        daemon.xdp_counter("denied_v4") > dropped,
+        "the XDP drop counter rises"
+    );
     assert_eq!(metric(&daemon, DENIES), denies, "no further request seen");
     assert_eq!(
         daemon.status()["l7_denied_connections"].as_u64().unwrap(),

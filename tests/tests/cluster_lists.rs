@@ -32,7 +32,8 @@ fn config(listen: SocketAddr, upstream: SocketAddr, redis: &str, node: &str) -> 
 /// Whether a connection from `from` gets an answer (a blocked source's
 /// connection is closed at accept).
 async fn answered(listen: SocketAddr, from: &str) -> bool {
-    let request = "GET /x HTTP/1.1\r\nHost: t\r\napikey: alice-key-0123456789\r\nConnection: close\r\n\r\n";
+    let request =
+        "GET /x HTTP/1.1\r\nHost: t\r\napikey: alice-key-0123456789\r\nConnection: close\r\n\r\n";
     send(listen, Some(format!("{from}:0").parse().unwrap()), request)
         .await
         .is_ok_and(|r| r.status == 200)
@@ -76,20 +77,42 @@ async fn two_nodes_share_their_lists_through_redis() {
     let a = Daemon::start(&config(listen_a, upstream.addr, &redis.url(), "a"), None);
     let config_b = config(listen_b, upstream.addr, &redis.url(), "b");
     let b = Daemon::start(&config_b, None);
-    eventually("b synced", &b, || b.log().contains("cluster lists: synced with Redis")).await;
-    eventually("a synced", &a, || a.log().contains("cluster lists: synced with Redis")).await;
+    eventually("b synced", &b, || {
+        b.log().contains("cluster lists: synced with Redis")
+    })
+    .await;
+    eventually("a synced", &a, || {
+        a.log().contains("cluster lists: synced with Redis")
+    })
+    .await;
 
     // An add on A is enforced on B.
     assert!(answered(listen_b, "127.0.0.2").await);
-    cli_ok(&a, &["blocklist", "add", "127.0.0.2", "--reason", "test", "--ttl", "1h"]);
-    eventually("A's add on B", &b, || listed(&b, "blocklist").contains(&"127.0.0.2/32".into())).await;
+    cli_ok(
+        &a,
+        &[
+            "blocklist",
+            "add",
+            "127.0.0.2",
+            "--reason",
+            "test",
+            "--ttl",
+            "1h",
+        ],
+    );
+    eventually("A's add on B", &b, || {
+        listed(&b, "blocklist").contains(&"127.0.0.2/32".into())
+    })
+    .await;
     assert!(!answered(listen_b, "127.0.0.2").await);
     let out = b.cli(&["blocklist", "ls", "--json"]);
     let entries: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(entries[0]["reason"], "test");
     assert!(entries[0]["expires_at"].as_u64().is_some());
     assert_eq!(
-        redis.command(&["HEXISTS", "xgate-test:lists:deny", "127.0.0.2/32"]).unwrap(),
+        redis
+            .command(&["HEXISTS", "xgate-test:lists:deny", "127.0.0.2/32"])
+            .unwrap(),
         ":1"
     );
 
@@ -99,11 +122,16 @@ async fn two_nodes_share_their_lists_through_redis() {
     assert!(answered(listen_a, "127.0.0.2").await);
     // Allow entries travel too.
     cli_ok(&b, &["allowlist", "add", "192.0.2.0/24"]);
-    eventually("B's allow on A", &a, || listed(&a, "allowlist").contains(&"192.0.2.0/24".into())).await;
+    eventually("B's allow on A", &a, || {
+        listed(&a, "allowlist").contains(&"192.0.2.0/24".into())
+    })
+    .await;
     // A ban made on A (two failed keys) is enforced on B.
     for _ in 0..2 {
         let bad = "GET /x HTTP/1.1\r\nHost: t\r\napikey: wrong\r\nConnection: close\r\n\r\n";
-        let r = send(listen_a, Some("127.0.0.3:0".parse().unwrap()), bad).await.unwrap();
+        let r = send(listen_a, Some("127.0.0.3:0".parse().unwrap()), bad)
+            .await
+            .unwrap();
         assert_eq!(r.status, 401);
     }
     eventually("A's ban on B", &b, || {
@@ -138,7 +166,10 @@ async fn two_nodes_share_their_lists_through_redis() {
     // Redis back, empty: the nodes write back what they enforce, A's
     // change made meanwhile reaches B, and new changes flow again.
     redis.restart();
-    eventually("A's offline change on B", &b, || listed(&b, "blocklist").contains(&"127.0.0.6/32".into())).await;
+    eventually("A's offline change on B", &b, || {
+        listed(&b, "blocklist").contains(&"127.0.0.6/32".into())
+    })
+    .await;
     assert!(!answered(listen_b, "127.0.0.6").await);
     assert!(listed(&a, "blocklist").contains(&"127.0.0.5/32".into()));
     assert!(listed(&b, "blocklist").contains(&"127.0.0.5/32".into()));
@@ -149,6 +180,12 @@ async fn two_nodes_share_their_lists_through_redis() {
     .await;
     assert!(!answered(listen_a, "127.0.0.7").await);
     let metrics = a.admin_get("/metrics");
-    assert!(metrics.contains("xgate_cluster_list_events_total{event=\"received\"}"), "{metrics}");
-    assert!(metrics.contains("xgate_cluster_list_events_total{event=\"disconnected\"}"), "{metrics}");
+    assert!(
+        metrics.contains("xgate_cluster_list_events_total{event=\"received\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("xgate_cluster_list_events_total{event=\"disconnected\"}"),
+        "{metrics}"
+    );
 }

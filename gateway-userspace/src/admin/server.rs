@@ -132,7 +132,9 @@ async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
             let bans: Vec<Ban> = state.lists.bans().into_iter().map(Ban::from).collect();
             json(StatusCode::OK, &bans)
         }
-        (Method::DELETE, _, _) if path.starts_with(BANS_OF) => lift_ban(state, &path[BANS_OF.len()..]),
+        (Method::DELETE, _, _) if path.starts_with(BANS_OF) => {
+            lift_ban(state, &path[BANS_OF.len()..])
+        }
         (Method::DELETE, _, _) if path.starts_with(REFRESH_TOKENS_OF) => {
             revoke_refresh_tokens(state, &path[REFRESH_TOKENS_OF.len()..]).await
         }
@@ -142,9 +144,7 @@ async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
         (Method::POST, _, Some(kind)) if rest.is_empty() => add(state, kind, req).await,
         (Method::DELETE, _, Some(kind)) if !rest.is_empty() => remove(state, kind, rest),
         (_, "/status" | "/metrics" | "/reload" | "/oauth2/refresh-tokens" | "/bans", _)
-        | (_, _, Some(_)) => {
-            error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
-        }
+        | (_, _, Some(_)) => error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
         _ => error(StatusCode::NOT_FOUND, &format!("no admin endpoint {path}")),
     }
 }

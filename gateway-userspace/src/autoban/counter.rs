@@ -172,7 +172,9 @@ mod tests {
         }
         // A quarter into the next window, three quarters of the previous
         // ten still count.
-        let count = c.hit(0, a, within, t0 + Duration::from_millis(12_500)).count;
+        let count = c
+            .hit(0, a, within, t0 + Duration::from_millis(12_500))
+            .count;
         assert!((count - 8.5).abs() < 1e-9, "{count}");
     }
 
@@ -183,7 +185,9 @@ mod tests {
         let mut c = Counters::new(64);
         let mut evictions = 0;
         for i in 0..10_000u32 {
-            let source = IpNet::from(std::net::IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i)));
+            let source = IpNet::from(std::net::IpAddr::from(std::net::Ipv4Addr::from(
+                0x0a00_0000 + i,
+            )));
             if c.hit(0, source, within, t0).evicted {
                 evictions += 1;
             }

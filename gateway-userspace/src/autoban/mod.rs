@@ -86,7 +86,11 @@ impl AutoBan {
     pub fn reconfigure(&self, config: &Config) {
         let mut state = self.state.lock().unwrap();
         let (rules, max_per_minute, max_tracked) = match &config.auto_ban {
-            Some(a) => (a.rules.clone(), a.max_bans_per_minute, a.max_tracked_sources),
+            Some(a) => (
+                a.rules.clone(),
+                a.max_bans_per_minute,
+                a.max_tracked_sources,
+            ),
             None => (Vec::new(), 0, 1),
         };
         let keep: HashMap<usize, usize> = state
@@ -240,7 +244,9 @@ fn canonical(ip: IpAddr) -> IpAddr {
 /// The network of `ip` that a rule bans: /v4 or /v6 prefix.
 fn scope(ip: IpAddr, (v4, v6): (u8, u8)) -> IpNet {
     let len = if ip.is_ipv4() { v4 } else { v6 };
-    IpNet::new(ip, len).expect("validated prefix length").trunc()
+    IpNet::new(ip, len)
+        .expect("validated prefix length")
+        .trunc()
 }
 
 #[cfg(test)]

@@ -2,7 +2,9 @@ use super::*;
 
 fn state(yaml: &str) -> State {
     let config = Config::from_yaml(
-        &format!("listeners: [{{address: '127.0.0.1:8080'}}]\ntrusted_proxies: [10.0.0.0/8]\n{yaml}"),
+        &format!(
+            "listeners: [{{address: '127.0.0.1:8080'}}]\ntrusted_proxies: [10.0.0.0/8]\n{yaml}"
+        ),
         "t",
     )
     .unwrap();
@@ -62,9 +64,12 @@ fn spread_out_signals_do_not_ban() {
         state("auto_ban: {rules: [{signal: auth_failure, count: 3, within: 10s, ban: 1m}]}");
     let t0 = Instant::now();
     for i in 0..10 {
-        let v = s.count(ip("192.0.2.7"), AUTH, t0 + Duration::from_secs(15 * i), || {
-            false
-        });
+        let v = s.count(
+            ip("192.0.2.7"),
+            AUTH,
+            t0 + Duration::from_secs(15 * i),
+            || false,
+        );
         assert_eq!(v, vec![Verdict::Counted]);
     }
 }

@@ -6,7 +6,9 @@ use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use super::{AutoBan, Cluster, Consumer, Listener, OAuth2Server, PolicyDefaults, Route, Upstream, Xdp};
+use super::{
+    AutoBan, Cluster, Consumer, Listener, OAuth2Server, PolicyDefaults, Route, Upstream, Xdp,
+};
 
 /// Where the daemon keeps runtime changes (CLI list entries) across
 /// restarts, when the config does not say.

@@ -16,7 +16,10 @@ mod state;
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
-    sync::{Mutex, OnceLock, RwLock},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Mutex, OnceLock, RwLock,
+    },
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -129,6 +132,9 @@ pub struct SourceLists {
     /// Where local runtime changes are announced (the cluster sync), once
     /// something listens.
     changes: OnceLock<tokio::sync::mpsc::UnboundedSender<Change>>,
+    /// Whether runtime deny entries exist: then requests on connections
+    /// accepted before one was added are checked too.
+    runtime_denies: AtomicBool,
 }
 
 #[derive(Default)]
@@ -182,6 +188,7 @@ impl SourceLists {
             guard: RwLock::new(Guard::default()),
             inner: Mutex::new(inner),
             changes: OnceLock::new(),
+            runtime_denies: AtomicBool::new(false),
         };
         this.rebuild_guard(&this.inner.lock().unwrap());
         Ok(this)
@@ -501,6 +508,14 @@ impl SourceLists {
         guard.deny.matching(ip, now)
     }
 
+    /// Whether runtime deny entries (CLI, admin API, bans, other nodes)
+    /// exist. While they do, the proxy checks every request's client, so a
+    /// kept-alive connection opened before a ban is refused at its next
+    /// request; without them (the common case) that costs one atomic load.
+    pub fn has_runtime_denies(&self) -> bool {
+        self.runtime_denies.load(Ordering::Relaxed)
+    }
+
     pub fn xdp_status(&self) -> Option<Result<XdpStatus, String>> {
         let inner = self.inner.lock().unwrap();
         let xdp = inner.xdp.as_ref()?;
@@ -535,6 +550,10 @@ impl SourceLists {
             }
         }
         *self.guard.write().unwrap() = guard;
+        self.runtime_denies.store(
+            !inner.runtime[&ListKind::Deny].is_empty(),
+            Ordering::Relaxed,
+        );
     }
 }
 
