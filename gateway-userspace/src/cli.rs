@@ -159,6 +159,7 @@ enum BansCommand {
         after_help = "Examples:\n  xgate bans rm 203.0.113.7\n  xgate bans rm 203.0.113.0/24"
     )]
     Rm {
+        /// e.g. 203.0.113.7 (a banned address, or one inside a banned network) or 203.0.113.0/24
         #[arg(value_parser = parse_cidr, value_name = "ADDRESS|CIDR")]
         source: IpNet,
     },
