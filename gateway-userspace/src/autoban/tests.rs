@@ -191,3 +191,90 @@ fn config_errors_are_clear() {
         assert!(err.contains(expected), "{expected} not in {err}");
     }
 }
+
+struct Lab {
+    dir: std::path::PathBuf,
+}
+
+impl Lab {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("xgate-autoban-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        Self { dir }
+    }
+
+    fn config(&self, rules: &str) -> Config {
+        Config::from_yaml(
+            &format!(
+                "listeners: [{{address: '127.0.0.1:1'}}]\nstate_dir: {}\n{rules}",
+                self.dir.display()
+            ),
+            "t",
+        )
+        .unwrap()
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn bans_go_to_the_deny_list_and_reloads_keep_unchanged_counts() {
+    let lab = Lab::new("reload");
+    let rules = "auto_ban: {rules: [\
+                 {name: a, signal: auth_failure, count: 3, within: 60s, ban: 10m},\
+                 {name: b, signal: bot_denied, count: 2, within: 60s, ban: 10m}]}\n";
+    let config = lab.config(rules);
+    let lists = Arc::new(SourceLists::open(&config, None).unwrap());
+    let auto_ban = AutoBan::new(&config, lists.clone(), Arc::new(Metrics::default()));
+    let client = ip("192.0.2.7");
+    let bot = Signal::Denied {
+        policy: "bot-detection",
+        reason: "bot_denied",
+    };
+    auto_ban.record(client, AUTH);
+    auto_ban.record(client, AUTH);
+    auto_ban.record(client, bot);
+    // Rule b changes, rule a does not: a's two signals are kept, b's gone.
+    auto_ban.reconfigure(&lab.config(
+        "auto_ban: {rules: [\
+         {name: a, signal: auth_failure, count: 3, within: 60s, ban: 10m},\
+         {name: b, signal: bot_denied, count: 2, within: 60s, ban: 1h}]}\n",
+    ));
+    auto_ban.record(client, bot);
+    assert!(lists.bans().is_empty());
+    auto_ban.record(client, AUTH);
+    let bans = lists.bans();
+    assert_eq!(bans.len(), 1);
+    assert_eq!(bans[0].cidr, "192.0.2.7/32".parse::<IpNet>().unwrap());
+    assert_eq!(bans[0].rule.as_deref(), Some("a"));
+    assert_eq!(lists.denies(client), Some(bans[0].cidr));
+    // Rule b reaching its count for a source already banned: no error, no
+    // second entry.
+    auto_ban.record(client, bot);
+    assert_eq!(lists.bans().len(), 1);
+    // An allow-listed source is never banned.
+    let friend = ip("198.51.100.1");
+    lists
+        .add(
+            crate::xdp::ListKind::Allow,
+            "198.51.100.0/24".parse().unwrap(),
+            None,
+            None,
+        )
+        .unwrap();
+    for _ in 0..5 {
+        auto_ban.record(friend, AUTH);
+    }
+    assert_eq!(lists.bans().len(), 1);
+    // No rules after a reload: nothing is counted.
+    auto_ban.reconfigure(&lab.config(""));
+    assert!(!auto_ban.is_active());
+    for _ in 0..5 {
+        auto_ban.record(ip("203.0.113.1"), AUTH);
+    }
+    assert_eq!(lists.bans().len(), 1);
+}
