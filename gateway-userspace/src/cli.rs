@@ -544,11 +544,23 @@ fn print_status(s: &serde_json::Value) {
     println!("listeners: {}", listeners.join(", "));
     println!("routes:    {}", get("routes"));
     println!(
-        "lists:     {} blocked, {} allowed; {} connections refused at L7",
+        "lists:     {} blocked ({} bans), {} allowed; {} connections refused at L7",
         get("blocklist_entries"),
+        get("bans"),
         get("allowlist_entries"),
         get("l7_denied_connections")
     );
+    if let Some(cluster) = s.get("cluster") {
+        println!(
+            "cluster:   node {}, {}",
+            cluster["node"].as_str().unwrap_or("?"),
+            if cluster["synced"].as_bool() == Some(true) {
+                "synced with Redis"
+            } else {
+                "NOT synced (Redis unreachable): enforcing the local lists"
+            }
+        );
+    }
     match s.get("xdp") {
         Some(xdp) => {
             let attached: Vec<String> = xdp["attached"]

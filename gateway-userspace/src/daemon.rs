@@ -213,6 +213,10 @@ pub async fn run(config_path: &Path, workers: usize) -> anyhow::Result<()> {
             .collect(),
     });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let cluster_sync = config
+        .cluster
+        .as_ref()
+        .map(|cluster| ClusterSync::new(cluster, lists.clone(), metrics.clone()));
     let admin_state = Arc::new(AdminState {
         lists: lists.clone(),
         metrics: metrics.clone(),
@@ -221,6 +225,7 @@ pub async fn run(config_path: &Path, workers: usize) -> anyhow::Result<()> {
         started: Instant::now(),
         listeners: config.listeners.iter().map(|l| l.address).collect(),
         xdp_off_reason,
+        cluster: cluster_sync.as_ref().map(ClusterSync::state),
     });
     let admin_task = tokio::spawn(admin::serve(
         admin_listener,
@@ -248,11 +253,7 @@ pub async fn run(config_path: &Path, workers: usize) -> anyhow::Result<()> {
             DRAIN_DEADLINE,
         )));
     }
-    let cluster = config.cluster.as_ref().map(|cluster| {
-        tokio::spawn(
-            ClusterSync::new(cluster, lists.clone(), metrics.clone()).run(shutdown_rx.clone()),
-        )
-    });
+    let cluster = cluster_sync.map(|sync| tokio::spawn(sync.run(shutdown_rx.clone())));
     let reaper = {
         let lists = lists.clone();
         let mut shutdown = shutdown_rx.clone();

@@ -154,9 +154,16 @@ async fn two_nodes_share_their_lists_through_redis() {
     assert!(!answered(listen_b, "127.0.0.5").await);
     assert!(answered(listen_b, "127.0.0.3").await);
 
+    assert_eq!(a.status()["cluster"]["node"], "a");
+    assert_eq!(a.status()["cluster"]["synced"], true);
+
     // Redis gone: both keep enforcing; a local change applies locally.
     redis.stop();
     eventually("A notices", &a, || a.log().contains("Redis unreachable")).await;
+    eventually("status says so", &a, || {
+        a.status()["cluster"]["synced"] == false
+    })
+    .await;
     assert!(!answered(listen_a, "127.0.0.5").await);
     assert!(!answered(listen_b, "127.0.0.5").await);
     cli_ok(&a, &["blocklist", "add", "127.0.0.6"]);
@@ -179,6 +186,10 @@ async fn two_nodes_share_their_lists_through_redis() {
     })
     .await;
     assert!(!answered(listen_a, "127.0.0.7").await);
+    eventually("synced again", &a, || {
+        a.status()["cluster"]["synced"] == true
+    })
+    .await;
     let metrics = a.admin_get("/metrics");
     assert!(
         metrics.contains("xgate_cluster_list_events_total{event=\"received\"}"),

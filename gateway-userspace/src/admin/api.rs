@@ -55,6 +55,11 @@ pub struct Status {
     pub routes: usize,
     pub blocklist_entries: usize,
     pub allowlist_entries: usize,
+    /// Of the blocklist entries, those an auto-ban rule made.
+    pub bans: usize,
+    /// Cluster mode: this node and whether it is synced with Redis.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<crate::lists::cluster::ClusterStatus>,
     pub l7_denied_connections: u64,
     pub reloads: u64,
     #[serde(skip_serializing_if = "Option::is_none")]

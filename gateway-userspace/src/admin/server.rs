@@ -43,6 +43,8 @@ pub struct AdminState {
     pub listeners: Vec<SocketAddr>,
     /// Why XDP is not attached, when it is not.
     pub xdp_off_reason: Option<String>,
+    /// Cluster mode's sync, when configured.
+    pub cluster: Option<Arc<crate::lists::cluster::ClusterState>>,
 }
 
 /// Binds the socket, refusing to steal it from a live daemon.
@@ -203,6 +205,8 @@ fn status(state: &AdminState) -> Status {
         routes: state.reloader.route_count(),
         blocklist_entries: state.lists.list(ListKind::Deny).len(),
         allowlist_entries: state.lists.list(ListKind::Allow).len(),
+        bans: state.lists.bans().len(),
+        cluster: state.cluster.as_ref().map(|c| c.status()),
         l7_denied_connections: state.metrics.l7_denied_connections(),
         reloads: state.metrics.reloads(),
         xdp,

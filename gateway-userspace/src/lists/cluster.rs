@@ -22,7 +22,10 @@
 
 use std::{
     collections::{BTreeSet, HashMap},
-    sync::Arc,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
     time::{Duration, SystemTime},
 };
 
@@ -69,6 +72,30 @@ fn list_kind(name: &str) -> Option<ListKind> {
     }
 }
 
+/// What `xgate status` shows of the sync.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    pub node: String,
+    /// Whether the node is connected to Redis and synced.
+    pub synced: bool,
+}
+
+/// The sync's state, shared with the admin API.
+#[derive(Debug)]
+pub struct ClusterState {
+    node: String,
+    synced: AtomicBool,
+}
+
+impl ClusterState {
+    pub fn status(&self) -> ClusterStatus {
+        ClusterStatus {
+            node: self.node.clone(),
+            synced: self.synced.load(Ordering::Relaxed),
+        }
+    }
+}
+
 pub struct ClusterSync {
     client: Result<redis::Client, String>,
     prefix: String,
@@ -80,6 +107,7 @@ pub struct ClusterSync {
     dirty: BTreeSet<(ListKind, IpNet)>,
     /// The Redis data set this node last synced with.
     epoch: Option<String>,
+    state: Arc<ClusterState>,
 }
 
 impl ClusterSync {
@@ -96,13 +124,21 @@ impl ClusterSync {
         Self {
             client: redis::Client::open(config.redis.as_str()).map_err(|e| e.to_string()),
             prefix: config.key_prefix.clone(),
-            node,
             lists,
             metrics,
             changes,
             dirty: BTreeSet::new(),
             epoch: None,
+            state: Arc::new(ClusterState {
+                node: node.clone(),
+                synced: AtomicBool::new(false),
+            }),
+            node,
         }
+    }
+
+    pub fn state(&self) -> Arc<ClusterState> {
+        self.state.clone()
     }
 
     fn key(&self, kind: ListKind) -> String {
@@ -123,6 +159,7 @@ impl ClusterSync {
         let mut was_up = true;
         loop {
             let outcome = self.session(&mut shutdown, &mut was_up).await;
+            self.state.synced.store(false, Ordering::Relaxed);
             match outcome {
                 Ok(()) => return,
                 Err(error) => {
@@ -187,6 +224,7 @@ impl ClusterSync {
             tracing::info!("cluster lists: Redis is back; synced");
         }
         *was_up = true;
+        self.state.synced.store(true, Ordering::Relaxed);
         let mut check = tokio::time::interval(CHECK_INTERVAL);
         loop {
             tokio::select! {
