@@ -374,13 +374,10 @@ impl ClusterSync {
                     }
                 }
             }
-            for entry in shared.values() {
-                match self.lists.apply_remote(&Change::Put(kind, entry.clone())) {
-                    Ok(true) => added += 1,
-                    Ok(false) => {}
-                    Err(e) => return Err(format!("apply {}: {e}", entry.cidr)),
-                }
-            }
+            let mut changes: Vec<Change> = shared
+                .values()
+                .map(|entry| Change::Put(kind, entry.clone()))
+                .collect();
             for local in self.lists.runtime_entries(kind) {
                 if shared.contains_key(&local.cidr) {
                     continue;
@@ -389,16 +386,23 @@ impl ClusterSync {
                     self.write(conn, kind, local.cidr, Some(local)).await?;
                     pushed += 1;
                 } else {
-                    match self.lists.apply_remote(&Change::Remove(kind, local.cidr)) {
-                        Ok(_) => removed += 1,
-                        Err(e) => return Err(format!("remove {}: {e}", local.cidr)),
-                    }
+                    changes.push(Change::Remove(kind, local.cidr));
+                    removed += 1;
                 }
             }
+            added += shared.len();
+            self.lists
+                .apply_remote_batch(&changes)
+                .map_err(|e| format!("apply the shared {} set: {e}", list_name(kind)))?;
         }
         self.epoch = Some(epoch);
         self.metrics.cluster_list_event("resynced");
-        tracing::info!(added, removed, pushed, "cluster lists: synced with Redis");
+        tracing::info!(
+            shared = added,
+            removed,
+            pushed,
+            "cluster lists: synced with Redis"
+        );
         Ok(())
     }
 }

@@ -338,32 +338,81 @@ impl SourceLists {
 
     /// Applies a change another node made (the cluster sync): not announced
     /// again. An entry the config file lists already is left to the config.
+    /// Whether anything changed.
     pub fn apply_remote(&self, change: &Change) -> Result<bool, ListError> {
+        self.apply_remote_batch(std::slice::from_ref(change))
+            .map(|n| n > 0)
+    }
+
+    /// Applies many remote changes (a resync) with one state-file write;
+    /// all or nothing: on a failure the kernel gets the previous rule set
+    /// back in one swap. Returns how many changed something.
+    pub fn apply_remote_batch(&self, changes: &[Change]) -> Result<usize, ListError> {
         let now = SystemTime::now();
         let mut inner = self.inner.lock().unwrap();
-        match change {
-            Change::Put(kind, entry) => {
-                if inner.config[kind].contains(&entry.cidr) || entry.expired(now) {
-                    return Ok(false);
+        let before = inner.runtime.clone();
+        let mut applied = Vec::new();
+        let mut failure = None;
+        for change in changes {
+            let result = match change {
+                Change::Put(kind, entry) => {
+                    let unchanged = inner.runtime[kind].get(&entry.cidr) == Some(entry);
+                    if inner.config[kind].contains(&entry.cidr) || entry.expired(now) || unchanged {
+                        continue;
+                    }
+                    let written = match inner.xdp.as_mut() {
+                        Some(xdp) => xdp.insert(*kind, entry.cidr, rule_for(entry, now)),
+                        None => Ok(()),
+                    };
+                    inner
+                        .runtime
+                        .get_mut(kind)
+                        .unwrap()
+                        .insert(entry.cidr, entry.clone());
+                    written
                 }
-                let previous = inner.runtime[kind].get(&entry.cidr).cloned();
-                if previous.as_ref() == Some(entry) {
-                    return Ok(false);
+                Change::Remove(kind, cidr) => {
+                    if inner.runtime.get_mut(kind).unwrap().remove(cidr).is_none() {
+                        continue;
+                    }
+                    match inner.xdp.as_mut() {
+                        Some(xdp) => xdp.remove(*kind, *cidr),
+                        None => Ok(()),
+                    }
                 }
-                self.put(&mut inner, *kind, entry.clone(), previous, now)?;
-                tracing::info!(list = kind.name(), cidr = %entry.cidr, "entry added by another node");
-                Ok(true)
+            };
+            if let Err(e) = result {
+                failure = Some(ListError::Kernel(e.to_string()));
+                break;
             }
-            Change::Remove(kind, cidr) => {
-                if !inner.runtime[kind].contains_key(cidr) {
-                    return Ok(false);
+            applied.push(change);
+        }
+        let failure = failure.or_else(|| {
+            (!applied.is_empty())
+                .then(|| inner.persist().err().map(ListError::Persist))
+                .flatten()
+        });
+        if let Some(error) = failure {
+            inner.runtime = before;
+            if let Err(e) = inner.load_kernel(now) {
+                tracing::error!(error = %e, "could not restore the kernel rule set");
+            }
+            return Err(error);
+        }
+        if !applied.is_empty() {
+            self.rebuild_guard(&inner);
+        }
+        for change in &applied {
+            match change {
+                Change::Put(kind, entry) => {
+                    tracing::info!(list = kind.name(), cidr = %entry.cidr, "entry added by another node")
                 }
-                drop(inner);
-                self.remove_quietly(*kind, *cidr)?;
-                tracing::info!(list = kind.name(), cidr = %cidr, "entry removed by another node");
-                Ok(true)
+                Change::Remove(kind, cidr) => {
+                    tracing::info!(list = kind.name(), cidr = %cidr, "entry removed by another node")
+                }
             }
         }
+        Ok(applied.len())
     }
 
     /// The runtime entries of a list (not the config file's).
