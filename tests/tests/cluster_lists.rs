@@ -116,6 +116,24 @@ async fn two_nodes_share_their_lists_through_redis() {
         ":1"
     );
 
+    // An entry that expires leaves every node and Redis.
+    cli_ok(&a, &["blocklist", "add", "127.0.0.8", "--ttl", "1s"]);
+    eventually("A's short entry on B", &b, || {
+        listed(&b, "blocklist").contains(&"127.0.0.8/32".into())
+    })
+    .await;
+    eventually("expired on B", &b, || {
+        !listed(&b, "blocklist").contains(&"127.0.0.8/32".into())
+    })
+    .await;
+    eventually("expired in Redis", &a, || {
+        redis
+            .command(&["HEXISTS", "xgate-test:lists:deny", "127.0.0.8/32"])
+            .unwrap()
+            == ":0"
+    })
+    .await;
+
     // Removed on B: gone on A (no echo back to B either).
     cli_ok(&b, &["blocklist", "rm", "127.0.0.2"]);
     eventually("B's rm on A", &a, || listed(&a, "blocklist").is_empty()).await;

@@ -3,8 +3,9 @@
 //!
 //! - Redis holds the shared set: one hash per list (`<prefix>:lists:deny`,
 //!   `<prefix>:lists:allow`), field = CIDR, value = the entry as JSON (with
-//!   its expiry; every node reaps expired entries itself, and the hash
-//!   fields of expired entries are deleted at each resync).
+//!   its expiry). Every node reaps expired entries from its own lists; in
+//!   Redis, `<prefix>:lists:expiry` (a sorted set by expiry) lets any node
+//!   delete them with one atomic script every few seconds.
 //! - A local change is written to its hash and published on
 //!   `<prefix>:lists:changes` in one MULTI transaction; every other node
 //!   applies it to its lists (kernel maps, L7 guard, state file) as soon as
@@ -42,6 +43,25 @@ use crate::{config::Cluster, telemetry::Metrics, xdp::ListKind};
 const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often the connection is checked, and retried when down.
 const CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// How often expired entries are deleted from Redis (by every node; it is
+/// idempotent).
+const PRUNE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Deletes the entries whose expiry (in the sorted set KEYS[1], members
+/// `<list>|<cidr>`) is at or before ARGV[1] from their hashes
+/// (`ARGV[2]<list>`), atomically: an entry re-added meanwhile has a new
+/// score and stays.
+const PRUNE_SCRIPT: &str = r"
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+for _, member in ipairs(due) do
+  local sep = string.find(member, '|', 1, true)
+  if sep then
+    redis.call('HDEL', ARGV[2] .. string.sub(member, 1, sep - 1), string.sub(member, sep + 1))
+  end
+  redis.call('ZREM', KEYS[1], member)
+end
+return #due
+";
 
 /// A change as published on the channel.
 #[derive(Debug, Serialize, Deserialize)]
@@ -145,6 +165,11 @@ impl ClusterSync {
         format!("{}:lists:{}", self.prefix, list_name(kind))
     }
 
+    /// Sorted set of the entries that expire, scored by expiry (unix s).
+    fn expiry_key(&self) -> String {
+        format!("{}:lists:expiry", self.prefix)
+    }
+
     fn epoch_key(&self) -> String {
         format!("{}:lists:epoch", self.prefix)
     }
@@ -226,6 +251,8 @@ impl ClusterSync {
         *was_up = true;
         self.state.synced.store(true, Ordering::Relaxed);
         let mut check = tokio::time::interval(CHECK_INTERVAL);
+        let mut prune = tokio::time::interval(PRUNE_INTERVAL);
+        let prune_script = redis::Script::new(PRUNE_SCRIPT);
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return Ok(()),
@@ -237,6 +264,18 @@ impl ClusterSync {
                     Some(message) => self.receive(&message),
                     None => return Err("the subscription ended".into()),
                 },
+                _ = prune.tick() => {
+                    let pruned: usize = prune_script
+                        .key(self.expiry_key())
+                        .arg(super::unix_secs(SystemTime::now()))
+                        .arg(format!("{}:lists:", self.prefix))
+                        .invoke_async(&mut conn)
+                        .await
+                        .map_err(|e| format!("prune: {e}"))?;
+                    if pruned > 0 {
+                        tracing::debug!(pruned, "cluster lists: expired entries deleted from Redis");
+                    }
+                }
                 _ = check.tick() => {
                     let () = redis::cmd("PING")
                         .query_async(&mut conn)
@@ -281,16 +320,25 @@ impl ClusterSync {
         let text = serde_json::to_string(&message).expect("serializable");
         let mut pipe = redis::pipe();
         pipe.atomic();
+        let member = format!("{}|{cidr}", list_name(kind));
         match &entry {
-            Some(entry) => pipe
-                .hset(
+            Some(entry) => {
+                pipe.hset(
                     self.key(kind),
                     cidr.to_string(),
                     serde_json::to_string(entry).expect("serializable"),
                 )
-                .ignore(),
-            None => pipe.hdel(self.key(kind), cidr.to_string()).ignore(),
-        };
+                .ignore();
+                match entry.expires_at {
+                    Some(at) => pipe.zadd(self.expiry_key(), &member, at).ignore(),
+                    None => pipe.zrem(self.expiry_key(), &member).ignore(),
+                };
+            }
+            None => {
+                pipe.hdel(self.key(kind), cidr.to_string()).ignore();
+                pipe.zrem(self.expiry_key(), &member).ignore();
+            }
+        }
         pipe.publish(self.channel(), text).ignore();
         let () = pipe
             .query_async(conn)
