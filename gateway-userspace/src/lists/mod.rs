@@ -8,9 +8,11 @@
 //! kernel, then persisted; a failure at any step undoes the earlier ones.
 //! A reload replaces the whole kernel rule set atomically (double buffering).
 
+mod bans;
 pub mod cluster;
 mod matcher;
 mod policy;
+mod remote;
 mod state;
 
 use std::{
@@ -223,24 +225,6 @@ impl SourceLists {
         self.add_entry(kind, cidr, reason, ttl, None)
     }
 
-    /// Adds a runtime entry made by the auto-ban `rule` (shown by
-    /// `xgate bans ls`); otherwise exactly like [`Self::add`].
-    pub fn add_ban(
-        &self,
-        cidr: IpNet,
-        reason: String,
-        ttl: Duration,
-        rule: &str,
-    ) -> Result<Entry, ListError> {
-        self.add_entry(
-            ListKind::Deny,
-            cidr,
-            Some(reason),
-            Some(ttl),
-            Some(rule.to_string()),
-        )
-    }
-
     fn add_entry(
         &self,
         kind: ListKind,
@@ -322,139 +306,6 @@ impl SourceLists {
         }
         self.rebuild_guard(inner);
         Ok(())
-    }
-
-    /// Sends local changes to `sender` from now on (the cluster sync; set
-    /// once).
-    pub fn announce_to(&self, sender: tokio::sync::mpsc::UnboundedSender<Change>) {
-        let _ = self.changes.set(sender);
-    }
-
-    fn announce(&self, change: Change) {
-        if let Some(sender) = self.changes.get() {
-            let _ = sender.send(change);
-        }
-    }
-
-    /// Applies a change another node made (the cluster sync): not announced
-    /// again. An entry the config file lists already is left to the config.
-    /// Whether anything changed.
-    pub fn apply_remote(&self, change: &Change) -> Result<bool, ListError> {
-        self.apply_remote_batch(std::slice::from_ref(change))
-            .map(|n| n > 0)
-    }
-
-    /// Applies many remote changes (a resync) with one state-file write;
-    /// all or nothing: on a failure the kernel gets the previous rule set
-    /// back in one swap. Returns how many changed something.
-    pub fn apply_remote_batch(&self, changes: &[Change]) -> Result<usize, ListError> {
-        let now = SystemTime::now();
-        let mut inner = self.inner.lock().unwrap();
-        let before = inner.runtime.clone();
-        let mut applied = Vec::new();
-        let mut failure = None;
-        for change in changes {
-            let result = match change {
-                Change::Put(kind, entry) => {
-                    let unchanged = inner.runtime[kind].get(&entry.cidr) == Some(entry);
-                    if inner.config[kind].contains(&entry.cidr) || entry.expired(now) || unchanged {
-                        continue;
-                    }
-                    let written = match inner.xdp.as_mut() {
-                        Some(xdp) => xdp.insert(*kind, entry.cidr, rule_for(entry, now)),
-                        None => Ok(()),
-                    };
-                    inner
-                        .runtime
-                        .get_mut(kind)
-                        .unwrap()
-                        .insert(entry.cidr, entry.clone());
-                    written
-                }
-                Change::Remove(kind, cidr) => {
-                    if inner.runtime.get_mut(kind).unwrap().remove(cidr).is_none() {
-                        continue;
-                    }
-                    match inner.xdp.as_mut() {
-                        Some(xdp) => xdp.remove(*kind, *cidr),
-                        None => Ok(()),
-                    }
-                }
-            };
-            if let Err(e) = result {
-                failure = Some(ListError::Kernel(e.to_string()));
-                break;
-            }
-            applied.push(change);
-        }
-        let failure = failure.or_else(|| {
-            (!applied.is_empty())
-                .then(|| inner.persist().err().map(ListError::Persist))
-                .flatten()
-        });
-        if let Some(error) = failure {
-            inner.runtime = before;
-            if let Err(e) = inner.load_kernel(now) {
-                tracing::error!(error = %e, "could not restore the kernel rule set");
-            }
-            return Err(error);
-        }
-        if !applied.is_empty() {
-            self.rebuild_guard(&inner);
-        }
-        for change in &applied {
-            match change {
-                Change::Put(kind, entry) => {
-                    tracing::info!(list = kind.name(), cidr = %entry.cidr, "entry added by another node")
-                }
-                Change::Remove(kind, cidr) => {
-                    tracing::info!(list = kind.name(), cidr = %cidr, "entry removed by another node")
-                }
-            }
-        }
-        Ok(applied.len())
-    }
-
-    /// The runtime entries of a list (not the config file's).
-    pub fn runtime_entries(&self, kind: ListKind) -> Vec<Entry> {
-        self.inner.lock().unwrap().runtime[&kind]
-            .values()
-            .cloned()
-            .collect()
-    }
-
-    /// Whether an allow entry covers `ip` (such a source is never banned).
-    pub fn allows(&self, ip: IpAddr) -> bool {
-        self.guard
-            .read()
-            .unwrap()
-            .allow
-            .matching(ip, SystemTime::now())
-            .is_some()
-    }
-
-    /// The bans: runtime deny entries an auto-ban rule made.
-    pub fn bans(&self) -> Vec<Entry> {
-        self.runtime_entries(ListKind::Deny)
-            .into_iter()
-            .filter(|e| e.rule.is_some())
-            .collect()
-    }
-
-    /// Lifts a ban: the one on exactly `net`, or for a single address the
-    /// narrowest ban that covers it (a /24 ban lifted by one of its
-    /// addresses).
-    pub fn lift_ban(&self, net: IpNet) -> Result<Entry, ListError> {
-        let host = net.prefix_len() == net.max_prefix_len();
-        let ban = self
-            .bans()
-            .into_iter()
-            .filter(|e| e.cidr == net || (host && e.cidr.contains(&net.addr())))
-            .max_by_key(|e| e.cidr.prefix_len());
-        match ban {
-            Some(ban) => self.remove(ListKind::Deny, ban.cidr),
-            None => Err(ListError::NoBan(net)),
-        }
     }
 
     /// Removes a runtime entry.
