@@ -14,7 +14,7 @@ use ipnet::IpNet;
 
 use crate::{
     admin::{
-        api::{AddRequest, RevokedTokens},
+        api::{AddRequest, Ban, RevokedTokens},
         client,
     },
     config::{cli_settings, CliSettings, Config, XdpMode, DEFAULT_ADMIN_SOCKET},
@@ -42,6 +42,7 @@ xgate validate -c /etc/xgate/xgate.yaml\n  \
 sudo xgate run -c /etc/xgate/xgate.yaml\n  \
 xgate blocklist add 203.0.113.0/24 --reason scanner --ttl 1h\n  \
 xgate blocklist ls\n  \
+xgate bans ls\n  \
 xgate status"
 )]
 pub struct Cli {
@@ -85,6 +86,9 @@ enum Command {
     /// Allow list: sources never denied or rate-limited (an allow entry wins over a deny entry).
     #[command(subcommand)]
     Allowlist(ListCommand),
+    /// Sources banned by the auto_ban rules (deny-list entries with a TTL): list and lift them.
+    #[command(subcommand)]
+    Bans(BansCommand),
     /// The kernel data plane: counters; attach, detach and cleanup without a daemon.
     #[command(subcommand)]
     Xdp(XdpCommand),
@@ -161,6 +165,26 @@ enum ListCommand {
         /// Print the raw JSON document.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BansCommand {
+    /// Every ban in force: source, rule, reason, expiry.
+    Ls {
+        /// Print the raw JSON document.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Lift a ban now: give the banned CIDR, or an address (the narrowest ban covering it is lifted).
+    /// With cluster mode, every node lifts it.
+    #[command(
+        after_help = "Examples:\n  xgate bans rm 203.0.113.7\n  xgate bans rm 203.0.113.0/24"
+    )]
+    Rm {
+        /// e.g. 203.0.113.7 (a banned address, or one inside a banned network) or 203.0.113.0/24
+        #[arg(value_parser = parse_cidr, value_name = "ADDRESS|CIDR")]
+        source: IpNet,
     },
 }
 
@@ -340,6 +364,7 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Blocklist(action) => list(&cli, ListKind::Deny, action).await,
         Command::Allowlist(action) => list(&cli, ListKind::Allow, action).await,
+        Command::Bans(action) => bans_command(&cli, action).await,
         Command::Xdp(action) => xdp_command(&cli, action).await,
         Command::Oauth2(action) => oauth2_command(&cli, action).await,
         Command::Upstreams { action } => {
@@ -383,6 +408,49 @@ async fn oauth2_command(cli: &Cli, action: &OAuth2Command) -> anyhow::Result<Exi
                 "revoked {} refresh token(s) of {}; its access tokens work until they expire",
                 revoked.revoked, revoked.client_id
             );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn bans_command(cli: &Cli, action: &BansCommand) -> anyhow::Result<ExitCode> {
+    let socket = admin_socket(cli)?;
+    match action {
+        BansCommand::Ls { json } => {
+            let value = client::call_ok(&socket, Method::GET, "/bans", None).await?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&value)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            let bans: Vec<Ban> = serde_json::from_value(value)?;
+            if bans.is_empty() {
+                println!("no bans");
+                return Ok(ExitCode::SUCCESS);
+            }
+            let now = crate::policy::unix_now().max(0) as u64;
+            println!("{:<43} {:<20} {:<16} REASON", "SOURCE", "RULE", "EXPIRES");
+            for ban in bans {
+                let expires = match ban.expires_at {
+                    None => "never".to_string(),
+                    Some(t) => format!(
+                        "in {}",
+                        duration::format(Duration::from_secs(t.saturating_sub(now)))
+                    ),
+                };
+                println!(
+                    "{:<43} {:<20} {:<16} {}",
+                    ban.source.to_string(),
+                    ban.rule,
+                    expires,
+                    ban.reason.as_deref().unwrap_or("")
+                );
+            }
+        }
+        BansCommand::Rm { source } => {
+            let value =
+                client::call_ok(&socket, Method::DELETE, &format!("/bans/{source}"), None).await?;
+            let ban: Ban = serde_json::from_value(value)?;
+            println!("lifted the ban on {} (rule {})", ban.source, ban.rule);
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -614,11 +682,23 @@ fn print_status(s: &serde_json::Value) {
     println!("listeners: {}", listeners.join(", "));
     println!("routes:    {}", get("routes"));
     println!(
-        "lists:     {} blocked, {} allowed; {} connections refused at L7",
+        "lists:     {} blocked ({} bans), {} allowed; {} connections refused at L7",
         get("blocklist_entries"),
+        get("bans"),
         get("allowlist_entries"),
         get("l7_denied_connections")
     );
+    if let Some(cluster) = s.get("cluster") {
+        println!(
+            "cluster:   node {}, {}",
+            cluster["node"].as_str().unwrap_or("?"),
+            if cluster["synced"].as_bool() == Some(true) {
+                "synced with Redis"
+            } else {
+                "NOT synced (Redis unreachable): enforcing the local lists"
+            }
+        );
+    }
     match s.get("xdp") {
         Some(xdp) => {
             let attached: Vec<String> = xdp["attached"]

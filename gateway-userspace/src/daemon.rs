@@ -25,8 +25,9 @@ use crate::{
         api::ReloadReport,
         server::{self as admin, AdminState},
     },
+    autoban::AutoBan,
     config::Config,
-    lists::SourceLists,
+    lists::{cluster::ClusterSync, SourceLists},
     proxy::{
         self,
         server::{DrainTimeout, Settings, SettingsHandle},
@@ -88,6 +89,8 @@ struct Running {
     /// The listening socket, for a handoff to a new process (a copy of the
     /// serving task's).
     socket: OwnedFd,
+    /// The auto-ban rules' counts, kept across reloads.
+    auto_ban: Arc<AutoBan>,
 }
 
 impl Reloader {
@@ -101,11 +104,13 @@ impl Reloader {
             Some(self.lists.clone()),
             &self.refresh_tokens,
             Some(&previous),
-        )?;
+        )?
+        .with_signals(signals(&self.auto_ban, &config));
         drop(previous);
         let (changed, added) = self.compile_listeners(&config)?;
         runtime.names_resolved().await;
         self.lists.reload(&config)?;
+        self.auto_ban.reconfigure(&config);
         self.runtime.store(runtime);
         for (handle, settings) in changed {
             handle.store(settings);
@@ -325,7 +330,19 @@ fn restart_only_changes(running: &Config, new: &Config) -> Vec<String> {
     if old.xdp.pin_path != new.xdp.pin_path {
         changes.push("xdp.pin_path".to_string());
     }
+    if old.cluster != new.cluster {
+        changes.push("cluster".to_string());
+    }
     changes
+}
+
+/// Where the runtime reports refusals: the auto-ban rules, when there are
+/// any (none: the chains skip reporting).
+fn signals(auto_ban: &Arc<AutoBan>, config: &Config) -> Option<Arc<dyn crate::policy::Signals>> {
+    config
+        .auto_ban
+        .is_some()
+        .then(|| auto_ban.clone() as Arc<dyn crate::policy::Signals>)
 }
 
 /// Runs the daemon with `workers` proxy worker threads until SIGTERM/SIGINT
@@ -351,6 +368,7 @@ pub async fn run(config_path: &Path, workers: usize, takeover: bool) -> anyhow::
         RefreshTokens::open(&config.state_dir)
             .map_err(|e| anyhow::anyhow!("OAuth 2.0 refresh tokens: {e}"))?,
     );
+    let auto_ban = Arc::new(AutoBan::new(&config, lists.clone(), metrics.clone()));
     let runtime = Runtime::compile(
         &config,
         metrics.clone(),
@@ -358,7 +376,8 @@ pub async fn run(config_path: &Path, workers: usize, takeover: bool) -> anyhow::
         &refresh_tokens,
         None,
     )
-    .map_err(|e| anyhow::anyhow!(e))?;
+    .map_err(|e| anyhow::anyhow!(e))?
+    .with_signals(signals(&auto_ban, &config));
     runtime.names_resolved().await;
     let runtime = Arc::new(RuntimeHandle::new(runtime));
 
@@ -410,12 +429,17 @@ pub async fn run(config_path: &Path, workers: usize, takeover: bool) -> anyhow::
         tasks: Mutex::default(),
         handed_over: AtomicBool::new(false),
         takeover: Notify::new(),
+        auto_ban,
     });
     for (index, (socket, settings)) in sockets.into_iter().enumerate() {
         let running = reloader.start_listener(&config, index, socket, settings);
         reloader.listeners.lock().unwrap().push(running);
     }
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let cluster_sync = config
+        .cluster
+        .as_ref()
+        .map(|cluster| ClusterSync::new(cluster, lists.clone(), metrics.clone()));
     let admin_state = Arc::new(AdminState {
         lists: lists.clone(),
         metrics: metrics.clone(),
@@ -423,6 +447,7 @@ pub async fn run(config_path: &Path, workers: usize, takeover: bool) -> anyhow::
         refresh_tokens: refresh_tokens.clone(),
         started: Instant::now(),
         xdp_off_reason,
+        cluster: cluster_sync.as_ref().map(ClusterSync::state),
     });
     let admin_task = tokio::spawn(admin::serve(
         admin_listener,
@@ -430,6 +455,7 @@ pub async fn run(config_path: &Path, workers: usize, takeover: bool) -> anyhow::
         admin_state,
         shutdown_rx.clone(),
     ));
+    let cluster = cluster_sync.map(|sync| tokio::spawn(sync.run(shutdown_rx.clone())));
     let reaper = {
         let lists = lists.clone();
         let mut shutdown = shutdown_rx.clone();
@@ -469,6 +495,9 @@ pub async fn run(config_path: &Path, workers: usize, takeover: bool) -> anyhow::
     }
     let _ = admin_task.await;
     let _ = reaper.await;
+    if let Some(cluster) = cluster {
+        let _ = cluster.await;
+    }
     if let Some(mut xdp) = lists.take_xdp() {
         let interfaces: Vec<String> = xdp
             .attachments()

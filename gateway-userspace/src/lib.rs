@@ -16,6 +16,7 @@
 #![deny(unsafe_code)]
 
 pub mod admin;
+pub mod autoban;
 pub mod cli;
 pub mod config;
 pub mod daemon;

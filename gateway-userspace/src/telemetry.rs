@@ -51,6 +51,17 @@ struct DecisionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AutoBanLabels {
+    rule: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClusterLabels {
+    event: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct IntrospectionLabels {
     issuer: String,
     result: String,
@@ -103,6 +114,8 @@ pub struct Metrics {
     send_timeouts: Family<ListenerLabels, Counter>,
     l7_denied_connections: Counter,
     reloads: Counter,
+    auto_bans: Family<AutoBanLabels, Counter>,
+    cluster_lists: Family<ClusterLabels, Counter>,
     // Plain copies for `status` (prometheus-client counters are not readable
     // without encoding).
     l7_denied_total: AtomicU64,
@@ -179,6 +192,21 @@ impl Default for Metrics {
             reloads.clone(),
         );
         let redis = crate::redis::RedisMetrics::register(&mut registry);
+        let auto_bans = Family::<AutoBanLabels, Counter>::default();
+        registry.register(
+            "auto_bans",
+            "What auto-ban rules did when their count was reached, by rule and outcome: \
+             banned, capped (max_bans_per_minute reached), exempt (allow-listed or trusted \
+             proxy), failed (the list change failed)",
+            auto_bans.clone(),
+        );
+        let cluster_lists = Family::<ClusterLabels, Counter>::default();
+        registry.register(
+            "cluster_list_events",
+            "Cluster list sync through Redis, by event: published, received, resynced, \
+             disconnected, failed",
+            cluster_lists.clone(),
+        );
         Self {
             redis,
             registry,
@@ -192,6 +220,8 @@ impl Default for Metrics {
             send_timeouts,
             l7_denied_connections,
             reloads,
+            auto_bans,
+            cluster_lists,
             l7_denied_total: AtomicU64::new(0),
             reloads_total: AtomicU64::new(0),
         }
@@ -333,6 +363,25 @@ impl Metrics {
                 result: result.to_string(),
             })
             .clone()
+    }
+
+    /// `xgate_auto_bans_total{rule,outcome}`.
+    pub fn auto_ban(&self, rule: &str, outcome: &str) {
+        self.auto_bans
+            .get_or_create(&AutoBanLabels {
+                rule: rule.to_string(),
+                outcome: outcome.to_string(),
+            })
+            .inc();
+    }
+
+    /// `xgate_cluster_list_events_total{event}`.
+    pub fn cluster_list_event(&self, event: &str) {
+        self.cluster_lists
+            .get_or_create(&ClusterLabels {
+                event: event.to_string(),
+            })
+            .inc();
     }
 
     /// `xgate_oidc_introspections_total{issuer,result}`.

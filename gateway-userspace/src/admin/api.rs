@@ -21,6 +21,34 @@ pub struct AddRequest {
     pub force: bool,
 }
 
+/// One row of `GET /bans` (`xgate bans ls`).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Ban {
+    /// The banned address or network.
+    pub source: ipnet::IpNet,
+    /// The auto-ban rule that banned it.
+    pub rule: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Unix seconds.
+    pub added_at: u64,
+    /// Unix seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
+}
+
+impl From<crate::lists::Entry> for Ban {
+    fn from(e: crate::lists::Entry) -> Self {
+        Self {
+            source: e.cidr,
+            rule: e.rule.unwrap_or_default(),
+            reason: e.reason,
+            added_at: e.added_at,
+            expires_at: e.expires_at,
+        }
+    }
+}
+
 /// `GET /status`.
 #[derive(Debug, Serialize)]
 pub struct Status {
@@ -30,6 +58,11 @@ pub struct Status {
     pub routes: usize,
     pub blocklist_entries: usize,
     pub allowlist_entries: usize,
+    /// Of the blocklist entries, those an auto-ban rule made.
+    pub bans: usize,
+    /// Cluster mode: this node and whether it is synced with Redis.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<crate::lists::cluster::ClusterStatus>,
     pub l7_denied_connections: u64,
     pub reloads: u64,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -17,7 +17,7 @@ use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use tokio::{net::UnixListener, sync::watch};
 
-use super::api::{AddRequest, RevokedTokens, Status};
+use super::api::{AddRequest, Ban, RevokedTokens, Status};
 use crate::{
     daemon::Reloader,
     duration,
@@ -41,6 +41,8 @@ pub struct AdminState {
     pub started: Instant,
     /// Why XDP is not attached, when it is not.
     pub xdp_off_reason: Option<String>,
+    /// Cluster mode's sync, when configured.
+    pub cluster: Option<Arc<crate::lists::cluster::ClusterState>>,
 }
 
 /// Binds the socket, refusing to steal it from a live daemon unless
@@ -141,6 +143,13 @@ async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
             StatusCode::OK,
             &state.refresh_tokens.by_client(crate::policy::unix_now()),
         ),
+        (Method::GET, "/bans", _) => {
+            let bans: Vec<Ban> = state.lists.bans().into_iter().map(Ban::from).collect();
+            json(StatusCode::OK, &bans)
+        }
+        (Method::DELETE, _, _) if path.starts_with(BANS_OF) => {
+            lift_ban(state, &path[BANS_OF.len()..])
+        }
         (Method::DELETE, _, _) if path.starts_with(REFRESH_TOKENS_OF) => {
             revoke_refresh_tokens(state, &path[REFRESH_TOKENS_OF.len()..]).await
         }
@@ -152,7 +161,7 @@ async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
         (
             _,
             "/status" | "/metrics" | "/reload" | "/takeover" | "/oauth2/refresh-tokens"
-            | "/upstreams",
+            | "/upstreams" | "/bans",
             _,
         )
         | (_, _, Some(_)) => error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
@@ -204,6 +213,21 @@ async fn upstream(state: &AdminState, req: Request<Incoming>, rest: &str) -> Res
     }
 }
 
+/// `DELETE /bans/<address or CIDR>`.
+const BANS_OF: &str = "/bans/";
+
+/// Lifts the ban on a CIDR, or the one covering an address.
+fn lift_ban(state: &AdminState, raw: &str) -> Response<Body> {
+    let net = match parse_cidr(raw) {
+        Ok(n) => n,
+        Err(message) => return error(StatusCode::BAD_REQUEST, &message),
+    };
+    match state.lists.lift_ban(net) {
+        Ok(entry) => json(StatusCode::OK, &Ban::from(entry)),
+        Err(e) => list_error(e),
+    }
+}
+
 /// `DELETE /oauth2/refresh-tokens/<client_id>`.
 const REFRESH_TOKENS_OF: &str = "/oauth2/refresh-tokens/";
 
@@ -243,6 +267,8 @@ fn status(state: &AdminState) -> Status {
         routes: state.reloader.route_count(),
         blocklist_entries: state.lists.list(ListKind::Deny).len(),
         allowlist_entries: state.lists.list(ListKind::Allow).len(),
+        bans: state.lists.bans().len(),
+        cluster: state.cluster.as_ref().map(|c| c.status()),
         l7_denied_connections: state.metrics.l7_denied_connections(),
         reloads: state.metrics.reloads(),
         xdp,
@@ -292,7 +318,7 @@ fn list_error(e: ListError) -> Response<Body> {
     let status = match &e {
         ListError::Invalid(_) => StatusCode::BAD_REQUEST,
         ListError::Duplicate { .. } | ListError::FromConfig { .. } => StatusCode::CONFLICT,
-        ListError::NotFound { .. } => StatusCode::NOT_FOUND,
+        ListError::NotFound { .. } | ListError::NoBan(_) => StatusCode::NOT_FOUND,
         ListError::Kernel(_) | ListError::Persist(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };
     if !e.is_client_error() {

@@ -1,10 +1,12 @@
 //! Config: `load → validate` here; `compile` into the runtime happens in the
 //! modules that own each part (proxy router, upstream pools, XDP rules).
 
+mod auto_ban;
 mod binds;
 mod cidr;
-mod lenient;
+mod cluster;
 mod health;
+mod lenient;
 mod listener;
 mod model;
 mod oauth2_server;
@@ -22,9 +24,11 @@ mod yaml_lines;
 use std::{fmt, path::Path};
 
 pub use self::{
+    auto_ban::{AutoBan, AutoBanRule, BanScope, SIGNAL_NAMES},
     cidr::{ipv4_mapped_note, ipv4_mapped_notes, is_everything, parse_cidr, unmap_ipv4},
-    lenient::{cli_settings, CliSettings},
+    cluster::Cluster,
     health::*,
+    lenient::{cli_settings, CliSettings},
     listener::{ClientAuth, ClientAuthMode, Listener},
     model::*,
     oauth2_server::OAuth2Server,

@@ -7,8 +7,8 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Consumer, Listener, OAuth2Server, PolicyDefaults, Redis, Resolver, Route, Shutdown, Upstream,
-    Xdp,
+    AutoBan, Cluster, Consumer, Listener, OAuth2Server, PolicyDefaults, Redis, Resolver, Route,
+    Shutdown, Upstream, Xdp,
 };
 
 /// Where the daemon keeps runtime changes (CLI list entries) across
@@ -68,6 +68,12 @@ pub struct Config {
     /// How connections end when the daemon stops or a listener is removed.
     #[serde(default)]
     pub shutdown: Shutdown,
+    /// Rules that ban sources whose requests keep being refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_ban: Option<AutoBan>,
+    /// Runtime lists shared with other gateways through Redis.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<Cluster>,
 }
 
 /// Request limits that apply to every route (a route may lower or raise

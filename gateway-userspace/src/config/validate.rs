@@ -30,6 +30,12 @@ pub fn validate(config: &Config) -> Vec<ConfigError> {
         }
     }
     config.xdp.validate(&mut errors);
+    if let Some(auto_ban) = &config.auto_ban {
+        auto_ban.validate(&mut errors);
+    }
+    if let Some(cluster) = &config.cluster {
+        cluster.validate(&mut errors);
+    }
     for (name, upstream) in &config.upstreams {
         upstream.validate(name, &mut errors);
     }

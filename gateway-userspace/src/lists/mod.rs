@@ -8,15 +8,21 @@
 //! kernel, then persisted; a failure at any step undoes the earlier ones.
 //! A reload replaces the whole kernel rule set atomically (double buffering).
 
+mod bans;
+pub mod cluster;
 mod matcher;
 mod policy;
+mod remote;
 mod shadow;
 mod state;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
-    sync::{Mutex, RwLock},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Mutex, OnceLock, RwLock,
+    },
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -44,6 +50,16 @@ pub struct Entry {
     /// Unix seconds; absent means permanent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<u64>,
+    /// The auto-ban rule that made this entry (a ban), if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+}
+
+/// A runtime change, as the cluster sync hears of it (see [`cluster`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    Put(ListKind, Entry),
+    Remove(ListKind, IpNet),
 }
 
 impl Entry {
@@ -70,8 +86,12 @@ pub struct Added {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Listed {
     pub cidr: IpNet,
-    /// `config` or `cli`.
+    /// `config`, `cli` (added at runtime: CLI, admin API, another node) or
+    /// `ban` (an auto-ban rule).
     pub source: String,
+    /// The auto-ban rule, for a ban.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -90,6 +110,8 @@ pub enum ListError {
     },
     #[error("{cidr} is not in the {list}")]
     NotFound { cidr: IpNet, list: &'static str },
+    #[error("no ban covers {0} (see `xgate bans ls`)")]
+    NoBan(IpNet),
     #[error("{cidr} comes from the config file (xdp.{key}); remove it there and reload")]
     FromConfig { cidr: IpNet, key: &'static str },
     #[error("the kernel rejected the change: {0}")]
@@ -121,6 +143,12 @@ pub struct SourceLists {
     inner: Mutex<Inner>,
     /// Read on every accepted connection; rebuilt after each change.
     guard: RwLock<Guard>,
+    /// Where local runtime changes are announced (the cluster sync), once
+    /// something listens.
+    changes: OnceLock<tokio::sync::mpsc::UnboundedSender<Change>>,
+    /// Whether runtime deny entries exist: then requests on connections
+    /// accepted before one was added are checked too.
+    runtime_denies: AtomicBool,
 }
 
 #[derive(Default)]
@@ -173,6 +201,8 @@ impl SourceLists {
         let this = Self {
             guard: RwLock::new(Guard::default()),
             inner: Mutex::new(inner),
+            changes: OnceLock::new(),
+            runtime_denies: AtomicBool::new(false),
         };
         this.rebuild_guard(&this.inner.lock().unwrap());
         Ok(this)
@@ -221,6 +251,19 @@ impl SourceLists {
         ttl: Option<Duration>,
         force: bool,
     ) -> Result<Added, ListError> {
+        self.add_entry(kind, cidr, reason, ttl, None, force)
+    }
+
+    /// Adds a runtime entry, made by an auto-ban `rule` or not.
+    fn add_entry(
+        &self,
+        kind: ListKind,
+        cidr: IpNet,
+        reason: Option<String>,
+        ttl: Option<Duration>,
+        rule: Option<String>,
+        force: bool,
+    ) -> Result<Added, ListError> {
         let cidr = crate::config::unmap_ipv4(cidr).unwrap_or(cidr);
         if let Some(message) = host_bits_error(&cidr) {
             return Err(ListError::Invalid(message));
@@ -254,24 +297,9 @@ impl SourceLists {
             reason,
             added_at,
             expires_at: ttl.map(|t| added_at + t.as_secs().max(1)),
+            rule,
         };
-        if let Some(xdp) = inner.xdp.as_mut() {
-            xdp.insert(kind, cidr, rule_for(&entry, now))
-                .map_err(|e| ListError::Kernel(e.to_string()))?;
-        }
-        inner
-            .runtime
-            .get_mut(&kind)
-            .unwrap()
-            .insert(cidr, entry.clone());
-        if let Err(e) = inner.persist() {
-            inner.runtime.get_mut(&kind).unwrap().remove(&cidr);
-            if let Some(xdp) = inner.xdp.as_mut() {
-                let _ = xdp.remove(kind, cidr);
-            }
-            return Err(ListError::Persist(e));
-        }
-        self.rebuild_guard(&inner);
+        self.put(&mut inner, kind, entry.clone(), None, now)?;
         let other = match kind {
             ListKind::Deny => ListKind::Allow,
             ListKind::Allow => ListKind::Deny,
@@ -281,15 +309,62 @@ impl SourceLists {
                 .iter()
                 .map(|overlap| shadow::warning(kind, cidr, overlap))
                 .collect();
-        tracing::info!(list, cidr = %cidr, reason = entry.reason.as_deref().unwrap_or(""), "entry added");
+        drop(inner);
+        tracing::info!(list, cidr = %cidr, reason = entry.reason.as_deref().unwrap_or(""), rule = entry.rule.as_deref().unwrap_or(""), "entry added");
         for warning in &warnings {
             tracing::warn!(list, cidr = %cidr, "{warning}");
         }
+        self.announce(Change::Put(kind, entry.clone()));
         Ok(Added { entry, warnings })
+    }
+
+    /// Writes `entry` to the kernel, the lists and the state file, all or
+    /// nothing (`previous`: the entry it replaces, restored on failure).
+    fn put(
+        &self,
+        inner: &mut Inner,
+        kind: ListKind,
+        entry: Entry,
+        previous: Option<Entry>,
+        now: SystemTime,
+    ) -> Result<(), ListError> {
+        let cidr = entry.cidr;
+        if let Some(xdp) = inner.xdp.as_mut() {
+            xdp.insert(kind, cidr, rule_for(&entry, now))
+                .map_err(|e| ListError::Kernel(e.to_string()))?;
+        }
+        inner.runtime.get_mut(&kind).unwrap().insert(cidr, entry);
+        if let Err(e) = inner.persist() {
+            let runtime = inner.runtime.get_mut(&kind).unwrap();
+            match previous {
+                Some(previous) => {
+                    if let Some(xdp) = inner.xdp.as_mut() {
+                        let _ = xdp.insert(kind, cidr, rule_for(&previous, now));
+                    }
+                    runtime.insert(cidr, previous);
+                }
+                None => {
+                    runtime.remove(&cidr);
+                    if let Some(xdp) = inner.xdp.as_mut() {
+                        let _ = xdp.remove(kind, cidr);
+                    }
+                }
+            }
+            return Err(ListError::Persist(e));
+        }
+        self.rebuild_guard(inner);
+        Ok(())
     }
 
     /// Removes a runtime entry.
     pub fn remove(&self, kind: ListKind, cidr: IpNet) -> Result<Entry, ListError> {
+        let entry = self.remove_quietly(kind, cidr)?;
+        tracing::info!(list = kind.name(), cidr = %cidr, "entry removed");
+        self.announce(Change::Remove(kind, cidr));
+        Ok(entry)
+    }
+
+    fn remove_quietly(&self, kind: ListKind, cidr: IpNet) -> Result<Entry, ListError> {
         let mut inner = self.inner.lock().unwrap();
         let list = kind.name();
         if inner.config[&kind].contains(&cidr) {
@@ -316,7 +391,6 @@ impl SourceLists {
             return Err(ListError::Persist(e));
         }
         self.rebuild_guard(&inner);
-        tracing::info!(list, cidr = %cidr, "entry removed");
         Ok(entry)
     }
 
@@ -325,12 +399,14 @@ impl SourceLists {
         let config = inner.config[&kind].iter().map(|cidr| Listed {
             cidr: *cidr,
             source: "config".into(),
+            rule: None,
             reason: None,
             expires_at: None,
         });
         let runtime = inner.runtime[&kind].values().map(|e| Listed {
             cidr: e.cidr,
-            source: "cli".into(),
+            source: if e.rule.is_some() { "ban" } else { "cli" }.into(),
+            rule: e.rule.clone(),
             reason: e.reason.clone(),
             expires_at: e.expires_at,
         });
@@ -380,6 +456,14 @@ impl SourceLists {
         guard.deny.matching(ip, now)
     }
 
+    /// Whether runtime deny entries (CLI, admin API, bans, other nodes)
+    /// exist. While they do, the proxy checks every request's client, so a
+    /// kept-alive connection opened before a ban is refused at its next
+    /// request; without them (the common case) that costs one atomic load.
+    pub fn has_runtime_denies(&self) -> bool {
+        self.runtime_denies.load(Ordering::Relaxed)
+    }
+
     pub fn xdp_status(&self) -> Option<Result<XdpStatus, String>> {
         let inner = self.inner.lock().unwrap();
         let xdp = inner.xdp.as_ref()?;
@@ -414,6 +498,10 @@ impl SourceLists {
             }
         }
         *self.guard.write().unwrap() = guard;
+        self.runtime_denies.store(
+            !inner.runtime[&ListKind::Deny].is_empty(),
+            Ordering::Relaxed,
+        );
     }
 }
 

@@ -318,3 +318,90 @@ fn ipv4_mapped_entries_are_stored_as_ipv4_and_a_whole_family_needs_force() {
         .unwrap();
     assert!(lists.denies("2001:db8::1".parse().unwrap()).is_some());
 }
+
+#[test]
+fn bans_are_deny_entries_with_a_rule_lifted_by_address() {
+    let f = Fixture::new("bans");
+    let lists = f.open("{deny: [192.0.2.0/24]}");
+    assert!(!lists.has_runtime_denies());
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    lists.announce_to(tx);
+    lists
+        .add_ban(
+            net("203.0.113.0/24"),
+            "brute force".into(),
+            Duration::from_secs(60),
+            "brute-force",
+        )
+        .unwrap();
+    assert!(lists.has_runtime_denies());
+    assert_eq!(
+        lists.denies("203.0.113.9".parse().unwrap()),
+        Some(net("203.0.113.0/24"))
+    );
+    let ban = &lists.bans()[0];
+    assert_eq!(ban.rule.as_deref(), Some("brute-force"));
+    assert!(
+        matches!(rx.try_recv(), Ok(Change::Put(ListKind::Deny, e)) if e.cidr == net("203.0.113.0/24"))
+    );
+    let listed = lists.list(ListKind::Deny);
+    assert_eq!(listed[1].source, "ban");
+    // Persisted with its rule.
+    drop(lists);
+    let lists = f.open("{deny: [192.0.2.0/24]}");
+    assert_eq!(lists.bans()[0].rule.as_deref(), Some("brute-force"));
+    // A CLI entry is not a ban; an address lifts the ban covering it.
+    lists
+        .add(ListKind::Deny, net("198.51.100.1/32"), None, None)
+        .unwrap();
+    assert_eq!(lists.bans().len(), 1);
+    assert_eq!(
+        lists.lift_ban(net("198.51.100.1/32")),
+        Err(ListError::NoBan(net("198.51.100.1/32")))
+    );
+    assert_eq!(
+        lists.lift_ban(net("203.0.113.77/32")).unwrap().cidr,
+        net("203.0.113.0/24")
+    );
+    assert!(lists.bans().is_empty());
+    assert_eq!(lists.denies("203.0.113.9".parse().unwrap()), None);
+}
+
+#[test]
+fn remote_changes_apply_without_being_announced_again() {
+    let f = Fixture::new("remote");
+    let lists = f.open("{deny: [192.0.2.0/24]}");
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    lists.announce_to(tx);
+    let entry = Entry {
+        cidr: net("203.0.113.5/32"),
+        reason: Some("from b".into()),
+        added_at: 1,
+        expires_at: None,
+        rule: None,
+    };
+    assert_eq!(
+        lists.apply_remote(&Change::Put(ListKind::Deny, entry.clone())),
+        Ok(true)
+    );
+    // The same again is a no-op; a config entry is left to the config.
+    assert_eq!(
+        lists.apply_remote(&Change::Put(ListKind::Deny, entry.clone())),
+        Ok(false)
+    );
+    let config_entry = Entry {
+        cidr: net("192.0.2.0/24"),
+        ..entry.clone()
+    };
+    assert_eq!(
+        lists.apply_remote(&Change::Put(ListKind::Deny, config_entry)),
+        Ok(false)
+    );
+    assert_eq!(lists.runtime_entries(ListKind::Deny), vec![entry]);
+    assert_eq!(
+        lists.apply_remote(&Change::Remove(ListKind::Deny, net("203.0.113.5/32"))),
+        Ok(true)
+    );
+    assert!(lists.runtime_entries(ListKind::Deny).is_empty());
+    assert!(rx.try_recv().is_err(), "nothing announced");
+}

@@ -25,8 +25,11 @@ where
     let peer_trusted = headers::is_trusted(connection_client, &rt.trusted_proxies);
     ctx.client_ip = headers::client_ip(connection_client, &parts.headers, &rt.trusted_proxies);
     ctx.request_id = headers::request_id(&parts.headers, peer_trusted);
-    if ctx.client_ip != connection_client {
-        // The accept-time guard only saw the proxy.
+    if ctx.client_ip != connection_client
+        || rt.guard.as_ref().is_some_and(|l| l.has_runtime_denies())
+    {
+        // The accept-time guard only saw the proxy, or an entry added since
+        // (a ban) covers a connection it let in.
         if let Some(rule) = rt
             .guard
             .as_ref()

@@ -126,6 +126,12 @@ impl Runtime {
         self.resolution.first_lookups().await;
     }
 
+    /// Reports the policies' refusals to `signals` (auto-ban).
+    pub fn with_signals(mut self, signals: Option<Arc<dyn crate::policy::Signals>>) -> Self {
+        self.signals = signals;
+        self
+    }
+
     pub fn route_count(&self) -> usize {
         self.router.len()
     }
