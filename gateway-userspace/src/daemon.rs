@@ -57,7 +57,12 @@ pub struct Reloader {
 }
 
 impl Reloader {
+    /// Applies the file; a refusal is counted (`xgate_reload_failures_total`).
     pub fn reload(&self) -> Result<ReloadReport, String> {
+        self.apply().inspect_err(|_| self.metrics.reload_failed())
+    }
+
+    fn apply(&self) -> Result<ReloadReport, String> {
         let mut current = self.current.lock().unwrap();
         let config = Config::load(&self.path).map_err(|e| e.to_string().trim_end().to_string())?;
         let previous = self.runtime.load();

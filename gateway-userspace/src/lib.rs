@@ -18,6 +18,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod duration;
+pub mod error_text;
 pub mod exchange;
 pub mod http1;
 pub mod lists;

@@ -149,9 +149,6 @@ impl Rejection {
 
     pub fn into_response(self) -> Response<Body> {
         let status = self.status();
-        if status.is_server_error() {
-            tracing::warn!(error = %self, detail = ?self.source(), "request failed");
-        }
         let mut response = json_response(status, self.public_message());
         if let Rejection::Unauthenticated { challenge, .. } = self {
             response

@@ -172,7 +172,10 @@ pub async fn serve(
         };
         if let Some(rule) = lists.denies(peer.ip()) {
             metrics.l7_denied_connection();
-            tracing::debug!(client.ip = %peer.ip(), %rule, "connection refused by blocklist");
+            runtime
+                .load()
+                .access_log
+                .write_refused_connection(peer.ip(), &name, rule);
             drop(stream);
             continue;
         }
@@ -244,6 +247,8 @@ struct Established {
     h2: bool,
     /// The client's certificate, verified by the handshake.
     client_cert: Option<Arc<ClientCertificate>>,
+    /// The TLS version agreed, for the access log.
+    tls_version: Option<&'static str>,
 }
 
 struct Connection {
@@ -300,6 +305,7 @@ impl Connection {
             scheme,
             h2,
             client_cert,
+            tls_version,
         } = established;
 
         // With HTTP/2 on, the first bytes say which protocol follows; they are
@@ -336,6 +342,7 @@ impl Connection {
                 let conn_info = Arc::new(
                     ConnInfo::new(peer, client, scheme, Some(timer.clone()))
                         .on_listener(self.listener.clone())
+                        .with_tls_version(tls_version)
                         .with_client_cert(client_cert),
                 );
                 let scope = self.scope.clone();
@@ -383,6 +390,7 @@ impl Connection {
                 let conn_info = Arc::new(
                     ConnInfo::new(peer, client, scheme, None)
                         .on_listener(self.listener.clone())
+                        .with_tls_version(tls_version)
                         .with_client_cert(client_cert),
                 );
                 let service = service_fn(move |mut req: Request<Incoming>| {
@@ -453,11 +461,13 @@ impl Connection {
                 scheme: "http",
                 h2: self.settings.http2,
                 client_cert: None,
+                tls_version: None,
             }),
             Some(acceptor) => {
                 let tls = acceptor.accept(io).await.map_err(Refused::Tls)?;
                 let session = tls.get_ref().1;
                 let h2 = session.alpn_protocol() == Some(tls::ALPN_H2);
+                let tls_version = session.protocol_version().map(tls::version_name);
                 // Present only when the listener asked and the verifier
                 // accepted it; read once for every request to come.
                 let client_cert = session
@@ -472,6 +482,7 @@ impl Connection {
                     scheme: "https",
                     h2,
                     client_cert,
+                    tls_version,
                 })
             }
         }

@@ -92,9 +92,6 @@ impl Upstream {
         let now = Instant::now();
         let targets: Vec<Target> = config.targets.iter().map(Target::new).collect();
         assert!(!targets.is_empty(), "validation requires a target");
-        for target in &targets {
-            metrics.set_target_health(name, &target.label, true);
-        }
         Ok(Self {
             name: name.to_string(),
             target_metrics: targets
@@ -179,6 +176,7 @@ impl Upstream {
                     self.balancer.observe(index, elapsed, now);
                     ctx.upstream_duration = Some(elapsed);
                     let status = response.status();
+                    ctx.upstream_status = Some(status.as_u16());
                     let retry = may_retry_status
                         && self.retry.retries_status(status)
                         && retries_left
@@ -194,7 +192,9 @@ impl Upstream {
                         status = status.as_u16(),
                         "upstream answered with a retried status; retrying"
                     );
+                    self.target_metrics[index].retried();
                     retries += 1;
+                    ctx.retries = retries;
                     continue;
                 }
                 Some(Err(failed)) => {
@@ -223,6 +223,7 @@ impl Upstream {
             // A failure counts as slow as the slowest answer accepted, so
             // p2c_ewma steers away from a target that fails fast.
             self.balancer.observe(index, elapsed.max(self.timeout), now);
+            self.target_metrics[index].failed(failure.kind());
             let never_sent = matches!(failure, Rejection::UpstreamConnect { .. });
             let retry =
                 never_sent && retries_left && body.can_replay() && self.budget.try_withdraw(now);
@@ -235,7 +236,9 @@ impl Upstream {
                 error = %failure,
                 "upstream attempt failed before sending; retrying"
             );
+            self.target_metrics[index].retried();
             retries += 1;
+            ctx.retries = retries;
         }
     }
 
