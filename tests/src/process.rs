@@ -92,6 +92,17 @@ impl Daemon {
 
     /// Like [`Daemon::start`], reusing a directory (restart with the same state).
     pub fn start_in_dir(dir: TempDir, config_yaml: &str, netns: Option<&NetNs>) -> Self {
+        Self::start_with_env(dir, config_yaml, netns, &[])
+    }
+
+    /// Like [`Daemon::start_in_dir`], with `env` set for the daemon
+    /// (`RUST_LOG`, ...).
+    pub fn start_with_env(
+        dir: TempDir,
+        config_yaml: &str,
+        netns: Option<&NetNs>,
+        env: &[(&str, &str)],
+    ) -> Self {
         let config = dir.path().join("xgate.yaml");
         let admin_socket = dir.path().join("admin.sock");
         let yaml = config_yaml.replace("{dir}", &dir.path().display().to_string());
@@ -116,6 +127,7 @@ impl Daemon {
             None => Command::new(xgate_bin()),
         };
         command
+            .envs(env.iter().copied())
             .args(["run", "--config"])
             .arg(&config)
             .stdin(Stdio::null())

@@ -2,4 +2,5 @@
 
 pub mod api;
 pub mod client;
+pub mod health;
 pub mod server;

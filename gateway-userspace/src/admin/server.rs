@@ -43,6 +43,8 @@ pub struct AdminState {
     pub listeners: Vec<SocketAddr>,
     /// Why XDP is not attached, when it is not.
     pub xdp_off_reason: Option<String>,
+    /// /metrics, /livez and /readyz.
+    pub observed: Arc<super::health::Observed>,
 }
 
 /// Binds the socket, refusing to steal it from a live daemon.
@@ -92,7 +94,7 @@ pub async fn serve(
                 .serve_connection(TokioIo::new(stream), service)
                 .await
             {
-                tracing::debug!(%error, "admin connection error");
+                tracing::debug!(error = %crate::error_text::Chain(&error), "admin connection error");
             }
         });
     }
@@ -109,17 +111,11 @@ async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
         "allowlist" => Some(ListKind::Allow),
         _ => None,
     };
+    if let Some(response) = state.observed.answer(req.method(), &path) {
+        return response;
+    }
     match (req.method().clone(), path.as_str(), list) {
         (Method::GET, "/status", _) => json(StatusCode::OK, &status(state)),
-        (Method::GET, "/metrics", _) => {
-            let counters = state
-                .lists
-                .xdp_status()
-                .and_then(Result::ok)
-                .map(|s| s.counters);
-            let text = state.metrics.render(counters.as_ref());
-            respond(StatusCode::OK, "text/plain; version=0.0.4", text)
-        }
         (Method::POST, "/reload", _) => match state.reloader.reload() {
             Ok(report) => json(StatusCode::OK, &report),
             Err(message) => error(StatusCode::BAD_REQUEST, &message),
@@ -136,7 +132,7 @@ async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
         }
         (Method::POST, _, Some(kind)) if rest.is_empty() => add(state, kind, req).await,
         (Method::DELETE, _, Some(kind)) if !rest.is_empty() => remove(state, kind, rest),
-        (_, "/status" | "/metrics" | "/reload" | "/oauth2/refresh-tokens", _) | (_, _, Some(_)) => {
+        (_, "/status" | "/reload" | "/oauth2/refresh-tokens", _) | (_, _, Some(_)) => {
             error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
         }
         _ => error(StatusCode::NOT_FOUND, &format!("no admin endpoint {path}")),

@@ -264,12 +264,18 @@ pub struct Admin {
     /// Unix socket of the admin API (mode 0600).
     #[serde(default = "default_admin_socket")]
     pub socket: PathBuf,
+    /// A TCP address serving only `GET /metrics`, `/livez` and `/readyz`
+    /// (read-only, no token), for Prometheus and load balancer or
+    /// orchestrator probes. Absent: those are on the admin socket only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_address: Option<std::net::SocketAddr>,
 }
 
 impl Default for Admin {
     fn default() -> Self {
         Self {
             socket: default_admin_socket(),
+            metrics_address: None,
         }
     }
 }

@@ -188,8 +188,8 @@ where
         Err(rejection) => {
             if rejection.status().is_server_error() {
                 tracing::warn!(
-                    request_id = ctx.request_id(),
-                    route = ctx.route_name(),
+                    request_id = %ctx.request_id(),
+                    route = %ctx.route_name(),
                     upstream.target = %ctx
                         .upstream_target
                         .map_or_else(|| "-".to_string(), |t| t.to_string()),

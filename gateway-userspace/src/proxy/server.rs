@@ -412,7 +412,11 @@ impl Connection {
             Sniffed::Nothing => return,
         };
         if let Err(error) = result {
-            tracing::debug!(client.ip = %client_ip, %error, "connection ended with an error");
+            tracing::debug!(
+                client.ip = %client_ip,
+                error = %crate::error_text::Chain(&*error),
+                "connection ended with an error"
+            );
         }
     }
 

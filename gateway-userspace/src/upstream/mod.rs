@@ -214,7 +214,7 @@ impl Upstream {
                     upstream = %self.name,
                     upstream.target = %target.addr,
                     client.ip = %ctx.client_ip,
-                    %error,
+                    error = %crate::error_text::Chain(&*error),
                     attempt = %failure,
                     "request body failed on the client's side"
                 );
