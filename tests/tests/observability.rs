@@ -613,3 +613,45 @@ async fn readiness_turns_503_during_the_drain() {
     drop(held);
     daemon.stop();
 }
+
+/// `routes[].respond` answers a fixed status and body on a client
+/// listener (a load balancer's health check), with its access log line.
+#[tokio::test]
+async fn a_respond_route_answers_itself() {
+    let listen = free_port();
+    let daemon = Daemon::start(
+        &format!(
+            "listeners: [{{address: '{listen}'}}]\n\
+             routes:\n\
+             \x20 - {{name: health, match: {{path: /healthz}}, respond: {{status: 200, body: ok}}}}\n\
+             \x20 - {{name: closed, match: {{path_prefix: /old/}}, respond: {{status: 410, body: \"gone for good\"}}}}\n\
+             access_log: {{format: json, path: '{{dir}}/access.log', buffer_bytes: 0}}\n"
+        ),
+        None,
+    );
+    let reply = get(listen, "/healthz", &[]).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.body, b"ok");
+    assert_eq!(
+        reply.header("content-type"),
+        Some("text/plain; charset=utf-8")
+    );
+    let reply = get(listen, "/old/page", &[]).await;
+    assert_eq!(reply.status, 410);
+    assert_eq!(reply.body, b"gone for good");
+    assert_eq!(get(listen, "/other", &[]).await.status, 404);
+
+    let log = daemon.dir.path().join("access.log");
+    let lines = eventually(|| {
+        let lines = lines_of(&log);
+        (lines.len() == 3).then_some(lines)
+    })
+    .await
+    .expect("three lines");
+    let first: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+    assert_eq!(first["route"], "health");
+    assert_eq!(first["status"], 200);
+    assert_eq!(first["bytes_out"], 2);
+    assert!(first["upstream"].is_null(), "{first}");
+    assert!(first["retries"].is_null(), "{first}");
+}

@@ -5,6 +5,7 @@ mod listener;
 mod model;
 mod oauth2_server;
 mod policy;
+mod respond;
 mod route;
 mod upstream;
 mod validate;
@@ -17,6 +18,7 @@ pub use self::{
     model::*,
     oauth2_server::OAuth2Server,
     policy::*,
+    respond::Respond,
     route::{anchored, HeaderMatch, Route, RouteMatch},
     upstream::*,
     validate::{host_bits_error, validate, warnings, Errors},

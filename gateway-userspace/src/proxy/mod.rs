@@ -11,6 +11,7 @@ mod limits;
 mod local;
 mod normalize;
 mod proxy_protocol;
+mod respond;
 mod router;
 pub mod server;
 pub mod tls;
