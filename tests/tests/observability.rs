@@ -276,7 +276,7 @@ async fn every_field_over_http1_and_http2_with_tls_in_json_and_text() {
                 ("status", "200"),
                 ("bytes_in", bytes_in),
                 ("bytes_out", bytes_out.as_str()),
-                ("upstream", &upstream.addr.to_string()),
+                ("upstream_target", &upstream.addr.to_string()),
                 ("upstream_status", "200"),
                 ("retries", "0"),
                 ("route", "api"),
@@ -652,6 +652,6 @@ async fn a_respond_route_answers_itself() {
     assert_eq!(first["route"], "health");
     assert_eq!(first["status"], 200);
     assert_eq!(first["bytes_out"], 2);
-    assert!(first["upstream"].is_null(), "{first}");
+    assert!(first["upstream_target"].is_null(), "{first}");
     assert!(first["retries"].is_null(), "{first}");
 }

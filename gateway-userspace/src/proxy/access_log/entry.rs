@@ -87,7 +87,7 @@ impl<'a> Entry<'a> {
             ("bytes_in", opt(self.bytes_in, Value::Int)),
             ("bytes_out", opt(self.bytes_out, Value::Int)),
             ("duration_ms", opt(self.duration_ms, Value::Millis)),
-            ("upstream", opt(self.upstream, Value::Addr)),
+            ("upstream_target", opt(self.upstream, Value::Addr)),
             (
                 "upstream_status",
                 opt(self.upstream_status, |s| Value::Int(s.into())),
@@ -262,7 +262,7 @@ mod tests {
             String::from_utf8(out).unwrap(),
             "ts=2026-12-06T16:22:03.456Z client_ip=192.0.2.7 listener=public protocol=HTTP/1.1 \
              tls=- method=GET host=api.example path=\"/a b\" query=\"x=1\" status=200 bytes_in=0 \
-             bytes_out=12 duration_ms=1.500 upstream=127.0.0.1:9000 upstream_status=200 \
+             bytes_out=12 duration_ms=1.500 upstream_target=127.0.0.1:9000 upstream_status=200 \
              upstream_ms=1.250 retries=0 route=users consumer=- request_id=abc \
              user_agent=\"curl/8.0 \\\"quoted\\\"\" verdicts=key-auth:allow,rate-limit:allow \
              rejection=- detail=-\n"
@@ -288,7 +288,7 @@ mod tests {
         assert_eq!(line["path"], "/a b");
         assert_eq!(line["status"], 200);
         assert_eq!(line["duration_ms"], 1.5);
-        assert_eq!(line["upstream"], "127.0.0.1:9000");
+        assert_eq!(line["upstream_target"], "127.0.0.1:9000");
         assert_eq!(line["tls"], serde_json::Value::Null);
         assert_eq!(line["verdicts"][1], "rate-limit:allow");
         assert_eq!(line["user_agent"], "curl/8.0 \"quoted\"");
