@@ -285,6 +285,14 @@ impl Connection {
         let established = match established {
             Ok(established) => established,
             Err(refused) => {
+                if let Refused::Blocked { client, rule } = &refused {
+                    // The PROXY header named a blocked client.
+                    self.runtime.load().access_log.write_refused_connection(
+                        *client,
+                        &self.listener,
+                        *rule,
+                    );
+                }
                 if matches!(
                     refused,
                     Refused::ProxyHeader(_) | Refused::ClientCertificate(_)
