@@ -655,3 +655,44 @@ async fn a_respond_route_answers_itself() {
     assert!(first["upstream_target"].is_null(), "{first}");
     assert!(first["retries"].is_null(), "{first}");
 }
+
+/// Behind a trusted balancer, the client the PROXY header names is
+/// checked against the blocklist too, and its refusal gets a line.
+#[tokio::test]
+async fn a_blocked_client_named_by_a_proxy_header_is_logged() {
+    let upstream = EchoUpstream::start(any_port(), "one").await.unwrap();
+    let listen = free_port();
+    let daemon = Daemon::start(
+        &format!(
+            "listeners: [{{address: '{listen}', name: edge, proxy_protocol: true}}]\n\
+             trusted_proxies: ['127.0.0.1/32']\n\
+             upstreams:\n  echo: {{targets: ['{}']}}\n\
+             routes: [{{name: api, match: {{path_prefix: /}}, upstream: echo}}]\n\
+             access_log: {{format: json, path: '{{dir}}/access.log', buffer_bytes: 0}}\n",
+            upstream.addr
+        ),
+        None,
+    );
+    let out = daemon.cli(&["blocklist", "add", "198.51.100.0/24"]);
+    assert!(out.status.success(), "{out:?}");
+    let refused = send(
+        listen,
+        None,
+        "PROXY TCP4 198.51.100.7 127.0.0.1 5555 80\r\n\
+         GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(
+        refused.is_err() || refused.as_ref().is_ok_and(|r| r.status == 0),
+        "{refused:?}"
+    );
+    let log = daemon.dir.path().join("access.log");
+    let line = eventually(|| lines_of(&log).into_iter().next())
+        .await
+        .expect("a line for the refused client");
+    let line: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(line["client_ip"], "198.51.100.7");
+    assert_eq!(line["listener"], "edge");
+    assert_eq!(line["rejection"], "blocked_at_accept");
+    assert_eq!(line["detail"], "blocklist rule 198.51.100.0/24");
+}
