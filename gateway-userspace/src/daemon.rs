@@ -23,6 +23,7 @@ use tokio::{
 use crate::{
     admin::{
         api::ReloadReport,
+        health::{self, Observed, Readiness},
         server::{self as admin, AdminState},
     },
     autoban::AutoBan,
@@ -94,7 +95,14 @@ struct Running {
 }
 
 impl Reloader {
+    /// Applies the file; a refusal is counted (`xgate_reload_failures_total`).
     pub async fn reload(&self) -> Result<ReloadReport, String> {
+        self.apply()
+            .await
+            .inspect_err(|_| self.metrics.reload_failed())
+    }
+
+    async fn apply(&self) -> Result<ReloadReport, String> {
         let mut current = self.current.lock().await;
         let config = Config::load(&self.path).map_err(|e| e.to_string().trim_end().to_string())?;
         let previous = self.runtime.load();
@@ -321,6 +329,9 @@ fn restart_only_changes(running: &Config, new: &Config) -> Vec<String> {
     if old.admin.socket != new.admin.socket {
         changes.push("admin.socket".to_string());
     }
+    if old.admin.metrics_address != new.admin.metrics_address {
+        changes.push("admin.metrics_address".to_string());
+    }
     if old.state_dir != new.state_dir {
         changes.push("state_dir".to_string());
     }
@@ -414,6 +425,17 @@ pub async fn run(config_path: &Path, workers: usize, takeover: bool) -> anyhow::
     // Handed over but no longer configured: closed.
     drop(inherited);
     let admin_listener = admin::bind(&config.admin.socket, takeover).await?;
+    let metrics_listener = match config.admin.metrics_address {
+        Some(address) => Some(health::bind(address).await?),
+        None => None,
+    };
+    let readiness = Arc::new(Readiness::default());
+    let observed = Arc::new(Observed {
+        metrics: metrics.clone(),
+        runtime: runtime.clone(),
+        lists: lists.clone(),
+        readiness: readiness.clone(),
+    });
 
     let reloader = Arc::new(Reloader {
         path: config_path.clone(),
@@ -448,7 +470,12 @@ pub async fn run(config_path: &Path, workers: usize, takeover: bool) -> anyhow::
         started: Instant::now(),
         xdp_off_reason,
         cluster: cluster_sync.as_ref().map(ClusterSync::state),
+        observed: observed.clone(),
     });
+    // Stopped after the drain, so /readyz answers 503 through it.
+    let (stop_metrics, metrics_stop) = watch::channel(false);
+    let metrics_task = metrics_listener
+        .map(|listener| tokio::spawn(health::serve(listener, observed, metrics_stop)));
     let admin_task = tokio::spawn(admin::serve(
         admin_listener,
         config.admin.socket.clone(),
@@ -470,6 +497,7 @@ pub async fn run(config_path: &Path, workers: usize, takeover: bool) -> anyhow::
         })
     };
 
+    readiness.set_ready();
     tracing::info!(
         listeners = ?config.listeners.iter().map(|l| l.address).collect::<Vec<_>>(),
         admin = %config.admin.socket.display(),
@@ -477,7 +505,8 @@ pub async fn run(config_path: &Path, workers: usize, takeover: bool) -> anyhow::
         "xgate ready"
     );
 
-    wait_for_shutdown(&reloader).await?;
+    wait_for_shutdown(&reloader, &runtime).await?;
+    readiness.set_draining();
     tracing::info!(
         "shutting down: no new connections; draining for up to {}",
         crate::duration::format(reloader.drain.get())
@@ -488,6 +517,10 @@ pub async fn run(config_path: &Path, workers: usize, takeover: bool) -> anyhow::
     // all there is to write. (A replaced config's logger wrote its own when
     // its last connection ended.)
     runtime.load().flush_access_log();
+    let _ = stop_metrics.send(true);
+    if let Some(task) = metrics_task {
+        let _ = task.await;
+    }
     // Every listener has drained: nothing is left on the workers but idle
     // upstream connections.
     if let Ok(workers) = Arc::try_unwrap(workers) {
@@ -558,16 +591,22 @@ fn start_xdp(config: &Config) -> anyhow::Result<(Option<XdpDataPlane>, Option<St
     Ok((Some(xdp), None))
 }
 
-/// Serves SIGHUP (reload) until SIGTERM or SIGINT.
-async fn wait_for_shutdown(reloader: &Reloader) -> anyhow::Result<()> {
+/// Serves SIGHUP (reload) and SIGUSR1 (reopen the access log file, for
+/// log rotation, as nginx's USR1) until SIGTERM or SIGINT.
+async fn wait_for_shutdown(reloader: &Reloader, runtime: &RuntimeHandle) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
+    let mut usr1 = signal(SignalKind::user_defined1())?;
     loop {
         tokio::select! {
             _ = term.recv() => { tracing::info!("SIGTERM received"); return Ok(()); }
             _ = int.recv() => { tracing::info!("SIGINT received"); return Ok(()); }
             () = reloader.takeover.notified() => return Ok(()),
+            _ = usr1.recv() => {
+                tracing::info!("SIGUSR1 received: reopening the access log");
+                runtime.load().reopen_access_log();
+            }
             _ = hup.recv() => {
                 if let Err(error) = reloader.reload().await {
                     tracing::error!(%error, "reload failed; the running configuration stays");

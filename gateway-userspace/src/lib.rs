@@ -21,6 +21,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod duration;
+pub mod error_text;
 pub mod exchange;
 pub mod handoff;
 pub mod http1;

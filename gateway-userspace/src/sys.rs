@@ -22,3 +22,16 @@ pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
 }
+
+/// Clock ticks a second (the unit of CPU times in /proc) and the page size
+/// (the unit of memory sizes there); 0 when the system does not say.
+pub fn proc_units() -> (u64, u64) {
+    // SAFETY: sysconf only reads constants of the running system.
+    let (ticks, page) = unsafe {
+        (
+            libc::sysconf(libc::_SC_CLK_TCK),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    (ticks.max(0) as u64, page.max(0) as u64)
+}

@@ -1,12 +1,21 @@
 //! Logging set-up and the metrics exported on the admin API's /metrics
 //! (Prometheus text format).
+//!
+//! - `series`: series of routes and targets removed with them
+//! - `process`: `process_*` and `xgate_build_info`
+
+mod process;
+mod series;
 
 use std::{
     cell::RefCell,
     collections::HashMap,
     io::IsTerminal,
-    sync::atomic::{AtomicU64, Ordering},
-    time::Duration,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, SystemTime},
 };
 
 use gateway_common::Stat;
@@ -19,10 +28,11 @@ use prometheus_client::{
         gauge::Gauge,
         histogram::{exponential_buckets, Histogram},
     },
-    registry::Registry,
+    registry::{Registry, Unit},
 };
 use tracing_subscriber::EnvFilter;
 
+use self::series::{Lease, Owner, Owners};
 use crate::xdp::Counters;
 
 /// Logs to stderr; `RUST_LOG` overrides the default `info` level.
@@ -79,6 +89,13 @@ struct TargetLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TargetErrorLabels {
+    upstream: String,
+    target: String,
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ListenerLabels {
     listener: String,
 }
@@ -106,7 +123,11 @@ pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     request_duration: Family<RouteLabels, Histogram, LatencyBuckets>,
+    request_bytes: Family<RouteLabels, Counter>,
+    response_bytes: Family<RouteLabels, Counter>,
     upstream_duration: Family<TargetLabels, Histogram, LatencyBuckets>,
+    upstream_retries: Family<TargetLabels, Counter>,
+    upstream_errors: Family<TargetErrorLabels, Counter>,
     active_connections: Family<ListenerLabels, Gauge>,
     refused_heads: Family<RefusedLabels, Counter>,
     policy_decisions: Family<DecisionLabels, Counter>,
@@ -116,6 +137,10 @@ pub struct Metrics {
     reloads: Counter,
     auto_bans: Family<AutoBanLabels, Counter>,
     cluster_lists: Family<ClusterLabels, Counter>,
+    reload_failures: Counter,
+    /// The series of each route and target, removed with it.
+    owners: Arc<Owners>,
+    started: SystemTime,
     // Plain copies for `status` (prometheus-client counters are not readable
     // without encoding).
     l7_denied_total: AtomicU64,
@@ -139,11 +164,40 @@ impl Default for Metrics {
             "Time from request start to response headers, by route",
             request_duration.clone(),
         );
+        let request_bytes = Family::<RouteLabels, Counter>::default();
+        registry.register_with_unit(
+            "request_body",
+            "Request body bytes read from clients, by route",
+            Unit::Bytes,
+            request_bytes.clone(),
+        );
+        let response_bytes = Family::<RouteLabels, Counter>::default();
+        registry.register_with_unit(
+            "response_body",
+            "Response body bytes sent to clients, by route",
+            Unit::Bytes,
+            response_bytes.clone(),
+        );
         let upstream_duration = Family::new_with_constructor(LatencyBuckets);
         registry.register(
             "upstream_duration_seconds",
             "Time for an upstream target to send response headers",
             upstream_duration.clone(),
+        );
+        let upstream_retries = Family::<TargetLabels, Counter>::default();
+        registry.register(
+            "upstream_retries",
+            "Attempts retried on another target after this target failed or answered \
+             with a retried status",
+            upstream_retries.clone(),
+        );
+        let upstream_errors = Family::<TargetErrorLabels, Counter>::default();
+        registry.register(
+            "upstream_errors",
+            "Attempts at a target that got no usable response, by kind: \
+             upstream_unavailable (connect failed), upstream_timeout, upstream_error \
+             (the exchange failed)",
+            upstream_errors.clone(),
         );
         let active_connections = Family::<ListenerLabels, Gauge>::default();
         registry.register(
@@ -207,12 +261,22 @@ impl Default for Metrics {
              disconnected, failed",
             cluster_lists.clone(),
         );
+        let reload_failures = Counter::default();
+        registry.register(
+            "reload_failures",
+            "Configuration reloads refused (the running configuration stayed)",
+            reload_failures.clone(),
+        );
         Self {
             redis,
             registry,
             requests,
             request_duration,
+            request_bytes,
+            response_bytes,
             upstream_duration,
+            upstream_retries,
+            upstream_errors,
             active_connections,
             refused_heads,
             policy_decisions,
@@ -222,6 +286,9 @@ impl Default for Metrics {
             reloads,
             auto_bans,
             cluster_lists,
+            reload_failures,
+            owners: Arc::default(),
+            started: SystemTime::now(),
             l7_denied_total: AtomicU64::new(0),
             reloads_total: AtomicU64::new(0),
         }
@@ -253,7 +320,11 @@ pub struct RouteMetrics {
     id: u64,
     route: String,
     duration: Histogram,
+    bytes_in: Counter,
+    bytes_out: Counter,
     requests: Family<RequestLabels, Counter>,
+    owners: Arc<Owners>,
+    _lease: Lease,
 }
 
 impl RouteMetrics {
@@ -278,22 +349,35 @@ impl RouteMetrics {
         if cached.is_some() {
             return;
         }
-        let counter = self
-            .requests
-            .get_or_create(&RequestLabels {
-                route: self.route.clone(),
-                method: method.to_string(),
-                status,
-                consumer: consumer.map_or(NO_CONSUMER, |c| &c.username).to_string(),
-            })
-            .clone();
+        let labels = RequestLabels {
+            route: self.route.clone(),
+            method: method.to_string(),
+            status,
+            consumer: consumer.map_or(NO_CONSUMER, |c| &c.username).to_string(),
+        };
+        let created = self.requests.get(&labels).is_none();
+        let counter = self.requests.get_or_create(&labels).clone();
         counter.inc();
+        if created {
+            let requests = self.requests.clone();
+            self.owners.add(&Owner::Route(self.route.clone()), move || {
+                requests.remove(&labels);
+            });
+        }
         COUNTERS.with_borrow_mut(|cache| {
             if cache.len() >= COUNTER_CACHE_MAX {
                 cache.clear();
             }
             cache.insert(key, counter);
         });
+    }
+}
+
+impl RouteMetrics {
+    /// The body bytes of one exchange on this route, once it is done.
+    pub fn bytes(&self, bytes_in: u64, bytes_out: u64) {
+        self.bytes_in.inc_by(bytes_in);
+        self.bytes_out.inc_by(bytes_out);
     }
 }
 
@@ -320,12 +404,46 @@ const NO_CONSUMER: &str = "-";
 
 /// One upstream target's metrics.
 #[derive(Debug, Clone)]
-pub struct TargetMetrics(Histogram);
+pub struct TargetMetrics {
+    duration: Histogram,
+    retries: Counter,
+    errors: Family<TargetErrorLabels, Counter>,
+    owner: Owner,
+    owners: Arc<Owners>,
+    _lease: Arc<Lease>,
+}
 
 impl TargetMetrics {
     /// One attempt that produced response headers after `duration`.
     pub fn response(&self, duration: Duration) {
-        self.0.observe(duration.as_secs_f64());
+        self.duration.observe(duration.as_secs_f64());
+    }
+
+    /// An attempt here failed (or answered with a retried status) and the
+    /// request was tried again.
+    pub fn retried(&self) {
+        self.retries.inc();
+    }
+
+    /// An attempt here got no usable response; `kind` as the rejection
+    /// says (`upstream_unavailable`, `upstream_timeout`, `upstream_error`).
+    pub fn failed(&self, kind: &str) {
+        let Owner::Target { upstream, target } = &self.owner else {
+            return;
+        };
+        let labels = TargetErrorLabels {
+            upstream: upstream.clone(),
+            target: target.clone(),
+            kind: kind.to_string(),
+        };
+        let created = self.errors.get(&labels).is_none();
+        self.errors.get_or_create(&labels).inc();
+        if created {
+            let errors = self.errors.clone();
+            self.owners.add(&self.owner, move || {
+                errors.remove(&labels);
+            });
+        }
     }
 }
 
@@ -341,28 +459,55 @@ impl Drop for ConnectionGuard {
 impl Metrics {
     /// The handles for the requests answered on `route` (`-`: no route).
     pub fn route(&self, route: &str) -> RouteMetrics {
+        let owner = Owner::Route(route.to_string());
+        let lease = self.owners.lease(owner.clone());
+        let labels = RouteLabels {
+            route: route.to_string(),
+        };
+        let created = self.request_duration.get(&labels).is_none();
+        let duration = self.request_duration.get_or_create(&labels).clone();
+        let bytes_in = self.request_bytes.get_or_create(&labels).clone();
+        let bytes_out = self.response_bytes.get_or_create(&labels).clone();
+        if created {
+            let (a, b, c) = (
+                self.request_duration.clone(),
+                self.request_bytes.clone(),
+                self.response_bytes.clone(),
+            );
+            self.owners.add(&owner, move || {
+                a.remove(&labels);
+                b.remove(&labels);
+                c.remove(&labels);
+            });
+        }
         RouteMetrics {
             id: NEXT_ROUTE_ID.fetch_add(1, Ordering::Relaxed),
             route: route.to_string(),
-            duration: self
-                .request_duration
-                .get_or_create(&RouteLabels {
-                    route: route.to_string(),
-                })
-                .clone(),
+            duration,
+            bytes_in,
+            bytes_out,
             requests: self.requests.clone(),
+            owners: self.owners.clone(),
+            _lease: lease,
         }
     }
 
     /// The counter of one route's policy's decisions with `result`.
     pub fn policy_decision(&self, route: &str, policy: &str, result: &str) -> Counter {
-        self.policy_decisions
-            .get_or_create(&DecisionLabels {
-                route: route.to_string(),
-                policy: policy.to_string(),
-                result: result.to_string(),
-            })
-            .clone()
+        let labels = DecisionLabels {
+            route: route.to_string(),
+            policy: policy.to_string(),
+            result: result.to_string(),
+        };
+        let created = self.policy_decisions.get(&labels).is_none();
+        let counter = self.policy_decisions.get_or_create(&labels).clone();
+        if created {
+            let decisions = self.policy_decisions.clone();
+            self.owners.add(&Owner::Route(route.to_string()), move || {
+                decisions.remove(&labels);
+            });
+        }
+        counter
     }
 
     /// `xgate_auto_bans_total{rule,outcome}`.
@@ -396,14 +541,36 @@ impl Metrics {
 
     /// The handle for the response times of one upstream target.
     pub fn target(&self, upstream: &str, target: &str) -> TargetMetrics {
-        TargetMetrics(
-            self.upstream_duration
-                .get_or_create(&TargetLabels {
-                    upstream: upstream.to_string(),
-                    target: target.to_string(),
-                })
-                .clone(),
-        )
+        let owner = Owner::Target {
+            upstream: upstream.to_string(),
+            target: target.to_string(),
+        };
+        let lease = self.owners.lease(owner.clone());
+        let labels = TargetLabels {
+            upstream: upstream.to_string(),
+            target: target.to_string(),
+        };
+        let created = self.upstream_duration.get(&labels).is_none();
+        let duration = self.upstream_duration.get_or_create(&labels).clone();
+        let retries = self.upstream_retries.get_or_create(&labels).clone();
+        if created {
+            let (a, b) = (
+                self.upstream_duration.clone(),
+                self.upstream_retries.clone(),
+            );
+            self.owners.add(&owner, move || {
+                a.remove(&labels);
+                b.remove(&labels);
+            });
+        }
+        TargetMetrics {
+            duration,
+            retries,
+            errors: self.upstream_errors.clone(),
+            owner,
+            owners: self.owners.clone(),
+            _lease: Arc::new(lease),
+        }
     }
 
     /// A client connection opened on `listener`; hold the guard while it is.
@@ -455,6 +622,11 @@ impl Metrics {
         self.reloads_total.load(Ordering::Relaxed)
     }
 
+    /// A reload was refused; the running configuration stays.
+    pub fn reload_failed(&self) {
+        self.reload_failures.inc();
+    }
+
     /// Prometheus text exposition format, with the kernel counters if XDP is
     /// attached.
     pub fn render(&self, xdp: Option<&Counters>) -> String {
@@ -464,6 +636,8 @@ impl Metrics {
         if let Some(stripped) = out.strip_suffix("# EOF\n") {
             out.truncate(stripped.len());
         }
+        process::render_build_info(&mut out);
+        process::render(&mut out, self.started);
         if let Some(counters) = xdp {
             out.push_str("# HELP xgate_xdp_packets Packets seen by the XDP program, by verdict and reason.\n");
             out.push_str("# TYPE xgate_xdp_packets counter\n");
@@ -493,9 +667,15 @@ mod tests {
         metrics
             .target("users", "127.0.0.1:9000")
             .response(Duration::from_millis(2));
+        api.bytes(10, 20);
+        let target = metrics.target("users", "127.0.0.1:9000");
+        target.response(Duration::from_millis(2));
+        target.retried();
+        target.failed("upstream_unavailable");
         let guard = metrics.connection_opened("public");
         metrics.client_send_timeout("public");
         metrics.reloaded();
+        metrics.reload_failed();
         let text = metrics.render(None);
         for line in [
             "xgate_requests_total{route=\"api\",method=\"GET\",status=\"200\",consumer=\"-\"} 1",
@@ -504,6 +684,16 @@ mod tests {
             "xgate_active_connections{listener=\"public\"} 1",
             "xgate_client_send_timeouts_total{listener=\"public\"} 1",
             "xgate_reloads_total 1",
+            "xgate_reload_failures_total 1",
+            "xgate_request_body_bytes_total{route=\"api\"} 10",
+            "xgate_response_body_bytes_total{route=\"api\"} 20",
+            "xgate_upstream_retries_total{upstream=\"users\",target=\"127.0.0.1:9000\"} 1",
+            "xgate_upstream_errors_total{upstream=\"users\",target=\"127.0.0.1:9000\",kind=\"upstream_unavailable\"} 1",
+            "# TYPE xgate_build_info gauge",
+            "# TYPE process_cpu_seconds_total counter",
+            "# TYPE process_resident_memory_bytes gauge",
+            "# TYPE process_open_fds gauge",
+            "# TYPE process_start_time_seconds gauge",
         ] {
             assert!(text.contains(line), "missing `{line}` in:\n{text}");
         }
@@ -534,5 +724,42 @@ mod tests {
             .render(None)
             .contains("xgate_active_connections{listener=\"public\"} 0"));
         assert!(text.ends_with("# EOF\n"));
+        drop(target);
+    }
+
+    /// A route or target a reload removed takes its series with it once
+    /// its last handle is gone; one compiled again keeps counting on.
+    #[test]
+    fn series_of_removed_routes_and_targets_go_with_them() {
+        let metrics = Metrics::default();
+        let kept = metrics.route("kept");
+        let removed = metrics.route("removed");
+        let decision = metrics.policy_decision("removed", "key-auth", "allow");
+        decision.inc();
+        for route in [&kept, &removed] {
+            route.record(&Method::GET, 200, Duration::from_millis(1), None);
+        }
+        let users = metrics.target("users", "127.0.0.1:9000");
+        users.failed("upstream_timeout");
+        let text = metrics.render(None);
+        assert!(text.contains("route=\"removed\""), "{text}");
+        assert!(text.contains("target=\"127.0.0.1:9000\""), "{text}");
+
+        // The reload: "kept" compiled again, "removed" and the target gone.
+        let kept_again = metrics.route("kept");
+        drop(kept);
+        drop(removed);
+        drop(users);
+        let text = metrics.render(None);
+        assert!(!text.contains("removed"), "{text}");
+        assert!(!text.contains("127.0.0.1:9000"), "{text}");
+        assert!(
+            text.contains("xgate_requests_total{route=\"kept\",method=\"GET\",status=\"200\",consumer=\"-\"} 1"),
+            "{text}"
+        );
+        kept_again.record(&Method::GET, 200, Duration::from_millis(1), None);
+        assert!(metrics
+            .render(None)
+            .contains("xgate_request_duration_seconds_count{route=\"kept\"} 2"));
     }
 }

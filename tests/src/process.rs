@@ -92,6 +92,17 @@ impl Daemon {
 
     /// Like [`Daemon::start`], reusing a directory (restart with the same state).
     pub fn start_in_dir(dir: TempDir, config_yaml: &str, netns: Option<&NetNs>) -> Self {
+        Self::start_with_env(dir, config_yaml, netns, &[])
+    }
+
+    /// Like [`Daemon::start_in_dir`], with `env` set for the daemon
+    /// (`RUST_LOG`, ...).
+    pub fn start_with_env(
+        dir: TempDir,
+        config_yaml: &str,
+        netns: Option<&NetNs>,
+        env: &[(&str, &str)],
+    ) -> Self {
         let config = dir.path().join("xgate.yaml");
         let admin_socket = dir.path().join("admin.sock");
         let yaml = config_yaml.replace("{dir}", &dir.path().display().to_string());
@@ -110,7 +121,7 @@ impl Daemon {
         };
         std::fs::write(&config, yaml).expect("write config");
         let log = dir.path().join("xgate.log");
-        let child = spawn_run(&config, &log, netns, &[]);
+        let child = spawn_run(&config, &log, netns, &[], env);
         let mut daemon = Self {
             child: Some(child),
             dir,
@@ -150,7 +161,7 @@ impl Daemon {
             .dir
             .path()
             .join(format!("xgate-upgraded-{}.log", self.pid()));
-        let new = spawn_run(&self.config, &log, netns, &["--takeover"]);
+        let new = spawn_run(&self.config, &log, netns, &["--takeover"], &[]);
         let mut old = std::mem::replace(self.child.as_mut().unwrap(), new);
         let old_log = std::mem::replace(&mut self.log, log);
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -289,13 +300,20 @@ impl Daemon {
 }
 
 /// Spawns `xgate run --config CONFIG EXTRA...`, logging to `log`.
-fn spawn_run(config: &Path, log: &Path, netns: Option<&NetNs>, extra: &[&str]) -> Child {
+fn spawn_run(
+    config: &Path,
+    log: &Path,
+    netns: Option<&NetNs>,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Child {
     let log_file = std::fs::File::create(log).expect("create log");
     let mut command = match netns {
         Some(ns) => ns.command(&xgate_bin()),
         None => Command::new(xgate_bin()),
     };
     command
+        .envs(env.iter().copied())
         .args(["run", "--config"])
         .arg(config)
         .args(extra)

@@ -2,6 +2,7 @@
 
 pub mod api;
 pub mod client;
+pub mod health;
 pub mod server;
 pub mod upstreams;
 pub mod upstreams_cli;

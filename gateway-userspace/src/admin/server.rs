@@ -43,6 +43,8 @@ pub struct AdminState {
     pub xdp_off_reason: Option<String>,
     /// Cluster mode's sync, when configured.
     pub cluster: Option<Arc<crate::lists::cluster::ClusterState>>,
+    /// /metrics, /livez and /readyz.
+    pub observed: Arc<super::health::Observed>,
 }
 
 /// Binds the socket, refusing to steal it from a live daemon unless
@@ -96,7 +98,7 @@ pub async fn serve(
                 .serve_connection(TokioIo::new(stream), service)
                 .await
             {
-                tracing::debug!(%error, "admin connection error");
+                tracing::debug!(error = %crate::error_text::Chain(&error), "admin connection error");
             }
         });
     }
@@ -115,18 +117,11 @@ async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
         "allowlist" => Some(ListKind::Allow),
         _ => None,
     };
+    if let Some(response) = state.observed.answer(req.method(), &path) {
+        return response;
+    }
     match (req.method().clone(), path.as_str(), list) {
         (Method::GET, "/status", _) => json(StatusCode::OK, &status(state)),
-        (Method::GET, "/metrics", _) => {
-            let counters = state
-                .lists
-                .xdp_status()
-                .and_then(Result::ok)
-                .map(|s| s.counters);
-            let mut text = state.metrics.render(counters.as_ref());
-            super::upstreams::add_metrics(&state.reloader.upstreams(), &mut text);
-            respond(StatusCode::OK, "text/plain; version=0.0.4", text)
-        }
         (Method::POST, "/reload", _) => match state.reloader.reload().await {
             Ok(report) => json(StatusCode::OK, &report),
             Err(message) => error(StatusCode::BAD_REQUEST, &message),
@@ -160,8 +155,7 @@ async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
         (Method::DELETE, _, Some(kind)) if !rest.is_empty() => remove(state, kind, rest),
         (
             _,
-            "/status" | "/metrics" | "/reload" | "/takeover" | "/oauth2/refresh-tokens"
-            | "/upstreams" | "/bans",
+            "/status" | "/reload" | "/takeover" | "/oauth2/refresh-tokens" | "/upstreams" | "/bans",
             _,
         )
         | (_, _, Some(_)) => error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),

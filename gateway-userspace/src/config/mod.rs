@@ -13,6 +13,7 @@ mod oauth2_server;
 mod policy;
 mod rate_limit;
 mod resolver;
+mod respond;
 mod route;
 mod shutdown;
 mod target_address;
@@ -35,6 +36,7 @@ pub use self::{
     policy::*,
     rate_limit::*,
     resolver::Resolver,
+    respond::Respond,
     route::{anchored, HeaderMatch, Route, RouteMatch},
     shutdown::Shutdown,
     target_address::TargetAddress,

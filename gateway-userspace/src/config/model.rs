@@ -184,22 +184,22 @@ pub enum UnderscoreHeaders {
     Allow,
 }
 
-/// One line per request, also for rejected ones.
+/// One line per request, also for rejected ones, written by a thread of its
+/// own (not through the daemon's log: `RUST_LOG` does not touch it).
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AccessLog {
     #[serde(default)]
     pub format: AccessLogFormat,
-    /// File to append to; absent: standard output (json) or the log (text).
-    /// `text` to a file is written as `key=value` lines.
+    /// File to append to; absent: standard output.
     #[serde(default)]
     pub path: Option<PathBuf>,
-    /// Lines held in memory before they are written, in bytes; absent:
-    /// each line is written as it is made. Only for lines xgate writes
-    /// itself (`json`, or any format with a `path`).
+    /// Lines held in memory before the writer thread writes them, in bytes;
+    /// absent: [`AccessLog::DEFAULT_BUFFER_BYTES`]; 0: each line is written
+    /// by the worker that made it, as it is made.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub buffer_bytes: Option<usize>,
-    /// With `buffer_bytes`: the longest a line waits in the buffer.
+    /// The longest a line waits in the buffer.
     #[serde(
         default,
         with = "crate::duration::serde_opt",
@@ -209,43 +209,36 @@ pub struct AccessLog {
 }
 
 impl AccessLog {
-    /// Smallest and largest `buffer_bytes`.
+    /// Smallest and largest `buffer_bytes` (besides 0).
     pub const BUFFER_BYTES: std::ops::RangeInclusive<usize> = 4096..=16 * 1024 * 1024;
     /// Shortest and longest `flush_interval`.
     pub const FLUSH_INTERVAL: std::ops::RangeInclusive<Duration> =
         Duration::from_millis(10)..=Duration::from_secs(60);
-    /// `flush_interval` when `buffer_bytes` is set without it.
+    /// 64 KiB: about 200 lines, a write every few hundred requests at full
+    /// load instead of one per request.
+    pub const DEFAULT_BUFFER_BYTES: usize = 64 * 1024;
+    /// Lines reach the file within a second, as `tail -f` users expect.
     pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 
-    /// Whether lines are JSON lines of xgate's own writing (not events on
-    /// the daemon's log).
-    pub fn writes_lines(&self) -> bool {
-        match self.format {
-            AccessLogFormat::Off => false,
-            AccessLogFormat::Json => true,
-            AccessLogFormat::Text => self.path.is_some(),
-        }
+    pub fn buffer_bytes(&self) -> usize {
+        self.buffer_bytes.unwrap_or(Self::DEFAULT_BUFFER_BYTES)
+    }
+
+    pub fn flush_interval(&self) -> Duration {
+        self.flush_interval.unwrap_or(Self::DEFAULT_FLUSH_INTERVAL)
     }
 
     pub(super) fn validate(&self, errors: &mut super::validate::Errors) {
-        if let Some(bytes) = self.buffer_bytes {
+        if let Some(bytes) = self.buffer_bytes.filter(|b| *b != 0) {
             let range = Self::BUFFER_BYTES;
             if !range.contains(&bytes) {
                 errors.push(
                     "access_log.buffer_bytes",
                     format!(
-                        "{bytes} is out of range: {} to {} (omit it to write each line as it is made)",
+                        "{bytes} is out of range: {} to {} (or 0 to write each line as it is made)",
                         range.start(),
                         range.end()
                     ),
-                );
-            }
-            if !self.writes_lines() {
-                errors.push(
-                    "access_log.buffer_bytes",
-                    "only JSON lines are buffered: with format text and no path the lines are \
-                     events on the daemon's log, which writes each one itself (set format: json, \
-                     or a path)",
                 );
             }
         }
@@ -262,10 +255,10 @@ impl AccessLog {
                     ),
                 );
             }
-            if self.buffer_bytes.is_none() {
+            if self.buffer_bytes == Some(0) {
                 errors.push(
                     "access_log.flush_interval",
-                    "needs access_log.buffer_bytes: without a buffer every line is written at once",
+                    "has no effect with buffer_bytes: 0 (every line is written at once)",
                 );
             }
         }
@@ -275,10 +268,10 @@ impl AccessLog {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AccessLogFormat {
-    /// A `tracing` event on the daemon's log.
+    /// logfmt: `key=value` pairs in a fixed order.
     #[default]
     Text,
-    /// One JSON object per line.
+    /// One JSON object per line, the same fields.
     Json,
     /// No access log.
     Off,
@@ -290,12 +283,18 @@ pub struct Admin {
     /// Unix socket of the admin API (mode 0600).
     #[serde(default = "default_admin_socket")]
     pub socket: PathBuf,
+    /// A TCP address serving only `GET /metrics`, `/livez` and `/readyz`
+    /// (read-only, no token), for Prometheus and load balancer or
+    /// orchestrator probes. Absent: those are on the admin socket only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_address: Option<std::net::SocketAddr>,
 }
 
 impl Default for Admin {
     fn default() -> Self {
         Self {
             socket: default_admin_socket(),
+            metrics_address: None,
         }
     }
 }

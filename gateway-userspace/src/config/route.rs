@@ -16,8 +16,12 @@ pub struct Route {
     pub name: Option<String>,
     #[serde(rename = "match")]
     pub matcher: RouteMatch,
-    /// Name of an entry in `upstreams`.
-    pub upstream: String,
+    /// Name of an entry in `upstreams` (or `respond`).
+    #[serde(default)]
+    pub upstream: Option<String>,
+    /// Answer with a fixed status and body instead of going upstream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub respond: Option<super::Respond>,
     /// Remove the matched prefix before forwarding (`/api/users` with prefix
     /// `/api` goes upstream as `/users`). Only with `path_prefix`.
     #[serde(default)]
@@ -241,7 +245,11 @@ pub(super) fn validate(
                 ),
             );
         }
-        if !upstreams.contains_key(&route.upstream) {
+        super::respond::validate(route, &base, errors);
+        let Some(upstream) = &route.upstream else {
+            continue;
+        };
+        if !upstreams.contains_key(upstream) {
             let known: Vec<&str> = upstreams.keys().map(String::as_str).collect();
             let known = if known.is_empty() {
                 "none".to_string()
@@ -250,7 +258,7 @@ pub(super) fn validate(
             };
             errors.push(
                 format!("{base}.upstream"),
-                format!("unknown upstream '{}' (defined: {known})", route.upstream),
+                format!("unknown upstream '{upstream}' (defined: {known})"),
             );
         }
     }

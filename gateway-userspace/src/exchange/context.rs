@@ -30,6 +30,10 @@ pub struct RequestContext {
     pub upstream_target: Option<SocketAddr>,
     /// Time the upstream took to send response headers (last attempt).
     pub upstream_duration: Option<Duration>,
+    /// The status the (last) upstream attempt answered with.
+    pub upstream_status: Option<u16>,
+    /// Attempts after the first.
+    pub retries: u32,
     /// Who the request is from, when an authentication policy found out.
     pub identity: Option<crate::policy::Identity>,
     /// What each policy decided, in order (`"blocklist:deny"`, ...).
@@ -52,6 +56,8 @@ impl RequestContext {
             route: None,
             upstream_target: None,
             upstream_duration: None,
+            upstream_status: None,
+            retries: 0,
             identity: None,
             verdicts: Vec::new(),
             rejection: None,
@@ -94,6 +100,9 @@ pub struct ConnInfo {
     /// The certificate the client presented and the handshake verified
     /// (listeners with `tls.client_auth`).
     pub client_cert: Option<Arc<ClientCertificate>>,
+    /// The TLS version the handshake agreed (`TLSv1.3`); none on plain
+    /// connections.
+    pub tls_version: Option<&'static str>,
 }
 
 impl ConnInfo {
@@ -110,12 +119,19 @@ impl ConnInfo {
             timer,
             listener: Arc::from(""),
             client_cert: None,
+            tls_version: None,
         }
     }
 
     /// Notes the listener the connection came in on.
     pub fn on_listener(mut self, listener: Arc<str>) -> Self {
         self.listener = listener;
+        self
+    }
+
+    /// Notes the TLS version the handshake agreed.
+    pub fn with_tls_version(mut self, tls_version: Option<&'static str>) -> Self {
+        self.tls_version = tls_version;
         self
     }
 

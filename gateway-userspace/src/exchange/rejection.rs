@@ -191,9 +191,6 @@ impl Rejection {
 
     pub fn into_response(self) -> Response<Body> {
         let status = self.status();
-        if status.is_server_error() {
-            tracing::warn!(error = %self, detail = ?self.source(), "request failed");
-        }
         let public_message = self.public_message();
         match self {
             Rejection::Unauthenticated { challenge, .. } => {

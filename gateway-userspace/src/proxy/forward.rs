@@ -7,7 +7,10 @@ use http::{Method, Request, Response, Version};
 use http_body_util::BodyExt;
 use hyper::body::Body as HttpBody;
 
-use super::{headers, limits, normalize, Body, BoxError, Rejection, RequestContext, Runtime};
+use super::{
+    headers, limits, normalize, router::Destination, Body, BoxError, Rejection, RequestContext,
+    Runtime,
+};
 
 pub(super) async fn forward<B>(
     rt: &Runtime,
@@ -87,6 +90,19 @@ where
         };
         ctx.identity = chain.run(&mut parts, input).await?;
     }
+    let upstream = match &route.destination {
+        Destination::Upstream(upstream) => upstream,
+        Destination::Respond(fixed) => {
+            let mut response = fixed.response();
+            if !route.policies.empty {
+                route
+                    .policies
+                    .chain(&ctx.conn.listener)
+                    .on_response(response.headers_mut());
+            }
+            return Ok(response);
+        }
+    };
     let body = limits::limit_body(
         &parts,
         body,
@@ -106,7 +122,7 @@ where
             .fields(&mut parts.headers, peer_trusted, &ctx.request_id);
 
     let request = Request::from_parts(parts, body);
-    let mut response = match route.upstream.dispatch(request, &forward_fields, ctx).await {
+    let mut response = match upstream.dispatch(request, &forward_fields, ctx).await {
         Ok(response) => response,
         Err(rejection) if rejection.caused_by::<limits::BodyTooLarge>() => {
             return Err(Rejection::PayloadTooLarge)

@@ -4,12 +4,14 @@
 mod access_log;
 mod conn_io;
 mod drain;
+mod finish;
 mod forward;
 pub mod http1;
 mod limits;
 mod local;
 mod normalize;
 mod proxy_protocol;
+mod respond;
 mod router;
 pub mod server;
 pub mod tls;
@@ -17,11 +19,12 @@ mod upgrade;
 
 use std::{
     collections::HashMap,
-    sync::{Arc, RwLock},
+    sync::{atomic::AtomicU64, Arc, RwLock},
 };
 
 use bytes::Bytes;
 use http::{Request, Response};
+use http_body_util::BodyExt;
 use hyper::body::Body as HttpBody;
 use ipnet::IpNet;
 
@@ -145,6 +148,11 @@ impl Runtime {
     pub fn flush_access_log(&self) {
         self.access_log.flush();
     }
+
+    /// Opens the access log file again by its path (log rotation).
+    pub fn reopen_access_log(&self) {
+        self.access_log.reopen();
+    }
 }
 
 /// One [`Upstream`] per configured upstream, by name: the one in `previous`
@@ -203,20 +211,35 @@ impl RuntimeHandle {
 }
 
 /// Handles one request end to end; never fails (errors become responses) and
-/// always writes the access log line.
+/// always writes the access log line, once the response is done (see
+/// `finish`).
 pub async fn handle<B>(rt: Arc<Runtime>, req: Request<B>, conn: Arc<ConnInfo>) -> Response<Body>
 where
-    B: HttpBody<Data = Bytes> + Send + Sync + 'static,
+    B: HttpBody<Data = Bytes> + Send + Sync + Unpin + 'static,
     B::Error: Into<BoxError>,
 {
     let mut ctx = RequestContext::new(conn);
     let method = req.method().clone();
-    // Only the access log needs the path after the request has gone on
-    // (the normalized one, when normalizing changed it).
-    let path = rt.access_log.enabled().then(|| req.uri().path().to_owned());
+    let request = rt
+        .access_log
+        .enabled()
+        .then(|| finish::RequestFacts::of(&req));
+    let received = Arc::new(AtomicU64::new(0));
+    let req = req.map(|body| access_log::CountedBody::new(body, received.clone()));
     let mut response = match forward::forward(&rt, req, &mut ctx).await {
         Ok(response) => response,
         Err(rejection) => {
+            if rejection.status().is_server_error() {
+                tracing::warn!(
+                    request_id = %ctx.request_id(),
+                    route = %ctx.route_name(),
+                    upstream.target = %ctx
+                        .upstream_target
+                        .map_or_else(|| "-".to_string(), |t| t.to_string()),
+                    error = %crate::error_text::Chain(&rejection),
+                    "request failed"
+                );
+            }
             ctx.rejection = Some(rejection.kind());
             rejection.into_response()
         }
@@ -231,17 +254,22 @@ where
             .headers_mut()
             .insert(headers::X_REQUEST_ID, ctx.request_id.clone());
     }
-    let elapsed = ctx.started.elapsed();
     let status = response.status().as_u16();
-    ctx.route
-        .as_ref()
-        .unwrap_or(&rt.no_route)
-        .record(&method, status, elapsed, ctx.consumer());
-    if let Some(path) = path {
-        let path = ctx.normalized_path.as_deref().unwrap_or(&path);
-        rt.access_log.write(&ctx, &method, path, status, elapsed);
-    }
-    response
+    ctx.route.as_ref().unwrap_or(&rt.no_route).record(
+        &method,
+        status,
+        ctx.started.elapsed(),
+        ctx.consumer(),
+    );
+    let exchange = Box::new(finish::Exchange {
+        rt,
+        ctx,
+        method,
+        request,
+        received,
+        status,
+    });
+    response.map(|body| BodyExt::boxed(access_log::LoggedBody::new(body, exchange)))
 }
 
 #[cfg(test)]

@@ -29,7 +29,7 @@ pub struct Route {
     /// The route's name and metric handles, also kept by each request's
     /// context.
     pub metrics: Arc<RouteMetrics>,
-    pub upstream: Arc<Upstream>,
+    pub destination: Destination,
     pub max_body_bytes: Option<u64>,
     /// What the route asks of a request before it goes upstream.
     pub policies: RoutePolicies,
@@ -39,6 +39,13 @@ pub struct Route {
     methods: Vec<Method>,
     headers: Vec<HeaderCondition>,
     rewrite: Rewrite,
+}
+
+/// Where a route's requests go.
+pub enum Destination {
+    Upstream(Arc<Upstream>),
+    /// `respond`: the gateway answers itself.
+    Respond(super::respond::Fixed),
 }
 
 enum HostPattern {
@@ -102,7 +109,16 @@ impl Router {
             .routes
             .iter()
             .enumerate()
-            .map(|(i, r)| compile(i, r, upstreams[&r.upstream].clone(), policies, metrics))
+            .map(|(i, r)| {
+                let destination = match (&r.upstream, &r.respond) {
+                    (Some(name), _) => Destination::Upstream(upstreams[name].clone()),
+                    (None, Some(respond)) => {
+                        Destination::Respond(super::respond::Fixed::new(respond))
+                    }
+                    (None, None) => unreachable!("validated: an upstream or respond"),
+                };
+                compile(i, r, destination, policies, metrics)
+            })
             .collect::<Result<_, String>>()?;
         let mut exact = PathIndex::default();
         let mut by_len: HashMap<usize, PathIndex> = HashMap::new();
@@ -316,7 +332,7 @@ impl Route {
 fn compile(
     index: usize,
     route: &config::Route,
-    upstream: Arc<Upstream>,
+    destination: Destination,
     policies: &PolicySet,
     metrics: &Metrics,
 ) -> Result<Route, String> {
@@ -342,7 +358,7 @@ fn compile(
     Ok(Route {
         policies: policies.for_route(index, route, &name, metrics)?,
         metrics: Arc::new(metrics.route(&name)),
-        upstream,
+        destination,
         max_body_bytes: route.max_body_bytes,
         index,
         hosts: m

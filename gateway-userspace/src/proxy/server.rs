@@ -170,7 +170,10 @@ pub async fn serve(
         };
         if let Some(rule) = lists.denies(peer.ip()) {
             metrics.l7_denied_connection();
-            tracing::debug!(client.ip = %peer.ip(), %rule, "connection refused by blocklist");
+            runtime
+                .load()
+                .access_log
+                .write_refused_connection(peer.ip(), &name, rule);
             drop(stream);
             continue;
         }
@@ -245,6 +248,8 @@ struct Established {
     h2: bool,
     /// The client's certificate, verified by the handshake.
     client_cert: Option<Arc<ClientCertificate>>,
+    /// The TLS version agreed, for the access log.
+    tls_version: Option<&'static str>,
 }
 
 struct Connection {
@@ -281,6 +286,14 @@ impl Connection {
         let established = match established {
             Ok(established) => established,
             Err(refused) => {
+                if let Refused::Blocked { client, rule } = &refused {
+                    // The PROXY header named a blocked client.
+                    self.runtime.load().access_log.write_refused_connection(
+                        *client,
+                        &self.listener,
+                        *rule,
+                    );
+                }
                 if matches!(
                     refused,
                     Refused::ProxyHeader(_) | Refused::ClientCertificate(_)
@@ -301,6 +314,7 @@ impl Connection {
             scheme,
             h2,
             client_cert,
+            tls_version,
         } = established;
 
         // With HTTP/2 on, the first bytes say which protocol follows; they are
@@ -333,6 +347,7 @@ impl Connection {
                 let conn_info = Arc::new(
                     ConnInfo::new(peer, client, scheme, Some(timer.clone()))
                         .on_listener(self.listener.clone())
+                        .with_tls_version(tls_version)
                         .with_client_cert(client_cert),
                 );
                 let scope = self.scope.clone();
@@ -380,6 +395,7 @@ impl Connection {
                 let conn_info = Arc::new(
                     ConnInfo::new(peer, client, scheme, None)
                         .on_listener(self.listener.clone())
+                        .with_tls_version(tls_version)
                         .with_client_cert(client_cert),
                 );
                 let service = service_fn(move |mut req: Request<Incoming>| {
@@ -401,7 +417,11 @@ impl Connection {
             Sniffed::Nothing => return,
         };
         if let Err(error) = result {
-            tracing::debug!(client.ip = %client_ip, %error, "connection ended with an error");
+            tracing::debug!(
+                client.ip = %client_ip,
+                error = %crate::error_text::Chain(&*error),
+                "connection ended with an error"
+            );
         }
     }
 
@@ -450,11 +470,13 @@ impl Connection {
                 scheme: "http",
                 h2: self.settings.http2,
                 client_cert: None,
+                tls_version: None,
             }),
             Some(acceptor) => {
                 let tls = acceptor.accept(io).await.map_err(Refused::Tls)?;
                 let session = tls.get_ref().1;
                 let h2 = session.alpn_protocol() == Some(tls::ALPN_H2);
+                let tls_version = session.protocol_version().map(tls::version_name);
                 // Present only when the listener asked and the verifier
                 // accepted it; read once for every request to come.
                 let client_cert = session
@@ -469,6 +491,7 @@ impl Connection {
                     scheme: "https",
                     h2,
                     client_cert,
+                    tls_version,
                 })
             }
         }

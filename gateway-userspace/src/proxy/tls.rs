@@ -20,6 +20,18 @@ use crate::{
     tls::{client_verifier, load_certificate, provider, LoadedCertificate},
 };
 
+/// The name of a TLS version as OpenSSL and nginx's `$ssl_protocol` write
+/// it (`TLSv1.3`), for the access log.
+pub fn version_name(version: rustls::ProtocolVersion) -> &'static str {
+    match version {
+        rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3",
+        rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2",
+        rustls::ProtocolVersion::TLSv1_1 => "TLSv1.1",
+        rustls::ProtocolVersion::TLSv1_0 => "TLSv1.0",
+        _ => "other",
+    }
+}
+
 /// Builds the TLS configuration of listener `index` from its files. `Ok(None)`
 /// when the listener has no `tls`. Errors carry the config path.
 pub fn server_config(

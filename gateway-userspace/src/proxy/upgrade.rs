@@ -80,7 +80,10 @@ impl UpgradeRequest {
             .cloned()
             .unwrap_or_else(|| self.protocol.clone());
         let Some(upstream) = response.extensions_mut().remove::<Upgraded>() else {
-            tracing::warn!(upstream.target = ?ctx.upstream_target, "101 from a client that cannot switch protocols");
+            tracing::warn!(
+                upstream.target = %ctx.upstream_target.map_or_else(|| "-".to_string(), |t| t.to_string()),
+                "101 from a client that cannot switch protocols"
+            );
             return None;
         };
         tokio::spawn(tunnel(

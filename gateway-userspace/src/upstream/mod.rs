@@ -345,6 +345,7 @@ impl Upstream {
                         Ok(())
                     };
                     self.health.report(health, outcome, now);
+                    ctx.upstream_status = Some(status.as_u16());
                     let retry = may_retry_status
                         && self.retry.retries_status(status)
                         && retries_left
@@ -361,7 +362,9 @@ impl Upstream {
                         status = status.as_u16(),
                         "upstream answered with a retried status; retrying"
                     );
+                    set.metrics[index].retried();
                     retries += 1;
+                    ctx.retries = retries;
                     continue;
                 }
                 Some(Err(failed)) => {
@@ -390,7 +393,7 @@ impl Upstream {
                     upstream = %self.name,
                     upstream.target = %target.addr,
                     client.ip = %ctx.client_ip,
-                    %error,
+                    error = %crate::error_text::Chain(&*error),
                     attempt = %failure,
                     "request body failed on the client's side"
                 );
@@ -405,6 +408,7 @@ impl Upstream {
             // A failure counts as slow as the slowest answer accepted, so
             // p2c_ewma steers away from a target that fails fast.
             balancer.observe(index, elapsed.max(self.timeout), now);
+            set.metrics[index].failed(failure.kind());
             let never_sent = matches!(failure, Rejection::UpstreamConnect { .. });
             if never_sent {
                 // A name's address may have gone away: look again.
@@ -421,7 +425,9 @@ impl Upstream {
                 error = %failure,
                 "upstream attempt failed before sending; retrying"
             );
+            set.metrics[index].retried();
             retries += 1;
+            ctx.retries = retries;
         }
     }
 

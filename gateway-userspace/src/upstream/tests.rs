@@ -123,6 +123,25 @@ async fn a_refused_connection_is_retried_on_another_target_with_its_body() {
         )),
         "no headers from the dead target, no sample (the series exists from the start): {text}"
     );
+    // Each refusal by the dead target was counted, and retried.
+    let value = |series: String| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&series))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in {text}"))
+    };
+    let refused = value(format!(
+        "xgate_upstream_errors_total{{upstream=\"u\",target=\"{dead}\",kind=\"upstream_unavailable\"}}"
+    ));
+    assert!(refused > 0, "{text}");
+    let retried = value(format!(
+        "xgate_upstream_retries_total{{upstream=\"u\",target=\"{dead}\"}}"
+    ));
+    assert_eq!(retried, refused, "{text}");
+    assert!(
+        !text.contains("xgate_upstream_target_healthy{"),
+        "health series are the admin's, made from the upstreams: {text}"
+    );
 }
 
 #[tokio::test]
