@@ -1,6 +1,7 @@
 //! Config: `load → validate` here; `compile` into the runtime happens in the
 //! modules that own each part (proxy router, upstream pools, XDP rules).
 
+mod access;
 mod listener;
 mod model;
 mod oauth2_server;
@@ -13,6 +14,7 @@ mod xdp;
 use std::{fmt, path::Path};
 
 pub use self::{
+    access::*,
     listener::{ClientAuth, ClientAuthMode, Listener},
     model::*,
     oauth2_server::OAuth2Server,

@@ -5,7 +5,7 @@ use std::collections::{hash_map::Entry, BTreeMap, HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
-use super::Errors;
+use super::{BotDetection, Errors, IpRestriction};
 
 /// A caller known to the gateway. Its identity goes upstream as
 /// `X-Consumer-*` headers once a policy has authenticated it.
@@ -182,6 +182,8 @@ pub enum Policy {
     Oidc(Box<Oidc>),
     Mtls(Mtls),
     Acl(Acl),
+    IpRestriction(IpRestriction),
+    BotDetection(Box<BotDetection>),
 }
 
 impl Policy {
@@ -192,6 +194,8 @@ impl Policy {
             Policy::Oidc(_) => "oidc",
             Policy::Mtls(_) => "mtls",
             Policy::Acl(_) => "acl",
+            Policy::IpRestriction(_) => "ip-restriction",
+            Policy::BotDetection(_) => "bot-detection",
         }
     }
 
@@ -203,6 +207,7 @@ impl Policy {
                 Phase::Authentication
             }
             Policy::Acl(_) => Phase::Authorization,
+            Policy::IpRestriction(_) | Policy::BotDetection(_) => Phase::Access,
         }
     }
 
@@ -212,7 +217,7 @@ impl Policy {
             Policy::Jwt(p) => p.anonymous.as_deref(),
             Policy::Oidc(p) => p.anonymous.as_deref(),
             Policy::Mtls(p) => p.anonymous.as_deref(),
-            Policy::Acl(_) => None,
+            Policy::Acl(_) | Policy::IpRestriction(_) | Policy::BotDetection(_) => None,
         }
     }
 }
@@ -763,6 +768,8 @@ pub(super) fn validate_policies(
                 }
             }
             Policy::Acl(p) => validate_acl(p, &ppath, consumers, errors),
+            Policy::IpRestriction(p) => super::access::validate_ip_restriction(p, &ppath, errors),
+            Policy::BotDetection(p) => super::access::validate_bot_detection(p, &ppath, errors),
         }
     }
 }

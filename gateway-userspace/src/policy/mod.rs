@@ -11,6 +11,9 @@
 //! refused request does not spend a rate limit).
 //!
 //! - `acl`: which consumer groups may use a route
+//! - `ip_restriction`: which client addresses may use a route
+//! - `bot_detection`: which User-Agents may use a route, with
+//!   `bot_signatures` (the built-in list) and `lru` (its decision cache)
 //! - `consumers`: the callers the config knows, and the identity headers
 //! - `key_auth`: API keys in a header or the query
 //! - `jwt`: JSON Web Tokens, keys from consumers or a JWKS document
@@ -22,12 +25,16 @@
 //! - `fetch`: the small HTTP(S) client policies use for their documents
 
 mod acl;
+pub mod bot_detection;
+mod bot_signatures;
 pub mod consumers;
 mod discovery;
 mod fetch;
+mod ip_restriction;
 mod jwks;
 pub mod jwt;
 mod key_auth;
+mod lru;
 mod mtls;
 mod oidc;
 
@@ -245,6 +252,12 @@ impl PolicyList {
                         c.anonymous.as_deref(),
                     )?,
                     config::Policy::Acl(c) => StepPolicy::Guard(Box::new(acl::Acl::new(c))),
+                    config::Policy::IpRestriction(c) => {
+                        StepPolicy::Guard(Box::new(ip_restriction::IpRestriction::new(c)?))
+                    }
+                    config::Policy::BotDetection(c) => {
+                        StepPolicy::Guard(Box::new(bot_detection::BotDetection::new(c)?))
+                    }
                 };
                 Ok(Step::new(p.kind(), p.phase(), policy))
             })
