@@ -6,18 +6,23 @@
 //! bench/peers/envoy-policies.yaml (one listener per case).
 //!
 //! xgate's cases are configured in bench/peers/xgate-policies.yaml; it has
-//! one more: the JWT with its verified-token cache on (`jwt_cached`). Rate
-//! limiting comes with the traffic policies: until then xgate's
-//! `rate_limit` and `all` rows say so.
+//! three more: the JWT with its verified-token cache on (`jwt_cached`),
+//! ip-restriction with a 10,000-prefix deny list (`ip_restriction`) and
+//! bot detection with the built-in list (`bot_detection`; the agent is a
+//! browser's, matched once, then from the decision cache). Rate limiting
+//! comes with the traffic policies: until then xgate's `rate_limit` and
+//! `all` rows say so.
 //!
 //! Every case gets the same request (HTTP/1.1 keep-alive, wrk, 64-byte
 //! response) carrying both credentials (`x-api-key` and `Authorization:
-//! Bearer`), so that the plain case differs from the others only by the
-//! policy. Each peer's policies are checked before any load: a request
-//! without (or with a tampered) credential must be refused, the real one let
-//! through. The targets (on xgate): key-auth and the cached JWT at most 15%
-//! below plain proxying in req/s; the JWT verified on every request at
-//! least 1.2x HAProxy's `jwt_verify` req/s.
+//! Bearer`) and a browser's `User-Agent`, so that the plain case differs
+//! from the others only by the policy. Each peer's policies are checked
+//! before any load: a request without (or with a tampered) credential, from
+//! a denied address or with a scanner's agent must be refused, the real one
+//! let through. The targets (on xgate): key-auth, the cached JWT,
+//! ip-restriction and bot detection at most 15% below plain proxying in
+//! req/s; the JWT verified on every request at least 1.2x HAProxy's
+//! `jwt_verify` req/s.
 
 use std::{io::Read, net::SocketAddr, path::Path};
 
@@ -47,6 +52,12 @@ const RATE_LIMIT: u64 = 10_000_000;
 /// API keys configured (one consumer each); the benchmark uses one of them.
 const API_KEYS: usize = 100;
 const CONSUMER: usize = 42;
+/// Prefixes in the ip-restriction case's deny list (none holds the
+/// benchmark's client but one: 127.0.0.2, for the check before the load).
+const IP_DENY_PREFIXES: usize = 10_000;
+/// The agent every request carries: an ordinary browser's, so that bot
+/// detection matches it against its whole list (then its cache).
+const USER_AGENT: &str = "Mozilla/5.0 (X11; Linux x86_64; rv:125.0) Gecko/20100101 Firefox/125.0";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Policy {
@@ -56,16 +67,20 @@ enum Policy {
     JwtCached,
     RateLimit,
     All,
+    IpRestriction,
+    BotDetection,
 }
 
 impl Policy {
-    const ALL: [Policy; 6] = [
+    const ALL: [Policy; 8] = [
         Policy::Plain,
         Policy::KeyAuth,
         Policy::Jwt,
         Policy::JwtCached,
         Policy::RateLimit,
         Policy::All,
+        Policy::IpRestriction,
+        Policy::BotDetection,
     ];
 
     /// The cases a proxy is configured for.
@@ -76,6 +91,8 @@ impl Policy {
                 Policy::KeyAuth,
                 Policy::Jwt,
                 Policy::JwtCached,
+                Policy::IpRestriction,
+                Policy::BotDetection,
             ],
             _ => &[
                 Policy::Plain,
@@ -94,6 +111,9 @@ impl Policy {
                 "rate limiting comes with xgate's traffic policies"
             }
             (_, Policy::JwtCached) => "no verified-token cache (verifies every request)",
+            (_, Policy::IpRestriction | Policy::BotDetection) => {
+                "xgate's own case: judged against xgate's plain proxying"
+            }
             _ => "no listener for this case",
         }
     }
@@ -103,7 +123,12 @@ impl Policy {
     fn judged_by_overhead(self) -> bool {
         matches!(
             self,
-            Policy::KeyAuth | Policy::JwtCached | Policy::RateLimit | Policy::All
+            Policy::KeyAuth
+                | Policy::JwtCached
+                | Policy::RateLimit
+                | Policy::All
+                | Policy::IpRestriction
+                | Policy::BotDetection
         )
     }
 
@@ -115,6 +140,8 @@ impl Policy {
             Policy::JwtCached => "jwt_cached",
             Policy::RateLimit => "rate_limit",
             Policy::All => "all",
+            Policy::IpRestriction => "ip_restriction",
+            Policy::BotDetection => "bot_detection",
         }
     }
 
@@ -126,6 +153,8 @@ impl Policy {
             Policy::JwtCached => "RS256 JWT, verified-token cache on",
             Policy::RateLimit => "local rate limit (not triggered)",
             Policy::All => "key-auth + JWT + rate limit",
+            Policy::IpRestriction => "ip-restriction (10,000 deny prefixes)",
+            Policy::BotDetection => "bot detection with the built-in list",
         }
     }
 
@@ -138,7 +167,18 @@ impl Policy {
             Policy::JwtCached => "JWT_CACHED_PORT",
             Policy::RateLimit => "RATE_LIMIT_PORT",
             Policy::All => "ALL_PORT",
+            Policy::IpRestriction => "IP_RESTRICTION_PORT",
+            Policy::BotDetection => "BOT_DETECTION_PORT",
         }
+    }
+
+    /// Whether only xgate's template has this case.
+    #[cfg(test)]
+    fn xgate_only(self) -> bool {
+        matches!(
+            self,
+            Policy::JwtCached | Policy::IpRestriction | Policy::BotDetection
+        )
     }
 }
 
@@ -155,6 +195,7 @@ pub fn template_variable_names() -> Vec<&'static str> {
         "JWT_AUDIENCE",
         "RATE_LIMIT",
         "XGATE_CONSUMERS",
+        "IP_DENY_LIST",
     ]);
     names
 }
@@ -201,6 +242,7 @@ impl Credentials {
         vec![
             format!("x-api-key: {}", self.api_key()),
             format!("Authorization: Bearer {}", self.token),
+            format!("User-Agent: {USER_AGENT}"),
         ]
     }
 
@@ -304,6 +346,7 @@ fn start_peer(
         ("JWT_AUDIENCE", keys::AUDIENCE.to_string()),
         ("RATE_LIMIT", RATE_LIMIT.to_string()),
         ("XGATE_CONSUMERS", creds.xgate_consumers()),
+        ("IP_DENY_LIST", ip_deny_list()),
     ]);
     let instance = match peers::start(
         kind,
@@ -336,8 +379,39 @@ fn start_peer(
     peer
 }
 
+/// The ip-restriction case's deny list as a YAML flow list: /24s in
+/// 10.0.0.0/8 and 127.0.0.2, the address the check before the load is
+/// refused from.
+fn ip_deny_list() -> String {
+    let mut entries: Vec<String> = (0..IP_DENY_PREFIXES - 1)
+        .map(|i| format!("'10.{}.{}.0/24'", i >> 8, i & 0xff))
+        .collect();
+    entries.push("'127.0.0.2'".into());
+    format!("[{}]", entries.join(", "))
+}
+
+/// A GET from `source` (a loopback address of the caller's choosing).
+fn status_from(source: &str, addr: SocketAddr, headers: &[String]) -> Result<u16> {
+    let mut request = format!(
+        "GET {} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n",
+        upstream::SMALL_PATH
+    );
+    for h in headers {
+        request.push_str(h);
+        request.push_str("\r\n");
+    }
+    request.push_str("\r\n");
+    let source = SocketAddr::new(source.parse()?, 0);
+    let response = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(xgate_tests::http::send(addr, Some(source), &request))?;
+    Ok(response.status)
+}
+
 /// The real credentials get 200 and the body; a request missing (or with a
-/// tampered) credential the policy checks gets 401 or 403.
+/// tampered) credential the policy checks gets 401 or 403, as does one
+/// the access policies refuse.
 fn check_policy(policy: Policy, port: u16, creds: &Credentials) -> Result<()> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let good = creds.headers();
@@ -352,6 +426,18 @@ fn check_policy(policy: Policy, port: u16, creds: &Credentials) -> Result<()> {
     let key = good[0].clone();
     let bearer = good[1].clone();
     let mut refused: Vec<(&str, Vec<String>)> = Vec::new();
+    if policy == Policy::IpRestriction {
+        let status = status_from("127.0.0.2", addr, &good)?;
+        if status != 403 {
+            bail!("a request from a denied address got {status}, expected 403");
+        }
+    }
+    if policy == Policy::BotDetection {
+        refused.push((
+            "a scanner's User-Agent",
+            vec![key.clone(), bearer.clone(), "User-Agent: sqlmap/1.7.2".into()],
+        ));
+    }
     if matches!(policy, Policy::KeyAuth | Policy::All) {
         refused.push(("no x-api-key", vec![bearer.clone()]));
         refused.push((
@@ -521,8 +607,8 @@ fn build_report(
         "Run {started} on {} cores ({}), kernel `{}`. What key-auth, an RS256 JWT and a local \
          rate limit cost on top of plain proxying, each proxy against its own plain case. Same \
          upstream and load as the `proxy` scenario's HTTP/1.1 64-byte case ({}, {} threads, {} \
-         keep-alive connections; {}; medians). Every request of every case carries the same `x-api-key` and \
-         `Authorization: Bearer` headers, so the cases differ only by the policy.\n\n",
+         keep-alive connections; {}; medians). Every request of every case carries the same `x-api-key`, \
+         `Authorization: Bearer` and (a browser's) `User-Agent` headers, so the cases differ only by the policy.\n\n",
         machine["cores"],
         machine["cpu"].as_str().unwrap_or("?"),
         machine["kernel"].as_str().unwrap_or("?"),
@@ -534,8 +620,8 @@ fn build_report(
     let verdict = overhead_verdict(cases);
     let jwt_verdict = jwt_verdict(cases);
     md.push_str(&format!(
-        "**Target (xgate: key-auth and the cached JWT at most {:.0}% below xgate's plain \
-         proxying in req/s): {verdict}.**\n\n\
+        "**Target (xgate: key-auth, the cached JWT, ip-restriction and bot detection at most \
+         {:.0}% below xgate's plain proxying in req/s): {verdict}.**\n\n\
          **Target (xgate: the JWT verified on every request at least {TARGET_JWT_VS_HAPROXY}x \
          HAProxy's `jwt_verify` req/s): {jwt_verdict}.**\n\n",
         TARGET_OVERHEAD * 100.0
@@ -647,9 +733,14 @@ fn build_report(
          - Rate limit: {} requests/s (never reached). HAProxy counts per source \
          address in a stick table (`http_req_rate(1s)`); Envoy's `local_ratelimit` is one token \
          bucket for all clients. With one client address the two are the same work per request.\n\
+         - xgate only: ip-restriction with {IP_DENY_PREFIXES} deny prefixes (none holds the \
+         client); bot detection with the built-in signature list and its decision cache (the \
+         in-process cost per agent, cache hit and miss with 1,000 patterns, is the `bots` \
+         scenario).\n\
          - Before the load, each case is checked: the real credentials get 200 and the body; a \
          request without the key, with an unknown key, without the token or with a tampered \
-         token gets 401/403 where that policy applies.\n",
+         token, from a denied address or with a scanner's agent gets 401/403 where that policy \
+         applies.\n",
         group_digits(RATE_LIMIT)
     ));
     for peer in peers_found {
@@ -803,7 +894,10 @@ mod tests {
         for name in template_variable_names() {
             for t in [peers::HAPROXY_POLICIES, peers::ENVOY_POLICIES] {
                 // xgate's own cases and consumers are in its template.
-                if name == "JWT_CACHED_PORT" || name == "XGATE_CONSUMERS" {
+                let xgate_case = Policy::ALL
+                    .iter()
+                    .any(|p| p.xgate_only() && p.port_var() == name);
+                if xgate_case || name == "XGATE_CONSUMERS" || name == "IP_DENY_LIST" {
                     continue;
                 }
                 if name == "API_KEYS_MAP" && t.file.starts_with("envoy")
@@ -849,5 +943,6 @@ mod tests {
             );
         }
         assert!(xgate.contains("{{XGATE_CONSUMERS}}"));
+        assert!(xgate.contains("{{IP_DENY_LIST}}"));
     }
 }
