@@ -80,7 +80,12 @@ fn batch(settings: &Settings) -> usize {
 }
 
 /// Nanoseconds per decision over `count` decisions of `agent(i)`.
-fn time(policy: &BotDetection, count: usize, agent: impl Fn(usize) -> usize, agents: &[Vec<u8>]) -> f64 {
+fn time(
+    policy: &BotDetection,
+    count: usize,
+    agent: impl Fn(usize) -> usize,
+    agents: &[Vec<u8>],
+) -> f64 {
     let started = Instant::now();
     for i in 0..count {
         black_box(policy.decide(black_box(&agents[agent(i)])));
@@ -98,8 +103,14 @@ pub fn run(settings: &Settings) -> Result<Report> {
     let uncached = policy(0)?;
     let agents = agents(AGENTS);
     // The set is right before it is timed.
-    assert_eq!(cached.decide(b"x badtool0/1.2"), uncached.decide(b"x badtool0/1.2"));
-    assert!(matches!(uncached.decide(b"sqlmap/1.7"), Decision::Denied(_)));
+    assert_eq!(
+        cached.decide(b"x badtool0/1.2"),
+        uncached.decide(b"x badtool0/1.2")
+    );
+    assert!(matches!(
+        uncached.decide(b"sqlmap/1.7"),
+        Decision::Denied(_)
+    ));
     assert_eq!(uncached.decide(&agents[7]), Decision::Pass);
 
     let mut hit = Samples::default();
@@ -116,7 +127,11 @@ pub fn run(settings: &Settings) -> Result<Report> {
     }
     let cases = [
         ("hit", "cache hit (the agent seen before)", &hit),
-        ("miss", "cache miss (every agent new: matched, cached, one evicted)", &new_agent),
+        (
+            "miss",
+            "cache miss (every agent new: matched, cached, one evicted)",
+            &new_agent,
+        ),
         ("no_cache", "cache off (matched every time)", &no_cache),
     ];
     let mut md = String::from("## Bot detection per request (`xgate-bench bots`)\n\n");
@@ -171,7 +186,10 @@ mod tests {
         assert!(matches!(p.decide(b"crawler-1 x"), Decision::Denied(_)));
         assert!(matches!(p.decide(b"x SCAN-2-abc"), Decision::Pass));
         assert!(matches!(p.decide(b"x scanner-2-abc"), Decision::Denied(_)));
-        assert!(matches!(p.decide(b"internal-monitor/2 sqlmap"), Decision::Allowed(0)));
+        assert!(matches!(
+            p.decide(b"internal-monitor/2 sqlmap"),
+            Decision::Allowed(0)
+        ));
         for agent in agents(100) {
             assert_eq!(p.decide(&agent), Decision::Pass);
         }

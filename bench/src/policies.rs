@@ -435,7 +435,11 @@ fn check_policy(policy: Policy, port: u16, creds: &Credentials) -> Result<()> {
     if policy == Policy::BotDetection {
         refused.push((
             "a scanner's User-Agent",
-            vec![key.clone(), bearer.clone(), "User-Agent: sqlmap/1.7.2".into()],
+            vec![
+                key.clone(),
+                bearer.clone(),
+                "User-Agent: sqlmap/1.7.2".into(),
+            ],
         ));
     }
     if matches!(policy, Policy::KeyAuth | Policy::All) {

@@ -46,10 +46,7 @@ pub struct BotDetection {
 
 impl BotDetection {
     pub fn new(config: &config::BotDetection) -> Result<Self, String> {
-        let builtin = config
-            .builtin
-            .then_some(SIGNATURES)
-            .unwrap_or_default()
+        let builtin = if config.builtin { SIGNATURES } else { &[] }
             .iter()
             .map(|s| format!("(?i:{s})"));
         let patterns: Vec<String> = config
