@@ -93,6 +93,11 @@ impl BotDetection {
     /// The set's answer: matches come in pattern order, so the first one
     /// says whether an `allow` pattern matched.
     fn matched(&self, agent: &[u8]) -> Decision {
+        // Most agents match nothing: a yes/no search stops early and
+        // tracks no pattern; only a match is searched again for which.
+        if !self.patterns.is_match(agent) {
+            return Decision::Pass;
+        }
         match self.patterns.matches(agent).iter().next() {
             None => Decision::Pass,
             Some(i) if i < self.allow_count => Decision::Allowed(i as u32),
