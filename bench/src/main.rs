@@ -14,6 +14,7 @@
 //! `xgate-bench pgo-train` is the training run of the profile-guided build
 //! (`cargo xtask dist`).
 
+mod bots;
 mod flood;
 mod keys;
 mod lab;
@@ -96,6 +97,11 @@ const SCENARIOS: &[Scenario] = &[
         run: policies::run,
     },
     Scenario {
+        name: "bots",
+        about: "bot detection per request in process (1,000 patterns): cache hit and miss",
+        run: bots::run,
+    },
+    Scenario {
         name: "flood",
         about: "legitimate goodput under UDP/SYN floods: XDP against L7-only and nftables",
         run: flood::run,
@@ -117,9 +123,9 @@ fn usage() -> String {
     }
     let d = Settings::default();
     s.push_str(&format!(
-        "\noptions:\n  --repeat N     repetitions per measurement (xdp; default {})\n  \
+        "\noptions:\n  --repeat N     repetitions per measurement (xdp; bots: decisions, at most 200000; default {})\n  \
          --rounds R     measurements per case, the median is reported \
-         (default: xdp {}, proxy {}, policies {})\n  \
+         (default: xdp {}, proxy {}, policies {}, bots {})\n  \
          --duration S   seconds of load per measurement (proxy, policies; default {})\n\n\
          Needs root. Writes bench/RESULTS.md and bench/results.json \
          (or into $XGATE_BENCH_OUT).\n\n\
@@ -131,6 +137,7 @@ fn usage() -> String {
         xdp::DEFAULT_ROUNDS,
         proxy::DEFAULT_ROUNDS,
         policies::DEFAULT_ROUNDS,
+        bots::DEFAULT_ROUNDS,
         proxy::DEFAULT_DURATION_S,
     ));
     s

@@ -8,19 +8,24 @@
 //! listener per case).
 //!
 //! xgate's cases are configured in bench/peers/xgate-policies.yaml; it has
-//! two more: the JWT with its verified-token cache on (`jwt_cached`), and
-//! the rate limit counted in Redis (`rate_limit_redis`: a redis-server the
-//! harness starts on loopback, one script per request).
+//! more: the JWT with its verified-token cache on (`jwt_cached`), the rate
+//! limit counted in Redis (`rate_limit_redis`: a redis-server the harness
+//! starts on loopback, one script per request), ip-restriction with a
+//! 10,000-prefix deny list (`ip_restriction`) and bot detection with the
+//! built-in list (`bot_detection`; the agent is a browser's, matched once,
+//! then from the decision cache).
 //!
 //! Every case gets the same request (HTTP/1.1 keep-alive, wrk, 64-byte
 //! response) carrying both credentials (`x-api-key` and `Authorization:
-//! Bearer`), so that the plain case differs from the others only by the
-//! policy. Each peer's policies are checked before any load: a request
-//! without (or with a tampered) credential must be refused, the real one let
-//! through. The targets (on xgate): key-auth, the cached JWT and the three
-//! together at most 15% below plain proxying in req/s, the local rate limit
-//! at most 5%, the Redis rate limit at most 25%; the JWT verified on every
-//! request at least 1.2x HAProxy's `jwt_verify` req/s.
+//! Bearer`) and a browser's `User-Agent`, so that the plain case differs
+//! from the others only by the policy. Each peer's policies are checked
+//! before any load: a request without (or with a tampered) credential, from
+//! a denied address or with a scanner's agent must be refused, the real one
+//! let through. The targets (on xgate): key-auth, the cached JWT, the three
+//! together, ip-restriction and bot detection at most 15% below plain
+//! proxying in req/s, the local rate limit at most 5%, the Redis rate limit
+//! at most 25%; the JWT verified on every request at least 1.2x HAProxy's
+//! `jwt_verify` req/s.
 
 use std::{io::Read, net::SocketAddr, path::Path};
 
@@ -57,6 +62,12 @@ const RATE_LIMIT: u64 = 10_000_000;
 /// API keys configured (one consumer each); the benchmark uses one of them.
 const API_KEYS: usize = 100;
 const CONSUMER: usize = 42;
+/// Prefixes in the ip-restriction case's deny list (none holds the
+/// benchmark's client but one: 127.0.0.2, for the check before the load).
+const IP_DENY_PREFIXES: usize = 10_000;
+/// The agent every request carries: an ordinary browser's, so that bot
+/// detection matches it against its whole list (then its cache).
+const USER_AGENT: &str = "Mozilla/5.0 (X11; Linux x86_64; rv:125.0) Gecko/20100101 Firefox/125.0";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Policy {
@@ -67,10 +78,12 @@ enum Policy {
     RateLimit,
     RateLimitRedis,
     All,
+    IpRestriction,
+    BotDetection,
 }
 
 impl Policy {
-    const ALL: [Policy; 7] = [
+    const ALL: [Policy; 9] = [
         Policy::Plain,
         Policy::KeyAuth,
         Policy::Jwt,
@@ -78,6 +91,8 @@ impl Policy {
         Policy::RateLimit,
         Policy::RateLimitRedis,
         Policy::All,
+        Policy::IpRestriction,
+        Policy::BotDetection,
     ];
 
     /// The cases a proxy is configured for.
@@ -91,6 +106,8 @@ impl Policy {
                 Policy::RateLimit,
                 Policy::RateLimitRedis,
                 Policy::All,
+                Policy::IpRestriction,
+                Policy::BotDetection,
             ],
             Kind::Nginx => &[Policy::Plain, Policy::RateLimit],
             _ => &[
@@ -111,6 +128,9 @@ impl Policy {
                 "nginx has no JWT verification or API-key store in its open-source build"
             }
             (_, Policy::JwtCached) => "no verified-token cache (verifies every request)",
+            (_, Policy::IpRestriction | Policy::BotDetection) => {
+                "xgate's own case: judged against xgate's plain proxying"
+            }
             _ => "no listener for this case",
         }
     }
@@ -125,6 +145,8 @@ impl Policy {
                 | Policy::RateLimit
                 | Policy::RateLimitRedis
                 | Policy::All
+                | Policy::IpRestriction
+                | Policy::BotDetection
         )
     }
 
@@ -146,6 +168,8 @@ impl Policy {
             Policy::RateLimit => "rate_limit",
             Policy::RateLimitRedis => "rate_limit_redis",
             Policy::All => "all",
+            Policy::IpRestriction => "ip_restriction",
+            Policy::BotDetection => "bot_detection",
         }
     }
 
@@ -158,6 +182,8 @@ impl Policy {
             Policy::RateLimit => "local rate limit (not triggered)",
             Policy::RateLimitRedis => "rate limit in Redis (not triggered)",
             Policy::All => "key-auth + JWT + rate limit",
+            Policy::IpRestriction => "ip-restriction (10,000 deny prefixes)",
+            Policy::BotDetection => "bot detection with the built-in list",
         }
     }
 
@@ -171,7 +197,18 @@ impl Policy {
             Policy::RateLimit => "RATE_LIMIT_PORT",
             Policy::RateLimitRedis => "RATE_LIMIT_REDIS_PORT",
             Policy::All => "ALL_PORT",
+            Policy::IpRestriction => "IP_RESTRICTION_PORT",
+            Policy::BotDetection => "BOT_DETECTION_PORT",
         }
+    }
+
+    /// Whether only xgate's template has this case.
+    #[cfg(test)]
+    fn xgate_only(self) -> bool {
+        matches!(
+            self,
+            Policy::JwtCached | Policy::IpRestriction | Policy::BotDetection
+        )
     }
 }
 
@@ -189,6 +226,7 @@ pub fn template_variable_names() -> Vec<&'static str> {
         "RATE_LIMIT",
         "REDIS_URL",
         "XGATE_CONSUMERS",
+        "IP_DENY_LIST",
     ]);
     names
 }
@@ -235,6 +273,7 @@ impl Credentials {
         vec![
             format!("x-api-key: {}", self.api_key()),
             format!("Authorization: Bearer {}", self.token),
+            format!("User-Agent: {USER_AGENT}"),
         ]
     }
 
@@ -336,6 +375,7 @@ fn start_peer(
         ("RATE_LIMIT", RATE_LIMIT.to_string()),
         ("REDIS_URL", redis_url.to_string()),
         ("XGATE_CONSUMERS", creds.xgate_consumers()),
+        ("IP_DENY_LIST", ip_deny_list()),
     ]);
     let instance = match peers::start(
         kind,
@@ -368,8 +408,39 @@ fn start_peer(
     peer
 }
 
+/// The ip-restriction case's deny list as a YAML flow list: /24s in
+/// 10.0.0.0/8 and 127.0.0.2, the address the check before the load is
+/// refused from.
+fn ip_deny_list() -> String {
+    let mut entries: Vec<String> = (0..IP_DENY_PREFIXES - 1)
+        .map(|i| format!("'10.{}.{}.0/24'", i >> 8, i & 0xff))
+        .collect();
+    entries.push("'127.0.0.2'".into());
+    format!("[{}]", entries.join(", "))
+}
+
+/// A GET from `source` (a loopback address of the caller's choosing).
+fn status_from(source: &str, addr: SocketAddr, headers: &[String]) -> Result<u16> {
+    let mut request = format!(
+        "GET {} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n",
+        upstream::SMALL_PATH
+    );
+    for h in headers {
+        request.push_str(h);
+        request.push_str("\r\n");
+    }
+    request.push_str("\r\n");
+    let source = SocketAddr::new(source.parse()?, 0);
+    let response = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(xgate_tests::http::send(addr, Some(source), &request))?;
+    Ok(response.status)
+}
+
 /// The real credentials get 200 and the body; a request missing (or with a
-/// tampered) credential the policy checks gets 401 or 403.
+/// tampered) credential the policy checks gets 401 or 403, as does one
+/// the access policies refuse.
 fn check_policy(policy: Policy, port: u16, creds: &Credentials) -> Result<()> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let good = creds.headers();
@@ -384,6 +455,22 @@ fn check_policy(policy: Policy, port: u16, creds: &Credentials) -> Result<()> {
     let key = good[0].clone();
     let bearer = good[1].clone();
     let mut refused: Vec<(&str, Vec<String>)> = Vec::new();
+    if policy == Policy::IpRestriction {
+        let status = status_from("127.0.0.2", addr, &good)?;
+        if status != 403 {
+            bail!("a request from a denied address got {status}, expected 403");
+        }
+    }
+    if policy == Policy::BotDetection {
+        refused.push((
+            "a scanner's User-Agent",
+            vec![
+                key.clone(),
+                bearer.clone(),
+                "User-Agent: sqlmap/1.7.2".into(),
+            ],
+        ));
+    }
     if matches!(policy, Policy::KeyAuth | Policy::All) {
         refused.push(("no x-api-key", vec![bearer.clone()]));
         refused.push((
@@ -615,8 +702,8 @@ fn build_report(
         "Run {started} on {} cores ({}), kernel `{}`. What key-auth, an RS256 JWT and a local \
          rate limit cost on top of plain proxying, each proxy against its own plain case. Same \
          upstream and load as the `proxy` scenario's HTTP/1.1 64-byte case ({}, {} threads, {} \
-         keep-alive connections; {}; medians). Every request of every case carries the same `x-api-key` and \
-         `Authorization: Bearer` headers, so the cases differ only by the policy.\n\n",
+         keep-alive connections; {}; medians). Every request of every case carries the same `x-api-key`, \
+         `Authorization: Bearer` and (a browser's) `User-Agent` headers, so the cases differ only by the policy.\n\n",
         machine["cores"],
         machine["cpu"].as_str().unwrap_or("?"),
         machine["kernel"].as_str().unwrap_or("?"),
@@ -631,6 +718,8 @@ fn build_report(
         "**Target (xgate: key-auth, the cached JWT and all three at most {:.0}% below xgate's \
          plain proxying in req/s; the local rate limit at most {:.0}%, the rate limit in Redis \
          at most {:.0}%): {verdict}.**\n\n\
+        "**Target (xgate: key-auth, the cached JWT, ip-restriction and bot detection at most \
+         {:.0}% below xgate's plain proxying in req/s): {verdict}.**\n\n\
          **Target (xgate: the JWT verified on every request at least {TARGET_JWT_VS_HAPROXY}x \
          HAProxy's `jwt_verify` req/s): {jwt_verdict}.**\n\n",
         TARGET_OVERHEAD * 100.0,
@@ -751,9 +840,17 @@ fn build_report(
          Envoy's `local_ratelimit` is one token bucket for all clients. With one client address \
          these are the same work per request. nginx has no JWT verification or API-key store in \
          its open-source build: only its plain and rate-limit rows are measured.\n\
+         - Rate limit: {} requests/s (never reached). HAProxy counts per source \
+         address in a stick table (`http_req_rate(1s)`); Envoy's `local_ratelimit` is one token \
+         bucket for all clients. With one client address the two are the same work per request.\n\
+         - xgate only: ip-restriction with {IP_DENY_PREFIXES} deny prefixes (none holds the \
+         client); bot detection with the built-in signature list and its decision cache (the \
+         in-process cost per agent, cache hit and miss with 1,000 patterns, is the `bots` \
+         scenario).\n\
          - Before the load, each case is checked: the real credentials get 200 and the body; a \
          request without the key, with an unknown key, without the token or with a tampered \
-         token gets 401/403 where that policy applies.\n",
+         token, from a denied address or with a scanner's agent gets 401/403 where that policy \
+         applies.\n",
         group_digits(RATE_LIMIT)
     ));
     for peer in peers_found {
@@ -918,6 +1015,10 @@ mod tests {
                     name,
                     "JWT_CACHED_PORT" | "XGATE_CONSUMERS" | "RATE_LIMIT_REDIS_PORT" | "REDIS_URL"
                 ) {
+                let xgate_case = Policy::ALL
+                    .iter()
+                    .any(|p| p.xgate_only() && p.port_var() == name);
+                if xgate_case || name == "XGATE_CONSUMERS" || name == "IP_DENY_LIST" {
                     continue;
                 }
                 if name == "API_KEYS_MAP" && t.file.starts_with("envoy")
@@ -1010,5 +1111,6 @@ mod tests {
         assert_eq!(Policy::RateLimit.target(), 0.05);
         assert_eq!(Policy::RateLimitRedis.target(), 0.25);
         assert_eq!(Policy::KeyAuth.target(), TARGET_OVERHEAD);
+        assert!(xgate.contains("{{IP_DENY_LIST}}"));
     }
 }

@@ -1,6 +1,7 @@
 //! Config: `load → validate` here; `compile` into the runtime happens in the
 //! modules that own each part (proxy router, upstream pools, XDP rules).
 
+mod access;
 mod auto_ban;
 mod binds;
 mod cidr;
@@ -25,6 +26,7 @@ mod yaml_lines;
 use std::{fmt, path::Path};
 
 pub use self::{
+    access::*,
     auto_ban::{AutoBan, AutoBanRule, BanScope, SIGNAL_NAMES},
     cidr::{ipv4_mapped_note, ipv4_mapped_notes, is_everything, parse_cidr, unmap_ipv4},
     cluster::Cluster,

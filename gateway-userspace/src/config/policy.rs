@@ -5,7 +5,7 @@ use std::collections::{hash_map::Entry, BTreeMap, HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
-use super::Errors;
+use super::{BotDetection, Errors, IpRestriction};
 
 /// A caller known to the gateway. Its identity goes upstream as
 /// `X-Consumer-*` headers once a policy has authenticated it.
@@ -178,6 +178,8 @@ pub enum Policy {
     Acl(Acl),
     RateLimit(Box<super::RateLimitPolicy>),
     Throttle(Box<super::ThrottlePolicy>),
+    IpRestriction(IpRestriction),
+    BotDetection(Box<BotDetection>),
 }
 
 impl Policy {
@@ -190,6 +192,8 @@ impl Policy {
             Policy::Acl(_) => "acl",
             Policy::RateLimit(_) => "rate-limit",
             Policy::Throttle(_) => "throttle",
+            Policy::IpRestriction(_) => "ip-restriction",
+            Policy::BotDetection(_) => "bot-detection",
         }
     }
 
@@ -202,6 +206,7 @@ impl Policy {
             }
             Policy::Acl(_) => Phase::Authorization,
             Policy::RateLimit(_) | Policy::Throttle(_) => Phase::Traffic,
+            Policy::IpRestriction(_) | Policy::BotDetection(_) => Phase::Access,
         }
     }
 
@@ -211,7 +216,11 @@ impl Policy {
             Policy::Jwt(p) => p.anonymous.as_deref(),
             Policy::Oidc(p) => p.anonymous.as_deref(),
             Policy::Mtls(p) => p.anonymous.as_deref(),
-            Policy::Acl(_) | Policy::RateLimit(_) | Policy::Throttle(_) => None,
+            Policy::Acl(_)
+            | Policy::RateLimit(_)
+            | Policy::Throttle(_)
+            | Policy::IpRestriction(_)
+            | Policy::BotDetection(_) => None,
         }
     }
 }
@@ -764,6 +773,8 @@ pub(super) fn validate_policies(
             Policy::Acl(p) => validate_acl(p, &ppath, consumers, errors),
             Policy::RateLimit(p) => super::rate_limit::validate_rate_limit(p, &ppath, errors),
             Policy::Throttle(p) => super::rate_limit::validate_throttle(p, &ppath, errors),
+            Policy::IpRestriction(p) => super::access::validate_ip_restriction(p, &ppath, errors),
+            Policy::BotDetection(p) => super::access::validate_bot_detection(p, &ppath, errors),
         }
     }
 }

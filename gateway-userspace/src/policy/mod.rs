@@ -13,6 +13,9 @@
 //! - `acl`: which consumer groups may use a route
 //! - `rate_limit`: requests per window, counted here or in Redis
 //! - `throttle`: requests over a rate wait in a bounded per-key queue
+//! - `ip_restriction`: which client addresses may use a route
+//! - `bot_detection`: which User-Agents may use a route, with
+//!   `bot_signatures` (the built-in list) and `lru` (its decision cache)
 //! - `consumers`: the callers the config knows, and the identity headers
 //! - `key_auth`: API keys in a header or the query
 //! - `jwt`: JSON Web Tokens, keys from consumers or a JWKS document
@@ -24,12 +27,16 @@
 //! - `fetch`: the small HTTP(S) client policies use for their documents
 
 mod acl;
+pub mod bot_detection;
+mod bot_signatures;
 pub mod consumers;
 mod discovery;
 mod fetch;
+mod ip_restriction;
 mod jwks;
 pub mod jwt;
 mod key_auth;
+mod lru;
 mod mtls;
 mod oidc;
 mod rate_limit;
@@ -256,6 +263,12 @@ impl PolicyList {
                     }
                     config::Policy::Throttle(c) => {
                         StepPolicy::Guard(Box::new(throttle::Throttle::new(c)))
+                    }
+                    config::Policy::IpRestriction(c) => {
+                        StepPolicy::Guard(Box::new(ip_restriction::IpRestriction::new(c)?))
+                    }
+                    config::Policy::BotDetection(c) => {
+                        StepPolicy::Guard(Box::new(bot_detection::BotDetection::new(c)?))
                     }
                 };
                 Ok(Step::new(p.kind(), p.phase(), policy))
