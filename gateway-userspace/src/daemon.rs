@@ -73,6 +73,8 @@ pub struct Reloader {
     /// --takeover`): this one drains and exits, leaving XDP attached.
     handed_over: AtomicBool,
     takeover: Notify,
+    /// The auto-ban rules' counts, kept across reloads.
+    auto_ban: Arc<AutoBan>,
 }
 
 /// A listener a reload adds: its index in the config, bound, compiled.
@@ -90,8 +92,6 @@ struct Running {
     /// The listening socket, for a handoff to a new process (a copy of the
     /// serving task's).
     socket: OwnedFd,
-    /// The auto-ban rules' counts, kept across reloads.
-    auto_ban: Arc<AutoBan>,
 }
 
 impl Reloader {

@@ -151,6 +151,7 @@ impl Rejection {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "no upstream available",
                 "no_targets",
+            ),
             Rejection::UpstreamOverloaded { .. } => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "upstream overloaded",

@@ -92,16 +92,8 @@ where
     }
     let upstream = match &route.destination {
         Destination::Upstream(upstream) => upstream,
-        Destination::Respond(fixed) => {
-            let mut response = fixed.response();
-            if !route.policies.empty {
-                route
-                    .policies
-                    .chain(&ctx.conn.listener)
-                    .on_response(response.headers_mut());
-            }
-            return Ok(response);
-        }
+        // The policies' response headers are added to it like to any.
+        Destination::Respond(fixed) => return Ok(fixed.response()),
     };
     let body = limits::limit_body(
         &parts,
