@@ -1090,6 +1090,7 @@ mod tests {
             ("RATE_LIMIT", RATE_LIMIT.to_string()),
             ("REDIS_URL", "redis://127.0.0.1:6379".to_string()),
             ("XGATE_CONSUMERS", "[]".to_string()),
+            ("IP_DENY_LIST", "['10.0.0.0/8']".to_string()),
         ]);
         let text = peers::render(peers::XGATE_POLICIES.text, &vars, false).unwrap();
         let config = gateway_userspace::config::Config::from_yaml(&text, "xgate-policies.yaml")

@@ -487,8 +487,8 @@ fn metrics_config(listen: SocketAddr, targets: &[(&str, SocketAddr)]) -> String 
     yaml
 }
 
-/// Series of a route and a target a reload removed disappear; no made-up
-/// health; a refused reload is counted; build and process metrics are
+/// Series of a route and a target a reload removed disappear (its health
+/// series too); a refused reload is counted; build and process metrics are
 /// there; the consumer label is `-` when no consumer is known.
 #[tokio::test]
 async fn metrics_follow_the_config_and_tell_no_made_up_values() {
@@ -512,9 +512,13 @@ async fn metrics_follow_the_config_and_tell_no_made_up_values() {
         ),
         "{text}"
     );
+    // Health is the targets' real state (passive health, on by default):
+    // both answered, both take traffic.
     assert!(
-        !text.contains("xgate_upstream_target_healthy{"),
-        "no health without health checks:\n{text}"
+        text.contains(&format!(
+            "xgate_upstream_target_healthy{{upstream=\"gone\",target=\"{gone_target}\"}} 1"
+        )),
+        "the health series is the target's state:\n{text}"
     );
     for family in [
         "xgate_build_info{version=\"",
