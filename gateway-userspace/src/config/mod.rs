@@ -4,6 +4,7 @@
 mod listener;
 mod model;
 mod oauth2_server;
+pub mod opa;
 mod policy;
 mod route;
 mod upstream;

@@ -182,6 +182,7 @@ pub enum Policy {
     Oidc(Box<Oidc>),
     Mtls(Mtls),
     Acl(Acl),
+    Opa(Box<super::opa::Opa>),
 }
 
 impl Policy {
@@ -192,6 +193,7 @@ impl Policy {
             Policy::Oidc(_) => "oidc",
             Policy::Mtls(_) => "mtls",
             Policy::Acl(_) => "acl",
+            Policy::Opa(_) => "opa",
         }
     }
 
@@ -202,7 +204,7 @@ impl Policy {
             Policy::KeyAuth(_) | Policy::Jwt(_) | Policy::Oidc(_) | Policy::Mtls(_) => {
                 Phase::Authentication
             }
-            Policy::Acl(_) => Phase::Authorization,
+            Policy::Acl(_) | Policy::Opa(_) => Phase::Authorization,
         }
     }
 
@@ -212,7 +214,7 @@ impl Policy {
             Policy::Jwt(p) => p.anonymous.as_deref(),
             Policy::Oidc(p) => p.anonymous.as_deref(),
             Policy::Mtls(p) => p.anonymous.as_deref(),
-            Policy::Acl(_) => None,
+            Policy::Acl(_) | Policy::Opa(_) => None,
         }
     }
 }
@@ -763,6 +765,7 @@ pub(super) fn validate_policies(
                 }
             }
             Policy::Acl(p) => validate_acl(p, &ppath, consumers, errors),
+            Policy::Opa(p) => super::opa::validate(p, &ppath, errors),
         }
     }
 }

@@ -7,7 +7,9 @@ use http::{Method, Request, Response, Version};
 use http_body_util::BodyExt;
 use hyper::body::Body as HttpBody;
 
-use super::{headers, limits, normalize, Body, BoxError, Rejection, RequestContext, Runtime};
+use super::{
+    body_buffer, headers, limits, normalize, Body, BoxError, Rejection, RequestContext, Runtime,
+};
 
 pub(super) async fn forward<B>(
     rt: &Runtime,
@@ -69,12 +71,20 @@ where
     let matched = rt.router.route(&parts).ok_or(Rejection::NoRoute)?;
     let route = matched.route;
     ctx.route = Some(route.metrics.clone());
-    if !route.policies.empty {
+    let chain = (!route.policies.empty).then(|| route.policies.chain(&ctx.conn.listener));
+    // A policy that reads the body (opa) gets all of it before it runs.
+    let mut streamed = Some(body);
+    let mut buffered = None;
+    if let Some(limit) = chain.and_then(crate::policy::Chain::body_limit) {
+        if let Some(body) = streamed.take() {
+            buffered = Some(body_buffer::read(&mut parts, body_buffer::boxed(body), limit).await?);
+        }
+    }
+    if let Some(chain) = chain {
         // For the mtls policy.
         if let Some(cert) = &ctx.conn.client_cert {
             parts.extensions.insert(cert.clone());
         }
-        let chain = route.policies.chain(&ctx.conn.listener);
         let input = crate::policy::ChainInput {
             client_ip: ctx.client_ip,
             conn: &ctx.conn,
@@ -84,11 +94,12 @@ where
         };
         ctx.identity = chain.run(&mut parts, input).await?;
     }
-    let body = limits::limit_body(
-        &parts,
-        body,
-        route.max_body_bytes.or(rt.limits.max_body_bytes),
-    )?;
+    let max_body = route.max_body_bytes.or(rt.limits.max_body_bytes);
+    let body = match (streamed, buffered) {
+        (Some(body), _) => limits::limit_body(&parts, body, max_body)?,
+        (None, Some(body)) => body,
+        (None, None) => unreachable!("the body is streamed or buffered"),
+    };
 
     parts.uri = route.upstream_path(parts.uri.path_and_query()).into();
     parts.version = Version::HTTP_11;

@@ -1,0 +1,1 @@
+//! Unit tests of the opa policy: result forms, the input document.
