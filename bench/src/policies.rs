@@ -56,16 +56,20 @@ enum Policy {
     JwtCached,
     RateLimit,
     All,
+    OpaEmbedded,
+    OpaRemote,
 }
 
 impl Policy {
-    const ALL: [Policy; 6] = [
+    const ALL: [Policy; 8] = [
         Policy::Plain,
         Policy::KeyAuth,
         Policy::Jwt,
         Policy::JwtCached,
         Policy::RateLimit,
         Policy::All,
+        Policy::OpaEmbedded,
+        Policy::OpaRemote,
     ];
 
     /// The cases a proxy is configured for.
@@ -76,6 +80,8 @@ impl Policy {
                 Policy::KeyAuth,
                 Policy::Jwt,
                 Policy::JwtCached,
+                Policy::OpaEmbedded,
+                Policy::OpaRemote,
             ],
             _ => &[
                 Policy::Plain,
@@ -94,6 +100,11 @@ impl Policy {
                 "rate limiting comes with xgate's traffic policies"
             }
             (_, Policy::JwtCached) => "no verified-token cache (verifies every request)",
+            (_, Policy::OpaEmbedded) => "no embedded Rego evaluation",
+            (_, Policy::OpaRemote) => {
+                "Envoy's ext_authz speaks its own check protocol, not OPA's data API: \
+                 not configured against the bench policy server yet"
+            }
             _ => "no listener for this case",
         }
     }
@@ -103,7 +114,11 @@ impl Policy {
     fn judged_by_overhead(self) -> bool {
         matches!(
             self,
-            Policy::KeyAuth | Policy::JwtCached | Policy::RateLimit | Policy::All
+            Policy::KeyAuth
+                | Policy::JwtCached
+                | Policy::RateLimit
+                | Policy::All
+                | Policy::OpaEmbedded
         )
     }
 
@@ -115,6 +130,8 @@ impl Policy {
             Policy::JwtCached => "jwt_cached",
             Policy::RateLimit => "rate_limit",
             Policy::All => "all",
+            Policy::OpaEmbedded => "opa_embedded",
+            Policy::OpaRemote => "opa_remote",
         }
     }
 
@@ -126,6 +143,8 @@ impl Policy {
             Policy::JwtCached => "RS256 JWT, verified-token cache on",
             Policy::RateLimit => "local rate limit (not triggered)",
             Policy::All => "key-auth + JWT + rate limit",
+            Policy::OpaEmbedded => "OPA, embedded Rego (small allow policy)",
+            Policy::OpaRemote => "OPA, remote (bench policy server, OPA's data API)",
         }
     }
 
@@ -138,6 +157,8 @@ impl Policy {
             Policy::JwtCached => "JWT_CACHED_PORT",
             Policy::RateLimit => "RATE_LIMIT_PORT",
             Policy::All => "ALL_PORT",
+            Policy::OpaEmbedded => "OPA_EMBEDDED_PORT",
+            Policy::OpaRemote => "OPA_REMOTE_PORT",
         }
     }
 }
@@ -155,6 +176,8 @@ pub fn template_variable_names() -> Vec<&'static str> {
         "JWT_AUDIENCE",
         "RATE_LIMIT",
         "XGATE_CONSUMERS",
+        "OPA_POLICY",
+        "OPA_SERVER",
     ]);
     names
 }
@@ -165,7 +188,18 @@ struct Credentials {
     jwt: keys::JwtKeys,
     token: String,
     keys_map: std::path::PathBuf,
+    /// The small allow policy of the opa cases.
+    opa_policy: std::path::PathBuf,
 }
+
+/// The opa cases' policy: allow GET unless the request says it must be
+/// refused (so the check before the load can see a refusal).
+const OPA_POLICY: &str = "package bench\n\n\
+default allow := false\n\n\
+allow if {\n\
+    input.request.http.method == \"GET\"\n\
+    not input.request.http.headers[\"x-bench-deny\"]\n\
+}\n";
 
 impl Credentials {
     fn create(dir: &Path) -> Result<Self> {
@@ -184,11 +218,14 @@ impl Credentials {
         std::fs::write(&keys_map, map)?;
         let jwt = keys::jwt_keys(dir)?;
         let token = keys::rs256_token(&jwt, dir, &format!("consumer-{CONSUMER}"))?;
+        let opa_policy = dir.join("bench.rego");
+        std::fs::write(&opa_policy, OPA_POLICY)?;
         Ok(Self {
             keys,
             jwt,
             token,
             keys_map,
+            opa_policy,
         })
     }
 
@@ -304,7 +341,20 @@ fn start_peer(
         ("JWT_AUDIENCE", keys::AUDIENCE.to_string()),
         ("RATE_LIMIT", RATE_LIMIT.to_string()),
         ("XGATE_CONSUMERS", creds.xgate_consumers()),
+        ("OPA_POLICY", creds.opa_policy.display().to_string()),
     ]);
+    if kind == Kind::Xgate {
+        match start_policy_server(dir, &creds.opa_policy) {
+            Ok((server, port)) => {
+                fleet.servers.push(peers::Instance { process: server });
+                vars.push(("OPA_SERVER", format!("http://127.0.0.1:{port}")));
+            }
+            Err(e) => {
+                peer.unavailable = Some(format!("the bench policy server: {e:#}"));
+                return peer;
+            }
+        }
+    }
     let instance = match peers::start(
         kind,
         &binary,
@@ -372,6 +422,11 @@ fn check_policy(policy: Policy, port: u16, creds: &Credentials) -> Result<()> {
             ],
         ));
     }
+    if matches!(policy, Policy::OpaEmbedded | Policy::OpaRemote) {
+        let mut denied = good.clone();
+        denied.push("x-bench-deny: 1".into());
+        refused.push(("x-bench-deny (the policy refuses it)", denied));
+    }
     for (what, headers) in refused {
         let r = peers::http_get(addr, upstream::SMALL_PATH, &headers)?;
         if r.status != 401 && r.status != 403 {
@@ -382,6 +437,22 @@ fn check_policy(policy: Policy, port: u16, creds: &Credentials) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The OPA-compatible policy server of the remote opa case
+/// (`xgate-bench serve-policy`, regorus behind OPA's data API), serving
+/// `policy`.
+fn start_policy_server(dir: &Path, policy: &Path) -> Result<(sys::Spawned, u16)> {
+    let port = sys::free_port()?;
+    let exe = std::env::current_exe().context("finding the harness's own executable")?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg(crate::SERVE_POLICY)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--policy", &policy.display().to_string()]);
+    let mut process =
+        sys::Spawned::start("bench policy server", cmd, &dir.join("policy-server.log"))?;
+    peers::wait_ready(&mut process, port, std::time::Duration::from_secs(10))?;
+    Ok((process, port))
 }
 
 /// The policies' part of the profile-guided build's training (`xgate-bench

@@ -55,12 +55,15 @@ fn rule(decision: &str) -> String {
 /// decision's rule: errors name the file and line.
 fn compile(config: &OpaConfig) -> Result<Engine, String> {
     let mut engine = Engine::new();
+    // (file, its package: `data.a.b`)
+    let mut packages = Vec::new();
     for path in &config.policy_files {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        engine
+        let package = engine
             .add_policy(path.display().to_string(), text)
             .map_err(|e| format!("{}", e).trim_end().to_string())?;
+        packages.push((path.display().to_string(), package));
     }
     for path in &config.data_files {
         let text = std::fs::read_to_string(path)
@@ -75,10 +78,14 @@ fn compile(config: &OpaConfig) -> Result<Engine, String> {
             .map_err(|e| format!("{}: {e}", path.display()))?;
     }
     let rule = rule(&config.decision);
-    let declared = config.policy_files.iter().any(|path| {
-        engine
-            .has_declared_rule_rooted_at(&path.display().to_string(), &rule)
-            .unwrap_or(false)
+    let declared = packages.iter().any(|(file, package)| {
+        rule.strip_prefix(package.as_str())
+            .and_then(|rest| rest.strip_prefix('.'))
+            .is_some_and(|name| {
+                engine
+                    .has_declared_rule_rooted_at(file, name)
+                    .unwrap_or(false)
+            })
     });
     if !declared {
         return Err(format!(
