@@ -168,7 +168,7 @@ fn short(value: &serde_json::Value) -> String {
 
 /// Where decisions come from.
 enum Evaluator {
-    Embedded(embedded::Embedded),
+    Embedded(Box<embedded::Embedded>),
     Remote(remote::Remote),
 }
 
@@ -235,7 +235,7 @@ impl Opa {
     pub fn new(config: &OpaConfig, metrics: &Metrics) -> Result<Self, String> {
         let evaluator = match &config.server {
             Some(server) => Evaluator::Remote(remote::Remote::new(server, &config.decision)?),
-            None => Evaluator::Embedded(embedded::Embedded::new(config)?),
+            None => Evaluator::Embedded(Box::new(embedded::Embedded::new(config)?)),
         };
         let mode = match (&evaluator, config.failure_mode) {
             (Evaluator::Embedded(_), FailureMode::Closed) => ("embedded", "closed"),

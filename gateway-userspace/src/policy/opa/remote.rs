@@ -159,7 +159,7 @@ impl tower_service::Service<Uri> for Connector {
                     let name = rustls::pki_types::ServerName::try_from(host)
                         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
                     let stream = tls.connect(name, tcp).await?;
-                    Ok(PolicyConnection::Tls(TokioIo::new(stream)))
+                    Ok(PolicyConnection::Tls(Box::new(TokioIo::new(stream))))
                 }
             }
         })
@@ -169,7 +169,7 @@ impl tower_service::Service<Uri> for Connector {
 /// A connection as hyper's pool takes it.
 enum PolicyConnection {
     Plain(TokioIo<TcpStream>),
-    Tls(TokioIo<TlsStream<TcpStream>>),
+    Tls(Box<TokioIo<TlsStream<TcpStream>>>),
 }
 
 impl Connection for PolicyConnection {
@@ -182,7 +182,10 @@ macro_rules! either {
     ($self:ident, $io:ident => $e:expr) => {
         match $self.get_mut() {
             PolicyConnection::Plain($io) => $e,
-            PolicyConnection::Tls($io) => $e,
+            PolicyConnection::Tls($io) => {
+                let $io = &mut **$io;
+                $e
+            }
         }
     };
 }
