@@ -874,7 +874,16 @@ mod tests {
         for name in template_variable_names() {
             for t in [peers::HAPROXY_POLICIES, peers::ENVOY_POLICIES] {
                 // xgate's own cases and consumers are in its template.
-                if name == "JWT_CACHED_PORT" || name == "XGATE_CONSUMERS" {
+                if [
+                    "JWT_CACHED_PORT",
+                    "XGATE_CONSUMERS",
+                    "OPA_EMBEDDED_PORT",
+                    "OPA_REMOTE_PORT",
+                    "OPA_POLICY",
+                    "OPA_SERVER",
+                ]
+                .contains(&name)
+                {
                     continue;
                 }
                 if name == "API_KEYS_MAP" && t.file.starts_with("envoy")
@@ -920,5 +929,6 @@ mod tests {
             );
         }
         assert!(xgate.contains("{{XGATE_CONSUMERS}}"));
+        assert!(xgate.contains("{{OPA_POLICY}}") && xgate.contains("{{OPA_SERVER}}"));
     }
 }
