@@ -62,7 +62,7 @@ fn compile(config: &OpaConfig) -> Result<Engine, String> {
             .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         let package = engine
             .add_policy(path.display().to_string(), text)
-            .map_err(|e| format!("{}", e).trim_end().to_string())?;
+            .map_err(rego_error)?;
         packages.push((path.display().to_string(), package));
     }
     for path in &config.data_files {
@@ -100,10 +100,24 @@ fn compile(config: &OpaConfig) -> Result<Engine, String> {
     // The first evaluation prepares the rules (semantic checks included);
     // every clone of this engine starts prepared. With no input, rules on
     // the input are undefined, not errors.
-    engine
-        .eval_rule(rule)
-        .map_err(|e| format!("{}", e).trim_end().to_string())?;
+    engine.eval_rule(rule).map_err(rego_error)?;
     Ok(engine)
+}
+
+/// regorus's error (`\n--> file:5:1\n  |\n5 | }\n  | ^\nerror: what`) as
+/// one line: `file:5:1: what`.
+fn rego_error(error: anyhow::Error) -> String {
+    let text = error.to_string();
+    let location = text
+        .lines()
+        .find_map(|line| line.trim_start().strip_prefix("--> "));
+    let message = text
+        .lines()
+        .find_map(|line| line.trim_start().strip_prefix("error: "));
+    match (location, message) {
+        (Some(location), Some(message)) => format!("{}: {}", location.trim(), message.trim()),
+        _ => text.split_whitespace().collect::<Vec<_>>().join(" "),
+    }
 }
 
 /// What `xgate validate` runs: the policy compiles.
