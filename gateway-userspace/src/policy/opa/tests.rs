@@ -170,3 +170,72 @@ fn evaluation_cost() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn the_input_document_is_shaped_as_kongs() {
+    use crate::policy::{Caller, Consumers, Identity};
+    let consumers = Consumers::compile(
+        &serde_yaml::from_str::<Vec<crate::config::Consumer>>(
+            "[{username: alice, custom_id: c-17, groups: [admins, ops]}]",
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let identity = Identity::anonymous(consumers.by_username("alice").unwrap().clone());
+    let mut parts = http::Request::builder()
+        .method("POST")
+        .uri("/orders/7?page=2&tag=a&tag=b&flag&q=a%20b")
+        .header("host", "api.test:8443")
+        .header("accept", "a")
+        .header("accept", "b")
+        .body(())
+        .unwrap()
+        .into_parts()
+        .0;
+    identity.apply(&mut parts.headers);
+    let addr: std::net::SocketAddr = "192.0.2.7:40000".parse().unwrap();
+    let conn = crate::exchange::ConnInfo::new(addr, addr, "https", None);
+    let caller = Caller {
+        client_ip: "203.0.113.9".parse().unwrap(),
+        identity: Some(&identity),
+        route: "orders",
+        conn: &conn,
+    };
+    let body = bytes::Bytes::from_static(br#"{"owner": "alice"}"#);
+    let input = super::input::document(&parts, &caller, Some(&body), Some(&body));
+    let http = &input["request"]["http"];
+    assert_eq!(http["host"], "api.test");
+    assert_eq!(http["port"], 8443);
+    assert_eq!(http["scheme"], "https");
+    assert_eq!(http["tls"], json!({"enabled": true}));
+    assert_eq!(http["method"], "POST");
+    assert_eq!(http["path"], "/orders/7");
+    assert_eq!(
+        http["querystring"],
+        json!({"page": "2", "tag": ["a", "b"], "flag": true, "q": "a b"})
+    );
+    assert_eq!(http["headers"]["accept"], json!(["a", "b"]));
+    assert_eq!(http["headers"]["x-consumer-username"], "alice");
+    assert_eq!(http["body"], r#"{"owner": "alice"}"#);
+    assert_eq!(http["parsed_body"], json!({"owner": "alice"}));
+    assert_eq!(input["client_ip"], "203.0.113.9");
+    assert_eq!(input["route"], json!({"name": "orders"}));
+    assert_eq!(
+        input["consumer"],
+        json!({"username": "alice", "id": "alice", "custom_id": "c-17", "groups": ["admins", "ops"]})
+    );
+
+    // The cache key: length-prefixed values of the fields named.
+    let fields: Vec<String> = ["consumer", "method", "header:accept"]
+        .map(String::from)
+        .to_vec();
+    assert_eq!(
+        super::input::cache_key(&fields, &parts, &caller),
+        "5:alice4:POST3:a\nb"
+    );
+    // Not JSON: no parsed_body.
+    let text = bytes::Bytes::from_static(b"owner=alice");
+    let input = super::input::document(&parts, &caller, None, Some(&text));
+    assert!(input["request"]["http"].get("parsed_body").is_none());
+    assert!(input["request"]["http"].get("body").is_none());
+}
