@@ -34,7 +34,11 @@ pub enum Behaviour {
 }
 
 struct State {
-    engine: Mutex<regorus::Engine>,
+    /// Compiled once; each request evaluates on a clone from `idle` (an
+    /// engine is not shareable while it evaluates), so requests on
+    /// different connections run in parallel.
+    prototype: regorus::Engine,
+    idle: Mutex<Vec<regorus::Engine>>,
     behaviour: AtomicU8,
     delay_ms: AtomicU64,
     requests: AtomicUsize,
@@ -60,7 +64,8 @@ impl PolicyServer {
             .expect("bind");
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(State {
-            engine: Mutex::new(engine),
+            prototype: engine,
+            idle: Mutex::new(Vec::new()),
             behaviour: AtomicU8::new(Behaviour::Normal as u8),
             delay_ms: AtomicU64::new(0),
             requests: AtomicUsize::new(0),
@@ -152,9 +157,16 @@ async fn answer(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> 
             )
         }
     };
-    let mut engine = state.engine.lock().unwrap();
+    let mut engine = state
+        .idle
+        .lock()
+        .unwrap()
+        .pop()
+        .unwrap_or_else(|| state.prototype.clone());
     engine.set_input(regorus::Value::from(input["input"].clone()));
-    match engine.eval_rule(rule) {
+    let result = engine.eval_rule(rule);
+    state.idle.lock().unwrap().push(engine);
+    match result {
         Ok(regorus::Value::Undefined) => json(200, "{}".into()),
         Ok(value) => json(
             200,
