@@ -225,6 +225,33 @@ fn parse(args: &[String]) -> Result<Parsed> {
     Ok(Parsed::Run(settings, chosen))
 }
 
+/// The subcommand that runs the remote opa case's policy server.
+pub const SERVE_POLICY: &str = "serve-policy";
+
+/// `serve-policy --listen ADDR --policy FILE`: regorus behind OPA's data
+/// API (the tests' policy server), until killed.
+fn serve_policy(args: &[String]) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let value = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .with_context(|| format!("{name} is required"))
+    };
+    let listen: std::net::SocketAddr = value("--listen")?.parse()?;
+    let policy = std::path::PathBuf::from(value("--policy")?);
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(async move {
+            let _server =
+                xgate_tests::policy_server::PolicyServer::start(&[policy.as_path()], Some(listen))
+                    .await;
+            std::future::pending::<()>().await;
+        });
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some(upstream::SUBCOMMAND) {
@@ -232,6 +259,15 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("xgate-bench {}: {e:#}", upstream::SUBCOMMAND);
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if args.first().map(String::as_str) == Some(SERVE_POLICY) {
+        return match serve_policy(&args[1..]) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("xgate-bench {SERVE_POLICY}: {e:#}");
                 ExitCode::FAILURE
             }
         };

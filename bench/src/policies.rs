@@ -80,10 +80,12 @@ enum Policy {
     All,
     IpRestriction,
     BotDetection,
+    OpaEmbedded,
+    OpaRemote,
 }
 
 impl Policy {
-    const ALL: [Policy; 9] = [
+    const ALL: [Policy; 11] = [
         Policy::Plain,
         Policy::KeyAuth,
         Policy::Jwt,
@@ -93,6 +95,8 @@ impl Policy {
         Policy::All,
         Policy::IpRestriction,
         Policy::BotDetection,
+        Policy::OpaEmbedded,
+        Policy::OpaRemote,
     ];
 
     /// The cases a proxy is configured for.
@@ -108,6 +112,8 @@ impl Policy {
                 Policy::All,
                 Policy::IpRestriction,
                 Policy::BotDetection,
+                Policy::OpaEmbedded,
+                Policy::OpaRemote,
             ],
             Kind::Nginx => &[Policy::Plain, Policy::RateLimit],
             _ => &[
@@ -131,6 +137,11 @@ impl Policy {
             (_, Policy::IpRestriction | Policy::BotDetection) => {
                 "xgate's own case: judged against xgate's plain proxying"
             }
+            (_, Policy::OpaEmbedded) => "no embedded Rego evaluation",
+            (_, Policy::OpaRemote) => {
+                "Envoy's ext_authz speaks its own check protocol, not OPA's data API: \
+                 not configured against the bench policy server yet"
+            }
             _ => "no listener for this case",
         }
     }
@@ -147,6 +158,8 @@ impl Policy {
                 | Policy::All
                 | Policy::IpRestriction
                 | Policy::BotDetection
+                | Policy::All
+                | Policy::OpaEmbedded
         )
     }
 
@@ -170,6 +183,8 @@ impl Policy {
             Policy::All => "all",
             Policy::IpRestriction => "ip_restriction",
             Policy::BotDetection => "bot_detection",
+            Policy::OpaEmbedded => "opa_embedded",
+            Policy::OpaRemote => "opa_remote",
         }
     }
 
@@ -184,6 +199,8 @@ impl Policy {
             Policy::All => "key-auth + JWT + rate limit",
             Policy::IpRestriction => "ip-restriction (10,000 deny prefixes)",
             Policy::BotDetection => "bot detection with the built-in list",
+            Policy::OpaEmbedded => "OPA, embedded Rego (small allow policy)",
+            Policy::OpaRemote => "OPA, remote (bench policy server, OPA's data API)",
         }
     }
 
@@ -199,6 +216,8 @@ impl Policy {
             Policy::All => "ALL_PORT",
             Policy::IpRestriction => "IP_RESTRICTION_PORT",
             Policy::BotDetection => "BOT_DETECTION_PORT",
+            Policy::OpaEmbedded => "OPA_EMBEDDED_PORT",
+            Policy::OpaRemote => "OPA_REMOTE_PORT",
         }
     }
 
@@ -207,7 +226,7 @@ impl Policy {
     fn xgate_only(self) -> bool {
         matches!(
             self,
-            Policy::JwtCached | Policy::IpRestriction | Policy::BotDetection
+            Policy::JwtCached | Policy::IpRestriction | Policy::BotDetection | Policy::OpaEmbedded
         )
     }
 }
@@ -227,6 +246,8 @@ pub fn template_variable_names() -> Vec<&'static str> {
         "REDIS_URL",
         "XGATE_CONSUMERS",
         "IP_DENY_LIST",
+        "OPA_POLICY",
+        "OPA_SERVER",
     ]);
     names
 }
@@ -237,7 +258,18 @@ struct Credentials {
     jwt: keys::JwtKeys,
     token: String,
     keys_map: std::path::PathBuf,
+    /// The small allow policy of the opa cases.
+    opa_policy: std::path::PathBuf,
 }
+
+/// The opa cases' policy: allow GET unless the request says it must be
+/// refused (so the check before the load can see a refusal).
+const OPA_POLICY: &str = "package bench\n\n\
+default allow := false\n\n\
+allow if {\n\
+    input.request.http.method == \"GET\"\n\
+    not input.request.http.headers[\"x-bench-deny\"]\n\
+}\n";
 
 impl Credentials {
     fn create(dir: &Path) -> Result<Self> {
@@ -256,11 +288,14 @@ impl Credentials {
         std::fs::write(&keys_map, map)?;
         let jwt = keys::jwt_keys(dir)?;
         let token = keys::rs256_token(&jwt, dir, &format!("consumer-{CONSUMER}"))?;
+        let opa_policy = dir.join("bench.rego");
+        std::fs::write(&opa_policy, OPA_POLICY)?;
         Ok(Self {
             keys,
             jwt,
             token,
             keys_map,
+            opa_policy,
         })
     }
 
@@ -376,7 +411,20 @@ fn start_peer(
         ("REDIS_URL", redis_url.to_string()),
         ("XGATE_CONSUMERS", creds.xgate_consumers()),
         ("IP_DENY_LIST", ip_deny_list()),
+        ("OPA_POLICY", creds.opa_policy.display().to_string()),
     ]);
+    if kind == Kind::Xgate {
+        match start_policy_server(dir, &creds.opa_policy) {
+            Ok((server, port)) => {
+                fleet.servers.push(peers::Instance { process: server });
+                vars.push(("OPA_SERVER", format!("http://127.0.0.1:{port}")));
+            }
+            Err(e) => {
+                peer.unavailable = Some(format!("the bench policy server: {e:#}"));
+                return peer;
+            }
+        }
+    }
     let instance = match peers::start(
         kind,
         &binary,
@@ -491,6 +539,11 @@ fn check_policy(policy: Policy, port: u16, creds: &Credentials) -> Result<()> {
             ],
         ));
     }
+    if matches!(policy, Policy::OpaEmbedded | Policy::OpaRemote) {
+        let mut denied = good.clone();
+        denied.push("x-bench-deny: 1".into());
+        refused.push(("x-bench-deny (the policy refuses it)", denied));
+    }
     for (what, headers) in refused {
         let r = peers::http_get(addr, upstream::SMALL_PATH, &headers)?;
         if r.status != 401 && r.status != 403 {
@@ -501,6 +554,22 @@ fn check_policy(policy: Policy, port: u16, creds: &Credentials) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The OPA-compatible policy server of the remote opa case
+/// (`xgate-bench serve-policy`, regorus behind OPA's data API), serving
+/// `policy`.
+fn start_policy_server(dir: &Path, policy: &Path) -> Result<(sys::Spawned, u16)> {
+    let port = sys::free_port()?;
+    let exe = std::env::current_exe().context("finding the harness's own executable")?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg(crate::SERVE_POLICY)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--policy", &policy.display().to_string()]);
+    let mut process =
+        sys::Spawned::start("bench policy server", cmd, &dir.join("policy-server.log"))?;
+    peers::wait_ready(&mut process, port, std::time::Duration::from_secs(10))?;
+    Ok((process, port))
 }
 
 /// The policies' part of the profile-guided build's training (`xgate-bench
@@ -1018,6 +1087,15 @@ mod tests {
                             | "RATE_LIMIT_REDIS_PORT"
                             | "REDIS_URL"
                     )
+                if [
+                    "JWT_CACHED_PORT",
+                    "XGATE_CONSUMERS",
+                    "OPA_EMBEDDED_PORT",
+                    "OPA_REMOTE_PORT",
+                    "OPA_POLICY",
+                    "OPA_SERVER",
+                ]
+                .contains(&name)
                 {
                     continue;
                 }
@@ -1113,5 +1191,6 @@ mod tests {
         assert_eq!(Policy::RateLimit.target(), 0.05);
         assert_eq!(Policy::RateLimitRedis.target(), 0.25);
         assert_eq!(Policy::KeyAuth.target(), TARGET_OVERHEAD);
+        assert!(xgate.contains("{{OPA_POLICY}}") && xgate.contains("{{OPA_SERVER}}"));
     }
 }

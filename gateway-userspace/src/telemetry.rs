@@ -72,6 +72,13 @@ struct ClusterLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OpaFailureLabels {
+    decision: String,
+    mode: String,
+    failure_mode: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct IntrospectionLabels {
     issuer: String,
     result: String,
@@ -132,6 +139,7 @@ pub struct Metrics {
     refused_heads: Family<RefusedLabels, Counter>,
     policy_decisions: Family<DecisionLabels, Counter>,
     oidc_introspections: Family<IntrospectionLabels, Counter>,
+    opa_failures: Family<OpaFailureLabels, Counter>,
     send_timeouts: Family<ListenerLabels, Counter>,
     l7_denied_connections: Counter,
     reloads: Counter,
@@ -226,6 +234,14 @@ impl Default for Metrics {
              result: active, inactive (refused), or error (no usable answer)",
             oidc_introspections.clone(),
         );
+        let opa_failures = Family::<OpaFailureLabels, Counter>::default();
+        registry.register(
+            "opa_failures",
+            "Requests an opa policy had no decision for (server down, slow or answering \
+             garbage; an evaluation error), by decision, mode (embedded, remote) and \
+             failure_mode (closed: refused with 503, open: let through)",
+            opa_failures.clone(),
+        );
         let send_timeouts = Family::<ListenerLabels, Counter>::default();
         registry.register(
             "client_send_timeouts",
@@ -281,6 +297,7 @@ impl Default for Metrics {
             refused_heads,
             policy_decisions,
             oidc_introspections,
+            opa_failures,
             send_timeouts,
             l7_denied_connections,
             reloads,
@@ -535,6 +552,17 @@ impl Metrics {
             .get_or_create(&IntrospectionLabels {
                 issuer: issuer.to_string(),
                 result: result.to_string(),
+            })
+            .clone()
+    }
+
+    /// `xgate_opa_failures_total{decision,mode,failure_mode}`.
+    pub fn opa_failure(&self, decision: &str, mode: &str, failure_mode: &str) -> Counter {
+        self.opa_failures
+            .get_or_create(&OpaFailureLabels {
+                decision: decision.to_string(),
+                mode: mode.to_string(),
+                failure_mode: failure_mode.to_string(),
             })
             .clone()
     }

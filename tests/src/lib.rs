@@ -15,6 +15,7 @@ pub mod http;
 pub mod idp;
 pub mod jwt;
 pub mod netns;
+pub mod policy_server;
 pub mod ports;
 pub mod process;
 pub mod redis;

@@ -11,6 +11,7 @@ mod lenient;
 mod listener;
 mod model;
 mod oauth2_server;
+pub mod opa;
 mod policy;
 mod rate_limit;
 mod resolver;

@@ -180,6 +180,7 @@ pub enum Policy {
     Throttle(Box<super::ThrottlePolicy>),
     IpRestriction(IpRestriction),
     BotDetection(Box<BotDetection>),
+    Opa(Box<super::opa::Opa>),
 }
 
 impl Policy {
@@ -194,6 +195,7 @@ impl Policy {
             Policy::Throttle(_) => "throttle",
             Policy::IpRestriction(_) => "ip-restriction",
             Policy::BotDetection(_) => "bot-detection",
+            Policy::Opa(_) => "opa",
         }
     }
 
@@ -204,7 +206,7 @@ impl Policy {
             Policy::KeyAuth(_) | Policy::Jwt(_) | Policy::Oidc(_) | Policy::Mtls(_) => {
                 Phase::Authentication
             }
-            Policy::Acl(_) => Phase::Authorization,
+            Policy::Acl(_) | Policy::Opa(_) => Phase::Authorization,
             Policy::RateLimit(_) | Policy::Throttle(_) => Phase::Traffic,
             Policy::IpRestriction(_) | Policy::BotDetection(_) => Phase::Access,
         }
@@ -217,6 +219,7 @@ impl Policy {
             Policy::Oidc(p) => p.anonymous.as_deref(),
             Policy::Mtls(p) => p.anonymous.as_deref(),
             Policy::Acl(_)
+            | Policy::Opa(_)
             | Policy::RateLimit(_)
             | Policy::Throttle(_)
             | Policy::IpRestriction(_)
@@ -775,6 +778,7 @@ pub(super) fn validate_policies(
             Policy::Throttle(p) => super::rate_limit::validate_throttle(p, &ppath, errors),
             Policy::IpRestriction(p) => super::access::validate_ip_restriction(p, &ppath, errors),
             Policy::BotDetection(p) => super::access::validate_bot_detection(p, &ppath, errors),
+            Policy::Opa(p) => super::opa::validate(p, &ppath, errors),
         }
     }
 }

@@ -20,6 +20,7 @@
 //! - `key_auth`: API keys in a header or the query
 //! - `jwt`: JSON Web Tokens, keys from consumers or a JWKS document
 //! - `mtls`: the client certificate the listener verified
+//! - `opa`: Rego policies, in process or on an OPA server
 //! - `oidc`: an OpenID Connect provider's access tokens: JWTs with its
 //!   discovered keys, opaque tokens through introspection
 //! - `jwks`: fetching and refreshing a JWKS document
@@ -39,6 +40,7 @@ mod key_auth;
 mod lru;
 mod mtls;
 mod oidc;
+pub mod opa;
 mod rate_limit;
 mod throttle;
 
@@ -148,6 +150,14 @@ pub trait Guard: Send + Sync {
         caller: &'a Caller<'a>,
         response: &'a mut http::HeaderMap,
     ) -> GuardCheck<'a>;
+
+    /// How much of the request body the guard reads (`opa` with
+    /// `include_body`): the body is then buffered, up to this, before the
+    /// chain runs, and found in the request's extensions as
+    /// [`opa::BufferedBody`].
+    fn body_limit(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// What the chain reports about a client for rules that act on patterns
@@ -211,6 +221,8 @@ struct Step {
 pub struct PolicyList {
     mode: AuthMode,
     steps: Vec<Step>,
+    /// The most body any guard reads ([`Guard::body_limit`]).
+    body_limit: Option<u64>,
 }
 
 impl PolicyList {
@@ -270,13 +282,27 @@ impl PolicyList {
                     config::Policy::BotDetection(c) => {
                         StepPolicy::Guard(Box::new(bot_detection::BotDetection::new(c)?))
                     }
+                    config::Policy::Opa(c) => {
+                        StepPolicy::Guard(Box::new(opa::Opa::new(c, metrics)?))
+                    }
                 };
                 Ok(Step::new(p.kind(), p.phase(), policy))
             })
             .collect::<Result<Vec<_>, String>>()?;
         // By phase; declaration order within one (a stable sort).
         steps.sort_by_key(|step| step.phase);
-        Ok(Self { mode, steps })
+        let body_limit = steps
+            .iter()
+            .filter_map(|step| match &step.policy {
+                StepPolicy::Guard(guard) => guard.body_limit(),
+                StepPolicy::Authenticator { .. } => None,
+            })
+            .max();
+        Ok(Self {
+            mode,
+            steps,
+            body_limit,
+        })
     }
 }
 
@@ -345,6 +371,11 @@ impl Chain {
 
     pub fn is_empty(&self) -> bool {
         self.list.steps.is_empty()
+    }
+
+    /// How much of the body the chain's guards read, if any do.
+    pub fn body_limit(&self) -> Option<u64> {
+        self.list.body_limit
     }
 
     /// Runs the chain: who the caller is (`None` when no policy
@@ -608,6 +639,12 @@ impl PolicySet {
             })
         });
         let key = config_key(&(mode, policies, redis), self.consumers_key);
+        // Rego and data files count with their contents: a policy edited
+        // in place is a change.
+        let key = config_key(
+            &(mode, policies, opa::files_key(policies)),
+            self.consumers_key,
+        );
         let mut compiled = self.compiled.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(list) = compiled.get(&key).or_else(|| self.previous.get(&key)) {
             let list = list.clone();
@@ -674,6 +711,7 @@ impl PolicyList {
         Self {
             mode: AuthMode::All,
             steps: Vec::new(),
+            body_limit: None,
         }
     }
 }

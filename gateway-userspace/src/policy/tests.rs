@@ -54,6 +54,7 @@ fn chain(mode: AuthMode, steps: Vec<(Result<&'static str, bool>, Option<&str>)>)
                 )
             })
             .collect(),
+        body_limit: None,
     };
     Chain::new("r", Arc::new(list), &Metrics::default())
 }
@@ -303,6 +304,7 @@ fn gated_chain(
     let list = PolicyList {
         mode: AuthMode::All,
         steps,
+        body_limit: None,
     };
     (Chain::new("r", Arc::new(list), &Metrics::default()), seen)
 }

@@ -8,8 +8,8 @@ use http_body_util::BodyExt;
 use hyper::body::Body as HttpBody;
 
 use super::{
-    headers, limits, normalize, router::Destination, Body, BoxError, Rejection, RequestContext,
-    Runtime,
+    body_buffer, headers, limits, normalize, router::Destination, Body, BoxError, Rejection,
+    RequestContext, Runtime,
 };
 
 pub(super) async fn forward<B>(
@@ -75,12 +75,20 @@ where
     let matched = rt.router.route(&parts).ok_or(Rejection::NoRoute)?;
     let route = matched.route;
     ctx.route = Some(route.metrics.clone());
-    if !route.policies.empty {
+    let chain = (!route.policies.empty).then(|| route.policies.chain(&ctx.conn.listener));
+    // A policy that reads the body (opa) gets all of it before it runs.
+    let mut streamed = Some(body);
+    let mut buffered = None;
+    if let Some(limit) = chain.and_then(crate::policy::Chain::body_limit) {
+        if let Some(body) = streamed.take() {
+            buffered = Some(body_buffer::read(&mut parts, body_buffer::boxed(body), limit).await?);
+        }
+    }
+    if let Some(chain) = chain {
         // For the mtls policy.
         if let Some(cert) = &ctx.conn.client_cert {
             parts.extensions.insert(cert.clone());
         }
-        let chain = route.policies.chain(&ctx.conn.listener);
         let input = crate::policy::ChainInput {
             client_ip: ctx.client_ip,
             conn: &ctx.conn,
@@ -95,11 +103,12 @@ where
         // The policies' response headers are added to it like to any.
         Destination::Respond(fixed) => return Ok(fixed.response()),
     };
-    let body = limits::limit_body(
-        &parts,
-        body,
-        route.max_body_bytes.or(rt.limits.max_body_bytes),
-    )?;
+    let max_body = route.max_body_bytes.or(rt.limits.max_body_bytes);
+    let body = match (streamed, buffered) {
+        (Some(body), _) => limits::limit_body(&parts, body, max_body)?,
+        (None, Some(body)) => body,
+        (None, None) => unreachable!("the body is streamed or buffered"),
+    };
 
     parts.uri = route.upstream_path(parts.uri.path_and_query()).into();
     parts.version = Version::HTTP_11;

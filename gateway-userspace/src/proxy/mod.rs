@@ -2,6 +2,7 @@
 //! per-request forwarding path, and the listeners that feed it.
 
 mod access_log;
+mod body_buffer;
 mod conn_io;
 mod drain;
 mod finish;
