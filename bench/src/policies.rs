@@ -158,7 +158,6 @@ impl Policy {
                 | Policy::All
                 | Policy::IpRestriction
                 | Policy::BotDetection
-                | Policy::All
                 | Policy::OpaEmbedded
         )
     }
@@ -1086,16 +1085,11 @@ mod tests {
                             | "IP_DENY_LIST"
                             | "RATE_LIMIT_REDIS_PORT"
                             | "REDIS_URL"
+                            | "OPA_EMBEDDED_PORT"
+                            | "OPA_REMOTE_PORT"
+                            | "OPA_POLICY"
+                            | "OPA_SERVER"
                     )
-                if [
-                    "JWT_CACHED_PORT",
-                    "XGATE_CONSUMERS",
-                    "OPA_EMBEDDED_PORT",
-                    "OPA_REMOTE_PORT",
-                    "OPA_POLICY",
-                    "OPA_SERVER",
-                ]
-                .contains(&name)
                 {
                     continue;
                 }
@@ -1143,6 +1137,7 @@ mod tests {
         }
         assert!(xgate.contains("{{XGATE_CONSUMERS}}"));
         assert!(xgate.contains("{{IP_DENY_LIST}}"));
+        assert!(xgate.contains("{{OPA_POLICY}}") && xgate.contains("{{OPA_SERVER}}"));
         let nginx = peers::NGINX_POLICIES.text;
         for policy in Policy::of(Kind::Nginx) {
             assert!(
@@ -1191,6 +1186,5 @@ mod tests {
         assert_eq!(Policy::RateLimit.target(), 0.05);
         assert_eq!(Policy::RateLimitRedis.target(), 0.25);
         assert_eq!(Policy::KeyAuth.target(), TARGET_OVERHEAD);
-        assert!(xgate.contains("{{OPA_POLICY}}") && xgate.contains("{{OPA_SERVER}}"));
     }
 }

@@ -638,11 +638,10 @@ impl PolicySet {
                 matches!(p, config::Policy::RateLimit(r) if r.storage == config::Storage::Redis)
             })
         });
-        let key = config_key(&(mode, policies, redis), self.consumers_key);
         // Rego and data files count with their contents: a policy edited
         // in place is a change.
         let key = config_key(
-            &(mode, policies, opa::files_key(policies)),
+            &(mode, policies, redis, opa::files_key(policies)),
             self.consumers_key,
         );
         let mut compiled = self.compiled.lock().unwrap_or_else(|e| e.into_inner());
