@@ -1164,11 +1164,19 @@ mod tests {
             ("REDIS_URL", "redis://127.0.0.1:6379".to_string()),
             ("XGATE_CONSUMERS", "[]".to_string()),
             ("IP_DENY_LIST", "['10.0.0.0/8']".to_string()),
+            ("OPA_SERVER", "http://127.0.0.1:9181".to_string()),
         ]);
+        // The Rego file is compiled by validation: a real one.
+        let dir = std::env::temp_dir().join(format!("xgate-bench-opa-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let rego = dir.join("bench.rego");
+        std::fs::write(&rego, OPA_POLICY).unwrap();
+        vars.push(("OPA_POLICY", rego.display().to_string()));
         let text = peers::render(peers::XGATE_POLICIES.text, &vars, false).unwrap();
         let config = gateway_userspace::config::Config::from_yaml(&text, "xgate-policies.yaml")
             .unwrap_or_else(|e| panic!("{e}"));
         assert!(config.redis.is_some());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
