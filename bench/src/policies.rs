@@ -567,8 +567,25 @@ fn start_policy_server(dir: &Path, policy: &Path) -> Result<(sys::Spawned, u16)>
         .args(["--policy", &policy.display().to_string()]);
     let mut process =
         sys::Spawned::start("bench policy server", cmd, &dir.join("policy-server.log"))?;
-    peers::wait_ready(&mut process, port, std::time::Duration::from_secs(10))?;
-    Ok((process, port))
+    // Ready once it answers HTTP at all: it serves OPA's data API, not the
+    // upstream's `GET /small` that `peers::wait_ready` asks for.
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        sys::check_interrupted()?;
+        process.check_running()?;
+        match peers::http_get(addr, "/", &[]) {
+            Ok(_) => return Ok((process, port)),
+            Err(e) if std::time::Instant::now() >= deadline => {
+                bail!(
+                    "the bench policy server did not answer on {addr} within 10 s ({e:#}); \
+                     end of its log:\n{}",
+                    process.log_tail(20)
+                )
+            }
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(100)),
+        }
+    }
 }
 
 /// The policies' part of the profile-guided build's training (`xgate-bench

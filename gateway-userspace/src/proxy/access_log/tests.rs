@@ -130,16 +130,22 @@ fn buffered_lines_wait_for_a_flush_a_full_buffer_or_the_end() {
     logger.flush();
     assert_eq!(json_lines(&dir.log()).len(), 2);
 
-    // Five lines of about 1 KiB fill the 4 KiB buffer: the writer thread
-    // is woken and writes them.
+    // Five lines of about 1 KiB overfill the 4 KiB buffer: the writer
+    // thread is woken and writes the full buffer (at least the three lines
+    // that filled it; the lines after them too if it runs late), with no
+    // flush asked for.
     for i in 0..5 {
         refused(&logger, &format!("{i}-{}", "x".repeat(1000)));
     }
     let deadline = Instant::now() + Duration::from_secs(10);
-    while json_lines(&dir.log()).len() < 7 && Instant::now() < deadline {
+    while json_lines(&dir.log()).len() < 5 && Instant::now() < deadline {
         thread::sleep(Duration::from_millis(5));
     }
-    assert_eq!(json_lines(&dir.log()).len(), 7, "a full buffer is written");
+    let written = json_lines(&dir.log()).len();
+    assert!(
+        (5..=7).contains(&written),
+        "a full buffer is written: {written} lines"
+    );
 
     refused(&logger, "last");
     drop(logger);
