@@ -25,6 +25,7 @@ mod proxy;
 mod report;
 mod rules;
 mod scale;
+mod shapes;
 mod stats;
 mod sys;
 mod upstream;
@@ -92,6 +93,11 @@ const SCENARIOS: &[Scenario] = &[
         run: proxy::run,
     },
     Scenario {
+        name: "shapes",
+        about: "L7 proxy in four load shapes (one core pinned, 1,000 connections) with a hyper and an nginx origin",
+        run: shapes::run,
+    },
+    Scenario {
         name: "policies",
         about: "cost of key-auth, RS256 JWT and rate limiting against HAProxy and Envoy",
         run: policies::run,
@@ -125,8 +131,8 @@ fn usage() -> String {
     s.push_str(&format!(
         "\noptions:\n  --repeat N     repetitions per measurement (xdp; bots: decisions, at most 200000; default {})\n  \
          --rounds R     measurements per case, the median is reported \
-         (default: xdp {}, proxy {}, policies {}, bots {})\n  \
-         --duration S   seconds of load per measurement (proxy, policies; default {})\n\n\
+         (default: xdp {}, proxy {}, shapes {}, policies {}, bots {})\n  \
+         --duration S   seconds of load per measurement (proxy, shapes, policies; default {})\n\n\
          Needs root. Writes bench/RESULTS.md and bench/results.json \
          (or into $XGATE_BENCH_OUT).\n\n\
          not scenarios:\n  \
@@ -136,6 +142,7 @@ fn usage() -> String {
         d.repeat,
         xdp::DEFAULT_ROUNDS,
         proxy::DEFAULT_ROUNDS,
+        shapes::DEFAULT_ROUNDS,
         policies::DEFAULT_ROUNDS,
         bots::DEFAULT_ROUNDS,
         proxy::DEFAULT_DURATION_S,

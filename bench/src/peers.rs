@@ -88,6 +88,13 @@ pub const ENVOY_POLICIES: Template = Template {
     text: include_str!("../peers/envoy-policies.yaml"),
 };
 
+/// nginx as an origin (`return 200` with the bench upstream's small body,
+/// one worker), as users put behind gateways: `xgate-bench shapes`.
+pub const NGINX_ORIGIN: Template = Template {
+    file: "nginx-origin.conf",
+    text: include_str!("../peers/nginx-origin.conf"),
+};
+
 /// A peer's executable and what it says its version is.
 #[derive(Debug, Clone)]
 pub struct Binary {
@@ -327,7 +334,10 @@ pub fn start(
     std::fs::create_dir_all(dir)?;
     let mut vars = vars.to_vec();
     vars.push(("DIR", dir.display().to_string()));
-    vars.push(("THREADS", threads().to_string()));
+    // The caller may set fewer threads (the pinned one-core shape).
+    if !vars.iter().any(|(name, _)| *name == "THREADS") {
+        vars.push(("THREADS", threads().to_string()));
+    }
     let text = render(template.text, &vars, tls)?;
     let config = dir.join(template.file);
     std::fs::write(&config, text)?;
@@ -363,7 +373,10 @@ pub fn start(
             (validate, run)
         }
         Kind::Envoy => {
-            let threads = threads().to_string();
+            let threads = vars
+                .iter()
+                .find(|(name, _)| *name == "THREADS")
+                .map_or_else(|| threads().to_string(), |(_, v)| v.clone());
             let common = |cmd: &mut Command| {
                 cmd.arg("-c")
                     .arg(&config)
@@ -508,12 +521,17 @@ fn dechunk(mut data: &[u8]) -> Result<Vec<u8>> {
 /// Starts the bench upstream (this executable, `serve-upstream`) on a free
 /// port and waits until it answers.
 pub fn start_upstream(dir: &Path) -> Result<(Spawned, u16)> {
+    start_upstream_with(dir, threads())
+}
+
+/// As [`start_upstream`], with `threads` server threads.
+pub fn start_upstream_with(dir: &Path, threads: usize) -> Result<(Spawned, u16)> {
     let port = sys::free_port()?;
     let exe = std::env::current_exe().context("finding the harness's own executable")?;
     let mut cmd = Command::new(exe);
     cmd.arg(upstream::SUBCOMMAND)
         .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(["--threads", &threads().to_string()]);
+        .args(["--threads", &threads.to_string()]);
     let mut process = Spawned::start("bench upstream", cmd, &dir.join("upstream.log"))?;
     wait_ready(&mut process, port, Duration::from_secs(10))?;
     Ok((process, port))

@@ -96,6 +96,11 @@ pub struct Case {
     /// Index of the measured server in [`Fleet::servers`]; None: the
     /// upstream itself.
     pub server: Option<usize>,
+    /// The load's threads and connections when not the protocol's default
+    /// (`xgate-bench shapes`).
+    pub load: Option<(u32, u32)>,
+    /// The CPU the load generator is pinned to, if any.
+    pub load_cpu: Option<usize>,
     /// Why the case is not measured (tool or peer missing, feature absent).
     pub unavailable: Option<String>,
     /// Why a run failed; the case is not compared then.
@@ -114,6 +119,8 @@ impl Case {
             headers: Vec::new(),
             min_bytes: 0,
             server: None,
+            load: None,
+            load_cpu: None,
             unavailable: None,
             failed: None,
             samples: Vec::new(),
@@ -282,27 +289,17 @@ pub fn measure(fleet: &mut Fleet, tools: &Tools, case: &Case, seconds: u64) -> R
     let (machine_before, ours_before) = (machine_user(), ours_user(fleet));
     let cpu_before = cpu(fleet);
     let upstream_before = fleet.upstream.cpu_ticks();
-    let load = match case.proto {
-        Proto::H1 => {
-            let shape = Shape {
-                threads: H1_THREADS,
-                connections: H1_CONNECTIONS,
-                streams: 1,
-                seconds,
-            };
-            tools.wrk.run(&case.url, shape, &case.headers)?
-        }
-        Proto::H2 => {
-            let shape = Shape {
-                threads: H2_THREADS,
-                connections: H2_CONNECTIONS,
-                streams: H2_STREAMS,
-                seconds,
-            };
-            let h2load = tools.h2load.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
-            h2load.run(&case.url, shape, &case.headers)?
-        }
-    };
+    if let Some(cpu) = case.load_cpu {
+        anyhow::ensure!(
+            sys::pin_to(cpu),
+            "cannot pin the load generator to CPU {cpu}"
+        );
+    }
+    let load = run_load(tools, case, seconds);
+    if case.load_cpu.is_some() {
+        sys::unpin();
+    }
+    let load = load?;
     let cpu_after = cpu(fleet);
     let upstream_after = fleet.upstream.cpu_ticks();
     let (machine_after, ours_after) = (machine_user(), ours_user(fleet));
@@ -327,6 +324,33 @@ pub fn measure(fleet: &mut Fleet, tools: &Tools, case: &Case, seconds: u64) -> R
         other_user_cores,
         load,
     })
+}
+
+/// The load generator's run for `case`: its protocol's default shape, or
+/// the case's own threads and connections.
+fn run_load(tools: &Tools, case: &Case, seconds: u64) -> Result<LoadResult> {
+    match case.proto {
+        Proto::H1 => {
+            let (threads, connections) = case.load.unwrap_or((H1_THREADS, H1_CONNECTIONS));
+            let shape = Shape {
+                threads,
+                connections,
+                streams: 1,
+                seconds,
+            };
+            tools.wrk.run(&case.url, shape, &case.headers)
+        }
+        Proto::H2 => {
+            let shape = Shape {
+                threads: H2_THREADS,
+                connections: H2_CONNECTIONS,
+                streams: H2_STREAMS,
+                seconds,
+            };
+            let h2load = tools.h2load.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
+            h2load.run(&case.url, shape, &case.headers)
+        }
+    }
 }
 
 /// Runs `rounds` interleaved rounds (see [`round_order`]). Each measured run

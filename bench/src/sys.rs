@@ -322,6 +322,20 @@ pub fn pin_to_last_cpu() -> Option<usize> {
     }
 }
 
+/// Pins the calling thread (and the processes it starts from now on) to
+/// `cpu`; false if the kernel refused (no such CPU).
+pub fn pin_to(cpu: usize) -> bool {
+    if cpu >= libc::CPU_SETSIZE as usize {
+        return false;
+    }
+    // SAFETY: cpu_set_t is plain data; the call sets this thread's mask.
+    unsafe {
+        let mut one: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut one);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &one) == 0
+    }
+}
+
 /// Lets the calling thread (and the processes it starts from now on) run on
 /// every online CPU again, undoing [`pin_to_last_cpu`].
 pub fn unpin() {
