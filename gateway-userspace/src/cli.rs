@@ -783,7 +783,11 @@ fn print_counter_columns(columns: &[(&str, &serde_json::Value)]) {
         let verdict = if stat.dropped() { "drop" } else { "pass" };
         let mut line = format!("             {:<20} {verdict}", stat.name());
         for (name, counters) in columns {
-            line.push_str(&format!(" {:>w$}", counters[stat.name()], w = width(name)));
+            // A JSON value ignores the width: format the number.
+            let value = counters[stat.name()]
+                .as_u64()
+                .map_or_else(|| "?".to_string(), |n| n.to_string());
+            line.push_str(&format!(" {value:>w$}", w = width(name)));
         }
         println!("{line}");
     }

@@ -264,6 +264,18 @@ fn xdp_counters_are_per_interface() {
             .is_some_and(|h| h.contains("total") && h.contains("xi1") && h.contains("xi2")),
         "{table}"
     );
+    // `denied_v4  drop  TOTAL  XI1  XI2`: the total is the sum of the columns.
+    let row: Vec<u64> = table
+        .lines()
+        .find(|l| l.trim_start().starts_with("denied_v4"))
+        .unwrap_or_else(|| panic!("{table}"))
+        .split_whitespace()
+        .skip(2)
+        .map(|n| n.parse().unwrap())
+        .collect();
+    assert_eq!(row.len(), 3, "{table}");
+    assert_eq!(row[0], row[1] + row[2], "{table}");
+    assert!(row[1] >= N as u64 && row[2] >= N as u64, "{table}");
     let out = daemon.cli(&["xdp", "stats", "--iface", "eth9"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
