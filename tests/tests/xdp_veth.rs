@@ -181,7 +181,10 @@ fn xdp_counters_are_per_interface() {
     assert_eq!(status["xdp"]["attached"][1]["interface"], "xi2", "{status}");
     for iface in ["xi1", "xi2"] {
         assert!(
-            pin.0.join("v4").join(format!("STATS@{iface}")).exists(),
+            pin.0
+                .join(format!("v{}", gateway_common::MAP_LAYOUT_VERSION))
+                .join(format!("STATS@{iface}"))
+                .exists(),
             "{iface}'s counters are pinned"
         );
     }
