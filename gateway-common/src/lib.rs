@@ -28,6 +28,9 @@ pub mod map_names {
     /// `Array<XdpConfig>`, one element per slot.
     pub const CONFIG: &str = "CONFIG";
     /// Per-CPU packet counters: `PerCpuArray<u64>` indexed by [`super::Stat`].
+    /// The one map that is not shared: each interface's copy of the program
+    /// has its own, pinned as `STATS@<interface>` (layouts up to v4 before
+    /// per-interface counters pinned one `STATS` for all).
     pub const STATS: &str = "STATS";
     /// Token buckets: `LruHashMap<BucketKey, Bucket>`, shared by both slots
     /// so rate state survives rule-set swaps.

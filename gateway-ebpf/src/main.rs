@@ -52,7 +52,9 @@ static ACTIVE: Array<u32> = Array::with_max_entries(1, 0);
 static CONFIG: Array<XdpConfig> = Array::with_max_entries(SLOTS, 0);
 
 /// Packet counters, one slot per [`Stat`], per CPU (no atomics needed on the
-/// hot path; userspace sums the CPUs).
+/// hot path; userspace sums the CPUs). Userspace loads one copy of this
+/// program per interface, each with its own `STATS` and every other map
+/// shared, so the counters are per interface at no cost here.
 #[map(name = "STATS")]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Stat::COUNT, 0);
 

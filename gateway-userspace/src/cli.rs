@@ -190,11 +190,15 @@ enum BansCommand {
 
 #[derive(Debug, Subcommand)]
 enum XdpCommand {
-    /// Packet counters by verdict and reason, summed over CPUs (from the running daemon).
+    /// Packet counters by verdict and reason, summed over CPUs (from the running daemon):
+    /// the total over every attached interface and a column per interface.
     Stats {
-        /// Print the raw JSON document.
+        /// Print the raw JSON document (the totals, or with --iface that interface's).
         #[arg(long)]
         json: bool,
+        /// Only this attached interface's counters.
+        #[arg(long, value_name = "IFACE")]
+        iface: Option<String>,
     },
     /// Attach the XDP program to an interface and leave it enforcing, without a daemon
     /// (development; `cargo xtask attach`). With --config, its lists and rate limit are loaded.
@@ -458,7 +462,7 @@ async fn bans_command(cli: &Cli, action: &BansCommand) -> anyhow::Result<ExitCod
 
 async fn xdp_command(cli: &Cli, action: &XdpCommand) -> anyhow::Result<ExitCode> {
     match action {
-        XdpCommand::Stats { json } => {
+        XdpCommand::Stats { json, iface } => {
             let status = client::call_ok(&admin_socket(cli)?, Method::GET, "/status", None).await?;
             let Some(xdp) = status.get("xdp") else {
                 anyhow::bail!(
@@ -468,10 +472,29 @@ async fn xdp_command(cli: &Cli, action: &XdpCommand) -> anyhow::Result<ExitCode>
                         .unwrap_or("unknown reason")
                 );
             };
+            let counters = match iface {
+                Some(iface) => {
+                    let by_interface = &xdp["interface_counters"];
+                    let Some(counters) = by_interface.get(iface) else {
+                        let attached: Vec<&str> = by_interface
+                            .as_object()
+                            .map(|m| m.keys().map(String::as_str).collect())
+                            .unwrap_or_default();
+                        anyhow::bail!(
+                            "XDP is not attached to {iface} (attached to: {})",
+                            attached.join(", ")
+                        );
+                    };
+                    counters
+                }
+                None => &xdp["counters"],
+            };
             if *json {
-                println!("{}", serde_json::to_string_pretty(&xdp["counters"])?);
+                println!("{}", serde_json::to_string_pretty(counters)?);
+            } else if let Some(iface) = iface {
+                print_counter_columns(&[(iface.as_str(), counters)]);
             } else {
-                print_counters(&xdp["counters"]);
+                print_counters(xdp);
             }
         }
         XdpCommand::Attach {
@@ -728,7 +751,7 @@ fn print_status(s: &serde_json::Value) {
                 );
             }
             println!("           {} rate buckets", xdp["rate_buckets"]);
-            print_counters(&xdp["counters"]);
+            print_counters(xdp);
         }
         None => println!(
             "xdp:       off ({})",
@@ -739,15 +762,34 @@ fn print_status(s: &serde_json::Value) {
     }
 }
 
-fn print_counters(counters: &serde_json::Value) {
-    println!("           packets:");
+/// The XDP status's packet counters: the total and one column per
+/// attached interface.
+fn print_counters(xdp: &serde_json::Value) {
+    let mut columns = vec![("total", &xdp["counters"])];
+    if let Some(by_interface) = xdp["interface_counters"].as_object() {
+        columns.extend(by_interface.iter().map(|(name, c)| (name.as_str(), c)));
+    }
+    print_counter_columns(&columns);
+}
+
+fn print_counter_columns(columns: &[(&str, &serde_json::Value)]) {
+    let width = |name: &str| name.len().max(12);
+    let mut header = format!("           {:<27}", "packets:");
+    for (name, _) in columns {
+        header.push_str(&format!(" {name:>w$}", w = width(name)));
+    }
+    println!("{}", header.trim_end());
     for stat in gateway_common::Stat::ALL {
         let verdict = if stat.dropped() { "drop" } else { "pass" };
-        println!(
-            "             {:<20} {verdict}  {}",
-            stat.name(),
-            counters[stat.name()]
-        );
+        let mut line = format!("             {:<20} {verdict}", stat.name());
+        for (name, counters) in columns {
+            // A JSON value ignores the width: format the number.
+            let value = counters[stat.name()]
+                .as_u64()
+                .map_or_else(|| "?".to_string(), |n| n.to_string());
+            line.push_str(&format!(" {value:>w$}", w = width(name)));
+        }
+        println!("{line}");
     }
 }
 

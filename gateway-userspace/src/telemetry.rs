@@ -3,13 +3,15 @@
 //!
 //! - `series`: series of routes and targets removed with them
 //! - `process`: `process_*` and `xgate_build_info`
+//! - `xdp`: the XDP program's packet counters, per interface
 
 mod process;
 mod series;
+mod xdp;
 
 use std::{
     cell::RefCell,
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     io::IsTerminal,
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -18,7 +20,6 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use gateway_common::Stat;
 use http::Method;
 use prometheus_client::{
     encoding::{text::encode, EncodeLabelSet},
@@ -655,9 +656,9 @@ impl Metrics {
         self.reload_failures.inc();
     }
 
-    /// Prometheus text exposition format, with the kernel counters if XDP is
-    /// attached.
-    pub fn render(&self, xdp: Option<&Counters>) -> String {
+    /// Prometheus text exposition format, with the kernel counters of each
+    /// interface if XDP is attached.
+    pub fn render(&self, xdp: Option<&BTreeMap<String, Counters>>) -> String {
         let mut out = String::new();
         encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         // The registry ends with "# EOF"; the XDP family goes before it.
@@ -666,17 +667,8 @@ impl Metrics {
         }
         process::render_build_info(&mut out);
         process::render(&mut out, self.started);
-        if let Some(counters) = xdp {
-            out.push_str("# HELP xgate_xdp_packets Packets seen by the XDP program, by verdict and reason.\n");
-            out.push_str("# TYPE xgate_xdp_packets counter\n");
-            for stat in Stat::ALL {
-                let verdict = if stat.dropped() { "drop" } else { "pass" };
-                out.push_str(&format!(
-                    "xgate_xdp_packets_total{{verdict=\"{verdict}\",reason=\"{}\"}} {}\n",
-                    stat.name(),
-                    counters.get(stat)
-                ));
-            }
+        if let Some(interfaces) = xdp {
+            xdp::render(&mut out, interfaces);
         }
         out.push_str("# EOF\n");
         out

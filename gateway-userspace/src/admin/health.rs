@@ -74,7 +74,7 @@ impl Observed {
             .lists
             .xdp_status()
             .and_then(Result::ok)
-            .map(|s| s.counters);
+            .map(|s| s.interface_counters);
         let mut text = self.metrics.render(counters.as_ref());
         super::upstreams::add_metrics(self.runtime.load().upstreams(), &mut text);
         text

@@ -136,7 +136,10 @@ pub struct XdpStatus {
     pub pin_path: Option<String>,
     pub active_slot: u32,
     pub rate_buckets: usize,
+    /// Summed over every interface.
     pub counters: Counters,
+    /// Each attached interface's own counters.
+    pub interface_counters: BTreeMap<String, Counters>,
 }
 
 pub struct SourceLists {
@@ -474,6 +477,7 @@ impl SourceLists {
                 active_slot: xdp.active_slot()?,
                 rate_buckets: xdp.bucket_count(),
                 counters: xdp.counters()?,
+                interface_counters: xdp.interface_counters()?.into_iter().collect(),
             })
         };
         Some(status().map_err(|e| e.to_string()))

@@ -15,7 +15,7 @@ use aya::programs::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::{XdpDataPlane, XdpError};
+use super::{instance::Instance, XdpDataPlane, XdpError};
 use crate::config::XdpMode;
 
 /// The mode an attachment actually got.
@@ -82,85 +82,29 @@ fn find_pinned(pin_root: &Path, interface: &str) -> Option<(PathBuf, AttachMode)
 
 impl XdpDataPlane {
     /// Attaches to `interface`, adopting a pinned link if one exists. `auto`
-    /// tries native mode first and falls back to generic.
+    /// tries native mode first and falls back to generic. The interface gets
+    /// its own copy of the program (its own counters; every other map
+    /// shared), which needs the pin root.
     pub fn attach(&mut self, interface: &str, mode: XdpMode) -> Result<Attachment, XdpError> {
-        let pin_root = self.pin_root.clone();
-        if let Some((pin, pinned_mode)) = pin_root
-            .as_deref()
-            .and_then(|root| find_pinned(root, interface))
-        {
-            match self.adopt(interface, &pin, pinned_mode) {
-                Ok(attachment) => {
-                    self.attachments.push(attachment.clone());
-                    return Ok(attachment);
-                }
-                Err(error) => {
-                    tracing::warn!(interface, %error, "stale pinned XDP link; attaching afresh");
-                    let _ = std::fs::remove_file(&pin);
-                }
-            }
-        }
-        let attempts: &[AttachMode] = match mode {
-            XdpMode::Auto => &[AttachMode::Native, AttachMode::Generic],
-            XdpMode::Native => &[AttachMode::Native],
-            XdpMode::Generic => &[AttachMode::Generic],
+        let Some(pin_root) = self.pin_root.clone() else {
+            return Err(XdpError::Link(format!(
+                "cannot attach to {interface}: attaching needs a pin path (the interface's \
+                 copy of the program shares the lists through their pins)"
+            )));
         };
-        let program = self.program_mut()?;
-        let mut last_error = None;
-        for &attempt in attempts {
-            let aya_mode = match attempt {
-                AttachMode::Native => AyaMode::Driver,
-                AttachMode::Generic => AyaMode::Skb,
-            };
-            match program.attach(interface, aya_mode) {
-                Ok(link_id) => {
-                    let pin = pin_root
-                        .as_deref()
-                        .map(|root| link_pin(root, interface, attempt));
-                    if let Some(pin) = &pin {
-                        let link = program.take_link(link_id)?;
-                        pin_link(link, pin)?;
-                    }
-                    let attachment = Attachment {
-                        interface: interface.to_string(),
-                        mode: attempt,
-                        adopted: false,
-                        link_pin: pin,
-                    };
-                    self.attachments.push(attachment.clone());
-                    return Ok(attachment);
-                }
-                Err(source) => {
-                    tracing::debug!(interface, mode = %attempt, error = %source, "XDP attach attempt failed");
-                    last_error = Some(XdpError::Attach {
-                        interface: interface.to_string(),
-                        mode: attempt,
-                        source,
-                    });
-                }
-            }
+        if self.attachments.iter().any(|a| a.interface == interface) {
+            return Err(XdpError::Link(format!("{interface} is attached already")));
         }
-        Err(last_error.expect("at least one attach attempt"))
-    }
-
-    fn adopt(
-        &mut self,
-        interface: &str,
-        pin: &Path,
-        mode: AttachMode,
-    ) -> Result<Attachment, XdpError> {
-        let pinned = PinnedLink::from_pin(pin)
-            .map_err(|e| XdpError::Link(format!("{}: {e}", pin.display())))?;
-        let link = XdpLink::try_from(FdLink::from(pinned))
-            .map_err(|e| XdpError::Link(format!("{} is not an XDP link: {e}", pin.display())))?;
-        // Swaps our program into the live link: no moment without a program.
-        self.program_mut()?.attach_to_link(link)?;
-        Ok(Attachment {
-            interface: interface.to_string(),
-            mode,
-            adopted: true,
-            link_pin: Some(pin.to_path_buf()),
-        })
+        let mut instance = Instance::load(
+            self.object,
+            &super::layout_dir(&pin_root),
+            self.list_capacity,
+            interface,
+        )?;
+        let attachment = attach_instance(&mut instance, &pin_root, interface, mode)?;
+        self.instances.push(instance);
+        self.attachments.push(attachment.clone());
+        Ok(attachment)
     }
 
     /// Unpins every link this daemon holds, so they detach when the program
@@ -172,6 +116,81 @@ impl XdpDataPlane {
             }
         }
     }
+}
+
+/// Attaches `instance`'s program to `interface`: swapped into a pinned link
+/// left by an earlier daemon or `xgate xdp attach` when there is one, else
+/// a new link, pinned.
+fn attach_instance(
+    instance: &mut Instance,
+    pin_root: &Path,
+    interface: &str,
+    mode: XdpMode,
+) -> Result<Attachment, XdpError> {
+    if let Some((pin, pinned_mode)) = find_pinned(pin_root, interface) {
+        match adopt(instance, interface, &pin, pinned_mode) {
+            Ok(attachment) => return Ok(attachment),
+            Err(error) => {
+                tracing::warn!(interface, %error, "stale pinned XDP link; attaching afresh");
+                let _ = std::fs::remove_file(&pin);
+            }
+        }
+    }
+    let attempts: &[AttachMode] = match mode {
+        XdpMode::Auto => &[AttachMode::Native, AttachMode::Generic],
+        XdpMode::Native => &[AttachMode::Native],
+        XdpMode::Generic => &[AttachMode::Generic],
+    };
+    let program = instance.program_mut()?;
+    let mut last_error = None;
+    for &attempt in attempts {
+        let aya_mode = match attempt {
+            AttachMode::Native => AyaMode::Driver,
+            AttachMode::Generic => AyaMode::Skb,
+        };
+        match program.attach(interface, aya_mode) {
+            Ok(link_id) => {
+                let pin = link_pin(pin_root, interface, attempt);
+                let link = program.take_link(link_id)?;
+                pin_link(link, &pin)?;
+                return Ok(Attachment {
+                    interface: interface.to_string(),
+                    mode: attempt,
+                    adopted: false,
+                    link_pin: Some(pin),
+                });
+            }
+            Err(source) => {
+                tracing::debug!(interface, mode = %attempt, error = %source, "XDP attach attempt failed");
+                last_error = Some(XdpError::Attach {
+                    interface: interface.to_string(),
+                    mode: attempt,
+                    source,
+                });
+            }
+        }
+    }
+    Err(last_error.expect("at least one attach attempt"))
+}
+
+fn adopt(
+    instance: &mut Instance,
+    interface: &str,
+    pin: &Path,
+    mode: AttachMode,
+) -> Result<Attachment, XdpError> {
+    let pinned =
+        PinnedLink::from_pin(pin).map_err(|e| XdpError::Link(format!("{}: {e}", pin.display())))?;
+    let link = XdpLink::try_from(FdLink::from(pinned))
+        .map_err(|e| XdpError::Link(format!("{} is not an XDP link: {e}", pin.display())))?;
+    // Swaps our program into the live link: no moment without a program.
+    instance.program_mut()?.attach_to_link(link)?;
+    Ok(Attachment {
+        interface: interface.to_string(),
+        mode,
+        adopted: true,
+        link_pin: Some(pin.to_path_buf()),
+    })
 }
 
 fn pin_link(link: XdpLink, pin: &Path) -> Result<(), XdpError> {

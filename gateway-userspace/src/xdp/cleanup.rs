@@ -99,7 +99,7 @@ mod tests {
         let _ = fs::remove_dir_all(&root);
         fs::create_dir_all(root.join("v3")).unwrap();
         fs::create_dir_all(root.join("v2")).unwrap();
-        for map in ["DENY_V4", "ALLOW_V4"] {
+        for map in ["DENY_V4", "ALLOW_V4", "STATS@eth0", "STATS@eth1"] {
             fs::write(root.join("v3").join(map), "").unwrap();
         }
         fs::write(root.join("v2").join("OLD"), "").unwrap();
@@ -111,7 +111,7 @@ mod tests {
         let root = tree("ok");
         fs::create_dir_all(links_dir(&root)).unwrap();
         let removed = cleanup(&root).unwrap();
-        assert_eq!(removed.maps, 3);
+        assert_eq!(removed.maps, 5, "every map, each interface's counters too");
         assert!(!root.exists());
         assert_eq!(cleanup(&root).unwrap(), Removed::default());
     }

@@ -3,12 +3,10 @@
 use std::net::IpAddr;
 
 use aya::{
-    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, Map, MapData, MapError},
     Ebpf,
 };
-use gateway_common::{
-    flags, map_names, Bucket, BucketKey, RateLimit, Rule, Stat, XdpConfig, PORT_WORDS,
-};
+use gateway_common::{flags, map_names, Bucket, BucketKey, RateLimit, Rule, XdpConfig, PORT_WORDS};
 use ipnet::IpNet;
 
 use super::{
@@ -59,7 +57,6 @@ struct SlotMaps {
 pub(super) struct Maps {
     active: Array<MapData, u32>,
     config: Array<MapData, XdpConfig>,
-    stats: PerCpuArray<MapData, u64>,
     buckets: HashMap<MapData, BucketKey, Bucket>,
     slots: [SlotMaps; 2],
 }
@@ -83,7 +80,6 @@ impl Maps {
         Ok(Self {
             active: Array::try_from(take(ebpf, map_names::ACTIVE)?)?,
             config: Array::try_from(take(ebpf, map_names::CONFIG)?)?,
-            stats: PerCpuArray::try_from(take(ebpf, map_names::STATS)?)?,
             buckets: HashMap::try_from(take(ebpf, map_names::BUCKETS)?)?,
             slots,
         })
@@ -91,10 +87,6 @@ impl Maps {
 
     pub(super) fn active(&self) -> Result<u32, XdpError> {
         Ok(self.active.get(&0, 0)? & 1)
-    }
-
-    pub(super) fn stat(&self, stat: Stat) -> Result<u64, XdpError> {
-        Ok(self.stats.get(&(stat as u32), 0)?.iter().sum())
     }
 
     pub(super) fn bucket_count(&self) -> usize {

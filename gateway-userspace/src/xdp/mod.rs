@@ -5,6 +5,7 @@
 mod attach;
 mod bpffs;
 mod cleanup;
+mod instance;
 mod list_maps;
 mod maps;
 
@@ -14,19 +15,19 @@ use std::{
 };
 
 use aya::{
-    maps::MapError,
+    maps::{MapData, MapError, PerCpuArray},
     programs::{ProgramError, Xdp},
-    Ebpf, EbpfError, EbpfLoader,
+    Ebpf, EbpfError,
 };
-use gateway_common::{map_names, Stat, MAP_LAYOUT_VERSION, XDP_PROGRAM};
+use gateway_common::{Stat, MAP_LAYOUT_VERSION, XDP_PROGRAM};
 use serde::Serialize;
 
-use self::maps::Maps;
 pub use self::{
     attach::{detach_pinned, links_dir, AttachMode, Attachment, OnExit},
     cleanup::{cleanup, Removed},
     maps::{KernelRules, ListKind},
 };
+use self::{instance::Instance, maps::Maps};
 
 /// The compiled XDP program, built by this crate's build script.
 pub static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xgate-xdp"));
@@ -67,6 +68,19 @@ impl Counters {
     pub fn get(&self, stat: Stat) -> u64 {
         self.0[stat as usize]
     }
+
+    fn add(&mut self, other: &Counters) {
+        for (sum, n) in self.0.iter_mut().zip(other.0) {
+            *sum += n;
+        }
+    }
+}
+
+impl From<[u64; Stat::COUNT as usize]> for Counters {
+    /// Counters by [`Stat`] index.
+    fn from(values: [u64; Stat::COUNT as usize]) -> Self {
+        Self(values)
+    }
 }
 
 impl Serialize for Counters {
@@ -82,19 +96,30 @@ impl Serialize for Counters {
 
 /// The loaded program and its maps. Dropping it closes our handles: links
 /// that are pinned stay attached (see [`OnExit`]); maps stay pinned.
+///
+/// The object is loaded once as the "base", which owns the shared maps
+/// (lists, rule-set slots, buckets) and whose program serves test runs, and
+/// once more per attached interface (see [`instance`]): each interface's
+/// copy counts into its own `STATS` map, so the counters are per interface
+/// with no extra work on the packet path.
 pub struct XdpDataPlane {
     ebpf: Ebpf,
+    object: &'static [u8],
+    list_capacity: Option<u32>,
+    /// The base program's counters (test runs; never attached).
+    stats: PerCpuArray<MapData, u64>,
     maps: Maps,
+    instances: Vec<Instance>,
     attachments: Vec<Attachment>,
     pin_root: Option<PathBuf>,
 }
 
 impl XdpDataPlane {
     /// Loads (verifies) the program. With `pin_root`, maps are pinned under
-    /// `<pin_root>/v<layout>/` and reused if already there, so rules and rate
-    /// state survive daemon restarts; without it (tests) they live as long
-    /// as `self`.
-    pub fn load(object: &[u8], pin_root: Option<&Path>) -> Result<Self, XdpError> {
+    /// `<pin_root>/v<layout>/` and reused if already there, so rules, rate
+    /// state and each interface's counters survive daemon restarts; without
+    /// it (tests) they live as long as `self`, and nothing can be attached.
+    pub fn load(object: &'static [u8], pin_root: Option<&Path>) -> Result<Self, XdpError> {
         Self::load_with_capacity(object, pin_root, None)
     }
 
@@ -102,50 +127,32 @@ impl XdpDataPlane {
     /// exact-length map holding at most `list_capacity` entries instead of
     /// [`gateway_common::LIST_MAX_ENTRIES`] (tests use it to reach "full").
     pub fn load_with_capacity(
-        object: &[u8],
+        object: &'static [u8],
         pin_root: Option<&Path>,
         list_capacity: Option<u32>,
     ) -> Result<Self, XdpError> {
-        let mut loader = EbpfLoader::new();
-        if let Some(capacity) = list_capacity {
-            for names in [
-                map_names::DENY_V4,
-                map_names::DENY_V6,
-                map_names::ALLOW_V4,
-                map_names::ALLOW_V6,
-                map_names::DENY_V4_NETS,
-                map_names::DENY_V4_HOSTS,
-                map_names::DENY_V6_NETS,
-                map_names::DENY_V6_SUBNETS,
-                map_names::DENY_V6_HOSTS,
-                map_names::ALLOW_V4_NETS,
-                map_names::ALLOW_V4_HOSTS,
-                map_names::ALLOW_V6_NETS,
-                map_names::ALLOW_V6_SUBNETS,
-                map_names::ALLOW_V6_HOSTS,
-            ] {
-                for name in names {
-                    loader.map_max_entries(name, capacity);
-                }
+        let layout_dir = pin_root.map(layout_dir);
+        if let Some(dir) = &layout_dir {
+            bpffs::prepare(dir).map_err(XdpError::Bpffs)?;
+            if instance::retire_shared_stats(dir)? {
+                tracing::info!(
+                    dir = %dir.display(),
+                    "removed the XDP counters an older xgate shared between interfaces; \
+                     counting per interface from zero"
+                );
             }
         }
-        if let Some(root) = pin_root {
-            let dir = root.join(format!("v{MAP_LAYOUT_VERSION}"));
-            bpffs::prepare(&dir).map_err(XdpError::Bpffs)?;
-            for name in map_names::ALL {
-                loader.map_pin_path(name, dir.join(name));
-            }
-        }
-        let mut ebpf = loader.load(object)?;
-        let program: &mut Xdp = ebpf
-            .program_mut(XDP_PROGRAM)
-            .ok_or(XdpError::Missing("XDP program"))?
-            .try_into()?;
-        program.load()?;
+        let mut ebpf = instance::loader(layout_dir.as_deref(), list_capacity, None).load(object)?;
+        instance::load_program(&mut ebpf)?;
+        let stats = instance::take_stats(&mut ebpf)?;
         let maps = Maps::take(&mut ebpf)?;
         Ok(Self {
             ebpf,
+            object,
+            list_capacity,
+            stats,
             maps,
+            instances: Vec::new(),
             attachments: Vec::new(),
             pin_root: pin_root.map(Path::to_path_buf),
         })
@@ -214,13 +221,23 @@ impl XdpDataPlane {
         self.maps.active()
     }
 
-    /// Counters summed over all CPUs.
+    /// Counters summed over all CPUs and every copy of the program: the
+    /// attached interfaces and the base (test runs).
     pub fn counters(&self) -> Result<Counters, XdpError> {
-        let mut counters = Counters::default();
-        for stat in Stat::ALL {
-            counters.0[stat as usize] = self.maps.stat(stat)?;
+        let mut counters = instance::read(&self.stats)?;
+        for instance in &self.instances {
+            counters.add(&instance.counters()?);
         }
         Ok(counters)
+    }
+
+    /// Each attached interface's counters, summed over all CPUs, in attach
+    /// order.
+    pub fn interface_counters(&self) -> Result<Vec<(String, Counters)>, XdpError> {
+        self.instances
+            .iter()
+            .map(|i| Ok((i.interface.clone(), i.counters()?)))
+            .collect()
     }
 
     /// Whether the program currently skips the list lookups for `src`
@@ -234,6 +251,11 @@ impl XdpDataPlane {
     pub fn bucket_count(&self) -> usize {
         self.maps.bucket_count()
     }
+}
+
+/// Where the maps of this build's layout are pinned under `pin_root`.
+fn layout_dir(pin_root: &Path) -> PathBuf {
+    pin_root.join(format!("v{MAP_LAYOUT_VERSION}"))
 }
 
 impl fmt::Debug for XdpDataPlane {
