@@ -20,7 +20,6 @@ use crate::{
     config::{cli_settings, CliSettings, Config, XdpMode, DEFAULT_ADMIN_SOCKET},
     daemon, duration,
     lists::{parse_cidr, Listed, SourceLists},
-    telemetry,
     token_server::ClientTokens,
     xdp::{self, KernelRules, ListKind, XdpDataPlane, XDP_OBJECT},
 };
@@ -80,6 +79,16 @@ enum Command {
     },
     /// Make the daemon re-read the file it was started with (not -c's: a named file that differs is reported and exits 1): applied atomically, or refused with every error while the old config stays.
     Reload,
+    /// Show the daemon's log level, or change it now: until a restart, or a reload that changes
+    /// log.level in the file.
+    #[command(after_help = "Examples:\n  \
+xgate log-level\n  \
+xgate log-level debug\n  \
+xgate log-level 'info,gateway_userspace::proxy=trace'")]
+    LogLevel {
+        /// error, warn, info, debug, trace, off, or a RUST_LOG-style filter (target=level,...).
+        level: Option<String>,
+    },
     /// Deny list: sources dropped in XDP when attached, refused at L7 always.
     #[command(subcommand)]
     Blocklist(ListCommand),
@@ -273,7 +282,6 @@ pub fn main() -> ExitCode {
 async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
         Command::Run { workers, takeover } => {
-            telemetry::init_logging();
             let workers = workers.map_or_else(
                 || std::thread::available_parallelism().map_or(1, usize::from),
                 usize::from,
@@ -361,6 +369,9 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
             }
             Ok(code)
+        }
+        Command::LogLevel { level } => {
+            crate::admin::log_level::cli(&admin_socket(&cli)?, level.as_deref()).await
         }
         Command::Blocklist(action) => list(&cli, ListKind::Deny, action).await,
         Command::Allowlist(action) => list(&cli, ListKind::Allow, action).await,

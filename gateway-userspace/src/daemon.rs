@@ -22,6 +22,7 @@ use tokio::{
 
 use crate::{
     admin::{
+        access::Access,
         api::ReloadReport,
         health::{self, Observed, Readiness},
         server::{self as admin, AdminState},
@@ -35,7 +36,7 @@ use crate::{
         workers::Workers,
         Runtime, RuntimeHandle,
     },
-    sys,
+    service::{capabilities, notify},
     telemetry::Metrics,
     token_server::RefreshTokens,
     xdp::{OnExit, XdpDataPlane, XDP_OBJECT},
@@ -96,10 +97,15 @@ struct Running {
 
 impl Reloader {
     /// Applies the file; a refusal is counted (`xgate_reload_failures_total`).
+    /// systemd hears RELOADING, then READY (with the outcome).
     pub async fn reload(&self) -> Result<ReloadReport, String> {
-        self.apply()
+        notify::reloading();
+        let outcome = self
+            .apply()
             .await
-            .inspect_err(|_| self.metrics.reload_failed())
+            .inspect_err(|_| self.metrics.reload_failed());
+        notify::reloaded(&outcome.as_ref().map(|_| ()).map_err(Clone::clone));
+        outcome
     }
 
     async fn apply(&self) -> Result<ReloadReport, String> {
@@ -130,6 +136,7 @@ impl Reloader {
         for change in &needs_restart {
             tracing::warn!(change = %change, "changed in the config file; applies after a restart");
         }
+        crate::service::logging::reloaded(&config.log);
         *current = config;
         self.metrics.reloaded();
         tracing::info!(path = %self.path.display(), "configuration reloaded");
@@ -329,6 +336,12 @@ fn restart_only_changes(running: &Config, new: &Config) -> Vec<String> {
     if old.admin.socket != new.admin.socket {
         changes.push("admin.socket".to_string());
     }
+    if old.admin.group != new.admin.group {
+        changes.push("admin.group".to_string());
+    }
+    if old.log.format != new.log.format {
+        changes.push("log.format".to_string());
+    }
     if old.admin.metrics_address != new.admin.metrics_address {
         changes.push("admin.metrics_address".to_string());
     }
@@ -365,6 +378,8 @@ pub async fn run(config_path: &Path, workers: usize, takeover: bool) -> anyhow::
     let config_path = std::path::absolute(config_path).unwrap_or_else(|_| config_path.into());
     let config_path = config_path.canonicalize().unwrap_or(config_path);
     let config = Config::load(&config_path)?;
+    crate::service::logging::init(&config.log);
+    notify::start_watchdog();
     // First: upstreams keep one connection pool per worker.
     let workers =
         Arc::new(Workers::start(workers).context("cannot start the proxy worker threads")?);
@@ -424,7 +439,8 @@ pub async fn run(config_path: &Path, workers: usize, takeover: bool) -> anyhow::
     }
     // Handed over but no longer configured: closed.
     drop(inherited);
-    let admin_listener = admin::bind(&config.admin.socket, takeover).await?;
+    let access = Access::resolve(config.admin.group.as_deref())?;
+    let admin_listener = admin::bind(&config.admin.socket, takeover, &access).await?;
     let metrics_listener = match config.admin.metrics_address {
         Some(address) => Some(health::bind(address).await?),
         None => None,
@@ -471,6 +487,7 @@ pub async fn run(config_path: &Path, workers: usize, takeover: bool) -> anyhow::
         xdp_off_reason,
         cluster: cluster_sync.as_ref().map(ClusterSync::state),
         observed: observed.clone(),
+        access,
     });
     // Stopped after the drain, so /readyz answers 503 through it.
     let (stop_metrics, metrics_stop) = watch::channel(false);
@@ -498,6 +515,7 @@ pub async fn run(config_path: &Path, workers: usize, takeover: bool) -> anyhow::
     };
 
     readiness.set_ready();
+    notify::ready();
     tracing::info!(
         listeners = ?config.listeners.iter().map(|l| l.address).collect::<Vec<_>>(),
         admin = %config.admin.socket.display(),
@@ -506,6 +524,7 @@ pub async fn run(config_path: &Path, workers: usize, takeover: bool) -> anyhow::
     );
 
     wait_for_shutdown(&reloader, &runtime).await?;
+    notify::stopping();
     readiness.set_draining();
     tracing::info!(
         "shutting down: no new connections; draining for up to {}",
@@ -567,13 +586,13 @@ fn start_xdp(config: &Config) -> anyhow::Result<(Option<XdpDataPlane>, Option<St
     if config.xdp.interfaces.is_empty() {
         return Ok((None, Some("no xdp.interfaces configured".into())));
     }
-    if !sys::is_root() {
-        let reason = "not running as root (XDP needs CAP_BPF and CAP_NET_ADMIN)".to_string();
+    if let Some(missing) = capabilities::first_missing(&capabilities::XDP) {
+        let reason = capabilities::explain(missing, "XDP cannot be attached");
         if config.xdp.required {
-            anyhow::bail!("xdp.required is true but XDP cannot be attached: {reason}");
+            anyhow::bail!("{reason} (xdp.required is true)");
         }
         eprintln!(
-            "xgate: {reason}: XDP is off, serving L7 only; the lists are enforced at accept()"
+            "xgate: {reason}; XDP is off, serving L7 only; the lists are enforced at accept()"
         );
         return Ok((None, Some(reason)));
     }
