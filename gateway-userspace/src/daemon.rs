@@ -185,8 +185,8 @@ impl Reloader {
                 None => {
                     let socket = bind(listener.address).map_err(|e| {
                         format!(
-                            "listeners[{index}]: cannot listen on {}: {e}",
-                            listener.address
+                            "listeners[{index}]: {}",
+                            capabilities::listen_error(listener.address, &e)
                         )
                     })?;
                     added.push((index, socket, settings));
@@ -433,7 +433,7 @@ pub async fn run(config_path: &Path, workers: usize, takeover: bool) -> anyhow::
         let socket = match inherited.iter().position(|(a, _)| *a == listener.address) {
             Some(position) => TcpListener::from_std(inherited.swap_remove(position).1)?,
             None => bind(listener.address)
-                .with_context(|| format!("cannot listen on {}", listener.address))?,
+                .map_err(|e| anyhow::anyhow!(capabilities::listen_error(listener.address, &e)))?,
         };
         sockets.push((socket, settings));
     }

@@ -76,6 +76,18 @@ pub fn explain(missing: Capability, needed_for: &str) -> String {
     )
 }
 
+/// Why listening on `address` failed: names CAP_NET_BIND_SERVICE when a
+/// port below 1024 was refused for the lack of it.
+pub fn listen_error(address: std::net::SocketAddr, error: &std::io::Error) -> String {
+    let context = format!("cannot listen on {address}");
+    if error.kind() == std::io::ErrorKind::PermissionDenied && address.port() < 1024 {
+        if let Some(missing) = first_missing(&[CAP_NET_BIND_SERVICE]) {
+            return explain(missing, &context);
+        }
+    }
+    format!("{context}: {error}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
