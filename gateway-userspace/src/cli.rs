@@ -33,9 +33,10 @@ pub const DEFAULT_CONFIG: &str = "/etc/xgate/xgate.yaml";
     version,
     about = "xgate: an API gateway that drops unwanted packets in the kernel (XDP) before they cost anything",
     long_about = "xgate: an API gateway that drops unwanted packets in the kernel (XDP) before they cost anything.\n\n\
-Start the daemon with `xgate run --config FILE` (as root to attach XDP). Every other command\n\
-talks to that daemon through its admin socket, found from --admin-socket, $XGATE_ADMIN_SOCKET,\n\
-the admin.socket of --config, or /run/xgate/admin.sock, in that order.",
+Start the daemon with `xgate run --config FILE` (as root, or with CAP_BPF, CAP_PERFMON and\n\
+CAP_NET_ADMIN, to attach XDP). Every other command talks to that daemon through its admin\n\
+socket, found from --admin-socket, $XGATE_ADMIN_SOCKET, the admin.socket of --config, or\n\
+/run/xgate/admin.sock, in that order; root and the members of admin.group may use it.",
     after_help = "Examples:\n  \
 xgate validate -c /etc/xgate/xgate.yaml\n  \
 sudo xgate run -c /etc/xgate/xgate.yaml\n  \
@@ -57,7 +58,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the gateway daemon in the foreground (SIGHUP reloads; SIGTERM/SIGINT drain and stop).
+    /// Run the gateway daemon in the foreground (SIGHUP reloads; SIGTERM/SIGINT drain and stop;
+    /// under systemd it reports READY, RELOADING, STOPPING and feeds the watchdog: Type=notify).
     Run {
         /// Proxy worker threads (default: one per CPU core). Each runs its own
         /// event loop; connections are spread over them in turn and stay on
