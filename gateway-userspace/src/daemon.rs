@@ -514,6 +514,8 @@ pub async fn run(config_path: &Path, workers: usize, takeover: bool) -> anyhow::
         })
     };
 
+    // Before READY: a SIGTERM right after it must drain, not kill.
+    let signals = Signals::new()?;
     readiness.set_ready();
     notify::ready();
     tracing::info!(
@@ -523,7 +525,7 @@ pub async fn run(config_path: &Path, workers: usize, takeover: bool) -> anyhow::
         "xgate ready"
     );
 
-    wait_for_shutdown(&reloader, &runtime).await?;
+    wait_for_shutdown(&reloader, &runtime, signals).await;
     notify::stopping();
     readiness.set_draining();
     tracing::info!(
@@ -610,18 +612,39 @@ fn start_xdp(config: &Config) -> anyhow::Result<(Option<XdpDataPlane>, Option<St
     Ok((Some(xdp), None))
 }
 
+/// The signals the daemon answers, caught from before it says it is ready.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+    usr1: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Self> {
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+            usr1: signal(SignalKind::user_defined1())?,
+        })
+    }
+}
+
 /// Serves SIGHUP (reload) and SIGUSR1 (reopen the access log file, for
 /// log rotation, as nginx's USR1) until SIGTERM or SIGINT.
-async fn wait_for_shutdown(reloader: &Reloader, runtime: &RuntimeHandle) -> anyhow::Result<()> {
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut hup = signal(SignalKind::hangup())?;
-    let mut usr1 = signal(SignalKind::user_defined1())?;
+async fn wait_for_shutdown(reloader: &Reloader, runtime: &RuntimeHandle, signals: Signals) {
+    let Signals {
+        mut term,
+        mut int,
+        mut hup,
+        mut usr1,
+    } = signals;
     loop {
         tokio::select! {
-            _ = term.recv() => { tracing::info!("SIGTERM received"); return Ok(()); }
-            _ = int.recv() => { tracing::info!("SIGINT received"); return Ok(()); }
-            () = reloader.takeover.notified() => return Ok(()),
+            _ = term.recv() => { tracing::info!("SIGTERM received"); return; }
+            _ = int.recv() => { tracing::info!("SIGINT received"); return; }
+            () = reloader.takeover.notified() => return,
             _ = usr1.recv() => {
                 tracing::info!("SIGUSR1 received: reopening the access log");
                 runtime.load().reopen_access_log();

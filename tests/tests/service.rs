@@ -121,6 +121,33 @@ fn sd_notify_ready_reloading_stopping_and_watchdog() {
 }
 
 #[test]
+fn a_takeover_names_the_new_main_pid() {
+    let dir = TempDir::new("notify-takeover");
+    let socket_path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).expect("bind the notify socket");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .unwrap();
+    let notify = socket_path.display().to_string();
+    let mut daemon = Daemon::start_with_env(
+        TempDir::new("notify-takeover-daemon"),
+        &minimal_config(),
+        None,
+        &[("NOTIFY_SOCKET", &notify)],
+    );
+    let mut seen = Vec::new();
+    wait_for(&socket, "READY=1", &mut seen);
+    let old = daemon.pid();
+    // The new process has no NOTIFY_SOCKET here: what arrives is the old
+    // one handing the service over.
+    daemon.upgrade(None);
+    assert_ne!(daemon.pid(), old);
+    let want = format!("MAINPID={}", daemon.pid());
+    wait_for(&socket, &want, &mut seen);
+    daemon.stop();
+}
+
+#[test]
 fn abstract_notify_socket_and_a_watchdog_for_another_process() {
     use std::os::linux::net::SocketAddrExt;
     let name = format!("xgate-test-notify-{}", std::process::id());
