@@ -346,3 +346,50 @@ fn logs_without_a_terminal_are_plain_or_json() {
     assert!(ready, "no JSON 'xgate ready' line:\n{log}");
     daemon.stop();
 }
+
+/// Runs `xgate run` on a terminal (`script` gives it one) with a config that
+/// logs a warning and then cannot listen (the port is taken): what the
+/// terminal showed.
+fn on_a_terminal(format: Option<&str>) -> String {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dir = TempDir::new("tty");
+    let config = dir.path().join("xgate.yaml");
+    let log = format
+        .map(|f| format!("log: {{format: {f}}}\n"))
+        .unwrap_or_default();
+    std::fs::write(
+        &config,
+        format!(
+            "listeners: [{{address: '{}'}}]\n\
+             upstreams: {{u: {{targets: ['127.0.0.1:9'], tls: {{verify: false}}}}}}\n\
+             routes: [{{match: {{path_prefix: /}}, upstream: u}}]\n\
+             admin: {{socket: {}}}\nstate_dir: {}\n{log}",
+            taken.local_addr().unwrap(),
+            dir.path().join("admin.sock").display(),
+            dir.path().join("state").display()
+        ),
+    )
+    .unwrap();
+    let command = format!("{} run -c {}", xgate_bin().display(), config.display());
+    let out = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run script (util-linux)");
+    let shown = stdout(&out);
+    assert!(!out.status.success(), "started on a taken port: {shown}");
+    assert!(shown.contains("UNSAFE SETTING"), "{shown}");
+    shown
+}
+
+#[test]
+fn logs_on_a_terminal_have_colours_unless_told_otherwise() {
+    assert!(
+        on_a_terminal(None).contains("\u{1b}["),
+        "no colours on a terminal"
+    );
+    assert!(
+        !on_a_terminal(Some("plain")).contains("\u{1b}["),
+        "colours with log.format: plain"
+    );
+}
