@@ -393,3 +393,36 @@ fn logs_on_a_terminal_have_colours_unless_told_otherwise() {
         "colours with log.format: plain"
     );
 }
+
+#[test]
+fn under_journald_lines_have_no_timestamps() {
+    use std::os::unix::fs::MetadataExt;
+    // The daemon's standard error is this file (the helper truncates it,
+    // keeping its inode): $JOURNAL_STREAM names it, as systemd does for
+    // journald's stream.
+    let dir = TempDir::new("journald");
+    let log = dir.path().join("xgate.log");
+    std::fs::write(&log, "").unwrap();
+    let meta = std::fs::metadata(&log).unwrap();
+    let stream = format!("{}:{}", meta.dev(), meta.ino());
+    let daemon =
+        Daemon::start_with_env(dir, &minimal_config(), None, &[("JOURNAL_STREAM", &stream)]);
+    wait_for_log(&daemon, "xgate ready");
+    let ready = daemon
+        .log()
+        .lines()
+        .find(|l| l.contains("xgate ready"))
+        .unwrap()
+        .to_string();
+    assert!(ready.trim_start().starts_with("INFO"), "{ready}");
+    assert!(!ready.contains('\u{1b}'), "{ready}");
+    daemon.stop();
+
+    // Elsewhere, each line starts with its time.
+    let daemon = Daemon::start(&minimal_config(), None);
+    wait_for_log(&daemon, "xgate ready");
+    let log = daemon.log();
+    let ready = log.lines().find(|l| l.contains("xgate ready")).unwrap();
+    assert!(ready.starts_with("20"), "{ready}");
+    daemon.stop();
+}
