@@ -20,7 +20,6 @@ use crate::{
     config::{cli_settings, CliSettings, Config, XdpMode, DEFAULT_ADMIN_SOCKET},
     daemon, duration,
     lists::{parse_cidr, Listed, SourceLists},
-    telemetry,
     token_server::ClientTokens,
     xdp::{self, KernelRules, ListKind, XdpDataPlane, XDP_OBJECT},
 };
@@ -34,9 +33,10 @@ pub const DEFAULT_CONFIG: &str = "/etc/xgate/xgate.yaml";
     version,
     about = "xgate: an API gateway that drops unwanted packets in the kernel (XDP) before they cost anything",
     long_about = "xgate: an API gateway that drops unwanted packets in the kernel (XDP) before they cost anything.\n\n\
-Start the daemon with `xgate run --config FILE` (as root to attach XDP). Every other command\n\
-talks to that daemon through its admin socket, found from --admin-socket, $XGATE_ADMIN_SOCKET,\n\
-the admin.socket of --config, or /run/xgate/admin.sock, in that order.",
+Start the daemon with `xgate run --config FILE` (as root, or with CAP_BPF, CAP_PERFMON and\n\
+CAP_NET_ADMIN, to attach XDP). Every other command talks to that daemon through its admin\n\
+socket, found from --admin-socket, $XGATE_ADMIN_SOCKET, the admin.socket of --config, or\n\
+/run/xgate/admin.sock, in that order; root and the members of admin.group may use it.",
     after_help = "Examples:\n  \
 xgate validate -c /etc/xgate/xgate.yaml\n  \
 sudo xgate run -c /etc/xgate/xgate.yaml\n  \
@@ -58,7 +58,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the gateway daemon in the foreground (SIGHUP reloads; SIGTERM/SIGINT drain and stop).
+    /// Run the gateway daemon in the foreground (SIGHUP reloads; SIGTERM/SIGINT drain and stop;
+    /// under systemd it reports READY, RELOADING, STOPPING and feeds the watchdog: Type=notify).
     Run {
         /// Proxy worker threads (default: one per CPU core). Each runs its own
         /// event loop; connections are spread over them in turn and stay on
@@ -80,6 +81,16 @@ enum Command {
     },
     /// Make the daemon re-read the file it was started with (not -c's: a named file that differs is reported and exits 1): applied atomically, or refused with every error while the old config stays.
     Reload,
+    /// Show the daemon's log level, or change it now: until a restart, or a reload that changes
+    /// log.level in the file.
+    #[command(after_help = "Examples:\n  \
+xgate log-level\n  \
+xgate log-level debug\n  \
+xgate log-level 'info,gateway_userspace::proxy=trace'")]
+    LogLevel {
+        /// error, warn, info, debug, trace, off, or a RUST_LOG-style filter (target=level,...).
+        level: Option<String>,
+    },
     /// Deny list: sources dropped in XDP when attached, refused at L7 always.
     #[command(subcommand)]
     Blocklist(ListCommand),
@@ -277,7 +288,6 @@ pub fn main() -> ExitCode {
 async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
         Command::Run { workers, takeover } => {
-            telemetry::init_logging();
             let workers = workers.map_or_else(
                 || std::thread::available_parallelism().map_or(1, usize::from),
                 usize::from,
@@ -365,6 +375,9 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
             }
             Ok(code)
+        }
+        Command::LogLevel { level } => {
+            crate::admin::log_level::cli(&admin_socket(&cli)?, level.as_deref()).await
         }
         Command::Blocklist(action) => list(&cli, ListKind::Deny, action).await,
         Command::Allowlist(action) => list(&cli, ListKind::Allow, action).await,

@@ -22,6 +22,7 @@ use tokio::{
 
 use crate::{
     admin::{
+        access::Access,
         api::ReloadReport,
         health::{self, Observed, Readiness},
         server::{self as admin, AdminState},
@@ -35,7 +36,7 @@ use crate::{
         workers::Workers,
         Runtime, RuntimeHandle,
     },
-    sys,
+    service::{capabilities, notify},
     telemetry::Metrics,
     token_server::RefreshTokens,
     xdp::{OnExit, XdpDataPlane, XDP_OBJECT},
@@ -96,10 +97,15 @@ struct Running {
 
 impl Reloader {
     /// Applies the file; a refusal is counted (`xgate_reload_failures_total`).
+    /// systemd hears RELOADING, then READY (with the outcome).
     pub async fn reload(&self) -> Result<ReloadReport, String> {
-        self.apply()
+        notify::reloading();
+        let outcome = self
+            .apply()
             .await
-            .inspect_err(|_| self.metrics.reload_failed())
+            .inspect_err(|_| self.metrics.reload_failed());
+        notify::reloaded(&outcome.as_ref().map(|_| ()).map_err(Clone::clone));
+        outcome
     }
 
     async fn apply(&self) -> Result<ReloadReport, String> {
@@ -130,6 +136,7 @@ impl Reloader {
         for change in &needs_restart {
             tracing::warn!(change = %change, "changed in the config file; applies after a restart");
         }
+        crate::service::logging::reloaded(&config.log);
         *current = config;
         self.metrics.reloaded();
         tracing::info!(path = %self.path.display(), "configuration reloaded");
@@ -178,8 +185,8 @@ impl Reloader {
                 None => {
                     let socket = bind(listener.address).map_err(|e| {
                         format!(
-                            "listeners[{index}]: cannot listen on {}: {e}",
-                            listener.address
+                            "listeners[{index}]: {}",
+                            capabilities::listen_error(listener.address, &e)
                         )
                     })?;
                     added.push((index, socket, settings));
@@ -329,6 +336,12 @@ fn restart_only_changes(running: &Config, new: &Config) -> Vec<String> {
     if old.admin.socket != new.admin.socket {
         changes.push("admin.socket".to_string());
     }
+    if old.admin.group != new.admin.group {
+        changes.push("admin.group".to_string());
+    }
+    if old.log.format != new.log.format {
+        changes.push("log.format".to_string());
+    }
     if old.admin.metrics_address != new.admin.metrics_address {
         changes.push("admin.metrics_address".to_string());
     }
@@ -365,6 +378,8 @@ pub async fn run(config_path: &Path, workers: usize, takeover: bool) -> anyhow::
     let config_path = std::path::absolute(config_path).unwrap_or_else(|_| config_path.into());
     let config_path = config_path.canonicalize().unwrap_or(config_path);
     let config = Config::load(&config_path)?;
+    crate::service::logging::init(&config.log);
+    notify::start_watchdog();
     // First: upstreams keep one connection pool per worker.
     let workers =
         Arc::new(Workers::start(workers).context("cannot start the proxy worker threads")?);
@@ -418,13 +433,14 @@ pub async fn run(config_path: &Path, workers: usize, takeover: bool) -> anyhow::
         let socket = match inherited.iter().position(|(a, _)| *a == listener.address) {
             Some(position) => TcpListener::from_std(inherited.swap_remove(position).1)?,
             None => bind(listener.address)
-                .with_context(|| format!("cannot listen on {}", listener.address))?,
+                .map_err(|e| anyhow::anyhow!(capabilities::listen_error(listener.address, &e)))?,
         };
         sockets.push((socket, settings));
     }
     // Handed over but no longer configured: closed.
     drop(inherited);
-    let admin_listener = admin::bind(&config.admin.socket, takeover).await?;
+    let access = Access::resolve(config.admin.group.as_deref())?;
+    let admin_listener = admin::bind(&config.admin.socket, takeover, &access).await?;
     let metrics_listener = match config.admin.metrics_address {
         Some(address) => Some(health::bind(address).await?),
         None => None,
@@ -471,6 +487,7 @@ pub async fn run(config_path: &Path, workers: usize, takeover: bool) -> anyhow::
         xdp_off_reason,
         cluster: cluster_sync.as_ref().map(ClusterSync::state),
         observed: observed.clone(),
+        access,
     });
     // Stopped after the drain, so /readyz answers 503 through it.
     let (stop_metrics, metrics_stop) = watch::channel(false);
@@ -497,7 +514,10 @@ pub async fn run(config_path: &Path, workers: usize, takeover: bool) -> anyhow::
         })
     };
 
+    // Before READY: a SIGTERM right after it must drain, not kill.
+    let signals = Signals::new()?;
     readiness.set_ready();
+    notify::ready();
     tracing::info!(
         listeners = ?config.listeners.iter().map(|l| l.address).collect::<Vec<_>>(),
         admin = %config.admin.socket.display(),
@@ -505,7 +525,8 @@ pub async fn run(config_path: &Path, workers: usize, takeover: bool) -> anyhow::
         "xgate ready"
     );
 
-    wait_for_shutdown(&reloader, &runtime).await?;
+    wait_for_shutdown(&reloader, &runtime, signals).await;
+    notify::stopping();
     readiness.set_draining();
     tracing::info!(
         "shutting down: no new connections; draining for up to {}",
@@ -567,13 +588,13 @@ fn start_xdp(config: &Config) -> anyhow::Result<(Option<XdpDataPlane>, Option<St
     if config.xdp.interfaces.is_empty() {
         return Ok((None, Some("no xdp.interfaces configured".into())));
     }
-    if !sys::is_root() {
-        let reason = "not running as root (XDP needs CAP_BPF and CAP_NET_ADMIN)".to_string();
+    if let Some(missing) = capabilities::first_missing(&capabilities::XDP) {
+        let reason = capabilities::explain(missing, "XDP cannot be attached");
         if config.xdp.required {
-            anyhow::bail!("xdp.required is true but XDP cannot be attached: {reason}");
+            anyhow::bail!("{reason} (xdp.required is true)");
         }
         eprintln!(
-            "xgate: {reason}: XDP is off, serving L7 only; the lists are enforced at accept()"
+            "xgate: {reason}; XDP is off, serving L7 only; the lists are enforced at accept()"
         );
         return Ok((None, Some(reason)));
     }
@@ -591,18 +612,39 @@ fn start_xdp(config: &Config) -> anyhow::Result<(Option<XdpDataPlane>, Option<St
     Ok((Some(xdp), None))
 }
 
+/// The signals the daemon answers, caught from before it says it is ready.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+    usr1: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Self> {
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+            usr1: signal(SignalKind::user_defined1())?,
+        })
+    }
+}
+
 /// Serves SIGHUP (reload) and SIGUSR1 (reopen the access log file, for
 /// log rotation, as nginx's USR1) until SIGTERM or SIGINT.
-async fn wait_for_shutdown(reloader: &Reloader, runtime: &RuntimeHandle) -> anyhow::Result<()> {
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut hup = signal(SignalKind::hangup())?;
-    let mut usr1 = signal(SignalKind::user_defined1())?;
+async fn wait_for_shutdown(reloader: &Reloader, runtime: &RuntimeHandle, signals: Signals) {
+    let Signals {
+        mut term,
+        mut int,
+        mut hup,
+        mut usr1,
+    } = signals;
     loop {
         tokio::select! {
-            _ = term.recv() => { tracing::info!("SIGTERM received"); return Ok(()); }
-            _ = int.recv() => { tracing::info!("SIGINT received"); return Ok(()); }
-            () = reloader.takeover.notified() => return Ok(()),
+            _ = term.recv() => { tracing::info!("SIGTERM received"); return; }
+            _ = int.recv() => { tracing::info!("SIGINT received"); return; }
+            () = reloader.takeover.notified() => return,
             _ = usr1.recv() => {
                 tracing::info!("SIGUSR1 received: reopening the access log");
                 runtime.load().reopen_access_log();

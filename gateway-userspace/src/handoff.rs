@@ -56,6 +56,10 @@ pub fn hand_over(path: &Path, sockets: &[BorrowedFd<'_>]) -> std::io::Result<()>
         &mut control,
         SendFlags::empty(),
     )?;
+    // Under systemd, the new process is the service from now on.
+    if let Ok(peer) = rustix::net::sockopt::socket_peercred(&stream) {
+        crate::service::notify::main_pid(peer.pid.as_raw_nonzero().get() as u32);
+    }
     Ok(())
 }
 

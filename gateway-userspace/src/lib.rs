@@ -12,7 +12,8 @@
 //! authorization server), `xdp` (the kernel
 //! half seen from here), `admin` (API server and client), `cli`, `daemon`
 //! (wiring and reload), `handoff` (listening sockets to a new process, for
-//! upgrades), `telemetry`, `redis` (the connection to a shared Redis).
+//! upgrades), `telemetry`, `redis` (the connection to a shared Redis), `service`
+//! (systemd notifications, capabilities, the daemon's log).
 #![deny(unsafe_code)]
 
 pub mod admin;
@@ -30,6 +31,7 @@ pub mod lists;
 pub mod policy;
 pub mod proxy;
 pub mod redis;
+pub mod service;
 pub mod sys;
 pub mod telemetry;
 pub mod tls;

@@ -35,3 +35,101 @@ pub fn proc_units() -> (u64, u64) {
     };
     (ticks.max(0) as u64, page.max(0) as u64)
 }
+
+/// The process's effective user id.
+pub fn effective_uid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// A group of the system's group database (/etc/group, or NSS).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Group {
+    pub name: String,
+    pub gid: u32,
+    /// The users listed as members (not those whose primary group it is).
+    pub members: Vec<String>,
+}
+
+/// The group named `name`, if there is one.
+pub fn group_by_name(name: &str) -> std::io::Result<Option<Group>> {
+    let c_name = std::ffi::CString::new(name)
+        .map_err(|_| std::io::Error::other("a group name has no NUL byte"))?;
+    let mut buffer = vec![0u8; 4096];
+    loop {
+        // SAFETY: all-zero is a valid `group` (null pointers, gid 0).
+        let mut group: libc::group = unsafe { std::mem::zeroed() };
+        let mut found: *mut libc::group = std::ptr::null_mut();
+        // SAFETY: every pointer is valid for the call; `buffer` outlives the
+        // reads of `group`'s strings below, which point into it.
+        let rc = unsafe {
+            libc::getgrnam_r(
+                c_name.as_ptr(),
+                &mut group,
+                buffer.as_mut_ptr().cast(),
+                buffer.len(),
+                &mut found,
+            )
+        };
+        if rc == libc::ERANGE && buffer.len() < 1 << 20 {
+            buffer.resize(buffer.len() * 4, 0);
+            continue;
+        }
+        if rc != 0 {
+            return Err(std::io::Error::from_raw_os_error(rc));
+        }
+        if found.is_null() {
+            return Ok(None);
+        }
+        let mut members = Vec::new();
+        let mut member = group.gr_mem;
+        // SAFETY: gr_mem is a null-terminated array of C strings inside
+        // `buffer`, as getgrnam_r(3) fills it.
+        unsafe {
+            while !member.is_null() && !(*member).is_null() {
+                members.push(
+                    std::ffi::CStr::from_ptr(*member)
+                        .to_string_lossy()
+                        .into_owned(),
+                );
+                member = member.add(1);
+            }
+        }
+        return Ok(Some(Group {
+            name: name.to_string(),
+            gid: group.gr_gid,
+            members,
+        }));
+    }
+}
+
+/// The login name of `uid`, if the user database has it.
+pub fn user_name(uid: u32) -> Option<String> {
+    let mut buffer = vec![0u8; 4096];
+    loop {
+        // SAFETY: all-zero is a valid `passwd` (null pointers, ids 0).
+        let mut passwd: libc::passwd = unsafe { std::mem::zeroed() };
+        let mut found: *mut libc::passwd = std::ptr::null_mut();
+        // SAFETY: every pointer is valid for the call; `buffer` outlives the
+        // read of `pw_name`, which points into it.
+        let rc = unsafe {
+            libc::getpwuid_r(
+                uid,
+                &mut passwd,
+                buffer.as_mut_ptr().cast(),
+                buffer.len(),
+                &mut found,
+            )
+        };
+        if rc == libc::ERANGE && buffer.len() < 1 << 20 {
+            buffer.resize(buffer.len() * 4, 0);
+            continue;
+        }
+        if rc != 0 || found.is_null() || passwd.pw_name.is_null() {
+            return None;
+        }
+        // SAFETY: pw_name is a C string inside `buffer`.
+        let name = unsafe { std::ffi::CStr::from_ptr(passwd.pw_name) };
+        return Some(name.to_string_lossy().into_owned());
+    }
+}

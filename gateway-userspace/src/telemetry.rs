@@ -12,7 +12,6 @@ mod xdp;
 use std::{
     cell::RefCell,
     collections::{BTreeMap, HashMap},
-    io::IsTerminal,
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc,
@@ -31,20 +30,9 @@ use prometheus_client::{
     },
     registry::{Registry, Unit},
 };
-use tracing_subscriber::EnvFilter;
 
 use self::series::{Lease, Owner, Owners};
 use crate::xdp::Counters;
-
-/// Logs to stderr; `RUST_LOG` overrides the default `info` level.
-pub fn init_logging() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .try_init();
-}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {

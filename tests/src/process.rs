@@ -103,6 +103,19 @@ impl Daemon {
         netns: Option<&NetNs>,
         env: &[(&str, &str)],
     ) -> Self {
+        Self::start_wrapped(dir, config_yaml, netns, env, &[])
+    }
+
+    /// Like [`Daemon::start_with_env`], with `xgate` run by `wrapper`
+    /// (a command and its arguments, e.g. `setpriv --reuid ...`), inside
+    /// the namespace when there is one.
+    pub fn start_wrapped(
+        dir: TempDir,
+        config_yaml: &str,
+        netns: Option<&NetNs>,
+        env: &[(&str, &str)],
+        wrapper: &[&str],
+    ) -> Self {
         let config = dir.path().join("xgate.yaml");
         let admin_socket = dir.path().join("admin.sock");
         let yaml = config_yaml.replace("{dir}", &dir.path().display().to_string());
@@ -121,7 +134,7 @@ impl Daemon {
         };
         std::fs::write(&config, yaml).expect("write config");
         let log = dir.path().join("xgate.log");
-        let child = spawn_run(&config, &log, netns, &[], env);
+        let child = spawn_run(&config, &log, netns, &[], env, wrapper);
         let mut daemon = Self {
             child: Some(child),
             dir,
@@ -161,7 +174,7 @@ impl Daemon {
             .dir
             .path()
             .join(format!("xgate-upgraded-{}.log", self.pid()));
-        let new = spawn_run(&self.config, &log, netns, &["--takeover"], &[]);
+        let new = spawn_run(&self.config, &log, netns, &["--takeover"], &[], &[]);
         let mut old = std::mem::replace(self.child.as_mut().unwrap(), new);
         let old_log = std::mem::replace(&mut self.log, log);
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -306,12 +319,20 @@ fn spawn_run(
     netns: Option<&NetNs>,
     extra: &[&str],
     env: &[(&str, &str)],
+    wrapper: &[&str],
 ) -> Child {
     let log_file = std::fs::File::create(log).expect("create log");
-    let mut command = match netns {
-        Some(ns) => ns.command(&xgate_bin()),
-        None => Command::new(xgate_bin()),
+    let program = match wrapper.first() {
+        Some(program) => PathBuf::from(program),
+        None => xgate_bin(),
     };
+    let mut command = match netns {
+        Some(ns) => ns.command(&program),
+        None => Command::new(&program),
+    };
+    if !wrapper.is_empty() {
+        command.args(&wrapper[1..]).arg(xgate_bin());
+    }
     command
         .envs(env.iter().copied())
         .args(["run", "--config"])

@@ -233,7 +233,7 @@ fn xdp_required_refuses_to_start_without_the_privilege() {
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert_eq!(
         stderr(&out).lines().last(),
-        Some("xgate: xdp.required is true but XDP cannot be attached: not running as root (XDP needs CAP_BPF and CAP_NET_ADMIN)"),
+        Some("xgate: XDP cannot be attached: missing capability CAP_BPF (needed for loading the XDP program and creating its maps); run as root or grant it (systemd: AmbientCapabilities=, see docs/operations.md) (xdp.required is true)"),
         "{}",
         stderr(&out)
     );

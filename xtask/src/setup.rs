@@ -28,6 +28,11 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     // Upstream targets by DNS name are tested against a real DNS server
     // (the binary alone: dnsmasq-base has no service that would start).
     ("dnsmasq", "dnsmasq-base"),
+    // The service tests: the unit is checked with `systemd-analyze verify`,
+    // the daemon runs unprivileged under setpriv, and on a terminal (script).
+    ("systemd-analyze", "systemd"),
+    ("setpriv", "util-linux"),
+    ("script", "bsdutils"),
 ];
 
 /// Node.js the npm test dependencies need: oauth2-mock-server 8.2.3 and

@@ -17,6 +17,13 @@ pub async fn call(
     body: Option<serde_json::Value>,
 ) -> anyhow::Result<(StatusCode, serde_json::Value)> {
     let stream = UnixStream::connect(socket).await.map_err(|e| {
+        if e.kind() == std::io::ErrorKind::PermissionDenied {
+            return anyhow!(
+                "permission denied on the admin socket {}: it is for root and the members of \
+                 the admin group (admin.group, by default xgate); run as root or join that group",
+                socket.display()
+            );
+        }
         anyhow!(
             "cannot reach the xgate daemon at {}: {e}\n\
              Is `xgate run` running, and is this its admin.socket? (set it with --admin-socket or --config)",

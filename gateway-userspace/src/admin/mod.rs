@@ -1,8 +1,10 @@
 //! Admin API: server (in the daemon) and client (in the CLI).
 
+pub mod access;
 pub mod api;
 pub mod client;
 pub mod health;
+pub mod log_level;
 pub mod server;
 pub mod upstreams;
 pub mod upstreams_cli;

@@ -1,9 +1,9 @@
-//! The admin API, served on a Unix socket (mode 0600): only the local
-//! operator (root) may reach it.
+//! The admin API, served on a Unix socket: only root and the admin group
+//! may reach it (see `access`).
 
 use std::{
     convert::Infallible,
-    os::unix::fs::{MetadataExt, PermissionsExt},
+    os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
     sync::Arc,
     time::Instant,
@@ -27,7 +27,7 @@ use crate::{
     xdp::ListKind,
 };
 
-type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+pub(super) type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
 /// Admin requests are small JSON documents.
 const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -45,11 +45,17 @@ pub struct AdminState {
     pub cluster: Option<Arc<crate::lists::cluster::ClusterState>>,
     /// /metrics, /livez and /readyz.
     pub observed: Arc<super::health::Observed>,
+    /// Who may connect.
+    pub access: super::access::Access,
 }
 
 /// Binds the socket, refusing to steal it from a live daemon unless
 /// `replace` (a takeover: the live daemon is on its way out).
-pub async fn bind(path: &Path, replace: bool) -> anyhow::Result<UnixListener> {
+pub async fn bind(
+    path: &Path,
+    replace: bool,
+    access: &super::access::Access,
+) -> anyhow::Result<UnixListener> {
     if path.exists() {
         if !replace && tokio::net::UnixStream::connect(path).await.is_ok() {
             anyhow::bail!(
@@ -64,7 +70,7 @@ pub async fn bind(path: &Path, replace: bool) -> anyhow::Result<UnixListener> {
     }
     let listener = UnixListener::bind(path)
         .map_err(|e| anyhow::anyhow!("cannot bind admin socket {}: {e}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    access.secure(path)?;
     Ok(listener)
 }
 
@@ -90,9 +96,16 @@ pub async fn serve(
         };
         let state = state.clone();
         tokio::spawn(async move {
+            let refusal = refusal(&state.access, &stream);
             let service = service_fn(move |req| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(route(&state, req).await) }
+                let refusal = refusal.clone();
+                async move {
+                    Ok::<_, Infallible>(match refusal {
+                        Some(message) => error(StatusCode::FORBIDDEN, &message),
+                        None => route(&state, req).await,
+                    })
+                }
             });
             if let Err(error) = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -105,6 +118,21 @@ pub async fn serve(
     if ours.is_some() && std::fs::metadata(&path).map(|m| m.ino()).ok() == ours {
         let _ = std::fs::remove_file(&path);
     }
+}
+
+/// Why the peer on `stream` may not use the API, if it may not (checked by
+/// its credentials, whatever the socket file's mode).
+fn refusal(access: &super::access::Access, stream: &tokio::net::UnixStream) -> Option<String> {
+    let refused = match stream.peer_cred() {
+        Ok(peer) if access.allows(peer.uid(), peer.gid()) => return None,
+        Ok(peer) => {
+            let message = access.refusal(peer.uid());
+            tracing::warn!(uid = peer.uid(), pid = ?peer.pid(), "{message}");
+            message
+        }
+        Err(error) => format!("admin API refused: the peer's credentials are unknown ({error})"),
+    };
+    Some(refused)
 }
 
 async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
@@ -127,6 +155,7 @@ async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
             Err(message) => error(StatusCode::BAD_REQUEST, &message),
         },
         (Method::POST, "/takeover", _) => takeover(state, req).await,
+        (Method::GET | Method::PUT, "/log-level", _) => super::log_level::answer(req).await,
         (Method::GET, "/upstreams", _) => json(
             StatusCode::OK,
             &super::upstreams::list(&state.reloader.upstreams()),
@@ -155,7 +184,13 @@ async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
         (Method::DELETE, _, Some(kind)) if !rest.is_empty() => remove(state, kind, rest),
         (
             _,
-            "/status" | "/reload" | "/takeover" | "/oauth2/refresh-tokens" | "/upstreams" | "/bans",
+            "/status"
+            | "/reload"
+            | "/takeover"
+            | "/oauth2/refresh-tokens"
+            | "/upstreams"
+            | "/bans"
+            | "/log-level",
             _,
         )
         | (_, _, Some(_)) => error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
@@ -321,7 +356,9 @@ fn list_error(e: ListError) -> Response<Body> {
     error(status, &e.to_string())
 }
 
-async fn read_json<T: for<'de> Deserialize<'de>>(req: Request<Incoming>) -> Result<T, String> {
+pub(super) async fn read_json<T: for<'de> Deserialize<'de>>(
+    req: Request<Incoming>,
+) -> Result<T, String> {
     let body = Limited::new(req.into_body(), MAX_BODY_BYTES)
         .collect()
         .await
@@ -330,7 +367,7 @@ async fn read_json<T: for<'de> Deserialize<'de>>(req: Request<Incoming>) -> Resu
     serde_json::from_slice(&body).map_err(|e| format!("invalid JSON body: {e}"))
 }
 
-fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Response<Body> {
+pub(super) fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Response<Body> {
     respond(
         status,
         "application/json",
@@ -338,7 +375,7 @@ fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Response<Body> {
     )
 }
 
-fn error(status: StatusCode, message: &str) -> Response<Body> {
+pub(super) fn error(status: StatusCode, message: &str) -> Response<Body> {
     json(status, &serde_json::json!({ "error": message }))
 }
 

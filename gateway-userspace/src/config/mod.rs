@@ -9,6 +9,7 @@ mod cluster;
 mod health;
 mod lenient;
 mod listener;
+mod log;
 mod model;
 mod oauth2_server;
 pub mod opa;
@@ -34,6 +35,7 @@ pub use self::{
     health::*,
     lenient::{cli_settings, CliSettings},
     listener::{ClientAuth, ClientAuthMode, Listener},
+    log::{Log, LogFormat},
     model::*,
     oauth2_server::OAuth2Server,
     policy::*,

@@ -74,6 +74,9 @@ pub struct Config {
     /// Runtime lists shared with other gateways through Redis.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<Cluster>,
+    /// The daemon's own log: level and format.
+    #[serde(default)]
+    pub log: super::Log,
 }
 
 /// Request limits that apply to every route (a route may lower or raise
@@ -280,9 +283,13 @@ pub enum AccessLogFormat {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Admin {
-    /// Unix socket of the admin API (mode 0600).
+    /// Unix socket of the admin API (mode 0660, this group; 0600 without).
     #[serde(default = "default_admin_socket")]
     pub socket: PathBuf,
+    /// The group whose members may use the admin API besides root.
+    /// Absent: `xgate` when that group exists, else root only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
     /// A TCP address serving only `GET /metrics`, `/livez` and `/readyz`
     /// (read-only, no token), for Prometheus and load balancer or
     /// orchestrator probes. Absent: those are on the admin socket only.
@@ -294,6 +301,7 @@ impl Default for Admin {
     fn default() -> Self {
         Self {
             socket: default_admin_socket(),
+            group: None,
             metrics_address: None,
         }
     }

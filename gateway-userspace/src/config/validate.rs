@@ -43,6 +43,7 @@ pub fn validate(config: &Config) -> Vec<ConfigError> {
     config.access_log.validate(&mut errors);
     config.resolver.validate(&mut errors);
     config.shutdown.validate(&mut errors);
+    config.log.validate(&mut errors);
     super::policy::validate_consumers(&config.consumers, &mut errors);
     if let Some(server) = &config.oauth2_server {
         server.validate(&config.listeners, &mut errors);
