@@ -28,6 +28,10 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     // Upstream targets by DNS name are tested against a real DNS server
     // (the binary alone: dnsmasq-base has no service that would start).
     ("dnsmasq", "dnsmasq-base"),
+    // The JSON Schema of the config is checked with a real validator.
+    ("jsonschema", "python3-jsonschema"),
+    // The package test unpacks the .deb it builds.
+    ("dpkg-deb", "dpkg"),
 ];
 
 /// Node.js the npm test dependencies need: oauth2-mock-server 8.2.3 and
