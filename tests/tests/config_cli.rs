@@ -40,7 +40,11 @@ fn the_schema_in_the_repository_is_the_models() {
         defs["Redis"]["oneOf"],
         serde_json::json!([{"required": ["url"]}, {"required": ["url_file"]}])
     );
-    assert!(defs["Policy"].is_object(), "{}", defs.as_object().unwrap().len());
+    assert!(
+        defs["Policy"].is_object(),
+        "{}",
+        defs.as_object().unwrap().len()
+    );
 }
 
 /// Validates each YAML file against the schema with the Python `jsonschema`
@@ -252,10 +256,17 @@ fn completions_parse_and_the_man_pages_cover_every_command() {
     assert!(bash.status.success());
     let script = dir.path().join("xgate.bash");
     std::fs::write(&script, &bash.stdout).unwrap();
-    let check = Command::new("bash").arg("-n").arg(&script).output().unwrap();
+    let check = Command::new("bash")
+        .arg("-n")
+        .arg(&script)
+        .output()
+        .unwrap();
     assert!(check.status.success(), "bash -n: {}", stderr(&check));
     let text = stdout(&bash);
-    assert!(text.contains("complete -F") && text.contains("blocklist"), "{text}");
+    assert!(
+        text.contains("complete -F") && text.contains("blocklist"),
+        "{text}"
+    );
     for (shell, checker) in [("zsh", "zsh"), ("fish", "fish")] {
         let out = xgate(&["completions", shell]);
         assert!(out.status.success() && !out.stdout.is_empty());
@@ -273,16 +284,33 @@ fn completions_parse_and_the_man_pages_cover_every_command() {
     let out = xgate(&["man", "--out-dir", man.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
     let page = std::fs::read_to_string(man.join("xgate.1")).unwrap();
-    assert!(page.starts_with(".ie") || page.contains(".TH xgate 1"), "{page}");
+    assert!(
+        page.starts_with(".ie") || page.contains(".TH xgate 1"),
+        "{page}"
+    );
     for command in [
-        "run", "validate", "status", "reload", "blocklist", "allowlist", "bans", "xdp",
-        "hash-key", "oauth2", "upstreams", "config", "completions",
+        "run",
+        "validate",
+        "status",
+        "reload",
+        "blocklist",
+        "allowlist",
+        "bans",
+        "xdp",
+        "hash-key",
+        "oauth2",
+        "upstreams",
+        "config",
+        "completions",
     ] {
         assert!(
             page.contains(&format!("xgate\\-{}(1)", command.replace('-', "\\-"))),
             "xgate.1 does not list {command}"
         );
-        assert!(man.join(format!("xgate-{command}.1")).exists(), "no page for {command}");
+        assert!(
+            man.join(format!("xgate-{command}.1")).exists(),
+            "no page for {command}"
+        );
     }
     let dump = std::fs::read_to_string(man.join("xgate-config-dump.1")).unwrap();
     assert!(dump.contains("redacted"), "{dump}");

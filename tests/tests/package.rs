@@ -37,7 +37,12 @@ fn run(cmd: &mut Command) -> Output {
 /// Builds the package from the binary the tests run; returns the .deb.
 fn build_package(out_dir: &Path) -> PathBuf {
     // target/<profile>/xgate → target: xtask packages <target>/debug/xgate.
-    let target = xgate_bin().parent().unwrap().parent().unwrap().to_path_buf();
+    let target = xgate_bin()
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf();
     run(Command::new(env!("CARGO"))
         .args(["xtask", "deb", "--binary", "debug", "--out-dir"])
         .arg(out_dir)
@@ -140,9 +145,16 @@ async fn the_debian_package_installs_a_working_gateway() {
     let out = run(Command::new(&packaged)
         .args(["validate", "-c"])
         .arg(&default_config));
-    assert!(stdout(&out).contains("ok (1 listener(s)"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("ok (1 listener(s)"),
+        "{}",
+        stdout(&out)
+    );
     let version = stdout(&run(Command::new(&packaged).arg("--version")));
-    assert_eq!(version.trim(), format!("xgate {}", env!("CARGO_PKG_VERSION")));
+    assert_eq!(
+        version.trim(),
+        format!("xgate {}", env!("CARGO_PKG_VERSION"))
+    );
 
     let upstream = EchoUpstream::start("127.0.0.1:0".parse().unwrap(), "app")
         .await

@@ -42,7 +42,11 @@ pub fn run(kind: Binary, out_dir: &Path) -> Result<PathBuf> {
     install(&binary, &stage.join("usr/bin/xgate"), 0o755)?;
     let unit = Path::new("packaging/xgate.service");
     if unit.exists() {
-        install(unit, &stage.join("usr/lib/systemd/system/xgate.service"), 0o644)?;
+        install(
+            unit,
+            &stage.join("usr/lib/systemd/system/xgate.service"),
+            0o644,
+        )?;
     } else {
         eprintln!("    (no packaging/xgate.service in this tree: the package has no unit)");
     }
@@ -97,7 +101,11 @@ pub fn run(kind: Binary, out_dir: &Path) -> Result<PathBuf> {
             .arg(&deb),
     )?;
     fs::remove_dir_all(&stage)?;
-    let shown = if deb.is_absolute() { deb.display().to_string() } else { format!("./{}", deb.display()) };
+    let shown = if deb.is_absolute() {
+        deb.display().to_string()
+    } else {
+        format!("./{}", deb.display())
+    };
     eprintln!("    install it with: sudo apt install {shown}");
     Ok(deb)
 }
