@@ -224,7 +224,7 @@ async fn secrets_come_from_the_environment_and_from_files_and_dump_hides_them() 
         .unwrap();
     assert!(stdout(&yaml_dump).contains("key: <redacted>"));
     drop(daemon);
-    upstream.stop();
+    upstream.stop().await;
 }
 
 #[test]

@@ -177,5 +177,5 @@ async fn the_debian_package_installs_a_working_gateway() {
         packaged.canonicalize().unwrap()
     );
     drop(daemon);
-    upstream.stop();
+    upstream.stop().await;
 }
