@@ -50,7 +50,7 @@ xgate status\n  \
 xgate config dump -c /etc/xgate/xgate.yaml"
 )]
 pub struct Cli {
-    /// Config file (default: /etc/xgate/xgate.yaml for run and validate).
+    /// Config file (default: /etc/xgate/xgate.yaml for run, validate and config dump).
     #[arg(short, long, global = true, env = "XGATE_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
     /// Admin API socket of the running daemon.

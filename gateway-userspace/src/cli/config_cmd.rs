@@ -9,8 +9,9 @@ use crate::config::Config;
 
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
-    /// Print the JSON Schema of the config file (for editors: point the YAML language server
-    /// at it). The same schema is in the repository as docs/xgate.schema.json.
+    /// Print the JSON Schema of the config file, for editors (the YAML language server). The
+    /// package installs it as /usr/share/xgate/xgate.schema.json; the repository keeps it as
+    /// docs/xgate.schema.json.
     Schema,
     /// Print the effective config of --config: defaults filled in, ${ENV_VAR} and *_file
     /// values resolved, every secret shown as <redacted>. Exits 1 when the file is not valid.
