@@ -92,9 +92,18 @@ fn main() -> ExitCode {
             .and_then(|()| setup::test_dependencies())
             .and_then(|()| test()),
         Task::Dist => setup::all().and_then(|()| dist::run().map(drop)),
-        Task::Deb { binary, out_dir } => std::fs::create_dir_all(&out_dir)
-            .map_err(anyhow::Error::from)
-            .and_then(|()| deb::run(binary, &out_dir).map(drop)),
+        Task::Deb { binary, out_dir } => {
+            // A release build needs the eBPF toolchain; the debug package
+            // (the package test) reuses the binary the tests run.
+            let ready = if binary == deb::Binary::Debug {
+                Ok(())
+            } else {
+                setup::all()
+            };
+            ready
+                .and_then(|()| std::fs::create_dir_all(&out_dir).map_err(anyhow::Error::from))
+                .and_then(|()| deb::run(binary, &out_dir).map(drop))
+        }
         Task::Bench { scenarios } => setup::all().and_then(|()| bench::run(&scenarios)),
         Task::Attach {
             iface,
