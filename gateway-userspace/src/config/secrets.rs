@@ -199,7 +199,7 @@ fn read_secret(path: &Path) -> Result<String, String> {
 
 /// `text` with `${NAME}` replaced by the variable's value and `$${` by `${`;
 /// `None` when it has neither.
-fn substitute(text: &str) -> Result<Option<String>, String> {
+pub(super) fn substitute(text: &str) -> Result<Option<String>, String> {
     if !text.contains("${") {
         return Ok(None);
     }
