@@ -24,6 +24,9 @@ use crate::{
     xdp::{self, KernelRules, ListKind, XdpDataPlane, XDP_OBJECT},
 };
 
+mod config_cmd;
+mod shell;
+
 /// Where `run` and `validate` look when no --config is given.
 pub const DEFAULT_CONFIG: &str = "/etc/xgate/xgate.yaml";
 
@@ -43,10 +46,11 @@ sudo xgate run -c /etc/xgate/xgate.yaml\n  \
 xgate blocklist add 203.0.113.0/24 --reason scanner --ttl 1h\n  \
 xgate blocklist ls\n  \
 xgate bans ls\n  \
-xgate status"
+xgate status\n  \
+xgate config dump -c /etc/xgate/xgate.yaml"
 )]
 pub struct Cli {
-    /// Config file (default: /etc/xgate/xgate.yaml for run and validate).
+    /// Config file (default: /etc/xgate/xgate.yaml for run, validate and config dump).
     #[arg(short, long, global = true, env = "XGATE_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
     /// Admin API socket of the running daemon.
@@ -125,6 +129,24 @@ xgate upstreams set-state api 10.0.0.7:8080 auto")]
     Upstreams {
         #[command(subcommand)]
         action: Option<crate::admin::upstreams_cli::UpstreamsCommand>,
+    },
+    /// The config file's JSON Schema, and the effective config with secrets redacted.
+    #[command(subcommand)]
+    Config(config_cmd::ConfigCommand),
+    /// Print a shell completion script: bash, zsh, fish, elvish or powershell.
+    #[command(after_help = "Examples:\n  \
+xgate completions bash > /etc/bash_completion.d/xgate\n  \
+xgate completions zsh > /usr/local/share/zsh/site-functions/_xgate\n  \
+xgate completions fish > ~/.config/fish/completions/xgate.fish")]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the manual pages (xgate.1 and one per subcommand) into a directory.
+    #[command(hide = true)]
+    Man {
+        #[arg(long, value_name = "DIR")]
+        out_dir: PathBuf,
     },
 }
 
@@ -387,6 +409,9 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Upstreams { action } => {
             crate::admin::upstreams_cli::run(&admin_socket(&cli)?, action.as_ref()).await
         }
+        Command::Config(action) => config_cmd::run(&config_path(&cli), action),
+        Command::Completions { shell } => shell::completions(*shell),
+        Command::Man { out_dir } => shell::man(out_dir),
     }
 }
 

@@ -3,6 +3,7 @@
 //! only checks, and takes seconds.
 
 mod bench;
+mod deb;
 mod dist;
 mod setup;
 
@@ -40,6 +41,17 @@ enum Task {
     /// Build the production binary, target/dist/xgate: release, profile-guided
     /// (an instrumented build, a short training load, then the optimized build).
     Dist,
+    /// Build the Debian package (dpkg-deb): binary, systemd unit, /etc/xgate/xgate.yaml,
+    /// the xgate user, man pages and completions. See docs/packaging.md.
+    Deb {
+        /// Which binary to package: production is target/dist/xgate when `cargo xtask dist`
+        /// made it, else a release build.
+        #[arg(long, value_enum, default_value = "production")]
+        binary: deb::Binary,
+        /// Where the .deb is written.
+        #[arg(long, default_value = "target/deb")]
+        out_dir: PathBuf,
+    },
     /// Run the benchmarks (as root) and write bench/RESULTS.md and bench/results.json
     Bench {
         /// Scenarios to run (`xgate-bench --help` lists them; `all` runs every one).
@@ -80,6 +92,18 @@ fn main() -> ExitCode {
             .and_then(|()| setup::test_dependencies())
             .and_then(|()| test()),
         Task::Dist => setup::all().and_then(|()| dist::run().map(drop)),
+        Task::Deb { binary, out_dir } => {
+            // A release build needs the eBPF toolchain; the debug package
+            // (the package test) reuses the binary the tests run.
+            let ready = if binary == deb::Binary::Debug {
+                Ok(())
+            } else {
+                setup::all()
+            };
+            ready
+                .and_then(|()| std::fs::create_dir_all(&out_dir).map_err(anyhow::Error::from))
+                .and_then(|()| deb::run(binary, &out_dir).map(drop))
+        }
         Task::Bench { scenarios } => setup::all().and_then(|()| bench::run(&scenarios)),
         Task::Attach {
             iface,

@@ -33,6 +33,10 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("systemd-analyze", "systemd"),
     ("setpriv", "util-linux"),
     ("script", "bsdutils"),
+    // The JSON Schema of the config is checked with a real validator.
+    ("jsonschema", "python3-jsonschema"),
+    // The package test unpacks the .deb it builds.
+    ("dpkg-deb", "dpkg"),
 ];
 
 /// Node.js the npm test dependencies need: oauth2-mock-server 8.2.3 and

@@ -11,7 +11,7 @@ use super::{host_bits_error, Errors};
 
 /// `type: ip-restriction`: per-route allow and deny lists of client
 /// prefixes, as Kong's ip-restriction. The deny list is checked first.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IpRestriction {
     /// A client in none of these prefixes is refused (when not empty).
@@ -40,7 +40,7 @@ fn default_ip_message() -> String {
 }
 
 /// `type: bot-detection`: refuses clients by their `User-Agent`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BotDetection {
     /// Regexes (Rust `regex` syntax with ASCII semantics, unanchored,
@@ -85,7 +85,9 @@ fn default_bot_message() -> String {
 }
 
 /// What a request without `User-Agent` gets.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum MissingUserAgent {
     /// Let through (Kong's behaviour: many API clients send none).

@@ -21,7 +21,7 @@ pub const SIGNAL_NAMES: &[&str] = &[
     "bot_denied",
 ];
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AutoBan {
     pub rules: Vec<AutoBanRule>,
@@ -36,7 +36,7 @@ pub struct AutoBan {
     pub max_tracked_sources: usize,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AutoBanRule {
     /// Shown by `xgate bans ls` and in the `rule` label of the metrics;
@@ -50,9 +50,11 @@ pub struct AutoBanRule {
     pub policy: Option<String>,
     /// Signals within `within` that ban.
     pub count: u32,
+    #[schemars(with = "crate::config::schema::DurationText")]
     #[serde(with = "crate::duration::serde")]
     pub within: Duration,
     /// How long the ban lasts.
+    #[schemars(with = "crate::config::schema::DurationText")]
     #[serde(with = "crate::duration::serde")]
     pub ban: Duration,
     /// What is banned (and counted as one source): the address, or its
@@ -68,7 +70,9 @@ pub struct AutoBanRule {
     pub reason: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum BanScope {
     /// The one address (/32, /128).

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Errors;
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Cluster {
     /// `redis://[user:password@]host:port[/db]`.

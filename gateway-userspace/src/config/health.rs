@@ -33,7 +33,7 @@ pub const DEFAULT_MAX_REQUESTS: usize = 1024;
 
 /// `health_checks`: both kinds may run; a target takes traffic while
 /// neither holds it down.
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, schemars::JsonSchema, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct HealthChecks {
     /// Probes sent in the background; absent: none.
@@ -44,7 +44,7 @@ pub struct HealthChecks {
 }
 
 /// `health_checks.passive`: Envoy's outlier detection.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct PassiveHealth {
     pub enabled: bool,
@@ -52,9 +52,11 @@ pub struct PassiveHealth {
     /// `timeout`, a broken exchange, a 5xx answer) that eject a target.
     pub consecutive_failures: u32,
     /// The first ejection's length; the n-th lasts n times this...
+    #[schemars(with = "crate::config::schema::DurationText")]
     #[serde(with = "crate::duration::serde")]
     pub base_ejection_time: Duration,
     /// ...up to this.
+    #[schemars(with = "crate::config::schema::DurationText")]
     #[serde(with = "crate::duration::serde")]
     pub max_ejection_time: Duration,
     /// At most this share of the targets is ejected at once (at least one
@@ -75,7 +77,9 @@ impl Default for PassiveHealth {
 }
 
 /// What an active check does.
-#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(
+    Debug, Clone, Copy, Default, Deserialize, Serialize, schemars::JsonSchema, PartialEq, Eq,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum CheckKind {
     /// `GET path`; healthy when the status is expected.
@@ -87,7 +91,7 @@ pub enum CheckKind {
 }
 
 /// `health_checks.active`.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct ActiveCheck {
     #[serde(rename = "type")]
@@ -99,8 +103,10 @@ pub struct ActiveCheck {
     pub host: Option<String>,
     /// `http`: the statuses that pass; empty: any 2xx.
     pub expected_statuses: Vec<u16>,
+    #[schemars(with = "crate::config::schema::DurationText")]
     #[serde(with = "crate::duration::serde")]
     pub interval: Duration,
+    #[schemars(with = "crate::config::schema::DurationText")]
     #[serde(with = "crate::duration::serde")]
     pub timeout: Duration,
     /// Passes in a row that bring a target back.
@@ -109,6 +115,7 @@ pub struct ActiveCheck {
     pub unhealthy_threshold: u32,
     /// Up to this much is added at random to each interval, so that
     /// gateways started together do not probe in step.
+    #[schemars(with = "crate::config::schema::DurationText")]
     #[serde(with = "crate::duration::serde")]
     pub jitter: Duration,
 }
@@ -142,7 +149,7 @@ impl ActiveCheck {
 
 /// `circuit_breakers`: Envoy's per-cluster limits (its defaults). A request
 /// over one is answered 503 at once instead of waiting.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
 pub struct CircuitBreakers {
     /// Requests in flight to the upstream's targets (from the first

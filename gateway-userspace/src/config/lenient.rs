@@ -50,7 +50,15 @@ pub fn cli_settings(path: &Path) -> CliSettings {
     ] {
         match value.get(section).and_then(|s| s.get(key)) {
             None => {}
-            Some(serde_yaml::Value::String(s)) if !s.is_empty() => *slot = PathBuf::from(s),
+            // `${VAR}` as the daemon reads it (secrets.rs).
+            Some(serde_yaml::Value::String(s)) if !s.is_empty() => {
+                match super::secrets::substitute(s) {
+                    Ok(expanded) => *slot = PathBuf::from(expanded.as_deref().unwrap_or(s)),
+                    Err(e) => {
+                        problems.push(format!("{section}.{key}: {e}, using {}", slot.display()))
+                    }
+                }
+            }
             Some(_) => problems.push(format!(
                 "{section}.{key} is not a path, using {}",
                 slot.display()
@@ -109,6 +117,12 @@ mod tests {
         assert_eq!(s.admin_socket, PathBuf::from("/tmp/a.sock"));
         assert_eq!(s.pin_path, PathBuf::from("/sys/fs/bpf/x"));
         assert_eq!(s.note, None);
+        let s = settings("admin: {socket: '${PATH}/a.sock'}\n");
+        let path = std::env::var("PATH").unwrap();
+        assert_eq!(s.admin_socket, PathBuf::from(format!("{path}/a.sock")));
+        let s = settings("admin: {socket: '${XGATE_LENIENT_UNSET}'}\n");
+        assert_eq!(s.admin_socket, PathBuf::from(DEFAULT_ADMIN_SOCKET));
+        assert!(s.note.unwrap().contains("XGATE_LENIENT_UNSET is not set"));
         let s = settings("listeners: []\n");
         assert_eq!(s.admin_socket, PathBuf::from(DEFAULT_ADMIN_SOCKET));
         assert_eq!(s.note, None);

@@ -37,7 +37,7 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// hold its connection, an upstream connection and their buffers forever.
 pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(60);
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Listener {
     /// Optional label used in logs and metrics.
@@ -63,12 +63,14 @@ pub struct Listener {
     #[serde(default = "default_max_headers")]
     pub max_headers: usize,
     /// Time to send a complete request head (408 beyond).
+    #[schemars(with = "crate::config::schema::DurationText")]
     #[serde(
         default = "default_header_read_timeout",
         with = "crate::duration::serde"
     )]
     pub header_read_timeout: Duration,
     /// Time for the PROXY header and the TLS handshake (closed beyond).
+    #[schemars(with = "crate::config::schema::DurationText")]
     #[serde(default = "default_handshake_timeout", with = "crate::duration::serde")]
     pub handshake_timeout: Duration,
     /// Policies of the routes that declare none, for requests on this
@@ -77,12 +79,13 @@ pub struct Listener {
     pub policy_defaults: Option<super::PolicyDefaults>,
     /// Longest wait for the client to take more of a response (closed
     /// beyond).
+    #[schemars(with = "crate::config::schema::DurationText")]
     #[serde(default = "default_send_timeout", with = "crate::duration::serde")]
     pub send_timeout: Duration,
 }
 
 /// `listeners[].tls`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Tls {
     /// Certificates offered; chosen by SNI, the first is the default.
@@ -97,7 +100,7 @@ pub struct Tls {
 
 /// `listeners[].tls.client_auth`: which client certificates the handshake
 /// accepts. The files are re-read on reload, like the certificates.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClientAuth {
     #[serde(default)]
@@ -113,7 +116,9 @@ pub struct ClientAuth {
 }
 
 /// Whether a client must present a certificate.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum ClientAuthMode {
     /// A handshake without a valid client certificate fails. The default:
@@ -127,7 +132,7 @@ pub enum ClientAuthMode {
 }
 
 /// One certificate chain and its private key, both PEM. Re-read on reload.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CertificateFiles {
     /// The leaf certificate first, then any intermediates.

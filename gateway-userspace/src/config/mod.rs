@@ -18,6 +18,8 @@ mod rate_limit;
 mod resolver;
 mod respond;
 mod route;
+mod schema;
+mod secrets;
 mod shutdown;
 mod target_address;
 mod upstream;
@@ -165,12 +167,28 @@ impl Config {
         if !duplicates.is_empty() {
             return Err(fail(duplicates));
         }
-        let deserializer = serde_yaml::Deserializer::from_str(text);
+        // `${VAR}` and `<key>_file` (secrets.rs); positions stay those of `text`.
+        let expanded = secrets::expand(text).map_err(|mut errors| {
+            yaml_lines::add_positions(text, &mut errors);
+            fail(errors)
+        })?;
+        let deserializer = serde_yaml::Deserializer::from_str(expanded.as_deref().unwrap_or(text));
         let config: Config = serde_path_to_error::deserialize(deserializer).map_err(|e| {
             let path = e.path().to_string();
             let path = if path == "." { String::new() } else { path };
-            let message = yaml_message(&e.into_inner(), &path);
-            fail(vec![ConfigError::new(path, message)])
+            let mut message = yaml_message(&e.into_inner(), &path);
+            let mut errors = Vec::new();
+            if expanded.is_some() {
+                // Lines of the expanded text mean nothing to the user.
+                if let Some(at) = message.rfind(" (line ") {
+                    message.truncate(at);
+                }
+                errors.push(ConfigError::new(path, message));
+                yaml_lines::add_positions(text, &mut errors);
+            } else {
+                errors.push(ConfigError::new(path, message));
+            }
+            fail(errors)
         })?;
         let mut errors = validate(&config);
         yaml_lines::add_positions(text, &mut errors);
@@ -179,5 +197,20 @@ impl Config {
         } else {
             Err(fail(errors))
         }
+    }
+}
+
+impl Config {
+    /// The JSON Schema of the config file (`xgate config schema`).
+    pub fn json_schema() -> serde_json::Value {
+        schema::config_schema()
+    }
+
+    /// The effective config with every secret replaced by `<redacted>`
+    /// (`xgate config dump`).
+    pub fn redacted(&self) -> serde_json::Value {
+        let mut value = serde_json::to_value(self).unwrap_or_default();
+        secrets::redact(&mut value);
+        value
     }
 }

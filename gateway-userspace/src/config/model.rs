@@ -19,7 +19,7 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/xgate";
 pub const DEFAULT_ADMIN_SOCKET: &str = "/run/xgate/admin.sock";
 
 /// The whole file.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// TCP listeners that accept client traffic.
@@ -30,6 +30,7 @@ pub struct Config {
     #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
     /// Peers whose X-Forwarded-For is believed. Anyone else's is replaced.
+    #[schemars(with = "Vec<crate::config::schema::Cidr>")]
     #[serde(default, deserialize_with = "super::cidr::deserialize_list")]
     pub trusted_proxies: Vec<IpNet>,
     #[serde(default)]
@@ -81,7 +82,7 @@ pub struct Config {
 
 /// Request limits that apply to every route (a route may lower or raise
 /// `max_body_bytes`).
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
     /// Longest request target (path and query) accepted; longer gets 414.
@@ -111,7 +112,7 @@ fn default_max_uri_bytes() -> usize {
 /// all see one request. Envoy's `normalize_path`, `merge_slashes`,
 /// `path_with_escaped_slashes_action` and `headers_with_underscores_action`
 /// are the model.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Normalization {
     /// `//a///b` becomes `/a/b`. On by default: no server gives an empty
@@ -147,7 +148,9 @@ fn default_true() -> bool {
 }
 
 /// `%2F` and `%5C` (and a bare backslash) in a path.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum EscapedSlashes {
     /// Data, not a separator: forwarded as `%2F` / `%5C` (a bare `\` as
@@ -162,7 +165,9 @@ pub enum EscapedSlashes {
 }
 
 /// The path sent upstream.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum ForwardPath {
     /// The normalized path, the one routing saw.
@@ -174,7 +179,9 @@ pub enum ForwardPath {
 }
 
 /// Header fields whose names contain `_`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum UnderscoreHeaders {
     /// Removed before the request goes upstream (nginx's
@@ -189,7 +196,7 @@ pub enum UnderscoreHeaders {
 
 /// One line per request, also for rejected ones, written by a thread of its
 /// own (not through the daemon's log: `RUST_LOG` does not touch it).
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AccessLog {
     #[serde(default)]
@@ -203,6 +210,7 @@ pub struct AccessLog {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub buffer_bytes: Option<usize>,
     /// The longest a line waits in the buffer.
+    #[schemars(with = "Option<crate::config::schema::DurationText>")]
     #[serde(
         default,
         with = "crate::duration::serde_opt",
@@ -268,7 +276,9 @@ impl AccessLog {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum AccessLogFormat {
     /// logfmt: `key=value` pairs in a fixed order.
@@ -280,7 +290,7 @@ pub enum AccessLogFormat {
     Off,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Admin {
     /// Unix socket of the admin API (mode 0660, this group; 0600 without).

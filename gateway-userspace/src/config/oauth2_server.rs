@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Errors, Listener};
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OAuth2Server {
     /// `iss` of every access token; what verifiers pin (`jwt.issuers`).
@@ -30,8 +30,10 @@ pub struct OAuth2Server {
     /// made once and kept in `state_dir`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signing_key_file: Option<PathBuf>,
+    #[schemars(with = "crate::config::schema::DurationText")]
     #[serde(default = "default_access_lifetime", with = "crate::duration::serde")]
     pub access_token_lifetime: Duration,
+    #[schemars(with = "crate::config::schema::DurationText")]
     #[serde(default = "default_refresh_lifetime", with = "crate::duration::serde")]
     pub refresh_token_lifetime: Duration,
     /// Refuse token and revocation requests that did not come over TLS (a

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::Errors;
 
 /// `type: opa`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Opa {
     /// The decision asked for, as OPA's data API names it:
@@ -27,6 +27,7 @@ pub struct Opa {
     pub server: Option<OpaServer>,
     /// Longest time one in-process evaluation may take; a policy that runs
     /// longer is stopped and counts as a failure (`failure_mode`).
+    #[schemars(with = "crate::config::schema::DurationText")]
     #[serde(default = "default_eval_timeout", with = "crate::duration::serde")]
     pub evaluation_timeout: Duration,
     /// When the decision cannot be had (server down, slow, garbage; an
@@ -51,7 +52,7 @@ pub struct Opa {
 }
 
 /// Where a remote policy is asked.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OpaServer {
     /// `http://host:port` or `https://host:port` (a path prefix is kept:
@@ -62,14 +63,18 @@ pub struct OpaServer {
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
     /// Longest wait for an answer (connect included).
+    #[schemars(with = "crate::config::schema::DurationText")]
     #[serde(default = "default_server_timeout", with = "crate::duration::serde")]
     pub timeout: Duration,
     /// Idle keep-alive connections are closed after this.
+    #[schemars(with = "crate::config::schema::DurationText")]
     #[serde(default = "default_pool_idle", with = "crate::duration::serde")]
     pub pool_idle_timeout: Duration,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum FailureMode {
     /// 503 (`opa_unavailable`): no decision, no access.
@@ -80,13 +85,14 @@ pub enum FailureMode {
 }
 
 /// `cache:` of an opa policy.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OpaCache {
     /// The parts of the input a decision depends on: `consumer`, `method`,
     /// `path`, `host`, `querystring`, `client_ip`, `route`,
     /// `header:<name>`. Requests equal on these share a decision.
     pub key: Vec<String>,
+    #[schemars(with = "crate::config::schema::DurationText")]
     #[serde(default = "default_cache_ttl", with = "crate::duration::serde")]
     pub ttl: Duration,
     #[serde(default = "default_cache_entries")]

@@ -9,7 +9,7 @@ use super::{BotDetection, Errors, IpRestriction};
 
 /// A caller known to the gateway. Its identity goes upstream as
 /// `X-Consumer-*` headers once a policy has authenticated it.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Consumer {
     pub username: String,
@@ -47,7 +47,7 @@ impl Consumer {
 
 /// One API key: the key itself, or its SHA-256 (`sha256:<hex>`, made by
 /// `xgate hash-key`) so that the config file holds no secret.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ApiKey {
     /// `X-Credential-Identifier`; `<username>:keys[N]` when absent.
@@ -65,7 +65,7 @@ pub struct ApiKey {
 
 /// A key that verifies a consumer's tokens: found by the token's `iss`
 /// (Kong's `key` claim) or its `kid`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JwtCredential {
     /// Matches the token's `iss`.
@@ -119,7 +119,7 @@ impl JwtCredential {
 
 /// An OAuth 2.0 client (RFC 6749 §2): what it authenticates with at the
 /// token endpoint, and what it may ask for.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OAuth2Client {
     pub client_id: String,
@@ -146,7 +146,7 @@ pub const MIN_CLIENT_SECRET_CHARS: usize = 16;
 
 /// What routes inherit when they declare no `policies` of their own (per
 /// listener in `listeners[].policy_defaults`, or for all).
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyDefaults {
     #[serde(default)]
@@ -156,7 +156,9 @@ pub struct PolicyDefaults {
 }
 
 /// How a chain's authentication policies combine.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum AuthMode {
     /// Every authentication policy must succeed (Kong's default); the
@@ -168,7 +170,7 @@ pub enum AuthMode {
 }
 
 /// One policy, tagged by `type`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum Policy {
     KeyAuth(KeyAuth),
@@ -229,7 +231,7 @@ impl Policy {
 }
 
 /// `type: key-auth`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KeyAuth {
     /// Header names (and query parameter names) that carry the key.
@@ -258,7 +260,7 @@ fn default_true() -> bool {
 }
 
 /// `type: jwt`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Jwt {
     /// Where the token is read, tried in order: `header` (Authorization:
@@ -275,9 +277,11 @@ pub struct Jwt {
     #[serde(default)]
     pub audiences: Vec<String>,
     /// Tolerance for `exp` and `nbf`.
+    #[schemars(with = "crate::config::schema::DurationText")]
     #[serde(default = "default_leeway", with = "crate::duration::serde")]
     pub leeway: std::time::Duration,
     /// Longest `exp - iat` accepted; absent: not checked.
+    #[schemars(with = "Option<crate::config::schema::DurationText>")]
     #[serde(default, with = "crate::duration::serde_opt")]
     pub max_lifetime: Option<std::time::Duration>,
     /// Scopes the token must carry (space-separated `scope` or `scp`).
@@ -307,7 +311,7 @@ pub struct Jwt {
 
 /// `type: mtls`: the client certificate the listener verified, mapped to
 /// a consumer by its names.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Mtls {
     /// Which names of the certificate are looked up, in this order; the
@@ -326,7 +330,7 @@ pub struct Mtls {
 /// `type: acl`: which consumer groups may use the route (Kong's acl). Runs
 /// after authentication, on the consumer it found (an `anonymous` one
 /// included).
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Acl {
     /// A consumer in none of these groups is refused (when not empty).
@@ -341,7 +345,7 @@ pub struct Acl {
 }
 
 /// A kind of name in a client certificate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CertificateName {
     /// DNS subject alternative names (compared in lower case).
@@ -366,7 +370,7 @@ fn default_consumer_by() -> Vec<CertificateName> {
 }
 
 /// Where a jwt policy gets keys that no consumer holds.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Jwks {
     pub url: String,
@@ -375,16 +379,18 @@ pub struct Jwks {
     #[serde(default)]
     pub ca_file: Option<std::path::PathBuf>,
     /// How often the document is fetched again in the background.
+    #[schemars(with = "crate::config::schema::DurationText")]
     #[serde(default = "default_jwks_refresh", with = "crate::duration::serde")]
     pub refresh_interval: std::time::Duration,
     /// Shortest time between two fetches caused by an unknown `kid`.
+    #[schemars(with = "crate::config::schema::DurationText")]
     #[serde(default = "default_jwks_min_refetch", with = "crate::duration::serde")]
     pub min_refetch_interval: std::time::Duration,
 }
 
 /// `type: oidc`: access tokens of an OpenID Connect provider found by
 /// discovery; JWTs verified with its JWKS, opaque tokens introspected.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Oidc {
     /// The provider's issuer URL: discovery is fetched from
@@ -424,13 +430,16 @@ pub struct Oidc {
     #[serde(default)]
     pub introspection: Introspection,
     /// Tolerance for `exp` and `nbf`.
+    #[schemars(with = "crate::config::schema::DurationText")]
     #[serde(default = "default_leeway", with = "crate::duration::serde")]
     pub leeway: std::time::Duration,
     /// How often the JWKS is fetched again in the background.
+    #[schemars(with = "crate::config::schema::DurationText")]
     #[serde(default = "default_jwks_refresh", with = "crate::duration::serde")]
     pub jwks_refresh_interval: std::time::Duration,
     /// Shortest time between two fetches caused by an unknown `kid`, and
     /// between two discoveries caused by a failure.
+    #[schemars(with = "crate::config::schema::DurationText")]
     #[serde(default = "default_jwks_min_refetch", with = "crate::duration::serde")]
     pub min_refetch_interval: std::time::Duration,
     /// Verified and introspected tokens kept.
@@ -445,13 +454,14 @@ pub struct Oidc {
 }
 
 /// When a token goes to the provider's introspection endpoint (RFC 7662).
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Introspection {
     #[serde(default)]
     pub enabled: IntrospectionMode,
     /// How long an introspection answer is believed (never past the
     /// token's `exp`): a revoked token is refused at most this late.
+    #[schemars(with = "crate::config::schema::DurationText")]
     #[serde(default = "default_introspection_ttl", with = "crate::duration::serde")]
     pub cache_ttl: std::time::Duration,
 }
@@ -465,7 +475,9 @@ impl Default for Introspection {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum IntrospectionMode {
     /// JWTs are verified here; other (opaque) tokens are introspected.

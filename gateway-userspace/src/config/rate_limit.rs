@@ -10,16 +10,18 @@ use super::{Errors, Policy};
 /// `redis:`: the Redis server that state shared between gateways lives in
 /// (rate-limit counters with `storage: redis`). One per gateway; every
 /// user shares its connections.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Redis {
     /// `redis://[user:password@]host:port[/db]` (or `rediss://` for TLS).
     pub url: String,
     /// The longest any request waits for one Redis call; past it the
     /// call counts as failed and the policy's fallback decides.
+    #[schemars(with = "crate::config::schema::DurationText")]
     #[serde(default = "default_redis_timeout", with = "crate::duration::serde")]
     pub timeout: Duration,
     /// The longest a (re)connection attempt takes.
+    #[schemars(with = "crate::config::schema::DurationText")]
     #[serde(
         default = "default_redis_connect_timeout",
         with = "crate::duration::serde"
@@ -27,6 +29,7 @@ pub struct Redis {
     pub connect_timeout: Duration,
     /// After a failure, how often Redis is probed (PING) until it answers
     /// again; requests meanwhile use the fallback without waiting.
+    #[schemars(with = "crate::config::schema::DurationText")]
     #[serde(
         default = "default_redis_retry_interval",
         with = "crate::duration::serde"
@@ -76,7 +79,7 @@ impl Redis {
 }
 
 /// `type: rate-limit`: requests over any of `limits` in the window get 429.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitPolicy {
     /// Every limit applies (`10 per 1s` and `1000 per 1h`); a request
@@ -103,6 +106,7 @@ pub struct RateLimitPolicy {
     pub hide_headers: bool,
     /// Up to this much is added at random to `Retry-After`, so that
     /// refused clients do not all come back at the same instant.
+    #[schemars(with = "crate::config::schema::DurationText")]
     #[serde(default, with = "crate::duration::serde")]
     pub retry_after_jitter: Duration,
     /// Keys counted in memory at most (`storage: local`, and the
@@ -112,10 +116,11 @@ pub struct RateLimitPolicy {
 }
 
 /// `requests` per `per`; a token bucket also has a `burst`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Limit {
     pub requests: u64,
+    #[schemars(with = "crate::config::schema::DurationText")]
     #[serde(with = "crate::duration::serde")]
     pub per: Duration,
     /// Token bucket and throttle: how many requests may come at once (the
@@ -124,7 +129,9 @@ pub struct Limit {
     pub burst: Option<u64>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum RateAlgorithm {
     /// The current window's count plus the previous one's, weighted by how
@@ -138,7 +145,9 @@ pub enum RateAlgorithm {
     TokenBucket,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Storage {
     /// Counters in this process.
@@ -148,7 +157,9 @@ pub enum Storage {
     Redis,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum RedisFallback {
     /// Count in this process until Redis is back (each gateway then
@@ -161,7 +172,7 @@ pub enum RedisFallback {
 
 /// `type: throttle`: requests over the rate wait their turn in a bounded
 /// per-key queue instead of being refused.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ThrottlePolicy {
     /// The rate requests are let through at, per key; `burst` of them may
@@ -173,6 +184,7 @@ pub struct ThrottlePolicy {
     #[serde(default = "default_max_queue")]
     pub max_queue: usize,
     /// A request that would wait longer than this is refused at once.
+    #[schemars(with = "crate::config::schema::DurationText")]
     #[serde(default = "default_max_wait", with = "crate::duration::serde")]
     pub max_wait: Duration,
     /// The refusal's status: 429 or 503.

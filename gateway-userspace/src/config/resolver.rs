@@ -19,17 +19,20 @@ pub const DEFAULT_MAX_TTL: Duration = Duration::from_secs(300);
 /// `attempts` of these, and the last good addresses stay.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Resolver {
     /// DNS servers (`IP` or `IP:port`); empty: those of /etc/resolv.conf.
     /// /etc/hosts is read first either way.
     #[serde(default, deserialize_with = "nameservers")]
     pub nameservers: Vec<SocketAddr>,
+    #[schemars(with = "crate::config::schema::DurationText")]
     #[serde(default = "default_min_ttl", with = "crate::duration::serde")]
     pub min_ttl: Duration,
+    #[schemars(with = "crate::config::schema::DurationText")]
     #[serde(default = "default_max_ttl", with = "crate::duration::serde")]
     pub max_ttl: Duration,
+    #[schemars(with = "crate::config::schema::DurationText")]
     #[serde(default = "default_timeout", with = "crate::duration::serde")]
     pub timeout: Duration,
 }

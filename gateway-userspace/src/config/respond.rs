@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Errors, Route};
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Respond {
     /// 200 to 599.

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{AuthMode, Errors, Policy, Upstream};
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Route {
     /// Optional label used in logs and metrics; defaults to `routes[N]`.
@@ -45,7 +45,7 @@ pub struct Route {
 
 /// Every present condition must hold. Exactly one of `path_prefix`, `path`
 /// and `path_regex` is required.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteMatch {
     /// `api.example.com` (exact) or `*.example.com` (any subdomain); the
@@ -70,7 +70,7 @@ pub struct RouteMatch {
 
 /// One header condition: `value` (exact), `regex` (whole value), or
 /// `present` (true: must be there, false: must be absent).
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HeaderMatch {
     pub name: String,

@@ -12,11 +12,12 @@ use super::Errors;
 /// before it kills the process.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Shutdown {
     /// How long open connections may finish what they are doing before
     /// they are cut.
+    #[schemars(with = "crate::config::schema::DurationText")]
     #[serde(default = "default_drain_timeout", with = "crate::duration::serde")]
     pub drain_timeout: Duration,
 }

@@ -48,7 +48,7 @@ pub const DEFAULT_RETRY_WINDOW: Duration = Duration::from_secs(10);
 pub const MIN_RETRY_WINDOW: Duration = Duration::from_secs(1);
 pub const MAX_RETRY_WINDOW: Duration = Duration::from_secs(60);
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Upstream {
     /// `IP:port` or `host:port` (weight 1), or `{address: ..., weight: N}`,
@@ -61,6 +61,7 @@ pub struct Upstream {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hash_on: Option<HashOn>,
     /// How fast `p2c_ewma` forgets a latency; default 10s.
+    #[schemars(with = "Option<crate::config::schema::DurationText>")]
     #[serde(
         default,
         with = "crate::duration::serde_opt",
@@ -70,15 +71,19 @@ pub struct Upstream {
     /// HTTP version spoken to the targets.
     #[serde(default)]
     pub protocol: UpstreamProtocol,
+    #[schemars(with = "crate::config::schema::DurationText")]
     #[serde(default = "default_connect_timeout", with = "crate::duration::serde")]
     pub connect_timeout: Duration,
     /// Time for the upstream to answer with response headers (else 504).
+    #[schemars(with = "crate::config::schema::DurationText")]
     #[serde(default = "default_upstream_timeout", with = "crate::duration::serde")]
     pub timeout: Duration,
     /// Longest gap between two response body chunks (else the response is
     /// cut off).
+    #[schemars(with = "crate::config::schema::DurationText")]
     #[serde(default = "default_read_timeout", with = "crate::duration::serde")]
     pub read_timeout: Duration,
+    #[schemars(with = "crate::config::schema::DurationText")]
     #[serde(default = "default_pool_idle_timeout", with = "crate::duration::serde")]
     pub pool_idle_timeout: Duration,
     #[serde(default = "default_pool_max_idle")]
@@ -216,7 +221,7 @@ impl Upstream {
 /// `upstreams.<name>.tls`: the targets are spoken to over TLS, their
 /// certificates verified against `ca_file` (or the system's CAs) for
 /// `server_name` (or each target's IP address).
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamTls {
     /// `false` keeps the settings but speaks plain TCP.
@@ -317,7 +322,9 @@ impl Serialize for UpstreamTarget {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Balancer {
     /// Smooth weighted round robin (nginx's).
@@ -393,7 +400,9 @@ impl Serialize for HashOn {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum UpstreamProtocol {
     /// HTTP/1.1 with pooled keep-alive connections.
@@ -406,11 +415,12 @@ pub enum UpstreamProtocol {
 
 /// Retries allowed in any `window`: `ratio` × requests + `min_per_second` ×
 /// `window` (linkerd's and Finagle's retry budget).
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct RetryBudget {
     pub ratio: f64,
     pub min_per_second: f64,
+    #[schemars(with = "crate::config::schema::DurationText")]
     #[serde(with = "crate::duration::serde")]
     pub window: Duration,
 }

@@ -18,7 +18,7 @@ const MAX_IFNAME_LEN: usize = 15;
 
 /// The kernel half. XDP is attached when `interfaces` is non-empty and the
 /// daemon has the privilege; otherwise the same rules apply at L7 only.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Xdp {
     /// Interfaces to attach the XDP program to.
@@ -44,9 +44,11 @@ pub struct Xdp {
     #[serde(default)]
     pub on_exit: OnExit,
     /// Source prefixes dropped in the kernel (and refused at L7).
+    #[schemars(with = "Vec<crate::config::schema::Cidr>")]
     #[serde(default, deserialize_with = "super::cidr::deserialize_list")]
     pub deny: Vec<IpNet>,
     /// Source prefixes never denied or policed (they win over `deny`).
+    #[schemars(with = "Vec<crate::config::schema::Cidr>")]
     #[serde(default, deserialize_with = "super::cidr::deserialize_list")]
     pub allow: Vec<IpNet>,
     /// Per-source packet rate limit in the kernel; absent means none.
@@ -71,7 +73,7 @@ impl Default for Xdp {
 }
 
 /// Token bucket per source, enforced in XDP, global across CPUs.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimit {
     /// Packets per second each source may send.
@@ -105,7 +107,7 @@ impl RateLimit {
 
 /// `listeners` (default: the gateway's own listener ports), `all`, or a
 /// list of ports.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(untagged)]
 pub enum Ports {
     Keyword(PortsKeyword),
@@ -118,16 +120,17 @@ impl Default for Ports {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum PortsKeyword {
     Listeners,
     All,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RateOverride {
+    #[schemars(with = "crate::config::schema::Cidr")]
     #[serde(deserialize_with = "super::cidr::deserialize_one")]
     pub cidr: IpNet,
     /// Packets per second; 0 exempts these sources from policing.
@@ -138,7 +141,9 @@ pub struct RateOverride {
 
 /// How to attach: `auto` tries native (driver) mode and falls back to
 /// generic; the mode actually used is logged and shown in `xgate status`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum XdpMode {
     #[default]

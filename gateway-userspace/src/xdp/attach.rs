@@ -38,7 +38,9 @@ impl fmt::Display for AttachMode {
 }
 
 /// What happens to the attachments when the daemon exits cleanly.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum OnExit {
     /// Detach: a stopped gateway leaves no program behind.
