@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Errors;
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Log {
     /// `error`, `warn`, `info`, `debug`, `trace`, or a RUST_LOG-style filter
@@ -18,7 +18,9 @@ pub struct Log {
 }
 
 /// How log lines look.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {
     /// `text` on a terminal, `plain` otherwise.
