@@ -108,7 +108,7 @@ pub fn parse_all(mut raw: &[u8]) -> std::io::Result<Vec<RawResponse>> {
                     String::from_utf8_lossy(raw)
                 ))
             })?;
-        let head = parse(&raw[..end + 4])?;
+        let head = parse_head(&raw[..end])?;
         let body_start = end + 4;
         let length = head
             .header("content-length")
@@ -120,7 +120,11 @@ pub fn parse_all(mut raw: &[u8]) -> std::io::Result<Vec<RawResponse>> {
         let chunked = head
             .header("transfer-encoding")
             .is_some_and(|t| t.eq_ignore_ascii_case("chunked"));
-        let (body, used) = if chunked {
+        let bodiless =
+            (100..200).contains(&head.status) || head.status == 204 || head.status == 304;
+        let (body, used) = if bodiless {
+            (Vec::new(), body_start)
+        } else if chunked {
             let (body, len) = dechunk_framed(&raw[body_start..])
                 .ok_or_else(|| invalid("bad chunked body".into()))?;
             (body, body_start + len)
@@ -129,8 +133,6 @@ pub fn parse_all(mut raw: &[u8]) -> std::io::Result<Vec<RawResponse>> {
                 .get(body_start..body_start + n)
                 .ok_or_else(|| invalid("body shorter than its length".into()))?;
             (body.to_vec(), body_start + n)
-        } else if (100..200).contains(&head.status) || head.status == 204 || head.status == 304 {
-            (Vec::new(), body_start)
         } else {
             (raw[body_start..].to_vec(), raw.len())
         };
@@ -145,14 +147,14 @@ fn dechunk_framed(data: &[u8]) -> Option<(Vec<u8>, usize)> {
     let mut out = Vec::new();
     let mut at = 0;
     loop {
-        let line_end = data[at..].windows(2).position(|w| w == b"\r\n")?;
+        let line_end = data.get(at..)?.windows(2).position(|w| w == b"\r\n")?;
         let size_text = std::str::from_utf8(&data[at..at + line_end]).ok()?;
         let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
         at += line_end + 2;
         if size == 0 {
             // Trailer fields, then the blank line.
             loop {
-                let line_end = data[at..].windows(2).position(|w| w == b"\r\n")?;
+                let line_end = data.get(at..)?.windows(2).position(|w| w == b"\r\n")?;
                 at += line_end + 2;
                 if line_end == 0 {
                     return Some((out, at));
@@ -284,18 +286,9 @@ pub fn parse(raw: &[u8]) -> std::io::Result<RawResponse> {
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
         .ok_or_else(|| invalid("no end of headers"))?;
-    let head = std::str::from_utf8(&raw[..end]).map_err(|_| invalid("non-UTF-8 head"))?;
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().ok_or_else(|| invalid("empty head"))?;
-    let status = status_line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| invalid("bad status line"))?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        .collect();
+    let RawResponse {
+        status, headers, ..
+    } = parse_head(&raw[..end])?;
     let mut body = raw[end + 4..].to_vec();
     let chunked = headers.iter().any(|(k, v)| {
         k.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked")
@@ -307,6 +300,28 @@ pub fn parse(raw: &[u8]) -> std::io::Result<RawResponse> {
         status,
         headers,
         body,
+    })
+}
+
+/// A response head (without its final blank line), with an empty body.
+fn parse_head(head: &[u8]) -> std::io::Result<RawResponse> {
+    let invalid = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
+    let head = std::str::from_utf8(head).map_err(|_| invalid("non-UTF-8 head"))?;
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().ok_or_else(|| invalid("empty head"))?;
+    let status = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| invalid("bad status line"))?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    Ok(RawResponse {
+        status,
+        headers,
+        body: Vec::new(),
     })
 }
 
