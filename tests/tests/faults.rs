@@ -229,3 +229,183 @@ async fn a_broken_config_reloaded_under_load_leaves_the_old_one_serving() {
     let out = daemon.reload_with(&good);
     assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
 }
+
+/// A directory with a file system mounted on it for one test (a tiny
+/// tmpfs, or a read-only bind mount of itself), unmounted and removed when
+/// dropped, also when the test fails.
+struct Mount {
+    dir: xgate_tests::TempDir,
+    /// Mounts stacked on the directory.
+    mounts: usize,
+}
+
+impl Mount {
+    fn tmpfs(size: &str) -> Self {
+        let mut mount = Self {
+            dir: xgate_tests::TempDir::new("tmpfs"),
+            mounts: 0,
+        };
+        let path = mount.path().display().to_string();
+        mount.mount(&["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs", &path]);
+        mount
+    }
+
+    fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// Makes the directory read-only: a read-only bind mount of itself
+    /// (root ignores permission bits, not a read-only mount).
+    fn read_only(&mut self) {
+        let path = self.path().display().to_string();
+        self.mount(&["--bind", &path, &path]);
+        self.mount(&["-o", "remount,ro,bind", &path]);
+        self.mounts -= 1; // a remount stacks nothing
+    }
+
+    /// Takes the read-only bind mount off again.
+    fn writable(&mut self) {
+        self.unmount_one();
+    }
+
+    fn mount(&mut self, args: &[&str]) {
+        let out = std::process::Command::new("mount")
+            .args(args)
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "mount {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.mounts += 1;
+    }
+
+    fn unmount_one(&mut self) {
+        let out = std::process::Command::new("umount")
+            .arg(self.path())
+            .output()
+            .expect("run umount");
+        assert!(
+            out.status.success(),
+            "umount: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.mounts -= 1;
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        while self.mounts > 0 {
+            let _ = std::process::Command::new("umount")
+                .arg(self.path())
+                .status();
+            self.mounts -= 1;
+        }
+    }
+}
+
+/// Whether a request from `source` (in 127.0.0.0/8) is served.
+async fn served_from(gw: SocketAddr, source: &str) -> bool {
+    let source = SocketAddr::new(source.parse().unwrap(), 0);
+    send(
+        gw,
+        Some(source),
+        "GET /u/x HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .is_ok_and(|r| r.status == 200)
+}
+
+/// A blocklist change whose state file cannot be written (the state
+/// directory read-only, then full) is refused with the reason, and
+/// memory (what `ls` shows and what the proxy enforces) and disk stay as
+/// they were; once the directory takes writes again, changes persist.
+#[tokio::test]
+async fn a_read_only_or_full_state_directory_refuses_a_change_and_changes_nothing() {
+    if !xgate_tests::require_root("a_read_only_or_full_state_directory_refuses_a_change") {
+        return;
+    }
+    let echo = EchoUpstream::start(any_port(), "u").await.unwrap();
+    // 64 KiB: room for the state file, and little enough to fill.
+    let mut state = Mount::tmpfs("64k");
+    let listen = xgate_tests::ports::free_port();
+    let yaml = format!(
+        "{}state_dir: {}\n",
+        xgate_tests::process::upstreams_config(
+            listen,
+            &[("u", format!("{{targets: ['{}']}}", echo.addr))]
+        ),
+        state.path().display()
+    );
+    let daemon = Daemon::start(&yaml, None);
+    let ok = |args: &[&str]| {
+        let out = daemon.cli(args);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+    };
+    ok(&["blocklist", "add", "127.0.0.20", "--reason", "before"]);
+    let file = state.path().join("lists.json");
+    let on_disk = || std::fs::read_to_string(&file).unwrap_or_default();
+    let before = on_disk();
+    assert!(before.contains("127.0.0.20/32"), "{before}");
+    let listed = || stdout(&daemon.cli(&["blocklist", "ls"]));
+    let listed_before = listed();
+
+    let refused = |args: &[&str], why: &str| {
+        let out = daemon.cli(args);
+        assert!(
+            !out.status.success(),
+            "{args:?} succeeded with the state dir {why}"
+        );
+        assert!(
+            stderr(&out).contains(&file.display().to_string()),
+            "{args:?}: the error names the file: {}",
+            stderr(&out)
+        );
+        stderr(&out)
+    };
+
+    for why in ["read-only", "full"] {
+        let filler = state.path().join("filler");
+        if why == "read-only" {
+            state.read_only();
+        } else {
+            // Fill the tmpfs to the last block.
+            use std::io::Write;
+            let mut f = std::fs::File::create(&filler).unwrap();
+            while f.write_all(&[0u8; 4096]).is_ok() {}
+            let _ = f.sync_all();
+        }
+        let err = refused(&["blocklist", "add", "127.0.0.21"], why);
+        println!("{why}: add refused: {}", err.trim());
+        let err = refused(&["blocklist", "rm", "127.0.0.20/32"], why);
+        println!("{why}: rm refused: {}", err.trim());
+        refused(&["allowlist", "add", "127.0.0.20"], why);
+
+        assert_eq!(listed(), listed_before, "{why}: memory changed");
+        assert_eq!(on_disk(), before, "{why}: disk changed");
+        assert!(
+            served_from(listen, "127.0.0.21").await,
+            "{why}: a refused block is enforced"
+        );
+        assert!(
+            !served_from(listen, "127.0.0.20").await,
+            "{why}: a refused removal is enforced"
+        );
+
+        if why == "read-only" {
+            state.writable();
+        } else {
+            std::fs::remove_file(&filler).unwrap();
+        }
+    }
+
+    // Writable again: changes go through and persist.
+    ok(&["blocklist", "add", "127.0.0.21"]);
+    ok(&["blocklist", "rm", "127.0.0.20/32"]);
+    assert!(on_disk().contains("127.0.0.21/32") && !on_disk().contains("127.0.0.20/32"));
+    assert!(served_from(listen, "127.0.0.20").await);
+    assert!(!served_from(listen, "127.0.0.21").await);
+    drop(daemon);
+}
