@@ -46,7 +46,7 @@ const fn case(
 }
 
 #[rustfmt::skip]
-const CORPUS: &[Case] = &[
+static CORPUS: &[Case] = &[
     // A baseline: the corpus's route and upstream work.
     case("plain GET", b"GET /ok HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n", &[200], 1),
     case("chunked POST", b"POST /ok HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n", &[200], 1),
@@ -113,8 +113,8 @@ const CORPUS: &[Case] = &[
     case("bare LF after the request line", b"GET / HTTP/1.1\nHost: gw\r\n\r\n", &[400], 0),
     case("NUL in the target", b"GET /a\0b HTTP/1.1\r\nHost: gw\r\n\r\n", &[400], 0),
     // Sizes.
-    case("oversized request line", OVERSIZED_TARGET, &[414], 0),
-    case("oversized field line", OVERSIZED_FIELD, &[431], 0),
+    case("oversized request line", &OVERSIZED_TARGET, &[414], 0),
+    case("oversized field line", &OVERSIZED_FIELD, &[431], 0),
     // Connections.
     case("HTTP/1.0 keep-alive", b"GET /a HTTP/1.0\r\nHost: gw\r\nConnection: keep-alive\r\n\r\nGET /b HTTP/1.0\r\nHost: gw\r\n\r\n", &[200, 200], 2),
     case("HTTP/1.0 closes without keep-alive", b"GET /a HTTP/1.0\r\nHost: gw\r\n\r\nGET /b HTTP/1.1\r\nHost: gw\r\n\r\n", &[200], 1),
@@ -126,48 +126,31 @@ const CORPUS: &[Case] = &[
 
 /// A request line of 20 000 bytes: within the default limit on a head
 /// (64 KiB), over the one on a target (8 KiB).
-const OVERSIZED_TARGET: &[u8] = {
-    const N: usize = 20_000;
-    const PREFIX: &[u8] = b"GET /";
-    const SUFFIX: &[u8] = b" HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n";
-    const BYTES: [u8; N] = {
-        let mut out = [b'a'; N];
-        let mut i = 0;
-        while i < PREFIX.len() {
-            out[i] = PREFIX[i];
-            i += 1;
-        }
-        let mut j = 0;
-        while j < SUFFIX.len() {
-            out[N - SUFFIX.len() + j] = SUFFIX[j];
-            j += 1;
-        }
-        out
-    };
-    &BYTES
-};
+static OVERSIZED_TARGET: [u8; 20_000] = padded(
+    b'a',
+    b"GET /",
+    b" HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n",
+);
 
 /// One field line of 70 000 bytes, over the limit on a head.
-const OVERSIZED_FIELD: &[u8] = {
-    const N: usize = 70_000;
-    const PREFIX: &[u8] = b"GET / HTTP/1.1\r\nHost: gw\r\nX-Big: ";
-    const SUFFIX: &[u8] = b"\r\n\r\n";
-    const BYTES: [u8; N] = {
-        let mut out = [b'b'; N];
-        let mut i = 0;
-        while i < PREFIX.len() {
-            out[i] = PREFIX[i];
-            i += 1;
-        }
-        let mut j = 0;
-        while j < SUFFIX.len() {
-            out[N - SUFFIX.len() + j] = SUFFIX[j];
-            j += 1;
-        }
-        out
-    };
-    &BYTES
-};
+static OVERSIZED_FIELD: [u8; 70_000] =
+    padded(b'b', b"GET / HTTP/1.1\r\nHost: gw\r\nX-Big: ", b"\r\n\r\n");
+
+/// `prefix`, then `fill` up to `suffix`, which ends the N bytes.
+const fn padded<const N: usize>(fill: u8, prefix: &[u8], suffix: &[u8]) -> [u8; N] {
+    let mut out = [fill; N];
+    let mut i = 0;
+    while i < prefix.len() {
+        out[i] = prefix[i];
+        i += 1;
+    }
+    let mut j = 0;
+    while j < suffix.len() {
+        out[N - suffix.len() + j] = suffix[j];
+        j += 1;
+    }
+    out
+}
 
 fn config(listen: SocketAddr, upstream: SocketAddr) -> String {
     format!(
