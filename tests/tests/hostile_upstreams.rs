@@ -312,7 +312,7 @@ async fn hop_by_hop_fields_of_an_answer_never_reach_the_client_over_http1_or_htt
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
             .await
             .expect("h2c handshake");
-    tokio::spawn(connection);
+    let h2_connection = tokio::spawn(connection);
     for _ in 0..2 {
         let request = hyper::Request::get("http://gateway.test/u/x")
             .body(Empty::<Bytes>::new())
@@ -335,4 +335,9 @@ async fn hop_by_hop_fields_of_an_answer_never_reach_the_client_over_http1_or_htt
     }
     // The upstream said close: its connection was not used again.
     assert_eq!(upstream.connections(), 4, "{}", daemon.log());
+    // Close both client connections while the runtime still runs (the
+    // daemon's drop blocks it, and would wait for them to drain).
+    drop((client, sender));
+    h2_connection.abort();
+    let _ = h2_connection.await;
 }
