@@ -45,6 +45,11 @@ pub enum Misbehaviour {
     /// (framing of the test's choosing, well-formed or not) and reads the
     /// next one, until the peer closes.
     Answer(&'static str),
+    /// Like `Answer`, with `{path}` in the bytes replaced by the request's
+    /// target, `{len}` by its length in decimal and `{hex}` in hex: each
+    /// request gets an answer of its own, so that a test sees which
+    /// request an answer belongs to.
+    Template(&'static str),
 }
 
 pub struct BadUpstream {
@@ -89,9 +94,9 @@ impl Drop for BadUpstream {
 }
 
 async fn misbehave(mut stream: TcpStream, behaviour: Misbehaviour) {
-    if read_head(&mut stream).await.is_none() {
+    let Some(head) = read_head(&mut stream).await else {
         return;
-    }
+    };
     match behaviour {
         Misbehaviour::Reset => {
             let _ = stream.set_zero_linger();
@@ -107,6 +112,27 @@ async fn misbehave(mut stream: TcpStream, behaviour: Misbehaviour) {
             let _ = stream.shutdown().await;
         }
         Misbehaviour::Silent => hold_open(stream).await,
+        Misbehaviour::Template(template) => {
+            let mut head = head;
+            loop {
+                let target = String::from_utf8_lossy(&head)
+                    .split(' ')
+                    .nth(1)
+                    .unwrap_or_default()
+                    .to_string();
+                let answer = template
+                    .replace("{path}", &target)
+                    .replace("{len}", &target.len().to_string())
+                    .replace("{hex}", &format!("{:x}", target.len()));
+                if stream.write_all(answer.as_bytes()).await.is_err() {
+                    return;
+                }
+                match read_head(&mut stream).await {
+                    Some(next) => head = next,
+                    None => return,
+                }
+            }
+        }
         Misbehaviour::Answer(bytes) => loop {
             if stream.write_all(bytes.as_bytes()).await.is_err()
                 || read_head(&mut stream).await.is_none()

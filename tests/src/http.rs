@@ -61,6 +61,111 @@ pub async fn send(
     parse(&raw)
 }
 
+/// Writes `request` (any bytes) to `addr` and reads until the server
+/// closes the connection (or 10 s pass): every byte it answered.
+pub async fn exchange_raw(addr: SocketAddr, request: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut stream =
+        tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
+            .await
+            .map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
+            })??;
+    stream.write_all(request).await?;
+    let mut raw = Vec::new();
+    let read = async {
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) => return Ok(()),
+                Ok(n) => raw.extend_from_slice(&buf[..n]),
+                // A reset after an answer (the server closed with unread
+                // input) still ends the exchange.
+                Err(_) if !raw.is_empty() => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "not closed in 10 s"))??;
+    Ok(raw)
+}
+
+/// Splits what a server answered on one connection into its responses,
+/// each framed by its Content-Length or chunked coding (a response to HEAD
+/// must be parsed with [`parse`]). Bytes that are not a whole response are
+/// an error.
+pub fn parse_all(mut raw: &[u8]) -> std::io::Result<Vec<RawResponse>> {
+    let invalid = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidData, m);
+    let mut responses = Vec::new();
+    while !raw.is_empty() {
+        let end = raw
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .ok_or_else(|| {
+                invalid(format!(
+                    "no end of head in {:?}",
+                    String::from_utf8_lossy(raw)
+                ))
+            })?;
+        let head = parse_head(&raw[..end])?;
+        let body_start = end + 4;
+        let length = head
+            .header("content-length")
+            .map(|l| {
+                l.parse::<usize>()
+                    .map_err(|_| invalid(format!("length {l}")))
+            })
+            .transpose()?;
+        let chunked = head
+            .header("transfer-encoding")
+            .is_some_and(|t| t.eq_ignore_ascii_case("chunked"));
+        let bodiless =
+            (100..200).contains(&head.status) || head.status == 204 || head.status == 304;
+        let (body, used) = if bodiless {
+            (Vec::new(), body_start)
+        } else if chunked {
+            let (body, len) = dechunk_framed(&raw[body_start..])
+                .ok_or_else(|| invalid("bad chunked body".into()))?;
+            (body, body_start + len)
+        } else if let Some(n) = length {
+            let body = raw
+                .get(body_start..body_start + n)
+                .ok_or_else(|| invalid("body shorter than its length".into()))?;
+            (body.to_vec(), body_start + n)
+        } else {
+            (raw[body_start..].to_vec(), raw.len())
+        };
+        responses.push(RawResponse { body, ..head });
+        raw = &raw[used..];
+    }
+    Ok(responses)
+}
+
+/// A chunked body and the bytes it took (last chunk and trailers included).
+fn dechunk_framed(data: &[u8]) -> Option<(Vec<u8>, usize)> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    loop {
+        let line_end = data.get(at..)?.windows(2).position(|w| w == b"\r\n")?;
+        let size_text = std::str::from_utf8(&data[at..at + line_end]).ok()?;
+        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
+        at += line_end + 2;
+        if size == 0 {
+            // Trailer fields, then the blank line.
+            loop {
+                let line_end = data.get(at..)?.windows(2).position(|w| w == b"\r\n")?;
+                at += line_end + 2;
+                if line_end == 0 {
+                    return Some((out, at));
+                }
+            }
+        }
+        out.extend_from_slice(data.get(at..at + size)?);
+        at += size + 2;
+    }
+}
+
 /// Like [`send`], on a stream the caller made (a TLS client's): writes
 /// `request` (with `Connection: close`) and reads until the server closes.
 /// A close without TLS close_notify after a response is not an error.
@@ -181,18 +286,9 @@ pub fn parse(raw: &[u8]) -> std::io::Result<RawResponse> {
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
         .ok_or_else(|| invalid("no end of headers"))?;
-    let head = std::str::from_utf8(&raw[..end]).map_err(|_| invalid("non-UTF-8 head"))?;
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().ok_or_else(|| invalid("empty head"))?;
-    let status = status_line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| invalid("bad status line"))?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        .collect();
+    let RawResponse {
+        status, headers, ..
+    } = parse_head(&raw[..end])?;
     let mut body = raw[end + 4..].to_vec();
     let chunked = headers.iter().any(|(k, v)| {
         k.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked")
@@ -204,6 +300,28 @@ pub fn parse(raw: &[u8]) -> std::io::Result<RawResponse> {
         status,
         headers,
         body,
+    })
+}
+
+/// A response head (without its final blank line), with an empty body.
+fn parse_head(head: &[u8]) -> std::io::Result<RawResponse> {
+    let invalid = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
+    let head = std::str::from_utf8(head).map_err(|_| invalid("non-UTF-8 head"))?;
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().ok_or_else(|| invalid("empty head"))?;
+    let status = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| invalid("bad status line"))?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    Ok(RawResponse {
+        status,
+        headers,
+        body: Vec::new(),
     })
 }
 

@@ -18,6 +18,7 @@ pub mod netns;
 pub mod policy_server;
 pub mod ports;
 pub mod process;
+pub mod recording;
 pub mod redis;
 pub mod tls;
 pub mod traffic;

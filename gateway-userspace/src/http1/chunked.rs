@@ -146,9 +146,19 @@ fn chunk_size(line: &[u8]) -> Result<(u64, usize), Error> {
     if digits == 0 || digits > 16 {
         return Err(Malformed("bad chunk size"));
     }
-    let rest = line[digits..].trim_ascii_start();
+    // BWS (spaces and tabs only), then nothing or the extensions. A CR,
+    // NUL or other control byte is in neither: a parser that ends the line
+    // at a bare CR would read the body differently.
+    let rest = &line[digits..];
+    let rest = &rest[rest
+        .iter()
+        .position(|&b| b != b' ' && b != b'\t')
+        .unwrap_or(rest.len())..];
     if !(rest.is_empty() || rest[0] == b';') {
         return Err(Malformed("bad chunk size"));
+    }
+    if rest.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+        return Err(Malformed("control byte in a chunk extension"));
     }
     let hex = std::str::from_utf8(&line[..digits]).expect("hex digits are ASCII");
     let size = u64::from_str_radix(hex, 16).map_err(|_| Malformed("bad chunk size"))?;
@@ -296,6 +306,11 @@ mod tests {
             b"5\r\nhelloXX0\r\n\r\n",
             b"11111111111111111\r\n",
             b"5 x\r\nhello\r\n0\r\n\r\n",
+            // A bare CR or a control byte before the line's CRLF.
+            b"5\r\r\nhello\r\n0\r\n\r\n",
+            b"5;a\rb\r\nhello\r\n0\r\n\r\n",
+            b"5;a\0\r\nhello\r\n0\r\n\r\n",
+            b"5\x0c\r\nhello\r\n0\r\n\r\n",
             b"\r\n",
             b"0\r\nbad trailer\r\n\r\n",
         ] {
