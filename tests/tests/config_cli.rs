@@ -72,13 +72,13 @@ for path in sys.argv[2:]:
             file
         })
         .collect();
-    let out = Command::new("python3")
+    let out = Command::new("/usr/bin/python3")
         .arg("-c")
         .arg(script)
         .arg(schema)
         .args(&json_files)
         .output()
-        .expect("python3 (cargo xtask setup installs python3-jsonschema)");
+        .expect("/usr/bin/python3 (cargo xtask setup installs python3-jsonschema)");
     assert!(
         out.status.success(),
         "the schema check could not run (cargo xtask setup installs python3-jsonschema): {}",

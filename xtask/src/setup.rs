@@ -33,8 +33,13 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("systemd-analyze", "systemd"),
     ("setpriv", "util-linux"),
     ("script", "bsdutils"),
-    // The JSON Schema of the config is checked with a real validator.
-    ("jsonschema", "python3-jsonschema"),
+    // The JSON Schema of the config is checked with a real validator, run
+    // by Debian's python3 (a pyenv or venv python on PATH may lack it): an
+    // absolute path is checked as it is.
+    (
+        "/usr/lib/python3/dist-packages/jsonschema/__init__.py",
+        "python3-jsonschema",
+    ),
     // The package test unpacks the .deb it builds.
     ("dpkg-deb", "dpkg"),
 ];
@@ -214,6 +219,7 @@ fn debian_packages() -> Result<()> {
     )
 }
 
+/// Whether `command` is on PATH (an absolute path: whether that file exists).
 fn on_path(command: &str) -> bool {
     std::env::var_os("PATH")
         .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(command).is_file()))
