@@ -70,44 +70,34 @@ local function load(key, p)
   return c
 end
 
--- Which of two limits' answers the client sees: a refusal over an
--- admission, the longest wait among refusals, the fewest remaining among
--- admissions.
-local function better(a, d)
-  if a == nil then return d end
-  if a[1] == 1 and d[1] == 0 then return d end
-  if a[1] == 0 and d[1] == 1 then return a end
-  if a[1] == 0 then
-    if d[5] > a[5] then return d end
-    return a
-  end
-  if d[3] < a[3] then return d end
-  return a
-end
-
 local function room(w, c, free)
   return w - math.min(math.floor((free - 1) * w / math.max(c, 1)), w)
 end
 
 local out = {}
+local n = 0
 for k = 1, #KEYS do
   local p = policy(ARGV[k])
   local c = load(KEYS[k], p)
   local algorithm = p.algorithm
-  local answer = nil
-  for i, l in ipairs(p.limits) do
-    local requests, w, burst = l[1], l[2], l[3]
+  -- The answer the client sees, over every limit: a refusal over an
+  -- admission, the longest wait among refusals, the fewest remaining
+  -- among admissions. (a: allowed, l: limit, r: remaining, z: reset,
+  -- y: retry after; -1: no limit looked at yet.)
+  local a, l, r, z, y = -1, 0, 0, 0, 0
+  for i, lim in ipairs(p.limits) do
+    local requests, w, burst = lim[1], lim[2], lim[3]
     local s = c.states[i]
-    local d
+    local da, dl, dr, dz, dy
     if algorithm == 't' then
       local interval = math.max(math.floor(w / requests), 1)
       local tolerance = interval * burst
       local tat = math.max(s[1], now)
       local after = tat + interval - now
       if after <= tolerance then
-        d = {1, burst, math.floor((tolerance - after) / interval), after, 0}
+        da, dl, dr, dz, dy = 1, burst, math.floor((tolerance - after) / interval), after, 0
       else
-        d = {0, burst, 0, tat - now, after - tolerance}
+        da, dl, dr, dz, dy = 0, burst, 0, tat - now, after - tolerance
       end
     else
       local window = math.floor(now / w)
@@ -123,7 +113,7 @@ for k = 1, #KEYS do
         count = curr + math.ceil(prev * (w - elapsed) / w)
       end
       if count < requests then
-        d = {1, requests, requests - count - 1, w - elapsed, 0}
+        da, dl, dr, dz, dy = 1, requests, requests - count - 1, w - elapsed, 0
       else
         local wait = w - elapsed
         if algorithm == 's' then
@@ -133,28 +123,33 @@ for k = 1, #KEYS do
             wait = (w - elapsed) + room(w, curr, requests)
           end
         end
-        d = {0, requests, 0, w - elapsed, wait}
+        da, dl, dr, dz, dy = 0, requests, 0, w - elapsed, wait
       end
     end
-    answer = better(answer, d)
+    if a == -1 or (a == 1 and da == 0)
+        or (a == 0 and da == 0 and dy > y)
+        or (a == 1 and da == 1 and dr < r) then
+      a, l, r, z, y = da, dl, dr, dz, dy
+    end
   end
 
-  if answer[1] == 1 then
-    for i, l in ipairs(p.limits) do
+  if a == 1 then
+    for i, lim in ipairs(p.limits) do
       local s = c.states[i]
       local expires
       if algorithm == 't' then
-        s[1] = math.max(s[1], now) + math.max(math.floor(l[2] / l[1]), 1)
+        s[1] = math.max(s[1], now) + math.max(math.floor(lim[2] / lim[1]), 1)
         expires = s[1] - now
       else
         s[2] = s[2] + 1
-        expires = (s[1] + 2) * l[2] - now
+        expires = (s[1] + 2) * lim[2] - now
       end
       c.ttl = math.max(c.ttl, math.ceil(expires / 1000))
     end
     c.dirty = true
   end
-  for j = 1, 5 do out[#out + 1] = answer[j] end
+  out[n + 1], out[n + 2], out[n + 3], out[n + 4], out[n + 5] = a, l, r, z, y
+  n = n + 5
 end
 
 for _, key in ipairs(order) do flush(key, counters[key]) end
