@@ -17,10 +17,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ::redis::Script;
+use ::redis::{ErrorKind, Script, ServerErrorKind};
 use tokio::sync::oneshot;
 
 use super::{Redis, RedisError};
+
+const NOSCRIPT: ErrorKind = ErrorKind::Server(ServerErrorKind::NoScript);
 
 /// A script that decides a batch of items in one call.
 pub struct BatchScript {
@@ -182,16 +184,25 @@ impl Redis {
             // without Redis (which did answer, so it stays up).
             return Err(RedisError::Timeout(self.settings.timeout));
         }
-        let mut invocation = script.script.prepare_invoke();
+        // EVALSHA built directly (a ScriptInvocation copies every key and
+        // argument once more), and the script loaded on NOSCRIPT.
+        let mut command = ::redis::cmd("EVALSHA");
+        command.arg(script.script.get_hash()).arg(items.len());
         for item in items {
-            invocation.key(item.key.as_slice());
+            command.arg(item.key.as_slice());
         }
         for item in items {
-            invocation.arg(item.arg.as_ref());
+            command.arg(item.arg.as_ref());
         }
         let values: Vec<i64> = self
             .call_within(left, |mut connection| async move {
-                invocation.invoke_async::<Vec<i64>>(&mut connection).await
+                match command.query_async(&mut connection).await {
+                    Err(e) if e.kind() == NOSCRIPT => {
+                        script.script.load_async(&mut connection).await?;
+                        command.query_async(&mut connection).await
+                    }
+                    answer => answer,
+                }
             })
             .await?;
         if values.len() != items.len() * script.width {
