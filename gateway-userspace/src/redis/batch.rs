@@ -216,3 +216,50 @@ impl Redis {
         Ok(values)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    static SCRIPT: std::sync::LazyLock<BatchScript> =
+        std::sync::LazyLock::new(|| BatchScript::new("return {}", 1, 3));
+
+    fn item(key: &str) -> (Item, oneshot::Receiver<Result<Vec<i64>, RedisError>>) {
+        let (answer, answered) = oneshot::channel();
+        let item = Item {
+            key: key.as_bytes().to_vec(),
+            arg: bytes::Bytes::new(),
+            asked: Instant::now(),
+            answer,
+        };
+        (item, answered)
+    }
+
+    /// The first item starts a call, the others wait for it; a call takes
+    /// at most `max_items`, oldest first; when nothing waits, the next
+    /// item starts a call again.
+    #[test]
+    fn the_first_item_starts_a_call_and_the_rest_wait_for_it() {
+        let queues = Queues::default();
+        let mut receivers = Vec::new();
+        let mut started = Vec::new();
+        for key in ["a", "b", "c", "d", "e"] {
+            let (item, rx) = item(key);
+            receivers.push(rx);
+            started.push(queues.push(&SCRIPT, item));
+        }
+        assert_eq!(started, [true, false, false, false, false]);
+        let keys =
+            |items: Vec<Item>| -> Vec<Vec<u8>> { items.into_iter().map(|i| i.key).collect() };
+        assert_eq!(keys(queues.take(&SCRIPT)), [b"a", b"b", b"c"]);
+        let (late, _rx) = item("f");
+        assert!(!queues.push(&SCRIPT, late), "a call is still in flight");
+        assert_eq!(keys(queues.take(&SCRIPT)), [b"d", b"e", b"f"]);
+        assert!(queues.take(&SCRIPT).is_empty());
+        let (next, _rx) = item("g");
+        assert!(
+            queues.push(&SCRIPT, next),
+            "nothing in flight: sent at once"
+        );
+    }
+}
