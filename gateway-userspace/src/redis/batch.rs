@@ -86,6 +86,19 @@ impl Queues {
         !mem::replace(&mut queue.in_flight, true)
     }
 
+    /// The sender ended without taking the rest (its task was dropped
+    /// with its runtime, or panicked): the waiting items fail, and the next
+    /// item starts a call again.
+    fn abandon(&self, script: &'static BatchScript) {
+        let mut queues = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(queue) = queues.iter_mut().find(|q| q.script.id() == script.id()) {
+            queue.in_flight = false;
+            for item in queue.waiting.drain(..) {
+                let _ = item.answer.send(Err(RedisError::Down));
+            }
+        }
+    }
+
     /// The next call's items (oldest first), or none: then no call is in
     /// flight any more.
     fn take(&self, script: &'static BatchScript) -> Vec<Item> {
