@@ -116,6 +116,22 @@ impl Queues {
     }
 }
 
+/// Ends the in-flight state however a sender ends (dropped with its
+/// runtime, or panicking): then the waiting items fail.
+struct Abandon<'a> {
+    queues: &'a Queues,
+    script: &'static BatchScript,
+    done: bool,
+}
+
+impl Drop for Abandon<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.queues.abandon(self.script);
+        }
+    }
+}
+
 impl Redis {
     /// Runs `script` for one item (`key`, `arg`) together with the other
     /// items the calling worker has waiting: its `width` integers. Fails
@@ -154,9 +170,16 @@ impl Redis {
             .slots
             .get()
             .expect("an item was queued, so slots exist")[index];
+        let mut guard = Abandon {
+            queues: &slot.queues,
+            script,
+            done: false,
+        };
         loop {
             let items = slot.queues.take(script);
             if items.is_empty() {
+                // `take` saw nothing waiting and ended the in-flight state.
+                guard.done = true;
                 return;
             }
             if slot.down.load(std::sync::atomic::Ordering::Relaxed) {
