@@ -22,7 +22,8 @@
 //! before any load: a request without (or with a tampered) credential, from
 //! a denied address or with a scanner's agent must be refused, the real one
 //! let through. The targets (on xgate): key-auth, the cached JWT, the three
-//! together, ip-restriction and bot detection at most 15% below plain
+//! together (xgate's JWT with its cache on there, as in `jwt_cached`; the
+//! peers have no cache and verify every request), ip-restriction and bot detection at most 15% below plain
 //! proxying in req/s, the local rate limit at most 5%, the Redis rate limit
 //! at most 25%; the JWT verified on every request at least 1.2x HAProxy's
 //! `jwt_verify` req/s.
@@ -195,7 +196,7 @@ impl Policy {
             Policy::JwtCached => "RS256 JWT, verified-token cache on",
             Policy::RateLimit => "local rate limit (not triggered)",
             Policy::RateLimitRedis => "rate limit in Redis (not triggered)",
-            Policy::All => "key-auth + JWT + rate limit",
+            Policy::All => "key-auth + JWT + rate limit (xgate: JWT cache on)",
             Policy::IpRestriction => "ip-restriction (10,000 deny prefixes)",
             Policy::BotDetection => "bot detection with the built-in list",
             Policy::OpaEmbedded => "OPA, embedded Rego (small allow policy)",
@@ -915,6 +916,10 @@ fn build_report(
          `jwt_verify` with the public key PEM, then `alg`, `iss`, `aud` and `exp` checked; Envoy: \
          `jwt_authn` with the key as an inline JWKS, `issuer` and `audiences` set, no JWT cache). \
          Every request carries the same token and both verify its signature on every request.\n\
+         - Key-auth + JWT + rate limit (`all`): the three policies in one chain (the local rate \
+         limit). xgate's JWT there has its verified-token cache on, as in the `jwt_cached` row \
+         (the all-three target is for the cached path); HAProxy and Envoy have no such cache and \
+         verify the signature on every request, as in their `jwt` rows.\n\
          - Rate limit: {} requests/s (never reached). xgate counts per client address \
          (`type: rate-limit`, sliding window of 1 s, `key: [ip]`), in memory (`rate_limit`) or \
          in a redis-server the harness starts on loopback (`rate_limit_redis`: one atomic script, \

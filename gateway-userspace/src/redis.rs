@@ -7,9 +7,14 @@
 //! while a probe PINGs Redis every `retry_interval` until it answers.
 //!
 //! Users: `Redis::shared(&config.redis, &metrics.redis)` for the client,
-//! then [`Redis::script`] (EVALSHA with load-on-NOSCRIPT) or
-//! [`Redis::command`]; pub/sub takes a connection of its own from
-//! [`Redis::client`].
+//! then [`Redis::script`] (EVALSHA with load-on-NOSCRIPT),
+//! [`Redis::batched`] (one item of a script that decides many per call,
+//! see `batch`) or [`Redis::command`]; pub/sub takes a connection of its
+//! own from [`Redis::client`].
+
+mod batch;
+
+pub use self::batch::BatchScript;
 
 use std::{
     sync::{
@@ -43,6 +48,11 @@ pub enum RedisError {
     Timeout(Duration),
     #[error("Redis: {0}")]
     Failed(#[from] ::redis::RedisError),
+    /// The batched call this item was part of failed.
+    #[error("{0}")]
+    Batch(Arc<RedisError>),
+    #[error("unexpected answer from Redis")]
+    Unexpected,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -61,6 +71,7 @@ pub struct RedisMetrics {
     errors: Family<ErrorLabels, Counter>,
     fallbacks: Family<FallbackLabels, Counter>,
     duration: Histogram,
+    batch_items: Histogram,
 }
 
 impl RedisMetrics {
@@ -86,10 +97,19 @@ impl RedisMetrics {
             "Time of each Redis call that got an answer (a rate-limit check is one)",
             duration.clone(),
         );
+        // 1 .. 128: a batch is at most 128 items.
+        let batch_items = Histogram::new(exponential_buckets(1.0, 2.0, 8));
+        registry.register(
+            "redis_batch_items",
+            "Items (rate-limit checks) decided per batched Redis call: those a worker asked \
+             while its previous call was on the wire",
+            batch_items.clone(),
+        );
         Self {
             errors,
             fallbacks,
             duration,
+            batch_items,
         }
     }
 
@@ -108,6 +128,8 @@ struct Slot {
     connection: OnceLock<ConnectionManager>,
     down: AtomicBool,
     probing: AtomicBool,
+    /// Items waiting for the worker's next batched call.
+    queues: batch::Queues,
 }
 
 /// A Redis server's client.
@@ -234,13 +256,23 @@ impl Redis {
         F: FnOnce(ConnectionManager) -> Fut,
         Fut: std::future::Future<Output = ::redis::RedisResult<T>>,
     {
+        self.call_within(self.settings.timeout, call).await
+    }
+
+    /// [`Redis::call`] with a time limit of its own (at most
+    /// `redis.timeout`): what a batch's oldest item has left.
+    async fn call_within<T, F, Fut>(&self, limit: Duration, call: F) -> Result<T, RedisError>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: std::future::Future<Output = ::redis::RedisResult<T>>,
+    {
         let (index, slot) = self.slot();
         if slot.down.load(Ordering::Relaxed) {
             return Err(RedisError::Down);
         }
         let connection = self.connection(slot)?;
         let started = Instant::now();
-        let result = tokio::time::timeout(self.settings.timeout, call(connection)).await;
+        let result = tokio::time::timeout(limit, call(connection)).await;
         match result {
             Ok(Ok(value)) => {
                 self.metrics
@@ -255,7 +287,7 @@ impl Redis {
             }
             Err(_) => {
                 self.failed(index, slot, "timeout");
-                let e = RedisError::Timeout(self.settings.timeout);
+                let e = RedisError::Timeout(limit);
                 self.log.warn(&self.settings.url, &e);
                 Err(e)
             }

@@ -49,6 +49,27 @@ impl RedisServer {
         }
     }
 
+    /// Freezes the server (SIGSTOP): connections stay open and nothing is
+    /// answered, as with an overloaded or partitioned Redis.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a paused server go on (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    /// Signals the server (our own child, by its pid).
+    fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("the server runs").id();
+        let status = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill {signal} {pid}: {status}");
+    }
+
     /// Starts the server again on the same port (empty: no persistence).
     pub fn restart(&mut self) {
         self.stop();
@@ -112,6 +133,46 @@ impl RedisServer {
             return Ok(value.trim_end().to_string());
         }
         Ok(line)
+    }
+}
+
+impl RedisServer {
+    /// `INFO <section>`, whole (`command` keeps only its first line).
+    pub fn info(&self, section: &str) -> std::io::Result<String> {
+        let mut stream = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1))?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        stream.write_all(
+            format!("*2\r\n$4\r\nINFO\r\n${}\r\n{section}\r\n", section.len()).as_bytes(),
+        )?;
+        let mut reader = BufReader::new(stream);
+        let mut line = String::new();
+        reader.read_line(&mut line)?;
+        let len: usize = line
+            .trim_end()
+            .strip_prefix('$')
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| std::io::Error::other(format!("not a bulk string: {line:?}")))?;
+        let mut body = vec![0; len];
+        std::io::Read::read_exact(&mut reader, &mut body)?;
+        String::from_utf8(body).map_err(std::io::Error::other)
+    }
+
+    /// A command's `calls` and `failed_calls` from `INFO commandstats`
+    /// (zeros when it never ran).
+    pub fn command_calls(&self, command: &str) -> (u64, u64) {
+        let info = self.info("commandstats").expect("INFO commandstats");
+        let prefix = format!("cmdstat_{command}:");
+        let Some(line) = info.lines().find(|l| l.starts_with(&prefix)) else {
+            return (0, 0);
+        };
+        let field = |name: &str| {
+            line[prefix.len()..]
+                .split(',')
+                .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        (field("calls"), field("failed_calls"))
     }
 }
 

@@ -395,3 +395,54 @@ async fn redis_counts_every_algorithm_as_local_counters_do() {
     );
     assert_eq!(redis.command(&["DBSIZE"]).unwrap(), ":3");
 }
+
+/// Two gateways, one Redis, 300 requests in parallel: each gateway's
+/// workers send the checks that wait behind a call in flight together
+/// (`xgate_redis_batch_items`), and the two admit exactly the limit
+/// between them, answering none from the fallback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn batched_checks_of_two_gateways_admit_exactly_the_limit() {
+    let redis = RedisServer::start();
+    let upstream = EchoUpstream::start(any_port(), "u").await.unwrap();
+    let listens: Vec<SocketAddr> = (0..2).map(|_| free_port()).collect();
+    let daemons: Vec<Daemon> = listens
+        .iter()
+        .map(|&listen| {
+            Daemon::start(
+                &format!(
+                    "listeners: [{{address: '{listen}'}}]\n\
+                     redis: {{url: '{}', timeout: 5s}}\n\
+                     upstreams: {{u: {{targets: ['{}']}}}}\n\
+                     routes:\n\
+                     \x20 - {{name: many, match: {{path_prefix: /many}}, upstream: u,\n\
+                     \x20    policies: [{{type: rate-limit, name: many, storage: redis, key: ['header:x-tenant'], limits: [{{requests: 100, per: 1h}}]}}]}}\n",
+                    redis.url(),
+                    upstream.addr
+                ),
+                None,
+            )
+        })
+        .collect();
+
+    let statuses = burst(&listens, "/many", "m", 150).await;
+    assert_eq!(count(&statuses, 200), 100, "{statuses:?}");
+    assert_eq!(count(&statuses, 429), 200, "{statuses:?}");
+    let (mut checks, mut calls) = (0.0, 0.0);
+    for daemon in &daemons {
+        let metrics = daemon.admin_get("/metrics");
+        assert_eq!(
+            metric(&metrics, "xgate_rate_limit_redis_fallbacks_total"),
+            0.0,
+            "{metrics}"
+        );
+        checks += metric(&metrics, "xgate_redis_batch_items_sum");
+        calls += metric(&metrics, "xgate_redis_batch_items_count");
+    }
+    assert_eq!(checks, 300.0, "every check went to Redis");
+    assert!(
+        calls < checks,
+        "300 checks in parallel made {calls} calls: none carried several"
+    );
+    let (evalsha, failed) = redis.command_calls("evalsha");
+    assert_eq!(evalsha - failed, calls as u64, "one script run per call");
+}

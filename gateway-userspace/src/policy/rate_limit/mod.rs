@@ -3,7 +3,8 @@
 //! `RateLimit-Policy` (draft-ietf-httpapi-ratelimit-headers) unless hidden.
 //!
 //! Counters live in this process (`local`) or in Redis (`redis`), where
-//! one script per check counts atomically for every gateway sharing it;
+//! a script counts atomically for every gateway sharing it (one call for
+//! all the checks a worker has waiting, see `crate::redis::BatchScript`);
 //! when Redis does not answer in time the policy counts locally or
 //! refuses, as configured.
 //!
@@ -29,7 +30,7 @@ use super::{Caller, Guard, GuardCheck, GuardResult};
 use crate::{
     config::{self, RateAlgorithm, RedisFallback},
     exchange::Rejection,
-    redis::Redis,
+    redis::{BatchScript, Redis},
 };
 
 pub(super) const RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
@@ -64,15 +65,22 @@ struct Shared {
     redis: Arc<Redis>,
     /// `xgate:rl:<name>:`; the key's bytes follow.
     prefix: Vec<u8>,
-    /// The script's arguments: algorithm, then requests, window (us) and
-    /// burst per limit.
-    args: Vec<Vec<u8>>,
+    /// The script's argument for a check of this policy: algorithm, then
+    /// requests, window (us) and burst per limit.
+    spec: bytes::Bytes,
     fallback: RedisFallback,
 }
 
-/// The check, in Redis: one round trip, atomic for every gateway.
-static SCRIPT: std::sync::LazyLock<::redis::Script> =
-    std::sync::LazyLock::new(|| ::redis::Script::new(include_str!("redis.lua")));
+/// Integers in the script's answer per check.
+const ANSWER_WIDTH: usize = 5;
+/// Checks per script run at most.
+const MAX_BATCH: usize = 128;
+
+/// The check, in Redis: atomic for every gateway, and one round trip for
+/// all the checks a worker has waiting.
+static SCRIPT: std::sync::LazyLock<BatchScript> = std::sync::LazyLock::new(|| {
+    BatchScript::new(include_str!("redis.lua"), ANSWER_WIDTH, MAX_BATCH)
+});
 
 pub struct RateLimit {
     key: KeySpec,
@@ -100,7 +108,7 @@ impl RateLimit {
             (config::Storage::Redis, Some(settings)) => Some(Shared {
                 redis: Redis::shared(settings, &metrics.redis)?,
                 prefix: format!("xgate:rl:{}:", counters_name(config)).into_bytes(),
-                args: script_args(config.algorithm, &limits),
+                spec: script_spec(config.algorithm, &limits),
                 fallback: config.on_redis_error,
             }),
         };
@@ -168,13 +176,12 @@ impl RateLimit {
     ) -> Result<Decision, Rejection> {
         let mut key = shared.prefix.clone();
         self.key.bytes(parts, caller, &mut key);
-        let args: Vec<&[u8]> = shared.args.iter().map(Vec::as_slice).collect();
         match shared
             .redis
-            .script::<Vec<i64>>(&SCRIPT, &[&key], &args)
+            .batched(&SCRIPT, key, shared.spec.clone())
             .await
         {
-            Ok(answer) if answer.len() == 5 => {
+            Ok(answer) if answer.len() == ANSWER_WIDTH => {
                 let value = |i: usize| u64::try_from(answer[i]).unwrap_or(0);
                 Ok(Decision {
                     allowed: answer[0] == 1,
@@ -249,19 +256,23 @@ fn counters_name(config: &config::RateLimitPolicy) -> String {
         .collect()
 }
 
-fn script_args(algorithm: RateAlgorithm, limits: &[Limit]) -> Vec<Vec<u8>> {
-    let name = match algorithm {
-        RateAlgorithm::SlidingWindow => "sliding_window",
-        RateAlgorithm::FixedWindow => "fixed_window",
-        RateAlgorithm::TokenBucket => "token_bucket",
-    };
-    let mut args = vec![name.as_bytes().to_vec()];
+/// The script's argument for this policy's checks (`redis.lua`):
+/// `<algorithm> <requests> <window us> <burst>`, a triple per limit.
+fn script_spec(algorithm: RateAlgorithm, limits: &[Limit]) -> bytes::Bytes {
+    let mut spec = String::from(match algorithm {
+        RateAlgorithm::SlidingWindow => "s",
+        RateAlgorithm::FixedWindow => "f",
+        RateAlgorithm::TokenBucket => "t",
+    });
     for l in limits {
-        args.push(l.requests.to_string().into_bytes());
-        args.push((l.window / 1000).max(1).to_string().into_bytes());
-        args.push(l.burst.to_string().into_bytes());
+        spec.push_str(&format!(
+            " {} {} {}",
+            l.requests,
+            (l.window / 1000).max(1),
+            l.burst
+        ));
     }
-    args
+    bytes::Bytes::from(spec)
 }
 
 impl Guard for RateLimit {

@@ -119,17 +119,14 @@ fn counters_are_named_by_what_decides_the_counting() {
         "api"
     );
     assert_eq!(
-        script_args(
+        script_spec(
             RateAlgorithm::TokenBucket,
-            &[Limit::new(
-                &config("{limits: [{requests: 2, per: 1s, burst: 5}]}").limits[0]
-            )]
+            &config("{limits: [{requests: 2, per: 1s, burst: 5}, {requests: 10, per: 1m}]}")
+                .limits
+                .iter()
+                .map(Limit::new)
+                .collect::<Vec<_>>()
         ),
-        [
-            b"token_bucket".to_vec(),
-            b"2".to_vec(),
-            b"1000000".to_vec(),
-            b"5".to_vec()
-        ]
+        "t 2 1000000 5 10 60000000 10"
     );
 }
