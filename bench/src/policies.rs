@@ -579,8 +579,7 @@ fn start_policy_server(dir: &Path, kind: Kind, policy: &Path) -> Result<(sys::Sp
     cmd.arg(crate::SERVE_POLICY)
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .args(["--policy", &policy.display().to_string()]);
-    let mut process =
-        sys::Spawned::start(
+    let mut process = sys::Spawned::start(
         "bench policy server",
         cmd,
         &dir.join(format!("policy-server-{}.log", kind.id())),

@@ -221,7 +221,11 @@ async fn answer(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> 
 
 /// `{"name": "value"}`, or `{"name": ["v1", "v2"]}` for a repeated one,
 /// as xgate's input has them.
-fn push(map: &mut serde_json::Map<String, serde_json::Value>, name: &str, value: serde_json::Value) {
+fn push(
+    map: &mut serde_json::Map<String, serde_json::Value>,
+    name: &str,
+    value: serde_json::Value,
+) {
     use serde_json::Value;
     match map.get_mut(name) {
         None => {
@@ -285,26 +289,35 @@ fn ext_authz(state: &State, req: &hyper::http::request::Parts) -> Response<Full<
     else {
         return json(
             400,
-            format!(r#"{{"message":"an ext_authz check names its decision in {EXT_AUTHZ_DECISION}"}}"#),
+            format!(
+                r#"{{"message":"an ext_authz check names its decision in {EXT_AUTHZ_DECISION}"}}"#
+            ),
         );
     };
     let rule = format!("data.{}", decision.trim_matches('/').replace('/', "."));
     let result = match evaluate(state, rule, ext_authz_input(req)) {
         Ok(regorus::Value::Undefined) => Value::Bool(false),
         Ok(value) => serde_json::from_str(&value.to_json_str().unwrap()).unwrap(),
-        Err(e) => return json(500, serde_json::json!({"message": e.to_string()}).to_string()),
-    };
-    let (allow, object) = match &result {
-        Value::Bool(allow) => (*allow, None),
-        Value::Object(object) => (object.get("allow") == Some(&Value::Bool(true)), Some(object)),
-        other => {
+        Err(e) => {
             return json(
                 500,
-                serde_json::json!({"message": format!("the result is not a decision: {other}")})
-                    .to_string(),
+                serde_json::json!({"message": e.to_string()}).to_string(),
             )
         }
     };
+    let (allow, object) =
+        match &result {
+            Value::Bool(allow) => (*allow, None),
+            Value::Object(object) => (
+                object.get("allow") == Some(&Value::Bool(true)),
+                Some(object),
+            ),
+            other => return json(
+                500,
+                serde_json::json!({"message": format!("the result is not a decision: {other}")})
+                    .to_string(),
+            ),
+        };
     let field = |name: &str| object.and_then(|o| o.get(name));
     let status = if allow {
         200
@@ -329,7 +342,9 @@ fn ext_authz(state: &State, req: &hyper::http::request::Parts) -> Response<Full<
                 value => vec![value.clone()],
             };
             for value in values {
-                let text = value.as_str().map_or_else(|| value.to_string(), str::to_string);
+                let text = value
+                    .as_str()
+                    .map_or_else(|| value.to_string(), str::to_string);
                 if let (Ok(name), Ok(value)) = (
                     hyper::header::HeaderName::from_bytes(name.as_bytes()),
                     hyper::header::HeaderValue::from_str(&text),
