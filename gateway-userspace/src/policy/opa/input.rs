@@ -23,9 +23,8 @@ use crate::policy::{
 };
 
 /// The document is built as regorus values directly: the embedded engine
-/// evaluates it as it is (no JSON tree built first and converted after, a
-/// third of an evaluation's cost in the bench), and the remote mode
-/// serializes it once.
+/// evaluates it as it is (no JSON tree built first and converted after),
+/// and the remote mode serializes it once.
 type Map = BTreeMap<Value, Value>;
 
 /// The request's host (no port), from the one authority normalization
