@@ -236,7 +236,8 @@ fn parse(args: &[String]) -> Result<Parsed> {
 pub const SERVE_POLICY: &str = "serve-policy";
 
 /// `serve-policy --listen ADDR --policy FILE`: regorus behind OPA's data
-/// API (the tests' policy server), until killed.
+/// API and Envoy's ext_authz check (the tests' policy server), until
+/// killed.
 fn serve_policy(args: &[String]) -> anyhow::Result<()> {
     use anyhow::Context;
     let value = |name: &str| {

@@ -117,7 +117,15 @@ impl Policy {
                 Policy::OpaRemote,
             ],
             Kind::Nginx => &[Policy::Plain, Policy::RateLimit],
-            _ => &[
+            Kind::Envoy => &[
+                Policy::Plain,
+                Policy::KeyAuth,
+                Policy::Jwt,
+                Policy::RateLimit,
+                Policy::All,
+                Policy::OpaRemote,
+            ],
+            Kind::Haproxy => &[
                 Policy::Plain,
                 Policy::KeyAuth,
                 Policy::Jwt,
@@ -140,8 +148,8 @@ impl Policy {
             }
             (_, Policy::OpaEmbedded) => "no embedded Rego evaluation",
             (_, Policy::OpaRemote) => {
-                "Envoy's ext_authz speaks its own check protocol, not OPA's data API: \
-                 not configured against the bench policy server yet"
+                "no external authorization call without a Lua or SPOE agent \
+                 (Envoy's ext_authz is the peer of this case)"
             }
             _ => "no listener for this case",
         }
@@ -200,7 +208,9 @@ impl Policy {
             Policy::IpRestriction => "ip-restriction (10,000 deny prefixes)",
             Policy::BotDetection => "bot detection with the built-in list",
             Policy::OpaEmbedded => "OPA, embedded Rego (small allow policy)",
-            Policy::OpaRemote => "OPA, remote (bench policy server, OPA's data API)",
+            Policy::OpaRemote => {
+                "OPA, remote (bench policy server; xgate: OPA's data API, Envoy: ext_authz)"
+            }
         }
     }
 
@@ -248,6 +258,7 @@ pub fn template_variable_names() -> Vec<&'static str> {
         "IP_DENY_LIST",
         "OPA_POLICY",
         "OPA_SERVER",
+        "OPA_SERVER_PORT",
     ]);
     names
 }
@@ -413,11 +424,14 @@ fn start_peer(
         ("IP_DENY_LIST", ip_deny_list()),
         ("OPA_POLICY", creds.opa_policy.display().to_string()),
     ]);
-    if kind == Kind::Xgate {
-        match start_policy_server(dir, &creds.opa_policy) {
+    // The remote opa case's policy server: xgate asks its data API, Envoy
+    // its ext_authz endpoint; each proxy has its own.
+    if Policy::of(kind).contains(&Policy::OpaRemote) {
+        match start_policy_server(dir, kind, &creds.opa_policy) {
             Ok((server, port)) => {
                 fleet.servers.push(peers::Instance { process: server });
                 vars.push(("OPA_SERVER", format!("http://127.0.0.1:{port}")));
+                vars.push(("OPA_SERVER_PORT", port.to_string()));
             }
             Err(e) => {
                 peer.unavailable = Some(format!("the bench policy server: {e:#}"));
@@ -556,18 +570,21 @@ fn check_policy(policy: Policy, port: u16, creds: &Credentials) -> Result<()> {
     Ok(())
 }
 
-/// The OPA-compatible policy server of the remote opa case
-/// (`xgate-bench serve-policy`, regorus behind OPA's data API), serving
-/// `policy`.
-fn start_policy_server(dir: &Path, policy: &Path) -> Result<(sys::Spawned, u16)> {
+/// The OPA-compatible policy server of `kind`'s remote opa case
+/// (`xgate-bench serve-policy`, regorus behind OPA's data API and Envoy's
+/// ext_authz check), serving `policy`.
+fn start_policy_server(dir: &Path, kind: Kind, policy: &Path) -> Result<(sys::Spawned, u16)> {
     let port = sys::free_port()?;
     let exe = std::env::current_exe().context("finding the harness's own executable")?;
     let mut cmd = std::process::Command::new(exe);
     cmd.arg(crate::SERVE_POLICY)
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .args(["--policy", &policy.display().to_string()]);
-    let mut process =
-        sys::Spawned::start("bench policy server", cmd, &dir.join("policy-server.log"))?;
+    let mut process = sys::Spawned::start(
+        "bench policy server",
+        cmd,
+        &dir.join(format!("policy-server-{}.log", kind.id())),
+    )?;
     // Ready once it answers HTTP at all: it serves OPA's data API, not the
     // upstream's `GET /small` that `peers::wait_ready` asks for.
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
@@ -810,6 +827,10 @@ fn build_report(
         TARGET_RATE_LIMIT * 100.0,
         TARGET_RATE_LIMIT_REDIS * 100.0,
     ));
+    let opa_remote = opa_remote_comparison(cases);
+    md.push_str(&format!(
+        "Remote OPA (reported, no target): {opa_remote}.\n\n"
+    ));
     let (disturbed, disturbance_json) = proxy::disturbance(cases);
     if !disturbed.is_empty() {
         md.push_str(&disturbed);
@@ -861,7 +882,9 @@ fn build_report(
                         .zip(plain.cpu_per_100k())
                         .map(|(a, b)| format!("{:+.0}%", (ratio(a, b) - 1.0) * 100.0))
                         .unwrap_or_else(|| "-".into());
-                    let within = if case.target == "xgate" && !policy.judged_by_overhead() {
+                    let within = if case.target == "xgate" && policy == Policy::OpaRemote {
+                        "vs Envoy"
+                    } else if case.target == "xgate" && !policy.judged_by_overhead() {
                         "vs HAProxy"
                     } else if o <= policy.target() {
                         "yes"
@@ -932,6 +955,14 @@ fn build_report(
          client); bot detection with the built-in signature list and its decision cache (the \
          in-process cost per agent, cache hit and miss with 1,000 patterns, is the `bots` \
          scenario).\n\
+         - OPA: one small Rego policy (allow GET unless `x-bench-deny` is present). xgate \
+         evaluates it in process (`opa_embedded`, regorus) or asks the bench policy server \
+         (`xgate-bench serve-policy`: regorus behind OPA's REST API) with `POST \
+         /v1/data/bench/allow` (`opa_remote`, pooled keep-alive connections). Envoy's peer of the \
+         remote case is `ext_authz` in HTTP-service mode against the same server (its own \
+         instance): Envoy sends the original method, path and all headers to the server's \
+         ext_authz endpoint, which evaluates the same policy on an input shaped as xgate's and \
+         answers 200 or 403. No cache of decisions on either side.\n\
          - Before the load, each case is checked: the real credentials get 200 and the body; a \
          request without the key, with an unknown key, without the token or with a tampered \
          token, from a denied address or with a scanner's agent gets 401/403 where that policy \
@@ -967,6 +998,7 @@ fn build_report(
             "verdict": verdict,
             "jwt_rule": format!("xgate: the JWT verified on every request at least {TARGET_JWT_VS_HAPROXY}x HAProxy's jwt_verify req/s"),
             "jwt_verdict": jwt_verdict,
+            "opa_remote": opa_remote,
         },
         "proxies": peers_found.iter().map(|p| json!({
             "proxy": p.kind.id(),
@@ -1070,6 +1102,26 @@ fn jwt_verdict(cases: &[Case]) -> String {
     }
 }
 
+/// xgate's remote OPA (OPA's data API) against Envoy's ext_authz, both
+/// asking the same kind of bench policy server.
+fn opa_remote_comparison(cases: &[Case]) -> String {
+    let find = |target: &str| {
+        cases
+            .iter()
+            .find(|c| c.group == Policy::OpaRemote.id() && c.target == target && c.ok())
+    };
+    match (find("xgate"), find("envoy")) {
+        (Some(ours), Some(theirs)) => format!(
+            "xgate {:.0} req/s, Envoy's ext_authz {:.0} req/s: {:.2}x",
+            ours.rps().median(),
+            theirs.rps().median(),
+            ratio(ours.rps().median(), theirs.rps().median())
+        ),
+        (None, _) => "not compared: xgate's remote OPA case was not measured".into(),
+        (_, None) => "not compared: Envoy's ext_authz case was not measured".into(),
+    }
+}
+
 /// 10000000 -> "10,000,000".
 fn group_digits(n: u64) -> String {
     let digits = n.to_string();
@@ -1108,7 +1160,6 @@ mod tests {
                             | "RATE_LIMIT_REDIS_PORT"
                             | "REDIS_URL"
                             | "OPA_EMBEDDED_PORT"
-                            | "OPA_REMOTE_PORT"
                             | "OPA_POLICY"
                             | "OPA_SERVER"
                     )
@@ -1118,6 +1169,8 @@ mod tests {
                 if name == "API_KEYS_MAP" && t.file.starts_with("envoy")
                     || (name == "ENVOY_API_KEYS" || name == "JWKS") && t.file.starts_with("haproxy")
                     || name == "JWT_PUBLIC_KEY" && t.file.starts_with("envoy")
+                    || (name == "OPA_REMOTE_PORT" || name == "OPA_SERVER_PORT")
+                        && t.file.starts_with("haproxy")
                 {
                     continue;
                 }
@@ -1160,6 +1213,14 @@ mod tests {
         assert!(xgate.contains("{{XGATE_CONSUMERS}}"));
         assert!(xgate.contains("{{IP_DENY_LIST}}"));
         assert!(xgate.contains("{{OPA_POLICY}}") && xgate.contains("{{OPA_SERVER}}"));
+        let envoy = peers::ENVOY_POLICIES.text;
+        for policy in Policy::of(Kind::Envoy) {
+            assert!(
+                envoy.contains(&format!("{{{{{}}}}}", policy.port_var())),
+                "{policy:?}"
+            );
+        }
+        assert!(envoy.contains("{{OPA_SERVER_PORT}}"));
         let nginx = peers::NGINX_POLICIES.text;
         for policy in Policy::of(Kind::Nginx) {
             assert!(

@@ -132,4 +132,18 @@ pub fn user_name(uid: u32) -> Option<String> {
         let name = unsafe { std::ffi::CStr::from_ptr(passwd.pw_name) };
         return Some(name.to_string_lossy().into_owned());
     }
+
+/// The CPU time the calling thread has used: what an evaluation costs its
+/// worker, without the time the thread waited preempted (wall time on a
+/// busy machine is mostly that).
+pub fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; every Linux thread has
+    // CLOCK_THREAD_CPUTIME_ID.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID) cannot fail");
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }

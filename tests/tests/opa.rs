@@ -274,3 +274,87 @@ async fn decisions_are_cached_by_key_and_policies_reload_with_the_config() {
     drop(server);
     let _ = Path::new(&rego);
 }
+
+/// The policy server's Envoy `ext_authz` endpoint (the remote-OPA peer in
+/// `xgate-bench policies`): the original request's method, path, query and
+/// headers make an input shaped as xgate's; 200 allows, the policy's
+/// status, headers and message refuse.
+#[tokio::test]
+async fn the_policy_server_answers_envoy_ext_authz_checks() {
+    use xgate_tests::policy_server::{EXT_AUTHZ_DECISION, EXT_AUTHZ_PREFIX};
+    let dir = TempDir::new("opa-ext-authz");
+    let rego = dir.path().join("authz.rego");
+    std::fs::write(&rego, POLICY).unwrap();
+    let shape = dir.path().join("shape.rego");
+    std::fs::write(
+        &shape,
+        "package envoy\n\n\
+         default allow := false\n\n\
+         allow if {\n\
+         \x20 input.request.http.host == \"api.test\"\n\
+         \x20 input.request.http.path == \"/orders/7\"\n\
+         \x20 input.request.http.querystring.page == \"2\"\n\
+         \x20 input.request.http.headers[\"x-team\"] == \"ops\"\n\
+         \x20 not input.request.http.headers[\"x-ext-authz-decision\"]\n\
+         }\n",
+    )
+    .unwrap();
+    let server = PolicyServer::start(&[rego.as_path(), shape.as_path()], None).await;
+    let check = |method: &str, path: &str, decision: &str, extra: &[&str]| {
+        let mut headers = vec![format!("{EXT_AUTHZ_DECISION}: {decision}")];
+        headers.extend(extra.iter().map(|h| h.to_string()));
+        let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
+        request(method, &format!("{EXT_AUTHZ_PREFIX}{path}"), &headers, "")
+    };
+
+    // Allowed: 200 and the decision's headers.
+    let allowed = send(
+        server.addr,
+        None,
+        &check("GET", "/orders/7", "xgate/authz/decision", &[]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(allowed.status, 200);
+    assert_eq!(allowed.header("x-authz"), Some("granted"));
+    // Denied: the decision's status, headers and message.
+    let denied = send(
+        server.addr,
+        None,
+        &check("DELETE", "/orders/7", "xgate/authz/decision", &[]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(denied.status, 451);
+    assert_eq!(denied.header("x-authz-reason"), Some("policy"));
+    assert_eq!(denied.json()["message"], "anonymous may not DELETE");
+
+    // The input's shape: host without port, path after the prefix, the
+    // query parsed, the headers (not the decision's).
+    let shaped = |path: &str, extra: &'static [&'static str]| {
+        let request = check("GET", path, "envoy/allow", extra);
+        async move { send(server.addr, None, &request).await.unwrap().status }
+    };
+    assert_eq!(shaped("/orders/7?page=2", &["x-team: ops"]).await, 200);
+    assert_eq!(shaped("/orders/7?page=2", &["x-team: dev"]).await, 403);
+    assert_eq!(shaped("/orders/7?page=3", &["x-team: ops"]).await, 403);
+    assert_eq!(shaped("/orders/8?page=2", &["x-team: ops"]).await, 403);
+    let denied = send(
+        server.addr,
+        None,
+        &check("GET", "/orders/7?page=2", "envoy/allow", &[]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(denied.json()["message"], "forbidden by policy");
+
+    // A check that names no decision is a client error.
+    let unnamed = send(
+        server.addr,
+        None,
+        &request("GET", &format!("{EXT_AUTHZ_PREFIX}/orders/7"), &[], ""),
+    )
+    .await
+    .unwrap();
+    assert_eq!(unnamed.status, 400);
+}

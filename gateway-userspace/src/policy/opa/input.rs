@@ -11,14 +11,21 @@
 //! and the cache key: the fields of the same document a decision is said
 //! to depend on.
 
+use std::collections::{btree_map::Entry, BTreeMap};
+
 use bytes::Bytes;
 use http::{header, request::Parts};
-use serde_json::{json, Map, Value};
+use regorus::Value;
 
 use crate::policy::{
     consumers::{X_CONSUMER_CUSTOM_ID, X_CONSUMER_ID},
     percent_decode, Caller,
 };
+
+/// The document is built as regorus values directly: the embedded engine
+/// evaluates it as it is (no JSON tree built first and converted after),
+/// and the remote mode serializes it once.
+type Map = BTreeMap<Value, Value>;
 
 /// The request's host (no port), from the one authority normalization
 /// left.
@@ -54,71 +61,92 @@ fn port(parts: &Parts, scheme: &str) -> u16 {
 /// `{"name": "value"}`, or `{"name": ["v1", "v2"]}` for a repeated one (as
 /// Kong's `get_headers`/`get_query`); a query parameter without `=` is
 /// `true`.
-fn push(map: &mut Map<String, Value>, name: String, value: Value) {
-    match map.get_mut(&name) {
-        None => {
-            map.insert(name, value);
+fn push(map: &mut Map, name: &str, value: Value) {
+    match map.entry(Value::from(name)) {
+        Entry::Vacant(entry) => {
+            entry.insert(value);
         }
-        Some(Value::Array(values)) => values.push(value),
-        Some(first) => {
-            let first = first.take();
-            map.insert(name, Value::Array(vec![first, value]));
+        Entry::Occupied(mut entry) => {
+            let slot = entry.get_mut();
+            if let Ok(values) = slot.as_array_mut() {
+                values.push(value);
+            } else {
+                let first = std::mem::replace(slot, Value::Null);
+                *slot = Value::from(vec![first, value]);
+            }
         }
     }
 }
 
-fn headers(parts: &Parts) -> Map<String, Value> {
-    let mut map = Map::with_capacity(parts.headers.keys_len());
-    for (name, value) in &parts.headers {
-        let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
-        push(&mut map, name.as_str().to_string(), Value::String(value));
+fn text(bytes: &[u8]) -> Value {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => Value::from(text),
+        Err(_) => Value::from(String::from_utf8_lossy(bytes).into_owned()),
     }
-    map
 }
 
-fn decoded(text: &str) -> String {
-    percent_decode(text).map_or_else(
-        || text.to_string(),
-        |bytes| String::from_utf8_lossy(&bytes).into_owned(),
-    )
-}
-
-fn querystring(parts: &Parts) -> Map<String, Value> {
+fn headers(parts: &Parts) -> Value {
     let mut map = Map::new();
-    for pair in parts.uri.query().unwrap_or("").split('&') {
+    for (name, value) in &parts.headers {
+        push(&mut map, name.as_str(), text(value.as_bytes()));
+    }
+    Value::from(map)
+}
+
+fn decoded(text: &str) -> Value {
+    match percent_decode(text) {
+        Some(bytes) => self::text(&bytes),
+        None => Value::from(text),
+    }
+}
+
+fn querystring(parts: &Parts) -> Value {
+    let Some(query) = parts.uri.query().filter(|q| !q.is_empty()) else {
+        return Value::new_object();
+    };
+    let mut map = Map::new();
+    for pair in query.split('&') {
         if pair.is_empty() {
             continue;
         }
-        match pair.split_once('=') {
-            Some((name, value)) => push(&mut map, decoded(name), Value::String(decoded(value))),
-            None => push(&mut map, decoded(pair), Value::Bool(true)),
-        }
+        let (name, value) = match pair.split_once('=') {
+            Some((name, value)) => (decoded(name), decoded(value)),
+            None => (decoded(pair), Value::Bool(true)),
+        };
+        let name = name.as_string().map(|n| n.to_string()).unwrap_or_default();
+        push(&mut map, &name, value);
     }
-    map
+    Value::from(map)
+}
+
+fn object<const N: usize>(fields: [(&str, Value); N]) -> Value {
+    Value::from(
+        fields
+            .into_iter()
+            .map(|(k, v)| (Value::from(k), v))
+            .collect::<Map>(),
+    )
 }
 
 fn consumer(parts: &Parts, caller: &Caller<'_>) -> Option<Value> {
     let consumer = caller.identity?.consumer.as_deref()?;
-    let header = |name| {
-        parts
-            .headers
-            .get(name)
-            .and_then(|v: &http::HeaderValue| v.to_str().ok())
-            .map(str::to_string)
-    };
-    let mut object = json!({
-        "username": &*consumer.username,
-        "groups": consumer.groups,
-    });
+    let groups: Vec<Value> = consumer
+        .groups
+        .iter()
+        .map(|g| Value::from(g.as_str()))
+        .collect();
+    let mut object = Map::from([
+        (Value::from("username"), Value::from(&*consumer.username)),
+        (Value::from("groups"), Value::from(groups)),
+    ]);
     // What the identity headers say (set by the gateway once
     // authentication is over; a client's copies were removed).
-    if let Some(id) = header(X_CONSUMER_ID) {
-        object["id"] = Value::String(id);
+    for (key, name) in [("id", X_CONSUMER_ID), ("custom_id", X_CONSUMER_CUSTOM_ID)] {
+        if let Some(value) = parts.headers.get(name).and_then(|v| v.to_str().ok()) {
+            object.insert(Value::from(key), Value::from(value));
+        }
     }
-    if let Some(custom_id) = header(X_CONSUMER_CUSTOM_ID) {
-        object["custom_id"] = Value::String(custom_id);
-    }
-    Some(object)
+    Some(Value::from(object))
 }
 
 /// The input document for a request. `body` and `parsed_body`: the
@@ -130,34 +158,48 @@ pub fn document(
     parsed_body: Option<&Bytes>,
 ) -> Value {
     let scheme = caller.conn.forwarding.scheme();
-    let mut http = json!({
-        "host": host(parts),
-        "port": port(parts, scheme),
-        "tls": if scheme == "https" { json!({"enabled": true}) } else { json!({}) },
-        "method": parts.method.as_str(),
-        "scheme": scheme,
-        "path": parts.uri.path(),
-        "querystring": querystring(parts),
-        "headers": headers(parts),
-    });
+    let tls = if scheme == "https" {
+        object([("enabled", Value::Bool(true))])
+    } else {
+        Value::new_object()
+    };
+    let mut http = Map::from([
+        (Value::from("host"), Value::from(host(parts))),
+        (Value::from("port"), Value::from(port(parts, scheme) as u64)),
+        (Value::from("tls"), tls),
+        (Value::from("method"), Value::from(parts.method.as_str())),
+        (Value::from("scheme"), Value::from(scheme)),
+        (Value::from("path"), Value::from(parts.uri.path())),
+        (Value::from("querystring"), querystring(parts)),
+        (Value::from("headers"), headers(parts)),
+    ]);
     if let Some(body) = body {
-        http["body"] = Value::String(String::from_utf8_lossy(body).into_owned());
+        http.insert(Value::from("body"), text(body));
     }
     if let Some(body) = parsed_body {
         // Kong leaves parsed_body out when the body is not JSON.
         if let Ok(parsed) = serde_json::from_slice::<Value>(body) {
-            http["parsed_body"] = parsed;
+            http.insert(Value::from("parsed_body"), parsed);
         }
     }
-    let mut input = json!({
-        "request": {"http": http},
-        "client_ip": caller.client_ip.to_string(),
-        "route": {"name": caller.route},
-    });
+    let mut input = Map::from([
+        (
+            Value::from("request"),
+            object([("http", Value::from(http))]),
+        ),
+        (
+            Value::from("client_ip"),
+            Value::from(caller.client_ip.to_string()),
+        ),
+        (
+            Value::from("route"),
+            object([("name", Value::from(caller.route))]),
+        ),
+    ]);
     if let Some(consumer) = consumer(parts, caller) {
-        input["consumer"] = consumer;
+        input.insert(Value::from("consumer"), consumer);
     }
-    input
+    Value::from(input)
 }
 
 /// The cache key of a request: each of `fields` (validated names) with its

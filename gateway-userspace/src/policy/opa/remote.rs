@@ -80,12 +80,12 @@ impl Remote {
     }
 
     /// The decision's value for `input` (`None`: undefined).
-    pub async fn ask(
-        &self,
-        input: &serde_json::Value,
-    ) -> Result<Option<serde_json::Value>, String> {
-        let body = serde_json::to_vec(&serde_json::json!({ "input": input }))
-            .map_err(|e| format!("input: {e}"))?;
+    pub async fn ask(&self, input: &regorus::Value) -> Result<Option<serde_json::Value>, String> {
+        // `{"input": <the document>}`
+        let mut body = Vec::with_capacity(1024);
+        body.extend_from_slice(b"{\"input\":");
+        serde_json::to_writer(&mut body, input).map_err(|e| format!("input: {e}"))?;
+        body.push(b'}');
         tokio::time::timeout(self.timeout, self.send(Bytes::from(body)))
             .await
             .map_err(|_| format!("no answer within {:?}", self.timeout))?
