@@ -132,6 +132,7 @@ pub fn user_name(uid: u32) -> Option<String> {
         let name = unsafe { std::ffi::CStr::from_ptr(passwd.pw_name) };
         return Some(name.to_string_lossy().into_owned());
     }
+}
 
 /// The CPU time the calling thread has used: what an evaluation costs its
 /// worker, without the time the thread waited preempted (wall time on a
