@@ -5,6 +5,7 @@
 //! - `process`: `process_*` and `xgate_build_info`
 //! - `xdp`: the XDP program's packet counters, per interface
 
+pub mod exposition;
 mod process;
 mod series;
 mod xdp;
@@ -698,7 +699,8 @@ mod tests {
             "xgate_upstream_retries_total{upstream=\"users\",target=\"127.0.0.1:9000\"} 1",
             "xgate_upstream_errors_total{upstream=\"users\",target=\"127.0.0.1:9000\",kind=\"upstream_unavailable\"} 1",
             "# TYPE xgate_build_info gauge",
-            "# TYPE process_cpu_seconds_total counter",
+            "# TYPE process_cpu_seconds counter",
+            "process_cpu_seconds_total ",
             "# TYPE process_resident_memory_bytes gauge",
             "# TYPE process_open_fds gauge",
             "# TYPE process_start_time_seconds gauge",

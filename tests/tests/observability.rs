@@ -618,6 +618,96 @@ async fn readiness_turns_503_during_the_drain() {
     daemon.stop();
 }
 
+/// /metrics in Prometheus's classic text format passes `promtool check
+/// metrics` (names, `_total` counters, units, help texts); a scraper that
+/// asks for OpenMetrics (as Prometheus does) gets it, counter families named
+/// without `_total` and the text closed by `# EOF`.
+#[tokio::test]
+async fn metrics_pass_promtool_and_speak_openmetrics_when_asked() {
+    let upstream = EchoUpstream::start(any_port(), "one").await.unwrap();
+    let listen = free_port();
+    let probe = free_port();
+    let daemon = Daemon::start(
+        &format!(
+            "listeners: [{{address: '{listen}'}}]\n\
+             upstreams:\n  echo: {{targets: ['{}']}}\n  down: {{targets: ['127.0.0.1:1']}}\n\
+             routes:\n  - {{name: api, match: {{path_prefix: /api/}}, upstream: echo}}\n\
+             \x20 - {{name: down, match: {{path_prefix: /down/}}, upstream: down}}\n\
+             admin:\n  socket: '{{dir}}/admin.sock'\n  metrics_address: '{probe}'\n",
+            upstream.addr
+        ),
+        None,
+    );
+    // Requests that fill every kind of family: counters, histograms, errors.
+    assert_eq!(get(listen, "/api/a", &[]).await.status, 200);
+    assert_eq!(get(listen, "/down/a", &[]).await.status, 502);
+
+    let classic = get(probe, "/metrics", &[]).await;
+    assert_eq!(classic.status, 200);
+    assert_eq!(
+        classic.header("content-type"),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    let text = String::from_utf8(classic.body).unwrap();
+    assert!(
+        text.contains("# TYPE xgate_requests_total counter"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("# EOF") && !text.contains("# UNIT"),
+        "{text}"
+    );
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus; `cargo xtask setup` installs it)");
+    {
+        use std::io::Write;
+        let mut stdin = promtool.stdin.take().unwrap();
+        stdin.write_all(text.as_bytes()).unwrap();
+    }
+    let out = promtool.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let open = get(
+        probe,
+        "/metrics",
+        &["Accept: application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"],
+    )
+    .await;
+    assert_eq!(
+        open.header("content-type"),
+        Some("application/openmetrics-text; version=1.0.0; charset=utf-8")
+    );
+    let text = String::from_utf8(open.body).unwrap();
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    assert_eq!(text.matches("# EOF").count(), 1, "{text}");
+    assert!(text.contains("# TYPE xgate_requests counter"), "{text}");
+    assert!(
+        text.contains("# TYPE process_cpu_seconds counter"),
+        "{text}"
+    );
+    // No counter family is named after its samples in OpenMetrics.
+    for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
+        let name = line.split(' ').nth(2).unwrap();
+        if line.ends_with(" counter") {
+            assert!(!name.ends_with("_total"), "{line}");
+        }
+    }
+    // The admin socket negotiates the same way.
+    assert!(daemon
+        .admin_get("/metrics")
+        .contains("# TYPE xgate_requests_total counter"));
+}
+
 /// `routes[].respond` answers a fixed status and body on a client
 /// listener (a load balancer's health check), with its access log line.
 #[tokio::test]

@@ -40,6 +40,8 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
         "/usr/lib/python3/dist-packages/jsonschema/__init__.py",
         "python3-jsonschema",
     ),
+    // /metrics is checked by Prometheus's own linter.
+    ("promtool", "prometheus"),
     // The package test unpacks the .deb it builds.
     ("dpkg-deb", "dpkg"),
 ];

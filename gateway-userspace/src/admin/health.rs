@@ -23,7 +23,10 @@ use hyper::{body::Incoming, server::conn::http1, service::service_fn};
 use hyper_util::rt::TokioIo;
 use tokio::{net::TcpListener, sync::watch};
 
-use crate::{lists::SourceLists, telemetry::Metrics};
+use crate::{
+    lists::SourceLists,
+    telemetry::{exposition::Format, Metrics},
+};
 
 type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
@@ -80,8 +83,15 @@ impl Observed {
         text
     }
 
-    /// `/livez`, `/readyz` and `/metrics`; None for any other path.
-    pub fn answer(&self, method: &Method, path: &str) -> Option<Response<Body>> {
+    /// `/livez`, `/readyz` and `/metrics` (OpenMetrics when the `Accept`
+    /// header asks for it, else Prometheus's classic text format); None for
+    /// any other path.
+    pub fn answer(
+        &self,
+        method: &Method,
+        path: &str,
+        headers: &http::HeaderMap,
+    ) -> Option<Response<Body>> {
         if !matches!(path, "/livez" | "/readyz" | "/metrics") {
             return None;
         }
@@ -94,11 +104,14 @@ impl Observed {
                 let (status, body) = self.readiness.answer();
                 text(status, body)
             }
-            _ => respond(
-                StatusCode::OK,
-                "text/plain; version=0.0.4",
-                self.metrics_text(),
-            ),
+            _ => {
+                let format = Format::negotiate(headers);
+                respond(
+                    StatusCode::OK,
+                    format.content_type(),
+                    format.render(self.metrics_text()),
+                )
+            }
         })
     }
 }
@@ -145,7 +158,7 @@ pub async fn serve(
         tokio::spawn(async move {
             let service = service_fn(move |req: Request<Incoming>| {
                 let response = observed
-                    .answer(req.method(), req.uri().path())
+                    .answer(req.method(), req.uri().path(), req.headers())
                     .unwrap_or_else(|| text(StatusCode::NOT_FOUND, "not found\n"));
                 async move { Ok::<_, Infallible>(response) }
             });

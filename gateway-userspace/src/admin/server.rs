@@ -145,7 +145,7 @@ async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
         "allowlist" => Some(ListKind::Allow),
         _ => None,
     };
-    if let Some(response) = state.observed.answer(req.method(), &path) {
+    if let Some(response) = state.observed.answer(req.method(), &path, req.headers()) {
         return response;
     }
     match (req.method().clone(), path.as_str(), list) {

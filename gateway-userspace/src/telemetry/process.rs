@@ -26,11 +26,18 @@ pub fn render_build_info(out: &mut String) {
 /// Resident memory, CPU time, open and maximum file descriptors, start
 /// time. A value /proc does not give is left out, never made up.
 pub fn render(out: &mut String, started: SystemTime) {
+    // OpenMetrics, as the registry writes: a counter family's name has no
+    // `_total`, its sample has.
     let mut family = |name: &str, kind: &str, help: &str, value: Option<f64>| {
         if let Some(value) = value {
+            let sample = if kind == "counter" {
+                format!("{name}_total")
+            } else {
+                name.to_string()
+            };
             let _ = write!(
                 out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{sample} {value}\n"
             );
         }
     };
@@ -50,7 +57,7 @@ pub fn render(out: &mut String, started: SystemTime) {
         .filter(|_| ticks > 0.0)
         .map(|(user, system)| (user + system) / ticks);
     family(
-        "process_cpu_seconds_total",
+        "process_cpu_seconds",
         "counter",
         "User and system CPU time spent, in seconds.",
         cpu,
