@@ -708,6 +708,78 @@ async fn metrics_pass_promtool_and_speak_openmetrics_when_asked() {
         .contains("# TYPE xgate_requests_total counter"));
 }
 
+/// Metric names in `text`: maximal runs of `[a-z0-9_]` starting with
+/// `xgate_` or `process_`.
+fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let starts = (i == 0 || !(bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_'))
+            && (bytes[i..].starts_with(b"xgate_") || bytes[i..].starts_with(b"process_"));
+        if starts {
+            let end = bytes[i..]
+                .iter()
+                .position(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_'))
+                .map_or(bytes.len(), |n| i + n);
+            names.insert(String::from_utf8_lossy(&bytes[i..end]).into_owned());
+            i = end;
+        } else {
+            i += 1;
+        }
+    }
+    names
+}
+
+/// The Grafana dashboard in examples/ queries only metrics that are
+/// documented in docs/observability.md and that a running daemon exports
+/// (the XDP family needs an attached interface: documented is enough).
+#[tokio::test]
+async fn the_grafana_dashboard_uses_only_metrics_that_exist() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let dashboard = std::fs::read_to_string(root.join("examples/grafana-dashboard.json")).unwrap();
+    let parsed: serde_json::Value = serde_json::from_str(&dashboard).expect("valid JSON");
+    assert!(parsed["panels"].as_array().is_some_and(|p| p.len() > 10));
+    let docs = std::fs::read_to_string(root.join("docs/observability.md")).unwrap();
+    let documented = metric_names(&docs);
+
+    let upstream = EchoUpstream::start(any_port(), "one").await.unwrap();
+    let listen = free_port();
+    let daemon = Daemon::start(
+        &format!(
+            "listeners: [{{address: '{listen}'}}]\n\
+             upstreams:\n  echo:\n    targets: ['{}']\n    health_checks: {{active: {{path: /health, interval: 2s, timeout: 1s}}}}\n\
+             routes: [{{name: api, match: {{path_prefix: /}}, upstream: echo, \
+             policies: [{{type: rate-limit, limits: [{{requests: 1000, per: 1s}}]}}]}}]\n",
+            upstream.addr
+        ),
+        None,
+    );
+    assert_eq!(get(listen, "/a", &[]).await.status, 200);
+    let scrape = daemon.admin_get("/metrics");
+    let exported = metric_names(&scrape);
+
+    let queried = metric_names(&dashboard);
+    assert!(queried.len() > 15, "{queried:?}");
+    for name in &queried {
+        // Histogram series are documented and typed under the family name.
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix))
+            .unwrap_or(name);
+        assert!(
+            documented.contains(family),
+            "the dashboard queries {name}, which docs/observability.md does not document"
+        );
+        if !family.starts_with("xgate_xdp_") {
+            assert!(
+                exported.contains(name.as_str()) || exported.contains(family),
+                "the dashboard queries {name}, which the daemon does not export:\n{scrape}"
+            );
+        }
+    }
+}
+
 /// `routes[].respond` answers a fixed status and body on a client
 /// listener (a load balancer's health check), with its access log line.
 #[tokio::test]
