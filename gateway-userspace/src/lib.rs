@@ -12,7 +12,8 @@
 //! authorization server), `xdp` (the kernel
 //! half seen from here), `admin` (API server and client), `cli`, `daemon`
 //! (wiring and reload), `handoff` (listening sockets to a new process, for
-//! upgrades), `telemetry`, `redis` (the connection to a shared Redis).
+//! upgrades), `telemetry`, `redis` (the connection to a shared Redis),
+//! `fuzzing` (the fuzz targets' bodies; feature `fuzzing`, and unit tests).
 #![deny(unsafe_code)]
 
 pub mod admin;
@@ -23,6 +24,8 @@ pub mod daemon;
 pub mod duration;
 pub mod error_text;
 pub mod exchange;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod handoff;
 pub mod http1;
 pub mod jws;
