@@ -4,6 +4,7 @@
 
 mod bench;
 mod dist;
+mod fuzz;
 mod setup;
 
 use std::{
@@ -46,6 +47,16 @@ enum Task {
         #[arg(default_value = "xdp")]
         scenarios: Vec<String>,
     },
+    /// Run the fuzz targets in fuzz/ (cargo-fuzz, nightly) for --time seconds
+    /// each on one worker; prints executions and findings per target, and
+    /// libFuzzer writes crashing inputs to fuzz/artifacts/TARGET/.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        time: u64,
+        /// Targets to run (default: all, as named in fuzz/fuzz_targets/).
+        targets: Vec<String>,
+    },
     /// Build, then attach the XDP program to an interface without a daemon (development; root).
     Attach {
         #[arg(long)]
@@ -80,6 +91,7 @@ fn main() -> ExitCode {
             .and_then(|()| setup::test_dependencies())
             .and_then(|()| test()),
         Task::Dist => setup::all().and_then(|()| dist::run().map(drop)),
+        Task::Fuzz { time, targets } => setup::all().and_then(|()| fuzz::run(time, &targets)),
         Task::Bench { scenarios } => setup::all().and_then(|()| bench::run(&scenarios)),
         Task::Attach {
             iface,

@@ -50,11 +50,16 @@ pub fn request(data: &[u8]) {
     assert_eq!(head_len, theirs.len, "the head ends elsewhere");
     let parts = &head.parts;
     assert_eq!(parts.method.as_str().as_bytes(), theirs.method, "method");
-    assert_eq!(
-        parts.uri.to_string().as_bytes(),
-        theirs.target,
-        "request target"
-    );
+    // An origin-form target means itself (a fragment is no part of it);
+    // other forms are sent in origin form, checked below.
+    if theirs.target.starts_with(b"/") {
+        let end = theirs.target.iter().position(|&b| b == b'#');
+        assert_eq!(
+            parts.uri.to_string().as_bytes(),
+            &theirs.target[..end.unwrap_or(theirs.target.len())],
+            "request target"
+        );
+    }
     let minor = match parts.version {
         http::Version::HTTP_11 => 1,
         _ => 0,
@@ -141,9 +146,8 @@ pub fn request(data: &[u8]) {
     assert_eq!(again.method, theirs.method);
     assert_eq!(again.target, path.as_bytes());
     assert_eq!(again.minor, 1);
-    let framing_field = |(name, _): &(Vec<u8>, Vec<u8>)| {
-        name == b"content-length" || name == b"transfer-encoding"
-    };
+    let framing_field =
+        |(name, _): &(Vec<u8>, Vec<u8>)| name == b"content-length" || name == b"transfer-encoding";
     let mut expected: Vec<_> = theirs
         .fields
         .iter()
@@ -209,7 +213,11 @@ pub fn request(data: &[u8]) {
         .iter()
         .map(|h| (h.name.to_ascii_lowercase().into_bytes(), h.value.to_vec()))
         .collect();
-    assert_eq!(by_name(strict_fields), by_name(again.fields), "httparse: fields");
+    assert_eq!(
+        by_name(strict_fields),
+        by_name(again.fields),
+        "httparse: fields"
+    );
 }
 
 /// xgate's chunked decoder over the whole of `rest`: the data, the trailers

@@ -190,7 +190,10 @@ fn check_head(head: &RequestHead) {
     assert!(headers.get_all(header::HOST).iter().count() <= 1);
     for value in headers.values() {
         assert!(
-            !value.as_bytes().iter().any(|b| matches!(b, b'\r' | b'\n' | 0)),
+            !value
+                .as_bytes()
+                .iter()
+                .any(|b| matches!(b, b'\r' | b'\n' | 0)),
             "CR, LF or NUL in a value: {value:?}"
         );
     }
@@ -203,7 +206,10 @@ fn check_head(head: &RequestHead) {
         BodyFraming::Length(n) => {
             assert_eq!(codings, 0, "a length with Transfer-Encoding");
             assert_eq!(lengths, 1);
-            assert_eq!(headers[header::CONTENT_LENGTH].to_str().ok(), Some(&*n.to_string()));
+            assert_eq!(
+                headers[header::CONTENT_LENGTH].to_str().ok(),
+                Some(&*n.to_string())
+            );
         }
         BodyFraming::Empty => {
             // No body read: either none announced, or ambiguous framing
@@ -236,7 +242,11 @@ pub fn chunked(data: &[u8]) {
 /// The data, the trailers, and then the bytes left after the body (`Ok`),
 /// or that it was refused (`Err`), or that the input ran out (`Ok` with no
 /// end).
-type Chunked = (Vec<u8>, Option<Vec<(String, Vec<u8>)>>, Result<Option<Vec<u8>>, ()>);
+type Chunked = (
+    Vec<u8>,
+    Option<Vec<(String, Vec<u8>)>>,
+    Result<Option<Vec<u8>>, ()>,
+);
 
 fn decode_chunked(wire: &[u8], step: usize) -> Chunked {
     let mut decoder = ChunkedDecoder::default();

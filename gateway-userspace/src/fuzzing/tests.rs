@@ -47,3 +47,28 @@ fn every_target_has_a_fuzz_target() {
         );
     }
 }
+
+/// The jwt target's oracle is reached: a seed token is accepted by the
+/// policy it fuzzes (so the target gets past the signature and the claims).
+#[test]
+fn the_jwt_target_accepts_its_valid_seed() {
+    use http::{header::AUTHORIZATION, HeaderValue, Request};
+
+    use crate::policy::{Authenticator, Check};
+
+    let (_, seed) = seeds("jwt")
+        .into_iter()
+        .find(|(path, _)| path.ends_with("token_valid"))
+        .expect("the token_valid seed");
+    let token = std::str::from_utf8(&seed[1..]).unwrap();
+    let (mut parts, ()) = Request::new(()).into_parts();
+    parts.headers.insert(
+        AUTHORIZATION,
+        HeaderValue::try_from(format!("Bearer {token}")).unwrap(),
+    );
+    let accepted = match super::tokens::policy().check(&mut parts) {
+        Check::Now(result) => result.map(drop).map_err(|e| e.description),
+        Check::Later(_) => Err("no JWKS is configured: nothing to wait for"),
+    };
+    assert_eq!(accepted, Ok(()));
+}

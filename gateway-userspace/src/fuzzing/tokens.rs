@@ -9,18 +9,14 @@ use http::{header::AUTHORIZATION, HeaderMap, HeaderValue, Request};
 use super::Choices;
 use crate::{
     config::{Config, Policy},
-    policy::{
-        jwks,
-        jwt::JwtPolicy,
-        Authenticator, Check, Consumers,
-    },
+    policy::{jwks, jwt::JwtPolicy, Authenticator, Check, Consumers},
     token_server::form::{credentials, Form},
 };
 
 /// The one key the fuzzed policy trusts (HS256, a consumer's).
 const SECRET: &str = "fuzzing-secret-0123456789abcdef-0123456789";
 
-fn policy() -> &'static JwtPolicy {
+pub(super) fn policy() -> &'static JwtPolicy {
     static POLICY: OnceLock<JwtPolicy> = OnceLock::new();
     POLICY.get_or_init(|| {
         let config = Config::from_yaml(
@@ -88,7 +84,9 @@ pub fn jwt(data: &[u8]) {
                 .expect("JSON header");
         assert_eq!(header["alg"], "HS256", "accepted {header}");
         let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, SECRET.as_bytes());
-        let signature = URL_SAFE_NO_PAD.decode(signature).expect("base64url signature");
+        let signature = URL_SAFE_NO_PAD
+            .decode(signature)
+            .expect("base64url signature");
         let signed = &token[..token.rfind('.').expect("three parts")];
         assert!(
             ring::hmac::verify(&key, signed.as_bytes(), &signature).is_ok(),

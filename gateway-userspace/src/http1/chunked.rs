@@ -146,9 +146,19 @@ fn chunk_size(line: &[u8]) -> Result<(u64, usize), Error> {
     if digits == 0 || digits > 16 {
         return Err(Malformed("bad chunk size"));
     }
-    let rest = line[digits..].trim_ascii_start();
+    // BWS before the extensions is spaces and tabs (RFC 9112 §7.1.1), not
+    // every ASCII space: a bare CR here would end the line for a peer that
+    // takes CR for a line end, and the rest would be read as data.
+    let rest = &line[digits..];
+    let rest = &rest[rest
+        .iter()
+        .position(|&b| b != b' ' && b != b'\t')
+        .unwrap_or(rest.len())..];
     if !(rest.is_empty() || rest[0] == b';') {
         return Err(Malformed("bad chunk size"));
+    }
+    if rest.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+        return Err(Malformed("control character in a chunk extension"));
     }
     let hex = std::str::from_utf8(&line[..digits]).expect("hex digits are ASCII");
     let size = u64::from_str_radix(hex, 16).map_err(|_| Malformed("bad chunk size"))?;
@@ -286,6 +296,26 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// Found by the http1_differential fuzz target's reference parser: a
+    /// bare CR (or another control character) in a chunk-size line was
+    /// skipped as whitespace or kept as part of an extension.
+    #[test]
+    fn control_characters_in_a_chunk_size_line_are_an_error() {
+        for wire in [
+            &b"5\r;x\r\nhello\r\n0\r\n\r\n"[..],
+            b"5\x0c\r\nhello\r\n0\r\n\r\n",
+            b"5;a=\rb\r\nhello\r\n0\r\n\r\n",
+            b"5;a=b\x00\r\nhello\r\n0\r\n\r\n",
+            b"5;\x7f\r\nhello\r\n0\r\n\r\n",
+        ] {
+            for step in [1, wire.len()] {
+                assert!(decode(wire, step).is_err(), "{wire:?} step {step}");
+            }
+        }
+        let tabs = b"5\t;\ta=\"b c\"\t\r\nhello\r\n0\r\n\r\n";
+        assert_eq!(decode(tabs, tabs.len()).unwrap().0, b"hello");
     }
 
     #[test]
