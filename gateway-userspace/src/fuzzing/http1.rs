@@ -6,7 +6,10 @@ use http::{header, HeaderMap, Method, StatusCode, Version};
 
 use super::Choices;
 use crate::{
-    http1::chunked::{ChunkedDecoder, Decoded},
+    http1::{
+        chunked::{ChunkedDecoder, Decoded},
+        wire::parse_length,
+    },
     proxy::http1::{
         request::{parse_request, BodyFraming, Fields, HeadScan, RequestHead},
         HeadError, HeadLimits,
@@ -31,10 +34,20 @@ pub fn request(data: &[u8]) {
     let wire = choices.rest();
     let at_once = serve(wire, limits, wire.len().max(1));
     let trickled = serve(wire, limits, step);
-    assert_eq!(
-        at_once, trickled,
-        "the same bytes read differently in pieces of {step}"
-    );
+    if at_once != trickled {
+        // One exception: a malformed head whose blank line has not come.
+        // A reader that meets a candidate for it (the empty lines allowed
+        // before a request line look like one) parses early and refuses;
+        // the other still waits for the blank line, which the header
+        // timeout bounds. Both are right; nothing else may differ.
+        let (a, t) = (at_once.split_last(), trickled.split_last());
+        let waiting_or_refused = |e: &Event| matches!(e, Event::Refused(_) | Event::End(_));
+        assert!(
+            matches!((a, t), (Some((a_last, a_before)), Some((t_last, t_before)))
+                if a_before == t_before && waiting_or_refused(a_last) && waiting_or_refused(t_last)),
+            "the same bytes read differently in pieces of {step}:\n{at_once:?}\n{trickled:?}"
+        );
+    }
 }
 
 /// What the server made of a connection.
@@ -207,8 +220,8 @@ fn check_head(head: &RequestHead) {
             assert_eq!(codings, 0, "a length with Transfer-Encoding");
             assert_eq!(lengths, 1);
             assert_eq!(
-                headers[header::CONTENT_LENGTH].to_str().ok(),
-                Some(&*n.to_string())
+                parse_length(headers[header::CONTENT_LENGTH].as_bytes()),
+                Some(n)
             );
         }
         BodyFraming::Empty => {
@@ -310,7 +323,7 @@ pub fn response(data: &[u8]) {
             ResponseFraming::Length(n) => {
                 assert!(!headers.contains_key(header::TRANSFER_ENCODING));
                 assert_eq!(lengths.len(), 1);
-                assert_eq!(lengths[0].to_str().ok(), Some(&*n.to_string()));
+                assert_eq!(parse_length(lengths[0].as_bytes()), Some(n));
                 let Ok(n) = usize::try_from(n) else { return };
                 if buf.len() < n {
                     return;
