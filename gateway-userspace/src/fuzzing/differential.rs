@@ -220,10 +220,13 @@ pub fn request(data: &[u8]) {
     );
 }
 
+/// A body as read: its data, its trailers, the bytes it took.
+type BodyRead = (Vec<u8>, Vec<(String, Vec<u8>)>, usize);
+
 /// xgate's chunked decoder over the whole of `rest`: the data, the trailers
 /// it keeps, the bytes the body took; `None` when it is refused or not all
 /// there.
-fn chunked(rest: &[u8]) -> Option<(Vec<u8>, Vec<(String, Vec<u8>)>, usize)> {
+fn chunked(rest: &[u8]) -> Option<BodyRead> {
     let mut buf = BytesMut::from(rest);
     let mut decoder = ChunkedDecoder::default();
     let mut data = Vec::new();

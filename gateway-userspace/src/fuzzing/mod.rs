@@ -19,8 +19,11 @@ mod reference;
 pub mod tokens;
 pub mod xdp;
 
+/// A target's body: panics when a parser breaks a promise.
+pub type Target = fn(&[u8]);
+
 /// Every target by its name in `fuzz/fuzz_targets/`.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("http1_request", http1::request),
     ("http1_chunked", http1::chunked),
     ("http1_response", http1::response),

@@ -35,7 +35,7 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, Refused> {
     let request_line = loop {
         match lines.next()? {
             None => return Ok(None),
-            Some(line) if line.is_empty() => continue,
+            Some([]) => continue,
             Some(line) => break line,
         }
     };
