@@ -40,7 +40,19 @@ use gateway_common::{
     BUCKET_MAX_ENTRIES, LIST_MAX_ENTRIES, PORT_WORDS, RATE_OVERRIDE_MAX_ENTRIES, SLOTS,
 };
 
-use crate::parse::{Packet, Src};
+use crate::parse::{Frame, Packet, Src};
+
+impl Frame for XdpContext {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        XdpContext::data(self)
+    }
+
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        XdpContext::data_end(self)
+    }
+}
 
 /// The active rule-set slot (0 or 1), element 0. Flipped by userspace after
 /// it has filled the other slot, so a swap is atomic for the packet path.

@@ -1,9 +1,13 @@
 //! Header parsing with every access bounds-checked. What the policy needs
 //! from a frame: source address, destination port, TCP SYN, fragment status.
+//!
+//! The same source is compiled for the host (gateway-userspace's `fuzzing`
+//! module) and fuzzed there over byte slices, so the bounds logic is
+//! exercised outside the verifier too: it reads the frame only through
+//! [`Frame`], and imports nothing from aya-ebpf.
 
 use core::mem;
 
-use aya_ebpf::programs::XdpContext;
 use network_types::{
     eth::EthHdr,
     ip::{Ipv4Hdr, Ipv6Hdr},
@@ -59,9 +63,19 @@ pub struct Packet {
     pub neighbor_discovery: bool,
 }
 
+/// Where a frame lies in memory: all the parser asks of its context. The
+/// XDP program passes its `XdpContext` (main.rs); the host build a byte
+/// slice.
+pub trait Frame {
+    /// Address of the first byte.
+    fn data(&self) -> usize;
+    /// Address one past the last byte.
+    fn data_end(&self) -> usize;
+}
+
 /// `Ok(None)` for frames that are not IP.
 #[inline(always)]
-pub fn parse(ctx: &XdpContext) -> Result<Option<Packet>, Malformed> {
+pub fn parse<C: Frame>(ctx: &C) -> Result<Option<Packet>, Malformed> {
     let mut ether_type = read_be16(ctx, mem::offset_of!(EthHdr, ether_type))?;
     let mut offset = EthHdr::LEN;
     // Two explicit steps rather than a loop: at most an outer (802.1ad) and
@@ -82,8 +96,8 @@ pub fn parse(ctx: &XdpContext) -> Result<Option<Packet>, Malformed> {
 }
 
 #[inline(always)]
-fn parse_v4(ctx: &XdpContext, offset: usize) -> Result<Packet, Malformed> {
-    let ip = ptr_at::<Ipv4Hdr>(ctx, offset)?;
+fn parse_v4<C: Frame>(ctx: &C, offset: usize) -> Result<Packet, Malformed> {
+    let ip = ptr_at::<Ipv4Hdr, C>(ctx, offset)?;
     // SAFETY: `ptr_at` checked that the whole header lies inside the frame.
     let (vihl, frags, proto, src) =
         unsafe { ((*ip).vihl, (*ip).frags, (*ip).proto, (*ip).src_addr) };
@@ -94,7 +108,7 @@ fn parse_v4(ctx: &XdpContext, offset: usize) -> Result<Packet, Malformed> {
     // The options must be inside the frame too. (Checked as the header's
     // last word: a one-byte check compiles to a comparison the verifier
     // does not accept as a bound.)
-    ptr_at::<[u8; 4]>(ctx, offset + header_len - 4)?;
+    ptr_at::<[u8; 4], C>(ctx, offset + header_len - 4)?;
     let mut packet = Packet {
         src: Src::V4(src),
         dst_port: None,
@@ -109,8 +123,8 @@ fn parse_v4(ctx: &XdpContext, offset: usize) -> Result<Packet, Malformed> {
 }
 
 #[inline(always)]
-fn parse_v6(ctx: &XdpContext, offset: usize) -> Result<Packet, Malformed> {
-    let ip = ptr_at::<Ipv6Hdr>(ctx, offset)?;
+fn parse_v6<C: Frame>(ctx: &C, offset: usize) -> Result<Packet, Malformed> {
+    let ip = ptr_at::<Ipv6Hdr, C>(ctx, offset)?;
     // SAFETY: `ptr_at` checked that the whole header lies inside the frame.
     let (version, mut next, src) = unsafe { ((*ip).vcf[0] >> 4, (*ip).next_hdr, (*ip).src_addr) };
     if version != 6 {
@@ -140,7 +154,7 @@ fn parse_v6(ctx: &XdpContext, offset: usize) -> Result<Packet, Malformed> {
                 offset += (usize::from(header[1]) + 2) * 4;
             }
             IPPROTO_FRAGMENT => {
-                let header = ptr_at::<[u8; 4]>(ctx, offset)?;
+                let header = ptr_at::<[u8; 4], C>(ctx, offset)?;
                 // SAFETY: bounds checked by `ptr_at`.
                 let header = unsafe { *header };
                 next = header[0];
@@ -162,8 +176,8 @@ fn parse_v6(ctx: &XdpContext, offset: usize) -> Result<Packet, Malformed> {
 
 /// Reads what the policy needs from the L4 header at `offset`.
 #[inline(always)]
-fn transport(
-    ctx: &XdpContext,
+fn transport<C: Frame>(
+    ctx: &C,
     offset: usize,
     proto: u8,
     packet: &mut Packet,
@@ -174,21 +188,21 @@ fn transport(
     match proto {
         IPPROTO_TCP => {
             // Ports (4) + sequence (4) + acknowledgement (4) + offset/flags (2).
-            let header = ptr_at::<[u8; 14]>(ctx, offset)?;
+            let header = ptr_at::<[u8; 14], C>(ctx, offset)?;
             // SAFETY: bounds checked by `ptr_at`.
             let header = unsafe { *header };
             packet.dst_port = Some(u16::from_be_bytes([header[2], header[3]]));
             packet.tcp_syn = header[13] & (TCP_SYN | TCP_ACK) == TCP_SYN;
         }
         IPPROTO_UDP => {
-            let header = ptr_at::<[u8; 8]>(ctx, offset)?;
+            let header = ptr_at::<[u8; 8], C>(ctx, offset)?;
             // SAFETY: bounds checked by `ptr_at`.
             let header = unsafe { *header };
             packet.dst_port = Some(u16::from_be_bytes([header[2], header[3]]));
         }
         IPPROTO_ICMPV6 => {
             // Type, code, checksum: the 4 bytes every ICMPv6 message has.
-            let header = ptr_at::<[u8; 4]>(ctx, offset)?;
+            let header = ptr_at::<[u8; 4], C>(ctx, offset)?;
             // SAFETY: bounds checked by `ptr_at`.
             let icmp_type = unsafe { (*header)[0] };
             packet.neighbor_discovery = (ND_FIRST..=ND_LAST).contains(&icmp_type);
@@ -205,7 +219,7 @@ fn is_vlan(ether_type: u16) -> bool {
 
 /// A pointer to a `T` at `offset` in the frame, if the whole `T` is inside it.
 #[inline(always)]
-fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*const T, Malformed> {
+fn ptr_at<T, C: Frame>(ctx: &C, offset: usize) -> Result<*const T, Malformed> {
     let start = ctx.data();
     let end = ctx.data_end();
     if start + offset + mem::size_of::<T>() > end {
@@ -215,15 +229,15 @@ fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*const T, Malformed> {
 }
 
 #[inline(always)]
-fn read_be16(ctx: &XdpContext, offset: usize) -> Result<u16, Malformed> {
-    let bytes = ptr_at::<[u8; 2]>(ctx, offset)?;
+fn read_be16<C: Frame>(ctx: &C, offset: usize) -> Result<u16, Malformed> {
+    let bytes = ptr_at::<[u8; 2], C>(ctx, offset)?;
     // SAFETY: bounds checked by `ptr_at`.
     Ok(u16::from_be_bytes(unsafe { *bytes }))
 }
 
 #[inline(always)]
-fn read_pair(ctx: &XdpContext, offset: usize) -> Result<[u8; 2], Malformed> {
-    let bytes = ptr_at::<[u8; 2]>(ctx, offset)?;
+fn read_pair<C: Frame>(ctx: &C, offset: usize) -> Result<[u8; 2], Malformed> {
+    let bytes = ptr_at::<[u8; 2], C>(ctx, offset)?;
     // SAFETY: bounds checked by `ptr_at`.
     Ok(unsafe { *bytes })
 }

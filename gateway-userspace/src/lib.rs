@@ -13,7 +13,8 @@
 //! half seen from here), `admin` (API server and client), `cli`, `daemon`
 //! (wiring and reload), `handoff` (listening sockets to a new process, for
 //! upgrades), `telemetry`, `redis` (the connection to a shared Redis), `service`
-//! (systemd notifications, capabilities, the daemon's log).
+//! (systemd notifications, capabilities, the daemon's log), `fuzzing` (the fuzz
+//! targets' bodies; feature `fuzzing`, and unit tests).
 #![deny(unsafe_code)]
 
 pub mod admin;
@@ -24,6 +25,8 @@ pub mod daemon;
 pub mod duration;
 pub mod error_text;
 pub mod exchange;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod handoff;
 pub mod http1;
 pub mod jws;

@@ -5,6 +5,7 @@
 mod bench;
 mod deb;
 mod dist;
+mod fuzz;
 mod setup;
 
 use std::{
@@ -58,6 +59,16 @@ enum Task {
         #[arg(default_value = "xdp")]
         scenarios: Vec<String>,
     },
+    /// Run the fuzz targets in fuzz/ (cargo-fuzz, nightly) for --time seconds
+    /// each on one worker; prints executions and findings per target, and
+    /// libFuzzer writes crashing inputs to fuzz/artifacts/TARGET/.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        time: u64,
+        /// Targets to run (default: all, as named in fuzz/fuzz_targets/).
+        targets: Vec<String>,
+    },
     /// Build, then attach the XDP program to an interface without a daemon (development; root).
     Attach {
         #[arg(long)]
@@ -104,6 +115,7 @@ fn main() -> ExitCode {
                 .and_then(|()| std::fs::create_dir_all(&out_dir).map_err(anyhow::Error::from))
                 .and_then(|()| deb::run(binary, &out_dir).map(drop))
         }
+        Task::Fuzz { time, targets } => setup::all().and_then(|()| fuzz::run(time, &targets)),
         Task::Bench { scenarios } => setup::all().and_then(|()| bench::run(&scenarios)),
         Task::Attach {
             iface,

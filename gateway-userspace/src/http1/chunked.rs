@@ -298,6 +298,26 @@ mod tests {
         }
     }
 
+    /// Found by the http1_differential fuzz target's reference parser: a
+    /// bare CR (or another control character) in a chunk-size line was
+    /// skipped as whitespace or kept as part of an extension.
+    #[test]
+    fn control_characters_in_a_chunk_size_line_are_an_error() {
+        for wire in [
+            &b"5\r;x\r\nhello\r\n0\r\n\r\n"[..],
+            b"5\x0c\r\nhello\r\n0\r\n\r\n",
+            b"5;a=\rb\r\nhello\r\n0\r\n\r\n",
+            b"5;a=b\x00\r\nhello\r\n0\r\n\r\n",
+            b"5;\x7f\r\nhello\r\n0\r\n\r\n",
+        ] {
+            for step in [1, wire.len()] {
+                assert!(decode(wire, step).is_err(), "{wire:?} step {step}");
+            }
+        }
+        let tabs = b"5\t;\ta=\"b c\"\t\r\nhello\r\n0\r\n\r\n";
+        assert_eq!(decode(tabs, tabs.len()).unwrap().0, b"hello");
+    }
+
     #[test]
     fn malformed_framing_is_an_error() {
         for wire in [

@@ -34,7 +34,7 @@ pub mod consumers;
 mod discovery;
 mod fetch;
 mod ip_restriction;
-mod jwks;
+pub(crate) mod jwks;
 pub mod jwt;
 mod key_auth;
 mod lru;

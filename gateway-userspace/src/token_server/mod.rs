@@ -12,7 +12,7 @@
 //! The proxy asks [`TokenServer::endpoint`] before routing and hands the
 //! request to [`TokenServer::answer`] (`proxy/local.rs`).
 
-mod form;
+pub(crate) mod form;
 mod grants;
 mod refresh;
 mod signing;

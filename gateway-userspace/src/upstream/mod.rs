@@ -18,7 +18,7 @@ mod balancer;
 mod body;
 mod breakers;
 mod client;
-mod h1;
+pub(crate) mod h1;
 pub mod health;
 mod replay;
 pub mod resolve;

@@ -17,7 +17,7 @@
 
 mod body;
 mod conn;
-mod request;
+pub(crate) mod request;
 mod response;
 #[cfg(test)]
 mod tests;

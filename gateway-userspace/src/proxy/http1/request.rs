@@ -18,13 +18,13 @@ const STACK_FIELDS: usize = 100;
 
 /// How the request body is delimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum BodyFraming {
+pub(crate) enum BodyFraming {
     Empty,
     Length(u64),
     Chunked,
 }
 
-pub(super) struct RequestHead {
+pub(crate) struct RequestHead {
     pub parts: request::Parts,
     pub framing: BodyFraming,
     /// Whether the client keeps the connection open after this exchange.
@@ -89,14 +89,14 @@ pub struct HeadLimits {
 /// Where the fields of a head lie, kept by the connection from one head to
 /// the next (no allocation per request).
 #[derive(Default)]
-pub(super) struct Fields(Vec<Span>);
+pub(crate) struct Fields(Vec<Span>);
 
 /// Where the search for the end of a head resumes: a head that arrives in
 /// many small reads is looked at once per byte, and parsed once, when its
 /// blank line has come (re-parsing it from its start on every read made a
 /// head trickled 4 bytes at a time cost time quadratic in its size).
 #[derive(Default)]
-pub(super) struct HeadScan(usize);
+pub(crate) struct HeadScan(usize);
 
 impl HeadScan {
     /// Whether `buf` may now hold a whole head: a line end right after
@@ -131,7 +131,7 @@ impl HeadScan {
 
 /// Parses a request head off the front of `buf`. `Ok(None)`: not all of it
 /// is in yet (and it is still within the limits).
-pub(super) fn parse_request(
+pub(crate) fn parse_request(
     buf: &mut BytesMut,
     limits: HeadLimits,
     fields: &mut Fields,

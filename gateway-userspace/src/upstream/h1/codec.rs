@@ -25,7 +25,7 @@ pub(super) const MAX_HEAD_BYTES: usize = 64 * 1024;
 
 /// How the request body is delimited on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum RequestFraming {
+pub(crate) enum RequestFraming {
     /// No body at all.
     Empty,
     /// `Content-Length`: exactly this many bytes follow.
@@ -57,7 +57,7 @@ fn expects_body(method: &Method) -> bool {
 /// The message's own framing headers are replaced by the ones `framing`
 /// calls for (the client's framing ended at this proxy: the body was
 /// decoded there); a missing Host is `authority`.
-pub(super) fn encode_head(
+pub(crate) fn encode_head(
     head: &request::Parts,
     authority: &Authority,
     fields: &ForwardFields,
@@ -104,7 +104,7 @@ pub(super) fn encode_head(
 
 /// How the response body is delimited (RFC 9112 §6.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum ResponseFraming {
+pub(crate) enum ResponseFraming {
     /// No body: HEAD, 1xx, 204, 304.
     Empty,
     Length(u64),
@@ -114,7 +114,7 @@ pub(super) enum ResponseFraming {
 }
 
 /// A parsed response head.
-pub(super) struct ResponseHead {
+pub(crate) struct ResponseHead {
     pub status: StatusCode,
     pub version: Version,
     pub headers: HeaderMap,
@@ -125,7 +125,7 @@ pub(super) struct ResponseHead {
 
 /// Parses a response head off the front of `buf`. `Ok(None)`: not all of
 /// it is in yet. `method` is the request's (a HEAD response has no body).
-pub(super) fn parse_response(
+pub(crate) fn parse_response(
     buf: &mut BytesMut,
     method: &Method,
 ) -> Result<Option<ResponseHead>, Error> {

@@ -11,7 +11,7 @@
 //! - `pool`: idle connections per worker and target
 
 mod body;
-mod codec;
+pub(crate) mod codec;
 mod conn;
 mod pool;
 #[cfg(test)]
