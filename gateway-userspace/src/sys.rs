@@ -6,13 +6,19 @@ use std::time::Duration;
 /// `CLOCK_MONOTONIC` now: the clock `bpf_ktime_get_ns` reads in the kernel,
 /// so rule expiries written by userspace compare correctly there.
 pub fn monotonic_now() -> Duration {
+    clock(libc::CLOCK_MONOTONIC)
+}
+
+/// `clock_gettime(id)`, for clocks every Linux process has.
+fn clock(id: libc::clockid_t) -> Duration {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
-    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    assert_eq!(rc, 0, "clock_gettime(CLOCK_MONOTONIC) cannot fail");
+    // SAFETY: `ts` is a valid, writable timespec; the callers pass clocks
+    // Linux always has (CLOCK_MONOTONIC, CLOCK_THREAD_CPUTIME_ID).
+    let rc = unsafe { libc::clock_gettime(id, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime({id}) cannot fail");
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
@@ -138,13 +144,5 @@ pub fn user_name(uid: u32) -> Option<String> {
 /// worker, without the time the thread waited preempted (wall time on a
 /// busy machine is mostly that).
 pub fn thread_cpu_time() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec; every Linux thread has
-    // CLOCK_THREAD_CPUTIME_ID.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID) cannot fail");
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+    clock(libc::CLOCK_THREAD_CPUTIME_ID)
 }

@@ -71,6 +71,16 @@ pub async fn exchange_raw(addr: SocketAddr, request: &[u8]) -> std::io::Result<V
                 std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
             })??;
     stream.write_all(request).await?;
+    read_to_close(&mut stream).await
+}
+
+/// Every byte `stream` sends until it closes (or 10 s pass). A reset after
+/// an answer (the server closed with unread input, or a TLS close without
+/// close_notify) still ends the exchange.
+async fn read_to_close<S>(stream: &mut S) -> std::io::Result<Vec<u8>>
+where
+    S: tokio::io::AsyncRead + Unpin,
+{
     let mut raw = Vec::new();
     let read = async {
         let mut buf = [0u8; 16 * 1024];
@@ -78,8 +88,6 @@ pub async fn exchange_raw(addr: SocketAddr, request: &[u8]) -> std::io::Result<V
             match stream.read(&mut buf).await {
                 Ok(0) => return Ok(()),
                 Ok(n) => raw.extend_from_slice(&buf[..n]),
-                // A reset after an answer (the server closed with unread
-                // input) still ends the exchange.
                 Err(_) if !raw.is_empty() => return Ok(()),
                 Err(e) => return Err(e),
             }
@@ -174,21 +182,7 @@ where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     stream.write_all(request.as_bytes()).await?;
-    let mut raw = Vec::new();
-    let read = async {
-        let mut buf = [0u8; 16 * 1024];
-        loop {
-            match stream.read(&mut buf).await {
-                Ok(0) => return Ok(()),
-                Ok(n) => raw.extend_from_slice(&buf[..n]),
-                Err(_) if !raw.is_empty() => return Ok(()),
-                Err(e) => return Err(e),
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(10), read)
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "response timed out"))??;
+    let raw = read_to_close(stream).await?;
     parse(&raw)
 }
 
