@@ -742,6 +742,9 @@ fn print_status(s: &serde_json::Value) {
         .unwrap_or_default();
     println!("listeners: {}", listeners.join(", "));
     println!("routes:    {}", get("routes"));
+    if let Some(note) = s.get("metrics_listener").and_then(|n| n.as_str()) {
+        println!("metrics:   {note} (/metrics, /livez, /readyz, /status)");
+    }
     println!(
         "lists:     {} blocked ({} bans), {} allowed; {} connections refused at L7",
         get("blocklist_entries"),

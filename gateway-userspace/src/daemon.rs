@@ -26,6 +26,7 @@ use crate::{
         api::ReloadReport,
         health::{self, Observed, Readiness},
         server::{self as admin, AdminState},
+        status_page::StatusPage,
     },
     autoban::AutoBan,
     config::Config,
@@ -144,6 +145,11 @@ impl Reloader {
             path: self.path.display().to_string(),
             needs_restart,
         })
+    }
+
+    /// The running config, unless a reload is replacing it right now.
+    pub fn config_now(&self) -> Option<Config> {
+        self.current.try_lock().ok().map(|config| config.clone())
     }
 
     pub fn route_count(&self) -> usize {
@@ -441,10 +447,10 @@ pub async fn run(config_path: &Path, workers: usize, takeover: bool) -> anyhow::
     drop(inherited);
     let access = Access::resolve(config.admin.group.as_deref())?;
     let admin_listener = admin::bind(&config.admin.socket, takeover, &access).await?;
-    let metrics_listener = match config.admin.metrics_address {
-        Some(address) => Some(health::bind(address).await?),
-        None => None,
-    };
+    let (metrics_listener, metrics_note) = health::bind(crate::config::MetricsListen::of(
+        config.admin.metrics_address,
+    ))
+    .await?;
     let readiness = Arc::new(Readiness::default());
     let observed = Arc::new(Observed {
         metrics: metrics.clone(),
@@ -484,15 +490,22 @@ pub async fn run(config_path: &Path, workers: usize, takeover: bool) -> anyhow::
         reloader: reloader.clone(),
         refresh_tokens: refresh_tokens.clone(),
         started: Instant::now(),
-        xdp_off_reason,
+        xdp_off_reason: xdp_off_reason.clone(),
+        metrics_listener: metrics_note,
         cluster: cluster_sync.as_ref().map(ClusterSync::state),
         observed: observed.clone(),
         access,
     });
     // Stopped after the drain, so /readyz answers 503 through it.
     let (stop_metrics, metrics_stop) = watch::channel(false);
-    let metrics_task = metrics_listener
-        .map(|listener| tokio::spawn(health::serve(listener, observed, metrics_stop)));
+    let page = Arc::new(StatusPage::new(
+        observed,
+        reloader.clone(),
+        xdp_off_reason,
+        config.admin.status_token.clone(),
+    ));
+    let metrics_task =
+        metrics_listener.map(|listener| tokio::spawn(health::serve(listener, page, metrics_stop)));
     let admin_task = tokio::spawn(admin::serve(
         admin_listener,
         config.admin.socket.clone(),

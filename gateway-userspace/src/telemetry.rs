@@ -6,8 +6,10 @@
 //! - `xdp`: the XDP program's packet counters, per interface
 
 pub mod exposition;
+pub mod live;
 mod process;
 mod series;
+pub mod top_sources;
 mod xdp;
 
 use std::{
@@ -145,6 +147,9 @@ pub struct Metrics {
     reloads_total: AtomicU64,
     /// Redis calls, errors and the rate limits' fallbacks.
     pub redis: crate::redis::RedisMetrics,
+    /// For the status page: request totals and the most refused clients.
+    pub live: Arc<live::LiveTotals>,
+    pub refused_sources: top_sources::TopSources,
 }
 
 impl Default for Metrics {
@@ -298,6 +303,8 @@ impl Default for Metrics {
             started: SystemTime::now(),
             l7_denied_total: AtomicU64::new(0),
             reloads_total: AtomicU64::new(0),
+            live: Arc::default(),
+            refused_sources: top_sources::TopSources::default(),
         }
     }
 }
@@ -331,6 +338,7 @@ pub struct RouteMetrics {
     bytes_out: Counter,
     requests: Family<RequestLabels, Counter>,
     owners: Arc<Owners>,
+    live: Arc<live::LiveTotals>,
     _lease: Lease,
 }
 
@@ -350,6 +358,7 @@ impl RouteMetrics {
         consumer: Option<&crate::policy::Consumer>,
     ) {
         self.duration.observe(duration.as_secs_f64());
+        self.live.record(status, duration);
         let method = method_label(method);
         let key = (self.id, method, status, consumer.map_or(0, |c| c.index + 1));
         let cached = COUNTERS.with_borrow(|cache| cache.get(&key).map(|c| c.inc()));
@@ -495,6 +504,7 @@ impl Metrics {
             bytes_out,
             requests: self.requests.clone(),
             owners: self.owners.clone(),
+            live: self.live.clone(),
             _lease: lease,
         }
     }

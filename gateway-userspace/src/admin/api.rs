@@ -69,6 +69,10 @@ pub struct Status {
     pub xdp: Option<XdpStatus>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub xdp_off_reason: Option<String>,
+    /// `admin.metrics_address`: the address (metrics, probes, status
+    /// page), `off`, or why the default one is not listening.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_listener: Option<String>,
 }
 
 /// `POST /reload` on success.

@@ -1,6 +1,7 @@
 //! Liveness and readiness, for load balancers and orchestrators, and the
 //! TCP listener (`admin.metrics_address`) that serves them with /metrics to
-//! scrapers and probes that cannot reach the admin socket.
+//! scrapers and probes that cannot reach the admin socket, and with the
+//! status page (`status_page`).
 //!
 //! - `GET /livez`: 200 while the process serves at all.
 //! - `GET /readyz`: 200 once the config is loaded and every listener is
@@ -9,7 +10,6 @@
 
 use std::{
     convert::Infallible,
-    net::SocketAddr,
     sync::{
         atomic::{AtomicU8, Ordering},
         Arc,
@@ -23,7 +23,9 @@ use hyper::{body::Incoming, server::conn::http1, service::service_fn};
 use hyper_util::rt::TokioIo;
 use tokio::{net::TcpListener, sync::watch};
 
+use super::status_page::StatusPage;
 use crate::{
+    config::MetricsListen,
     lists::SourceLists,
     telemetry::{exposition::Format, Metrics},
 };
@@ -128,24 +130,39 @@ fn respond(status: StatusCode, content_type: &'static str, body: String) -> Resp
         .expect("valid response parts")
 }
 
-/// Binds `admin.metrics_address`.
-pub async fn bind(address: SocketAddr) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(address)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on admin.metrics_address {address}: {e}"))
+/// Binds `admin.metrics_address`: a configured address that cannot be
+/// bound fails the start; the default one (when absent) gives a warning and
+/// no listener, since several daemons on one host cannot all have it. The
+/// note is what `xgate status` shows.
+pub async fn bind(listen: MetricsListen) -> anyhow::Result<(Option<TcpListener>, String)> {
+    let address = match listen {
+        MetricsListen::Off => return Ok((None, super::status_page::listener_note(listen, None))),
+        MetricsListen::Required(a) | MetricsListen::Default(a) => a,
+    };
+    match TcpListener::bind(address).await {
+        Ok(listener) => Ok((
+            Some(listener),
+            super::status_page::listener_note(listen, None),
+        )),
+        Err(e) if matches!(listen, MetricsListen::Default(_)) => {
+            let note = super::status_page::listener_note(listen, Some(&e));
+            tracing::warn!("metrics listener {note}");
+            Ok((None, note))
+        }
+        Err(e) => Err(anyhow::anyhow!(
+            "cannot listen on admin.metrics_address {address}: {e}"
+        )),
+    }
 }
 
-/// Serves /metrics, /livez and /readyz until `stop` flips, which the
-/// daemon does after the drain: through the drain, /readyz says 503.
-pub async fn serve(
-    listener: TcpListener,
-    observed: Arc<Observed>,
-    mut stop: watch::Receiver<bool>,
-) {
+/// Serves /metrics, /livez, /readyz and the status page until `stop`
+/// flips, which the daemon does after the drain: through the drain,
+/// /readyz says 503.
+pub async fn serve(listener: TcpListener, page: Arc<StatusPage>, mut stop: watch::Receiver<bool>) {
     loop {
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(error) => {
                     tracing::warn!(%error, "metrics listener: accept failed");
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -154,11 +171,15 @@ pub async fn serve(
             },
             _ = stop.changed() => break,
         };
-        let observed = observed.clone();
+        let (stream, peer) = stream;
+        let page = page.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req: Request<Incoming>| {
-                let response = observed
-                    .answer(req.method(), req.uri().path(), req.headers())
+                let (method, uri, headers) = (req.method(), req.uri(), req.headers());
+                let response = page
+                    .observed
+                    .answer(method, uri.path(), headers)
+                    .or_else(|| page.answer(method, uri.path(), uri.query(), headers, peer))
                     .unwrap_or_else(|| text(StatusCode::NOT_FOUND, "not found\n"));
                 async move { Ok::<_, Infallible>(response) }
             });

@@ -6,5 +6,6 @@ pub mod client;
 pub mod health;
 pub mod log_level;
 pub mod server;
+pub mod status_page;
 pub mod upstreams;
 pub mod upstreams_cli;

@@ -41,6 +41,8 @@ pub struct AdminState {
     pub started: Instant,
     /// Why XDP is not attached, when it is not.
     pub xdp_off_reason: Option<String>,
+    /// `admin.metrics_address`: where it listens, or why not.
+    pub metrics_listener: String,
     /// Cluster mode's sync, when configured.
     pub cluster: Option<Arc<crate::lists::cluster::ClusterState>>,
     /// /metrics, /livez and /readyz.
@@ -302,6 +304,7 @@ fn status(state: &AdminState) -> Status {
         reloads: state.metrics.reloads(),
         xdp,
         xdp_off_reason: xdp_error,
+        metrics_listener: Some(state.metrics_listener.clone()),
     }
 }
 

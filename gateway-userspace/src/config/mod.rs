@@ -10,6 +10,7 @@ mod health;
 mod lenient;
 mod listener;
 mod log;
+mod metrics_address;
 mod model;
 mod oauth2_server;
 pub mod opa;
@@ -38,6 +39,7 @@ pub use self::{
     lenient::{cli_settings, CliSettings},
     listener::{ClientAuth, ClientAuthMode, Listener},
     log::{Log, LogFormat},
+    metrics_address::{MetricsAddress, MetricsListen, DEFAULT_METRICS_ADDRESS},
     model::*,
     oauth2_server::OAuth2Server,
     policy::*,

@@ -300,11 +300,20 @@ pub struct Admin {
     /// Absent: `xgate` when that group exists, else root only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
-    /// A TCP address serving only `GET /metrics`, `/livez` and `/readyz`
-    /// (read-only, no token), for Prometheus and load balancer or
-    /// orchestrator probes. Absent: those are on the admin socket only.
+    /// The TCP listener for Prometheus (`/metrics`), probes (`/livez`,
+    /// `/readyz`) and the status page (`/status`, `/status.json`).
+    /// Absent: 127.0.0.1:9464, and when another process holds that port a
+    /// warning and no listener; an address set here must bind or the start
+    /// fails; `off`: none (all of it stays on the admin socket).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub metrics_address: Option<std::net::SocketAddr>,
+    #[schemars(with = "Option<String>")]
+    pub metrics_address: Option<super::MetricsAddress>,
+    /// The token a client that is not on loopback must send to read the
+    /// status page (`Authorization: Bearer TOKEN`, or once as `?token=` in
+    /// a browser, which then gets a cookie). Absent: such clients get 403.
+    /// `status_token_file: PATH` reads it from a file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_token: Option<String>,
 }
 
 impl Default for Admin {
@@ -313,6 +322,7 @@ impl Default for Admin {
             socket: default_admin_socket(),
             group: None,
             metrics_address: None,
+            status_token: None,
         }
     }
 }

@@ -25,10 +25,11 @@ pub const FILE_FORMS: &[(&str, &str, &str)] = &[
     ),
     ("redis", "url", "Redis"),
     ("cluster", "redis", "Cluster"),
+    ("admin", "status_token", "Admin"),
 ];
 
 /// Keys whose value is a secret wherever they are.
-const SECRET_KEYS: &[&str] = &["secret", "client_secret"];
+const SECRET_KEYS: &[&str] = &["secret", "client_secret", "status_token"];
 
 /// Shown in place of a secret.
 pub const REDACTED: &str = "<redacted>";

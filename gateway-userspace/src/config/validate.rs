@@ -21,6 +21,14 @@ pub fn validate(config: &Config) -> Vec<ConfigError> {
     if config.admin.socket.as_os_str().is_empty() {
         errors.push("admin.socket", "must not be empty");
     }
+    if config
+        .admin
+        .status_token
+        .as_deref()
+        .is_some_and(|t| t.trim().is_empty())
+    {
+        errors.push("admin.status_token", "must not be empty");
+    }
     if config.state_dir.as_os_str().is_empty() {
         errors.push("state_dir", "must not be empty");
     }

@@ -242,6 +242,16 @@ where
                 );
             }
             ctx.rejection = Some(rejection.kind());
+            match &rejection {
+                Rejection::Denied { reason, .. } => {
+                    rt.metrics.refused_sources.record(ctx.client_ip, reason)
+                }
+                Rejection::Unauthenticated { .. } => rt
+                    .metrics
+                    .refused_sources
+                    .record(ctx.client_ip, "unauthenticated"),
+                _ => {}
+            }
             rejection.into_response()
         }
     };

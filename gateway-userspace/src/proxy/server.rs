@@ -170,6 +170,7 @@ pub async fn serve(
         };
         if let Some(rule) = lists.denies(peer.ip()) {
             metrics.l7_denied_connection();
+            metrics.refused_sources.record(peer.ip(), "deny_list");
             runtime
                 .load()
                 .access_log
@@ -455,6 +456,9 @@ impl Connection {
                 client = source;
                 if let Some(rule) = self.lists.denies(source.ip()) {
                     self.metrics.l7_denied_connection();
+                    self.metrics
+                        .refused_sources
+                        .record(source.ip(), "deny_list");
                     return Err(Refused::Blocked {
                         client: source.ip(),
                         rule,
