@@ -8,6 +8,7 @@
 //! elsewhere the skip is announced loudly.
 
 pub mod bad_upstream;
+pub mod browser;
 pub mod dns;
 pub mod doc_server;
 pub mod frames;

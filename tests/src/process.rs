@@ -122,7 +122,12 @@ impl Daemon {
         let yaml = if yaml.contains("admin:") {
             yaml
         } else {
-            format!("{yaml}\nadmin:\n  socket: {}\n", admin_socket.display())
+            // No metrics listener: the default port is one per host, and
+            // the suite runs many daemons at once.
+            format!(
+                "{yaml}\nadmin:\n  socket: {}\n  metrics_address: 'off'\n",
+                admin_socket.display()
+            )
         };
         let yaml = if yaml.contains("state_dir:") {
             yaml

@@ -448,7 +448,7 @@ fn run_takes_a_worker_count_and_refuses_nonsense() {
     std::fs::write(
         &config,
         format!(
-            "{}admin: {{socket: {}}}\nstate_dir: {}\n",
+            "{}admin: {{socket: {}, metrics_address: 'off'}}\nstate_dir: {}\n",
             valid_on_free_port(),
             admin.display(),
             dir.path().join("state").display()

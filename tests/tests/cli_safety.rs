@@ -213,7 +213,7 @@ fn xdp_required_refuses_to_start_without_the_privilege() {
     std::fs::write(
         &path,
         format!(
-            "listeners: [{{address: '{listen}'}}]\nxdp: {{interfaces: [lo], required: true}}\nadmin: {{socket: {}/a.sock}}\nstate_dir: {}/state\n",
+            "listeners: [{{address: '{listen}'}}]\nxdp: {{interfaces: [lo], required: true}}\nadmin: {{socket: {}/a.sock, metrics_address: 'off'}}\nstate_dir: {}/state\n",
             dir.path().display(),
             dir.path().display()
         ),

@@ -159,7 +159,7 @@ fn run_to_failure(netns: &NetNs, caps: &[&str], yaml: &str) -> String {
     std::fs::write(
         &config,
         format!(
-            "{yaml}admin: {{socket: {}}}\nstate_dir: {}\n",
+            "{yaml}admin: {{socket: {}, metrics_address: 'off'}}\nstate_dir: {}\n",
             dir.path().join("admin.sock").display(),
             dir.path().join("state").display()
         ),
@@ -256,7 +256,7 @@ fn the_admin_socket_admits_root_and_its_group_only() {
     let yaml = format!(
         "listeners: [{{address: '{}'}}]\nupstreams: {{u: {{targets: ['127.0.0.1:9']}}}}\n\
          routes: [{{match: {{path_prefix: /}}, upstream: u}}]\n\
-         admin:\n  socket: {}\n  group: {NO_GROUP}\n",
+         admin:\n  socket: {}\n  group: {NO_GROUP}\n  metrics_address: 'off'\n",
         free_port(),
         dir.path().join("admin.sock").display()
     );

@@ -363,7 +363,7 @@ fn on_a_terminal(format: Option<&str>) -> String {
             "listeners: [{{address: '{}'}}]\n\
              upstreams: {{u: {{targets: ['127.0.0.1:9'], tls: {{verify: false}}}}}}\n\
              routes: [{{match: {{path_prefix: /}}, upstream: u}}]\n\
-             admin: {{socket: {}}}\nstate_dir: {}\n{log}",
+             admin: {{socket: {}, metrics_address: 'off'}}\nstate_dir: {}\n{log}",
             taken.local_addr().unwrap(),
             dir.path().join("admin.sock").display(),
             dir.path().join("state").display()

@@ -44,6 +44,8 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("promtool", "prometheus"),
     // The package test unpacks the .deb it builds.
     ("dpkg-deb", "dpkg"),
+    // The status page is loaded in a real browser, headless.
+    ("chromium", "chromium"),
 ];
 
 /// Node.js the npm test dependencies need: oauth2-mock-server 8.2.3 and
