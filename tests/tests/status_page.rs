@@ -228,6 +228,15 @@ fn the_json_shows_listeners_routes_health_refusals_and_bans() {
         .sum();
     assert_eq!(buckets, 9);
     assert_eq!(json["xdp"], Value::Null);
+    // The charts' samples: the request totals at the moment of each.
+    let history = json["history"].as_array().unwrap();
+    assert!(!history.is_empty(), "{json:#}");
+    let last = &history[history.len() - 1];
+    assert!(last["live"]["requests"].as_u64().unwrap() <= 9);
+    assert_eq!(last["xdp_passed"], Value::Null);
+    let dropped = json["xdp_dropped_reasons"].as_array().unwrap();
+    assert!(dropped.contains(&"denied_v4".into()) && dropped.contains(&"rate_limited".into()));
+    assert!(!dropped.contains(&"passed".into()) && !dropped.contains(&"allow_listed".into()));
 
     let page = get_from(None, metrics, None, "/status", &[]);
     assert_eq!(page.status, 200);
@@ -526,7 +535,10 @@ fn chromium_renders_the_live_page() {
         assert!(out.status.success(), "{}", stderr(&out));
         assert_eq!(udp_delivery(cl, from, gw, to, 200, 0), 0);
     }
-    json_when(gw, metrics, |j| target_state(j, dead) == "unhealthy");
+    // Enough samples (every 2 s) for the charts to have lines.
+    json_when(gw, metrics, |j| {
+        target_state(j, dead) == "unhealthy" && j["history"].as_array().unwrap().len() >= 3
+    });
 
     let browser = Browser::new();
     let url = format!("http://{metrics}/status");

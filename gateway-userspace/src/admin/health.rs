@@ -159,6 +159,7 @@ pub async fn bind(listen: MetricsListen) -> anyhow::Result<(Option<TcpListener>,
 /// flips, which the daemon does after the drain: through the drain,
 /// /readyz says 503.
 pub async fn serve(listener: TcpListener, page: Arc<StatusPage>, mut stop: watch::Receiver<bool>) {
+    let sampler = tokio::spawn(page.clone().sample(stop.clone()));
     loop {
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -194,4 +195,5 @@ pub async fn serve(listener: TcpListener, page: Arc<StatusPage>, mut stop: watch
             }
         });
     }
+    let _ = sampler.await;
 }

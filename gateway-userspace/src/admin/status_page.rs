@@ -7,10 +7,11 @@
 //! clients get 403.
 
 use std::{
+    collections::VecDeque,
     convert::Infallible,
     net::{IpAddr, SocketAddr},
     sync::{Arc, Mutex},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use bytes::Bytes;
@@ -34,6 +35,11 @@ const PAGE: &str = include_str!("status_page.html");
 const COOKIE: &str = "xgate_status";
 /// Rows of the most refused clients shown.
 const TOP_SOURCES: usize = 10;
+/// How often the charts' history is sampled (the page polls as often), and
+/// how many samples are kept: two minutes, so a page just opened has its
+/// charts already drawn.
+const SAMPLE_EVERY: Duration = Duration::from_secs(2);
+const SAMPLES: usize = 60;
 
 pub struct StatusPage {
     pub observed: Arc<super::health::Observed>,
@@ -44,6 +50,18 @@ pub struct StatusPage {
     /// The listeners and routes as last read (kept while a reload holds
     /// the config).
     shape: Mutex<Shape>,
+    history: Mutex<VecDeque<Sample>>,
+}
+
+/// The totals the charts are drawn from, at one moment.
+#[derive(Debug, Clone, Serialize)]
+struct Sample {
+    unix_ms: u64,
+    live: LiveReading,
+    /// XDP packets passed and dropped, summed over every reason and
+    /// interface (absent without XDP).
+    xdp_passed: Option<u64>,
+    xdp_dropped: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -88,6 +106,10 @@ struct Snapshot<'a> {
     config_denies: usize,
     xdp: Option<XdpStatus>,
     xdp_off_reason: Option<&'a str>,
+    /// The XDP counters whose packets were dropped (the others passed).
+    xdp_dropped_reasons: Vec<&'static str>,
+    /// The last two minutes, oldest first; the page diffs neighbours.
+    history: Vec<Sample>,
 }
 
 impl StatusPage {
@@ -104,6 +126,48 @@ impl StatusPage {
             xdp_off_reason,
             token,
             shape: Mutex::default(),
+            history: Mutex::default(),
+        }
+    }
+
+    /// Samples the charts' totals until `stop` flips.
+    pub async fn sample(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(SAMPLE_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.changed() => break,
+            }
+            let sample = self.sample_now(self.observed.lists.xdp_status().and_then(Result::ok));
+            let mut history = self.history.lock().unwrap();
+            if history.len() == SAMPLES {
+                history.pop_front();
+            }
+            history.push_back(sample);
+        }
+    }
+
+    fn sample_now(&self, xdp: Option<XdpStatus>) -> Sample {
+        let (passed, dropped) = xdp.map_or((None, None), |x| {
+            let (mut passed, mut dropped) = (0, 0);
+            for stat in gateway_common::Stat::ALL {
+                let count = x.counters.get(stat);
+                if stat.dropped() {
+                    dropped += count;
+                } else {
+                    passed += count;
+                }
+            }
+            (Some(passed), Some(dropped))
+        });
+        Sample {
+            unix_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            live: self.observed.metrics.live.read(),
+            xdp_passed: passed,
+            xdp_dropped: dropped,
         }
     }
 
@@ -207,6 +271,12 @@ impl StatusPage {
             bans,
             runtime_denies,
             config_denies,
+            xdp_dropped_reasons: gateway_common::Stat::ALL
+                .into_iter()
+                .filter(|s| s.dropped())
+                .map(|s| s.name())
+                .collect(),
+            history: self.history.lock().unwrap().iter().cloned().collect(),
             xdp,
             xdp_off_reason: xdp_error
                 .as_deref()
