@@ -2,9 +2,18 @@
 //! gateway's address is flooded? A client does HTTP/1.1 keep-alive requests
 //! to xgate over one veth pair while another namespace floods the same
 //! address over a second veth pair with UDP datagrams and TCP SYNs, bounded
-//! in packets (trafgen `-n`): once from a denied range, once from a few
-//! sources held to the per-source rate limit (not denied). Three setups are
-//! measured in the same run, interleaved round by round:
+//! in packets and time: once from a denied range, once from a few sources
+//! held to the per-source rate limit (not denied).
+//!
+//! The main flood source is the live-frames generator
+//! ([`xgate_bench::livegen`], run by [`crate::live`]): its frames reach the
+//! gateway's veth end as `xdp_frame`s, as a NIC's do, at several rates up to
+//! its maximum; the targets are judged on it. Each setup first checks with
+//! veth's own counters that live frames arrive that way. trafgen's floods
+//! (frames that reach the gateway as skbs veth copies before XDP) are kept
+//! as a second table, labelled as what they measure: veth's skb path.
+//!
+//! Three setups are measured in the same run, interleaved round by round:
 //!
 //! - `xdp`: xgate with XDP on both of its veth ends (the deny CIDR and the
 //!   rate limit enforced in the XDP program);
@@ -23,7 +32,8 @@
 //! Two machines on one host: the gateway (xgate, the upstream in its
 //! namespace, and the receive path of its two veth ends) runs on the last
 //! CPU; the client (wrk), the attacker (trafgen) and their veth ends on
-//! CPU 0. On veth the
+//! CPU 0 (the live generator's thread too, at the same niceness as trafgen).
+//! On veth the
 //! receive work runs wherever the sender runs unless it is moved: every
 //! veth end here has GRO on, TSO off (so every packet takes the NAPI path)
 //! and threaded NAPI, and each NAPI thread is pinned to its machine's CPU.
@@ -1674,7 +1684,7 @@ fn build_report(res: &Results, info: &Info) -> Report {
             "gateway_cpu": info.place.gateway,
             "outside_cpu": info.place.outside,
             "gateway": "xgate, the upstream and the NAPI threads of the gateway's two veth ends (SCHED_FIFO 50)",
-            "outside": "wrk, trafgen (nice 10), NAPI threads of the client's and the attacker's veth ends",
+            "outside": "wrk, the flood generators (nice 10), NAPI threads of the client's and the attacker's veth ends",
         },
         "legit_load": {
             "tool": info.wrk, "threads": WRK_THREADS, "connections": WRK_CONNECTIONS,
@@ -1915,8 +1925,8 @@ fn build_report(res: &Results, info: &Info) -> Report {
          - Two machines on one host: the gateway is xgate, the upstream and the NAPI threads of \
          the gateway's two veth ends, all pinned to CPU {g}; the outside world is CPU {o}: the \
          client (wrk {wrk}, {WRK_THREADS} thread, {WRK_CONNECTIONS} keep-alive connections), the \
-         attacker (trafgen, nice {FLOOD_NICE}, so that it takes only the CPU time the client \
-         leaves) and their veth ends. Every veth end has GRO on, TSO off and threaded NAPI, so \
+         attacker (the live-frames generator's thread or trafgen, nice {FLOOD_NICE}, so that it \
+         takes only the CPU time the client leaves) and their veth ends. Every veth end has GRO on, TSO off and threaded NAPI, so \
          every received packet, in every setup, is handled by the receiving end's NAPI thread on \
          that end's CPU: the XDP program (native mode on veth), the netdev ingress hook and the IP \
          stack all run on the gateway's CPU and are charged to it; the sender's cost stays on the \
@@ -1934,7 +1944,7 @@ fn build_report(res: &Results, info: &Info) -> Report {
          ingress, the same deny range and a per-source `limit rate over {RATE}/second burst \
          {BURST} packets` meter), {nft}. Configs: bench/peers/xgate-flood.yaml, \
          bench/peers/trafgen-flood.cfg.\n\
-         - Floods ({trafgen}): `trafgen -n COUNT -P 1 -b RATE`, alternating a UDP datagram and \
+         - trafgen floods ({trafgen}): `trafgen -n COUNT -P 1 -b RATE`, alternating a UDP datagram and \
          a TCP SYN to {LISTEN_IP}:{LISTEN_PORT}; {denied}; {limited}; each at two rates: at full \
          speed (`-b {FLOOD_MAX_PPS}pps`, far above what one CPU sends with trafgen's blocking \
          `sendto`: the attacker sends as fast as it can and waits whenever the gateway's receive \
@@ -1952,10 +1962,27 @@ fn build_report(res: &Results, info: &Info) -> Report {
          packet goes to the IP stack (SYN cookies, UDP port unreachable), so its row shows what \
          the stack took in per CPU-second. Median busy time on the gateway's CPU not accounted \
          to the gateway during the load runs (other processes on the host): {other:.2} CPU-s/s.\n\
-         - On veth an XDP program sees an skb that veth first converts (copying every frame a \
-         socket sent: such an skb's head is never writable for XDP), so the XDP rows include a \
-         per-packet cost a NIC driver's XDP does not have; nftables and the stack take the skb \
-         as it is, allocated by the sender. \"of which the XDP program\": xgate's program alone \
+         - Live frames (the main flood, `xgate-bench` livegen, {live_insns} eBPF instructions): \
+         an XDP program run with BPF_PROG_TEST_RUN in live-frames mode \
+         (`BPF_F_TEST_XDP_LIVE_FRAMES`, `ctx_in.ingress_ifindex` = the attacker's veth end, \
+         from a thread in the attacker's namespace, nice {FLOOD_NICE}, on CPU {o}) rewrites each \
+         frame's source address and port, updates its checksums and returns `XDP_TX`: veth \
+         hands it to the gateway's end with `ndo_xdp_xmit`, as an `xdp_frame`, and no skb \
+         exists before the gateway's XDP program runs; a frame that passes (or, with no XDP \
+         program, every frame) is wrapped in an skb on the gateway's side, as a NIC driver \
+         does. Batches of UDP and SYN frames alternate; paced rates send each 1 ms what is due; \
+         full speed sends as fast as one CPU goes. A frame the gateway's 256-frame ring cannot \
+         take is dropped (veth's `tx_queue_0_xdp_xmit_errors`), as a NIC's full rx ring drops, \
+         not retried. Before measuring, every setup sends {check} denied frames at {check_pps} \
+         kpps and checks with veth's counters (`ethtool -S`: the attacker's \
+         `tx_queue_0_xdp_xmit`, the gateway's rx counter) that they arrive as `xdp_frame`s \
+         (JSON `live_frames_check`). Not modelled: DMA, interrupts, RSS over several queues, \
+         checksum offload (the stack verifies every checksum in software) and a driver's own \
+         page pool; the attacker shares the host's caches (docs/xdp.md).\n\
+         - trafgen floods (the second table): on veth an XDP program sees an skb that veth first \
+         converts (copying every frame a socket sent: such an skb's head is never writable for \
+         XDP), so those XDP rows include a per-packet cost a NIC driver's XDP does not have; \
+         nftables and the stack take the skb as it is, allocated by the sender. \"of which the XDP program\": xgate's program alone \
          on the same frames with the same rules (compiled from the xdp setup's config as the \
          daemon does), BPF_PROG_TEST_RUN, repeat {repeat}, median of {PROGRAM_ROUNDS} rounds of \
          the UDP and the SYN frame.\n",
@@ -1973,6 +2000,9 @@ fn build_report(res: &Results, info: &Info) -> Report {
         limited = Kind::Limited.label(),
         idle = idle_note(info.no_deep_idle),
         repeat = info.repeat,
+        live_insns = info.live_insns,
+        check = LIVE_CHECK_COUNT,
+        check_pps = LIVE_CHECK_PPS / 1000,
         lead = LEAD.as_millis(),
         d = info.duration,
         planned = planned_seconds(info.duration),

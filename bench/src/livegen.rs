@@ -390,7 +390,7 @@ impl Asm {
     }
     /// Byte swap of the low `bits` into network order (on a little-endian
     /// host; the upper bits are cleared).
-    fn to_be(&mut self, dst: u8, bits: i32) {
+    fn be(&mut self, dst: u8, bits: i32) {
         self.emit(BPF_ALU | BPF_END | BPF_TO_BE, dst, 0, 0, bits);
     }
     fn ldx(&mut self, size: u8, dst: u8, src: u8, off: i16) {
@@ -468,7 +468,7 @@ fn assemble(flow: &Flow, frame: &[u8]) -> Result<Vec<u64>> {
                 a.alu32_k(BPF_ADD, R0, base);
             }
         }
-        a.to_be(R0, 32);
+        a.be(R0, 32);
         a.stx(BPF_W, R6, l.src + 4 * i, R0);
         a.alu64_x(BPF_MOV, R1, R0);
         a.alu64_k(BPF_AND, R1, 0xffff);
@@ -480,7 +480,7 @@ fn assemble(flow: &Flow, frame: &[u8]) -> Result<Vec<u64>> {
     a.call(HELPER_PRANDOM);
     a.alu32_k(BPF_MOD, R0, SRC_PORT_COUNT);
     a.alu32_k(BPF_ADD, R0, SRC_PORT_MIN);
-    a.to_be(R0, 16);
+    a.be(R0, 16);
     a.stx(BPF_H, R6, l.src_port, R0);
     a.alu64_x(BPF_MOV, R9, R0);
     if let (Some(at), Some(base)) = (l.ip_csum, ip_base) {
