@@ -18,7 +18,11 @@ use xgate_tests::{
 const GW_IF: &str = "xlfg0";
 const AT_IF: &str = "xlfa0";
 /// Frames per flood.
-const N: u64 = 40_000;
+const N: u64 = 20_000;
+/// The pace of the floods that must arrive whole: 50 frames per 1 ms tick,
+/// far below what the gateway's 256-frame ring holds even when its NAPI
+/// poll is deferred to ksoftirqd on a busy machine.
+const PACED_PPS: u64 = 50_000;
 
 fn config(pin: &PinDir) -> String {
     format!(
@@ -202,8 +206,13 @@ fn live_frames_reach_the_gateway_as_xdp_frames_and_are_counted() {
     for (counter, flow) in cases {
         let before = counters(&gw, &attacker);
         let denied = daemon.xdp_counter(counter);
-        let sent = flood(&attacker, flow, N, Some(400_000));
-        assert_eq!(sent.frames, N, "{counter}: {sent:?}");
+        let sent = flood(&attacker, flow, N, Some(PACED_PPS));
+        // A signal interrupting a test run would leave its frames uncounted.
+        assert_eq!(
+            (sent.frames, sent.interrupted),
+            (N, 0),
+            "{counter}: {sent:?}"
+        );
         let got = settle(N, || daemon.xdp_counter(counter) - denied);
         let after = counters(&gw, &attacker);
         assert_eq!(
@@ -238,7 +247,7 @@ fn live_frames_reach_the_gateway_as_xdp_frames_and_are_counted() {
     let before = counters(&gw, &attacker);
     let denied = daemon.xdp_counter("denied_v4");
     let sent = flood(&attacker, cases[0].1, 5 * N, None);
-    assert_eq!(sent.frames, 5 * N, "{sent:?}");
+    assert_eq!((sent.frames, sent.interrupted), (5 * N, 0), "{sent:?}");
     let after = counters(&gw, &attacker);
     let handed = after.xmit - before.xmit;
     assert_eq!(handed + (after.xmit_errors - before.xmit_errors), 5 * N);
@@ -268,25 +277,35 @@ fn live_frames_reach_the_gateway_as_xdp_frames_and_are_counted() {
         },
         "198.18.1.1",
     );
-    let udp = Flow { dst_port: 9, ..udp };
-    assert_eq!(flood(&attacker, udp, passed, Some(100_000)).frames, passed);
-    let syn6 = Flow {
-        dst_port: 9,
-        ..base(
-            Proto::Syn,
-            Sources::Some {
-                first: "2001:db8:64::1".parse().unwrap(),
-                count: 1000,
-            },
-            "2001:db8:19::1",
-        )
-    };
-    assert_eq!(flood(&attacker, syn6, passed, Some(100_000)).frames, passed);
+    let syn6 = base(
+        Proto::Syn,
+        Sources::Some {
+            first: "2001:db8:64::1".parse().unwrap(),
+            count: 1000,
+        },
+        "2001:db8:19::1",
+    );
+    // What arrived (veth's count of frames handed over; a busy machine may
+    // refuse a few at a full ring): each of them must pass the stack's
+    // checks.
+    let mut handed = Vec::new();
+    for flow in [udp, syn6] {
+        let before = counters(&gw, &attacker).xmit;
+        let flow = Flow {
+            dst_port: 9,
+            ..flow
+        };
+        let sent = flood(&attacker, flow, passed, Some(PACED_PPS));
+        assert_eq!((sent.frames, sent.interrupted), (passed, 0), "{sent:?}");
+        let n = counters(&gw, &attacker).xmit - before;
+        assert!(n > passed / 2, "only {n} of {passed} frames handed over");
+        handed.push(n);
+    }
     let d = |s: &HashMap<String, u64>, k: &str| s[k] - s0[k];
     let s1 = {
         let mut last = snmp(&gw);
         for _ in 0..100 {
-            if d(&last, "UdpNoPorts") >= passed && d(&last, "TcpOutRsts") >= passed {
+            if d(&last, "UdpNoPorts") >= handed[0] && d(&last, "TcpOutRsts") >= handed[1] {
                 break;
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -294,9 +313,38 @@ fn live_frames_reach_the_gateway_as_xdp_frames_and_are_counted() {
         }
         last
     };
-    assert_eq!(d(&s1, "IpInHdrErrors"), 0, "IPv4 header checksums hold");
-    assert_eq!(d(&s1, "UdpInCsumErrors"), 0);
-    assert_eq!(d(&s1, "UdpNoPorts"), passed, "every UDP datagram accepted");
-    assert_eq!(d(&s1, "TcpInCsumErrors"), 0);
-    assert_eq!(d(&s1, "TcpOutRsts"), passed, "every IPv6 SYN answered");
+    let seen: Vec<(&str, u64)> = [
+        "IpInReceives",
+        "IpInHdrErrors",
+        "UdpInDatagrams",
+        "UdpNoPorts",
+        "UdpInErrors",
+        "UdpInCsumErrors",
+        "TcpInSegs",
+        "TcpInErrs",
+        "TcpInCsumErrors",
+        "TcpOutRsts",
+        "Udp6NoPorts",
+    ]
+    .into_iter()
+    .map(|k| (k, d(&s1, k)))
+    .collect();
+    let why = format!("handed over {handed:?}; SNMP deltas {seen:?}");
+    assert_eq!(
+        d(&s1, "IpInHdrErrors"),
+        0,
+        "IPv4 header checksums hold: {why}"
+    );
+    assert_eq!(d(&s1, "UdpInCsumErrors"), 0, "{why}");
+    assert_eq!(
+        d(&s1, "UdpNoPorts"),
+        handed[0],
+        "every UDP datagram accepted: {why}"
+    );
+    assert_eq!(d(&s1, "TcpInCsumErrors"), 0, "{why}");
+    assert_eq!(
+        d(&s1, "TcpOutRsts"),
+        handed[1],
+        "every IPv6 SYN answered: {why}"
+    );
 }
