@@ -89,6 +89,22 @@ pub fn mac(ns: &NetNs, ifname: &str) -> Result<String> {
         .with_context(|| format!("{ifname} has no MAC address"))
 }
 
+/// veth's own counters of an interface (`ethtool -S`, run in `ns`): its
+/// per-queue XDP counters (`rx_queue_0_xdp_packets`, `tx_queue_0_xdp_xmit`,
+/// `tx_queue_0_xdp_xmit_errors`, ...).
+pub fn ethtool_stats(ns: &NetNs, ifname: &str) -> Result<std::collections::HashMap<String, u64>> {
+    let out = sys::run(ns_command(ns, "ethtool").args(["-S", ifname]))
+        .with_context(|| format!("ethtool -S {ifname} (Debian package ethtool)"))?;
+    Ok(out
+        .stdout
+        .lines()
+        .filter_map(|l| {
+            let (k, v) = l.trim().split_once(':')?;
+            Some((k.trim().to_string(), v.trim().parse().ok()?))
+        })
+        .collect())
+}
+
 /// Packet counters of an interface (`ip -s -j link`).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct LinkStats {
@@ -144,7 +160,7 @@ fn cpu_set(cpus: &[usize]) -> libc::cpu_set_t {
 }
 
 /// Pins the calling thread to `cpu`.
-fn pin_thread(cpu: usize) {
+pub fn pin_thread(cpu: usize) {
     let set = cpu_set(&[cpu]);
     // SAFETY: sets this thread's mask from a valid cpu_set_t.
     unsafe {

@@ -18,6 +18,7 @@ mod bots;
 mod flood;
 mod keys;
 mod lab;
+mod live;
 mod load;
 mod peers;
 mod policies;

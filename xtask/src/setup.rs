@@ -28,6 +28,8 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     // Upstream targets by DNS name are tested against a real DNS server
     // (the binary alone: dnsmasq-base has no service that would start).
     ("dnsmasq", "dnsmasq-base"),
+    // The live-frames flood generator's test reads veth's XDP counters.
+    ("ethtool", "ethtool"),
     // The service tests: the unit is checked with `systemd-analyze verify`,
     // the daemon runs unprivileged under setpriv, and on a terminal (script).
     ("systemd-analyze", "systemd"),
