@@ -21,6 +21,7 @@ mod route;
 mod schema;
 mod secrets;
 mod shutdown;
+mod syn_cookies;
 mod target_address;
 mod upstream;
 mod validate;
@@ -46,6 +47,7 @@ pub use self::{
     respond::Respond,
     route::{anchored, HeaderMatch, Route, RouteMatch},
     shutdown::Shutdown,
+    syn_cookies::{SynCookieMode, SynCookies},
     target_address::TargetAddress,
     upstream::*,
     validate::{host_bits_error, validate, warnings, Errors},

@@ -17,7 +17,7 @@ pub(super) fn render(out: &mut String, interfaces: &BTreeMap<String, Counters>) 
     for (interface, counters) in interfaces {
         let interface = label_value(interface);
         for stat in Stat::ALL {
-            let verdict = if stat.dropped() { "drop" } else { "pass" };
+            let verdict = stat.verdict();
             let _ = writeln!(
                 out,
                 "xgate_xdp_packets_total{{interface=\"{interface}\",verdict=\"{verdict}\",reason=\"{}\"}} {}",
