@@ -23,7 +23,10 @@ use xgate_tests::{
 };
 
 const GW: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+const GW6: &str = "2001:db8:18::1";
 const PORT: u16 = 18080;
+/// The IPv6 listener's port.
+const PORT6: u16 = 18443;
 /// Legitimate connections per test.
 const CLIENTS: usize = 10;
 /// Upper bound of one flood, whatever else happens.
@@ -54,10 +57,10 @@ impl Lab {
         veth(
             &gw,
             "xg0",
-            &["198.18.0.1/24"],
+            &["198.18.0.1/24", "2001:db8:18::1/64"],
             &client,
             "xc0",
-            &["198.18.0.2/24"],
+            &["198.18.0.2/24", "2001:db8:18::2/64"],
         );
         // The spoofed sources are routable, as on the Internet: the kernel
         // drops a SYN it has no route back for before it marks its
@@ -91,7 +94,7 @@ impl Lab {
 
     fn start(&self, syn_cookies: &str) -> Daemon {
         let config = format!(
-            "listeners: [{{address: '0.0.0.0:{PORT}'}}]\n\
+            "listeners: [{{address: '0.0.0.0:{PORT}'}}, {{address: '[::]:{PORT6}'}}]\n\
              xdp:\n  interfaces: [xg0]\n  pin_path: {}\n  syn_cookies: {syn_cookies}\n\
              routes: [{{match: {{path_prefix: /}}, respond: {{status: 200, body: served}}}}]\n",
             self.pin.0.display()
@@ -101,8 +104,11 @@ impl Lab {
 
     /// One request on a new connection from the client's own address.
     fn get(&self) -> String {
-        self.client.run(|| {
-            let to = SocketAddr::from((GW, PORT));
+        self.get_from(SocketAddr::from((GW, PORT)))
+    }
+
+    fn get_from(&self, to: SocketAddr) -> String {
+        self.client.run(move || {
             let mut stream =
                 TcpStream::connect_timeout(&to, Duration::from_secs(10)).expect("connect");
             stream
@@ -118,8 +124,12 @@ impl Lab {
     }
 
     fn assert_served(&self, times: usize) {
+        self.assert_served_at(SocketAddr::from((GW, PORT)), times);
+    }
+
+    fn assert_served_at(&self, to: SocketAddr, times: usize) {
         for i in 0..times {
-            let response = self.get();
+            let response = self.get_from(to);
             assert!(
                 response.starts_with("HTTP/1.1 200") && response.ends_with("served"),
                 "request {i}: {response:?}"
@@ -210,7 +220,11 @@ fn clients_are_served_through_cookies_while_a_spoofed_syn_flood_runs() {
     let status = Lab::status(&daemon);
     assert_eq!(status["mode"], "on", "{status}");
     assert_eq!(status["active"], true, "{status}");
-    assert_eq!(status["ports"], serde_json::json!([PORT]), "{status}");
+    assert_eq!(
+        status["ports"],
+        serde_json::json!([PORT, PORT6]),
+        "{status}"
+    );
 
     let before = counters(&daemon);
     let (stop, sent) = (
@@ -292,6 +306,27 @@ fn clients_are_served_through_cookies_while_a_spoofed_syn_flood_runs() {
         1,
         "one handshake: {after}"
     );
+
+    // IPv6: the same, through bpf_tcp_raw_gen/check_syncookie_ipv6.
+    let before = counters(&daemon);
+    let v6: SocketAddr = format!("[{GW6}]:{PORT6}").parse().unwrap();
+    lab.assert_served_at(v6, CLIENTS);
+    let after = counters(&daemon);
+    let (cookies, handed) = (
+        delta(&before, &after, "syn_cookie_sent"),
+        delta(&before, &after, "syn_passed"),
+    );
+    assert_eq!(cookies + handed, CLIENTS as u64, "{after}");
+    assert!(
+        handed <= 1,
+        "the first IPv6 SYN to the port at most: {after}"
+    );
+    assert_eq!(
+        delta(&before, &after, "syn_cookie_valid"),
+        CLIENTS as u64,
+        "{after}"
+    );
+
     let metrics = daemon.admin_get("/metrics");
     assert!(
         metrics.contains("verdict=\"tx\",reason=\"syn_cookie_sent\"")
