@@ -367,9 +367,9 @@ pub enum Stat {
     /// cookie: `XDP_DROP`.
     SynCookieInvalid = 10,
     /// SYN to a protected port handed to the kernel: cookies configured but
-    /// not active (auto mode below its threshold), a SYN the program does
-    /// not answer itself (VLAN tag, IPv4 options, IPv6 extension headers),
-    /// or the periodic SYN that keeps the listener accepting cookies.
+    /// not active (auto mode below its threshold), or the periodic SYN that
+    /// keeps the listener accepting cookies. (Frames the program does not
+    /// parse for cookies, e.g. VLAN-tagged ones, count as `Passed`.)
     SynPassed = 11,
 }
 

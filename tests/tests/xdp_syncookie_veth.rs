@@ -103,10 +103,6 @@ impl Lab {
     }
 
     /// One request on a new connection from the client's own address.
-    fn get(&self) -> String {
-        self.get_from(SocketAddr::from((GW, PORT)))
-    }
-
     fn get_from(&self, to: SocketAddr) -> String {
         self.client.run(move || {
             let mut stream =
