@@ -28,6 +28,7 @@ mod rules;
 mod scale;
 mod shapes;
 mod stats;
+mod synflood;
 mod sys;
 mod upstream;
 mod xdp;
@@ -112,6 +113,11 @@ const SCENARIOS: &[Scenario] = &[
         name: "flood",
         about: "legitimate goodput under UDP/SYN floods: XDP against L7-only and nftables",
         run: flood::run,
+    },
+    Scenario {
+        name: "synflood",
+        about: "legitimate goodput under a spoofed SYN flood: XDP SYN cookies against the kernel's",
+        run: synflood::run,
     },
     Scenario {
         name: "scale",

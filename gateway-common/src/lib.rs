@@ -8,7 +8,7 @@
 /// Version of the map layouts below. It is part of the pin path
 /// (`<pin_root>/v<N>/`), because aya silently reuses a pinned map even when
 /// its definition changed: bump this whenever a key, value or map size changes.
-pub const MAP_LAYOUT_VERSION: u32 = 4;
+pub const MAP_LAYOUT_VERSION: u32 = 5;
 
 /// Name of the XDP program inside the object file.
 pub const XDP_PROGRAM: &str = "xgate_xdp";
@@ -62,8 +62,21 @@ pub mod map_names {
     pub const RATE_V4: [&str; 2] = ["RATE_V4_0", "RATE_V4_1"];
     pub const RATE_V6: [&str; 2] = ["RATE_V6_0", "RATE_V6_1"];
     pub const PORTS: [&str; 2] = ["PORTS_0", "PORTS_1"];
+    /// `Array<SynCookieConfig>`, one element: whether SYN cookies are
+    /// configured and active (see [`super::SynCookieConfig`]).
+    pub const SYNCOOKIE: &str = "SYNCOOKIE";
+    /// `Array<u64>`, [`super::PORT_WORDS`] words: the ports SYN cookies
+    /// protect (bit `p % 64` of word `p / 64`).
+    pub const SYNCOOKIE_PORTS: &str = "SYNCOOKIE_PORTS";
+    /// `PerCpuArray<u64>`, one element: SYNs seen to protected ports (the
+    /// auto mode's rate; userspace sums the CPUs once a second).
+    pub const SYNCOOKIE_SYNS: &str = "SYNCOOKIE_SYNS";
+    /// `Array<u64>`, [`super::SYNCOOKIE_REFRESH_SLOTS`] elements: when a SYN
+    /// to (family, port) was last handed to the kernel, so that its
+    /// listener keeps accepting cookies (see `syncookie.rs`).
+    pub const SYNCOOKIE_REFRESH: &str = "SYNCOOKIE_REFRESH";
     /// Every map the program owns, in the order userspace pins them.
-    pub const ALL: [&str; 38] = [
+    pub const ALL: [&str; 42] = [
         ACTIVE,
         CONFIG,
         STATS,
@@ -102,7 +115,35 @@ pub mod map_names {
         RATE_V6[1],
         PORTS[0],
         PORTS[1],
+        SYNCOOKIE,
+        SYNCOOKIE_PORTS,
+        SYNCOOKIE_SYNS,
+        SYNCOOKIE_REFRESH,
     ];
+}
+
+/// Elements of the SYN-cookie refresh map: one per (family, port).
+pub const SYNCOOKIE_REFRESH_SLOTS: u32 = 2 * 65_536;
+
+/// SYN-cookie settings (map `SYNCOOKIE`, element 0), written by userspace.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SynCookieConfig {
+    /// [`SynCookieConfig::CONFIGURED`], [`SynCookieConfig::ACTIVE`].
+    pub flags: u32,
+    /// MSS advertised in the SYN-ACK for IPv4 and IPv6 (the smallest
+    /// attached interface's MTU minus the IP and TCP headers).
+    pub mss_v4: u16,
+    pub mss_v6: u16,
+}
+
+impl SynCookieConfig {
+    /// `xdp.syn_cookies` is `on` or `auto`: SYNs to the protected ports are
+    /// counted (the auto mode's rate) and, while not active, passed.
+    pub const CONFIGURED: u32 = 1 << 0;
+    /// SYNs to the protected ports are answered with cookies from XDP and
+    /// ACKs to their listeners must carry a valid one.
+    pub const ACTIVE: u32 = 1 << 1;
 }
 
 /// Capacity of each deny/allow trie. The tries are created with
@@ -316,11 +357,25 @@ pub enum Stat {
     /// ICMPv6 neighbour discovery: always `XDP_PASS` so the host is never cut
     /// off its link, even from a denied source.
     NeighborDiscovery = 7,
+    /// SYN to a port protected by SYN cookies, answered from XDP with a
+    /// SYN-ACK carrying a cookie: `XDP_TX`.
+    SynCookieSent = 8,
+    /// ACK to a protected listener carrying a valid cookie: `XDP_PASS`
+    /// (the kernel creates the connection from it).
+    SynCookieValid = 9,
+    /// ACK to a protected listener with an invalid (forged, expired)
+    /// cookie: `XDP_DROP`.
+    SynCookieInvalid = 10,
+    /// SYN to a protected port handed to the kernel: cookies configured but
+    /// not active (auto mode below its threshold), or the periodic SYN that
+    /// keeps the listener accepting cookies. (Frames the program does not
+    /// parse for cookies, e.g. VLAN-tagged ones, count as `Passed`.)
+    SynPassed = 11,
 }
 
 impl Stat {
     /// Number of counters (size of the `STATS` array).
-    pub const COUNT: u32 = 8;
+    pub const COUNT: u32 = 12;
     /// Every counter, in index order.
     pub const ALL: [Stat; Self::COUNT as usize] = [
         Stat::Passed,
@@ -331,6 +386,10 @@ impl Stat {
         Stat::RateLimited,
         Stat::Malformed,
         Stat::NeighborDiscovery,
+        Stat::SynCookieSent,
+        Stat::SynCookieValid,
+        Stat::SynCookieInvalid,
+        Stat::SynPassed,
     ];
 
     /// Stable metric label for the counter.
@@ -344,6 +403,10 @@ impl Stat {
             Stat::RateLimited => "rate_limited",
             Stat::Malformed => "malformed",
             Stat::NeighborDiscovery => "neighbor_discovery",
+            Stat::SynCookieSent => "syn_cookie_sent",
+            Stat::SynCookieValid => "syn_cookie_valid",
+            Stat::SynCookieInvalid => "syn_cookie_invalid",
+            Stat::SynPassed => "syn_passed",
         }
     }
 
@@ -351,8 +414,29 @@ impl Stat {
     pub const fn dropped(self) -> bool {
         matches!(
             self,
-            Stat::DeniedV4 | Stat::DeniedV6 | Stat::RateLimited | Stat::Malformed
+            Stat::DeniedV4
+                | Stat::DeniedV6
+                | Stat::RateLimited
+                | Stat::Malformed
+                | Stat::SynCookieInvalid
         )
+    }
+
+    /// Whether the program sent the (rewritten) frame back out of the
+    /// interface it came in on (`XDP_TX`).
+    pub const fn transmitted(self) -> bool {
+        matches!(self, Stat::SynCookieSent)
+    }
+
+    /// The verdict label: `drop`, `tx` or `pass`.
+    pub const fn verdict(self) -> &'static str {
+        if self.dropped() {
+            "drop"
+        } else if self.transmitted() {
+            "tx"
+        } else {
+            "pass"
+        }
     }
 }
 
@@ -366,4 +450,5 @@ mod user {
     unsafe impl aya::Pod for super::BucketKey {}
     unsafe impl aya::Pod for super::Bucket {}
     unsafe impl aya::Pod for super::NetEntry {}
+    unsafe impl aya::Pod for super::SynCookieConfig {}
 }

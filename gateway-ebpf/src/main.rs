@@ -24,6 +24,7 @@
 #![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
 mod parse;
+mod syncookie;
 
 use aya_ebpf::{
     bindings::{xdp_action, BPF_F_NO_PREALLOC, BPF_NOEXIST},
@@ -184,10 +185,16 @@ static PORTS_1: Array<u64> = Array::with_max_entries(PORT_WORDS, 0);
 
 #[xdp]
 pub fn xgate_xdp(ctx: XdpContext) -> u32 {
-    let stat = classify(&ctx);
+    let mut stat = classify(&ctx);
+    if stat == Stat::Passed {
+        // SYN cookies see what the lists and rate limits let through.
+        stat = syncookie::guard(&ctx);
+    }
     count(stat);
     if stat.dropped() {
         xdp_action::XDP_DROP
+    } else if stat.transmitted() {
+        xdp_action::XDP_TX
     } else {
         xdp_action::XDP_PASS
     }

@@ -520,7 +520,10 @@ pub async fn run(config_path: &Path, workers: usize, takeover: bool) -> anyhow::
             let mut tick = tokio::time::interval(REAP_INTERVAL);
             loop {
                 tokio::select! {
-                    _ = tick.tick() => { lists.reap_expired(); }
+                    _ = tick.tick() => {
+                        lists.reap_expired();
+                        lists.syn_cookie_tick();
+                    }
                     _ = shutdown.changed() => break,
                 }
             }

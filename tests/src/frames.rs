@@ -191,3 +191,53 @@ pub fn ipv6_ext(kind: u8, next: u8, frag_offset: u16, payload: &[u8]) -> Vec<u8>
     h.extend_from_slice(payload);
     h
 }
+
+/// The Internet checksum (RFC 1071) of `bytes`.
+pub fn internet_checksum(bytes: &[u8]) -> u16 {
+    let mut sum: u32 = bytes
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum >> 16 != 0 {
+        sum = (sum & 0xFFFF) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// A TCP segment over IPv4 that a real stack accepts: addressed to
+/// `dst_mac`, IP and TCP checksums filled in, an MSS option on SYNs.
+#[allow(clippy::too_many_arguments)]
+pub fn tcp4_segment(
+    dst_mac: [u8; 6],
+    src: (Ipv4Addr, u16),
+    dst: (Ipv4Addr, u16),
+    flags: u8,
+    seq: u32,
+    ack: u32,
+) -> Vec<u8> {
+    let syn = flags & TCP_SYN != 0;
+    let mut t = Vec::with_capacity(24);
+    t.extend_from_slice(&src.1.to_be_bytes());
+    t.extend_from_slice(&dst.1.to_be_bytes());
+    t.extend_from_slice(&seq.to_be_bytes());
+    t.extend_from_slice(&ack.to_be_bytes());
+    t.push(if syn { 6 << 4 } else { 5 << 4 });
+    t.push(flags);
+    t.extend_from_slice(&[0xFA, 0xF0, 0, 0, 0, 0]);
+    if syn {
+        t.extend_from_slice(&[2, 4, 0x05, 0xB4]);
+    }
+    let mut pseudo = Vec::with_capacity(12 + t.len());
+    pseudo.extend_from_slice(&src.0.octets());
+    pseudo.extend_from_slice(&dst.0.octets());
+    pseudo.extend_from_slice(&[0, IPPROTO_TCP, 0, t.len() as u8]);
+    pseudo.extend_from_slice(&t);
+    let check = internet_checksum(&pseudo);
+    t[16..18].copy_from_slice(&check.to_be_bytes());
+    let mut ip = ipv4(src.0, dst.0, IPPROTO_TCP, &t);
+    let check = internet_checksum(&ip[..20]);
+    ip[10..12].copy_from_slice(&check.to_be_bytes());
+    let mut frame = ethernet(&[], ETH_P_IPV4, &ip);
+    frame[..6].copy_from_slice(&dst_mac);
+    frame
+}

@@ -22,6 +22,7 @@ mod route;
 mod schema;
 mod secrets;
 mod shutdown;
+mod syn_cookies;
 mod target_address;
 mod upstream;
 mod validate;
@@ -48,6 +49,7 @@ pub use self::{
     respond::Respond,
     route::{anchored, HeaderMatch, Route, RouteMatch},
     shutdown::Shutdown,
+    syn_cookies::{SynCookieMode, SynCookies},
     target_address::TargetAddress,
     upstream::*,
     validate::{host_bits_error, validate, warnings, Errors},

@@ -54,6 +54,9 @@ pub struct Xdp {
     /// Per-source packet rate limit in the kernel; absent means none.
     #[serde(default)]
     pub rate_limit: Option<RateLimit>,
+    /// SYN-flood defense: SYN cookies from XDP for the listener ports.
+    #[serde(default)]
+    pub syn_cookies: super::SynCookies,
 }
 
 impl Default for Xdp {
@@ -68,6 +71,7 @@ impl Default for Xdp {
             deny: Vec::new(),
             allow: Vec::new(),
             rate_limit: None,
+            syn_cookies: super::SynCookies::default(),
         }
     }
 }
@@ -218,12 +222,15 @@ impl Xdp {
         if let Some(rate_limit) = &self.rate_limit {
             rate_limit.validate(errors);
         }
+        self.syn_cookies.validate(errors);
     }
 }
 
 impl Xdp {
     /// Settings that are valid but do less than they seem to.
     pub(super) fn warnings(&self, warnings: &mut Vec<ConfigError>) {
+        self.syn_cookies
+            .warnings(!self.interfaces.is_empty(), warnings);
         if self.interfaces.is_empty() {
             if self.rate_limit.is_some() {
                 warnings.push(ConfigError::new(

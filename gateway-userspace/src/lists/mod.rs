@@ -140,6 +140,8 @@ pub struct XdpStatus {
     pub counters: Counters,
     /// Each attached interface's own counters.
     pub interface_counters: BTreeMap<String, Counters>,
+    /// SYN cookies from XDP (`xdp.syn_cookies`).
+    pub syn_cookies: crate::xdp::SynCookieStatus,
 }
 
 pub struct SourceLists {
@@ -478,9 +480,21 @@ impl SourceLists {
                 rate_buckets: xdp.bucket_count(),
                 counters: xdp.counters()?,
                 interface_counters: xdp.interface_counters()?.into_iter().collect(),
+                syn_cookies: xdp.syn_cookie_status()?,
             })
         };
         Some(status().map_err(|e| e.to_string()))
+    }
+
+    /// Auto mode's once-a-second look at the SYN rate (see
+    /// `xdp::syncookie`).
+    pub fn syn_cookie_tick(&self) {
+        let mut inner = self.inner.lock().unwrap();
+        if let Some(xdp) = inner.xdp.as_mut() {
+            if let Err(e) = xdp.syn_cookie_tick(std::time::Instant::now()) {
+                tracing::warn!(error = %e, "cannot read or switch the XDP SYN cookies");
+            }
+        }
     }
 
     /// Hands the data plane back (at shutdown).
@@ -551,7 +565,9 @@ impl Inner {
             rate_overrides: self.policy.overrides.clone(),
         };
         xdp.replace_rules(&rules)
-            .map_err(|e| format!("cannot load the rule set into the kernel: {e}"))
+            .map_err(|e| format!("cannot load the rule set into the kernel: {e}"))?;
+        xdp.set_syn_cookies(&self.policy.syn_cookies)
+            .map_err(|e| format!("cannot apply xdp.syn_cookies: {e}"))
     }
 }
 

@@ -11,10 +11,19 @@ pub struct KernelPolicy {
     /// Policed destination ports; `None` polices every packet.
     pub ports: Option<Vec<u16>>,
     pub overrides: Vec<(IpNet, RateLimit)>,
+    /// `xdp.syn_cookies`, applied with the rule set.
+    pub syn_cookies: crate::xdp::SynCookiePolicy,
 }
 
 impl KernelPolicy {
     pub fn from_config(config: &Config) -> Self {
+        Self {
+            syn_cookies: crate::xdp::SynCookiePolicy::from_config(config),
+            ..Self::rate_limit(config)
+        }
+    }
+
+    fn rate_limit(config: &Config) -> Self {
         let Some(rl) = &config.xdp.rate_limit else {
             return Self {
                 config: XdpConfig {
@@ -24,6 +33,7 @@ impl KernelPolicy {
                 },
                 ports: None,
                 overrides: Vec::new(),
+                syn_cookies: Default::default(),
             };
         };
         let mut flag_bits = flags::RATE_LIMIT;
@@ -62,6 +72,7 @@ impl KernelPolicy {
                     )
                 })
                 .collect(),
+            syn_cookies: Default::default(),
         }
     }
 }

@@ -17,7 +17,7 @@ pub(super) fn render(out: &mut String, interfaces: &BTreeMap<String, Counters>) 
     for (interface, counters) in interfaces {
         let interface = label_value(interface);
         for stat in Stat::ALL {
-            let verdict = if stat.dropped() { "drop" } else { "pass" };
+            let verdict = stat.verdict();
             let _ = writeln!(
                 out,
                 "xgate_xdp_packets_total{{interface=\"{interface}\",verdict=\"{verdict}\",reason=\"{}\"}} {}",
@@ -53,8 +53,14 @@ mod tests {
     #[test]
     fn every_series_carries_its_interface() {
         let mut interfaces = BTreeMap::new();
-        interfaces.insert("eth0".to_string(), counters([5, 1, 0, 7, 0, 0, 0, 2]));
-        interfaces.insert("eth1".to_string(), counters([9, 0, 0, 0, 0, 3, 0, 0]));
+        interfaces.insert(
+            "eth0".to_string(),
+            counters([5, 1, 0, 7, 0, 0, 0, 2, 11, 4, 6, 1]),
+        );
+        interfaces.insert(
+            "eth1".to_string(),
+            counters([9, 0, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0]),
+        );
         let mut out = String::new();
         render(&mut out, &interfaces);
         assert!(out.contains(
@@ -68,6 +74,16 @@ mod tests {
         ));
         assert!(out.contains(
             "xgate_xdp_packets_total{interface=\"eth0\",verdict=\"pass\",reason=\"passed\"} 5\n"
+        ));
+        // SYN cookies: the SYN-ACK is sent back (tx), a bad cookie dropped.
+        assert!(out.contains(
+            "xgate_xdp_packets_total{interface=\"eth0\",verdict=\"tx\",reason=\"syn_cookie_sent\"} 11\n"
+        ));
+        assert!(out.contains(
+            "xgate_xdp_packets_total{interface=\"eth0\",verdict=\"pass\",reason=\"syn_cookie_valid\"} 4\n"
+        ));
+        assert!(out.contains(
+            "xgate_xdp_packets_total{interface=\"eth0\",verdict=\"drop\",reason=\"syn_cookie_invalid\"} 6\n"
         ));
         let series: Vec<&str> = out
             .lines()

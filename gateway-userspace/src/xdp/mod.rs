@@ -8,6 +8,7 @@ mod cleanup;
 mod instance;
 mod list_maps;
 mod maps;
+mod syncookie;
 
 use std::{
     fmt,
@@ -26,8 +27,9 @@ pub use self::{
     attach::{detach_pinned, links_dir, AttachMode, Attachment, OnExit},
     cleanup::{cleanup, Removed},
     maps::{KernelRules, ListKind},
+    syncookie::{SynCookiePolicy, SynCookieStatus},
 };
-use self::{instance::Instance, maps::Maps};
+use self::{instance::Instance, maps::Maps, syncookie::SynCookies};
 
 /// The compiled XDP program, built by this crate's build script.
 pub static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xgate-xdp"));
@@ -109,6 +111,7 @@ pub struct XdpDataPlane {
     /// The base program's counters (test runs; never attached).
     stats: PerCpuArray<MapData, u64>,
     maps: Maps,
+    syn_cookies: SynCookies,
     instances: Vec<Instance>,
     attachments: Vec<Attachment>,
     pin_root: Option<PathBuf>,
@@ -146,12 +149,14 @@ impl XdpDataPlane {
         instance::load_program(&mut ebpf)?;
         let stats = instance::take_stats(&mut ebpf)?;
         let maps = Maps::take(&mut ebpf)?;
+        let syn_cookies = SynCookies::take(&mut ebpf)?;
         Ok(Self {
             ebpf,
             object,
             list_capacity,
             stats,
             maps,
+            syn_cookies,
             instances: Vec::new(),
             attachments: Vec::new(),
             pin_root: pin_root.map(Path::to_path_buf),
@@ -245,6 +250,30 @@ impl XdpDataPlane {
     /// generation (the verdict cache; see docs/xdp.md).
     pub fn verdict_cached(&self, src: std::net::IpAddr) -> Result<bool, XdpError> {
         self.maps.verdict_cached(src)
+    }
+
+    /// Applies `xdp.syn_cookies` (at start and on reload): the protected
+    /// ports, the mode, and `net.ipv4.tcp_syncookies = 2` when not off.
+    pub fn set_syn_cookies(&mut self, policy: &SynCookiePolicy) -> Result<(), XdpError> {
+        let interfaces = self.interface_names();
+        self.syn_cookies.apply(policy, &interfaces)
+    }
+
+    /// Auto mode's once-a-second look at the SYN rate.
+    pub fn syn_cookie_tick(&mut self, now: std::time::Instant) -> Result<(), XdpError> {
+        let interfaces = self.interface_names();
+        self.syn_cookies.tick(now, &interfaces)
+    }
+
+    pub fn syn_cookie_status(&self) -> Result<SynCookieStatus, XdpError> {
+        self.syn_cookies.status()
+    }
+
+    fn interface_names(&self) -> Vec<String> {
+        self.attachments
+            .iter()
+            .map(|a| a.interface.clone())
+            .collect()
     }
 
     /// Number of token buckets currently held.

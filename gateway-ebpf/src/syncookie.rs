@@ -1,0 +1,453 @@
+//! SYN cookies from XDP for the protected listener ports (see
+//! `docs/xdp.md#syn-cookies`).
+//!
+//! While active, a SYN to a protected port is answered here with a SYN-ACK
+//! whose sequence number is a SYN cookie made by the kernel's own cookie
+//! function (`bpf_tcp_raw_gen_syncookie_ipv4/6`), sent back out of the
+//! interface (`XDP_TX`): the flood never reaches the stack. An ACK to a
+//! protected *listener* (no connection the kernel knows yet, found with
+//! `bpf_skc_lookup_tcp`) passes only with a valid cookie
+//! (`bpf_tcp_raw_check_syncookie_ipv4/6`); the kernel then creates the
+//! connection from it, as it does for its own cookies.
+//!
+//! The kernel contract: it accepts a cookie ACK only with
+//! `net.ipv4.tcp_syncookies = 2`, or `1` after a SYN queue overflow, and in
+//! both cases only within two minutes of the last SYN it answered with a
+//! cookie itself (`tcp_synq_no_recent_overflow`). The daemon sets the sysctl
+//! to 2; this program hands one SYN per (family, port) to the kernel every
+//! [`REFRESH_NS`], which keeps that window open.
+//!
+//! The SYN-ACK carries the MSS option only: no window scaling, SACK or
+//! timestamps (the kernel would need them encoded in a timestamp it can
+//! decode; with no timestamp in the ACK it takes the connection without
+//! them). Frames the program does not answer itself (VLAN-tagged, IPv4
+//! options, IPv6 extension headers, fragments) go to the kernel, which
+//! answers them with its own cookies under `tcp_syncookies = 2`.
+
+use core::{mem, ptr};
+
+use aya_ebpf::{
+    bindings::{bpf_sock, bpf_sock_tuple, iphdr, ipv6hdr, tcphdr, BPF_F_CURRENT_NETNS},
+    helpers::{
+        bpf_ktime_get_coarse_ns,
+        generated::{
+            bpf_sk_release, bpf_skc_lookup_tcp, bpf_tcp_raw_check_syncookie_ipv4,
+            bpf_tcp_raw_check_syncookie_ipv6, bpf_tcp_raw_gen_syncookie_ipv4,
+            bpf_tcp_raw_gen_syncookie_ipv6, bpf_xdp_adjust_tail,
+        },
+    },
+    macros::map,
+    maps::{Array, PerCpuArray},
+    programs::XdpContext,
+};
+use gateway_common::{Stat, SynCookieConfig, PORT_WORDS, SYNCOOKIE_REFRESH_SLOTS};
+
+/// Element 0: the settings (configured, active, MSS to advertise).
+#[map(name = "SYNCOOKIE")]
+static SYNCOOKIE: Array<SynCookieConfig> = Array::with_max_entries(1, 0);
+
+/// Protected ports: bit `p % 64` of word `p / 64`.
+#[map(name = "SYNCOOKIE_PORTS")]
+static SYNCOOKIE_PORTS: Array<u64> = Array::with_max_entries(PORT_WORDS, 0);
+
+/// Element 0: SYNs seen to protected ports, per CPU (the auto mode's rate).
+#[map(name = "SYNCOOKIE_SYNS")]
+static SYNCOOKIE_SYNS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Index `port` (IPv4) or `65536 + port` (IPv6): when a SYN to it was last
+/// handed to the kernel (coarse monotonic ns).
+#[map(name = "SYNCOOKIE_REFRESH")]
+static SYNCOOKIE_REFRESH: Array<u64> = Array::with_max_entries(SYNCOOKIE_REFRESH_SLOTS, 0);
+
+/// A SYN per (family, port) goes to the kernel this often while cookies are
+/// active, well inside the two minutes its listener accepts cookies after
+/// answering one itself.
+const REFRESH_NS: u64 = 30_000_000_000;
+
+const ETH_LEN: usize = 14;
+const IPV4_LEN: usize = 20;
+const IPV6_LEN: usize = 40;
+const TCP_LEN: usize = 20;
+/// Header plus the MSS option.
+const SYNACK_TCP_LEN: usize = 24;
+
+const ETH_P_IPV4: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86DD;
+const IPPROTO_TCP: u8 = 6;
+const TTL: u8 = 64;
+/// The SYN-ACK's window (unscaled): the client may send this much before
+/// the connection's own window reaches it.
+const WINDOW: u16 = 64_240;
+const TCP_LISTEN: u32 = 10;
+
+const FIN: u8 = 0x01;
+const SYN: u8 = 0x02;
+const RST: u8 = 0x04;
+const ACK: u8 = 0x10;
+
+/// What happens to a frame the lists and rate limits let through:
+/// [`Stat::Passed`] unless it is a SYN or a handshake ACK to a protected
+/// port while cookies are configured.
+#[inline(always)]
+pub fn guard(ctx: &XdpContext) -> Stat {
+    let Some(config) = SYNCOOKIE.get(0) else {
+        return Stat::Passed;
+    };
+    if config.flags & SynCookieConfig::CONFIGURED == 0 {
+        return Stat::Passed;
+    }
+    let active = config.flags & SynCookieConfig::ACTIVE != 0;
+    let data = ctx.data();
+    if data + ETH_LEN + IPV4_LEN > ctx.data_end() {
+        return Stat::Passed;
+    }
+    // SAFETY: the Ethernet header and 20 bytes after it are inside the frame.
+    let (ether_type, first) = unsafe {
+        (
+            u16::from_be_bytes(*((data + 12) as *const [u8; 2])),
+            *((data + ETH_LEN) as *const [u8; 10]),
+        )
+    };
+    match ether_type {
+        // Version 4, no options, TCP, not a fragment (MF clear, offset 0).
+        ETH_P_IPV4
+            if first[0] == 0x45
+                && first[9] == IPPROTO_TCP
+                && first[6] & 0x3F == 0
+                && first[7] == 0 =>
+        {
+            tcp::<IPV4_LEN>(ctx, active, config.mss_v4)
+        }
+        ETH_P_IPV6 if first[0] >> 4 == 6 && first[6] == IPPROTO_TCP => {
+            tcp::<IPV6_LEN>(ctx, active, config.mss_v6)
+        }
+        _ => Stat::Passed,
+    }
+}
+
+/// A TCP segment behind an IP header of `L3` bytes (20: IPv4, 40: IPv6).
+#[inline(always)]
+fn tcp<const L3: usize>(ctx: &XdpContext, active: bool, mss: u16) -> Stat {
+    let data = ctx.data();
+    let l4 = ETH_LEN + L3;
+    if data + l4 + TCP_LEN > ctx.data_end() {
+        return Stat::Passed;
+    }
+    // SAFETY: the TCP header is inside the frame.
+    let (port, tcp_flags) = unsafe {
+        let th = (data + l4) as *const [u8; TCP_LEN];
+        (u16::from_be_bytes([(*th)[2], (*th)[3]]), (*th)[13])
+    };
+    if !protected(port) {
+        return Stat::Passed;
+    }
+    if tcp_flags & (SYN | ACK | RST | FIN) == SYN {
+        count_syn();
+        if !active || refresh_due(L3 == IPV6_LEN, port) {
+            return Stat::SynPassed;
+        }
+        return answer_syn::<L3>(ctx, mss);
+    }
+    if active && tcp_flags & (SYN | ACK | RST) == ACK {
+        return check_ack::<L3>(ctx);
+    }
+    Stat::Passed
+}
+
+#[inline(always)]
+fn protected(port: u16) -> bool {
+    let word = SYNCOOKIE_PORTS
+        .get(u32::from(port >> 6))
+        .copied()
+        .unwrap_or(0);
+    word & (1u64 << (port & 63)) != 0
+}
+
+#[inline(always)]
+fn count_syn() {
+    if let Some(counter) = SYNCOOKIE_SYNS.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot; XDP runs with migration disabled.
+        unsafe { *counter += 1 };
+    }
+}
+
+/// Whether this SYN should go to the kernel so that its listener keeps
+/// accepting cookies; records it when so. Two CPUs racing both pass one.
+#[inline(always)]
+fn refresh_due(v6: bool, port: u16) -> bool {
+    let index = u32::from(port) + if v6 { 65_536 } else { 0 };
+    let Some(stamp) = SYNCOOKIE_REFRESH.get_ptr_mut(index) else {
+        return false;
+    };
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    // SAFETY: `stamp` points into the map value, valid for this run.
+    unsafe {
+        if *stamp != 0 && now.wrapping_sub(*stamp) < REFRESH_NS {
+            return false;
+        }
+        *stamp = now;
+    }
+    true
+}
+
+/// Turns the SYN into a SYN-ACK carrying a cookie, in place.
+#[inline(always)]
+fn answer_syn<const L3: usize>(ctx: &XdpContext, mss: u16) -> Stat {
+    let l4 = ETH_LEN + L3;
+    let len = ctx.data_end() - ctx.data();
+    // Only a SYN without options is shorter than the SYN-ACK.
+    if len < l4 + SYNACK_TCP_LEN {
+        // SAFETY: the context is the program's own.
+        if unsafe { bpf_xdp_adjust_tail(ctx.ctx, (l4 + SYNACK_TCP_LEN - len) as i32) } != 0 {
+            return Stat::SynPassed;
+        }
+    }
+    let data = ctx.data();
+    let end = ctx.data_end();
+    if data + l4 + SYNACK_TCP_LEN > end {
+        return Stat::SynPassed;
+    }
+    let ip = (data + ETH_LEN) as *mut u8;
+    let th = (data + l4) as *mut u8;
+    // SAFETY (this block and the writes below): every byte touched is in
+    // data .. data + l4 + SYNACK_TCP_LEN, checked above.
+    let th_len = u32::from(unsafe { *th.add(12) } >> 4) * 4;
+    let value = cookie::<L3>(data, end, th_len);
+    if value < 0 {
+        // A header that is not all there, or cookies unavailable
+        // (CONFIG_SYN_COOKIES off): the kernel decides.
+        return Stat::SynPassed;
+    }
+    // The low 32 bits; the MSS the cookie encodes is in the high ones.
+    let cookie = value as u32;
+
+    // Ethernet: back to the sender.
+    unsafe {
+        let dst = ptr::read_unaligned(data as *const [u8; 6]);
+        let src = ptr::read_unaligned((data + 6) as *const [u8; 6]);
+        ptr::write_unaligned(data as *mut [u8; 6], src);
+        ptr::write_unaligned((data + 6) as *mut [u8; 6], dst);
+    }
+    // The one's complement sum of the pseudo header's addresses.
+    let mut sum: u32 = 0;
+    unsafe {
+        if L3 == IPV4_LEN {
+            let src = ptr::read_unaligned(ip.add(12) as *const [u8; 4]);
+            let dst = ptr::read_unaligned(ip.add(16) as *const [u8; 4]);
+            sum += words(&src) + words(&dst);
+            let header: [u8; 12] = [
+                0x45,
+                0,
+                0,
+                (IPV4_LEN + SYNACK_TCP_LEN) as u8,
+                0,
+                0,
+                0x40, // don't fragment
+                0,
+                TTL,
+                IPPROTO_TCP,
+                0,
+                0,
+            ];
+            let ip_sum = words(&header) + words(&src) + words(&dst);
+            let check = fold(ip_sum).to_be_bytes();
+            let mut out = header;
+            out[10] = check[0];
+            out[11] = check[1];
+            ptr::write_unaligned(ip as *mut [u8; 12], out);
+            ptr::write_unaligned(ip.add(12) as *mut [u8; 4], dst);
+            ptr::write_unaligned(ip.add(16) as *mut [u8; 4], src);
+        } else {
+            let src = ptr::read_unaligned(ip.add(8) as *const [u8; 16]);
+            let dst = ptr::read_unaligned(ip.add(24) as *const [u8; 16]);
+            sum += words(&src) + words(&dst);
+            let header: [u8; 8] = [0x60, 0, 0, 0, 0, SYNACK_TCP_LEN as u8, IPPROTO_TCP, TTL];
+            ptr::write_unaligned(ip as *mut [u8; 8], header);
+            ptr::write_unaligned(ip.add(8) as *mut [u8; 16], dst);
+            ptr::write_unaligned(ip.add(24) as *mut [u8; 16], src);
+        }
+    }
+    sum += u32::from(IPPROTO_TCP) + SYNACK_TCP_LEN as u32;
+    unsafe {
+        let old = ptr::read_unaligned(th as *const [u8; 8]);
+        let seq = u32::from_be_bytes([old[4], old[5], old[6], old[7]]);
+        let ack = seq.wrapping_add(1).to_be_bytes();
+        let cookie = cookie.to_be_bytes();
+        let window = WINDOW.to_be_bytes();
+        let mss = mss.to_be_bytes();
+        let mut out: [u8; SYNACK_TCP_LEN] = [
+            old[2],
+            old[3],
+            old[0],
+            old[1], // ports swapped
+            cookie[0],
+            cookie[1],
+            cookie[2],
+            cookie[3],
+            ack[0],
+            ack[1],
+            ack[2],
+            ack[3],
+            (SYNACK_TCP_LEN as u8 / 4) << 4,
+            SYN | ACK,
+            window[0],
+            window[1],
+            0,
+            0, // checksum
+            0,
+            0, // urgent pointer
+            2,
+            4,
+            mss[0],
+            mss[1], // MSS option
+        ];
+        let check = fold(sum + words(&out)).to_be_bytes();
+        out[16] = check[0];
+        out[17] = check[1];
+        ptr::write_unaligned(th as *mut [u8; SYNACK_TCP_LEN], out);
+    }
+    let delta = (l4 + SYNACK_TCP_LEN) as i32 - (end - data) as i32;
+    // SAFETY: the context is the program's own; shrinking.
+    if unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta) } != 0 {
+        return Stat::Malformed;
+    }
+    Stat::SynCookieSent
+}
+
+/// The kernel's cookie for the SYN whose TCP header (`th_len` bytes) is at
+/// `data + ETH_LEN + L3`, or a negative errno. The helper reads the whole
+/// header, so the verifier must see all of it inside the frame: one branch
+/// per header length, each with its constant, rather than growing every
+/// frame to the longest header (a copied frame may have only a few bytes
+/// of tailroom).
+#[inline(always)]
+fn cookie<const L3: usize>(data: usize, end: usize, th_len: u32) -> i64 {
+    macro_rules! by_length {
+        ($($n:literal)*) => {
+            match th_len {
+                $($n => cookie_sized::<L3, $n>(data, end),)*
+                _ => -1,
+            }
+        };
+    }
+    by_length!(20 24 28 32 36 40 44 48 52 56 60)
+}
+
+#[inline(always)]
+fn cookie_sized<const L3: usize, const N: usize>(data: usize, end: usize) -> i64 {
+    let l4 = ETH_LEN + L3;
+    if data + l4 + N > end {
+        return -1;
+    }
+    let ip = (data + ETH_LEN) as *mut u8;
+    let th = (data + l4) as *mut tcphdr;
+    // SAFETY: the IP header and the N-byte TCP header are inside the frame.
+    unsafe {
+        if L3 == IPV4_LEN {
+            bpf_tcp_raw_gen_syncookie_ipv4(ip as *mut iphdr, th, N as u32)
+        } else {
+            bpf_tcp_raw_gen_syncookie_ipv6(ip as *mut ipv6hdr, th, N as u32)
+        }
+    }
+}
+
+/// An ACK to a protected port: a connection the kernel knows passes; one
+/// that would reach the listener needs a valid cookie.
+#[inline(always)]
+fn check_ack<const L3: usize>(ctx: &XdpContext) -> Stat {
+    let data = ctx.data();
+    let l4 = ETH_LEN + L3;
+    if data + l4 + TCP_LEN > ctx.data_end() {
+        return Stat::Passed;
+    }
+    let ip = (data + ETH_LEN) as *mut u8;
+    let th = (data + l4) as *mut u8;
+    // SAFETY: the tuple is plain data; zero is a valid value.
+    let mut tuple: bpf_sock_tuple = unsafe { mem::zeroed() };
+    // SAFETY: every byte read is inside the frame (checked above).
+    let size = unsafe {
+        let ports = ptr::read_unaligned(th as *const [u8; 4]);
+        let sport = u16::from_ne_bytes([ports[0], ports[1]]);
+        let dport = u16::from_ne_bytes([ports[2], ports[3]]);
+        if L3 == IPV4_LEN {
+            let v4 = &mut tuple.__bindgen_anon_1.ipv4;
+            v4.saddr = u32::from_ne_bytes(ptr::read_unaligned(ip.add(12) as *const [u8; 4]));
+            v4.daddr = u32::from_ne_bytes(ptr::read_unaligned(ip.add(16) as *const [u8; 4]));
+            v4.sport = sport;
+            v4.dport = dport;
+            mem::size_of_val(v4)
+        } else {
+            let v6 = &mut tuple.__bindgen_anon_1.ipv6;
+            v6.saddr = addr_words(ptr::read_unaligned(ip.add(8) as *const [u8; 16]));
+            v6.daddr = addr_words(ptr::read_unaligned(ip.add(24) as *const [u8; 16]));
+            v6.sport = sport;
+            v6.dport = dport;
+            mem::size_of_val(v6)
+        }
+    };
+    // SAFETY: the tuple lives on the stack for the call; a socket found is
+    // released before the next helper call.
+    let sk = unsafe {
+        bpf_skc_lookup_tcp(
+            ctx.ctx as *mut _,
+            &mut tuple,
+            size as u32,
+            BPF_F_CURRENT_NETNS as u64,
+            0,
+        )
+    };
+    if sk.is_null() {
+        // No socket: the kernel answers with a reset.
+        return Stat::Passed;
+    }
+    // SAFETY: `sk` is a referenced socket until released.
+    let state = unsafe { (*(sk as *const bpf_sock)).state };
+    unsafe { bpf_sk_release(sk as *mut _) };
+    if state != TCP_LISTEN {
+        return Stat::Passed;
+    }
+    // SAFETY: both headers are inside the frame (checked above).
+    let result = unsafe {
+        if L3 == IPV4_LEN {
+            bpf_tcp_raw_check_syncookie_ipv4(ip as *mut iphdr, th as *mut tcphdr)
+        } else {
+            bpf_tcp_raw_check_syncookie_ipv6(ip as *mut ipv6hdr, th as *mut tcphdr)
+        }
+    };
+    if result == 0 {
+        Stat::SynCookieValid
+    } else {
+        Stat::SynCookieInvalid
+    }
+}
+
+/// Sum of the big-endian 16-bit words of `bytes` (even length).
+#[inline(always)]
+fn words<const N: usize>(bytes: &[u8; N]) -> u32 {
+    let mut sum = 0u32;
+    let mut i = 0;
+    while i + 1 < N {
+        sum += u32::from(u16::from_be_bytes([bytes[i], bytes[i + 1]]));
+        i += 2;
+    }
+    sum
+}
+
+/// The one's complement checksum of a sum of 16-bit words.
+#[inline(always)]
+fn fold(sum: u32) -> u16 {
+    let sum = (sum & 0xFFFF) + (sum >> 16);
+    let sum = (sum & 0xFFFF) + (sum >> 16);
+    !(sum as u16)
+}
+
+#[inline(always)]
+fn addr_words(a: [u8; 16]) -> [u32; 4] {
+    [
+        u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
+        u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
+        u32::from_ne_bytes([a[8], a[9], a[10], a[11]]),
+        u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
+    ]
+}

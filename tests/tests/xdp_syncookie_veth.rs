@@ -1,0 +1,413 @@
+//! SYN cookies from XDP end to end over a veth pair in namespaces the tests
+//! create (and remove, pass or fail): a legitimate client is served while a
+//! spoofed-source SYN flood is answered with cookies, forged ACKs are
+//! dropped, auto mode switches on and off with the SYN rate, and mode off
+//! leaves SYNs to the kernel.
+
+use std::{
+    io::{Read, Write},
+    net::{Ipv4Addr, SocketAddr, TcpStream},
+    sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use xgate_tests::{
+    frames,
+    netns::{veth, NetNs, PinDir},
+    process::{xgate_bin, Daemon},
+    require_root,
+    traffic::send_raw,
+};
+
+const GW: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+const GW6: &str = "2001:db8:18::1";
+const PORT: u16 = 18080;
+/// The IPv6 listener's port.
+const PORT6: u16 = 18443;
+/// Legitimate connections per test.
+const CLIENTS: usize = 10;
+/// Upper bound of one flood, whatever else happens.
+const FLOOD_MAX: usize = 200_000;
+const FLOOD_MAX_TIME: Duration = Duration::from_secs(30);
+
+macro_rules! root_only {
+    () => {
+        if !require_root(module_path!()) {
+            return;
+        }
+    };
+}
+
+struct Lab {
+    gw: NetNs,
+    client: NetNs,
+    pin: PinDir,
+    /// The client end's XDP program (see [`Lab::new`]).
+    _client_pin: PinDir,
+    gw_mac: [u8; 6],
+}
+
+impl Lab {
+    fn new(tag: &str) -> Self {
+        let gw = NetNs::create(&format!("{tag}g"));
+        let client = NetNs::create(&format!("{tag}c"));
+        veth(
+            &gw,
+            "xg0",
+            &["198.18.0.1/24", "2001:db8:18::1/64"],
+            &client,
+            "xc0",
+            &["198.18.0.2/24", "2001:db8:18::2/64"],
+        );
+        // The spoofed sources are routable, as on the Internet: the kernel
+        // drops a SYN it has no route back for before it marks its
+        // listener as answering with cookies.
+        gw.ip(&["route", "add", "default", "via", "198.18.0.2"]);
+        let gw_mac = mac(&gw, "xg0");
+        // A veth end delivers frames its peer's XDP program sends back
+        // (XDP_TX) only when it runs an XDP program itself (docs/xdp.md):
+        // the client's end gets xgate's, with no rules (it passes all). A
+        // NIC has no such need: XDP_TX puts the frame on the wire.
+        let client_pin = PinDir::new(&format!("{tag}c"));
+        let out = client
+            .command(&xgate_bin())
+            .args(["xdp", "attach", "--iface", "xc0", "--pin-path"])
+            .arg(&client_pin.0)
+            .output()
+            .expect("run xgate xdp attach");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self {
+            gw,
+            client,
+            pin: PinDir::new(tag),
+            _client_pin: client_pin,
+            gw_mac,
+        }
+    }
+
+    fn start(&self, syn_cookies: &str) -> Daemon {
+        let config = format!(
+            "listeners: [{{address: '0.0.0.0:{PORT}'}}, {{address: '[::]:{PORT6}'}}]\n\
+             xdp:\n  interfaces: [xg0]\n  pin_path: {}\n  syn_cookies: {syn_cookies}\n\
+             routes: [{{match: {{path_prefix: /}}, respond: {{status: 200, body: served}}}}]\n",
+            self.pin.0.display()
+        );
+        Daemon::start(&config, Some(&self.gw))
+    }
+
+    /// One request on a new connection from the client's own address.
+    fn get_from(&self, to: SocketAddr) -> String {
+        self.client.run(move || {
+            let mut stream =
+                TcpStream::connect_timeout(&to, Duration::from_secs(10)).expect("connect");
+            stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            stream
+                .write_all(b"GET / HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            let mut response = String::new();
+            let _ = stream.read_to_string(&mut response);
+            response
+        })
+    }
+
+    fn assert_served(&self, times: usize) {
+        self.assert_served_at(SocketAddr::from((GW, PORT)), times);
+    }
+
+    fn assert_served_at(&self, to: SocketAddr, times: usize) {
+        for i in 0..times {
+            let response = self.get_from(to);
+            assert!(
+                response.starts_with("HTTP/1.1 200") && response.ends_with("served"),
+                "request {i}: {response:?}"
+            );
+        }
+    }
+
+    /// Spoofed SYNs (sources 203.0.113.0/24, random ports) at the listener
+    /// until `stop`, or FLOOD_MAX frames, or FLOOD_MAX_TIME; returns the
+    /// number sent.
+    fn flood(&self, stop: Arc<AtomicBool>, sent: Arc<AtomicUsize>) -> std::thread::JoinHandle<()> {
+        let client = NetNs {
+            name: self.client.name.clone(),
+        };
+        let mac = self.gw_mac;
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            let mut round = 0u32;
+            while !stop.load(Ordering::Relaxed)
+                && sent.load(Ordering::Relaxed) < FLOOD_MAX
+                && started.elapsed() < FLOOD_MAX_TIME
+            {
+                round += 1;
+                let src = Ipv4Addr::new(203, 0, 113, (round % 250) as u8 + 1);
+                let frame = frames::tcp4_segment(
+                    mac,
+                    (src, 1024 + (round % 60_000) as u16),
+                    (GW, PORT),
+                    frames::TCP_SYN,
+                    round.wrapping_mul(2_654_435_761),
+                    0,
+                );
+                sent.fetch_add(send_raw(&client, "xc0", &frame, 100), Ordering::Relaxed);
+            }
+            // The namespace belongs to the lab: never delete it from here.
+            std::mem::forget(client);
+        })
+    }
+
+    fn status(daemon: &Daemon) -> serde_json::Value {
+        daemon.status()["xdp"]["syn_cookies"].clone()
+    }
+}
+
+fn mac(ns: &NetNs, ifname: &str) -> [u8; 6] {
+    let out = std::process::Command::new("ip")
+        .args(["-n", &ns.name, "-o", "link", "show", ifname])
+        .output()
+        .expect("ip link show");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let hex = text
+        .split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no MAC in {text}"));
+    let mut mac = [0u8; 6];
+    for (byte, part) in mac.iter_mut().zip(hex.split(':')) {
+        *byte = u8::from_str_radix(part, 16).unwrap();
+    }
+    mac
+}
+
+fn counters(daemon: &Daemon) -> serde_json::Value {
+    daemon.status()["xdp"]["counters"].clone()
+}
+
+fn delta(before: &serde_json::Value, after: &serde_json::Value, name: &str) -> u64 {
+    after[name].as_u64().unwrap() - before[name].as_u64().unwrap()
+}
+
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn clients_are_served_through_cookies_while_a_spoofed_syn_flood_runs() {
+    root_only!();
+    let lab = Lab::new("sc");
+    let daemon = lab.start("{mode: on}");
+    let sysctl = lab
+        .gw
+        .run(|| std::fs::read_to_string("/proc/sys/net/ipv4/tcp_syncookies").unwrap());
+    assert_eq!(sysctl.trim(), "2", "the daemon sets the kernel's half");
+    let status = Lab::status(&daemon);
+    assert_eq!(status["mode"], "on", "{status}");
+    assert_eq!(status["active"], true, "{status}");
+    assert_eq!(
+        status["ports"],
+        serde_json::json!([PORT, PORT6]),
+        "{status}"
+    );
+
+    let before = counters(&daemon);
+    let (stop, sent) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let flood = lab.flood(stop.clone(), sent.clone());
+    wait_for("the flood to start", || {
+        sent.load(Ordering::Relaxed) >= 2_000
+    });
+    lab.assert_served(CLIENTS);
+    stop.store(true, Ordering::Relaxed);
+    flood.join().unwrap();
+    let flood_syns = sent.load(Ordering::Relaxed) as u64;
+    let after = counters(&daemon);
+
+    let cookies = delta(&before, &after, "syn_cookie_sent");
+    let handed = delta(&before, &after, "syn_passed");
+    eprintln!(
+        "{flood_syns} spoofed SYNs: {cookies} cookies sent, {handed} SYNs handed to the kernel"
+    );
+    // Every SYN (flood and clients) was answered from XDP, except the one
+    // per 30 s (per CPU racing at most) that keeps the listener accepting
+    // cookies.
+    assert_eq!(cookies + handed, flood_syns + CLIENTS as u64, "{after}");
+    assert!(handed <= 4, "{handed} SYNs reached the kernel");
+    // Each client's handshake ACK carried a valid cookie (or, for the one
+    // SYN the kernel answered itself, a kernel cookie: the same check).
+    assert!(
+        delta(&before, &after, "syn_cookie_valid") >= CLIENTS as u64,
+        "{after}"
+    );
+    assert_eq!(delta(&before, &after, "syn_cookie_invalid"), 0, "{after}");
+
+    // Forged handshake ACKs from spoofed sources: dropped in XDP.
+    let before = counters(&daemon);
+    let forged = frames::tcp4_segment(
+        lab.gw_mac,
+        (Ipv4Addr::new(203, 0, 113, 77), 5555),
+        (GW, PORT),
+        frames::TCP_ACK,
+        0x1234_5678,
+        0x9abc_def0,
+    );
+    assert_eq!(send_raw(&lab.client, "xc0", &forged, 200), 200);
+    wait_for("the forged ACKs to be counted", || {
+        delta(&before, &counters(&daemon), "syn_cookie_invalid") >= 200
+    });
+    let after = counters(&daemon);
+    assert_eq!(delta(&before, &after, "syn_cookie_invalid"), 200, "{after}");
+    assert_eq!(delta(&before, &after, "syn_cookie_valid"), 0, "{after}");
+
+    // An established connection's ACKs are not cookie-checked.
+    let before = counters(&daemon);
+    let response = lab.client.run(|| {
+        let mut stream = TcpStream::connect(SocketAddr::from((GW, PORT))).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut response = Vec::new();
+        for i in 1..=5 {
+            stream
+                .write_all(b"GET / HTTP/1.1\r\nHost: gw\r\n\r\n")
+                .unwrap();
+            let mut buf = [0u8; 4096];
+            while String::from_utf8_lossy(&response).matches("served").count() < i {
+                let n = stream.read(&mut buf).unwrap();
+                assert!(n > 0, "closed early");
+                response.extend_from_slice(&buf[..n]);
+            }
+        }
+        String::from_utf8_lossy(&response).into_owned()
+    });
+    assert_eq!(response.matches("HTTP/1.1 200").count(), 5, "{response}");
+    let after = counters(&daemon);
+    assert_eq!(delta(&before, &after, "syn_cookie_invalid"), 0, "{after}");
+    assert_eq!(
+        delta(&before, &after, "syn_cookie_valid"),
+        1,
+        "one handshake: {after}"
+    );
+
+    // IPv6: the same, through bpf_tcp_raw_gen/check_syncookie_ipv6.
+    let before = counters(&daemon);
+    let v6: SocketAddr = format!("[{GW6}]:{PORT6}").parse().unwrap();
+    lab.assert_served_at(v6, CLIENTS);
+    let after = counters(&daemon);
+    let (cookies, handed) = (
+        delta(&before, &after, "syn_cookie_sent"),
+        delta(&before, &after, "syn_passed"),
+    );
+    assert_eq!(cookies + handed, CLIENTS as u64, "{after}");
+    assert!(
+        handed <= 1,
+        "the first IPv6 SYN to the port at most: {after}"
+    );
+    assert_eq!(
+        delta(&before, &after, "syn_cookie_valid"),
+        CLIENTS as u64,
+        "{after}"
+    );
+
+    let metrics = daemon.admin_get("/metrics");
+    assert!(
+        metrics.contains("verdict=\"tx\",reason=\"syn_cookie_sent\"")
+            && metrics.contains("verdict=\"drop\",reason=\"syn_cookie_invalid\""),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn auto_mode_switches_cookies_on_under_a_flood_and_off_after_it() {
+    root_only!();
+    let lab = Lab::new("sa");
+    let daemon = lab.start(
+        "{mode: auto, auto_above_syn_per_second: 300, auto_below_syn_per_second: 100, \
+         auto_quiet_seconds: 2}",
+    );
+    let before = counters(&daemon);
+    lab.assert_served(CLIENTS);
+    let after = counters(&daemon);
+    assert_eq!(Lab::status(&daemon)["active"], false);
+    assert_eq!(delta(&before, &after, "syn_cookie_sent"), 0, "{after}");
+    assert_eq!(
+        delta(&before, &after, "syn_passed"),
+        CLIENTS as u64,
+        "{after}"
+    );
+
+    let (stop, sent) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let flood = lab.flood(stop.clone(), sent.clone());
+    wait_for("auto mode to switch cookies on", || {
+        Lab::status(&daemon)["active"] == true
+    });
+    let before = counters(&daemon);
+    lab.assert_served(CLIENTS);
+    stop.store(true, Ordering::Relaxed);
+    flood.join().unwrap();
+    let after = counters(&daemon);
+    assert!(delta(&before, &after, "syn_cookie_sent") > 0, "{after}");
+    assert!(
+        delta(&before, &after, "syn_cookie_valid") >= CLIENTS as u64,
+        "{after}"
+    );
+    wait_for("auto mode to switch cookies off", || {
+        Lab::status(&daemon)["active"] == false
+    });
+    assert!(daemon.log().contains("SYN flood"), "{}", daemon.log());
+    let before = counters(&daemon);
+    lab.assert_served(1);
+    let after = counters(&daemon);
+    assert_eq!(delta(&before, &after, "syn_cookie_sent"), 0, "{after}");
+    assert_eq!(delta(&before, &after, "syn_passed"), 1, "{after}");
+}
+
+#[test]
+fn mode_off_leaves_syns_to_the_kernel() {
+    root_only!();
+    let lab = Lab::new("so");
+    let daemon = lab.start("{mode: off}");
+    let before = counters(&daemon);
+    let (stop, sent) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let flood = lab.flood(stop.clone(), sent.clone());
+    wait_for("the flood to start", || {
+        sent.load(Ordering::Relaxed) >= 1_000
+    });
+    lab.assert_served(CLIENTS);
+    stop.store(true, Ordering::Relaxed);
+    flood.join().unwrap();
+    let after = counters(&daemon);
+    for name in [
+        "syn_cookie_sent",
+        "syn_cookie_valid",
+        "syn_cookie_invalid",
+        "syn_passed",
+    ] {
+        assert_eq!(delta(&before, &after, name), 0, "{name}: {after}");
+    }
+    assert!(
+        delta(&before, &after, "passed") >= sent.load(Ordering::Relaxed) as u64,
+        "{after}"
+    );
+    assert_eq!(Lab::status(&daemon)["mode"], "off");
+}
