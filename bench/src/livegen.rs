@@ -24,7 +24,7 @@
 //! reuses is simply overwritten again.
 //!
 //! Why bytecode assembled here rather than a program compiled with the
-//! eBPF crate: the program is ~50 instructions specialised per flood
+//! eBPF crate: the program is ~60 instructions specialised per flood
 //! (offsets, ranges, checksum constants), which an instruction list states
 //! directly, while a compiled program would need maps or global data to be
 //! told them and would put a second program into the production object's
