@@ -355,7 +355,7 @@ mod tests {
     #[test]
     fn ports_default_to_the_listeners() {
         let config = crate::config::Config::from_yaml(
-            "listeners: [{address: '0.0.0.0:8443'}, {address: '[::]:8443'}, {address: '127.0.0.1:80'}]\n\
+            "listeners: [{address: '127.0.0.1:8443'}, {address: '[::1]:8443'}, {address: '127.0.0.1:80'}]\n\
              xdp: {syn_cookies: {mode: auto, auto_above_syn_per_second: 300}}\n",
             "t",
         )
