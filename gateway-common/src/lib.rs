@@ -35,6 +35,13 @@ pub mod map_names {
     /// Token buckets: `LruHashMap<BucketKey, Bucket>`, shared by both slots
     /// so rate state survives rule-set swaps.
     pub const BUCKETS: &str = "BUCKETS";
+    /// The per-source verdict cache: `LruHashMap<[u8; 4], u64>` (IPv4) and
+    /// `LruHashMap<[u8; 16], u64>` (IPv6), by exact source address; the
+    /// value is the [`super::XdpConfig::generation`] at which the source was
+    /// found on no deny or allow list. Shared by both slots, like the
+    /// buckets. See [`super::VERDICT_MAX_ENTRIES`].
+    pub const PASSED_V4: &str = "PASSED_V4";
+    pub const PASSED_V6: &str = "PASSED_V6";
     /// Per-slot maps: `LpmTrie<[u8; 4 | 16], Rule>` deny/allow lists,
     /// `LpmTrie<_, RateLimit>` per-CIDR rate overrides, and the protected
     /// destination port bitmap (`Array<u64>`, [`super::PORT_WORDS`] words).
@@ -63,11 +70,13 @@ pub mod map_names {
     pub const RATE_V6: [&str; 2] = ["RATE_V6_0", "RATE_V6_1"];
     pub const PORTS: [&str; 2] = ["PORTS_0", "PORTS_1"];
     /// Every map the program owns, in the order userspace pins them.
-    pub const ALL: [&str; 38] = [
+    pub const ALL: [&str; 40] = [
         ACTIVE,
         CONFIG,
         STATS,
         BUCKETS,
+        PASSED_V4,
+        PASSED_V6,
         DENY_V4[0],
         DENY_V4[1],
         DENY_V6[0],
@@ -159,6 +168,11 @@ pub const RATE_OVERRIDE_MAX_ENTRIES: u32 = 4_096;
 /// See `docs/xdp.md` for why an LRU of this size is safe against spoofed
 /// floods: eviction only ever refills a bucket, it never blocks a source.
 pub const BUCKET_MAX_ENTRIES: u32 = 262_144;
+/// Sources each per-source verdict cache map (`PASSED_V4`, `PASSED_V6`)
+/// remembers at once (an LRU: about 70 bytes each in the kernel, 9 MiB per
+/// family, preallocated). A source evicted by a flood of new sources only
+/// pays its list lookups once more; it is never given a wrong verdict.
+pub const VERDICT_MAX_ENTRIES: u32 = 131_072;
 /// The protected-port bitmap: 65,536 bits in 64-bit words.
 pub const PORT_WORDS: u32 = 1_024;
 
@@ -241,7 +255,10 @@ pub mod flags {
     pub const HAS_OVERRIDES: u32 = 1 << 4;
     /// No IPv4 deny/allow entry of the slot is longer than `v4_prefix_len`,
     /// so every source a bucket aggregates gets the same list verdict and a
-    /// bucket may remember "on no list" (see [`super::Bucket::list_gen`]).
+    /// bucket may remember "on no list" (see [`super::Bucket::list_gen`]):
+    /// a policed source then costs one lookup (its bucket). Without it, the
+    /// verdict is cached by exact source in `PASSED_V4` (as for every
+    /// source that is not policed).
     pub const CACHE_V4: u32 = 1 << 5;
     /// The same for IPv6 and `v6_prefix_len`.
     pub const CACHE_V6: u32 = 1 << 6;
@@ -290,7 +307,9 @@ pub struct Bucket {
     /// of this bucket were last found on no deny or allow list; `0` if
     /// never. While it equals the active slot's generation (and the slot's
     /// `CACHE_V4`/`CACHE_V6` flag is set), the program skips the list
-    /// lookups for this source.
+    /// lookups for this source. Policed sources of a family without that
+    /// flag, and sources that are not policed, use the per-source cache
+    /// (`PASSED_V4`/`PASSED_V6`) instead.
     pub list_gen: u64,
 }
 

@@ -7,9 +7,10 @@
 //! non-IP and ICMPv6 neighbour discovery pass (the host must never be cut off
 //! its link) → allow list passes → deny list drops → token bucket per source
 //! (on protected ports, optionally SYNs only) drops over budget → pass.
-//! A policed source's bucket is looked up first: when it records that the
-//! source was on no list at the current rule-set generation, the list
-//! lookups are skipped (the verdict cache, see `docs/xdp.md`). Lists keep
+//! The verdict cache comes first: when the source's bucket (policed, and
+//! the slot lets buckets cache) or its per-source entry (every other case,
+//! `cache.rs`) records that it was on no list at the current rule-set
+//! generation, the list lookups are skipped (see `docs/xdp.md`). Lists keep
 //! entries of common lengths in hash maps and the rest in LPM tries.
 //! Every packet is counted under exactly one [`Stat`].
 //
@@ -23,6 +24,7 @@
 #![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
 #![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
+mod cache;
 mod parse;
 
 use aya_ebpf::{
@@ -308,9 +310,11 @@ fn classify(ctx: &XdpContext) -> Stat {
     let has_overrides = config.flags & flags::HAS_OVERRIDES != 0;
     // Read the clock only when something needs it (expiring rules, buckets).
     let mut now = 0u64;
-    // A policed source's bucket is looked up first: it remembers when the
-    // source was last found on no list (the verdict cache), so a known
-    // legitimate source costs one hash lookup instead of trie walks.
+    // The verdict cache: a source found on no list at the current
+    // generation skips the list lookups. A policed source's bucket holds
+    // that stamp when the slot lets a bucket speak for every source it
+    // aggregates (one lookup for both); every other packet uses the
+    // per-source cache (see `cache.rs`).
     let policing = config.flags & flags::RATE_LIMIT != 0 && policed(&packet, config, &maps);
     let policed_key = if policing {
         Some(bucket_key(&packet.src, config))
@@ -318,15 +322,20 @@ fn classify(ctx: &XdpContext) -> Stat {
         None
     };
     let bucket = policed_key.and_then(|(key, _)| BUCKETS.get_ptr_mut(key));
-    let stamp = match policed_key {
-        Some((_, true)) => config.generation,
-        _ => 0,
+    let in_bucket = matches!(policed_key, Some((_, true)));
+    let generation = config.generation;
+    let (cached, entry) = if in_bucket {
+        let cached = match bucket {
+            // SAFETY: `b` points into the map value, valid for this program run.
+            Some(b) => generation != 0 && unsafe { (*b).list_gen } == generation,
+            None => false,
+        };
+        (cached, None)
+    } else {
+        let entry = cache::lookup(&packet.src);
+        (cache::hit(entry, generation), entry)
     };
-    let cached = match bucket {
-        // SAFETY: `b` points into the map value, valid for this program run.
-        Some(b) => stamp != 0 && unsafe { (*b).list_gen } == stamp,
-        None => false,
-    };
+    let stamp = if in_bucket { generation } else { 0 };
     if !cached {
         let bits = config.present;
         match packet.src {
@@ -346,6 +355,9 @@ fn classify(ctx: &XdpContext) -> Stat {
                     return Stat::DeniedV6;
                 }
             }
+        }
+        if !in_bucket {
+            cache::remember(&packet.src, entry, generation);
         }
     }
     let Some((key, _)) = policed_key else {

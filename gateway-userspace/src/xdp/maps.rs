@@ -54,10 +54,23 @@ struct SlotMaps {
     ports: Array<MapData, u64>,
 }
 
+/// Where the program keeps a source's "on no list" verdict (see
+/// docs/xdp.md, "The verdict cache").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CachedIn {
+    /// The source's token bucket (policed, and no list entry of its family
+    /// is longer than the aggregation).
+    Bucket,
+    /// The per-source cache (`PASSED_V4` / `PASSED_V6`).
+    Source,
+}
+
 pub(super) struct Maps {
     active: Array<MapData, u32>,
     config: Array<MapData, XdpConfig>,
     buckets: HashMap<MapData, BucketKey, Bucket>,
+    passed_v4: HashMap<MapData, [u8; 4], u64>,
+    passed_v6: HashMap<MapData, [u8; 16], u64>,
     slots: [SlotMaps; 2],
 }
 
@@ -81,6 +94,8 @@ impl Maps {
             active: Array::try_from(take(ebpf, map_names::ACTIVE)?)?,
             config: Array::try_from(take(ebpf, map_names::CONFIG)?)?,
             buckets: HashMap::try_from(take(ebpf, map_names::BUCKETS)?)?,
+            passed_v4: HashMap::try_from(take(ebpf, map_names::PASSED_V4)?)?,
+            passed_v6: HashMap::try_from(take(ebpf, map_names::PASSED_V6)?)?,
             slots,
         })
     }
@@ -93,10 +108,16 @@ impl Maps {
         self.buckets.keys().filter(Result::is_ok).count()
     }
 
-    /// Whether the program would skip the list lookups for `src` now: its
-    /// bucket carries the active generation and the slot allows caching.
-    pub(super) fn verdict_cached(&self, src: IpAddr) -> Result<bool, XdpError> {
+    /// Where the program holds a current "on no list" verdict for `src`, if
+    /// anywhere: a bucket stamped with the active generation (when the slot
+    /// lets buckets cache), else a per-source entry stamped with it. Which
+    /// one a packet consults depends on whether it is policed; a source is
+    /// reported as cached when either is current.
+    pub(super) fn verdict_cached(&self, src: IpAddr) -> Result<Option<CachedIn>, XdpError> {
         let config = self.config.get(&self.active()?, 0)?;
+        if config.generation == 0 {
+            return Ok(None);
+        }
         let (key, flag) = match src {
             IpAddr::V4(a) => {
                 let net = ipnet::Ipv4Net::new(a, config.v4_prefix_len.min(32) as u8)
@@ -112,14 +133,18 @@ impl Maps {
                 (BucketKey { addr, family: 6 }, flags::CACHE_V6)
             }
         };
-        let bucket = match self.buckets.get(&key, 0) {
-            Ok(bucket) => bucket,
-            Err(MapError::KeyNotFound) => return Ok(false),
-            Err(e) => return Err(e.into()),
+        if config.flags & flag != 0 {
+            if let Some(bucket) = found(self.buckets.get(&key, 0))? {
+                if bucket.list_gen == config.generation {
+                    return Ok(Some(CachedIn::Bucket));
+                }
+            }
+        }
+        let stamp = match src {
+            IpAddr::V4(a) => found(self.passed_v4.get(&a.octets(), 0))?,
+            IpAddr::V6(a) => found(self.passed_v6.get(&a.octets(), 0))?,
         };
-        Ok(config.flags & flag != 0
-            && config.generation != 0
-            && bucket.list_gen == config.generation)
+        Ok((stamp == Some(config.generation)).then_some(CachedIn::Source))
     }
 
     pub(super) fn replace(&mut self, rules: &KernelRules) -> Result<(), XdpError> {
@@ -233,6 +258,15 @@ impl SlotMaps {
             ListKind::Deny => &mut self.deny,
             ListKind::Allow => &mut self.allow,
         }
+    }
+}
+
+/// A map lookup's value, `None` when the key is absent.
+fn found<V>(result: Result<V, MapError>) -> Result<Option<V>, XdpError> {
+    match result {
+        Ok(value) => Ok(Some(value)),
+        Err(MapError::KeyNotFound) => Ok(None),
+        Err(e) => Err(e.into()),
     }
 }
 
