@@ -42,6 +42,12 @@ pub mod map_names {
     /// buckets. See [`super::VERDICT_MAX_ENTRIES`].
     pub const PASSED_V4: &str = "PASSED_V4";
     pub const PASSED_V6: &str = "PASSED_V6";
+    /// Per-slot `HashMap<BucketKey, u32>`: the buckets that hold a list
+    /// entry longer than the aggregation (their sources can get different
+    /// verdicts, so the bucket must not cache one). Stale keys (the entry
+    /// was removed) only cost a cached bucket; the slot's next rebuild drops
+    /// them.
+    pub const SPLIT: [&str; 2] = ["SPLIT_0", "SPLIT_1"];
     /// Per-slot maps: `LpmTrie<[u8; 4 | 16], Rule>` deny/allow lists,
     /// `LpmTrie<_, RateLimit>` per-CIDR rate overrides, and the protected
     /// destination port bitmap (`Array<u64>`, [`super::PORT_WORDS`] words).
@@ -70,13 +76,15 @@ pub mod map_names {
     pub const RATE_V6: [&str; 2] = ["RATE_V6_0", "RATE_V6_1"];
     pub const PORTS: [&str; 2] = ["PORTS_0", "PORTS_1"];
     /// Every map the program owns, in the order userspace pins them.
-    pub const ALL: [&str; 40] = [
+    pub const ALL: [&str; 42] = [
         ACTIVE,
         CONFIG,
         STATS,
         BUCKETS,
         PASSED_V4,
         PASSED_V6,
+        SPLIT[0],
+        SPLIT[1],
         DENY_V4[0],
         DENY_V4[1],
         DENY_V6[0],
@@ -173,6 +181,9 @@ pub const BUCKET_MAX_ENTRIES: u32 = 262_144;
 /// family, preallocated). A source evicted by a flood of new sources only
 /// pays its list lookups once more; it is never given a wrong verdict.
 pub const VERDICT_MAX_ENTRIES: u32 = 131_072;
+/// Capacity of each `SPLIT` map: one key per list entry longer than the
+/// aggregation at most, deny and allow lists together.
+pub const SPLIT_MAX_ENTRIES: u32 = 2 * LIST_MAX_ENTRIES;
 /// The protected-port bitmap: 65,536 bits in 64-bit words.
 pub const PORT_WORDS: u32 = 1_024;
 
@@ -255,10 +266,11 @@ pub mod flags {
     pub const HAS_OVERRIDES: u32 = 1 << 4;
     /// No IPv4 deny/allow entry of the slot is longer than `v4_prefix_len`,
     /// so every source a bucket aggregates gets the same list verdict and a
-    /// bucket may remember "on no list" (see [`super::Bucket::list_gen`]):
-    /// a policed source then costs one lookup (its bucket). Without it, the
-    /// verdict is cached by exact source in `PASSED_V4` (as for every
-    /// source that is not policed).
+    /// bucket may remember "on no list" (see [`super::Bucket::list_gen`]).
+    /// Without it, a bucket is stamped only when the slot's `SPLIT` map
+    /// does not hold its key; the sources of buckets it holds have their
+    /// verdict cached by exact address in `PASSED_V4`, as every source that
+    /// is not policed does.
     pub const CACHE_V4: u32 = 1 << 5;
     /// The same for IPv6 and `v6_prefix_len`.
     pub const CACHE_V6: u32 = 1 << 6;
@@ -305,11 +317,12 @@ pub struct Bucket {
     pub admitted: u64,
     /// Verdict cache: the [`XdpConfig::generation`] at which the source(s)
     /// of this bucket were last found on no deny or allow list; `0` if
-    /// never. While it equals the active slot's generation (and the slot's
-    /// `CACHE_V4`/`CACHE_V6` flag is set), the program skips the list
-    /// lookups for this source. Policed sources of a family without that
-    /// flag, and sources that are not policed, use the per-source cache
-    /// (`PASSED_V4`/`PASSED_V6`) instead.
+    /// never. While it equals the active slot's generation the program skips
+    /// the list lookups for this source. Written only when no list entry
+    /// longer than the aggregation lies inside the bucket (the slot's
+    /// `CACHE_V4`/`CACHE_V6` flag, or its key absent from the slot's `SPLIT`
+    /// map); the sources of other buckets, and sources that are not policed,
+    /// use the per-source cache (`PASSED_V4`/`PASSED_V6`) instead.
     pub list_gen: u64,
 }
 

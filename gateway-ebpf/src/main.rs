@@ -40,6 +40,7 @@ use aya_ebpf::{
 use gateway_common::{
     flags, present, Bucket, BucketKey, NetEntry, RateLimit, Rule, Stat, XdpConfig,
     BUCKET_MAX_ENTRIES, LIST_MAX_ENTRIES, PORT_WORDS, RATE_OVERRIDE_MAX_ENTRIES, SLOTS,
+    SPLIT_MAX_ENTRIES,
 };
 
 use crate::parse::{Frame, Packet, Src};
@@ -184,6 +185,18 @@ static PORTS_0: Array<u64> = Array::with_max_entries(PORT_WORDS, 0);
 #[map(name = "PORTS_1")]
 static PORTS_1: Array<u64> = Array::with_max_entries(PORT_WORDS, 0);
 
+/// Buckets (by [`BucketKey`]) that hold a deny or allow entry longer than
+/// the aggregation, per slot: their sources can get different verdicts, so
+/// such a bucket never caches one (its sources use the per-source cache).
+/// Looked up only when a bucket is about to be stamped and the slot's
+/// `CACHE_V4`/`CACHE_V6` flag is off. Value unused (1).
+#[map(name = "SPLIT_0")]
+static SPLIT_0: HashMap<BucketKey, u32> =
+    HashMap::with_max_entries(SPLIT_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+#[map(name = "SPLIT_1")]
+static SPLIT_1: HashMap<BucketKey, u32> =
+    HashMap::with_max_entries(SPLIT_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+
 #[xdp]
 pub fn xgate_xdp(ctx: XdpContext) -> u32 {
     let stat = classify(&ctx);
@@ -225,6 +238,7 @@ struct Slot {
     rate_v4: &'static LpmTrie<[u8; 4], RateLimit>,
     rate_v6: &'static LpmTrie<[u8; 16], RateLimit>,
     ports: &'static Array<u64>,
+    split: &'static HashMap<BucketKey, u32>,
 }
 
 #[inline(always)]
@@ -256,6 +270,7 @@ fn slot(index: u32) -> Slot {
             rate_v4: &RATE_V4_0,
             rate_v6: &RATE_V6_0,
             ports: &PORTS_0,
+            split: &SPLIT_0,
         }
     } else {
         Slot {
@@ -284,6 +299,7 @@ fn slot(index: u32) -> Slot {
             rate_v4: &RATE_V4_1,
             rate_v6: &RATE_V6_1,
             ports: &PORTS_1,
+            split: &SPLIT_1,
         }
     }
 }
@@ -312,9 +328,9 @@ fn classify(ctx: &XdpContext) -> Stat {
     let mut now = 0u64;
     // The verdict cache: a source found on no list at the current
     // generation skips the list lookups. A policed source's bucket holds
-    // that stamp when the slot lets a bucket speak for every source it
-    // aggregates (one lookup for both); every other packet uses the
-    // per-source cache (see `cache.rs`).
+    // that stamp when every source it aggregates gets the same verdict (one
+    // lookup for both); every other packet uses the per-source cache (see
+    // `cache.rs`).
     let policing = config.flags & flags::RATE_LIMIT != 0 && policed(&packet, config, &maps);
     let policed_key = if policing {
         Some(bucket_key(&packet.src, config))
@@ -322,20 +338,18 @@ fn classify(ctx: &XdpContext) -> Stat {
         None
     };
     let bucket = policed_key.and_then(|(key, _)| BUCKETS.get_ptr_mut(key));
-    let in_bucket = matches!(policed_key, Some((_, true)));
     let generation = config.generation;
-    let (cached, entry) = if in_bucket {
-        let cached = match bucket {
-            // SAFETY: `b` points into the map value, valid for this program run.
-            Some(b) => generation != 0 && unsafe { (*b).list_gen } == generation,
-            None => false,
-        };
-        (cached, None)
-    } else {
-        let entry = cache::lookup(&packet.src);
-        (cache::hit(entry, generation), entry)
+    let mut stamp = match bucket {
+        // SAFETY: `b` points into the map value, valid for this program run.
+        Some(b) if generation != 0 && unsafe { (*b).list_gen } == generation => generation,
+        _ => 0,
     };
-    let stamp = if in_bucket { generation } else { 0 };
+    let mut cached = stamp != 0;
+    let mut entry = None;
+    if !cached {
+        entry = cache::lookup(&packet.src);
+        cached = cache::hit(entry, generation);
+    }
     if !cached {
         let bits = config.present;
         match packet.src {
@@ -356,8 +370,12 @@ fn classify(ctx: &XdpContext) -> Stat {
                 }
             }
         }
-        if !in_bucket {
-            cache::remember(&packet.src, entry, generation);
+        // On no list. The bucket may say so for all its sources unless a
+        // list entry longer than the aggregation lies inside it.
+        match policed_key {
+            Some((_, true)) => stamp = generation,
+            Some((key, false)) if maps.split.get_ptr(key).is_none() => stamp = generation,
+            _ => cache::remember(&packet.src, entry, generation),
         }
     }
     let Some((key, _)) = policed_key else {
@@ -397,7 +415,8 @@ fn classify(ctx: &XdpContext) -> Stat {
 }
 
 /// The source's bucket key (its address masked to the aggregation prefix),
-/// and whether the slot lets that bucket cache the list verdict.
+/// and whether the slot lets every bucket of its family cache the list
+/// verdict without looking in the slot's `SPLIT` map.
 #[inline(always)]
 fn bucket_key(src: &Src, config: &XdpConfig) -> (BucketKey, bool) {
     match *src {

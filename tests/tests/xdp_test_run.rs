@@ -758,11 +758,11 @@ fn the_verdict_cache_is_dropped_by_every_list_change() {
     run(&mut xdp, &v6, Stat::DeniedV6);
 }
 
-/// When a list entry is longer than the rate-limit aggregation, sources
-/// sharing a bucket can get different verdicts: the bucket caches nothing
-/// then, and every source's verdict is cached by exact address instead, so
-/// the neighbours of a denied host keep their one-lookup path while the host
-/// stays denied.
+/// When a list entry is longer than the rate-limit aggregation, the sources
+/// of the bucket it lies in can get different verdicts: that bucket caches
+/// nothing, and its sources' verdicts are cached by exact address instead,
+/// so the neighbours of a denied host keep a one-lookup path while the host
+/// stays denied; every other bucket caches as before.
 #[test]
 fn entries_longer_than_the_aggregation_move_the_verdict_to_the_source_cache() {
     root_only!();
@@ -805,6 +805,22 @@ fn entries_longer_than_the_aggregation_move_the_verdict_to_the_source_cache() {
         Some(CachedIn::Source)
     );
     assert_eq!(xdp.verdict_cached(bad6.into()).unwrap(), None);
+    // Sources of other buckets keep the one-lookup path: their bucket holds
+    // the verdict although the slot has longer entries.
+    let elsewhere = Ipv4Addr::new(198, 51, 101, 1);
+    let elsewhere6 = Ipv6Addr::new(0x2001, 0xdb8, 7, 8, 0, 0, 0, 1);
+    for _ in 0..2 {
+        run(&mut xdp, &udp4_frame(elsewhere, DST_V4), Stat::Passed);
+        run(&mut xdp, &udp6_frame(elsewhere6, DST_V6), Stat::Passed);
+    }
+    assert_eq!(
+        xdp.verdict_cached(elsewhere.into()).unwrap(),
+        Some(CachedIn::Bucket)
+    );
+    assert_eq!(
+        xdp.verdict_cached(elsewhere6.into()).unwrap(),
+        Some(CachedIn::Bucket)
+    );
     // A /128 entry for the cached neighbour, from the CLI: denied at once.
     xdp.insert(ListKind::Deny, net("2001:db8:7:7::1/128"), permanent())
         .unwrap();
@@ -898,6 +914,15 @@ fn cache_cases() -> Vec<CacheCase> {
             entry: "2001:db8:900d::1/128",
             denied: Stat::DeniedV6,
             cached_in: CachedIn::Source,
+        },
+        CacheCase {
+            name: "IPv6, rate limiting on, /128 entries under /64 aggregation elsewhere",
+            config: policing(0),
+            deny: &["2001:db8:bad::/48", "2001:db8:bad:1::9/128"],
+            frame: udp6_frame(OTHER_V6, DST_V6),
+            entry: "2001:db8:900d::/64",
+            denied: Stat::DeniedV6,
+            cached_in: CachedIn::Bucket,
         },
         CacheCase {
             name: "IPv4, rate limiting on SYNs only, an established flow's ACK",
