@@ -22,8 +22,7 @@ static PASSED_V4: LruHashMap<[u8; 4], u64> = LruHashMap::with_max_entries(VERDIC
 
 /// The same for IPv6 sources, by the full /128 address.
 #[map(name = "PASSED_V6")]
-static PASSED_V6: LruHashMap<[u8; 16], u64> =
-    LruHashMap::with_max_entries(VERDICT_MAX_ENTRIES, 0);
+static PASSED_V6: LruHashMap<[u8; 16], u64> = LruHashMap::with_max_entries(VERDICT_MAX_ENTRIES, 0);
 
 /// The source's cache entry: a pointer into the map value, valid for this
 /// program run.

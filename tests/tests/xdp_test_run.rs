@@ -855,6 +855,26 @@ fn entries_longer_than_the_aggregation_move_the_verdict_to_the_source_cache() {
     );
 }
 
+/// The verifier accepts the program on this kernel, and the work it does
+/// to prove it safe stays far below its limit (1,000,000 instructions): a
+/// change to the packet path that multiplies the paths to explore shows up
+/// here first.
+#[test]
+fn the_verifier_accepts_the_program_with_room_to_spare() {
+    root_only!();
+    let mut xdp = data_plane();
+    let info = xdp.program_mut().unwrap().info().unwrap();
+    let verified = info
+        .verified_instruction_count()
+        .expect("the kernel reports the verified instruction count");
+    let translated = info.size_translated().unwrap_or(0) / 8;
+    eprintln!("xgate_xdp: {verified} instructions verified, {translated} translated");
+    assert!(
+        verified < 200_000,
+        "the verifier processed {verified} instructions"
+    );
+}
+
 /// One configuration of [`a_cached_pass_never_outlives_a_list_change`].
 struct CacheCase {
     name: &'static str,
