@@ -274,6 +274,12 @@ pub mod flags {
     pub const CACHE_V4: u32 = 1 << 5;
     /// The same for IPv6 and `v6_prefix_len`.
     pub const CACHE_V6: u32 = 1 << 6;
+    /// The slot's `SPLIT` map lists every bucket that holds an entry longer
+    /// than the aggregation (written by a daemon that maintains it), so a
+    /// bucket it does not list may cache the verdict even without
+    /// `CACHE_V4`/`CACHE_V6`. A slot written by an older daemon lacks it and
+    /// its buckets then cache nothing while it lacks the family's flag.
+    pub const SPLIT_LISTED: u32 = 1 << 7;
 }
 
 /// Per-slot settings of the kernel policy.

@@ -374,7 +374,11 @@ fn classify(ctx: &XdpContext) -> Stat {
         // list entry longer than the aggregation lies inside it.
         match policed_key {
             Some((_, true)) => stamp = generation,
-            Some((key, false)) if maps.split.get_ptr(key).is_none() => stamp = generation,
+            Some((key, false))
+                if config.flags & flags::SPLIT_LISTED != 0 && maps.split.get_ptr(key).is_none() =>
+            {
+                stamp = generation
+            }
             _ => cache::remember(&packet.src, entry, generation),
         }
     }

@@ -177,6 +177,7 @@ impl Maps {
         }
         for (flag, on) in [
             (flags::PROTECTED_PORTS, rules.ports.is_some()),
+            (flags::SPLIT_LISTED, true),
             (flags::HAS_ALLOW, !rules.allow.is_empty()),
             (flags::HAS_OVERRIDES, !rules.rate_overrides.is_empty()),
             (
