@@ -35,6 +35,19 @@ pub mod map_names {
     /// Token buckets: `LruHashMap<BucketKey, Bucket>`, shared by both slots
     /// so rate state survives rule-set swaps.
     pub const BUCKETS: &str = "BUCKETS";
+    /// The per-source verdict cache: `LruHashMap<[u8; 4], u64>` (IPv4) and
+    /// `LruHashMap<[u8; 16], u64>` (IPv6), by exact source address; the
+    /// value is the [`super::XdpConfig::generation`] at which the source was
+    /// found on no deny or allow list. Shared by both slots, like the
+    /// buckets. See [`super::VERDICT_MAX_ENTRIES`].
+    pub const PASSED_V4: &str = "PASSED_V4";
+    pub const PASSED_V6: &str = "PASSED_V6";
+    /// Per-slot `HashMap<BucketKey, u32>`: the buckets that hold a list
+    /// entry longer than the aggregation (their sources can get different
+    /// verdicts, so the bucket must not cache one). Stale keys (the entry
+    /// was removed) only cost a cached bucket; the slot's next rebuild drops
+    /// them.
+    pub const SPLIT: [&str; 2] = ["SPLIT_0", "SPLIT_1"];
     /// Per-slot maps: `LpmTrie<[u8; 4 | 16], Rule>` deny/allow lists,
     /// `LpmTrie<_, RateLimit>` per-CIDR rate overrides, and the protected
     /// destination port bitmap (`Array<u64>`, [`super::PORT_WORDS`] words).
@@ -76,11 +89,15 @@ pub mod map_names {
     /// listener keeps accepting cookies (see `syncookie.rs`).
     pub const SYNCOOKIE_REFRESH: &str = "SYNCOOKIE_REFRESH";
     /// Every map the program owns, in the order userspace pins them.
-    pub const ALL: [&str; 42] = [
+    pub const ALL: [&str; 46] = [
         ACTIVE,
         CONFIG,
         STATS,
         BUCKETS,
+        PASSED_V4,
+        PASSED_V6,
+        SPLIT[0],
+        SPLIT[1],
         DENY_V4[0],
         DENY_V4[1],
         DENY_V6[0],
@@ -200,6 +217,14 @@ pub const RATE_OVERRIDE_MAX_ENTRIES: u32 = 4_096;
 /// See `docs/xdp.md` for why an LRU of this size is safe against spoofed
 /// floods: eviction only ever refills a bucket, it never blocks a source.
 pub const BUCKET_MAX_ENTRIES: u32 = 262_144;
+/// Sources each per-source verdict cache map (`PASSED_V4`, `PASSED_V6`)
+/// remembers at once (an LRU: about 70 bytes each in the kernel, 9 MiB per
+/// family, preallocated). A source evicted by a flood of new sources only
+/// pays its list lookups once more; it is never given a wrong verdict.
+pub const VERDICT_MAX_ENTRIES: u32 = 131_072;
+/// Capacity of each `SPLIT` map: one key per list entry longer than the
+/// aggregation at most, deny and allow lists together.
+pub const SPLIT_MAX_ENTRIES: u32 = 2 * LIST_MAX_ENTRIES;
 /// The protected-port bitmap: 65,536 bits in 64-bit words.
 pub const PORT_WORDS: u32 = 1_024;
 
@@ -283,9 +308,19 @@ pub mod flags {
     /// No IPv4 deny/allow entry of the slot is longer than `v4_prefix_len`,
     /// so every source a bucket aggregates gets the same list verdict and a
     /// bucket may remember "on no list" (see [`super::Bucket::list_gen`]).
+    /// Without it, a bucket is stamped only when the slot's `SPLIT` map
+    /// does not hold its key; the sources of buckets it holds have their
+    /// verdict cached by exact address in `PASSED_V4`, as every source that
+    /// is not policed does.
     pub const CACHE_V4: u32 = 1 << 5;
     /// The same for IPv6 and `v6_prefix_len`.
     pub const CACHE_V6: u32 = 1 << 6;
+    /// The slot's `SPLIT` map lists every bucket that holds an entry longer
+    /// than the aggregation (written by a daemon that maintains it), so a
+    /// bucket it does not list may cache the verdict even without
+    /// `CACHE_V4`/`CACHE_V6`. A slot written by an older daemon lacks it and
+    /// its buckets then cache nothing while it lacks the family's flag.
+    pub const SPLIT_LISTED: u32 = 1 << 7;
 }
 
 /// Per-slot settings of the kernel policy.
@@ -329,9 +364,12 @@ pub struct Bucket {
     pub admitted: u64,
     /// Verdict cache: the [`XdpConfig::generation`] at which the source(s)
     /// of this bucket were last found on no deny or allow list; `0` if
-    /// never. While it equals the active slot's generation (and the slot's
-    /// `CACHE_V4`/`CACHE_V6` flag is set), the program skips the list
-    /// lookups for this source.
+    /// never. While it equals the active slot's generation the program skips
+    /// the list lookups for this source. Written only when no list entry
+    /// longer than the aggregation lies inside the bucket (the slot's
+    /// `CACHE_V4`/`CACHE_V6` flag, or its key absent from the slot's `SPLIT`
+    /// map); the sources of other buckets, and sources that are not policed,
+    /// use the per-source cache (`PASSED_V4`/`PASSED_V6`) instead.
     pub list_gen: u64,
 }
 

@@ -7,9 +7,10 @@
 //! non-IP and ICMPv6 neighbour discovery pass (the host must never be cut off
 //! its link) → allow list passes → deny list drops → token bucket per source
 //! (on protected ports, optionally SYNs only) drops over budget → pass.
-//! A policed source's bucket is looked up first: when it records that the
-//! source was on no list at the current rule-set generation, the list
-//! lookups are skipped (the verdict cache, see `docs/xdp.md`). Lists keep
+//! The verdict cache comes first: when the source's bucket (policed, and
+//! the slot lets buckets cache) or its per-source entry (every other case,
+//! `cache.rs`) records that it was on no list at the current rule-set
+//! generation, the list lookups are skipped (see `docs/xdp.md`). Lists keep
 //! entries of common lengths in hash maps and the rest in LPM tries.
 //! Every packet is counted under exactly one [`Stat`].
 //
@@ -23,6 +24,7 @@
 #![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
 #![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
+mod cache;
 mod parse;
 mod syncookie;
 
@@ -39,6 +41,7 @@ use aya_ebpf::{
 use gateway_common::{
     flags, present, Bucket, BucketKey, NetEntry, RateLimit, Rule, Stat, XdpConfig,
     BUCKET_MAX_ENTRIES, LIST_MAX_ENTRIES, PORT_WORDS, RATE_OVERRIDE_MAX_ENTRIES, SLOTS,
+    SPLIT_MAX_ENTRIES,
 };
 
 use crate::parse::{Frame, Packet, Src};
@@ -183,6 +186,18 @@ static PORTS_0: Array<u64> = Array::with_max_entries(PORT_WORDS, 0);
 #[map(name = "PORTS_1")]
 static PORTS_1: Array<u64> = Array::with_max_entries(PORT_WORDS, 0);
 
+/// Buckets (by [`BucketKey`]) that hold a deny or allow entry longer than
+/// the aggregation, per slot: their sources can get different verdicts, so
+/// such a bucket never caches one (its sources use the per-source cache).
+/// Looked up only when a bucket is about to be stamped and the slot's
+/// `CACHE_V4`/`CACHE_V6` flag is off. Value unused (1).
+#[map(name = "SPLIT_0")]
+static SPLIT_0: HashMap<BucketKey, u32> =
+    HashMap::with_max_entries(SPLIT_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+#[map(name = "SPLIT_1")]
+static SPLIT_1: HashMap<BucketKey, u32> =
+    HashMap::with_max_entries(SPLIT_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+
 #[xdp]
 pub fn xgate_xdp(ctx: XdpContext) -> u32 {
     let mut stat = classify(&ctx);
@@ -230,6 +245,7 @@ struct Slot {
     rate_v4: &'static LpmTrie<[u8; 4], RateLimit>,
     rate_v6: &'static LpmTrie<[u8; 16], RateLimit>,
     ports: &'static Array<u64>,
+    split: &'static HashMap<BucketKey, u32>,
 }
 
 #[inline(always)]
@@ -261,6 +277,7 @@ fn slot(index: u32) -> Slot {
             rate_v4: &RATE_V4_0,
             rate_v6: &RATE_V6_0,
             ports: &PORTS_0,
+            split: &SPLIT_0,
         }
     } else {
         Slot {
@@ -289,6 +306,7 @@ fn slot(index: u32) -> Slot {
             rate_v4: &RATE_V4_1,
             rate_v6: &RATE_V6_1,
             ports: &PORTS_1,
+            split: &SPLIT_1,
         }
     }
 }
@@ -315,9 +333,11 @@ fn classify(ctx: &XdpContext) -> Stat {
     let has_overrides = config.flags & flags::HAS_OVERRIDES != 0;
     // Read the clock only when something needs it (expiring rules, buckets).
     let mut now = 0u64;
-    // A policed source's bucket is looked up first: it remembers when the
-    // source was last found on no list (the verdict cache), so a known
-    // legitimate source costs one hash lookup instead of trie walks.
+    // The verdict cache: a source found on no list at the current
+    // generation skips the list lookups. A policed source's bucket holds
+    // that stamp when every source it aggregates gets the same verdict (one
+    // lookup for both); every other packet uses the per-source cache (see
+    // `cache.rs`).
     let policing = config.flags & flags::RATE_LIMIT != 0 && policed(&packet, config, &maps);
     let policed_key = if policing {
         Some(bucket_key(&packet.src, config))
@@ -325,15 +345,18 @@ fn classify(ctx: &XdpContext) -> Stat {
         None
     };
     let bucket = policed_key.and_then(|(key, _)| BUCKETS.get_ptr_mut(key));
-    let stamp = match policed_key {
-        Some((_, true)) => config.generation,
+    let generation = config.generation;
+    let mut stamp = match bucket {
+        // SAFETY: `b` points into the map value, valid for this program run.
+        Some(b) if generation != 0 && unsafe { (*b).list_gen } == generation => generation,
         _ => 0,
     };
-    let cached = match bucket {
-        // SAFETY: `b` points into the map value, valid for this program run.
-        Some(b) => stamp != 0 && unsafe { (*b).list_gen } == stamp,
-        None => false,
-    };
+    let mut cached = stamp != 0;
+    let mut entry = None;
+    if !cached {
+        entry = cache::lookup(&packet.src);
+        cached = cache::hit(entry, generation);
+    }
     if !cached {
         let bits = config.present;
         match packet.src {
@@ -353,6 +376,17 @@ fn classify(ctx: &XdpContext) -> Stat {
                     return Stat::DeniedV6;
                 }
             }
+        }
+        // On no list. The bucket may say so for all its sources unless a
+        // list entry longer than the aggregation lies inside it.
+        match policed_key {
+            Some((_, true)) => stamp = generation,
+            Some((key, false))
+                if config.flags & flags::SPLIT_LISTED != 0 && maps.split.get_ptr(key).is_none() =>
+            {
+                stamp = generation
+            }
+            _ => cache::remember(&packet.src, entry, generation),
         }
     }
     let Some((key, _)) = policed_key else {
@@ -392,7 +426,8 @@ fn classify(ctx: &XdpContext) -> Stat {
 }
 
 /// The source's bucket key (its address masked to the aggregation prefix),
-/// and whether the slot lets that bucket cache the list verdict.
+/// and whether the slot lets every bucket of its family cache the list
+/// verdict without looking in the slot's `SPLIT` map.
 #[inline(always)]
 fn bucket_key(src: &Src, config: &XdpConfig) -> (BucketKey, bool) {
     match *src {

@@ -386,7 +386,7 @@ pub(super) fn clear_trie<K: Pod, V: Pod>(
     Ok(())
 }
 
-fn clear_hash<K: Pod, V: Pod>(map: &mut HashMap<MapData, K, V>) -> Result<(), XdpError> {
+pub(super) fn clear_hash<K: Pod, V: Pod>(map: &mut HashMap<MapData, K, V>) -> Result<(), XdpError> {
     let keys: Vec<K> = map.keys().collect::<Result<_, MapError>>()?;
     for key in keys {
         match map.remove(&key) {

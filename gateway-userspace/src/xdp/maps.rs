@@ -10,7 +10,7 @@ use gateway_common::{flags, map_names, Bucket, BucketKey, RateLimit, Rule, XdpCo
 use ipnet::IpNet;
 
 use super::{
-    list_maps::{clear_trie, ListMaps},
+    list_maps::{clear_hash, clear_trie, ListMaps},
     XdpError,
 };
 
@@ -52,12 +52,26 @@ struct SlotMaps {
     rate_v4: LpmTrie<MapData, [u8; 4], RateLimit>,
     rate_v6: LpmTrie<MapData, [u8; 16], RateLimit>,
     ports: Array<MapData, u64>,
+    split: HashMap<MapData, BucketKey, u32>,
+}
+
+/// Where the program keeps a source's "on no list" verdict (see
+/// docs/xdp.md, "The verdict cache").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CachedIn {
+    /// The source's token bucket (policed, and no list entry of its family
+    /// is longer than the aggregation).
+    Bucket,
+    /// The per-source cache (`PASSED_V4` / `PASSED_V6`).
+    Source,
 }
 
 pub(super) struct Maps {
     active: Array<MapData, u32>,
     config: Array<MapData, XdpConfig>,
     buckets: HashMap<MapData, BucketKey, Bucket>,
+    passed_v4: HashMap<MapData, [u8; 4], u64>,
+    passed_v6: HashMap<MapData, [u8; 16], u64>,
     slots: [SlotMaps; 2],
 }
 
@@ -74,6 +88,7 @@ impl Maps {
                 rate_v4: LpmTrie::try_from(take(ebpf, map_names::RATE_V4[i])?)?,
                 rate_v6: LpmTrie::try_from(take(ebpf, map_names::RATE_V6[i])?)?,
                 ports: Array::try_from(take(ebpf, map_names::PORTS[i])?)?,
+                split: HashMap::try_from(take(ebpf, map_names::SPLIT[i])?)?,
             })
         };
         let slots = [slot(0)?, slot(1)?];
@@ -81,6 +96,8 @@ impl Maps {
             active: Array::try_from(take(ebpf, map_names::ACTIVE)?)?,
             config: Array::try_from(take(ebpf, map_names::CONFIG)?)?,
             buckets: HashMap::try_from(take(ebpf, map_names::BUCKETS)?)?,
+            passed_v4: HashMap::try_from(take(ebpf, map_names::PASSED_V4)?)?,
+            passed_v6: HashMap::try_from(take(ebpf, map_names::PASSED_V6)?)?,
             slots,
         })
     }
@@ -93,33 +110,28 @@ impl Maps {
         self.buckets.keys().filter(Result::is_ok).count()
     }
 
-    /// Whether the program would skip the list lookups for `src` now: its
-    /// bucket carries the active generation and the slot allows caching.
-    pub(super) fn verdict_cached(&self, src: IpAddr) -> Result<bool, XdpError> {
+    /// Where the program holds a current "on no list" verdict for `src`, if
+    /// anywhere: a bucket stamped with the active generation (the program
+    /// stamps only buckets without longer entries inside), else a
+    /// per-source entry stamped with it. Which
+    /// one a packet consults depends on whether it is policed; a source is
+    /// reported as cached when either is current.
+    pub(super) fn verdict_cached(&self, src: IpAddr) -> Result<Option<CachedIn>, XdpError> {
         let config = self.config.get(&self.active()?, 0)?;
-        let (key, flag) = match src {
-            IpAddr::V4(a) => {
-                let net = ipnet::Ipv4Net::new(a, config.v4_prefix_len.min(32) as u8)
-                    .expect("prefix length clamped");
-                let mut addr = [0u8; 16];
-                addr[..4].copy_from_slice(&net.network().octets());
-                (BucketKey { addr, family: 4 }, flags::CACHE_V4)
+        if config.generation == 0 {
+            return Ok(None);
+        }
+        let key = bucket_key(&config, IpNet::from(src));
+        if let Some(bucket) = found(self.buckets.get(&key, 0))? {
+            if bucket.list_gen == config.generation {
+                return Ok(Some(CachedIn::Bucket));
             }
-            IpAddr::V6(a) => {
-                let net = ipnet::Ipv6Net::new(a, config.v6_prefix_len.min(128) as u8)
-                    .expect("prefix length clamped");
-                let addr = net.network().octets();
-                (BucketKey { addr, family: 6 }, flags::CACHE_V6)
-            }
+        }
+        let stamp = match src {
+            IpAddr::V4(a) => found(self.passed_v4.get(&a.octets(), 0))?,
+            IpAddr::V6(a) => found(self.passed_v6.get(&a.octets(), 0))?,
         };
-        let bucket = match self.buckets.get(&key, 0) {
-            Ok(bucket) => bucket,
-            Err(MapError::KeyNotFound) => return Ok(false),
-            Err(e) => return Err(e.into()),
-        };
-        Ok(config.flags & flag != 0
-            && config.generation != 0
-            && bucket.list_gen == config.generation)
+        Ok((stamp == Some(config.generation)).then_some(CachedIn::Source))
     }
 
     pub(super) fn replace(&mut self, rules: &KernelRules) -> Result<(), XdpError> {
@@ -129,6 +141,7 @@ impl Maps {
         slot.allow.clear()?;
         clear_trie(&mut slot.rate_v4)?;
         clear_trie(&mut slot.rate_v6)?;
+        clear_hash(&mut slot.split)?;
         let mut bitmap = vec![0u64; PORT_WORDS as usize];
         for port in rules.ports.iter().flatten() {
             bitmap[usize::from(*port >> 6)] |= 1 << (port & 63);
@@ -157,8 +170,14 @@ impl Maps {
             config.present |= ListMaps::present_bit(ListKind::Allow, *net);
         }
         let lists = || rules.deny.iter().chain(&rules.allow).map(|(net, _)| *net);
+        for net in lists() {
+            if let Some(key) = split_key(&rules.config, net) {
+                slot.split.insert(key, 1, 0)?;
+            }
+        }
         for (flag, on) in [
             (flags::PROTECTED_PORTS, rules.ports.is_some()),
+            (flags::SPLIT_LISTED, true),
             (flags::HAS_ALLOW, !rules.allow.is_empty()),
             (flags::HAS_OVERRIDES, !rules.rate_overrides.is_empty()),
             (
@@ -204,10 +223,15 @@ impl Maps {
                 config.flags &= !flag;
             }
         }
-        // The entry goes in first, then the new generation invalidates every
-        // bucket's "on no list" stamp: the other order would let a packet
-        // stamp its bucket with the new generation before the entry exists.
-        self.slots[active as usize].list(kind).insert(net, rule)?;
+        // The bucket's split mark and the entry go in first, then the new
+        // generation invalidates every "on no list" stamp: the other order
+        // would let a packet stamp its bucket (or its own cache entry) with
+        // the new generation before the entry exists.
+        let slot = &mut self.slots[active as usize];
+        if let Some(key) = split_key(&config, net) {
+            slot.split.insert(key, 1, 0)?;
+        }
+        slot.list(kind).insert(net, rule)?;
         config.generation = next_generation(config.generation);
         self.config.set(active, config, 0)?;
         Ok(())
@@ -236,9 +260,49 @@ impl SlotMaps {
     }
 }
 
+/// A map lookup's value, `None` when the key is absent.
+fn found<V>(result: Result<V, MapError>) -> Result<Option<V>, XdpError> {
+    match result {
+        Ok(value) => Ok(Some(value)),
+        Err(MapError::KeyNotFound) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// The generation after `current`; never 0 (0 means "never cached").
 fn next_generation(current: u64) -> u64 {
     current.wrapping_add(1).max(1)
+}
+
+/// The bucket that aggregates `net`'s first address.
+fn bucket_key(config: &XdpConfig, net: IpNet) -> BucketKey {
+    match net {
+        IpNet::V4(n) => {
+            let len = config.v4_prefix_len.min(32) as u8;
+            let masked = ipnet::Ipv4Net::new(n.network(), len).expect("prefix length clamped");
+            let mut addr = [0u8; 16];
+            addr[..4].copy_from_slice(&masked.network().octets());
+            BucketKey { addr, family: 4 }
+        }
+        IpNet::V6(n) => {
+            let len = config.v6_prefix_len.min(128) as u8;
+            let masked = ipnet::Ipv6Net::new(n.network(), len).expect("prefix length clamped");
+            BucketKey {
+                addr: masked.network().octets(),
+                family: 6,
+            }
+        }
+    }
+}
+
+/// The bucket an entry longer than the aggregation lies inside (the one
+/// bucket whose sources it splits), or `None` for other entries.
+fn split_key(config: &XdpConfig, net: IpNet) -> Option<BucketKey> {
+    let family = match net {
+        IpNet::V4(_) => 4,
+        IpNet::V6(_) => 6,
+    };
+    net_defeats_cache(config, net, family).then(|| bucket_key(config, net))
 }
 
 /// Whether a list entry is longer than the rate-limit aggregation of its

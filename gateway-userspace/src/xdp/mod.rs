@@ -26,7 +26,7 @@ use serde::Serialize;
 pub use self::{
     attach::{detach_pinned, links_dir, AttachMode, Attachment, OnExit},
     cleanup::{cleanup, Removed},
-    maps::{KernelRules, ListKind},
+    maps::{CachedIn, KernelRules, ListKind},
     syncookie::{SynCookiePolicy, SynCookieStatus},
 };
 use self::{instance::Instance, maps::Maps, syncookie::SynCookies};
@@ -246,9 +246,10 @@ impl XdpDataPlane {
     }
 
     /// Whether the program currently skips the list lookups for `src`
-    /// because its bucket remembers it as on no list at the current
-    /// generation (the verdict cache; see docs/xdp.md).
-    pub fn verdict_cached(&self, src: std::net::IpAddr) -> Result<bool, XdpError> {
+    /// because its bucket or its per-source entry remembers it as on no
+    /// list at the current generation, and which (the verdict cache; see
+    /// docs/xdp.md).
+    pub fn verdict_cached(&self, src: std::net::IpAddr) -> Result<Option<CachedIn>, XdpError> {
         self.maps.verdict_cached(src)
     }
 
