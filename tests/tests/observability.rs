@@ -584,7 +584,9 @@ async fn readiness_turns_503_during_the_drain() {
     let (status, metrics) = http_status(probe, "/metrics").await;
     assert_eq!(status, 200);
     assert!(metrics.contains("xgate_build_info"), "{metrics}");
-    assert_eq!(http_status(probe, "/status").await.0, 404, "read-only");
+    // The admin API is not on it (`/status` there is the status page).
+    assert_eq!(http_status(probe, "/bans").await.0, 404, "read-only");
+    assert_eq!(http_status(probe, "/upstreams").await.0, 404, "read-only");
     assert_eq!(daemon.admin_get("/readyz"), "ready\n");
 
     // A request in flight (its body not all sent) keeps the drain going.

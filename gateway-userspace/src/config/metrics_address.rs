@@ -87,7 +87,11 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("neither an IP:port"), "{error}");
-        assert_eq!(serde_yaml::to_string(&off).unwrap().trim(), "'off'");
+        let dumped = serde_yaml::to_string(&off).unwrap();
+        assert_eq!(
+            serde_yaml::from_str::<MetricsAddress>(&dumped).unwrap(),
+            off
+        );
     }
 
     #[test]
