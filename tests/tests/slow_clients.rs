@@ -173,7 +173,7 @@ fn tcp_mem_mib() -> u64 {
         .and_then(|l| l.split_whitespace().skip_while(|w| *w != "mem").nth(1))
         .and_then(|n| n.parse().ok())
         .expect("TCP mem in /proc/net/sockstat");
-    pages * 4096 >> 20
+    (pages * 4096) >> 20
 }
 
 /// Bytes in the kernel's queues of `pid`'s TCP sockets (sent but not yet
