@@ -146,3 +146,27 @@ pub fn user_name(uid: u32) -> Option<String> {
 pub fn thread_cpu_time() -> Duration {
     clock(libc::CLOCK_THREAD_CPUTIME_ID)
 }
+
+/// `TCP_NOTSENT_LOWAT` on `socket`: writes wait once `bytes` written are
+/// not yet sent (sent but unacknowledged data is not counted, so a fast
+/// peer's throughput is not limited; a peer that stops reading holds at
+/// most this much in the kernel beyond its own window).
+pub fn set_notsent_lowat(socket: &impl std::os::fd::AsRawFd, bytes: u32) -> std::io::Result<()> {
+    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: a valid descriptor (borrowed for the call) and a c_int option
+    // value of the size given.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_NOTSENT_LOWAT,
+            std::ptr::from_ref(&value).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}

@@ -36,6 +36,15 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// seconds, not a minute, while one that stopped reading would otherwise
 /// hold its connection, an upstream connection and their buffers forever.
 pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(60);
+/// Streams an HTTP/2 client may have open at once on one connection
+/// (SETTINGS_MAX_CONCURRENT_STREAMS; a stream beyond it is refused with
+/// RST_STREAM REFUSED_STREAM). nginx's `http2_max_concurrent_streams`
+/// default: browsers open 100 at most, and each open stream may hold an
+/// upstream connection and its buffers.
+pub const DEFAULT_HTTP2_MAX_CONCURRENT_STREAMS: u32 = 128;
+/// RFC 9113 asks that the limit be no lower than 100 for parallelism; below
+/// 1 nothing could be served, and a million is no limit at all.
+pub const MAX_HTTP2_MAX_CONCURRENT_STREAMS: u32 = 10_000;
 
 #[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -52,6 +61,10 @@ pub struct Listener {
     /// knowledge. `false`: HTTP/1.1 only.
     #[serde(default = "default_http2")]
     pub http2: bool,
+    /// Most HTTP/2 streams open at once on one connection (advertised as
+    /// SETTINGS_MAX_CONCURRENT_STREAMS; more are refused).
+    #[serde(default = "default_http2_max_concurrent_streams")]
+    pub http2_max_concurrent_streams: u32,
     /// Expect a PROXY protocol (v1 or v2) header first on every connection,
     /// believed only from `trusted_proxies`.
     #[serde(default)]
@@ -200,6 +213,9 @@ impl<'de> Deserialize<'de> for TlsVersion {
 fn default_http2() -> bool {
     true
 }
+fn default_http2_max_concurrent_streams() -> u32 {
+    DEFAULT_HTTP2_MAX_CONCURRENT_STREAMS
+}
 fn default_max_header_bytes() -> usize {
     DEFAULT_MAX_HEADER_BYTES
 }
@@ -238,6 +254,13 @@ pub(super) fn validate(listeners: &[Listener], errors: &mut Errors) {
             errors.push(
                 format!("{base}.max_header_bytes"),
                 format!("must be {MIN_MAX_HEADER_BYTES} to {MAX_MAX_HEADER_BYTES}"),
+            );
+        }
+        if !(1..=MAX_HTTP2_MAX_CONCURRENT_STREAMS).contains(&listener.http2_max_concurrent_streams)
+        {
+            errors.push(
+                format!("{base}.http2_max_concurrent_streams"),
+                format!("must be 1 to {MAX_HTTP2_MAX_CONCURRENT_STREAMS}"),
             );
         }
         if !(1..=MAX_MAX_HEADERS).contains(&listener.max_headers) {
@@ -378,13 +401,14 @@ mod tests {
     fn limits_are_checked_with_their_path() {
         let errors = listener(
             ", max_header_bytes: 4096, max_headers: 0, header_read_timeout: 0s, handshake_timeout: 0ms, \
-             send_timeout: 0s",
+             send_timeout: 0s, http2_max_concurrent_streams: 0",
         )
         .unwrap_err();
         assert_eq!(
             errors,
             [
                 "listeners[0].max_header_bytes: must be 8192 to 1048576",
+                "listeners[0].http2_max_concurrent_streams: must be 1 to 10000",
                 "listeners[0].max_headers: must be 1 to 10000",
                 "listeners[0].header_read_timeout: must be greater than zero",
                 "listeners[0].handshake_timeout: must be greater than zero",
@@ -392,5 +416,10 @@ mod tests {
             ]
         );
         assert!(listener(", max_header_bytes: 8192, max_headers: 1").is_ok());
+        assert_eq!(
+            listener("").unwrap().http2_max_concurrent_streams,
+            DEFAULT_HTTP2_MAX_CONCURRENT_STREAMS
+        );
+        assert!(listener(", http2_max_concurrent_streams: 10001").is_err());
     }
 }

@@ -14,7 +14,12 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// The first read of a connection asks for this much; reads that fill their
 /// buffer double it, up to `MAX_READ`.
 const FIRST_READ: usize = 16 * 1024;
-const MAX_READ: usize = 256 * 1024;
+/// Also what bounds the memory of a response whose client stopped reading:
+/// the read buffer, and the pieces of earlier ones still queued for the
+/// client (at most `QUEUE`), each up to this size. 256 KiB held about half
+/// a MiB per stalled response; nginx's `proxy_buffers` default is 64 KiB
+/// in all.
+const MAX_READ: usize = 64 * 1024;
 
 /// How much the next read of a connection asks for: reads that fill their
 /// room double it, so a busy stream is read in large pieces and a quiet

@@ -15,6 +15,7 @@ pub(crate) mod proxy_protocol;
 mod respond;
 mod router;
 pub mod server;
+mod stream_stall;
 pub mod tls;
 mod upgrade;
 

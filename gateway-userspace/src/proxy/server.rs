@@ -43,6 +43,7 @@ use super::{
     drain::{until_drained, ConnectionScope, Rarely, Tracker},
     headers::is_trusted,
     http1::{self, ClientUpgrade, HeadLimits},
+    stream_stall::StallWatch,
     workers::Workers,
 };
 use super::{
@@ -59,6 +60,15 @@ use crate::{
 /// After the drain deadline, time for cut connections to close their
 /// sockets before the listener reports done.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// Response bytes the kernel holds unsent for one client connection
+/// (`TCP_NOTSENT_LOWAT`; what is in flight, within the client's window, is
+/// not counted, so a fast client's throughput is not limited). Without it
+/// the send buffer of a client that stops reading grows to `tcp_wmem`'s
+/// maximum (4 MiB by default): a thousand such clients filled the host's
+/// TCP memory (`tcp_mem`), and every other connection then stalled on
+/// dropped packets. 64 KiB keeps the writes to a fast client large.
+const CLIENT_NOTSENT_LOWAT: u32 = 64 * 1024;
 
 /// One listener's settings, compiled from config. Swapped whole on reload;
 /// each connection uses those current when it was accepted.
@@ -93,7 +103,8 @@ impl Settings {
         let mut http2_server = http2::Builder::new(TokioExecutor::new());
         http2_server
             .timer(TokioTimer::new())
-            .max_header_list_size(u32::try_from(listener.max_header_bytes).unwrap_or(u32::MAX));
+            .max_header_list_size(u32::try_from(listener.max_header_bytes).unwrap_or(u32::MAX))
+            .max_concurrent_streams(listener.http2_max_concurrent_streams);
         Ok(Self {
             tls,
             http2: listener.http2,
@@ -179,6 +190,7 @@ pub async fn serve(
             continue;
         }
         let _ = stream.set_nodelay(true);
+        let _ = crate::sys::set_notsent_lowat(&stream, CLIENT_NOTSENT_LOWAT);
         let connection = Connection {
             peer,
             listener: listener_name.clone(),
@@ -399,21 +411,30 @@ impl Connection {
                         .with_tls_version(tls_version)
                         .with_client_cert(client_cert),
                 );
+                // And on each stream's wait for flow-control window.
+                let stalls = StallWatch::new(settings.http1.send_timeout);
+                let watch = stalls.clone();
                 let service = service_fn(move |mut req: Request<Incoming>| {
                     host_from_authority(&mut req);
                     let runtime = runtime.load();
                     let conn_info = conn_info.clone();
+                    let watch = watch.clone();
                     async move {
                         let response = handle(runtime, req, conn_info).await;
-                        Ok::<_, Infallible>(response.map(ResponseBody))
+                        Ok::<_, Infallible>(response.map(|body| watch.watch(ResponseBody(body))))
                     }
                 });
                 let connection = settings
                     .http2_server
                     .serve_connection(TokioIo::new(stream), service);
-                until_drained(connection, &mut shutdown, |c| c.graceful_shutdown())
-                    .await
-                    .map_err(BoxError::from)
+                tokio::select! {
+                    result = until_drained(connection, &mut shutdown, |c| c.graceful_shutdown()) => {
+                        result.map_err(BoxError::from)
+                    }
+                    () = stalls.stalled() => {
+                        return send_timed_out(&self.metrics, &self.listener, client_ip);
+                    }
+                }
             }
             Sniffed::Nothing => return,
         };
