@@ -99,6 +99,10 @@ pub fn run(
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+        // Late (a slow event before it) past the end: not run.
+        if shared.stop.load(std::sync::atomic::Ordering::Relaxed) {
+            return records;
+        }
         let at_s = shared.started.elapsed().as_secs_f64();
         let result = match event {
             Event::Reload => {
@@ -236,6 +240,7 @@ fn flood(lab: &Lab) -> Result<String> {
         "XDP dropped none of the {sent} flood packets from {}",
         super::config::DENY_CIDR
     );
+    ensure!(sent > 0, "trafgen sent nothing");
     Ok(format!(
         "{sent} packets in {seconds:.1} s from {}; XDP dropped {dropped}",
         super::config::DENY_CIDR
