@@ -218,7 +218,9 @@ impl Lab {
 
     /// Upstream target `i` (the bench's upstream, one thread).
     fn start_upstream(&self, i: usize) -> Result<Spawned> {
-        let exe = std::env::current_exe()?;
+        // The harness's own image through /proc: it still runs if the file
+        // was rebuilt (replaced) during a long soak, when its path would not.
+        let exe = PathBuf::from(format!("/proc/{}/exe", std::process::id()));
         let mut cmd = self.in_gw(exe);
         cmd.args([
             upstream::SUBCOMMAND,
