@@ -27,6 +27,7 @@ mod report;
 mod rules;
 mod scale;
 mod shapes;
+mod soak;
 mod stats;
 mod synflood;
 mod sys;
@@ -145,7 +146,9 @@ fn usage() -> String {
          not scenarios:\n  \
          serve-upstream --listen ADDR   the upstream the proxy scenarios start\n  \
          pgo-train                      the training run of `cargo xtask dist` \
-         (trains the xgate in $XGATE_BENCH_XGATE)\n",
+         (trains the xgate in $XGATE_BENCH_XGATE)\n  \
+         soak --minutes N ...           xgate under mixed traffic and periodic events \
+         (`cargo xtask soak`; `soak --help`)\n",
         d.repeat,
         xdp::DEFAULT_ROUNDS,
         proxy::DEFAULT_ROUNDS,
@@ -274,6 +277,15 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("xgate-bench {}: {e:#}", upstream::SUBCOMMAND);
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if args.first().map(String::as_str) == Some(soak::SUBCOMMAND) {
+        return match soak::main(&args[1..]) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("xgate-bench {}: {e:#}", soak::SUBCOMMAND);
                 ExitCode::FAILURE
             }
         };

@@ -201,7 +201,7 @@ fn on_path(name: &str) -> Option<PathBuf> {
 /// xgate: the binary `cargo xtask bench` built (`$XGATE_BENCH_XGATE`), else
 /// the workspace's target/release/xgate. `$XGATE_BENCH_XGATE_UNAVAILABLE`
 /// (set when the build failed) is the reason there is none.
-fn find_xgate() -> Result<Binary> {
+pub fn find_xgate() -> Result<Binary> {
     if let Ok(reason) = std::env::var("XGATE_BENCH_XGATE_UNAVAILABLE") {
         bail!("{reason}");
     }

@@ -7,6 +7,7 @@ mod deb;
 mod dist;
 mod fuzz;
 mod setup;
+mod soak;
 
 use std::{
     path::{Path, PathBuf},
@@ -69,6 +70,26 @@ enum Task {
         /// Targets to run (default: all, as named in fuzz/fuzz_targets/).
         targets: Vec<String>,
     },
+    /// Soak test: xgate (release) under mixed HTTP/1.1 and HTTP/2 traffic for exactly
+    /// --minutes, with config reloads (one broken, which must be refused), blocklist churn,
+    /// upstream restarts and, as root, a bounded flood against its XDP-attached veth.
+    /// Prints requests, status classes, p50/p99, RSS and open files per 10 s window and a
+    /// verdict (no unexpected errors, p99 drift, RSS plateau); exits non-zero if it fails.
+    /// Ctrl-C stops early and still reports. See docs/reliability.md.
+    Soak {
+        /// Length of the run in minutes (the lead's reference run: 60).
+        #[arg(long, required_unless_present = "seconds")]
+        minutes: Option<u64>,
+        /// Length in seconds instead (short runs, the driver's own test).
+        #[arg(long, hide = true, conflicts_with = "minutes")]
+        seconds: Option<u64>,
+        /// Requests per second offered, over every protocol and route.
+        #[arg(long, default_value_t = 200)]
+        rps: u32,
+        /// Also write the report (Markdown) to this file.
+        #[arg(long)]
+        report: Option<PathBuf>,
+    },
     /// Build, then attach the XDP program to an interface without a daemon (development; root).
     Attach {
         #[arg(long)]
@@ -116,6 +137,19 @@ fn main() -> ExitCode {
                 .and_then(|()| deb::run(binary, &out_dir).map(drop))
         }
         Task::Fuzz { time, targets } => setup::all().and_then(|()| fuzz::run(time, &targets)),
+        Task::Soak {
+            minutes,
+            seconds,
+            rps,
+            report,
+        } => setup::all().and_then(|()| {
+            soak::run(soak::Soak {
+                minutes,
+                seconds,
+                rps,
+                report,
+            })
+        }),
         Task::Bench { scenarios } => setup::all().and_then(|()| bench::run(&scenarios)),
         Task::Attach {
             iface,
