@@ -222,13 +222,26 @@ pub fn xgate_xdp(ctx: XdpContext) -> u32 {
 /// about a nanosecond.
 #[inline(never)]
 fn lists_and_limits(ctx: *mut xdp_md) -> Stat {
+    keep_context(ctx);
     classify(&XdpContext::new(ctx))
 }
 
 /// [`syncookie::guard`] as a BPF subprogram (see [`lists_and_limits`]).
 #[inline(never)]
 fn syn_cookies(ctx: *mut xdp_md) -> Stat {
+    keep_context(ctx);
     syncookie::guard(&XdpContext::new(ctx))
+}
+
+/// A volatile read through the context pointer. Without it LLVM may
+/// replace a subprogram's pointer argument by the values loaded through it
+/// (`data`, `data_end`: argument promotion), and the verifier refuses a
+/// subprogram whose context argument is not the context ("arg#0 expects
+/// pointer to ctx").
+#[inline(always)]
+fn keep_context(ctx: *mut xdp_md) {
+    // SAFETY: `ctx` is the program's context, valid for the whole run.
+    unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*ctx).data)) };
 }
 
 /// Passes everything: the floor the benchmarks measure against.
