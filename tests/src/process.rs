@@ -119,7 +119,11 @@ impl Daemon {
         let config = dir.path().join("xgate.yaml");
         let admin_socket = dir.path().join("admin.sock");
         let yaml = config_yaml.replace("{dir}", &dir.path().display().to_string());
-        let yaml = if yaml.contains("admin:") {
+        // An admin section of its own (a top-level key, not a comment).
+        let yaml = if yaml
+            .lines()
+            .any(|line| line.trim_start().starts_with("admin:"))
+        {
             yaml
         } else {
             // No metrics listener: the default port is one per host, and
