@@ -310,54 +310,54 @@ fn csum_base(frame: &[u8], csum_at: usize, words: &[usize]) -> u64 {
 
 /// Registers: r0 return value and helper results, r1-r5 arguments
 /// (clobbered by calls), r6-r9 kept across calls, r10 the frame pointer.
-const R0: u8 = 0;
-const R1: u8 = 1;
-const R2: u8 = 2;
-const R3: u8 = 3;
-const R6: u8 = 6;
-const R7: u8 = 7;
-const R8: u8 = 8;
-const R9: u8 = 9;
+pub(crate) const R0: u8 = 0;
+pub(crate) const R1: u8 = 1;
+pub(crate) const R2: u8 = 2;
+pub(crate) const R3: u8 = 3;
+pub(crate) const R6: u8 = 6;
+pub(crate) const R7: u8 = 7;
+pub(crate) const R8: u8 = 8;
+pub(crate) const R9: u8 = 9;
 
 // Instruction classes, sources, operations and sizes (linux/bpf_common.h).
-const BPF_LDX: u8 = 0x01;
-const BPF_STX: u8 = 0x03;
-const BPF_ALU: u8 = 0x04;
-const BPF_JMP: u8 = 0x05;
-const BPF_ALU64: u8 = 0x07;
-const BPF_MEM: u8 = 0x60;
-const BPF_W: u8 = 0x00;
-const BPF_H: u8 = 0x08;
-const BPF_K: u8 = 0x00;
-const BPF_X: u8 = 0x08;
-const BPF_ADD: u8 = 0x00;
-const BPF_OR: u8 = 0x40;
-const BPF_AND: u8 = 0x50;
-const BPF_RSH: u8 = 0x70;
-const BPF_MOD: u8 = 0x90;
-const BPF_XOR: u8 = 0xa0;
-const BPF_MOV: u8 = 0xb0;
-const BPF_END: u8 = 0xd0;
-const BPF_TO_BE: u8 = 0x08;
-const BPF_JGT: u8 = 0x20;
-const BPF_JNE: u8 = 0x50;
-const BPF_CALL: u8 = 0x80;
-const BPF_EXIT: u8 = 0x90;
+pub(crate) const BPF_LDX: u8 = 0x01;
+pub(crate) const BPF_STX: u8 = 0x03;
+pub(crate) const BPF_ALU: u8 = 0x04;
+pub(crate) const BPF_JMP: u8 = 0x05;
+pub(crate) const BPF_ALU64: u8 = 0x07;
+pub(crate) const BPF_MEM: u8 = 0x60;
+pub(crate) const BPF_W: u8 = 0x00;
+pub(crate) const BPF_H: u8 = 0x08;
+pub(crate) const BPF_K: u8 = 0x00;
+pub(crate) const BPF_X: u8 = 0x08;
+pub(crate) const BPF_ADD: u8 = 0x00;
+pub(crate) const BPF_OR: u8 = 0x40;
+pub(crate) const BPF_AND: u8 = 0x50;
+pub(crate) const BPF_RSH: u8 = 0x70;
+pub(crate) const BPF_MOD: u8 = 0x90;
+pub(crate) const BPF_XOR: u8 = 0xa0;
+pub(crate) const BPF_MOV: u8 = 0xb0;
+pub(crate) const BPF_END: u8 = 0xd0;
+pub(crate) const BPF_TO_BE: u8 = 0x08;
+pub(crate) const BPF_JGT: u8 = 0x20;
+pub(crate) const BPF_JNE: u8 = 0x50;
+pub(crate) const BPF_CALL: u8 = 0x80;
+pub(crate) const BPF_EXIT: u8 = 0x90;
 /// `bpf_get_prandom_u32()`.
-const HELPER_PRANDOM: i32 = 7;
-const XDP_TX: i32 = 3;
+pub(crate) const HELPER_PRANDOM: i32 = 7;
+pub(crate) const XDP_TX: i32 = 3;
 /// Offsets in `struct xdp_md`.
-const XDP_MD_DATA: i16 = 0;
-const XDP_MD_DATA_END: i16 = 4;
+pub(crate) const XDP_MD_DATA: i16 = 0;
+pub(crate) const XDP_MD_DATA_END: i16 = 4;
 
 /// Instructions, 8 bytes each: opcode, dst/src registers, offset, immediate.
 #[derive(Default)]
-struct Asm {
-    insns: Vec<u64>,
+pub(crate) struct Asm {
+    pub(crate) insns: Vec<u64>,
 }
 
 impl Asm {
-    fn emit(&mut self, code: u8, dst: u8, src: u8, off: i16, imm: i32) {
+    pub(crate) fn emit(&mut self, code: u8, dst: u8, src: u8, off: i16, imm: i32) {
         let regs = (src << 4) | dst;
         let bytes = [
             code,
@@ -372,35 +372,35 @@ impl Asm {
         self.insns.push(u64::from_le_bytes(bytes));
     }
     /// 64-bit `dst op= imm`.
-    fn alu64_k(&mut self, op: u8, dst: u8, imm: i32) {
+    pub(crate) fn alu64_k(&mut self, op: u8, dst: u8, imm: i32) {
         self.emit(BPF_ALU64 | op | BPF_K, dst, 0, 0, imm);
     }
     /// 64-bit `dst op= src`.
-    fn alu64_x(&mut self, op: u8, dst: u8, src: u8) {
+    pub(crate) fn alu64_x(&mut self, op: u8, dst: u8, src: u8) {
         self.emit(BPF_ALU64 | op | BPF_X, dst, src, 0, 0);
     }
     /// 32-bit `dst op= imm` (the upper half of dst is cleared).
-    fn alu32_k(&mut self, op: u8, dst: u8, imm: u32) {
+    pub(crate) fn alu32_k(&mut self, op: u8, dst: u8, imm: u32) {
         self.emit(BPF_ALU | op | BPF_K, dst, 0, 0, imm as i32);
     }
     /// `dst = 64-bit immediate` (two slots).
-    fn ld_imm64(&mut self, dst: u8, imm: u64) {
+    pub(crate) fn ld_imm64(&mut self, dst: u8, imm: u64) {
         self.emit(0x18, dst, 0, 0, imm as u32 as i32);
         self.emit(0, 0, 0, 0, (imm >> 32) as u32 as i32);
     }
     /// Byte swap of the low `bits` into network order (on a little-endian
     /// host; the upper bits are cleared).
-    fn be(&mut self, dst: u8, bits: i32) {
+    pub(crate) fn be(&mut self, dst: u8, bits: i32) {
         self.emit(BPF_ALU | BPF_END | BPF_TO_BE, dst, 0, 0, bits);
     }
-    fn ldx(&mut self, size: u8, dst: u8, src: u8, off: i16) {
+    pub(crate) fn ldx(&mut self, size: u8, dst: u8, src: u8, off: i16) {
         self.emit(BPF_LDX | BPF_MEM | size, dst, src, off, 0);
     }
-    fn stx(&mut self, size: u8, dst: u8, off: usize, src: u8) {
+    pub(crate) fn stx(&mut self, size: u8, dst: u8, off: usize, src: u8) {
         self.emit(BPF_STX | BPF_MEM | size, dst, src, off as i16, 0);
     }
     /// A forward jump whose offset is set later by [`Asm::land`].
-    fn jump(&mut self, op: u8, dst: u8, src: Option<u8>, imm: i32) -> usize {
+    pub(crate) fn jump(&mut self, op: u8, dst: u8, src: Option<u8>, imm: i32) -> usize {
         match src {
             Some(s) => self.emit(BPF_JMP | op | BPF_X, dst, s, 0, imm),
             None => self.emit(BPF_JMP | op | BPF_K, dst, 0, 0, imm),
@@ -408,21 +408,21 @@ impl Asm {
         self.insns.len() - 1
     }
     /// Points the jump at `at` to the next instruction.
-    fn land(&mut self, at: usize) {
+    pub(crate) fn land(&mut self, at: usize) {
         let off = (self.insns.len() - at - 1) as i16;
         let mut b = self.insns[at].to_le_bytes();
         b[2..4].copy_from_slice(&off.to_le_bytes());
         self.insns[at] = u64::from_le_bytes(b);
     }
-    fn call(&mut self, helper: i32) {
+    pub(crate) fn call(&mut self, helper: i32) {
         self.emit(BPF_JMP | BPF_CALL, 0, 0, 0, helper);
     }
-    fn exit(&mut self) {
+    pub(crate) fn exit(&mut self) {
         self.emit(BPF_JMP | BPF_EXIT, 0, 0, 0, 0);
     }
     /// `dst = ~fold(dst)` in 16 bits: the ones' complement sum's carries
     /// folded back in (three times is enough for any sum below 2^48).
-    fn fold_not(&mut self, dst: u8, tmp: u8) {
+    pub(crate) fn fold_not(&mut self, dst: u8, tmp: u8) {
         for _ in 0..3 {
             self.alu64_x(BPF_MOV, tmp, dst);
             self.alu64_k(BPF_RSH, tmp, 16);
@@ -513,10 +513,10 @@ pub fn program_len(flow: &Flow) -> Result<usize> {
 
 // ---- the two bpf(2) commands ----
 
-const BPF_PROG_LOAD: libc::c_long = 5;
-const BPF_PROG_TEST_RUN: libc::c_long = 10;
-const BPF_PROG_TYPE_XDP: u32 = 6;
-const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
+pub(crate) const BPF_PROG_LOAD: libc::c_long = 5;
+pub(crate) const BPF_PROG_TEST_RUN: libc::c_long = 10;
+pub(crate) const BPF_PROG_TYPE_XDP: u32 = 6;
+pub(crate) const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
 
 /// The `BPF_PROG_LOAD` part of `union bpf_attr` (the kernel zero-fills
 /// what a shorter attribute leaves out).
@@ -569,7 +569,7 @@ struct XdpMd {
     egress_ifindex: u32,
 }
 
-fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> libc::c_long {
+pub(crate) fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> libc::c_long {
     // SAFETY: `attr` is a live, properly sized `bpf_attr` prefix; the
     // pointers inside it point to buffers that outlive the call.
     unsafe {
@@ -580,6 +580,39 @@ fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> libc::c_long {
             std::mem::size_of::<T>() as libc::c_uint,
         )
     }
+}
+
+/// Loads `insns` as an XDP program named `name` (at most 15 bytes) with
+/// the raw `bpf(BPF_PROG_LOAD)` syscall; the error carries the verifier's
+/// log.
+pub(crate) fn load_xdp(name: &str, insns: &[u64]) -> Result<OwnedFd> {
+    let license = c"GPL";
+    let mut log = vec![0u8; 64 * 1024];
+    let mut prog_name = [0u8; 16];
+    let len = name.len().min(15);
+    prog_name[..len].copy_from_slice(&name.as_bytes()[..len]);
+    let mut attr = ProgLoadAttr {
+        prog_type: BPF_PROG_TYPE_XDP,
+        insn_cnt: insns.len() as u32,
+        insns: insns.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+        log_level: 1,
+        log_size: log.len() as u32,
+        log_buf: log.as_mut_ptr() as u64,
+        prog_name,
+        ..ProgLoadAttr::default()
+    };
+    let fd = bpf(BPF_PROG_LOAD, &mut attr);
+    if fd < 0 {
+        let err = std::io::Error::last_os_error();
+        let end = log.iter().position(|b| *b == 0).unwrap_or(log.len());
+        bail!(
+            "BPF_PROG_LOAD: {err}; verifier log:\n{}",
+            String::from_utf8_lossy(&log[..end])
+        );
+    }
+    // SAFETY: a new fd the kernel just returned, owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 /// Frames per batch of the kernel's live-frames loop (its default; at most
@@ -602,32 +635,7 @@ impl Generator {
     pub fn load(flow: Flow, ifindex: u32) -> Result<Self> {
         let frame = template(&flow)?;
         let insns = assemble(&flow, &frame)?;
-        let license = c"GPL";
-        let mut log = vec![0u8; 64 * 1024];
-        let mut name = [0u8; 16];
-        name[..11].copy_from_slice(b"xgb_livegen");
-        let mut attr = ProgLoadAttr {
-            prog_type: BPF_PROG_TYPE_XDP,
-            insn_cnt: insns.len() as u32,
-            insns: insns.as_ptr() as u64,
-            license: license.as_ptr() as u64,
-            log_level: 1,
-            log_size: log.len() as u32,
-            log_buf: log.as_mut_ptr() as u64,
-            prog_name: name,
-            ..ProgLoadAttr::default()
-        };
-        let fd = bpf(BPF_PROG_LOAD, &mut attr);
-        if fd < 0 {
-            let err = std::io::Error::last_os_error();
-            let end = log.iter().position(|b| *b == 0).unwrap_or(log.len());
-            bail!(
-                "BPF_PROG_LOAD of the generator's program: {err}; verifier log:\n{}",
-                String::from_utf8_lossy(&log[..end])
-            );
-        }
-        // SAFETY: a new fd the kernel just returned, owned by nobody else.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        let fd = load_xdp("xgb_livegen", &insns).context("the generator's program")?;
         Ok(Self {
             fd,
             frame,

@@ -5,13 +5,27 @@
 //! overflows). Each legitimate request opens a new connection, since a SYN
 //! flood hurts connection setup, not established connections.
 //!
-//! The flood: frames with 1,024 spoofed sources (valid checksums, MSS
+//! The flood: frames with 65,536 spoofed sources (address and port pairs;
+//! valid checksums, MSS
 //! option, routable back to the client side so the kernel's answers cost it
 //! what they cost on the Internet), sent from an AF_PACKET socket in the
 //! client's namespace as fast as one CPU sends them, bounded by count and
-//! time. The client's veth end runs an XDP program (xgate's, no rules),
-//! which veth needs to deliver the frames the gateway's program sends back
-//! with XDP_TX (docs/xdp.md#syn-cookies).
+//! time.
+//!
+//! The testbed is made fair to both defenses: the answers to spoofed
+//! sources (SYN-ACKs, whether the gateway's stack or its XDP program sent
+//! them) are dropped on arrival at the client's veth end by an XDP program
+//! ([`xgate_bench::sink`]), as they would vanish into the Internet, instead
+//! of being processed by the client namespace's stack on the same two CPUs
+//! (which penalised whichever defense answered more SYNs: XDP answers
+//! every one). That program also gives the client's end the NAPI context
+//! veth needs to deliver the frames the gateway's program sends back with
+//! XDP_TX (docs/xdp.md#syn-cookies). The client's end sends with transmit
+//! checksum offload off, so its SYNs carry full checksums as a NIC's
+//! frames do (the gateway's program verifies them; offload-only checksums
+//! go to the kernel). `XGATE_BENCH_SYNFLOOD_TESTBED=unfair` runs the older
+//! testbed (xgate's pass-all program on the client's end, offload on) for
+//! comparison.
 #![allow(unsafe_code)]
 
 use std::{
@@ -30,6 +44,8 @@ use std::{
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 
+use xgate_bench::sink::Sink;
+
 use crate::{
     lab::{self, ns_command},
     report::Report,
@@ -42,9 +58,15 @@ pub const DEFAULT_DURATION_S: u64 = 10;
 const CLIENTS: usize = 4;
 const PORT: u16 = 18080;
 const GW: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
-/// Distinct spoofed sources (203.0.113.0/24 and ports) the flood cycles
-/// through.
-const SOURCES: usize = 1_024;
+/// Distinct spoofed sources (address in 203.0.113.0/24, port) the flood
+/// cycles through: more than a listener's SYN queue holds (at most
+/// `somaxconn`, 4,096), as in a real flood. With only 1,024 (the older
+/// testbed) every SYN after the first round repeated one the kernel still
+/// had a request socket for, which it answers at most twice a second
+/// (`tcp_invalid_ratelimit`): the kernel's case then answered a few
+/// thousand SYNs where XDP answered every one.
+const SOURCES: usize = 65_536;
+const SOURCES_UNFAIR: usize = 1_024;
 /// Upper bound of one flood, whatever the CPU manages.
 const FLOOD_MAX_FRAMES: u64 = 50_000_000;
 
@@ -81,16 +103,25 @@ struct Measured {
     flood_pps: f64,
 }
 
+/// Spoofed sources: the flood's, and the network the sink drops answers to.
+const SPOOFED_NET: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 0);
+const SPOOFED_PREFIX: u8 = 24;
+
 pub fn run(settings: &Settings) -> Result<Report> {
     let seconds = settings.duration_or(DEFAULT_DURATION_S);
     let xgate = xgate_binary()?;
+    let fair = match std::env::var("XGATE_BENCH_SYNFLOOD_TESTBED").as_deref() {
+        Ok("unfair") => false,
+        Ok("fair") | Err(_) => true,
+        Ok(other) => bail!("XGATE_BENCH_SYNFLOOD_TESTBED={other}: expected fair or unfair"),
+    };
     let mut results = Vec::new();
     for case in [Case::NoFlood, Case::KernelCookies, Case::XdpCookies] {
         sys::check_interrupted()?;
         eprintln!("  synflood: {}", case.about());
-        results.push(measure(case, &xgate, Duration::from_secs(seconds))?);
+        results.push(measure(case, &xgate, Duration::from_secs(seconds), fair)?);
     }
-    Ok(report(&results, seconds))
+    Ok(report(&results, seconds, fair))
 }
 
 /// The xgate binary: `$XGATE_BENCH_XGATE`, else the workspace's release
@@ -119,7 +150,7 @@ impl Drop for Pins {
     }
 }
 
-fn measure(case: Case, xgate: &Path, duration: Duration) -> Result<Measured> {
+fn measure(case: Case, xgate: &Path, duration: Duration, fair: bool) -> Result<Measured> {
     let gw = NetNs::create("sfg")?;
     let client = NetNs::create("sfc")?;
     lab::veth(
@@ -139,11 +170,18 @@ fn measure(case: Case, xgate: &Path, duration: Duration) -> Result<Measured> {
             std::process::id()
         )),
     ]);
-    sys::run(
-        ns_command(&client, xgate)
-            .args(["xdp", "attach", "--iface", "sfc0", "--pin-path"])
-            .arg(&pins.0[1]),
-    )?;
+    let ns_file = File::open(client.path()).context("open the client namespace")?;
+    let _sink = if fair {
+        lab::ns_sh(&client, "ethtool -K sfc0 tx off")?;
+        Some(Sink::attach(&ns_file, "sfc0", SPOOFED_NET, SPOOFED_PREFIX)?)
+    } else {
+        sys::run(
+            ns_command(&client, xgate)
+                .args(["xdp", "attach", "--iface", "sfc0", "--pin-path"])
+                .arg(&pins.0[1]),
+        )?;
+        None
+    };
     let mode = if case == Case::XdpCookies {
         "on"
     } else {
@@ -178,11 +216,11 @@ fn measure(case: Case, xgate: &Path, duration: Duration) -> Result<Measured> {
     let gw_mac = mac_bytes(&lab::mac(&gw, "sfg0")?)?;
     let stop = Arc::new(AtomicBool::new(false));
     let flood_sent = Arc::new(AtomicU64::new(0));
-    let ns_file = File::open(client.path()).context("open the client namespace")?;
     let (latencies, failed, flood_seconds) = std::thread::scope(|scope| -> Result<_> {
         let flood = (case != Case::NoFlood).then(|| {
             let (stop, sent, ns) = (stop.clone(), flood_sent.clone(), &ns_file);
-            scope.spawn(move || flood_syns(ns, gw_mac, &stop, &sent, duration * 2))
+            let sources = if fair { SOURCES } else { SOURCES_UNFAIR };
+            scope.spawn(move || flood_syns(ns, sources, gw_mac, &stop, &sent, duration * 2))
         });
         // Let the flood reach full speed first.
         std::thread::sleep(Duration::from_millis(300));
@@ -207,6 +245,23 @@ fn measure(case: Case, xgate: &Path, duration: Duration) -> Result<Measured> {
         Ok((latencies, failed, flood_seconds))
     })?;
     daemon.check_running()?;
+    // What each end did with the frames: for the log, to explain a result.
+    for (ns, ifname) in [(&client, "sfc0"), (&gw, "sfg0")] {
+        let mut stats: Vec<_> = lab::ethtool_stats(ns, ifname)?
+            .into_iter()
+            .filter(|(name, value)| *value > 0 && (name.contains("xdp") || name.contains("drop")))
+            .collect();
+        stats.sort();
+        eprintln!("    {ifname}: {stats:?}");
+    }
+    if let Ok(out) = ns_command(&gw, xgate)
+        .arg("-c")
+        .arg(&config)
+        .args(["xdp", "stats"])
+        .output()
+    {
+        eprintln!("{}", String::from_utf8_lossy(&out.stdout));
+    }
     drop(daemon);
     drop(pins);
     let mut sorted = latencies;
@@ -264,18 +319,19 @@ fn clients_loop(ns: &File, addr: SocketAddr, duration: Duration) -> Result<(Vec<
 /// `within` and FLOOD_MAX_FRAMES; returns the seconds it ran.
 fn flood_syns(
     ns: &File,
+    sources: usize,
     gw_mac: [u8; 6],
     stop: &AtomicBool,
     sent: &AtomicU64,
     within: Duration,
 ) -> Result<f64> {
     enter(ns)?;
-    let frames: Vec<Vec<u8>> = (0..SOURCES)
+    let frames: Vec<Vec<u8>> = (0..sources)
         .map(|i| {
             let src = Ipv4Addr::new(203, 0, 113, (i % 250) as u8 + 1);
             xgate_tests::frames::tcp4_segment(
                 gw_mac,
-                (src, 1024 + i as u16),
+                (src, 1024 + (i / 250) as u16),
                 (GW, PORT),
                 xgate_tests::frames::TCP_SYN,
                 (i as u32).wrapping_mul(2_654_435_761),
@@ -333,7 +389,7 @@ fn mac_bytes(text: &str) -> Result<[u8; 6]> {
     Ok(mac)
 }
 
-fn report(results: &[Measured], seconds: u64) -> Report {
+fn report(results: &[Measured], seconds: u64, fair: bool) -> Report {
     let base = results
         .iter()
         .find(|m| m.case == Case::NoFlood)
@@ -345,13 +401,24 @@ fn report(results: &[Measured], seconds: u64) -> Report {
             0.0
         }
     };
+    let testbed = if fair {
+        "Testbed made fair: the SYN-ACKs to spoofed sources are dropped on arrival at the \
+         client's veth end by an XDP program (as they vanish into the Internet), for both \
+         defenses, instead of costing the client namespace's stack the same two CPUs; the \
+         client's SYNs carry full checksums (transmit offload off), as a NIC's frames do."
+    } else {
+        "Older testbed (`XGATE_BENCH_SYNFLOOD_TESTBED=unfair`): the client namespace's stack \
+         receives and discards every SYN-ACK to a spoofed source, on the same two CPUs; the \
+         client's SYNs leave their checksums to offload."
+    };
+    let sources = if fair { "65,536" } else { "1,024" };
     let mut markdown = format!(
         "Legitimate goodput ({CLIENTS} clients, one request per new connection, {seconds} s \
-         per case) while spoofed SYNs (1,024 sources) hit the listener over a veth pair. \
+         per case) while spoofed SYNs ({sources} sources) hit the listener over a veth pair. \
          `flood_kernel_cookies`: xgate with `xdp.syn_cookies.mode: off`, the kernel answers \
          (its own SYN cookies once the SYN queue overflows); `flood_xdp_cookies`: `mode: on`, \
          XDP answers with cookies. The flood is sent through the stack's AF_PACKET path \
-         (skbs, not a NIC's frames), from one CPU.\n\n\
+         (skbs, not a NIC's frames), from one CPU. {testbed}\n\n\
          | case | flood (SYN/s sent) | requests/s | of no flood | p99 (ms) | failed |\n\
          |---|---:|---:|---:|---:|---:|\n"
     );
@@ -370,6 +437,7 @@ fn report(results: &[Measured], seconds: u64) -> Report {
         "machine": crate::report::machine(),
         "seconds": seconds,
         "clients": CLIENTS,
+        "testbed": if fair { "fair" } else { "unfair" },
         "cases": results.iter().map(|m| json!({
             "case": m.case.id(),
             "flood_syn_per_s": m.flood_pps,

@@ -8,7 +8,7 @@
 /// Version of the map layouts below. It is part of the pin path
 /// (`<pin_root>/v<N>/`), because aya silently reuses a pinned map even when
 /// its definition changed: bump this whenever a key, value or map size changes.
-pub const MAP_LAYOUT_VERSION: u32 = 5;
+pub const MAP_LAYOUT_VERSION: u32 = 6;
 
 /// Name of the XDP program inside the object file.
 pub const XDP_PROGRAM: &str = "xgate_xdp";
@@ -409,11 +409,15 @@ pub enum Stat {
     /// keeps the listener accepting cookies. (Frames the program does not
     /// parse for cookies, e.g. VLAN-tagged ones, count as `Passed`.)
     SynPassed = 11,
+    /// SYN to a protected port, while cookies are active, whose TCP
+    /// checksum is wrong: `XDP_DROP`, neither answered nor handed to the
+    /// kernel (which would discard it too).
+    SynBadChecksum = 12,
 }
 
 impl Stat {
     /// Number of counters (size of the `STATS` array).
-    pub const COUNT: u32 = 12;
+    pub const COUNT: u32 = 13;
     /// Every counter, in index order.
     pub const ALL: [Stat; Self::COUNT as usize] = [
         Stat::Passed,
@@ -428,6 +432,7 @@ impl Stat {
         Stat::SynCookieValid,
         Stat::SynCookieInvalid,
         Stat::SynPassed,
+        Stat::SynBadChecksum,
     ];
 
     /// Stable metric label for the counter.
@@ -445,6 +450,7 @@ impl Stat {
             Stat::SynCookieValid => "syn_cookie_valid",
             Stat::SynCookieInvalid => "syn_cookie_invalid",
             Stat::SynPassed => "syn_passed",
+            Stat::SynBadChecksum => "syn_bad_checksum",
         }
     }
 
@@ -457,6 +463,7 @@ impl Stat {
                 | Stat::RateLimited
                 | Stat::Malformed
                 | Stat::SynCookieInvalid
+                | Stat::SynBadChecksum
         )
     }
 

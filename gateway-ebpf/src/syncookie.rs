@@ -31,7 +31,7 @@ use aya_ebpf::{
     helpers::{
         bpf_ktime_get_coarse_ns,
         generated::{
-            bpf_sk_release, bpf_skc_lookup_tcp, bpf_tcp_raw_check_syncookie_ipv4,
+            bpf_csum_diff, bpf_sk_release, bpf_skc_lookup_tcp, bpf_tcp_raw_check_syncookie_ipv4,
             bpf_tcp_raw_check_syncookie_ipv6, bpf_tcp_raw_gen_syncookie_ipv4,
             bpf_tcp_raw_gen_syncookie_ipv6, bpf_xdp_adjust_tail,
         },
@@ -143,7 +143,18 @@ fn tcp<const L3: usize>(ctx: &XdpContext, active: bool, mss: u16) -> Stat {
     }
     if tcp_flags & (SYN | ACK | RST | FIN) == SYN {
         count_syn();
-        if !active || refresh_due(L3 == IPV6_LEN, port) {
+        if !active {
+            return Stat::SynPassed;
+        }
+        // Before the SYN can cost anything (a SYN-ACK toward its source,
+        // the refresh slot): the kernel would discard it with a bad
+        // checksum, so it is not answered or handed over either.
+        match syn_checksum::<L3>(ctx) {
+            Checksum::Good => {}
+            Checksum::Bad => return Stat::SynBadChecksum,
+            Checksum::Unchecked => return Stat::SynPassed,
+        }
+        if refresh_due(L3 == IPV6_LEN, port) {
             return Stat::SynPassed;
         }
         return answer_syn::<L3>(ctx, mss);
@@ -350,6 +361,109 @@ fn cookie_sized<const L3: usize, const N: usize>(data: usize, end: usize) -> i64
             bpf_tcp_raw_gen_syncookie_ipv6(ip as *mut ipv6hdr, th, N as u32)
         }
     }
+}
+
+/// What the TCP checksum of a SYN says.
+enum Checksum {
+    Good,
+    Bad,
+    /// Not verifiable here: a SYN carrying data (TCP Fast Open), with
+    /// inconsistent lengths, or with a checksum left to offload. The kernel
+    /// decides: it verifies the checksum itself and answers with its own
+    /// cookie under `tcp_syncookies = 2`.
+    Unchecked,
+}
+
+/// Verifies the TCP checksum of the SYN at `ETH_LEN + L3`: the one's
+/// complement sum of the pseudo header and the whole segment must be
+/// `0xFFFF`. Only SYNs without data are checked here, so the segment is
+/// the header (20 to 60 bytes), summed by `bpf_csum_diff` in one call.
+/// The segment's length comes from the IP header, not from the frame (a
+/// short frame is padded to Ethernet's 60 bytes).
+#[inline(always)]
+fn syn_checksum<const L3: usize>(ctx: &XdpContext) -> Checksum {
+    let data = ctx.data();
+    let end = ctx.data_end();
+    let l4 = ETH_LEN + L3;
+    if data + l4 + TCP_LEN > end {
+        return Checksum::Unchecked;
+    }
+    let ip = (data + ETH_LEN) as *const u8;
+    // SAFETY: the IP header and the fixed TCP header are inside the frame.
+    let (segment_len, th_len, check, mut sum) = unsafe {
+        let th = (data + l4) as *const u8;
+        let th_len = u32::from(*th.add(12) >> 4) * 4;
+        let check = u16::from_be_bytes(ptr::read_unaligned(th.add(16) as *const [u8; 2]));
+        if L3 == IPV4_LEN {
+            let total = u32::from(u16::from_be_bytes(ptr::read_unaligned(
+                ip.add(2) as *const [u8; 2]
+            )));
+            let addrs = ptr::read_unaligned(ip.add(12) as *const [u8; 8]);
+            (
+                total.wrapping_sub(IPV4_LEN as u32),
+                th_len,
+                check,
+                words(&addrs),
+            )
+        } else {
+            let payload = u32::from(u16::from_be_bytes(ptr::read_unaligned(
+                ip.add(4) as *const [u8; 2]
+            )));
+            let addrs = ptr::read_unaligned(ip.add(8) as *const [u8; 32]);
+            (payload, th_len, check, words(&addrs))
+        }
+    };
+    if segment_len != th_len {
+        return Checksum::Unchecked;
+    }
+    sum += u32::from(IPPROTO_TCP) + segment_len;
+    let pseudo = sum;
+    macro_rules! by_length {
+        ($($n:literal)*) => {
+            match th_len {
+                $($n => segment_sum::<L3, $n>(data, end),)*
+                _ => -1,
+            }
+        };
+    }
+    let segment = by_length!(20 24 28 32 36 40 44 48 52 56 60);
+    if segment < 0 {
+        return Checksum::Unchecked;
+    }
+    // The helper sums 32-bit words as loaded (little-endian): folded to
+    // 16 bits and byte-swapped it is the sum of the big-endian 16-bit words
+    // (one's complement addition commutes with the byte swap).
+    let segment = segment as u32;
+    let segment = (segment & 0xFFFF) + (segment >> 16);
+    let segment = (segment & 0xFFFF) + (segment >> 16);
+    sum += u32::from((segment as u16).swap_bytes());
+    if fold(sum) == 0 {
+        Checksum::Good
+    } else if check == !fold(pseudo) {
+        // The field holds only the pseudo header's sum: what a sender's
+        // stack leaves for checksum offload (CHECKSUM_PARTIAL), seen by XDP
+        // on veth when the sender is a local namespace or container (never
+        // from a NIC). Only the kernel knows whether the frame is such a
+        // local one (it then accepts it) or came off the wire (it then drops
+        // it): it decides, without the refresh slot.
+        Checksum::Unchecked
+    } else {
+        Checksum::Bad
+    }
+}
+
+/// `bpf_csum_diff` over the `N`-byte TCP header at `data + ETH_LEN + L3`
+/// (the verifier needs the size constant and the bytes inside the frame),
+/// or a negative errno.
+#[inline(always)]
+fn segment_sum<const L3: usize, const N: usize>(data: usize, end: usize) -> i64 {
+    let th = data + ETH_LEN + L3;
+    if th + N > end {
+        return -1;
+    }
+    // SAFETY: the N bytes are inside the frame (checked above); the helper
+    // only reads them.
+    unsafe { bpf_csum_diff(ptr::null_mut(), 0, th as *mut u32, N as u32, 0) }
 }
 
 /// An ACK to a protected port: a connection the kernel knows passes; one

@@ -821,8 +821,8 @@ fn print_counter_columns(columns: &[(&str, &serde_json::Value)]) {
     }
     println!("{}", header.trim_end());
     for stat in gateway_common::Stat::ALL {
-        let verdict = if stat.dropped() { "drop" } else { "pass" };
-        let mut line = format!("             {:<20} {verdict}", stat.name());
+        let verdict = stat.verdict();
+        let mut line = format!("             {:<20} {verdict:<4}", stat.name());
         for (name, counters) in columns {
             // A JSON value ignores the width: format the number.
             let value = counters[stat.name()]

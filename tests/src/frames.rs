@@ -204,21 +204,13 @@ pub fn internet_checksum(bytes: &[u8]) -> u16 {
     !(sum as u16)
 }
 
-/// A TCP segment over IPv4 that a real stack accepts: addressed to
-/// `dst_mac`, IP and TCP checksums filled in, an MSS option on SYNs.
-#[allow(clippy::too_many_arguments)]
-pub fn tcp4_segment(
-    dst_mac: [u8; 6],
-    src: (Ipv4Addr, u16),
-    dst: (Ipv4Addr, u16),
-    flags: u8,
-    seq: u32,
-    ack: u32,
-) -> Vec<u8> {
+/// A TCP header (an MSS option on SYNs) with its checksum over
+/// `pseudo_addrs` (source then destination address) filled in.
+fn tcp_header(pseudo_addrs: &[u8], ports: (u16, u16), flags: u8, seq: u32, ack: u32) -> Vec<u8> {
     let syn = flags & TCP_SYN != 0;
     let mut t = Vec::with_capacity(24);
-    t.extend_from_slice(&src.1.to_be_bytes());
-    t.extend_from_slice(&dst.1.to_be_bytes());
+    t.extend_from_slice(&ports.0.to_be_bytes());
+    t.extend_from_slice(&ports.1.to_be_bytes());
     t.extend_from_slice(&seq.to_be_bytes());
     t.extend_from_slice(&ack.to_be_bytes());
     t.push(if syn { 6 << 4 } else { 5 << 4 });
@@ -227,17 +219,58 @@ pub fn tcp4_segment(
     if syn {
         t.extend_from_slice(&[2, 4, 0x05, 0xB4]);
     }
-    let mut pseudo = Vec::with_capacity(12 + t.len());
-    pseudo.extend_from_slice(&src.0.octets());
-    pseudo.extend_from_slice(&dst.0.octets());
+    let mut pseudo = Vec::with_capacity(pseudo_addrs.len() + 4 + t.len());
+    pseudo.extend_from_slice(pseudo_addrs);
     pseudo.extend_from_slice(&[0, IPPROTO_TCP, 0, t.len() as u8]);
     pseudo.extend_from_slice(&t);
     let check = internet_checksum(&pseudo);
     t[16..18].copy_from_slice(&check.to_be_bytes());
+    t
+}
+
+/// A TCP segment over IPv4 that a real stack accepts: addressed to
+/// `dst_mac`, IP and TCP checksums filled in, an MSS option on SYNs.
+pub fn tcp4_segment(
+    dst_mac: [u8; 6],
+    src: (Ipv4Addr, u16),
+    dst: (Ipv4Addr, u16),
+    flags: u8,
+    seq: u32,
+    ack: u32,
+) -> Vec<u8> {
+    let addrs = [src.0.octets(), dst.0.octets()].concat();
+    let t = tcp_header(&addrs, (src.1, dst.1), flags, seq, ack);
     let mut ip = ipv4(src.0, dst.0, IPPROTO_TCP, &t);
     let check = internet_checksum(&ip[..20]);
     ip[10..12].copy_from_slice(&check.to_be_bytes());
     let mut frame = ethernet(&[], ETH_P_IPV4, &ip);
     frame[..6].copy_from_slice(&dst_mac);
     frame
+}
+
+/// [`tcp4_segment`] over IPv6.
+pub fn tcp6_segment(
+    dst_mac: [u8; 6],
+    src: (Ipv6Addr, u16),
+    dst: (Ipv6Addr, u16),
+    flags: u8,
+    seq: u32,
+    ack: u32,
+) -> Vec<u8> {
+    let addrs = [src.0.octets(), dst.0.octets()].concat();
+    let t = tcp_header(&addrs, (src.1, dst.1), flags, seq, ack);
+    let mut frame = ethernet(&[], ETH_P_IPV6, &ipv6(src.0, dst.0, IPPROTO_TCP, &t));
+    frame[..6].copy_from_slice(&dst_mac);
+    frame
+}
+
+/// Where the TCP checksum of a frame made by [`tcp4_segment`] (IPv4, no
+/// options) or [`tcp6_segment`] is.
+pub fn tcp_checksum_at(frame: &[u8]) -> std::ops::Range<usize> {
+    let l4 = if frame[12..14] == ETH_P_IPV6.to_be_bytes() {
+        14 + 40
+    } else {
+        14 + 20
+    };
+    l4 + 16..l4 + 18
 }

@@ -56,6 +56,25 @@ impl NetNs {
         ip(&full);
     }
 
+    /// The MAC address of `ifname` in this namespace.
+    pub fn mac(&self, ifname: &str) -> [u8; 6] {
+        let out = Command::new("ip")
+            .args(["-n", &self.name, "-o", "link", "show", ifname])
+            .output()
+            .expect("ip link show");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let hex = text
+            .split_whitespace()
+            .skip_while(|w| *w != "link/ether")
+            .nth(1)
+            .unwrap_or_else(|| panic!("no MAC for {ifname} in {text:?}"));
+        let mut mac = [0u8; 6];
+        for (byte, part) in mac.iter_mut().zip(hex.split(':')) {
+            *byte = u8::from_str_radix(part, 16).expect("MAC digits");
+        }
+        mac
+    }
+
     /// Runs `f` on a thread that has entered this namespace: sockets it
     /// creates live there.
     pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
@@ -101,6 +120,113 @@ pub fn veth(a: &NetNs, a_if: &str, a_addrs: &[&str], b: &NetNs, b_if: &str, b_ad
             }
         }
         ns.ip(&["link", "set", ifname, "up"]);
+    }
+}
+
+/// The two-namespace veth lab of the XDP tests: a gateway namespace whose
+/// end [`Lab::GW_IF`] has 198.18.0.1/24 and 2001:db8:18::1/64, a client
+/// namespace whose end [`Lab::CLIENT_IF`] has the given addresses, and a
+/// bpffs directory for the daemon's pins. Everything is removed when the
+/// lab is dropped: at the end of the test, and on every panic path (also a
+/// panic half-way through [`Lab::new`], whose parts drop on their own).
+pub struct Lab {
+    pub gw: NetNs,
+    pub client: NetNs,
+    /// Where the gateway's daemon pins its maps (`xdp.pin_path`).
+    pub pin: PinDir,
+    /// The client end's own XDP program's pins ([`Lab::pass_xdp_on_client`]).
+    client_pin: Option<PinDir>,
+    tag: String,
+}
+
+impl Lab {
+    /// The gateway's veth end (the daemon attaches XDP here).
+    pub const GW_IF: &'static str = "xg0";
+    /// The client's veth end.
+    pub const CLIENT_IF: &'static str = "xc0";
+    /// The gateway end's addresses.
+    pub const GW_ADDRS: [&'static str; 2] = ["198.18.0.1/24", "2001:db8:18::1/64"];
+
+    /// Namespaces `<tag>g` and `<tag>c` (see [`NetNs::create`]), the client
+    /// end with 198.18.0.2/24 and 2001:db8:18::2/64.
+    pub fn new(tag: &str) -> Self {
+        Self::with_client_addrs(tag, &["198.18.0.2/24", "2001:db8:18::2/64"])
+    }
+
+    /// Like [`Lab::new`], with the client end's addresses given.
+    pub fn with_client_addrs(tag: &str, client_addrs: &[&str]) -> Self {
+        let gw = NetNs::create(&format!("{tag}g"));
+        let client = NetNs::create(&format!("{tag}c"));
+        veth(
+            &gw,
+            Self::GW_IF,
+            &Self::GW_ADDRS,
+            &client,
+            Self::CLIENT_IF,
+            client_addrs,
+        );
+        Self {
+            gw,
+            client,
+            pin: PinDir::new(tag),
+            client_pin: None,
+            tag: tag.to_string(),
+        }
+    }
+
+    /// A daemon config for the gateway: `listeners` (a YAML flow list),
+    /// XDP on [`Lab::GW_IF`] with the lab's pin path and `xdp_extra`
+    /// (lines indented by two spaces, each ending in a newline) inside the
+    /// `xdp:` block, and `rest` (top-level YAML: upstreams, routes).
+    pub fn config(&self, listeners: &str, xdp_extra: &str, rest: &str) -> String {
+        format!(
+            "listeners: {listeners}\n\
+             xdp:\n  interfaces: [{}]\n  pin_path: {}\n{xdp_extra}{rest}",
+            Self::GW_IF,
+            self.pin.0.display()
+        )
+    }
+
+    /// Attaches xgate's XDP program, with no rules (it passes everything),
+    /// to the client's end. A veth end delivers the frames its peer's XDP
+    /// program sends back (`XDP_TX`) only when it runs an XDP program
+    /// itself (docs/xdp.md); a NIC has no such need. Detached with the
+    /// namespace; its pins are removed with the lab.
+    pub fn pass_xdp_on_client(&mut self) {
+        let pin = PinDir::new(&format!("{}c", self.tag));
+        let out = self
+            .client
+            .command(&crate::process::xgate_bin())
+            .args(["xdp", "attach", "--iface", Self::CLIENT_IF, "--pin-path"])
+            .arg(&pin.0)
+            .output()
+            .expect("run xgate xdp attach");
+        self.client_pin = Some(pin);
+        assert!(
+            out.status.success(),
+            "xgate xdp attach on the client's end: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Switches the client end's transmit checksum offload off (`on:
+    /// false`) or on. With it on (veth's default) the client's stack leaves
+    /// TCP checksums for offload, and XDP on the gateway's end sees only the
+    /// pseudo header's sum in them; off, every frame carries its full
+    /// checksum, as frames from a NIC do.
+    pub fn client_checksum_offload(&self, on: bool) {
+        let out = self
+            .client
+            .command(Path::new("ethtool"))
+            .args(["-K", Self::CLIENT_IF, "tx", if on { "on" } else { "off" }])
+            .output()
+            .expect("run ethtool (Debian package ethtool; `cargo xtask setup` installs it)");
+        assert!(
+            out.status.success(),
+            "ethtool -K {} tx: {}",
+            Self::CLIENT_IF,
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 

@@ -7,7 +7,7 @@ use std::{net::SocketAddr, time::Duration};
 
 use xgate_tests::{
     frames,
-    netns::{udp_delivery, veth, NetNs, PinDir},
+    netns::{self, udp_delivery},
     process::{stderr, stdout, Daemon},
     require_root,
     traffic::{run_flows, send_raw, Flow},
@@ -16,46 +16,37 @@ use xgate_tests::{
 const N: usize = 200;
 
 /// Two namespaces joined by a veth, XDP attached to the gateway's end by the
-/// daemon.
-struct Lab {
-    gw: NetNs,
-    client: NetNs,
-    pin: PinDir,
+/// daemon: the shared lab ([`netns::Lab`]), the client end also with .3 / ::3.
+struct Lab(netns::Lab);
+
+impl std::ops::Deref for Lab {
+    type Target = netns::Lab;
+    fn deref(&self) -> &netns::Lab {
+        &self.0
+    }
 }
 
 impl Lab {
     fn new(tag: &str) -> Self {
-        let gw = NetNs::create(&format!("{tag}g"));
-        let client = NetNs::create(&format!("{tag}c"));
-        veth(
-            &gw,
-            "xg0",
-            &["198.18.0.1/24", "2001:db8:18::1/64"],
-            &client,
-            "xc0",
+        Self(netns::Lab::with_client_addrs(
+            tag,
             &[
                 "198.18.0.2/24",
                 "198.18.0.3/24",
                 "2001:db8:18::2/64",
                 "2001:db8:18::3/64",
             ],
-        );
-        Self {
-            gw,
-            client,
-            pin: PinDir::new(tag),
-        }
+        ))
     }
 
     /// A daemon config: XDP on xg0, the lab's pin path, and `xdp_extra`
     /// (indented YAML) inside the `xdp:` block.
     fn config(&self, xdp_extra: &str) -> String {
-        format!(
-            "listeners: [{{address: '127.0.0.1:18080'}}]\n\
-             xdp:\n  interfaces: [xg0]\n  pin_path: {}\n{xdp_extra}\
-             upstreams: {{u: {{targets: ['127.0.0.1:18081']}}}}\n\
-             routes: [{{match: {{path_prefix: /}}, upstream: u}}]\n",
-            self.pin.0.display()
+        self.0.config(
+            "[{address: '127.0.0.1:18080'}]",
+            xdp_extra,
+            "upstreams: {u: {targets: ['127.0.0.1:18081']}}\n\
+             routes: [{match: {path_prefix: /}, upstream: u}]\n",
         )
     }
 

@@ -6,7 +6,7 @@
 
 use std::{
     io::{Read, Write},
-    net::{Ipv4Addr, SocketAddr, TcpStream},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream},
     sync::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
         Arc,
@@ -16,8 +16,8 @@ use std::{
 
 use xgate_tests::{
     frames,
-    netns::{veth, NetNs, PinDir},
-    process::{xgate_bin, Daemon},
+    netns::{self, NetNs},
+    process::Daemon,
     require_root,
     traffic::send_raw,
 };
@@ -41,63 +41,39 @@ macro_rules! root_only {
     };
 }
 
+/// The shared lab ([`netns::Lab`]) set up for SYN cookies.
 struct Lab {
-    gw: NetNs,
-    client: NetNs,
-    pin: PinDir,
-    /// The client end's XDP program (see [`Lab::new`]).
-    _client_pin: PinDir,
+    lab: netns::Lab,
     gw_mac: [u8; 6],
+}
+
+impl std::ops::Deref for Lab {
+    type Target = netns::Lab;
+    fn deref(&self) -> &netns::Lab {
+        &self.lab
+    }
 }
 
 impl Lab {
     fn new(tag: &str) -> Self {
-        let gw = NetNs::create(&format!("{tag}g"));
-        let client = NetNs::create(&format!("{tag}c"));
-        veth(
-            &gw,
-            "xg0",
-            &["198.18.0.1/24", "2001:db8:18::1/64"],
-            &client,
-            "xc0",
-            &["198.18.0.2/24", "2001:db8:18::2/64"],
-        );
+        let mut lab = netns::Lab::new(tag);
         // The spoofed sources are routable, as on the Internet: the kernel
         // drops a SYN it has no route back for before it marks its
         // listener as answering with cookies.
-        gw.ip(&["route", "add", "default", "via", "198.18.0.2"]);
-        let gw_mac = mac(&gw, "xg0");
-        // A veth end delivers frames its peer's XDP program sends back
-        // (XDP_TX) only when it runs an XDP program itself (docs/xdp.md):
-        // the client's end gets xgate's, with no rules (it passes all). A
-        // NIC has no such need: XDP_TX puts the frame on the wire.
-        let client_pin = PinDir::new(&format!("{tag}c"));
-        let out = client
-            .command(&xgate_bin())
-            .args(["xdp", "attach", "--iface", "xc0", "--pin-path"])
-            .arg(&client_pin.0)
-            .output()
-            .expect("run xgate xdp attach");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Self {
-            gw,
-            client,
-            pin: PinDir::new(tag),
-            _client_pin: client_pin,
-            gw_mac,
-        }
+        lab.gw.ip(&["route", "add", "default", "via", "198.18.0.2"]);
+        // The client's frames carry full checksums, as a NIC's do (the
+        // program verifies them; see `a_local_client_leaving_checksums_to_offload_is_served_by_the_kernel`).
+        lab.client_checksum_offload(false);
+        lab.pass_xdp_on_client();
+        let gw_mac = lab.gw.mac(netns::Lab::GW_IF);
+        Self { lab, gw_mac }
     }
 
     fn start(&self, syn_cookies: &str) -> Daemon {
-        let config = format!(
-            "listeners: [{{address: '0.0.0.0:{PORT}'}}, {{address: '[::]:{PORT6}'}}]\n\
-             xdp:\n  interfaces: [xg0]\n  pin_path: {}\n  syn_cookies: {syn_cookies}\n\
-             routes: [{{match: {{path_prefix: /}}, respond: {{status: 200, body: served}}}}]\n",
-            self.pin.0.display()
+        let config = self.config(
+            &format!("[{{address: '0.0.0.0:{PORT}'}}, {{address: '[::]:{PORT6}'}}]"),
+            &format!("  syn_cookies: {syn_cookies}\n"),
+            "routes: [{match: {path_prefix: /}, respond: {status: 200, body: served}}]\n",
         );
         Daemon::start(&config, Some(&self.gw))
     }
@@ -158,7 +134,10 @@ impl Lab {
                     round.wrapping_mul(2_654_435_761),
                     0,
                 );
-                sent.fetch_add(send_raw(&client, "xc0", &frame, 100), Ordering::Relaxed);
+                sent.fetch_add(
+                    send_raw(&client, netns::Lab::CLIENT_IF, &frame, 100),
+                    Ordering::Relaxed,
+                );
             }
             // The namespace belongs to the lab: never delete it from here.
             std::mem::forget(client);
@@ -168,24 +147,6 @@ impl Lab {
     fn status(daemon: &Daemon) -> serde_json::Value {
         daemon.status()["xdp"]["syn_cookies"].clone()
     }
-}
-
-fn mac(ns: &NetNs, ifname: &str) -> [u8; 6] {
-    let out = std::process::Command::new("ip")
-        .args(["-n", &ns.name, "-o", "link", "show", ifname])
-        .output()
-        .expect("ip link show");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let hex = text
-        .split_whitespace()
-        .skip_while(|w| *w != "link/ether")
-        .nth(1)
-        .unwrap_or_else(|| panic!("no MAC in {text}"));
-    let mut mac = [0u8; 6];
-    for (byte, part) in mac.iter_mut().zip(hex.split(':')) {
-        *byte = u8::from_str_radix(part, 16).unwrap();
-    }
-    mac
 }
 
 fn counters(daemon: &Daemon) -> serde_json::Value {
@@ -265,7 +226,10 @@ fn clients_are_served_through_cookies_while_a_spoofed_syn_flood_runs() {
         0x1234_5678,
         0x9abc_def0,
     );
-    assert_eq!(send_raw(&lab.client, "xc0", &forged, 200), 200);
+    assert_eq!(
+        send_raw(&lab.client, netns::Lab::CLIENT_IF, &forged, 200),
+        200
+    );
     wait_for("the forged ACKs to be counted", || {
         delta(&before, &counters(&daemon), "syn_cookie_invalid") >= 200
     });
@@ -329,6 +293,93 @@ fn clients_are_served_through_cookies_while_a_spoofed_syn_flood_runs() {
             && metrics.contains("verdict=\"drop\",reason=\"syn_cookie_invalid\""),
         "{metrics}"
     );
+}
+
+/// A SYN whose TCP checksum is wrong is dropped before it costs anything:
+/// no SYN-ACK toward its (spoofed) source, no hand-over to the kernel (the
+/// refresh slot stays free for a good one). IPv4 and IPv6. A local client
+/// whose stack leaves checksums to offload (veth's default) is served by
+/// the kernel's own cookies instead.
+#[test]
+fn syns_with_bad_checksums_are_dropped_and_counted() {
+    root_only!();
+    const N: usize = 100;
+    let lab = Lab::new("sk");
+    let daemon = lab.start("{mode: on}");
+    let gw6: Ipv6Addr = GW6.parse().unwrap();
+    let spoofed6: Ipv6Addr = "2001:db8:77::9".parse().unwrap();
+    let syns = [
+        frames::tcp4_segment(
+            lab.gw_mac,
+            (Ipv4Addr::new(203, 0, 113, 9), 4000),
+            (GW, PORT),
+            frames::TCP_SYN,
+            7,
+            0,
+        ),
+        frames::tcp6_segment(
+            lab.gw_mac,
+            (spoofed6, 4000),
+            (gw6, PORT6),
+            frames::TCP_SYN,
+            7,
+            0,
+        ),
+    ];
+    for good in syns {
+        let mut bad = good.clone();
+        bad[frames::tcp_checksum_at(&good).start] ^= 0x5a;
+
+        let before = counters(&daemon);
+        assert_eq!(send_raw(&lab.client, netns::Lab::CLIENT_IF, &bad, N), N);
+        wait_for("the bad SYNs to be counted", || {
+            delta(&before, &counters(&daemon), "syn_bad_checksum") >= N as u64
+        });
+        let after = counters(&daemon);
+        assert_eq!(
+            delta(&before, &after, "syn_bad_checksum"),
+            N as u64,
+            "{after}"
+        );
+        for name in ["syn_cookie_sent", "syn_passed"] {
+            assert_eq!(delta(&before, &after, name), 0, "{name}: {after}");
+        }
+
+        let before = counters(&daemon);
+        assert_eq!(send_raw(&lab.client, netns::Lab::CLIENT_IF, &good, N), N);
+        wait_for("the good SYNs to be counted", || {
+            let now = counters(&daemon);
+            delta(&before, &now, "syn_cookie_sent") + delta(&before, &now, "syn_passed") >= N as u64
+        });
+        let after = counters(&daemon);
+        let (cookies, handed) = (
+            delta(&before, &after, "syn_cookie_sent"),
+            delta(&before, &after, "syn_passed"),
+        );
+        assert_eq!(cookies + handed, N as u64, "{after}");
+        // The first good SYN to the port is the refresh one: the bad
+        // ones before it did not take the slot.
+        assert!((1..=2).contains(&handed), "{after}");
+        assert_eq!(delta(&before, &after, "syn_bad_checksum"), 0, "{after}");
+    }
+
+    let metrics = daemon.admin_get("/metrics");
+    assert!(
+        metrics.contains("verdict=\"drop\",reason=\"syn_bad_checksum\"} 200"),
+        "{metrics}"
+    );
+
+    // Checksum offload on: the client's SYNs carry only the pseudo header's
+    // sum; the program hands them to the kernel, which knows they are
+    // local and answers with its own cookie.
+    lab.client_checksum_offload(true);
+    let before = counters(&daemon);
+    lab.assert_served(3);
+    let after = counters(&daemon);
+    assert_eq!(delta(&before, &after, "syn_passed"), 3, "{after}");
+    assert_eq!(delta(&before, &after, "syn_bad_checksum"), 0, "{after}");
+    assert_eq!(delta(&before, &after, "syn_cookie_sent"), 0, "{after}");
+    assert!(delta(&before, &after, "syn_cookie_valid") >= 3, "{after}");
 }
 
 #[test]

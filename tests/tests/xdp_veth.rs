@@ -5,20 +5,19 @@
 use std::net::SocketAddr;
 
 use xgate_tests::{
-    netns::{udp_delivery, veth, NetNs, PinDir},
+    netns::{udp_delivery, veth, Lab, NetNs, PinDir},
     process::{stderr, stdout, Daemon},
     require_root,
 };
 
 const N: usize = 200;
 
-fn config(pin: &PinDir) -> String {
-    format!(
-        "listeners: [{{address: '127.0.0.1:18080'}}]\n\
-         xdp:\n  interfaces: [xg0]\n  pin_path: {}\n\
-         upstreams: {{u: {{targets: ['127.0.0.1:18081']}}}}\n\
-         routes: [{{match: {{path_prefix: /}}, upstream: u}}]\n",
-        pin.0.display()
+fn config(lab: &Lab) -> String {
+    lab.config(
+        "[{address: '127.0.0.1:18080'}]",
+        "",
+        "upstreams: {u: {targets: ['127.0.0.1:18081']}}\n\
+         routes: [{match: {path_prefix: /}, upstream: u}]\n",
     )
 }
 
@@ -31,18 +30,9 @@ fn blocklist_drops_in_xdp_over_veth_and_survives_restart() {
     if !require_root("xdp_veth::blocklist_drops_in_xdp_over_veth_and_survives_restart") {
         return;
     }
-    let gw = NetNs::create("gw");
-    let client = NetNs::create("cl");
-    veth(
-        &gw,
-        "xg0",
-        &["198.18.0.1/24", "2001:db8:18::1/64"],
-        &client,
-        "xc0",
-        &["198.18.0.2/24", "2001:db8:18::2/64"],
-    );
-    let pin = PinDir::new("veth");
-    let daemon = Daemon::start(&config(&pin), Some(&gw));
+    let lab = Lab::new("veth");
+    let (gw, client) = (&lab.gw, &lab.client);
+    let daemon = Daemon::start(&config(&lab), Some(gw));
 
     let status = daemon.status();
     assert_eq!(status["xdp"]["attached"][0]["interface"], "xg0", "{status}");
@@ -60,8 +50,8 @@ fn blocklist_drops_in_xdp_over_veth_and_survives_restart() {
     );
 
     // Baseline: everything arrives.
-    assert_eq!(udp_delivery(&client, v4.0, &gw, v4.1, N, 50), N);
-    assert_eq!(udp_delivery(&client, v6.0, &gw, v6.1, N, 50), N);
+    assert_eq!(udp_delivery(client, v4.0, gw, v4.1, N, 50), N);
+    assert_eq!(udp_delivery(client, v6.0, gw, v6.1, N, 50), N);
 
     // Block both client addresses through the CLI.
     for cidr in ["198.18.0.2/32", "2001:db8:18::2/128"] {
@@ -70,8 +60,8 @@ fn blocklist_drops_in_xdp_over_veth_and_survives_restart() {
     }
     let denied_v4 = daemon.xdp_counter("denied_v4");
     let denied_v6 = daemon.xdp_counter("denied_v6");
-    assert_eq!(udp_delivery(&client, v4.0, &gw, v4.1, N, 0), 0);
-    assert_eq!(udp_delivery(&client, v6.0, &gw, v6.1, N, 0), 0);
+    assert_eq!(udp_delivery(client, v4.0, gw, v4.1, N, 0), 0);
+    assert_eq!(udp_delivery(client, v6.0, gw, v6.1, N, 0), 0);
     assert_eq!(
         daemon.xdp_counter("denied_v4") - denied_v4,
         N as u64,
@@ -87,14 +77,14 @@ fn blocklist_drops_in_xdp_over_veth_and_survives_restart() {
 
     // Restart: the persisted entries are re-applied to the kernel.
     let dir = daemon.stop();
-    let daemon = Daemon::start_in_dir(dir, &config(&pin), Some(&gw));
+    let daemon = Daemon::start_in_dir(dir, &config(&lab), Some(gw));
     let listed = stdout(&daemon.cli(&["blocklist", "ls"]));
     assert!(
         listed.contains("198.18.0.2/32") && listed.contains("2001:db8:18::2/128"),
         "{listed}"
     );
     let denied_v4 = daemon.xdp_counter("denied_v4");
-    assert_eq!(udp_delivery(&client, v4.0, &gw, v4.1, N, 0), 0);
+    assert_eq!(udp_delivery(client, v4.0, gw, v4.1, N, 0), 0);
     assert_eq!(daemon.xdp_counter("denied_v4") - denied_v4, N as u64);
 
     // Unblock: traffic flows again.
@@ -103,8 +93,8 @@ fn blocklist_drops_in_xdp_over_veth_and_survives_restart() {
         assert!(out.status.success(), "rm {cidr}: {}", stderr(&out));
     }
     let denied_v4 = daemon.xdp_counter("denied_v4");
-    assert_eq!(udp_delivery(&client, v4.0, &gw, v4.1, N, 50), N);
-    assert_eq!(udp_delivery(&client, v6.0, &gw, v6.1, N, 50), N);
+    assert_eq!(udp_delivery(client, v4.0, gw, v4.1, N, 50), N);
+    assert_eq!(udp_delivery(client, v6.0, gw, v6.1, N, 50), N);
     assert_eq!(
         daemon.xdp_counter("denied_v4"),
         denied_v4,

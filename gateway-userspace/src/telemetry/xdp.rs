@@ -55,11 +55,11 @@ mod tests {
         let mut interfaces = BTreeMap::new();
         interfaces.insert(
             "eth0".to_string(),
-            counters([5, 1, 0, 7, 0, 0, 0, 2, 11, 4, 6, 1]),
+            counters([5, 1, 0, 7, 0, 0, 0, 2, 11, 4, 6, 1, 3]),
         );
         interfaces.insert(
             "eth1".to_string(),
-            counters([9, 0, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0]),
+            counters([9, 0, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0]),
         );
         let mut out = String::new();
         render(&mut out, &interfaces);
@@ -84,6 +84,9 @@ mod tests {
         ));
         assert!(out.contains(
             "xgate_xdp_packets_total{interface=\"eth0\",verdict=\"drop\",reason=\"syn_cookie_invalid\"} 6\n"
+        ));
+        assert!(out.contains(
+            "xgate_xdp_packets_total{interface=\"eth0\",verdict=\"drop\",reason=\"syn_bad_checksum\"} 3\n"
         ));
         let series: Vec<&str> = out
             .lines()
