@@ -23,7 +23,10 @@ use crate::{
     config::{Config, MetricsListen},
     daemon::Reloader,
     lists::{Listed, XdpStatus},
-    telemetry::{live::LiveReading, top_sources::TopSource},
+    telemetry::{
+        dropped_sources::{self, DroppedSourceRow},
+        live::LiveReading,
+    },
     upstream::health::UpstreamStatus,
     xdp::ListKind,
 };
@@ -33,8 +36,11 @@ type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 const PAGE: &str = include_str!("status_page.html");
 /// The cookie a browser gets for a correct `?token=`.
 const COOKIE: &str = "xgate_status";
-/// Rows of the most refused clients shown.
+/// Rows of the top dropped sources shown.
 const TOP_SOURCES: usize = 10;
+/// Rows taken from each layer before merging: a source second in both can
+/// outrank one first in only one.
+const TOP_SOURCES_PER_LAYER: usize = 50;
 /// How often the charts' history is sampled (the page polls as often), and
 /// how many samples are kept: two minutes, so a page just opened has its
 /// charts already drawn.
@@ -98,7 +104,11 @@ struct Snapshot<'a> {
     upstreams: Vec<UpstreamStatus>,
     live: LiveReading,
     l7_denied_connections: u64,
-    top_refused_sources: Vec<TopSource>,
+    /// Both layers merged (`telemetry::dropped_sources`).
+    top_dropped_sources: Vec<DroppedSourceRow>,
+    /// The XDP half is sampled: one drop in this many, on average, is
+    /// recorded and weighted (1: every drop; absent without XDP).
+    xdp_drop_sample: Option<u32>,
     /// Auto-ban entries.
     bans: Vec<Listed>,
     /// Deny-list entries added at run time (CLI, admin API, other nodes).
@@ -267,7 +277,8 @@ impl StatusPage {
             upstreams: super::upstreams::list(&self.reloader.upstreams()),
             live: metrics.live.read(),
             l7_denied_connections: metrics.l7_denied_connections(),
-            top_refused_sources: metrics.refused_sources.top(TOP_SOURCES),
+            top_dropped_sources: self.top_dropped(),
+            xdp_drop_sample: xdp.as_ref().map(|x| x.drop_sample),
             bans,
             runtime_denies,
             config_denies,
@@ -284,6 +295,25 @@ impl StatusPage {
                     Some("the XDP counters could not be read (see the daemon's log)")
                 }),
         }
+    }
+
+    /// The top dropped sources over both layers. An XDP map that cannot be
+    /// read leaves the XDP half out (the error is logged).
+    fn top_dropped(&self) -> Vec<DroppedSourceRow> {
+        let xdp = match self.observed.lists.xdp_top_dropped(TOP_SOURCES_PER_LAYER) {
+            Some(Ok(rows)) => rows,
+            Some(Err(error)) => {
+                tracing::warn!(%error, "cannot read the XDP per-source drop counts");
+                Vec::new()
+            }
+            None => Vec::new(),
+        };
+        let l7 = self
+            .observed
+            .metrics
+            .refused_sources
+            .top(TOP_SOURCES_PER_LAYER);
+        dropped_sources::merge(&xdp, &l7, TOP_SOURCES)
     }
 
     fn shape(&self) -> Shape {
