@@ -98,9 +98,7 @@ fn record(ctx: *mut xdp_md, stat: Stat, weight: u32) {
     };
     let key = match packet.src {
         Src::V4(a) => BucketKey {
-            addr: [
-                a[0], a[1], a[2], a[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-            ],
+            addr: [a[0], a[1], a[2], a[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
             family: 4,
         },
         Src::V6(addr) => BucketKey { addr, family: 6 },

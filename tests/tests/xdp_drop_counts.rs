@@ -113,7 +113,11 @@ fn every_drop_is_counted_under_its_source_and_reason_when_not_sampled() {
     );
 
     let rows = xdp.top_dropped(10).unwrap();
-    assert_eq!(rows.len(), 3, "exactly the three dropping sources: {rows:?}");
+    assert_eq!(
+        rows.len(),
+        3,
+        "exactly the three dropping sources: {rows:?}"
+    );
     assert_eq!(rows[0].source, IpAddr::V4(FLOODER), "most dropped first");
     let flooder = row(&rows, FLOODER).unwrap();
     assert_eq!(flooder.packets, [0, 7, 0]);
@@ -122,7 +126,10 @@ fn every_drop_is_counted_under_its_source_and_reason_when_not_sampled() {
     assert_eq!(v4.packets, [5, 0, 0]);
     let v6 = row(&rows, DENIED_V6).unwrap();
     assert_eq!(v6.packets, [3, 0, 0]);
-    assert!(row(&rows, QUIET).is_none(), "a passing source is not counted");
+    assert!(
+        row(&rows, QUIET).is_none(),
+        "a passing source is not counted"
+    );
     for r in &rows {
         let skew = std::time::Duration::from_secs(2);
         assert!(

@@ -38,9 +38,6 @@ const PAGE: &str = include_str!("status_page.html");
 const COOKIE: &str = "xgate_status";
 /// Rows of the top dropped sources shown.
 const TOP_SOURCES: usize = 10;
-/// Rows taken from each layer before merging: a source second in both can
-/// outrank one first in only one.
-const TOP_SOURCES_PER_LAYER: usize = 50;
 /// How often the charts' history is sampled (the page polls as often), and
 /// how many samples are kept: two minutes, so a page just opened has its
 /// charts already drawn.
@@ -277,7 +274,7 @@ impl StatusPage {
             upstreams: super::upstreams::list(&self.reloader.upstreams()),
             live: metrics.live.read(),
             l7_denied_connections: metrics.l7_denied_connections(),
-            top_dropped_sources: self.top_dropped(),
+            top_dropped_sources: dropped_sources::top(lists, &metrics.refused_sources, TOP_SOURCES),
             xdp_drop_sample: xdp.as_ref().map(|x| x.drop_sample),
             bans,
             runtime_denies,
@@ -295,25 +292,6 @@ impl StatusPage {
                     Some("the XDP counters could not be read (see the daemon's log)")
                 }),
         }
-    }
-
-    /// The top dropped sources over both layers. An XDP map that cannot be
-    /// read leaves the XDP half out (the error is logged).
-    fn top_dropped(&self) -> Vec<DroppedSourceRow> {
-        let xdp = match self.observed.lists.xdp_top_dropped(TOP_SOURCES_PER_LAYER) {
-            Some(Ok(rows)) => rows,
-            Some(Err(error)) => {
-                tracing::warn!(%error, "cannot read the XDP per-source drop counts");
-                Vec::new()
-            }
-            None => Vec::new(),
-        };
-        let l7 = self
-            .observed
-            .metrics
-            .refused_sources
-            .top(TOP_SOURCES_PER_LAYER);
-        dropped_sources::merge(&xdp, &l7, TOP_SOURCES)
     }
 
     fn shape(&self) -> Shape {

@@ -51,6 +51,28 @@ pub struct DroppedSourceRow {
     pub last_seen_unix_ms: u64,
 }
 
+/// Rows taken from each layer before merging: a source second in both can
+/// outrank one first in only one.
+const PER_LAYER: usize = 50;
+
+/// The `n` sources with the most drops over both layers, now. An XDP map
+/// that cannot be read leaves the XDP half out (the error is logged).
+pub fn top(
+    lists: &crate::lists::SourceLists,
+    refused: &super::top_sources::TopSources,
+    n: usize,
+) -> Vec<DroppedSourceRow> {
+    let xdp = match lists.xdp_top_dropped(PER_LAYER.max(n)) {
+        Some(Ok(rows)) => rows,
+        Some(Err(error)) => {
+            tracing::warn!(%error, "cannot read the XDP per-source drop counts");
+            Vec::new()
+        }
+        None => Vec::new(),
+    };
+    merge(&xdp, &refused.top(PER_LAYER.max(n)), n)
+}
+
 /// The `n` sources with the most drops over both layers, most first (ties
 /// by address). Give each layer's list longer than `n`: a source second in
 /// both can outrank one first in only one.
@@ -93,11 +115,12 @@ pub fn merge(xdp: &[DroppedSource], l7: &[TopSource], n: usize) -> Vec<DroppedSo
         let (r, last) = rows.entry(t.source).or_insert_with(|| row(t.source));
         r.l7 = t.refused;
         r.l7_error = t.error;
-        r.reasons.extend(t.reasons.iter().map(|(reason, count)| ReasonCount {
-            layer: Layer::L7,
-            reason,
-            count: *count,
-        }));
+        r.reasons
+            .extend(t.reasons.iter().map(|(reason, count)| ReasonCount {
+                layer: Layer::L7,
+                reason,
+                count: *count,
+            }));
         if t.last_seen >= *last {
             *last = t.last_seen;
             r.last_layer = Layer::L7;
