@@ -106,7 +106,7 @@ fn record(ctx: *mut xdp_md, stat: Stat, weight: u32) {
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     let weight = u64::from(weight);
-    if let Some(counts) = DROPS.get_ptr_mut(&key) {
+    if let Some(counts) = DROPS.get_ptr_mut(key) {
         // SAFETY: the pointer is into the map value, valid for this run.
         // Other CPUs may update the same source: the add is atomic, the
         // time a plain store.
@@ -123,7 +123,7 @@ fn record(ctx: *mut xdp_md, stat: Stat, weight: u32) {
     *slot(&mut fresh.packets, reason) = weight;
     // A racing CPU may insert first: this sample is then lost, which only
     // undercounts by one sample.
-    let _ = DROPS.insert(&key, &fresh, u64::from(BPF_NOEXIST));
+    let _ = DROPS.insert(key, fresh, u64::from(BPF_NOEXIST));
 }
 
 /// The reason's counter, indexed without a bounds check the verifier would

@@ -130,7 +130,7 @@ pub fn merge(xdp: &[DroppedSource], l7: &[TopSource], n: usize) -> Vec<DroppedSo
         .into_values()
         .map(|(mut r, last)| {
             r.dropped = r.xdp + r.l7;
-            r.reasons.sort_by(|a, b| b.count.cmp(&a.count));
+            r.reasons.sort_by_key(|r| std::cmp::Reverse(r.count));
             r.last_seen_unix_ms = last
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64);
