@@ -270,6 +270,8 @@ fn rule_set(deny: &[IpNet], rate: RateLimit) -> KernelRules {
             v4_prefix_len: 32,
             v6_prefix_len: 64,
             rate,
+            // As the daemon runs it: drops counted per source, sampled.
+            drop_sample: gateway_common::DROP_SAMPLE_DEFAULT,
             ..XdpConfig::default()
         },
         ports: None,

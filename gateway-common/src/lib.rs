@@ -88,8 +88,13 @@ pub mod map_names {
     /// to (family, port) was last handed to the kernel, so that its
     /// listener keeps accepting cookies (see `syncookie.rs`).
     pub const SYNCOOKIE_REFRESH: &str = "SYNCOOKIE_REFRESH";
+    /// Dropped packets per source: `LruHashMap<BucketKey, DropCounts>`
+    /// keyed by the full source address (see [`super::DropCounts`],
+    /// [`super::DROPS_MAX_ENTRIES`]). Sampled: see
+    /// [`super::XdpConfig::drop_sample`]. Shared by every interface.
+    pub const DROPS: &str = "DROPS";
     /// Every map the program owns, in the order userspace pins them.
-    pub const ALL: [&str; 46] = [
+    pub const ALL: [&str; 47] = [
         ACTIVE,
         CONFIG,
         STATS,
@@ -136,6 +141,7 @@ pub mod map_names {
         SYNCOOKIE_PORTS,
         SYNCOOKIE_SYNS,
         SYNCOOKIE_REFRESH,
+        DROPS,
     ];
 }
 
@@ -222,6 +228,69 @@ pub const BUCKET_MAX_ENTRIES: u32 = 262_144;
 /// family, preallocated). A source evicted by a flood of new sources only
 /// pays its list lookups once more; it is never given a wrong verdict.
 pub const VERDICT_MAX_ENTRIES: u32 = 131_072;
+/// Sources the per-source drop map (`DROPS`) holds at once (an LRU: about
+/// 120 bytes each in the kernel, 2 MiB, preallocated). Under a flood of
+/// spoofed sources the least recently sampled ones are evicted; a heavy
+/// dropper is sampled again within a few of its packets and keeps its place.
+pub const DROPS_MAX_ENTRIES: u32 = 16_384;
+/// The default of [`XdpConfig::drop_sample`]: one drop in 64, on average,
+/// updates the per-source drop map.
+pub const DROP_SAMPLE_DEFAULT: u32 = 64;
+
+/// Why the program dropped a source's packets: the index into
+/// [`DropCounts::packets`]. (Malformed frames have no trustworthy source and
+/// are counted only in `STATS`.)
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    /// The source matched the deny list ([`Stat::DeniedV4`], [`Stat::DeniedV6`]).
+    Denied = 0,
+    /// Over its token-bucket budget ([`Stat::RateLimited`]).
+    RateLimited = 1,
+    /// An ACK with an invalid SYN cookie ([`Stat::SynCookieInvalid`]).
+    SynCookieInvalid = 2,
+}
+
+impl DropReason {
+    /// Number of reasons (length of [`DropCounts::packets`]).
+    pub const COUNT: usize = 3;
+    pub const ALL: [DropReason; Self::COUNT] = [
+        DropReason::Denied,
+        DropReason::RateLimited,
+        DropReason::SynCookieInvalid,
+    ];
+
+    /// The reason a dropped packet counted under `stat` is recorded with.
+    pub const fn of(stat: Stat) -> Option<DropReason> {
+        match stat {
+            Stat::DeniedV4 | Stat::DeniedV6 => Some(DropReason::Denied),
+            Stat::RateLimited => Some(DropReason::RateLimited),
+            Stat::SynCookieInvalid => Some(DropReason::SynCookieInvalid),
+            _ => None,
+        }
+    }
+
+    /// Stable label (status page, admin API, CLI).
+    pub const fn name(self) -> &'static str {
+        match self {
+            DropReason::Denied => "deny_list",
+            DropReason::RateLimited => "rate_limited",
+            DropReason::SynCookieInvalid => "syn_cookie_invalid",
+        }
+    }
+}
+
+/// Value of the `DROPS` map: one source's dropped packets, estimated from
+/// samples (each sample adds the number of drops it stands for), by
+/// [`DropReason`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DropCounts {
+    pub packets: [u64; DropReason::COUNT],
+    /// `CLOCK_MONOTONIC` (coarse) nanoseconds of the last sample.
+    pub last_ns: u64,
+}
+
 /// Capacity of each `SPLIT` map: one key per list entry longer than the
 /// aggregation at most, deny and allow lists together.
 pub const SPLIT_MAX_ENTRIES: u32 = 2 * LIST_MAX_ENTRIES;
@@ -341,6 +410,11 @@ pub struct XdpConfig {
     /// slot userspace has written. Buckets stamped with an older value are
     /// looked up in the lists again.
     pub generation: u64,
+    /// Per-source drop counting (map `DROPS`): on average one drop in this
+    /// many (per CPU, at random intervals) is recorded, weighted by the
+    /// drops since the previous sample; 1 records every drop, 0 none.
+    pub drop_sample: u32,
+    pub _pad: u32,
 }
 
 /// Key of a token bucket: the source address masked to the configured
@@ -496,4 +570,5 @@ mod user {
     unsafe impl aya::Pod for super::Bucket {}
     unsafe impl aya::Pod for super::NetEntry {}
     unsafe impl aya::Pod for super::SynCookieConfig {}
+    unsafe impl aya::Pod for super::DropCounts {}
 }

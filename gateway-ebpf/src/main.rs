@@ -12,7 +12,8 @@
 //! `cache.rs`) records that it was on no list at the current rule-set
 //! generation, the list lookups are skipped (see `docs/xdp.md`). Lists keep
 //! entries of common lengths in hash maps and the rest in LPM tries.
-//! Every packet is counted under exactly one [`Stat`].
+//! Every packet is counted under exactly one [`Stat`]; dropped packets are
+//! also counted per source, sampled (`drops.rs`).
 //
 // Built for real only for the BPF target; on the host (`cargo clippy
 // --workspace`, `cargo build --workspace`) it compiles to an empty binary so
@@ -25,6 +26,7 @@
 #![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
 mod cache;
+mod drops;
 mod parse;
 mod syncookie;
 
@@ -207,6 +209,11 @@ pub fn xgate_xdp(ctx: XdpContext) -> u32 {
     }
     count(stat);
     if stat.dropped() {
+        // Per-source drop counting, sampled (see `drops.rs`); malformed
+        // frames have no source worth counting.
+        if !matches!(stat, Stat::Malformed) {
+            drops::count(ctx.ctx, stat);
+        }
         xdp_action::XDP_DROP
     } else if stat.transmitted() {
         xdp_action::XDP_TX
@@ -233,13 +240,20 @@ fn syn_cookies(ctx: *mut xdp_md) -> Stat {
     syncookie::guard(&XdpContext::new(ctx))
 }
 
+/// The active slot's `drop_sample` (read only when a sample is due).
+#[inline(always)]
+pub(crate) fn drop_sample() -> u32 {
+    let index = ACTIVE.get(0).copied().unwrap_or(0) & 1;
+    CONFIG.get(index).map_or(0, |c| c.drop_sample)
+}
+
 /// A volatile read through the context pointer. Without it LLVM may
 /// replace a subprogram's pointer argument by the values loaded through it
 /// (`data`, `data_end`: argument promotion), and the verifier refuses a
 /// subprogram whose context argument is not the context ("arg#0 expects
 /// pointer to ctx").
 #[inline(always)]
-fn keep_context(ctx: *mut xdp_md) {
+pub(crate) fn keep_context(ctx: *mut xdp_md) {
     // SAFETY: `ctx` is the program's context, valid for the whole run.
     unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*ctx).data)) };
 }
@@ -582,6 +596,21 @@ unsafe fn atomic_add(counter: *mut u64) {
 #[inline(always)]
 unsafe fn atomic_add(counter: *mut u64) {
     *counter += 1;
+}
+
+/// `*counter += n`, atomically across CPUs (see [`atomic_add`]).
+#[cfg(target_arch = "bpf")]
+#[inline(always)]
+pub(crate) unsafe fn atomic_add_n(counter: *mut u64, n: u64) {
+    core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+        counter, n,
+    );
+}
+
+#[cfg(not(target_arch = "bpf"))]
+#[inline(always)]
+pub(crate) unsafe fn atomic_add_n(counter: *mut u64, n: u64) {
+    *counter += n;
 }
 
 /// Whether `src` is on one list (deny or allow, IPv4): a live /24 entry or

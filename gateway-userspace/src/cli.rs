@@ -77,7 +77,8 @@ enum Command {
     /// Check a config file: prints every error with its path, line and column, and warnings
     /// about settings that do less than they seem to (as `nginx -t`); exits 1 on any error.
     Validate,
-    /// Show the running daemon's listeners, lists, XDP attachment and counters.
+    /// Show the running daemon's listeners, lists, the sources dropped most
+    /// (XDP and L7), XDP attachment and counters.
     Status {
         /// Print the raw JSON document.
         #[arg(long)]
@@ -724,6 +725,35 @@ fn print_list(kind: ListKind, entries: &[Listed]) {
     }
 }
 
+/// The top dropped sources (XDP packets, sampled, and L7 refusals).
+fn print_dropped_sources(rows: &serde_json::Value) {
+    let Some(rows) = rows.as_array().filter(|r| !r.is_empty()) else {
+        return;
+    };
+    println!("dropped:   the sources dropped most (XDP: packets, sampled; L7: refusals)");
+    for row in rows.iter().take(5) {
+        let reasons: Vec<String> = row["reasons"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| {
+                format!(
+                    "{} {} {}",
+                    if r["layer"] == "xdp" { "XDP" } else { "L7" },
+                    r["reason"].as_str().unwrap_or("?"),
+                    r["count"]
+                )
+            })
+            .collect();
+        println!(
+            "           {:<39} {:>10}  {}",
+            row["source"].as_str().unwrap_or("?"),
+            row["dropped"],
+            reasons.join(", ")
+        );
+    }
+}
+
 fn print_status(s: &serde_json::Value) {
     let get = |k: &str| s.get(k).cloned().unwrap_or_default();
     println!(
@@ -752,6 +782,7 @@ fn print_status(s: &serde_json::Value) {
         get("allowlist_entries"),
         get("l7_denied_connections")
     );
+    print_dropped_sources(&get("top_dropped_sources"));
     if let Some(cluster) = s.get("cluster") {
         println!(
             "cluster:   node {}, {}",

@@ -5,6 +5,7 @@
 //! - `process`: `process_*` and `xgate_build_info`
 //! - `xdp`: the XDP program's packet counters, per interface
 
+pub mod dropped_sources;
 pub mod exposition;
 pub mod live;
 mod process;

@@ -202,16 +202,37 @@ fn the_json_shows_listeners_routes_health_refusals_and_bans() {
     assert_eq!(json["routes"][0]["matches"], "path_prefix /");
     assert_eq!(json["routes"][0]["to"], "shop");
     assert_eq!(target_state(&json, upstream), "healthy", "{json:#}");
-    // Refused: 3 bad keys and 1 connection from .2, 1 bad key from .3.
-    let top = &json["top_refused_sources"];
+    // Refused at L7: 3 bad keys and 1 connection from .2, 1 bad key from .3
+    // (no XDP here: every drop is an L7 refusal).
+    let top = &json["top_dropped_sources"];
     assert_eq!(top[0]["source"], "127.0.0.2", "{json:#}");
-    assert_eq!(top[0]["refused"], 4);
-    assert_eq!(top[0]["last_reason"], "deny_list");
+    assert_eq!(
+        (&top[0]["dropped"], &top[0]["l7"], &top[0]["xdp"]),
+        (&Value::from(4), &Value::from(4), &Value::from(0))
+    );
+    assert_eq!(top[0]["last_layer"], "l7");
+    assert_eq!(
+        top[0]["reasons"],
+        serde_json::json!([
+            {"layer": "l7", "reason": "unauthenticated", "count": 3},
+            {"layer": "l7", "reason": "deny_list", "count": 1},
+        ])
+    );
+    let seen = top[0]["last_seen_unix_ms"].as_u64().unwrap() / 1000;
+    let now = json["now_unix"].as_u64().unwrap();
+    assert!(
+        seen <= now && seen + 60 >= now,
+        "last seen {seen}, now {now}"
+    );
     assert_eq!(top[1]["source"], "127.0.0.3");
     assert_eq!(
-        (top[1]["refused"].as_u64(), top[1]["last_reason"].as_str()),
+        (
+            top[1]["dropped"].as_u64(),
+            top[1]["reasons"][0]["reason"].as_str()
+        ),
         (Some(1), Some("unauthenticated"))
     );
+    assert_eq!(json["xdp_drop_sample"], Value::Null);
     assert_eq!(json["bans"][0]["cidr"], "127.0.0.2/32");
     assert_eq!(json["bans"][0]["rule"], "brute-force");
     let now = json["now_unix"].as_u64().unwrap();
@@ -256,6 +277,20 @@ fn the_json_shows_listeners_routes_health_refusals_and_bans() {
         status.contains(&format!(
             "metrics:   {metrics} (/metrics, /livez, /readyz, /status)"
         )),
+        "{status}"
+    );
+    // The same top dropped sources in `xgate status` (the admin API's
+    // /status).
+    let line = status
+        .lines()
+        .find(|l| l.contains("127.0.0.2"))
+        .unwrap_or_else(|| panic!("no dropped source in:\n{status}"));
+    assert!(
+        status.contains("dropped:   the sources dropped most"),
+        "{status}"
+    );
+    assert!(
+        line.contains(" 4  L7 unauthenticated 3, L7 deny_list 1"),
         "{status}"
     );
 }
@@ -534,6 +569,22 @@ fn chromium_renders_the_live_page() {
         let out = daemon.cli(&["blocklist", "add", "198.18.44.4", "--reason", "scanner"]);
         assert!(out.status.success(), "{}", stderr(&out));
         assert_eq!(udp_delivery(cl, from, gw, to, 200, 0), 0);
+        // A flooding denied source: dropped in XDP, counted per source
+        // (sampled: the count is an estimate, far above what L7 saw).
+        assert_eq!(udp_delivery(cl, from, gw, to, 3_000, 0), 0);
+        let json = json_when(Some(gw), metrics, |j| {
+            j["top_dropped_sources"][0]["source"] == "198.18.44.4"
+                && j["top_dropped_sources"][0]["xdp"].as_u64() >= Some(1_500)
+        });
+        let top = &json["top_dropped_sources"][0];
+        assert_eq!(
+            (&top["reasons"][0]["layer"], &top["reasons"][0]["reason"]),
+            (&Value::from("xdp"), &Value::from("deny_list")),
+            "{json:#}"
+        );
+        assert_eq!(top["last_layer"], "xdp");
+        assert!(top["xdp"].as_u64().unwrap() <= 3_200 + 2 * 127, "{json:#}");
+        assert_eq!(json["xdp_drop_sample"], 64);
     }
     // Enough samples (every 2 s) for the charts to have lines.
     json_when(gw, metrics, |j| {
@@ -566,6 +617,9 @@ fn chromium_renders_the_live_page() {
             "<td>xsp0</td><td>passed</td><td><span class=\"badge ok\">pass</span>",
             "<td>xsp0</td><td>denied_v4</td><td><span class=\"badge bad\">drop</span>",
             "<td>198.18.44.4/32</td><td><span class=\"badge warn\">deny list</span></td><td>scanner</td>",
+            // The flooder tops the dropped sources, with the layer and reason.
+            "<tbody><tr><td>198.18.44.4</td><td class=\"num\">",
+            "XDP deny_list ≈ ",
         ] {
             assert!(dom.contains(expected), "no {expected:?} in the DOM:\n{dom}");
         }

@@ -64,6 +64,8 @@ pub struct Status {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cluster: Option<crate::lists::cluster::ClusterStatus>,
     pub l7_denied_connections: u64,
+    /// The sources dropped most, XDP and L7 merged (as on the status page).
+    pub top_dropped_sources: Vec<crate::telemetry::dropped_sources::DroppedSourceRow>,
     pub reloads: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub xdp: Option<XdpStatus>,

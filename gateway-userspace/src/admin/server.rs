@@ -285,6 +285,9 @@ async fn revoke_refresh_tokens(state: &AdminState, client_id: &str) -> Response<
     )
 }
 
+/// Rows of the top dropped sources in `GET /status` (`xgate status`).
+const TOP_DROPPED_SOURCES: usize = 10;
+
 fn status(state: &AdminState) -> Status {
     let (xdp, xdp_error) = match state.lists.xdp_status() {
         Some(Ok(s)) => (Some(s), None),
@@ -301,6 +304,11 @@ fn status(state: &AdminState) -> Status {
         bans: state.lists.bans().len(),
         cluster: state.cluster.as_ref().map(|c| c.status()),
         l7_denied_connections: state.metrics.l7_denied_connections(),
+        top_dropped_sources: crate::telemetry::dropped_sources::top(
+            &state.lists,
+            &state.metrics.refused_sources,
+            TOP_DROPPED_SOURCES,
+        ),
         reloads: state.metrics.reloads(),
         xdp,
         xdp_off_reason: xdp_error,

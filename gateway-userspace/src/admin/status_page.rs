@@ -23,7 +23,10 @@ use crate::{
     config::{Config, MetricsListen},
     daemon::Reloader,
     lists::{Listed, XdpStatus},
-    telemetry::{live::LiveReading, top_sources::TopSource},
+    telemetry::{
+        dropped_sources::{self, DroppedSourceRow},
+        live::LiveReading,
+    },
     upstream::health::UpstreamStatus,
     xdp::ListKind,
 };
@@ -33,7 +36,7 @@ type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 const PAGE: &str = include_str!("status_page.html");
 /// The cookie a browser gets for a correct `?token=`.
 const COOKIE: &str = "xgate_status";
-/// Rows of the most refused clients shown.
+/// Rows of the top dropped sources shown.
 const TOP_SOURCES: usize = 10;
 /// How often the charts' history is sampled (the page polls as often), and
 /// how many samples are kept: two minutes, so a page just opened has its
@@ -98,7 +101,11 @@ struct Snapshot<'a> {
     upstreams: Vec<UpstreamStatus>,
     live: LiveReading,
     l7_denied_connections: u64,
-    top_refused_sources: Vec<TopSource>,
+    /// Both layers merged (`telemetry::dropped_sources`).
+    top_dropped_sources: Vec<DroppedSourceRow>,
+    /// The XDP half is sampled: one drop in this many, on average, is
+    /// recorded and weighted (1: every drop; absent without XDP).
+    xdp_drop_sample: Option<u32>,
     /// Auto-ban entries.
     bans: Vec<Listed>,
     /// Deny-list entries added at run time (CLI, admin API, other nodes).
@@ -267,7 +274,8 @@ impl StatusPage {
             upstreams: super::upstreams::list(&self.reloader.upstreams()),
             live: metrics.live.read(),
             l7_denied_connections: metrics.l7_denied_connections(),
-            top_refused_sources: metrics.refused_sources.top(TOP_SOURCES),
+            top_dropped_sources: dropped_sources::top(lists, &metrics.refused_sources, TOP_SOURCES),
+            xdp_drop_sample: xdp.as_ref().map(|x| x.drop_sample),
             bans,
             runtime_denies,
             config_denies,

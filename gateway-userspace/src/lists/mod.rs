@@ -142,6 +142,9 @@ pub struct XdpStatus {
     pub interface_counters: BTreeMap<String, Counters>,
     /// SYN cookies from XDP (`xdp.syn_cookies`).
     pub syn_cookies: crate::xdp::SynCookieStatus,
+    /// Per-source drop counting: one drop in this many is sampled (1:
+    /// every drop, 0: off).
+    pub drop_sample: u32,
 }
 
 pub struct SourceLists {
@@ -481,9 +484,21 @@ impl SourceLists {
                 counters: xdp.counters()?,
                 interface_counters: xdp.interface_counters()?.into_iter().collect(),
                 syn_cookies: xdp.syn_cookie_status()?,
+                drop_sample: xdp.drop_sample()?,
             })
         };
         Some(status().map_err(|e| e.to_string()))
+    }
+
+    /// The `n` sources with the most packets dropped in XDP (None without
+    /// XDP).
+    pub fn xdp_top_dropped(
+        &self,
+        n: usize,
+    ) -> Option<Result<Vec<crate::xdp::DroppedSource>, String>> {
+        let inner = self.inner.lock().unwrap();
+        let xdp = inner.xdp.as_ref()?;
+        Some(xdp.top_dropped(n).map_err(|e| e.to_string()))
     }
 
     /// Auto mode's once-a-second look at the SYN rate (see

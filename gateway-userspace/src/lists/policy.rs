@@ -1,6 +1,6 @@
 //! The kernel's rate-limit policy, compiled from `xdp.rate_limit`.
 
-use gateway_common::{flags, RateLimit, XdpConfig};
+use gateway_common::{flags, RateLimit, XdpConfig, DROP_SAMPLE_DEFAULT};
 use ipnet::IpNet;
 
 use crate::config::{Config, Ports, PortsKeyword};
@@ -29,6 +29,7 @@ impl KernelPolicy {
                 config: XdpConfig {
                     v4_prefix_len: 32,
                     v6_prefix_len: 64,
+                    drop_sample: DROP_SAMPLE_DEFAULT,
                     ..XdpConfig::default()
                 },
                 ports: None,
@@ -60,6 +61,8 @@ impl KernelPolicy {
                 // Set by the map writer when the slot is filled.
                 present: 0,
                 generation: 0,
+                drop_sample: DROP_SAMPLE_DEFAULT,
+                _pad: 0,
             },
             ports,
             overrides: rl

@@ -4,7 +4,7 @@
 //! least counted one and inherits its count, so a heavy hitter is never
 //! lost and a count is over-estimated by at most the `error` shown with it.
 
-use std::{collections::HashMap, net::IpAddr, sync::Mutex};
+use std::{collections::HashMap, net::IpAddr, sync::Mutex, time::SystemTime};
 
 use serde::Serialize;
 
@@ -24,6 +24,10 @@ struct Slot {
     error: u64,
     /// The reason of the last refusal (`deny_list`, `rate_limited`, ...).
     last_reason: &'static str,
+    /// Refusals by reason since this address got its slot (they add up to
+    /// `count - error`).
+    reasons: Vec<(&'static str, u64)>,
+    last_seen: SystemTime,
 }
 
 /// One row of the list.
@@ -35,20 +39,33 @@ pub struct TopSource {
     /// `CAPACITY` addresses were seen).
     pub error: u64,
     pub last_reason: &'static str,
+    /// By reason, most first.
+    #[serde(skip)]
+    pub reasons: Vec<(&'static str, u64)>,
+    #[serde(skip)]
+    pub last_seen: SystemTime,
 }
 
 impl TopSources {
     pub fn record(&self, source: IpAddr, reason: &'static str) {
+        let now = SystemTime::now();
         let mut counts = self.counts.lock().unwrap();
         if let Some(slot) = counts.get_mut(&source) {
             slot.count += 1;
             slot.last_reason = reason;
+            slot.last_seen = now;
+            match slot.reasons.iter_mut().find(|(r, _)| *r == reason) {
+                Some((_, n)) => *n += 1,
+                None => slot.reasons.push((reason, 1)),
+            }
             return;
         }
         let mut slot = Slot {
             count: 1,
             error: 0,
             last_reason: reason,
+            reasons: vec![(reason, 1)],
+            last_seen: now,
         };
         if counts.len() >= CAPACITY {
             let (&evicted, least) = counts
@@ -67,11 +84,17 @@ impl TopSources {
         let counts = self.counts.lock().unwrap();
         let mut rows: Vec<TopSource> = counts
             .iter()
-            .map(|(source, slot)| TopSource {
-                source: *source,
-                refused: slot.count,
-                error: slot.error,
-                last_reason: slot.last_reason,
+            .map(|(source, slot)| {
+                let mut reasons = slot.reasons.clone();
+                reasons.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+                TopSource {
+                    source: *source,
+                    refused: slot.count,
+                    error: slot.error,
+                    last_reason: slot.last_reason,
+                    reasons,
+                    last_seen: slot.last_seen,
+                }
             })
             .collect();
         rows.sort_by(|a, b| b.refused.cmp(&a.refused).then(a.source.cmp(&b.source)));
@@ -100,6 +123,7 @@ mod tests {
         assert_eq!(rows.len(), 2);
         assert_eq!((rows[0].source, rows[0].refused), (ip(1), 4));
         assert_eq!(rows[0].last_reason, "deny_list");
+        assert_eq!(rows[0].reasons, [("rate_limited", 3), ("deny_list", 1)]);
         assert_eq!(
             (rows[1].source, rows[1].refused, rows[1].error),
             (ip(2), 1, 0)

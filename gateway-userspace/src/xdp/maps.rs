@@ -106,6 +106,10 @@ impl Maps {
         Ok(self.active.get(&0, 0)? & 1)
     }
 
+    pub(super) fn drop_sample(&self) -> Result<u32, XdpError> {
+        Ok(self.config.get(&self.active()?, 0)?.drop_sample)
+    }
+
     pub(super) fn bucket_count(&self) -> usize {
         self.buckets.keys().filter(Result::is_ok).count()
     }

@@ -5,6 +5,7 @@
 mod attach;
 mod bpffs;
 mod cleanup;
+mod drops;
 mod instance;
 mod list_maps;
 mod maps;
@@ -26,10 +27,11 @@ use serde::Serialize;
 pub use self::{
     attach::{detach_pinned, links_dir, AttachMode, Attachment, OnExit},
     cleanup::{cleanup, Removed},
+    drops::DroppedSource,
     maps::{CachedIn, KernelRules, ListKind},
     syncookie::{SynCookiePolicy, SynCookieStatus},
 };
-use self::{instance::Instance, maps::Maps, syncookie::SynCookies};
+use self::{drops::Drops, instance::Instance, maps::Maps, syncookie::SynCookies};
 
 /// The compiled XDP program, built by this crate's build script.
 pub static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xgate-xdp"));
@@ -112,6 +114,7 @@ pub struct XdpDataPlane {
     stats: PerCpuArray<MapData, u64>,
     maps: Maps,
     syn_cookies: SynCookies,
+    drops: Drops,
     instances: Vec<Instance>,
     attachments: Vec<Attachment>,
     pin_root: Option<PathBuf>,
@@ -150,6 +153,10 @@ impl XdpDataPlane {
         let stats = instance::take_stats(&mut ebpf)?;
         let maps = Maps::take(&mut ebpf)?;
         let syn_cookies = SynCookies::take(&mut ebpf)?;
+        let drops = ebpf
+            .take_map(gateway_common::map_names::DROPS)
+            .ok_or(XdpError::Missing(gateway_common::map_names::DROPS))?;
+        let drops = Drops::new(aya::maps::HashMap::try_from(drops)?);
         Ok(Self {
             ebpf,
             object,
@@ -157,6 +164,7 @@ impl XdpDataPlane {
             stats,
             maps,
             syn_cookies,
+            drops,
             instances: Vec::new(),
             attachments: Vec::new(),
             pin_root: pin_root.map(Path::to_path_buf),
@@ -275,6 +283,17 @@ impl XdpDataPlane {
             .iter()
             .map(|a| a.interface.clone())
             .collect()
+    }
+
+    /// The `n` sources with the most packets dropped in XDP (every
+    /// interface), most first: sampled counts (see docs/xdp.md).
+    pub fn top_dropped(&self, n: usize) -> Result<Vec<DroppedSource>, XdpError> {
+        self.drops.top(n)
+    }
+
+    /// The active slot's per-source drop sampling (`XdpConfig::drop_sample`).
+    pub fn drop_sample(&self) -> Result<u32, XdpError> {
+        self.maps.drop_sample()
     }
 
     /// Number of token buckets currently held.
