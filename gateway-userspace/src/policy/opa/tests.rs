@@ -435,7 +435,10 @@ async fn the_memo_answers_equal_inputs_and_only_those() {
     );
     assert!(!decide(&guard, "POST", "a").await);
     assert_eq!((hits(), memo.len()), (1, 3));
-    assert!(!decide(&guard, "GET", "blocked").await, "a remembered refusal");
+    assert!(
+        !decide(&guard, "GET", "blocked").await,
+        "a remembered refusal"
+    );
     assert_eq!(hits(), 2);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -447,7 +450,10 @@ async fn impure_policies_and_memo_entries_0_have_no_memo() {
     // (`time.now_ns` is not in this build of regorus; `rand.intn` is.)
     let random = "package m\n\nallow if { rand.intn(\"x\", 10) >= 0 }\n";
     let clocked = guard(&dir, random, None);
-    assert!(clocked.memo.is_none(), "randomness: every request evaluated");
+    assert!(
+        clocked.memo.is_none(),
+        "randomness: every request evaluated"
+    );
     assert!(decide(&clocked, "GET", "a").await);
     let with = "package m\n\nallow if { f with input as {} }\nf if { true }\n";
     assert!(guard(&dir, with, None).memo.is_none());
