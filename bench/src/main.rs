@@ -52,6 +52,9 @@ pub struct Settings {
     /// Seconds of load per measurement (HTTP scenarios); `None`: the
     /// scenario's own default.
     pub duration: Option<u64>,
+    /// `--only`: the comparisons to run, comma-separated (scenarios that
+    /// have named comparisons: `scale`); `None`: all of them.
+    pub only: Option<&'static str>,
 }
 
 impl Default for Settings {
@@ -60,6 +63,7 @@ impl Default for Settings {
             repeat: 1_000_000,
             rounds: None,
             duration: None,
+            only: None,
         }
     }
 }
@@ -122,14 +126,14 @@ const SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         name: "scale",
-        about: "per-request cost with 10 vs 10,000 routes and 10 vs 100,000 deny CIDRs",
+        about: "per-request cost with 10 vs 10,000 routes, 10 vs 100,000 deny CIDRs, consumers and rate-limit keys",
         run: scale::run,
     },
 ];
 
 fn usage() -> String {
     let mut s = String::from(
-        "usage: xgate-bench [--repeat N] [--rounds R] [--duration S] SCENARIO... | all\n\n\
+        "usage: xgate-bench [--repeat N] [--rounds R] [--duration S] [--only A,B] SCENARIO... | all\n\n\
          scenarios:\n",
     );
     for scenario in SCENARIOS {
@@ -140,7 +144,8 @@ fn usage() -> String {
         "\noptions:\n  --repeat N     repetitions per measurement (xdp; bots: decisions, at most 200000; default {})\n  \
          --rounds R     measurements per case, the median is reported \
          (default: xdp {}, proxy {}, shapes {}, policies {}, bots {})\n  \
-         --duration S   seconds of load per measurement (proxy, shapes, policies; default {})\n\n\
+         --duration S   seconds of load per measurement (proxy, shapes, policies; default {})\n  \
+         --only A,B     only these comparisons (scale: {})\n\n\
          Needs root. Writes bench/RESULTS.md and bench/results.json \
          (or into $XGATE_BENCH_OUT).\n\n\
          not scenarios:\n  \
@@ -156,6 +161,7 @@ fn usage() -> String {
         policies::DEFAULT_ROUNDS,
         bots::DEFAULT_ROUNDS,
         proxy::DEFAULT_DURATION_S,
+        scale::COMPARISONS.join(", "),
     ));
     s
 }
@@ -213,6 +219,15 @@ fn parse(args: &[String]) -> Result<Parsed> {
                 }
                 settings.duration = Some(seconds);
             }
+            "--only" => {
+                let value = args.next().context("--only needs comparison names")?;
+                if value.split(',').any(str::is_empty) {
+                    bail!("--only {value}: empty comparison name");
+                }
+                // Settings are Copy: the one list of the run lives as long
+                // as the process.
+                settings.only = Some(Box::leak(value.clone().into_boxed_str()));
+            }
             "all" => chosen.extend(SCENARIOS.iter()),
             name if name.starts_with('-') => {
                 bail!("unknown option {name}\n\n{}", usage())
@@ -239,6 +254,15 @@ fn parse(args: &[String]) -> Result<Parsed> {
         seen.push(s.name);
         first
     });
+    if let Some(only) = settings.only {
+        if let Some(other) = chosen.iter().find(|s| s.name != "scale") {
+            bail!(
+                "--only names comparisons of `scale`; `{}` has none",
+                other.name
+            );
+        }
+        scale::chosen(Some(only))?;
+    }
     Ok(Parsed::Run(settings, chosen))
 }
 
@@ -414,5 +438,23 @@ mod tests {
         };
         assert_eq!((settings.rounds_or(9), settings.duration_or(5)), (2, 3));
         assert_eq!(chosen.len(), 2);
+    }
+
+    #[test]
+    fn only_names_scale_comparisons() {
+        let Ok(Parsed::Run(settings, _)) = parse(&args(&[
+            "--only",
+            "redis-ratelimit-keys,ratelimit-keys",
+            "scale",
+        ])) else {
+            panic!("did not parse");
+        };
+        assert_eq!(settings.only, Some("redis-ratelimit-keys,ratelimit-keys"));
+        let Err(e) = parse(&args(&["--only", "no-such", "scale"])) else {
+            panic!("accepted an unknown comparison");
+        };
+        assert!(e.to_string().contains("redis-ratelimit-keys"), "{e}");
+        assert!(parse(&args(&["--only", "routes", "proxy"])).is_err());
+        assert!(parse(&args(&["--only", "routes,", "scale"])).is_err());
     }
 }

@@ -82,11 +82,12 @@ enum Policy {
     IpRestriction,
     BotDetection,
     OpaEmbedded,
+    OpaEmbeddedNoMemo,
     OpaRemote,
 }
 
 impl Policy {
-    const ALL: [Policy; 11] = [
+    const ALL: [Policy; 12] = [
         Policy::Plain,
         Policy::KeyAuth,
         Policy::Jwt,
@@ -97,6 +98,7 @@ impl Policy {
         Policy::IpRestriction,
         Policy::BotDetection,
         Policy::OpaEmbedded,
+        Policy::OpaEmbeddedNoMemo,
         Policy::OpaRemote,
     ];
 
@@ -114,6 +116,7 @@ impl Policy {
                 Policy::IpRestriction,
                 Policy::BotDetection,
                 Policy::OpaEmbedded,
+                Policy::OpaEmbeddedNoMemo,
                 Policy::OpaRemote,
             ],
             Kind::Nginx => &[Policy::Plain, Policy::RateLimit],
@@ -146,7 +149,7 @@ impl Policy {
             (_, Policy::IpRestriction | Policy::BotDetection) => {
                 "xgate's own case: judged against xgate's plain proxying"
             }
-            (_, Policy::OpaEmbedded) => "no embedded Rego evaluation",
+            (_, Policy::OpaEmbedded | Policy::OpaEmbeddedNoMemo) => "no embedded Rego evaluation",
             (_, Policy::OpaRemote) => {
                 "no external authorization call without a Lua or SPOE agent \
                  (Envoy's ext_authz is the peer of this case)"
@@ -192,6 +195,7 @@ impl Policy {
             Policy::IpRestriction => "ip_restriction",
             Policy::BotDetection => "bot_detection",
             Policy::OpaEmbedded => "opa_embedded",
+            Policy::OpaEmbeddedNoMemo => "opa_embedded_no_memo",
             Policy::OpaRemote => "opa_remote",
         }
     }
@@ -208,6 +212,9 @@ impl Policy {
             Policy::IpRestriction => "ip-restriction (10,000 deny prefixes)",
             Policy::BotDetection => "bot detection with the built-in list",
             Policy::OpaEmbedded => "OPA, embedded Rego (small allow policy)",
+            Policy::OpaEmbeddedNoMemo => {
+                "OPA, embedded Rego, memo off (every request evaluated; reported, no target)"
+            }
             Policy::OpaRemote => {
                 "OPA, remote (bench policy server; xgate: OPA's data API, Envoy: ext_authz)"
             }
@@ -227,6 +234,7 @@ impl Policy {
             Policy::IpRestriction => "IP_RESTRICTION_PORT",
             Policy::BotDetection => "BOT_DETECTION_PORT",
             Policy::OpaEmbedded => "OPA_EMBEDDED_PORT",
+            Policy::OpaEmbeddedNoMemo => "OPA_EMBEDDED_NO_MEMO_PORT",
             Policy::OpaRemote => "OPA_REMOTE_PORT",
         }
     }
@@ -236,7 +244,11 @@ impl Policy {
     fn xgate_only(self) -> bool {
         matches!(
             self,
-            Policy::JwtCached | Policy::IpRestriction | Policy::BotDetection | Policy::OpaEmbedded
+            Policy::JwtCached
+                | Policy::IpRestriction
+                | Policy::BotDetection
+                | Policy::OpaEmbedded
+                | Policy::OpaEmbeddedNoMemo
         )
     }
 }
@@ -553,7 +565,10 @@ fn check_policy(policy: Policy, port: u16, creds: &Credentials) -> Result<()> {
             ],
         ));
     }
-    if matches!(policy, Policy::OpaEmbedded | Policy::OpaRemote) {
+    if matches!(
+        policy,
+        Policy::OpaEmbedded | Policy::OpaEmbeddedNoMemo | Policy::OpaRemote
+    ) {
         let mut denied = good.clone();
         denied.push("x-bench-deny: 1".into());
         refused.push(("x-bench-deny (the policy refuses it)", denied));
@@ -747,7 +762,7 @@ pub fn run(settings: &Settings) -> Result<Report> {
 
 /// `xgate_rate_limit_redis_fallbacks_total`, all actions, from the admin
 /// API's metrics.
-fn redis_fallbacks(admin_socket: &Path) -> Result<f64> {
+pub(crate) fn redis_fallbacks(admin_socket: &Path) -> Result<f64> {
     use std::io::Write;
     let mut stream = std::os::unix::net::UnixStream::connect(admin_socket)
         .with_context(|| format!("connecting to {}", admin_socket.display()))?;
@@ -884,6 +899,8 @@ fn build_report(
                         .unwrap_or_else(|| "-".into());
                     let within = if case.target == "xgate" && policy == Policy::OpaRemote {
                         "vs Envoy"
+                    } else if policy == Policy::OpaEmbeddedNoMemo {
+                        "reported"
                     } else if case.target == "xgate" && !policy.judged_by_overhead() {
                         "vs HAProxy"
                     } else if o <= policy.target() {
@@ -962,7 +979,11 @@ fn build_report(
          remote case is `ext_authz` in HTTP-service mode against the same server (its own \
          instance): Envoy sends the original method, path and all headers to the server's \
          ext_authz endpoint, which evaluates the same policy on an input shaped as xgate's and \
-         answers 200 or 403. No cache of decisions on either side.\n\
+         answers 200 or 403. No `cache:` on either side; xgate's embedded case runs with its \
+         defaults, so its memo (decisions of a pure policy remembered by the exact input it \
+         reads: here the method and `x-bench-deny`, the same on every request) answers all but \
+         the first request; `opa_embedded_no_memo` turns the memo off and evaluates every \
+         request (reported, no target).\n\
          - Before the load, each case is checked: the real credentials get 200 and the body; a \
          request without the key, with an unknown key, without the token or with a tampered \
          token, from a denied address or with a scanner's agent gets 401/403 where that policy \

@@ -12,17 +12,21 @@
 //! - rate-limit keys: a local rate limit (never triggered) keyed by a
 //!   header, the requests spread over 10 against 100,000 distinct values
 //!   (a wrk script cycles through them), so the counters hold that many
-//!   keys;
+//!   keys; the same with the counters in Redis (a redis-server started in
+//!   the run's namespace), where each distinct key is a hash in Redis;
 //! - deny CIDRs in XDP: the same two lists in the XDP program's lists,
 //!   ns/packet with BPF_PROG_TEST_RUN for a passing source and a denied one.
 //!
-//! The eight xgate instances run side by side in a network namespace made
+//! The xgate instances run side by side in a network namespace made
 //! for the run (its own loopback), pinned to the last CPU with the upstream;
 //! wrk runs on CPU 0. In every HTTP round the two cases of each pair run
 //! back to back (their order alternating, the pairs' order rotating); the
 //! cost ratio of a pair is the median of its per-round ratios (large /
 //! small cost = small req/s / large req/s).
 //! Target: every pair flat within ±10 %.
+//!
+//! `--only A,B` runs only the named comparisons ([`COMPARISONS`]), and
+//! starts only the instances (and the redis-server) they need.
 
 use std::{
     net::{Ipv4Addr, SocketAddr},
@@ -36,7 +40,7 @@ use gateway_common::{flags, RateLimit, Rule, RuleSource, Stat, XdpConfig};
 use gateway_userspace::xdp::{KernelRules, XdpDataPlane, XDP_OBJECT};
 use ipnet::IpNet;
 use serde_json::{json, Value};
-use xgate_tests::frames::udp4_frame;
+use xgate_tests::{frames::udp4_frame, redis::RedisServer};
 
 use crate::{
     lab,
@@ -102,10 +106,12 @@ enum Instance {
     KeysLarge,
     RateKeysSmall,
     RateKeysLarge,
+    RedisRateKeysSmall,
+    RedisRateKeysLarge,
 }
 
 impl Instance {
-    const ALL: [Instance; 8] = [
+    const ALL: [Instance; 10] = [
         Instance::RoutesSmall,
         Instance::RoutesLarge,
         Instance::DenySmall,
@@ -114,6 +120,8 @@ impl Instance {
         Instance::KeysLarge,
         Instance::RateKeysSmall,
         Instance::RateKeysLarge,
+        Instance::RedisRateKeysSmall,
+        Instance::RedisRateKeysLarge,
     ];
 
     fn id(self) -> &'static str {
@@ -126,6 +134,8 @@ impl Instance {
             Instance::KeysLarge => "consumers-100000",
             Instance::RateKeysSmall => "ratelimit-keys-10",
             Instance::RateKeysLarge => "ratelimit-keys-100000",
+            Instance::RedisRateKeysSmall => "redis-ratelimit-keys-10",
+            Instance::RedisRateKeysLarge => "redis-ratelimit-keys-100000",
         }
     }
 
@@ -169,10 +179,18 @@ impl Instance {
     /// Distinct rate-limit keys the requests are spread over.
     fn rate_keys(self) -> usize {
         match self {
-            Instance::RateKeysSmall => SMALL_RATE_KEYS,
-            Instance::RateKeysLarge => LARGE_RATE_KEYS,
+            Instance::RateKeysSmall | Instance::RedisRateKeysSmall => SMALL_RATE_KEYS,
+            Instance::RateKeysLarge | Instance::RedisRateKeysLarge => LARGE_RATE_KEYS,
             _ => 0,
         }
+    }
+
+    /// Whether the rate limit counts in Redis.
+    fn redis(self) -> bool {
+        matches!(
+            self,
+            Instance::RedisRateKeysSmall | Instance::RedisRateKeysLarge
+        )
     }
 
     fn deny(self) -> usize {
@@ -207,40 +225,86 @@ struct HttpCase {
     errors: u64,
 }
 
-/// (small, large, connections, what differs): the pairs judged against the
-/// target.
-const PAIRS: &[(Instance, Instance, Conn, &str)] = &[
+/// (`--only` name, small, large, connections, what differs): the HTTP
+/// pairs judged against the target.
+const PAIRS: &[(&str, Instance, Instance, Conn, &str)] = &[
     (
+        "routes",
         Instance::RoutesSmall,
         Instance::RoutesLarge,
         Conn::KeepAlive,
         "routes: 10 vs 10,000 prefix routes",
     ),
     (
+        "deny-keepalive",
         Instance::DenySmall,
         Instance::DenyLarge,
         Conn::KeepAlive,
         "L7 deny list: 10 vs 100,000 CIDRs, keep-alive",
     ),
     (
+        "deny-close",
         Instance::DenySmall,
         Instance::DenyLarge,
         Conn::Close,
         "L7 deny list: 10 vs 100,000 CIDRs, new connection per request",
     ),
     (
+        "consumers",
         Instance::KeysSmall,
         Instance::KeysLarge,
         Conn::KeepAlive,
         "key-auth: 10 vs 100,000 consumers",
     ),
     (
+        "ratelimit-keys",
         Instance::RateKeysSmall,
         Instance::RateKeysLarge,
         Conn::KeepAlive,
         "local rate limit: 10 vs 100,000 distinct keys",
     ),
+    (
+        "redis-ratelimit-keys",
+        Instance::RedisRateKeysSmall,
+        Instance::RedisRateKeysLarge,
+        Conn::KeepAlive,
+        "Redis rate limit: 10 vs 100,000 distinct keys",
+    ),
 ];
+
+/// The `--only` name of the XDP comparisons (both run together).
+const XDP_COMPARISONS: &str = "xdp";
+
+/// Every comparison `--only` may name.
+pub const COMPARISONS: [&str; 7] = [
+    "routes",
+    "deny-keepalive",
+    "deny-close",
+    "consumers",
+    "ratelimit-keys",
+    "redis-ratelimit-keys",
+    XDP_COMPARISONS,
+];
+
+/// The comparisons to run: those `only` names (checked), or all.
+pub fn chosen(only: Option<&str>) -> Result<Vec<&'static str>> {
+    let Some(only) = only else {
+        return Ok(COMPARISONS.to_vec());
+    };
+    let mut chosen = Vec::new();
+    for name in only.split(',').map(str::trim) {
+        let Some(known) = COMPARISONS.iter().find(|c| **c == name) else {
+            anyhow::bail!(
+                "--only: `{name}` is not a comparison of scale; they are: {}",
+                COMPARISONS.join(", ")
+            );
+        };
+        if !chosen.contains(known) {
+            chosen.push(*known);
+        }
+    }
+    Ok(chosen)
+}
 
 /// Consumer `i`'s API key.
 fn api_key(i: usize) -> String {
@@ -291,10 +355,15 @@ fn routes_yaml(instance: Instance) -> String {
     if instance.rate_keys() > 0 {
         // Limits far above what is sent, in windows of an hour: every key
         // seen stays counted for the whole run.
+        let storage = if instance.redis() {
+            ", storage: redis"
+        } else {
+            ""
+        };
         out.push_str(&format!(
             "  - name: all\n    match: {{ path_prefix: / }}\n    upstream: bench\n    \
              policies: [{{ type: rate-limit, key: ['header:{RATE_KEY_HEADER}'], \
-             limits: [{{ requests: 1000000000, per: 1h }}] }}]\n"
+             limits: [{{ requests: 1000000000, per: 1h }}]{storage} }}]\n"
         ));
         return out;
     }
@@ -308,6 +377,16 @@ fn routes_yaml(instance: Instance) -> String {
         ));
     }
     out
+}
+
+/// The top-level `redis:` of the Redis rate-limit instances (nothing for
+/// the others). A timeout far above a loopback round trip: a check that
+/// fell back to local counting would not measure Redis.
+fn redis_yaml(instance: Instance, url: Option<&str>) -> String {
+    match url {
+        Some(url) if instance.redis() => format!("redis:\n  url: \"{url}\"\n  timeout: 1s\n"),
+        _ => String::new(),
+    }
 }
 
 fn deny_yaml(list: &[IpNet]) -> String {
@@ -327,6 +406,7 @@ fn start_instance(
     dir: PathBuf,
     instance: Instance,
     cpu: usize,
+    redis_url: Option<&str>,
 ) -> Result<Running> {
     std::fs::create_dir_all(&dir)?;
     let deny = deny_list(instance.deny().max(1))?;
@@ -344,6 +424,7 @@ fn start_instance(
             ("DENY", deny_yaml(&deny)),
             ("ROUTES", routes_yaml(instance)),
             ("CONSUMERS", consumers_yaml(instance)),
+            ("REDIS", redis_yaml(instance, redis_url)),
         ],
         false,
     )?;
@@ -547,8 +628,22 @@ pub fn run(settings: &Settings) -> Result<Report> {
     let cores = peers::threads();
     let (outside, gateway) = (0, cores.saturating_sub(1));
 
+    let chosen = chosen(settings.only)?;
+    let pairs_chosen: Vec<_> = PAIRS
+        .iter()
+        .filter(|p| chosen.contains(&p.0))
+        .copied()
+        .collect();
     let no_deep_idle = lab::NoDeepIdle::hold();
-    let (xdp, xdp_rounds, xdp_cpu, mixes) = xdp_part(settings)?;
+    let (xdp, xdp_rounds, xdp_cpu, mixes) = if chosen.contains(&XDP_COMPARISONS) {
+        xdp_part(settings)?
+    } else {
+        (Vec::new(), 0, None, [String::new(), String::new()])
+    };
+    let needed: Vec<Instance> = Instance::ALL
+        .into_iter()
+        .filter(|i| pairs_chosen.iter().any(|p| p.1 == *i || p.2 == *i))
+        .collect();
 
     let xgate = peers::find(peers::Kind::Xgate).context("xgate release binary")?;
     let tmp = TempDir::create("scale")?;
@@ -573,8 +668,17 @@ pub fn run(settings: &Settings) -> Result<Report> {
         upstream::SMALL_BODY,
         Duration::from_secs(10),
     )?;
+    // The Redis rate-limit instances' redis-server, in the namespace (a
+    // child of a thread that entered it), on the gateway's CPU.
+    let redis = if needed.iter().any(|i| i.redis()) {
+        eprintln!("    starting redis-server (the Redis rate-limit instances)");
+        Some(lab::in_netns(&ns, Some(gateway), RedisServer::start)?)
+    } else {
+        None
+    };
+    let redis_url = redis.as_ref().map(RedisServer::url);
     let mut running = Vec::new();
-    for instance in Instance::ALL {
+    for &instance in &needed {
         eprintln!(
             "    starting xgate {} ({} routes, {} deny CIDRs)",
             instance.id(),
@@ -587,30 +691,21 @@ pub fn run(settings: &Settings) -> Result<Report> {
             tmp.path().join(instance.id()),
             instance,
             gateway,
+            redis_url.as_deref(),
         )?);
     }
 
-    let mut cases: Vec<HttpCase> = [
-        (Instance::RoutesSmall, Conn::KeepAlive),
-        (Instance::RoutesLarge, Conn::KeepAlive),
-        (Instance::DenySmall, Conn::KeepAlive),
-        (Instance::DenyLarge, Conn::KeepAlive),
-        (Instance::DenySmall, Conn::Close),
-        (Instance::DenyLarge, Conn::Close),
-        (Instance::KeysSmall, Conn::KeepAlive),
-        (Instance::KeysLarge, Conn::KeepAlive),
-        (Instance::RateKeysSmall, Conn::KeepAlive),
-        (Instance::RateKeysLarge, Conn::KeepAlive),
-    ]
-    .into_iter()
-    .map(|(instance, conn)| HttpCase {
-        instance,
-        conn,
-        rps: Samples::default(),
-        p99: Samples::default(),
-        errors: 0,
-    })
-    .collect();
+    let mut cases: Vec<HttpCase> = pairs_chosen
+        .iter()
+        .flat_map(|&(_, small, large, conn, _)| [(small, conn), (large, conn)])
+        .map(|(instance, conn)| HttpCase {
+            instance,
+            conn,
+            rps: Samples::default(),
+            p99: Samples::default(),
+            errors: 0,
+        })
+        .collect();
 
     let load = |instance: Instance, conn: Conn, seconds: u64| -> Result<crate::load::LoadResult> {
         let url = format!("http://127.0.0.1:{}{}", instance.port(), instance.path());
@@ -652,9 +747,9 @@ pub fn run(settings: &Settings) -> Result<Report> {
     // The two cases of a pair run back to back (their order alternating
     // from round to round, the pairs' order rotating), so that drift in
     // the machine's speed lands on both sides of a ratio alike.
-    let pairs: Vec<(usize, usize)> = PAIRS
+    let pairs: Vec<(usize, usize)> = pairs_chosen
         .iter()
-        .filter_map(|&(small, large, conn, _)| {
+        .filter_map(|&(_, small, large, conn, _)| {
             let at = |i: Instance| cases.iter().position(|c| c.instance == i && c.conn == conn);
             Some((at(small)?, at(large)?))
         })
@@ -699,6 +794,25 @@ pub fn run(settings: &Settings) -> Result<Report> {
     for r in running.iter_mut() {
         r.process.check_running()?;
     }
+    // A Redis check that fell back to local counting (no answer within
+    // redis.timeout) did not measure Redis: such a pair is not judged.
+    let redis_check = match &redis {
+        None => None,
+        Some(redis) => {
+            let mut fallbacks = 0.0;
+            for r in running.iter().filter(|r| r.instance.redis()) {
+                let admin = tmp.path().join(r.instance.id()).join("admin.sock");
+                fallbacks += crate::policies::redis_fallbacks(&admin)
+                    .with_context(|| format!("xgate {}: reading its metrics", r.instance.id()))?;
+            }
+            let keys = lab::in_netns(&ns, None, || redis.command(&["DBSIZE"]))?
+                .context("asking redis-server for DBSIZE")?;
+            Some(RedisCheck {
+                fallbacks,
+                keys: keys.trim_start_matches(':').parse().unwrap_or(0),
+            })
+        }
+    };
     let memory: Vec<Value> = running
         .iter()
         .map(|r| {
@@ -727,9 +841,12 @@ pub fn run(settings: &Settings) -> Result<Report> {
         xgate: xgate.version.clone(),
         wrk: wrk.version.clone(),
         no_deep_idle: no_deep_idle.is_held(),
+        chosen: chosen.clone(),
+        redis: redis_check,
     };
     let report = build_report(&cases, &xdp, &memory, &info);
     drop(running);
+    drop(redis);
     drop(upstream_process);
     drop(ns);
     drop(tmp);
@@ -750,6 +867,16 @@ struct Info {
     xgate: String,
     wrk: String,
     no_deep_idle: bool,
+    /// The comparisons run (`--only`, or all).
+    chosen: Vec<&'static str>,
+    redis: Option<RedisCheck>,
+}
+
+/// What the Redis rate-limit instances' run left: checks answered without
+/// Redis (must be none) and the keys Redis holds.
+struct RedisCheck {
+    fallbacks: f64,
+    keys: u64,
 }
 
 fn find(cases: &[HttpCase], instance: Instance, conn: Conn) -> Option<&HttpCase> {
@@ -767,6 +894,19 @@ fn mem(memory: &[Value], instance: Instance, key: &str) -> Option<u64> {
 
 fn mib(kib: Option<u64>) -> String {
     kib.map_or("n/a".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0))
+}
+
+/// `100000` → `100,000`.
+fn group(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 fn flat(cost_ratio: f64) -> bool {
@@ -787,9 +927,11 @@ fn build_report(cases: &[HttpCase], xdp: &[XdpCase], memory: &[Value], info: &In
         /// The smallest and largest per-round ratio (the noise).
         range: (f64, f64),
         rss: Option<(Option<u64>, Option<u64>)>,
+        /// Why the pair cannot be judged (it measured something else).
+        invalid: Option<String>,
     }
     let mut judged = Vec::new();
-    for &(small, large, conn, label) in PAIRS {
+    for &(_, small, large, conn, label) in PAIRS {
         let (Some(s), Some(l)) = (find(cases, small, conn), find(cases, large, conn)) else {
             continue;
         };
@@ -816,6 +958,17 @@ fn build_report(cases: &[HttpCase], xdp: &[XdpCase], memory: &[Value], info: &In
                 mem(memory, small, "peak_rss_kib_during_load"),
                 mem(memory, large, "peak_rss_kib_during_load"),
             )),
+            invalid: info
+                .redis
+                .as_ref()
+                .filter(|r| small.redis() && r.fallbacks > 0.0)
+                .map(|r| {
+                    format!(
+                        "{} checks fell back to local counting (Redis did not answer within \
+                         redis.timeout): not a measurement of Redis",
+                        r.fallbacks
+                    )
+                }),
         });
     }
     for (small, large, label) in [
@@ -854,9 +1007,11 @@ fn build_report(cases: &[HttpCase], xdp: &[XdpCase], memory: &[Value], info: &In
             paired: per_round.median(),
             range: (per_round.min(), per_round.max()),
             rss: None,
+            invalid: None,
         });
     }
-    let met = !judged.is_empty() && judged.iter().all(|j| flat(j.paired));
+    let ok = |j: &Judged| j.invalid.is_none() && flat(j.paired);
+    let met = !judged.is_empty() && judged.iter().all(ok);
 
     let json = json!({
         "scenario": "scale",
@@ -873,6 +1028,11 @@ fn build_report(cases: &[HttpCase], xdp: &[XdpCase], memory: &[Value], info: &In
         },
         "xgate": info.xgate,
         "idle_cpus_poll": info.no_deep_idle,
+        "comparisons": info.chosen,
+        "redis": info.redis.as_ref().map(|r| json!({
+            "checks_answered_without_redis": r.fallbacks,
+            "keys_in_redis_after_the_run": r.keys,
+        })),
         "load": {
             "tool": info.wrk, "threads": WRK_THREADS, "connections": WRK_CONNECTIONS,
             "routes_request": format!("GET {ROUTE_PATH} (matches route /svc7, stripped to {})", upstream::SMALL_PATH),
@@ -902,7 +1062,8 @@ fn build_report(cases: &[HttpCase], xdp: &[XdpCase], memory: &[Value], info: &In
             "cost_ratio_paired_median": j.paired,
             "cost_ratio_per_round_min": j.range.0,
             "cost_ratio_per_round_max": j.range.1,
-            "flat_within_10_percent": flat(j.paired),
+            "flat_within_10_percent": ok(j),
+            "not_judged_because": j.invalid,
             "peak_rss_kib": j.rss.map(|(a, b)| json!({"small": a, "large": b})),
         })).collect::<Vec<_>>(),
         "target": {
@@ -934,6 +1095,12 @@ fn build_report(cases: &[HttpCase], xdp: &[XdpCase], memory: &[Value], info: &In
         info.xdp_cpu
             .map_or("unpinned".to_string(), |c| c.to_string()),
     ));
+    if info.chosen.len() < COMPARISONS.len() {
+        md.push_str(&format!(
+            "Only these comparisons were run (`--only`): {}.\n\n",
+            info.chosen.join(", ")
+        ));
+    }
     md.push_str(&format!(
         "**Target (per-request cost flat within ±{:.0}% from small to large): {}.** {}\n\n",
         TARGET * 100.0,
@@ -944,12 +1111,14 @@ fn build_report(cases: &[HttpCase], xdp: &[XdpCase], memory: &[Value], info: &In
                 "{}: {:.2}x{}",
                 j.label,
                 j.paired,
-                if flat(j.paired) {
-                    ""
+                if let Some(why) = &j.invalid {
+                    format!(" (not judged: {why})")
+                } else if flat(j.paired) {
+                    String::new()
                 } else if j.paired < 1.0 {
-                    " (outside ±10%, but faster: noise)"
+                    " (outside ±10%, but faster: noise)".into()
                 } else {
-                    " (not flat)"
+                    " (not flat)".into()
                 }
             ))
             .collect::<Vec<_>>()
@@ -972,7 +1141,9 @@ fn build_report(cases: &[HttpCase], xdp: &[XdpCase], memory: &[Value], info: &In
             j.paired,
             j.range.0,
             j.range.1,
-            if flat(j.paired) {
+            if j.invalid.is_some() {
+                "not judged (see above)"
+            } else if flat(j.paired) {
                 "yes"
             } else if j.paired < 1.0 && j.range.1 >= 1.0 {
                 "no (large faster: noise, the per-round range spans 1.0)"
@@ -1019,7 +1190,7 @@ fn build_report(cases: &[HttpCase], xdp: &[XdpCase], memory: &[Value], info: &In
     }
     md.push_str(&format!(
         "\n### Setup\n\n\
-         - Six xgate instances (bench/peers/xgate-scale.yaml) side by side in a network \
+         - Up to ten xgate instances (bench/peers/xgate-scale.yaml; only those of the comparisons run) side by side in a network \
          namespace made for the run (its own loopback; removed after it), each on its own port, \
          in front of the bench upstream (`xgate-bench serve-upstream`, 64-byte body). Routes: \
          `/svc0` ... `/svc9` or `/svc9999` as `path_prefix` routes with `strip_prefix`, the \
@@ -1032,7 +1203,9 @@ fn build_report(cases: &[HttpCase], xdp: &[XdpCase], memory: &[Value], info: &In
          request `GET {KEYED_PATH}` carrying consumer 7's key. Rate-limit keys: one route `/` \
          with a local `rate-limit` keyed by `{RATE_KEY_HEADER}` (1,000,000,000 per hour: never \
          triggered, every key stays counted), a wrk script setting the header to each of 10 or \
-         100,000 values in turn.\n\
+         100,000 values in turn. Redis rate-limit keys: the same with `storage: redis` \
+         (`redis.timeout` 1 s), counting in a redis-server started in the namespace on the \
+         instances' CPU (one batched script call per round trip: see docs/policies.md){}.\n\
          - RSS: VmRSS after start-up, and VmHWM (reset after the warm-up) over the rounds.\n\
          - {}\n\
          - XDP: `xgate_xdp` loaded twice from the workspace's object with private maps, the \
@@ -1044,6 +1217,11 @@ fn build_report(cases: &[HttpCase], xdp: &[XdpCase], memory: &[Value], info: &In
          by `repeat`.\n",
         info.mixes[0],
         info.mixes[1],
+        info.redis.as_ref().map_or(String::new(), |r| format!(
+            "; after the run Redis held {} keys, and {} checks were answered without it",
+            group(r.keys),
+            r.fallbacks
+        )),
         crate::flood::idle_note(info.no_deep_idle),
     ));
     Report {
@@ -1086,6 +1264,7 @@ mod tests {
                 ("DENY", deny_yaml(&list)),
                 ("ROUTES", routes),
                 ("CONSUMERS", consumers_yaml(Instance::KeysSmall)),
+                ("REDIS", String::new()),
             ],
             false,
         )
@@ -1101,6 +1280,7 @@ mod tests {
                 ("DENY", deny_yaml(&[])),
                 ("ROUTES", routes_yaml(Instance::KeysSmall)),
                 ("CONSUMERS", consumers_yaml(Instance::KeysSmall)),
+                ("REDIS", String::new()),
             ],
             false,
         )
@@ -1123,6 +1303,7 @@ mod tests {
                 ("DENY", deny_yaml(&[])),
                 ("ROUTES", routes_yaml(Instance::RateKeysLarge)),
                 ("CONSUMERS", consumers_yaml(Instance::RateKeysLarge)),
+                ("REDIS", String::new()),
             ],
             false,
         )
@@ -1134,5 +1315,60 @@ mod tests {
             Some([gateway_userspace::config::Policy::RateLimit(_)])
         ));
         assert_eq!(Instance::KeysSmall.path(), KEYED_PATH);
+    }
+
+    /// The Redis instances' config is one xgate accepts, counting in Redis.
+    #[test]
+    fn redis_rate_limit_instances_count_in_redis() {
+        let instance = Instance::RedisRateKeysLarge;
+        let text = peers::render(
+            TEMPLATE.text,
+            &[
+                ("PORT", "1".into()),
+                ("DIR", "/d".into()),
+                ("UPSTREAM", UPSTREAM.into()),
+                ("DENY", deny_yaml(&[])),
+                ("ROUTES", routes_yaml(instance)),
+                ("CONSUMERS", consumers_yaml(instance)),
+                (
+                    "REDIS",
+                    redis_yaml(instance, Some("redis://127.0.0.1:6390")),
+                ),
+            ],
+            false,
+        )
+        .unwrap();
+        let config = gateway_userspace::config::Config::from_yaml(&text, "scale")
+            .unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(
+            config.redis.as_ref().map(|r| r.url.as_str()),
+            Some("redis://127.0.0.1:6390")
+        );
+        let Some([gateway_userspace::config::Policy::RateLimit(limit)]) =
+            config.routes[0].policies.as_deref()
+        else {
+            panic!("one rate limit: {text}");
+        };
+        assert_eq!(limit.storage, gateway_userspace::config::Storage::Redis);
+        assert_eq!(instance.rate_keys(), LARGE_RATE_KEYS);
+        assert!(redis_yaml(Instance::RateKeysLarge, Some("redis://x")).is_empty());
+    }
+
+    #[test]
+    fn only_chooses_comparisons() {
+        assert_eq!(chosen(None).unwrap(), COMPARISONS);
+        assert_eq!(
+            chosen(Some("redis-ratelimit-keys,xdp,redis-ratelimit-keys")).unwrap(),
+            ["redis-ratelimit-keys", "xdp"]
+        );
+        let e = chosen(Some("redis")).unwrap_err().to_string();
+        assert!(e.contains("`redis`") && e.contains("ratelimit-keys"), "{e}");
+        // Every HTTP pair can be named, and names one pair.
+        for &(name, ..) in PAIRS {
+            assert!(COMPARISONS.contains(&name), "{name}");
+        }
+        assert_eq!(PAIRS.len() + 1, COMPARISONS.len());
+        assert_eq!(group(100_000), "100,000");
+        assert_eq!(group(10), "10");
     }
 }

@@ -33,6 +33,8 @@ const ALL: &[&str] = &["xdp", "proxy", "policies"];
 const FLOOD: &[&str] = &["flood"];
 /// Scenarios that run xgate in network namespaces of their own.
 const NETNS_HTTP: &[&str] = &["flood", "scale"];
+/// Scenarios (and the PGO training) that start a redis-server.
+const REDIS: &[&str] = &["policies", "scale", "pgo"];
 
 const BENCH_PACKAGES: &[Need] = &[
     need("xdp-filter", "xdp-tools", XDP),
@@ -56,6 +58,7 @@ const BENCH_PACKAGES: &[Need] = &[
     need("ip", "iproute2", NETNS_HTTP),
     need("nsenter", "util-linux", NETNS_HTTP),
     need("sysctl", "procps", NETNS_HTTP),
+    need("redis-server", "redis-server", REDIS),
 ];
 
 const fn need(

@@ -56,8 +56,13 @@ enum Task {
     },
     /// Run the benchmarks (as root) and write bench/RESULTS.md and bench/results.json
     Bench {
-        /// Scenarios to run (`xgate-bench --help` lists them; `all` runs every one).
-        #[arg(default_value = "xdp")]
+        /// Scenarios to run (`xgate-bench --help` lists them; `all` runs every one),
+        /// and the harness's options (`--rounds 3`, `--only redis-ratelimit-keys`).
+        #[arg(
+            default_value = "xdp",
+            trailing_var_arg = true,
+            allow_hyphen_values = true
+        )]
         scenarios: Vec<String>,
     },
     /// Run the fuzz targets in fuzz/ (cargo-fuzz, nightly) for --time seconds

@@ -49,7 +49,19 @@ pub struct Opa {
     /// Decisions kept for requests that agree on `key`.
     #[serde(default)]
     pub cache: Option<OpaCache>,
+    /// Embedded mode: decisions remembered by the exact input the policy
+    /// can read, at most this many (least recently used out; 0: off;
+    /// default 1024). Used only for a pure policy (no `time.now_ns`,
+    /// `rand.*`, `uuid.rfc4122`, `http.send`, `net.lookup_ip_addr`,
+    /// `opa.runtime`, `io.jwt.decode_verify`, `print`, `trace` or `with`),
+    /// whose decision cannot differ for the same input and data; a changed
+    /// policy or data file starts an empty one.
+    #[serde(default)]
+    pub memo_entries: Option<usize>,
 }
+
+/// `memo_entries` when not set: a few hundred kilobytes at most.
+pub const DEFAULT_MEMO_ENTRIES: usize = 1024;
 
 /// Where a remote policy is asked.
 #[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
@@ -164,6 +176,16 @@ pub(super) fn validate(p: &Opa, path: &str, errors: &mut Errors) {
                 p.decision
             ),
         );
+    }
+    match (&p.server, p.memo_entries) {
+        (Some(_), Some(_)) => errors.push(
+            format!("{path}.memo_entries"),
+            "only for embedded policies (policy_files): a server's policy may read anything",
+        ),
+        (None, Some(n)) if n > 1_000_000 => {
+            errors.push(format!("{path}.memo_entries"), "must be at most 1000000")
+        }
+        _ => {}
     }
     match &p.server {
         Some(server) => {

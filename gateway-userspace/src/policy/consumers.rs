@@ -152,8 +152,10 @@ impl OAuth2Client {
 #[derive(Default)]
 pub struct Consumers {
     by_username: HashMap<String, Arc<Consumer>>,
-    /// SHA-256 of a key → its owner.
-    keys: HashMap<[u8; 32], KeyOwner>,
+    /// SHA-256 of a key → its owner. Hashed with foldhash (seeded per
+    /// process), not SipHash: the keys are digests already, and this is a
+    /// lookup on every key-auth request.
+    keys: HashMap<[u8; 32], KeyOwner, foldhash::fast::RandomState>,
     jwt_by_issuer: HashMap<String, Vec<Arc<JwtKeyOwner>>>,
     jwt_by_kid: HashMap<String, Vec<Arc<JwtKeyOwner>>>,
     oauth2_clients: HashMap<String, Arc<OAuth2Client>>,

@@ -50,38 +50,55 @@ impl KeyAuth {
         })
     }
 
-    /// The one key in the request, and where it was.
-    fn find(&self, parts: &Parts) -> Result<Option<(Vec<u8>, Place)>, &'static str> {
-        let mut found: Option<(Vec<u8>, Place)> = None;
-        for name in &self.headers {
+    /// The one key in the request (as its SHA-256, or refused for its
+    /// size), and where it was. Nothing is copied: the key is hashed where
+    /// it lies (a header), or once decoded (a query parameter).
+    fn find(&self, parts: &Parts) -> Result<Option<([u8; 32], Place)>, &'static str> {
+        let mut found: Option<(&[u8], Place)> = None;
+        let mut decoded = None;
+        for (i, name) in self.headers.iter().enumerate() {
             for value in parts.headers.get_all(name) {
                 if found.is_some() {
                     return Err("more than one API key in the request");
                 }
-                found = Some((value.as_bytes().to_vec(), Place::Header(name.clone())));
+                found = Some((value.as_bytes(), Place::Header(i)));
             }
         }
         if !self.query.is_empty() {
             if let Some(query) = parts.uri.query() {
                 for pair in query.split('&') {
                     let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-                    if self.query.iter().any(|q| q == name) {
-                        if found.is_some() {
+                    if let Some(i) = self.query.iter().position(|q| q == name) {
+                        if found.is_some() || decoded.is_some() {
                             return Err("more than one API key in the request");
                         }
                         let value = percent_decode(value).ok_or("malformed API key")?;
-                        found = Some((value, Place::Query(name.to_string())));
+                        decoded = Some((value, Place::Query(i)));
                     }
                 }
             }
         }
-        Ok(found)
+        let found = match (&found, &decoded) {
+            (Some((key, place)), _) => Some((*key, *place)),
+            (None, Some((key, place))) => Some((key.as_slice(), *place)),
+            (None, None) => None,
+        };
+        match found {
+            None => Ok(None),
+            Some((key, _)) if key.is_empty() || key.len() > MAX_KEY_BYTES => Err("invalid API key"),
+            Some((key, place)) => Ok(Some((sha256(key), place))),
+        }
     }
 }
 
+/// Longer presented keys are refused without being hashed.
+const MAX_KEY_BYTES: usize = 1024;
+
+/// Where the key was: the index of its header name or query parameter.
+#[derive(Clone, Copy)]
 enum Place {
-    Header(HeaderName),
-    Query(String),
+    Header(usize),
+    Query(usize),
 }
 
 impl Authenticator for KeyAuth {
@@ -92,17 +109,14 @@ impl Authenticator for KeyAuth {
 
 impl KeyAuth {
     fn check_now(&self, parts: &mut Parts) -> AuthResult {
-        let (key, place) = match self.find(parts) {
+        let (digest, place) = match self.find(parts) {
             Ok(Some(found)) => found,
             Ok(None) => return self.fail("no API key in the request", false),
             Err(description) => return self.fail(description, true),
         };
-        if key.is_empty() || key.len() > 1024 {
-            return self.fail("invalid API key", true);
-        }
         // Found by its digest: what a lookup's timing could reveal is about
         // the SHA-256 of the key, never the key's own bytes.
-        let Some(owner) = self.consumers.key(&sha256(&key)) else {
+        let Some(owner) = self.consumers.key(&digest) else {
             return self.fail("invalid API key", true);
         };
         if owner.expires.is_some_and(|at| at <= unix_now()) {
@@ -110,10 +124,10 @@ impl KeyAuth {
         }
         if self.hide {
             match place {
-                Place::Header(name) => {
-                    parts.headers.remove(name);
+                Place::Header(i) => {
+                    parts.headers.remove(&self.headers[i]);
                 }
-                Place::Query(name) => remove_query_param(parts, &name),
+                Place::Query(i) => remove_query_param(parts, &self.query[i]),
             }
         }
         Ok(Identity {

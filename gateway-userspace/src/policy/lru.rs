@@ -1,5 +1,5 @@
 //! A small bounded least-recently-used map from byte strings to small
-//! values, sharded so that workers rarely meet on one lock. Each shard is
+//! (cheaply cloned) values, sharded so that workers rarely meet on one lock. Each shard is
 //! a hash map into a slab of nodes linked in recency order: lookups and
 //! inserts are O(1), and a full shard drops its least recently used entry.
 
@@ -36,7 +36,7 @@ struct Node<V> {
     next: usize,
 }
 
-impl<V: Copy> Lru<V> {
+impl<V: Clone> Lru<V> {
     /// A map of at most `capacity` entries (rounded up to a multiple of
     /// the shard count); `capacity` must be at least 1.
     pub fn new(capacity: usize) -> Self {
@@ -69,7 +69,7 @@ impl<V: Copy> Lru<V> {
         let mut shard = self.shard(key);
         let slot = *shard.map.get(key)?;
         shard.touch(slot);
-        Some(shard.nodes[slot].value)
+        Some(shard.nodes[slot].value.clone())
     }
 
     /// Sets `key`'s value, dropping the least recently used entry of its

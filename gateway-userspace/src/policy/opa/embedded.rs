@@ -31,6 +31,7 @@ use std::{
 
 use regorus::{utils::limits::ExecutionTimerConfig, Engine, Value};
 
+use super::reads::{self, Analysis, Reads};
 use crate::{config::opa::Opa as OpaConfig, sys::thread_cpu_time};
 
 /// Above this average evaluation time a policy moves off the worker: a
@@ -54,6 +55,8 @@ const MAX_IDLE: usize = 64;
 
 pub struct Embedded {
     prototype: Engine,
+    /// What the policy reads of the input, and whether it is pure.
+    analysis: Analysis,
     idle: Mutex<Vec<Engine>>,
     /// `data.a.b.c`.
     rule: String,
@@ -67,19 +70,24 @@ fn rule(decision: &str) -> String {
 }
 
 /// Parses every Rego file and data document of `config` and prepares the
-/// decision's rule: errors name the file and line.
-fn compile(config: &OpaConfig) -> Result<Engine, String> {
+/// decision's rule: errors name the file and line. With the engine, what
+/// the files read of the input (analysed from the same text the engine
+/// compiled).
+fn compile(config: &OpaConfig) -> Result<(Engine, Analysis), String> {
     let mut engine = Engine::new();
     // (file, its package: `data.a.b`)
     let mut packages = Vec::new();
+    let mut texts = Vec::new();
     for path in &config.policy_files {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         let package = engine
-            .add_policy(path.display().to_string(), text)
+            .add_policy(path.display().to_string(), text.clone())
             .map_err(rego_error)?;
         packages.push((path.display().to_string(), package));
+        texts.push((path.display().to_string(), text));
     }
+    let analysis = reads::analyze(texts.iter().map(|(f, t)| (f.as_str(), t.as_str())))?;
     for path in &config.data_files {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
@@ -116,7 +124,7 @@ fn compile(config: &OpaConfig) -> Result<Engine, String> {
     // every clone of this engine starts prepared. With no input, rules on
     // the input are undefined, not errors.
     engine.eval_rule(rule).map_err(rego_error)?;
-    Ok(engine)
+    Ok((engine, analysis))
 }
 
 /// regorus's error (`\n--> file:5:1\n  |\n5 | }\n  | ^\nerror: what`) as
@@ -142,12 +150,24 @@ pub fn compile_check(config: &OpaConfig) -> Result<(), String> {
 
 impl Embedded {
     pub fn new(config: &OpaConfig) -> Result<Self, String> {
+        let (prototype, analysis) = compile(config)?;
         Ok(Self {
-            prototype: compile(config)?,
+            prototype,
+            analysis,
             idle: Mutex::new(Vec::new()),
             rule: rule(&config.decision),
             average_ns: AtomicU64::new(0),
         })
+    }
+
+    /// The part of the input document the policy can read.
+    pub fn reads(&self) -> &Reads {
+        &self.analysis.reads
+    }
+
+    /// Whether decisions depend on the input and `data` only (see `memo`).
+    pub fn pure(&self) -> bool {
+        self.analysis.pure
     }
 
     /// Whether evaluations are cheap enough to run on the worker.

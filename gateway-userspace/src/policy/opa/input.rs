@@ -10,6 +10,9 @@
 //!
 //! and the cache key: the fields of the same document a decision is said
 //! to depend on.
+//!
+//! An embedded policy gets only the parts of the document its Rego can
+//! read (`reads`): the same decision, for less work per request.
 
 use std::collections::{btree_map::Entry, BTreeMap};
 
@@ -17,6 +20,7 @@ use bytes::Bytes;
 use http::{header, request::Parts};
 use regorus::Value;
 
+use super::reads::Reads;
 use crate::policy::{
     consumers::{X_CONSUMER_CUSTOM_ID, X_CONSUMER_ID},
     percent_decode, Caller,
@@ -85,10 +89,30 @@ fn text(bytes: &[u8]) -> Value {
     }
 }
 
-fn headers(parts: &Parts) -> Value {
+/// The headers, or only those `reads` names.
+fn headers(parts: &Parts, reads: &Reads) -> Value {
     let mut map = Map::new();
-    for (name, value) in &parts.headers {
-        push(&mut map, name.as_str(), text(value.as_bytes()));
+    match reads {
+        Reads::All => {
+            for (name, value) in &parts.headers {
+                push(&mut map, name.as_str(), text(value.as_bytes()));
+            }
+        }
+        Reads::Fields(names) => {
+            for name in names.keys() {
+                // The document's names are lowercase: a name with capitals
+                // is in neither document.
+                let Ok(header) = http::HeaderName::from_bytes(name.as_bytes()) else {
+                    continue;
+                };
+                if header.as_str() != name {
+                    continue;
+                }
+                for value in parts.headers.get_all(&header) {
+                    push(&mut map, name, text(value.as_bytes()));
+                }
+            }
+        }
     }
     Value::from(map)
 }
@@ -100,9 +124,14 @@ fn decoded(text: &str) -> Value {
     }
 }
 
-fn querystring(parts: &Parts) -> Value {
+/// The query's parameters, or only those `reads` names.
+fn querystring(parts: &Parts, reads: &Reads) -> Value {
     let Some(query) = parts.uri.query().filter(|q| !q.is_empty()) else {
         return Value::new_object();
+    };
+    let wanted = |name: &str| match reads {
+        Reads::All => true,
+        Reads::Fields(names) => names.contains_key(name),
     };
     let mut map = Map::new();
     for pair in query.split('&') {
@@ -114,7 +143,9 @@ fn querystring(parts: &Parts) -> Value {
             None => (decoded(pair), Value::Bool(true)),
         };
         let name = name.as_string().map(|n| n.to_string()).unwrap_or_default();
-        push(&mut map, &name, value);
+        if wanted(&name) {
+            push(&mut map, &name, value);
+        }
     }
     Value::from(map)
 }
@@ -149,57 +180,83 @@ fn consumer(parts: &Parts, caller: &Caller<'_>) -> Option<Value> {
     Some(Value::from(object))
 }
 
-/// The input document for a request. `body` and `parsed_body`: the
-/// buffered body when the policy asks for it as text or as JSON.
+/// The input document for a request, or of it what `reads` says a policy
+/// can read (the parts it cannot read are left out: its decision is the
+/// same). `body` and `parsed_body`: the buffered body when the policy asks
+/// for it as text or as JSON.
 pub fn document(
     parts: &Parts,
     caller: &Caller<'_>,
     body: Option<&Bytes>,
     parsed_body: Option<&Bytes>,
+    reads: &Reads,
+) -> Value {
+    let mut input = Map::new();
+    if let Some(http_reads) = reads.field("request").and_then(|r| r.field("http")) {
+        input.insert(
+            Value::from("request"),
+            object([("http", http(parts, caller, body, parsed_body, http_reads))]),
+        );
+    }
+    if reads.field("client_ip").is_some() {
+        input.insert(
+            Value::from("client_ip"),
+            Value::from(caller.client_ip.to_string()),
+        );
+    }
+    if reads.field("route").is_some() {
+        input.insert(
+            Value::from("route"),
+            object([("name", Value::from(caller.route))]),
+        );
+    }
+    if reads.field("consumer").is_some() {
+        if let Some(consumer) = consumer(parts, caller) {
+            input.insert(Value::from("consumer"), consumer);
+        }
+    }
+    Value::from(input)
+}
+
+/// `input.request.http`, or of it what `reads` names.
+fn http(
+    parts: &Parts,
+    caller: &Caller<'_>,
+    body: Option<&Bytes>,
+    parsed_body: Option<&Bytes>,
+    reads: &Reads,
 ) -> Value {
     let scheme = caller.conn.forwarding.scheme();
-    let tls = if scheme == "https" {
-        object([("enabled", Value::Bool(true))])
-    } else {
-        Value::new_object()
+    let mut http = Map::new();
+    let mut put = |name: &str, value: &dyn Fn(&Reads) -> Value| {
+        if let Some(reads) = reads.field(name) {
+            http.insert(Value::from(name), value(reads));
+        }
     };
-    let mut http = Map::from([
-        (Value::from("host"), Value::from(host(parts))),
-        (Value::from("port"), Value::from(port(parts, scheme) as u64)),
-        (Value::from("tls"), tls),
-        (Value::from("method"), Value::from(parts.method.as_str())),
-        (Value::from("scheme"), Value::from(scheme)),
-        (Value::from("path"), Value::from(parts.uri.path())),
-        (Value::from("querystring"), querystring(parts)),
-        (Value::from("headers"), headers(parts)),
-    ]);
-    if let Some(body) = body {
+    put("host", &|_| Value::from(host(parts)));
+    put("port", &|_| Value::from(port(parts, scheme) as u64));
+    put("tls", &|_| {
+        if scheme == "https" {
+            object([("enabled", Value::Bool(true))])
+        } else {
+            Value::new_object()
+        }
+    });
+    put("method", &|_| Value::from(parts.method.as_str()));
+    put("scheme", &|_| Value::from(scheme));
+    put("path", &|_| Value::from(parts.uri.path()));
+    put("querystring", &|reads| querystring(parts, reads));
+    put("headers", &|reads| headers(parts, reads));
+    if let (Some(body), Some(_)) = (body, reads.field("body")) {
         http.insert(Value::from("body"), text(body));
     }
-    if let Some(body) = parsed_body {
+    if let (Some(body), Some(_)) = (parsed_body, reads.field("parsed_body")) {
         // Kong leaves parsed_body out when the body is not JSON.
         if let Ok(parsed) = serde_json::from_slice::<Value>(body) {
             http.insert(Value::from("parsed_body"), parsed);
         }
     }
-    let mut input = Map::from([
-        (
-            Value::from("request"),
-            object([("http", Value::from(http))]),
-        ),
-        (
-            Value::from("client_ip"),
-            Value::from(caller.client_ip.to_string()),
-        ),
-        (
-            Value::from("route"),
-            object([("name", Value::from(caller.route))]),
-        ),
-    ]);
-    if let Some(consumer) = consumer(parts, caller) {
-        input.insert(Value::from("consumer"), consumer);
-    }
-    Value::from(input)
+    Value::from(http)
 }
 
 /// The cache key of a request: each of `fields` (validated names) with its

@@ -8,10 +8,15 @@
 //! - `embedded`: Rego evaluated in process by regorus
 //! - `remote`: `POST /v1/data/<decision>` over pooled connections
 //! - `cache`: decisions kept for requests equal on a key
+//! - `reads`: what of the input a Rego policy can read, and whether it is
+//!   pure
+//! - `memo`: an embedded pure policy's decisions kept by their exact input
 
 mod cache;
 mod embedded;
 mod input;
+mod memo;
+mod reads;
 mod remote;
 #[cfg(test)]
 mod tests;
@@ -225,6 +230,8 @@ pub struct Opa {
     decision: Arc<str>,
     evaluator: Evaluator,
     cache: Option<cache::DecisionCache>,
+    /// Embedded and pure, with `memo_entries` above 0.
+    memo: Option<memo::Memo>,
     failures: Failures,
     include_body: bool,
     include_parsed_json_body: bool,
@@ -243,10 +250,20 @@ impl Opa {
             (Evaluator::Remote(_), FailureMode::Closed) => ("remote", "closed"),
             (Evaluator::Remote(_), FailureMode::Open) => ("remote", "open"),
         };
+        let memo = match &evaluator {
+            Evaluator::Embedded(engine) if engine.pure() => {
+                let entries = config
+                    .memo_entries
+                    .unwrap_or(config::opa::DEFAULT_MEMO_ENTRIES);
+                (entries > 0).then(|| memo::Memo::new(entries))
+            }
+            _ => None,
+        };
         Ok(Self {
             decision: Arc::from(config.decision.as_str()),
             evaluator,
             cache: config.cache.as_ref().map(cache::DecisionCache::new),
+            memo,
             failures: Failures {
                 mode: config.failure_mode,
                 counter: metrics.opa_failure(&config.decision, mode.0, mode.1),
@@ -290,19 +307,25 @@ impl Opa {
         }
     }
 
-    /// A result turned into a decision, remembered under `key`, applied.
+    /// A result turned into a decision, remembered under `key` (and in
+    /// the memo under `exact`), applied.
     fn conclude(
         &self,
         result: Result<Option<serde_json::Value>, String>,
         key: Option<String>,
+        exact: Option<Vec<u8>>,
         parts: &mut Parts,
     ) -> GuardResult {
         let decision = result.and_then(|result| Decision::from_result(result.as_ref()));
         match decision {
             Ok(decision) => {
                 let outcome = Self::apply(&decision, parts);
+                let decision = Arc::new(decision);
+                if let (Some(memo), Some(exact)) = (&self.memo, exact) {
+                    memo.insert(&exact, decision.clone());
+                }
                 if let (Some(cache), Some(key)) = (&self.cache, key) {
-                    cache.insert(key, Arc::new(decision));
+                    cache.insert(key, decision);
                 }
                 outcome
             }
@@ -328,27 +351,40 @@ impl Guard for Opa {
             }
         }
         let body = parts.extensions.get::<BufferedBody>().map(|b| &b.0);
+        let reads = match &self.evaluator {
+            // What the policy can read: its decision is the same.
+            Evaluator::Embedded(engine) => engine.reads(),
+            // The server's policy is unknown: all of it.
+            Evaluator::Remote(_) => &reads::Reads::All,
+        };
         let document = input::document(
             parts,
             caller,
             body.filter(|_| self.include_body),
             body.filter(|_| self.include_parsed_json_body),
+            reads,
         );
+        let exact = self.memo.as_ref().and_then(|_| memo::Memo::key(&document));
+        if let (Some(memo), Some(exact)) = (&self.memo, &exact) {
+            if let Some(decision) = memo.get(exact) {
+                return GuardCheck::Now(Self::apply(&decision, parts));
+            }
+        }
         match &self.evaluator {
             Evaluator::Embedded(engine) => {
                 if engine.runs_inline() {
                     let result = engine.evaluate(document);
-                    GuardCheck::Now(self.conclude(result, key, parts))
+                    GuardCheck::Now(self.conclude(result, key, exact, parts))
                 } else {
                     GuardCheck::Later(Box::pin(async move {
                         let result = engine.evaluate_blocking(document).await;
-                        self.conclude(result, key, parts)
+                        self.conclude(result, key, exact, parts)
                     }))
                 }
             }
             Evaluator::Remote(server) => GuardCheck::Later(Box::pin(async move {
                 let result = server.ask(&document).await;
-                self.conclude(result, key, parts)
+                self.conclude(result, key, None, parts)
             })),
         }
     }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use regorus::Value;
 use serde_json::json;
 
-use super::{embedded::Embedded, Decision};
+use super::{embedded::Embedded, reads::Reads, Decision};
 use crate::config::opa::Opa as OpaConfig;
 
 fn dir(name: &str) -> PathBuf {
@@ -212,6 +212,7 @@ fn the_input_document_is_shaped_as_kongs() {
         &caller,
         Some(&body),
         Some(&body),
+        &Reads::All,
     ))
     .unwrap();
     let http = &input["request"]["http"];
@@ -246,8 +247,14 @@ fn the_input_document_is_shaped_as_kongs() {
     );
     // Not JSON: no parsed_body.
     let text = bytes::Bytes::from_static(b"owner=alice");
-    let input =
-        serde_json::to_value(super::input::document(&parts, &caller, None, Some(&text))).unwrap();
+    let input = serde_json::to_value(super::input::document(
+        &parts,
+        &caller,
+        None,
+        Some(&text),
+        &Reads::All,
+    ))
+    .unwrap();
     assert!(input["request"]["http"].get("parsed_body").is_none());
     assert!(input["request"]["http"].get("body").is_none());
 }
@@ -287,11 +294,233 @@ fn the_input_document_costs_little() {
     let started = std::time::Instant::now();
     let mut last = None;
     for _ in 0..n {
-        last = Some(super::input::document(&parts, &caller, None, None));
+        last = Some(super::input::document(
+            &parts,
+            &caller,
+            None,
+            None,
+            &Reads::All,
+        ));
     }
     println!("input document: {:?} per request", started.elapsed() / n);
     let input = serde_json::to_value(last.unwrap()).unwrap();
     assert_eq!(input["request"]["http"]["headers"]["authorization"], token);
     assert_eq!(input["request"]["http"]["port"], 8080);
     assert_eq!(input["request"]["http"]["querystring"], json!({}));
+}
+
+/// The bench's policy reads the method and one header: the document an
+/// embedded policy gets holds only those, and decides as the whole one.
+#[test]
+fn the_document_holds_what_the_policy_reads_and_decides_the_same() {
+    use crate::policy::Caller;
+    let dir = dir("pruned");
+    let file = dir.join("bench.rego");
+    std::fs::write(
+        &file,
+        "package bench\n\ndefault allow := false\n\nallow if {\n    \
+         input.request.http.method == \"GET\"\n    \
+         not input.request.http.headers[\"x-bench-deny\"]\n}\n",
+    )
+    .unwrap();
+    let engine = Embedded::new(&config(std::slice::from_ref(&file), "bench/allow")).unwrap();
+    assert!(engine.pure());
+    let addr: std::net::SocketAddr = "127.0.0.1:40000".parse().unwrap();
+    let conn = crate::exchange::ConnInfo::new(addr, addr, "http", None);
+    let caller = Caller {
+        client_ip: addr.ip(),
+        identity: None,
+        route: "r",
+        conn: &conn,
+    };
+    for (method, deny, allowed) in [
+        ("GET", None, true),
+        ("POST", None, false),
+        ("GET", Some("1"), false),
+        ("GET", Some("0"), false),
+    ] {
+        let mut request = http::Request::builder()
+            .method(method)
+            .uri("/x?a=1")
+            .header("host", "h")
+            .header("x-other", "o");
+        if let Some(deny) = deny {
+            request = request.header("x-bench-deny", deny);
+        }
+        let parts = request.body(()).unwrap().into_parts().0;
+        let pruned = super::input::document(&parts, &caller, None, None, engine.reads());
+        let whole = super::input::document(&parts, &caller, None, None, &Reads::All);
+        let json = serde_json::to_value(&pruned).unwrap();
+        let mut expected = json!({"request": {"http": {"method": method, "headers": {}}}});
+        if let Some(deny) = deny {
+            expected["request"]["http"]["headers"]["x-bench-deny"] = json!(deny);
+        }
+        assert_eq!(json, expected, "only what the policy reads");
+        assert_eq!(
+            engine.evaluate(pruned),
+            engine.evaluate(whole),
+            "{method} {deny:?}"
+        );
+        assert_eq!(
+            engine.evaluate(whole_again(&parts, &caller)),
+            Ok(Some(json!(allowed)))
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn whole_again(parts: &http::request::Parts, caller: &crate::policy::Caller<'_>) -> Value {
+    super::input::document(parts, caller, None, None, &Reads::All)
+}
+
+/// The opa guard of `policy` (a pure one unless it says otherwise).
+fn guard(dir: &std::path::Path, policy: &str, memo: Option<usize>) -> super::Opa {
+    let file = dir.join("memo.rego");
+    std::fs::write(&file, policy).unwrap();
+    let mut config = config(&[file], "m/allow");
+    config.memo_entries = memo;
+    super::Opa::new(&config, &crate::telemetry::Metrics::default()).unwrap()
+}
+
+/// Runs `guard` on a request with `method` and `x-tenant: tenant`: allowed?
+async fn decide(guard: &super::Opa, method: &str, tenant: &str) -> bool {
+    use crate::policy::{Caller, Guard, GuardCheck};
+    let mut parts = http::Request::builder()
+        .method(method)
+        .uri("/")
+        .header("x-tenant", tenant)
+        .body(())
+        .unwrap()
+        .into_parts()
+        .0;
+    let addr: std::net::SocketAddr = "127.0.0.1:40000".parse().unwrap();
+    let conn = crate::exchange::ConnInfo::new(addr, addr, "http", None);
+    let caller = Caller {
+        client_ip: addr.ip(),
+        identity: None,
+        route: "r",
+        conn: &conn,
+    };
+    let mut response = http::HeaderMap::new();
+    let check = guard.check(&mut parts, &caller, &mut response);
+    // A debug build on a loaded machine may move even a small policy to
+    // the blocking pool.
+    let result = match check {
+        GuardCheck::Now(result) => result,
+        GuardCheck::Later(pending) => pending.await,
+    };
+    result.is_ok()
+}
+
+const MEMO_POLICY: &str = "package m\n\ndefault allow := false\n\n\
+    allow if {\n  input.request.http.method == \"GET\"\n  \
+    input.request.http.headers[\"x-tenant\"] != \"blocked\"\n}\n";
+
+#[tokio::test]
+async fn the_memo_answers_equal_inputs_and_only_those() {
+    let dir = dir("memo");
+    let guard = guard(&dir, MEMO_POLICY, None);
+    let memo = guard
+        .memo
+        .as_ref()
+        .expect("a pure policy has a memo by default");
+    let hits = || memo.hits.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(decide(&guard, "GET", "a").await);
+    assert_eq!((hits(), memo.len()), (0, 1), "a miss, remembered");
+    assert!(decide(&guard, "GET", "a").await);
+    assert_eq!((hits(), memo.len()), (1, 1), "the same input: a hit");
+    assert!(
+        !decide(&guard, "GET", "blocked").await,
+        "another input is evaluated"
+    );
+    assert!(!decide(&guard, "POST", "a").await);
+    assert_eq!((hits(), memo.len()), (1, 3));
+    assert!(
+        !decide(&guard, "GET", "blocked").await,
+        "a remembered refusal"
+    );
+    assert_eq!(hits(), 2);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn impure_policies_and_memo_entries_0_have_no_memo() {
+    let dir = dir("nomemo");
+    assert!(guard(&dir, MEMO_POLICY, Some(0)).memo.is_none());
+    // (`time.now_ns` is not in this build of regorus; `rand.intn` is.)
+    let random = "package m\n\nallow if { rand.intn(\"x\", 10) >= 0 }\n";
+    let clocked = guard(&dir, random, None);
+    assert!(
+        clocked.memo.is_none(),
+        "randomness: every request evaluated"
+    );
+    assert!(decide(&clocked, "GET", "a").await);
+    let with = "package m\n\nallow if { f with input as {} }\nf if { true }\n";
+    assert!(guard(&dir, with, None).memo.is_none());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A reload with the same files keeps the compiled policy (and its memo);
+/// a changed data file is a new policy: its decisions, not the memo's.
+#[tokio::test]
+async fn a_reload_with_changed_data_is_decided_afresh() {
+    use crate::{
+        config,
+        policy::{ChainInput, PolicySet},
+        telemetry::Metrics,
+    };
+    let dir = dir("memo-reload");
+    let policy = dir.join("p.rego");
+    std::fs::write(
+        &policy,
+        "package m\n\ndefault allow := false\n\n\
+         allow if input.request.http.method == data.m.method\n",
+    )
+    .unwrap();
+    let data = dir.join("d.json");
+    let yaml = format!(
+        "listeners: [{{address: '127.0.0.1:1'}}]\n\
+         upstreams: {{u: {{targets: ['127.0.0.1:2']}}}}\n\
+         routes: [{{name: r, match: {{path_prefix: /}}, upstream: u, policies: \
+         [{{type: opa, decision: m/allow, policy_files: ['{}'], data_files: ['{}']}}]}}]\n",
+        policy.display(),
+        data.display()
+    );
+    let metrics = Metrics::default();
+    let allowed = |set: &PolicySet, config: &config::Config| {
+        let routes = set.for_route(0, &config.routes[0], "r", &metrics).unwrap();
+        async move {
+            let mut parts = http::Request::get("/").body(()).unwrap().into_parts().0;
+            let conn = crate::exchange::ConnInfo::new(
+                "127.0.0.1:1".parse().unwrap(),
+                "127.0.0.1:2".parse().unwrap(),
+                "http",
+                None,
+            );
+            let mut verdicts = Vec::new();
+            let mut response_headers = http::HeaderMap::new();
+            let input = ChainInput {
+                client_ip: conn.client.ip(),
+                conn: &conn,
+                verdicts: &mut verdicts,
+                response_headers: &mut response_headers,
+                signals: None,
+            };
+            routes.chain("x").run(&mut parts, input).await.is_ok()
+        }
+    };
+    std::fs::write(&data, r#"{"m": {"method": "GET"}}"#).unwrap();
+    let config = config::Config::from_yaml(&yaml, "t").unwrap();
+    let first = PolicySet::compile(&config, None, &metrics).unwrap();
+    assert!(allowed(&first, &config).await);
+    assert!(allowed(&first, &config).await, "from the memo");
+    let same = PolicySet::compile(&config, Some(&first), &metrics).unwrap();
+    assert!(allowed(&same, &config).await);
+    std::fs::write(&data, r#"{"m": {"method": "POST"}}"#).unwrap();
+    let changed = PolicySet::compile(&config, Some(&same), &metrics).unwrap();
+    assert!(
+        !allowed(&changed, &config).await,
+        "the new data decides, not a remembered decision"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

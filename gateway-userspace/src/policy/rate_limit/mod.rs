@@ -90,6 +90,8 @@ pub struct RateLimit {
     jitter_ms: u64,
     /// `RateLimit-Policy`, made once.
     policy_header: HeaderValue,
+    /// `RateLimit-Limit` of each limit (the usual values), made once.
+    limit_headers: Box<[(u64, HeaderValue)]>,
     clock: Clock,
 }
 
@@ -126,7 +128,19 @@ impl RateLimit {
             })
             .collect::<Vec<_>>()
             .join(", ");
+        let limit_headers = config
+            .limits
+            .iter()
+            .map(|l| {
+                let shown = match (config.algorithm, l.burst) {
+                    (RateAlgorithm::TokenBucket, Some(burst)) => burst,
+                    _ => l.requests,
+                };
+                (shown, HeaderValue::from(shown))
+            })
+            .collect();
         Ok(Self {
+            limit_headers,
             local: LocalCounters::new(config.algorithm, &limits, config.max_keys),
             key: KeySpec::new(&config.key),
             shared,
@@ -146,7 +160,12 @@ impl RateLimit {
     /// The answer to a decision, and its headers on the response.
     fn answer(&self, decision: Decision, response: &mut HeaderMap) -> GuardResult {
         if !self.hide_headers {
-            response.insert(RATELIMIT_LIMIT, decision.limit.into());
+            let limit = self
+                .limit_headers
+                .iter()
+                .find(|(n, _)| *n == decision.limit)
+                .map_or_else(|| decision.limit.into(), |(_, value)| value.clone());
+            response.insert(RATELIMIT_LIMIT, limit);
             response.insert(RATELIMIT_REMAINING, decision.remaining.into());
             response.insert(RATELIMIT_RESET, seconds_up(decision.reset).into());
             response.insert(RATELIMIT_POLICY, self.policy_header.clone());
