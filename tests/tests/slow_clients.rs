@@ -334,7 +334,7 @@ async fn a_thousand_slow_readers_leave_a_normal_client_its_throughput() {
         );
         // What a stalled response holds in the daemon: its upstream read
         // buffer and the pieces queued for the client, bounded by
-        // `http1::wire::MAX_READ` (128 KiB) each, not by the 64 MiB asked.
+        // `http1::wire::MAX_READ` (64 KiB) each, not by the 64 MiB asked.
         assert!(
             (rss_stalled.saturating_sub(rss_alone) as usize) < SLOW / 4,
             "{SLOW} stalled readers cost {} MiB (a quarter MiB each at most)",

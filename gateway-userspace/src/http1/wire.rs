@@ -17,12 +17,9 @@ const FIRST_READ: usize = 16 * 1024;
 /// Also what bounds the memory of a response whose client stopped reading:
 /// the read buffer, and the pieces of earlier ones still queued for the
 /// client (at most `QUEUE`), each up to this size. 256 KiB held about half
-/// a MiB per stalled response. 64 KiB cost a 64 KiB response two reads and
-/// two client writes (the head does not fit beside the body): 6.25 system
-/// calls per request against 4.22, about a fifth more CPU per request and
-/// a lower request rate in the proxy benchmark's 64 KiB case. 128 KiB
-/// reads such a response at once and measured the same as 256 KiB.
-const MAX_READ: usize = 128 * 1024;
+/// a MiB per stalled response; nginx's `proxy_buffers` default is 64 KiB
+/// in all.
+const MAX_READ: usize = 64 * 1024;
 
 /// How much the next read of a connection asks for: reads that fill their
 /// room double it, so a busy stream is read in large pieces and a quiet
