@@ -16,6 +16,8 @@
 //! HAProxy), started right before its rounds and stopped after them, so
 //! that the first round is measured within the first seconds of a
 //! proxy's life: the tail right after a start or deploy is judged too.
+//! The origin is loaded alone once before the proxies start (see
+//! [`warm_origin`]), so that its own first seconds are nobody's round.
 //! Rounds are interleaved as in the proxy scenario (see
 //! [`proxy::run_rounds`]).
 //!
@@ -29,7 +31,7 @@ use anyhow::{Context, Result};
 use serde_json::{json, Value};
 
 use crate::{
-    load::Wrk,
+    load::{Shape, Wrk},
     peers::{self, Kind},
     proxy::{self, Case, Fleet, Proto, Tools},
     report::{self, Report},
@@ -171,6 +173,34 @@ fn start_origin(origin: Origin, dir: &Path, cpu: Option<usize>) -> Result<(sys::
     }
 }
 
+/// Loads the fresh origin alone for a warm-up run, before any proxy starts.
+/// Round 1 of every table runs xgate first (the first row of the Williams
+/// design), so without this the origin's own first seconds under load (a
+/// new process faulting in its heap and growing its buffers) were charged
+/// to xgate's first round; the proxies themselves still start fresh, so a
+/// proxy's own start-up tail is still measured.
+fn warm_origin(tools: &Tools, port: u16, shape: LoadShape, cpu: Option<usize>) -> Result<()> {
+    if let Some(cpu) = cpu {
+        anyhow::ensure!(
+            sys::pin_to(cpu),
+            "cannot pin the load generator to CPU {cpu}"
+        );
+    }
+    let load = tools.wrk.run(
+        &format!("http://127.0.0.1:{port}{}", upstream::SMALL_PATH),
+        Shape {
+            threads: shape.threads,
+            connections: shape.connections,
+            streams: 1,
+            seconds: proxy::WARM_UP_S,
+        },
+        &[],
+    );
+    sys::unpin();
+    load.and_then(|load| load.check(upstream::SMALL_BODY.len()))
+        .context("warming up the origin")
+}
+
 /// One fleet's proxies as started: per proxy its server index and port, or
 /// why it is missing.
 struct Started {
@@ -288,6 +318,7 @@ fn run_fleet(
         shapes.iter().map(|s| s.id).collect::<Vec<_>>().join(", ")
     );
     let (origin_process, origin_port) = start_origin(origin, &dir, origin_cpu)?;
+    warm_origin(tools, origin_port, shapes[0], load_cpu)?;
     let mut fleet = Fleet {
         upstream: origin_process,
         servers: Vec::new(),
@@ -480,7 +511,8 @@ fn build_report(
          responses, each proxy with the proxy scenario's config (bench/peers/: the same \
          forwarding headers, keep-alive to the origin, no access log). Each origin and placement \
          has its own fleet, started right before its rounds, so round 1 is a proxy's first \
-         seconds under load.\n\n",
+         seconds under load; the origin alone gets a warm-up run before the proxies start (round \
+         1 runs xgate first, which would otherwise pay for the origin's first seconds).\n\n",
         machine["cores"],
         machine["cpu"].as_str().unwrap_or("?"),
         machine["kernel"].as_str().unwrap_or("?"),

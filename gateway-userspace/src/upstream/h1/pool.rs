@@ -3,8 +3,9 @@
 //! its socket stays with that worker's reactor and nothing crosses threads.
 //! A connection is in the pool only while idle: it leaves with a request and
 //! comes back when the response body is through (see `body`). Idle ones are
-//! closed after `pool_idle_timeout` or once the target closes them, and at
-//! most `pool_max_idle_per_target` are kept per target and worker.
+//! closed after `pool_idle_timeout` or once the target closes them, and
+//! beyond `pool_max_idle_per_target` per target and worker once idle for a
+//! second (see [`SURPLUS_IDLE`]).
 
 use std::{
     collections::HashMap,
@@ -72,13 +73,14 @@ impl Slot {
     pub fn checkin(self, conn: Conn) {
         let mut idle = self.inner.idle[self.worker].lock().unwrap();
         let pooled = idle.entry(self.target).or_default();
-        if pooled.len() < self.inner.max_idle {
-            pooled.push(Pooled {
-                conn,
-                idle_since: Instant::now(),
-            });
-        }
-        // Else dropped: closed.
+        let now = Instant::now();
+        // Over the cap only while connections come and go: what has sat
+        // idle past `SURPLUS_IDLE` makes room (the oldest first).
+        trim_surplus(pooled, self.inner.max_idle, now);
+        pooled.push(Pooled {
+            conn,
+            idle_since: now,
+        });
     }
 }
 
@@ -175,10 +177,37 @@ impl Http1Pool {
     }
 }
 
+/// How long a connection beyond `pool_max_idle_per_target` may sit idle
+/// before it is closed. The cap is on connections that stay idle, not on
+/// those a busy worker hands from one request to the next: with more
+/// requests in flight than the cap (a thousand clients, 128 idle allowed),
+/// closing every connection over the cap at check-in made most requests
+/// open a new one (connect, a port in TIME_WAIT on close), and requests
+/// queued behind the connects (p99 of hundreds of milliseconds, ports
+/// running out). A second is far longer than a busy worker takes to reuse
+/// a connection, and short enough that a burst's connections are gone soon
+/// after it.
+pub(super) const SURPLUS_IDLE: Duration = Duration::from_secs(1);
+
+/// Closes the oldest connections of `pooled` beyond `max_idle` that have
+/// been idle for `SURPLUS_IDLE` (the oldest are at the front).
+fn trim_surplus(pooled: &mut Vec<Pooled>, max_idle: usize, now: Instant) {
+    let surplus = pooled.len().saturating_sub(max_idle);
+    let stale = pooled
+        .iter()
+        .take(surplus)
+        .take_while(|p| now.duration_since(p.idle_since) >= SURPLUS_IDLE)
+        .count();
+    pooled.drain(..stale);
+}
+
 /// Closes this worker's idle connections past the idle timeout or closed by
-/// their target, until the pool is gone (its upstream replaced by a reload).
+/// their target, and those beyond the cap idle past `SURPLUS_IDLE`, until
+/// the pool is gone (its upstream replaced by a reload).
 async fn reap(pool: Weak<Inner>, worker: usize, idle_timeout: Duration) {
-    let period = (idle_timeout / 2).max(Duration::from_millis(100));
+    let period = (idle_timeout / 2)
+        .min(SURPLUS_IDLE)
+        .max(Duration::from_millis(100));
     loop {
         tokio::time::sleep(period).await;
         let Some(inner) = pool.upgrade() else {
@@ -188,6 +217,7 @@ async fn reap(pool: Weak<Inner>, worker: usize, idle_timeout: Duration) {
         let mut idle = inner.idle[worker].lock().unwrap();
         for pooled in idle.values_mut() {
             pooled.retain_mut(|p| p.usable(now, idle_timeout));
+            trim_surplus(pooled, inner.max_idle, now);
         }
         idle.retain(|_, pooled| !pooled.is_empty());
     }

@@ -181,6 +181,47 @@ async fn a_connection_is_reused_after_a_clean_exchange_and_closed_when_told() {
     );
 }
 
+/// `max_in_flight` responses held at once, then all read to their end
+/// (each connection goes back to the pool when its body is through).
+async fn concurrent_exchanges(pool: &Http1Pool, addr: SocketAddr, max_in_flight: usize) {
+    let mut held = Vec::new();
+    for _ in 0..max_in_flight {
+        held.push(answered(pool, addr, request("GET", body(b""))).await);
+    }
+    for response in held {
+        assert_eq!(collect(response).await.0, "hello");
+    }
+}
+
+#[tokio::test]
+async fn connections_beyond_the_idle_cap_stay_while_in_use_and_close_once_idle() {
+    let (addr, accepted) = target(Arc::new(|_, _: &str| Reply::Send(OK_5))).await;
+    let config: config::Upstream = serde_yaml::from_str(
+        "{targets: ['127.0.0.1:1'], pool_idle_timeout: 60s, pool_max_idle_per_target: 2}",
+    )
+    .unwrap();
+    let pool = Http1Pool::new(&config, None, None);
+    concurrent_exchanges(&pool, addr, 5).await;
+    assert_eq!(accepted.load(Ordering::SeqCst), 5);
+    // Five in flight again: the five from before, none new (closing the
+    // three over the cap at check-in made every busy moment reconnect).
+    concurrent_exchanges(&pool, addr, 5).await;
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        5,
+        "connections over the cap are reused while busy"
+    );
+    // Idle for longer than SURPLUS_IDLE and a reaper period: the cap
+    // holds again, so five in flight need three new connections.
+    tokio::time::sleep(pool::SURPLUS_IDLE * 2 + Duration::from_millis(500)).await;
+    concurrent_exchanges(&pool, addr, 5).await;
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        8,
+        "idle connections over the cap were closed"
+    );
+}
+
 #[tokio::test]
 async fn a_connection_the_target_closed_while_idle_is_not_used() {
     let (addr, accepted) = target(Arc::new(|_, _: &str| Reply::SendAndClose(OK_5))).await;
