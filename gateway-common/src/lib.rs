@@ -38,8 +38,10 @@ pub mod map_names {
     /// The per-source verdict cache: `LruHashMap<[u8; 4], u64>` (IPv4) and
     /// `LruHashMap<[u8; 16], u64>` (IPv6), by exact source address; the
     /// value is the [`super::XdpConfig::generation`] at which the source was
-    /// found on no deny or allow list. Shared by both slots, like the
-    /// buckets. See [`super::VERDICT_MAX_ENTRIES`].
+    /// found on no deny or allow list, or that generation with
+    /// [`super::DENIED_STAMP`] set when it was found on the deny list by an
+    /// entry without expiry (and on no allow list). Shared by both slots,
+    /// like the buckets. See [`super::VERDICT_MAX_ENTRIES`].
     pub const PASSED_V4: &str = "PASSED_V4";
     pub const PASSED_V6: &str = "PASSED_V6";
     /// Per-slot `HashMap<BucketKey, u32>`: the buckets that hold a list
@@ -228,6 +230,21 @@ pub const BUCKET_MAX_ENTRIES: u32 = 262_144;
 /// family, preallocated). A source evicted by a flood of new sources only
 /// pays its list lookups once more; it is never given a wrong verdict.
 pub const VERDICT_MAX_ENTRIES: u32 = 131_072;
+/// Set in a per-source verdict cache value (`PASSED_V4`, `PASSED_V6`) next
+/// to the generation: "denied by a permanent entry at this generation".
+/// Generations never reach this bit (see [`next_generation`]).
+pub const DENIED_STAMP: u64 = 1 << 63;
+/// Of the denied sources that have no per-source cache entry yet, the
+/// program adds one in this many (at random): a source that keeps sending
+/// is cached after about this many packets, while a flood of spoofed denied
+/// sources inserts into the LRU at a small fraction of its rate.
+pub const DENIED_CACHE_SAMPLE: u32 = 64;
+
+/// The rule-set generation after `current`: never 0 (a slot userspace has
+/// not written) and never with [`DENIED_STAMP`]'s bit.
+pub fn next_generation(current: u64) -> u64 {
+    (current.wrapping_add(1) & !DENIED_STAMP).max(1)
+}
 /// Sources the per-source drop map (`DROPS`) holds at once (an LRU: about
 /// 120 bytes each in the kernel, 2 MiB, preallocated). Under a flood of
 /// spoofed sources the least recently sampled ones are evicted; a heavy
@@ -406,9 +423,10 @@ pub struct XdpConfig {
     /// Default budget for every source without an override.
     pub rate: RateLimit,
     /// Changes (grows) with every change to the deny/allow lists that could
-    /// put a source on a list: a new rule set, an added entry. Never 0 in a
-    /// slot userspace has written. Buckets stamped with an older value are
-    /// looked up in the lists again.
+    /// change a cached verdict: a new rule set, an added entry, a removed
+    /// deny entry. Never 0 in a slot userspace has written (see
+    /// [`next_generation`]). Buckets and per-source cache entries stamped
+    /// with another value are looked up in the lists again.
     pub generation: u64,
     /// Per-source drop counting (map `DROPS`): on average one drop in this
     /// many (per CPU, at random intervals) is recorded, weighted by the

@@ -1,16 +1,20 @@
 //! The per-source verdict cache: "this exact source was on no deny or allow
-//! list at generation G". It serves every packet whose bucket cannot hold
+//! list at generation G", or "denied by a deny entry without expiry at
+//! generation G". The first serves every packet whose bucket cannot hold
 //! that verdict (rate limiting off, a packet that is not policed, or a slot
 //! whose entries are longer than the rate-limit aggregation), so a source
-//! that keeps sending costs one hash lookup whatever the configuration.
+//! that keeps sending costs one hash lookup whatever the configuration; the
+//! second spares a denied source that keeps sending its list lookups.
 //!
 //! Invalidation is by generation (see `XdpConfig::generation`): every list
-//! change that could put a source on a list writes a new one, and an entry
-//! stamped with any other value is looked up in the lists again. Only "on
-//! no list" is cached: removing an entry never needs to invalidate anything.
+//! change that could change a cached verdict (a new rule set, an added
+//! entry, a removed deny entry) writes a new one, and an entry stamped with
+//! any other value is looked up in the lists again. Entries that expire are
+//! never cached as denials (the program would have to check the time), and
+//! allow-listed sources are never cached at all.
 
-use aya_ebpf::{bindings::BPF_ANY, macros::map, maps::LruHashMap};
-use gateway_common::VERDICT_MAX_ENTRIES;
+use aya_ebpf::{bindings::BPF_ANY, helpers::bpf_get_prandom_u32, macros::map, maps::LruHashMap};
+use gateway_common::{DENIED_CACHE_SAMPLE, DENIED_STAMP, VERDICT_MAX_ENTRIES};
 
 use crate::parse::Src;
 
@@ -34,14 +38,35 @@ pub(crate) fn lookup(src: &Src) -> Option<*mut u64> {
     }
 }
 
-/// Whether `entry` says the source is on no list at `generation` (never
-/// for generation 0: a slot userspace has not written).
+/// What a cache entry says about its source at the current generation.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Cached {
+    /// Nothing current: look the source up in the lists.
+    Unknown,
+    /// On no list.
+    Passed,
+    /// On the deny list, by an entry without expiry.
+    Denied,
+}
+
+/// What `entry` says at `generation` (nothing for generation 0: a slot
+/// userspace has not written).
 #[inline(always)]
-pub(crate) fn hit(entry: Option<*mut u64>, generation: u64) -> bool {
-    match entry {
-        // SAFETY: `lookup`'s pointer, valid for this program run.
-        Some(stamp) => generation != 0 && unsafe { *stamp } == generation,
-        None => false,
+pub(crate) fn verdict(entry: Option<*mut u64>, generation: u64) -> Cached {
+    let Some(stamp) = entry else {
+        return Cached::Unknown;
+    };
+    if generation == 0 {
+        return Cached::Unknown;
+    }
+    // SAFETY: `lookup`'s pointer, valid for this program run.
+    let stamp = unsafe { *stamp };
+    if stamp == generation {
+        Cached::Passed
+    } else if stamp == generation | DENIED_STAMP {
+        Cached::Denied
+    } else {
+        Cached::Unknown
     }
 }
 
@@ -55,16 +80,45 @@ pub(crate) fn remember(src: &Src, entry: Option<*mut u64>, generation: u64) {
         return;
     }
     match entry {
-        // SAFETY: as in `hit`. A racing CPU writes a generation at which it
+        // SAFETY: as in `verdict`. A racing CPU writes a generation at which it
         // found the source on no list too: never a wrong verdict, at worst a
         // stale stamp that costs one more round of lookups.
         Some(stamp) => unsafe { *stamp = generation },
+        None => insert(src, generation),
+    }
+}
+
+/// Records that the source was just found on the deny list by an entry
+/// without expiry, at `generation` (read before the lookups, as for
+/// [`remember`]): in place when it has an entry; else a new entry for one
+/// such packet in [`DENIED_CACHE_SAMPLE`], so that a flood of spoofed
+/// denied sources neither pays an LRU insert per packet nor evicts the
+/// cached passes of legitimate sources at its own rate.
+#[inline(always)]
+pub(crate) fn remember_denied(src: &Src, entry: Option<*mut u64>, generation: u64) {
+    if generation == 0 {
+        return;
+    }
+    let stamp = generation | DENIED_STAMP;
+    match entry {
+        // SAFETY: as in `remember`. Racing CPUs may write different
+        // verdicts for one generation only while a list change is between
+        // its map write and its new generation, which makes both stale.
+        Some(entry) => unsafe { *entry = stamp },
         None => {
-            // A racing CPU may insert first; either entry is correct.
-            let _ = match src {
-                Src::V4(addr) => PASSED_V4.insert(addr, generation, u64::from(BPF_ANY)),
-                Src::V6(addr) => PASSED_V6.insert(addr, generation, u64::from(BPF_ANY)),
-            };
+            // SAFETY: helper without arguments.
+            if unsafe { bpf_get_prandom_u32() } % DENIED_CACHE_SAMPLE == 0 {
+                insert(src, stamp);
+            }
         }
     }
+}
+
+#[inline(always)]
+fn insert(src: &Src, stamp: u64) {
+    // A racing CPU may insert first; either entry is correct.
+    let _ = match src {
+        Src::V4(addr) => PASSED_V4.insert(addr, stamp, u64::from(BPF_ANY)),
+        Src::V6(addr) => PASSED_V6.insert(addr, stamp, u64::from(BPF_ANY)),
+    };
 }

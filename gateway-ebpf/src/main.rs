@@ -10,7 +10,8 @@
 //! The verdict cache comes first: when the source's bucket (policed, and
 //! the slot lets buckets cache) or its per-source entry (every other case,
 //! `cache.rs`) records that it was on no list at the current rule-set
-//! generation, the list lookups are skipped (see `docs/xdp.md`). Lists keep
+//! generation, or its per-source entry that a deny entry without expiry
+//! denied it, the list lookups are skipped (see `docs/xdp.md`). Lists keep
 //! entries of common lengths in hash maps and the rest in LPM tries.
 //! Every packet is counted under exactly one [`Stat`]; dropped packets are
 //! also counted per source, sampled (`drops.rs`).
@@ -380,7 +381,7 @@ fn classify(ctx: &XdpContext) -> Stat {
     // generation skips the list lookups. A policed source's bucket holds
     // that stamp when every source it aggregates gets the same verdict (one
     // lookup for both); every other packet uses the per-source cache (see
-    // `cache.rs`).
+    // `cache.rs`), which also remembers sources denied by a permanent entry.
     let policing = config.flags & flags::RATE_LIMIT != 0 && policed(&packet, config, &maps);
     let policed_key = if policing {
         Some(bucket_key(&packet.src, config))
@@ -398,26 +399,36 @@ fn classify(ctx: &XdpContext) -> Stat {
     let mut entry = None;
     if !cached {
         entry = cache::lookup(&packet.src);
-        cached = cache::hit(entry, generation);
+        match cache::verdict(entry, generation) {
+            cache::Cached::Passed => cached = true,
+            cache::Cached::Denied => return denied(&packet.src),
+            cache::Cached::Unknown => {}
+        }
     }
     if !cached {
         let bits = config.present;
-        match packet.src {
+        let deny = match packet.src {
             Src::V4(src) => {
-                if has_allow && listed_v4(present::ALLOW, &maps.allow_v4, bits, src, &mut now) {
+                if has_allow && listed_v4(present::ALLOW, &maps.allow_v4, bits, src, &mut now).any()
+                {
                     return Stat::AllowListed;
                 }
-                if listed_v4(present::DENY, &maps.deny_v4, bits, src, &mut now) {
-                    return Stat::DeniedV4;
-                }
+                listed_v4(present::DENY, &maps.deny_v4, bits, src, &mut now)
             }
             Src::V6(src) => {
-                if has_allow && listed_v6(present::ALLOW, &maps.allow_v6, bits, src, &mut now) {
+                if has_allow && listed_v6(present::ALLOW, &maps.allow_v6, bits, src, &mut now).any()
+                {
                     return Stat::AllowListed;
                 }
-                if listed_v6(present::DENY, &maps.deny_v6, bits, src, &mut now) {
-                    return Stat::DeniedV6;
-                }
+                listed_v6(present::DENY, &maps.deny_v6, bits, src, &mut now)
+            }
+        };
+        match deny {
+            Listed::No => {}
+            Listed::Expiring => return denied(&packet.src),
+            Listed::Permanent => {
+                cache::remember_denied(&packet.src, entry, generation);
+                return denied(&packet.src);
             }
         }
         // On no list. The bucket may say so for all its sources unless a
@@ -613,30 +624,62 @@ pub(crate) unsafe fn atomic_add_n(counter: *mut u64, n: u64) {
     *counter += n;
 }
 
+/// Whether a source is on a list, and by what kind of entry (the first
+/// live one found; a permanent entry found after an expiring one may be
+/// reported as expiring, which only leaves the verdict uncached).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Listed {
+    No,
+    /// By an entry with an expiry time: its verdict must not be cached.
+    Expiring,
+    /// By an entry without expiry.
+    Permanent,
+}
+
+impl Listed {
+    #[inline(always)]
+    fn any(self) -> bool {
+        self != Listed::No
+    }
+}
+
+/// The deny counter of the source's family.
+#[inline(always)]
+fn denied(src: &Src) -> Stat {
+    match src {
+        Src::V4(_) => Stat::DeniedV4,
+        Src::V6(_) => Stat::DeniedV6,
+    }
+}
+
 /// Whether `src` is on one list (deny or allow, IPv4): a live /24 entry or
 /// /32 entry (one lookup by /24, a second only when that /24 has /32
 /// entries), else the trie's longest match. Structures `present` says are
 /// empty are skipped.
 #[inline(always)]
-fn listed_v4(list: u32, maps: &V4List, present: u32, src: [u8; 4], now: &mut u64) -> bool {
+fn listed_v4(list: u32, maps: &V4List, present: u32, src: [u8; 4], now: &mut u64) -> Listed {
     if present & present::bit(list, 4, present::HASH) != 0 {
         let net = [src[0], src[1], src[2], 0];
         if let Some(entry) = maps.nets.get_ptr(net) {
             // SAFETY: the pointer is into the map value, valid for this run.
             let entry = unsafe { &*entry };
-            if entry.flags & NetEntry::RULE != 0 && matches(Some(&entry.rule), now) {
-                return true;
+            if entry.flags & NetEntry::RULE != 0 {
+                let found = matches(Some(&entry.rule), now);
+                if found.any() {
+                    return found;
+                }
             }
-            // SAFETY: as above.
-            if entry.flags & NetEntry::HOSTS != 0
-                && matches(maps.hosts.get_ptr(src).map(|r| unsafe { &*r }), now)
-            {
-                return true;
+            if entry.flags & NetEntry::HOSTS != 0 {
+                // SAFETY: as above.
+                let found = matches(maps.hosts.get_ptr(src).map(|r| unsafe { &*r }), now);
+                if found.any() {
+                    return found;
+                }
             }
         }
     }
     if present & present::bit(list, 4, present::TRIE) == 0 {
-        return false;
+        return Listed::No;
     }
     let key = AlignedKey {
         key: Key::new(32, src),
@@ -647,34 +690,39 @@ fn listed_v4(list: u32, maps: &V4List, present: u32, src: [u8; 4], now: &mut u64
 /// [`listed_v4`] for IPv6: a live /48 entry, or /64 or /128 entry when its
 /// /48 has such entries, else the trie's longest match.
 #[inline(always)]
-fn listed_v6(list: u32, maps: &V6List, present: u32, src: [u8; 16], now: &mut u64) -> bool {
+fn listed_v6(list: u32, maps: &V6List, present: u32, src: [u8; 16], now: &mut u64) -> Listed {
     if present & present::bit(list, 6, present::HASH) != 0 {
         let net = [src[0], src[1], src[2], src[3], src[4], src[5], 0, 0];
         if let Some(entry) = maps.nets.get_ptr(net) {
             // SAFETY: the pointer is into the map value, valid for this run.
             let entry = unsafe { &*entry };
-            if entry.flags & NetEntry::RULE != 0 && matches(Some(&entry.rule), now) {
-                return true;
+            if entry.flags & NetEntry::RULE != 0 {
+                let found = matches(Some(&entry.rule), now);
+                if found.any() {
+                    return found;
+                }
             }
             if entry.flags & NetEntry::SUBNETS != 0 {
                 let subnet = [
                     src[0], src[1], src[2], src[3], src[4], src[5], src[6], src[7],
                 ];
                 // SAFETY: as above.
-                if matches(maps.subnets.get_ptr(subnet).map(|r| unsafe { &*r }), now) {
-                    return true;
+                let found = matches(maps.subnets.get_ptr(subnet).map(|r| unsafe { &*r }), now);
+                if found.any() {
+                    return found;
                 }
             }
-            // SAFETY: as above.
-            if entry.flags & NetEntry::HOSTS != 0
-                && matches(maps.hosts.get_ptr(src).map(|r| unsafe { &*r }), now)
-            {
-                return true;
+            if entry.flags & NetEntry::HOSTS != 0 {
+                // SAFETY: as above.
+                let found = matches(maps.hosts.get_ptr(src).map(|r| unsafe { &*r }), now);
+                if found.any() {
+                    return found;
+                }
             }
         }
     }
     if present & present::bit(list, 6, present::TRIE) == 0 {
-        return false;
+        return Listed::No;
     }
     let key = AlignedKey {
         key: Key::new(128, src),
@@ -682,21 +730,26 @@ fn listed_v6(list: u32, maps: &V6List, present: u32, src: [u8; 16], now: &mut u6
     matches(maps.trie.get(&key.key), now)
 }
 
-/// Whether a deny/allow lookup result is a live (unexpired) rule.
+/// Whether a deny/allow lookup result is a live (unexpired) rule, and of
+/// which kind.
 #[inline(always)]
-fn matches(rule: Option<&Rule>, now: &mut u64) -> bool {
+fn matches(rule: Option<&Rule>, now: &mut u64) -> Listed {
     let Some(rule) = rule else {
-        return false;
+        return Listed::No;
     };
     let expires = rule.expires_at_ns;
     if expires == 0 {
-        return true;
+        return Listed::Permanent;
     }
     if *now == 0 {
         // SAFETY: helper without arguments.
         *now = unsafe { bpf_ktime_get_coarse_ns() };
     }
-    *now < expires
+    if *now < expires {
+        Listed::Expiring
+    } else {
+        Listed::No
+    }
 }
 
 #[inline(always)]

@@ -1035,6 +1035,103 @@ fn a_cached_pass_never_outlives_a_list_change() {
     }
 }
 
+/// Sends `frame` (from a source a permanent deny entry covers) until the
+/// program caches the denial, each packet denied and counted as such. A
+/// source without a per-source entry gets one for about one denied packet
+/// in `DENIED_CACHE_SAMPLE` (at random): this bound makes a miss by chance
+/// about 1e-34 likely.
+fn deny_until_cached(xdp: &mut XdpDataPlane, frame: &[u8], src: IpAddr, denied: Stat, name: &str) {
+    for _ in 0..5_000 {
+        run(xdp, frame, denied);
+        if xdp.verdict_cached(src).unwrap() == Some(CachedIn::SourceDenied) {
+            return;
+        }
+    }
+    panic!("{name}: the denial was never cached in 5,000 packets");
+}
+
+/// A source denied by an entry without expiry that keeps sending has its
+/// denial cached (per source, in every configuration), and every list change
+/// that could let it through reaches it at the next packet: the entry's
+/// removal, an allow entry, and a reload without the entry. Entries that
+/// expire are never cached.
+#[test]
+fn a_cached_denial_never_outlives_a_list_change() {
+    root_only!();
+    for case in cache_cases() {
+        let name = case.name;
+        let src = match case.denied {
+            Stat::DeniedV4 => IpAddr::V4(OTHER_V4),
+            _ => IpAddr::V6(OTHER_V6),
+        };
+        let rules = || KernelRules {
+            config: case.config,
+            deny: case.deny.iter().map(|e| (net(e), permanent())).collect(),
+            ..KernelRules::default()
+        };
+        let mut xdp = XdpDataPlane::load(XDP_OBJECT, None).unwrap();
+        xdp.replace_rules(&rules()).unwrap();
+        let cached = |xdp: &XdpDataPlane| xdp.verdict_cached(src).unwrap();
+        run(&mut xdp, &case.frame, Stat::Passed);
+        run(&mut xdp, &case.frame, Stat::Passed);
+        assert_eq!(cached(&xdp), Some(case.cached_in), "{name}: after passes");
+
+        // Denied from the CLI, cached, then the entry removed: the next
+        // packet passes.
+        xdp.insert(ListKind::Deny, net(case.entry), permanent())
+            .unwrap();
+        deny_until_cached(&mut xdp, &case.frame, src, case.denied, name);
+        xdp.remove(ListKind::Deny, net(case.entry)).unwrap();
+        assert_eq!(cached(&xdp), None, "{name}: after the removal");
+        run(&mut xdp, &case.frame, Stat::Passed);
+        run(&mut xdp, &case.frame, Stat::Passed);
+        assert_eq!(cached(&xdp), Some(case.cached_in), "{name}: passes again");
+
+        // Cached as denied, then allow-listed: allowed at once; the allow
+        // entry removed: denied again at once.
+        xdp.insert(ListKind::Deny, net(case.entry), permanent())
+            .unwrap();
+        deny_until_cached(&mut xdp, &case.frame, src, case.denied, name);
+        xdp.insert(ListKind::Allow, net(case.entry), permanent())
+            .unwrap();
+        run(&mut xdp, &case.frame, Stat::AllowListed);
+        xdp.remove(ListKind::Allow, net(case.entry)).unwrap();
+        run(&mut xdp, &case.frame, case.denied);
+
+        // Cached as denied, then a reload without the entry: passes.
+        deny_until_cached(&mut xdp, &case.frame, src, case.denied, name);
+        xdp.replace_rules(&rules()).unwrap();
+        assert_eq!(cached(&xdp), None, "{name}: after a reload");
+        run(&mut xdp, &case.frame, Stat::Passed);
+
+        // An entry that expires is looked up on every packet, never cached:
+        // once it has expired the source passes.
+        let expires = sys::monotonic_now() + Duration::from_millis(300);
+        let expiring = Rule {
+            expires_at_ns: expires.as_nanos() as u64,
+            ..permanent()
+        };
+        xdp.insert(ListKind::Deny, net(case.entry), expiring)
+            .unwrap();
+        let mut sent = 0;
+        while sys::monotonic_now() + Duration::from_millis(50) < expires && sent < 500 {
+            run(&mut xdp, &case.frame, case.denied);
+            sent += 1;
+            assert_ne!(
+                cached(&xdp),
+                Some(CachedIn::SourceDenied),
+                "{name}: an expiring entry's denial was cached"
+            );
+        }
+        assert!(sent > 0, "{name}: no packet sent before the entry expired");
+        // The program reads the coarse clock (a tick behind at most).
+        while sys::monotonic_now() <= expires + Duration::from_millis(50) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        run(&mut xdp, &case.frame, Stat::Passed);
+    }
+}
+
 /// Entries of the common lengths (IPv4 /32 and /24, IPv6 /128, /64 and /48)
 /// live in hash maps, the others in the tries: a source matches whichever
 /// holds it, listing shows all, removal works in each, and an expired entry

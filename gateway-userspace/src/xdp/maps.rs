@@ -6,7 +6,10 @@ use aya::{
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, Map, MapData, MapError},
     Ebpf,
 };
-use gateway_common::{flags, map_names, Bucket, BucketKey, RateLimit, Rule, XdpConfig, PORT_WORDS};
+use gateway_common::{
+    flags, map_names, next_generation, Bucket, BucketKey, RateLimit, Rule, XdpConfig, DENIED_STAMP,
+    PORT_WORDS,
+};
 use ipnet::IpNet;
 
 use super::{
@@ -64,6 +67,8 @@ pub enum CachedIn {
     Bucket,
     /// The per-source cache (`PASSED_V4` / `PASSED_V6`).
     Source,
+    /// The per-source cache, as denied by a deny entry without expiry.
+    SourceDenied,
 }
 
 pub(super) struct Maps {
@@ -135,7 +140,11 @@ impl Maps {
             IpAddr::V4(a) => found(self.passed_v4.get(&a.octets(), 0))?,
             IpAddr::V6(a) => found(self.passed_v6.get(&a.octets(), 0))?,
         };
-        Ok((stamp == Some(config.generation)).then_some(CachedIn::Source))
+        Ok(match stamp {
+            Some(s) if s == config.generation => Some(CachedIn::Source),
+            Some(s) if s == config.generation | DENIED_STAMP => Some(CachedIn::SourceDenied),
+            _ => None,
+        })
     }
 
     pub(super) fn replace(&mut self, rules: &KernelRules) -> Result<(), XdpError> {
@@ -242,8 +251,20 @@ impl Maps {
     }
 
     pub(super) fn remove_active(&mut self, kind: ListKind, net: IpNet) -> Result<(), XdpError> {
-        let active = self.active()? as usize;
-        self.slots[active].list(kind).remove(net)
+        let active = self.active()?;
+        self.slots[active as usize].list(kind).remove(net)?;
+        if kind == ListKind::Deny {
+            // The program caches "denied" for sources matched by entries
+            // without expiry: the entry goes first, then the new generation
+            // ends those stamps (the other order would let a packet stamp
+            // "denied" at the new generation from the entry still there).
+            // Removing an allow entry ends nothing: allow-listed sources are
+            // never cached.
+            let mut config = self.config.get(&active, 0)?;
+            config.generation = next_generation(config.generation);
+            self.config.set(active, config, 0)?;
+        }
+        Ok(())
     }
 
     pub(super) fn prefixes_active(&self, kind: ListKind) -> Result<Vec<IpNet>, XdpError> {
@@ -271,11 +292,6 @@ fn found<V>(result: Result<V, MapError>) -> Result<Option<V>, XdpError> {
         Err(MapError::KeyNotFound) => Ok(None),
         Err(e) => Err(e.into()),
     }
-}
-
-/// The generation after `current`; never 0 (0 means "never cached").
-fn next_generation(current: u64) -> u64 {
-    current.wrapping_add(1).max(1)
 }
 
 /// The bucket that aggregates `net`'s first address.
