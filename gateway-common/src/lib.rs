@@ -590,3 +590,18 @@ mod user {
     unsafe impl aya::Pod for super::SynCookieConfig {}
     unsafe impl aya::Pod for super::DropCounts {}
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generations_never_take_zero_or_the_denied_bit() {
+        assert_eq!(next_generation(0), 1);
+        assert_eq!(next_generation(41), 42);
+        // Past the last generation below the bit: back to 1, never a value
+        // a denied stamp could be confused with.
+        assert_eq!(next_generation(DENIED_STAMP - 1), 1);
+        assert_eq!(next_generation(u64::MAX), 1);
+    }
+}
