@@ -641,6 +641,16 @@ impl Listed {
     fn any(self) -> bool {
         self != Listed::No
     }
+
+    /// This, or when not listed here, what `next` finds.
+    #[inline(always)]
+    fn or_else(self, next: impl FnOnce() -> Listed) -> Listed {
+        if self.any() {
+            self
+        } else {
+            next()
+        }
+    }
 }
 
 /// The deny counter of the source's family.
@@ -663,18 +673,10 @@ fn listed_v4(list: u32, maps: &V4List, present: u32, src: [u8; 4], now: &mut u64
         if let Some(entry) = maps.nets.get_ptr(net) {
             // SAFETY: the pointer is into the map value, valid for this run.
             let entry = unsafe { &*entry };
-            if entry.flags & NetEntry::RULE != 0 {
-                let found = matches(Some(&entry.rule), now);
-                if found.any() {
-                    return found;
-                }
-            }
-            if entry.flags & NetEntry::HOSTS != 0 {
-                // SAFETY: as above.
-                let found = matches(maps.hosts.get_ptr(src).map(|r| unsafe { &*r }), now);
-                if found.any() {
-                    return found;
-                }
+            let found = own_rule(entry, now)
+                .or_else(|| inner_rule(entry, NetEntry::HOSTS, maps.hosts, src, now));
+            if found.any() {
+                return found;
             }
         }
     }
@@ -696,28 +698,14 @@ fn listed_v6(list: u32, maps: &V6List, present: u32, src: [u8; 16], now: &mut u6
         if let Some(entry) = maps.nets.get_ptr(net) {
             // SAFETY: the pointer is into the map value, valid for this run.
             let entry = unsafe { &*entry };
-            if entry.flags & NetEntry::RULE != 0 {
-                let found = matches(Some(&entry.rule), now);
-                if found.any() {
-                    return found;
-                }
-            }
-            if entry.flags & NetEntry::SUBNETS != 0 {
-                let subnet = [
-                    src[0], src[1], src[2], src[3], src[4], src[5], src[6], src[7],
-                ];
-                // SAFETY: as above.
-                let found = matches(maps.subnets.get_ptr(subnet).map(|r| unsafe { &*r }), now);
-                if found.any() {
-                    return found;
-                }
-            }
-            if entry.flags & NetEntry::HOSTS != 0 {
-                // SAFETY: as above.
-                let found = matches(maps.hosts.get_ptr(src).map(|r| unsafe { &*r }), now);
-                if found.any() {
-                    return found;
-                }
+            let subnet = [
+                src[0], src[1], src[2], src[3], src[4], src[5], src[6], src[7],
+            ];
+            let found = own_rule(entry, now)
+                .or_else(|| inner_rule(entry, NetEntry::SUBNETS, maps.subnets, subnet, now))
+                .or_else(|| inner_rule(entry, NetEntry::HOSTS, maps.hosts, src, now));
+            if found.any() {
+                return found;
             }
         }
     }
@@ -728,6 +716,33 @@ fn listed_v6(list: u32, maps: &V6List, present: u32, src: [u8; 16], now: &mut u6
         key: Key::new(128, src),
     };
     matches(maps.trie.get(&key.key), now)
+}
+
+/// A network entry's own rule (a /24 or /48 entry), if it has a live one.
+#[inline(always)]
+fn own_rule(entry: &NetEntry, now: &mut u64) -> Listed {
+    if entry.flags & NetEntry::RULE == 0 {
+        return Listed::No;
+    }
+    matches(Some(&entry.rule), now)
+}
+
+/// The live rule under `key` in `map`, one of the longer entries inside a
+/// network entry, looked up only when the entry's `flag` says that it has
+/// such entries.
+#[inline(always)]
+fn inner_rule<K>(
+    entry: &NetEntry,
+    flag: u32,
+    map: &HashMap<K, Rule>,
+    key: K,
+    now: &mut u64,
+) -> Listed {
+    if entry.flags & flag == 0 {
+        return Listed::No;
+    }
+    // SAFETY: the pointer is into the map value, valid for this run.
+    matches(map.get_ptr(key).map(|r| unsafe { &*r }), now)
 }
 
 /// Whether a deny/allow lookup result is a live (unexpired) rule, and of

@@ -890,6 +890,41 @@ struct CacheCase {
     cached_in: CachedIn,
 }
 
+impl CacheCase {
+    /// The legitimate source the case's frame comes from.
+    fn source(&self) -> IpAddr {
+        match self.denied {
+            Stat::DeniedV4 => IpAddr::V4(OTHER_V4),
+            _ => IpAddr::V6(OTHER_V6),
+        }
+    }
+
+    /// A fresh program with the case's rules that has seen two packets
+    /// from the source pass, and holds that verdict where the case says.
+    fn passing(&self) -> XdpDataPlane {
+        let mut xdp = XdpDataPlane::load(XDP_OBJECT, None).unwrap();
+        xdp.replace_rules(&self.rules()).unwrap();
+        run(&mut xdp, &self.frame, Stat::Passed);
+        run(&mut xdp, &self.frame, Stat::Passed);
+        assert_eq!(
+            xdp.verdict_cached(self.source()).unwrap(),
+            Some(self.cached_in),
+            "{}: after passes",
+            self.name
+        );
+        xdp
+    }
+
+    /// The case's rule set (permanent entries, none covering the source).
+    fn rules(&self) -> KernelRules {
+        KernelRules {
+            config: self.config,
+            deny: self.deny.iter().map(|e| (net(e), permanent())).collect(),
+            ..KernelRules::default()
+        }
+    }
+}
+
 fn cache_cases() -> Vec<CacheCase> {
     let policing = |extra: u32| XdpConfig {
         flags: flags::RATE_LIMIT | extra,
@@ -975,22 +1010,10 @@ fn a_cached_pass_never_outlives_a_list_change() {
     root_only!();
     for case in cache_cases() {
         let name = case.name;
-        let src = match case.denied {
-            Stat::DeniedV4 => IpAddr::V4(OTHER_V4),
-            _ => IpAddr::V6(OTHER_V6),
-        };
-        let rules = || KernelRules {
-            config: case.config,
-            deny: case.deny.iter().map(|e| (net(e), permanent())).collect(),
-            ..KernelRules::default()
-        };
-        let mut xdp = XdpDataPlane::load(XDP_OBJECT, None).unwrap();
-        xdp.replace_rules(&rules()).unwrap();
+        let src = case.source();
+        let rules = || case.rules();
+        let mut xdp = case.passing();
         let cached = |xdp: &XdpDataPlane| xdp.verdict_cached(src).unwrap();
-
-        run(&mut xdp, &case.frame, Stat::Passed);
-        run(&mut xdp, &case.frame, Stat::Passed);
-        assert_eq!(cached(&xdp), Some(case.cached_in), "{name}: after passes");
 
         // A deny entry added to the active slot: the next packet is denied.
         xdp.insert(ListKind::Deny, net(case.entry), permanent())
@@ -1060,21 +1083,10 @@ fn a_cached_denial_never_outlives_a_list_change() {
     root_only!();
     for case in cache_cases() {
         let name = case.name;
-        let src = match case.denied {
-            Stat::DeniedV4 => IpAddr::V4(OTHER_V4),
-            _ => IpAddr::V6(OTHER_V6),
-        };
-        let rules = || KernelRules {
-            config: case.config,
-            deny: case.deny.iter().map(|e| (net(e), permanent())).collect(),
-            ..KernelRules::default()
-        };
-        let mut xdp = XdpDataPlane::load(XDP_OBJECT, None).unwrap();
-        xdp.replace_rules(&rules()).unwrap();
+        let src = case.source();
+        let rules = || case.rules();
+        let mut xdp = case.passing();
         let cached = |xdp: &XdpDataPlane| xdp.verdict_cached(src).unwrap();
-        run(&mut xdp, &case.frame, Stat::Passed);
-        run(&mut xdp, &case.frame, Stat::Passed);
-        assert_eq!(cached(&xdp), Some(case.cached_in), "{name}: after passes");
 
         // Denied from the CLI, cached, then the entry removed: the next
         // packet passes.
