@@ -198,7 +198,9 @@ async fn a_key_not_in_the_scripts_format_counts_from_zero() {
             .collect();
         assert_eq!(allowed, [1, 1, 1, 0], "{key}");
         assert_eq!(server.command(&["TYPE", key]).unwrap(), "+string");
-        assert_eq!(server.command(&["GET", key]).unwrap(), full, "{key}");
+        // Three counted (not compared whole: the hour may have turned).
+        let value = server.command(&["GET", key]).unwrap();
+        assert_eq!(value.split(' ').nth(1), Some("3"), "{key}: {value}");
     }
 }
 
