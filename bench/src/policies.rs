@@ -744,13 +744,7 @@ pub fn run(settings: &Settings) -> Result<Report> {
         .find(|c| c.group == Policy::RateLimitRedis.id() && c.target == "xgate" && c.ok())
     {
         match redis_fallbacks(&admin) {
-            Ok(n) if n <= 0.0 => {}
-            Ok(n) => {
-                case.failed = Some(format!(
-                    "{n} checks fell back to local counting (Redis did not answer within \
-                     redis.timeout): not a measurement of Redis"
-                ))
-            }
+            Ok(n) => case.failed = not_redis(n),
             Err(e) => case.failed = Some(format!("cannot read xgate's metrics: {e:#}")),
         }
     }
@@ -777,6 +771,18 @@ pub(crate) fn redis_fallbacks(admin_socket: &Path) -> Result<f64> {
         bail!("GET /metrics: {}", one_line(&text));
     }
     Ok(fallbacks_in(&text))
+}
+
+/// Why a run in which `fallbacks` checks were answered without Redis
+/// (counted locally) is not a measurement of Redis; none when every check
+/// reached it.
+pub(crate) fn not_redis(fallbacks: f64) -> Option<String> {
+    (fallbacks > 0.0).then(|| {
+        format!(
+            "{fallbacks} checks fell back to local counting (Redis did not answer within \
+             redis.timeout): not a measurement of Redis"
+        )
+    })
 }
 
 fn fallbacks_in(metrics: &str) -> f64 {
@@ -1291,6 +1297,8 @@ mod tests {
                        xgate_redis_errors_total{kind=\"timeout\"} 7\n";
         assert_eq!(fallbacks_in(metrics), 15.0);
         assert_eq!(fallbacks_in("# EOF\n"), 0.0);
+        assert_eq!(not_redis(0.0), None);
+        assert!(not_redis(15.0).is_some_and(|why| why.starts_with("15 checks fell back")));
     }
 
     #[test]

@@ -13,7 +13,7 @@
 //!   header, the requests spread over 10 against 100,000 distinct values
 //!   (a wrk script cycles through them), so the counters hold that many
 //!   keys; the same with the counters in Redis (a redis-server started in
-//!   the run's namespace), where each distinct key is a hash in Redis;
+//!   the run's namespace), where each distinct key is a string in Redis;
 //! - deny CIDRs in XDP: the same two lists in the XDP program's lists,
 //!   ns/packet with BPF_PROG_TEST_RUN for a passing source and a denied one.
 //!
@@ -961,14 +961,8 @@ fn build_report(cases: &[HttpCase], xdp: &[XdpCase], memory: &[Value], info: &In
             invalid: info
                 .redis
                 .as_ref()
-                .filter(|r| small.redis() && r.fallbacks > 0.0)
-                .map(|r| {
-                    format!(
-                        "{} checks fell back to local counting (Redis did not answer within \
-                         redis.timeout): not a measurement of Redis",
-                        r.fallbacks
-                    )
-                }),
+                .filter(|_| small.redis())
+                .and_then(|r| crate::policies::not_redis(r.fallbacks)),
         });
     }
     for (small, large, label) in [

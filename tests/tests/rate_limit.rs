@@ -199,7 +199,8 @@ fn shared_config(listen: SocketAddr, upstream: SocketAddr, redis: &str) -> Strin
 
 /// Three gateways, one Redis: a burst of three times the limit spread over
 /// them admits exactly the limit (one atomic script per check, the
-/// Redis server's clock). Redis killed: each counts alone (or refuses, as
+/// Redis server's clock), a previous version's counter of the same name
+/// left alone. Redis killed: each counts alone (or refuses, as
 /// configured) and nothing hangs. Redis back: shared again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_gateways_share_one_limit_through_redis() {
@@ -211,18 +212,31 @@ async fn three_gateways_share_one_limit_through_redis() {
         .map(|&l| Daemon::start(&shared_config(l, upstream.addr, &redis.url()), None))
         .collect();
 
+    // A counter of the previous version (a hash under `xgate:rl:`), full
+    // in this hour's window: neither read nor written.
+    let old = "xgate:rl:shared:h1:a";
+    let hour = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        / 3600;
+    let full = format!("{hour} 30 0");
+    assert_eq!(redis.command(&["HSET", old, "1", &full]).unwrap(), ":1");
+
     let statuses = burst(&listens, "/shared", "a", 30).await;
     assert_eq!(count(&statuses, 200), 30, "{statuses:?}");
     assert_eq!(count(&statuses, 429), 60, "{statuses:?}");
     assert_eq!(
         redis
-            .command(&["HGET", "xgate:rl:shared:h1:a", "1"])
+            .command(&["GET", "xgate:rl2:shared:h1:a"])
             .unwrap()
             .split(' ')
             .nth(1),
         Some("30"),
         "the count is in Redis"
     );
+    assert_eq!(redis.command(&["TYPE", old]).unwrap(), "+hash");
+    assert_eq!(redis.command(&["HGET", old, "1"]).unwrap(), full);
     let r = call(listens[0], "/shared", &["x-tenant: a"]).await;
     assert_eq!(r.status, 429);
     assert_eq!(r.header("ratelimit-limit"), Some("30"));
@@ -296,7 +310,7 @@ async fn three_gateways_share_one_limit_through_redis() {
                 probe += 1;
                 let tenant = format!("probe{probe}");
                 call(listen, "/shared", &[&format!("x-tenant: {tenant}")]).await;
-                let key = format!("xgate:rl:shared:h{}:{tenant}", tenant.len());
+                let key = format!("xgate:rl2:shared:h{}:{tenant}", tenant.len());
                 if redis.command(&["EXISTS", &key]).unwrap() != ":1" {
                     continue 'wait;
                 }

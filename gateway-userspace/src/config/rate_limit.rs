@@ -96,7 +96,7 @@ pub struct RateLimitPolicy {
     /// `storage: redis` when Redis does not answer in `redis.timeout`.
     #[serde(default)]
     pub on_redis_error: RedisFallback,
-    /// The counters' name in Redis (`xgate:rl:<name>:<key>`): gateways
+    /// The counters' name in Redis (`xgate:rl2:<name>:<key>`): gateways
     /// whose policies have the same name share counters. Absent: a hash
     /// of this policy's settings (same settings, same counters).
     #[serde(default)]

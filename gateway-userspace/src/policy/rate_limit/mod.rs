@@ -63,13 +63,20 @@ pub(super) fn seconds_up(nanos: u64) -> u64 {
 /// Counters in Redis.
 struct Shared {
     redis: Arc<Redis>,
-    /// `xgate:rl:<name>:`; the key's bytes follow.
+    /// `xgate:rl2:<name>:` ([`KEY_PREFIX`]); the key's bytes follow.
     prefix: Vec<u8>,
     /// The script's argument for a check of this policy: algorithm, then
     /// requests, window (us) and burst per limit.
     spec: bytes::Bytes,
     fallback: RedisFallback,
 }
+
+/// Where the counters live in Redis, and in which format: `redis.lua`'s
+/// (a string per key). The first format (a hash per key, `xgate:rl:`) is
+/// never read or written under this prefix, so a gateway of the previous
+/// version sharing the Redis never meets a key of the other format
+/// (WRONGTYPE, or a count misread); the two count apart meanwhile.
+const KEY_PREFIX: &str = "xgate:rl2:";
 
 /// Integers in the script's answer per check.
 const ANSWER_WIDTH: usize = 5;
@@ -109,7 +116,7 @@ impl RateLimit {
             }
             (config::Storage::Redis, Some(settings)) => Some(Shared {
                 redis: Redis::shared(settings, &metrics.redis)?,
-                prefix: format!("xgate:rl:{}:", counters_name(config)).into_bytes(),
+                prefix: counters_prefix(config),
                 spec: script_spec(config.algorithm, &limits),
                 fallback: config.on_redis_error,
             }),
@@ -273,6 +280,11 @@ fn counters_name(config: &config::RateLimitPolicy) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+/// What every Redis key of the policy starts with: `xgate:rl2:<name>:`.
+fn counters_prefix(config: &config::RateLimitPolicy) -> Vec<u8> {
+    format!("{KEY_PREFIX}{}:", counters_name(config)).into_bytes()
 }
 
 /// The script's argument for this policy's checks (`redis.lua`):

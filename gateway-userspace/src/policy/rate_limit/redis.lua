@@ -5,17 +5,22 @@
 -- answers as one call per check. The arithmetic is algorithm.rs's, in
 -- microseconds of the Redis server's clock (one clock for every gateway).
 --
--- KEYS[i]  check i's counters: a hash, one field per limit, each
---          "<t> <curr> <prev>" (t: window number, or the token bucket's
---          theoretical arrival time)
+-- KEYS[i]  check i's counters: a string, "<t> <curr> <prev>" per limit in
+--          the policy's order, space-separated (t: window number, or the
+--          token bucket's theoretical arrival time); absent, or not such a
+--          string: no request counted yet
 -- ARGV[i]  check i's policy: "<algorithm> <requests> <window us> <burst>"
 --          with one triple per limit; algorithm: s (sliding window),
 --          f (fixed window) or t (token bucket)
 -- Returns  per check: allowed (1/0), limit, remaining, reset (us),
 --          retry_after (us)
 --
--- A key's hash is read once per call and written once at its end (HSET and
--- PEXPIRE), however many checks of the call count it.
+-- Redis work per call: TIME, one MGET of every distinct key, and one SET
+-- (with its expiry) per key the call counted a request on; so a check
+-- costs about the same whether or not the batch's other checks share its
+-- key. (Counters of the version before this one were hashes under
+-- `xgate:rl:`; this one's keys are under `xgate:rl2:`, so the two never
+-- meet.)
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
 
@@ -24,50 +29,49 @@ local policies = {}
 local function policy(spec)
   local p = policies[spec]
   if p then return p end
-  p = {algorithm = string.sub(spec, 1, 1), limits = {}, fields = {}}
+  p = {algorithm = string.sub(spec, 1, 1), limits = {}}
   for r, w, b in string.gmatch(spec, '(%d+) (%d+) (%d+)') do
-    local n = #p.limits + 1
-    p.limits[n] = {tonumber(r), tonumber(w), tonumber(b)}
-    p.fields[n] = tostring(n)
+    p.limits[#p.limits + 1] = {tonumber(r), tonumber(w), tonumber(b)}
   end
   policies[spec] = p
   return p
 end
 
--- Counters read so far, by key: {policy, states, ttl (ms), dirty}.
+-- Every key's counters, read with one MGET: by key, {states, ttl (ms),
+-- dirty}; states[i] is limit i's {t, curr, prev}. Policies sharing a name
+-- share a key's states by position, as they share its limits.
 local counters = {}
-local order = {}
-
-local function flush(key, c)
-  if not c.dirty then return end
-  local values = {}
-  for i, s in ipairs(c.states) do
-    values[#values + 1] = tostring(i)
-    values[#values + 1] = string.format('%.0f %.0f %.0f', s[1], s[2], s[3])
+local keys = {}
+for k = 1, #KEYS do
+  local key = KEYS[k]
+  if not counters[key] then
+    counters[key] = true
+    keys[#keys + 1] = key
   end
-  redis.call('HSET', key, unpack(values))
-  redis.call('PEXPIRE', key, c.ttl)
-  c.dirty = false
+end
+local raw = redis.call('MGET', unpack(keys))
+for i, key in ipairs(keys) do
+  local states = {}
+  if raw[i] then
+    for t, curr, prev in string.gmatch(raw[i], '(%d+) (%d+) (%d+)') do
+      states[#states + 1] = {tonumber(t), tonumber(curr), tonumber(prev)}
+    end
+  end
+  counters[key] = {states = states, ttl = 1, dirty = false}
 end
 
-local function load(key, p)
-  local c = counters[key]
-  if c and c.policy == p then return c end
-  if c then flush(key, c) end
-  local raw = redis.call('HMGET', key, unpack(p.fields))
-  local states = {}
-  for i = 1, #p.limits do
-    local t, curr, prev = 0, 0, 0
-    if raw[i] then
-      local a, b, d = string.match(raw[i], '^(%d+) (%d+) (%d+)$')
-      if a then t, curr, prev = tonumber(a), tonumber(b), tonumber(d) end
-    end
-    states[i] = {t, curr, prev}
+-- Integers as digits: '%.0f', as tostring would write a microsecond time
+-- with an exponent.
+local function encode(states)
+  if #states == 1 then
+    local s = states[1]
+    return string.format('%.0f %.0f %.0f', s[1], s[2], s[3])
   end
-  if not c then order[#order + 1] = key end
-  c = {policy = p, states = states, ttl = 1, dirty = false}
-  counters[key] = c
-  return c
+  local parts = {}
+  for i, s in ipairs(states) do
+    parts[i] = string.format('%.0f %.0f %.0f', s[1], s[2], s[3])
+  end
+  return table.concat(parts, ' ')
 end
 
 local function room(w, c, free)
@@ -78,7 +82,8 @@ local out = {}
 local n = 0
 for k = 1, #KEYS do
   local p = policy(ARGV[k])
-  local c = load(KEYS[k], p)
+  local c = counters[KEYS[k]]
+  local states = c.states
   local algorithm = p.algorithm
   -- The answer the client sees, over every limit: a refusal over an
   -- admission, the longest wait among refusals, the fewest remaining
@@ -87,7 +92,11 @@ for k = 1, #KEYS do
   local a, l, r, z, y = -1, 0, 0, 0, 0
   for i, lim in ipairs(p.limits) do
     local requests, w, burst = lim[1], lim[2], lim[3]
-    local s = c.states[i]
+    local s = states[i]
+    if not s then
+      s = {0, 0, 0}
+      states[i] = s
+    end
     local da, dl, dr, dz, dy
     if algorithm == 't' then
       local interval = math.max(math.floor(w / requests), 1)
@@ -135,7 +144,7 @@ for k = 1, #KEYS do
 
   if a == 1 then
     for i, lim in ipairs(p.limits) do
-      local s = c.states[i]
+      local s = states[i]
       local expires
       if algorithm == 't' then
         s[1] = math.max(s[1], now) + math.max(math.floor(lim[2] / lim[1]), 1)
@@ -152,5 +161,10 @@ for k = 1, #KEYS do
   n = n + 5
 end
 
-for _, key in ipairs(order) do flush(key, counters[key]) end
+for _, key in ipairs(keys) do
+  local c = counters[key]
+  if c.dirty then
+    redis.call('SET', key, encode(c.states), 'PX', c.ttl)
+  end
+end
 return out

@@ -118,6 +118,11 @@ fn counters_are_named_by_what_decides_the_counting() {
         counters_name(&config("{limits: [{requests: 2, per: 1s}], name: api}")),
         "api"
     );
+    // Not `xgate:rl:`, the previous version's hashes (redis.lua).
+    assert_eq!(
+        counters_prefix(&config("{limits: [{requests: 2, per: 1s}], name: api}")),
+        b"xgate:rl2:api:"
+    );
     assert_eq!(
         script_spec(
             RateAlgorithm::TokenBucket,
