@@ -690,7 +690,7 @@ fn tool_version(program: &str, args: &[&str]) -> String {
 impl Lab {
     fn create(xgate: peers::Binary) -> Result<Self> {
         let place = Placement::detect();
-        let tmp = TempDir::create("flood")?;
+        let tmp = sys::temp_dir("flood")?;
         let wrk = Wrk::new(tmp.path())?;
         let trafgen_version = tool_version("trafgen", &["-v"]);
         if !trafgen_version.contains("trafgen") {

@@ -1,6 +1,8 @@
-//! Key material made at run time with the openssl CLI, in the run's temp
-//! dir: the TLS certificate of the HTTP/2 benchmarks, and the RS256 key
-//! pair, JWKS and signed tokens of the policy benchmarks. Nothing is reused
+//! Key material made at run time in the run's temp dir: the TLS
+//! certificate of the HTTP/2 benchmarks (rcgen, through the test support
+//! library's CA), and the RS256 key pair, JWKS and signed tokens of the
+//! policy benchmarks (the openssl CLI: ring, the crypto backend the
+//! workspace builds with, cannot generate RSA keys). Nothing is reused
 //! across runs and nothing leaves the temp dir.
 
 use std::{
@@ -22,43 +24,25 @@ pub struct TlsFiles {
     pub description: String,
 }
 
-/// An ECDSA P-256 certificate, valid for two days.
+/// An ECDSA P-256 certificate for `localhost` and 127.0.0.1, issued (with
+/// rcgen, as the integration tests' certificates are) by a CA made for this
+/// run only and thrown away. Clients of the benchmarks do not verify it.
 pub fn tls_certificate(dir: &Path) -> Result<TlsFiles> {
-    let cert = dir.join("tls-cert.pem");
-    let key = dir.join("tls-key.pem");
-    sys::run(command(
-        "openssl",
-        [
-            "req".as_ref(),
-            "-x509".as_ref(),
-            "-newkey".as_ref(),
-            "ec".as_ref(),
-            "-pkeyopt".as_ref(),
-            "ec_paramgen_curve:prime256v1".as_ref(),
-            "-nodes".as_ref(),
-            "-days".as_ref(),
-            "2".as_ref(),
-            "-subj".as_ref(),
-            "/CN=localhost".as_ref(),
-            "-addext".as_ref(),
-            "subjectAltName=DNS:localhost,IP:127.0.0.1".as_ref(),
-            "-keyout".as_ref(),
-            key.as_os_str(),
-            "-out".as_ref(),
-            cert.as_os_str(),
-        ],
-    ))
-    .context("generating the TLS certificate with openssl")?;
+    let leaf = xgate_tests::tls::TestCa::named("xgate-bench run CA").leaf(
+        &["localhost", "127.0.0.1"],
+        dir,
+        "tls",
+    );
     let bundle = dir.join("tls-bundle.pem");
-    let mut pem = std::fs::read(&cert)?;
-    pem.extend(std::fs::read(&key)?);
+    let mut pem = std::fs::read(&leaf.cert)?;
+    pem.extend(leaf.key_pem.as_bytes());
     std::fs::write(&bundle, pem)?;
     Ok(TlsFiles {
-        cert,
-        key,
+        cert: leaf.cert,
+        key: leaf.key,
         bundle,
-        description: "self-signed ECDSA P-256 certificate for localhost and 127.0.0.1, \
-                      made with openssl at run time"
+        description: "ECDSA P-256 certificate for localhost and 127.0.0.1, made with rcgen \
+                      at run time (issued by a CA of the run's own)"
             .into(),
     })
 }

@@ -49,7 +49,7 @@ use crate::{
     report::{self, Report},
     rules,
     stats::{ratio, Samples},
-    sys::{self, NetNs, Spawned, TempDir},
+    sys::{self, NetNs, Spawned},
     upstream, Settings,
 };
 
@@ -646,7 +646,7 @@ pub fn run(settings: &Settings) -> Result<Report> {
         .collect();
 
     let xgate = peers::find(peers::Kind::Xgate).context("xgate release binary")?;
-    let tmp = TempDir::create("scale")?;
+    let tmp = sys::temp_dir("scale")?;
     let wrk = Wrk::new(tmp.path())?;
     let ns = NetNs::create("scale")?;
     // Many short connections on one loopback: reuse TIME_WAIT ports.

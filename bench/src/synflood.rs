@@ -49,7 +49,7 @@ use xgate_bench::sink::Sink;
 use crate::{
     lab::{self, ns_command},
     report::Report,
-    sys::{self, NetNs, Spawned, TempDir},
+    sys::{self, NetNs, Spawned},
     Settings,
 };
 
@@ -162,7 +162,7 @@ fn measure(case: Case, xgate: &Path, duration: Duration, fair: bool) -> Result<M
         "198.18.0.2/24",
     )?;
     gw.ip(&["route", "add", "default", "via", "198.18.0.2"])?;
-    let tmp = TempDir::create("synflood")?;
+    let tmp = sys::temp_dir("synflood")?;
     let pins = Pins(vec![
         PathBuf::from(format!("/sys/fs/bpf/xgate-bench-sf-{}", std::process::id())),
         PathBuf::from(format!(
@@ -329,7 +329,7 @@ fn flood_syns(
     let frames: Vec<Vec<u8>> = (0..sources)
         .map(|i| {
             let src = Ipv4Addr::new(203, 0, 113, (i % 250) as u8 + 1);
-            xgate_tests::frames::tcp4_segment(
+            xgate_tests::frames::tcp_segment(
                 gw_mac,
                 (src, 1024 + (i / 250) as u16),
                 (GW, PORT),

@@ -25,6 +25,7 @@ use std::{
 };
 
 use anyhow::{bail, ensure, Context, Result};
+use xgate_tests::ports::free_tcp_port;
 
 use crate::{
     lab, peers,
@@ -298,14 +299,14 @@ fn open_fds(pid: u32) -> u64 {
 
 fn free_port_in(gw: Option<&NetNs>) -> Result<u16> {
     match gw {
-        Some(ns) => lab::in_netns(ns, None, sys::free_port)?,
-        None => sys::free_port(),
+        Some(ns) => Ok(lab::in_netns(ns, None, free_tcp_port)??),
+        None => Ok(free_tcp_port()?),
     }
 }
 
 fn set_up(root: bool) -> Result<Lab> {
     let xgate = peers::find_xgate()?.path;
-    let tmp = TempDir::create("soak")?;
+    let tmp = sys::temp_dir("soak")?;
     let (gw, bpffs, flood) = if root {
         let bpffs = PrivateBpffs::create("soak-bpf")?;
         let gw = NetNs::create("sgw")?;
