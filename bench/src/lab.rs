@@ -3,13 +3,12 @@
 //! CPU placement, per-CPU and per-process CPU time, interface counters, and
 //! bounded packet floods (trafgen) stopped by PID.
 //!
-//! Everything created here lives inside namespaces made by [`sys::NetNs`]
+//! Everything created here lives inside namespaces made by [`sys::netns`]
 //! (removed on drop, with their interfaces); processes are stopped by PID on
 //! drop, also on error, panic or Ctrl-C.
 #![allow(unsafe_code)]
 
 use std::{
-    ffi::OsStr,
     fs::File,
     net::SocketAddr,
     os::{fd::AsRawFd, unix::process::CommandExt},
@@ -28,15 +27,6 @@ use crate::{
     sys::{self, command, NetNs, Spawned},
 };
 
-/// `nsenter --net=<ns> program`: the program runs in the namespace and keeps
-/// the harness's mounts (/sys/fs/bpf, /tmp), unlike `ip netns exec`.
-pub fn ns_command(ns: &NetNs, program: impl AsRef<OsStr>) -> Command {
-    let mut cmd = Command::new("nsenter");
-    cmd.arg(format!("--net={}", ns.path().display()))
-        .arg(program);
-    cmd
-}
-
 /// `ip netns exec <ns> sh -c SCRIPT`: for sysfs writes, which need the
 /// namespace's own /sys (`ip netns exec` mounts it). `script` is built by
 /// the harness from its own constants only.
@@ -48,34 +38,9 @@ pub fn ns_sh(ns: &NetNs, script: &str) -> Result<()> {
     Ok(())
 }
 
-/// A veth pair from `a` (interface `a_if`, address `a_cidr`) to `b`, both
-/// ends up. The interfaces are created inside the namespaces, never in the
-/// host's, and disappear with them.
-pub fn veth(
-    a: &NetNs,
-    a_if: &str,
-    a_cidr: &str,
-    b: &NetNs,
-    b_if: &str,
-    b_cidr: &str,
-) -> Result<()> {
-    sys::run(command(
-        "ip",
-        [
-            "link", "add", a_if, "netns", &a.name, "type", "veth", "peer", "name", b_if, "netns",
-            &b.name,
-        ],
-    ))?;
-    for (ns, ifname, cidr) in [(a, a_if, a_cidr), (b, b_if, b_cidr)] {
-        ns.ip(&["addr", "add", cidr, "dev", ifname])?;
-        ns.ip(&["link", "set", ifname, "up"])?;
-    }
-    Ok(())
-}
-
 fn link_json(ns: &NetNs, ifname: &str) -> Result<Value> {
-    let out = ns.ip(&["-s", "-j", "link", "show", "dev", ifname])?;
-    let v: Value = serde_json::from_str(out.stdout.trim())
+    let out = ns.try_ip(&["-s", "-j", "link", "show", "dev", ifname])?;
+    let v: Value = serde_json::from_str(out.trim())
         .with_context(|| format!("ip -j link show {ifname}: not JSON"))?;
     v.get(0)
         .cloned()
@@ -84,18 +49,14 @@ fn link_json(ns: &NetNs, ifname: &str) -> Result<Value> {
 
 /// The interface's MAC address, as `aa:bb:cc:dd:ee:ff`.
 pub fn mac(ns: &NetNs, ifname: &str) -> Result<String> {
-    link_json(ns, ifname)?
-        .get("address")
-        .and_then(Value::as_str)
-        .map(str::to_string)
-        .with_context(|| format!("{ifname} has no MAC address"))
+    Ok(ns.try_mac(ifname)?.map(|b| format!("{b:02x}")).join(":"))
 }
 
 /// veth's own counters of an interface (`ethtool -S`, run in `ns`): its
 /// per-queue XDP counters (`rx_queue_0_xdp_packets`, `tx_queue_0_xdp_xmit`,
 /// `tx_queue_0_xdp_xmit_errors`, ...).
 pub fn ethtool_stats(ns: &NetNs, ifname: &str) -> Result<std::collections::HashMap<String, u64>> {
-    let out = sys::run(ns_command(ns, "ethtool").args(["-S", ifname]))
+    let out = sys::run(ns.command("ethtool").args(["-S", ifname]))
         .with_context(|| format!("ethtool -S {ifname} (Debian package ethtool)"))?;
     Ok(out
         .stdout
@@ -306,7 +267,7 @@ impl Flood {
         let out =
             std::fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
         let err = out.try_clone()?;
-        let mut cmd = ns_command(ns, "trafgen");
+        let mut cmd = ns.command("trafgen");
         cmd.args(["-o", iface, "-i"])
             .arg(config)
             .args(["-n", &count.to_string(), "-P", "1", "--no-sock-mem"])

@@ -23,7 +23,7 @@ pub use xgate_tests::procfs::{
     user_ticks,
 };
 use xgate_tests::procfs::{live_start_time, start_time};
-pub use xgate_tests::TempDir;
+pub use xgate_tests::{netns::NetNs, TempDir};
 
 /// Prefix of every name the harness gives to something outside the process
 /// (namespaces, directories); followed by `-<pid>`.
@@ -172,43 +172,20 @@ fn name(tag: &str) -> String {
     format!("{PREFIX}-{tag}-{}", std::process::id())
 }
 
-/// A network namespace, deleted on drop (its veth pairs and any XDP program
-/// attached to them go with it).
-pub struct NetNs {
-    pub name: String,
+/// A network namespace `xgate-bench-<tag>-<pid>` (so that [`sweep_stale`]
+/// finds it after a crash), deleted on drop with its veth pairs and any XDP
+/// program attached to them.
+pub fn netns(tag: &str) -> Result<NetNs> {
+    let name = name(tag);
+    NetNs::named(name.clone()).with_context(|| format!("creating network namespace {name}"))
 }
 
-impl NetNs {
-    pub fn create(tag: &str) -> Result<Self> {
-        let name = name(tag);
-        run(command("ip", ["netns", "add", &name]))?;
-        let ns = Self { name };
-        ns.ip(&["link", "set", "lo", "up"])?;
-        Ok(ns)
-    }
-
-    pub fn path(&self) -> PathBuf {
-        Path::new("/var/run/netns").join(&self.name)
-    }
-
-    /// `ip -n <ns> ARGS`.
-    pub fn ip(&self, args: &[&str]) -> Result<Output> {
-        run(command("ip", ["-n", &self.name].iter().chain(args)))
-    }
-
-    /// A veth pair with both ends inside this namespace, both up.
-    pub fn veth_pair(&self, a: &str, b: &str) -> Result<()> {
-        self.ip(&["link", "add", a, "type", "veth", "peer", "name", b])?;
-        self.ip(&["link", "set", a, "up"])?;
-        self.ip(&["link", "set", b, "up"])?;
-        Ok(())
-    }
-}
-
-impl Drop for NetNs {
-    fn drop(&mut self) {
-        run_cleanup(command("ip", ["netns", "del", &self.name]));
-    }
+/// A veth pair with both ends inside `ns`, both up.
+pub fn veth_pair(ns: &NetNs, a: &str, b: &str) -> Result<()> {
+    ns.try_ip(&["link", "add", a, "type", "veth", "peer", "name", b])?;
+    ns.try_ip(&["link", "set", a, "up"])?;
+    ns.try_ip(&["link", "set", b, "up"])?;
+    Ok(())
 }
 
 /// A persistent mount namespace (bind-mounted on a file under

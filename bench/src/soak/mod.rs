@@ -25,7 +25,7 @@ use std::{
 };
 
 use anyhow::{bail, ensure, Context, Result};
-use xgate_tests::ports::free_tcp_port;
+use xgate_tests::{netns::try_veth, ports::free_tcp_port};
 
 use crate::{
     lab, peers,
@@ -212,7 +212,7 @@ impl Lab {
     /// `command` in the gateway's namespace when there is one.
     fn in_gw(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         match &self.gw {
-            Some(ns) => lab::ns_command(ns, program),
+            Some(ns) => ns.command(program),
             None => Command::new(program),
         }
     }
@@ -309,12 +309,19 @@ fn set_up(root: bool) -> Result<Lab> {
     let tmp = sys::temp_dir("soak")?;
     let (gw, bpffs, flood) = if root {
         let bpffs = PrivateBpffs::create("soak-bpf")?;
-        let gw = NetNs::create("sgw")?;
-        let attacker = NetNs::create("sat")?;
-        lab::veth(&gw, GW_IF, GW_CIDR, &attacker, ATTACKER_IF, ATTACKER_CIDR)?;
+        let gw = sys::netns("sgw")?;
+        let attacker = sys::netns("sat")?;
+        try_veth(
+            &gw,
+            GW_IF,
+            &[GW_CIDR],
+            &attacker,
+            ATTACKER_IF,
+            &[ATTACKER_CIDR],
+        )?;
         // Answers to flood packets that got through would go back to the
         // attacker's namespace, which forwards nothing: nothing leaves.
-        gw.ip(&["route", "add", config::DENY_CIDR, "via", ATTACKER_ADDR])?;
+        gw.try_ip(&["route", "add", config::DENY_CIDR, "via", ATTACKER_ADDR])?;
         let flood_config = tmp.path().join("trafgen-soak.cfg");
         (Some(gw), Some(bpffs), Some((attacker, flood_config)))
     } else {
