@@ -309,7 +309,7 @@ impl Credentials {
             .collect();
         std::fs::write(&keys_map, map)?;
         let jwt = keys::jwt_keys(dir)?;
-        let token = keys::rs256_token(&jwt, dir, &format!("consumer-{CONSUMER}"))?;
+        let token = keys::rs256_token(&jwt, &format!("consumer-{CONSUMER}"));
         let opa_policy = dir.join("bench.rego");
         std::fs::write(&opa_policy, OPA_POLICY)?;
         Ok(Self {

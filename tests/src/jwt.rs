@@ -1,5 +1,7 @@
-//! Signing keys for JWT tests, made at test time with the openssl CLI (as
-//! an identity provider's would be), and tokens signed with them.
+//! Signing keys for JWT tests and the policy benchmarks, made at run time
+//! with the openssl CLI (as an identity provider's would be: ring, the
+//! workspace's crypto backend, cannot generate RSA keys), and tokens signed
+//! with them.
 
 use std::{path::Path, process::Command};
 
@@ -12,7 +14,7 @@ pub struct SigningKey {
     encoding: EncodingKey,
     /// The public half, PEM.
     pub public_pem: String,
-    /// The public half as a JWK (EC keys only).
+    /// The public half as a JWK.
     pub jwk: Option<serde_json::Value>,
 }
 
@@ -30,7 +32,7 @@ fn openssl(args: &[&str]) -> Vec<u8> {
 }
 
 impl SigningKey {
-    /// A 2048-bit RSA key for RS256.
+    /// A 2048-bit RSA key for RS256, with its JWK.
     pub fn rsa(dir: &Path, kid: &str) -> Self {
         let private = dir.join(format!("{kid}.key"));
         let private = private.to_str().unwrap();
@@ -44,13 +46,19 @@ impl SigningKey {
             private,
         ]);
         let public = openssl(&["pkey", "-in", private, "-pubout"]);
+        let pkcs8 = openssl(&["pkey", "-in", private, "-outform", "DER"]);
+        let pair = ring::signature::RsaKeyPair::from_pkcs8(&pkcs8).expect("an RSA key pair");
+        let numbers = ring::rsa::PublicKeyComponents::<Vec<u8>>::from(pair.public());
         let pem = std::fs::read(private).unwrap();
         Self {
             algorithm: Algorithm::RS256,
             kid: kid.to_string(),
             encoding: EncodingKey::from_rsa_pem(&pem).unwrap(),
             public_pem: String::from_utf8(public).unwrap(),
-            jwk: None,
+            jwk: Some(serde_json::json!({
+                "kty": "RSA", "use": "sig", "alg": "RS256", "kid": kid,
+                "n": URL_SAFE_NO_PAD.encode(&numbers.n), "e": URL_SAFE_NO_PAD.encode(&numbers.e),
+            })),
         }
     }
 
