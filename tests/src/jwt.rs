@@ -46,8 +46,11 @@ impl SigningKey {
             private,
         ]);
         let public = openssl(&["pkey", "-in", private, "-pubout"]);
-        let pkcs8 = openssl(&["pkey", "-in", private, "-outform", "DER"]);
-        let pair = ring::signature::RsaKeyPair::from_pkcs8(&pkcs8).expect("an RSA key pair");
+        // OpenSSL 3 writes an RSA key as PKCS#1 here; others as PKCS#8.
+        let der = openssl(&["pkey", "-in", private, "-outform", "DER"]);
+        let pair = ring::signature::RsaKeyPair::from_der(&der)
+            .or_else(|_| ring::signature::RsaKeyPair::from_pkcs8(&der))
+            .expect("an RSA key pair");
         let numbers = ring::rsa::PublicKeyComponents::<Vec<u8>>::from(pair.public());
         let pem = std::fs::read(private).unwrap();
         Self {
@@ -112,4 +115,36 @@ pub fn now() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_rsa_keys_jwk_verifies_its_tokens() {
+        let dir = crate::TempDir::new("jwt-rsa");
+        let key = SigningKey::rsa(dir.path(), "k1");
+        let other = SigningKey::rsa(dir.path(), "k2");
+        let token = key.sign(&serde_json::json!({"sub": "alice", "exp": now() + 60}));
+        let verify = |signer: &SigningKey| {
+            let jwk = signer.jwk.as_ref().expect("an RSA JWK");
+            assert_eq!(
+                (jwk["kty"].as_str(), jwk["e"].as_str()),
+                (Some("RSA"), Some("AQAB"))
+            );
+            let decoding = jsonwebtoken::DecodingKey::from_rsa_components(
+                jwk["n"].as_str().unwrap(),
+                jwk["e"].as_str().unwrap(),
+            )
+            .unwrap();
+            jsonwebtoken::decode::<serde_json::Value>(
+                &token,
+                &decoding,
+                &jsonwebtoken::Validation::new(Algorithm::RS256),
+            )
+        };
+        assert_eq!(verify(&key).unwrap().claims["sub"], "alice");
+        assert!(verify(&other).is_err());
+    }
 }
