@@ -236,7 +236,7 @@ impl Lab {
         let pin = PinDir::new(&format!("{}c", self.tag));
         let out = self
             .client
-            .command(&crate::process::xgate_bin())
+            .command(crate::process::xgate_bin())
             .args(["xdp", "attach", "--iface", Self::CLIENT_IF, "--pin-path"])
             .arg(&pin.0)
             .output()
