@@ -57,7 +57,10 @@ use gateway_userspace::{
     xdp::{KernelRules, XdpDataPlane, XDP_OBJECT},
 };
 use serde_json::{json, Value};
-use xgate_tests::frames::{tcp4_frame, udp4_to};
+use xgate_tests::{
+    frames::{tcp4_frame, udp4_to},
+    netns::try_veth,
+};
 
 use xgate_bench::livegen;
 
@@ -690,7 +693,7 @@ fn tool_version(program: &str, args: &[&str]) -> String {
 impl Lab {
     fn create(xgate: peers::Binary) -> Result<Self> {
         let place = Placement::detect();
-        let tmp = TempDir::create("flood")?;
+        let tmp = sys::temp_dir("flood")?;
         let wrk = Wrk::new(tmp.path())?;
         let trafgen_version = tool_version("trafgen", &["-v"]);
         if !trafgen_version.contains("trafgen") {
@@ -701,29 +704,29 @@ impl Lab {
             bail!("nft is not installed (Debian package nftables; `cargo xtask bench flood` installs it)");
         }
         let bpffs = PrivateBpffs::create("flood-bpf")?;
-        let gw = NetNs::create("fgw")?;
-        let client = NetNs::create("fcl")?;
-        let attacker = NetNs::create("fat")?;
-        lab::veth(
+        let gw = sys::netns("fgw")?;
+        let client = sys::netns("fcl")?;
+        let attacker = sys::netns("fat")?;
+        try_veth(
             &gw,
             GW_CLIENT_IF,
-            GW_CLIENT_CIDR,
+            &[GW_CLIENT_CIDR],
             &client,
             CLIENT_IF,
-            CLIENT_CIDR,
+            &[CLIENT_CIDR],
         )?;
-        lab::veth(
+        try_veth(
             &gw,
             GW_FLOOD_IF,
-            GW_FLOOD_CIDR,
+            &[GW_FLOOD_CIDR],
             &attacker,
             ATTACKER_IF,
-            ATTACKER_CIDR,
+            &[ATTACKER_CIDR],
         )?;
         // Replies to flood sources (SYN-ACKs) go back towards the attacker,
         // whose namespace does not forward them: nothing leaves the lab.
         for range in [DENY_CIDR, LIMITED_CIDR] {
-            gw.ip(&["route", "add", range, "via", ATTACKER_ADDR])?;
+            gw.try_ip(&["route", "add", range, "via", ATTACKER_ADDR])?;
         }
         // Every veth end: GRO on and TSO off, so that every packet is
         // received through the NAPI ring, in a NAPI thread of its own.
@@ -774,7 +777,7 @@ impl Lab {
         }
 
         let exe = std::env::current_exe().context("finding the harness's own executable")?;
-        let mut cmd = lab::ns_command(&gw, exe);
+        let mut cmd = gw.command(exe);
         cmd.args([upstream::SUBCOMMAND, "--listen", UPSTREAM, "--threads", "1"]);
         lab::run_on(&mut cmd, &[place.gateway]);
         let mut upstream = Spawned::start("bench upstream", cmd, &tmp.path().join("upstream.log"))?;
@@ -942,7 +945,7 @@ impl Lab {
             running.nft = Some(NftTable {
                 netns: self.gw.path(),
             });
-            sys::run(lab::ns_command(&self.gw, "nft").arg("-f").arg(&file))
+            sys::run(self.gw.command("nft").arg("-f").arg(&file))
                 .context("loading the nftables table")?;
         }
         // Attaching XDP may have re-created the NAPI threads: pin again.
@@ -981,7 +984,8 @@ impl Lab {
             }
             Setup::Nft => {
                 let out = sys::run(
-                    lab::ns_command(&self.gw, "nft")
+                    self.gw
+                        .command("nft")
                         .args(["-j", "list", "table", "netdev", NFT_TABLE]),
                 )?;
                 let v: Value =

@@ -3,13 +3,12 @@
 //! CPU placement, per-CPU and per-process CPU time, interface counters, and
 //! bounded packet floods (trafgen) stopped by PID.
 //!
-//! Everything created here lives inside namespaces made by [`sys::NetNs`]
+//! Everything created here lives inside namespaces made by [`sys::netns`]
 //! (removed on drop, with their interfaces); processes are stopped by PID on
 //! drop, also on error, panic or Ctrl-C.
 #![allow(unsafe_code)]
 
 use std::{
-    ffi::OsStr,
     fs::File,
     net::SocketAddr,
     os::{fd::AsRawFd, unix::process::CommandExt},
@@ -20,20 +19,13 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
+use xgate_tests::procfs::live_start_time;
+pub use xgate_tests::procfs::{cpu_times, kernel_threads, rss_kib, CpuTimes};
 
 use crate::{
     peers,
     sys::{self, command, NetNs, Spawned},
 };
-
-/// `nsenter --net=<ns> program`: the program runs in the namespace and keeps
-/// the harness's mounts (/sys/fs/bpf, /tmp), unlike `ip netns exec`.
-pub fn ns_command(ns: &NetNs, program: impl AsRef<OsStr>) -> Command {
-    let mut cmd = Command::new("nsenter");
-    cmd.arg(format!("--net={}", ns.path().display()))
-        .arg(program);
-    cmd
-}
 
 /// `ip netns exec <ns> sh -c SCRIPT`: for sysfs writes, which need the
 /// namespace's own /sys (`ip netns exec` mounts it). `script` is built by
@@ -46,34 +38,9 @@ pub fn ns_sh(ns: &NetNs, script: &str) -> Result<()> {
     Ok(())
 }
 
-/// A veth pair from `a` (interface `a_if`, address `a_cidr`) to `b`, both
-/// ends up. The interfaces are created inside the namespaces, never in the
-/// host's, and disappear with them.
-pub fn veth(
-    a: &NetNs,
-    a_if: &str,
-    a_cidr: &str,
-    b: &NetNs,
-    b_if: &str,
-    b_cidr: &str,
-) -> Result<()> {
-    sys::run(command(
-        "ip",
-        [
-            "link", "add", a_if, "netns", &a.name, "type", "veth", "peer", "name", b_if, "netns",
-            &b.name,
-        ],
-    ))?;
-    for (ns, ifname, cidr) in [(a, a_if, a_cidr), (b, b_if, b_cidr)] {
-        ns.ip(&["addr", "add", cidr, "dev", ifname])?;
-        ns.ip(&["link", "set", ifname, "up"])?;
-    }
-    Ok(())
-}
-
 fn link_json(ns: &NetNs, ifname: &str) -> Result<Value> {
-    let out = ns.ip(&["-s", "-j", "link", "show", "dev", ifname])?;
-    let v: Value = serde_json::from_str(out.stdout.trim())
+    let out = ns.try_ip(&["-s", "-j", "link", "show", "dev", ifname])?;
+    let v: Value = serde_json::from_str(out.trim())
         .with_context(|| format!("ip -j link show {ifname}: not JSON"))?;
     v.get(0)
         .cloned()
@@ -82,18 +49,14 @@ fn link_json(ns: &NetNs, ifname: &str) -> Result<Value> {
 
 /// The interface's MAC address, as `aa:bb:cc:dd:ee:ff`.
 pub fn mac(ns: &NetNs, ifname: &str) -> Result<String> {
-    link_json(ns, ifname)?
-        .get("address")
-        .and_then(Value::as_str)
-        .map(str::to_string)
-        .with_context(|| format!("{ifname} has no MAC address"))
+    Ok(ns.try_mac(ifname)?.map(|b| format!("{b:02x}")).join(":"))
 }
 
 /// veth's own counters of an interface (`ethtool -S`, run in `ns`): its
 /// per-queue XDP counters (`rx_queue_0_xdp_packets`, `tx_queue_0_xdp_xmit`,
 /// `tx_queue_0_xdp_xmit_errors`, ...).
 pub fn ethtool_stats(ns: &NetNs, ifname: &str) -> Result<std::collections::HashMap<String, u64>> {
-    let out = sys::run(ns_command(ns, "ethtool").args(["-S", ifname]))
+    let out = sys::run(ns.command("ethtool").args(["-S", ifname]))
         .with_context(|| format!("ethtool -S {ifname} (Debian package ethtool)"))?;
     Ok(out
         .stdout
@@ -216,91 +179,9 @@ pub fn set_fifo(tid: u32, priority: i32) -> bool {
     unsafe { libc::sched_setscheduler(tid as libc::pid_t, libc::SCHED_FIFO, &param) == 0 }
 }
 
-/// Kernel threads whose name starts with `prefix` (e.g. `napi/xgbfg0-`).
-pub fn kernel_threads(prefix: &str) -> Vec<u32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                .is_ok_and(|c| c.trim_end().starts_with(prefix))
-        })
-        .collect()
-}
-
 /// CPU time (utime + stime, clock ticks) of a process or kernel thread.
 pub fn ticks(pid: u32) -> u64 {
     sys::cpu_ticks(pid).unwrap_or(0)
-}
-
-/// Resident set size (VmRSS) of a process, in KiB.
-pub fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-}
-
-/// One CPU's times from /proc/stat, in clock ticks (USER_HZ).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct CpuTimes {
-    pub user: u64,
-    pub system: u64,
-    pub idle: u64,
-    pub irq: u64,
-    pub softirq: u64,
-    /// Everything that is not idle or iowait.
-    pub busy: u64,
-}
-
-impl CpuTimes {
-    pub fn since(&self, earlier: &CpuTimes) -> CpuTimes {
-        CpuTimes {
-            user: self.user.saturating_sub(earlier.user),
-            system: self.system.saturating_sub(earlier.system),
-            idle: self.idle.saturating_sub(earlier.idle),
-            irq: self.irq.saturating_sub(earlier.irq),
-            softirq: self.softirq.saturating_sub(earlier.softirq),
-            busy: self.busy.saturating_sub(earlier.busy),
-        }
-    }
-}
-
-/// Per-CPU times (`cpuN` lines of /proc/stat), indexed by CPU number.
-pub fn cpu_times() -> Vec<CpuTimes> {
-    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let mut out = Vec::new();
-    for line in text.lines() {
-        let mut f = line.split_whitespace();
-        let Some(name) = f.next() else { continue };
-        let Some(n) = name
-            .strip_prefix("cpu")
-            .and_then(|n| n.parse::<usize>().ok())
-        else {
-            continue;
-        };
-        let v: Vec<u64> = f.filter_map(|x| x.parse().ok()).collect();
-        let at = |i: usize| v.get(i).copied().unwrap_or(0);
-        // user nice system idle iowait irq softirq steal ...
-        let busy = at(0) + at(1) + at(2) + at(5) + at(6) + at(7);
-        if out.len() <= n {
-            out.resize(n + 1, CpuTimes::default());
-        }
-        out[n] = CpuTimes {
-            user: at(0) + at(1),
-            system: at(2),
-            idle: at(3) + at(4),
-            irq: at(5),
-            softirq: at(6),
-            busy,
-        };
-    }
-    out
 }
 
 /// Waits until `GET path` on `addr`, sent from inside `ns`, answers 200
@@ -339,18 +220,6 @@ fn kill(pid: u32, signal: libc::c_int) {
     unsafe {
         libc::kill(pid as libc::pid_t, signal);
     }
-}
-
-/// Start time of a process (field 22 of /proc/PID/stat): with the PID, what
-/// identifies it against PID reuse.
-fn start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    if fields.first() == Some(&"Z") {
-        return None;
-    }
-    fields.get(19)?.parse().ok()
 }
 
 /// A trafgen run: a packet flood bounded by its own count (`-n`), started
@@ -398,7 +267,7 @@ impl Flood {
         let out =
             std::fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
         let err = out.try_clone()?;
-        let mut cmd = ns_command(ns, "trafgen");
+        let mut cmd = ns.command("trafgen");
         cmd.args(["-o", iface, "-i"])
             .arg(config)
             .args(["-n", &count.to_string(), "-P", "1", "--no-sock-mem"])
@@ -435,7 +304,7 @@ impl Flood {
     fn note_forked(&mut self) {
         for p in sys::descendants(self.pid()) {
             if !self.forked.iter().any(|(q, _)| *q == p) {
-                self.forked.push((p, start_time(p)));
+                self.forked.push((p, live_start_time(p)));
             }
         }
     }
@@ -488,7 +357,7 @@ impl Flood {
             return Ok(done);
         }
         for &(pid, started) in &self.forked {
-            if started.is_some() && start_time(pid) == started {
+            if started.is_some() && live_start_time(pid) == started {
                 kill(pid, libc::SIGINT);
             }
         }
@@ -513,7 +382,7 @@ impl Flood {
     fn kill_all(&mut self) {
         self.note_forked();
         for &(pid, started) in &self.forked {
-            if started.is_some() && start_time(pid) == started {
+            if started.is_some() && live_start_time(pid) == started {
                 kill(pid, libc::SIGKILL);
             }
         }
@@ -528,7 +397,7 @@ impl Flood {
     fn reap_forked(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(2);
         for &(pid, started) in &self.forked {
-            while started.is_some() && start_time(pid) == started {
+            while started.is_some() && live_start_time(pid) == started {
                 if Instant::now() >= deadline {
                     eprintln!("xgate-bench: killing trafgen worker {pid}");
                     kill(pid, libc::SIGKILL);
@@ -545,7 +414,7 @@ impl Flood {
         let mut left: Vec<u32> = self
             .forked
             .iter()
-            .filter(|(pid, started)| started.is_some() && start_time(*pid) == *started)
+            .filter(|(pid, started)| started.is_some() && live_start_time(*pid) == *started)
             .map(|(pid, _)| *pid)
             .collect();
         if self.child.try_wait().ok().flatten().is_none() {

@@ -511,9 +511,8 @@ traffic: 7.04MB (7382345) total, 1.03MB (1083456) headers (space savings 90.00%)
 
     #[test]
     fn h2load_log_durations() {
-        let dir = std::env::temp_dir().join(format!("xgate-bench-h2log-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let log = dir.join("log");
+        let dir = xgate_tests::TempDir::new("bench-h2log");
+        let log = dir.path().join("log");
         std::fs::write(
             &log,
             "30\t200\t3000\n10\t200\t1000\n20\t200\t2000\nbad line\n",
@@ -522,6 +521,5 @@ traffic: 7.04MB (7382345) total, 1.03MB (1083456) headers (space savings 90.00%)
         assert_eq!(read_h2load_log(&log).unwrap(), vec![1000.0, 2000.0, 3000.0]);
         std::fs::write(&log, "").unwrap();
         assert!(read_h2load_log(&log).is_err());
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -5,14 +5,15 @@
 //! any load is put on it.
 
 use std::{
-    io::{Read, Write},
-    net::{SocketAddr, TcpStream},
+    io::Read,
+    net::SocketAddr,
     path::{Path, PathBuf},
     process::Command,
     time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::{bail, Context, Result};
+use xgate_tests::http::RawResponse;
 
 use crate::{
     sys::{self, command, Spawned},
@@ -431,91 +432,20 @@ pub fn wait_ready(process: &mut Spawned, port: u16, within: Duration) -> Result<
     }
 }
 
-/// An HTTP/1.1 response read by [`http_get`].
-#[derive(Debug)]
-pub struct Response {
-    pub status: u16,
-    pub body: Vec<u8>,
-}
-
 /// One `GET` with `Connection: close` and extra `headers` ("Name: value"),
 /// with short timeouts: readiness and policy checks, not load.
-pub fn http_get(addr: SocketAddr, path: &str, headers: &[String]) -> Result<Response> {
-    let timeout = Duration::from_secs(3);
-    let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
-    stream.set_read_timeout(Some(timeout))?;
-    stream.set_write_timeout(Some(timeout))?;
+pub fn http_get(addr: SocketAddr, path: &str, headers: &[String]) -> Result<RawResponse> {
     let mut request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for h in headers {
         request.push_str(h);
         request.push_str("\r\n");
     }
     request.push_str("\r\n");
-    stream.write_all(request.as_bytes())?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw)?;
-    parse_response(&raw)
-}
-
-fn parse_response(raw: &[u8]) -> Result<Response> {
-    let end = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .context("no complete response head")?;
-    let head = String::from_utf8_lossy(&raw[..end]);
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or("");
-    let status: u16 = status_line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .with_context(|| format!("bad status line {status_line:?}"))?;
-    let mut chunked = false;
-    let mut length: Option<usize> = None;
-    for line in lines {
-        if let Some((name, value)) = line.split_once(':') {
-            let (name, value) = (name.trim().to_ascii_lowercase(), value.trim());
-            if name == "transfer-encoding" && value.eq_ignore_ascii_case("chunked") {
-                chunked = true;
-            } else if name == "content-length" {
-                length = value.parse().ok();
-            }
-        }
-    }
-    let rest = &raw[end + 4..];
-    let body = if chunked {
-        dechunk(rest)?
-    } else if let Some(n) = length {
-        if rest.len() < n {
-            bail!("body cut short: {} of {n} bytes", rest.len());
-        }
-        rest[..n].to_vec()
-    } else {
-        rest.to_vec()
-    };
-    Ok(Response { status, body })
-}
-
-fn dechunk(mut data: &[u8]) -> Result<Vec<u8>> {
-    let mut body = Vec::new();
-    loop {
-        let line_end = data
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .context("chunk size line cut short")?;
-        let size_text = String::from_utf8_lossy(&data[..line_end]);
-        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
-            .with_context(|| format!("bad chunk size {size_text:?}"))?;
-        data = &data[line_end + 2..];
-        if size == 0 {
-            return Ok(body);
-        }
-        if data.len() < size + 2 {
-            bail!("chunk cut short");
-        }
-        body.extend_from_slice(&data[..size]);
-        data = &data[size + 2..];
-    }
+    Ok(xgate_tests::http::send_blocking(
+        addr,
+        &request,
+        Duration::from_secs(3),
+    )?)
 }
 
 /// Starts the bench upstream (this executable, `serve-upstream`) on a free
@@ -526,7 +456,7 @@ pub fn start_upstream(dir: &Path) -> Result<(Spawned, u16)> {
 
 /// As [`start_upstream`], with `threads` server threads.
 pub fn start_upstream_with(dir: &Path, threads: usize) -> Result<(Spawned, u16)> {
-    let port = sys::free_port()?;
+    let port = xgate_tests::ports::free_tcp_port()?;
     let exe = std::env::current_exe().context("finding the harness's own executable")?;
     let mut cmd = Command::new(exe);
     cmd.arg(upstream::SUBCOMMAND)
@@ -593,19 +523,5 @@ mod tests {
         ] {
             render(t.text, &policy_vars, false).unwrap_or_else(|e| panic!("{}: {e:#}", t.file));
         }
-    }
-
-    #[test]
-    fn responses_plain_and_chunked() {
-        let r = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabcdef").unwrap();
-        assert_eq!((r.status, r.body.as_slice()), (200, b"abc".as_slice()));
-        let r = parse_response(
-            b"HTTP/1.1 401 Unauthorized\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n",
-        )
-        .unwrap();
-        assert_eq!((r.status, r.body.as_slice()), (401, b"abcde".as_slice()));
-        let r = parse_response(b"HTTP/1.0 403 Forbidden\r\n\r\nno").unwrap();
-        assert_eq!((r.status, r.body.as_slice()), (403, b"no".as_slice()));
-        assert!(parse_response(b"HTTP/1.1 200 OK\r\n").is_err());
     }
 }

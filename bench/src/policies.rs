@@ -41,8 +41,7 @@ use crate::{
     proxy::{self, finite, one_line, Case, Fleet, Proto, Tools},
     report::{self, Report},
     stats::ratio,
-    sys::{self, TempDir},
-    upstream, Settings,
+    sys, upstream, Settings,
 };
 
 pub const DEFAULT_ROUNDS: usize = 5;
@@ -310,7 +309,7 @@ impl Credentials {
             .collect();
         std::fs::write(&keys_map, map)?;
         let jwt = keys::jwt_keys(dir)?;
-        let token = keys::rs256_token(&jwt, dir, &format!("consumer-{CONSUMER}"))?;
+        let token = keys::rs256_token(&jwt, &format!("consumer-{CONSUMER}"));
         let opa_policy = dir.join("bench.rego");
         std::fs::write(&opa_policy, OPA_POLICY)?;
         Ok(Self {
@@ -405,7 +404,7 @@ fn start_peer(
     };
     let mut vars: Vec<(&str, String)> = vec![("UPSTREAM_PORT", upstream_port.to_string())];
     for &policy in Policy::of(kind) {
-        match sys::free_port() {
+        match xgate_tests::ports::free_tcp_port() {
             Ok(port) => {
                 peer.ports.push((policy, port));
                 vars.push((policy.port_var(), port.to_string()));
@@ -589,7 +588,7 @@ fn check_policy(policy: Policy, port: u16, creds: &Credentials) -> Result<()> {
 /// (`xgate-bench serve-policy`, regorus behind OPA's data API and Envoy's
 /// ext_authz check), serving `policy`.
 fn start_policy_server(dir: &Path, kind: Kind, policy: &Path) -> Result<(sys::Spawned, u16)> {
-    let port = sys::free_port()?;
+    let port = xgate_tests::ports::free_tcp_port()?;
     let exe = std::env::current_exe().context("finding the harness's own executable")?;
     let mut cmd = std::process::Command::new(exe);
     cmd.arg(crate::SERVE_POLICY)
@@ -626,7 +625,7 @@ fn start_policy_server(dir: &Path, kind: Kind, policy: &Path) -> Result<(sys::Sp
 /// for `seconds`, every response checked. Without it the policy code would
 /// have no profile and be compiled as cold.
 pub fn train(seconds: u64) -> Result<()> {
-    let tmp = TempDir::create("pgo-train-policies")?;
+    let tmp = sys::temp_dir("pgo-train-policies")?;
     let tools = Tools::new(tmp.path())?;
     let creds = Credentials::create(tmp.path()).context("making the credentials")?;
     let (upstream_process, upstream_port) = peers::start_upstream(tmp.path())?;
@@ -674,7 +673,7 @@ pub fn run(settings: &Settings) -> Result<Report> {
     let rounds = settings.rounds_or(DEFAULT_ROUNDS);
     let seconds = settings.duration_or(proxy::DEFAULT_DURATION_S);
     let started = report::utc_now();
-    let tmp = TempDir::create("policies")?;
+    let tmp = sys::temp_dir("policies")?;
     let tools = Tools::new(tmp.path())?;
     eprintln!("    generating {API_KEYS} API keys and an RS256 key pair and token (openssl)");
     let creds = Credentials::create(tmp.path()).context("making the credentials")?;
@@ -1277,16 +1276,14 @@ mod tests {
             ("OPA_SERVER", "http://127.0.0.1:9181".to_string()),
         ]);
         // The Rego file is compiled by validation: a real one.
-        let dir = std::env::temp_dir().join(format!("xgate-bench-opa-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let rego = dir.join("bench.rego");
+        let dir = xgate_tests::TempDir::new("bench-opa");
+        let rego = dir.path().join("bench.rego");
         std::fs::write(&rego, OPA_POLICY).unwrap();
         vars.push(("OPA_POLICY", rego.display().to_string()));
         let text = peers::render(peers::XGATE_POLICIES.text, &vars, false).unwrap();
         let config = gateway_userspace::config::Config::from_yaml(&text, "xgate-policies.yaml")
             .unwrap_or_else(|e| panic!("{e}"));
         assert!(config.redis.is_some());
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -32,7 +32,7 @@ use crate::{
     peers::{self, Binary, Instance, Kind, Template},
     report::{self, Report},
     stats::{ratio, Samples},
-    sys::{self, Spawned, TempDir},
+    sys::{self, Spawned},
     upstream, Settings,
 };
 
@@ -523,7 +523,10 @@ fn start_peer(
             return peer;
         }
     };
-    let ports = (sys::free_port(), sys::free_port());
+    let ports = (
+        xgate_tests::ports::free_tcp_port(),
+        xgate_tests::ports::free_tcp_port(),
+    );
     let (Ok(plain), Ok(tls_port)) = ports else {
         peer.unavailable = Some("no free port".into());
         return peer;
@@ -675,7 +678,7 @@ pub fn run(settings: &Settings) -> Result<Report> {
     let rounds = settings.rounds_or(DEFAULT_ROUNDS);
     let seconds = settings.duration_or(DEFAULT_DURATION_S);
     let started = report::utc_now();
-    let tmp = TempDir::create("proxy")?;
+    let tmp = sys::temp_dir("proxy")?;
     let tools = Tools::new(tmp.path())?;
     if let Err(e) = &tools.h2load {
         eprintln!("\n******** h2load is missing: the HTTP/2 rows are unavailable: {e} ********\n");
@@ -771,7 +774,7 @@ pub fn run(settings: &Settings) -> Result<Report> {
 /// Nothing is reported.
 pub fn train(seconds: u64) -> Result<()> {
     sys::unpin();
-    let tmp = TempDir::create("pgo-train")?;
+    let tmp = sys::temp_dir("pgo-train")?;
     let tools = Tools::new(tmp.path())?;
     let tls = keys::tls_certificate(tmp.path()).map_err(|e| format!("{e:#}"));
     let (upstream_process, upstream_port) = peers::start_upstream(tmp.path())?;

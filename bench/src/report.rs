@@ -165,16 +165,15 @@ mod tests {
 
     #[test]
     fn sections_of_other_scenarios_survive_a_rewrite() {
-        let dir =
-            std::env::temp_dir().join(format!("xgate-bench-report-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = xgate_tests::TempDir::new("bench-report");
+        let dir = tmp.path();
         let report = |name: &'static str, text: &str| Report {
             scenario: name,
             json: json!({ "text": text }),
             markdown: format!("## {name}\n\n{text}\n"),
         };
-        write(&dir, &[report("xdp", "one"), report("http", "two")]).unwrap();
-        write(&dir, &[report("xdp", "three")]).unwrap();
+        write(dir, &[report("xdp", "one"), report("http", "two")]).unwrap();
+        write(dir, &[report("xdp", "three")]).unwrap();
         let md = std::fs::read_to_string(dir.join("RESULTS.md")).unwrap();
         assert!(md.contains("three") && md.contains("two") && !md.contains("one"));
         let json: Value =
@@ -182,6 +181,5 @@ mod tests {
                 .unwrap();
         assert_eq!(json["scenarios"]["http"]["text"], "two");
         assert_eq!(json["scenarios"]["xdp"]["text"], "three");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -49,7 +49,7 @@ use crate::{
     report::{self, Report},
     rules,
     stats::{ratio, Samples},
-    sys::{self, NetNs, Spawned, TempDir},
+    sys::{self, NetNs, Spawned},
     upstream, Settings,
 };
 
@@ -430,7 +430,7 @@ fn start_instance(
     )?;
     let config = dir.join(TEMPLATE.file);
     std::fs::write(&config, text)?;
-    let mut cmd = lab::ns_command(ns, &xgate.path);
+    let mut cmd = ns.command(&xgate.path);
     cmd.arg("run")
         .arg("-c")
         .arg(&config)
@@ -646,16 +646,16 @@ pub fn run(settings: &Settings) -> Result<Report> {
         .collect();
 
     let xgate = peers::find(peers::Kind::Xgate).context("xgate release binary")?;
-    let tmp = TempDir::create("scale")?;
+    let tmp = sys::temp_dir("scale")?;
     let wrk = Wrk::new(tmp.path())?;
-    let ns = NetNs::create("scale")?;
+    let ns = sys::netns("scale")?;
     // Many short connections on one loopback: reuse TIME_WAIT ports.
     lab::ns_sh(
         &ns,
         "sysctl -qw net.ipv4.tcp_tw_reuse=1 net.ipv4.ip_local_port_range='1024 65000'",
     )?;
     let exe = std::env::current_exe().context("finding the harness's own executable")?;
-    let mut cmd = lab::ns_command(&ns, exe);
+    let mut cmd = ns.command(exe);
     cmd.args([upstream::SUBCOMMAND, "--listen", UPSTREAM, "--threads", "1"]);
     lab::run_on(&mut cmd, &[gateway]);
     let mut upstream_process =

@@ -36,8 +36,7 @@ use crate::{
     proxy::{self, Case, Fleet, Proto, Tools},
     report::{self, Report},
     stats::ratio,
-    sys::{self, TempDir},
-    upstream, Settings,
+    sys, upstream, Settings,
 };
 
 /// Six: a whole period of the Williams design for three proxies.
@@ -153,7 +152,7 @@ fn start_origin(origin: Origin, dir: &Path, cpu: Option<usize>) -> Result<(sys::
         }),
         Origin::Nginx => {
             let binary = peers::find(Kind::Nginx).context("nginx as the origin")?;
-            let port = sys::free_port()?;
+            let port = xgate_tests::ports::free_tcp_port()?;
             let body = std::str::from_utf8(upstream::SMALL_BODY)?.replace('\n', "\\n");
             let vars = vec![("LISTEN_PORT", port.to_string()), ("SMALL_BODY", body)];
             let dir = dir.join("origin-nginx");
@@ -228,7 +227,7 @@ fn start_proxies(
         };
         let attempt = (|| -> Result<(peers::Instance, u16, String)> {
             let binary = peers::find(kind)?;
-            let port = sys::free_port()?;
+            let port = xgate_tests::ports::free_tcp_port()?;
             let mut vars = vec![
                 ("LISTEN_PORT", port.to_string()),
                 ("TLS_PORT", "0".to_string()),
@@ -453,7 +452,7 @@ pub fn run(settings: &Settings) -> Result<Report> {
     let rounds = settings.rounds_or(DEFAULT_ROUNDS);
     let seconds = settings.duration_or(DEFAULT_DURATION_S);
     let started = report::utc_now();
-    let tmp = TempDir::create("shapes")?;
+    let tmp = sys::temp_dir("shapes")?;
     let tools = Tools::new(tmp.path())?;
     let cpus = peers::threads();
     let mut cases = Vec::new();

@@ -45,11 +45,12 @@ use anyhow::{bail, Context, Result};
 use serde_json::json;
 
 use xgate_bench::sink::Sink;
+use xgate_tests::netns::try_veth;
 
 use crate::{
-    lab::{self, ns_command},
+    lab,
     report::Report,
-    sys::{self, NetNs, Spawned, TempDir},
+    sys::{self, Spawned},
     Settings,
 };
 
@@ -151,18 +152,18 @@ impl Drop for Pins {
 }
 
 fn measure(case: Case, xgate: &Path, duration: Duration, fair: bool) -> Result<Measured> {
-    let gw = NetNs::create("sfg")?;
-    let client = NetNs::create("sfc")?;
-    lab::veth(
+    let gw = sys::netns("sfg")?;
+    let client = sys::netns("sfc")?;
+    try_veth(
         &gw,
         "sfg0",
-        "198.18.0.1/24",
+        &["198.18.0.1/24"],
         &client,
         "sfc0",
-        "198.18.0.2/24",
+        &["198.18.0.2/24"],
     )?;
-    gw.ip(&["route", "add", "default", "via", "198.18.0.2"])?;
-    let tmp = TempDir::create("synflood")?;
+    gw.try_ip(&["route", "add", "default", "via", "198.18.0.2"])?;
+    let tmp = sys::temp_dir("synflood")?;
     let pins = Pins(vec![
         PathBuf::from(format!("/sys/fs/bpf/xgate-bench-sf-{}", std::process::id())),
         PathBuf::from(format!(
@@ -176,7 +177,8 @@ fn measure(case: Case, xgate: &Path, duration: Duration, fair: bool) -> Result<M
         Some(Sink::attach(&ns_file, "sfc0", SPOOFED_NET, SPOOFED_PREFIX)?)
     } else {
         sys::run(
-            ns_command(&client, xgate)
+            client
+                .command(xgate)
                 .args(["xdp", "attach", "--iface", "sfc0", "--pin-path"])
                 .arg(&pins.0[1]),
         )?;
@@ -200,7 +202,7 @@ fn measure(case: Case, xgate: &Path, duration: Duration, fair: bool) -> Result<M
             pin = pins.0[0].display(),
         ),
     )?;
-    let mut cmd = ns_command(&gw, xgate);
+    let mut cmd = gw.command(xgate);
     cmd.arg("-c").arg(&config).arg("run");
     let mut daemon = Spawned::start("xgate", cmd, &tmp.path().join("xgate.log"))?;
     let addr = SocketAddr::from((GW, PORT));
@@ -213,7 +215,7 @@ fn measure(case: Case, xgate: &Path, duration: Duration, fair: bool) -> Result<M
         Duration::from_secs(30),
     )?;
 
-    let gw_mac = mac_bytes(&lab::mac(&gw, "sfg0")?)?;
+    let gw_mac = gw.try_mac("sfg0")?;
     let stop = Arc::new(AtomicBool::new(false));
     let flood_sent = Arc::new(AtomicU64::new(0));
     let (latencies, failed, flood_seconds) = std::thread::scope(|scope| -> Result<_> {
@@ -254,7 +256,8 @@ fn measure(case: Case, xgate: &Path, duration: Duration, fair: bool) -> Result<M
         stats.sort();
         eprintln!("    {ifname}: {stats:?}");
     }
-    if let Ok(out) = ns_command(&gw, xgate)
+    if let Ok(out) = gw
+        .command(xgate)
         .arg("-c")
         .arg(&config)
         .args(["xdp", "stats"])
@@ -329,7 +332,7 @@ fn flood_syns(
     let frames: Vec<Vec<u8>> = (0..sources)
         .map(|i| {
             let src = Ipv4Addr::new(203, 0, 113, (i % 250) as u8 + 1);
-            xgate_tests::frames::tcp4_segment(
+            xgate_tests::frames::tcp_segment(
                 gw_mac,
                 (src, 1024 + (i / 250) as u16),
                 (GW, PORT),
@@ -375,18 +378,6 @@ fn flood_syns(
     // SAFETY: closing the socket opened above.
     unsafe { libc::close(fd) };
     Ok(started.elapsed().as_secs_f64())
-}
-
-fn mac_bytes(text: &str) -> Result<[u8; 6]> {
-    let mut mac = [0u8; 6];
-    let parts: Vec<&str> = text.split(':').collect();
-    if parts.len() != 6 {
-        bail!("not a MAC address: {text}");
-    }
-    for (byte, part) in mac.iter_mut().zip(parts) {
-        *byte = u8::from_str_radix(part, 16).with_context(|| format!("MAC {text}"))?;
-    }
-    Ok(mac)
 }
 
 fn report(results: &[Measured], seconds: u64, fair: bool) -> Report {

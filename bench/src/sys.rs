@@ -9,10 +9,8 @@
 
 use std::{
     borrow::BorrowMut,
-    collections::HashMap,
     ffi::OsStr,
     io::Read,
-    net::{Ipv4Addr, TcpListener},
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
     sync::atomic::{AtomicBool, Ordering},
@@ -20,6 +18,12 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
+pub use xgate_tests::procfs::{
+    clock_ticks, cpu_ticks, descendants, machine_user_ticks, peak_rss_kib, reset_peak_rss,
+    user_ticks,
+};
+use xgate_tests::procfs::{live_start_time, start_time};
+pub use xgate_tests::{netns::NetNs, TempDir};
 
 /// Prefix of every name the harness gives to something outside the process
 /// (namespaces, directories); followed by `-<pid>`.
@@ -168,43 +172,20 @@ fn name(tag: &str) -> String {
     format!("{PREFIX}-{tag}-{}", std::process::id())
 }
 
-/// A network namespace, deleted on drop (its veth pairs and any XDP program
-/// attached to them go with it).
-pub struct NetNs {
-    pub name: String,
+/// A network namespace `xgate-bench-<tag>-<pid>` (so that [`sweep_stale`]
+/// finds it after a crash), deleted on drop with its veth pairs and any XDP
+/// program attached to them.
+pub fn netns(tag: &str) -> Result<NetNs> {
+    let name = name(tag);
+    NetNs::named(name.clone()).with_context(|| format!("creating network namespace {name}"))
 }
 
-impl NetNs {
-    pub fn create(tag: &str) -> Result<Self> {
-        let name = name(tag);
-        run(command("ip", ["netns", "add", &name]))?;
-        let ns = Self { name };
-        ns.ip(&["link", "set", "lo", "up"])?;
-        Ok(ns)
-    }
-
-    pub fn path(&self) -> PathBuf {
-        Path::new("/var/run/netns").join(&self.name)
-    }
-
-    /// `ip -n <ns> ARGS`.
-    pub fn ip(&self, args: &[&str]) -> Result<Output> {
-        run(command("ip", ["-n", &self.name].iter().chain(args)))
-    }
-
-    /// A veth pair with both ends inside this namespace, both up.
-    pub fn veth_pair(&self, a: &str, b: &str) -> Result<()> {
-        self.ip(&["link", "add", a, "type", "veth", "peer", "name", b])?;
-        self.ip(&["link", "set", a, "up"])?;
-        self.ip(&["link", "set", b, "up"])?;
-        Ok(())
-    }
-}
-
-impl Drop for NetNs {
-    fn drop(&mut self) {
-        run_cleanup(command("ip", ["netns", "del", &self.name]));
-    }
+/// A veth pair with both ends inside `ns`, both up.
+pub fn veth_pair(ns: &NetNs, a: &str, b: &str) -> Result<()> {
+    ns.try_ip(&["link", "add", a, "type", "veth", "peer", "name", b])?;
+    ns.try_ip(&["link", "set", a, "up"])?;
+    ns.try_ip(&["link", "set", b, "up"])?;
+    Ok(())
 }
 
 /// A persistent mount namespace (bind-mounted on a file under
@@ -279,26 +260,11 @@ impl Drop for PrivateBpffs {
     }
 }
 
-/// A directory under /tmp, removed on drop.
-pub struct TempDir(PathBuf);
-
-impl TempDir {
-    pub fn create(tag: &str) -> Result<Self> {
-        let path = std::env::temp_dir().join(name(tag));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).with_context(|| format!("create {}", path.display()))?;
-        Ok(Self(path))
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// A directory under /tmp (`xgate-bench-<tag>-<pid>`, so that
+/// [`sweep_stale`] finds it after a crash), removed on drop.
+pub fn temp_dir(tag: &str) -> Result<TempDir> {
+    let path = std::env::temp_dir().join(name(tag));
+    TempDir::at(path.clone()).with_context(|| format!("create {}", path.display()))
 }
 
 /// Pins the calling thread (and the processes it starts) to the highest
@@ -350,58 +316,6 @@ pub fn unpin() {
     }
 }
 
-/// A TCP port on 127.0.0.1 that was free a moment ago (the kernel's pick).
-pub fn free_port() -> Result<u16> {
-    let socket =
-        TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("bind 127.0.0.1:0 to find a port")?;
-    Ok(socket.local_addr()?.port())
-}
-
-/// Clock ticks per second of /proc/PID/stat's CPU times.
-pub fn clock_ticks() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if ticks > 0 {
-        ticks as f64
-    } else {
-        100.0
-    }
-}
-
-/// The fields of /proc/PID/stat after the command name (field 3 onwards:
-/// index 0 is the state, 1 the parent PID, 11/12 utime/stime, 19 the start
-/// time).
-fn stat_fields(pid: u32) -> Option<Vec<String>> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name is in parentheses and may hold spaces or ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    Some(rest.split_whitespace().map(str::to_string).collect())
-}
-
-/// utime + stime of a process (all its threads), in clock ticks.
-pub fn cpu_ticks(pid: u32) -> Option<u64> {
-    let f = stat_fields(pid)?;
-    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
-}
-
-/// utime of a process (all its threads), in clock ticks.
-pub fn user_ticks(pid: u32) -> Option<u64> {
-    stat_fields(pid)?.get(11)?.parse().ok()
-}
-
-/// User time (user + nice) of the whole machine, in clock ticks.
-pub fn machine_user_ticks() -> Option<u64> {
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
-    let f: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .take(2)
-        .filter_map(|v| v.parse().ok())
-        .collect();
-    (f.len() == 2).then(|| f[0] + f[1])
-}
-
 /// User CPU seconds of this process's terminated, waited-for children (the
 /// load generators once they have exited).
 pub fn children_user_seconds() -> f64 {
@@ -413,66 +327,6 @@ pub fn children_user_seconds() -> f64 {
         }
         usage.ru_utime.tv_sec as f64 + usage.ru_utime.tv_usec as f64 / 1e6
     }
-}
-
-/// Start time of a process (clock ticks after boot): with the PID, what
-/// identifies it (a PID may be reused once the process is gone).
-fn start_time(pid: u32) -> Option<u64> {
-    stat_fields(pid)?.get(19)?.parse().ok()
-}
-
-/// Whether `pid` is still the (non-zombie) process that started at `started`.
-fn is_same_live_process(pid: u32, started: Option<u64>) -> bool {
-    stat_fields(pid).is_some_and(|f| {
-        f.first().map(String::as_str) != Some("Z")
-            && f.get(19).and_then(|s| s.parse::<u64>().ok()) == started
-    })
-}
-
-/// Peak resident set size (VmHWM) of a process, in KiB.
-pub fn peak_rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-}
-
-/// Resets a process's VmHWM to its current RSS (`echo 5 > clear_refs`).
-pub fn reset_peak_rss(pid: u32) -> bool {
-    std::fs::write(format!("/proc/{pid}/clear_refs"), b"5").is_ok()
-}
-
-/// Every live process below `pid` (children, their children, ...), found by
-/// parent PID in /proc.
-pub fn descendants(pid: u32) -> Vec<u32> {
-    let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
-    if let Ok(entries) = std::fs::read_dir("/proc") {
-        for entry in entries.flatten() {
-            let Some(p) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            if let Some(ppid) = stat_fields(p).and_then(|f| f.get(1)?.parse::<u32>().ok()) {
-                children.entry(ppid).or_default().push(p);
-            }
-        }
-    }
-    let mut found = Vec::new();
-    let mut queue = vec![pid];
-    while let Some(p) = queue.pop() {
-        for &c in children.get(&p).map(Vec::as_slice).unwrap_or(&[]) {
-            if !found.contains(&c) {
-                found.push(c);
-                queue.push(c);
-            }
-        }
-    }
-    found
 }
 
 /// A server process the harness started, with its output in a log file.
@@ -624,7 +478,7 @@ impl Drop for Spawned {
         // killed master).
         let deadline = Instant::now() + Duration::from_secs(2);
         for (p, started) in forked {
-            while is_same_live_process(p, started) {
+            while started.is_some() && live_start_time(p) == started {
                 if Instant::now() >= deadline {
                     eprintln!("xgate-bench: killing pid {p}, left behind by {}", self.name);
                     signal(p, libc::SIGKILL);

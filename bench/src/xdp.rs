@@ -442,7 +442,7 @@ pub fn run(settings: &Settings) -> Result<Report> {
         planes.insert(prog, plane);
     }
 
-    let tmp = TempDir::create("frames")?;
+    let tmp = sys::temp_dir("frames")?;
     let mut frames = HashMap::new();
     let mut frame_files = HashMap::new();
     for frame in Frame::ALL {

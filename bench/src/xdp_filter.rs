@@ -49,8 +49,8 @@ impl XdpFilter {
     /// Sets up the namespaces and nothing else.
     pub fn new() -> Result<Self> {
         let bpffs = PrivateBpffs::create("bpffs")?;
-        let netns = NetNs::create("xdp")?;
-        netns.veth_pair("xgb0", "xgb1")?;
+        let netns = sys::netns("xdp")?;
+        sys::veth_pair(&netns, "xgb0", "xgb1")?;
         let version = sys::run_unchecked(Command::new("xdp-filter").args(["load", "--version"]))
             .map(|o| o.stdout.lines().next().unwrap_or("").trim().to_string())
             .unwrap_or_else(|_| "unknown".into());

@@ -1,7 +1,7 @@
 //! Crafted Ethernet frames for BPF_PROG_TEST_RUN tests and benchmarks.
 //! Checksums are left zero: the XDP program does not read them.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 pub const ETH_P_IPV4: u16 = 0x0800;
 pub const ETH_P_IPV6: u16 = 0x86DD;
@@ -228,44 +228,37 @@ fn tcp_header(pseudo_addrs: &[u8], ports: (u16, u16), flags: u8, seq: u32, ack: 
     t
 }
 
-/// A TCP segment over IPv4 that a real stack accepts: addressed to
-/// `dst_mac`, IP and TCP checksums filled in, an MSS option on SYNs.
-pub fn tcp4_segment(
+/// A TCP segment over IPv4 or IPv6 that a real stack accepts: addressed to
+/// `dst_mac`, IP (v4) and TCP checksums filled in, an MSS option on SYNs.
+pub fn tcp_segment<A: Into<IpAddr>>(
     dst_mac: [u8; 6],
-    src: (Ipv4Addr, u16),
-    dst: (Ipv4Addr, u16),
+    src: (A, u16),
+    dst: (A, u16),
     flags: u8,
     seq: u32,
     ack: u32,
 ) -> Vec<u8> {
-    let addrs = [src.0.octets(), dst.0.octets()].concat();
-    let t = tcp_header(&addrs, (src.1, dst.1), flags, seq, ack);
-    let mut ip = ipv4(src.0, dst.0, IPPROTO_TCP, &t);
-    let check = internet_checksum(&ip[..20]);
-    ip[10..12].copy_from_slice(&check.to_be_bytes());
-    let mut frame = ethernet(&[], ETH_P_IPV4, &ip);
+    let ports = (src.1, dst.1);
+    let mut frame = match (src.0.into(), dst.0.into()) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            let t = tcp_header(&[s.octets(), d.octets()].concat(), ports, flags, seq, ack);
+            let mut ip = ipv4(s, d, IPPROTO_TCP, &t);
+            let check = internet_checksum(&ip[..20]);
+            ip[10..12].copy_from_slice(&check.to_be_bytes());
+            ethernet(&[], ETH_P_IPV4, &ip)
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            let t = tcp_header(&[s.octets(), d.octets()].concat(), ports, flags, seq, ack);
+            ethernet(&[], ETH_P_IPV6, &ipv6(s, d, IPPROTO_TCP, &t))
+        }
+        (s, d) => panic!("a TCP segment from {s} to {d}: mixed address families"),
+    };
     frame[..6].copy_from_slice(&dst_mac);
     frame
 }
 
-/// [`tcp4_segment`] over IPv6.
-pub fn tcp6_segment(
-    dst_mac: [u8; 6],
-    src: (Ipv6Addr, u16),
-    dst: (Ipv6Addr, u16),
-    flags: u8,
-    seq: u32,
-    ack: u32,
-) -> Vec<u8> {
-    let addrs = [src.0.octets(), dst.0.octets()].concat();
-    let t = tcp_header(&addrs, (src.1, dst.1), flags, seq, ack);
-    let mut frame = ethernet(&[], ETH_P_IPV6, &ipv6(src.0, dst.0, IPPROTO_TCP, &t));
-    frame[..6].copy_from_slice(&dst_mac);
-    frame
-}
-
-/// Where the TCP checksum of a frame made by [`tcp4_segment`] (IPv4, no
-/// options) or [`tcp6_segment`] is.
+/// Where the TCP checksum of a frame made by [`tcp_segment`] is (IPv4
+/// without options, or IPv6 without extension headers).
 pub fn tcp_checksum_at(frame: &[u8]) -> std::ops::Range<usize> {
     let l4 = if frame[12..14] == ETH_P_IPV6.to_be_bytes() {
         14 + 40

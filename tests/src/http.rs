@@ -61,6 +61,24 @@ pub async fn send(
     parse(&raw)
 }
 
+/// [`send`] from a thread without a runtime (and without a chosen source):
+/// connects, writes `request` (complete, with `Connection: close`) and
+/// reads until the server closes, each step within `timeout`.
+pub fn send_blocking(
+    addr: SocketAddr,
+    request: &str,
+    timeout: Duration,
+) -> std::io::Result<RawResponse> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    stream.write_all(request.as_bytes())?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    parse(&raw)
+}
+
 /// Writes `request` (any bytes) to `addr` and reads until the server
 /// closes the connection (or 10 s pass): every byte it answered.
 pub async fn exchange_raw(addr: SocketAddr, request: &[u8]) -> std::io::Result<Vec<u8>> {
@@ -368,5 +386,37 @@ pub mod h2 {
             block.extend_from_slice(value.as_bytes());
         }
         block
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_chunked_and_unframed_responses_parse() {
+        let r = parse(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc").unwrap();
+        assert_eq!((r.status, r.body.as_slice()), (200, b"abc".as_slice()));
+        assert_eq!(r.header("content-length"), Some("3"));
+        let r = parse(
+            b"HTTP/1.1 401 Unauthorized\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!((r.status, r.body.as_slice()), (401, b"abcde".as_slice()));
+        let r = parse(b"HTTP/1.0 403 Forbidden\r\n\r\nno").unwrap();
+        assert_eq!((r.status, r.body.as_slice()), (403, b"no".as_slice()));
+        assert!(parse(b"HTTP/1.1 200 OK\r\n").is_err());
+        assert!(parse(b"").is_err());
+        assert!(parse(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab").is_err());
+    }
+
+    #[test]
+    fn a_connection_splits_into_its_responses() {
+        let raw = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi\
+                    HTTP/1.1 204 No Content\r\n\r\n\
+                    HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\nT: 1\r\n\r\n";
+        let all = parse_all(raw).unwrap();
+        let got: Vec<(u16, &[u8])> = all.iter().map(|r| (r.status, r.body.as_slice())).collect();
+        assert_eq!(got, [(200, &b"hi"[..]), (204, &b""[..]), (200, &b"x"[..])]);
     }
 }

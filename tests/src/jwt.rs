@@ -1,5 +1,7 @@
-//! Signing keys for JWT tests, made at test time with the openssl CLI (as
-//! an identity provider's would be), and tokens signed with them.
+//! Signing keys for JWT tests and the policy benchmarks, made at run time
+//! with the openssl CLI (as an identity provider's would be: ring, the
+//! workspace's crypto backend, cannot generate RSA keys), and tokens signed
+//! with them.
 
 use std::{path::Path, process::Command};
 
@@ -12,7 +14,7 @@ pub struct SigningKey {
     encoding: EncodingKey,
     /// The public half, PEM.
     pub public_pem: String,
-    /// The public half as a JWK (EC keys only).
+    /// The public half as a JWK.
     pub jwk: Option<serde_json::Value>,
 }
 
@@ -30,7 +32,7 @@ fn openssl(args: &[&str]) -> Vec<u8> {
 }
 
 impl SigningKey {
-    /// A 2048-bit RSA key for RS256.
+    /// A 2048-bit RSA key for RS256, with its JWK.
     pub fn rsa(dir: &Path, kid: &str) -> Self {
         let private = dir.join(format!("{kid}.key"));
         let private = private.to_str().unwrap();
@@ -44,13 +46,22 @@ impl SigningKey {
             private,
         ]);
         let public = openssl(&["pkey", "-in", private, "-pubout"]);
+        // OpenSSL 3 writes an RSA key as PKCS#1 here; others as PKCS#8.
+        let der = openssl(&["pkey", "-in", private, "-outform", "DER"]);
+        let pair = ring::signature::RsaKeyPair::from_der(&der)
+            .or_else(|_| ring::signature::RsaKeyPair::from_pkcs8(&der))
+            .expect("an RSA key pair");
+        let numbers = ring::rsa::PublicKeyComponents::<Vec<u8>>::from(pair.public());
         let pem = std::fs::read(private).unwrap();
         Self {
             algorithm: Algorithm::RS256,
             kid: kid.to_string(),
             encoding: EncodingKey::from_rsa_pem(&pem).unwrap(),
             public_pem: String::from_utf8(public).unwrap(),
-            jwk: None,
+            jwk: Some(serde_json::json!({
+                "kty": "RSA", "use": "sig", "alg": "RS256", "kid": kid,
+                "n": URL_SAFE_NO_PAD.encode(&numbers.n), "e": URL_SAFE_NO_PAD.encode(&numbers.e),
+            })),
         }
     }
 
@@ -104,4 +115,36 @@ pub fn now() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_rsa_keys_jwk_verifies_its_tokens() {
+        let dir = crate::TempDir::new("jwt-rsa");
+        let key = SigningKey::rsa(dir.path(), "k1");
+        let other = SigningKey::rsa(dir.path(), "k2");
+        let token = key.sign(&serde_json::json!({"sub": "alice", "exp": now() + 60}));
+        let verify = |signer: &SigningKey| {
+            let jwk = signer.jwk.as_ref().expect("an RSA JWK");
+            assert_eq!(
+                (jwk["kty"].as_str(), jwk["e"].as_str()),
+                (Some("RSA"), Some("AQAB"))
+            );
+            let decoding = jsonwebtoken::DecodingKey::from_rsa_components(
+                jwk["n"].as_str().unwrap(),
+                jwk["e"].as_str().unwrap(),
+            )
+            .unwrap();
+            jsonwebtoken::decode::<serde_json::Value>(
+                &token,
+                &decoding,
+                &jsonwebtoken::Validation::new(Algorithm::RS256),
+            )
+        };
+        assert_eq!(verify(&key).unwrap().claims["sub"], "alice");
+        assert!(verify(&other).is_err());
+    }
 }

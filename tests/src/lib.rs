@@ -1,7 +1,9 @@
-//! Support for xgate's integration tests: the real `xgate` binary as a child
+//! Support for xgate's integration tests, and the one support library of the
+//! benchmark harness (bench/) too: the real `xgate` binary as a child
 //! process, a real echo upstream, real OpenID providers (npm packages under
 //! `tests/idp`), a real DNS server (dnsmasq), network namespaces with veth
-//! pairs, raw HTTP, and crafted Ethernet frames.
+//! pairs, raw HTTP, crafted Ethernet frames and the XDP program run on them,
+//! certificates, free ports, temporary directories and /proc readers.
 //!
 //! Tests that need root (BPF, namespaces) call [`require_root`]: under CI
 //! (which runs as root) a missing privilege is a failure, never a skip;
@@ -19,8 +21,10 @@ pub mod netns;
 pub mod policy_server;
 pub mod ports;
 pub mod process;
+pub mod procfs;
 pub mod recording;
 pub mod redis;
+pub mod test_run;
 pub mod tls;
 pub mod traffic;
 pub mod upstream;
@@ -55,9 +59,15 @@ impl TempDir {
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         ));
+        Self::at(path).expect("create temp dir")
+    }
+
+    /// The directory `path`, emptied first if it was there (a leftover of a
+    /// crashed run).
+    pub fn at(path: PathBuf) -> std::io::Result<Self> {
         let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).expect("create temp dir");
-        Self(path)
+        std::fs::create_dir_all(&path)?;
+        Ok(Self(path))
     }
 
     pub fn path(&self) -> &Path {

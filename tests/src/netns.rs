@@ -1,8 +1,11 @@
-//! Network namespaces and veth pairs that a test creates and always removes
-//! (on drop, so also when the test fails). All test traffic stays inside them.
+//! Network namespaces and veth pairs that a test (or a benchmark) creates
+//! and always removes (on drop, so also when it fails). All test traffic
+//! stays inside them. The `try_` functions return errors instead of
+//! panicking, for the benchmark harness.
 #![allow(unsafe_code)]
 
 use std::{
+    ffi::OsStr,
     fs::File,
     os::fd::AsRawFd,
     path::{Path, PathBuf},
@@ -13,26 +16,37 @@ pub struct NetNs {
     pub name: String,
 }
 
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {} failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
+/// `ip ARGS`: its standard output, or an error with its standard error.
+fn try_ip(args: &[&str]) -> std::io::Result<String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| std::io::Error::new(e.kind(), format!("run ip: {e}")))?;
+    if !out.status.success() {
+        return Err(std::io::Error::other(format!(
+            "ip {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 impl NetNs {
     /// Creates `xgt-<tag>-<pid>` with loopback up.
     pub fn create(tag: &str) -> Self {
-        let name = format!("xgt-{tag}-{}", std::process::id());
+        Self::named(format!("xgt-{tag}-{}", std::process::id())).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The namespace `name` (which should hold the creator's PID), with
+    /// loopback up.
+    pub fn named(name: String) -> std::io::Result<Self> {
         // A leftover from a crashed run of the same PID would make `add` fail.
         let _ = Command::new("ip").args(["netns", "del", &name]).output();
-        ip(&["netns", "add", &name]);
+        try_ip(&["netns", "add", &name])?;
         let ns = Self { name };
-        ip(&["-n", &ns.name, "link", "set", "lo", "up"]);
-        ns
+        ns.try_ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
     }
 
     pub fn path(&self) -> PathBuf {
@@ -41,7 +55,7 @@ impl NetNs {
 
     /// `program` run inside the namespace. nsenter (unlike `ip netns exec`)
     /// keeps /sys/fs/bpf visible, which the daemon needs for pinning.
-    pub fn command(&self, program: &Path) -> Command {
+    pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
         let mut command = Command::new("nsenter");
         command
             .arg(format!("--net={}", self.path().display()))
@@ -51,28 +65,39 @@ impl NetNs {
 
     /// `ip -n <ns> ARGS`.
     pub fn ip(&self, args: &[&str]) {
+        self.try_ip(args).unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// `ip -n <ns> ARGS`: its standard output, or why it failed.
+    pub fn try_ip(&self, args: &[&str]) -> std::io::Result<String> {
         let mut full = vec!["-n", &self.name];
         full.extend_from_slice(args);
-        ip(&full);
+        try_ip(&full)
     }
 
     /// The MAC address of `ifname` in this namespace.
     pub fn mac(&self, ifname: &str) -> [u8; 6] {
-        let out = Command::new("ip")
-            .args(["-n", &self.name, "-o", "link", "show", ifname])
-            .output()
-            .expect("ip link show");
-        let text = String::from_utf8_lossy(&out.stdout);
+        self.try_mac(ifname).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`NetNs::mac`], or why there is none.
+    pub fn try_mac(&self, ifname: &str) -> std::io::Result<[u8; 6]> {
+        let text = self.try_ip(&["-o", "link", "show", ifname])?;
+        let invalid = || std::io::Error::other(format!("no MAC for {ifname} in {text:?}"));
         let hex = text
             .split_whitespace()
             .skip_while(|w| *w != "link/ether")
             .nth(1)
-            .unwrap_or_else(|| panic!("no MAC for {ifname} in {text:?}"));
+            .ok_or_else(invalid)?;
         let mut mac = [0u8; 6];
-        for (byte, part) in mac.iter_mut().zip(hex.split(':')) {
-            *byte = u8::from_str_radix(part, 16).expect("MAC digits");
+        let parts: Vec<&str> = hex.split(':').collect();
+        if parts.len() != 6 {
+            return Err(invalid());
         }
-        mac
+        for (byte, part) in mac.iter_mut().zip(parts) {
+            *byte = u8::from_str_radix(part, 16).map_err(|_| invalid())?;
+        }
+        Ok(mac)
     }
 
     /// Runs `f` on a thread that has entered this namespace: sockets it
@@ -98,29 +123,44 @@ impl NetNs {
 
 impl Drop for NetNs {
     fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
+        // Its veth ends and any XDP program on them go with it.
+        if let Err(e) = try_ip(&["netns", "del", &self.name]) {
+            eprintln!("cleanup: {e}");
+        }
     }
 }
 
 /// Connects `a` and `b` with a veth pair and addresses each end
 /// (`addrs` are `CIDR` strings; IPv6 ones get `nodad` so they work at once).
 pub fn veth(a: &NetNs, a_if: &str, a_addrs: &[&str], b: &NetNs, b_if: &str, b_addrs: &[&str]) {
-    ip(&[
+    try_veth(a, a_if, a_addrs, b, b_if, b_addrs).unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// [`veth`], or why it failed. The interfaces are made inside the
+/// namespaces, never in the host's, and go with them.
+pub fn try_veth(
+    a: &NetNs,
+    a_if: &str,
+    a_addrs: &[&str],
+    b: &NetNs,
+    b_if: &str,
+    b_addrs: &[&str],
+) -> std::io::Result<()> {
+    try_ip(&[
         "link", "add", a_if, "netns", &a.name, "type", "veth", "peer", "name", b_if, "netns",
         &b.name,
-    ]);
+    ])?;
     for (ns, ifname, addrs) in [(a, a_if, a_addrs), (b, b_if, b_addrs)] {
         for addr in addrs {
             if addr.contains(':') {
-                ns.ip(&["addr", "add", addr, "dev", ifname, "nodad"]);
+                ns.try_ip(&["addr", "add", addr, "dev", ifname, "nodad"])?;
             } else {
-                ns.ip(&["addr", "add", addr, "dev", ifname]);
+                ns.try_ip(&["addr", "add", addr, "dev", ifname])?;
             }
         }
-        ns.ip(&["link", "set", ifname, "up"]);
+        ns.try_ip(&["link", "set", ifname, "up"])?;
     }
+    Ok(())
 }
 
 /// The two-namespace veth lab of the XDP tests: a gateway namespace whose
@@ -196,7 +236,7 @@ impl Lab {
         let pin = PinDir::new(&format!("{}c", self.tag));
         let out = self
             .client
-            .command(&crate::process::xgate_bin())
+            .command(crate::process::xgate_bin())
             .args(["xdp", "attach", "--iface", Self::CLIENT_IF, "--pin-path"])
             .arg(&pin.0)
             .output()

@@ -11,7 +11,15 @@ pub fn any_port() -> SocketAddr {
 /// daemon's listeners). Another process could take it in between; on a test
 /// machine that is rare enough.
 pub fn free_port() -> SocketAddr {
+    SocketAddr::from((
+        [127, 0, 0, 1],
+        free_tcp_port().expect("a free loopback port"),
+    ))
+}
+
+/// The port of [`free_port`], or why there was none.
+pub fn free_tcp_port() -> std::io::Result<u16> {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
+        .map(|a| a.port())
 }

@@ -63,6 +63,16 @@ pub fn upstreams_config(listen: std::net::SocketAddr, upstreams: &[(&str, String
     yaml
 }
 
+/// A config listening on `listen` that sends every request to `upstream`
+/// (one upstream `u`, one route for `/`).
+pub fn catch_all_config(listen: std::net::SocketAddr, upstream: std::net::SocketAddr) -> String {
+    format!(
+        "listeners: [{{address: '{listen}'}}]\n\
+         upstreams: {{u: {{targets: ['{upstream}']}}}}\n\
+         routes: [{{match: {{path_prefix: /}}, upstream: u}}]\n"
+    )
+}
+
 /// A running `xgate run` daemon with its own config, state dir and admin
 /// socket. Stopped with SIGTERM (then SIGKILL) when dropped.
 pub struct Daemon {

@@ -7,7 +7,7 @@
 use xgate_tests::{
     http::{send, RawResponse},
     ports::{any_port, free_port},
-    process::{stderr, stdout, Daemon},
+    process::{catch_all_config, stderr, stdout, Daemon},
     upstream::EchoUpstream,
 };
 
@@ -112,15 +112,7 @@ async fn admin_paths_on_a_client_listener_hit_the_route_table() {
 async fn admin_paths_under_a_catch_all_route_go_upstream() {
     let upstream = EchoUpstream::start(any_port(), "api").await.unwrap();
     let listen = free_port();
-    let daemon = Daemon::start(
-        &format!(
-            "listeners: [{{address: '{listen}'}}]\n\
-             upstreams: {{u: {{targets: ['{}']}}}}\n\
-             routes: [{{match: {{path_prefix: /}}, upstream: u}}]\n",
-            upstream.addr
-        ),
-        None,
-    );
+    let daemon = Daemon::start(&catch_all_config(listen, upstream.addr), None);
     let before = targets(&daemon);
     for (method, path, body) in ADMIN_REQUESTS {
         let path = &path.replace("{target}", &upstream.addr.to_string());

@@ -13,7 +13,7 @@ use std::{
 };
 
 use xgate_tests::{
-    netns::{veth, NetNs, PinDir},
+    netns::{Lab, NetNs},
     process::{stderr, Daemon},
     require_root,
 };
@@ -85,17 +85,10 @@ fn a_client_that_trips_a_rule_is_dropped_in_xdp_until_the_ban_expires() {
     ) {
         return;
     }
-    let gw = NetNs::create("abg");
-    let client = NetNs::create("abc");
-    veth(
-        &gw,
-        "xg0",
-        &["198.18.0.1/24"],
-        &client,
-        "xc0",
-        &["198.18.0.2/24", "198.18.0.3/24"],
-    );
-    let pin = PinDir::new("autoban");
+    // The gateway's end xg0 is 198.18.0.1, the client's xc0 .2 and .3.
+    let Lab {
+        gw, client, pin, ..
+    } = Lab::with_client_addrs("ab", &["198.18.0.2/24", "198.18.0.3/24"]);
     let daemon = Daemon::start(
         &format!(
             "listeners: [{{address: '{LISTEN}'}}]\n\

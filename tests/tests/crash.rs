@@ -16,7 +16,7 @@ use std::{
 };
 
 use xgate_tests::{
-    netns::{veth, NetNs, PinDir},
+    netns::Lab,
     process::{stderr, stdout, Daemon},
     require_root,
     traffic::{run_flows, Flow},
@@ -64,17 +64,10 @@ fn kill_9_under_traffic_keeps_xdp_enforcing_the_blocklist_and_the_listeners_come
     if !require_root("crash::kill_9_under_traffic") {
         return;
     }
-    let gw = NetNs::create("k9g");
-    let client = NetNs::create("k9c");
-    veth(
-        &gw,
-        "xg0",
-        &["198.18.0.1/24"],
-        &client,
-        "xc0",
-        &["198.18.0.2/24", "198.18.0.3/24"],
-    );
-    let pin = PinDir::new("k9");
+    // The gateway's end xg0 is 198.18.0.1, the client's xc0 .2 and .3.
+    let Lab {
+        gw, client, pin, ..
+    } = Lab::with_client_addrs("k9", &["198.18.0.2/24", "198.18.0.3/24"]);
 
     // The upstream lives in the gateway's namespace, on its loopback.
     let runtime = tokio::runtime::Runtime::new().unwrap();

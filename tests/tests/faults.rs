@@ -20,7 +20,7 @@ use xgate_tests::{
     bad_upstream::{BadUpstream, Misbehaviour},
     http::send,
     ports::any_port,
-    process::{stderr, stdout, Daemon},
+    process::{catch_all_config, stderr, stdout, Daemon},
     upstream::EchoUpstream,
 };
 
@@ -192,12 +192,7 @@ async fn upstreams_killed_hung_or_answering_garbage_under_load_give_5xx_and_noth
 async fn a_broken_config_reloaded_under_load_leaves_the_old_one_serving() {
     let echo = EchoUpstream::start(any_port(), "echo").await.unwrap();
     let listen = xgate_tests::ports::free_port();
-    let good = format!(
-        "listeners: [{{address: '{listen}'}}]\n\
-         upstreams: {{u: {{targets: ['{}']}}}}\n\
-         routes: [{{match: {{path_prefix: /}}, upstream: u}}]\n",
-        echo.addr
-    );
+    let good = catch_all_config(listen, echo.addr);
     let daemon = Daemon::start(&good, None);
     let load = Load::start(listen, "/x", 4);
     run_for(Duration::from_secs(1)).await;

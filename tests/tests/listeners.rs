@@ -121,26 +121,7 @@ fn tls_and_plain(setup: &TlsSetup, both: &[&str], extra: &str) -> (SocketAddr, S
 }
 
 /// A parsed HTTP/1.1 response from a raw exchange.
-#[derive(Debug)]
-struct Reply {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Reply {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
-    }
-}
+type Reply = xgate_tests::http::RawResponse;
 
 /// Writes `request` and reads until the server closes (or resets: what
 /// arrived before counts). `None` when nothing at all came back.
@@ -169,63 +150,15 @@ async fn read_until_closed<S: AsyncRead + Unpin>(stream: &mut S) -> Vec<u8> {
     }
 }
 
+/// The response in `raw`; `None` when nothing at all came back.
 fn parse(raw: &[u8]) -> Option<Reply> {
     if raw.is_empty() {
         return None;
     }
-    let end = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or_else(|| panic!("no end of head in {:?}", String::from_utf8_lossy(raw)));
-    let head = String::from_utf8_lossy(&raw[..end]).into_owned();
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .expect("status line");
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        .collect();
-    let mut body = raw[end + 4..].to_vec();
-    let chunked = headers
-        .iter()
-        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
-    if chunked {
-        body = dechunk(&body);
-    }
-    Some(Reply {
-        status,
-        headers,
-        body,
-    })
-}
-
-fn dechunk(mut data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let line_end = data
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .expect("chunk size line");
-        let size = usize::from_str_radix(
-            std::str::from_utf8(&data[..line_end])
-                .unwrap()
-                .split(';')
-                .next()
-                .unwrap()
-                .trim(),
-            16,
-        )
-        .expect("chunk size");
-        data = &data[line_end + 2..];
-        if size == 0 {
-            return out;
-        }
-        out.extend_from_slice(&data[..size]);
-        data = &data[size + 2..];
-    }
+    Some(
+        xgate_tests::http::parse(raw)
+            .unwrap_or_else(|e| panic!("not a response ({e}): {:?}", String::from_utf8_lossy(raw))),
+    )
 }
 
 fn get(path: &str, host: &str) -> Vec<u8> {

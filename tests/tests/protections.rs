@@ -10,18 +10,10 @@ use xgate_tests::{
     bad_upstream::ScriptedUpstream,
     http::{get, send},
     ports::{any_port, free_port},
-    process::{stderr, xgate, Daemon},
+    process::{catch_all_config, stderr, xgate, Daemon},
     upstream::EchoUpstream,
     TempDir,
 };
-
-fn served(listen: SocketAddr, upstream: SocketAddr) -> String {
-    format!(
-        "listeners: [{{address: '{listen}'}}]\n\
-         upstreams: {{u: {{targets: ['{upstream}']}}}}\n\
-         routes: [{{match: {{path_prefix: /}}, upstream: u}}]\n"
-    )
-}
 
 /// `trusted_proxies: [10.0.0.1/8]` reads like "one proxy" and means a
 /// whole /8 trusted to name any client address: refused, with its path,
@@ -29,7 +21,7 @@ fn served(listen: SocketAddr, upstream: SocketAddr) -> String {
 #[test]
 fn trusted_proxies_with_host_bits_are_refused_by_validate_run_and_reload() {
     let listen = free_port();
-    let good = served(listen, "127.0.0.1:9".parse().unwrap());
+    let good = catch_all_config(listen, "127.0.0.1:9".parse().unwrap());
     let bad = format!("{good}trusted_proxies: ['10.0.0.1/8', '192.0.2.0/24', '2001:db8::1/32']\n");
     let expected = [
         "trusted_proxies[0]: 10.0.0.1/8 has host bits set; did you mean 10.0.0.0/8 or 10.0.0.1/32?",
@@ -93,7 +85,7 @@ async fn answered_from(gw: SocketAddr, source: &str) -> bool {
 async fn an_allow_entry_wins_over_a_deny_entry_at_l7() {
     let upstream = EchoUpstream::start(any_port(), "u").await.unwrap();
     let listen = free_port();
-    let daemon = Daemon::start(&served(listen, upstream.addr), None);
+    let daemon = Daemon::start(&catch_all_config(listen, upstream.addr), None);
     let cli_ok = |args: &[&str]| {
         let out = daemon.cli(args);
         assert!(out.status.success(), "{args:?}: {}", stderr(&out));

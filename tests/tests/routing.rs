@@ -14,7 +14,7 @@ use std::{
 use xgate_tests::{
     http::{get, send},
     ports::{any_port, free_port},
-    process::{stderr, Daemon},
+    process::{catch_all_config, stderr, Daemon},
     upstream::EchoUpstream,
 };
 
@@ -470,15 +470,7 @@ async fn a_hundred_reloads_under_load_fail_no_request() {
 async fn shutdown_drains_requests_in_flight() {
     let upstream = EchoUpstream::start(any_port(), "u").await.unwrap();
     let listen = free_port();
-    let daemon = Daemon::start(
-        &format!(
-            "listeners: [{{address: '{listen}'}}]\n\
-             upstreams: {{u: {{targets: ['{}']}}}}\n\
-             routes: [{{match: {{path_prefix: /}}, upstream: u}}]\n",
-            upstream.addr
-        ),
-        None,
-    );
+    let daemon = Daemon::start(&catch_all_config(listen, upstream.addr), None);
     let slow = tokio::spawn(async move { get(listen, "/delay/1500", &[]).await });
     tokio::time::sleep(Duration::from_millis(300)).await;
     let pid = daemon.pid().to_string();

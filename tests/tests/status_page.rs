@@ -410,7 +410,7 @@ fn a_client_not_on_loopback_needs_the_token() {
 /// `xgate run` that is expected to fail at start: its exit and output.
 fn failed_start(ns: &NetNs, config: &Path) -> String {
     let mut child = ns
-        .command(&xgate_bin())
+        .command(xgate_bin())
         .args(["run", "--config"])
         .arg(config)
         .stdout(std::process::Stdio::null())

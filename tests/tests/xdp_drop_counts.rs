@@ -5,12 +5,9 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use aya::programs::{TestRun, TestRunOptions};
-use gateway_common::{
-    flags, DropReason, RateLimit, Rule, RuleSource, Stat, XdpConfig, DROP_SAMPLE_DEFAULT,
-};
-use gateway_userspace::xdp::{DroppedSource, KernelRules, XdpDataPlane, XDP_OBJECT};
-use xgate_tests::{frames::*, require_root};
+use gateway_common::{flags, DropReason, RateLimit, Stat, XdpConfig, DROP_SAMPLE_DEFAULT};
+use gateway_userspace::xdp::{DroppedSource, XdpDataPlane};
+use xgate_tests::{frames::*, require_root, test_run, test_run::run};
 
 const DENIED_V4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 7);
 const DENIED_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xbad, 0, 0, 0, 0, 1);
@@ -31,14 +28,8 @@ macro_rules! root_only {
 /// 2001:db8:bad::/48, every source policed at `rate` pps with `burst`, and
 /// one drop in `sample` recorded.
 fn program(rate: u64, burst: u64, sample: u32) -> XdpDataPlane {
-    let permanent = Rule {
-        expires_at_ns: 0,
-        source: RuleSource::Cli as u32,
-        _pad: 0,
-    };
-    let mut xdp = XdpDataPlane::load(XDP_OBJECT, None).expect("load XDP program");
-    xdp.replace_rules(&KernelRules {
-        config: XdpConfig {
+    test_run::load(
+        XdpConfig {
             flags: flags::RATE_LIMIT,
             v4_prefix_len: 32,
             v6_prefix_len: 64,
@@ -46,28 +37,8 @@ fn program(rate: u64, burst: u64, sample: u32) -> XdpDataPlane {
             drop_sample: sample,
             ..XdpConfig::default()
         },
-        deny: vec![
-            ("203.0.113.0/24".parse().unwrap(), permanent),
-            ("2001:db8:bad::/48".parse().unwrap(), permanent),
-        ],
-        ..KernelRules::default()
-    })
-    .unwrap();
-    xdp
-}
-
-/// Runs `frame` `repeat` times in one test run; returns the verdict.
-fn run(xdp: &mut XdpDataPlane, frame: &[u8], repeat: u32) -> u32 {
-    let opts = TestRunOptions {
-        data_in: Some(frame),
-        repeat,
-        ..TestRunOptions::default()
-    };
-    xdp.program_mut()
-        .unwrap()
-        .test_run(opts)
-        .expect("BPF_PROG_TEST_RUN")
-        .return_value
+        &["203.0.113.0/24", "2001:db8:bad::/48"],
+    )
 }
 
 fn row(rows: &[DroppedSource], source: impl Into<IpAddr>) -> Option<&DroppedSource> {

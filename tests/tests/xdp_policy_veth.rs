@@ -383,7 +383,7 @@ fn xdp_attach_and_detach_work_without_a_daemon() {
     let xgate = |args: &[&str]| {
         let out = lab
             .gw
-            .command(&xgate_tests::process::xgate_bin())
+            .command(xgate_tests::process::xgate_bin())
             .args(args)
             .output()
             .expect("run xgate");
@@ -418,7 +418,7 @@ fn xdp_attach_and_detach_work_without_a_daemon() {
     );
     let out = lab
         .gw
-        .command(&xgate_tests::process::xgate_bin())
+        .command(xgate_tests::process::xgate_bin())
         .args(["xdp", "detach", "--iface", "xg0", "--pin-path", &pin])
         .output()
         .unwrap();

@@ -126,7 +126,7 @@ impl Lab {
             {
                 round += 1;
                 let src = Ipv4Addr::new(203, 0, 113, (round % 250) as u8 + 1);
-                let frame = frames::tcp4_segment(
+                let frame = frames::tcp_segment(
                     mac,
                     (src, 1024 + (round % 60_000) as u16),
                     (GW, PORT),
@@ -218,7 +218,7 @@ fn clients_are_served_through_cookies_while_a_spoofed_syn_flood_runs() {
 
     // Forged handshake ACKs from spoofed sources: dropped in XDP.
     let before = counters(&daemon);
-    let forged = frames::tcp4_segment(
+    let forged = frames::tcp_segment(
         lab.gw_mac,
         (Ipv4Addr::new(203, 0, 113, 77), 5555),
         (GW, PORT),
@@ -309,7 +309,7 @@ fn syns_with_bad_checksums_are_dropped_and_counted() {
     let gw6: Ipv6Addr = GW6.parse().unwrap();
     let spoofed6: Ipv6Addr = "2001:db8:77::9".parse().unwrap();
     let syns = [
-        frames::tcp4_segment(
+        frames::tcp_segment(
             lab.gw_mac,
             (Ipv4Addr::new(203, 0, 113, 9), 4000),
             (GW, PORT),
@@ -317,7 +317,7 @@ fn syns_with_bad_checksums_are_dropped_and_counted() {
             7,
             0,
         ),
-        frames::tcp6_segment(
+        frames::tcp_segment(
             lab.gw_mac,
             (spoofed6, 4000),
             (gw6, PORT6),

@@ -25,6 +25,7 @@ use std::{
 };
 
 use anyhow::{bail, ensure, Context, Result};
+use xgate_tests::{netns::try_veth, ports::free_tcp_port};
 
 use crate::{
     lab, peers,
@@ -211,7 +212,7 @@ impl Lab {
     /// `command` in the gateway's namespace when there is one.
     fn in_gw(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         match &self.gw {
-            Some(ns) => lab::ns_command(ns, program),
+            Some(ns) => ns.command(program),
             None => Command::new(program),
         }
     }
@@ -298,22 +299,29 @@ fn open_fds(pid: u32) -> u64 {
 
 fn free_port_in(gw: Option<&NetNs>) -> Result<u16> {
     match gw {
-        Some(ns) => lab::in_netns(ns, None, sys::free_port)?,
-        None => sys::free_port(),
+        Some(ns) => Ok(lab::in_netns(ns, None, free_tcp_port)??),
+        None => Ok(free_tcp_port()?),
     }
 }
 
 fn set_up(root: bool) -> Result<Lab> {
     let xgate = peers::find_xgate()?.path;
-    let tmp = TempDir::create("soak")?;
+    let tmp = sys::temp_dir("soak")?;
     let (gw, bpffs, flood) = if root {
         let bpffs = PrivateBpffs::create("soak-bpf")?;
-        let gw = NetNs::create("sgw")?;
-        let attacker = NetNs::create("sat")?;
-        lab::veth(&gw, GW_IF, GW_CIDR, &attacker, ATTACKER_IF, ATTACKER_CIDR)?;
+        let gw = sys::netns("sgw")?;
+        let attacker = sys::netns("sat")?;
+        try_veth(
+            &gw,
+            GW_IF,
+            &[GW_CIDR],
+            &attacker,
+            ATTACKER_IF,
+            &[ATTACKER_CIDR],
+        )?;
         // Answers to flood packets that got through would go back to the
         // attacker's namespace, which forwards nothing: nothing leaves.
-        gw.ip(&["route", "add", config::DENY_CIDR, "via", ATTACKER_ADDR])?;
+        gw.try_ip(&["route", "add", config::DENY_CIDR, "via", ATTACKER_ADDR])?;
         let flood_config = tmp.path().join("trafgen-soak.cfg");
         (Some(gw), Some(bpffs), Some((attacker, flood_config)))
     } else {
