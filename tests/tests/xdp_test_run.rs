@@ -6,14 +6,17 @@ use std::{
     time::Duration,
 };
 
-use aya::programs::{TestRun, TestRunOptions};
-use gateway_common::{flags, RateLimit, Rule, RuleSource, Stat, XdpConfig};
+use gateway_common::{flags, RateLimit, Rule, Stat, XdpConfig};
 use gateway_userspace::{
     sys,
     xdp::{CachedIn, KernelRules, ListKind, XdpDataPlane, XDP_OBJECT},
 };
 use ipnet::IpNet;
-use xgate_tests::{frames::*, require_root};
+use xgate_tests::{
+    frames::*,
+    require_root,
+    test_run::{self, permanent},
+};
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
@@ -27,14 +30,6 @@ const DST_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 1);
 
 fn net(s: &str) -> IpNet {
     s.parse().unwrap()
-}
-
-fn permanent() -> Rule {
-    Rule {
-        expires_at_ns: 0,
-        source: RuleSource::Cli as u32,
-        _pad: 0,
-    }
 }
 
 fn no_policing() -> XdpConfig {
@@ -114,15 +109,7 @@ fn run(xdp: &mut XdpDataPlane, frame: &[u8], expected: Stat) -> u32 {
 }
 
 fn run_raw(xdp: &mut XdpDataPlane, frame: &[u8]) -> u32 {
-    let opts = TestRunOptions {
-        data_in: Some(frame),
-        ..TestRunOptions::default()
-    };
-    xdp.program_mut()
-        .unwrap()
-        .test_run(opts)
-        .expect("BPF_PROG_TEST_RUN")
-        .return_value
+    test_run::run(xdp, frame, 1)
 }
 
 /// Runs `frame` `n` times; returns how many passed.
