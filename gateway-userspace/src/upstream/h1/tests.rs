@@ -222,6 +222,141 @@ async fn connections_beyond_the_idle_cap_stay_while_in_use_and_close_once_idle()
     );
 }
 
+/// A target whose accept queue holds one connection (`listen(0)`): while
+/// that place is taken, the kernel drops a new connect's SYN, and the
+/// connect waits for a retransmission, a second or more later, as when a
+/// server's backlog overflows under a burst of clients. It accepts its
+/// first connection at once and the rest when `open` is notified; it
+/// answers every request with `OK_5`, the first one only once `release`
+/// is notified.
+async fn target_with_a_full_queue(
+    release: Arc<tokio::sync::Notify>,
+    open: Arc<tokio::sync::Notify>,
+) -> (SocketAddr, Arc<AtomicUsize>) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = socket.local_addr().unwrap();
+    let listener = socket.listen(0).unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            let connection = count.fetch_add(1, Ordering::SeqCst);
+            let release = release.clone();
+            tokio::spawn(async move {
+                let mut first = connection == 0;
+                while read_head(&mut stream).await.is_some() {
+                    if std::mem::take(&mut first) {
+                        release.notified().await;
+                    }
+                    stream.write_all(OK_5.as_bytes()).await.unwrap();
+                }
+            });
+            if connection == 0 {
+                open.notified().await;
+            }
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test]
+async fn a_request_whose_connect_is_slow_takes_a_connection_checked_in_meanwhile() {
+    let (release, open) = (
+        Arc::new(tokio::sync::Notify::new()),
+        Arc::new(tokio::sync::Notify::new()),
+    );
+    let (addr, accepted) = target_with_a_full_queue(release.clone(), open.clone()).await;
+    let config: config::Upstream = serde_yaml::from_str(
+        "{targets: ['127.0.0.1:1'], pool_idle_timeout: 60s, connect_timeout: 30s}",
+    )
+    .unwrap();
+    let pool = Arc::new(Http1Pool::new(&config, None, None));
+
+    // A is on the one accepted connection; its answer is held.
+    let first = tokio::spawn({
+        let pool = pool.clone();
+        async move { answered(&pool, addr, request("GET", body(b""))).await }
+    });
+    while accepted.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The queue's one place taken: the next SYN is dropped.
+    let _queued = TcpStream::connect(addr).await.unwrap();
+
+    // B finds no idle connection; its connect hangs on the full queue.
+    let second = tokio::spawn({
+        let pool = pool.clone();
+        async move { answered(&pool, addr, request("GET", body(b""))).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!second.is_finished());
+
+    // A's answer and body through: its connection goes to B, whose
+    // connect is still waiting for the kernel.
+    release.notify_one();
+    let response = first.await.unwrap();
+    assert_eq!(collect(response).await.0, "hello");
+    let response = tokio::time::timeout(Duration::from_secs(20), second)
+        .await
+        .expect("B waited for its own connect instead of taking A's connection")
+        .unwrap();
+    assert_eq!(collect(response).await.0, "hello");
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "B went on A's connection"
+    );
+
+    // The queue drained, B's connect completes (at the SYN's
+    // retransmission) and its connection joins the pool: two requests held
+    // at once then need no third connect.
+    open.notify_one();
+    while accepted.load(Ordering::SeqCst) < 3 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut idle = 0;
+    for _ in 0..100 {
+        idle = pool.counts(addr).0;
+        if idle == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        idle, 2,
+        "A's connection and the one B's connect made are idle"
+    );
+    let held = (
+        answered(&pool, addr, request("GET", body(b""))).await,
+        answered(&pool, addr, request("GET", body(b""))).await,
+    );
+    assert_eq!(collect(held.0).await.0, "hello");
+    assert_eq!(collect(held.1).await.0, "hello");
+    assert_eq!(accepted.load(Ordering::SeqCst), 3, "no connect for either");
+}
+
+#[tokio::test]
+async fn requests_to_a_target_that_refuses_every_connect_leave_nothing_behind() {
+    // A port nobody listens on: every connect is refused at once, and no
+    // connection is ever checked in to take the waiting requests away.
+    let addr = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let pool = pool();
+    for _ in 0..1000 {
+        let error = error_of(send(&pool, addr, request("GET", body(b""))).await);
+        assert!(matches!(error, SendError::Connect(_)), "{error:?}");
+    }
+    let (idle, waiting) = pool.counts(addr);
+    assert_eq!(idle, 0);
+    assert!(waiting <= 64, "{waiting} requests still held as waiting");
+}
+
 #[tokio::test]
 async fn a_connection_the_target_closed_while_idle_is_not_used() {
     let (addr, accepted) = target(Arc::new(|_, _: &str| Reply::SendAndClose(OK_5))).await;
