@@ -102,10 +102,11 @@ impl Http1Pool {
         let (head, mut body) = request.into_parts();
         loop {
             let (pooled, slot) = self.checkout(target);
-            let (conn, reused) = match pooled {
-                Some(conn) => (conn, true),
-                None => match self.connect_or_reuse(&slot).await {
-                    Ok(got) => got,
+            let reused = pooled.is_some();
+            let conn = match pooled {
+                Some(conn) => conn,
+                None => match self.connect(&slot).await {
+                    Ok(conn) => conn,
                     Err(error) => {
                         return Err(Failed {
                             error,

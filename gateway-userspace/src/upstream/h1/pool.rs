@@ -6,27 +6,18 @@
 //! closed after `pool_idle_timeout` or once the target closes them, and
 //! beyond `pool_max_idle_per_target` per target and worker once idle for a
 //! second (see [`SURPLUS_IDLE`]).
-//!
-//! A request that finds no idle connection does not wait for its own connect
-//! only: a connection another request of the same worker checks in while the
-//! connect is under way takes it, whichever comes first, as in Envoy's pools
-//! (see [`Http1Pool::connect_or_reuse`]).
 
 use std::{
-    collections::{HashMap, VecDeque},
-    future::{poll_fn, Future},
-    io,
+    collections::HashMap,
     net::SocketAddr,
-    pin::Pin,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc, Mutex, Weak,
     },
-    task::Poll,
     time::Duration,
 };
 
-use tokio::{sync::oneshot, time::Instant};
+use tokio::time::Instant;
 
 use super::conn::Conn;
 use crate::{
@@ -54,31 +45,9 @@ struct Inner {
     breakers: Option<Arc<CircuitBreakers>>,
 }
 
-/// One worker's idle connections and waiting requests, by target (looked up
-/// twice per request: a fast hash, not SipHash).
-type IdleByTarget = HashMap<SocketAddr, TargetPool, foldhash::fast::RandomState>;
-
-#[derive(Default)]
-struct TargetPool {
-    /// Idle connections, the most recently used last.
-    idle: Vec<Pooled>,
-    /// Requests whose connect is under way, the oldest first: a connection
-    /// checked in goes to the first of them still waiting.
-    waiting: VecDeque<oneshot::Sender<Conn>>,
-}
-
-impl TargetPool {
-    /// Adds a waiting request. Those that went away (their connect won,
-    /// or the client left) are dropped whenever the queue has doubled, so
-    /// it stays bounded when nothing is checked in (a target that refuses
-    /// every connect).
-    fn wait(&mut self, waiter: oneshot::Sender<Conn>) {
-        if self.waiting.len() >= 32 && self.waiting.len().is_power_of_two() {
-            self.waiting.retain(|waiter| !waiter.is_closed());
-        }
-        self.waiting.push_back(waiter);
-    }
-}
+/// One worker's idle connections, by target (looked up twice per request:
+/// a fast hash, not SipHash).
+type IdleByTarget = HashMap<SocketAddr, Vec<Pooled>, foldhash::fast::RandomState>;
 
 struct Pooled {
     conn: Conn,
@@ -94,7 +63,6 @@ impl Pooled {
 }
 
 /// Where a connection goes back to when its exchange is through.
-#[derive(Clone)]
 pub(super) struct Slot {
     inner: Arc<Inner>,
     worker: usize,
@@ -102,22 +70,14 @@ pub(super) struct Slot {
 }
 
 impl Slot {
-    pub fn checkin(self, mut conn: Conn) {
+    pub fn checkin(self, conn: Conn) {
         let mut idle = self.inner.idle[self.worker].lock().unwrap();
-        let pool = idle.entry(self.target).or_default();
-        // A request waiting for its connect takes it at once.
-        while let Some(waiter) = pool.waiting.pop_front() {
-            match waiter.send(conn) {
-                Ok(()) => return,
-                // That request is gone, or was served already.
-                Err(back) => conn = back,
-            }
-        }
+        let pooled = idle.entry(self.target).or_default();
         let now = Instant::now();
         // Over the cap only while connections come and go: what has sat
         // idle past `SURPLUS_IDLE` makes room (the oldest first).
-        trim_surplus(&mut pool.idle, self.inner.max_idle, now);
-        pool.idle.push(Pooled {
+        trim_surplus(pooled, self.inner.max_idle, now);
+        pooled.push(Pooled {
             conn,
             idle_since: now,
         });
@@ -154,11 +114,11 @@ impl Http1Pool {
             target,
         };
         let mut idle = self.inner.idle[worker].lock().unwrap();
-        let Some(pool) = idle.get_mut(&target) else {
+        let Some(pooled) = idle.get_mut(&target) else {
             return (None, slot);
         };
         let now = Instant::now();
-        while let Some(mut candidate) = pool.idle.pop() {
+        while let Some(mut candidate) = pooled.pop() {
             if candidate.usable(now, self.inner.idle_timeout) {
                 return (Some(candidate.conn), slot);
             }
@@ -166,97 +126,11 @@ impl Http1Pool {
         (None, slot)
     }
 
-    /// A connection for a request that found none idle: a new one to
-    /// `slot`'s target, or one that another request of this worker checks
-    /// in while the connect is under way, whichever comes first (`true`:
-    /// a reused one). The connect goes on when a checked-in connection took
-    /// the request, and what it makes goes to the pool or the next waiting
-    /// request; a connect that fails then fails no request.
-    ///
-    /// When many clients arrive at once, a target's accept queue overflows
-    /// (128 or 511 connections in many servers' defaults): the kernel drops
-    /// SYNs, and each such connect takes a retransmission, one second or
-    /// three, or fails at `connect_timeout`. Tied to its own connect, the
-    /// request waited or failed with it while the connections of the
-    /// requests before it came back within milliseconds.
-    pub(super) async fn connect_or_reuse(&self, slot: &Slot) -> Result<(Conn, bool), SendError> {
-        let (reuse_tx, mut reuse_rx) = oneshot::channel();
-        self.inner.idle[slot.worker]
-            .lock()
-            .unwrap()
-            .entry(slot.target)
-            .or_default()
-            .wait(reuse_tx);
-        let (connected_tx, mut connected_rx) = oneshot::channel();
-        let inner = self.inner.clone();
-        let own = slot.clone();
-        tokio::spawn(async move {
-            match inner.connect(&own).await {
-                Ok(conn) => {
-                    if let Err(Ok(conn)) = connected_tx.send(Ok(conn)) {
-                        own.checkin(conn);
-                    }
-                }
-                Err(error) => {
-                    if let Err(Err(error)) = connected_tx.send(Err(error)) {
-                        tracing::debug!(
-                            upstream.target = %own.target,
-                            %error,
-                            "connect failed after its request took another connection"
-                        );
-                    }
-                }
-            }
-        });
-        let mut reuse_open = true;
-        let outcome = poll_fn(|cx| {
-            if reuse_open {
-                match Pin::new(&mut reuse_rx).poll(cx) {
-                    Poll::Ready(Ok(conn)) => return Poll::Ready(Ok((conn, true))),
-                    // The pool is gone (a reload replaced the upstream).
-                    Poll::Ready(Err(_)) => reuse_open = false,
-                    Poll::Pending => {}
-                }
-            }
-            match Pin::new(&mut connected_rx).poll(cx) {
-                Poll::Ready(Ok(connected)) => Poll::Ready(connected.map(|conn| (conn, false))),
-                Poll::Ready(Err(_)) => Poll::Ready(Err(SendError::Connect(io::Error::other(
-                    "the connect was abandoned",
-                )))),
-                Poll::Pending => Poll::Pending,
-            }
-        })
-        .await;
-        if reuse_open {
-            // A connection handed over after the connect won goes back.
-            reuse_rx.close();
-            if let Ok(conn) = reuse_rx.try_recv() {
-                slot.clone().checkin(conn);
-            }
-        }
-        outcome
-    }
-}
-
-impl Http1Pool {
-    /// The calling worker's idle connections to `target`, and the requests
-    /// it holds as waiting for one.
-    #[cfg(test)]
-    pub(super) fn counts(&self, target: SocketAddr) -> (usize, usize) {
-        self.inner.idle[workers::current() % self.inner.idle.len()]
-            .lock()
-            .unwrap()
-            .get(&target)
-            .map_or((0, 0), |pool| (pool.idle.len(), pool.waiting.len()))
-    }
-}
-
-impl Inner {
     /// A new connection to `slot`'s target (TCP, and the TLS handshake
     /// when the upstream has `tls`), within the circuit breakers' limits;
     /// starts the worker's reaper.
-    async fn connect(self: &Arc<Self>, slot: &Slot) -> Result<Conn, SendError> {
-        let (pending, counted) = match &self.breakers {
+    pub(super) async fn connect(&self, slot: &Slot) -> Result<Conn, SendError> {
+        let (pending, counted) = match &self.inner.breakers {
             Some(breakers) => {
                 let pending = breakers.connecting()?;
                 let counted = match breakers.free_connection() {
@@ -271,24 +145,32 @@ impl Inner {
             }
             None => (None, None),
         };
-        let stream = stream::connect(slot.target, self.connect_timeout, self.tls.as_deref())
-            .await
-            .map_err(SendError::Connect)?;
+        let stream = stream::connect(
+            slot.target,
+            self.inner.connect_timeout,
+            self.inner.tls.as_deref(),
+        )
+        .await
+        .map_err(SendError::Connect)?;
         drop(pending);
-        if !self.reaping[slot.worker].swap(true, Ordering::Relaxed) {
-            tokio::spawn(reap(Arc::downgrade(self), slot.worker, self.idle_timeout));
+        if !self.inner.reaping[slot.worker].swap(true, Ordering::Relaxed) {
+            tokio::spawn(reap(
+                Arc::downgrade(&self.inner),
+                slot.worker,
+                self.inner.idle_timeout,
+            ));
         }
         Ok(Conn::new(stream, counted))
     }
 }
 
-impl Inner {
+impl Http1Pool {
     /// Closes the longest idle connection of some worker, if any is idle.
     fn close_one_idle(&self) {
-        for idle in &self.idle {
+        for idle in &self.inner.idle {
             let mut idle = idle.lock().unwrap();
-            if let Some(pool) = idle.values_mut().find(|pool| !pool.idle.is_empty()) {
-                drop(pool.idle.remove(0));
+            if let Some(pooled) = idle.values_mut().find(|pooled| !pooled.is_empty()) {
+                drop(pooled.remove(0));
                 return;
             }
         }
@@ -333,11 +215,10 @@ async fn reap(pool: Weak<Inner>, worker: usize, idle_timeout: Duration) {
         };
         let now = Instant::now();
         let mut idle = inner.idle[worker].lock().unwrap();
-        for pool in idle.values_mut() {
-            pool.idle.retain_mut(|p| p.usable(now, idle_timeout));
-            trim_surplus(&mut pool.idle, inner.max_idle, now);
-            pool.waiting.retain(|waiter| !waiter.is_closed());
+        for pooled in idle.values_mut() {
+            pooled.retain_mut(|p| p.usable(now, idle_timeout));
+            trim_surplus(pooled, inner.max_idle, now);
         }
-        idle.retain(|_, pool| !pool.idle.is_empty() || !pool.waiting.is_empty());
+        idle.retain(|_, pooled| !pooled.is_empty());
     }
 }
