@@ -276,6 +276,10 @@ pub fn measure(fleet: &mut Fleet, tools: &Tools, case: &Case, seconds: u64) -> R
         None => None,
     };
     let cpu = |fleet: &Fleet| server.map(|i| fleet.servers[i].process.cpu_ticks());
+    // For a failed run: what the proxy logged meanwhile, and whether a
+    // listener's accept queue overflowed (the proxy's or the origin's).
+    let log_mark = server.map(|i| fleet.servers[i].process.log_len());
+    let overflows_before = sys::listen_overflows();
     // User time of everything that belongs to the benchmark, against the
     // machine's: the rest is other work disturbing the run.
     let ours_user = |fleet: &Fleet| {
@@ -313,7 +317,25 @@ pub fn measure(fleet: &mut Fleet, tools: &Tools, case: &Case, seconds: u64) -> R
     if let Some(i) = server {
         fleet.servers[i].process.check_running()?;
     }
-    load.check(case.min_bytes)?;
+    load.check(case.min_bytes).map_err(|e| {
+        let mut why = Vec::new();
+        if let Some((before, after)) = overflows_before.zip(sys::listen_overflows()) {
+            why.push(format!(
+                "connections dropped at a full accept queue meanwhile: {}",
+                after.saturating_sub(before)
+            ));
+        }
+        if let Some((i, mark)) = server.zip(log_mark) {
+            let logged = fleet.servers[i].process.log_summary(mark, 3);
+            if !logged.is_empty() {
+                why.push(format!("{} logged: {logged}", case.label));
+            }
+        }
+        match why.is_empty() {
+            true => e,
+            false => e.context(why.join("; ")),
+        }
+    })?;
     let per_100k = |ticks: u64| ticks_to_seconds(ticks) / load.requests as f64 * 100_000.0;
     Ok(Sample {
         cpu_per_100k: cpu_before

@@ -406,6 +406,25 @@ impl Spawned {
         Ok(())
     }
 
+    /// How many bytes its log holds now: a mark for [`Spawned::log_summary`].
+    pub fn log_len(&self) -> u64 {
+        std::fs::metadata(&self.log).map_or(0, |m| m.len())
+    }
+
+    /// What the process logged since `mark` (a [`Spawned::log_len`]), each
+    /// kind of line once with its count, the most frequent first (at most
+    /// `kinds`): say, why the requests of a failed run were refused.
+    pub fn log_summary(&self, mark: u64, kinds: usize) -> String {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut text = String::new();
+        if let Ok(mut file) = std::fs::File::open(&self.log) {
+            if file.seek(SeekFrom::Start(mark)).is_ok() {
+                let _ = file.take(16 << 20).read_to_string(&mut text);
+            }
+        }
+        summarize_log(&text, kinds)
+    }
+
     /// The last `lines` lines of the process's log.
     pub fn log_tail(&self, lines: usize) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
@@ -537,8 +556,82 @@ pub fn sweep_stale() {
     }
 }
 
+/// Lines of a log counted by kind: a line's kind is the line without its
+/// timestamp (a leading token starting with a digit) and without the
+/// values that differ per request (`request_id=...`, `client.port=...`).
+/// `"N x kind"` per kind, the most frequent first, at most `kinds`, and how
+/// many kinds were left out.
+pub fn summarize_log(text: &str, kinds: usize) -> String {
+    let mut counted: std::collections::HashMap<String, usize> = Default::default();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let mut tokens = line.split_whitespace().peekable();
+        if tokens
+            .peek()
+            .is_some_and(|t| t.starts_with(|c: char| c.is_ascii_digit()))
+        {
+            tokens.next();
+        }
+        let kind = tokens
+            .filter(|t| !t.starts_with("request_id=") && !t.starts_with("client.port="))
+            .collect::<Vec<_>>()
+            .join(" ");
+        *counted.entry(kind).or_default() += 1;
+    }
+    let mut counts: Vec<(String, usize)> = counted.into_iter().collect();
+    counts.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    let mut out: Vec<String> = counts
+        .iter()
+        .take(kinds)
+        .map(|(kind, n)| format!("{n} x {kind}"))
+        .collect();
+    if counts.len() > kinds {
+        out.push(format!("({} more kinds)", counts.len() - kinds));
+    }
+    out.join("; ")
+}
+
+/// The kernel's count of connections dropped because a listener's accept
+/// queue was full (`TcpExt: ListenOverflows` in /proc/net/netstat), on the
+/// whole machine (this namespace).
+pub fn listen_overflows() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/net/netstat").ok()?;
+    let mut lines = text.lines();
+    while let (Some(names), Some(values)) = (lines.next(), lines.next()) {
+        if !names.starts_with("TcpExt:") {
+            continue;
+        }
+        let index = names
+            .split_whitespace()
+            .position(|n| n == "ListenOverflows")?;
+        return values.split_whitespace().nth(index)?.parse().ok();
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_log_is_summarized_by_kind_without_timestamps_and_request_ids() {
+        let log = "2026-12-07T08:03:40.26Z  WARN proxy: request failed request_id=ab route=all error=shed\n\
+                   2026-12-07T08:03:40.27Z  WARN proxy: request failed request_id=cd route=all error=shed\n\
+                   2026-12-07T08:03:41.00Z  WARN proxy: request failed request_id=ef route=all error=timeout\n";
+        assert_eq!(
+            super::summarize_log(log, 5),
+            "2 x WARN proxy: request failed route=all error=shed; \
+             1 x WARN proxy: request failed route=all error=timeout"
+        );
+        assert_eq!(
+            super::summarize_log(log, 1),
+            "2 x WARN proxy: request failed route=all error=shed; (1 more kinds)"
+        );
+        assert_eq!(super::summarize_log("", 3), "");
+    }
+
+    #[test]
+    fn listen_overflows_are_read_from_the_kernel() {
+        assert!(super::listen_overflows().is_some());
+    }
+
     use super::*;
 
     #[test]
