@@ -405,3 +405,36 @@ fn remote_changes_apply_without_being_announced_again() {
     assert!(lists.runtime_entries(ListKind::Deny).is_empty());
     assert!(rx.try_recv().is_err(), "nothing announced");
 }
+
+#[test]
+fn an_expiring_entry_expires_in_the_kernel_after_the_same_time_as_on_the_wall_clock() {
+    let now = SystemTime::now();
+    let unix_now = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let entry = Entry {
+        cidr: net("192.0.2.0/24"),
+        reason: None,
+        added_at: unix_now,
+        expires_at: Some(unix_now + 3600),
+        rule: None,
+    };
+    let before = crate::sys::monotonic_now();
+    let rule = rule_for(&entry, now);
+    let after = crate::sys::monotonic_now();
+    // `now` has a fraction of a second that the whole seconds of
+    // `expires_at` drop: up to a second less than an hour remains.
+    let lowest = (before + Duration::from_secs(3599)).as_nanos() as u64;
+    let highest = (after + Duration::from_secs(3600)).as_nanos() as u64;
+    assert!(
+        (lowest..=highest).contains(&rule.expires_at_ns),
+        "{} not within [{lowest}, {highest}]",
+        rule.expires_at_ns
+    );
+    let permanent = Entry {
+        expires_at: None,
+        ..entry
+    };
+    assert_eq!(rule_for(&permanent, now).expires_at_ns, 0);
+}
