@@ -261,6 +261,36 @@ fn ticks_to_seconds(ticks: u64) -> f64 {
     ticks as f64 / sys::clock_ticks()
 }
 
+/// A failed run's error with what may say why: how many connections the
+/// kernel dropped at a full accept queue during it (the proxy's or the
+/// origin's), and what the proxy logged since `log_mark`, by kind.
+fn explain_failure(
+    error: anyhow::Error,
+    fleet: &Fleet,
+    case: &Case,
+    server: Option<usize>,
+    log_mark: Option<u64>,
+    overflows_before: Option<u64>,
+) -> anyhow::Error {
+    let mut why = Vec::new();
+    if let Some((before, after)) = overflows_before.zip(sys::listen_overflows()) {
+        why.push(format!(
+            "connections dropped at a full accept queue meanwhile: {}",
+            after.saturating_sub(before)
+        ));
+    }
+    if let Some((i, mark)) = server.zip(log_mark) {
+        let logged = fleet.servers[i].process.log_summary(mark, 3);
+        if !logged.is_empty() {
+            why.push(format!("{} logged: {logged}", case.label));
+        }
+    }
+    match why.is_empty() {
+        true => error,
+        false => error.context(why.join("; ")),
+    }
+}
+
 /// One timed load run on `case`, with the server's CPU time and peak RSS
 /// taken around it, the result checked (all 2xx, full bodies, no errors).
 pub fn measure(fleet: &mut Fleet, tools: &Tools, case: &Case, seconds: u64) -> Result<Sample> {
@@ -276,8 +306,7 @@ pub fn measure(fleet: &mut Fleet, tools: &Tools, case: &Case, seconds: u64) -> R
         None => None,
     };
     let cpu = |fleet: &Fleet| server.map(|i| fleet.servers[i].process.cpu_ticks());
-    // For a failed run: what the proxy logged meanwhile, and whether a
-    // listener's accept queue overflowed (the proxy's or the origin's).
+    // For a failed run (see `explain_failure`).
     let log_mark = server.map(|i| fleet.servers[i].process.log_len());
     let overflows_before = sys::listen_overflows();
     // User time of everything that belongs to the benchmark, against the
@@ -317,25 +346,8 @@ pub fn measure(fleet: &mut Fleet, tools: &Tools, case: &Case, seconds: u64) -> R
     if let Some(i) = server {
         fleet.servers[i].process.check_running()?;
     }
-    load.check(case.min_bytes).map_err(|e| {
-        let mut why = Vec::new();
-        if let Some((before, after)) = overflows_before.zip(sys::listen_overflows()) {
-            why.push(format!(
-                "connections dropped at a full accept queue meanwhile: {}",
-                after.saturating_sub(before)
-            ));
-        }
-        if let Some((i, mark)) = server.zip(log_mark) {
-            let logged = fleet.servers[i].process.log_summary(mark, 3);
-            if !logged.is_empty() {
-                why.push(format!("{} logged: {logged}", case.label));
-            }
-        }
-        match why.is_empty() {
-            true => e,
-            false => e.context(why.join("; ")),
-        }
-    })?;
+    load.check(case.min_bytes)
+        .map_err(|e| explain_failure(e, fleet, case, server, log_mark, overflows_before))?;
     let per_100k = |ticks: u64| ticks_to_seconds(ticks) / load.requests as f64 * 100_000.0;
     Ok(Sample {
         cpu_per_100k: cpu_before
