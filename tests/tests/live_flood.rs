@@ -183,8 +183,10 @@ fn live_frames_reach_the_gateway_as_xdp_frames_and_are_counted() {
         dst_mac: mac(&gw, GW_IF),
     };
 
-    // Denied floods, paced: every frame is handed over, arrives as an
-    // xdp_frame and is dropped (and counted once) by xgate's program.
+    // Denied floods, paced: every frame is handed over (or, on a machine
+    // busy enough to starve the receiver's NAPI poll, refused at a full
+    // ring: a few, and counted as such), arrives as an xdp_frame and is
+    // dropped (and counted once) by xgate's program.
     let cases = [
         (
             "denied_v4",
@@ -213,32 +215,40 @@ fn live_frames_reach_the_gateway_as_xdp_frames_and_are_counted() {
             (N, 0),
             "{counter}: {sent:?}"
         );
-        let got = settle(N, || daemon.xdp_counter(counter) - denied);
         let after = counters(&gw, &attacker);
+        let handed = after.xmit - before.xmit;
+        let refused = after.xmit_errors - before.xmit_errors;
         assert_eq!(
-            after.xmit - before.xmit,
+            handed + refused,
             N,
-            "{counter}: veth handed every frame to its peer by ndo_xdp_xmit (as xdp_frames)"
+            "{counter}: veth handed every frame to its peer by ndo_xdp_xmit (as xdp_frames) \
+             or refused it ({handed} handed, {refused} refused)"
         );
-        assert_eq!(
-            after.xmit_errors, before.xmit_errors,
-            "{counter}: none refused"
+        assert!(
+            refused < N / 20,
+            "{counter}: {refused} of {N} frames refused at a full ring at {PACED_PPS} pps: \
+             the gateway's NAPI poll was starved far longer than a busy machine explains"
         );
+        // The receiver drains its ring in its own NAPI poll: its counters
+        // are read once xgate's count has settled.
+        let got = settle(handed, || daemon.xdp_counter(counter) - denied);
+        let after = counters(&gw, &attacker);
         // The attacker namespace's own stack may send a packet or two
-        // meanwhile (IPv6 router or neighbour solicitations): at least N.
+        // meanwhile (IPv6 router or neighbour solicitations): at least
+        // every frame handed over.
         let rx = after.rx_xdp - before.rx_xdp;
         assert!(
-            (N..N + 10).contains(&rx),
-            "{counter}: the gateway's end ran XDP on every frame ({rx})"
+            (handed..handed + 10).contains(&rx),
+            "{counter}: the gateway's end ran XDP on every frame handed over ({rx} of {handed})"
         );
         assert_eq!(
             after.rx_xdp_drops - before.rx_xdp_drops,
-            N,
+            handed,
             "{counter}: veth counted every XDP_DROP"
         );
         assert_eq!(
-            got, N,
-            "{counter}: xgate's program dropped every frame once"
+            got, handed,
+            "{counter}: xgate's program dropped every frame handed over once"
         );
     }
 
