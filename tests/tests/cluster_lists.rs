@@ -218,3 +218,158 @@ async fn two_nodes_share_their_lists_through_redis() {
         "{metrics}"
     );
 }
+
+/// How many times the daemon has synced with Redis.
+fn syncs(daemon: &Daemon) -> usize {
+    daemon
+        .log()
+        .matches("cluster lists: synced with Redis")
+        .count()
+}
+
+/// The fields of a list's hash in Redis.
+fn in_redis(redis: &RedisServer, list: &str, cidr: &str) -> bool {
+    redis
+        .command(&["HEXISTS", &format!("xgate-test:lists:{list}"), cidr])
+        .unwrap()
+        == ":1"
+}
+
+/// Closes the one gateway's connections to Redis (it reconnects).
+fn drop_connections(redis: &RedisServer) {
+    for kind in ["normal", "pubsub"] {
+        let killed = redis.command(&["CLIENT", "KILL", "TYPE", kind]).unwrap();
+        assert_eq!(killed, ":1", "the gateway's {kind} connection");
+    }
+}
+
+#[tokio::test]
+async fn a_node_that_finds_another_data_set_writes_its_lists_back() {
+    let redis = RedisServer::start();
+    let upstream = EchoUpstream::start(any_port(), "u").await.unwrap();
+    let listen = free_port();
+    let a = Daemon::start(&config(listen, upstream.addr, &redis.url(), "a"), None);
+    eventually("synced", &a, || syncs(&a) == 1).await;
+    // The layout docs/lists.md gives operators: an epoch, one hash per
+    // list, a sorted set of expiries.
+    let epoch = redis.command(&["GET", "xgate-test:lists:epoch"]).unwrap();
+    assert_eq!(epoch.len(), 16, "{epoch:?}");
+    let ttl = ["--reason", "ours", "--ttl", "1h"];
+    cli_ok(
+        &a,
+        &[&["blocklist", "add", "127.0.0.20"][..], &ttl].concat(),
+    );
+    eventually("written to Redis", &a, || {
+        in_redis(&redis, "deny", "127.0.0.20/32")
+    })
+    .await;
+    let expiry = || {
+        redis
+            .command(&["ZSCORE", "xgate-test:lists:expiry", "deny|127.0.0.20/32"])
+            .unwrap()
+    };
+    assert!(expiry().parse::<u64>().is_ok(), "{:?}", expiry());
+
+    // Redis loses its data and another node rebuilds the set first: a new
+    // epoch, one entry of its own, and one that expired while nobody
+    // reaped it (not in the expiry set, so only a resync deletes it).
+    assert_eq!(redis.command(&["FLUSHALL"]).unwrap(), "+OK");
+    for command in [
+        &["SET", "xgate-test:lists:epoch", "another-node-s-epoch"][..],
+        &[
+            "HSET",
+            "xgate-test:lists:deny",
+            "127.0.0.21/32",
+            r#"{"cidr":"127.0.0.21/32","reason":"theirs","added_at":1}"#,
+        ],
+        &[
+            "HSET",
+            "xgate-test:lists:deny",
+            "127.0.0.22/32",
+            r#"{"cidr":"127.0.0.22/32","added_at":1,"expires_at":2}"#,
+        ],
+    ] {
+        assert!(redis.command(command).unwrap().starts_with(['+', ':']));
+    }
+    // A's connections drop; it reconnects and resyncs.
+    drop_connections(&redis);
+    eventually("resynced", &a, || syncs(&a) == 2).await;
+
+    // Not the creator of the new epoch, A still writes its entry back
+    // rather than dropping it, and takes the other node's.
+    assert!(in_redis(&redis, "deny", "127.0.0.20/32"), "{}", a.log());
+    let deny = listed(&a, "blocklist");
+    assert!(deny.contains(&"127.0.0.20/32".into()), "{deny:?}");
+    assert!(deny.contains(&"127.0.0.21/32".into()), "{deny:?}");
+    assert!(!answered(listen, "127.0.0.20").await);
+    assert!(!answered(listen, "127.0.0.21").await);
+    // The expired entry is deleted from Redis, not applied.
+    assert!(!in_redis(&redis, "deny", "127.0.0.22/32"));
+    assert!(!deny.contains(&"127.0.0.22/32".into()), "{deny:?}");
+    assert!(expiry().parse::<u64>().is_ok(), "{:?}", expiry());
+    assert!(
+        a.log().contains("shared=1 removed=0 pushed=1"),
+        "{}",
+        a.log()
+    );
+
+    // Same epoch: Redis wins. An entry deleted there while A was away is
+    // removed from A, not written back.
+    assert_eq!(
+        redis
+            .command(&["HDEL", "xgate-test:lists:deny", "127.0.0.21/32"])
+            .unwrap(),
+        ":1"
+    );
+    drop_connections(&redis);
+    eventually("resynced again", &a, || syncs(&a) == 3).await;
+    assert_eq!(listed(&a, "blocklist"), ["127.0.0.20/32"]);
+    assert!(!in_redis(&redis, "deny", "127.0.0.21/32"));
+    assert!(answered(listen, "127.0.0.21").await);
+    assert!(
+        a.log().contains("shared=1 removed=1 pushed=0"),
+        "{}",
+        a.log()
+    );
+}
+
+#[tokio::test]
+async fn a_change_whose_entry_names_another_cidr_is_refused() {
+    let redis = RedisServer::start();
+    let upstream = EchoUpstream::start(any_port(), "u").await.unwrap();
+    let listen = free_port();
+    let a = Daemon::start(&config(listen, upstream.addr, &redis.url(), "a"), None);
+    eventually("synced", &a, || syncs(&a) == 1).await;
+    let publish = |message: &str| {
+        let receivers = redis
+            .command(&["PUBLISH", "xgate-test:lists:changes", message])
+            .unwrap();
+        assert_eq!(receivers, ":1", "A subscribed");
+    };
+    // A put for 127.0.0.30 carrying an entry for 127.0.0.31: neither.
+    publish(
+        r#"{"node":"b","op":"put","list":"deny","cidr":"127.0.0.30/32","entry":{"cidr":"127.0.0.31/32","added_at":1}}"#,
+    );
+    // A well-formed one after it: once it is applied, the first was read.
+    publish(
+        r#"{"node":"b","op":"put","list":"deny","cidr":"127.0.0.32/32","entry":{"cidr":"127.0.0.32/32","added_at":1}}"#,
+    );
+    eventually("the well-formed change", &a, || {
+        listed(&a, "blocklist").contains(&"127.0.0.32/32".into())
+    })
+    .await;
+    assert_eq!(listed(&a, "blocklist"), ["127.0.0.32/32"]);
+    assert!(answered(listen, "127.0.0.31").await);
+    assert!(!answered(listen, "127.0.0.32").await);
+    assert!(
+        a.log()
+            .contains("cluster lists: ignored a malformed change"),
+        "{}",
+        a.log()
+    );
+    let metrics = a.admin_get("/metrics");
+    assert!(
+        metrics.contains("xgate_cluster_list_events_total{event=\"failed\"} 1"),
+        "{metrics}"
+    );
+}
