@@ -169,6 +169,24 @@ impl SynCookieConfig {
     /// SYNs to the protected ports are answered with cookies from XDP and
     /// ACKs to their listeners must carry a valid one.
     pub const ACTIVE: u32 = 1 << 1;
+    /// `xdp.syn_cookies.tcp_options`: a SYN carrying a timestamp is answered
+    /// with timestamps, and SACK and window scaling when it asks for them
+    /// and the flags below allow, encoded in the low bits of the SYN-ACK's
+    /// timestamp the way the kernel's `cookie_timestamp_decode` reads them
+    /// back (it needs `net.ipv4.tcp_timestamps = 2`).
+    pub const TCP_OPTIONS: u32 = 1 << 2;
+    /// `net.ipv4.tcp_sack` is on: SACK may be granted.
+    pub const SACK: u32 = 1 << 3;
+    /// `net.ipv4.tcp_window_scaling` is on: window scaling may be granted.
+    pub const WINDOW_SCALING: u32 = 1 << 4;
+    /// Bits 8..12: the window scale to advertise, the one the kernel will
+    /// pick for the connection it makes from the cookie.
+    pub const WSCALE_SHIFT: u32 = 8;
+
+    /// The window scale in [`SynCookieConfig::flags`].
+    pub const fn wscale(&self) -> u8 {
+        ((self.flags >> Self::WSCALE_SHIFT) & 0xF) as u8
+    }
 }
 
 /// Capacity of each deny/allow trie. The tries are created with

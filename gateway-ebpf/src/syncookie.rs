@@ -17,23 +17,30 @@
 //! to 2; this program hands one SYN per (family, port) to the kernel every
 //! [`REFRESH_NS`], which keeps that window open.
 //!
-//! The SYN-ACK carries the MSS option only: no window scaling, SACK or
-//! timestamps (the kernel would need them encoded in a timestamp it can
-//! decode; with no timestamp in the ACK it takes the connection without
-//! them). Frames the program does not answer itself (VLAN-tagged, IPv4
-//! options, IPv6 extension headers, fragments) go to the kernel, which
-//! answers them with its own cookies under `tcp_syncookies = 2`.
+//! By default the SYN-ACK carries the MSS option only: no window scaling,
+//! SACK or timestamps (with no timestamp in the ACK the kernel takes the
+//! connection without them). With `tcp_options` configured, a SYN that
+//! carries a timestamp is answered with one that encodes the client's window
+//! scale and SACK permission in its low six bits, as the kernel's own
+//! cookies do; the kernel reads them back from the ACK's echo
+//! (`cookie_timestamp_decode`, with `net.ipv4.tcp_timestamps = 2`: no
+//! per-connection offset to undo), and the SYN-ACK advertises the window
+//! scale the kernel will pick. Frames the program does not answer itself
+//! (VLAN-tagged, IPv4 options, IPv6 extension headers, fragments) go to
+//! the kernel, which answers them with its own cookies under
+//! `tcp_syncookies = 2`.
 
 use core::{mem, ptr};
 
 use aya_ebpf::{
     bindings::{bpf_sock, bpf_sock_tuple, iphdr, ipv6hdr, tcphdr, BPF_F_CURRENT_NETNS},
     helpers::{
-        bpf_ktime_get_coarse_ns,
+        bpf_ktime_get_coarse_ns, bpf_ktime_get_ns,
         generated::{
-            bpf_csum_diff, bpf_sk_release, bpf_skc_lookup_tcp, bpf_tcp_raw_check_syncookie_ipv4,
-            bpf_tcp_raw_check_syncookie_ipv6, bpf_tcp_raw_gen_syncookie_ipv4,
-            bpf_tcp_raw_gen_syncookie_ipv6, bpf_xdp_adjust_tail,
+            bpf_csum_diff, bpf_loop, bpf_sk_release, bpf_skc_lookup_tcp,
+            bpf_tcp_raw_check_syncookie_ipv4, bpf_tcp_raw_check_syncookie_ipv6,
+            bpf_tcp_raw_gen_syncookie_ipv4, bpf_tcp_raw_gen_syncookie_ipv6, bpf_xdp_adjust_tail,
+            bpf_xdp_load_bytes,
         },
     },
     macros::map,
@@ -70,6 +77,16 @@ const IPV6_LEN: usize = 40;
 const TCP_LEN: usize = 20;
 /// Header plus the MSS option.
 const SYNACK_TCP_LEN: usize = 24;
+/// Header plus MSS, SACK-permitted (or two NOPs), timestamps and window
+/// scale (or four NOPs): the layout of the kernel's own SYN-ACKs.
+const SYNACK_TS_TCP_LEN: usize = 40;
+/// The low bits of a cookie timestamp that carry the options (the kernel's
+/// `TSBITS`): the client's window scale (0xF: none), then SACK.
+const TS_OPTION_BITS: u32 = 6;
+const TS_WSCALE_NONE: u32 = 0xF;
+const TS_SACK: u32 = 1 << 4;
+/// The kernel's largest window scale (RFC 7323).
+const MAX_WSCALE: u32 = 14;
 
 const ETH_P_IPV4: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86DD;
@@ -116,10 +133,10 @@ pub fn guard(ctx: &XdpContext) -> Stat {
                 && first[6] & 0x3F == 0
                 && first[7] == 0 =>
         {
-            tcp::<IPV4_LEN>(ctx, active, config.mss_v4)
+            tcp::<IPV4_LEN>(ctx, active, config)
         }
         ETH_P_IPV6 if first[0] >> 4 == 6 && first[6] == IPPROTO_TCP => {
-            tcp::<IPV6_LEN>(ctx, active, config.mss_v6)
+            tcp::<IPV6_LEN>(ctx, active, config)
         }
         _ => Stat::Passed,
     }
@@ -127,7 +144,7 @@ pub fn guard(ctx: &XdpContext) -> Stat {
 
 /// A TCP segment behind an IP header of `L3` bytes (20: IPv4, 40: IPv6).
 #[inline(always)]
-fn tcp<const L3: usize>(ctx: &XdpContext, active: bool, mss: u16) -> Stat {
+fn tcp<const L3: usize>(ctx: &XdpContext, active: bool, config: &SynCookieConfig) -> Stat {
     let data = ctx.data();
     let l4 = ETH_LEN + L3;
     if data + l4 + TCP_LEN > ctx.data_end() {
@@ -157,7 +174,7 @@ fn tcp<const L3: usize>(ctx: &XdpContext, active: bool, mss: u16) -> Stat {
         if refresh_due(L3 == IPV6_LEN, port) {
             return Stat::SynPassed;
         }
-        return answer_syn::<L3>(ctx, mss);
+        return answer_syn::<L3>(ctx, config);
     }
     if active && tcp_flags & (SYN | ACK | RST) == ACK {
         return check_ack::<L3>(ctx);
@@ -202,27 +219,209 @@ fn refresh_due(v6: bool, port: u16) -> bool {
     true
 }
 
-/// Turns the SYN into a SYN-ACK carrying a cookie, in place.
+/// Turns the SYN into a SYN-ACK carrying a cookie, in place: with
+/// timestamps (and the options they encode) when configured and the SYN
+/// carries one, else with the MSS option only.
 #[inline(always)]
-fn answer_syn<const L3: usize>(ctx: &XdpContext, mss: u16) -> Stat {
+fn answer_syn<const L3: usize>(ctx: &XdpContext, config: &SynCookieConfig) -> Stat {
+    let mss = if L3 == IPV4_LEN {
+        config.mss_v4
+    } else {
+        config.mss_v6
+    };
+    if config.flags & SynCookieConfig::TCP_OPTIONS != 0 {
+        if let Some(options) = syn_options::<L3>(ctx, config) {
+            return write_synack::<L3, SYNACK_TS_TCP_LEN>(ctx, mss, Some(options));
+        }
+    }
+    write_synack::<L3, SYNACK_TCP_LEN>(ctx, mss, None)
+}
+
+/// What the SYN-ACK's options say beyond the MSS.
+#[derive(Clone, Copy)]
+struct Options {
+    /// The cookie timestamp: the clock in ms, its low bits the options.
+    tsval: u32,
+    /// The SYN's own timestamp, echoed.
+    tsecr: u32,
+    sack: bool,
+    /// The window scale advertised, when the SYN asked for scaling.
+    wscale: Option<u8>,
+}
+
+/// The SYN's timestamp, SACK-permitted and window scale options, read
+/// into [`Options`] when it carries a timestamp (without one the ACK cannot
+/// bring the options back to the kernel).
+#[inline(always)]
+fn syn_options<const L3: usize>(ctx: &XdpContext, config: &SynCookieConfig) -> Option<Options> {
+    let data = ctx.data();
+    let end = ctx.data_end();
+    let l4 = ETH_LEN + L3;
+    if data + l4 + TCP_LEN > end {
+        return None;
+    }
+    // SAFETY: the fixed TCP header is inside the frame (checked above).
+    let th_len = usize::from(unsafe { *((data + l4 + 12) as *const u8) } >> 4) * 4;
+    if th_len <= TCP_LEN {
+        return None;
+    }
+    let len = th_len - TCP_LEN;
+    // The options, copied to the stack where the parser may index them
+    // freely (masked to the buffer); zeros (end of options) after them. One
+    // helper call whatever their length.
+    let mut parse = OptionParse {
+        buf: [0u8; 64],
+        len: len as u32,
+        off: 0,
+        tsval: 0,
+        has_ts: 0,
+        sack: 0,
+        wscale: TS_WSCALE_NONE,
+    };
+    // SAFETY: the context is the program's own; `buf` holds 64 bytes and
+    // at most 40 are written.
+    let loaded = unsafe {
+        bpf_xdp_load_bytes(
+            ctx.ctx,
+            (l4 + TCP_LEN) as u32,
+            parse.buf.as_mut_ptr() as *mut _,
+            (len & 63) as u32,
+        )
+    };
+    if loaded != 0 {
+        return None;
+    }
+    // One option per step, 40 at most (all NOPs). With `bpf_loop` the
+    // verifier checks the step once, not once per step and path.
+    // SAFETY: the callback is a static function taking this context.
+    unsafe {
+        bpf_loop(
+            40,
+            parse_option as *const () as *mut _,
+            &mut parse as *mut OptionParse as *mut _,
+            0,
+        )
+    };
+    if parse.has_ts == 0 {
+        return None;
+    }
+    let tsecr = parse.tsval;
+    let sack = parse.sack != 0;
+    let mut client_wscale = parse.wscale;
+    let sack = sack && config.flags & SynCookieConfig::SACK != 0;
+    if config.flags & SynCookieConfig::WINDOW_SCALING == 0 {
+        client_wscale = TS_WSCALE_NONE;
+    }
+    let mut bits = client_wscale;
+    if sack {
+        bits |= TS_SACK;
+    }
+    // SAFETY: helper without arguments.
+    let now_ms = (unsafe { bpf_ktime_get_ns() } / 1_000_000) as u32;
+    let mask = (1u32 << TS_OPTION_BITS) - 1;
+    let mut stamp = (now_ms & !mask) | bits;
+    // Never ahead of the clock the kernel stamps the connection's later
+    // segments with (the client's PAWS check).
+    if stamp > now_ms {
+        stamp = stamp.wrapping_sub(1 << TS_OPTION_BITS);
+    }
+    Some(Options {
+        tsval: stamp,
+        tsecr,
+        sack,
+        wscale: if client_wscale == TS_WSCALE_NONE {
+            None
+        } else {
+            Some(config.wscale())
+        },
+    })
+}
+
+/// The state of the SYN option parser, handed to [`parse_option`].
+#[repr(C)]
+struct OptionParse {
+    buf: [u8; 64],
+    /// Bytes of options in `buf`.
+    len: u32,
+    /// The next option's offset in `buf`.
+    off: u32,
+    tsval: u32,
+    has_ts: u32,
+    sack: u32,
+    /// The client's window scale, or [`TS_WSCALE_NONE`].
+    wscale: u32,
+}
+
+/// One step of the option parser (a `bpf_loop` callback): reads the option
+/// at `off`; returns 1 to stop (end of options, or one that is cut short),
+/// 0 to go on.
+#[inline(never)]
+extern "C" fn parse_option(_index: u32, ctx: *mut core::ffi::c_void) -> i64 {
+    // SAFETY: `syn_options` passes its OptionParse, alive for the loop.
+    let p = unsafe { &mut *(ctx as *mut OptionParse) };
+    let off = p.off as usize & 63;
+    if off >= p.len as usize {
+        return 1;
+    }
+    let kind = p.buf[off];
+    if kind == 0 {
+        return 1;
+    }
+    if kind == 1 {
+        p.off += 1;
+        return 0;
+    }
+    let size = usize::from(p.buf[(off + 1) & 63]);
+    if size < 2 || off + size > p.len as usize {
+        return 1;
+    }
+    match (kind, size) {
+        (3, 3) => {
+            let w = u32::from(p.buf[(off + 2) & 63]);
+            p.wscale = if w > MAX_WSCALE { MAX_WSCALE } else { w };
+        }
+        (4, 2) => p.sack = 1,
+        (8, 10) => {
+            p.has_ts = 1;
+            p.tsval = u32::from_be_bytes([
+                p.buf[(off + 2) & 63],
+                p.buf[(off + 3) & 63],
+                p.buf[(off + 4) & 63],
+                p.buf[(off + 5) & 63],
+            ]);
+        }
+        _ => {}
+    }
+    p.off = (off + size) as u32;
+    0
+}
+
+/// Rewrites the SYN into a SYN-ACK with a `T`-byte TCP header: the MSS
+/// option, and with `options` the timestamps, SACK and window scale.
+#[inline(always)]
+fn write_synack<const L3: usize, const T: usize>(
+    ctx: &XdpContext,
+    mss: u16,
+    options: Option<Options>,
+) -> Stat {
     let l4 = ETH_LEN + L3;
     let len = ctx.data_end() - ctx.data();
-    // Only a SYN without options is shorter than the SYN-ACK.
-    if len < l4 + SYNACK_TCP_LEN {
+    // A SYN shorter than the SYN-ACK grows (into the frame's tailroom).
+    if len < l4 + T {
         // SAFETY: the context is the program's own.
-        if unsafe { bpf_xdp_adjust_tail(ctx.ctx, (l4 + SYNACK_TCP_LEN - len) as i32) } != 0 {
+        if unsafe { bpf_xdp_adjust_tail(ctx.ctx, (l4 + T - len) as i32) } != 0 {
             return Stat::SynPassed;
         }
     }
     let data = ctx.data();
     let end = ctx.data_end();
-    if data + l4 + SYNACK_TCP_LEN > end {
+    if data + l4 + T > end {
         return Stat::SynPassed;
     }
     let ip = (data + ETH_LEN) as *mut u8;
     let th = (data + l4) as *mut u8;
     // SAFETY (this block and the writes below): every byte touched is in
-    // data .. data + l4 + SYNACK_TCP_LEN, checked above.
+    // data .. data + l4 + T, checked above.
     let th_len = u32::from(unsafe { *th.add(12) } >> 4) * 4;
     let value = cookie::<L3>(data, end, th_len);
     if value < 0 {
@@ -251,7 +450,7 @@ fn answer_syn<const L3: usize>(ctx: &XdpContext, mss: u16) -> Stat {
                 0x45,
                 0,
                 0,
-                (IPV4_LEN + SYNACK_TCP_LEN) as u8,
+                (IPV4_LEN + T) as u8,
                 0,
                 0,
                 0x40, // don't fragment
@@ -273,13 +472,13 @@ fn answer_syn<const L3: usize>(ctx: &XdpContext, mss: u16) -> Stat {
             let src = ptr::read_unaligned(ip.add(8) as *const [u8; 16]);
             let dst = ptr::read_unaligned(ip.add(24) as *const [u8; 16]);
             sum += words(&src) + words(&dst);
-            let header: [u8; 8] = [0x60, 0, 0, 0, 0, SYNACK_TCP_LEN as u8, IPPROTO_TCP, TTL];
+            let header: [u8; 8] = [0x60, 0, 0, 0, 0, T as u8, IPPROTO_TCP, TTL];
             ptr::write_unaligned(ip as *mut [u8; 8], header);
             ptr::write_unaligned(ip.add(8) as *mut [u8; 16], dst);
             ptr::write_unaligned(ip.add(24) as *mut [u8; 16], src);
         }
     }
-    sum += u32::from(IPPROTO_TCP) + SYNACK_TCP_LEN as u32;
+    sum += u32::from(IPPROTO_TCP) + T as u32;
     unsafe {
         let old = ptr::read_unaligned(th as *const [u8; 8]);
         let seq = u32::from_be_bytes([old[4], old[5], old[6], old[7]]);
@@ -287,7 +486,8 @@ fn answer_syn<const L3: usize>(ctx: &XdpContext, mss: u16) -> Stat {
         let cookie = cookie.to_be_bytes();
         let window = WINDOW.to_be_bytes();
         let mss = mss.to_be_bytes();
-        let mut out: [u8; SYNACK_TCP_LEN] = [
+        let mut out = [0u8; T];
+        out[..20].copy_from_slice(&[
             old[2],
             old[3],
             old[0],
@@ -300,7 +500,7 @@ fn answer_syn<const L3: usize>(ctx: &XdpContext, mss: u16) -> Stat {
             ack[1],
             ack[2],
             ack[3],
-            (SYNACK_TCP_LEN as u8 / 4) << 4,
+            (T as u8 / 4) << 4,
             SYN | ACK,
             window[0],
             window[1],
@@ -308,17 +508,29 @@ fn answer_syn<const L3: usize>(ctx: &XdpContext, mss: u16) -> Stat {
             0, // checksum
             0,
             0, // urgent pointer
-            2,
-            4,
-            mss[0],
-            mss[1], // MSS option
-        ];
+        ]);
+        out[20..24].copy_from_slice(&[2, 4, mss[0], mss[1]]);
+        if let Some(o) = options {
+            if T >= SYNACK_TS_TCP_LEN {
+                let sack = if o.sack { [4, 2] } else { [1, 1] };
+                let tsval = o.tsval.to_be_bytes();
+                let tsecr = o.tsecr.to_be_bytes();
+                let wscale = match o.wscale {
+                    Some(w) => [1, 3, 3, w],
+                    None => [1, 1, 1, 1],
+                };
+                out[24..40].copy_from_slice(&[
+                    sack[0], sack[1], 8, 10, tsval[0], tsval[1], tsval[2], tsval[3], tsecr[0],
+                    tsecr[1], tsecr[2], tsecr[3], wscale[0], wscale[1], wscale[2], wscale[3],
+                ]);
+            }
+        }
         let check = fold(sum + words(&out)).to_be_bytes();
         out[16] = check[0];
         out[17] = check[1];
-        ptr::write_unaligned(th as *mut [u8; SYNACK_TCP_LEN], out);
+        ptr::write_unaligned(th as *mut [u8; T], out);
     }
-    let delta = (l4 + SYNACK_TCP_LEN) as i32 - (end - data) as i32;
+    let delta = (l4 + T) as i32 - (end - data) as i32;
     // SAFETY: the context is the program's own; shrinking.
     if unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta) } != 0 {
         return Stat::Malformed;

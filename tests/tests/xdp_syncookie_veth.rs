@@ -462,3 +462,194 @@ fn mode_off_leaves_syns_to_the_kernel() {
     );
     assert_eq!(Lab::status(&daemon)["mode"], "off");
 }
+
+/// `TCP_INFO` of a connected socket: its options (`TCPI_OPT_*`) and its
+/// send and receive window scales.
+fn tcp_info(stream: &TcpStream) -> (u8, u8, u8) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: plain data, zero is valid; the kernel fills at most `len`.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: a valid socket and a buffer of `len` bytes.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            &mut info as *mut _ as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    assert_eq!(rc, 0, "TCP_INFO: {}", std::io::Error::last_os_error());
+    let scales = info.tcpi_snd_rcv_wscale;
+    (info.tcpi_options, scales & 0xF, scales >> 4)
+}
+
+const TCPI_OPT_TIMESTAMPS: u8 = 1;
+const TCPI_OPT_SACK: u8 = 2;
+const TCPI_OPT_WSCALE: u8 = 4;
+
+/// The gateway's side of its established connections to `port`: `ss`'s
+/// `wscale:<snd>,<rcv>` and, with `-o`, `ts` and `sack` when on.
+fn gateway_side(lab: &Lab, port: u16) -> String {
+    let out = lab
+        .gw
+        .command("ss")
+        .args([
+            "-Htnio",
+            "state",
+            "established",
+            "sport",
+            "=",
+            &format!(":{port}"),
+        ])
+        .output()
+        .expect("run ss (Debian package iproute2)");
+    assert!(out.status.success(), "ss: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// With `tcp_options`, a connection made through an XDP cookie keeps
+/// window scaling, SACK and timestamps: the client sees them granted, the
+/// gateway's kernel decoded the same ones from the echoed timestamp, and
+/// the scale the SYN-ACK advertised is the one the kernel applies.
+#[test]
+fn with_tcp_options_cookie_connections_keep_window_scaling_sack_and_timestamps() {
+    root_only!();
+    let lab = Lab::new("st");
+    let daemon = lab.start("{mode: on, tcp_options: true}");
+    let sysctl = lab
+        .gw
+        .run(|| std::fs::read_to_string("/proc/sys/net/ipv4/tcp_timestamps").unwrap());
+    assert_eq!(sysctl.trim(), "2", "the daemon sets the kernel's half");
+    assert!(
+        daemon
+            .log()
+            .contains("keep window scaling, SACK and timestamps"),
+        "{}",
+        daemon.log()
+    );
+    assert_eq!(Lab::status(&daemon)["tcp_options"], true);
+    // What the kernel itself picks for this host's connections: a listener
+    // of the test's own on a port the program does not protect.
+    let plain = lab
+        .gw
+        .run(|| std::net::TcpListener::bind("0.0.0.0:18099").unwrap());
+    let (_, plain_snd, _) = lab.client.run(|| {
+        let stream = TcpStream::connect("198.18.0.1:18099").unwrap();
+        tcp_info(&stream)
+    });
+
+    let v4 = SocketAddr::from((GW, PORT));
+    let v6 = SocketAddr::new(GW6.parse().unwrap(), PORT6);
+    // The first SYN to each port is handed to the kernel (the refresh that
+    // keeps its listener accepting cookies): use it up.
+    lab.assert_served_at(v4, 1);
+    lab.assert_served_at(v6, 1);
+    for (to, port) in [(v4, PORT), (v6, PORT6)] {
+        let before = counters(&daemon);
+        let stream = lab.client.run(move || {
+            let mut stream =
+                TcpStream::connect_timeout(&to, Duration::from_secs(10)).expect("connect");
+            stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            stream
+                .write_all(b"GET / HTTP/1.1\r\nHost: gw\r\n\r\n")
+                .unwrap();
+            let mut response = [0u8; 512];
+            let n = stream.read(&mut response).unwrap();
+            assert!(
+                response[..n].starts_with(b"HTTP/1.1 200"),
+                "{:?}",
+                String::from_utf8_lossy(&response[..n])
+            );
+            stream
+        });
+        let after = counters(&daemon);
+        assert_eq!(delta(&before, &after, "syn_cookie_sent"), 1, "{after}");
+        assert_eq!(delta(&before, &after, "syn_passed"), 0, "{after}");
+        assert_eq!(delta(&before, &after, "syn_cookie_valid"), 1, "{after}");
+
+        let (options, snd_wscale, rcv_wscale) = tcp_info(&stream);
+        let all = TCPI_OPT_TIMESTAMPS | TCPI_OPT_SACK | TCPI_OPT_WSCALE;
+        assert_eq!(options & all, all, "{to}: granted options {options:#x}");
+        assert_eq!(
+            snd_wscale, plain_snd,
+            "{to}: the SYN-ACK advertised the scale the kernel picks"
+        );
+        // The gateway's kernel: the client's scale as the client sent it,
+        // its own as advertised, SACK and timestamps on.
+        let side = gateway_side(&lab, port);
+        let want = format!("wscale:{rcv_wscale},{snd_wscale}");
+        assert!(
+            side.contains(&want) && side.contains(" ts ") && side.contains(" sack "),
+            "{to}: want {want}, ts and sack in {side:?}"
+        );
+        drop(stream);
+    }
+
+    // A client that does not scale windows gets timestamps and SACK, no
+    // scale; one that sends no timestamp gets the MSS only (its ACK could
+    // not carry the options back).
+    let client_sysctl = |name: &'static str, value: &'static str| {
+        lab.client
+            .run(move || std::fs::write(format!("/proc/sys/net/ipv4/{name}"), value).unwrap())
+    };
+    for (name, granted) in [
+        ("tcp_window_scaling", TCPI_OPT_TIMESTAMPS | TCPI_OPT_SACK),
+        ("tcp_timestamps", 0),
+    ] {
+        client_sysctl(name, "0");
+        let before = counters(&daemon);
+        let stream = lab.client.run(move || {
+            let mut stream = TcpStream::connect_timeout(&v4, Duration::from_secs(10)).unwrap();
+            stream
+                .write_all(b"GET / HTTP/1.1\r\nHost: gw\r\n\r\n")
+                .unwrap();
+            let mut response = [0u8; 512];
+            assert!(stream.read(&mut response).unwrap() > 0);
+            stream
+        });
+        client_sysctl(name, "1");
+        let after = counters(&daemon);
+        assert_eq!(delta(&before, &after, "syn_cookie_sent"), 1, "{after}");
+        let all = TCPI_OPT_TIMESTAMPS | TCPI_OPT_SACK | TCPI_OPT_WSCALE;
+        assert_eq!(tcp_info(&stream).0 & all, granted, "client without {name}");
+        let side = gateway_side(&lab, PORT);
+        assert!(!side.contains("wscale"), "{name}: {side:?}");
+        assert_eq!(side.contains(" ts "), granted != 0, "{name}: {side:?}");
+    }
+
+    // Someone sets timestamps back to per-connection offsets: the options
+    // would be misread, so the daemon stops encoding them (connections
+    // still work, with the MSS only) until the setting is back.
+    let set = |value: &'static str| {
+        lab.gw
+            .run(move || std::fs::write("/proc/sys/net/ipv4/tcp_timestamps", value).unwrap())
+    };
+    set("1");
+    wait_for("tcp_options to go off", || {
+        Lab::status(&daemon)["tcp_options"] == false
+    });
+    assert!(
+        daemon
+            .log()
+            .contains("set net.ipv4.tcp_timestamps = 2 again"),
+        "{}",
+        daemon.log()
+    );
+    let before = counters(&daemon);
+    let options = lab.client.run(move || {
+        let stream = TcpStream::connect_timeout(&v4, Duration::from_secs(10)).unwrap();
+        tcp_info(&stream).0
+    });
+    assert_eq!(options & (TCPI_OPT_TIMESTAMPS | TCPI_OPT_WSCALE), 0);
+    let after = counters(&daemon);
+    assert_eq!(delta(&before, &after, "syn_cookie_sent"), 1, "{after}");
+    set("2");
+    wait_for("tcp_options to come back", || {
+        Lab::status(&daemon)["tcp_options"] == true
+    });
+    drop(plain);
+}

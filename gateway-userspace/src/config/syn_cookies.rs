@@ -39,6 +39,14 @@ pub struct SynCookies {
     /// `auto_below_syn_per_second` before cookies are switched off.
     #[serde(default = "default_auto_quiet")]
     pub auto_quiet_seconds: u64,
+    /// Keep window scaling, SACK and timestamps on connections made through
+    /// a cookie, as the kernel's own cookies do: the options are encoded in
+    /// the SYN-ACK's timestamp. Needs `net.ipv4.tcp_timestamps = 2`
+    /// (timestamps without a per-connection random offset), which the daemon
+    /// sets in its network namespace; off by default, because that changes
+    /// every connection of the host (docs/xdp.md#syn-cookies).
+    #[serde(default)]
+    pub tcp_options: bool,
 }
 
 impl Default for SynCookies {
@@ -49,6 +57,7 @@ impl Default for SynCookies {
             auto_above_syn_per_second: DEFAULT_AUTO_ABOVE,
             auto_below_syn_per_second: None,
             auto_quiet_seconds: DEFAULT_AUTO_QUIET_SECONDS,
+            tcp_options: false,
         }
     }
 }

@@ -22,6 +22,16 @@ use crate::config::SynCookieMode;
 /// overflow.
 const SYSCTL: &str = "/proc/sys/net/ipv4/tcp_syncookies";
 const SYSCTL_VALUE: &str = "2";
+/// With `tcp_options`: timestamps without a per-connection random offset
+/// (2), so the kernel reads the options back from the echoed cookie
+/// timestamp as the program encoded them; with the offset (1) it would
+/// subtract a secret the program cannot know.
+const TIMESTAMPS: &str = "/proc/sys/net/ipv4/tcp_timestamps";
+const TIMESTAMPS_VALUE: &str = "2";
+const SACK: &str = "/proc/sys/net/ipv4/tcp_sack";
+const WINDOW_SCALING: &str = "/proc/sys/net/ipv4/tcp_window_scaling";
+const TCP_RMEM: &str = "/proc/sys/net/ipv4/tcp_rmem";
+const RMEM_MAX: &str = "/proc/sys/net/core/rmem_max";
 /// MSS advertised when no interface MTU can be read: Ethernet's.
 const DEFAULT_MTU: u32 = 1500;
 
@@ -33,6 +43,7 @@ pub struct SynCookiePolicy {
     pub above: u64,
     pub below: u64,
     pub quiet: Duration,
+    pub tcp_options: bool,
 }
 
 impl Default for SynCookiePolicy {
@@ -43,6 +54,7 @@ impl Default for SynCookiePolicy {
             above: u64::MAX,
             below: 0,
             quiet: Duration::from_secs(10),
+            tcp_options: false,
         }
     }
 }
@@ -62,8 +74,53 @@ impl SynCookiePolicy {
             above: c.auto_above_syn_per_second,
             below: c.auto_below(),
             quiet: Duration::from_secs(c.auto_quiet_seconds),
+            tcp_options: c.tcp_options,
         }
     }
+}
+
+/// The window scale the kernel picks for a connection made from a cookie
+/// on a listener that does not set `SO_RCVBUF` (`tcp_select_initial_window`:
+/// the largest receive space, `tcp_rmem`'s maximum or `rmem_max`, capped
+/// at what a 14-bit scale can express).
+pub fn kernel_wscale(tcp_rmem_max: u64, rmem_max: u64) -> u8 {
+    let space = tcp_rmem_max.max(rmem_max).min(u64::from(u16::MAX) << 14);
+    (space.max(1).ilog2().saturating_sub(15)).min(14) as u8
+}
+
+/// The kernel settings the cookies' TCP options depend on, read in the
+/// daemon's network namespace: the option bits of
+/// [`SynCookieConfig::flags`], or why they are off.
+fn tcp_option_flags() -> Result<u32, String> {
+    let read = |path: &str| {
+        std::fs::read_to_string(path)
+            .map(|text| text.trim().to_string())
+            .map_err(|e| format!("{path}: {e}"))
+    };
+    let timestamps = read(TIMESTAMPS)?;
+    if timestamps != TIMESTAMPS_VALUE {
+        return Err(format!(
+            "net.ipv4.tcp_timestamps is {timestamps}, not {TIMESTAMPS_VALUE}"
+        ));
+    }
+    let mut flags = SynCookieConfig::TCP_OPTIONS;
+    if read(SACK)? != "0" {
+        flags |= SynCookieConfig::SACK;
+    }
+    if read(WINDOW_SCALING)? != "0" {
+        flags |= SynCookieConfig::WINDOW_SCALING;
+    }
+    let tcp_rmem = read(TCP_RMEM)?;
+    let tcp_rmem_max = tcp_rmem
+        .split_whitespace()
+        .nth(2)
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| format!("{TCP_RMEM}: not three numbers: {tcp_rmem}"))?;
+    let rmem_max = read(RMEM_MAX)?
+        .parse()
+        .map_err(|e| format!("{RMEM_MAX}: {e}"))?;
+    let wscale = kernel_wscale(tcp_rmem_max, rmem_max);
+    Ok(flags | u32::from(wscale) << SynCookieConfig::WSCALE_SHIFT)
 }
 
 /// What `xgate status` shows.
@@ -75,6 +132,9 @@ pub struct SynCookieStatus {
     pub ports: Vec<u16>,
     /// SYNs per second to the protected ports over the last second.
     pub syn_per_second: u64,
+    /// Whether cookie connections keep window scaling, SACK and
+    /// timestamps (`tcp_options` configured and the kernel set for it).
+    pub tcp_options: bool,
 }
 
 /// Auto mode's decision, kept apart from the maps so it can be tested
@@ -133,6 +193,8 @@ pub(super) struct SynCookies {
     syns: PerCpuArray<MapData, u64>,
     policy: SynCookiePolicy,
     switch: AutoSwitch,
+    /// The last reading of the kernel settings for `tcp_options`.
+    options: Option<Result<u32, String>>,
 }
 
 fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, XdpError> {
@@ -147,6 +209,7 @@ impl SynCookies {
             syns: PerCpuArray::try_from(take(ebpf, map_names::SYNCOOKIE_SYNS)?)?,
             policy: SynCookiePolicy::default(),
             switch: AutoSwitch::default(),
+            options: None,
         })
     }
 
@@ -163,7 +226,26 @@ impl SynCookies {
         interfaces: &[String],
     ) -> Result<(), XdpError> {
         if policy.mode != SynCookieMode::Off {
-            ensure_sysctl()?;
+            ensure_sysctl(
+                SYSCTL,
+                SYSCTL_VALUE,
+                (
+                    "the kernel would refuse the connections XDP's cookies hand it",
+                    "the kernel accepts the SYN cookies XDP sends",
+                ),
+                "set xdp.syn_cookies.mode: off",
+            )?;
+            if policy.tcp_options {
+                ensure_sysctl(
+                    TIMESTAMPS,
+                    TIMESTAMPS_VALUE,
+                    (
+                        "the kernel would misread the options a cookie's timestamp carries",
+                        "the kernel reads back the TCP options XDP's cookies carry",
+                    ),
+                    "leave out xdp.syn_cookies.tcp_options",
+                )?;
+            }
         }
         let mut bitmap = vec![0u64; PORT_WORDS as usize];
         for port in &policy.ports {
@@ -200,6 +282,7 @@ impl SynCookies {
         if active {
             flags |= SynCookieConfig::ACTIVE;
         }
+        flags |= self.option_flags();
         let settings = SynCookieConfig {
             flags,
             mss_v4: mtu.saturating_sub(40).clamp(536, 65_535) as u16,
@@ -209,10 +292,41 @@ impl SynCookies {
         Ok(())
     }
 
-    /// Once a second: reads the SYN rate and switches auto mode.
+    /// The option bits to write: none unless `tcp_options` is configured
+    /// and the kernel is set for it (a change of its sysctls is logged).
+    fn option_flags(&mut self) -> u32 {
+        if !self.policy.tcp_options || self.policy.mode == SynCookieMode::Off {
+            return 0;
+        }
+        let flags = tcp_option_flags();
+        let known = self.options.as_ref().map(|r| r.is_ok());
+        match &flags {
+            Ok(_) if known != Some(true) => tracing::info!(
+                "SYN cookies from XDP keep window scaling, SACK and timestamps (tcp_options)"
+            ),
+            Err(why) if known != Some(false) => tracing::warn!(
+                %why,
+                "SYN cookies from XDP without window scaling, SACK or timestamps although \
+                 tcp_options is set: set net.ipv4.tcp_timestamps = 2 again"
+            ),
+            _ => {}
+        }
+        self.options = Some(flags.clone());
+        flags.unwrap_or(0)
+    }
+
+    /// Once a second: reads the SYN rate and switches auto mode; follows
+    /// the kernel settings the TCP options depend on.
     pub(super) fn tick(&mut self, now: Instant, interfaces: &[String]) -> Result<(), XdpError> {
         let total: u64 = self.syns.get(&0, 0)?.iter().sum();
         let active = self.active()?;
+        if self.policy.tcp_options && self.policy.mode != SynCookieMode::Off {
+            let current = self.config.get(&0, 0)?.flags
+                & !(SynCookieConfig::CONFIGURED | SynCookieConfig::ACTIVE);
+            if tcp_option_flags().unwrap_or(0) != current {
+                self.write(active, interfaces)?;
+            }
+        }
         let wanted = self.switch.observe(&self.policy, now, total, active);
         if wanted != active && self.policy.mode == SynCookieMode::Auto {
             self.write(wanted, interfaces)?;
@@ -238,33 +352,36 @@ impl SynCookies {
             active: self.active()?,
             ports: self.policy.ports.clone(),
             syn_per_second: self.switch.rate(),
+            tcp_options: self.config.get(&0, 0)?.flags & SynCookieConfig::TCP_OPTIONS != 0,
         })
     }
 }
 
-/// Sets `net.ipv4.tcp_syncookies` to 2 (in the daemon's network namespace)
+/// Sets the sysctl at `path` to `value` (in the daemon's network namespace)
 /// unless it is already, saying so; fails with what to do when it cannot.
-fn ensure_sysctl() -> Result<(), XdpError> {
-    let current = std::fs::read_to_string(SYSCTL).map_err(|e| {
+fn ensure_sysctl(
+    path: &str,
+    value: &str,
+    (why, purpose): (&str, &str),
+    instead: &str,
+) -> Result<(), XdpError> {
+    let name = path.trim_start_matches("/proc/sys/").replace('/', ".");
+    let current = std::fs::read_to_string(path).map_err(|e| {
         XdpError::Link(format!(
-            "xdp.syn_cookies needs net.ipv4.tcp_syncookies = 2, but {SYSCTL} cannot be read: {e}"
+            "xdp.syn_cookies needs {name} = {value}, but {path} cannot be read: {e}"
         ))
     })?;
     let current = current.trim();
-    if current == SYSCTL_VALUE {
+    if current == value {
         return Ok(());
     }
-    std::fs::write(SYSCTL, SYSCTL_VALUE).map_err(|e| {
+    std::fs::write(path, value).map_err(|e| {
         XdpError::Link(format!(
-            "xdp.syn_cookies needs net.ipv4.tcp_syncookies = 2 (it is {current}: the kernel \
-             would refuse the connections XDP's cookies hand it), and setting it failed: {e}; \
-             set it with `sysctl -w net.ipv4.tcp_syncookies=2` or set xdp.syn_cookies.mode: off"
+            "xdp.syn_cookies needs {name} = {value} (it is {current}: {why}), and setting it \
+             failed: {e}; set it with `sysctl -w {name}={value}` or {instead}"
         ))
     })?;
-    tracing::info!(
-        was = current,
-        "set net.ipv4.tcp_syncookies = 2: the kernel accepts the SYN cookies XDP sends"
-    );
+    tracing::info!(was = current, "set {name} = {value}: {purpose}");
     Ok(())
 }
 
@@ -279,7 +396,18 @@ mod tests {
             above: 1000,
             below: 500,
             quiet: Duration::from_secs(10),
+            tcp_options: false,
         }
+    }
+
+    #[test]
+    fn the_window_scale_is_the_kernel_s() {
+        // Debian's defaults: tcp_rmem max 6 MiB, rmem_max 208 KiB.
+        assert_eq!(kernel_wscale(6_291_456, 212_992), 7);
+        assert_eq!(kernel_wscale(131_072, 212_992), 2);
+        assert_eq!(kernel_wscale(4_096, 4_096), 0);
+        assert_eq!(kernel_wscale(1 << 40, 0), 14);
+        assert_eq!(kernel_wscale(0, 0), 0);
     }
 
     #[test]
