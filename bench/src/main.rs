@@ -147,7 +147,8 @@ fn usage() -> String {
          --duration S   seconds of load per measurement (proxy, shapes, policies; default {})\n  \
          --only A,B     only these comparisons (scale: {})\n\n\
          Needs root. Writes bench/RESULTS.md and bench/results.json \
-         (or into $XGATE_BENCH_OUT).\n\n\
+         (or into $XGATE_BENCH_OUT). xdp: $XGATE_BENCH_XDP_OBJECT loads xgate's \
+         program from that object file (another build) instead of the built-in one.\n\n\
          not scenarios:\n  \
          serve-upstream --listen ADDR   the upstream the proxy scenarios start\n  \
          pgo-train                      the training run of `cargo xtask dist` \

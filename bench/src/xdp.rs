@@ -16,7 +16,7 @@
 use std::{
     collections::HashMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    path::PathBuf,
+    path::{Path, PathBuf},
 };
 
 use anyhow::{bail, ensure, Context, Result};
@@ -427,6 +427,7 @@ pub fn run(settings: &Settings) -> Result<Report> {
     let tight = RateLimit::per_second(1, 1);
     let mut no_rate_limit = rule_set(&all_deny, huge);
     no_rate_limit.config.flags = 0;
+    let object = xgate_object()?;
     let mut planes = HashMap::new();
     for (prog, rules) in [
         (Prog::Ours, rule_set(&all_deny, huge)),
@@ -435,7 +436,7 @@ pub fn run(settings: &Settings) -> Result<Report> {
         (Prog::NoLists, rule_set(&[], huge)),
     ] {
         let mut plane =
-            XdpDataPlane::load(XDP_OBJECT, None).context("loading xgate's XDP program")?;
+            XdpDataPlane::load(object.1, None).context("loading xgate's XDP program")?;
         plane
             .replace_rules(&rules)
             .with_context(|| format!("loading the rule set for {prog:?}"))?;
@@ -556,6 +557,7 @@ pub fn run(settings: &Settings) -> Result<Report> {
 
     let info = RunInfo {
         started,
+        object: object.0.clone(),
         cpu,
         repeat,
         rounds,
@@ -590,6 +592,34 @@ pub fn run(settings: &Settings) -> Result<Report> {
 /// (xgate, then the xdp-filter case it is compared with), so that slow drift
 /// in the machine's speed (a busy neighbour, a shared host) hits both sides
 /// of a ratio alike; the rest in list order.
+/// xgate's XDP object: the one built into this binary, or the file
+/// `$XGATE_BENCH_XDP_OBJECT` names (another build of the program, e.g. the
+/// previous commit's, to see whether a change moved its cost: each run
+/// measures it against xdp-filter on the same machine). With a description
+/// for the report.
+/// The program keeps its object for its life (`'static`): a file's bytes are
+/// leaked, once per run.
+fn xgate_object() -> Result<(String, &'static [u8])> {
+    match std::env::var_os("XGATE_BENCH_XDP_OBJECT") {
+        Some(path) => {
+            let bytes = std::fs::read(&path).with_context(|| {
+                format!(
+                    "reading $XGATE_BENCH_XDP_OBJECT ({})",
+                    Path::new(&path).display()
+                )
+            })?;
+            Ok((
+                format!("`{}` ($XGATE_BENCH_XDP_OBJECT)", Path::new(&path).display()),
+                Box::leak(bytes.into_boxed_slice()),
+            ))
+        }
+        None => Ok((
+            "the workspace's object (built into xgate-bench)".into(),
+            XDP_OBJECT,
+        )),
+    }
+}
+
 fn schedule(cases: &[Case]) -> Vec<usize> {
     let index = |id: &str| cases.iter().position(|c| c.id == id);
     let mut order = Vec::with_capacity(cases.len());
@@ -617,6 +647,8 @@ fn package_version(package: &str) -> String {
 
 struct RunInfo {
     started: String,
+    /// Where xgate's program came from (see [`xgate_object`]).
+    object: String,
     cpu: Option<usize>,
     repeat: u32,
     rounds: usize,
@@ -861,7 +893,7 @@ fn build_report(cases: &[Case], ctx: &RunInfo) -> Report {
     let entries = group(DENY_ENTRIES as u64);
     md.push_str(&format!(
         "\n### Setup\n\n\
-         - xgate: `xgate_xdp` loaded with aya from the workspace's object, private unpinned maps. \
+         - xgate: `xgate_xdp` loaded with aya from {}, private unpinned maps. \
          Deny lists: {entries} IPv4 CIDRs ({}) and {entries} IPv6 prefixes ({}) (IPv4 /24 and \
          /32, IPv6 /48, /64 and /128 in hash maps found through the /24 or /48 network, the \
          other lengths in LPM tries); the \
@@ -895,6 +927,7 @@ fn build_report(cases: &[Case], ctx: &RunInfo) -> Report {
          the verdict, and for xgate that exactly the expected counter moved by `repeat`.\n\
          - BPF_PROG_TEST_RUN measures the program on a frame already in memory: no driver, no \
          DMA, no cache misses on packet data. It ranks programs; it does not predict line rate.\n",
+        ctx.object,
         ctx.mix_v4,
         ctx.mix_v6,
         ctx.buckets,

@@ -109,4 +109,19 @@ mod tests {
             None
         );
     }
+
+    #[test]
+    fn an_entry_stops_matching_at_its_expiry_as_the_lists_reap_it() {
+        // The same instant `Entry::expired` calls expired: the L7 guard
+        // and the reaper agree to the second.
+        let expiry = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        let mut set = PrefixSet::default();
+        set.insert(net("192.0.2.0/24"), Some(expiry));
+        let ip = "192.0.2.1".parse().unwrap();
+        assert_eq!(
+            set.matching(ip, expiry - Duration::from_nanos(1)),
+            Some(net("192.0.2.0/24"))
+        );
+        assert_eq!(set.matching(ip, expiry), None);
+    }
 }
