@@ -204,6 +204,19 @@ fn corrupt_state_file_is_an_error_not_an_empty_list() {
 }
 
 #[test]
+fn an_unreadable_state_file_is_an_error_not_an_empty_list() {
+    // Only a missing file means "no lists yet": one that is there but
+    // cannot be read (here a directory in its place) must stop the start,
+    // or the gateway would come up without its blocklist.
+    for name in ["lists.json", "blocklist.json"] {
+        let f = Fixture::new(&format!("unreadable-{name}"));
+        std::fs::create_dir_all(f.dir.join(name)).unwrap();
+        let err = SourceLists::open(&f.config("{}"), None).err().unwrap();
+        assert!(err.contains("cannot read") && err.contains(name), "{err}");
+    }
+}
+
+#[test]
 fn expired_entries_are_reaped() {
     let f = Fixture::new("reap");
     let lists = f.open("{}");
@@ -272,9 +285,15 @@ fn overruled_changes_are_made_and_reported() {
         .add_reporting(ListKind::Allow, net("198.51.100.0/24"), None, None, false)
         .unwrap();
     assert!(added.warnings.is_empty(), "{:?}", added.warnings);
-    lists
-        .add(ListKind::Deny, net("198.51.0.0/16"), None, None)
+    // A deny entry around an allow entry: the allowed sources stay allowed.
+    let added = lists
+        .add_reporting(ListKind::Deny, net("198.51.0.0/16"), None, None, false)
         .unwrap();
+    assert_eq!(
+        added.warnings,
+        ["allowlist entry 198.51.100.0/24 (added at runtime) lies inside 198.51.0.0/16; \
+          allow wins, so those sources stay allowed"]
+    );
     let added = lists
         .add_reporting(ListKind::Allow, net("198.51.7.0/24"), None, None, false)
         .unwrap();
@@ -397,12 +416,24 @@ fn remote_changes_apply_without_being_announced_again() {
         lists.apply_remote(&Change::Put(ListKind::Deny, config_entry)),
         Ok(false)
     );
-    assert_eq!(lists.runtime_entries(ListKind::Deny), vec![entry]);
+    assert_eq!(lists.runtime_entries(ListKind::Deny), vec![entry.clone()]);
+    // Enforced at L7 at once, and persisted like a local change.
+    let source = "203.0.113.5".parse().unwrap();
+    assert_eq!(lists.denies(source), Some(net("203.0.113.5/32")));
+    assert_eq!(
+        f.open("{deny: [192.0.2.0/24]}").runtime_entries(ListKind::Deny),
+        vec![entry]
+    );
     assert_eq!(
         lists.apply_remote(&Change::Remove(ListKind::Deny, net("203.0.113.5/32"))),
         Ok(true)
     );
     assert!(lists.runtime_entries(ListKind::Deny).is_empty());
+    assert_eq!(lists.denies(source), None);
+    assert!(f
+        .open("{deny: [192.0.2.0/24]}")
+        .runtime_entries(ListKind::Deny)
+        .is_empty());
     assert!(rx.try_recv().is_err(), "nothing announced");
 }
 
