@@ -1,5 +1,6 @@
 //! `synflood`: legitimate goodput while a spoofed-source SYN flood hits the
 //! listener, with xgate's XDP SYN cookies (`xdp.syn_cookies.mode: on`)
+//! (and with `tcp_options`, against SYNs carrying a Linux client's options)
 //! against the kernel's own defense (`mode: off`; the namespace's default
 //! `tcp_syncookies = 1`: the kernel answers with cookies once its SYN queue
 //! overflows). Each legitimate request opens a new connection, since a SYN
@@ -45,7 +46,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::json;
 
 use xgate_bench::sink::Sink;
-use xgate_tests::netns::try_veth;
+use xgate_tests::{frames, netns::try_veth};
 
 use crate::{
     lab,
@@ -76,6 +77,9 @@ enum Case {
     NoFlood,
     KernelCookies,
     XdpCookies,
+    /// `tcp_options: true`, the flood's SYNs carrying a Linux client's
+    /// options (the parser's longest walk).
+    XdpCookiesTcpOptions,
 }
 
 impl Case {
@@ -84,6 +88,7 @@ impl Case {
             Case::NoFlood => "no_flood",
             Case::KernelCookies => "flood_kernel_cookies",
             Case::XdpCookies => "flood_xdp_cookies",
+            Case::XdpCookiesTcpOptions => "flood_xdp_cookies_tcp_options",
         }
     }
 
@@ -92,6 +97,9 @@ impl Case {
             Case::NoFlood => "no flood (xgate, SYN cookies off)",
             Case::KernelCookies => "SYN flood, xgate's defense off (the kernel's own cookies)",
             Case::XdpCookies => "SYN flood, xgate's XDP SYN cookies on",
+            Case::XdpCookiesTcpOptions => {
+                "SYN flood with TCP options, xgate's XDP SYN cookies on with tcp_options"
+            }
         }
     }
 }
@@ -117,7 +125,12 @@ pub fn run(settings: &Settings) -> Result<Report> {
         Ok(other) => bail!("XGATE_BENCH_SYNFLOOD_TESTBED={other}: expected fair or unfair"),
     };
     let mut results = Vec::new();
-    for case in [Case::NoFlood, Case::KernelCookies, Case::XdpCookies] {
+    for case in [
+        Case::NoFlood,
+        Case::KernelCookies,
+        Case::XdpCookies,
+        Case::XdpCookiesTcpOptions,
+    ] {
         sys::check_interrupted()?;
         eprintln!("  synflood: {}", case.about());
         results.push(measure(case, &xgate, Duration::from_secs(seconds), fair)?);
@@ -184,10 +197,10 @@ fn measure(case: Case, xgate: &Path, duration: Duration, fair: bool) -> Result<M
         )?;
         None
     };
-    let mode = if case == Case::XdpCookies {
-        "on"
-    } else {
-        "off"
+    let mode = match case {
+        Case::XdpCookies => "on",
+        Case::XdpCookiesTcpOptions => "on, tcp_options: true",
+        Case::NoFlood | Case::KernelCookies => "off",
     };
     let config = tmp.path().join("xgate.yaml");
     std::fs::write(
@@ -222,7 +235,9 @@ fn measure(case: Case, xgate: &Path, duration: Duration, fair: bool) -> Result<M
         let flood = (case != Case::NoFlood).then(|| {
             let (stop, sent, ns) = (stop.clone(), flood_sent.clone(), &ns_file);
             let sources = if fair { SOURCES } else { SOURCES_UNFAIR };
-            scope.spawn(move || flood_syns(ns, sources, gw_mac, &stop, &sent, duration * 2))
+            let options = case == Case::XdpCookiesTcpOptions;
+            scope
+                .spawn(move || flood_syns(ns, sources, options, gw_mac, &stop, &sent, duration * 2))
         });
         // Let the flood reach full speed first.
         std::thread::sleep(Duration::from_millis(300));
@@ -323,6 +338,7 @@ fn clients_loop(ns: &File, addr: SocketAddr, duration: Duration) -> Result<(Vec<
 fn flood_syns(
     ns: &File,
     sources: usize,
+    options: bool,
     gw_mac: [u8; 6],
     stop: &AtomicBool,
     sent: &AtomicU64,
@@ -332,14 +348,19 @@ fn flood_syns(
     let frames: Vec<Vec<u8>> = (0..sources)
         .map(|i| {
             let src = Ipv4Addr::new(203, 0, 113, (i % 250) as u8 + 1);
-            xgate_tests::frames::tcp_segment(
+            let syn = frames::tcp_segment(
                 gw_mac,
                 (src, 1024 + (i / 250) as u16),
                 (GW, PORT),
-                xgate_tests::frames::TCP_SYN,
+                frames::TCP_SYN,
                 (i as u32).wrapping_mul(2_654_435_761),
                 0,
-            )
+            );
+            if options {
+                frames::with_tcp_options(&syn, &frames::LINUX_SYN_OPTIONS)
+            } else {
+                syn
+            }
         })
         .collect();
     let ifname = std::ffi::CString::new("sfc0").unwrap();
@@ -408,7 +429,10 @@ fn report(results: &[Measured], seconds: u64, fair: bool) -> Report {
          per case) while spoofed SYNs ({sources} sources) hit the listener over a veth pair. \
          `flood_kernel_cookies`: xgate with `xdp.syn_cookies.mode: off`, the kernel answers \
          (its own SYN cookies once the SYN queue overflows); `flood_xdp_cookies`: `mode: on`, \
-         XDP answers with cookies. The flood is sent through the stack's AF_PACKET path \
+         XDP answers with cookies; `flood_xdp_cookies_tcp_options`: `mode: on, tcp_options: \
+         true`, and the flood's SYNs carry a Linux client's options (MSS, SACK-permitted, \
+         timestamps, window scale: the option parser's longest walk; the other floods carry \
+         the MSS only), as do the legitimate clients', whose connections then keep them. The flood is sent through the stack's AF_PACKET path \
          (skbs, not a NIC's frames), from one CPU. {testbed}\n\n\
          | case | flood (SYN/s sent) | requests/s | of no flood | p99 (ms) | failed |\n\
          |---|---:|---:|---:|---:|---:|\n"

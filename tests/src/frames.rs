@@ -257,6 +257,43 @@ pub fn tcp_segment<A: Into<IpAddr>>(
     frame
 }
 
+/// The options a Linux client's SYN carries: MSS 1460, SACK permitted,
+/// timestamps (value 0x01020304, echo 0), NOP, window scale 7.
+pub const LINUX_SYN_OPTIONS: [u8; 20] = [
+    2, 4, 0x05, 0xB4, 4, 2, 8, 10, 1, 2, 3, 4, 0, 0, 0, 0, 1, 3, 3, 7,
+];
+
+/// An IPv4 TCP frame made by [`tcp_segment`] with its options replaced by
+/// `options` (a multiple of 4 bytes, at most 40): the data offset, the IP
+/// length and both checksums follow.
+pub fn with_tcp_options(frame: &[u8], options: &[u8]) -> Vec<u8> {
+    assert_eq!(frame[12..14], ETH_P_IPV4.to_be_bytes(), "an IPv4 frame");
+    assert!(
+        options.len().is_multiple_of(4) && options.len() <= 40,
+        "{options:?}"
+    );
+    let ip = 14;
+    let l4 = ip + usize::from(frame[ip] & 0x0F) * 4;
+    let mut out = frame[..l4 + 20].to_vec();
+    out.extend_from_slice(options);
+    out[l4 + 12] = ((20 + options.len()) as u8 / 4) << 4;
+    let total = (out.len() - ip) as u16;
+    out[ip + 2..ip + 4].copy_from_slice(&total.to_be_bytes());
+    out[ip + 10..ip + 12].fill(0);
+    let check = internet_checksum(&out[ip..l4]);
+    out[ip + 10..ip + 12].copy_from_slice(&check.to_be_bytes());
+    out[l4 + 16..l4 + 18].fill(0);
+    let segment = &out[l4..];
+    let mut pseudo = Vec::with_capacity(12 + segment.len());
+    pseudo.extend_from_slice(&out[ip + 12..ip + 20]);
+    pseudo.extend_from_slice(&[0, IPPROTO_TCP]);
+    pseudo.extend_from_slice(&(segment.len() as u16).to_be_bytes());
+    pseudo.extend_from_slice(segment);
+    let check = internet_checksum(&pseudo);
+    out[l4 + 16..l4 + 18].copy_from_slice(&check.to_be_bytes());
+    out
+}
+
 /// Where the TCP checksum of a frame made by [`tcp_segment`] is (IPv4
 /// without options, or IPv6 without extension headers).
 pub fn tcp_checksum_at(frame: &[u8]) -> std::ops::Range<usize> {
@@ -266,4 +303,30 @@ pub fn tcp_checksum_at(frame: &[u8]) -> std::ops::Range<usize> {
         14 + 20
     };
     l4 + 16..l4 + 18
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replacing_a_syn_s_options_with_its_own_changes_nothing() {
+        let syn = tcp_segment(
+            [2, 0, 0, 0, 0, 1],
+            (Ipv4Addr::new(203, 0, 113, 9), 4000),
+            (Ipv4Addr::new(198, 18, 0, 1), 443),
+            TCP_SYN,
+            7,
+            0,
+        );
+        assert_eq!(with_tcp_options(&syn, &[2, 4, 0x05, 0xB4]), syn);
+        let linux = with_tcp_options(&syn, &LINUX_SYN_OPTIONS);
+        assert_eq!(linux.len(), syn.len() + 16);
+        // Both checksums hold: the one's complement sums come out zero.
+        assert_eq!(internet_checksum(&linux[14..34]), 0);
+        let mut pseudo = linux[26..34].to_vec();
+        pseudo.extend_from_slice(&[0, IPPROTO_TCP, 0, 40]);
+        pseudo.extend_from_slice(&linux[34..]);
+        assert_eq!(internet_checksum(&pseudo), 0);
+    }
 }

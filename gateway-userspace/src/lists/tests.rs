@@ -291,8 +291,10 @@ fn overruled_changes_are_made_and_reported() {
         .unwrap();
     assert_eq!(
         added.warnings,
-        ["allowlist entry 198.51.100.0/24 (added at runtime) lies inside 198.51.0.0/16; \
-          allow wins, so those sources stay allowed"]
+        [
+            "allowlist entry 198.51.100.0/24 (added at runtime) lies inside 198.51.0.0/16; \
+          allow wins, so those sources stay allowed"
+        ]
     );
     let added = lists
         .add_reporting(ListKind::Allow, net("198.51.7.0/24"), None, None, false)
@@ -421,7 +423,8 @@ fn remote_changes_apply_without_being_announced_again() {
     let source = "203.0.113.5".parse().unwrap();
     assert_eq!(lists.denies(source), Some(net("203.0.113.5/32")));
     assert_eq!(
-        f.open("{deny: [192.0.2.0/24]}").runtime_entries(ListKind::Deny),
+        f.open("{deny: [192.0.2.0/24]}")
+            .runtime_entries(ListKind::Deny),
         vec![entry]
     );
     assert_eq!(
