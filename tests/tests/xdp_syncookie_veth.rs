@@ -80,18 +80,22 @@ impl Lab {
 
     /// One request on a new connection from the client's own address.
     fn get_from(&self, to: SocketAddr) -> String {
-        self.client.run(move || {
-            let mut stream =
-                TcpStream::connect_timeout(&to, Duration::from_secs(10)).expect("connect");
-            stream
-                .set_read_timeout(Some(Duration::from_secs(10)))
-                .unwrap();
-            stream
-                .write_all(b"GET / HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n")
-                .unwrap();
-            let mut response = String::new();
-            let _ = stream.read_to_string(&mut response);
-            response
+        self.client.run(move || exchange(to, true).1)
+    }
+
+    /// A new connection from the client with one request answered on it,
+    /// kept open (to look at its TCP state).
+    fn open_served(&self, to: SocketAddr) -> TcpStream {
+        let (stream, response) = self.client.run(move || exchange(to, false));
+        assert!(response.starts_with("HTTP/1.1 200"), "{response:?}");
+        stream
+    }
+
+    /// `net.ipv4.<name>` in the gateway's namespace.
+    fn gw_sysctl(&self, name: &'static str) -> String {
+        self.gw.run(move || {
+            let path = format!("/proc/sys/net/ipv4/{name}");
+            std::fs::read_to_string(path).unwrap().trim().to_string()
         })
     }
 
@@ -149,6 +153,28 @@ impl Lab {
     }
 }
 
+/// Connects to `to` (from the calling thread's namespace) and sends one
+/// request: with `close`, reads the whole response; else its first read.
+fn exchange(to: SocketAddr, close: bool) -> (TcpStream, String) {
+    let mut stream = TcpStream::connect_timeout(&to, Duration::from_secs(10)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let connection = if close { "Connection: close\r\n" } else { "" };
+    stream
+        .write_all(format!("GET / HTTP/1.1\r\nHost: gw\r\n{connection}\r\n").as_bytes())
+        .unwrap();
+    let mut response = String::new();
+    if close {
+        let _ = stream.read_to_string(&mut response);
+    } else {
+        let mut buf = [0u8; 512];
+        let n = stream.read(&mut buf).unwrap();
+        response = String::from_utf8_lossy(&buf[..n]).into_owned();
+    }
+    (stream, response)
+}
+
 fn counters(daemon: &Daemon) -> serde_json::Value {
     daemon.status()["xdp"]["counters"].clone()
 }
@@ -170,10 +196,11 @@ fn clients_are_served_through_cookies_while_a_spoofed_syn_flood_runs() {
     root_only!();
     let lab = Lab::new("sc");
     let daemon = lab.start("{mode: on}");
-    let sysctl = lab
-        .gw
-        .run(|| std::fs::read_to_string("/proc/sys/net/ipv4/tcp_syncookies").unwrap());
-    assert_eq!(sysctl.trim(), "2", "the daemon sets the kernel's half");
+    assert_eq!(
+        lab.gw_sysctl("tcp_syncookies"),
+        "2",
+        "the daemon sets the kernel's half"
+    );
     let status = Lab::status(&daemon);
     assert_eq!(status["mode"], "on", "{status}");
     assert_eq!(status["active"], true, "{status}");
@@ -518,10 +545,11 @@ fn with_tcp_options_cookie_connections_keep_window_scaling_sack_and_timestamps()
     root_only!();
     let lab = Lab::new("st");
     let daemon = lab.start("{mode: on, tcp_options: true}");
-    let sysctl = lab
-        .gw
-        .run(|| std::fs::read_to_string("/proc/sys/net/ipv4/tcp_timestamps").unwrap());
-    assert_eq!(sysctl.trim(), "2", "the daemon sets the kernel's half");
+    assert_eq!(
+        lab.gw_sysctl("tcp_timestamps"),
+        "2",
+        "the daemon sets the kernel's half"
+    );
     assert!(
         daemon
             .log()
@@ -548,24 +576,7 @@ fn with_tcp_options_cookie_connections_keep_window_scaling_sack_and_timestamps()
     lab.assert_served_at(v6, 1);
     for (to, port) in [(v4, PORT), (v6, PORT6)] {
         let before = counters(&daemon);
-        let stream = lab.client.run(move || {
-            let mut stream =
-                TcpStream::connect_timeout(&to, Duration::from_secs(10)).expect("connect");
-            stream
-                .set_read_timeout(Some(Duration::from_secs(10)))
-                .unwrap();
-            stream
-                .write_all(b"GET / HTTP/1.1\r\nHost: gw\r\n\r\n")
-                .unwrap();
-            let mut response = [0u8; 512];
-            let n = stream.read(&mut response).unwrap();
-            assert!(
-                response[..n].starts_with(b"HTTP/1.1 200"),
-                "{:?}",
-                String::from_utf8_lossy(&response[..n])
-            );
-            stream
-        });
+        let stream = lab.open_served(to);
         let after = counters(&daemon);
         assert_eq!(delta(&before, &after, "syn_cookie_sent"), 1, "{after}");
         assert_eq!(delta(&before, &after, "syn_passed"), 0, "{after}");
@@ -602,15 +613,7 @@ fn with_tcp_options_cookie_connections_keep_window_scaling_sack_and_timestamps()
     ] {
         client_sysctl(name, "0");
         let before = counters(&daemon);
-        let stream = lab.client.run(move || {
-            let mut stream = TcpStream::connect_timeout(&v4, Duration::from_secs(10)).unwrap();
-            stream
-                .write_all(b"GET / HTTP/1.1\r\nHost: gw\r\n\r\n")
-                .unwrap();
-            let mut response = [0u8; 512];
-            assert!(stream.read(&mut response).unwrap() > 0);
-            stream
-        });
+        let stream = lab.open_served(v4);
         client_sysctl(name, "1");
         let after = counters(&daemon);
         assert_eq!(delta(&before, &after, "syn_cookie_sent"), 1, "{after}");
