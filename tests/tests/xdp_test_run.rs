@@ -745,6 +745,15 @@ fn the_verdict_cache_is_dropped_by_every_list_change() {
     run(&mut xdp, &v6, Stat::DeniedV6);
 }
 
+/// `src` has no passing verdict cached: none, or a cached denial.
+fn assert_ne_pass(xdp: &XdpDataPlane, src: std::net::IpAddr) {
+    let cached = xdp.verdict_cached(src).unwrap();
+    assert!(
+        matches!(cached, None | Some(CachedIn::SourceDenied)),
+        "{src}: {cached:?}"
+    );
+}
+
 /// When a list entry is longer than the rate-limit aggregation, the sources
 /// of the bucket it lies in can get different verdicts: that bucket caches
 /// nothing, and its sources' verdicts are cached by exact address instead,
@@ -780,7 +789,9 @@ fn entries_longer_than_the_aggregation_move_the_verdict_to_the_source_cache() {
         xdp.verdict_cached(good.into()).unwrap(),
         Some(CachedIn::Source)
     );
-    assert_eq!(xdp.verdict_cached(bad.into()).unwrap(), None);
+    // The denied host has no pass cached (a denial may be: one denied
+    // packet in DENIED_CACHE_SAMPLE caches it, at random).
+    assert_ne_pass(&xdp, bad.into());
     let good6 = Ipv6Addr::new(0x2001, 0xdb8, 7, 7, 0, 0, 0, 1);
     let bad6 = Ipv6Addr::new(0x2001, 0xdb8, 7, 7, 0, 0, 0, 9);
     for _ in 0..3 {
@@ -791,7 +802,7 @@ fn entries_longer_than_the_aggregation_move_the_verdict_to_the_source_cache() {
         xdp.verdict_cached(good6.into()).unwrap(),
         Some(CachedIn::Source)
     );
-    assert_eq!(xdp.verdict_cached(bad6.into()).unwrap(), None);
+    assert_ne_pass(&xdp, bad6.into());
     // Sources of other buckets keep the one-lookup path: their bucket holds
     // the verdict although the slot has longer entries.
     let elsewhere = Ipv4Addr::new(198, 51, 101, 1);
