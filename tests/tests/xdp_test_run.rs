@@ -20,6 +20,7 @@ use xgate_tests::{
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
 
 const BLOCKED_V4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 7);
 const OTHER_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
@@ -1346,4 +1347,146 @@ fn ipv6_subnets_hosts_and_their_slash_48_are_independent_entries() {
         .unwrap();
     run(&mut xdp, &v6("2001:db8:8:1::77"), Stat::DeniedV6);
     run(&mut xdp, &v6("2001:db8:8:2::77"), Stat::Passed);
+}
+
+/// SYN cookies with `tcp_options` on SYNs whose options are hostile or
+/// odd: every one is still answered with a well-formed SYN-ACK (both
+/// checksums hold), options are read only inside the header, a cut-short
+/// or zero-length option ends the parse, a window scale above 14 is
+/// clamped, and without a timestamp the SYN-ACK carries the MSS only. Run
+/// in a namespace of its own: the daemon's half sets sysctls.
+#[test]
+fn syn_cookie_options_from_hostile_syns_yield_well_formed_syn_acks() {
+    root_only!();
+    let ns = xgate_tests::netns::NetNs::create("tro");
+    ns.run(|| {
+        use aya::programs::TestRun;
+        let mut xdp = test_run::load(no_policing(), &[]);
+        xdp.set_syn_cookies(&gateway_userspace::xdp::SynCookiePolicy {
+            mode: gateway_userspace::config::SynCookieMode::On,
+            ports: vec![443],
+            tcp_options: true,
+            ..Default::default()
+        })
+        .unwrap();
+        let sysctl = |path: &str| std::fs::read_to_string(path).unwrap();
+        let rmem_max: u64 = sysctl("/proc/sys/net/core/rmem_max")
+            .trim()
+            .parse()
+            .unwrap();
+        let tcp_rmem_max: u64 = sysctl("/proc/sys/net/ipv4/tcp_rmem")
+            .split_whitespace()
+            .nth(2)
+            .unwrap()
+            .parse()
+            .unwrap();
+        let ours = gateway_userspace::xdp::kernel_wscale(tcp_rmem_max, rmem_max);
+        let syn = tcp_segment(
+            [2, 0, 0, 0, 0, 1],
+            (Ipv4Addr::new(203, 0, 113, 9), 4000),
+            (Ipv4Addr::new(198, 18, 0, 1), 443),
+            TCP_SYN,
+            7,
+            0,
+        );
+        // The first SYN to the port goes to the kernel (the refresh).
+        assert_eq!(test_run::run(&mut xdp, &syn, 1), XDP_PASS);
+
+        const TS: [u8; 10] = [8, 10, 1, 2, 3, 4, 0, 0, 0, 0];
+        let nops = |n: usize| vec![1u8; n];
+        // (what, options, the SYN-ACK's option bytes after the MSS: None
+        // for the MSS only, else (SACK granted, low timestamp bits, WS)).
+        type Want = Option<(bool, u32, Option<u8>)>;
+        let cases: Vec<(&str, Vec<u8>, Want)> = vec![
+            (
+                "Linux",
+                LINUX_SYN_OPTIONS.to_vec(),
+                Some((true, 7 | 0x10, Some(ours))),
+            ),
+            (
+                "no timestamp",
+                vec![2, 4, 5, 180, 4, 2, 1, 3, 3, 7, 0, 0],
+                None,
+            ),
+            (
+                "window scale 200",
+                [&[2, 4, 5, 180, 1, 1][..], &TS, &[1, 3, 3, 200]].concat(),
+                Some((false, 14, Some(ours))),
+            ),
+            (
+                "timestamp without scale",
+                [&[1, 1][..], &TS].concat(),
+                Some((false, 0xF, None)),
+            ),
+            (
+                "zero-length option first",
+                [&[30, 0, 1, 1][..], &[1, 1], &TS].concat(),
+                None,
+            ),
+            (
+                "timestamp cut short by the header's end",
+                [&nops(6)[..], &TS[..6]].concat()[..12].to_vec(),
+                None,
+            ),
+            (
+                "option length past the header",
+                [&[4, 40, 1, 1][..], &TS, &[1, 1]].concat(),
+                None,
+            ),
+            ("40 NOPs", nops(40), None),
+            (
+                "30 NOPs, then a timestamp",
+                [&nops(30)[..], &TS].concat(),
+                Some((false, 0xF, None)),
+            ),
+        ];
+        for (what, options, want) in cases {
+            assert_eq!(options.len() % 4, 0, "{what}: test data");
+            let frame = with_tcp_options(&syn, &options);
+            let mut out = vec![0u8; 256];
+            let result = xdp
+                .program_mut()
+                .unwrap()
+                .test_run(aya::programs::TestRunOptions {
+                    data_in: Some(&frame),
+                    data_out: Some(&mut out),
+                    ..Default::default()
+                })
+                .unwrap();
+            assert_eq!(result.return_value, XDP_TX, "{what}");
+            let out = &out[..result.data_size_out as usize];
+            let th = &out[34..];
+            let th_len = usize::from(th[12] >> 4) * 4;
+            assert_eq!(out.len(), 34 + th_len, "{what}: trimmed to the headers");
+            assert_eq!(internet_checksum(&out[14..34]), 0, "{what}: IPv4 checksum");
+            let mut pseudo = out[26..34].to_vec();
+            pseudo.extend_from_slice(&[0, 6, 0, th_len as u8]);
+            pseudo.extend_from_slice(th);
+            assert_eq!(internet_checksum(&pseudo), 0, "{what}: TCP checksum");
+            assert_eq!(th[13], 0x12, "{what}: SYN-ACK");
+            assert_eq!(th[20..22], [2, 4], "{what}: MSS first");
+            match want {
+                None => assert_eq!(th_len, 24, "{what}: the MSS only"),
+                Some((sack, bits, wscale)) => {
+                    assert_eq!(th_len, 40, "{what}");
+                    let sack_bytes: [u8; 2] = if sack { [4, 2] } else { [1, 1] };
+                    assert_eq!(th[24..26], sack_bytes, "{what}: SACK-permitted");
+                    assert_eq!(th[26..28], [8, 10], "{what}: timestamps");
+                    let tsval = u32::from_be_bytes(th[28..32].try_into().unwrap());
+                    assert_eq!(tsval & 0x3F, bits, "{what}: options in the timestamp");
+                    let tsecr = &th[32..36];
+                    let echoed = options
+                        .windows(2)
+                        .position(|w| w == [8, 10])
+                        .map(|i| &options[i + 2..i + 6]);
+                    assert_eq!(Some(tsecr), echoed, "{what}: the SYN's timestamp echoed");
+                    let ws: [u8; 4] = match wscale {
+                        Some(w) => [1, 3, 3, w],
+                        None => [1, 1, 1, 1],
+                    };
+                    assert_eq!(th[36..40], ws, "{what}: window scale");
+                }
+            }
+        }
+    });
 }

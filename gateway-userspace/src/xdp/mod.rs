@@ -29,7 +29,7 @@ pub use self::{
     cleanup::{cleanup, Removed},
     drops::DroppedSource,
     maps::{CachedIn, KernelRules, ListKind},
-    syncookie::{SynCookiePolicy, SynCookieStatus},
+    syncookie::{kernel_wscale, SynCookiePolicy, SynCookieStatus},
 };
 use self::{drops::Drops, instance::Instance, maps::Maps, syncookie::SynCookies};
 
