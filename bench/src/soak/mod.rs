@@ -58,11 +58,13 @@ const TRAFGEN_TEMPLATE: &str = include_str!("../../peers/trafgen-flood.cfg");
 
 const USAGE: &str =
     "usage: xgate-bench soak (--minutes N | --seconds N) [--rps R] [--report FILE]\n\
-    [--sample-seconds S] [--cycle-seconds C] [--max-p99-drift X]\n\n\
+    [--sample-seconds S] [--cycle-seconds C] [--max-p99-drift X] [--rss-slack-mib M]\n\n\
     Mixed HTTP/1.1 and HTTP/2 traffic through xgate for exactly the given time, with\n\
     reloads (one broken), blocklist churn, upstream restarts and, as root, a flood\n\
     against the XDP-attached veth; prints a table per window and a verdict, and exits\n\
-    non-zero when the verdict fails. Ctrl-C stops early and still reports.\n";
+    non-zero when the verdict fails. Ctrl-C stops early and still reports.\n\
+    --rss-slack-mib: MiB the last third's RSS peak may exceed the middle third's\n\
+    beyond 10% (default 4; a run of seconds cannot tell warm-up from a plateau).\n";
 
 #[derive(Debug, Clone)]
 struct Options {
@@ -72,6 +74,7 @@ struct Options {
     sample: Duration,
     cycle: Duration,
     max_p99_drift: f64,
+    rss_slack_mib: u64,
 }
 
 fn number<T: std::str::FromStr>(name: &str, value: Option<&String>) -> Result<T> {
@@ -89,6 +92,7 @@ fn parse(args: &[String]) -> Result<Option<Options>> {
         sample: Duration::from_secs(DEFAULT_SAMPLE_S),
         cycle: Duration::from_secs(DEFAULT_CYCLE_S),
         max_p99_drift: DEFAULT_MAX_P99_DRIFT,
+        rss_slack_mib: verdict::RSS_GROWTH_SLACK_KIB / 1024,
     };
     let mut args = args.iter();
     while let Some(arg) = args.next() {
@@ -104,6 +108,7 @@ fn parse(args: &[String]) -> Result<Option<Options>> {
             "--sample-seconds" => o.sample = Duration::from_secs(number(arg, args.next())?),
             "--cycle-seconds" => o.cycle = Duration::from_secs(number(arg, args.next())?),
             "--max-p99-drift" => o.max_p99_drift = number(arg, args.next())?,
+            "--rss-slack-mib" => o.rss_slack_mib = number(arg, args.next())?,
             other => bail!("unknown argument {other}\n\n{USAGE}"),
         }
     }
@@ -535,6 +540,7 @@ pub fn main(args: &[String]) -> Result<()> {
         &failures,
         verdict::Limits {
             max_p99_drift: options.max_p99_drift,
+            rss_slack_kib: options.rss_slack_mib.saturating_mul(1024),
         },
     );
     let report = render_report(

@@ -34,6 +34,9 @@ pub struct Sample {
 pub struct Limits {
     /// Largest allowed p99 of the last third over p99 of the first third.
     pub max_p99_drift: f64,
+    /// Absolute slack (KiB) on top of [`RSS_GROWTH_RATIO`]; default
+    /// [`RSS_GROWTH_SLACK_KIB`].
+    pub rss_slack_kib: u64,
 }
 
 /// Growth of the last third's peak RSS over the middle third's that still
@@ -179,15 +182,15 @@ pub fn judge(samples: &[Sample], event_failures: &[String], limits: Limits) -> V
     let rss: Vec<u64> = samples.iter().map(|s| s.rss_kib).collect();
     checks.push(Check {
         name: "RSS plateau",
-        passed: plateau(&rss, RSS_GROWTH_RATIO, RSS_GROWTH_SLACK_KIB).map(|p| p.0),
-        detail: match plateau(&rss, RSS_GROWTH_RATIO, RSS_GROWTH_SLACK_KIB) {
+        passed: plateau(&rss, RSS_GROWTH_RATIO, limits.rss_slack_kib).map(|p| p.0),
+        detail: match plateau(&rss, RSS_GROWTH_RATIO, limits.rss_slack_kib) {
             Some((_, middle, last)) => format!(
                 "peak {:.1} MiB in the last third, {:.1} MiB in the middle third \
                  (allowed: +{:.0}% + {} MiB)",
                 mib(last),
                 mib(middle),
                 RSS_GROWTH_RATIO * 100.0,
-                RSS_GROWTH_SLACK_KIB / 1024
+                limits.rss_slack_kib / 1024
             ),
             None => format!("not judged: fewer than {MIN_SAMPLES} samples"),
         },
@@ -259,7 +262,10 @@ pub fn render(verdict: &Verdict) -> String {
 mod tests {
     use super::*;
 
-    const LIMITS: Limits = Limits { max_p99_drift: 2.0 };
+    const LIMITS: Limits = Limits {
+        max_p99_drift: 2.0,
+        rss_slack_kib: RSS_GROWTH_SLACK_KIB,
+    };
 
     /// A clean run of `n` windows with the given RSS (MiB) per window.
     fn run(rss_mib: &[u64]) -> Vec<Sample> {
@@ -350,7 +356,10 @@ mod tests {
         let v = judge(&samples, &[], LIMITS);
         assert_eq!(p99_drift(&samples), Some(2.5));
         assert_eq!(check(&v, "p99 drift").passed, Some(false));
-        let relaxed = Limits { max_p99_drift: 3.0 };
+        let relaxed = Limits {
+            max_p99_drift: 3.0,
+            ..LIMITS
+        };
         assert!(judge(&samples, &[], relaxed).passed());
     }
 
