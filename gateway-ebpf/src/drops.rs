@@ -14,7 +14,7 @@
 
 use aya_ebpf::{
     bindings::{xdp_md, BPF_NOEXIST},
-    helpers::{bpf_get_prandom_u32, bpf_ktime_get_coarse_ns},
+    helpers::bpf_get_prandom_u32,
     macros::map,
     maps::{LruHashMap, PerCpuArray},
     programs::XdpContext,
@@ -103,8 +103,7 @@ fn record(ctx: *mut xdp_md, stat: Stat, weight: u32) {
         },
         Src::V6(addr) => BucketKey { addr, family: 6 },
     };
-    // SAFETY: helper without arguments.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let now = crate::clock::coarse_ns();
     let weight = u64::from(weight);
     if let Some(counts) = DROPS.get_ptr_mut(key) {
         // SAFETY: the pointer is into the map value, valid for this run.

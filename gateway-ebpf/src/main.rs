@@ -27,13 +27,13 @@
 #![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
 mod cache;
+mod clock;
 mod drops;
 mod parse;
 mod syncookie;
 
 use aya_ebpf::{
     bindings::{xdp_action, xdp_md, BPF_F_NO_PREALLOC, BPF_NOEXIST},
-    helpers::bpf_ktime_get_coarse_ns,
     macros::{map, xdp},
     maps::{
         lpm_trie::{Key, LpmTrie},
@@ -469,8 +469,7 @@ fn classify(ctx: &XdpContext) -> Stat {
         return Stat::Passed;
     }
     if now == 0 {
-        // SAFETY: helper without arguments.
-        now = unsafe { bpf_ktime_get_coarse_ns() };
+        now = clock::coarse_ns();
     }
     if admit(bucket, &key, &limit, now, stamp) {
         Stat::Passed
@@ -757,8 +756,10 @@ fn matches(rule: Option<&Rule>, now: &mut u64) -> Listed {
         return Listed::Permanent;
     }
     if *now == 0 {
-        // SAFETY: helper without arguments.
-        *now = unsafe { bpf_ktime_get_coarse_ns() };
+        // SAFETY: helper without arguments. Only expiring rules get here:
+        // the cached clock (`clock.rs`) is kept for the hot path, where one
+        // inlined copy fits the subprogram's stack.
+        *now = unsafe { aya_ebpf::helpers::bpf_ktime_get_coarse_ns() };
     }
     if *now < expires {
         Listed::Expiring

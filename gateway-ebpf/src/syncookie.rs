@@ -35,7 +35,7 @@ use core::{mem, ptr};
 use aya_ebpf::{
     bindings::{bpf_sock, bpf_sock_tuple, iphdr, ipv6hdr, tcphdr, BPF_F_CURRENT_NETNS},
     helpers::{
-        bpf_ktime_get_coarse_ns, bpf_ktime_get_ns,
+        bpf_ktime_get_ns,
         generated::{
             bpf_csum_diff, bpf_loop, bpf_sk_release, bpf_skc_lookup_tcp,
             bpf_tcp_raw_check_syncookie_ipv4, bpf_tcp_raw_check_syncookie_ipv6,
@@ -207,8 +207,7 @@ fn refresh_due(v6: bool, port: u16) -> bool {
     let Some(stamp) = SYNCOOKIE_REFRESH.get_ptr_mut(index) else {
         return false;
     };
-    // SAFETY: helper without arguments.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let now = crate::clock::coarse_ns();
     // SAFETY: `stamp` points into the map value, valid for this run.
     unsafe {
         if *stamp != 0 && now.wrapping_sub(*stamp) < REFRESH_NS {

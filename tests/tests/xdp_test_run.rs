@@ -422,6 +422,31 @@ fn token_bucket_admits_the_burst_then_drops() {
     assert_eq!(xdp.bucket_count(), 2);
 }
 
+/// The program's clock (a per-CPU copy of the coarse clock, read again
+/// when `jiffies` moves: `clock.rs`) moves: an emptied bucket earns tokens
+/// while the source is quiet, and never more than its burst.
+#[test]
+fn an_emptied_bucket_earns_tokens_back_up_to_its_burst() {
+    root_only!();
+    // 4 packets per second: a token every 250 ms, burst 2.
+    let mut xdp = rate_limited(4, 2, 0, None);
+    let frame = udp4_frame(OTHER_V4, DST_V4);
+    let first = passes(&mut xdp, &frame, 10);
+    // 2, or 3 if this thread stalled for a token's time in between.
+    assert!(
+        (2..=3).contains(&first),
+        "first burst: {first} of 10 passed"
+    );
+    // Six tokens' worth of quiet: the bucket refills to its burst of 2.
+    std::thread::sleep(Duration::from_millis(1500));
+    let second = passes(&mut xdp, &frame, 10);
+    assert!(
+        (2..=3).contains(&second),
+        "after 1.5 s quiet: {second} of 10 passed (a stuck clock gives 0, \
+         a bucket that fills past its burst more than 3)"
+    );
+}
+
 #[test]
 fn sources_are_aggregated_by_prefix() {
     root_only!();

@@ -3,7 +3,10 @@
 //! anything up to find them: every copy runs the same bytecode, and its
 //! `STATS` map is its own (pinned as `STATS@<interface>`), while every other
 //! map (lists, rule-set slots, buckets) is the one pinned map all copies
-//! share. A list change written once reaches every interface.
+//! share. A list change written once reaches every interface. (The
+//! program's per-CPU clock cache, `CLOCK`, is neither: it is not in
+//! `map_names::ALL`, so each copy has its own, unpinned; it holds nothing
+//! that must outlive the copy.)
 
 use std::path::{Path, PathBuf};
 
