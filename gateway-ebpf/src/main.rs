@@ -204,7 +204,7 @@ static SPLIT_1: HashMap<BucketKey, u32> =
 #[xdp]
 pub fn xgate_xdp(ctx: XdpContext) -> u32 {
     let mut stat = lists_and_limits(ctx.ctx);
-    if stat == Stat::Passed {
+    if stat == Stat::Passed && syncookie::configured() {
         // SYN cookies see what the lists and rate limits let through.
         stat = syn_cookies(ctx.ctx);
     }

@@ -102,6 +102,17 @@ const SYN: u8 = 0x02;
 const RST: u8 = 0x04;
 const ACK: u8 = 0x10;
 
+/// Whether SYN cookies are configured at all: checked before the
+/// [`guard`] subprogram is called, so that a host without them pays an
+/// inlined array read instead of a call (a call and its return cost a few
+/// nanoseconds where the kernel guards returns against speculation).
+#[inline(always)]
+pub fn configured() -> bool {
+    SYNCOOKIE
+        .get(0)
+        .is_some_and(|c| c.flags & SynCookieConfig::CONFIGURED != 0)
+}
+
 /// What happens to a frame the lists and rate limits let through:
 /// [`Stat::Passed`] unless it is a SYN or a handshake ACK to a protected
 /// port while cookies are configured.
