@@ -32,9 +32,10 @@ static PASSED_V6: LruHashMap<[u8; 16], u64> = LruHashMap::with_max_entries(VERDI
 /// program run.
 #[inline(always)]
 pub(crate) fn lookup(src: &Src) -> Option<*mut u64> {
-    match src {
-        Src::V4(addr) => PASSED_V4.get_ptr_mut(addr),
-        Src::V6(addr) => PASSED_V6.get_ptr_mut(addr),
+    if src.v6 {
+        PASSED_V6.get_ptr_mut(src.addr)
+    } else {
+        PASSED_V4.get_ptr_mut(src.v4_addr())
     }
 }
 
@@ -117,8 +118,9 @@ pub(crate) fn remember_denied(src: &Src, entry: Option<*mut u64>, generation: u6
 #[inline(always)]
 fn insert(src: &Src, stamp: u64) {
     // A racing CPU may insert first; either entry is correct.
-    let _ = match src {
-        Src::V4(addr) => PASSED_V4.insert(addr, stamp, u64::from(BPF_ANY)),
-        Src::V6(addr) => PASSED_V6.insert(addr, stamp, u64::from(BPF_ANY)),
+    let _ = if src.v6 {
+        PASSED_V6.insert(src.addr, stamp, u64::from(BPF_ANY))
+    } else {
+        PASSED_V4.insert(src.v4_addr(), stamp, u64::from(BPF_ANY))
     };
 }

@@ -21,7 +21,7 @@ use aya_ebpf::{
 };
 use gateway_common::{BucketKey, DropCounts, DropReason, Stat, DROPS_MAX_ENTRIES};
 
-use crate::parse::{self, Src};
+use crate::parse;
 
 /// Source (full address, `family` 4 or 6; IPv4 in the first four bytes)
 /// → its dropped packets by [`DropReason`] and when it was last sampled.
@@ -96,12 +96,9 @@ fn record(ctx: *mut xdp_md, stat: Stat, weight: u32) {
     let Ok(Some(packet)) = parse::parse(&XdpContext::new(ctx)) else {
         return;
     };
-    let key = match packet.src {
-        Src::V4(a) => BucketKey {
-            addr: [a[0], a[1], a[2], a[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
-            family: 4,
-        },
-        Src::V6(addr) => BucketKey { addr, family: 6 },
+    let key = BucketKey {
+        addr: packet.src.addr,
+        family: if packet.src.v6 { 6 } else { 4 },
     };
     let now = crate::clock::coarse_ns();
     let weight = u64::from(weight);

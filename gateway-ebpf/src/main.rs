@@ -407,21 +407,18 @@ fn classify(ctx: &XdpContext) -> Stat {
     }
     if !cached {
         let bits = config.present;
-        let deny = match packet.src {
-            Src::V4(src) => {
-                if has_allow && listed_v4(present::ALLOW, &maps.allow_v4, bits, src, &mut now).any()
-                {
-                    return Stat::AllowListed;
-                }
-                listed_v4(present::DENY, &maps.deny_v4, bits, src, &mut now)
+        let deny = if packet.src.v6 {
+            let src = packet.src.addr;
+            if has_allow && listed_v6(present::ALLOW, &maps.allow_v6, bits, src, &mut now).any() {
+                return Stat::AllowListed;
             }
-            Src::V6(src) => {
-                if has_allow && listed_v6(present::ALLOW, &maps.allow_v6, bits, src, &mut now).any()
-                {
-                    return Stat::AllowListed;
-                }
-                listed_v6(present::DENY, &maps.deny_v6, bits, src, &mut now)
+            listed_v6(present::DENY, &maps.deny_v6, bits, src, &mut now)
+        } else {
+            let src = packet.src.v4_addr();
+            if has_allow && listed_v4(present::ALLOW, &maps.allow_v4, bits, src, &mut now).any() {
+                return Stat::AllowListed;
             }
+            listed_v4(present::DENY, &maps.deny_v4, bits, src, &mut now)
         };
         match deny {
             Listed::No => {}
@@ -447,19 +444,16 @@ fn classify(ctx: &XdpContext) -> Stat {
         return Stat::Passed;
     };
     let limit = if has_overrides {
-        match packet.src {
-            Src::V4(src) => {
-                let lookup = AlignedKey {
-                    key: Key::new(32, src),
-                };
-                maps.rate_v4.get(&lookup.key).copied()
-            }
-            Src::V6(src) => {
-                let lookup = AlignedKey {
-                    key: Key::new(128, src),
-                };
-                maps.rate_v6.get(&lookup.key).copied()
-            }
+        if packet.src.v6 {
+            let lookup = AlignedKey {
+                key: Key::new(128, packet.src.addr),
+            };
+            maps.rate_v6.get(&lookup.key).copied()
+        } else {
+            let lookup = AlignedKey {
+                key: Key::new(32, packet.src.v4_addr()),
+            };
+            maps.rate_v4.get(&lookup.key).copied()
         }
         .unwrap_or(config.rate)
     } else {
@@ -483,26 +477,25 @@ fn classify(ctx: &XdpContext) -> Stat {
 /// verdict without looking in the slot's `SPLIT` map.
 #[inline(always)]
 fn bucket_key(src: &Src, config: &XdpConfig) -> (BucketKey, bool) {
-    match *src {
-        Src::V4(src) => {
-            let mut addr = [0u8; 16];
-            let masked = mask(u32::from_be_bytes(src), config.v4_prefix_len).to_be_bytes();
-            addr[0] = masked[0];
-            addr[1] = masked[1];
-            addr[2] = masked[2];
-            addr[3] = masked[3];
-            (
-                BucketKey { addr, family: 4 },
-                config.flags & flags::CACHE_V4 != 0,
-            )
-        }
-        Src::V6(src) => (
+    if src.v6 {
+        (
             BucketKey {
-                addr: mask_v6(src, config.v6_prefix_len),
+                addr: mask_v6(src.addr, config.v6_prefix_len),
                 family: 6,
             },
             config.flags & flags::CACHE_V6 != 0,
-        ),
+        )
+    } else {
+        let mut addr = [0u8; 16];
+        let masked = mask(u32::from_be_bytes(src.v4_addr()), config.v4_prefix_len).to_be_bytes();
+        addr[0] = masked[0];
+        addr[1] = masked[1];
+        addr[2] = masked[2];
+        addr[3] = masked[3];
+        (
+            BucketKey { addr, family: 4 },
+            config.flags & flags::CACHE_V4 != 0,
+        )
     }
 }
 
@@ -519,7 +512,7 @@ fn policed(packet: &Packet, config: &XdpConfig, maps: &Slot) -> bool {
         if packet.fragment {
             return true;
         }
-        let Some(port) = packet.dst_port else {
+        let Some(port) = packet.port() else {
             return false;
         };
         let word = maps.ports.get(u32::from(port >> 6)).copied().unwrap_or(0);
@@ -655,9 +648,10 @@ impl Listed {
 /// The deny counter of the source's family.
 #[inline(always)]
 fn denied(src: &Src) -> Stat {
-    match src {
-        Src::V4(_) => Stat::DeniedV4,
-        Src::V6(_) => Stat::DeniedV6,
+    if src.v6 {
+        Stat::DeniedV6
+    } else {
+        Stat::DeniedV4
     }
 }
 

@@ -45,22 +45,70 @@ const TCP_ACK: u8 = 0x10;
 /// A truncated or inconsistent header.
 pub struct Malformed;
 
+/// A source address: IPv6, or IPv4 in the first four bytes of `addr` and
+/// zeros after them. A struct whose every byte is written, not an enum: an
+/// enum's IPv4 variant leaves twelve bytes undefined, LLVM copies them
+/// anyway (in registers), and the verifier refuses any read of a register
+/// never written ("R8 !read_ok"), so that unrelated changes elsewhere made
+/// the program fail to load.
 #[derive(Clone, Copy)]
-pub enum Src {
-    V4([u8; 4]),
-    V6([u8; 16]),
+pub struct Src {
+    pub addr: [u8; 16],
+    pub v6: bool,
+}
+
+impl Src {
+    #[inline(always)]
+    pub fn v4(addr: [u8; 4]) -> Self {
+        let mut full = [0u8; 16];
+        full[0] = addr[0];
+        full[1] = addr[1];
+        full[2] = addr[2];
+        full[3] = addr[3];
+        Self {
+            addr: full,
+            v6: false,
+        }
+    }
+
+    #[inline(always)]
+    pub fn v6(addr: [u8; 16]) -> Self {
+        Self { addr, v6: true }
+    }
+
+    /// The IPv4 address (meaningful when `!self.v6`).
+    #[inline(always)]
+    pub fn v4_addr(&self) -> [u8; 4] {
+        [self.addr[0], self.addr[1], self.addr[2], self.addr[3]]
+    }
 }
 
 pub struct Packet {
     pub src: Src,
-    /// Destination port of TCP/UDP in a first (or only) fragment.
-    pub dst_port: Option<u16>,
+    /// Destination port of TCP/UDP in a first (or only) fragment, when
+    /// `has_port`; else 0. An integer and a flag rather than an
+    /// `Option<u16>`, for the reason given at [`Src`]. Read it through
+    /// [`Packet::port`].
+    pub dst_port: u16,
+    pub has_port: bool,
     /// A TCP segment with SYN set and ACK clear: a new connection.
     pub tcp_syn: bool,
     /// A non-first fragment: no L4 header to read.
     pub fragment: bool,
     /// ICMPv6 neighbour discovery.
     pub neighbor_discovery: bool,
+}
+
+impl Packet {
+    /// The TCP/UDP destination port, if the packet has one.
+    #[inline(always)]
+    pub fn port(&self) -> Option<u16> {
+        if self.has_port {
+            Some(self.dst_port)
+        } else {
+            None
+        }
+    }
 }
 
 /// Where a frame lies in memory: all the parser asks of its context. The
@@ -110,8 +158,9 @@ fn parse_v4<C: Frame>(ctx: &C, offset: usize) -> Result<Packet, Malformed> {
     // does not accept as a bound.)
     ptr_at::<[u8; 4], C>(ctx, offset + header_len - 4)?;
     let mut packet = Packet {
-        src: Src::V4(src),
-        dst_port: None,
+        src: Src::v4(src),
+        dst_port: 0,
+        has_port: false,
         tcp_syn: false,
         fragment: u16::from_be_bytes(frags) & 0x1FFF != 0,
         neighbor_discovery: false,
@@ -131,8 +180,9 @@ fn parse_v6<C: Frame>(ctx: &C, offset: usize) -> Result<Packet, Malformed> {
         return Err(Malformed);
     }
     let mut packet = Packet {
-        src: Src::V6(src),
-        dst_port: None,
+        src: Src::v6(src),
+        dst_port: 0,
+        has_port: false,
         tcp_syn: false,
         fragment: false,
         neighbor_discovery: false,
@@ -191,14 +241,16 @@ fn transport<C: Frame>(
             let header = ptr_at::<[u8; 14], C>(ctx, offset)?;
             // SAFETY: bounds checked by `ptr_at`.
             let header = unsafe { *header };
-            packet.dst_port = Some(u16::from_be_bytes([header[2], header[3]]));
+            packet.dst_port = u16::from_be_bytes([header[2], header[3]]);
+            packet.has_port = true;
             packet.tcp_syn = header[13] & (TCP_SYN | TCP_ACK) == TCP_SYN;
         }
         IPPROTO_UDP => {
             let header = ptr_at::<[u8; 8], C>(ctx, offset)?;
             // SAFETY: bounds checked by `ptr_at`.
             let header = unsafe { *header };
-            packet.dst_port = Some(u16::from_be_bytes([header[2], header[3]]));
+            packet.dst_port = u16::from_be_bytes([header[2], header[3]]);
+            packet.has_port = true;
         }
         IPPROTO_ICMPV6 => {
             // Type, code, checksum: the 4 bytes every ICMPv6 message has.

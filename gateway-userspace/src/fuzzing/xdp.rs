@@ -7,7 +7,7 @@
 #[path = "../../../gateway-ebpf/src/parse.rs"]
 mod parse;
 
-use self::parse::{Frame, Malformed, Packet, Src};
+use self::parse::{Frame, Malformed, Packet};
 
 /// A frame in memory, as the kernel hands one to XDP.
 struct Bytes<'a>(&'a [u8]);
@@ -26,18 +26,10 @@ impl Frame for Bytes<'_> {
 pub fn parse(data: &[u8]) {
     match parse::parse(&Bytes(data)) {
         Ok(None) | Err(Malformed) => {}
-        Ok(Some(Packet {
-            src,
-            dst_port,
-            fragment,
-            ..
-        })) => {
-            let least = match src {
-                Src::V4(_) => 14 + 20,
-                Src::V6(_) => 14 + 40,
-            };
+        Ok(Some(packet @ Packet { src, fragment, .. })) => {
+            let least = if src.v6 { 14 + 40 } else { 14 + 20 };
             assert!(data.len() >= least, "an IP packet in {} bytes", data.len());
-            if dst_port.is_some() {
+            if packet.port().is_some() {
                 assert!(!fragment, "a port read from a non-first fragment");
                 assert!(data.len() >= least + 4);
             }
