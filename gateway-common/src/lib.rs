@@ -8,7 +8,7 @@
 /// Version of the map layouts below. It is part of the pin path
 /// (`<pin_root>/v<N>/`), because aya silently reuses a pinned map even when
 /// its definition changed: bump this whenever a key, value or map size changes.
-pub const MAP_LAYOUT_VERSION: u32 = 6;
+pub const MAP_LAYOUT_VERSION: u32 = 7;
 
 /// Name of the XDP program inside the object file.
 pub const XDP_PROGRAM: &str = "xgate_xdp";
@@ -32,9 +32,14 @@ pub mod map_names {
     /// has its own, pinned as `STATS@<interface>` (layouts up to v4 before
     /// per-interface counters pinned one `STATS` for all).
     pub const STATS: &str = "STATS";
-    /// Token buckets: `LruHashMap<BucketKey, Bucket>`, shared by both slots
-    /// so rate state survives rule-set swaps.
-    pub const BUCKETS: &str = "BUCKETS";
+    /// Token buckets, shared by both slots so rate state survives rule-set
+    /// swaps: `LruHashMap<[u8; 4], Bucket>` by the IPv4 source masked to
+    /// the aggregation, and `LruHashMap<[u8; 16], Bucket>` by the IPv6 one.
+    /// One map per family so that each key is no longer than its address
+    /// (layouts up to v6 had one map keyed by the 20-byte [`super::BucketKey`]:
+    /// hashing and comparing that key cost about 30 ns per IPv4 packet).
+    pub const BUCKETS_V4: &str = "BUCKETS_V4";
+    pub const BUCKETS_V6: &str = "BUCKETS_V6";
     /// The per-source verdict cache: `LruHashMap<[u8; 4], u64>` (IPv4) and
     /// `LruHashMap<[u8; 16], u64>` (IPv6), by exact source address; the
     /// value is the [`super::XdpConfig::generation`] at which the source was
@@ -96,11 +101,12 @@ pub mod map_names {
     /// [`super::XdpConfig::drop_sample`]. Shared by every interface.
     pub const DROPS: &str = "DROPS";
     /// Every map the program owns, in the order userspace pins them.
-    pub const ALL: [&str; 47] = [
+    pub const ALL: [&str; 48] = [
         ACTIVE,
         CONFIG,
         STATS,
-        BUCKETS,
+        BUCKETS_V4,
+        BUCKETS_V6,
         PASSED_V4,
         PASSED_V6,
         SPLIT[0],
@@ -238,8 +244,9 @@ pub mod present {
 
 /// Capacity of each per-CIDR rate override trie.
 pub const RATE_OVERRIDE_MAX_ENTRIES: u32 = 4_096;
-/// Token buckets kept at once (about 100 bytes each in the kernel with the
-/// LRU's element header: 25 MiB, preallocated).
+/// Token buckets kept at once per family (`BUCKETS_V4`, `BUCKETS_V6`;
+/// about 80-90 bytes each in the kernel with the LRU's element header:
+/// about 21 and 23 MiB, preallocated).
 /// See `docs/xdp.md` for why an LRU of this size is safe against spoofed
 /// floods: eviction only ever refills a bucket, it never blocks a source.
 pub const BUCKET_MAX_ENTRIES: u32 = 262_144;
@@ -453,8 +460,11 @@ pub struct XdpConfig {
     pub _pad: u32,
 }
 
-/// Key of a token bucket: the source address masked to the configured
-/// prefix length. IPv4 uses the first four bytes of `addr`.
+/// A source address masked to the configured prefix length, with its
+/// family: the key of the `SPLIT` maps (and, with the full address, of
+/// `DROPS`). The buckets themselves are keyed by the address alone, the
+/// first four bytes for IPv4 (`BUCKETS_V4`) or all sixteen
+/// (`BUCKETS_V6`). IPv4 uses the first four bytes of `addr`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct BucketKey {

@@ -77,10 +77,33 @@ static CONFIG: Array<XdpConfig> = Array::with_max_entries(SLOTS, 0);
 #[map(name = "STATS")]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Stat::COUNT, 0);
 
-/// Token buckets by aggregated source. LRU: under a flood of spoofed sources
-/// the least recently seen buckets are evicted, which only refills them.
-#[map(name = "BUCKETS")]
-static BUCKETS: LruHashMap<BucketKey, Bucket> = LruHashMap::with_max_entries(BUCKET_MAX_ENTRIES, 0);
+/// Token buckets by aggregated source, one map per family so that a key is
+/// no longer than its address (a 20-byte key cost about 30 ns more per
+/// packet to hash and compare than a 4-byte one). LRU: under a flood of
+/// spoofed sources the least recently seen buckets of that family are
+/// evicted, which only refills them.
+#[map(name = "BUCKETS_V4")]
+static BUCKETS_V4: LruHashMap<[u8; 4], Bucket> =
+    LruHashMap::with_max_entries(BUCKET_MAX_ENTRIES, 0);
+#[map(name = "BUCKETS_V6")]
+static BUCKETS_V6: LruHashMap<[u8; 16], Bucket> =
+    LruHashMap::with_max_entries(BUCKET_MAX_ENTRIES, 0);
+
+/// The bucket of `key`'s source, if it has one.
+#[inline(always)]
+fn bucket_lookup(key: &BucketKey) -> Option<*mut Bucket> {
+    if key.family == 4 {
+        BUCKETS_V4.get_ptr_mut(v4_key(key))
+    } else {
+        BUCKETS_V6.get_ptr_mut(key.addr)
+    }
+}
+
+/// The IPv4 bucket key: the first four bytes.
+#[inline(always)]
+fn v4_key(key: &BucketKey) -> [u8; 4] {
+    [key.addr[0], key.addr[1], key.addr[2], key.addr[3]]
+}
 
 /// Source deny lists per slot. Key: source prefix (network byte order) and
 /// its length; value: [`Rule`] (expiry, origin). Longest prefix wins.
@@ -388,7 +411,10 @@ fn classify(ctx: &XdpContext) -> Stat {
     } else {
         None
     };
-    let bucket = policed_key.and_then(|(key, _)| BUCKETS.get_ptr_mut(key));
+    let bucket = match &policed_key {
+        Some((key, _)) => bucket_lookup(key),
+        None => None,
+    };
     let generation = config.generation;
     let mut stamp = match bucket {
         // SAFETY: `b` points into the map value, valid for this program run.
@@ -541,7 +567,11 @@ fn admit(
         };
         // Another CPU may have inserted it first; either way this packet is
         // the source's first and is admitted.
-        let _ = BUCKETS.insert(key, fresh, u64::from(BPF_NOEXIST));
+        let _ = if key.family == 4 {
+            BUCKETS_V4.insert(v4_key(key), fresh, u64::from(BPF_NOEXIST))
+        } else {
+            BUCKETS_V6.insert(key.addr, fresh, u64::from(BPF_NOEXIST))
+        };
         return true;
     };
     // SAFETY: `bucket` points into the map value, valid for this program run.

@@ -482,6 +482,8 @@ fn sources_are_aggregated_by_prefix() {
         4
     );
     assert_eq!(passes(&mut xdp, &udp6_frame(c, DST_V6), 6), 4);
+    // One IPv4 bucket (BUCKETS_V4) and two IPv6 ones (BUCKETS_V6).
+    assert_eq!(xdp.bucket_count(), 3);
 }
 
 #[test]

@@ -185,7 +185,7 @@ mod tests {
         let shared: Vec<_> = shared_maps().collect();
         assert_eq!(shared.len(), map_names::ALL.len() - 1);
         assert!(!shared.contains(&map_names::STATS));
-        assert!(shared.contains(&map_names::BUCKETS) && shared.contains(&map_names::ACTIVE));
+        assert!(shared.contains(&map_names::BUCKETS_V4) && shared.contains(&map_names::ACTIVE));
     }
 
     #[test]
@@ -195,11 +195,11 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("STATS"), "").unwrap();
         std::fs::write(stats_pin(&dir, "eth0"), "").unwrap();
-        std::fs::write(dir.join("BUCKETS"), "").unwrap();
+        std::fs::write(dir.join("BUCKETS_V4"), "").unwrap();
         assert!(retire_shared_stats(&dir).unwrap());
         assert!(!dir.join("STATS").exists());
         assert!(stats_pin(&dir, "eth0").exists(), "per-interface pins stay");
-        assert!(dir.join("BUCKETS").exists(), "shared maps stay");
+        assert!(dir.join("BUCKETS_V4").exists(), "shared maps stay");
         assert!(
             !retire_shared_stats(&dir).unwrap(),
             "nothing left to retire"

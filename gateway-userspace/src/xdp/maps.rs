@@ -74,7 +74,8 @@ pub enum CachedIn {
 pub(super) struct Maps {
     active: Array<MapData, u32>,
     config: Array<MapData, XdpConfig>,
-    buckets: HashMap<MapData, BucketKey, Bucket>,
+    buckets_v4: HashMap<MapData, [u8; 4], Bucket>,
+    buckets_v6: HashMap<MapData, [u8; 16], Bucket>,
     passed_v4: HashMap<MapData, [u8; 4], u64>,
     passed_v6: HashMap<MapData, [u8; 16], u64>,
     slots: [SlotMaps; 2],
@@ -100,7 +101,8 @@ impl Maps {
         Ok(Self {
             active: Array::try_from(take(ebpf, map_names::ACTIVE)?)?,
             config: Array::try_from(take(ebpf, map_names::CONFIG)?)?,
-            buckets: HashMap::try_from(take(ebpf, map_names::BUCKETS)?)?,
+            buckets_v4: HashMap::try_from(take(ebpf, map_names::BUCKETS_V4)?)?,
+            buckets_v6: HashMap::try_from(take(ebpf, map_names::BUCKETS_V6)?)?,
             passed_v4: HashMap::try_from(take(ebpf, map_names::PASSED_V4)?)?,
             passed_v6: HashMap::try_from(take(ebpf, map_names::PASSED_V6)?)?,
             slots,
@@ -116,7 +118,8 @@ impl Maps {
     }
 
     pub(super) fn bucket_count(&self) -> usize {
-        self.buckets.keys().filter(Result::is_ok).count()
+        self.buckets_v4.keys().filter(Result::is_ok).count()
+            + self.buckets_v6.keys().filter(Result::is_ok).count()
     }
 
     /// Where the program holds a current "on no list" verdict for `src`, if
@@ -131,7 +134,13 @@ impl Maps {
             return Ok(None);
         }
         let key = bucket_key(&config, IpNet::from(src));
-        if let Some(bucket) = found(self.buckets.get(&key, 0))? {
+        let bucket = if key.family == 4 {
+            let [a, b, c, d, ..] = key.addr;
+            found(self.buckets_v4.get(&[a, b, c, d], 0))?
+        } else {
+            found(self.buckets_v6.get(&key.addr, 0))?
+        };
+        if let Some(bucket) = bucket {
             if bucket.list_gen == config.generation {
                 return Ok(Some(CachedIn::Bucket));
             }
