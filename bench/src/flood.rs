@@ -1059,6 +1059,7 @@ impl Lab {
                     count,
                     rate_pps: rate.pps,
                     max_time: Duration::from_secs_f64(seconds + 1.0),
+                    catch_up: livegen::CatchUp::All,
                 },
                 self.place.outside,
                 FLOOD_NICE,
@@ -1977,10 +1978,13 @@ fn build_report(res: &Results, info: &Info) -> Report {
          does. Batches of UDP and SYN frames alternate; paced rates send each 1 ms what is due; \
          full speed sends as fast as one CPU goes. A frame the gateway's 256-frame ring cannot \
          take is dropped (veth's `tx_queue_0_xdp_xmit_errors`), as a NIC's full rx ring drops, \
-         not retried. Before measuring, every setup sends {check} denied frames at {check_pps} \
-         kpps and checks with veth's counters (`ethtool -S`: the attacker's \
-         `tx_queue_0_xdp_xmit`, the gateway's rx counter) that they arrive as `xdp_frame`s \
-         (JSON `live_frames_check`). Not modelled: DMA, interrupts, RSS over several queues, \
+         not retried. A paced sender that falls behind (its thread descheduled by the \
+         client it shares a CPU with) sends everything due at once when it runs again, as \
+         an attacker on a machine of its own would have sent it meanwhile; the ring takes \
+         what it can. Before measuring, every setup sends {check} denied frames \
+         at {check_pps} kpps and checks with veth's counters (`ethtool -S`: the attacker's \
+         `tx_queue_0_xdp_xmit`, the gateway's rx counter) that every frame sent arrives as an \
+         `xdp_frame` or is refused by the full ring (JSON `live_frames_check`). Not modelled: DMA, interrupts, RSS over several queues, \
          checksum offload (the stack verifies every checksum in software) and a driver's own \
          page pool; the attacker shares the host's caches (docs/xdp.md).\n\
          - trafgen floods (the second table): on veth an XDP program sees an skb that veth first \

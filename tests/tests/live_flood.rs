@@ -103,6 +103,7 @@ fn flood(attacker: &NetNs, flow: Flow, count: u64, rate_pps: Option<u64>) -> liv
             count,
             rate_pps,
             max_time: Duration::from_secs(60),
+            catch_up: livegen::CatchUp::Burst,
         };
         livegen::send(&[generator], plan, || false).unwrap()
     })
