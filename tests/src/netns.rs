@@ -32,10 +32,77 @@ fn try_ip(args: &[&str]) -> std::io::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Prefix of the namespaces [`NetNs::create`] makes: `xgt-<tag>-<pid>`.
+const NETNS_PREFIX: &str = "xgt-";
+/// Prefix of the bpffs directories [`PinDir::new`] makes:
+/// `/sys/fs/bpf/xgate-test-<tag>-<pid>`.
+const PIN_PREFIX: &str = "xgate-test-";
+
+/// The PID a name of the form `<prefix><tag>-<pid>` was made by.
+fn creator(name: &str, prefix: &str) -> Option<u32> {
+    let (_, pid) = name.strip_prefix(prefix)?.rsplit_once('-')?;
+    pid.parse().ok()
+}
+
+fn alive(pid: u32) -> bool {
+    Path::new("/proc").join(pid.to_string()).exists()
+}
+
+/// Removes the namespaces and bpffs pin directories that test processes
+/// killed without a chance to clean up (SIGKILL, a timeout) left behind:
+/// only names of the tests' own form whose creating process is gone, so a
+/// suite running beside this one keeps its own. Each one found is said on
+/// standard error. Returns how many were removed.
+pub fn sweep_stale() -> usize {
+    let mut removed = 0;
+    if let Ok(out) = try_ip(&["netns", "list"]) {
+        for line in out.lines().take(10_000) {
+            let ns = line.split_whitespace().next().unwrap_or("");
+            if creator(ns, NETNS_PREFIX).is_some_and(|pid| !alive(pid)) {
+                eprintln!("xgate-tests: removing the stale network namespace {ns}");
+                if try_ip(&["netns", "del", ns]).is_ok() {
+                    removed += 1;
+                }
+            }
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir("/sys/fs/bpf") {
+        for entry in entries.take(100_000).flatten() {
+            let file_name = entry.file_name();
+            let Some(name) = file_name.to_str() else {
+                continue;
+            };
+            if creator(name, PIN_PREFIX).is_none_or(alive) {
+                continue;
+            }
+            eprintln!(
+                "xgate-tests: removing stale pins {}",
+                entry.path().display()
+            );
+            if std::fs::remove_dir_all(entry.path()).is_ok() {
+                removed += 1;
+            }
+        }
+    }
+    removed
+}
+
+/// [`sweep_stale`], once per test process, before its first namespace or
+/// pin directory.
+fn sweep_stale_once() {
+    static SWEPT: std::sync::Once = std::sync::Once::new();
+    SWEPT.call_once(|| {
+        sweep_stale();
+    });
+}
+
 impl NetNs {
-    /// Creates `xgt-<tag>-<pid>` with loopback up.
+    /// Creates `xgt-<tag>-<pid>` with loopback up (after removing what
+    /// killed test processes left behind: [`sweep_stale`]).
     pub fn create(tag: &str) -> Self {
-        Self::named(format!("xgt-{tag}-{}", std::process::id())).unwrap_or_else(|e| panic!("{e}"))
+        sweep_stale_once();
+        Self::named(format!("{NETNS_PREFIX}{tag}-{}", std::process::id()))
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// The namespace `name` (which should hold the creator's PID), with
@@ -275,8 +342,9 @@ pub struct PinDir(pub PathBuf);
 
 impl PinDir {
     pub fn new(tag: &str) -> Self {
+        sweep_stale_once();
         let path = PathBuf::from(format!(
-            "/sys/fs/bpf/xgate-test-{tag}-{}",
+            "/sys/fs/bpf/{PIN_PREFIX}{tag}-{}",
             std::process::id()
         ));
         let _ = std::fs::remove_dir_all(&path);
@@ -326,4 +394,60 @@ pub fn udp_delivery(
         cpu: None,
     };
     run_flows(client, server, &[flow], || {})[0].received
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_give_their_creator() {
+        assert_eq!(creator("xgt-gwup-4242", NETNS_PREFIX), Some(4242));
+        assert_eq!(creator("xgt-two-parts-17", NETNS_PREFIX), Some(17));
+        assert_eq!(creator("xgate-test-pins-99", PIN_PREFIX), Some(99));
+        // Not ours, or no PID at the end: never swept.
+        assert_eq!(creator("xgate-bench-gw-5", NETNS_PREFIX), None);
+        assert_eq!(creator("xgt-nopid", NETNS_PREFIX), None);
+        assert_eq!(creator("xgt-tag-12x", NETNS_PREFIX), None);
+    }
+
+    /// A namespace and a pin directory of a process that is gone are
+    /// removed; those of this (live) process stay.
+    #[test]
+    fn leftovers_of_dead_processes_are_swept_and_live_ones_kept() {
+        if !crate::require_root("netns::tests::leftovers_of_dead_processes_are_swept") {
+            return;
+        }
+        // This process's own sweep first, so that it does not take the
+        // leftovers made below before the sweep under test sees them.
+        sweep_stale_once();
+        // No process can have a PID above the kernel's maximum.
+        let pid_max: u32 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let dead = pid_max + 1;
+        let stale_ns = format!("{NETNS_PREFIX}sweep-{dead}");
+        try_ip(&["netns", "add", &stale_ns]).unwrap();
+        let stale_pins = PathBuf::from(format!("/sys/fs/bpf/{PIN_PREFIX}sweep-{dead}"));
+        std::fs::create_dir_all(&stale_pins).unwrap();
+        let live_ns = NetNs::create("sweep-live");
+        let live_pins = PinDir::new("sweep-live");
+        std::fs::create_dir_all(&live_pins.0).unwrap();
+
+        assert!(sweep_stale() >= 2);
+        let listed = try_ip(&["netns", "list"]).unwrap();
+        let names: Vec<&str> = listed
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        assert!(!names.contains(&stale_ns.as_str()), "{stale_ns} was kept");
+        assert!(!stale_pins.exists(), "{} was kept", stale_pins.display());
+        assert!(
+            names.contains(&live_ns.name.as_str()),
+            "a live namespace was removed"
+        );
+        assert!(live_pins.0.exists(), "a live pin directory was removed");
+    }
 }
