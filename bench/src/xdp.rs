@@ -588,10 +588,6 @@ pub fn run(settings: &Settings) -> Result<Report> {
     Ok(report)
 }
 
-/// The order cases run in within a round: every compared pair back to back
-/// (xgate, then the xdp-filter case it is compared with), so that slow drift
-/// in the machine's speed (a busy neighbour, a shared host) hits both sides
-/// of a ratio alike; the rest in list order.
 /// xgate's XDP object: the one built into this binary, or the file
 /// `$XGATE_BENCH_XDP_OBJECT` names (another build of the program, e.g. the
 /// previous commit's, to see whether a change moved its cost: each run
@@ -620,6 +616,10 @@ fn xgate_object() -> Result<(String, &'static [u8])> {
     }
 }
 
+/// The order cases run in within a round: every compared pair back to back
+/// (xgate, then the xdp-filter case it is compared with), so that slow drift
+/// in the machine's speed (a busy neighbour, a shared host) hits both sides
+/// of a ratio alike; the rest in list order.
 fn schedule(cases: &[Case]) -> Vec<usize> {
     let index = |id: &str| cases.iter().position(|c| c.id == id);
     let mut order = Vec::with_capacity(cases.len());

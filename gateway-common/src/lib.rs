@@ -245,8 +245,8 @@ pub mod present {
 /// Capacity of each per-CIDR rate override trie.
 pub const RATE_OVERRIDE_MAX_ENTRIES: u32 = 4_096;
 /// Token buckets kept at once per family (`BUCKETS_V4`, `BUCKETS_V6`;
-/// about 80-90 bytes each in the kernel with the LRU's element header:
-/// about 21 and 23 MiB, preallocated).
+/// with the LRU's element header 24 and 26 MiB of kernel memory,
+/// preallocated).
 /// See `docs/xdp.md` for why an LRU of this size is safe against spoofed
 /// floods: eviction only ever refills a bucket, it never blocks a source.
 pub const BUCKET_MAX_ENTRIES: u32 = 262_144;
