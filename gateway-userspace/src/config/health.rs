@@ -158,8 +158,8 @@ pub struct CircuitBreakers {
     /// HTTP/1.1: connections open to the upstream's targets, idle ones
     /// included.
     pub max_connections: usize,
-    /// HTTP/1.1: requests waiting for a new connection (TCP connect and TLS
-    /// handshake under way).
+    /// HTTP/1.1: new connections under way (TCP connect and TLS
+    /// handshake), each for a request waiting that no other connect covers.
     pub max_pending_requests: usize,
 }
 

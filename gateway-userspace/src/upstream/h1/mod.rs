@@ -102,11 +102,10 @@ impl Http1Pool {
         let (head, mut body) = request.into_parts();
         loop {
             let (pooled, slot) = self.checkout(target);
-            let reused = pooled.is_some();
-            let conn = match pooled {
-                Some(conn) => conn,
-                None => match self.connect(&slot).await {
-                    Ok(conn) => conn,
+            let (conn, reused) = match pooled {
+                Some(conn) => (conn, true),
+                None => match self.wait(&slot).await {
+                    Ok(got) => got,
                     Err(error) => {
                         return Err(Failed {
                             error,

@@ -6,9 +6,19 @@
 //! closed after `pool_idle_timeout` or once the target closes them, and
 //! beyond `pool_max_idle_per_target` per target and worker once idle for a
 //! second (see [`SURPLUS_IDLE`]).
+//!
+//! A request that finds no idle connection waits in its worker's queue for
+//! that target, and takes the first connection to come: one another request
+//! checks in, or one that a connect makes (Envoy's pools work the same
+//! way). A connect is started only while waiting requests outnumber the
+//! connects under way, so a burst of requests never opens more connections
+//! than it has requests waiting; a failed connect fails the oldest waiting
+//! request only when no other connect is coming for it (see
+//! [`Http1Pool::wait`]).
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
+    io,
     net::SocketAddr,
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -17,12 +27,14 @@ use std::{
     time::Duration,
 };
 
-use tokio::time::Instant;
+use tokio::{sync::oneshot, time::Instant};
 
 use super::conn::Conn;
 use crate::{
     config,
-    upstream::{breakers::CircuitBreakers, client::SendError, stream, tls::TlsConnector},
+    upstream::{
+        breakers::CircuitBreakers, client::SendError, stream, target::Counted, tls::TlsConnector,
+    },
     workers,
 };
 
@@ -45,9 +57,49 @@ struct Inner {
     breakers: Option<Arc<CircuitBreakers>>,
 }
 
-/// One worker's idle connections, by target (looked up twice per request:
-/// a fast hash, not SipHash).
-type IdleByTarget = HashMap<SocketAddr, Vec<Pooled>, foldhash::fast::RandomState>;
+/// One worker's idle connections and waiting requests, by target (looked
+/// up twice per request: a fast hash, not SipHash).
+type IdleByTarget = HashMap<SocketAddr, TargetPool, foldhash::fast::RandomState>;
+
+/// What a waiting request is handed: a connection (`true`: one that served
+/// requests before, so a stale-connection retry applies), or the error of
+/// the connect that was to serve it.
+type Handed = Result<(Conn, bool), SendError>;
+
+#[derive(Default)]
+struct TargetPool {
+    /// Idle connections, the most recently used last.
+    idle: Vec<Pooled>,
+    /// Requests that found no idle connection, the oldest first (some may
+    /// have gone away: their receiver is closed).
+    waiting: VecDeque<oneshot::Sender<Handed>>,
+    /// Connects under way for this worker and target.
+    connecting: usize,
+}
+
+impl TargetPool {
+    /// The waiting requests still there, after dropping those that went.
+    fn still_waiting(&mut self) -> usize {
+        self.waiting.retain(|waiter| !waiter.is_closed());
+        self.waiting.len()
+    }
+
+    /// Hands `handed` to the oldest request still waiting; gives it back if
+    /// there is none.
+    fn hand_over(&mut self, mut handed: Handed) -> Option<Handed> {
+        while let Some(waiter) = self.waiting.pop_front() {
+            match waiter.send(handed) {
+                Ok(()) => return None,
+                Err(back) => handed = back,
+            }
+        }
+        Some(handed)
+    }
+
+    fn is_unused(&self) -> bool {
+        self.idle.is_empty() && self.waiting.is_empty() && self.connecting == 0
+    }
+}
 
 struct Pooled {
     conn: Conn,
@@ -63,6 +115,7 @@ impl Pooled {
 }
 
 /// Where a connection goes back to when its exchange is through.
+#[derive(Clone)]
 pub(super) struct Slot {
     inner: Arc<Inner>,
     worker: usize,
@@ -70,14 +123,44 @@ pub(super) struct Slot {
 }
 
 impl Slot {
+    /// A connection whose exchange is through: to the oldest waiting
+    /// request, or idle.
     pub fn checkin(self, conn: Conn) {
         let mut idle = self.inner.idle[self.worker].lock().unwrap();
-        let pooled = idle.entry(self.target).or_default();
+        let pool = idle.entry(self.target).or_default();
+        self.pool_or_hand_over(pool, conn, true);
+    }
+
+    /// A connect started by [`Http1Pool::wait`] is through.
+    fn connected(self, outcome: Result<Conn, SendError>) {
+        let mut idle = self.inner.idle[self.worker].lock().unwrap();
+        let pool = idle.entry(self.target).or_default();
+        pool.connecting -= 1;
+        match outcome {
+            Ok(conn) => self.pool_or_hand_over(pool, conn, false),
+            // The oldest waiting request fails with it, unless the connects
+            // still under way cover every request waiting (then it is one
+            // too many: a connection checked in took its request).
+            Err(error) if pool.still_waiting() > pool.connecting => {
+                if let Some(Err(error)) = pool.hand_over(Err(error)) {
+                    tracing::debug!(upstream.target = %self.target, %error, "connect failed; no request was waiting for it");
+                }
+            }
+            Err(error) => {
+                tracing::debug!(upstream.target = %self.target, %error, "connect failed after its request took another connection");
+            }
+        }
+    }
+
+    fn pool_or_hand_over(&self, pool: &mut TargetPool, conn: Conn, reused: bool) {
+        let Some(Ok((conn, _))) = pool.hand_over(Ok((conn, reused))) else {
+            return;
+        };
         let now = Instant::now();
         // Over the cap only while connections come and go: what has sat
         // idle past `SURPLUS_IDLE` makes room (the oldest first).
-        trim_surplus(pooled, self.inner.max_idle, now);
-        pooled.push(Pooled {
+        trim_surplus(&mut pool.idle, self.inner.max_idle, now);
+        pool.idle.push(Pooled {
             conn,
             idle_since: now,
         });
@@ -114,11 +197,11 @@ impl Http1Pool {
             target,
         };
         let mut idle = self.inner.idle[worker].lock().unwrap();
-        let Some(pooled) = idle.get_mut(&target) else {
+        let Some(pool) = idle.get_mut(&target) else {
             return (None, slot);
         };
         let now = Instant::now();
-        while let Some(mut candidate) = pooled.pop() {
+        while let Some(mut candidate) = pool.idle.pop() {
             if candidate.usable(now, self.inner.idle_timeout) {
                 return (Some(candidate.conn), slot);
             }
@@ -126,54 +209,126 @@ impl Http1Pool {
         (None, slot)
     }
 
-    /// A new connection to `slot`'s target (TCP, and the TLS handshake
-    /// when the upstream has `tls`), within the circuit breakers' limits;
-    /// starts the worker's reaper.
-    pub(super) async fn connect(&self, slot: &Slot) -> Result<Conn, SendError> {
-        let (pending, counted) = match &self.inner.breakers {
-            Some(breakers) => {
-                let pending = breakers.connecting()?;
-                let counted = match breakers.free_connection() {
-                    Some(counted) => counted,
-                    None => {
-                        // An idle connection (of any worker) makes room.
-                        self.close_one_idle();
-                        breakers.connection()?
-                    }
-                };
-                (Some(pending), Some(counted))
-            }
-            None => (None, None),
+    /// A connection for a request that found none idle: the first to come
+    /// of one another request checks in and one a connect makes (`true`:
+    /// a reused one). A connect is started only while the requests waiting
+    /// outnumber the connects under way; it goes on when its request is
+    /// served by another connection, and what it makes serves the next
+    /// request or waits in the pool.
+    ///
+    /// Bursts are why: when many clients arrive at once, a target's accept
+    /// queue overflows (many servers listen with a backlog of 128 or 511),
+    /// the kernel drops the SYNs it has no room for, and each such connect
+    /// waits for a retransmission (1 s, then 3 s) or fails at
+    /// `connect_timeout`. A request tied to its own connect waited or failed
+    /// with it while the connections of the requests before it came back
+    /// within milliseconds; and a connect started for every request that
+    /// found the pool empty, whether or not connects already under way
+    /// would serve it, outnumbered the requests and ran into
+    /// `circuit_breakers.max_connections` (measured in docs/proxy.md).
+    pub(super) async fn wait(&self, slot: &Slot) -> Result<(Conn, bool), SendError> {
+        let (waiter, handed) = oneshot::channel();
+        let start = {
+            let mut idle = self.inner.idle[slot.worker].lock().unwrap();
+            let pool = idle.entry(slot.target).or_default();
+            pool.waiting.push_back(waiter);
+            let start = pool.still_waiting() > pool.connecting;
+            pool.connecting += usize::from(start);
+            start
         };
-        let stream = stream::connect(
-            slot.target,
-            self.inner.connect_timeout,
-            self.inner.tls.as_deref(),
-        )
-        .await
-        .map_err(SendError::Connect)?;
+        if start {
+            match self.inner.permits() {
+                Ok(permits) => {
+                    let (inner, slot) = (self.inner.clone(), slot.clone());
+                    tokio::spawn(async move {
+                        let outcome = inner.connect(&slot, permits).await;
+                        slot.connected(outcome);
+                    });
+                }
+                Err(refused) => {
+                    // Over a circuit breaker: this request, the one that
+                    // needed the connect, is shed (its place in the queue
+                    // goes with its receiver).
+                    let mut idle = self.inner.idle[slot.worker].lock().unwrap();
+                    if let Some(pool) = idle.get_mut(&slot.target) {
+                        pool.connecting -= 1;
+                    }
+                    return Err(refused);
+                }
+            }
+        }
+        handed.await.unwrap_or_else(|_| {
+            // Every waiter is answered while its pool lives; a request
+            // holds the pool.
+            Err(SendError::Connect(io::Error::other(
+                "the connection pool was closed",
+            )))
+        })
+    }
+}
+
+/// A connect's places under the circuit breakers: among the connects under
+/// way, and among the open connections.
+type Permits = (Option<Counted>, Option<Counted>);
+
+impl Inner {
+    /// The circuit breakers' leave for one more connect.
+    fn permits(&self) -> Result<Permits, SendError> {
+        let Some(breakers) = &self.breakers else {
+            return Ok((None, None));
+        };
+        let pending = breakers.connecting()?;
+        let counted = match breakers.free_connection() {
+            Some(counted) => counted,
+            None => {
+                // An idle connection (of any worker) makes room.
+                self.close_one_idle();
+                breakers.connection()?
+            }
+        };
+        Ok((Some(pending), Some(counted)))
+    }
+
+    /// A new connection to `slot`'s target (TCP, and the TLS handshake
+    /// when the upstream has `tls`), holding the breakers' `permits`;
+    /// starts the worker's reaper.
+    async fn connect(self: &Arc<Self>, slot: &Slot, permits: Permits) -> Result<Conn, SendError> {
+        let (pending, counted) = permits;
+        let stream = stream::connect(slot.target, self.connect_timeout, self.tls.as_deref())
+            .await
+            .map_err(SendError::Connect)?;
         drop(pending);
-        if !self.inner.reaping[slot.worker].swap(true, Ordering::Relaxed) {
-            tokio::spawn(reap(
-                Arc::downgrade(&self.inner),
-                slot.worker,
-                self.inner.idle_timeout,
-            ));
+        if !self.reaping[slot.worker].swap(true, Ordering::Relaxed) {
+            tokio::spawn(reap(Arc::downgrade(self), slot.worker, self.idle_timeout));
         }
         Ok(Conn::new(stream, counted))
     }
 }
 
-impl Http1Pool {
+impl Inner {
     /// Closes the longest idle connection of some worker, if any is idle.
     fn close_one_idle(&self) {
-        for idle in &self.inner.idle {
+        for idle in &self.idle {
             let mut idle = idle.lock().unwrap();
-            if let Some(pooled) = idle.values_mut().find(|pooled| !pooled.is_empty()) {
-                drop(pooled.remove(0));
+            if let Some(pool) = idle.values_mut().find(|pool| !pool.idle.is_empty()) {
+                drop(pool.idle.remove(0));
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+impl Http1Pool {
+    /// The calling worker's idle connections to `target`, the requests
+    /// waiting for one, and the connects under way.
+    pub(super) fn counts(&self, target: SocketAddr) -> (usize, usize, usize) {
+        let mut idle = self.inner.idle[workers::current() % self.inner.idle.len()]
+            .lock()
+            .unwrap();
+        idle.get_mut(&target).map_or((0, 0, 0), |pool| {
+            (pool.idle.len(), pool.still_waiting(), pool.connecting)
+        })
     }
 }
 
@@ -215,10 +370,11 @@ async fn reap(pool: Weak<Inner>, worker: usize, idle_timeout: Duration) {
         };
         let now = Instant::now();
         let mut idle = inner.idle[worker].lock().unwrap();
-        for pooled in idle.values_mut() {
-            pooled.retain_mut(|p| p.usable(now, idle_timeout));
-            trim_surplus(pooled, inner.max_idle, now);
+        for pool in idle.values_mut() {
+            pool.idle.retain_mut(|p| p.usable(now, idle_timeout));
+            trim_surplus(&mut pool.idle, inner.max_idle, now);
+            pool.still_waiting();
         }
-        idle.retain(|_, pooled| !pooled.is_empty());
+        idle.retain(|_, pool| !pool.is_unused());
     }
 }

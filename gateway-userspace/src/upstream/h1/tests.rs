@@ -27,7 +27,10 @@ use super::*;
 use crate::{
     config,
     exchange::{Body, BoxError, ForwardFields},
-    upstream::replay::RequestBody,
+    upstream::{
+        breakers::{CircuitBreakers, Limit},
+        replay::RequestBody,
+    },
 };
 
 /// What the target does with each request head it reads on a connection.
@@ -220,6 +223,321 @@ async fn connections_beyond_the_idle_cap_stay_while_in_use_and_close_once_idle()
         8,
         "idle connections over the cap were closed"
     );
+}
+
+/// A target whose accept queue holds one connection (`listen(0)`): while
+/// that place is taken, the kernel drops a new connect's SYN, and the
+/// connect waits for a retransmission, a second or more later, as when a
+/// server's backlog overflows under a burst of clients. It accepts its
+/// first connection at once and the rest when `open` is notified; it
+/// answers every request with `OK_5`, the first one only once `release`
+/// is notified.
+async fn target_with_a_full_queue(
+    release: Arc<tokio::sync::Notify>,
+    open: Arc<tokio::sync::Notify>,
+) -> (SocketAddr, Arc<AtomicUsize>) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = socket.local_addr().unwrap();
+    let listener = socket.listen(0).unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            let connection = count.fetch_add(1, Ordering::SeqCst);
+            let release = release.clone();
+            tokio::spawn(async move {
+                let mut first = connection == 0;
+                while read_head(&mut stream).await.is_some() {
+                    if std::mem::take(&mut first) {
+                        release.notified().await;
+                    }
+                    stream.write_all(OK_5.as_bytes()).await.unwrap();
+                }
+            });
+            if connection == 0 {
+                open.notified().await;
+            }
+        }
+    });
+    (addr, accepted)
+}
+
+/// A request sent in a task of its own.
+fn spawn_request(
+    pool: &Arc<Http1Pool>,
+    addr: SocketAddr,
+) -> tokio::task::JoinHandle<Result<Response<Box<ResponseBody>>, SendError>> {
+    let pool = pool.clone();
+    tokio::spawn(async move {
+        send(&pool, addr, request("GET", body(b"")))
+            .await
+            .map_err(|failed| failed.error)
+    })
+}
+
+/// Polls `check` every 20 ms, up to 10 s, until it holds.
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    for _ in 0..500 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("never happened: {what}");
+}
+
+#[tokio::test]
+async fn a_request_whose_connect_is_slow_takes_a_connection_checked_in_meanwhile() {
+    let (release, open) = (
+        Arc::new(tokio::sync::Notify::new()),
+        Arc::new(tokio::sync::Notify::new()),
+    );
+    let (addr, accepted) = target_with_a_full_queue(release.clone(), open.clone()).await;
+    let config: config::Upstream = serde_yaml::from_str(
+        "{targets: ['127.0.0.1:1'], pool_idle_timeout: 60s, connect_timeout: 30s}",
+    )
+    .unwrap();
+    let breakers = Arc::new(CircuitBreakers::new("u", &config.circuit_breakers));
+    let pool = Arc::new(Http1Pool::new(&config, None, Some(breakers.clone())));
+    let connects = || breakers.count(Limit::PendingRequests);
+
+    // A is on the one accepted connection; its answer is held.
+    let first = spawn_request(&pool, addr);
+    eventually("A's connection accepted", || {
+        accepted.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    // The queue's one place taken: the next SYN is dropped.
+    let _queued = TcpStream::connect(addr).await.unwrap();
+
+    // B finds no idle connection; its connect hangs on the full queue.
+    let second = spawn_request(&pool, addr);
+    eventually("B's connect started", || connects() == 1).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!second.is_finished());
+
+    // A's answer and body through: its connection goes to B, whose
+    // connect is still waiting for the kernel.
+    release.notify_one();
+    let response = first.await.unwrap().unwrap();
+    assert_eq!(collect(response).await.0, "hello");
+    let response = tokio::time::timeout(Duration::from_secs(20), second)
+        .await
+        .expect("B waited for its own connect instead of taking A's connection")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "B went on A's connection"
+    );
+
+    // While B holds that connection, C finds none idle. B's connect,
+    // still under way, covers C: no second connect is started.
+    let third = spawn_request(&pool, addr);
+    eventually("C waits", || pool.counts(addr).1 == 1).await;
+    assert_eq!(pool.counts(addr), (0, 1, 1));
+    assert_eq!(
+        connects(),
+        1,
+        "a connect was started although one under way covered the request"
+    );
+    // B's body through: its connection goes on to C.
+    assert_eq!(collect(response).await.0, "hello");
+    let response = tokio::time::timeout(Duration::from_secs(20), third)
+        .await
+        .expect("C was not handed B's connection")
+        .unwrap()
+        .unwrap();
+    assert_eq!(collect(response).await.0, "hello");
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+
+    // The queue drained, B's connect completes (at the SYN's
+    // retransmission) and its connection joins the pool: two requests held
+    // at once then need no further connect.
+    open.notify_one();
+    eventually("B's connection idle", || pool.counts(addr) == (2, 0, 0)).await;
+    let held = (
+        answered(&pool, addr, request("GET", body(b""))).await,
+        answered(&pool, addr, request("GET", body(b""))).await,
+    );
+    assert_eq!(collect(held.0).await.0, "hello");
+    assert_eq!(collect(held.1).await.0, "hello");
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        3,
+        "no connect for either (the third is the queued socket)"
+    );
+    assert_eq!(connects(), 0);
+}
+
+#[tokio::test]
+async fn a_failed_connect_fails_a_waiting_request_only_when_no_other_connect_covers_it() {
+    let (release, open) = (
+        Arc::new(tokio::sync::Notify::new()),
+        Arc::new(tokio::sync::Notify::new()),
+    );
+    let (addr, accepted) = target_with_a_full_queue(release.clone(), open.clone()).await;
+    let config: config::Upstream = serde_yaml::from_str(
+        "{targets: ['127.0.0.1:1'], pool_idle_timeout: 60s, connect_timeout: 400ms}",
+    )
+    .unwrap();
+    let pool = Arc::new(Http1Pool::new(&config, None, None));
+
+    // A holds the accepted connection, the queue is full, B's connect
+    // hangs; A's connection then serves B.
+    let first = spawn_request(&pool, addr);
+    eventually("A's connection accepted", || {
+        accepted.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    let _queued = TcpStream::connect(addr).await.unwrap();
+    let second = spawn_request(&pool, addr);
+    eventually("B waits", || pool.counts(addr) == (0, 1, 1)).await;
+    release.notify_one();
+    assert_eq!(collect(first.await.unwrap().unwrap()).await.0, "hello");
+    let response = second.await.unwrap().unwrap();
+    assert_eq!(collect(response).await.0, "hello");
+
+    // B's connect times out with nobody waiting: no request fails, and the
+    // pool holds A's connection only.
+    eventually("B's connect gave up", || pool.counts(addr) == (1, 0, 0)).await;
+    let response = answered(&pool, addr, request("GET", body(b""))).await;
+
+    // C comes while that connection is busy, its own connect times out
+    // and nothing else is coming for it: C fails with the connect's error
+    // (not left waiting).
+    let third = spawn_request(&pool, addr);
+    let error = tokio::time::timeout(Duration::from_secs(20), third)
+        .await
+        .expect("C was left waiting")
+        .unwrap()
+        .map(|response| response.status())
+        .unwrap_err();
+    assert!(matches!(error, SendError::Connect(_)), "{error:?}");
+    assert_eq!(collect(response).await.0, "hello");
+    assert_eq!(pool.counts(addr), (1, 0, 0));
+    open.notify_one();
+}
+
+#[tokio::test]
+async fn over_max_pending_requests_the_request_that_needed_the_connect_is_shed() {
+    let (release, open) = (
+        Arc::new(tokio::sync::Notify::new()),
+        Arc::new(tokio::sync::Notify::new()),
+    );
+    let (addr, accepted) = target_with_a_full_queue(release.clone(), open.clone()).await;
+    let config: config::Upstream = serde_yaml::from_str(
+        "{targets: ['127.0.0.1:1'], connect_timeout: 30s, \
+          circuit_breakers: {max_pending_requests: 1}}",
+    )
+    .unwrap();
+    let breakers = Arc::new(CircuitBreakers::new("u", &config.circuit_breakers));
+    let pool = Arc::new(Http1Pool::new(&config, None, Some(breakers.clone())));
+
+    // A holds the accepted connection, the queue is full, B's connect
+    // hangs and takes the one place for connects under way.
+    let first = spawn_request(&pool, addr);
+    eventually("A's connection accepted", || {
+        accepted.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    let _queued = TcpStream::connect(addr).await.unwrap();
+    let second = spawn_request(&pool, addr);
+    eventually("B waits", || pool.counts(addr) == (0, 1, 1)).await;
+
+    // C needs a connect too: it is refused at once, and B keeps its place.
+    let error = spawn_request(&pool, addr)
+        .await
+        .unwrap()
+        .map(|response| response.status())
+        .unwrap_err();
+    assert!(
+        matches!(
+            error,
+            SendError::Overloaded {
+                limit: "max_pending_requests",
+                max: 1
+            }
+        ),
+        "{error:?}"
+    );
+    assert_eq!(pool.counts(addr), (0, 1, 1));
+    assert_eq!(breakers.shed(Limit::PendingRequests), 1);
+    release.notify_one();
+    assert_eq!(collect(first.await.unwrap().unwrap()).await.0, "hello");
+    let response = second.await.unwrap().unwrap();
+    assert_eq!(collect(response).await.0, "hello");
+    open.notify_one();
+}
+
+#[tokio::test]
+async fn a_burst_opens_no_more_connections_than_requests_waiting() {
+    // Each answer is held until released: every request of the burst
+    // needs a connection of its own.
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    tokio::spawn({
+        let (gate, accepted) = (gate.clone(), accepted.clone());
+        async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                accepted.fetch_add(1, Ordering::SeqCst);
+                let gate = gate.clone();
+                tokio::spawn(async move {
+                    while read_head(&mut stream).await.is_some() {
+                        gate.acquire().await.unwrap().forget();
+                        stream.write_all(OK_5.as_bytes()).await.unwrap();
+                    }
+                });
+            }
+        }
+    });
+    let pool = Arc::new(pool());
+    let burst: Vec<_> = (0..50).map(|_| spawn_request(&pool, addr)).collect();
+    eventually("50 connections", || accepted.load(Ordering::SeqCst) == 50).await;
+    gate.add_permits(50);
+    for request in burst {
+        assert_eq!(collect(request.await.unwrap().unwrap()).await.0, "hello");
+    }
+    // A second burst, half the size, over the fifty idle ones: no connect.
+    let burst: Vec<_> = (0..25).map(|_| spawn_request(&pool, addr)).collect();
+    gate.add_permits(25);
+    for request in burst {
+        assert_eq!(collect(request.await.unwrap().unwrap()).await.0, "hello");
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 50);
+    assert_eq!(pool.counts(addr), (50, 0, 0));
+}
+
+#[tokio::test]
+async fn requests_to_a_target_that_refuses_every_connect_leave_nothing_behind() {
+    // A port nobody listens on: every connect is refused at once, and no
+    // connection is ever checked in to take the waiting requests away.
+    let addr = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let pool = Arc::new(pool());
+    let burst: Vec<_> = (0..200).map(|_| spawn_request(&pool, addr)).collect();
+    for request in burst {
+        let error = request
+            .await
+            .unwrap()
+            .map(|response| response.status())
+            .unwrap_err();
+        assert!(matches!(error, SendError::Connect(_)), "{error:?}");
+    }
+    for _ in 0..100 {
+        let error = error_of(send(&pool, addr, request("GET", body(b""))).await);
+        assert!(matches!(error, SendError::Connect(_)), "{error:?}");
+    }
+    assert_eq!(pool.counts(addr), (0, 0, 0));
 }
 
 #[tokio::test]
