@@ -290,33 +290,75 @@ async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     panic!("never happened: {what}");
 }
 
+/// Requests A and B on a pool (upstream `config`, with circuit breakers)
+/// in front of [`target_with_a_full_queue`]: A holds the one accepted
+/// connection (its answer held until `release`), a stray socket fills the
+/// accept queue, and B, finding no idle connection, waits while its connect
+/// hangs.
+struct FullQueue {
+    pool: Arc<Http1Pool>,
+    breakers: Arc<CircuitBreakers>,
+    addr: SocketAddr,
+    accepted: Arc<AtomicUsize>,
+    release: Arc<tokio::sync::Notify>,
+    open: Arc<tokio::sync::Notify>,
+    first: tokio::task::JoinHandle<Result<Response<Box<ResponseBody>>, SendError>>,
+    second: tokio::task::JoinHandle<Result<Response<Box<ResponseBody>>, SendError>>,
+    _queued: TcpStream,
+}
+
+impl FullQueue {
+    async fn new(config: &str) -> Self {
+        let (release, open) = (
+            Arc::new(tokio::sync::Notify::new()),
+            Arc::new(tokio::sync::Notify::new()),
+        );
+        let (addr, accepted) = target_with_a_full_queue(release.clone(), open.clone()).await;
+        let config: config::Upstream = serde_yaml::from_str(config).unwrap();
+        let breakers = Arc::new(CircuitBreakers::new("u", &config.circuit_breakers));
+        let pool = Arc::new(Http1Pool::new(&config, None, Some(breakers.clone())));
+        let first = spawn_request(&pool, addr);
+        eventually("A's connection accepted", || {
+            accepted.load(Ordering::SeqCst) == 1
+        })
+        .await;
+        // The queue's one place taken: the next SYN is dropped.
+        let queued = TcpStream::connect(addr).await.unwrap();
+        let second = spawn_request(&pool, addr);
+        eventually("B waits, its connect started", || {
+            pool.counts(addr) == (0, 1, 1)
+        })
+        .await;
+        Self {
+            pool,
+            breakers,
+            addr,
+            accepted,
+            release,
+            open,
+            first,
+            second,
+            _queued: queued,
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_request_whose_connect_is_slow_takes_a_connection_checked_in_meanwhile() {
-    let (release, open) = (
-        Arc::new(tokio::sync::Notify::new()),
-        Arc::new(tokio::sync::Notify::new()),
-    );
-    let (addr, accepted) = target_with_a_full_queue(release.clone(), open.clone()).await;
-    let config: config::Upstream = serde_yaml::from_str(
-        "{targets: ['127.0.0.1:1'], pool_idle_timeout: 60s, connect_timeout: 30s}",
-    )
-    .unwrap();
-    let breakers = Arc::new(CircuitBreakers::new("u", &config.circuit_breakers));
-    let pool = Arc::new(Http1Pool::new(&config, None, Some(breakers.clone())));
+    let FullQueue {
+        pool,
+        breakers,
+        addr,
+        accepted,
+        release,
+        open,
+        first,
+        second,
+        _queued,
+    } = FullQueue::new("{targets: ['127.0.0.1:1'], pool_idle_timeout: 60s, connect_timeout: 30s}")
+        .await;
     let connects = || breakers.count(Limit::PendingRequests);
-
-    // A is on the one accepted connection; its answer is held.
-    let first = spawn_request(&pool, addr);
-    eventually("A's connection accepted", || {
-        accepted.load(Ordering::SeqCst) == 1
-    })
-    .await;
-    // The queue's one place taken: the next SYN is dropped.
-    let _queued = TcpStream::connect(addr).await.unwrap();
-
-    // B finds no idle connection; its connect hangs on the full queue.
-    let second = spawn_request(&pool, addr);
-    eventually("B's connect started", || connects() == 1).await;
+    assert_eq!(connects(), 1);
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(!second.is_finished());
 
@@ -377,27 +419,20 @@ async fn a_request_whose_connect_is_slow_takes_a_connection_checked_in_meanwhile
 
 #[tokio::test]
 async fn a_failed_connect_fails_a_waiting_request_only_when_no_other_connect_covers_it() {
-    let (release, open) = (
-        Arc::new(tokio::sync::Notify::new()),
-        Arc::new(tokio::sync::Notify::new()),
-    );
-    let (addr, accepted) = target_with_a_full_queue(release.clone(), open.clone()).await;
-    let config: config::Upstream = serde_yaml::from_str(
+    // B's connect hangs; A's connection then serves B.
+    let FullQueue {
+        pool,
+        addr,
+        release,
+        open,
+        first,
+        second,
+        _queued,
+        ..
+    } = FullQueue::new(
         "{targets: ['127.0.0.1:1'], pool_idle_timeout: 60s, connect_timeout: 400ms}",
     )
-    .unwrap();
-    let pool = Arc::new(Http1Pool::new(&config, None, None));
-
-    // A holds the accepted connection, the queue is full, B's connect
-    // hangs; A's connection then serves B.
-    let first = spawn_request(&pool, addr);
-    eventually("A's connection accepted", || {
-        accepted.load(Ordering::SeqCst) == 1
-    })
     .await;
-    let _queued = TcpStream::connect(addr).await.unwrap();
-    let second = spawn_request(&pool, addr);
-    eventually("B waits", || pool.counts(addr) == (0, 1, 1)).await;
     release.notify_one();
     assert_eq!(collect(first.await.unwrap().unwrap()).await.0, "hello");
     let response = second.await.unwrap().unwrap();
@@ -426,29 +461,22 @@ async fn a_failed_connect_fails_a_waiting_request_only_when_no_other_connect_cov
 
 #[tokio::test]
 async fn over_max_pending_requests_the_request_that_needed_the_connect_is_shed() {
-    let (release, open) = (
-        Arc::new(tokio::sync::Notify::new()),
-        Arc::new(tokio::sync::Notify::new()),
-    );
-    let (addr, accepted) = target_with_a_full_queue(release.clone(), open.clone()).await;
-    let config: config::Upstream = serde_yaml::from_str(
+    // B's connect hangs and takes the one place for connects under way.
+    let FullQueue {
+        pool,
+        breakers,
+        addr,
+        release,
+        open,
+        first,
+        second,
+        _queued,
+        ..
+    } = FullQueue::new(
         "{targets: ['127.0.0.1:1'], connect_timeout: 30s, \
           circuit_breakers: {max_pending_requests: 1}}",
     )
-    .unwrap();
-    let breakers = Arc::new(CircuitBreakers::new("u", &config.circuit_breakers));
-    let pool = Arc::new(Http1Pool::new(&config, None, Some(breakers.clone())));
-
-    // A holds the accepted connection, the queue is full, B's connect
-    // hangs and takes the one place for connects under way.
-    let first = spawn_request(&pool, addr);
-    eventually("A's connection accepted", || {
-        accepted.load(Ordering::SeqCst) == 1
-    })
     .await;
-    let _queued = TcpStream::connect(addr).await.unwrap();
-    let second = spawn_request(&pool, addr);
-    eventually("B waits", || pool.counts(addr) == (0, 1, 1)).await;
 
     // C needs a connect too: it is refused at once, and B keeps its place.
     let error = spawn_request(&pool, addr)
