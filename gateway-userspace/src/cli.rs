@@ -70,6 +70,13 @@ enum Command {
         /// theirs. Listening, the admin API and reloads run on one more thread.
         #[arg(long, env = "XGATE_WORKERS", value_parser = clap::value_parser!(u16).range(1..=1024))]
         workers: Option<u16>,
+        /// Where the workers run. auto: with one worker per CPU the process
+        /// may use (the default count; its CPU affinity, e.g. systemd's
+        /// CPUAffinity=, decides which), bind each worker to its own CPU;
+        /// with more or fewer workers, leave them to the kernel. off: leave
+        /// every worker to the kernel's scheduler.
+        #[arg(long, env = "XGATE_CPU_AFFINITY", value_enum, default_value_t)]
+        cpu_affinity: crate::workers::CpuAffinity,
         /// Upgrade without downtime: take the listening sockets over from the daemon running with this config (its admin.socket), which then drains and exits.
         #[arg(long)]
         takeover: bool,
@@ -310,12 +317,16 @@ pub fn main() -> ExitCode {
 
 async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
-        Command::Run { workers, takeover } => {
+        Command::Run {
+            workers,
+            cpu_affinity,
+            takeover,
+        } => {
             let workers = workers.map_or_else(
                 || std::thread::available_parallelism().map_or(1, usize::from),
                 usize::from,
             );
-            daemon::run(&config_path(&cli), workers, *takeover).await?;
+            daemon::run(&config_path(&cli), workers, *cpu_affinity, *takeover).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::HashKey { generate } => hash_key(*generate),

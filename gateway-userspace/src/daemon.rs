@@ -34,7 +34,7 @@ use crate::{
     proxy::{
         self,
         server::{DrainTimeout, Settings, SettingsHandle},
-        workers::Workers,
+        workers::{CpuAffinity, Workers},
         Runtime, RuntimeHandle,
     },
     service::{capabilities, notify},
@@ -378,7 +378,12 @@ fn signals(auto_ban: &Arc<AutoBan>, config: &Config) -> Option<Arc<dyn crate::po
 /// Runs the daemon with `workers` proxy worker threads until SIGTERM/SIGINT
 /// (or a new process takes its listeners over). With `takeover`, the
 /// listening sockets come from the daemon already running (see `handoff`).
-pub async fn run(config_path: &Path, workers: usize, takeover: bool) -> anyhow::Result<()> {
+pub async fn run(
+    config_path: &Path,
+    workers: usize,
+    affinity: CpuAffinity,
+    takeover: bool,
+) -> anyhow::Result<()> {
     // Reloads re-read this file: absolute, so that `xgate reload` can name
     // it whatever the daemon's working directory.
     let config_path = std::path::absolute(config_path).unwrap_or_else(|_| config_path.into());
@@ -387,8 +392,9 @@ pub async fn run(config_path: &Path, workers: usize, takeover: bool) -> anyhow::
     crate::service::logging::init(&config.log);
     notify::start_watchdog();
     // First: upstreams keep one connection pool per worker.
-    let workers =
-        Arc::new(Workers::start(workers).context("cannot start the proxy worker threads")?);
+    let workers = Arc::new(
+        Workers::start(workers, affinity).context("cannot start the proxy worker threads")?,
+    );
 
     let (xdp, xdp_off_reason) = start_xdp(&config)?;
     let lists = Arc::new(

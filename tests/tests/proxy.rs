@@ -412,6 +412,94 @@ async fn connections_are_spread_over_one_worker_per_core() {
     }
 }
 
+/// The CPUs in a `Cpus_allowed_list:` line of a /proc status file
+/// ("0-1", "0,2-3").
+fn cpus_allowed(status: &str) -> Vec<usize> {
+    let text = std::fs::read_to_string(status).unwrap();
+    let list = text
+        .lines()
+        .find_map(|line| line.strip_prefix("Cpus_allowed_list:"))
+        .unwrap_or_else(|| panic!("no Cpus_allowed_list in {status}"));
+    let mut cpus = Vec::new();
+    for part in list.trim().split(',') {
+        let (first, last) = part.split_once('-').unwrap_or((part, part));
+        cpus.extend(first.parse::<usize>().unwrap()..=last.parse::<usize>().unwrap());
+    }
+    cpus
+}
+
+/// Each worker thread's allowed CPUs, in worker order.
+fn worker_cpus(pid: u32) -> Vec<Vec<usize>> {
+    let mut workers = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let path = task.unwrap().path();
+        let name = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        if let Some(index) = name.trim().strip_prefix("xgate-worker-") {
+            let index: usize = index.parse().unwrap();
+            let status = path.join("status");
+            workers.push((index, cpus_allowed(&status.display().to_string())));
+        }
+    }
+    workers.sort();
+    workers.into_iter().map(|(_, cpus)| cpus).collect()
+}
+
+/// With one worker per CPU the process may run on, each worker is bound to
+/// its own CPU, in order; `--cpu-affinity off`, or more workers than CPUs,
+/// leave every worker free to run on all of them. The daemon's log says
+/// which, and the workers proxy either way.
+#[tokio::test]
+async fn workers_are_bound_one_per_cpu_unless_told_otherwise() {
+    // The daemon inherits this process's mask (a CI runner may restrict it).
+    let mask = cpus_allowed("/proc/self/status");
+    let upstream = EchoUpstream::start(any_port(), "one").await.unwrap();
+    let per_cpu = mask.len().to_string();
+    let more = (mask.len() + 1).to_string();
+    let cases: [(&[(&str, &str)], usize, bool); 3] = [
+        (&[("XGATE_WORKERS", &per_cpu)], mask.len(), true),
+        (
+            &[("XGATE_WORKERS", &per_cpu), ("XGATE_CPU_AFFINITY", "off")],
+            mask.len(),
+            false,
+        ),
+        (&[("XGATE_WORKERS", &more)], mask.len() + 1, false),
+    ];
+    for (env, count, bound) in cases {
+        let listen = free_port();
+        let daemon = Daemon::start_with_env(
+            xgate_tests::TempDir::new("affinity"),
+            &config(listen, &[upstream.addr], "5s"),
+            None,
+            env,
+        );
+        let workers = worker_cpus(daemon.pid());
+        assert_eq!(workers.len(), count, "{env:?}: {workers:?}");
+        if bound {
+            let one_each: Vec<Vec<usize>> = mask.iter().map(|&cpu| vec![cpu]).collect();
+            assert_eq!(workers, one_each, "{env:?}");
+            assert!(
+                daemon.log().contains("proxy workers bound one per CPU"),
+                "{env:?}: {}",
+                daemon.log()
+            );
+        } else {
+            for cpus in &workers {
+                assert_eq!(cpus, &mask, "{env:?}: {workers:?}");
+            }
+            assert!(
+                daemon.log().contains("proxy workers not bound to CPUs"),
+                "{env:?}: {}",
+                daemon.log()
+            );
+        }
+        let mut connections = tokio::task::JoinSet::new();
+        for _ in 0..count {
+            connections.spawn(pipelined(listen, 20));
+        }
+        assert_eq!(connections.join_all().await, vec![20; count], "{env:?}");
+    }
+}
+
 /// Upstream connections are kept alive and reused; an idle one is closed
 /// after `pool_idle_timeout`; one the target closed is not used again.
 #[tokio::test]
