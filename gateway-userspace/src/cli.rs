@@ -65,16 +65,13 @@ enum Command {
     /// Run the gateway daemon in the foreground (SIGHUP reloads; SIGTERM/SIGINT drain and stop;
     /// under systemd it reports READY, RELOADING, STOPPING and feeds the watchdog: Type=notify).
     Run {
-        /// Proxy worker threads (default: one per CPU core). Each runs its own
+        /// Proxy worker threads (default: one per CPU the process may run on). Each runs its own
         /// event loop; connections are spread over them in turn and stay on
         /// theirs. Listening, the admin API and reloads run on one more thread.
         #[arg(long, env = "XGATE_WORKERS", value_parser = clap::value_parser!(u16).range(1..=1024))]
         workers: Option<u16>,
-        /// Where the workers run. auto: with one worker per CPU the process
-        /// may use (the default count; its CPU affinity, e.g. systemd's
-        /// CPUAffinity=, decides which), bind each worker to its own CPU;
-        /// with more or fewer workers, leave them to the kernel. off: leave
-        /// every worker to the kernel's scheduler.
+        /// Where the proxy workers run. The CPUs the process may run on are
+        /// its affinity mask (taskset, systemd's CPUAffinity=).
         #[arg(long, env = "XGATE_CPU_AFFINITY", value_enum, default_value_t)]
         cpu_affinity: crate::workers::CpuAffinity,
         /// Upgrade without downtime: take the listening sockets over from the daemon running with this config (its admin.socket), which then drains and exits.

@@ -47,8 +47,9 @@ pub fn count() -> usize {
 /// Where the workers run (`xgate run --cpu-affinity`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum CpuAffinity {
-    /// With one worker per CPU the process may run on, bind each worker to
-    /// its own CPU; with more or fewer workers, leave them to the kernel.
+    /// With one worker per CPU the process may run on (the default count),
+    /// bind each worker to its own CPU; with more or fewer workers, leave
+    /// them to the kernel.
     #[default]
     Auto,
     /// Leave every worker to the kernel's scheduler.

@@ -441,6 +441,14 @@ fn run_takes_a_worker_count_and_refuses_nonsense() {
         "{}",
         stderr(&out)
     );
+    let out = xgate(&["run", "--cpu-affinity", "pinned", "-c", "/nonexistent.yaml"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(
+        err.contains("invalid value 'pinned' for '--cpu-affinity <CPU_AFFINITY>'")
+            && err.contains("[possible values: auto, off]"),
+        "{err}"
+    );
     // One worker thread serves as well.
     let dir = TempDir::new("workers");
     let config = dir.path().join("x.yaml");
