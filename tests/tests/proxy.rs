@@ -455,7 +455,9 @@ async fn workers_are_bound_one_per_cpu_unless_told_otherwise() {
     let upstream = EchoUpstream::start(any_port(), "one").await.unwrap();
     let per_cpu = mask.len().to_string();
     let more = (mask.len() + 1).to_string();
-    let cases: [(&[(&str, &str)], usize, bool); 3] = [
+    // The daemon's environment, its worker count, and whether they are bound.
+    type Case<'a> = (&'a [(&'a str, &'a str)], usize, bool);
+    let cases: [Case; 3] = [
         (&[("XGATE_WORKERS", &per_cpu)], mask.len(), true),
         (
             &[("XGATE_WORKERS", &per_cpu), ("XGATE_CPU_AFFINITY", "off")],
