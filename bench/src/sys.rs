@@ -270,36 +270,14 @@ pub fn temp_dir(tag: &str) -> Result<TempDir> {
 /// Pins the calling thread (and the processes it starts) to the highest
 /// CPU it may run on; returns that CPU, or None if pinning failed.
 pub fn pin_to_last_cpu() -> Option<usize> {
-    // SAFETY: cpu_set_t is plain data; the calls get/set this thread's mask.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
-            return None;
-        }
-        let cpu = (0..libc::CPU_SETSIZE as usize)
-            .rev()
-            .find(|&c| libc::CPU_ISSET(c, &set))?;
-        let mut one: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut one);
-        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &one) != 0 {
-            return None;
-        }
-        Some(cpu)
-    }
+    let cpu = *gateway_userspace::sys::allowed_cpus().ok()?.last()?;
+    pin_to(cpu).then_some(cpu)
 }
 
 /// Pins the calling thread (and the processes it starts from now on) to
 /// `cpu`; false if the kernel refused (no such CPU).
 pub fn pin_to(cpu: usize) -> bool {
-    if cpu >= libc::CPU_SETSIZE as usize {
-        return false;
-    }
-    // SAFETY: cpu_set_t is plain data; the call sets this thread's mask.
-    unsafe {
-        let mut one: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut one);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &one) == 0
-    }
+    gateway_userspace::sys::bind_thread_to(cpu).is_ok()
 }
 
 /// Lets the calling thread (and the processes it starts from now on) run on
