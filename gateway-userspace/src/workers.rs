@@ -13,7 +13,7 @@
 //! scheduler, a worker that sleeps and wakes thousands of times a second
 //! is often woken onto the CPU its peer, the load generator or the
 //! upstream is running on, and waits there while the other CPU has room
-//! (docs/proxy.md#threads measures what that cost).
+//! (docs/proxy.md#workers-bound-to-cpus measures what that cost).
 
 use std::{
     cell::Cell,
@@ -58,7 +58,7 @@ pub enum CpuAffinity {
 
 /// The CPU each of `workers` workers is bound to, given the CPUs the
 /// process may run on; `Err` says why they are not bound.
-pub fn placement(
+fn placement(
     workers: usize,
     affinity: CpuAffinity,
     allowed: &[usize],
