@@ -151,8 +151,8 @@ pub fn parse_all(mut raw: &[u8]) -> std::io::Result<Vec<RawResponse>> {
         let (body, used) = if bodiless {
             (Vec::new(), body_start)
         } else if chunked {
-            let (body, len) = dechunk_framed(&raw[body_start..])
-                .ok_or_else(|| invalid("bad chunked body".into()))?;
+            let (body, len) =
+                dechunk(&raw[body_start..]).ok_or_else(|| invalid("bad chunked body".into()))?;
             (body, body_start + len)
         } else if let Some(n) = length {
             let body = raw
@@ -169,7 +169,7 @@ pub fn parse_all(mut raw: &[u8]) -> std::io::Result<Vec<RawResponse>> {
 }
 
 /// A chunked body and the bytes it took (last chunk and trailers included).
-fn dechunk_framed(data: &[u8]) -> Option<(Vec<u8>, usize)> {
+fn dechunk(data: &[u8]) -> Option<(Vec<u8>, usize)> {
     let mut out = Vec::new();
     let mut at = 0;
     loop {
@@ -306,7 +306,7 @@ pub fn parse(raw: &[u8]) -> std::io::Result<RawResponse> {
         k.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked")
     });
     if chunked {
-        body = dechunk(&body).ok_or_else(|| invalid("bad chunked body"))?;
+        body = dechunk(&body).ok_or_else(|| invalid("bad chunked body"))?.0;
     }
     Ok(RawResponse {
         status,
@@ -335,21 +335,6 @@ fn parse_head(head: &[u8]) -> std::io::Result<RawResponse> {
         headers,
         body: Vec::new(),
     })
-}
-
-fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let line_end = data.windows(2).position(|w| w == b"\r\n")?;
-        let size_text = std::str::from_utf8(&data[..line_end]).ok()?;
-        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
-        data = &data[line_end + 2..];
-        if size == 0 {
-            return Some(out);
-        }
-        out.extend_from_slice(data.get(..size)?);
-        data = data.get(size + 2..)?;
-    }
 }
 
 /// HTTP/2 frames written by hand (RFC 9113 §4.1), for h2c with prior
